@@ -1,0 +1,536 @@
+//! Delivering one event to one plugin: an instance from the plugin's pool
+//! (or a fresh one), fuel and an epoch deadline set for the event, the call
+//! of `handle`, and the classification of what happened into an
+//! [`Outcome`].
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wasmtime::component::HasSelf;
+use wasmtime::{Engine, Store, Trap};
+
+use crate::bindings::{Handler, HandlerError, HandlerPre};
+use crate::event::Event;
+use crate::manifest::Manifest;
+use crate::sandbox::{Bounds, DeliveryScope, Identity, MemoryLimitExceeded, PluginState};
+use crate::stats::Stats;
+
+/// Whether a plugin's instance serves many events or one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InstanceMode {
+    /// An instance (with its `Store`) serves event after event until it
+    /// traps; then it is discarded and the next event gets a fresh one.
+    #[default]
+    Reuse,
+    /// Every event gets a fresh instance, dropped afterwards. Pair it with
+    /// the pooling allocator ([`crate::engine::Allocation::Pooling`]).
+    FreshPerEvent,
+}
+
+/// The kind of a failed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The handler returned `handler-error::retryable`.
+    HandlerRetryable,
+    /// The handler returned `handler-error::permanent`.
+    HandlerPermanent,
+    /// The handler used up its fuel.
+    FuelExhausted,
+    /// The handler ran past its wall-clock limit.
+    Timeout,
+    /// The instance asked for more memory than its limit.
+    MemoryLimit,
+    /// The handler overflowed the wasm stack.
+    StackOverflow,
+    /// The handler trapped: a panic, an `unreachable`, or another trap.
+    Trap,
+}
+
+impl FailureKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [FailureKind; 7] = [
+        Self::HandlerRetryable,
+        Self::HandlerPermanent,
+        Self::FuelExhausted,
+        Self::Timeout,
+        Self::MemoryLimit,
+        Self::StackOverflow,
+        Self::Trap,
+    ];
+
+    /// The kind's name as it appears in output: `handler_retryable`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HandlerRetryable => "handler_retryable",
+            Self::HandlerPermanent => "handler_permanent",
+            Self::FuelExhausted => "fuel_exhausted",
+            Self::Timeout => "timeout",
+            Self::MemoryLimit => "memory_limit",
+            Self::StackOverflow => "stack_overflow",
+            Self::Trap => "trap",
+        }
+    }
+
+    /// Whether delivering the same event again may succeed. Only a
+    /// permanent handler error says it cannot.
+    pub fn is_retryable(self) -> bool {
+        self != Self::HandlerPermanent
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|k| *k == self).unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed delivery: its kind and a message that explains it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// The handler's message, the trap, or the limit that was hit.
+    pub message: String,
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler returned `ok`.
+    Handled,
+    /// The delivery failed.
+    Failed(Failure),
+}
+
+impl Outcome {
+    /// Whether the handler returned `ok`.
+    pub fn is_handled(&self) -> bool {
+        matches!(self, Self::Handled)
+    }
+
+    /// The failure, if the delivery failed.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Self::Handled => None,
+            Self::Failed(f) => Some(f),
+        }
+    }
+
+    /// The failure's kind, if the delivery failed.
+    pub fn failure_kind(&self) -> Option<FailureKind> {
+        self.failure().map(|f| f.kind)
+    }
+}
+
+/// An event a delivery emitted, as reported with the delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EmittedEvent {
+    /// The id the host gave it.
+    pub id: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Its subject, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// What happened when one event was delivered to one plugin.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The event's id.
+    pub event_id: String,
+    /// The event's tenant (and the plugin's).
+    pub tenant: String,
+    /// The event's type.
+    pub event_type: String,
+    /// The plugin's name.
+    pub plugin: String,
+    /// The plugin's version: a hash of its component and manifest.
+    pub plugin_version: String,
+    /// How the delivery ended.
+    pub outcome: Outcome,
+    /// Fuel the delivery consumed (0 when fuel metering is off).
+    pub fuel: u64,
+    /// Wall-clock time of the delivery, instantiation included.
+    pub duration: Duration,
+    /// For an emitted event, the id of the event whose handler emitted it.
+    pub causation_id: Option<String>,
+    /// The events the delivery emitted; empty when it failed, since the
+    /// events of a failed delivery are discarded.
+    pub emitted: Vec<EmittedEvent>,
+}
+
+/// A loaded plugin: its compiled component, pre-instantiated, and its pool
+/// of idle instances.
+pub struct Plugin {
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) manifest: Manifest,
+    pub(crate) path: std::path::PathBuf,
+    engine: Engine,
+    pre: HandlerPre<PluginState>,
+    bounds: Arc<Bounds>,
+    stats: Arc<Stats>,
+    mode: InstanceMode,
+    epoch_tick: Duration,
+    fuel_metered: bool,
+    idle: Mutex<Vec<Warm>>,
+    max_idle: usize,
+}
+
+/// An instance that has handled events and may handle more.
+struct Warm {
+    store: Store<PluginState>,
+    handler: Handler,
+}
+
+/// What [`Plugin::new`] needs from the host.
+pub(crate) struct PluginParts {
+    pub identity: Arc<Identity>,
+    pub manifest: Manifest,
+    pub path: std::path::PathBuf,
+    pub engine: Engine,
+    pub pre: HandlerPre<PluginState>,
+    pub bounds: Arc<Bounds>,
+    pub stats: Arc<Stats>,
+    pub mode: InstanceMode,
+    pub epoch_tick: Duration,
+    pub fuel_metered: bool,
+    pub max_idle: usize,
+}
+
+impl Plugin {
+    pub(crate) fn new(parts: PluginParts) -> Self {
+        Self {
+            identity: parts.identity,
+            manifest: parts.manifest,
+            path: parts.path,
+            engine: parts.engine,
+            pre: parts.pre,
+            bounds: parts.bounds,
+            stats: parts.stats,
+            mode: parts.mode,
+            epoch_tick: parts.epoch_tick,
+            fuel_metered: parts.fuel_metered,
+            idle: Mutex::new(Vec::new()),
+            max_idle: parts.max_idle,
+        }
+    }
+
+    /// The plugin's tenant.
+    pub fn tenant(&self) -> &str {
+        &self.identity.tenant
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.identity.name
+    }
+
+    /// The plugin's version: a hash of its component and manifest.
+    pub fn version(&self) -> &str {
+        &self.identity.version
+    }
+
+    /// The plugin's manifest, defaults filled in.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The plugin's component file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// How many instances are idle in the pool now.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Creates a store and instance under the plugin's limits. Instantiation
+    /// runs guest code (start functions), so it gets the event's fuel and
+    /// deadline too.
+    fn instantiate(&self) -> Result<Warm, wasmtime::Error> {
+        let state = PluginState::new(
+            self.identity.clone(),
+            self.bounds.clone(),
+            self.stats.clone(),
+            self.manifest.limits.memory_bytes,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        self.arm(&mut store)?;
+        let handler = self.pre.instantiate(&mut store)?;
+        self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
+        Ok(Warm { store, handler })
+    }
+
+    /// Refuels the store and sets its deadline for one event.
+    fn arm(&self, store: &mut Store<PluginState>) -> Result<(), wasmtime::Error> {
+        if self.fuel_metered {
+            store.set_fuel(self.manifest.limits.fuel)?;
+        }
+        store.set_epoch_deadline(crate::engine::deadline_ticks(
+            self.manifest.limits.timeout,
+            self.epoch_tick,
+        ));
+        Ok(())
+    }
+
+    /// Delivers `event` to the plugin, synchronously, on the calling thread.
+    ///
+    /// Never panics on anything the plugin does: every failure becomes an
+    /// [`Outcome::Failed`]. Returns the delivery and, when the handler
+    /// succeeded, the events it emitted.
+    pub(crate) fn deliver(
+        &self,
+        event: &Event,
+        chain_budget: Option<Arc<AtomicUsize>>,
+    ) -> (Delivery, Vec<Event>) {
+        let span = tracing::info_span!(
+            "delivery",
+            tenant = %self.identity.tenant,
+            plugin = %self.identity.name,
+            version = %self.identity.version,
+            event_id = %event.id,
+        );
+        let _entered = span.enter();
+        let started = Instant::now();
+
+        let pooled = match self.mode {
+            InstanceMode::Reuse => self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop(),
+            InstanceMode::FreshPerEvent => None,
+        };
+        let (outcome, fuel, emitted) = match pooled.map_or_else(|| self.instantiate(), Ok) {
+            Err(err) => {
+                // Instantiation ran out of a limit or trapped in a start
+                // function: no store survives it.
+                let failure = classify(&err, "");
+                self.stats
+                    .instances_discarded
+                    .fetch_add(1, Ordering::Relaxed);
+                (Outcome::Failed(failure), self.manifest.limits.fuel, Vec::new())
+            }
+            Ok(warm) => self.call(warm, event, chain_budget),
+        };
+
+        let duration = started.elapsed();
+        match &outcome {
+            Outcome::Handled => {
+                self.stats.deliveries_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(fuel, micros = duration.as_micros() as u64, "handled");
+            }
+            Outcome::Failed(f) => {
+                self.stats.failures[f.kind.index()].fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    kind = f.kind.as_str(),
+                    fuel,
+                    micros = duration.as_micros() as u64,
+                    "delivery failed: {}",
+                    f.message
+                );
+            }
+        }
+        let delivery = Delivery {
+            event_id: event.id.clone(),
+            tenant: event.tenant.clone(),
+            event_type: event.ty.clone(),
+            plugin: self.identity.name.clone(),
+            plugin_version: self.identity.version.clone(),
+            outcome,
+            fuel,
+            duration,
+            causation_id: event.causation_id().map(str::to_owned),
+            emitted: emitted
+                .iter()
+                .map(|e| EmittedEvent {
+                    id: e.id.clone(),
+                    ty: e.ty.clone(),
+                    subject: e.subject.clone(),
+                })
+                .collect(),
+        };
+        (delivery, emitted)
+    }
+
+    /// Calls `handle` on an instance, then returns the instance to the pool
+    /// or, after a trap, drops it.
+    fn call(
+        &self,
+        mut warm: Warm,
+        event: &Event,
+        chain_budget: Option<Arc<AtomicUsize>>,
+    ) -> (Outcome, u64, Vec<Event>) {
+        warm.store.data_mut().scope = DeliveryScope {
+            event_id: event.id.clone(),
+            correlation_id: event.correlation_id().to_owned(),
+            depth: event.chain_depth(),
+            emitted: Vec::new(),
+            log_lines: 0,
+            chain_budget,
+        };
+        let armed = self.arm(&mut warm.store);
+        let result = armed.and_then(|()| {
+            warm.handler
+                .call_handle(&mut warm.store, &crate::bindings::plugbus::plugin::types::Event::from(event))
+        });
+        let fuel = if self.fuel_metered {
+            self.manifest
+                .limits
+                .fuel
+                .saturating_sub(warm.store.get_fuel().unwrap_or(0))
+        } else {
+            0
+        };
+        let state = warm.store.data_mut();
+        let emitted = std::mem::take(&mut state.scope.emitted);
+        state.scope.chain_budget = None;
+        let (stderr, dropped) = state.output.finish_delivery();
+        if dropped > 0 {
+            self.stats
+                .output_bytes_dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+        }
+        let (outcome, keep_instance) = match result {
+            Ok(Ok(())) => (Outcome::Handled, true),
+            Ok(Err(HandlerError::Retryable(message))) => (
+                Outcome::Failed(Failure {
+                    kind: FailureKind::HandlerRetryable,
+                    message,
+                }),
+                true,
+            ),
+            Ok(Err(HandlerError::Permanent(message))) => (
+                Outcome::Failed(Failure {
+                    kind: FailureKind::HandlerPermanent,
+                    message,
+                }),
+                true,
+            ),
+            Err(err) => (Outcome::Failed(classify(&err, &stderr)), false),
+        };
+        let emitted = if outcome.is_handled() {
+            emitted
+        } else {
+            if !emitted.is_empty() {
+                self.stats
+                    .emits_discarded
+                    .fetch_add(emitted.len() as u64, Ordering::Relaxed);
+            }
+            Vec::new()
+        };
+        if keep_instance && self.mode == InstanceMode::Reuse {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            // The instance goes back only after its output was flushed and
+            // its scope cleared, so the next event starts clean.
+            if idle.len() < self.max_idle {
+                idle.push(warm);
+            }
+        } else if !keep_instance {
+            self.stats
+                .instances_discarded
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        (outcome, fuel, emitted)
+    }
+}
+
+/// Turns the error of a call (or of an instantiation) into a failure kind.
+/// `stderr` is what the plugin wrote to stderr during the delivery: a Rust
+/// panic prints its message there before it aborts with `unreachable`.
+fn classify(err: &wasmtime::Error, stderr: &str) -> Failure {
+    if let Some(limit) = err.downcast_ref::<MemoryLimitExceeded>() {
+        return Failure {
+            kind: FailureKind::MemoryLimit,
+            message: limit.to_string(),
+        };
+    }
+    let Some(trap) = err.downcast_ref::<Trap>() else {
+        return Failure {
+            kind: FailureKind::Trap,
+            message: format!("{err:#}"),
+        };
+    };
+    let (kind, message) = match trap {
+        Trap::OutOfFuel => (
+            FailureKind::FuelExhausted,
+            "fuel exhausted: the handler used up its fuel for this event".to_owned(),
+        ),
+        Trap::Interrupt => (
+            FailureKind::Timeout,
+            "timeout: the handler ran past its wall-clock limit".to_owned(),
+        ),
+        Trap::StackOverflow => (
+            FailureKind::StackOverflow,
+            "stack overflow: the handler used more than the wasm stack limit".to_owned(),
+        ),
+        Trap::UnreachableCodeReached => match panic_message(stderr) {
+            Some(panic) => (FailureKind::Trap, format!("panic: {panic}")),
+            None => (
+                FailureKind::Trap,
+                "unreachable: the handler executed an unreachable instruction".to_owned(),
+            ),
+        },
+        other => (FailureKind::Trap, format!("trap: {other}")),
+    };
+    Failure { kind, message }
+}
+
+/// The message of a Rust panic, from the `panicked at <location>:\n<message>`
+/// text the panic hook prints.
+fn panic_message(stderr: &str) -> Option<String> {
+    let start = stderr.find("panicked at ")?;
+    let text = &stderr[start + "panicked at ".len()..];
+    let mut lines = text.lines();
+    let location = lines.next().unwrap_or_default().trim_end_matches(':');
+    let message = lines
+        .take_while(|l| !l.starts_with("note:"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some(if message.is_empty() {
+        format!("at {location}")
+    } else {
+        format!("{message} (at {location})")
+    })
+}
+
+/// Registers the world's imports, WASI included, in a linker.
+pub(crate) fn linker(engine: &Engine) -> Result<wasmtime::component::Linker<PluginState>, wasmtime::Error> {
+    let mut linker = wasmtime::component::Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    Handler::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)?;
+    Ok(linker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_messages_are_extracted() {
+        let stderr = "\nthread '<unnamed>' panicked at src/lib.rs:12:9:\nfixture panic on evt-1\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(
+            panic_message(stderr).as_deref(),
+            Some("fixture panic on evt-1 (at src/lib.rs:12:9)")
+        );
+        assert_eq!(panic_message("nothing here"), None);
+    }
+
+    #[test]
+    fn only_permanent_errors_are_final() {
+        for kind in FailureKind::ALL {
+            assert_eq!(kind.is_retryable(), kind != FailureKind::HandlerPermanent);
+        }
+    }
+}

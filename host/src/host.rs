@@ -1,0 +1,373 @@
+//! The host: configuration, loading a plugins directory, and publishing
+//! events — each routed to its tenant's subscribed plugins, and every event
+//! those plugins emit routed the same way.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use crate::dispatch::{Delivery, InstanceMode, Plugin};
+use crate::engine::{Allocation, EngineError, EngineOptions};
+use crate::event::{Event, EventError};
+use crate::loader::{self, LoadContext, LoadError};
+use crate::manifest::{Limits, Subscription};
+use crate::registry::Registry;
+use crate::sandbox::{Bounds, PluginState};
+use crate::stats::{Stats, StatsSnapshot};
+
+/// The host's configuration. [`HostConfig::default`] is what `plugbus`
+/// runs with when nothing else is said.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The limits of a plugin whose manifest does not set them.
+    pub default_limits: Limits,
+    /// How many emits may separate an event from the root of its chain
+    /// (default 16). The emit that would exceed it fails.
+    pub max_chain_depth: u32,
+    /// The most events one delivery may emit (default 100).
+    pub max_emits_per_delivery: usize,
+    /// The most events the whole chain of one published event may emit
+    /// (default 10,000), so that fan-out cannot multiply without bound.
+    pub max_events_per_chain: usize,
+    /// The longest log message a plugin may write, in bytes (default 4 KiB);
+    /// longer ones are truncated.
+    pub max_log_bytes: usize,
+    /// The most log lines a plugin may write in one delivery (default 256).
+    pub max_log_lines_per_delivery: usize,
+    /// The most bytes of stdout and stderr kept per delivery (default 64 KiB).
+    pub max_output_bytes_per_delivery: usize,
+    /// The largest component file accepted (default 64 MiB).
+    pub max_plugin_bytes: u64,
+    /// Whether instances are reused across events.
+    pub instance_mode: InstanceMode,
+    /// The most idle instances kept per plugin (default 8).
+    pub max_idle_instances: usize,
+    /// The engine's settings.
+    pub engine: EngineOptions,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            default_limits: Limits::default(),
+            max_chain_depth: 16,
+            max_emits_per_delivery: 100,
+            max_events_per_chain: 10_000,
+            max_log_bytes: 4096,
+            max_log_lines_per_delivery: 256,
+            max_output_bytes_per_delivery: 64 * 1024,
+            max_plugin_bytes: 64 * 1024 * 1024,
+            instance_mode: InstanceMode::Reuse,
+            max_idle_instances: 8,
+            engine: EngineOptions::default(),
+        }
+    }
+}
+
+impl HostConfig {
+    /// The configuration for a fresh instance per event: that mode with the
+    /// pooling allocator, sized for `total_instances` instances at once.
+    pub fn fresh_instances(total_instances: u32) -> Self {
+        let mut config = Self {
+            instance_mode: InstanceMode::FreshPerEvent,
+            ..Self::default()
+        };
+        config.engine.allocation = Allocation::Pooling {
+            total_instances,
+            max_memory_bytes: 256 * 1024 * 1024,
+        };
+        config
+    }
+}
+
+/// Why the host could not be built or could not load a directory.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The engine could not be created.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The WASI and `host` imports could not be registered.
+    #[error("cannot set up the plugin linker: {0}")]
+    Linker(String),
+    /// The plugins directory cannot be read.
+    #[error("plugins directory {}: {source}", path.display())]
+    PluginsDir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A plugin's memory limit is larger than the pooling allocator's slots.
+    #[error("default memory limit of {limit} bytes is larger than the pooling allocator's {slot}-byte memories")]
+    PoolTooSmall {
+        /// The limit.
+        limit: u64,
+        /// The slot size.
+        slot: u64,
+    },
+}
+
+/// Why an event was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The event is invalid; nothing was delivered.
+    #[error("invalid event: {0}")]
+    InvalidEvent(#[from] EventError),
+    /// A delivery task died; this is a bug in the host, not in a plugin.
+    #[error("internal error: a delivery task failed: {0}")]
+    Internal(String),
+}
+
+/// What publishing one event did: every delivery of the event and of the
+/// events its handlers emitted, in routing order, chain level by level.
+#[derive(Debug, Clone, Default)]
+pub struct PublishReport {
+    /// The deliveries.
+    pub deliveries: Vec<Delivery>,
+}
+
+/// What the host knows about a loaded plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// The plugin's tenant.
+    pub tenant: String,
+    /// The plugin's name.
+    pub name: String,
+    /// Its version: a hash of its component and manifest.
+    pub version: String,
+    /// Its component file.
+    pub path: PathBuf,
+    /// Its subscriptions.
+    pub subscribe: Vec<Subscription>,
+    /// Its limits.
+    pub limits: Limits,
+}
+
+impl PluginInfo {
+    fn of(plugin: &Plugin) -> Self {
+        Self {
+            tenant: plugin.tenant().to_owned(),
+            name: plugin.name().to_owned(),
+            version: plugin.version().to_owned(),
+            path: plugin.path().to_owned(),
+            subscribe: plugin.manifest().subscribe.clone(),
+            limits: plugin.manifest().limits,
+        }
+    }
+}
+
+/// What loading a plugins directory did.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// The plugins now loaded.
+    pub loaded: Vec<PluginInfo>,
+    /// The plugins and files that were refused, each naming its file.
+    pub errors: Vec<LoadError>,
+}
+
+/// A plugbus host: loads tenants' plugins and delivers events to them.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use plugbus::{Event, Host, HostConfig};
+/// let host = Host::new(HostConfig::default())?;
+/// let report = host.load_dir("plugins".as_ref())?;
+/// for error in &report.errors {
+///     eprintln!("{error}");
+/// }
+/// let event = Event::from_json(r#"{"specversion":"1.0","id":"evt-1","source":"/pos","type":"order.created","tenant":"acme-pos","data":{"total":12}}"#)?;
+/// for delivery in host.publish(event).await?.deliveries {
+///     println!("{} {:?}", delivery.plugin, delivery.outcome);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Host {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    config: HostConfig,
+    bounds: Arc<Bounds>,
+    stats: Arc<Stats>,
+    registry: ArcSwap<Registry>,
+}
+
+impl Host {
+    /// Builds a host with no plugins, on the process's shared engine for
+    /// `config.engine`.
+    pub fn new(config: HostConfig) -> Result<Self, HostError> {
+        if let Allocation::Pooling {
+            max_memory_bytes, ..
+        } = config.engine.allocation
+            && config.default_limits.memory_bytes > max_memory_bytes
+        {
+            return Err(HostError::PoolTooSmall {
+                limit: config.default_limits.memory_bytes,
+                slot: max_memory_bytes,
+            });
+        }
+        let engine = crate::engine::shared(&config.engine)?;
+        let linker =
+            crate::dispatch::linker(&engine).map_err(|e| HostError::Linker(format!("{e:#}")))?;
+        let bounds = Arc::new(Bounds {
+            max_chain_depth: config.max_chain_depth,
+            max_emits_per_delivery: config.max_emits_per_delivery,
+            max_log_bytes: config.max_log_bytes,
+            max_log_lines_per_delivery: config.max_log_lines_per_delivery,
+            max_output_bytes_per_delivery: config.max_output_bytes_per_delivery,
+        });
+        Ok(Self {
+            engine,
+            linker,
+            config,
+            bounds,
+            stats: Arc::new(Stats::default()),
+            registry: ArcSwap::from_pointee(Registry::default()),
+        })
+    }
+
+    /// The host's configuration.
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    /// Loads every plugin under `dir` (`<dir>/<tenant>/<plugin>.wasm`) and
+    /// makes them the host's plugins, replacing any loaded before.
+    ///
+    /// A plugin that cannot be loaded is reported in
+    /// [`LoadReport::errors`], naming its file; the others load regardless.
+    /// Fails only when `dir` itself cannot be read.
+    pub fn load_dir(&self, dir: &Path) -> Result<LoadReport, HostError> {
+        let (candidates, mut errors) =
+            loader::scan(dir).map_err(|source| HostError::PluginsDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        let ctx = LoadContext {
+            engine: &self.engine,
+            linker: &self.linker,
+            defaults: self.config.default_limits,
+            max_plugin_bytes: self.config.max_plugin_bytes,
+            bounds: &self.bounds,
+            stats: &self.stats,
+            mode: self.config.instance_mode,
+            epoch_tick: self.config.engine.epoch_tick,
+            fuel_metered: self.config.engine.consume_fuel,
+            max_idle: self.config.max_idle_instances,
+        };
+        let mut plugins = Vec::new();
+        for candidate in &candidates {
+            match self.check_pool(candidate, loader::load(&ctx, candidate)) {
+                Ok(plugin) => {
+                    tracing::info!(
+                        tenant = %plugin.tenant(),
+                        plugin = %plugin.name(),
+                        version = %plugin.version(),
+                        "plugin loaded"
+                    );
+                    plugins.push(Arc::new(plugin));
+                }
+                Err(error) => {
+                    tracing::error!("plugin refused: {error}");
+                    errors.push(error);
+                }
+            }
+        }
+        let loaded = plugins.iter().map(|p| PluginInfo::of(p)).collect();
+        self.registry.store(Arc::new(Registry::new(plugins)));
+        Ok(LoadReport { loaded, errors })
+    }
+
+    /// Refuses a plugin whose memory limit the pooling allocator cannot hold.
+    fn check_pool(
+        &self,
+        candidate: &loader::Candidate,
+        loaded: Result<Plugin, LoadError>,
+    ) -> Result<Plugin, LoadError> {
+        let plugin = loaded?;
+        if let Allocation::Pooling {
+            max_memory_bytes, ..
+        } = self.config.engine.allocation
+            && plugin.manifest().limits.memory_bytes > max_memory_bytes
+        {
+            return Err(LoadError::Manifest {
+                path: candidate
+                    .manifest
+                    .clone()
+                    .unwrap_or_else(|| candidate.wasm.clone()),
+                reason: crate::manifest::ManifestError::Limit(format!(
+                    "limits.memory_mib is larger than this host's largest memory ({} MiB)",
+                    max_memory_bytes / (1024 * 1024)
+                )),
+            });
+        }
+        Ok(plugin)
+    }
+
+    /// The loaded plugins, by tenant and name.
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        self.registry
+            .load()
+            .plugins()
+            .map(|p| PluginInfo::of(p))
+            .collect()
+    }
+
+    /// A loaded plugin, by tenant and name.
+    pub fn plugin(&self, tenant: &str, name: &str) -> Option<Arc<Plugin>> {
+        self.registry
+            .load()
+            .plugins()
+            .find(|p| p.tenant() == tenant && p.name() == name)
+            .cloned()
+    }
+
+    /// The host's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Publishes an event: delivers it to its tenant's subscribed plugins,
+    /// then every event they emitted, level by level, until the chain ends.
+    ///
+    /// The deliveries of one level run in parallel on blocking threads, so
+    /// a plugin that spins until its limit delays neither tokio's worker
+    /// threads nor other publishes. A failed delivery is an outcome in the
+    /// report, not an error: `publish` fails only for an invalid event.
+    pub async fn publish(&self, event: Event) -> Result<PublishReport, PublishError> {
+        if let Err(e) = event.validate() {
+            self.stats.events_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(e.into());
+        }
+        self.stats.events_published.fetch_add(1, Ordering::Relaxed);
+        let registry = self.registry.load_full();
+        let budget = Arc::new(AtomicUsize::new(self.config.max_events_per_chain));
+        let mut report = PublishReport::default();
+        let mut level = vec![Arc::new(event)];
+        while !level.is_empty() {
+            let mut tasks = Vec::new();
+            for event in &level {
+                for plugin in registry.route(&event.tenant, &event.ty) {
+                    let plugin = plugin.clone();
+                    let event = event.clone();
+                    let budget = budget.clone();
+                    tasks.push(tokio::task::spawn_blocking(move || {
+                        plugin.deliver(&event, Some(budget))
+                    }));
+                }
+            }
+            let mut next = Vec::new();
+            for result in futures::future::join_all(tasks).await {
+                let (delivery, emitted) =
+                    result.map_err(|e| PublishError::Internal(e.to_string()))?;
+                report.deliveries.push(delivery);
+                next.extend(emitted.into_iter().map(Arc::new));
+            }
+            level = next;
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,53 @@
+//! # plugbus
+//!
+//! A host bus for event handlers written as WebAssembly components.
+//!
+//! Tenants drop plugins — components that target the WIT world
+//! `plugbus:plugin/handler@0.1.0` (see `wit/plugbus.wit`) — into their own
+//! folder, `<plugins-dir>/<tenant>/<plugin>.wasm`, with an optional manifest
+//! `<plugin>.toml`. Each [`Event`], a CloudEvents 1.0 envelope that belongs
+//! to one tenant, reaches exactly that tenant's plugins whose subscriptions
+//! match its type, and runs under each plugin's fuel, memory and time
+//! limits. A failing plugin is an [`Outcome`], never a host error.
+//!
+//! The modules follow the architecture:
+//! - [`engine`]: the one wasmtime engine for untrusted code, and its epoch ticker;
+//! - [`bindings`]: the host side of the WIT world;
+//! - [`manifest`]: manifests, subscriptions, limits, names;
+//! - [`loader`]: finding, checking and compiling plugins on disk;
+//! - [`registry`]: the loaded plugins by tenant, and routing;
+//! - [`dispatch`]: one delivery of one event to one plugin, and its outcome;
+//! - [`event`]: the CloudEvents envelope and its JSON format;
+//! - [`host`]: the [`Host`] that ties them together.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let host = plugbus::Host::new(plugbus::HostConfig::default())?;
+//! host.load_dir("plugins".as_ref())?;
+//! let event = plugbus::Event::from_json(
+//!     r#"{"specversion":"1.0","id":"1","source":"/pos","type":"inventory.stock_changed",
+//!         "tenant":"acme-pos","data":{"sku":"sku-1","new_quantity":3}}"#,
+//! )?;
+//! for delivery in host.publish(event).await?.deliveries {
+//!     println!("{} -> {:?} ({} fuel)", delivery.plugin, delivery.outcome, delivery.fuel);
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod bindings;
+pub mod dispatch;
+pub mod engine;
+pub mod event;
+pub mod host;
+pub mod loader;
+pub mod manifest;
+pub mod registry;
+mod sandbox;
+mod stats;
+
+pub use dispatch::{Delivery, EmittedEvent, Failure, FailureKind, InstanceMode, Outcome, Plugin};
+pub use event::{Event, EventError};
+pub use host::{Host, HostConfig, HostError, LoadReport, PluginInfo, PublishError, PublishReport};
+pub use loader::LoadError;
+pub use manifest::{Limits, Manifest, ManifestError, Subscription};
+pub use stats::StatsSnapshot;

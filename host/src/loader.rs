@@ -1,0 +1,472 @@
+//! Loading plugins from a plugins directory laid out as
+//! `<dir>/<tenant>/<plugin>.wasm` with an optional `<plugin>.toml` beside
+//! each component.
+//!
+//! Every refusal is a [`LoadError`] that names the file and the reason;
+//! one plugin's refusal never stops the others from loading.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+
+use crate::bindings::HandlerPre;
+use crate::dispatch::{Plugin, PluginParts};
+use crate::manifest::{Manifest, ManifestError, NameError, validate_name};
+use crate::sandbox::{Identity, PluginState};
+
+/// Why a plugin (or a file in the plugins directory) was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file or directory could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tenant directory's name is not a valid tenant name.
+    #[error("{}: invalid tenant name {name:?}: {reason}", path.display())]
+    TenantName {
+        /// The directory.
+        path: PathBuf,
+        /// The name.
+        name: String,
+        /// Why it is invalid.
+        reason: NameError,
+    },
+    /// A component's file name is not a valid plugin name.
+    #[error("{}: invalid plugin name {name:?}: {reason}", path.display())]
+    PluginName {
+        /// The file.
+        path: PathBuf,
+        /// The name.
+        name: String,
+        /// Why it is invalid.
+        reason: NameError,
+    },
+    /// A symbolic link points outside the plugins directory.
+    #[error("{}: a symbolic link that leaves the plugins directory (to {})", path.display(), target.display())]
+    SymlinkEscape {
+        /// The link.
+        path: PathBuf,
+        /// Where it points.
+        target: PathBuf,
+    },
+    /// A file sits where a tenant directory belongs.
+    #[error("{}: plugins belong in a tenant's directory: <plugins-dir>/<tenant>/<plugin>.wasm", path.display())]
+    Misplaced {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A manifest has no component beside it.
+    #[error("{}: a manifest without its component (expected {})", path.display(), expected.display())]
+    OrphanManifest {
+        /// The manifest.
+        path: PathBuf,
+        /// Where the component was expected.
+        expected: PathBuf,
+    },
+    /// A manifest does not parse or is invalid.
+    #[error("{}: invalid manifest: {reason}", path.display())]
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// Why it is invalid.
+        reason: ManifestError,
+    },
+    /// A component file is larger than the host accepts.
+    #[error("{}: {size} bytes is more than the limit of {limit} bytes for a plugin", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The file is not WebAssembly at all.
+    #[error("{}: not a WebAssembly component (the file does not start with the wasm magic bytes \\0asm)", path.display())]
+    NotWasm {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is a core WebAssembly module, not a component.
+    #[error("{}: a core WebAssembly module, not a component; build the plugin for wasm32-wasip2", path.display())]
+    CoreModule {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The component is malformed or uses features the host does not allow.
+    #[error("{}: invalid component: {reason}", path.display())]
+    Compile {
+        /// The file.
+        path: PathBuf,
+        /// wasmtime's reason.
+        reason: String,
+    },
+    /// The component does not target the world `plugbus:plugin/handler`.
+    #[error("{}: does not match the world plugbus:plugin/handler@0.1.0: {reason}", path.display())]
+    WrongWorld {
+        /// The file.
+        path: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+}
+
+impl LoadError {
+    /// The file or directory the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Io { path, .. }
+            | Self::TenantName { path, .. }
+            | Self::PluginName { path, .. }
+            | Self::SymlinkEscape { path, .. }
+            | Self::Misplaced { path }
+            | Self::OrphanManifest { path, .. }
+            | Self::Manifest { path, .. }
+            | Self::TooLarge { path, .. }
+            | Self::NotWasm { path }
+            | Self::CoreModule { path }
+            | Self::Compile { path, .. }
+            | Self::WrongWorld { path, .. } => path,
+        }
+    }
+}
+
+/// A plugin found on disk, before it is read and compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The tenant directory's name.
+    pub tenant: String,
+    /// The plugin's name (the component's file stem).
+    pub name: String,
+    /// `<tenant>/<plugin>.wasm`.
+    pub wasm: PathBuf,
+    /// `<tenant>/<plugin>.toml`, if it exists.
+    pub manifest: Option<PathBuf>,
+}
+
+/// Finds the plugins of a plugins directory: every `<tenant>/<plugin>.wasm`
+/// whose names are valid and whose files stay inside the directory.
+/// Hidden entries (names starting with `.`) are skipped.
+pub fn scan(root: &Path) -> Result<(Vec<Candidate>, Vec<LoadError>), std::io::Error> {
+    let root = root.canonicalize()?;
+    let mut candidates = Vec::new();
+    let mut errors = Vec::new();
+    for entry in sorted_entries(&root)? {
+        let Some(name) = visible_name(&entry) else {
+            continue;
+        };
+        let is_dir = match resolve(&root, &entry) {
+            Ok(meta) => meta.is_dir(),
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        if !is_dir {
+            if has_extension(&entry, "wasm") || has_extension(&entry, "toml") {
+                errors.push(LoadError::Misplaced { path: entry });
+            }
+            continue;
+        }
+        if let Err(reason) = validate_name(&name) {
+            errors.push(LoadError::TenantName {
+                path: entry,
+                name,
+                reason,
+            });
+            continue;
+        }
+        scan_tenant(&root, &entry, &name, &mut candidates, &mut errors);
+    }
+    Ok((candidates, errors))
+}
+
+fn scan_tenant(
+    root: &Path,
+    dir: &Path,
+    tenant: &str,
+    candidates: &mut Vec<Candidate>,
+    errors: &mut Vec<LoadError>,
+) {
+    let entries = match sorted_entries(dir) {
+        Ok(entries) => entries,
+        Err(source) => {
+            errors.push(LoadError::Io {
+                path: dir.to_owned(),
+                source,
+            });
+            return;
+        }
+    };
+    for path in entries {
+        if visible_name(&path).is_none() {
+            continue;
+        }
+        let is_wasm = has_extension(&path, "wasm");
+        let is_toml = has_extension(&path, "toml");
+        if !is_wasm && !is_toml {
+            continue;
+        }
+        match resolve(root, &path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => continue,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        }
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if is_toml {
+            let wasm = path.with_extension("wasm");
+            if !wasm.exists() {
+                errors.push(LoadError::OrphanManifest {
+                    path,
+                    expected: wasm,
+                });
+            }
+            continue;
+        }
+        if let Err(reason) = validate_name(&stem) {
+            errors.push(LoadError::PluginName {
+                path,
+                name: stem,
+                reason,
+            });
+            continue;
+        }
+        let manifest = path.with_extension("toml");
+        let manifest = match resolve(root, &manifest) {
+            Ok(meta) if meta.is_file() => Some(manifest),
+            Ok(_) => None,
+            Err(LoadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                None
+            }
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        candidates.push(Candidate {
+            tenant: tenant.to_owned(),
+            name: stem,
+            wasm: path,
+            manifest,
+        });
+    }
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
+    let mut entries = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()?;
+    entries.sort();
+    Ok(entries)
+}
+
+fn visible_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    (!name.starts_with('.')).then_some(name)
+}
+
+fn has_extension(path: &Path, ext: &str) -> bool {
+    path.extension().is_some_and(|e| e == ext)
+}
+
+/// The metadata of what `path` names, after checking that a symbolic link
+/// (anywhere along it) does not lead outside `root`.
+fn resolve(root: &Path, path: &Path) -> Result<std::fs::Metadata, LoadError> {
+    let io = |source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let link = std::fs::symlink_metadata(path).map_err(io)?;
+    if link.file_type().is_symlink() {
+        let target = path.canonicalize().map_err(io)?;
+        if !target.starts_with(root) {
+            return Err(LoadError::SymlinkEscape {
+                path: path.to_owned(),
+                target,
+            });
+        }
+    }
+    std::fs::metadata(path).map_err(io)
+}
+
+/// What compiling a plugin needs from the host.
+pub(crate) struct LoadContext<'a> {
+    pub engine: &'a Engine,
+    pub linker: &'a Linker<PluginState>,
+    pub defaults: crate::manifest::Limits,
+    pub max_plugin_bytes: u64,
+    pub bounds: &'a Arc<crate::sandbox::Bounds>,
+    pub stats: &'a Arc<crate::stats::Stats>,
+    pub mode: crate::dispatch::InstanceMode,
+    pub epoch_tick: std::time::Duration,
+    pub fuel_metered: bool,
+    pub max_idle: usize,
+}
+
+/// Reads, checks and compiles one plugin.
+pub(crate) fn load(ctx: &LoadContext<'_>, candidate: &Candidate) -> Result<Plugin, LoadError> {
+    let (manifest_text, manifest) = match &candidate.manifest {
+        None => (String::new(), Manifest::with_defaults(ctx.defaults)),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let manifest =
+                Manifest::parse(&text, ctx.defaults).map_err(|reason| LoadError::Manifest {
+                    path: path.clone(),
+                    reason,
+                })?;
+            (text, manifest)
+        }
+    };
+    let path = &candidate.wasm;
+    let bytes = read_component(path, ctx.max_plugin_bytes)?;
+    let version = version_of(&bytes, manifest_text.as_bytes());
+    let component = Component::from_binary(ctx.engine, &bytes).map_err(|e| LoadError::Compile {
+        path: path.clone(),
+        reason: format!("{e:#}"),
+    })?;
+    let instance_pre = ctx
+        .linker
+        .instantiate_pre(&component)
+        .map_err(|e| LoadError::WrongWorld {
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        })?;
+    let pre = HandlerPre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
+        path: path.clone(),
+        reason: format!("{e:#}"),
+    })?;
+    let identity = Arc::new(Identity {
+        tenant: candidate.tenant.clone(),
+        name: candidate.name.clone(),
+        label: format!("{}/{}", candidate.tenant, candidate.name),
+        source: format!("plugbus://{}/{}", candidate.tenant, candidate.name),
+        version,
+        config: manifest.config.clone(),
+    });
+    Ok(Plugin::new(PluginParts {
+        identity,
+        manifest,
+        path: path.clone(),
+        engine: ctx.engine.clone(),
+        pre,
+        bounds: ctx.bounds.clone(),
+        stats: ctx.stats.clone(),
+        mode: ctx.mode,
+        epoch_tick: ctx.epoch_tick,
+        fuel_metered: ctx.fuel_metered,
+        max_idle: ctx.max_idle,
+    }))
+}
+
+/// Reads a component file, refusing one over `limit` bytes and anything
+/// that is not a component before handing it to the compiler.
+fn read_component(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
+    let io = |source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    if size > limit {
+        return Err(LoadError::TooLarge {
+            path: path.to_owned(),
+            size,
+            limit,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(LoadError::CoreModule {
+            path: path.to_owned(),
+        }),
+        Some([0, b'a', b's', b'm', ..]) => Ok(bytes),
+        _ => Err(LoadError::NotWasm {
+            path: path.to_owned(),
+        }),
+    }
+}
+
+/// A plugin's version: the first 12 hex digits of the SHA-256 of its
+/// component and manifest.
+fn version_of(component: &[u8], manifest: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update((component.len() as u64).to_le_bytes());
+    hasher.update(component);
+    hasher.update(manifest);
+    let digest = hasher.finalize();
+    digest
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_cover_component_and_manifest() {
+        let a = version_of(b"\0asm", b"");
+        assert_eq!(a.len(), 12);
+        assert_ne!(a, version_of(b"\0asm", b"subscribe = []"));
+        assert_ne!(a, version_of(b"\0asn", b""));
+    }
+
+    #[test]
+    fn scan_refuses_bad_names_and_escaping_links() -> Result<(), Box<dyn std::error::Error>> {
+        let outside = tempfile::tempdir()?;
+        std::fs::write(outside.path().join("secret.wasm"), b"\0asm")?;
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("acme/sub"))?;
+        std::fs::create_dir_all(root.join("Bad Tenant"))?;
+        std::fs::create_dir_all(root.join(".hidden"))?;
+        std::fs::write(root.join("acme/good.wasm"), b"")?;
+        std::fs::write(root.join("acme/good.toml"), b"")?;
+        std::fs::write(root.join("acme/Bad.wasm"), b"")?;
+        std::fs::write(root.join("acme/orphan.toml"), b"")?;
+        std::fs::write(root.join("acme/notes.txt"), b"")?;
+        std::fs::write(root.join("stray.wasm"), b"")?;
+        std::os::unix::fs::symlink(outside.path().join("secret.wasm"), root.join("acme/leak.wasm"))?;
+        std::os::unix::fs::symlink(root.join("acme/good.wasm"), root.join("acme/alias.wasm"))?;
+        std::os::unix::fs::symlink(outside.path(), root.join("evil"))?;
+
+        let (found, errors) = scan(root)?;
+        let names: Vec<_> = found.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["alias", "good"]);
+        assert!(found[1].manifest.is_some());
+        assert!(found[0].manifest.is_none());
+        let mut kinds: Vec<_> = errors
+            .iter()
+            .map(|e| {
+                let file = e.path().file_name().map(|f| f.to_string_lossy().into_owned());
+                (std::mem::discriminant(e), file.unwrap_or_default(), e.to_string())
+            })
+            .collect();
+        kinds.sort_by(|a, b| a.1.cmp(&b.1));
+        let files: Vec<_> = kinds.iter().map(|k| k.1.as_str()).collect();
+        assert_eq!(files, ["Bad Tenant", "Bad.wasm", "evil", "leak.wasm", "orphan.toml", "stray.wasm"]);
+        for (_, file, message) in &kinds {
+            assert!(message.contains(file.as_str()), "{message} names {file}");
+        }
+        assert!(errors.iter().any(|e| matches!(e, LoadError::SymlinkEscape { .. })));
+        Ok(())
+    }
+}

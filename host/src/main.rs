@@ -1,0 +1,313 @@
+//! The `plugbus` command: runs tenants' WebAssembly event handlers.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt as _;
+use plugbus::{Delivery, Event, Host, HostConfig, InstanceMode, Outcome};
+use serde::Serialize;
+use tokio::io::AsyncBufReadExt as _;
+
+/// plugbus: a host bus for event handlers written as WebAssembly components.
+///
+/// Tenants drop plugins (components of the WIT world plugbus:plugin/handler)
+/// into <plugins-dir>/<tenant>/<plugin>.wasm, with an optional manifest
+/// <plugin>.toml beside each. Every CloudEvent of a tenant reaches that
+/// tenant's subscribed plugins, each under its own fuel, memory and time
+/// limits.
+#[derive(Parser)]
+#[command(name = "plugbus", version, about, long_about)]
+struct Cli {
+    /// How log lines are written to stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true, env = "PLUGBUS_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    /// Which log lines are written: a level (error, warn, info, debug, trace)
+    /// or a tracing filter such as `plugbus=debug,plugbus::plugin=info`.
+    /// RUST_LOG is used when this is not given.
+    #[arg(long, global = true, env = "PLUGBUS_LOG")]
+    log: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Loads every tenant's plugins, dispatches CloudEvents read one per line
+    /// (JSON format, the tenant in the extension attribute `tenant`) and
+    /// everything the plugins emit in response, and writes one JSON line per
+    /// delivery to stdout.
+    ///
+    /// Each output line holds: event_id, tenant, type, plugin,
+    /// plugin_version, outcome (handled or failed), error_kind,
+    /// error_message, fuel, micros, causationid (for emitted events) and the
+    /// events the delivery emitted. An invalid input line is reported on
+    /// stderr with its line number and reason; the valid lines are still
+    /// dispatched.
+    ///
+    /// Exit status: 0 when every input line was dispatched, 1 when any was
+    /// rejected, 2 when the host could not start.
+    Dispatch(DispatchArgs),
+}
+
+#[derive(clap::Args)]
+struct DispatchArgs {
+    /// The plugins directory: <DIR>/<tenant>/<plugin>.wasm.
+    #[arg(long, value_name = "DIR", env = "PLUGBUS_PLUGINS")]
+    plugins: PathBuf,
+
+    /// The file of events, one CloudEvent in JSON per line; stdin when absent.
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
+
+    /// Fuel per event for plugins whose manifest does not set `limits.fuel`.
+    #[arg(long, value_name = "N", default_value_t = plugbus::Limits::default().fuel)]
+    fuel: u64,
+
+    /// Memory (MiB) of plugins whose manifest does not set `limits.memory_mib`.
+    #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=plugbus::manifest::MAX_MEMORY_MIB))]
+    memory_mib: u64,
+
+    /// Wall-clock limit (ms) per event for plugins whose manifest does not
+    /// set `limits.timeout_ms`.
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=plugbus::manifest::MAX_TIMEOUT_MS))]
+    timeout_ms: u64,
+
+    /// How many emits may separate an event from the root of its chain.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_chain_depth: u32,
+
+    /// Reuse a plugin's instance across events, or create a fresh one per event.
+    #[arg(long, value_enum, default_value_t = Mode::Reuse)]
+    instance_mode: Mode,
+
+    /// How many input events are dispatched at once (output keeps input order).
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    concurrency: u32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// One long-lived instance per plugin (and per concurrent event),
+    /// replaced after a trap.
+    Reuse,
+    /// A fresh instance per event, from the pooling allocator.
+    Fresh,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(cli.log_format, cli.log.as_deref()) {
+        eprintln!("plugbus: {e:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("plugbus: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dispatch(args) => dispatch(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("plugbus: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, filter: Option<&str>) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(f) => EnvFilter::try_new(f).with_context(|| format!("invalid --log filter {f:?}"))?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+/// The longest input line accepted.
+const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+
+async fn dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
+    let mut config = match args.instance_mode {
+        Mode::Reuse => HostConfig::default(),
+        Mode::Fresh => HostConfig::fresh_instances(1000),
+    };
+    config.instance_mode = match args.instance_mode {
+        Mode::Reuse => InstanceMode::Reuse,
+        Mode::Fresh => InstanceMode::FreshPerEvent,
+    };
+    config.default_limits = plugbus::Limits {
+        fuel: args.fuel,
+        memory_bytes: args.memory_mib * 1024 * 1024,
+        timeout: Duration::from_millis(args.timeout_ms),
+    };
+    config.max_chain_depth = args.max_chain_depth;
+    let host = Host::new(config)?;
+    let report = host.load_dir(&args.plugins)?;
+    let tenants: std::collections::BTreeSet<_> =
+        report.loaded.iter().map(|p| p.tenant.as_str()).collect();
+    tracing::info!(
+        "loaded {} plugins of {} tenants from {}; {} refused",
+        report.loaded.len(),
+        tenants.len(),
+        args.plugins.display(),
+        report.errors.len()
+    );
+
+    let input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match &args.events {
+        Some(path) => Box::new(
+            tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("cannot open events file {}", path.display()))?,
+        ),
+        None => Box::new(tokio::io::stdin()),
+    };
+    let lines = Box::pin(futures::stream::unfold(
+        (tokio::io::BufReader::new(input), 0usize),
+        |(mut reader, number)| async move {
+            let mut line = Vec::new();
+            match reader.read_until(b'\n', &mut line).await {
+                Ok(0) => None,
+                Ok(_) => Some((Ok((number + 1, line)), (reader, number + 1))),
+                Err(e) => Some((Err(e), (reader, number + 1))),
+            }
+        },
+    ));
+
+    let host = &host;
+    let mut results = lines
+        .map(|line| async move {
+            let (number, bytes) = line?;
+            let parsed = parse_line(&bytes);
+            let published = match parsed {
+                None => None,
+                Some(Err(reason)) => Some(Err(reason)),
+                Some(Ok(event)) => Some(host.publish(event).await.map_err(|e| e.to_string())),
+            };
+            Ok::<_, std::io::Error>((number, published))
+        })
+        .buffered(args.concurrency as usize);
+
+    let mut stdout = std::io::stdout().lock();
+    let (mut events, mut rejected, mut handled, mut failed) = (0u64, 0u64, 0u64, 0u64);
+    while let Some(result) = results.next().await {
+        let (number, published) = result.context("cannot read the events")?;
+        match published {
+            None => {}
+            Some(Err(reason)) => {
+                rejected += 1;
+                eprintln!("plugbus: line {number}: rejected: {reason}");
+            }
+            Some(Ok(report)) => {
+                events += 1;
+                for delivery in &report.deliveries {
+                    if delivery.outcome.is_handled() {
+                        handled += 1;
+                    } else {
+                        failed += 1;
+                    }
+                    serde_json::to_writer(&mut stdout, &DeliveryLine::from(delivery))?;
+                    stdout.write_all(b"\n")?;
+                }
+                stdout.flush()?;
+            }
+        }
+    }
+    tracing::info!(
+        "dispatched {events} events: {handled} deliveries handled, {failed} failed; {rejected} input lines rejected"
+    );
+    Ok(if rejected == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Parses one input line; `None` for a blank line.
+fn parse_line(bytes: &[u8]) -> Option<Result<Event, String>> {
+    if bytes.len() > MAX_LINE_BYTES {
+        return Some(Err(format!(
+            "the line is {} bytes long; at most {MAX_LINE_BYTES} are accepted",
+            bytes.len()
+        )));
+    }
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text.trim(),
+        Err(e) => return Some(Err(format!("not valid UTF-8: {e}"))),
+    };
+    if text.is_empty() {
+        return None;
+    }
+    Some(Event::from_json(text).map_err(|e| e.to_string()))
+}
+
+/// One line of `dispatch` output.
+#[derive(Serialize)]
+struct DeliveryLine<'a> {
+    event_id: &'a str,
+    tenant: &'a str,
+    #[serde(rename = "type")]
+    ty: &'a str,
+    plugin: &'a str,
+    plugin_version: &'a str,
+    outcome: &'static str,
+    error_kind: Option<&'static str>,
+    error_message: Option<&'a str>,
+    fuel: u64,
+    micros: u64,
+    causationid: Option<&'a str>,
+    emitted: &'a [plugbus::EmittedEvent],
+}
+
+impl<'a> From<&'a Delivery> for DeliveryLine<'a> {
+    fn from(d: &'a Delivery) -> Self {
+        let failure = match &d.outcome {
+            Outcome::Handled => None,
+            Outcome::Failed(f) => Some(f),
+        };
+        Self {
+            event_id: &d.event_id,
+            tenant: &d.tenant,
+            ty: &d.event_type,
+            plugin: &d.plugin,
+            plugin_version: &d.plugin_version,
+            outcome: if failure.is_some() { "failed" } else { "handled" },
+            error_kind: failure.map(|f| f.kind.as_str()),
+            error_message: failure.map(|f| f.message.as_str()),
+            fuel: d.fuel,
+            micros: u64::try_from(d.duration.as_micros()).unwrap_or(u64::MAX),
+            causationid: d.causation_id.as_deref(),
+            emitted: &d.emitted,
+        }
+    }
+}

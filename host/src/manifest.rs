@@ -1,0 +1,309 @@
+//! Plugin manifests (`<plugin>.toml`), subscription patterns, limits and the
+//! validation of tenant and plugin names.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The longest tenant or plugin name accepted.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Why a tenant or plugin name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The name is empty.
+    #[error("the name is empty")]
+    Empty,
+    /// The name is longer than [`MAX_NAME_LEN`] bytes.
+    #[error("the name is {0} bytes long; at most {MAX_NAME_LEN} are allowed")]
+    TooLong(usize),
+    /// The name contains a character other than `a-z`, `0-9`, `-` and `_`.
+    #[error("the name contains {0:?}; only lowercase letters, digits, '-' and '_' are allowed")]
+    InvalidChar(char),
+}
+
+/// Checks a tenant or plugin name: 1 to 64 of lowercase ASCII letters,
+/// digits, `-` and `_`.
+pub fn validate_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong(name.len()));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
+    {
+        Some(c) => Err(NameError::InvalidChar(c)),
+        None => Ok(()),
+    }
+}
+
+/// The resource limits one delivery of an event to a plugin runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel (roughly: WebAssembly instructions) available to one event.
+    pub fuel: u64,
+    /// Bytes that all linear memories of the plugin's instance may hold together.
+    pub memory_bytes: u64,
+    /// Wall-clock time available to one event.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    /// 50 million fuel, 32 MiB of memory and one second per event.
+    fn default() -> Self {
+        Self {
+            fuel: 50_000_000,
+            memory_bytes: 32 * MIB,
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// The largest `memory_mib` a manifest may ask for (4 GiB, the wasm32 maximum).
+pub const MAX_MEMORY_MIB: u64 = 4096;
+/// The longest `timeout_ms` a manifest may ask for (one hour).
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// A pattern in a manifest's `subscribe` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subscription {
+    /// `"*"`: every event type.
+    All,
+    /// `"prefix.*"`: every type that starts with `prefix.` (the stored
+    /// string includes the trailing dot).
+    Prefix(String),
+    /// An exact event type.
+    Exact(String),
+}
+
+impl Subscription {
+    /// Parses one pattern: `*`, `prefix.*` or an exact type.
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        if pattern == "*" {
+            return Ok(Self::All);
+        }
+        if pattern.is_empty() {
+            return Err("an empty pattern matches nothing".into());
+        }
+        if let Some(c) = pattern.chars().find(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!("pattern {pattern:?} contains the character {c:?}"));
+        }
+        match pattern.strip_suffix('*') {
+            Some(prefix) if prefix.ends_with('.') && prefix.len() > 1 && !prefix.contains('*') => {
+                Ok(Self::Prefix(prefix.to_owned()))
+            }
+            Some(_) => Err(format!(
+                "pattern {pattern:?}: '*' may only stand alone or after a final '.', as in \"order.*\""
+            )),
+            None if pattern.contains('*') => Err(format!(
+                "pattern {pattern:?}: '*' may only stand alone or after a final '.', as in \"order.*\""
+            )),
+            None => Ok(Self::Exact(pattern.to_owned())),
+        }
+    }
+
+    /// Whether an event of type `ty` matches this pattern.
+    pub fn matches(&self, ty: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Prefix(prefix) => ty.starts_with(prefix.as_str()),
+            Self::Exact(exact) => ty == exact,
+        }
+    }
+}
+
+impl fmt::Display for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::All => f.write_str("*"),
+            Self::Prefix(prefix) => write!(f, "{prefix}*"),
+            Self::Exact(exact) => f.write_str(exact),
+        }
+    }
+}
+
+/// A validated plugin manifest, with the host's defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The event types the plugin receives.
+    pub subscribe: Vec<Subscription>,
+    /// The limits each delivery runs under.
+    pub limits: Limits,
+    /// The plugin's own configuration, served by `config-get`.
+    pub config: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// The manifest of a plugin that has no `<plugin>.toml`: every event
+    /// type, the default limits, no configuration.
+    pub fn with_defaults(limits: Limits) -> Self {
+        Self {
+            subscribe: vec![Subscription::All],
+            limits,
+            config: BTreeMap::new(),
+        }
+    }
+
+    /// Parses and validates a manifest's TOML text. Limits the manifest
+    /// leaves out come from `defaults`.
+    pub fn parse(text: &str, defaults: Limits) -> Result<Self, ManifestError> {
+        let raw: RawManifest =
+            toml::from_str(text).map_err(|e| ManifestError::Syntax(e.to_string()))?;
+        let subscribe = match raw.subscribe {
+            None => vec![Subscription::All],
+            Some(patterns) => patterns
+                .iter()
+                .map(|p| Subscription::parse(p).map_err(ManifestError::Subscribe))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let mut limits = defaults;
+        if let Some(raw_limits) = raw.limits {
+            if let Some(fuel) = raw_limits.fuel {
+                if fuel == 0 {
+                    return Err(ManifestError::Limit("limits.fuel must be at least 1".into()));
+                }
+                limits.fuel = fuel;
+            }
+            if let Some(mib) = raw_limits.memory_mib {
+                if !(1..=MAX_MEMORY_MIB).contains(&mib) {
+                    return Err(ManifestError::Limit(format!(
+                        "limits.memory_mib is {mib}; it must be between 1 and {MAX_MEMORY_MIB}"
+                    )));
+                }
+                limits.memory_bytes = mib * MIB;
+            }
+            if let Some(ms) = raw_limits.timeout_ms {
+                if !(1..=MAX_TIMEOUT_MS).contains(&ms) {
+                    return Err(ManifestError::Limit(format!(
+                        "limits.timeout_ms is {ms}; it must be between 1 and {MAX_TIMEOUT_MS}"
+                    )));
+                }
+                limits.timeout = Duration::from_millis(ms);
+            }
+        }
+        Ok(Self {
+            subscribe,
+            limits,
+            config: raw.config.unwrap_or_default(),
+        })
+    }
+
+    /// Whether the plugin subscribes to events of type `ty`.
+    pub fn subscribes_to(&self, ty: &str) -> bool {
+        self.subscribe.iter().any(|s| s.matches(ty))
+    }
+}
+
+/// Why a manifest was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// The TOML does not parse, has a key the manifest does not know, or a
+    /// value of the wrong type. The message names the key and position.
+    #[error("{0}")]
+    Syntax(String),
+    /// A `subscribe` pattern is malformed.
+    #[error("subscribe: {0}")]
+    Subscribe(String),
+    /// A limit is out of range.
+    #[error("{0}")]
+    Limit(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    subscribe: Option<Vec<String>>,
+    limits: Option<RawLimits>,
+    config: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    fuel: Option<u64>,
+    memory_mib: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("acme-pos_2").is_ok());
+        assert_eq!(validate_name(""), Err(NameError::Empty));
+        assert_eq!(validate_name("Acme"), Err(NameError::InvalidChar('A')));
+        assert_eq!(validate_name("a/b"), Err(NameError::InvalidChar('/')));
+        assert_eq!(validate_name(".."), Err(NameError::InvalidChar('.')));
+        assert_eq!(validate_name(&"a".repeat(65)), Err(NameError::TooLong(65)));
+    }
+
+    #[test]
+    fn subscriptions() {
+        assert_eq!(Subscription::parse("*"), Ok(Subscription::All));
+        let prefix = Subscription::parse("order.*").expect("valid");
+        assert!(prefix.matches("order.created"));
+        assert!(!prefix.matches("order"));
+        assert!(!prefix.matches("orders.created"));
+        let exact = Subscription::parse("order.created").expect("valid");
+        assert!(exact.matches("order.created"));
+        assert!(!exact.matches("order.created.v2"));
+        for bad in ["", "order*", "*.created", "a.*.b", ".*", "with space", "o.**"] {
+            assert!(Subscription::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert_eq!(prefix.to_string(), "order.*");
+    }
+
+    #[test]
+    fn full_manifest() {
+        let m = Manifest::parse(
+            r#"
+            subscribe = ["inventory.stock_changed", "order.*"]
+            [limits]
+            fuel = 50_000_000
+            memory_mib = 16
+            timeout_ms = 250
+            [config]
+            threshold = "10"
+            "#,
+            Limits::default(),
+        )
+        .expect("valid manifest");
+        assert!(m.subscribes_to("order.paid"));
+        assert!(m.subscribes_to("inventory.stock_changed"));
+        assert!(!m.subscribes_to("inventory.low_stock"));
+        assert_eq!(m.limits.memory_bytes, 16 * MIB);
+        assert_eq!(m.limits.timeout, Duration::from_millis(250));
+        assert_eq!(m.config.get("threshold").map(String::as_str), Some("10"));
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let m = Manifest::parse("", Limits::default()).expect("empty manifest is valid");
+        assert_eq!(m, Manifest::with_defaults(Limits::default()));
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let err = Manifest::parse("subscrbe = [\"*\"]", Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("subscrbe"), "{err}");
+        let err = Manifest::parse("[limits]\nfuel = 1\ncpu = 2", Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("cpu"), "{err}");
+        let err = Manifest::parse("[limits]\nmemory_mib = 0", Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("memory_mib"), "{err}");
+        let err = Manifest::parse("[limits]\ntimeout_ms = -5", Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("timeout_ms"), "{err}");
+        let err = Manifest::parse("[config]\nthreshold = 10", Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("threshold"), "{err}");
+        let err = Manifest::parse("subscribe = [\"a*\"]", Limits::default()).unwrap_err();
+        assert!(matches!(err, ManifestError::Subscribe(_)), "{err}");
+    }
+}

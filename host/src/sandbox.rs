@@ -1,0 +1,576 @@
+//! What a plugin instance's `Store` holds: a deny-by-default WASI context,
+//! the memory limiter, the bounded capture of stdout and stderr, and the
+//! host functions of interface `host` (`emit`, `log`, `config-get`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_io::bytes::Bytes;
+
+use crate::bindings::{self, Level, OutgoingEvent};
+use crate::event::{self, Event};
+use crate::stats::Stats;
+
+/// The most table elements any table of a plugin may hold.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// The most core instances, tables and memories one plugin instance may create.
+const MAX_INSTANCES: usize = 64;
+const MAX_TABLES: usize = 64;
+const MAX_MEMORIES: usize = 16;
+/// How many bytes of stderr are kept per delivery to explain a trap.
+const STDERR_TAIL: usize = 2048;
+
+/// The bounds the host functions enforce; part of the host's configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Bounds {
+    pub max_chain_depth: u32,
+    pub max_emits_per_delivery: usize,
+    pub max_log_bytes: usize,
+    pub max_log_lines_per_delivery: usize,
+    pub max_output_bytes_per_delivery: usize,
+}
+
+/// Who a plugin is: what its host functions need to know about it.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    pub tenant: String,
+    pub name: String,
+    /// `<tenant>/<plugin>`, the name the plugin's logs go under.
+    pub label: String,
+    /// The source of the events it emits: `plugbus://<tenant>/<plugin>`.
+    pub source: String,
+    pub version: String,
+    pub config: BTreeMap<String, String>,
+}
+
+/// A plugin's memory went past its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit exceeded: the instance asked for {requested} bytes of linear memory; its limit is {limit}")]
+pub(crate) struct MemoryLimitExceeded {
+    pub requested: u64,
+    pub limit: u64,
+}
+
+/// Caps the sum of all linear memories of one instance, and the count and
+/// size of its tables.
+pub(crate) struct Limiter {
+    limit: u64,
+    used: u64,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let requested = self
+            .used
+            .saturating_sub(current as u64)
+            .saturating_add(desired as u64);
+        if requested > self.limit {
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                requested,
+                limit: self.limit,
+            }));
+        }
+        self.used = requested;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
+/// What one delivery in progress needs: the handled event's chain, the
+/// events emitted so far, and the per-delivery budgets.
+#[derive(Default)]
+pub(crate) struct DeliveryScope {
+    pub event_id: String,
+    pub correlation_id: String,
+    pub depth: u32,
+    pub emitted: Vec<Event>,
+    pub log_lines: usize,
+    /// Events the whole chain of the published event may still emit.
+    pub chain_budget: Option<Arc<AtomicUsize>>,
+}
+
+/// The data of a plugin instance's `Store`.
+pub(crate) struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: Limiter,
+    pub identity: Arc<Identity>,
+    pub bounds: Arc<Bounds>,
+    pub stats: Arc<Stats>,
+    pub output: Arc<OutputCapture>,
+    pub scope: DeliveryScope,
+}
+
+impl PluginState {
+    /// A fresh state: no files, no environment, no arguments, no network;
+    /// stdout and stderr go to the host log, bounded.
+    pub fn new(
+        identity: Arc<Identity>,
+        bounds: Arc<Bounds>,
+        stats: Arc<Stats>,
+        memory_limit: u64,
+    ) -> Self {
+        let output = Arc::new(OutputCapture::new(
+            identity.label.clone(),
+            bounds.max_output_bytes_per_delivery,
+        ));
+        let wasi = WasiCtx::builder()
+            .stdout(CapturedStream {
+                capture: output.clone(),
+                stream: Stream::Stdout,
+            })
+            .stderr(CapturedStream {
+                capture: output.clone(),
+                stream: Stream::Stderr,
+            })
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                limit: memory_limit,
+                used: 0,
+            },
+            identity,
+            bounds,
+            stats,
+            output,
+            scope: DeliveryScope::default(),
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::plugbus::plugin::types::Host for PluginState {}
+
+/// Extension names only the host may set on an emitted event.
+const HOST_OWNED: &[&str] = &[
+    event::CAUSATION_EXTENSION,
+    event::CORRELATION_EXTENSION,
+    event::DEPTH_EXTENSION,
+];
+
+impl bindings::plugbus::plugin::host::Host for PluginState {
+    fn emit(&mut self, outgoing: OutgoingEvent) -> Result<String, String> {
+        let refusal = match self.build_emitted(outgoing) {
+            Ok(emitted) => {
+                self.stats.emits_accepted.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(emitted = %emitted.id, r#type = %emitted.ty, "plugin emitted an event");
+                let id = emitted.id.clone();
+                self.scope.emitted.push(emitted);
+                return Ok(id);
+            }
+            Err(refusal) => refusal,
+        };
+        let counter = match refusal {
+            EmitRefusal::ChainDepth(_) => &self.stats.emits_refused_chain_depth,
+            EmitRefusal::Budget(_) => &self.stats.emits_refused_budget,
+            EmitRefusal::Invalid(_) => &self.stats.emits_refused_invalid,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let message = refusal.to_string();
+        tracing::warn!(plugin = %self.identity.label, "emit refused: {message}");
+        Err(message)
+    }
+
+    fn log(&mut self, level: Level, message: String) {
+        self.scope.log_lines += 1;
+        if self.scope.log_lines > self.bounds.max_log_lines_per_delivery {
+            self.stats.log_lines_dropped.fetch_add(1, Ordering::Relaxed);
+            if self.scope.log_lines == self.bounds.max_log_lines_per_delivery + 1 {
+                tracing::warn!(
+                    plugin = %self.identity.label,
+                    "plugin wrote more than {} log lines in one delivery; the rest are dropped",
+                    self.bounds.max_log_lines_per_delivery
+                );
+            }
+            return;
+        }
+        let text = truncate(&message, self.bounds.max_log_bytes);
+        let plugin = self.identity.label.as_str();
+        match level {
+            Level::Trace => tracing::trace!(target: "plugbus::plugin", plugin, "{text}"),
+            Level::Debug => tracing::debug!(target: "plugbus::plugin", plugin, "{text}"),
+            Level::Info => tracing::info!(target: "plugbus::plugin", plugin, "{text}"),
+            Level::Warn => tracing::warn!(target: "plugbus::plugin", plugin, "{text}"),
+            Level::Error => tracing::error!(target: "plugbus::plugin", plugin, "{text}"),
+        }
+    }
+
+    fn config_get(&mut self, key: String) -> Option<String> {
+        self.identity.config.get(&key).cloned()
+    }
+}
+
+/// Why an emit was refused; the message goes back to the plugin.
+#[derive(Debug, thiserror::Error)]
+enum EmitRefusal {
+    #[error("{0}")]
+    ChainDepth(String),
+    #[error("{0}")]
+    Budget(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl PluginState {
+    fn build_emitted(&self, outgoing: OutgoingEvent) -> Result<Event, EmitRefusal> {
+        let scope = &self.scope;
+        let depth = scope.depth.saturating_add(1);
+        if depth > self.bounds.max_chain_depth {
+            return Err(EmitRefusal::ChainDepth(format!(
+                "chain depth limit of {} reached: event {} is at depth {}, so it may not cause further events",
+                self.bounds.max_chain_depth, scope.event_id, scope.depth
+            )));
+        }
+        if scope.emitted.len() >= self.bounds.max_emits_per_delivery {
+            return Err(EmitRefusal::Budget(format!(
+                "a delivery may emit at most {} events",
+                self.bounds.max_emits_per_delivery
+            )));
+        }
+        let mut extensions = BTreeMap::new();
+        for (name, value) in outgoing.extensions {
+            event::check_extension_name(&name).map_err(|e| EmitRefusal::Invalid(e.to_string()))?;
+            if HOST_OWNED.contains(&name.as_str()) {
+                return Err(EmitRefusal::Invalid(format!(
+                    "extension '{name}' is set by the host and may not be set by a plugin"
+                )));
+            }
+            if extensions.insert(name.clone(), value).is_some() {
+                return Err(EmitRefusal::Invalid(format!(
+                    "extension '{name}' is given twice"
+                )));
+            }
+        }
+        extensions.insert(
+            event::CAUSATION_EXTENSION.to_owned(),
+            scope.event_id.clone(),
+        );
+        extensions.insert(
+            event::CORRELATION_EXTENSION.to_owned(),
+            scope.correlation_id.clone(),
+        );
+        extensions.insert(event::DEPTH_EXTENSION.to_owned(), depth.to_string());
+        let emitted = Event {
+            id: uuid::Uuid::now_v7().to_string(),
+            source: self.identity.source.clone(),
+            ty: outgoing.type_,
+            subject: outgoing.subject,
+            time: Some(now_rfc3339()),
+            datacontenttype: outgoing.datacontenttype,
+            dataschema: outgoing.dataschema,
+            data: outgoing.data,
+            extensions,
+            tenant: self.identity.tenant.clone(),
+        };
+        emitted
+            .validate()
+            .map_err(|e| EmitRefusal::Invalid(format!("invalid event: {e}")))?;
+        if let Some(budget) = &scope.chain_budget {
+            let took = budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(1)
+            });
+            if took.is_err() {
+                return Err(EmitRefusal::Budget(format!(
+                    "the chain of events caused by {} has reached the host's limit of events per published event",
+                    scope.correlation_id
+                )));
+            }
+        }
+        Ok(emitted)
+    }
+}
+
+/// The current time as RFC 3339, in UTC.
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The longest prefix of `s` that fits in `max` bytes, on a character boundary,
+/// with a marker when something was cut.
+fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} bytes truncated]", &s[..end], s.len() - end).into()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+}
+
+/// A plugin's stdout and stderr: forwarded line by line into the host log
+/// under the plugin's name, up to a byte budget per delivery; the rest is
+/// counted and dropped. The guest never sees a write fail.
+pub(crate) struct OutputCapture {
+    label: String,
+    inner: Mutex<CaptureInner>,
+}
+
+struct CaptureInner {
+    budget: usize,
+    used: usize,
+    dropped: usize,
+    stdout_line: Vec<u8>,
+    stderr_line: Vec<u8>,
+    stderr_tail: Vec<u8>,
+}
+
+impl OutputCapture {
+    fn new(label: String, budget: usize) -> Self {
+        Self {
+            label,
+            inner: Mutex::new(CaptureInner {
+                budget,
+                used: 0,
+                dropped: 0,
+                stdout_line: Vec::new(),
+                stderr_line: Vec::new(),
+                stderr_tail: Vec::new(),
+            }),
+        }
+    }
+
+    fn write(&self, stream: Stream, bytes: &[u8]) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = inner.budget.saturating_sub(inner.used);
+        let (kept, dropped) = bytes.split_at(bytes.len().min(room));
+        inner.used += kept.len();
+        inner.dropped += dropped.len();
+        if let Stream::Stderr = stream {
+            let room = STDERR_TAIL.saturating_sub(inner.stderr_tail.len());
+            let take = kept.len().min(room);
+            inner.stderr_tail.extend_from_slice(&kept[..take]);
+        }
+        for &byte in kept {
+            let line = match stream {
+                Stream::Stdout => &mut inner.stdout_line,
+                Stream::Stderr => &mut inner.stderr_line,
+            };
+            if byte == b'\n' {
+                let text = String::from_utf8_lossy(line).into_owned();
+                line.clear();
+                self.forward(stream, &text);
+            } else {
+                line.push(byte);
+            }
+        }
+    }
+
+    fn forward(&self, stream: Stream, text: &str) {
+        tracing::info!(
+            target: "plugbus::plugin",
+            plugin = %self.label,
+            stream = stream.name(),
+            "{text}"
+        );
+    }
+
+    /// Ends a delivery: forwards unfinished lines, reports dropped output,
+    /// resets the budget, and returns the stderr written during the delivery
+    /// (its first bytes), which explains a panic.
+    pub fn finish_delivery(&self) -> (String, usize) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let line = match stream {
+                Stream::Stdout => std::mem::take(&mut inner.stdout_line),
+                Stream::Stderr => std::mem::take(&mut inner.stderr_line),
+            };
+            if !line.is_empty() {
+                self.forward(stream, &String::from_utf8_lossy(&line));
+            }
+        }
+        let dropped = std::mem::take(&mut inner.dropped);
+        if dropped > 0 {
+            tracing::warn!(
+                plugin = %self.label,
+                "plugin wrote {dropped} bytes of stdout/stderr over the limit of {} per delivery; they were dropped",
+                inner.budget
+            );
+        }
+        inner.used = 0;
+        let tail = String::from_utf8_lossy(&std::mem::take(&mut inner.stderr_tail)).into_owned();
+        (tail, dropped)
+    }
+}
+
+/// The stdout or stderr handed to the guest's WASI context.
+struct CapturedStream {
+    capture: Arc<OutputCapture>,
+    stream: Stream,
+}
+
+impl IsTerminal for CapturedStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CapturedStream {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(CapturedWriter {
+            capture: self.capture.clone(),
+            stream: self.stream,
+        })
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(CapturedWriter {
+            capture: self.capture.clone(),
+            stream: self.stream,
+        })
+    }
+}
+
+struct CapturedWriter {
+    capture: Arc<OutputCapture>,
+    stream: Stream,
+}
+
+/// How much the guest may write in one call.
+const WRITE_PERMIT: usize = 64 * 1024;
+
+impl OutputStream for CapturedWriter {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.capture.write(self.stream, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(WRITE_PERMIT)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CapturedWriter {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for CapturedWriter {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.capture.write(self.stream, buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("abc", 5), "abc");
+        let cut = truncate("ééé", 3);
+        assert!(cut.starts_with('é') && !cut.starts_with("éé"), "{cut}");
+        assert!(cut.contains("truncated"));
+    }
+
+    #[test]
+    fn output_is_bounded_per_delivery() {
+        let capture = OutputCapture::new("t/p".into(), 10);
+        capture.write(Stream::Stdout, b"0123456789abcdef\n");
+        capture.write(Stream::Stderr, b"more");
+        let (tail, dropped) = capture.finish_delivery();
+        assert_eq!(dropped, 11);
+        assert_eq!(tail, "");
+        capture.write(Stream::Stderr, b"panicked at x\n");
+        let (tail, dropped) = capture.finish_delivery();
+        assert_eq!(dropped, 4);
+        assert_eq!(tail, "panicked a");
+    }
+
+    #[test]
+    fn limiter_sums_memories() {
+        use wasmtime::ResourceLimiter as _;
+        let mut limiter = Limiter {
+            limit: 100,
+            used: 0,
+        };
+        assert!(limiter.memory_growing(0, 60, None).expect("fits"));
+        assert!(limiter.memory_growing(0, 30, None).expect("fits"));
+        let err = limiter.memory_growing(60, 80, None).unwrap_err();
+        assert!(err.downcast_ref::<MemoryLimitExceeded>().is_some());
+        assert!(limiter.memory_growing(30, 40, None).expect("fits"));
+    }
+}
