@@ -1,0 +1,13 @@
+//! The plugins of `plugins/examples` and `plugins/fixtures`, built once per
+//! build (by this crate's build script) for `wasm32-wasip2`, as paths to
+//! their components.
+//!
+//! - one constant per plugin, named after its package in upper snake case
+//!   (`LOW_STOCK_ALERT`, `FIXTURE_SPIN`, …);
+//! - [`EXAMPLES`] and [`FIXTURES`], by name;
+//! - [`ALL`], every plugin by package name;
+//! - `for_each_fixture!(mac)`, which calls `mac!(name)` for every fixture
+//!   (`spin`, `grow_memory`, …), so that a test file can make the build fail
+//!   when a fixture has no test.
+
+include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
