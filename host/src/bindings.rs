@@ -9,7 +9,7 @@ wasmtime::component::bindgen!({
     world: "handler",
 });
 
-pub use plugbus::plugin::types::{Level, OutgoingEvent};
+pub use self::plugbus::plugin::types::{Level, OutgoingEvent};
 
 impl From<&crate::event::Event> for plugbus::plugin::types::Event {
     fn from(e: &crate::event::Event) -> Self {

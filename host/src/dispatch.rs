@@ -251,7 +251,10 @@ impl Plugin {
 
     /// How many instances are idle in the pool now.
     pub fn idle_instances(&self) -> usize {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Creates a store and instance under the plugin's limits. Instantiation
@@ -320,7 +323,11 @@ impl Plugin {
                 self.stats
                     .instances_discarded
                     .fetch_add(1, Ordering::Relaxed);
-                (Outcome::Failed(failure), self.manifest.limits.fuel, Vec::new())
+                (
+                    Outcome::Failed(failure),
+                    self.manifest.limits.fuel,
+                    Vec::new(),
+                )
             }
             Ok(warm) => self.call(warm, event, chain_budget),
         };
@@ -382,8 +389,10 @@ impl Plugin {
         };
         let armed = self.arm(&mut warm.store);
         let result = armed.and_then(|()| {
-            warm.handler
-                .call_handle(&mut warm.store, &crate::bindings::plugbus::plugin::types::Event::from(event))
+            warm.handler.call_handle(
+                &mut warm.store,
+                &crate::bindings::plugbus::plugin::types::Event::from(event),
+            )
         });
         let fuel = if self.fuel_metered {
             self.manifest
@@ -506,7 +515,9 @@ fn panic_message(stderr: &str) -> Option<String> {
 }
 
 /// Registers the world's imports, WASI included, in a linker.
-pub(crate) fn linker(engine: &Engine) -> Result<wasmtime::component::Linker<PluginState>, wasmtime::Error> {
+pub(crate) fn linker(
+    engine: &Engine,
+) -> Result<wasmtime::component::Linker<PluginState>, wasmtime::Error> {
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     Handler::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)?;

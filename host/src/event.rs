@@ -117,7 +117,8 @@ impl Event {
     /// CloudEvents 1.0). The tenant is taken from the `tenant` extension
     /// attribute, which is required.
     pub fn from_json(text: &str) -> Result<Self, EventError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| EventError::Json(e.to_string()))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| EventError::Json(e.to_string()))?;
         Self::from_json_value(value)
     }
 
@@ -150,7 +151,9 @@ impl Event {
             }
             (None, Some(Value::String(b64))) => base64::engine::general_purpose::STANDARD
                 .decode(b64.as_bytes())
-                .map_err(|e| EventError::invalid("data_base64", format!("not valid base64: {e}")))?,
+                .map_err(|e| {
+                    EventError::invalid("data_base64", format!("not valid base64: {e}"))
+                })?,
             (None, Some(_)) => {
                 return Err(EventError::invalid("data_base64", "must be a string"));
             }
@@ -213,7 +216,9 @@ impl Event {
         if let Some(time) = &self.time {
             check_text("time", time, true)?;
             time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| EventError::invalid("time", format!("not an RFC 3339 timestamp: {e}")))?;
+                .map_err(|e| {
+                    EventError::invalid("time", format!("not an RFC 3339 timestamp: {e}"))
+                })?;
         }
         if let Some(ct) = &self.datacontenttype {
             check_text("datacontenttype", ct, true)?;
@@ -304,7 +309,10 @@ impl Event {
             map.insert(name.clone(), value.clone().into());
         }
         if !self.data.is_empty() {
-            let json_type = self.datacontenttype.as_deref().is_none_or(is_json_media_type);
+            let json_type = self
+                .datacontenttype
+                .as_deref()
+                .is_none_or(is_json_media_type);
             let embedded = if json_type {
                 serde_json::from_slice::<Value>(&self.data).ok()
             } else {
@@ -381,7 +389,10 @@ fn has_uri_scheme(uri: &str) -> bool {
     }
 }
 
-fn take_string(map: &mut Map<String, Value>, name: &'static str) -> Result<Option<String>, EventError> {
+fn take_string(
+    map: &mut Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<String>, EventError> {
     match map.remove(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -452,13 +463,18 @@ mod tests {
         assert!(error_of(&format!(r#"{{{base},"id":"1","ext":{{"a":1}}}}"#)).contains("'ext'"));
         assert!(error_of(&format!(r#"{{{base},"id":"a\u0007b"}}"#)).contains("control"));
         assert!(
-            error_of(&format!(r#"{{{base},"id":"1","data":1,"data_base64":"AA=="}}"#))
-                .contains("data_base64")
+            error_of(&format!(
+                r#"{{{base},"id":"1","data":1,"data_base64":"AA=="}}"#
+            ))
+            .contains("data_base64")
         );
         assert!(error_of(&format!(r#"{{{base},"id":"1","data_base64":"!!"}}"#)).contains("base64"));
-        assert!(error_of(&format!(r#"{{{base},"id":"1","chaindepth":"x"}}"#)).contains("chaindepth"));
         assert!(
-            error_of(r#"{"specversion":"1.0","id":"1","source":"s","type":"t"}"#).contains("tenant")
+            error_of(&format!(r#"{{{base},"id":"1","chaindepth":"x"}}"#)).contains("chaindepth")
+        );
+        assert!(
+            error_of(r#"{"specversion":"1.0","id":"1","source":"s","type":"t"}"#)
+                .contains("tenant")
         );
         assert!(
             error_of(r#"{"specversion":"1.0","id":"1","source":"s","type":"t","tenant":"../x"}"#)

@@ -103,7 +103,9 @@ pub enum HostError {
         source: std::io::Error,
     },
     /// A plugin's memory limit is larger than the pooling allocator's slots.
-    #[error("default memory limit of {limit} bytes is larger than the pooling allocator's {slot}-byte memories")]
+    #[error(
+        "default memory limit of {limit} bytes is larger than the pooling allocator's {slot}-byte memories"
+    )]
     PoolTooSmall {
         /// The limit.
         limit: u64,

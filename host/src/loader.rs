@@ -341,13 +341,13 @@ pub(crate) fn load(ctx: &LoadContext<'_>, candidate: &Candidate) -> Result<Plugi
         path: path.clone(),
         reason: format!("{e:#}"),
     })?;
-    let instance_pre = ctx
-        .linker
-        .instantiate_pre(&component)
-        .map_err(|e| LoadError::WrongWorld {
-            path: path.clone(),
-            reason: format!("{e:#}"),
-        })?;
+    let instance_pre =
+        ctx.linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::WrongWorld {
+                path: path.clone(),
+                reason: format!("{e:#}"),
+            })?;
     let pre = HandlerPre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
         path: path.clone(),
         reason: format!("{e:#}"),
@@ -410,11 +410,7 @@ fn version_of(component: &[u8], manifest: &[u8]) -> String {
     hasher.update(component);
     hasher.update(manifest);
     let digest = hasher.finalize();
-    digest
-        .iter()
-        .take(6)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -444,7 +440,10 @@ mod tests {
         std::fs::write(root.join("acme/orphan.toml"), b"")?;
         std::fs::write(root.join("acme/notes.txt"), b"")?;
         std::fs::write(root.join("stray.wasm"), b"")?;
-        std::os::unix::fs::symlink(outside.path().join("secret.wasm"), root.join("acme/leak.wasm"))?;
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.wasm"),
+            root.join("acme/leak.wasm"),
+        )?;
         std::os::unix::fs::symlink(root.join("acme/good.wasm"), root.join("acme/alias.wasm"))?;
         std::os::unix::fs::symlink(outside.path(), root.join("evil"))?;
 
@@ -456,17 +455,38 @@ mod tests {
         let mut kinds: Vec<_> = errors
             .iter()
             .map(|e| {
-                let file = e.path().file_name().map(|f| f.to_string_lossy().into_owned());
-                (std::mem::discriminant(e), file.unwrap_or_default(), e.to_string())
+                let file = e
+                    .path()
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned());
+                (
+                    std::mem::discriminant(e),
+                    file.unwrap_or_default(),
+                    e.to_string(),
+                )
             })
             .collect();
         kinds.sort_by(|a, b| a.1.cmp(&b.1));
         let files: Vec<_> = kinds.iter().map(|k| k.1.as_str()).collect();
-        assert_eq!(files, ["Bad Tenant", "Bad.wasm", "evil", "leak.wasm", "orphan.toml", "stray.wasm"]);
+        assert_eq!(
+            files,
+            [
+                "Bad Tenant",
+                "Bad.wasm",
+                "evil",
+                "leak.wasm",
+                "orphan.toml",
+                "stray.wasm"
+            ]
+        );
         for (_, file, message) in &kinds {
             assert!(message.contains(file.as_str()), "{message} names {file}");
         }
-        assert!(errors.iter().any(|e| matches!(e, LoadError::SymlinkEscape { .. })));
+        assert!(
+            errors
+                .iter()
+                .any(|e| matches!(e, LoadError::SymlinkEscape { .. }))
+        );
         Ok(())
     }
 }

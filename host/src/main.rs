@@ -146,6 +146,7 @@ fn init_logging(format: LogFormat, filter: Option<&str>) -> anyhow::Result<()> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.try_init(),
@@ -301,7 +302,11 @@ impl<'a> From<&'a Delivery> for DeliveryLine<'a> {
             ty: &d.event_type,
             plugin: &d.plugin,
             plugin_version: &d.plugin_version,
-            outcome: if failure.is_some() { "failed" } else { "handled" },
+            outcome: if failure.is_some() {
+                "failed"
+            } else {
+                "handled"
+            },
             error_kind: failure.map(|f| f.kind.as_str()),
             error_message: failure.map(|f| f.message.as_str()),
             fuel: d.fuel,

@@ -92,7 +92,10 @@ impl Subscription {
         if pattern.is_empty() {
             return Err("an empty pattern matches nothing".into());
         }
-        if let Some(c) = pattern.chars().find(|c| c.is_control() || c.is_whitespace()) {
+        if let Some(c) = pattern
+            .chars()
+            .find(|c| c.is_control() || c.is_whitespace())
+        {
             return Err(format!("pattern {pattern:?} contains the character {c:?}"));
         }
         match pattern.strip_suffix('*') {
@@ -167,7 +170,9 @@ impl Manifest {
         if let Some(raw_limits) = raw.limits {
             if let Some(fuel) = raw_limits.fuel {
                 if fuel == 0 {
-                    return Err(ManifestError::Limit("limits.fuel must be at least 1".into()));
+                    return Err(ManifestError::Limit(
+                        "limits.fuel must be at least 1".into(),
+                    ));
                 }
                 limits.fuel = fuel;
             }
@@ -256,7 +261,15 @@ mod tests {
         let exact = Subscription::parse("order.created").expect("valid");
         assert!(exact.matches("order.created"));
         assert!(!exact.matches("order.created.v2"));
-        for bad in ["", "order*", "*.created", "a.*.b", ".*", "with space", "o.**"] {
+        for bad in [
+            "",
+            "order*",
+            "*.created",
+            "a.*.b",
+            ".*",
+            "with space",
+            "o.**",
+        ] {
             assert!(Subscription::parse(bad).is_err(), "{bad:?} must be refused");
         }
         assert_eq!(prefix.to_string(), "order.*");

@@ -50,7 +50,9 @@ pub(crate) struct Identity {
 
 /// A plugin's memory went past its limit.
 #[derive(Debug, thiserror::Error)]
-#[error("memory limit exceeded: the instance asked for {requested} bytes of linear memory; its limit is {limit}")]
+#[error(
+    "memory limit exceeded: the instance asked for {requested} bytes of linear memory; its limit is {limit}"
+)]
 pub(crate) struct MemoryLimitExceeded {
     pub requested: u64,
     pub limit: u64,

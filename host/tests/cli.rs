@@ -1,0 +1,151 @@
+//! The `plugbus` binary, run as an operator would.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use plugbus_artifacts as artifacts;
+
+fn plugins_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let tenant = dir.path().join("acme-pos");
+    std::fs::create_dir_all(&tenant).expect("tenant directory");
+    std::fs::copy(
+        artifacts::LOW_STOCK_ALERT,
+        tenant.join("low-stock-alert.wasm"),
+    )
+    .expect("copy");
+    std::fs::write(
+        tenant.join("low-stock-alert.toml"),
+        "subscribe = [\"inventory.stock_changed\"]\n[config]\nthreshold = \"10\"\n",
+    )
+    .expect("manifest");
+    std::fs::copy(artifacts::FIXTURE_PANIC, tenant.join("panic.wasm")).expect("copy");
+    std::fs::write(tenant.join("panic.toml"), "subscribe = [\"fixture.*\"]\n").expect("manifest");
+    std::fs::write(tenant.join("broken.wasm"), "not wasm").expect("broken plugin");
+    dir
+}
+
+const EVENTS: &str = r#"{"specversion":"1.0","id":"evt-1","source":"/pos/1","type":"inventory.stock_changed","subject":"sku-1","tenant":"acme-pos","data":{"sku":"sku-1","new_quantity":0}}
+
+{"specversion":"1.0","id":"evt-2","source":"/pos/1","type":"inventory.stock_changed","time":"not a time","tenant":"acme-pos","data":{}}
+{"specversion":"1.0","id":"evt-3","source":"/pos/1","type":"fixture.boom","tenant":"acme-pos"}
+"#;
+
+fn run_dispatch(args: &[&str], stdin: &str) -> (i32, Vec<serde_json::Value>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plugbus"))
+        .arg("dispatch")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run plugbus");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let output = child.wait_with_output().expect("plugbus finishes");
+    let stdout = String::from_utf8(output.stdout).expect("utf-8 output");
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
+        .collect();
+    (
+        output.status.code().unwrap_or(-1),
+        lines,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dispatch_reports_every_delivery_and_rejects_bad_lines() {
+    let dir = plugins_dir();
+    let plugins = dir.path().to_str().expect("utf-8 path");
+    let (code, lines, stderr) = run_dispatch(&["--plugins", plugins], EVENTS);
+    // One input line was rejected: exit status 1, the line named on stderr.
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("line 3: rejected: attribute 'time'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("broken.wasm"),
+        "the refused plugin is reported: {stderr}"
+    );
+
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let alert = &lines[0];
+    assert_eq!(alert["event_id"], "evt-1");
+    assert_eq!(alert["plugin"], "low-stock-alert");
+    assert_eq!(alert["outcome"], "handled");
+    assert_eq!(alert["plugin_version"].as_str().map(str::len), Some(12));
+    assert!(alert["fuel"].as_u64().is_some_and(|f| f > 0));
+    assert!(alert["micros"].as_u64().is_some());
+    let emitted: Vec<_> = alert["emitted"]
+        .as_array()
+        .expect("emitted list")
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(emitted, ["inventory.low_stock", "inventory.out_of_stock"]);
+
+    let panic = &lines[1];
+    assert_eq!(panic["event_id"], "evt-3");
+    assert_eq!(panic["outcome"], "failed");
+    assert_eq!(panic["error_kind"], "trap");
+    assert!(
+        panic["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("fixture panic on evt-3")),
+        "{panic}"
+    );
+}
+
+#[test]
+fn dispatch_reads_a_file_and_exits_zero_when_all_lines_are_valid() {
+    let dir = plugins_dir();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, EVENTS.lines().next().expect("first line")).expect("events file");
+    let (code, lines, stderr) = run_dispatch(
+        &[
+            "--plugins",
+            dir.path().to_str().expect("utf-8"),
+            "--events",
+            events.to_str().expect("utf-8"),
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines.len(), 1);
+}
+
+#[test]
+fn a_missing_plugins_directory_is_reported() {
+    let (code, lines, stderr) = run_dispatch(&["--plugins", "/nonexistent/plugbus"], "");
+    assert_eq!(code, 2);
+    assert!(lines.is_empty());
+    assert!(stderr.contains("/nonexistent/plugbus"), "{stderr}");
+}
+
+#[test]
+fn help_describes_every_subcommand() {
+    let output = Command::new(env!("CARGO_BIN_EXE_plugbus"))
+        .args(["dispatch", "--help"])
+        .output()
+        .expect("run plugbus");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    for flag in [
+        "--plugins",
+        "--events",
+        "--fuel",
+        "--memory-mib",
+        "--timeout-ms",
+        "--max-chain-depth",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+}

@@ -1,0 +1,238 @@
+//! Tenants, plugins and the host do not hurt one another.
+
+use std::time::Duration;
+
+use plugbus::{FailureKind, HostConfig, Outcome};
+use plugbus_artifacts as artifacts;
+use plugbus_tests::{PluginsDir, event, host_for, host_with, kind, rss_bytes, stock_changed};
+
+#[tokio::test]
+async fn events_reach_only_their_tenants_subscribed_plugins() {
+    let dir = PluginsDir::new();
+    dir.add(
+        "acme-pos",
+        "orders",
+        artifacts::FIXTURE_NOOP,
+        Some("subscribe = [\"order.*\"]"),
+    );
+    dir.add(
+        "acme-pos",
+        "created",
+        artifacts::FIXTURE_NOOP,
+        Some("subscribe = [\"order.created\"]"),
+    );
+    dir.add(
+        "acme-pos",
+        "stock",
+        artifacts::FIXTURE_NOOP,
+        Some("subscribe = [\"inventory.*\"]"),
+    );
+    dir.add("acme-pos", "all", artifacts::FIXTURE_NOOP, None);
+    dir.add("globex", "all", artifacts::FIXTURE_NOOP, None);
+    let (host, report) = host_for(&dir);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    let reached = |report: plugbus::PublishReport| -> Vec<String> {
+        report
+            .deliveries
+            .iter()
+            .map(|d| format!("{}/{}", d.tenant, d.plugin))
+            .collect()
+    };
+    let paid = host
+        .publish(event("acme-pos", "order.paid", "1", serde_json::json!({})))
+        .await
+        .expect("valid");
+    assert_eq!(reached(paid), ["acme-pos/all", "acme-pos/orders"]);
+    let created = host
+        .publish(event(
+            "acme-pos",
+            "order.created",
+            "2",
+            serde_json::json!({}),
+        ))
+        .await
+        .expect("valid");
+    assert_eq!(
+        reached(created),
+        ["acme-pos/all", "acme-pos/created", "acme-pos/orders"]
+    );
+    let globex = host
+        .publish(event("globex", "order.created", "3", serde_json::json!({})))
+        .await
+        .expect("valid");
+    assert_eq!(reached(globex), ["globex/all"]);
+    let nobody = host
+        .publish(event(
+            "initech",
+            "order.created",
+            "4",
+            serde_json::json!({}),
+        ))
+        .await
+        .expect("valid");
+    assert!(nobody.deliveries.is_empty());
+}
+
+#[tokio::test]
+async fn emitted_events_stay_in_the_emitters_tenant() {
+    let dir = PluginsDir::new();
+    dir.add(
+        "acme-pos",
+        "low-stock-alert",
+        artifacts::LOW_STOCK_ALERT,
+        Some("subscribe = [\"inventory.stock_changed\"]"),
+    );
+    dir.add("globex", "audit", artifacts::AUDIT_LOG, None);
+    let (host, _) = host_for(&dir);
+    let report = host
+        .publish(stock_changed("acme-pos", "e-1", "sku-9", 0))
+        .await
+        .expect("valid");
+    assert_eq!(report.deliveries.len(), 1, "{:#?}", report.deliveries);
+    assert_eq!(report.deliveries[0].emitted.len(), 2);
+}
+
+/// On a runtime with a single thread, a plugin spinning until its time
+/// limit must not hold up other plugins' events: deliveries run on blocking
+/// threads, never on the runtime's own.
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_plugin_does_not_delay_others() {
+    let dir = PluginsDir::new();
+    dir.add(
+        "chaos",
+        "spin",
+        artifacts::FIXTURE_SPIN,
+        Some("subscribe = [\"fixture.*\"]\n[limits]\ntimeout_ms = 5000\nfuel = 1_000_000_000_000"),
+    );
+    dir.add("calm", "noop", artifacts::FIXTURE_NOOP, None);
+    let (host, _) = host_for(&dir);
+    let host = std::sync::Arc::new(host);
+    let spinning = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            host.publish(event(
+                "chaos",
+                "fixture.spin",
+                "spin-1",
+                serde_json::json!({}),
+            ))
+            .await
+        })
+    };
+    // Let the spinning delivery start.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..50 {
+        let report = host
+            .publish(event(
+                "calm",
+                "order.created",
+                &format!("c-{i}"),
+                serde_json::json!({}),
+            ))
+            .await
+            .expect("valid");
+        assert_eq!(report.deliveries[0].outcome, Outcome::Handled);
+    }
+    assert!(
+        !spinning.is_finished(),
+        "50 healthy events were handled while the spinning plugin still ran"
+    );
+    let report = spinning.await.expect("task").expect("valid");
+    assert_eq!(kind(&report.deliveries[0]), Some(FailureKind::Timeout));
+}
+
+/// 1,000 failing events (traps that discard their instance, and limit hits)
+/// leave the host's memory where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_across_1000_failing_events() {
+    let dir = PluginsDir::new();
+    dir.add(
+        "chaos",
+        "panic",
+        artifacts::FIXTURE_PANIC,
+        Some("subscribe = [\"fixture.*\"]"),
+    );
+    dir.add(
+        "chaos",
+        "grow",
+        artifacts::FIXTURE_GROW_MEMORY,
+        Some("subscribe = [\"fixture.*\"]\n[limits]\nmemory_mib = 8"),
+    );
+    let (host, _) = host_for(&dir);
+    let publish_batch = |from: usize, to: usize| {
+        let host = &host;
+        async move {
+            for i in from..to {
+                let report = host
+                    .publish(event(
+                        "chaos",
+                        "fixture.x",
+                        &format!("x-{i}"),
+                        serde_json::json!({}),
+                    ))
+                    .await
+                    .expect("valid");
+                assert!(report.deliveries.iter().all(|d| !d.outcome.is_handled()));
+            }
+        }
+    };
+    // Warm up allocator pools and code caches, then measure.
+    publish_batch(0, 100).await;
+    let before = rss_bytes();
+    publish_batch(100, 1100).await;
+    let after = rss_bytes();
+    let stats = host.stats();
+    assert_eq!(stats.failures_of(FailureKind::Trap), 1100);
+    assert_eq!(stats.failures_of(FailureKind::MemoryLimit), 1100);
+    assert_eq!(stats.instances_discarded, 2200);
+    let growth = after.saturating_sub(before);
+    assert!(
+        growth < 64 * 1024 * 1024,
+        "resident memory grew by {} MiB over 1,000 failing events",
+        growth / (1024 * 1024)
+    );
+}
+
+#[tokio::test]
+async fn fresh_instance_mode_with_the_pooling_allocator() {
+    let dir = PluginsDir::new();
+    dir.add("t", "noop", artifacts::FIXTURE_NOOP, None);
+    dir.add(
+        "t",
+        "panic",
+        artifacts::FIXTURE_PANIC,
+        Some("subscribe = [\"fixture.*\"]"),
+    );
+    let (host, report) = host_with(HostConfig::fresh_instances(16), &dir);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    for i in 0..20 {
+        let report = host
+            .publish(event(
+                "t",
+                "fixture.x",
+                &format!("f-{i}"),
+                serde_json::json!({}),
+            ))
+            .await
+            .expect("valid");
+        let kinds: Vec<_> = report.deliveries.iter().map(kind).collect();
+        assert_eq!(kinds, [None, Some(FailureKind::Trap)]);
+    }
+    // Every event had an instance of its own.
+    assert_eq!(host.stats().instances_created, 40);
+    assert_eq!(
+        host.plugin("t", "noop").expect("loaded").idle_instances(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn invalid_events_are_refused_with_the_attribute_named() {
+    let host = plugbus::Host::new(HostConfig::default()).expect("host");
+    let mut bad = event("acme-pos", "order.created", "1", serde_json::json!({}));
+    bad.time = Some("yesterday".into());
+    let err = host.publish(bad).await.unwrap_err();
+    assert!(err.to_string().contains("'time'"), "{err}");
+    assert_eq!(host.stats().events_refused, 1);
+}

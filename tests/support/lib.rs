@@ -1,0 +1,120 @@
+//! Helpers for the integration tests: plugins directories in temporary
+//! folders, built from the real components of `plugbus-artifacts`, and
+//! events of the point-of-sale domain.
+
+use std::path::{Path, PathBuf};
+
+use plugbus::{Delivery, Event, FailureKind, Host, HostConfig, LoadReport};
+
+/// A plugins directory in a temporary folder, removed on drop.
+pub struct PluginsDir {
+    dir: tempfile::TempDir,
+}
+
+impl PluginsDir {
+    /// An empty plugins directory.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("create a temporary directory"),
+        }
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Copies the component at `wasm` to `<tenant>/<plugin>.wasm` and, when
+    /// `manifest` is given, writes it as `<tenant>/<plugin>.toml`.
+    pub fn add(&self, tenant: &str, plugin: &str, wasm: &str, manifest: Option<&str>) -> PathBuf {
+        let bytes = std::fs::read(wasm).unwrap_or_else(|e| panic!("read {wasm}: {e}"));
+        self.add_bytes(tenant, plugin, &bytes, manifest)
+    }
+
+    /// Writes `bytes` as `<tenant>/<plugin>.wasm`, and the manifest if given.
+    pub fn add_bytes(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        bytes: &[u8],
+        manifest: Option<&str>,
+    ) -> PathBuf {
+        let dir = self.dir.path().join(tenant);
+        std::fs::create_dir_all(&dir).expect("create the tenant directory");
+        let wasm = dir.join(format!("{plugin}.wasm"));
+        std::fs::write(&wasm, bytes).expect("write the component");
+        if let Some(manifest) = manifest {
+            std::fs::write(dir.join(format!("{plugin}.toml")), manifest)
+                .expect("write the manifest");
+        }
+        wasm
+    }
+}
+
+impl Default for PluginsDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A host with the default configuration that has loaded `dir`.
+pub fn host_for(dir: &PluginsDir) -> (Host, LoadReport) {
+    host_with(HostConfig::default(), dir)
+}
+
+/// A host with `config` that has loaded `dir`.
+pub fn host_with(config: HostConfig, dir: &PluginsDir) -> (Host, LoadReport) {
+    let host = Host::new(config).expect("build the host");
+    let report = host
+        .load_dir(dir.path())
+        .expect("load the plugins directory");
+    (host, report)
+}
+
+/// An event of `tenant` with type `ty`, a JSON payload and the given id.
+pub fn event(tenant: &str, ty: &str, id: &str, data: serde_json::Value) -> Event {
+    let json = serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "/pos/store-12",
+        "type": ty,
+        "time": "2026-11-22T10:00:00Z",
+        "datacontenttype": "application/json",
+        "tenant": tenant,
+        "data": data,
+    });
+    Event::from_json_value(json).expect("a valid test event")
+}
+
+/// A `inventory.stock_changed` event of `tenant` for `sku`.
+pub fn stock_changed(tenant: &str, id: &str, sku: &str, quantity: i64) -> Event {
+    let mut e = event(
+        tenant,
+        "inventory.stock_changed",
+        id,
+        serde_json::json!({ "sku": sku, "new_quantity": quantity }),
+    );
+    e.subject = Some(sku.to_owned());
+    e
+}
+
+/// The deliveries to `plugin`.
+pub fn to_plugin<'a>(deliveries: &'a [Delivery], plugin: &str) -> Vec<&'a Delivery> {
+    deliveries.iter().filter(|d| d.plugin == plugin).collect()
+}
+
+/// The failure kind of a delivery, or `None` when it was handled.
+pub fn kind(delivery: &Delivery) -> Option<FailureKind> {
+    delivery.outcome.failure_kind()
+}
+
+/// The resident set size of this process, in bytes (Linux).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("statm has a resident field");
+    pages * 4096
+}
