@@ -1,0 +1,140 @@
+//! The build helper, run as `cargo xtask <command>`.
+//!
+//! Building this crate builds every plugin for `wasm32-wasip2` (through the
+//! build script of `plugbus-artifacts`, which installs the target with rustup
+//! when it is missing), so every command starts with the plugins built.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  setup            install the wasm32-wasip2 target (when missing) and build the plugins
+  build-plugins    build every plugin for wasm32-wasip2 and print the components' paths
+  demo             build the plugins, assemble target/plugbus-demo/plugins from examples/plugins,
+                   and dispatch examples/events.jsonl through them with `plugbus dispatch`
+  test [ARGS...]   run the whole test suite (`cargo test --workspace ARGS...`)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => {
+            println!("wasm32-wasip2 is installed and the plugins are built in target/guests");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("build-plugins") => {
+            for (name, path) in plugbus_artifacts::ALL {
+                println!("{name}\t{path}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("demo") => demo(),
+        Some("test") => cargo(&["test", "--workspace"], &args[1..]),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(other) => {
+            eprintln!("xtask: unknown command {other:?}\n\n{USAGE}");
+            Ok(ExitCode::from(2))
+        }
+        None => {
+            eprintln!("{USAGE}");
+            Ok(ExitCode::from(2))
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("xtask: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_owned()
+}
+
+/// Runs cargo in the workspace with `args` and then `extra`.
+fn cargo(args: &[&str], extra: &[String]) -> anyhow::Result<ExitCode> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace())
+        .args(args)
+        .args(extra)
+        .status()
+        .context("cannot run cargo")?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
+}
+
+/// Assembles the demo's plugins directory and dispatches the sample events.
+fn demo() -> anyhow::Result<ExitCode> {
+    let root = workspace();
+    let manifests = root.join("examples/plugins");
+    let plugins = root.join("target/plugbus-demo/plugins");
+    if plugins.exists() {
+        std::fs::remove_dir_all(&plugins)
+            .with_context(|| format!("cannot clear {}", plugins.display()))?;
+    }
+    let mut tenants = std::fs::read_dir(&manifests)
+        .with_context(|| format!("cannot read {}", manifests.display()))?
+        .collect::<Result<Vec<_>, _>>()?;
+    tenants.sort_by_key(|e| e.path());
+    for tenant in tenants {
+        let tenant_dir = plugins.join(tenant.file_name());
+        std::fs::create_dir_all(&tenant_dir)?;
+        for manifest in std::fs::read_dir(tenant.path())? {
+            let manifest = manifest?.path();
+            if manifest.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let name = manifest
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .context("a manifest file name is not UTF-8")?;
+            let Some((_, wasm)) = plugbus_artifacts::ALL.iter().find(|(p, _)| *p == name) else {
+                bail!(
+                    "{}: no plugin crate named {name:?} in plugins/",
+                    manifest.display()
+                );
+            };
+            std::fs::copy(wasm, tenant_dir.join(format!("{name}.wasm")))?;
+            std::fs::copy(&manifest, tenant_dir.join(format!("{name}.toml")))?;
+        }
+    }
+    // Two plugins the host must refuse, beside the ones that run.
+    let chaos = plugins.join("chaos-lab");
+    std::fs::create_dir_all(&chaos)?;
+    std::fs::copy(
+        plugbus_artifacts::FIXTURE_WRONG_WORLD,
+        chaos.join("fixture-wrong-world.wasm"),
+    )?;
+    std::fs::write(
+        chaos.join("not-wasm.wasm"),
+        "this is not a WebAssembly component\n",
+    )?;
+
+    let plugins_arg = plugins.to_string_lossy().into_owned();
+    let events_arg = root
+        .join("examples/events.jsonl")
+        .to_string_lossy()
+        .into_owned();
+    cargo(
+        &["run", "--quiet", "--package", "plugbus", "--", "dispatch"],
+        &[
+            "--plugins".into(),
+            plugins_arg,
+            "--events".into(),
+            events_arg,
+        ],
+    )
+}
