@@ -1,6 +1,8 @@
-//! One dispatch of a trivial handler (the `noop` fixture) through
-//! `Host::publish`: with the instance reused, and with a fresh instance per
-//! event, from the pooling allocator and from on-demand allocation.
+//! One dispatch of a trivial handler (the `noop` fixture): with the
+//! instance reused, and with a fresh instance per event, from the pooling
+//! allocator and from on-demand allocation; each measured as the delivery
+//! alone (`Plugin::deliver` on the calling thread) and through
+//! `Host::publish` (validation, routing, the hop to a blocking thread).
 //!
 //! Run with `cargo bench -p plugbus --bench dispatch`.
 
@@ -44,7 +46,17 @@ fn dispatch(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch_noop");
     for (name, config) in variants {
         let (host, _dir) = host(config);
-        group.bench_function(name, |b| {
+        let plugin = host.plugin("acme-pos", "noop").expect("loaded");
+        // The delivery alone, on this thread: limits, call, outcome.
+        group.bench_function(format!("{name}/deliver"), |b| {
+            b.iter(|| {
+                let (delivery, _) = plugin.deliver(&event);
+                assert!(delivery.outcome.is_handled());
+            });
+        });
+        // Through the host: validation, routing, the hop to a blocking
+        // thread and back to the async caller.
+        group.bench_function(format!("{name}/publish"), |b| {
             b.iter(|| {
                 let report = runtime
                     .block_on(host.publish(event.clone()))

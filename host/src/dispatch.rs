@@ -259,8 +259,9 @@ impl Plugin {
 
     /// Creates a store and instance under the plugin's limits. Instantiation
     /// runs guest code (start functions), so it gets the event's fuel and
-    /// deadline too.
-    fn instantiate(&self) -> Result<Warm, wasmtime::Error> {
+    /// deadline too. A failure comes with the fuel it consumed; its store is
+    /// dropped.
+    fn instantiate(&self) -> Result<Warm, (Failure, u64)> {
         let state = PluginState::new(
             self.identity.clone(),
             self.bounds.clone(),
@@ -269,10 +270,34 @@ impl Plugin {
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        self.arm(&mut store)?;
-        let handler = self.pre.instantiate(&mut store)?;
-        self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
-        Ok(Warm { store, handler })
+        let instantiated = self
+            .arm(&mut store)
+            .and_then(|()| self.pre.instantiate(&mut store));
+        match instantiated {
+            Ok(handler) => {
+                self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
+                Ok(Warm { store, handler })
+            }
+            Err(err) => {
+                let fuel = self.fuel_consumed(&store);
+                let (stderr, _) = store.data().output.finish_delivery();
+                let mut failure = classify(&err, &stderr);
+                failure.message = format!("instantiation failed: {}", failure.message);
+                Err((failure, fuel))
+            }
+        }
+    }
+
+    /// The fuel a store has consumed since it was last armed.
+    fn fuel_consumed(&self, store: &Store<PluginState>) -> u64 {
+        if self.fuel_metered {
+            self.manifest
+                .limits
+                .fuel
+                .saturating_sub(store.get_fuel().unwrap_or(0))
+        } else {
+            0
+        }
     }
 
     /// Refuels the store and sets its deadline for one event.
@@ -287,12 +312,23 @@ impl Plugin {
         Ok(())
     }
 
-    /// Delivers `event` to the plugin, synchronously, on the calling thread.
+    /// Delivers `event` to this plugin alone, synchronously, on the calling
+    /// thread, without routing: returns the delivery and, when the handler
+    /// succeeded, the events it emitted (for the caller to publish or drop).
+    ///
+    /// It blocks for as long as the handler runs, up to the plugin's time
+    /// limit: call it from a blocking thread, not from an async task.
+    /// [`Host::publish`](crate::Host::publish) is the routed, async way.
+    pub fn deliver(&self, event: &Event) -> (Delivery, Vec<Event>) {
+        self.deliver_in_chain(event, None)
+    }
+
+    /// Like [`Plugin::deliver`], with the budget of events the chain of the
+    /// published event may still emit.
     ///
     /// Never panics on anything the plugin does: every failure becomes an
-    /// [`Outcome::Failed`]. Returns the delivery and, when the handler
-    /// succeeded, the events it emitted.
-    pub(crate) fn deliver(
+    /// [`Outcome::Failed`].
+    pub(crate) fn deliver_in_chain(
         &self,
         event: &Event,
         chain_budget: Option<Arc<AtomicUsize>>,
@@ -316,18 +352,11 @@ impl Plugin {
             InstanceMode::FreshPerEvent => None,
         };
         let (outcome, fuel, emitted) = match pooled.map_or_else(|| self.instantiate(), Ok) {
-            Err(err) => {
-                // Instantiation ran out of a limit or trapped in a start
-                // function: no store survives it.
-                let failure = classify(&err, "");
+            Err((failure, fuel)) => {
                 self.stats
                     .instances_discarded
                     .fetch_add(1, Ordering::Relaxed);
-                (
-                    Outcome::Failed(failure),
-                    self.manifest.limits.fuel,
-                    Vec::new(),
-                )
+                (Outcome::Failed(failure), fuel, Vec::new())
             }
             Ok(warm) => self.call(warm, event, chain_budget),
         };
@@ -394,14 +423,7 @@ impl Plugin {
                 &crate::bindings::plugbus::plugin::types::Event::from(event),
             )
         });
-        let fuel = if self.fuel_metered {
-            self.manifest
-                .limits
-                .fuel
-                .saturating_sub(warm.store.get_fuel().unwrap_or(0))
-        } else {
-            0
-        };
+        let fuel = self.fuel_consumed(&warm.store);
         let state = warm.store.data_mut();
         let emitted = std::mem::take(&mut state.scope.emitted);
         state.scope.chain_budget = None;

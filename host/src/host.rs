@@ -357,7 +357,7 @@ impl Host {
                     let event = event.clone();
                     let budget = budget.clone();
                     tasks.push(tokio::task::spawn_blocking(move || {
-                        plugin.deliver(&event, Some(budget))
+                        plugin.deliver_in_chain(&event, Some(budget))
                     }));
                 }
             }

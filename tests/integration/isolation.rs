@@ -236,3 +236,39 @@ async fn invalid_events_are_refused_with_the_attribute_named() {
     assert!(err.to_string().contains("'time'"), "{err}");
     assert_eq!(host.stats().events_refused, 1);
 }
+
+/// A memory limit below what the component needs at start fails every
+/// delivery at instantiation, as `memory_limit`, and other plugins run on.
+#[tokio::test]
+async fn a_limit_below_the_initial_memory_fails_at_instantiation() {
+    let dir = PluginsDir::new();
+    dir.add(
+        "t",
+        "tiny",
+        artifacts::FIXTURE_NOOP,
+        Some("[limits]\nmemory_mib = 1"),
+    );
+    dir.add("t", "noop", artifacts::FIXTURE_NOOP, None);
+    let (host, _) = host_for(&dir);
+    for i in 0..3 {
+        let report = host
+            .publish(event(
+                "t",
+                "order.created",
+                &format!("m-{i}"),
+                serde_json::json!({}),
+            ))
+            .await
+            .expect("valid");
+        let noop = &report.deliveries[0];
+        assert_eq!(noop.outcome, Outcome::Handled);
+        let tiny = report.deliveries[1].outcome.failure().expect("a failure");
+        assert_eq!(tiny.kind, FailureKind::MemoryLimit);
+        assert!(
+            tiny.message
+                .starts_with("instantiation failed: memory limit exceeded"),
+            "{tiny:?}"
+        );
+    }
+    assert_eq!(host.stats().instances_discarded, 3);
+}
