@@ -3,7 +3,7 @@
 
 use plugbus::{FailureKind, HostConfig, Outcome};
 use plugbus_artifacts as artifacts;
-use plugbus_tests::{PluginsDir, event, host_for, host_with, kind, to_plugin};
+use plugbus_tests::{PluginsDir, event, failure, host_for, host_with, kind, publish, to_plugin};
 
 macro_rules! assert_fixture_has_test {
     ($name:ident) => {
@@ -12,20 +12,19 @@ macro_rules! assert_fixture_has_test {
 }
 artifacts::for_each_fixture!(assert_fixture_has_test);
 
-/// Runs `events` of type `fixture.test` through `fixture` (in tenant
+/// Runs three events of type `fixture.test` through `fixture` (in tenant
 /// `chaos`, beside a healthy audit-log subscribed to everything) while a
 /// second tenant's audit-log gets events of its own, and checks that every
 /// fixture delivery failed with `expected` and every healthy delivery was
 /// handled.
-fn assert_isolated_failure(fixture: &str, manifest: &str, expected: FailureKind) {
+async fn assert_isolated_failure(fixture: &str, manifest: &str, expected: FailureKind) {
     let dir = PluginsDir::new();
     dir.add("chaos", "fixture", fixture, Some(manifest));
     dir.add("chaos", "healthy", artifacts::AUDIT_LOG, None);
     dir.add("bystander", "audit", artifacts::AUDIT_LOG, None);
     let (host, report) = host_for(&dir);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
-    let runtime = runtime();
-    runtime.block_on(async {
+    {
         let mut tasks = Vec::new();
         for i in 0..3 {
             let chaos = event(
@@ -61,146 +60,106 @@ fn assert_isolated_failure(fixture: &str, manifest: &str, expected: FailureKind)
         for d in healthy.iter().chain(&bystander) {
             assert_eq!(d.outcome, Outcome::Handled, "{d:#?}");
         }
-    });
+    }
     let stats = host.stats();
     assert_eq!(stats.failures_of(expected), 3);
     assert_eq!(stats.deliveries_ok, 6);
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
-
-#[test]
-fn spin() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spin() {
     // With ample fuel the wall clock stops it...
     assert_isolated_failure(
         artifacts::FIXTURE_SPIN,
         "subscribe = [\"fixture.*\"]\n[limits]\ntimeout_ms = 100\nfuel = 1_000_000_000_000",
         FailureKind::Timeout,
-    );
+    )
+    .await;
     // ...and with ample time, the fuel.
     assert_isolated_failure(
         artifacts::FIXTURE_SPIN,
         "subscribe = [\"fixture.*\"]\n[limits]\ntimeout_ms = 60_000\nfuel = 5_000_000",
         FailureKind::FuelExhausted,
-    );
+    )
+    .await;
 }
 
-#[test]
-fn grow_memory() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grow_memory() {
     assert_isolated_failure(
         artifacts::FIXTURE_GROW_MEMORY,
         "subscribe = [\"fixture.*\"]\n[limits]\nmemory_mib = 16",
         FailureKind::MemoryLimit,
-    );
+    )
+    .await;
 }
 
-#[test]
-fn recurse() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recurse() {
     assert_isolated_failure(
         artifacts::FIXTURE_RECURSE,
         "subscribe = [\"fixture.*\"]",
         FailureKind::StackOverflow,
-    );
+    )
+    .await;
 }
 
-#[test]
-fn panic() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic() {
     assert_isolated_failure(
         artifacts::FIXTURE_PANIC,
         "subscribe = [\"fixture.*\"]",
         FailureKind::Trap,
-    );
+    )
+    .await;
     // The message tells a panic (with its text) from a bare `unreachable`.
     let dir = PluginsDir::new();
     dir.add("chaos", "panic", artifacts::FIXTURE_PANIC, None);
     let (host, _) = host_for(&dir);
-    let runtime = runtime();
-    let panicked = runtime
-        .block_on(host.publish(event(
-            "chaos",
-            "fixture.panic",
-            "p-1",
-            serde_json::json!({}),
-        )))
-        .expect("valid event");
-    let failure = panicked.deliveries[0]
-        .outcome
-        .failure()
-        .expect("a failure")
-        .clone();
-    assert_eq!(failure.kind, FailureKind::Trap);
-    assert!(failure.message.starts_with("panic: "), "{failure:?}");
+    let panicked = failure(&publish(&host, "chaos", "fixture.panic", "p-1").await[0]);
+    assert_eq!(panicked.kind, FailureKind::Trap);
+    assert!(panicked.message.starts_with("panic: "), "{panicked:?}");
     assert!(
-        failure.message.contains("fixture panic on p-1"),
-        "{failure:?}"
+        panicked.message.contains("fixture panic on p-1"),
+        "{panicked:?}"
     );
-    let unreachable = runtime
-        .block_on(host.publish(event(
-            "chaos",
-            "fixture.unreachable",
-            "u-1",
-            serde_json::json!({}),
-        )))
-        .expect("valid event");
-    let failure = unreachable.deliveries[0]
-        .outcome
-        .failure()
-        .expect("a failure")
-        .clone();
-    assert_eq!(failure.kind, FailureKind::Trap);
-    assert!(failure.message.starts_with("unreachable"), "{failure:?}");
+    let unreachable = failure(&publish(&host, "chaos", "fixture.unreachable", "u-1").await[0]);
+    assert_eq!(unreachable.kind, FailureKind::Trap);
+    assert!(
+        unreachable.message.starts_with("unreachable"),
+        "{unreachable:?}"
+    );
     // Each trap discarded its instance; the next event got a fresh one.
     let stats = host.stats();
     assert_eq!(stats.instances_discarded, 2);
     assert_eq!(stats.instances_created, 2);
 }
 
-#[test]
-fn handler_error() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_error() {
     assert_isolated_failure(
         artifacts::FIXTURE_HANDLER_ERROR,
         "subscribe = [\"fixture.*\"]",
         FailureKind::HandlerPermanent,
-    );
+    )
+    .await;
     let dir = PluginsDir::new();
     dir.add("chaos", "errors", artifacts::FIXTURE_HANDLER_ERROR, None);
     let (host, _) = host_for(&dir);
-    let runtime = runtime();
-    let report = runtime
-        .block_on(host.publish(event(
-            "chaos",
-            "fixture.fail.retryable",
-            "r-1",
-            serde_json::json!({}),
-        )))
-        .expect("valid event");
-    let failure = report.deliveries[0].outcome.failure().expect("a failure");
-    assert_eq!(failure.kind, FailureKind::HandlerRetryable);
-    assert!(failure.message.contains("r-1"), "{failure:?}");
-    let report = runtime
-        .block_on(host.publish(event(
-            "chaos",
-            "fixture.fail.permanent",
-            "p-1",
-            serde_json::json!({}),
-        )))
-        .expect("valid event");
-    let failure = report.deliveries[0].outcome.failure().expect("a failure");
-    assert_eq!(failure.kind, FailureKind::HandlerPermanent);
+    let retry = failure(&publish(&host, "chaos", "fixture.fail.retryable", "r-1").await[0]);
+    assert_eq!(retry.kind, FailureKind::HandlerRetryable);
+    assert!(retry.message.contains("r-1"), "{retry:?}");
+    let fail = failure(&publish(&host, "chaos", "fixture.fail.permanent", "p-1").await[0]);
+    assert_eq!(fail.kind, FailureKind::HandlerPermanent);
+    assert!(fail.message.contains("p-1"), "{fail:?}");
     // A handler error is not a trap: the instance is kept and reused.
     let stats = host.stats();
     assert_eq!(stats.instances_created, 1);
     assert_eq!(stats.instances_discarded, 0);
 }
 
-#[test]
-fn storm() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm() {
     let dir = PluginsDir::new();
     dir.add(
         "chaos",
@@ -213,16 +172,8 @@ fn storm() {
         ..HostConfig::default()
     };
     let (host, _) = host_with(config, &dir);
-    let report = runtime()
-        .block_on(host.publish(event(
-            "chaos",
-            "storm.go",
-            "root",
-            serde_json::json!({"n": 1}),
-        )))
-        .expect("valid event");
     // The root event at depth 0 and one emitted event at each depth 1..=5.
-    let deliveries = &report.deliveries;
+    let deliveries = publish(&host, "chaos", "storm.go", "root").await;
     assert_eq!(deliveries.len(), 6, "{deliveries:#?}");
     for d in &deliveries[..5] {
         assert_eq!(d.outcome, Outcome::Handled, "{d:#?}");
@@ -235,10 +186,7 @@ fn storm() {
             Some(pair[0].event_id.as_str())
         );
     }
-    let last = deliveries[5]
-        .outcome
-        .failure()
-        .expect("the emit past the limit fails");
+    let last = failure(&deliveries[5]);
     assert_eq!(last.kind, FailureKind::HandlerPermanent);
     assert!(last.message.contains("chain depth limit of 5"), "{last:?}");
     let stats = host.stats();
@@ -246,51 +194,26 @@ fn storm() {
     assert_eq!(stats.emits_accepted, 5);
 }
 
-#[test]
-fn sandbox_probe() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_probe() {
     let dir = PluginsDir::new();
     dir.add("chaos", "probe", artifacts::FIXTURE_SANDBOX_PROBE, None);
     let (host, _) = host_for(&dir);
     // The fixture fails with "sandbox escape" if it could read a file, list a
     // directory, see an environment variable or argument, or open a socket.
-    let report = runtime()
-        .block_on(host.publish(event(
-            "chaos",
-            "fixture.sandbox_probe",
-            "s-1",
-            serde_json::json!({}),
-        )))
-        .expect("valid event");
-    assert_eq!(report.deliveries.len(), 1);
-    assert_eq!(
-        report.deliveries[0].outcome,
-        Outcome::Handled,
-        "{:#?}",
-        report.deliveries
-    );
+    let deliveries = publish(&host, "chaos", "fixture.sandbox_probe", "s-1").await;
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].outcome, Outcome::Handled, "{deliveries:#?}");
 }
 
-#[test]
-fn flood() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood() {
     let dir = PluginsDir::new();
     dir.add("chaos", "flood", artifacts::FIXTURE_FLOOD, None);
     let (host, _) = host_for(&dir);
-    let runtime = runtime();
     for i in 0..2 {
-        let report = runtime
-            .block_on(host.publish(event(
-                "chaos",
-                "fixture.flood",
-                &format!("f-{i}"),
-                serde_json::json!({}),
-            )))
-            .expect("valid event");
-        assert_eq!(
-            report.deliveries[0].outcome,
-            Outcome::Handled,
-            "{:#?}",
-            report.deliveries
-        );
+        let deliveries = publish(&host, "chaos", "fixture.flood", &format!("f-{i}")).await;
+        assert_eq!(deliveries[0].outcome, Outcome::Handled, "{deliveries:#?}");
     }
     // 4 MiB of stdout per event, of which the host keeps 64 KiB per delivery.
     let kept = 64 * 1024;
@@ -299,22 +222,14 @@ fn flood() {
     assert!(dropped <= 2 * 4 * 1024 * 1024 + 4096, "dropped {dropped}");
 }
 
-#[test]
-fn noop() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noop() {
     let dir = PluginsDir::new();
     dir.add("t", "noop", artifacts::FIXTURE_NOOP, None);
     let (host, _) = host_for(&dir);
-    let runtime = runtime();
     for i in 0..5 {
-        let report = runtime
-            .block_on(host.publish(event(
-                "t",
-                "order.created",
-                &format!("n-{i}"),
-                serde_json::json!({}),
-            )))
-            .expect("valid event");
-        let d = &report.deliveries[0];
+        let deliveries = publish(&host, "t", "order.created", &format!("n-{i}")).await;
+        let d = &deliveries[0];
         assert_eq!(d.outcome, Outcome::Handled);
         assert!(d.fuel > 0, "fuel is accounted");
         assert_eq!(d.plugin_version.len(), 12);
@@ -323,8 +238,8 @@ fn noop() {
     assert_eq!(host.stats().instances_created, 1);
 }
 
-#[test]
-fn wrong_world() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_world() {
     let dir = PluginsDir::new();
     let wrong = dir.add("chaos", "wrong", artifacts::FIXTURE_WRONG_WORLD, None);
     dir.add("chaos", "noop", artifacts::FIXTURE_NOOP, None);
@@ -341,13 +256,16 @@ fn wrong_world() {
         message.contains("wrong.wasm") && message.contains("plugbus:plugin/handler"),
         "{message}"
     );
-    // The other plugin of the tenant still loaded.
+    // The other plugin of the tenant still loaded and runs.
     let names: Vec<_> = host.plugins().into_iter().map(|p| p.name).collect();
     assert_eq!(names, ["noop"]);
+    let deliveries = publish(&host, "chaos", "order.created", "w-1").await;
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].outcome, Outcome::Handled);
 }
 
-#[test]
-fn plain_bindgen() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_bindgen() {
     let dir = PluginsDir::new();
     dir.add(
         "acme-pos",
@@ -363,15 +281,7 @@ fn plain_bindgen() {
     );
     let (host, report) = host_for(&dir);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
-    let report = runtime()
-        .block_on(host.publish(event(
-            "acme-pos",
-            "order.created",
-            "o-1",
-            serde_json::json!({}),
-        )))
-        .expect("valid event");
-    let d = &report.deliveries;
+    let d = publish(&host, "acme-pos", "order.created", "o-1").await;
     assert_eq!(d.len(), 2, "{d:#?}");
     assert_eq!(d[0].plugin, "plain");
     assert_eq!(d[0].outcome, Outcome::Handled, "{d:#?}");

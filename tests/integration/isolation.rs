@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use plugbus::{FailureKind, HostConfig, Outcome};
 use plugbus_artifacts as artifacts;
-use plugbus_tests::{PluginsDir, event, host_for, host_with, kind, rss_bytes, stock_changed};
+use plugbus_tests::{
+    PluginsDir, event, failure, host_for, host_with, kind, publish, rss_bytes, stock_changed,
+};
 
 #[tokio::test]
 async fn events_reach_only_their_tenants_subscribed_plugins() {
@@ -207,16 +209,8 @@ async fn fresh_instance_mode_with_the_pooling_allocator() {
     let (host, report) = host_with(HostConfig::fresh_instances(16), &dir);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     for i in 0..20 {
-        let report = host
-            .publish(event(
-                "t",
-                "fixture.x",
-                &format!("f-{i}"),
-                serde_json::json!({}),
-            ))
-            .await
-            .expect("valid");
-        let kinds: Vec<_> = report.deliveries.iter().map(kind).collect();
+        let deliveries = publish(&host, "t", "fixture.x", &format!("f-{i}")).await;
+        let kinds: Vec<_> = deliveries.iter().map(kind).collect();
         assert_eq!(kinds, [None, Some(FailureKind::Trap)]);
     }
     // Every event had an instance of its own.
@@ -251,18 +245,9 @@ async fn a_limit_below_the_initial_memory_fails_at_instantiation() {
     dir.add("t", "noop", artifacts::FIXTURE_NOOP, None);
     let (host, _) = host_for(&dir);
     for i in 0..3 {
-        let report = host
-            .publish(event(
-                "t",
-                "order.created",
-                &format!("m-{i}"),
-                serde_json::json!({}),
-            ))
-            .await
-            .expect("valid");
-        let noop = &report.deliveries[0];
-        assert_eq!(noop.outcome, Outcome::Handled);
-        let tiny = report.deliveries[1].outcome.failure().expect("a failure");
+        let deliveries = publish(&host, "t", "order.created", &format!("m-{i}")).await;
+        assert_eq!(deliveries[0].outcome, Outcome::Handled);
+        let tiny = failure(&deliveries[1]);
         assert_eq!(tiny.kind, FailureKind::MemoryLimit);
         assert!(
             tiny.message

@@ -118,3 +118,21 @@ pub fn rss_bytes() -> u64 {
         .expect("statm has a resident field");
     pages * 4096
 }
+
+/// Publishes an event of `tenant` with type `ty`, id `id` and an empty JSON
+/// object as payload, and returns its deliveries.
+pub async fn publish(host: &Host, tenant: &str, ty: &str, id: &str) -> Vec<Delivery> {
+    host.publish(event(tenant, ty, id, serde_json::json!({})))
+        .await
+        .expect("a valid test event")
+        .deliveries
+}
+
+/// The failure of a delivery that must have failed.
+pub fn failure(delivery: &Delivery) -> plugbus::Failure {
+    delivery
+        .outcome
+        .failure()
+        .unwrap_or_else(|| panic!("expected a failed delivery: {delivery:#?}"))
+        .clone()
+}
