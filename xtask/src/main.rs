@@ -76,6 +76,23 @@ fn cargo(args: &[&str], extra: &[String]) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The component for the demo plugin `name`: that of the plugin crate named
+/// `name`, or else of the crate whose name is the longest prefix of `name`
+/// followed by `-` (so `fixture-spin-fuel` is another instance of
+/// `fixture-spin`, with a manifest of its own).
+fn component_for(name: &str) -> Option<&'static str> {
+    plugbus_artifacts::ALL
+        .iter()
+        .filter(|(package, _)| {
+            name == *package
+                || name
+                    .strip_prefix(package)
+                    .is_some_and(|rest| rest.starts_with('-'))
+        })
+        .max_by_key(|(package, _)| package.len())
+        .map(|(_, wasm)| *wasm)
+}
+
 /// Assembles the demo's plugins directory and dispatches the sample events.
 fn demo() -> anyhow::Result<ExitCode> {
     let root = workspace();
@@ -101,9 +118,9 @@ fn demo() -> anyhow::Result<ExitCode> {
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .context("a manifest file name is not UTF-8")?;
-            let Some((_, wasm)) = plugbus_artifacts::ALL.iter().find(|(p, _)| *p == name) else {
+            let Some(wasm) = component_for(name) else {
                 bail!(
-                    "{}: no plugin crate named {name:?} in plugins/",
+                    "{}: no plugin crate named {name:?} (or a prefix of it) in plugins/",
                     manifest.display()
                 );
             };
