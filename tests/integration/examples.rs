@@ -1,6 +1,6 @@
 //! The example plugins of the point-of-sale domain, end to end.
 
-use plugbus::Outcome;
+use plugbus::{Event, Outcome};
 use plugbus_artifacts as artifacts;
 use plugbus_tests::{PluginsDir, host_for, stock_changed, to_plugin};
 
@@ -103,4 +103,62 @@ async fn a_bad_payload_is_a_permanent_failure_and_config_is_served() {
         failure.message.contains("inventory.stock_changed"),
         "{failure:?}"
     );
+}
+
+/// The host, not the plugin, sets an emitted event's id, source, time,
+/// tenant and chain extensions; the correlation id is the root's id all
+/// along a chain.
+#[tokio::test]
+async fn emitted_events_carry_the_hosts_attributes() {
+    let dir = PluginsDir::new();
+    dir.add(
+        "acme-pos",
+        "low-stock-alert",
+        artifacts::LOW_STOCK_ALERT,
+        Some("subscribe = [\"inventory.stock_changed\"]"),
+    );
+    dir.add(
+        "acme-pos",
+        "storm",
+        artifacts::FIXTURE_STORM,
+        Some("subscribe = [\"inventory.low_stock\"]"),
+    );
+    let (host, _) = host_for(&dir);
+    let alert = host.plugin("acme-pos", "low-stock-alert").expect("loaded");
+    let storm = host.plugin("acme-pos", "storm").expect("loaded");
+
+    let root = stock_changed("acme-pos", "root-1", "sku-7", 3);
+    let (delivery, emitted) = alert.deliver(&root);
+    assert_eq!(delivery.outcome, Outcome::Handled);
+    assert_eq!(emitted.len(), 1);
+    let low = &emitted[0];
+    assert_eq!(low.ty, "inventory.low_stock");
+    assert_eq!(low.tenant, "acme-pos");
+    assert_eq!(low.source, "plugbus://acme-pos/low-stock-alert");
+    assert_eq!(low.subject.as_deref(), Some("sku-7"));
+    assert_eq!(low.datacontenttype.as_deref(), Some("application/json"));
+    assert_eq!(delivery.emitted[0].id, low.id);
+    assert_ne!(low.id, root.id);
+    let time = low.time.as_deref().expect("the host sets the time");
+    assert!(
+        Event::from_json_value(low.to_json_value()).is_ok(),
+        "{time} is RFC 3339"
+    );
+    assert_eq!(low.causation_id(), Some("root-1"));
+    assert_eq!(low.correlation_id(), "root-1");
+    assert_eq!(low.chain_depth(), 1);
+    let payload: serde_json::Value = serde_json::from_slice(&low.data).expect("JSON payload");
+    assert_eq!(
+        payload,
+        serde_json::json!({"sku": "sku-7", "quantity": 3, "threshold": 10})
+    );
+
+    // One level further: the cause is the parent, the correlation the root.
+    let (_, grandchildren) = storm.deliver(low);
+    assert_eq!(grandchildren.len(), 1);
+    let next = &grandchildren[0];
+    assert_eq!(next.source, "plugbus://acme-pos/storm");
+    assert_eq!(next.causation_id(), Some(low.id.as_str()));
+    assert_eq!(next.correlation_id(), "root-1");
+    assert_eq!(next.chain_depth(), 2);
 }
