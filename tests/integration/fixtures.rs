@@ -293,3 +293,30 @@ async fn plain_bindgen() {
     assert_eq!(d[1].causation_id.as_deref(), Some("o-1"));
     assert_eq!(d[1].outcome, Outcome::Handled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksum() {
+    let dir = PluginsDir::new();
+    dir.add("t", "checksum", artifacts::FIXTURE_CHECKSUM, None);
+    let (host, _) = host_for(&dir);
+    let plugin = host.plugin("t", "checksum").expect("loaded");
+    // Fuel follows the work: hashing 64 KiB costs far more than 64 bytes.
+    let fuel_for = |len: usize| {
+        let mut e = event("t", "bench.payload", "c-1", serde_json::json!({}));
+        e.data = vec![b'x'; len];
+        let (delivery, _) = plugin.deliver(&e);
+        assert_eq!(delivery.outcome, Outcome::Handled, "{delivery:#?}");
+        delivery.fuel
+    };
+    let small = fuel_for(64);
+    let large = fuel_for(64 * 1024);
+    assert!(
+        large > small * 100,
+        "64 B cost {small} fuel, 64 KiB {large}"
+    );
+    // An empty payload is refused, permanently.
+    let mut empty = event("t", "bench.payload", "c-2", serde_json::json!({}));
+    empty.data.clear();
+    let (delivery, _) = plugin.deliver(&empty);
+    assert_eq!(kind(&delivery), Some(FailureKind::HandlerPermanent));
+}
