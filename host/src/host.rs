@@ -261,8 +261,9 @@ impl Host {
             max_idle: self.config.max_idle_instances,
         };
         let mut plugins = Vec::new();
+        let mut compiled = loader::Compiled::new();
         for candidate in &candidates {
-            match self.check_pool(candidate, loader::load(&ctx, candidate)) {
+            match self.check_pool(candidate, loader::load(&ctx, &mut compiled, candidate)) {
                 Ok(plugin) => {
                     tracing::info!(
                         tenant = %plugin.tenant(),

@@ -317,8 +317,17 @@ pub(crate) struct LoadContext<'a> {
     pub max_idle: usize,
 }
 
+/// Components compiled during one load, by the SHA-256 of their bytes: a
+/// component that several plugins share (the same handler for a thousand
+/// tenants) is compiled once, and its code shared in memory.
+pub(crate) type Compiled = std::collections::HashMap<[u8; 32], Component>;
+
 /// Reads, checks and compiles one plugin.
-pub(crate) fn load(ctx: &LoadContext<'_>, candidate: &Candidate) -> Result<Plugin, LoadError> {
+pub(crate) fn load(
+    ctx: &LoadContext<'_>,
+    compiled: &mut Compiled,
+    candidate: &Candidate,
+) -> Result<Plugin, LoadError> {
     let (manifest_text, manifest) = match &candidate.manifest {
         None => (String::new(), Manifest::with_defaults(ctx.defaults)),
         Some(path) => {
@@ -337,10 +346,19 @@ pub(crate) fn load(ctx: &LoadContext<'_>, candidate: &Candidate) -> Result<Plugi
     let path = &candidate.wasm;
     let bytes = read_component(path, ctx.max_plugin_bytes)?;
     let version = version_of(&bytes, manifest_text.as_bytes());
-    let component = Component::from_binary(ctx.engine, &bytes).map_err(|e| LoadError::Compile {
-        path: path.clone(),
-        reason: format!("{e:#}"),
-    })?;
+    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    let component = match compiled.get(&digest) {
+        Some(component) => component.clone(),
+        None => {
+            let component =
+                Component::from_binary(ctx.engine, &bytes).map_err(|e| LoadError::Compile {
+                    path: path.clone(),
+                    reason: format!("{e:#}"),
+                })?;
+            compiled.insert(digest, component.clone());
+            component
+        }
+    };
     let instance_pre =
         ctx.linker
             .instantiate_pre(&component)

@@ -149,3 +149,70 @@ fn help_describes_every_subcommand() {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
 }
+
+fn bench(plugin: &str, scenarios: &str) -> (i32, Vec<serde_json::Value>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_plugbus"))
+        .args([
+            "bench",
+            "--plugin",
+            plugin,
+            "--events",
+            "200",
+            "--json",
+            "--scenario",
+            scenarios,
+        ])
+        .output()
+        .expect("run plugbus bench");
+    let stdout = String::from_utf8(output.stdout).expect("utf-8");
+    let rows = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
+        .collect();
+    (
+        output.status.code().unwrap_or(-1),
+        rows,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bench_reports_every_scenario() {
+    let (code, rows, stderr) = bench(
+        artifacts::FIXTURE_NOOP,
+        "one-plugin,ten-plugins,hundred-tenants",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    let expected = [(1, 200), (10, 2000), (100, 200)];
+    for (row, (plugins, deliveries)) in rows.iter().zip(expected) {
+        assert_eq!(row["plugins"], plugins, "{row}");
+        assert_eq!(row["events"], 200, "{row}");
+        assert_eq!(row["deliveries"], deliveries, "{row}");
+        assert_eq!(row["failed"], 0, "{row}");
+        for figure in [
+            "events_per_s",
+            "cpu_us_per_event",
+            "p50_us",
+            "p99_us",
+            "p999_us",
+        ] {
+            assert!(
+                row[figure].as_f64().is_some_and(|v| v > 0.0),
+                "{figure} in {row}"
+            );
+        }
+        assert!(row["p50_us"].as_u64() <= row["p999_us"].as_u64(), "{row}");
+    }
+}
+
+#[test]
+fn bench_fails_when_deliveries_fail_and_names_a_missing_plugin() {
+    let (code, rows, stderr) = bench(artifacts::FIXTURE_PANIC, "one-plugin");
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(rows[0]["failed"], 200);
+    assert!(stderr.contains("200 deliveries failed"), "{stderr}");
+    let (code, _, stderr) = bench("/nonexistent/plugin.wasm", "one-plugin");
+    assert_eq!(code, 2);
+    assert!(stderr.contains("/nonexistent/plugin.wasm"), "{stderr}");
+}

@@ -17,7 +17,8 @@ commands:
   build-plugins    build every plugin for wasm32-wasip2 and print the components' paths
   demo             build the plugins, assemble target/plugbus-demo/plugins from examples/plugins,
                    and dispatch examples/events.jsonl through them with `plugbus dispatch`
-  test [ARGS...]   run the whole test suite (`cargo test --workspace ARGS...`)";
+  test [ARGS...]   run the whole test suite (`cargo test --workspace ARGS...`)
+  bench [ARGS...]  run `plugbus bench` (release build) on the noop fixture; ARGS go to plugbus bench";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -34,6 +35,25 @@ fn main() -> ExitCode {
         }
         Some("demo") => demo(),
         Some("test") => cargo(&["test", "--workspace"], &args[1..]),
+        Some("bench") => {
+            let mut extra = vec![
+                "--plugin".to_owned(),
+                plugbus_artifacts::FIXTURE_NOOP.to_owned(),
+            ];
+            extra.extend(args[1..].iter().cloned());
+            cargo(
+                &[
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "--package",
+                    "plugbus",
+                    "--",
+                    "bench",
+                ],
+                &extra,
+            )
+        }
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)

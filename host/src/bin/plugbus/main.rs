@@ -1,5 +1,7 @@
 //! The `plugbus` command: runs tenants' WebAssembly event handlers.
 
+mod bench;
+
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +63,12 @@ enum Command {
     /// Exit status: 0 when every input line was dispatched, 1 when any was
     /// rejected, 2 when the host could not start.
     Dispatch(DispatchArgs),
+
+    /// Drives a host in memory with generated events and reports events/s,
+    /// CPU time per event, latency percentiles (p50, p99, p999), start-up
+    /// time and memory per loaded plugin, for several layouts of tenants and
+    /// plugins. Exit status 1 when any delivery failed.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -110,7 +118,13 @@ enum Mode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_logging(cli.log_format, cli.log.as_deref()) {
+    // The load generator's own output is its table: its host logs only
+    // warnings unless asked for more.
+    let default_level = match cli.command {
+        Command::Bench(_) => "warn",
+        Command::Dispatch(_) => "info",
+    };
+    if let Err(e) = init_logging(cli.log_format, cli.log.as_deref(), default_level) {
         eprintln!("plugbus: {e:#}");
         return ExitCode::from(2);
     }
@@ -127,6 +141,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Dispatch(args) => dispatch(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {
@@ -138,11 +153,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat, filter: Option<&str>) -> anyhow::Result<()> {
+fn init_logging(
+    format: LogFormat,
+    filter: Option<&str>,
+    default_level: &str,
+) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match filter {
         Some(f) => EnvFilter::try_new(f).with_context(|| format!("invalid --log filter {f:?}"))?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

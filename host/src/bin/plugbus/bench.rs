@@ -1,0 +1,287 @@
+//! `plugbus bench`: an end-to-end load generator that drives a host in
+//! memory and reports events/s, CPU time per event and latency percentiles.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::ValueEnum;
+use futures::StreamExt as _;
+use plugbus::{Event, Host, HostConfig};
+use serde::Serialize;
+
+/// Arguments of `plugbus bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// The component every plugin of the benchmark runs. `cargo xtask
+    /// build-plugins` prints the paths of the fixtures; `fixture-noop` is the
+    /// trivial handler.
+    #[arg(long, value_name = "FILE")]
+    plugin: PathBuf,
+
+    /// The scenarios to run, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "one-plugin,ten-plugins,hundred-tenants,thousand-tenants"
+    )]
+    scenario: Vec<Scenario>,
+
+    /// Events published per scenario.
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    events: u64,
+
+    /// Events in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    concurrency: u32,
+
+    /// Bytes of JSON payload per event.
+    #[arg(long, value_name = "BYTES", default_value_t = 256, value_parser = clap::value_parser!(u64).range(..=(plugbus::event::MAX_DATA_BYTES as u64)))]
+    payload: u64,
+
+    /// Print one JSON object per scenario instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A layout of tenants and plugins.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Scenario {
+    /// One tenant with one plugin.
+    OnePlugin,
+    /// One tenant with ten plugins: every event is delivered ten times.
+    TenPlugins,
+    /// A hundred tenants with one plugin each; events spread over them.
+    HundredTenants,
+    /// A thousand tenants with one plugin each; events spread over them.
+    ThousandTenants,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Self::OnePlugin => "1 plugin",
+            Self::TenPlugins => "10 plugins, 1 tenant",
+            Self::HundredTenants => "100 tenants x 1 plugin",
+            Self::ThousandTenants => "1,000 tenants x 1 plugin",
+        }
+    }
+
+    /// (tenants, plugins per tenant)
+    fn layout(self) -> (usize, usize) {
+        match self {
+            Self::OnePlugin => (1, 1),
+            Self::TenPlugins => (1, 10),
+            Self::HundredTenants => (100, 1),
+            Self::ThousandTenants => (1000, 1),
+        }
+    }
+}
+
+/// The figures of one scenario.
+#[derive(Serialize)]
+struct Row {
+    scenario: &'static str,
+    plugins: usize,
+    events: u64,
+    deliveries: u64,
+    failed: u64,
+    startup_ms: f64,
+    memory_per_plugin_kib: Option<u64>,
+    events_per_s: f64,
+    deliveries_per_s: f64,
+    cpu_us_per_event: f64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+}
+
+/// Runs the benchmark; the exit status says whether every delivery was handled.
+pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
+    let component = std::fs::read(&args.plugin)
+        .with_context(|| format!("cannot read the plugin {}", args.plugin.display()))?;
+    let mut rows = Vec::new();
+    for scenario in &args.scenario {
+        let row = run_scenario(*scenario, &component, &args)
+            .await
+            .with_context(|| format!("scenario {}", scenario.name()))?;
+        if args.json {
+            println!("{}", serde_json::to_string(&row)?);
+        }
+        rows.push(row);
+    }
+    if !args.json {
+        print_table(&rows, &args);
+    }
+    let failed: u64 = rows.iter().map(|r| r.failed).sum();
+    if failed > 0 {
+        eprintln!("plugbus bench: {failed} deliveries failed; see the log");
+        return Ok(std::process::ExitCode::from(1));
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn run_scenario(
+    scenario: Scenario,
+    component: &[u8],
+    args: &BenchArgs,
+) -> anyhow::Result<Row> {
+    let (tenants, per_tenant) = scenario.layout();
+    let dir = tempfile::tempdir().context("cannot create a temporary plugins directory")?;
+    let names: Vec<String> = (0..tenants).map(|t| format!("tenant-{t:04}")).collect();
+    for tenant in &names {
+        let tenant_dir = dir.path().join(tenant);
+        std::fs::create_dir_all(&tenant_dir)?;
+        for p in 0..per_tenant {
+            std::fs::write(tenant_dir.join(format!("plugin-{p:02}.wasm")), component)?;
+        }
+    }
+
+    let rss_before = rss_bytes();
+    let started = Instant::now();
+    let host = Host::new(HostConfig::default())?;
+    let report = host.load_dir(dir.path())?;
+    let startup = started.elapsed();
+    if let Some(error) = report.errors.first() {
+        bail!("the plugin was refused: {error}");
+    }
+    let plugins = report.loaded.len();
+
+    // One event per tenant instantiates every plugin once.
+    for tenant in &names {
+        host.publish(event(tenant, 0, args.payload as usize))
+            .await?;
+    }
+    let memory_per_plugin_kib = rss_before
+        .zip(rss_bytes())
+        .map(|(before, after)| after.saturating_sub(before) / 1024 / plugins.max(1) as u64);
+
+    let progress = indicatif::ProgressBar::new(args.events).with_message(scenario.name());
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>26} [{bar:30}] {pos}/{len} events {per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let mut latencies = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .context("cannot create the latency histogram")?;
+    let (mut deliveries, mut failed) = (0u64, 0u64);
+    let cpu = cpu_time::ProcessTime::try_now().context("cannot read the process's CPU time")?;
+    let wall = Instant::now();
+    let host = &host;
+    let names = &names;
+    let mut results = futures::stream::iter(0..args.events)
+        .map(|i| async move {
+            let tenant = &names[(i as usize) % names.len()];
+            let started = Instant::now();
+            let report = host.publish(event(tenant, i, args.payload as usize)).await;
+            (started.elapsed(), report)
+        })
+        .buffer_unordered(args.concurrency as usize);
+    while let Some((latency, report)) = results.next().await {
+        let report = report?;
+        deliveries += report.deliveries.len() as u64;
+        failed += report
+            .deliveries
+            .iter()
+            .filter(|d| !d.outcome.is_handled())
+            .count() as u64;
+        latencies.saturating_record(micros(latency).max(1));
+        progress.inc(1);
+    }
+    let wall = wall.elapsed();
+    let cpu = cpu
+        .try_elapsed()
+        .context("cannot read the process's CPU time")?;
+    progress.finish_and_clear();
+
+    let seconds = wall.as_secs_f64().max(f64::EPSILON);
+    Ok(Row {
+        scenario: scenario.name(),
+        plugins,
+        events: args.events,
+        deliveries,
+        failed,
+        startup_ms: startup.as_secs_f64() * 1000.0,
+        memory_per_plugin_kib,
+        events_per_s: args.events as f64 / seconds,
+        deliveries_per_s: deliveries as f64 / seconds,
+        cpu_us_per_event: cpu.as_secs_f64() * 1e6 / args.events as f64,
+        p50_us: latencies.value_at_quantile(0.5),
+        p99_us: latencies.value_at_quantile(0.99),
+        p999_us: latencies.value_at_quantile(0.999),
+    })
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// An `inventory.stock_changed` event of `tenant` with a JSON payload of
+/// about `payload` bytes.
+fn event(tenant: &str, i: u64, payload: usize) -> Event {
+    let skeleton = format!(r#"{{"sku":"sku-{i}","new_quantity":4,"note":""}}"#);
+    let note = "n".repeat(payload.saturating_sub(skeleton.len()));
+    Event {
+        id: format!("bench-{i}"),
+        source: "/plugbus/bench".into(),
+        ty: "inventory.stock_changed".into(),
+        subject: Some(format!("sku-{i}")),
+        time: Some("2026-11-22T10:00:00Z".into()),
+        datacontenttype: Some("application/json".into()),
+        dataschema: None,
+        data: format!(r#"{{"sku":"sku-{i}","new_quantity":4,"note":"{note}"}}"#).into_bytes(),
+        extensions: [("partitionkey".to_owned(), format!("sku-{i}"))].into(),
+        tenant: tenant.to_owned(),
+    }
+}
+
+/// The resident set size of this process (Linux), in bytes.
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string(Path::new("/proc/self/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn print_table(rows: &[Row], args: &BenchArgs) {
+    println!(
+        "plugbus bench: {} events per scenario, {} in flight, {}-byte payloads, plugin {}",
+        args.events,
+        args.concurrency,
+        args.payload,
+        args.plugin.display()
+    );
+    println!(
+        "{:<26} {:>7} {:>11} {:>12} {:>12} {:>12} {:>10} {:>9} {:>9} {:>9}",
+        "scenario",
+        "plugins",
+        "startup ms",
+        "KiB/plugin",
+        "events/s",
+        "deliveries/s",
+        "CPU us/ev",
+        "p50 us",
+        "p99 us",
+        "p999 us"
+    );
+    for r in rows {
+        let memory = r
+            .memory_per_plugin_kib
+            .map_or_else(|| "n/a".to_owned(), |m| m.to_string());
+        println!(
+            "{:<26} {:>7} {:>11.1} {:>12} {:>12.0} {:>12.0} {:>10.1} {:>9} {:>9} {:>9}",
+            r.scenario,
+            r.plugins,
+            r.startup_ms,
+            memory,
+            r.events_per_s,
+            r.deliveries_per_s,
+            r.cpu_us_per_event,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us
+        );
+    }
+}
