@@ -258,7 +258,7 @@ fn boundary(c: &mut Criterion) {
         );
         group.bench_with_input(BenchmarkId::new("plugbus_deliver", size), &event, |b, e| {
             b.iter(|| {
-                let (delivery, _) = plugin.deliver(e);
+                let (delivery, _) = plugin.deliver(e).expect("a valid event of its tenant");
                 assert!(delivery.outcome.is_handled());
             });
         });
@@ -290,7 +290,7 @@ fn limits(c: &mut Criterion) {
         let plugin = host.plugin("acme-pos", "checksum").expect("loaded");
         group.bench_function(name, |b| {
             b.iter(|| {
-                let (delivery, _) = plugin.deliver(&event);
+                let (delivery, _) = plugin.deliver(&event).expect("a valid event of its tenant");
                 assert!(delivery.outcome.is_handled());
             });
         });

@@ -168,6 +168,22 @@ pub struct Delivery {
     pub emitted: Vec<EmittedEvent>,
 }
 
+/// Why [`Plugin::deliver`] refused an event; nothing was delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliverError {
+    /// The event belongs to another tenant than the plugin.
+    #[error("event of tenant {event_tenant:?} refused by a plugin of tenant {plugin_tenant:?}")]
+    WrongTenant {
+        /// The event's tenant.
+        event_tenant: String,
+        /// The plugin's tenant.
+        plugin_tenant: String,
+    },
+    /// The event is invalid.
+    #[error("invalid event: {0}")]
+    InvalidEvent(#[from] crate::event::EventError),
+}
+
 /// A loaded plugin: its compiled component, pre-instantiated, and its pool
 /// of idle instances.
 pub struct Plugin {
@@ -319,8 +335,18 @@ impl Plugin {
     /// It blocks for as long as the handler runs, up to the plugin's time
     /// limit: call it from a blocking thread, not from an async task.
     /// [`Host::publish`](crate::Host::publish) is the routed, async way.
-    pub fn deliver(&self, event: &Event) -> (Delivery, Vec<Event>) {
-        self.deliver_in_chain(event, None)
+    ///
+    /// Refuses an invalid event, and an event of another tenant: a plugin
+    /// only ever sees its own tenant's events.
+    pub fn deliver(&self, event: &Event) -> Result<(Delivery, Vec<Event>), DeliverError> {
+        if event.tenant != self.identity.tenant {
+            return Err(DeliverError::WrongTenant {
+                event_tenant: event.tenant.clone(),
+                plugin_tenant: self.identity.tenant.clone(),
+            });
+        }
+        event.validate()?;
+        Ok(self.deliver_in_chain(event, None))
     }
 
     /// Like [`Plugin::deliver`], with the budget of events the chain of the

@@ -45,7 +45,9 @@ pub mod registry;
 mod sandbox;
 mod stats;
 
-pub use dispatch::{Delivery, EmittedEvent, Failure, FailureKind, InstanceMode, Outcome, Plugin};
+pub use dispatch::{
+    DeliverError, Delivery, EmittedEvent, Failure, FailureKind, InstanceMode, Outcome, Plugin,
+};
 pub use event::{Event, EventError};
 pub use host::{Host, HostConfig, HostError, LoadReport, PluginInfo, PublishError, PublishReport};
 pub use loader::LoadError;

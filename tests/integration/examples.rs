@@ -128,7 +128,7 @@ async fn emitted_events_carry_the_hosts_attributes() {
     let storm = host.plugin("acme-pos", "storm").expect("loaded");
 
     let root = stock_changed("acme-pos", "root-1", "sku-7", 3);
-    let (delivery, emitted) = alert.deliver(&root);
+    let (delivery, emitted) = alert.deliver(&root).expect("deliverable");
     assert_eq!(delivery.outcome, Outcome::Handled);
     assert_eq!(emitted.len(), 1);
     let low = &emitted[0];
@@ -154,7 +154,7 @@ async fn emitted_events_carry_the_hosts_attributes() {
     );
 
     // One level further: the cause is the parent, the correlation the root.
-    let (_, grandchildren) = storm.deliver(low);
+    let (_, grandchildren) = storm.deliver(low).expect("deliverable");
     assert_eq!(grandchildren.len(), 1);
     let next = &grandchildren[0];
     assert_eq!(next.source, "plugbus://acme-pos/storm");

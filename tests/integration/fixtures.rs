@@ -304,7 +304,7 @@ async fn checksum() {
     let fuel_for = |len: usize| {
         let mut e = event("t", "bench.payload", "c-1", serde_json::json!({}));
         e.data = vec![b'x'; len];
-        let (delivery, _) = plugin.deliver(&e);
+        let (delivery, _) = plugin.deliver(&e).expect("deliverable");
         assert_eq!(delivery.outcome, Outcome::Handled, "{delivery:#?}");
         delivery.fuel
     };
@@ -317,6 +317,6 @@ async fn checksum() {
     // An empty payload is refused, permanently.
     let mut empty = event("t", "bench.payload", "c-2", serde_json::json!({}));
     empty.data.clear();
-    let (delivery, _) = plugin.deliver(&empty);
+    let (delivery, _) = plugin.deliver(&empty).expect("deliverable");
     assert_eq!(kind(&delivery), Some(FailureKind::HandlerPermanent));
 }

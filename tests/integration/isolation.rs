@@ -257,3 +257,23 @@ async fn a_limit_below_the_initial_memory_fails_at_instantiation() {
     }
     assert_eq!(host.stats().instances_discarded, 3);
 }
+
+/// Delivering directly to a plugin cannot cross tenants either.
+#[tokio::test]
+async fn a_plugin_refuses_another_tenants_event() {
+    let dir = PluginsDir::new();
+    dir.add("acme-pos", "noop", artifacts::FIXTURE_NOOP, None);
+    let (host, _) = host_for(&dir);
+    let plugin = host.plugin("acme-pos", "noop").expect("loaded");
+    let foreign = event("globex", "order.created", "g-1", serde_json::json!({}));
+    let err = plugin.deliver(&foreign).unwrap_err();
+    assert!(
+        matches!(err, plugbus::DeliverError::WrongTenant { .. }),
+        "{err}"
+    );
+    let mut invalid = event("acme-pos", "order.created", "a-1", serde_json::json!({}));
+    invalid.source.clear();
+    let err = plugin.deliver(&invalid).unwrap_err();
+    assert!(err.to_string().contains("'source'"), "{err}");
+    assert_eq!(host.stats().deliveries_ok, 0);
+}
