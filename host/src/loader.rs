@@ -400,15 +400,23 @@ fn read_component(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
         path: path.to_owned(),
         source,
     };
-    let size = std::fs::metadata(path).map_err(io)?.len();
+    let too_large = |size| LoadError::TooLarge {
+        path: path.to_owned(),
+        size,
+        limit,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
     if size > limit {
-        return Err(LoadError::TooLarge {
-            path: path.to_owned(),
-            size,
-            limit,
-        });
+        return Err(too_large(size));
     }
-    let bytes = std::fs::read(path).map_err(io)?;
+    // The file may grow while it is read: read at most one byte past the limit.
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
     match bytes.get(..8) {
         Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(LoadError::CoreModule {
             path: path.to_owned(),
