@@ -216,3 +216,22 @@ fn bench_fails_when_deliveries_fail_and_names_a_missing_plugin() {
     assert_eq!(code, 2);
     assert!(stderr.contains("/nonexistent/plugin.wasm"), "{stderr}");
 }
+
+#[test]
+fn an_overlong_line_is_rejected_without_losing_the_next() {
+    let dir = plugins_dir();
+    let long = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(5 * 1024 * 1024));
+    let input = format!("{long}{}\n", EVENTS.lines().next().expect("first line"));
+    let (code, lines, stderr) =
+        run_dispatch(&["--plugins", dir.path().to_str().expect("utf-8")], &input);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "line 1: rejected: the line is {} bytes long",
+            long.len()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(lines.len(), 1, "the valid second line is dispatched");
+    assert_eq!(lines[0]["event_id"], "evt-1");
+}

@@ -215,10 +215,9 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     let lines = Box::pin(futures::stream::unfold(
         (tokio::io::BufReader::new(input), 0usize),
         |(mut reader, number)| async move {
-            let mut line = Vec::new();
-            match reader.read_until(b'\n', &mut line).await {
-                Ok(0) => None,
-                Ok(_) => Some((Ok((number + 1, line)), (reader, number + 1))),
+            match read_line(&mut reader).await {
+                Ok(None) => None,
+                Ok(Some(line)) => Some((Ok((number + 1, line)), (reader, number + 1))),
                 Err(e) => Some((Err(e), (reader, number + 1))),
             }
         },
@@ -227,8 +226,8 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     let host = &host;
     let mut results = lines
         .map(|line| async move {
-            let (number, bytes) = line?;
-            let parsed = parse_line(&bytes);
+            let (number, line) = line?;
+            let parsed = parse_line(&line);
             let published = match parsed {
                 None => None,
                 Some(Err(reason)) => Some(Err(reason)),
@@ -273,14 +272,59 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Parses one input line; `None` for a blank line.
-fn parse_line(bytes: &[u8]) -> Option<Result<Event, String>> {
-    if bytes.len() > MAX_LINE_BYTES {
-        return Some(Err(format!(
-            "the line is {} bytes long; at most {MAX_LINE_BYTES} are accepted",
-            bytes.len()
-        )));
+/// One input line, or the length of a line too long to keep.
+enum Line {
+    Text(Vec<u8>),
+    TooLong(usize),
+}
+
+/// Reads the next line, keeping at most [`MAX_LINE_BYTES`] of it in memory:
+/// the rest of a longer line is read and dropped. `None` at the end.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> std::io::Result<Option<Line>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut line = Vec::new();
+    let limit = MAX_LINE_BYTES as u64 + 1;
+    let read = (&mut *reader)
+        .take(limit)
+        .read_until(b'\n', &mut line)
+        .await?;
+    if read == 0 {
+        return Ok(None);
     }
+    if line.len() <= MAX_LINE_BYTES || line.ends_with(b"\n") {
+        return Ok(Some(Line::Text(line)));
+    }
+    let mut length = line.len();
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            break;
+        }
+        let (used, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        reader.consume(used);
+        length += used;
+        if done {
+            break;
+        }
+    }
+    Ok(Some(Line::TooLong(length)))
+}
+
+/// Parses one input line; `None` for a blank line.
+fn parse_line(line: &Line) -> Option<Result<Event, String>> {
+    let bytes = match line {
+        Line::TooLong(length) => {
+            return Some(Err(format!(
+                "the line is {length} bytes long; at most {MAX_LINE_BYTES} are accepted"
+            )));
+        }
+        Line::Text(bytes) => bytes,
+    };
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => text.trim(),
         Err(e) => return Some(Err(format!("not valid UTF-8: {e}"))),
