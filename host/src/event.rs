@@ -367,6 +367,10 @@ fn check_text(name: &str, value: &str, non_empty: bool) -> Result<(), EventError
             ),
         ));
     }
+    // Printable ASCII, the common case, needs no decoding.
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(());
+    }
     if let Some(c) = value.chars().find(|c| c.is_control()) {
         return Err(EventError::invalid(
             name,
