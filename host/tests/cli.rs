@@ -31,9 +31,10 @@ const EVENTS: &str = r#"{"specversion":"1.0","id":"evt-1","source":"/pos/1","typ
 {"specversion":"1.0","id":"evt-3","source":"/pos/1","type":"fixture.boom","tenant":"acme-pos"}
 "#;
 
-fn run_dispatch(args: &[&str], stdin: &str) -> (i32, Vec<serde_json::Value>, String) {
+/// Runs `plugbus ARGS` with `stdin`; returns the exit status, the stdout
+/// lines parsed as JSON, and stderr.
+fn run_plugbus(args: &[&str], stdin: &str) -> (i32, Vec<serde_json::Value>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_plugbus"))
-        .arg("dispatch")
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::piped())
@@ -58,6 +59,12 @@ fn run_dispatch(args: &[&str], stdin: &str) -> (i32, Vec<serde_json::Value>, Str
         lines,
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+fn run_dispatch(args: &[&str], stdin: &str) -> (i32, Vec<serde_json::Value>, String) {
+    let mut all = vec!["dispatch"];
+    all.extend_from_slice(args);
+    run_plugbus(&all, stdin)
 }
 
 #[test]
@@ -151,8 +158,8 @@ fn help_describes_every_subcommand() {
 }
 
 fn bench(plugin: &str, scenarios: &str) -> (i32, Vec<serde_json::Value>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_plugbus"))
-        .args([
+    run_plugbus(
+        &[
             "bench",
             "--plugin",
             plugin,
@@ -161,18 +168,8 @@ fn bench(plugin: &str, scenarios: &str) -> (i32, Vec<serde_json::Value>, String)
             "--json",
             "--scenario",
             scenarios,
-        ])
-        .output()
-        .expect("run plugbus bench");
-    let stdout = String::from_utf8(output.stdout).expect("utf-8");
-    let rows = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
-        .collect();
-    (
-        output.status.code().unwrap_or(-1),
-        rows,
-        String::from_utf8_lossy(&output.stderr).into_owned(),
+        ],
+        "",
     )
 }
 
