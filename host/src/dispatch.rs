@@ -198,7 +198,40 @@ pub struct Plugin {
     epoch_tick: Duration,
     fuel_metered: bool,
     idle: Mutex<Vec<Warm>>,
-    max_idle: usize,
+    /// Deliveries waiting, and how many threads are taking them.
+    queue: Mutex<Queue>,
+    /// The most threads delivering to this plugin at once, and the most
+    /// idle instances kept.
+    concurrency: usize,
+}
+
+/// A plugin's waiting deliveries.
+#[derive(Default)]
+struct Queue {
+    jobs: std::collections::VecDeque<Job>,
+    drainers: usize,
+}
+
+/// One delivery to make, and where its report goes.
+struct Job {
+    event: Arc<Event>,
+    chain_budget: Option<Arc<AtomicUsize>>,
+    reply: tokio::sync::oneshot::Sender<(Delivery, Vec<Event>)>,
+}
+
+/// Gives a drainer's place back if it unwinds, so the queue keeps moving.
+struct DrainerSlot<'a>(&'a Plugin);
+
+impl Drop for DrainerSlot<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drainers -= 1;
+        }
+    }
 }
 
 /// An instance that has handled events and may handle more.
@@ -219,7 +252,7 @@ pub(crate) struct PluginParts {
     pub mode: InstanceMode,
     pub epoch_tick: Duration,
     pub fuel_metered: bool,
-    pub max_idle: usize,
+    pub concurrency: usize,
 }
 
 impl Plugin {
@@ -236,7 +269,8 @@ impl Plugin {
             epoch_tick: parts.epoch_tick,
             fuel_metered: parts.fuel_metered,
             idle: Mutex::new(Vec::new()),
-            max_idle: parts.max_idle,
+            queue: Mutex::new(Queue::default()),
+            concurrency: parts.concurrency,
         }
     }
 
@@ -347,6 +381,57 @@ impl Plugin {
         }
         event.validate()?;
         Ok(self.deliver_in_chain(event, None))
+    }
+
+    /// Queues a delivery of `event` and returns where its report will
+    /// arrive. A blocking thread takes it at once when fewer than
+    /// `concurrency` threads deliver to this plugin; otherwise the next
+    /// thread to finish a delivery takes it. Must be called within a tokio
+    /// runtime.
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        event: Arc<Event>,
+        chain_budget: Option<Arc<AtomicUsize>>,
+    ) -> tokio::sync::oneshot::Receiver<(Delivery, Vec<Event>)> {
+        let (reply, report) = tokio::sync::oneshot::channel();
+        let start_drainer = {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.jobs.push_back(Job {
+                event,
+                chain_budget,
+                reply,
+            });
+            let start = queue.drainers < self.concurrency;
+            if start {
+                queue.drainers += 1;
+            }
+            start
+        };
+        if start_drainer {
+            let plugin = self.clone();
+            tokio::task::spawn_blocking(move || plugin.drain());
+        }
+        report
+    }
+
+    /// Delivers queued events until the queue is empty.
+    fn drain(&self) {
+        let _slot = DrainerSlot(self);
+        loop {
+            let job = {
+                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                match queue.jobs.pop_front() {
+                    Some(job) => job,
+                    None => {
+                        queue.drainers -= 1;
+                        return;
+                    }
+                }
+            };
+            let report = self.deliver_in_chain(&job.event, job.chain_budget);
+            // The publisher may have gone away; the delivery happened anyway.
+            let _ = job.reply.send(report);
+        }
     }
 
     /// Like [`Plugin::deliver`], with the budget of events the chain of the
@@ -491,7 +576,7 @@ impl Plugin {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
             // The instance goes back only after its output was flushed and
             // its scope cleared, so the next event starts clean.
-            if idle.len() < self.max_idle {
+            if idle.len() < self.concurrency {
                 idle.push(warm);
             }
         } else if !keep_instance {

@@ -44,8 +44,12 @@ pub struct HostConfig {
     pub max_plugin_bytes: u64,
     /// Whether instances are reused across events.
     pub instance_mode: InstanceMode,
-    /// The most idle instances kept per plugin (default 8).
-    pub max_idle_instances: usize,
+    /// How many deliveries of one plugin run at once, each on a blocking
+    /// thread with an instance of its own (default: the number of CPUs).
+    /// Deliveries beyond that wait in the plugin's queue, and a thread that
+    /// finishes one takes the next, so that under load one thread serves a
+    /// whole batch. Also the most idle instances a plugin keeps.
+    pub plugin_concurrency: usize,
     /// The engine's settings.
     pub engine: EngineOptions,
 }
@@ -62,7 +66,7 @@ impl Default for HostConfig {
             max_output_bytes_per_delivery: 64 * 1024,
             max_plugin_bytes: 64 * 1024 * 1024,
             instance_mode: InstanceMode::Reuse,
-            max_idle_instances: 8,
+            plugin_concurrency: std::thread::available_parallelism().map_or(2, usize::from),
             engine: EngineOptions::default(),
         }
     }
@@ -258,7 +262,7 @@ impl Host {
             mode: self.config.instance_mode,
             epoch_tick: self.config.engine.epoch_tick,
             fuel_metered: self.config.engine.consume_fuel,
-            max_idle: self.config.max_idle_instances,
+            concurrency: self.config.plugin_concurrency.max(1),
         };
         let mut plugins = Vec::new();
         let mut compiled = loader::Compiled::new();
@@ -336,9 +340,9 @@ impl Host {
     /// Publishes an event: delivers it to its tenant's subscribed plugins,
     /// then every event they emitted, level by level, until the chain ends.
     ///
-    /// The deliveries of one level run in parallel on blocking threads, so
-    /// a plugin that spins until its limit delays neither tokio's worker
-    /// threads nor other publishes. A failed delivery is an outcome in the
+    /// Deliveries run on blocking threads, in parallel across plugins, so a
+    /// plugin that spins until its limit delays neither tokio's worker
+    /// threads nor other plugins; see [`HostConfig::plugin_concurrency`]. A failed delivery is an outcome in the
     /// report, not an error: `publish` fails only for an invalid event.
     pub async fn publish(&self, event: Event) -> Result<PublishReport, PublishError> {
         if let Err(e) = event.validate() {
@@ -351,21 +355,17 @@ impl Host {
         let mut report = PublishReport::default();
         let mut level = vec![Arc::new(event)];
         while !level.is_empty() {
-            let mut tasks = Vec::new();
+            let mut replies = Vec::new();
             for event in &level {
                 for plugin in registry.route(&event.tenant, &event.ty) {
-                    let plugin = plugin.clone();
-                    let event = event.clone();
-                    let budget = budget.clone();
-                    tasks.push(tokio::task::spawn_blocking(move || {
-                        plugin.deliver_in_chain(&event, Some(budget))
-                    }));
+                    replies.push(plugin.enqueue(event.clone(), Some(budget.clone())));
                 }
             }
             let mut next = Vec::new();
-            for result in futures::future::join_all(tasks).await {
-                let (delivery, emitted) =
-                    result.map_err(|e| PublishError::Internal(e.to_string()))?;
+            for reply in replies {
+                let (delivery, emitted) = reply.await.map_err(|_| {
+                    PublishError::Internal("a delivery ended without a report".into())
+                })?;
                 report.deliveries.push(delivery);
                 next.extend(emitted.into_iter().map(Arc::new));
             }

@@ -314,7 +314,7 @@ pub(crate) struct LoadContext<'a> {
     pub mode: crate::dispatch::InstanceMode,
     pub epoch_tick: std::time::Duration,
     pub fuel_metered: bool,
-    pub max_idle: usize,
+    pub concurrency: usize,
 }
 
 /// Components compiled during one load, by the SHA-256 of their bytes: a
@@ -389,7 +389,7 @@ pub(crate) fn load(
         mode: ctx.mode,
         epoch_tick: ctx.epoch_tick,
         fuel_metered: ctx.fuel_metered,
-        max_idle: ctx.max_idle,
+        concurrency: ctx.concurrency,
     }))
 }
 

@@ -225,3 +225,33 @@ async fn a_plugin_refuses_another_tenants_event() {
     assert!(err.to_string().contains("'source'"), "{err}");
     assert_eq!(host.stats().deliveries_ok, 0);
 }
+
+/// Deliveries beyond a plugin's concurrency wait in its queue rather than
+/// taking threads and instances of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_concurrency_bounds_its_threads_and_instances() {
+    let dir = PluginsDir::new();
+    dir.add("t", "noop", artifacts::FIXTURE_NOOP, None);
+    let config = HostConfig {
+        plugin_concurrency: 2,
+        ..HostConfig::default()
+    };
+    let (host, _) = host_with(config, &dir);
+    let publishes = (0..200).map(|i| {
+        let host = &host;
+        async move { publish(host, "t", "order.created", &format!("q-{i}")).await }
+    });
+    let reports = futures::future::join_all(publishes).await;
+    assert!(
+        reports
+            .iter()
+            .all(|d| d.len() == 1 && d[0].outcome == Outcome::Handled)
+    );
+    let stats = host.stats();
+    assert_eq!(stats.deliveries_ok, 200);
+    assert!(
+        (1..=2).contains(&stats.instances_created),
+        "{} instances for a concurrency of 2",
+        stats.instances_created
+    );
+}
