@@ -345,8 +345,8 @@ pub(crate) fn load(
     };
     let path = &candidate.wasm;
     let bytes = read_component(path, ctx.max_plugin_bytes)?;
-    let version = version_of(&bytes, manifest_text.as_bytes());
     let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    let version = version_of(&digest, manifest_text.as_bytes());
     let component = match compiled.get(&digest) {
         Some(component) => component.clone(),
         None => {
@@ -429,14 +429,17 @@ fn read_component(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
 }
 
 /// A plugin's version: the first 12 hex digits of the SHA-256 of its
-/// component and manifest.
-fn version_of(component: &[u8], manifest: &[u8]) -> String {
+/// component's SHA-256 and its manifest.
+fn version_of(component_digest: &[u8; 32], manifest: &[u8]) -> String {
     let mut hasher = Sha256::new();
-    hasher.update((component.len() as u64).to_le_bytes());
-    hasher.update(component);
+    hasher.update(component_digest);
     hasher.update(manifest);
-    let digest = hasher.finalize();
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    hasher
+        .finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -445,10 +448,13 @@ mod tests {
 
     #[test]
     fn versions_cover_component_and_manifest() {
-        let a = version_of(b"\0asm", b"");
+        let component: [u8; 32] = Sha256::digest(b"\0asm").into();
+        let other: [u8; 32] = Sha256::digest(b"\0asn").into();
+        let a = version_of(&component, b"");
         assert_eq!(a.len(), 12);
-        assert_ne!(a, version_of(b"\0asm", b"subscribe = []"));
-        assert_ne!(a, version_of(b"\0asn", b""));
+        assert_eq!(a, version_of(&component, b""));
+        assert_ne!(a, version_of(&component, b"subscribe = []"));
+        assert_ne!(a, version_of(&other, b""));
     }
 
     #[test]
