@@ -384,10 +384,12 @@ impl<'a> Context<'a> {
         self.host.emit(event).map_err(EmitError)
     }
 
-    /// Publishes an event of type `ty` whose payload is `value` as JSON.
+    /// Publishes an event of type `ty` whose payload is `value` as JSON
+    /// (content type `application/json`); returns the id the host gave it.
+    /// A value that cannot be serialised is an [`EmitError`] too.
     pub fn emit_json<T: Serialize + ?Sized>(
         &mut self,
-        ty: &str,
+        ty: impl Into<String>,
         value: &T,
     ) -> Result<String, EmitError> {
         let event = OutgoingEvent::json(ty, value).map_err(|e| EmitError(e.to_string()))?;
@@ -611,6 +613,53 @@ mod tests {
             "{err}"
         );
         assert!(ctx.emitted().is_empty());
+    }
+
+    struct Twice;
+
+    impl Handler for Twice {
+        fn handle(ctx: &mut Context<'_>, event: Event) -> Result<(), HandlerError> {
+            assert_eq!(ctx.config_parse::<u32>("absent")?, None);
+            let first = ctx.emit(OutgoingEvent::new("a", event.data.clone()))?;
+            let second = ctx.emit(OutgoingEvent::new("b", event.data).with_subject("s"))?;
+            ctx.info(format!("{first} {second}"));
+            // A map with non-string keys has no JSON form.
+            let unserialisable = std::collections::BTreeMap::from([((1, 2), 3)]);
+            let err = ctx.emit_json("c", &unserialisable).unwrap_err();
+            Err(err.into())
+        }
+    }
+
+    #[test]
+    fn emits_get_sequential_ids_and_a_failed_serialisation_is_an_emit_error() {
+        let mut ctx = TestContext::new();
+        let err = ctx
+            .run::<Twice>(Event::new("t").with_data("x"))
+            .unwrap_err();
+        assert!(
+            matches!(&err, HandlerError::Permanent(m) if m.contains("JSON")),
+            "{err}"
+        );
+        assert_eq!(
+            ctx.logs(),
+            [(Level::Info, "emitted-1 emitted-2".to_owned())]
+        );
+        let types: Vec<_> = ctx.emitted().iter().map(|e| e.ty.as_str()).collect();
+        assert_eq!(types, ["a", "b"]);
+        assert_eq!(ctx.emitted()[1].subject.as_deref(), Some("s"));
+    }
+
+    #[test]
+    fn test_events_have_documented_defaults() {
+        let event = Event::new("t");
+        assert_eq!(event.id, "test-event-1");
+        assert_eq!(event.source, "test");
+        assert_eq!(event.tenant, "test-tenant");
+        assert_eq!(event.datacontenttype.as_deref(), Some("application/json"));
+        assert!(event.data.is_empty());
+        let out = OutgoingEvent::json("t", &serde_json::json!({ "a": 1 })).expect("json");
+        assert_eq!(out.datacontenttype.as_deref(), Some("application/json"));
+        assert_eq!(out.json_data::<serde_json::Value>().expect("json")["a"], 1);
     }
 
     #[test]

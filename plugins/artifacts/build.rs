@@ -23,7 +23,16 @@ fn main() {
         .and_then(Path::parent)
         .expect("plugins/artifacts lives two levels below the workspace root")
         .to_owned();
-    for watched in ["wit", "guest-sdk", "plugins/examples", "plugins/fixtures"] {
+    // The guests' sources, and the workspace's manifest and lock file (its
+    // release profile and the versions of the guests' dependencies).
+    for watched in [
+        "wit",
+        "guest-sdk",
+        "plugins/examples",
+        "plugins/fixtures",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!(
             "cargo:rerun-if-changed={}",
             workspace.join(watched).display()
@@ -87,7 +96,8 @@ fn ensure_target() {
         .is_ok_and(|s| s.success());
     assert!(
         added,
-        "the Rust target {TARGET} is missing and `rustup target add {TARGET}` failed; install it and build again"
+        "the Rust target {TARGET} is not installed, and installing it with rustup failed \
+         (or rustup is missing): run `rustup target add {TARGET}` and build again"
     );
 }
 
@@ -104,7 +114,16 @@ fn build(workspace: &Path, target_dir: &Path, plugins: &[Plugin]) {
         command.args(["-p", &plugin.package]);
     }
     // The outer build's settings are not the guests': clippy's wrapper,
-    // host RUSTFLAGS and the jobserver of the outer cargo stay out.
+    // host RUSTFLAGS, the jobserver of the outer cargo, and what cargo tells
+    // this build script about the host target (`CARGO_CFG_UNIX`, …, which the
+    // nested cargo would not overwrite for wasm32 and would leak into the
+    // guests' build scripts) stay out.
+    for (var, _) in std::env::vars_os() {
+        let name = var.to_string_lossy();
+        if name.starts_with("CARGO_CFG_") || name.starts_with("CARGO_FEATURE_") {
+            command.env_remove(&var);
+        }
+    }
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",
         "RUSTFLAGS",
@@ -116,6 +135,7 @@ fn build(workspace: &Path, target_dir: &Path, plugins: &[Plugin]) {
         "CARGO_MAKEFLAGS",
         "MAKEFLAGS",
         "MFLAGS",
+        "RUSTC_LINKER",
         "__CARGO_FIX_PLZ",
     ] {
         command.env_remove(var);
