@@ -338,6 +338,20 @@ impl Plugin {
         }
     }
 
+    /// Instantiates the plugin once under its limits, as a check before it
+    /// is put into service; with reused instances, the instance then waits
+    /// in the pool for the first event.
+    pub(crate) fn warm_up(&self) -> Result<(), Failure> {
+        let warm = self.instantiate().map_err(|(failure, _)| failure)?;
+        if self.mode == InstanceMode::Reuse {
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(warm);
+        }
+        Ok(())
+    }
+
     /// The fuel a store has consumed since it was last armed.
     fn fuel_consumed(&self, store: &Store<PluginState>) -> u64 {
         if self.fuel_metered {

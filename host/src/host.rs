@@ -5,17 +5,20 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+use crate::cache::{CacheStats, CompileCache};
 use crate::dispatch::{Delivery, InstanceMode, Plugin};
 use crate::engine::{Allocation, EngineError, EngineOptions};
 use crate::event::{Event, EventError};
 use crate::loader::{self, LoadContext, LoadError};
 use crate::manifest::{Limits, Subscription};
 use crate::registry::Registry;
+use crate::reload::ReloadState;
 use crate::sandbox::{Bounds, PluginState};
 use crate::stats::{Stats, StatsSnapshot};
 
@@ -52,6 +55,22 @@ pub struct HostConfig {
     pub plugin_concurrency: usize,
     /// The engine's settings.
     pub engine: EngineOptions,
+    /// The directory of the compile cache, or `None` to compile every
+    /// plugin on every load (default `None`). It must not lie inside the
+    /// plugins directory; it is created private to the host's user.
+    pub compile_cache: Option<PathBuf>,
+    /// How many plugins are compiled at once during reloads (default 2),
+    /// so that tenants uploading large components take at most that many
+    /// threads from dispatch, and one tenant's large compile does not hold
+    /// back the reloads of the others.
+    pub max_concurrent_compiles: usize,
+    /// How long a changed file must stay quiet before it is read (default
+    /// 10 ms): a rename is one event, so it is picked up at once.
+    pub reload_quiet: Duration,
+    /// How long a file that is being written (modified and not yet closed)
+    /// must stay quiet before it is read anyway (default 1 s), for writers
+    /// that keep a file open.
+    pub reload_write_timeout: Duration,
 }
 
 impl Default for HostConfig {
@@ -68,6 +87,10 @@ impl Default for HostConfig {
             instance_mode: InstanceMode::Reuse,
             plugin_concurrency: std::thread::available_parallelism().map_or(2, usize::from),
             engine: EngineOptions::default(),
+            compile_cache: None,
+            max_concurrent_compiles: 2,
+            reload_quiet: Duration::from_millis(10),
+            reload_write_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -94,6 +117,30 @@ pub enum HostError {
     /// The engine could not be created.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The compile cache cannot be used.
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+    /// The compile cache lies inside the plugins directory, where tenants
+    /// could plant compiled code.
+    #[error(
+        "the compile cache {} lies inside the plugins directory {}, which tenants write to",
+        cache.display(),
+        plugins.display()
+    )]
+    CacheInPluginsDir {
+        /// The cache directory.
+        cache: PathBuf,
+        /// The plugins directory.
+        plugins: PathBuf,
+    },
+    /// The plugins directory cannot be watched.
+    #[error("cannot watch the plugins directory {}: {reason}", path.display())]
+    Watch {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The WASI and `host` imports could not be registered.
     #[error("cannot set up the plugin linker: {0}")]
     Linker(String),
@@ -198,7 +245,9 @@ pub struct Host {
     config: HostConfig,
     bounds: Arc<Bounds>,
     stats: Arc<Stats>,
-    registry: ArcSwap<Registry>,
+    pub(crate) registry: ArcSwap<Registry>,
+    cache: Option<CompileCache>,
+    pub(crate) reload: ReloadState,
 }
 
 impl Host {
@@ -225,6 +274,11 @@ impl Host {
             max_log_lines_per_delivery: config.max_log_lines_per_delivery,
             max_output_bytes_per_delivery: config.max_output_bytes_per_delivery,
         });
+        let cache = match &config.compile_cache {
+            Some(dir) => Some(CompileCache::open(dir, &engine)?),
+            None => None,
+        };
+        let reload = ReloadState::new(config.max_concurrent_compiles);
         Ok(Self {
             engine,
             linker,
@@ -232,6 +286,8 @@ impl Host {
             bounds,
             stats: Arc::new(Stats::default()),
             registry: ArcSwap::from_pointee(Registry::default()),
+            cache,
+            reload,
         })
     }
 
@@ -240,19 +296,9 @@ impl Host {
         &self.config
     }
 
-    /// Loads every plugin under `dir` (`<dir>/<tenant>/<plugin>.wasm`) and
-    /// makes them the host's plugins, replacing any loaded before.
-    ///
-    /// A plugin that cannot be loaded is reported in
-    /// [`LoadReport::errors`], naming its file; the others load regardless.
-    /// Fails only when `dir` itself cannot be read.
-    pub fn load_dir(&self, dir: &Path) -> Result<LoadReport, HostError> {
-        let (candidates, mut errors) =
-            loader::scan(dir).map_err(|source| HostError::PluginsDir {
-                path: dir.to_owned(),
-                source,
-            })?;
-        let ctx = LoadContext {
+    /// What loading needs from the host.
+    pub(crate) fn load_context(&self) -> LoadContext<'_> {
+        LoadContext {
             engine: &self.engine,
             linker: &self.linker,
             defaults: self.config.default_limits,
@@ -263,42 +309,30 @@ impl Host {
             epoch_tick: self.config.engine.epoch_tick,
             fuel_metered: self.config.engine.consume_fuel,
             concurrency: self.config.plugin_concurrency.max(1),
-        };
-        let mut plugins = Vec::new();
-        let mut compiled = loader::Compiled::new();
-        for candidate in &candidates {
-            match self.check_pool(candidate, loader::load(&ctx, &mut compiled, candidate)) {
-                Ok(plugin) => {
-                    tracing::info!(
-                        tenant = %plugin.tenant(),
-                        plugin = %plugin.name(),
-                        version = %plugin.version(),
-                        "plugin loaded"
-                    );
-                    plugins.push(Arc::new(plugin));
-                }
-                Err(error) => {
-                    tracing::error!("plugin refused: {error}");
-                    errors.push(error);
-                }
-            }
+            cache: self.cache.as_ref(),
         }
-        let loaded = plugins.iter().map(|p| PluginInfo::of(p)).collect();
-        self.registry.store(Arc::new(Registry::new(plugins)));
-        Ok(LoadReport { loaded, errors })
+    }
+
+    /// The compile cache's directory, if the host has a compile cache.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache.as_ref().map(CompileCache::dir)
+    }
+
+    /// The compile cache's counters, if the host has a compile cache.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(CompileCache::stats)
     }
 
     /// Refuses a plugin whose memory limit the pooling allocator cannot hold.
-    fn check_pool(
+    pub(crate) fn check_pool(
         &self,
         candidate: &loader::Candidate,
-        loaded: Result<Plugin, LoadError>,
-    ) -> Result<Plugin, LoadError> {
-        let plugin = loaded?;
+        limits: &Limits,
+    ) -> Result<(), LoadError> {
         if let Allocation::Pooling {
             max_memory_bytes, ..
         } = self.config.engine.allocation
-            && plugin.manifest().limits.memory_bytes > max_memory_bytes
+            && limits.memory_bytes > max_memory_bytes
         {
             return Err(LoadError::Manifest {
                 path: candidate
@@ -311,7 +345,7 @@ impl Host {
                 )),
             });
         }
-        Ok(plugin)
+        Ok(())
     }
 
     /// The loaded plugins, by tenant and name.

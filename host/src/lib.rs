@@ -15,7 +15,9 @@
 //! - [`bindings`]: the host side of the WIT world;
 //! - [`manifest`]: manifests, subscriptions, limits, names;
 //! - [`loader`]: finding, checking and compiling plugins on disk;
+//! - [`cache`]: compiled components on disk, by content and engine;
 //! - [`registry`]: the loaded plugins by tenant, and routing;
+//! - [`reload`]: keeping the plugins in step with their files, while events flow;
 //! - [`dispatch`]: one delivery of one event to one plugin, and its outcome;
 //! - [`event`]: the CloudEvents envelope and its JSON format;
 //! - [`host`]: the [`Host`] that ties them together.
@@ -35,6 +37,7 @@
 //! ```
 
 pub mod bindings;
+pub mod cache;
 pub mod dispatch;
 pub mod engine;
 pub mod event;
@@ -42,6 +45,7 @@ pub mod host;
 pub mod loader;
 pub mod manifest;
 pub mod registry;
+pub mod reload;
 mod sandbox;
 mod stats;
 
@@ -52,4 +56,5 @@ pub use event::{Event, EventError};
 pub use host::{Host, HostConfig, HostError, LoadReport, PluginInfo, PublishError, PublishReport};
 pub use loader::LoadError;
 pub use manifest::{Limits, Manifest, ManifestError, Subscription};
+pub use reload::{Health, PluginStatus, ReloadEvent, Watcher};
 pub use stats::StatsSnapshot;

@@ -109,6 +109,22 @@ pub enum LoadError {
         /// wasmtime's reason.
         reason: String,
     },
+    /// The component or its manifest changed while it was being read: a
+    /// writer is still at work. It is read again once the files settle.
+    #[error("{}: the file changed while it was read (still being written?); it will be read again when it settles", path.display())]
+    Changing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The component compiled, but could not be instantiated under its
+    /// limits (a start function that traps, memory over the limit).
+    #[error("{}: cannot be instantiated under its limits: {reason}", path.display())]
+    Instantiate {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The component does not target the world `plugbus:plugin/handler`.
     #[error("{}: does not match the world plugbus:plugin/handler@0.1.0: {reason}", path.display())]
     WrongWorld {
@@ -134,6 +150,8 @@ impl LoadError {
             | Self::NotWasm { path }
             | Self::CoreModule { path }
             | Self::Compile { path, .. }
+            | Self::Changing { path }
+            | Self::Instantiate { path, .. }
             | Self::WrongWorld { path, .. } => path,
         }
     }
@@ -315,6 +333,7 @@ pub(crate) struct LoadContext<'a> {
     pub epoch_tick: std::time::Duration,
     pub fuel_metered: bool,
     pub concurrency: usize,
+    pub cache: Option<&'a crate::cache::CompileCache>,
 }
 
 /// Components compiled during one load, by the SHA-256 of their bytes: a
@@ -322,12 +341,67 @@ pub(crate) struct LoadContext<'a> {
 /// tenants) is compiled once, and its code shared in memory.
 pub(crate) type Compiled = std::collections::HashMap<[u8; 32], Component>;
 
-/// Reads, checks and compiles one plugin.
-pub(crate) fn load(
-    ctx: &LoadContext<'_>,
-    compiled: &mut Compiled,
-    candidate: &Candidate,
-) -> Result<Plugin, LoadError> {
+/// What identifies the state of a file on disk without reading it: a writer
+/// that replaces or rewrites it changes at least one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+    changed_ns: i64,
+}
+
+impl Stamp {
+    /// The stamp of `path`, following symbolic links.
+    fn of(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(path)?;
+        Ok(Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode: meta.ino(),
+            changed_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        })
+    }
+}
+
+/// The stamps of a plugin's files: its component and its manifest.
+pub(crate) type Stamps = (Option<Stamp>, Option<Stamp>);
+
+/// The stamps of a candidate's files; a file that cannot be read has none.
+pub(crate) fn stamps(candidate: &Candidate) -> Stamps {
+    (
+        Stamp::of(&candidate.wasm).ok(),
+        candidate
+            .manifest
+            .as_deref()
+            .and_then(|m| Stamp::of(m).ok()),
+    )
+}
+
+/// A plugin's files, read and checked, before compilation.
+pub(crate) struct Source {
+    manifest: Manifest,
+    bytes: Vec<u8>,
+    digest: [u8; 32],
+    /// The SHA-256 of the component's SHA-256 and the manifest's text: two
+    /// sources with the same fingerprint are the same version.
+    pub fingerprint: [u8; 32],
+    /// The files' stamps, the same before and after they were read.
+    pub stamps: Stamps,
+}
+
+impl Source {
+    /// The plugin's manifest, defaults filled in.
+    pub(crate) fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+}
+
+/// Reads a plugin's manifest and component, refusing a file that changes
+/// while it is read.
+pub(crate) fn read(ctx: &LoadContext<'_>, candidate: &Candidate) -> Result<Source, LoadError> {
+    let before = stamps(candidate);
     let (manifest_text, manifest) = match &candidate.manifest {
         None => (String::new(), Manifest::with_defaults(ctx.defaults)),
         Some(path) => {
@@ -343,20 +417,57 @@ pub(crate) fn load(
             (text, manifest)
         }
     };
-    let path = &candidate.wasm;
-    let bytes = read_component(path, ctx.max_plugin_bytes)?;
+    let bytes = read_component(&candidate.wasm, ctx.max_plugin_bytes)?;
+    let after = stamps(candidate);
+    if before != after {
+        let path = if before.0 == after.0 {
+            candidate.manifest.clone()
+        } else {
+            None
+        };
+        return Err(LoadError::Changing {
+            path: path.unwrap_or_else(|| candidate.wasm.clone()),
+        });
+    }
     let digest: [u8; 32] = Sha256::digest(&bytes).into();
-    let version = version_of(&digest, manifest_text.as_bytes());
-    let component = match compiled.get(&digest) {
-        Some(component) => component.clone(),
+    Ok(Source {
+        manifest,
+        bytes,
+        digest,
+        fingerprint: fingerprint(&digest, manifest_text.as_bytes()),
+        stamps: after,
+    })
+}
+
+/// Compiles (or takes from `compiled` or the compile cache) a plugin's
+/// component, checks it against the world `handler`, and instantiates it
+/// once under its limits, so that a plugin that is returned is ready.
+pub(crate) fn build(
+    ctx: &LoadContext<'_>,
+    compiled: &mut Compiled,
+    candidate: &Candidate,
+    source: Source,
+) -> Result<(Plugin, crate::cache::CompileSource), LoadError> {
+    use crate::cache::CompileSource;
+    let path = &candidate.wasm;
+    let compile_error = |e: wasmtime::Error| LoadError::Compile {
+        path: path.clone(),
+        reason: format!("{e:#}"),
+    };
+    let (component, origin) = match compiled.get(&source.digest) {
+        Some(component) => (component.clone(), CompileSource::Compiled),
         None => {
-            let component =
-                Component::from_binary(ctx.engine, &bytes).map_err(|e| LoadError::Compile {
-                    path: path.clone(),
-                    reason: format!("{e:#}"),
-                })?;
-            compiled.insert(digest, component.clone());
-            component
+            let (component, origin) = match ctx.cache {
+                Some(cache) => cache
+                    .load_or_compile(ctx.engine, &source.digest, &source.bytes)
+                    .map_err(compile_error)?,
+                None => (
+                    Component::from_binary(ctx.engine, &source.bytes).map_err(compile_error)?,
+                    CompileSource::Compiled,
+                ),
+            };
+            compiled.insert(source.digest, component.clone());
+            (component, origin)
         }
     };
     let instance_pre =
@@ -375,12 +486,12 @@ pub(crate) fn load(
         name: candidate.name.clone(),
         label: format!("{}/{}", candidate.tenant, candidate.name),
         source: format!("plugbus://{}/{}", candidate.tenant, candidate.name),
-        version,
-        config: manifest.config.clone(),
+        version: version_of(&source.fingerprint),
+        config: source.manifest.config.clone(),
     });
-    Ok(Plugin::new(PluginParts {
+    let plugin = Plugin::new(PluginParts {
         identity,
-        manifest,
+        manifest: source.manifest,
         path: path.clone(),
         engine: ctx.engine.clone(),
         pre,
@@ -390,7 +501,12 @@ pub(crate) fn load(
         epoch_tick: ctx.epoch_tick,
         fuel_metered: ctx.fuel_metered,
         concurrency: ctx.concurrency,
-    }))
+    });
+    plugin.warm_up().map_err(|failure| LoadError::Instantiate {
+        path: path.clone(),
+        reason: failure.message,
+    })?;
+    Ok((plugin, origin))
 }
 
 /// Reads a component file, refusing one over `limit` bytes and anything
@@ -428,14 +544,17 @@ fn read_component(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
     }
 }
 
-/// A plugin's version: the first 12 hex digits of the SHA-256 of its
-/// component's SHA-256 and its manifest.
-fn version_of(component_digest: &[u8; 32], manifest: &[u8]) -> String {
+/// The SHA-256 of a component's SHA-256 and its manifest's text.
+fn fingerprint(component_digest: &[u8; 32], manifest: &[u8]) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(component_digest);
     hasher.update(manifest);
-    hasher
-        .finalize()
+    hasher.finalize().into()
+}
+
+/// A plugin's version: the first 12 hex digits of its fingerprint.
+fn version_of(fingerprint: &[u8; 32]) -> String {
+    fingerprint
         .iter()
         .take(6)
         .map(|b| format!("{b:02x}"))
@@ -450,11 +569,12 @@ mod tests {
     fn versions_cover_component_and_manifest() {
         let component: [u8; 32] = Sha256::digest(b"\0asm").into();
         let other: [u8; 32] = Sha256::digest(b"\0asn").into();
-        let a = version_of(&component, b"");
+        let version = |digest, manifest| version_of(&fingerprint(digest, manifest));
+        let a = version(&component, b"");
         assert_eq!(a.len(), 12);
-        assert_eq!(a, version_of(&component, b""));
-        assert_ne!(a, version_of(&component, b"subscribe = []"));
-        assert_ne!(a, version_of(&other, b""));
+        assert_eq!(a, version(&component, b""));
+        assert_ne!(a, version(&component, b"subscribe = []"));
+        assert_ne!(a, version(&other, b""));
     }
 
     #[test]

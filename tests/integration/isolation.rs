@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use plugbus::{FailureKind, HostConfig, Outcome};
+use plugbus::{FailureKind, HostConfig, LoadError, Outcome};
 use plugbus_artifacts as artifacts;
 use plugbus_tests::{
     PluginsDir, event, failure, host_for, host_with, kind, publish, stock_changed,
@@ -161,8 +161,9 @@ async fn fresh_instance_mode_with_the_pooling_allocator() {
         let kinds: Vec<_> = deliveries.iter().map(kind).collect();
         assert_eq!(kinds, [None, Some(FailureKind::Trap)]);
     }
-    // Every event had an instance of its own.
-    assert_eq!(host.stats().instances_created, 40);
+    // Each plugin was instantiated once at load, as a check, then every
+    // event had an instance of its own.
+    assert_eq!(host.stats().instances_created, 2 + 40);
     assert_eq!(
         host.plugin("t", "noop").expect("loaded").idle_instances(),
         0
@@ -179,10 +180,11 @@ async fn invalid_events_are_refused_with_the_attribute_named() {
     assert_eq!(host.stats().events_refused, 1);
 }
 
-/// A memory limit below what the component needs at start fails every
-/// delivery at instantiation, as `memory_limit`, and other plugins run on.
+/// A memory limit below what the component needs at start is found at load,
+/// when the plugin is instantiated once under its limits: the plugin is
+/// refused with the reason, and the others run on.
 #[tokio::test]
-async fn a_limit_below_the_initial_memory_fails_at_instantiation() {
+async fn a_limit_below_the_initial_memory_is_refused_at_load() {
     let dir = PluginsDir::new();
     dir.add(
         "t",
@@ -191,19 +193,26 @@ async fn a_limit_below_the_initial_memory_fails_at_instantiation() {
         Some("[limits]\nmemory_mib = 1"),
     );
     dir.add("t", "noop", artifacts::FIXTURE_NOOP, None);
-    let (host, _) = host_for(&dir);
-    for i in 0..3 {
-        let deliveries = publish(&host, "t", "order.created", &format!("m-{i}")).await;
-        assert_eq!(deliveries[0].outcome, Outcome::Handled);
-        let tiny = failure(&deliveries[1]);
-        assert_eq!(tiny.kind, FailureKind::MemoryLimit);
-        assert!(
-            tiny.message
-                .starts_with("instantiation failed: memory limit exceeded"),
-            "{tiny:?}"
-        );
-    }
-    assert_eq!(host.stats().instances_discarded, 3);
+    let (host, report) = host_for(&dir);
+    let [error] = report.errors.as_slice() else {
+        panic!("one refusal expected: {:?}", report.errors);
+    };
+    assert!(
+        matches!(error, LoadError::Instantiate { reason, .. }
+            if reason.starts_with("instantiation failed: memory limit exceeded")),
+        "{error}"
+    );
+    assert!(error.to_string().contains("tiny.wasm"), "{error}");
+    let deliveries = publish(&host, "t", "order.created", "m-1").await;
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].outcome, Outcome::Handled);
+    let status = host
+        .statuses()
+        .into_iter()
+        .find(|s| s.name == "tiny")
+        .expect("a status for the refused plugin");
+    assert_eq!(status.health, plugbus::Health::FailedToLoad);
+    assert_eq!(status.version, None);
 }
 
 /// Delivering directly to a plugin cannot cross tenants either.

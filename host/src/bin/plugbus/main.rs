@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt as _;
-use plugbus::{Delivery, Event, Host, HostConfig, InstanceMode, Outcome};
+use plugbus::{Delivery, Event, Host, HostConfig, Outcome};
 use serde::Serialize;
 use tokio::io::AsyncBufReadExt as _;
 
@@ -64,6 +64,23 @@ enum Command {
     /// rejected, 2 when the host could not start.
     Dispatch(DispatchArgs),
 
+    /// Runs the host: loads every tenant's plugins, watches the plugins
+    /// directory and reloads a plugin when its files change, and with
+    /// --stdin dispatches CloudEvents read one per line from stdin, writing
+    /// one JSON line per delivery to stdout (as `dispatch` does; the
+    /// plugin_version field tells which version handled it).
+    ///
+    /// Replace a plugin by writing the new file beside it and renaming it
+    /// over the old one (`mv`): it serves within milliseconds. A copy over
+    /// the file in place (`cp`) works too; it is read once the writer has
+    /// closed it. A new version that does not load leaves the old one
+    /// serving, and the reason is logged. Compiled plugins are cached in
+    /// <data>/compiled, so a restart or a revert skips compilation.
+    ///
+    /// Ctrl-C or SIGTERM stops reading, finishes the deliveries under way,
+    /// and exits 0.
+    Serve(ServeArgs),
+
     /// Drives a host in memory with generated events and reports events/s,
     /// CPU time per event, latency percentiles (p50, p99, p999), start-up
     /// time and memory per loaded plugin, for several layouts of tenants and
@@ -81,6 +98,42 @@ struct DispatchArgs {
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
 
+    #[command(flatten)]
+    host: HostArgs,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The plugins directory: <DIR>/<tenant>/<plugin>.wasm.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "PLUGBUS_PLUGINS",
+        default_value = "plugins"
+    )]
+    plugins: PathBuf,
+
+    /// The data directory; compiled plugins are cached in <DIR>/compiled.
+    /// It must not lie inside the plugins directory.
+    #[arg(long, value_name = "DIR", env = "PLUGBUS_DATA", default_value = "data")]
+    data: PathBuf,
+
+    /// Compile every plugin on every load instead of caching compiled code.
+    #[arg(long)]
+    no_compile_cache: bool,
+
+    /// Read CloudEvents, one JSON object per line, from stdin and dispatch
+    /// them.
+    #[arg(long)]
+    stdin: bool,
+
+    #[command(flatten)]
+    host: HostArgs,
+}
+
+/// The settings `dispatch` and `serve` share.
+#[derive(clap::Args)]
+struct HostArgs {
     /// Fuel per event for plugins whose manifest does not set `limits.fuel`.
     #[arg(long, value_name = "N", default_value_t = plugbus::Limits::default().fuel)]
     fuel: u64,
@@ -107,6 +160,23 @@ struct DispatchArgs {
     concurrency: u32,
 }
 
+impl HostArgs {
+    /// The host configuration these flags describe.
+    fn config(&self) -> HostConfig {
+        let mut config = match self.instance_mode {
+            Mode::Reuse => HostConfig::default(),
+            Mode::Fresh => HostConfig::fresh_instances(1000),
+        };
+        config.default_limits = plugbus::Limits {
+            fuel: self.fuel,
+            memory_bytes: self.memory_mib * 1024 * 1024,
+            timeout: Duration::from_millis(self.timeout_ms),
+        };
+        config.max_chain_depth = self.max_chain_depth;
+        config
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Mode {
     /// One long-lived instance per plugin (and per concurrent event),
@@ -122,7 +192,7 @@ fn main() -> ExitCode {
     // warnings unless asked for more.
     let default_level = match cli.command {
         Command::Bench(_) => "warn",
-        Command::Dispatch(_) => "info",
+        Command::Dispatch(_) | Command::Serve(_) => "info",
     };
     if let Err(e) = init_logging(cli.log_format, cli.log.as_deref(), default_level) {
         eprintln!("plugbus: {e:#}");
@@ -141,6 +211,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Dispatch(args) => dispatch(args).await,
+            Command::Serve(args) => serve(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });
@@ -178,32 +249,8 @@ fn init_logging(
 const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 
 async fn dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
-    let mut config = match args.instance_mode {
-        Mode::Reuse => HostConfig::default(),
-        Mode::Fresh => HostConfig::fresh_instances(1000),
-    };
-    config.instance_mode = match args.instance_mode {
-        Mode::Reuse => InstanceMode::Reuse,
-        Mode::Fresh => InstanceMode::FreshPerEvent,
-    };
-    config.default_limits = plugbus::Limits {
-        fuel: args.fuel,
-        memory_bytes: args.memory_mib * 1024 * 1024,
-        timeout: Duration::from_millis(args.timeout_ms),
-    };
-    config.max_chain_depth = args.max_chain_depth;
-    let host = Host::new(config)?;
-    let report = host.load_dir(&args.plugins)?;
-    let tenants: std::collections::BTreeSet<_> =
-        report.loaded.iter().map(|p| p.tenant.as_str()).collect();
-    tracing::info!(
-        "loaded {} plugins of {} tenants from {}; {} refused",
-        report.loaded.len(),
-        tenants.len(),
-        args.plugins.display(),
-        report.errors.len()
-    );
-
+    let host = Host::new(args.host.config())?;
+    load(&host, &args.plugins)?;
     let input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match &args.events {
         Some(path) => Box::new(
             tokio::fs::File::open(path)
@@ -212,18 +259,111 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         ),
         None => Box::new(tokio::io::stdin()),
     };
-    let lines = Box::pin(futures::stream::unfold(
-        (tokio::io::BufReader::new(input), 0usize),
-        |(mut reader, number)| async move {
-            match read_line(&mut reader).await {
-                Ok(None) => None,
-                Ok(Some(line)) => Some((Ok((number + 1, line)), (reader, number + 1))),
-                Err(e) => Some((Err(e), (reader, number + 1))),
-            }
-        },
-    ));
+    let totals = run_events(&host, input, args.host.concurrency, std::future::pending()).await?;
+    Ok(if totals.rejected == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
 
-    let host = &host;
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = args.host.config();
+    if !args.no_compile_cache {
+        config.compile_cache = Some(args.data.join("compiled"));
+    }
+    std::fs::create_dir_all(&args.plugins).with_context(|| {
+        format!(
+            "cannot create the plugins directory {}",
+            args.plugins.display()
+        )
+    })?;
+    let host = std::sync::Arc::new(Host::new(config)?);
+    load(&host, &args.plugins)?;
+    let _watcher = host.watch(&args.plugins)?;
+    tracing::info!(
+        "watching {} for plugin changes{}",
+        args.plugins.display(),
+        match host.cache_dir() {
+            Some(dir) => format!("; compiled plugins cached in {}", dir.display()),
+            None => String::new(),
+        }
+    );
+    let shutdown = shutdown_signal();
+    if args.stdin {
+        run_events(&host, tokio::io::stdin(), args.host.concurrency, shutdown).await?;
+    } else {
+        tracing::info!("no event source: pass --stdin to dispatch events read from stdin");
+        shutdown.await;
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing the deliveries under way");
+}
+
+/// Loads the plugins directory and logs what it did.
+fn load(host: &Host, dir: &std::path::Path) -> anyhow::Result<()> {
+    let report = host.load_dir(dir)?;
+    let tenants: std::collections::BTreeSet<_> =
+        report.loaded.iter().map(|p| p.tenant.as_str()).collect();
+    tracing::info!(
+        "loaded {} plugins of {} tenants from {}; {} refused",
+        report.loaded.len(),
+        tenants.len(),
+        dir.display(),
+        report.errors.len()
+    );
+    Ok(())
+}
+
+/// What [`run_events`] dispatched.
+struct Totals {
+    rejected: u64,
+}
+
+/// Dispatches the events of `input`, one JSON line each, `concurrency` at
+/// a time, writing one JSON line per delivery to stdout in input order,
+/// until the input ends or `stop` resolves; then finishes the events under
+/// way and returns.
+async fn run_events(
+    host: &Host,
+    input: impl tokio::io::AsyncRead + Unpin + Send,
+    concurrency: u32,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<Totals> {
+    let lines = Box::pin(
+        futures::stream::unfold(
+            (tokio::io::BufReader::new(input), 0usize),
+            |(mut reader, number)| async move {
+                match read_line(&mut reader).await {
+                    Ok(None) => None,
+                    Ok(Some(line)) => Some((Ok((number + 1, line)), (reader, number + 1))),
+                    Err(e) => Some((Err(e), (reader, number + 1))),
+                }
+            },
+        )
+        .take_until(Box::pin(stop)),
+    );
+
     let mut results = lines
         .map(|line| async move {
             let (number, line) = line?;
@@ -235,7 +375,7 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
             };
             Ok::<_, std::io::Error>((number, published))
         })
-        .buffered(args.concurrency as usize);
+        .buffered(concurrency as usize);
 
     let mut stdout = std::io::stdout().lock();
     let (mut events, mut rejected, mut handled, mut failed) = (0u64, 0u64, 0u64, 0u64);
@@ -265,11 +405,7 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(
         "dispatched {events} events: {handled} deliveries handled, {failed} failed; {rejected} input lines rejected"
     );
-    Ok(if rejected == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(Totals { rejected })
 }
 
 /// One input line, or the length of a line too long to keep.

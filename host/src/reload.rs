@@ -1,0 +1,749 @@
+//! Loading and hot reload: keeping the host's plugins in step with the
+//! plugins directory while events flow.
+//!
+//! Every plugin has a slot that remembers the stamps (size, times, inode)
+//! of its files when they were last read and the fingerprint (content hash)
+//! of the version that serves. A change is read only once its files have
+//! settled, hashed (an unchanged hash is no reload), compiled off the
+//! dispatch path with a bounded number of compiles at once, checked against
+//! the world `handler`, instantiated once under its limits, and only then
+//! swapped into the registry, atomically. A routing decision takes the
+//! registry as it is at that moment, so each event is handled wholly by one
+//! version; the old version finishes the events it has and is dropped with
+//! its instances when the last of them is done. A version that fails any
+//! step never replaces the one serving: the failure is logged, counted,
+//! reported as a [`ReloadEvent::Failed`] and kept in the plugin's
+//! [`PluginStatus`], and the next change of the files is tried again.
+//!
+//! [`Host::watch`] drives all of this from file-system notifications.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+use serde::Serialize;
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::time::Instant;
+
+use crate::cache::CompileSource;
+use crate::dispatch::Plugin;
+use crate::host::{Host, HostError, LoadReport};
+use crate::loader::{self, Candidate, Compiled, LoadError, Stamps};
+use crate::registry::Registry;
+
+/// How often the watcher rescans the whole directory even without a
+/// notification, in case the kernel dropped some.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A change in the host's plugins, as [`Host::reload_events`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ReloadEvent {
+    /// A plugin that was not loaded now is.
+    Loaded {
+        /// The tenant.
+        tenant: String,
+        /// The plugin.
+        plugin: String,
+        /// Its version.
+        version: String,
+        /// Whether it was compiled or came from the compile cache.
+        compile: CompileSource,
+    },
+    /// A new version of a plugin replaced the one serving.
+    Replaced {
+        /// The tenant.
+        tenant: String,
+        /// The plugin.
+        plugin: String,
+        /// The version replaced, which finishes the events it has.
+        previous: String,
+        /// The version now serving.
+        version: String,
+        /// Whether it was compiled or came from the compile cache.
+        compile: CompileSource,
+    },
+    /// A new version of a plugin could not be loaded; the version serving,
+    /// if any, goes on serving.
+    Failed {
+        /// The tenant.
+        tenant: String,
+        /// The plugin.
+        plugin: String,
+        /// The file at fault.
+        path: PathBuf,
+        /// Why, naming the file.
+        reason: String,
+        /// The version still serving, if any.
+        serving: Option<String>,
+    },
+    /// A plugin's files were removed: it takes no new events, finishes
+    /// those it has, and is dropped.
+    Removed {
+        /// The tenant.
+        tenant: String,
+        /// The plugin.
+        plugin: String,
+        /// The version removed.
+        version: String,
+    },
+}
+
+impl ReloadEvent {
+    /// The tenant the change is about.
+    pub fn tenant(&self) -> &str {
+        match self {
+            Self::Loaded { tenant, .. }
+            | Self::Replaced { tenant, .. }
+            | Self::Failed { tenant, .. }
+            | Self::Removed { tenant, .. } => tenant,
+        }
+    }
+
+    /// The plugin the change is about.
+    pub fn plugin(&self) -> &str {
+        match self {
+            Self::Loaded { plugin, .. }
+            | Self::Replaced { plugin, .. }
+            | Self::Failed { plugin, .. }
+            | Self::Removed { plugin, .. } => plugin,
+        }
+    }
+}
+
+/// Whether a plugin serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Its newest files are loaded and serve.
+    Active,
+    /// A version serves, but its newest files failed to load.
+    Degraded,
+    /// No version serves: its files failed to load.
+    FailedToLoad,
+}
+
+/// A plugin's state, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginStatus {
+    /// The tenant.
+    pub tenant: String,
+    /// The plugin.
+    pub name: String,
+    /// Its component file.
+    pub path: PathBuf,
+    /// The version serving, if any.
+    pub version: Option<String>,
+    /// Whether it serves.
+    pub health: Health,
+    /// Why its newest files failed to load, if they did.
+    pub last_error: Option<String>,
+    /// How many times a new version replaced the one serving.
+    pub reloads: u64,
+    /// How many times a new version failed to load.
+    pub failed_reloads: u64,
+}
+
+type Key = (String, String);
+
+/// What the host remembers of one plugin's files.
+#[derive(Debug, Default)]
+struct Slot {
+    path: PathBuf,
+    /// The files' stamps when last read; `None` to read them again.
+    stamps: Option<Stamps>,
+    /// The fingerprint and version serving.
+    serving: Option<([u8; 32], String)>,
+    /// The fingerprint of files that failed to load, so that the same
+    /// content is not tried (and reported) again.
+    failed: Option<[u8; 32]>,
+    error: Option<String>,
+    reloads: u64,
+    failed_reloads: u64,
+    /// A reload of this plugin is under way, and whether another change
+    /// arrived meanwhile.
+    building: bool,
+    again: bool,
+}
+
+/// The host's reload bookkeeping.
+pub(crate) struct ReloadState {
+    slots: Mutex<BTreeMap<Key, Slot>>,
+    /// Serialises registry swaps, which each start from the registry the
+    /// previous swap stored.
+    swap: Mutex<()>,
+    events: broadcast::Sender<ReloadEvent>,
+    compiles: Arc<Semaphore>,
+    /// Refusals found by the last scan, to log each once, not per scan.
+    scan_errors: Mutex<BTreeSet<String>>,
+}
+
+impl ReloadState {
+    pub(crate) fn new(max_concurrent_compiles: usize) -> Self {
+        Self {
+            slots: Mutex::default(),
+            swap: Mutex::default(),
+            events: broadcast::channel(4096).0,
+            compiles: Arc::new(Semaphore::new(max_concurrent_compiles.max(1))),
+            scan_errors: Mutex::default(),
+        }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The result of reading and building one plugin.
+enum Attempt {
+    /// The files hash to the version serving (or to the one that failed).
+    Unchanged(Stamps),
+    /// A new version, ready to serve.
+    Built {
+        plugin: Arc<Plugin>,
+        fingerprint: [u8; 32],
+        stamps: Stamps,
+        compile: CompileSource,
+    },
+    /// The files could not be loaded.
+    Failed {
+        error: LoadError,
+        fingerprint: Option<[u8; 32]>,
+        stamps: Option<Stamps>,
+    },
+}
+
+/// Registry changes and their events, applied together.
+#[derive(Default)]
+struct Batch {
+    changes: Vec<(Key, Option<Arc<Plugin>>)>,
+    events: Vec<ReloadEvent>,
+}
+
+fn key_of(candidate: &Candidate) -> Key {
+    (candidate.tenant.clone(), candidate.name.clone())
+}
+
+impl Host {
+    /// Loads every plugin under `dir` (`<dir>/<tenant>/<plugin>.wasm`) and
+    /// makes them the host's plugins: a plugin whose files are unchanged
+    /// since the last load keeps its instances, a changed one is loaded
+    /// anew, and one whose files are gone is removed.
+    ///
+    /// A plugin that cannot be loaded is reported in [`LoadReport::errors`],
+    /// naming its file; the others load regardless, and a version of it
+    /// loaded before goes on serving. Fails only when `dir` itself cannot be
+    /// read, or the compile cache lies inside it.
+    pub fn load_dir(&self, dir: &Path) -> Result<LoadReport, HostError> {
+        let root = self.plugins_root(dir)?;
+        let (candidates, mut errors) =
+            loader::scan(&root).map_err(|source| HostError::PluginsDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        let mut batch = Batch::default();
+        self.remove_missing(&candidates, &HashSet::new(), &mut batch);
+        let mut compiled = Compiled::new();
+        for candidate in &candidates {
+            let stamps = loader::stamps(candidate);
+            {
+                let mut slots = self.reload.slots();
+                let slot = slots.entry(key_of(candidate)).or_default();
+                if slot.building || slot.stamps == Some(stamps) {
+                    continue;
+                }
+            }
+            let attempt = self.attempt(candidate, &mut compiled);
+            if let Some(error) = self.apply(candidate, attempt, &mut batch) {
+                errors.push(error);
+            }
+        }
+        self.commit(batch);
+        Ok(LoadReport {
+            loaded: self.plugins(),
+            errors,
+        })
+    }
+
+    /// Checks the plugins directory once more, like a notification would,
+    /// and waits until every reload it started has finished.
+    pub async fn refresh(self: &Arc<Self>, dir: &Path) -> Result<(), HostError> {
+        let root = self.plugins_root(dir)?;
+        for task in self.start_refresh(&root, &HashSet::new())? {
+            if let Err(e) = task.await {
+                tracing::error!("a reload task failed: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes to the changes in the host's plugins from now on. A
+    /// receiver that falls more than 4,096 changes behind misses the oldest
+    /// (see [`broadcast::error::RecvError::Lagged`]).
+    pub fn reload_events(&self) -> broadcast::Receiver<ReloadEvent> {
+        self.reload.events.subscribe()
+    }
+
+    /// The state of every plugin the host knows of, loaded or not, by
+    /// tenant and name.
+    pub fn statuses(&self) -> Vec<PluginStatus> {
+        self.reload
+            .slots()
+            .iter()
+            .map(|((tenant, name), slot)| PluginStatus {
+                tenant: tenant.clone(),
+                name: name.clone(),
+                path: slot.path.clone(),
+                version: slot.serving.as_ref().map(|(_, v)| v.clone()),
+                health: match (&slot.serving, &slot.error) {
+                    (Some(_), None) => Health::Active,
+                    (Some(_), Some(_)) => Health::Degraded,
+                    (None, _) => Health::FailedToLoad,
+                },
+                last_error: slot.error.clone(),
+                reloads: slot.reloads,
+                failed_reloads: slot.failed_reloads,
+            })
+            .collect()
+    }
+
+    /// Watches `dir` and reloads plugins as their files change, until the
+    /// returned [`Watcher`] is dropped. Checks the directory once at the
+    /// start, so that nothing changed since [`Host::load_dir`] is missed.
+    /// Must be called within a tokio runtime.
+    pub fn watch(self: &Arc<Self>, dir: &Path) -> Result<Watcher, HostError> {
+        use notify::Watcher as _;
+        let root = self.plugins_root(dir)?;
+        let watch_error = |e: notify::Error| HostError::Watch {
+            path: dir.to_owned(),
+            reason: e.to_string(),
+        };
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |event| {
+            // The loop may have ended; then nobody needs the event.
+            let _ = sender.send(event);
+        })
+        .map_err(watch_error)?;
+        watcher
+            .watch(&root, notify::RecursiveMode::Recursive)
+            .map_err(watch_error)?;
+        let task = tokio::spawn(watch_loop(self.clone(), root, receiver));
+        Ok(Watcher {
+            task,
+            _watcher: watcher,
+        })
+    }
+
+    /// `dir`, canonical, after checking that the compile cache is not in it.
+    fn plugins_root(&self, dir: &Path) -> Result<PathBuf, HostError> {
+        let root = dir.canonicalize().map_err(|source| HostError::PluginsDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        if let Some(cache) = self.cache_dir()
+            && cache.starts_with(&root)
+        {
+            return Err(HostError::CacheInPluginsDir {
+                cache: cache.to_owned(),
+                plugins: root,
+            });
+        }
+        Ok(root)
+    }
+
+    /// Scans the directory, removes the plugins whose files are gone, and
+    /// starts a reload of each plugin whose files changed and settled.
+    fn start_refresh(
+        self: &Arc<Self>,
+        root: &Path,
+        settling: &HashSet<PathBuf>,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, HostError> {
+        let (candidates, errors) = loader::scan(root).map_err(|source| HostError::PluginsDir {
+            path: root.to_owned(),
+            source,
+        })?;
+        self.log_scan_errors(&errors);
+        let mut batch = Batch::default();
+        self.remove_missing(&candidates, settling, &mut batch);
+        self.commit(batch);
+        let mut tasks = Vec::new();
+        for candidate in candidates {
+            let unsettled = settling.contains(&candidate.wasm)
+                || candidate
+                    .manifest
+                    .as_ref()
+                    .is_some_and(|m| settling.contains(m));
+            if unsettled {
+                continue;
+            }
+            let stamps = loader::stamps(&candidate);
+            {
+                let mut slots = self.reload.slots();
+                let slot = slots.entry(key_of(&candidate)).or_default();
+                if slot.stamps == Some(stamps) {
+                    continue;
+                }
+                if slot.building {
+                    slot.again = true;
+                    continue;
+                }
+                slot.building = true;
+            }
+            tasks.push(tokio::spawn(self.clone().rebuild(candidate)));
+        }
+        Ok(tasks)
+    }
+
+    /// Reloads one plugin, again and again while changes keep arriving.
+    async fn rebuild(self: Arc<Self>, candidate: Candidate) {
+        loop {
+            let Ok(permit) = self.reload.compiles.clone().acquire_owned().await else {
+                return; // The semaphore is never closed.
+            };
+            let host = self.clone();
+            let job = candidate.clone();
+            let attempt = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                host.attempt(&job, &mut Compiled::new())
+            })
+            .await;
+            match attempt {
+                Ok(attempt) => {
+                    let mut batch = Batch::default();
+                    self.apply(&candidate, attempt, &mut batch);
+                    self.commit(batch);
+                }
+                Err(e) => tracing::error!(
+                    file = %candidate.wasm.display(),
+                    "reloading failed inside the host: {e}"
+                ),
+            }
+            let mut slots = self.reload.slots();
+            let Some(slot) = slots.get_mut(&key_of(&candidate)) else {
+                return;
+            };
+            if slot.again {
+                slot.again = false;
+            } else {
+                slot.building = false;
+                return;
+            }
+        }
+    }
+
+    /// Reads and builds one plugin. Blocking: compiles.
+    fn attempt(&self, candidate: &Candidate, compiled: &mut Compiled) -> Attempt {
+        let ctx = self.load_context();
+        let source = match loader::read(&ctx, candidate) {
+            Ok(source) => source,
+            Err(error) => {
+                let stamps = match error {
+                    LoadError::Changing { .. } => None,
+                    _ => Some(loader::stamps(candidate)),
+                };
+                return Attempt::Failed {
+                    error,
+                    fingerprint: None,
+                    stamps,
+                };
+            }
+        };
+        let fingerprint = source.fingerprint;
+        let stamps = source.stamps;
+        {
+            let slots = self.reload.slots();
+            if let Some(slot) = slots.get(&key_of(candidate))
+                && (slot
+                    .serving
+                    .as_ref()
+                    .is_some_and(|(f, _)| *f == fingerprint)
+                    || slot.failed == Some(fingerprint))
+            {
+                return Attempt::Unchanged(stamps);
+            }
+        }
+        let failed = |error| Attempt::Failed {
+            error,
+            fingerprint: Some(fingerprint),
+            stamps: Some(stamps),
+        };
+        if let Err(error) = self.check_pool(candidate, &source.manifest().limits) {
+            return failed(error);
+        }
+        match loader::build(&ctx, compiled, candidate, source) {
+            Ok((plugin, compile)) => Attempt::Built {
+                plugin: Arc::new(plugin),
+                fingerprint,
+                stamps,
+                compile,
+            },
+            Err(error) => failed(error),
+        }
+    }
+
+    /// Records an attempt in the plugin's slot and adds its registry change
+    /// and event to `batch`; returns the error of a failed attempt.
+    fn apply(
+        &self,
+        candidate: &Candidate,
+        attempt: Attempt,
+        batch: &mut Batch,
+    ) -> Option<LoadError> {
+        let key = key_of(candidate);
+        let mut slots = self.reload.slots();
+        let slot = slots.entry(key.clone()).or_default();
+        slot.path = candidate.wasm.clone();
+        match attempt {
+            Attempt::Unchanged(stamps) => {
+                slot.stamps = Some(stamps);
+                None
+            }
+            Attempt::Built {
+                plugin,
+                fingerprint,
+                stamps,
+                compile,
+            } => {
+                if !candidate.wasm.exists() {
+                    // Removed while it was compiled: the next scan removes it.
+                    slot.stamps = None;
+                    return None;
+                }
+                let (tenant, name) = key.clone();
+                let version = plugin.version().to_owned();
+                let event = match slot.serving.replace((fingerprint, version.clone())) {
+                    Some((_, previous)) => {
+                        slot.reloads += 1;
+                        tracing::info!(
+                            tenant = %tenant, plugin = %name, %previous, %version, ?compile,
+                            "plugin replaced"
+                        );
+                        ReloadEvent::Replaced {
+                            tenant,
+                            plugin: name,
+                            previous,
+                            version,
+                            compile,
+                        }
+                    }
+                    None => {
+                        tracing::info!(tenant = %tenant, plugin = %name, %version, ?compile, "plugin loaded");
+                        ReloadEvent::Loaded {
+                            tenant,
+                            plugin: name,
+                            version,
+                            compile,
+                        }
+                    }
+                };
+                slot.stamps = Some(stamps);
+                slot.failed = None;
+                slot.error = None;
+                batch.changes.push((key, Some(plugin)));
+                batch.events.push(event);
+                None
+            }
+            Attempt::Failed {
+                error,
+                fingerprint,
+                stamps,
+            } => {
+                slot.stamps = stamps;
+                if matches!(error, LoadError::Changing { .. }) {
+                    tracing::debug!("{error}");
+                    return Some(error);
+                }
+                let serving = slot.serving.as_ref().map(|(_, v)| v.clone());
+                tracing::error!(
+                    serving = serving.as_deref().unwrap_or("none"),
+                    "plugin refused: {error}"
+                );
+                slot.failed = fingerprint;
+                slot.error = Some(error.to_string());
+                slot.failed_reloads += 1;
+                batch.events.push(ReloadEvent::Failed {
+                    tenant: key.0,
+                    plugin: key.1,
+                    path: error.path().to_owned(),
+                    reason: error.to_string(),
+                    serving,
+                });
+                Some(error)
+            }
+        }
+    }
+
+    /// Removes the plugins that are no longer among `candidates` (and whose
+    /// files are not merely being rewritten).
+    fn remove_missing(
+        &self,
+        candidates: &[Candidate],
+        settling: &HashSet<PathBuf>,
+        batch: &mut Batch,
+    ) {
+        let present: HashSet<Key> = candidates.iter().map(key_of).collect();
+        let mut slots = self.reload.slots();
+        let gone: Vec<Key> = slots
+            .iter()
+            .filter(|(key, slot)| {
+                !present.contains(*key) && !slot.building && !settling.contains(&slot.path)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            let Some(slot) = slots.remove(&key) else {
+                continue;
+            };
+            if let Some((_, version)) = slot.serving {
+                tracing::info!(tenant = %key.0, plugin = %key.1, %version, "plugin removed");
+                batch.events.push(ReloadEvent::Removed {
+                    tenant: key.0.clone(),
+                    plugin: key.1.clone(),
+                    version,
+                });
+                batch.changes.push((key, None));
+            }
+        }
+    }
+
+    /// Swaps in a registry with `batch`'s changes, then announces them.
+    fn commit(&self, batch: Batch) {
+        if !batch.changes.is_empty() {
+            let _swap = self
+                .reload
+                .swap
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let current = self.registry.load_full();
+            let mut plugins: HashMap<(&str, &str), Arc<Plugin>> = current
+                .plugins()
+                .map(|p| ((p.tenant(), p.name()), p.clone()))
+                .collect();
+            for ((tenant, name), plugin) in &batch.changes {
+                match plugin {
+                    Some(plugin) => plugins.insert((tenant, name), plugin.clone()),
+                    None => plugins.remove(&(tenant.as_str(), name.as_str())),
+                };
+            }
+            self.registry
+                .store(Arc::new(Registry::new(plugins.into_values())));
+        }
+        for event in batch.events {
+            // Nobody may be listening; the change happened anyway.
+            let _ = self.reload.events.send(event);
+        }
+    }
+
+    /// Logs the scan's refusals that the previous scan did not have.
+    fn log_scan_errors(&self, errors: &[LoadError]) {
+        let now: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
+        let mut before = self
+            .reload
+            .scan_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for error in now.difference(&before) {
+            tracing::error!("refused: {error}");
+        }
+        *before = now;
+    }
+}
+
+/// Watches a plugins directory for [`Host::watch`]; dropping it stops the
+/// watching (reloads already under way finish).
+pub struct Watcher {
+    task: tokio::task::JoinHandle<()>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher").finish_non_exhaustive()
+    }
+}
+
+/// A changed path: when it last changed, and whether a writer may still be
+/// at work on it (it was created or written and not yet closed).
+#[derive(Clone, Copy)]
+struct Pending {
+    last: Instant,
+    writing: bool,
+}
+
+/// Turns notifications into refreshes: a path is read once it has been
+/// quiet for `reload_quiet`, or for `reload_write_timeout` while a writer
+/// still has it open; paths not yet settled are left out of the refresh.
+async fn watch_loop(
+    host: Arc<Host>,
+    root: PathBuf,
+    mut events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
+) {
+    let quiet = host.config().reload_quiet;
+    let write_timeout = host.config().reload_write_timeout;
+    let deadline = |p: &Pending| p.last + if p.writing { write_timeout } else { quiet };
+    let mut pending: HashMap<PathBuf, Pending> = HashMap::new();
+    let mut rescan = true;
+    let mut tick = tokio::time::interval_at(Instant::now() + RESCAN_INTERVAL, RESCAN_INTERVAL);
+    loop {
+        let now = Instant::now();
+        let settled: Vec<PathBuf> = pending
+            .iter()
+            .filter(|(_, p)| deadline(p) <= now)
+            .map(|(path, _)| path.clone())
+            .collect();
+        if rescan || !settled.is_empty() {
+            for path in &settled {
+                pending.remove(path);
+            }
+            let settling: HashSet<PathBuf> = pending.keys().cloned().collect();
+            if let Err(e) = host.start_refresh(&root, &settling) {
+                tracing::error!("cannot reload: {e}");
+            }
+            rescan = false;
+        }
+        let next = pending.values().map(deadline).min();
+        tokio::select! {
+            event = events.recv() => match event {
+                None => return,
+                Some(Ok(event)) => {
+                    rescan |= event.need_rescan();
+                    note(&mut pending, &root, &event);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("watching {}: {e}; rescanning", root.display());
+                    rescan = true;
+                }
+            },
+            () = tokio::time::sleep_until(next.unwrap_or(now)), if next.is_some() => {}
+            _ = tick.tick() => rescan = true,
+        }
+    }
+}
+
+/// Records the paths of a notification that matter: components,
+/// manifests, and tenant directories.
+fn note(pending: &mut HashMap<PathBuf, Pending>, root: &Path, event: &notify::Event) {
+    let writing = match event.kind {
+        EventKind::Create(CreateKind::File | CreateKind::Any)
+        | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+        EventKind::Access(_) => return,
+        _ => false,
+    };
+    let now = Instant::now();
+    for path in &event.paths {
+        let relevant = path.parent() == Some(root)
+            || path.extension().is_some_and(|e| e == "wasm" || e == "toml");
+        if relevant {
+            pending.insert(path.clone(), Pending { last: now, writing });
+        }
+    }
+}
