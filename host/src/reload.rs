@@ -198,8 +198,9 @@ impl ReloadState {
 
 /// The result of reading and building one plugin.
 enum Attempt {
-    /// The files hash to the version serving (or to the one that failed).
-    Unchanged(Stamps),
+    /// The files hash to the version serving (`serving`), or to the one
+    /// that failed last.
+    Unchanged { stamps: Stamps, serving: bool },
     /// A new version, ready to serve.
     Built {
         plugin: Arc<Plugin>,
@@ -310,8 +311,8 @@ impl Host {
     }
 
     /// Watches `dir` and reloads plugins as their files change, until the
-    /// returned [`Watcher`] is dropped. Checks the directory once at the
-    /// start, so that nothing changed since [`Host::load_dir`] is missed.
+    /// returned [`Watcher`] is dropped. Checks the directory once before it
+    /// returns, so that nothing changed since [`Host::load_dir`] is missed.
     /// Must be called within a tokio runtime.
     pub fn watch(self: &Arc<Self>, dir: &Path) -> Result<Watcher, HostError> {
         use notify::Watcher as _;
@@ -329,6 +330,10 @@ impl Host {
         watcher
             .watch(&root, notify::RecursiveMode::Recursive)
             .map_err(watch_error)?;
+        // What changed since the last load is picked up now, before the
+        // caller goes on to change files itself; from here on, the
+        // notifications tell when files have settled.
+        self.start_refresh(&root, &HashSet::new())?;
         let task = tokio::spawn(watch_loop(self.clone(), root, receiver));
         Ok(Watcher {
             task,
@@ -454,14 +459,14 @@ impl Host {
         let stamps = source.stamps;
         {
             let slots = self.reload.slots();
-            if let Some(slot) = slots.get(&key_of(candidate))
-                && (slot
+            if let Some(slot) = slots.get(&key_of(candidate)) {
+                let serving = slot
                     .serving
                     .as_ref()
-                    .is_some_and(|(f, _)| *f == fingerprint)
-                    || slot.failed == Some(fingerprint))
-            {
-                return Attempt::Unchanged(stamps);
+                    .is_some_and(|(f, _)| *f == fingerprint);
+                if serving || slot.failed == Some(fingerprint) {
+                    return Attempt::Unchanged { stamps, serving };
+                }
             }
         }
         let failed = |error| Attempt::Failed {
@@ -496,8 +501,14 @@ impl Host {
         let slot = slots.entry(key.clone()).or_default();
         slot.path = candidate.wasm.clone();
         match attempt {
-            Attempt::Unchanged(stamps) => {
+            Attempt::Unchanged { stamps, serving } => {
                 slot.stamps = Some(stamps);
+                if serving {
+                    // The files are back to the version serving: whatever
+                    // failed in between is no longer there.
+                    slot.failed = None;
+                    slot.error = None;
+                }
                 None
             }
             Attempt::Built {
@@ -690,7 +701,7 @@ async fn watch_loop(
     let write_timeout = host.config().reload_write_timeout;
     let deadline = |p: &Pending| p.last + if p.writing { write_timeout } else { quiet };
     let mut pending: HashMap<PathBuf, Pending> = HashMap::new();
-    let mut rescan = true;
+    let mut rescan = false;
     let mut tick = tokio::time::interval_at(Instant::now() + RESCAN_INTERVAL, RESCAN_INTERVAL);
     loop {
         let now = Instant::now();

@@ -232,3 +232,132 @@ fn an_overlong_line_is_rejected_without_losing_the_next() {
     assert_eq!(lines.len(), 1, "the valid second line is dispatched");
     assert_eq!(lines[0]["event_id"], "evt-1");
 }
+
+/// `plugbus serve --stdin`: a plugin replaced by rename while the host runs
+/// handles the next events, the output names the version of each delivery,
+/// and SIGTERM ends the host with status 0 while stdin is still open.
+#[test]
+fn serve_reloads_a_replaced_plugin_and_stops_on_sigterm() {
+    use std::io::BufRead as _;
+    let plugins = tempfile::tempdir().expect("plugins directory");
+    let data = tempfile::tempdir().expect("data directory");
+    let tenant = plugins.path().join("acme-pos");
+    std::fs::create_dir_all(&tenant).expect("tenant directory");
+    let wasm = tenant.join("watcher.wasm");
+    std::fs::copy(artifacts::FIXTURE_NOOP, &wasm).expect("copy");
+    std::fs::write(
+        tenant.join("watcher.toml"),
+        "subscribe = [\"order.*\"]\n[config]\ngreeting = \"v2\"\n",
+    )
+    .expect("manifest");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plugbus"))
+        .arg("serve")
+        .arg("--plugins")
+        .arg(plugins.path())
+        .arg("--data")
+        .arg(data.path())
+        .arg("--stdin")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run plugbus serve");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (log_tx, log) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if log_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_log = |needle: &str| -> String {
+        loop {
+            let line = log
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .unwrap_or_else(|e| panic!("no log line with {needle:?}: {e}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    };
+    let mut deliver = |id: &str| -> serde_json::Value {
+        writeln!(
+            stdin,
+            r#"{{"specversion":"1.0","id":"{id}","source":"/pos/1","type":"order.created","tenant":"acme-pos"}}"#
+        )
+        .expect("write an event");
+        stdin.flush().expect("flush");
+        let line = stdout
+            .next()
+            .expect("a delivery line")
+            .expect("read stdout");
+        serde_json::from_str(&line).expect("JSON")
+    };
+
+    wait_log("watching");
+    let first = deliver("evt-1");
+    assert_eq!(first["outcome"], "handled");
+    assert_eq!(first["emitted"].as_array().map(Vec::len), Some(0));
+    let old_version = first["plugin_version"]
+        .as_str()
+        .expect("version")
+        .to_owned();
+
+    let staged = tenant.join(".watcher.wasm.new");
+    std::fs::copy(artifacts::FIXTURE_PLAIN_BINDGEN, &staged).expect("stage");
+    std::fs::rename(&staged, &wasm).expect("replace by rename");
+    let replaced = wait_log("plugin replaced");
+    assert!(replaced.contains(&old_version), "{replaced}");
+
+    let second = deliver("evt-2");
+    assert_eq!(second["outcome"], "handled");
+    assert_ne!(second["plugin_version"], first["plugin_version"]);
+    assert_eq!(second["emitted"][0]["type"], "plain.seen");
+    assert_eq!(second["emitted"][0]["subject"], "v2");
+
+    let terminated = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(terminated.success());
+    let status = child.wait().expect("plugbus exits");
+    assert_eq!(status.code(), Some(0));
+    drop(stdin);
+    let cached = std::fs::read_dir(data.path().join("compiled"))
+        .expect("the compile cache exists")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .count();
+    assert_eq!(cached, 2, "both versions are cached");
+}
+
+/// The compile cache may not live where tenants write.
+#[test]
+fn serve_refuses_a_data_directory_inside_the_plugins_directory() {
+    let plugins = plugins_dir();
+    let data = plugins.path().join("acme-pos").join(".data");
+    let (code, lines, stderr) = run_plugbus(
+        &[
+            "serve",
+            "--plugins",
+            &plugins.path().to_string_lossy(),
+            "--data",
+            &data.to_string_lossy(),
+        ],
+        "",
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(lines.is_empty());
+    assert!(
+        stderr.contains("lies inside the plugins directory"),
+        "{stderr}"
+    );
+}

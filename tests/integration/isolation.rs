@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use plugbus::{FailureKind, HostConfig, LoadError, Outcome};
 use plugbus_artifacts as artifacts;
-use plugbus_tests::{
-    PluginsDir, event, failure, host_for, host_with, kind, publish, stock_changed,
-};
+use plugbus_tests::{PluginsDir, event, host_for, host_with, kind, publish, stock_changed};
 
 #[tokio::test]
 async fn events_reach_only_their_tenants_subscribed_plugins() {

@@ -5,3 +5,4 @@ mod examples;
 mod fixtures;
 mod isolation;
 mod loading;
+mod reload;

@@ -215,6 +215,10 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
         }
     });
+    // Everything that matters has been awaited. What may remain is a
+    // blocking read of stdin that no signal interrupts (tokio reads stdin on
+    // a blocking thread), and dropping the runtime would wait for it.
+    runtime.shutdown_background();
     match result {
         Ok(code) => code,
         Err(e) => {
