@@ -544,6 +544,32 @@ fn read_component(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
     }
 }
 
+/// `component` with a custom section `name` of `len` filler bytes appended:
+/// the same code, so the same behaviour, but other bytes, so another
+/// version, and as large as wanted. For tests and benchmarks of reloads.
+pub fn with_custom_section(component: &[u8], name: &str, len: usize) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut body = Vec::with_capacity(len + name.len() + 5);
+    leb128(name.len(), &mut body);
+    body.extend_from_slice(name.as_bytes());
+    body.resize(body.len() + len, 0x5a);
+    let mut out = component.to_vec();
+    out.push(0); // the id of a custom section
+    leb128(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
 /// The SHA-256 of a component's SHA-256 and its manifest's text.
 fn fingerprint(component_digest: &[u8; 32], manifest: &[u8]) -> [u8; 32] {
     let mut hasher = Sha256::new();

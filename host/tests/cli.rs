@@ -361,3 +361,44 @@ fn serve_refuses_a_data_directory_inside_the_plugins_directory() {
         "{stderr}"
     );
 }
+
+/// `plugbus bench-reload` runs every case and reports each as JSON.
+#[test]
+fn bench_reload_reports_swap_latency_and_throughput() {
+    let (code, rows, stderr) = run_plugbus(
+        &[
+            "bench-reload",
+            "--plugin",
+            artifacts::FIXTURE_NOOP,
+            "--swaps",
+            "2",
+            "--large-mib",
+            "1",
+            "--seconds",
+            "1",
+            "--concurrency",
+            "2",
+            "--json",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let swaps: Vec<_> = rows
+        .iter()
+        .filter(|r| r.get("median_ms").is_some())
+        .collect();
+    assert_eq!(swaps.len(), 4, "{rows:?}");
+    for row in &swaps {
+        assert!(
+            row["median_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+            "{row}"
+        );
+        assert_eq!(row["swaps"], 2);
+    }
+    let loads: Vec<_> = rows
+        .iter()
+        .filter(|r| r.get("events_per_s").is_some())
+        .collect();
+    assert_eq!(loads.len(), 3, "{rows:?}");
+    assert!(loads.iter().all(|r| r["events_per_s"].as_f64() > Some(0.0)));
+}

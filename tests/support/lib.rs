@@ -137,31 +137,7 @@ pub fn failure(delivery: &Delivery) -> plugbus::Failure {
         .clone()
 }
 
-/// `component` with a custom section `name` of `len` bytes appended: the
-/// same code, so the same behaviour, but other bytes, so another version,
-/// and as large as wanted.
-pub fn with_custom_section(component: &[u8], name: &str, len: usize) -> Vec<u8> {
-    fn leb128(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let mut body = Vec::with_capacity(len + name.len() + 5);
-    leb128(name.len(), &mut body);
-    body.extend_from_slice(name.as_bytes());
-    body.resize(body.len() + len, 0x5a);
-    let mut out = component.to_vec();
-    out.push(0); // custom section id
-    leb128(body.len(), &mut out);
-    out.extend_from_slice(&body);
-    out
-}
+pub use plugbus::loader::with_custom_section;
 
 /// Replaces `path` with `bytes` the way a deployment should: written to a
 /// hidden file beside it, then renamed over it in one step.
