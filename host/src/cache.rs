@@ -196,7 +196,9 @@ impl CompileCache {
     }
 
     /// Writes an entry atomically: to a temporary file in the cache
-    /// directory, synced, then renamed into place.
+    /// directory, then renamed into place. It is not fsynced: a crash may
+    /// leave an empty or partial entry, which fails its checksum and is
+    /// compiled again, so the sync would only slow every cache miss.
     fn store(&self, path: &Path, component: &Component) -> Result<(), anyhow::Error> {
         let code = component
             .serialize()
@@ -205,7 +207,6 @@ impl CompileCache {
         file.write_all(MAGIC)?;
         file.write_all(&Sha256::digest(&code))?;
         file.write_all(&code)?;
-        file.as_file().sync_all()?;
         file.persist(path)?;
         Ok(())
     }

@@ -567,10 +567,12 @@ impl Host {
                     return Some(error);
                 }
                 let serving = slot.serving.as_ref().map(|(_, v)| v.clone());
-                tracing::error!(
-                    serving = serving.as_deref().unwrap_or("none"),
-                    "plugin refused: {error}"
-                );
+                match &serving {
+                    Some(version) => tracing::error!(
+                        "plugin refused: {error}; version {version} goes on serving"
+                    ),
+                    None => tracing::error!("plugin refused: {error}"),
+                }
                 slot.failed = fingerprint;
                 slot.error = Some(error.to_string());
                 slot.failed_reloads += 1;

@@ -79,27 +79,11 @@ pub async fn run(args: ReloadBenchArgs) -> anyhow::Result<std::process::ExitCode
             swap_rows.push(row);
         }
     }
-    let mut throughput = Vec::new();
-    let steady = load(&small, None, &args).await?;
-    for (case, swapping) in [
-        ("steady, no swaps", None),
-        ("a swap every second, cache hit", Some("hit")),
-        ("a swap every second, cache miss", Some("miss")),
-    ] {
-        let (events_per_s, swaps) = match swapping {
-            None => steady,
-            Some(_) => load(&small, swapping, &args).await?,
-        };
-        let row = ThroughputRow {
-            case,
-            events_per_s,
-            swaps,
-            ratio_to_steady: events_per_s / steady.0,
-        };
-        if args.json {
-            println!("{}", serde_json::to_string(&row)?);
+    let throughput = throughput(&small, &args).await?;
+    if args.json {
+        for row in &throughput {
+            println!("{}", serde_json::to_string(row)?);
         }
-        throughput.push(row);
     }
     if !args.json {
         println!(
@@ -119,7 +103,7 @@ pub async fn run(args: ReloadBenchArgs) -> anyhow::Result<std::process::ExitCode
             );
         }
         println!(
-            "\n| load ({} in flight, {} s) | events/s | swaps | ratio to steady |\n|---|---:|---:|---:|",
+            "\n| load ({} in flight; 3 interleaved rounds of {} s per case) | events/s | swaps | ratio to steady |\n|---|---:|---:|---:|",
             args.concurrency, args.seconds
         );
         for r in &throughput {
@@ -279,22 +263,24 @@ async fn swap_latency(
     })
 }
 
-/// Events/s through the plugin for `args.seconds`, with a swap every
-/// second when `swapping` says which kind; and how many swaps happened.
-async fn load(
-    base: &[u8],
-    swapping: Option<&str>,
-    args: &ReloadBenchArgs,
-) -> anyhow::Result<(f64, u64)> {
+/// Events/s through one plugin under steady load, in phases of
+/// `args.seconds`: no swaps, a swap every second between two cached
+/// versions, a swap every second to a version never seen; the three phases
+/// repeat three times, interleaved, so that drift of the machine's speed
+/// weighs on all of them alike.
+async fn throughput(base: &[u8], args: &ReloadBenchArgs) -> anyhow::Result<Vec<ThroughputRow>> {
+    const CASES: [&str; 3] = [
+        "steady, no swaps",
+        "a swap every second, cache hit",
+        "a swap every second, cache miss",
+    ];
     let rig = Rig::new(base)?;
     let versions = [
         with_custom_section(base, "version-a", 8),
         with_custom_section(base, "version-b", 8),
     ];
-    if swapping == Some("hit") {
-        for v in &versions {
-            rig.swap(v).await?;
-        }
+    for v in &versions {
+        rig.swap(v).await?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let handled = Arc::new(AtomicU64::new(0));
@@ -313,31 +299,44 @@ async fn load(
             anyhow::Ok(())
         }));
     }
-    let started = Instant::now();
-    let mut swaps = 0u64;
-    let end = started + Duration::from_secs(args.seconds);
-    while Instant::now() < end {
-        tokio::time::sleep(Duration::from_secs(1).min(end - Instant::now())).await;
-        if Instant::now() >= end {
-            break;
-        }
-        match swapping {
-            Some("hit") => rig.swap(&versions[(swaps % 2) as usize]).await?,
-            Some(_) => {
-                let fresh = with_custom_section(base, &format!("load-{swaps}"), 8);
-                rig.swap(&fresh).await?
+    let mut events = [0u64; 3];
+    let mut time = [Duration::ZERO; 3];
+    let mut swaps = [0u64; 3];
+    let mut fresh = 0u64;
+    for _round in 0..3 {
+        for (case, _) in CASES.iter().enumerate() {
+            let before = handled.load(Ordering::Relaxed);
+            let started = Instant::now();
+            for _second in 0..args.seconds {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match case {
+                    1 => rig.swap(&versions[(swaps[1] % 2) as usize]).await?,
+                    2 => {
+                        fresh += 1;
+                        rig.swap(&with_custom_section(base, &format!("load-{fresh}"), 8))
+                            .await?
+                    }
+                    _ => continue,
+                };
+                swaps[case] += 1;
             }
-            None => continue,
-        };
-        swaps += 1;
+            time[case] += started.elapsed();
+            events[case] += handled.load(Ordering::Relaxed) - before;
+        }
     }
     stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed();
     for publisher in publishers {
         publisher.await??;
     }
-    Ok((
-        handled.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
-        swaps,
-    ))
+    let rate = |case: usize| events[case] as f64 / time[case].as_secs_f64();
+    Ok(CASES
+        .iter()
+        .enumerate()
+        .map(|(case, name)| ThroughputRow {
+            case: name,
+            events_per_s: rate(case),
+            swaps: swaps[case],
+            ratio_to_steady: rate(case) / rate(0),
+        })
+        .collect())
 }
