@@ -447,3 +447,50 @@ async fn a_corrupt_cache_entry_is_recompiled_not_trusted() {
     let err = host.load_dir(dir.path()).unwrap_err();
     assert!(matches!(err, HostError::CacheInPluginsDir { .. }), "{err}");
 }
+
+/// A plugin removed while it handles an event finishes that event on its
+/// own version; the events after the removal no longer reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_plugin_finishes_the_event_it_has() {
+    let dir = PluginsDir::new();
+    let wasm = dir.add(
+        "t",
+        "slow",
+        artifacts::FIXTURE_SPIN,
+        Some("subscribe = [\"order.*\"]\n[limits]\ntimeout_ms = 1500\nfuel = 1_000_000_000_000"),
+    );
+    let cache = tempfile::tempdir().expect("cache dir");
+    let host = cached_host(&dir, cache.path());
+    let plugin = host.plugin("t", "slow").expect("loaded");
+    let version = plugin.version().to_owned();
+    let mut events = host.reload_events();
+    let _watcher = host.watch(dir.path()).expect("watch");
+    let in_flight = tokio::spawn({
+        let host = host.clone();
+        async move { publish(&host, "t", "order.created", "running").await }
+    });
+    // The delivery has begun once it took the instance warmed at load.
+    tokio::time::timeout(PATIENCE, async {
+        while plugin.idle_instances() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the delivery began");
+    drop(plugin);
+    std::fs::remove_file(&wasm).expect("remove the plugin");
+    let removed = wait_for(&mut events, |e| matches!(e, ReloadEvent::Removed { .. })).await;
+    assert_eq!(removed.plugin(), "slow");
+    let deliveries = in_flight.await.expect("publisher");
+    assert_eq!(deliveries.len(), 1, "the event in flight was not lost");
+    assert_eq!(deliveries[0].plugin_version, version);
+    assert_eq!(
+        deliveries[0].outcome.failure_kind(),
+        Some(plugbus::FailureKind::Timeout)
+    );
+    assert!(
+        publish(&host, "t", "order.created", "after")
+            .await
+            .is_empty()
+    );
+}
