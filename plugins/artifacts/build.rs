@@ -1,17 +1,23 @@
 //! Builds every plugin crate under `plugins/examples` and `plugins/fixtures`
 //! for `wasm32-wasip2`, in one `cargo build` into `target/guests` (a target
 //! directory of its own, so the outer build's lock is not contended and the
-//! xtask shares the result), and generates the paths of the components.
+//! xtask shares the result), and the benchmark peers under `plugins/peers`
+//! (plugins of other hosts) for their own target, and generates the paths of
+//! the components and modules.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The target of plugbus plugins.
 const TARGET: &str = "wasm32-wasip2";
+/// The target of the peers: Extism's Rust PDK builds core modules for it.
+const PEER_TARGET: &str = "wasm32-unknown-unknown";
 
 struct Plugin {
     package: String,
     fixture: bool,
+    target: &'static str,
 }
 
 fn main() {
@@ -30,6 +36,7 @@ fn main() {
         "guest-sdk",
         "plugins/examples",
         "plugins/fixtures",
+        "plugins/peers",
         "Cargo.toml",
         "Cargo.lock",
     ] {
@@ -39,20 +46,25 @@ fn main() {
         );
     }
 
-    let mut plugins = discover(&workspace.join("plugins/examples"), false);
-    plugins.extend(discover(&workspace.join("plugins/fixtures"), true));
+    let mut plugins = discover(&workspace.join("plugins/examples"), false, TARGET);
+    plugins.extend(discover(&workspace.join("plugins/fixtures"), true, TARGET));
+    let peers = discover(&workspace.join("plugins/peers"), false, PEER_TARGET);
 
-    ensure_target();
     let target_dir = workspace.join("target/guests");
-    build(&workspace, &target_dir, &plugins);
+    for (target, group) in [(TARGET, &plugins), (PEER_TARGET, &peers)] {
+        ensure_target(target);
+        build(&workspace, &target_dir, target, group);
+    }
+    plugins.extend(peers);
 
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     std::fs::write(out.join("artifacts.rs"), generate(&target_dir, &plugins))
         .expect("write the generated artifacts file");
 }
 
-/// The plugin crates directly under `dir`, sorted by package name.
-fn discover(dir: &Path, fixture: bool) -> Vec<Plugin> {
+/// The plugin crates directly under `dir`, sorted by package name, to be
+/// built for `target`.
+fn discover(dir: &Path, fixture: bool, target: &'static str) -> Vec<Plugin> {
     let mut plugins = Vec::new();
     let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
     for entry in entries {
@@ -71,14 +83,18 @@ fn discover(dir: &Path, fixture: bool) -> Vec<Plugin> {
             .and_then(|n| n.as_str())
             .unwrap_or_else(|| panic!("{}: no package name", manifest.display()))
             .to_owned();
-        plugins.push(Plugin { package, fixture });
+        plugins.push(Plugin {
+            package,
+            fixture,
+            target,
+        });
     }
     plugins.sort_by(|a, b| a.package.cmp(&b.package));
     plugins
 }
 
-/// Installs the wasm32-wasip2 target with rustup when it is missing.
-fn ensure_target() {
+/// Installs the Rust target `target` with rustup when it is missing.
+fn ensure_target(target: &str) {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let sysroot = Command::new(&rustc)
         .args(["--print", "sysroot"])
@@ -86,27 +102,27 @@ fn ensure_target() {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    let installed = sysroot.is_some_and(|s| s.join("lib/rustlib").join(TARGET).exists());
+    let installed = sysroot.is_some_and(|s| s.join("lib/rustlib").join(target).exists());
     if installed {
         return;
     }
     let added = Command::new("rustup")
-        .args(["target", "add", TARGET])
+        .args(["target", "add", target])
         .status()
         .is_ok_and(|s| s.success());
     assert!(
         added,
-        "the Rust target {TARGET} is not installed, and installing it with rustup failed \
-         (or rustup is missing): run `rustup target add {TARGET}` and build again"
+        "the Rust target {target} is not installed, and installing it with rustup failed \
+         (or rustup is missing): run `rustup target add {target}` and build again"
     );
 }
 
-fn build(workspace: &Path, target_dir: &Path, plugins: &[Plugin]) {
+fn build(workspace: &Path, target_dir: &Path, target: &str, plugins: &[Plugin]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace)
-        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .args(["build", "--release", "--target", target, "--target-dir"])
         .arg(target_dir)
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"));
@@ -146,7 +162,7 @@ fn build(workspace: &Path, target_dir: &Path, plugins: &[Plugin]) {
         .unwrap_or_else(|e| panic!("cannot run cargo to build the guest plugins: {e}"));
     assert!(
         status.success(),
-        "building the guest plugins for {TARGET} failed"
+        "building the guest plugins for {target} failed"
     );
 }
 
@@ -154,7 +170,7 @@ fn generate(target_dir: &Path, plugins: &[Plugin]) -> String {
     let mut out = String::new();
     let path_of = |p: &Plugin| {
         target_dir
-            .join(TARGET)
+            .join(p.target)
             .join("release")
             .join(format!("{}.wasm", p.package.replace('-', "_")))
     };
@@ -168,7 +184,12 @@ fn generate(target_dir: &Path, plugins: &[Plugin]) -> String {
         let constant = plugin.package.to_uppercase().replace('-', "_");
         writeln!(
             out,
-            "/// The component of the `{}` plugin.\npub const {constant}: &str = {:?};",
+            "/// The {} of the `{}` plugin.\npub const {constant}: &str = {:?};",
+            if plugin.target == TARGET {
+                "component"
+            } else {
+                "core module (for another host)"
+            },
             plugin.package,
             path.display().to_string()
         )
@@ -177,7 +198,7 @@ fn generate(target_dir: &Path, plugins: &[Plugin]) -> String {
     let list = |fixture: bool, strip: bool| {
         plugins
             .iter()
-            .filter(|p| p.fixture == fixture)
+            .filter(|p| p.fixture == fixture && p.target == TARGET)
             .map(|p| {
                 let name = if strip {
                     p.package.trim_start_matches("fixture-")
@@ -202,6 +223,7 @@ fn generate(target_dir: &Path, plugins: &[Plugin]) -> String {
     .expect("write to a string");
     let all = plugins
         .iter()
+        .filter(|p| p.target == TARGET)
         .map(|p| format!("({:?}, {:?}),", p.package, path_of(p).display().to_string()))
         .collect::<String>();
     writeln!(

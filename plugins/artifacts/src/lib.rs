@@ -1,6 +1,7 @@
 //! The plugins of `plugins/examples` and `plugins/fixtures`, built once per
 //! build (by this crate's build script) for `wasm32-wasip2`, as paths to
-//! their components.
+//! their components; and the benchmark peers of `plugins/peers`, plugins of
+//! other hosts built for their own targets (`EXTISM_CHECKSUM`).
 //!
 //! - one constant per plugin, named after its package in upper snake case
 //!   (`LOW_STOCK_ALERT`, `FIXTURE_SPIN`, …);
