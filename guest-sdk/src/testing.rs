@@ -7,7 +7,7 @@
 //! impl Handler for Greeter {
 //!     fn handle(ctx: &mut Context<'_>, event: Event) -> Result<(), HandlerError> {
 //!         let greeting = ctx.config("greeting").unwrap_or_else(|| "hello".into());
-//!         ctx.info(format!("{greeting} {}", event.id));
+//!         ctx.info(format!("{greeting} {}", event.id()));
 //!         Ok(())
 //!     }
 //! }

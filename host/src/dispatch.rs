@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use wasmtime::component::HasSelf;
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::component::{ComponentExportIndex, HasSelf, TypedFunc};
+use wasmtime::{AsContextMut, Engine, Store, StoreContextMut, Trap};
 
 use crate::bindings::{Handler, HandlerError, HandlerPre};
 use crate::event::Event;
@@ -197,6 +197,7 @@ pub struct Plugin {
     mode: InstanceMode,
     epoch_tick: Duration,
     fuel_metered: bool,
+    batch_export: Option<ComponentExportIndex>,
     idle: Mutex<Vec<Warm>>,
     /// Deliveries waiting, and how many threads are taking them.
     queue: Mutex<Queue>,
@@ -238,6 +239,8 @@ impl Drop for DrainerSlot<'_> {
 struct Warm {
     store: Store<PluginState>,
     handler: Handler,
+    /// The export `handle-batch`, when the plugin has it.
+    batch: Option<TypedFunc<(Vec<u8>,), ()>>,
 }
 
 /// What [`Plugin::new`] needs from the host.
@@ -253,6 +256,8 @@ pub(crate) struct PluginParts {
     pub epoch_tick: Duration,
     pub fuel_metered: bool,
     pub concurrency: usize,
+    /// The export `handle-batch`, when the component has one.
+    pub batch_export: Option<ComponentExportIndex>,
 }
 
 impl Plugin {
@@ -268,6 +273,7 @@ impl Plugin {
             mode: parts.mode,
             epoch_tick: parts.epoch_tick,
             fuel_metered: parts.fuel_metered,
+            batch_export: parts.batch_export,
             idle: Mutex::new(Vec::new()),
             queue: Mutex::new(Queue::default()),
             concurrency: parts.concurrency,
@@ -320,13 +326,29 @@ impl Plugin {
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let instantiated = self
-            .arm(&mut store)
-            .and_then(|()| self.pre.instantiate(&mut store));
+        let instantiated = self.arm(&mut store).and_then(|()| {
+            let instance = self.pre.instance_pre().instantiate(&mut store)?;
+            let handler = Handler::new(&mut store, &instance)?;
+            let batch = match &self.batch_export {
+                Some(export) => Some(
+                    instance
+                        .get_typed_func::<(Vec<u8>,), ()>(&mut store, export)
+                        .map_err(|e| {
+                            e.context("the export handle-batch does not have the type of world batch-handler")
+                        })?,
+                ),
+                None => None,
+            };
+            Ok((handler, batch))
+        });
         match instantiated {
-            Ok(handler) => {
+            Ok((handler, batch)) => {
                 self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
-                Ok(Warm { store, handler })
+                Ok(Warm {
+                    store,
+                    handler,
+                    batch,
+                })
             }
             Err(err) => {
                 let fuel = self.fuel_consumed(&store);
@@ -428,24 +450,304 @@ impl Plugin {
         report
     }
 
-    /// Delivers queued events until the queue is empty.
+    /// Delivers queued events until the queue is empty. With batching, it
+    /// takes whatever is waiting (up to the batch limit) at once: it never
+    /// waits for a batch to fill.
     fn drain(&self) {
         let _slot = DrainerSlot(self);
+        let take = if self.batching() {
+            self.bounds.max_batch_events
+        } else {
+            1
+        };
+        let mut jobs = Vec::with_capacity(take);
         loop {
-            let job = {
+            {
                 let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-                match queue.jobs.pop_front() {
-                    Some(job) => job,
-                    None => {
-                        queue.drainers -= 1;
-                        return;
-                    }
+                if queue.jobs.is_empty() {
+                    queue.drainers -= 1;
+                    return;
                 }
-            };
-            let report = self.deliver_in_chain(&job.event, job.chain_budget);
-            // The publisher may have gone away; the delivery happened anyway.
-            let _ = job.reply.send(report);
+                let n = take.min(queue.jobs.len());
+                jobs.extend(queue.jobs.drain(..n));
+            }
+            if jobs.len() == 1
+                && let Some(job) = jobs.pop()
+            {
+                let report = self.deliver_in_chain(&job.event, job.chain_budget);
+                // The publisher may have gone away; the delivery happened anyway.
+                let _ = job.reply.send(report);
+                continue;
+            }
+            let items: Vec<_> = jobs
+                .iter_mut()
+                .map(|job| (&*job.event, job.chain_budget.take()))
+                .collect();
+            let reports = self.deliver_batch_in_chain(items);
+            for (job, report) in jobs.drain(..).zip(reports) {
+                let _ = job.reply.send(report);
+            }
         }
+    }
+
+    /// Whether this plugin's events go through `handle-batch`: it exports
+    /// it, batches may hold more than one event, and instances are reused
+    /// (a batch shares one instance, which fresh instances must not).
+    pub fn batching(&self) -> bool {
+        self.batch_export.is_some()
+            && self.mode == InstanceMode::Reuse
+            && self.bounds.max_batch_events > 1
+    }
+
+    /// The most bytes of encoded events one batch of this plugin may hold.
+    fn max_batch_bytes(&self) -> usize {
+        let quarter = usize::try_from(self.manifest.limits.memory_bytes / 4).unwrap_or(usize::MAX);
+        self.bounds.max_batch_bytes.min(quarter)
+    }
+
+    /// Delivers `events`, in order, to this plugin alone, synchronously, on
+    /// the calling thread, through `handle-batch` when the plugin
+    /// [batches](Plugin::batching), and one by one through `handle`
+    /// otherwise. Each event gets the same outcome, fuel, limits and
+    /// emitted events as through [`Plugin::deliver`]; only the calls into
+    /// the plugin are fewer.
+    ///
+    /// Refuses the whole slice, delivering nothing, when any event is
+    /// invalid or of another tenant.
+    pub fn deliver_batch(
+        &self,
+        events: &[Event],
+    ) -> Result<Vec<(Delivery, Vec<Event>)>, DeliverError> {
+        for event in events {
+            if event.tenant != self.identity.tenant {
+                return Err(DeliverError::WrongTenant {
+                    event_tenant: event.tenant.clone(),
+                    plugin_tenant: self.identity.tenant.clone(),
+                });
+            }
+            event.validate()?;
+        }
+        Ok(self.deliver_batch_in_chain(events.iter().map(|e| (e, None)).collect()))
+    }
+
+    /// Delivers events in order, each with its chain's budget, through
+    /// `handle-batch` where it can; returns one report per event, in order.
+    pub(crate) fn deliver_batch_in_chain(
+        &self,
+        items: Vec<(&Event, Option<Arc<AtomicUsize>>)>,
+    ) -> Vec<(Delivery, Vec<Event>)> {
+        let mut reports = Vec::with_capacity(items.len());
+        let mut items = items.into_iter().peekable();
+        let max_bytes = self.max_batch_bytes();
+        let mut buffer = Vec::new();
+        while let Some(first) = items.next() {
+            // The batch: events that fit its limits, in order. An event
+            // too large for a batch goes alone.
+            let mut bytes = crate::batch::encoded_len(first.0);
+            let mut chunk = vec![first];
+            while chunk.len() < self.bounds.max_batch_events {
+                let Some(next) = items.peek() else { break };
+                let len = crate::batch::encoded_len(next.0);
+                if bytes + len > max_bytes {
+                    break;
+                }
+                bytes += len;
+                chunk.extend(items.next());
+            }
+            let mut chunk = chunk.into_iter();
+            while chunk.len() > 0 {
+                self.deliver_chunk(&mut chunk, &mut buffer, &mut reports);
+            }
+        }
+        reports
+    }
+
+    /// Delivers the events of `chunk` through one call of `handle-batch`
+    /// on one instance, or the first of them alone through `handle` when
+    /// there is one event, no instance with the export, or it would not
+    /// fit. Stops early when the instance traps; the caller calls again
+    /// with the events left.
+    fn deliver_chunk(
+        &self,
+        chunk: &mut std::vec::IntoIter<(&Event, Option<Arc<AtomicUsize>>)>,
+        buffer: &mut Vec<u8>,
+        reports: &mut Vec<(Delivery, Vec<Event>)>,
+    ) {
+        let single = |chunk: &mut std::vec::IntoIter<(&Event, Option<Arc<AtomicUsize>>)>,
+                      reports: &mut Vec<(Delivery, Vec<Event>)>| {
+            if let Some((event, budget)) = chunk.next() {
+                reports.push(self.deliver_in_chain(event, budget));
+            }
+        };
+        if chunk.len() < 2
+            || !self.batching()
+            || crate::batch::encoded_len(chunk.as_slice()[0].0) > self.max_batch_bytes()
+        {
+            return single(chunk, reports);
+        }
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut warm = match pooled.map_or_else(|| self.instantiate(), Ok) {
+            Ok(warm) => warm,
+            // The first event's own delivery instantiates again and
+            // reports the failure exactly as it would alone.
+            Err(_) => return single(chunk, reports),
+        };
+        let Some(func) = warm.batch else {
+            self.release(warm, true);
+            return single(chunk, reports);
+        };
+
+        let events: Vec<_> = chunk.as_slice().to_vec();
+        crate::batch::encode(events.iter().map(|(e, _)| *e), buffer);
+        let mut scopes = events
+            .iter()
+            .map(|(event, budget)| self.scope_for(event, budget.clone()));
+        let first_scope = scopes.next().unwrap_or_default();
+        let fuel = self.fuel_metered.then_some(self.manifest.limits.fuel);
+        let deadline = crate::engine::deadline_ticks(self.manifest.limits.timeout, self.epoch_tick);
+        enter_span(Some(self.span(events[0].0)));
+        warm.store.data_mut().scope = first_scope;
+        warm.store.data_mut().batch = Some(BatchRun {
+            pending: scopes.collect(),
+            spans: events[1..].iter().map(|(e, _)| self.span(e)).collect(),
+            finished: Vec::with_capacity(events.len()),
+            fuel,
+            deadline,
+            started: Instant::now(),
+            exhausted: false,
+        });
+        self.stats.batch_calls.fetch_add(1, Ordering::Relaxed);
+        let result = self
+            .arm(&mut warm.store)
+            .and_then(|()| func.call(&mut warm.store, (std::mem::take(buffer),)));
+        enter_span(None);
+        let run = warm.store.data_mut().batch.take();
+        let (finished, started) =
+            run.map_or_else(|| (Vec::new(), Instant::now()), |r| (r.finished, r.started));
+        self.stats
+            .batched_deliveries
+            .fetch_add(finished.len() as u64, Ordering::Relaxed);
+
+        for (done, (event, _)) in finished.into_iter().zip(chunk.by_ref()) {
+            // The span was entered for this event while it ran; the report
+            // goes into a span of its own with the same fields.
+            let span = self.span(event);
+            let _entered = span.enter();
+            let outcome = outcome_of(done.result);
+            let emitted = self.keep_emitted(&outcome, done.emitted);
+            reports.push(self.report(event, outcome, done.fuel, done.duration, emitted));
+        }
+        match result {
+            Ok(()) => {
+                self.clear_scope(&mut warm.store);
+                self.release(warm, true);
+                // Events the plugin returned without reporting go through
+                // `handle`, one by one, by the caller's next calls.
+                if chunk.len() > 0 {
+                    tracing::warn!(
+                        plugin = %self.identity.label,
+                        unreported = chunk.len(),
+                        "handle-batch returned without reporting every event; the rest go through handle"
+                    );
+                    single(chunk, reports);
+                }
+            }
+            Err(err) => {
+                let fuel = self.fuel_consumed(&warm.store);
+                let (emitted, stderr) = self.clear_scope(&mut warm.store);
+                self.release(warm, false);
+                let Some((event, _budget)) = chunk.next() else {
+                    // Every event was reported before the trap.
+                    return;
+                };
+                let span = self.span(event);
+                let _entered = span.enter();
+                let failure = classify(&err, &stderr);
+                if failure.kind == FailureKind::MemoryLimit {
+                    // The batch's buffer shares the instance's memory: the
+                    // event alone, through `handle`, decides its outcome.
+                    drop(_entered);
+                    reports.push(self.deliver_in_chain(event, _budget));
+                    return;
+                }
+                let outcome = Outcome::Failed(failure);
+                let emitted = self.keep_emitted(&outcome, emitted);
+                reports.push(self.report(event, outcome, fuel, started.elapsed(), emitted));
+            }
+        }
+    }
+
+    /// The delivery span of `event` to this plugin.
+    fn span(&self, event: &Event) -> tracing::Span {
+        tracing::info_span!(
+            "delivery",
+            tenant = %self.identity.tenant,
+            plugin = %self.identity.name,
+            version = %self.identity.version,
+            event_id = %event.id,
+        )
+    }
+
+    /// What the host functions need to know about the delivery of `event`.
+    fn scope_for(&self, event: &Event, chain_budget: Option<Arc<AtomicUsize>>) -> DeliveryScope {
+        DeliveryScope {
+            event_id: event.id.clone(),
+            correlation_id: event.correlation_id().to_owned(),
+            depth: event.chain_depth(),
+            emitted: Vec::new(),
+            log_lines: 0,
+            chain_budget,
+        }
+    }
+
+    /// Ends the store's delivery: flushes its output, leaves an empty
+    /// scope, and returns what it emitted and the tail of its stderr.
+    fn clear_scope(&self, store: &mut Store<PluginState>) -> (Vec<Event>, String) {
+        let state = store.data_mut();
+        let scope = std::mem::take(&mut state.scope);
+        state.batch = None;
+        let (stderr, dropped) = state.output.finish_delivery();
+        if dropped > 0 {
+            self.stats
+                .output_bytes_dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+        }
+        (scope.emitted, stderr)
+    }
+
+    /// Returns an instance to the pool when it may serve again, or counts
+    /// it as discarded after a trap.
+    fn release(&self, warm: Warm, keep: bool) {
+        if !keep {
+            self.stats
+                .instances_discarded
+                .fetch_add(1, Ordering::Relaxed);
+        } else if self.mode == InstanceMode::Reuse {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            // The instance goes back only after its output was flushed and
+            // its scope cleared, so the next event starts clean.
+            if idle.len() < self.concurrency {
+                idle.push(warm);
+            }
+        }
+    }
+
+    /// The events a delivery emitted, kept when it succeeded; dropped (and
+    /// counted) when it failed.
+    fn keep_emitted(&self, outcome: &Outcome, emitted: Vec<Event>) -> Vec<Event> {
+        if outcome.is_handled() {
+            return emitted;
+        }
+        if !emitted.is_empty() {
+            self.stats
+                .emits_discarded
+                .fetch_add(emitted.len() as u64, Ordering::Relaxed);
+        }
+        Vec::new()
     }
 
     /// Like [`Plugin::deliver`], with the budget of events the chain of the
@@ -458,13 +760,7 @@ impl Plugin {
         event: &Event,
         chain_budget: Option<Arc<AtomicUsize>>,
     ) -> (Delivery, Vec<Event>) {
-        let span = tracing::info_span!(
-            "delivery",
-            tenant = %self.identity.tenant,
-            plugin = %self.identity.name,
-            version = %self.identity.version,
-            event_id = %event.id,
-        );
+        let span = self.span(event);
         let _entered = span.enter();
         let started = Instant::now();
 
@@ -485,8 +781,18 @@ impl Plugin {
             }
             Ok(warm) => self.call(warm, event, chain_budget),
         };
+        self.report(event, outcome, fuel, started.elapsed(), emitted)
+    }
 
-        let duration = started.elapsed();
+    /// Counts and logs a finished delivery and builds its report.
+    fn report(
+        &self,
+        event: &Event,
+        outcome: Outcome,
+        fuel: u64,
+        duration: Duration,
+        emitted: Vec<Event>,
+    ) -> (Delivery, Vec<Event>) {
         match &outcome {
             Outcome::Handled => {
                 self.stats.deliveries_ok.fetch_add(1, Ordering::Relaxed);
@@ -533,14 +839,7 @@ impl Plugin {
         event: &Event,
         chain_budget: Option<Arc<AtomicUsize>>,
     ) -> (Outcome, u64, Vec<Event>) {
-        warm.store.data_mut().scope = DeliveryScope {
-            event_id: event.id.clone(),
-            correlation_id: event.correlation_id().to_owned(),
-            depth: event.chain_depth(),
-            emitted: Vec::new(),
-            log_lines: 0,
-            chain_budget,
-        };
+        warm.store.data_mut().scope = self.scope_for(event, chain_budget);
         let armed = self.arm(&mut warm.store);
         let result = armed.and_then(|()| {
             warm.handler.call_handle(
@@ -549,57 +848,130 @@ impl Plugin {
             )
         });
         let fuel = self.fuel_consumed(&warm.store);
-        let state = warm.store.data_mut();
-        let emitted = std::mem::take(&mut state.scope.emitted);
-        state.scope.chain_budget = None;
-        let (stderr, dropped) = state.output.finish_delivery();
-        if dropped > 0 {
-            self.stats
-                .output_bytes_dropped
-                .fetch_add(dropped as u64, Ordering::Relaxed);
-        }
+        let (emitted, stderr) = self.clear_scope(&mut warm.store);
         let (outcome, keep_instance) = match result {
-            Ok(Ok(())) => (Outcome::Handled, true),
-            Ok(Err(HandlerError::Retryable(message))) => (
-                Outcome::Failed(Failure {
-                    kind: FailureKind::HandlerRetryable,
-                    message,
-                }),
-                true,
-            ),
-            Ok(Err(HandlerError::Permanent(message))) => (
-                Outcome::Failed(Failure {
-                    kind: FailureKind::HandlerPermanent,
-                    message,
-                }),
-                true,
-            ),
+            Ok(result) => (outcome_of(result), true),
             Err(err) => (Outcome::Failed(classify(&err, &stderr)), false),
         };
-        let emitted = if outcome.is_handled() {
-            emitted
-        } else {
-            if !emitted.is_empty() {
-                self.stats
-                    .emits_discarded
-                    .fetch_add(emitted.len() as u64, Ordering::Relaxed);
-            }
-            Vec::new()
-        };
-        if keep_instance && self.mode == InstanceMode::Reuse {
-            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            // The instance goes back only after its output was flushed and
-            // its scope cleared, so the next event starts clean.
-            if idle.len() < self.concurrency {
-                idle.push(warm);
-            }
-        } else if !keep_instance {
-            self.stats
-                .instances_discarded
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        let emitted = self.keep_emitted(&outcome, emitted);
+        self.release(warm, keep_instance);
         (outcome, fuel, emitted)
     }
+}
+
+/// The outcome of a handler that returned.
+fn outcome_of(result: Result<(), HandlerError>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Handled,
+        Err(HandlerError::Retryable(message)) => Outcome::Failed(Failure {
+            kind: FailureKind::HandlerRetryable,
+            message,
+        }),
+        Err(HandlerError::Permanent(message)) => Outcome::Failed(Failure {
+            kind: FailureKind::HandlerPermanent,
+            message,
+        }),
+    }
+}
+
+/// The batch a store is handling through `handle-batch`: the events still
+/// to start, the results reported so far, and each event's budgets.
+pub(crate) struct BatchRun {
+    /// The scopes of the events not started yet, in order.
+    pending: std::collections::VecDeque<DeliveryScope>,
+    /// Their delivery spans, in the same order.
+    spans: std::collections::VecDeque<tracing::Span>,
+    /// What each reported event did, in order.
+    finished: Vec<Finished>,
+    /// Each event's fuel, when fuel is metered.
+    fuel: Option<u64>,
+    /// Each event's deadline, in epoch ticks.
+    deadline: u64,
+    /// When the event now running started.
+    started: Instant,
+    /// Every event has been reported.
+    exhausted: bool,
+}
+
+/// One event of a batch, reported through `batch.done`.
+struct Finished {
+    result: Result<(), HandlerError>,
+    fuel: u64,
+    duration: Duration,
+    emitted: Vec<Event>,
+}
+
+thread_local! {
+    /// The delivery span entered for the event of a batch that is running
+    /// on this thread, so that what the plugin logs lands in it.
+    static BATCH_SPAN: std::cell::RefCell<Option<tracing::span::EnteredSpan>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Leaves the batch event's span entered on this thread, if any, and
+/// enters `span`.
+fn enter_span(span: Option<tracing::Span>) {
+    BATCH_SPAN.with(|current| {
+        let mut current = current.borrow_mut();
+        drop(current.take());
+        *current = span.map(tracing::Span::entered);
+    });
+}
+
+/// `batch.done`: records the current event's result, fuel, time and
+/// emitted events, then starts the next event with a full tank, a fresh
+/// deadline and its own scope.
+fn batch_done(
+    mut store: StoreContextMut<'_, PluginState>,
+    (result,): (Result<(), HandlerError>,),
+) -> wasmtime::Result<()> {
+    let left = store.get_fuel().ok();
+    let state = store.data_mut();
+    let Some(run) = state.batch.as_mut() else {
+        return Err(wasmtime::Error::msg(
+            "batch.done called outside of handle-batch",
+        ));
+    };
+    if run.exhausted {
+        return Err(wasmtime::Error::msg(
+            "batch.done called more often than the batch has events",
+        ));
+    }
+    let fuel = match (run.fuel, left) {
+        (Some(budget), Some(left)) => budget.saturating_sub(left),
+        _ => 0,
+    };
+    let duration = run.started.elapsed();
+    let next = run.pending.pop_front();
+    let next_span = run.spans.pop_front();
+    let (fuel_budget, deadline) = (run.fuel, run.deadline);
+    let scope = std::mem::replace(&mut state.scope, next.unwrap_or_default());
+    let (_, dropped) = state.output.finish_delivery();
+    if dropped > 0 {
+        state
+            .stats
+            .output_bytes_dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+    }
+    let Some(run) = state.batch.as_mut() else {
+        return Ok(());
+    };
+    run.finished.push(Finished {
+        result,
+        fuel,
+        duration,
+        emitted: scope.emitted,
+    });
+    run.exhausted = next_span.is_none();
+    run.started = Instant::now();
+    enter_span(next_span);
+    // The next event, or the plugin's return after the last, runs under a
+    // full event's limits.
+    if let Some(budget) = fuel_budget {
+        store.set_fuel(budget)?;
+    }
+    store.as_context_mut().set_epoch_deadline(deadline);
+    Ok(())
 }
 
 /// Turns the error of a call (or of an instantiation) into a failure kind.
@@ -661,6 +1033,10 @@ fn panic_message(stderr: &str) -> Option<String> {
     })
 }
 
+/// The interface of `batch.done`, imported by plugins of world
+/// `batch-handler`.
+const BATCH_INTERFACE: &str = "plugbus:plugin/batch@0.1.0";
+
 /// Registers the world's imports, WASI included, in a linker.
 pub(crate) fn linker(
     engine: &Engine,
@@ -668,6 +1044,9 @@ pub(crate) fn linker(
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     Handler::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)?;
+    linker
+        .instance(BATCH_INTERFACE)?
+        .func_wrap("done", batch_done)?;
     Ok(linker)
 }
 

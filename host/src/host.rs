@@ -71,6 +71,14 @@ pub struct HostConfig {
     /// must stay quiet before it is read anyway (default 1 s), for writers
     /// that keep a file open.
     pub reload_write_timeout: Duration,
+    /// The most events passed to a plugin in one call of its `handle-batch`
+    /// export (default 128); 1 turns batching off. A batch holds whatever
+    /// is waiting for the plugin: the host never waits for one to fill.
+    pub max_batch_events: usize,
+    /// The most bytes of encoded events in one batch (default 1 MiB), and
+    /// never more than a quarter of the plugin's memory limit; a larger
+    /// event goes alone, through `handle`.
+    pub max_batch_bytes: usize,
 }
 
 impl Default for HostConfig {
@@ -91,6 +99,8 @@ impl Default for HostConfig {
             max_concurrent_compiles: 2,
             reload_quiet: Duration::from_millis(10),
             reload_write_timeout: Duration::from_secs(1),
+            max_batch_events: 128,
+            max_batch_bytes: 1024 * 1024,
         }
     }
 }
@@ -273,6 +283,8 @@ impl Host {
             max_log_bytes: config.max_log_bytes,
             max_log_lines_per_delivery: config.max_log_lines_per_delivery,
             max_output_bytes_per_delivery: config.max_output_bytes_per_delivery,
+            max_batch_events: config.max_batch_events.max(1),
+            max_batch_bytes: config.max_batch_bytes,
         });
         let cache = match &config.compile_cache {
             Some(dir) => Some(CompileCache::open(dir, &engine)?),

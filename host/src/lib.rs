@@ -19,6 +19,7 @@
 //! - [`registry`]: the loaded plugins by tenant, and routing;
 //! - [`reload`]: keeping the plugins in step with their files, while events flow;
 //! - [`dispatch`]: one delivery of one event to one plugin, and its outcome;
+//! - [`batch`]: many events in one call, for plugins that export `handle-batch`;
 //! - [`event`]: the CloudEvents envelope and its JSON format;
 //! - [`host`]: the [`Host`] that ties them together.
 //!
@@ -36,6 +37,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod batch;
 pub mod bindings;
 pub mod cache;
 pub mod dispatch;

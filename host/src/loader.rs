@@ -501,6 +501,7 @@ pub(crate) fn build(
         epoch_tick: ctx.epoch_tick,
         fuel_metered: ctx.fuel_metered,
         concurrency: ctx.concurrency,
+        batch_export: component.get_export_index(None, "handle-batch"),
     });
     plugin.warm_up().map_err(|failure| LoadError::Instantiate {
         path: path.clone(),

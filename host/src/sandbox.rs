@@ -33,6 +33,8 @@ pub(crate) struct Bounds {
     pub max_log_bytes: usize,
     pub max_log_lines_per_delivery: usize,
     pub max_output_bytes_per_delivery: usize,
+    pub max_batch_events: usize,
+    pub max_batch_bytes: usize,
 }
 
 /// Who a plugin is: what its host functions need to know about it.
@@ -131,6 +133,8 @@ pub(crate) struct PluginState {
     pub stats: Arc<Stats>,
     pub output: Arc<OutputCapture>,
     pub scope: DeliveryScope,
+    /// The batch being handled through `handle-batch`, if any.
+    pub batch: Option<crate::dispatch::BatchRun>,
 }
 
 impl PluginState {
@@ -171,6 +175,7 @@ impl PluginState {
             stats,
             output,
             scope: DeliveryScope::default(),
+            batch: None,
         }
     }
 }

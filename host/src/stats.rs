@@ -20,6 +20,8 @@ pub(crate) struct Stats {
     pub output_bytes_dropped: AtomicU64,
     pub instances_created: AtomicU64,
     pub instances_discarded: AtomicU64,
+    pub batch_calls: AtomicU64,
+    pub batched_deliveries: AtomicU64,
 }
 
 /// A snapshot of the host's counters.
@@ -51,6 +53,10 @@ pub struct StatsSnapshot {
     pub instances_created: u64,
     /// Plugin instances thrown away after a trap.
     pub instances_discarded: u64,
+    /// Calls of plugins' `handle-batch` export.
+    pub batch_calls: u64,
+    /// Deliveries made inside those calls (reported through `batch.done`).
+    pub batched_deliveries: u64,
 }
 
 impl StatsSnapshot {
@@ -84,6 +90,8 @@ impl Stats {
             output_bytes_dropped: get(&self.output_bytes_dropped),
             instances_created: get(&self.instances_created),
             instances_discarded: get(&self.instances_discarded),
+            batch_calls: get(&self.batch_calls),
+            batched_deliveries: get(&self.batched_deliveries),
         }
     }
 }

@@ -5,6 +5,9 @@ use plugbus::{FailureKind, HostConfig, Outcome};
 use plugbus_artifacts as artifacts;
 use plugbus_tests::{PluginsDir, event, failure, host_for, host_with, kind, publish, to_plugin};
 
+// The `mixed` fixture's test lives with the other batch tests.
+use crate::batch::mixed;
+
 macro_rules! assert_fixture_has_test {
     ($name:ident) => {
         const _: fn() = $name;

@@ -1,6 +1,7 @@
 //! Integration tests of the plugbus host with real components built from
 //! the example and fixture crates in `plugins/`. wasmtime is never mocked.
 
+mod batch;
 mod examples;
 mod fixtures;
 mod isolation;

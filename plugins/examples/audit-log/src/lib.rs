@@ -17,11 +17,11 @@ impl Handler for AuditLog {
 pub fn audit_line(event: &Event) -> String {
     format!(
         "audit tenant={} type={} id={} subject={} bytes={}",
-        event.tenant,
-        event.ty,
-        event.id,
-        event.subject.as_deref().unwrap_or("-"),
-        event.data.len()
+        event.tenant(),
+        event.ty(),
+        event.id(),
+        event.subject().unwrap_or("-"),
+        event.data().len()
     )
 }
 

@@ -41,7 +41,7 @@ pub struct LowStockAlert;
 
 impl Handler for LowStockAlert {
     fn handle(ctx: &mut Context<'_>, event: Event) -> Result<(), HandlerError> {
-        if event.ty != "inventory.stock_changed" {
+        if event.ty() != "inventory.stock_changed" {
             return Ok(());
         }
         let change: StockChanged = event.json()?;
