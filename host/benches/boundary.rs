@@ -12,10 +12,23 @@
 //!   and a refuel before each call, as plugbus runs it;
 //! - `plugbus_deliver`: `Plugin::deliver`, plugbus's limits, accounting and
 //!   outcome around the same call;
+//! - `plugbus_batch`: one event of a batch of 128 through
+//!   `Plugin::deliver_batch` and the plugin's `handle-batch` export, each
+//!   event under its own limits (criterion's iteration is one event);
 //! - `plugbus_publish`: `Host::publish`, validation, routing and the hop to a
-//!   blocking thread on top.
+//!   blocking thread on top;
+//! - `extism_data`: the same logic as an Extism plugin (Rust PDK, built for
+//!   `wasm32-unknown-unknown`) called through the `extism` host crate with
+//!   the payload alone as input: less than plugbus carries across (no
+//!   attributes), so the strictest comparison;
+//! - `extism_data_limits`: the same with Extism's limits on (a fuel limit per
+//!   call and a manifest timeout), as plugbus always runs;
+//! - `extism_event_json`: the whole event as CloudEvents JSON, parsed by the
+//!   plugin, which is how an Extism user passes an event with its attributes.
 //!
-//! A second group shows what each limit costs on the 64 KiB payload (the
+//! A second group, `trivial`, puts the `noop` fixture (which reads nothing)
+//! through `deliver` and through batches: plugbus's own cost per event.
+//! A third shows what each limit costs on the 64 KiB payload (the
 //! branch-heavy case): fuel on/off × epoch deadline on/off.
 //!
 //! Run with `cargo bench -p plugbus --bench boundary`.
@@ -126,6 +139,16 @@ impl RawWasmtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi");
         raw::Handler::add_to_linker::<RawState, HasSelf<RawState>>(&mut linker, |s| s)
             .expect("host");
+        // The SDK's components also import `batch.done`, which `handle`
+        // never calls.
+        linker
+            .instance("plugbus:plugin/batch@0.1.0")
+            .expect("the batch interface")
+            .func_wrap(
+                "done",
+                |_, _: (Result<(), raw::plugbus::plugin::types::HandlerError>,)| Ok(()),
+            )
+            .expect("batch.done");
         let pre =
             raw::HandlerPre::new(linker.instantiate_pre(&component).expect("pre")).expect("world");
         let mut store = Store::new(
@@ -180,14 +203,15 @@ fn raw_event(e: &Event) -> raw::plugbus::plugin::types::Event {
 }
 
 fn plugbus_host(engine: EngineOptions) -> (Host, tempfile::TempDir) {
+    plugbus_host_with(engine, plugbus_artifacts::FIXTURE_CHECKSUM)
+}
+
+/// A host with the component at `wasm` as plugin `acme-pos/checksum`.
+fn plugbus_host_with(engine: EngineOptions, wasm: &str) -> (Host, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let tenant = dir.path().join("acme-pos");
     std::fs::create_dir_all(&tenant).expect("tenant directory");
-    std::fs::copy(
-        plugbus_artifacts::FIXTURE_CHECKSUM,
-        tenant.join("checksum.wasm"),
-    )
-    .expect("copy");
+    std::fs::copy(wasm, tenant.join("checksum.wasm")).expect("copy");
     // Generous limits: the benchmark measures the boundary, not a limit hit.
     std::fs::write(
         tenant.join("checksum.toml"),
@@ -204,6 +228,49 @@ fn plugbus_host(engine: EngineOptions) -> (Host, tempfile::TempDir) {
     (host, dir)
 }
 
+/// The `extism-checksum` peer, loaded the idiomatic way: one `Plugin`,
+/// called again and again. With `limits`, a fuel limit per call and a
+/// timeout, like plugbus's generous manifest above.
+fn extism_plugin(limits: bool) -> extism::Plugin {
+    let wasm = std::fs::read(plugbus_artifacts::EXTISM_CHECKSUM).expect("the Extism peer");
+    let mut manifest = extism::Manifest::new([extism::Wasm::data(wasm)]);
+    let mut builder = if limits {
+        manifest = manifest.with_timeout(Duration::from_secs(10));
+        extism::PluginBuilder::new(manifest).with_fuel_limit(1_000_000_000)
+    } else {
+        extism::PluginBuilder::new(manifest)
+    };
+    builder = builder.with_wasi(false).with_cache_disabled();
+    builder.build().expect("the Extism plugin loads")
+}
+
+/// Calls an Extism plugin's function and checks its answer.
+fn extism_call(plugin: &mut extism::Plugin, function: &str, input: &[u8], expected: u64) {
+    let output = plugin
+        .call::<&[u8], &[u8]>(function, input)
+        .expect("the Extism call succeeds");
+    assert_eq!(output, expected.to_le_bytes());
+}
+
+/// Delivers `iters` events in batches of up to `events.len()` through
+/// `Plugin::deliver_batch`; criterion's iteration is one event.
+fn batches(plugin: &plugbus::Plugin, events: &[Event], iters: u64) -> Duration {
+    let started = std::time::Instant::now();
+    let mut left = iters as usize;
+    while left > 0 {
+        let n = left.min(events.len());
+        let reports = plugin
+            .deliver_batch(&events[..n])
+            .expect("valid events of its tenant");
+        assert!(reports.iter().all(|(d, _)| d.outcome.is_handled()));
+        left -= n;
+    }
+    started.elapsed()
+}
+
+/// Events per batch in the batch benchmarks: the host's default limit.
+const BATCH: usize = 128;
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -218,6 +285,8 @@ fn boundary(c: &mut Criterion) {
     let mut raw_limited = RawWasmtime::new(true);
     let (host, _dir) = plugbus_host(EngineOptions::default());
     let plugin = host.plugin("acme-pos", "checksum").expect("loaded");
+    let mut extism = extism_plugin(false);
+    let mut extism_limited = extism_plugin(true);
 
     // The native handler behind a channel: a task that runs it and answers.
     let (tx, mut rx) =
@@ -262,11 +331,58 @@ fn boundary(c: &mut Criterion) {
                 assert!(delivery.outcome.is_handled());
             });
         });
+        let batch = vec![event.clone(); BATCH];
+        group.bench_with_input(
+            BenchmarkId::new("plugbus_batch", size),
+            &batch,
+            |b, events| {
+                b.iter_custom(|iters| batches(&plugin, events, iters));
+            },
+        );
         group.bench_with_input(BenchmarkId::new("plugbus_publish", size), &event, |b, e| {
             b.iter(|| {
                 let report = runtime.block_on(host.publish(e.clone())).expect("valid");
                 assert!(report.deliveries[0].outcome.is_handled());
             });
+        });
+        let sum = checksum(&event.data);
+        group.bench_with_input(BenchmarkId::new("extism_data", size), &event, |b, e| {
+            b.iter(|| extism_call(&mut extism, "handle_data", &e.data, sum));
+        });
+        group.bench_with_input(
+            BenchmarkId::new("extism_data_limits", size),
+            &event,
+            |b, e| b.iter(|| extism_call(&mut extism_limited, "handle_data", &e.data, sum)),
+        );
+        let json = serde_json::to_vec(&event.to_json_value()).expect("JSON");
+        group.bench_with_input(
+            BenchmarkId::new("extism_event_json", size),
+            &json,
+            |b, j| {
+                b.iter(|| extism_call(&mut extism, "handle_event", j, sum));
+            },
+        );
+    }
+    group.finish();
+}
+
+/// A trivial plugin (the `noop` fixture, which reads nothing), fuel and
+/// epochs on: one event through `handle` against one event of a batch.
+fn trivial(c: &mut Criterion) {
+    let (host, _dir) = plugbus_host_with(EngineOptions::default(), plugbus_artifacts::FIXTURE_NOOP);
+    let plugin = host.plugin("acme-pos", "checksum").expect("loaded");
+    let mut group = c.benchmark_group("trivial");
+    for size in [64usize, 256] {
+        let event = event(size);
+        group.bench_with_input(BenchmarkId::new("deliver", size), &event, |b, e| {
+            b.iter(|| {
+                let (delivery, _) = plugin.deliver(e).expect("a valid event of its tenant");
+                assert!(delivery.outcome.is_handled());
+            });
+        });
+        let batch = vec![event.clone(); BATCH];
+        group.bench_with_input(BenchmarkId::new("batch", size), &batch, |b, events| {
+            b.iter_custom(|iters| batches(&plugin, events, iters));
         });
     }
     group.finish();
@@ -303,6 +419,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = boundary, limits
+    targets = boundary, trivial, limits
 }
 criterion_main!(benches);

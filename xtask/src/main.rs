@@ -9,6 +9,8 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, bail};
 
+mod table;
+
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
@@ -18,7 +20,9 @@ commands:
   demo             build the plugins, assemble target/plugbus-demo/plugins from examples/plugins,
                    and dispatch examples/events.jsonl through them with `plugbus dispatch`
   test [ARGS...]   run the whole test suite (`cargo test --workspace ARGS...`)
-  bench [ARGS...]  run `plugbus bench` (release build) on the noop fixture; ARGS go to plugbus bench";
+  bench [ARGS...]  run `plugbus bench` (release build) on the noop fixture; ARGS go to plugbus bench
+  bench-table GROUP [--columns a,b,...] [--ratio a/b]...
+                   print the markdown tables of BENCHMARKS.md from the last `cargo bench` of GROUP";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,6 +58,13 @@ fn main() -> ExitCode {
                 &extra,
             )
         }
+        Some("bench-table") => table::Request::parse(&args[1..]).and_then(|request| {
+            print!(
+                "{}",
+                table::render(&workspace().join("target/criterion"), &request)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
