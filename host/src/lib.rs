@@ -21,6 +21,7 @@
 //! - [`dispatch`]: one delivery of one event to one plugin, and its outcome;
 //! - [`batch`]: many events in one call, for plugins that export `handle-batch`;
 //! - [`event`]: the CloudEvents envelope and its JSON format;
+//! - [`log`]: the durable event log, its cursors, and the embedded SQLite backend;
 //! - [`host`]: the [`Host`] that ties them together.
 //!
 //! ```no_run
@@ -45,6 +46,7 @@ pub mod engine;
 pub mod event;
 pub mod host;
 pub mod loader;
+pub mod log;
 pub mod manifest;
 pub mod registry;
 pub mod reload;

@@ -1,0 +1,612 @@
+//! The durable event log: events are appended (publish returns only once
+//! they are durable), read back per tenant in order, and each plugin's
+//! progress is kept as a durable cursor.
+//!
+//! [`EventLog`] is the narrow interface the host uses, so that a second
+//! backend (NATS JetStream, for hosts on several machines) can stand beside
+//! the embedded one. [`SqliteLog`] is the embedded default: SQLite in WAL
+//! mode, one writer thread that groups whatever appends and cursor commits
+//! are waiting into one transaction, so durability costs one fsync per
+//! group rather than per event. An operator can open the file with
+//! `sqlite3`: each event is stored as its CloudEvents JSON.
+
+use std::future::IntoFuture;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::event::Event;
+
+/// The position of an event in the log: increasing, never reused.
+pub type Seq = u64;
+
+/// Why the log could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The data directory cannot be created or used.
+    #[error("data directory {}: {reason}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The store failed (disk full, I/O error, a corrupt file, …); nothing
+    /// of the request was stored.
+    #[error("event log {}: {reason}", path.display())]
+    Store {
+        /// The log's file.
+        path: PathBuf,
+        /// SQLite's message.
+        reason: String,
+    },
+    /// A stored event no longer parses: the file was changed by hand.
+    #[error("event log {}: the event at {seq} is corrupt: {reason}", path.display())]
+    Corrupt {
+        /// The log's file.
+        path: PathBuf,
+        /// The event's position.
+        seq: Seq,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// The log has been closed; its writer is gone.
+    #[error("the event log is closed")]
+    Closed,
+}
+
+/// What became of one appended event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Where the event is stored; for a duplicate, where the first copy is.
+    pub seq: Seq,
+    /// The same (tenant, source, id) was appended within the duplicate
+    /// window: this copy was not stored again.
+    pub duplicate: bool,
+}
+
+/// An event read back from the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Its position.
+    pub seq: Seq,
+    /// When it was appended, in milliseconds since the Unix epoch.
+    pub appended_at_ms: i64,
+    /// The event.
+    pub event: Event,
+}
+
+/// A request to the log whose answer arrives later: await it, or
+/// [`wait`](Pending::wait) for it on a blocking thread.
+#[derive(Debug)]
+pub struct Pending<T>(tokio::sync::oneshot::Receiver<Result<T, LogError>>);
+
+impl<T> Pending<T> {
+    /// Blocks until the answer arrives. Not from an async task: await the
+    /// `Pending` there.
+    pub fn wait(self) -> Result<T, LogError> {
+        self.0.blocking_recv().unwrap_or(Err(LogError::Closed))
+    }
+}
+
+impl<T> IntoFuture for Pending<T>
+where
+    T: Send + 'static,
+{
+    type Output = Result<T, LogError>;
+    type IntoFuture = std::pin::Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { self.0.await.unwrap_or(Err(LogError::Closed)) })
+    }
+}
+
+/// The log the host publishes into and delivers from.
+pub trait EventLog: Send + Sync {
+    /// Appends `events` in order, all or none, and answers once they are
+    /// durable. An event whose (tenant, source, id) was appended within the
+    /// duplicate window is not stored again; its answer says so.
+    fn append(&self, events: Vec<Event>) -> Pending<Vec<Appended>>;
+
+    /// Up to `limit` events of `tenant` after position `after`, in order.
+    /// Blocking.
+    fn read(&self, tenant: &str, after: Seq, limit: usize) -> Result<Vec<StoredEvent>, LogError>;
+
+    /// The position of the last event of `tenant` that `plugin` has
+    /// finished with, or `None` when it has no cursor yet. Blocking.
+    fn cursor(&self, tenant: &str, plugin: &str) -> Result<Option<Seq>, LogError>;
+
+    /// Moves `plugin`'s cursor to `seq` and answers once that is durable.
+    fn commit_cursor(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<()>;
+
+    /// The position of the newest event in the log (0 when it is empty).
+    /// Blocking.
+    fn head(&self) -> Result<Seq, LogError>;
+}
+
+/// How durable a commit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Each group commit reaches the disk (fsync) before it is answered:
+    /// nothing answered is lost, even to a power cut. The default.
+    #[default]
+    Fsync,
+    /// Commits are answered once the OS has them: they survive a crash of
+    /// the host, not of the machine. For benchmarks and tests.
+    Os,
+}
+
+/// The settings of a [`SqliteLog`].
+#[derive(Debug, Clone)]
+pub struct SqliteLogConfig {
+    /// How durable a commit is (default [`Durability::Fsync`]).
+    pub durability: Durability,
+    /// How long an appended (tenant, source, id) makes a second append of
+    /// it a duplicate (default 24 hours).
+    pub duplicate_window: Duration,
+    /// The most requests grouped into one transaction (default 4096).
+    pub max_group: usize,
+}
+
+impl Default for SqliteLogConfig {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Fsync,
+            duplicate_window: Duration::from_secs(24 * 60 * 60),
+            max_group: 4096,
+        }
+    }
+}
+
+/// Counters of a [`SqliteLog`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Events stored.
+    pub appended: u64,
+    /// Appended events found to be duplicates, not stored again.
+    pub duplicates: u64,
+    /// Transactions committed; fewer than the requests when they grouped.
+    pub commits: u64,
+    /// Requests (appends and cursor moves) answered.
+    pub requests: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    appended: AtomicU64,
+    duplicates: AtomicU64,
+    commits: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// A write for the writer thread.
+enum Write {
+    Append {
+        events: Vec<Event>,
+        reply: tokio::sync::oneshot::Sender<Result<Vec<Appended>, LogError>>,
+    },
+    Cursor {
+        tenant: String,
+        plugin: String,
+        seq: Seq,
+        reply: tokio::sync::oneshot::Sender<Result<(), LogError>>,
+    },
+}
+
+/// The embedded log: one SQLite file, `events.db`, in the data directory.
+pub struct SqliteLog {
+    path: PathBuf,
+    writes: Option<mpsc::Sender<Write>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    reader: std::sync::Mutex<Connection>,
+    counters: Arc<Counters>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    appended_at_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_tenant ON events (tenant, seq);
+CREATE TABLE IF NOT EXISTS ingest_keys (
+    tenant TEXT NOT NULL,
+    source TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, source, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cursors (
+    tenant TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (tenant, plugin)
+) WITHOUT ROWID;
+";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl SqliteLog {
+    /// Opens (or creates) the log in `data_dir`, which is created private
+    /// to the host's user when missing.
+    pub fn open(data_dir: &Path, config: SqliteLogConfig) -> Result<Self, LogError> {
+        create_private_dir(data_dir)?;
+        let path = data_dir.join("events.db");
+        let store = |e: rusqlite::Error| LogError::Store {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let writer_conn = Connection::open(&path).map_err(store)?;
+        writer_conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(store)?;
+        let synchronous = match config.durability {
+            Durability::Fsync => "FULL",
+            Durability::Os => "OFF",
+        };
+        writer_conn
+            .pragma_update(None, "synchronous", synchronous)
+            .map_err(store)?;
+        writer_conn.execute_batch(SCHEMA).map_err(store)?;
+        let reader = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(store)?;
+
+        let counters = Arc::new(Counters::default());
+        let (writes, queue) = mpsc::channel();
+        let writer = Writer {
+            conn: writer_conn,
+            path: path.clone(),
+            config,
+            counters: counters.clone(),
+            commits_since_prune: 0,
+        };
+        let writer = std::thread::Builder::new()
+            .name("plugbus-log-writer".into())
+            .spawn(move || writer.run(queue))
+            .map_err(|e| LogError::Store {
+                path: path.clone(),
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(Self {
+            path,
+            writes: Some(writes),
+            writer: Some(writer),
+            reader: std::sync::Mutex::new(reader),
+            counters,
+        })
+    }
+
+    /// The log's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The log's counters.
+    pub fn stats(&self) -> LogStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LogStats {
+            appended: get(&self.counters.appended),
+            duplicates: get(&self.counters.duplicates),
+            commits: get(&self.counters.commits),
+            requests: get(&self.counters.requests),
+        }
+    }
+
+    fn send<T>(
+        &self,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, LogError>>) -> Write,
+    ) -> Pending<T> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if let Some(writes) = &self.writes {
+            // A send fails only when the writer is gone; the dropped reply
+            // then answers `Closed`.
+            let _ = writes.send(make(reply));
+        }
+        Pending(answer)
+    }
+
+    fn store_error(&self, e: rusqlite::Error) -> LogError {
+        LogError::Store {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl EventLog for SqliteLog {
+    fn append(&self, events: Vec<Event>) -> Pending<Vec<Appended>> {
+        self.send(|reply| Write::Append { events, reply })
+    }
+
+    fn read(&self, tenant: &str, after: Seq, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
+        let conn = self.reader();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT seq, appended_at_ms, body FROM events
+                 WHERE tenant = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(|e| self.store_error(e))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = statement
+            .query_map(params![tenant, after, limit], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(|e| self.store_error(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, appended_at_ms, body) = row.map_err(|e| self.store_error(e))?;
+            let seq = seq as Seq;
+            let event = Event::from_json(&body).map_err(|e| LogError::Corrupt {
+                path: self.path.clone(),
+                seq,
+                reason: e.to_string(),
+            })?;
+            out.push(StoredEvent {
+                seq,
+                appended_at_ms,
+                event,
+            });
+        }
+        Ok(out)
+    }
+
+    fn cursor(&self, tenant: &str, plugin: &str) -> Result<Option<Seq>, LogError> {
+        self.reader()
+            .query_row(
+                "SELECT seq FROM cursors WHERE tenant = ?1 AND plugin = ?2",
+                params![tenant, plugin],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|seq| seq.map(|s| s as Seq))
+            .map_err(|e| self.store_error(e))
+    }
+
+    fn commit_cursor(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<()> {
+        self.send(|reply| Write::Cursor {
+            tenant: tenant.to_owned(),
+            plugin: plugin.to_owned(),
+            seq,
+            reply,
+        })
+    }
+
+    fn head(&self) -> Result<Seq, LogError> {
+        self.reader()
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|s| s as Seq)
+            .map_err(|e| self.store_error(e))
+    }
+}
+
+impl Drop for SqliteLog {
+    /// Closes the log: the writer commits what is queued and stops.
+    fn drop(&mut self) {
+        drop(self.writes.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// The writer thread: groups waiting writes into one transaction each.
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    config: SqliteLogConfig,
+    counters: Arc<Counters>,
+    commits_since_prune: u32,
+}
+
+/// What one write of a group produced, answered after the commit.
+enum Done {
+    Append(Vec<Appended>),
+    Cursor,
+}
+
+impl Writer {
+    fn run(mut self, queue: mpsc::Receiver<Write>) {
+        while let Ok(first) = queue.recv() {
+            let mut group = vec![first];
+            while group.len() < self.config.max_group {
+                match queue.try_recv() {
+                    Ok(write) => group.push(write),
+                    Err(_) => break,
+                }
+            }
+            self.commit(group);
+        }
+    }
+
+    /// Commits a group, counts it, then answers each write: the counters
+    /// already include a write when its caller hears back.
+    fn commit(&mut self, group: Vec<Write>) {
+        let result = self.apply(&group);
+        if let Ok(done) = &result {
+            let answers = done.iter().filter_map(|d| match d {
+                Done::Append(answer) => Some(answer),
+                Done::Cursor => None,
+            });
+            let (stored, repeated) =
+                answers.flatten().fold(
+                    (0, 0),
+                    |(s, r), a| if a.duplicate { (s, r + 1) } else { (s + 1, r) },
+                );
+            self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            self.counters.appended.fetch_add(stored, Ordering::Relaxed);
+            self.counters
+                .duplicates
+                .fetch_add(repeated, Ordering::Relaxed);
+        }
+        self.counters
+            .requests
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        match result {
+            Ok(done) => {
+                for (write, done) in group.into_iter().zip(done) {
+                    match (write, done) {
+                        (Write::Append { reply, .. }, Done::Append(answer)) => {
+                            let _ = reply.send(Ok(answer));
+                        }
+                        (Write::Cursor { reply, .. }, _) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        // `apply` answers each append with `Done::Append`.
+                        (Write::Append { reply, .. }, Done::Cursor) => {
+                            let _ = reply.send(Ok(Vec::new()));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(log = %self.path.display(), "event log commit failed: {e}");
+                for write in group {
+                    let error = self.error(&e);
+                    let _ = match write {
+                        Write::Append { reply, .. } => reply.send(Err(error)).map_err(drop),
+                        Write::Cursor { reply, .. } => reply.send(Err(error)).map_err(drop),
+                    };
+                }
+            }
+        }
+    }
+
+    fn error(&self, e: &rusqlite::Error) -> LogError {
+        LogError::Store {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Applies a group in one transaction: all of it is durable, or none.
+    fn apply(&mut self, group: &[Write]) -> Result<Vec<Done>, rusqlite::Error> {
+        let now = now_ms();
+        let window_ms = i64::try_from(self.config.duplicate_window.as_millis()).unwrap_or(i64::MAX);
+        let prune = self.commits_since_prune >= 1024;
+        let tx = self.conn.transaction()?;
+        let mut done = Vec::with_capacity(group.len());
+        {
+            let mut find_key = tx.prepare_cached(
+                "SELECT seq, at_ms FROM ingest_keys WHERE tenant = ?1 AND source = ?2 AND id = ?3",
+            )?;
+            let mut put_key = tx.prepare_cached(
+                "INSERT INTO ingest_keys (tenant, source, id, seq, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (tenant, source, id) DO UPDATE SET seq = excluded.seq, at_ms = excluded.at_ms",
+            )?;
+            let mut put_event = tx.prepare_cached(
+                "INSERT INTO events (tenant, appended_at_ms, body) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut put_cursor = tx.prepare_cached(
+                "INSERT INTO cursors (tenant, plugin, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tenant, plugin) DO UPDATE SET seq = excluded.seq",
+            )?;
+            for write in group {
+                match write {
+                    Write::Append { events, .. } => {
+                        let mut answer = Vec::with_capacity(events.len());
+                        for event in events {
+                            let key = params![event.tenant, event.source, event.id];
+                            let earlier = find_key
+                                .query_row(key, |row| {
+                                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                                })
+                                .optional()?;
+                            if let Some((seq, at)) = earlier
+                                && now.saturating_sub(at) < window_ms
+                            {
+                                answer.push(Appended {
+                                    seq: seq as Seq,
+                                    duplicate: true,
+                                });
+                                continue;
+                            }
+                            let body = event.to_json_value().to_string();
+                            put_event.execute(params![event.tenant, now, body])?;
+                            let seq = tx.last_insert_rowid();
+                            put_key.execute(params![
+                                event.tenant,
+                                event.source,
+                                event.id,
+                                seq,
+                                now
+                            ])?;
+                            answer.push(Appended {
+                                seq: seq as Seq,
+                                duplicate: false,
+                            });
+                        }
+                        done.push(Done::Append(answer));
+                    }
+                    Write::Cursor {
+                        tenant,
+                        plugin,
+                        seq,
+                        ..
+                    } => {
+                        let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+                        put_cursor.execute(params![tenant, plugin, seq])?;
+                        done.push(Done::Cursor);
+                    }
+                }
+            }
+            if prune {
+                tx.execute(
+                    "DELETE FROM ingest_keys WHERE at_ms < ?1",
+                    params![now.saturating_sub(window_ms)],
+                )?;
+            }
+        }
+        tx.commit()?;
+        self.commits_since_prune = if prune {
+            0
+        } else {
+            self.commits_since_prune + 1
+        };
+        Ok(done)
+    }
+}
+
+/// Creates `dir` (and its parents) when missing, private to this user.
+fn create_private_dir(dir: &Path) -> Result<(), LogError> {
+    let error = |reason: String| LogError::DataDir {
+        path: dir.to_owned(),
+        reason,
+    };
+    if !dir.exists() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|e| error(e.to_string()))?;
+    }
+    if !dir.is_dir() {
+        return Err(error("not a directory".into()));
+    }
+    Ok(())
+}

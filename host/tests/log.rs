@@ -1,0 +1,213 @@
+//! The embedded event log: durability across reopen, duplicates within the
+//! window, per-tenant reads in order, durable cursors, group commit, and
+//! clear errors for a bad data directory or a corrupted file.
+
+use std::time::Duration;
+
+use plugbus::Event;
+use plugbus::log::{Durability, EventLog, LogError, SqliteLog, SqliteLogConfig};
+
+fn event(tenant: &str, id: &str, ty: &str) -> Event {
+    Event::from_json_value(serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "/pos/store-12",
+        "type": ty,
+        "subject": "order-1",
+        "tenant": tenant,
+        "partitionkey": "order-1",
+        "data": { "total": 12 },
+    }))
+    .expect("a valid event")
+}
+
+fn open(dir: &std::path::Path) -> SqliteLog {
+    SqliteLog::open(dir, SqliteLogConfig::default()).expect("open the log")
+}
+
+#[test]
+fn appended_events_survive_a_reopen_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let events = vec![
+        event("acme", "e-1", "order.placed"),
+        event("acme", "e-2", "payment.completed"),
+        event("globex", "e-1", "order.placed"),
+    ];
+    {
+        let log = open(&data);
+        let appended = log.append(events.clone()).wait().expect("append");
+        let seqs: Vec<_> = appended.iter().map(|a| a.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert!(appended.iter().all(|a| !a.duplicate));
+        assert_eq!(log.stats().appended, 3);
+    }
+    let log = open(&data);
+    assert_eq!(log.head().expect("head"), 3);
+    let acme = log.read("acme", 0, 10).expect("read");
+    assert_eq!(acme.len(), 2);
+    assert_eq!(acme[0].seq, 1);
+    assert_eq!(acme[0].event, events[0]);
+    assert_eq!(acme[1].event, events[1]);
+    assert!(acme[0].appended_at_ms > 0);
+    // After a position, and up to a limit; only the tenant's own events.
+    assert_eq!(log.read("acme", 1, 10).expect("read")[0].seq, 2);
+    assert_eq!(log.read("acme", 0, 1).expect("read").len(), 1);
+    assert!(log.read("acme", 2, 10).expect("read").is_empty());
+    let globex = log.read("globex", 0, 10).expect("read");
+    assert_eq!(globex.len(), 1);
+    assert_eq!(globex[0].event.tenant, "globex");
+    // New appends continue after the old ones.
+    let more = log
+        .append(vec![event("acme", "e-3", "order.placed")])
+        .wait()
+        .expect("append");
+    assert_eq!(more[0].seq, 4);
+}
+
+#[test]
+fn the_same_tenant_source_and_id_is_stored_once_within_the_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    let first = log
+        .append(vec![event("acme", "e-1", "order.placed")])
+        .wait()
+        .expect("append");
+    // Again, alone and inside a batch with a new event; and the same id in
+    // another tenant, which is another event.
+    let again = log
+        .append(vec![
+            event("acme", "e-1", "order.placed"),
+            event("acme", "e-2", "order.placed"),
+            event("globex", "e-1", "order.placed"),
+            event("acme", "e-2", "order.placed"),
+        ])
+        .wait()
+        .expect("append");
+    assert!(again[0].duplicate);
+    assert_eq!(again[0].seq, first[0].seq);
+    assert!(!again[1].duplicate);
+    assert!(!again[2].duplicate);
+    assert!(
+        again[3].duplicate,
+        "a repeat within one batch is a duplicate too"
+    );
+    assert_eq!(again[3].seq, again[1].seq);
+    assert_eq!(log.head().expect("head"), 3);
+    let stats = log.stats();
+    assert_eq!((stats.appended, stats.duplicates), (3, 2));
+
+    // With no window, a repeat is stored again.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = SqliteLogConfig {
+        duplicate_window: Duration::ZERO,
+        ..SqliteLogConfig::default()
+    };
+    let log = SqliteLog::open(dir.path(), config).expect("open");
+    let e = event("acme", "e-1", "order.placed");
+    log.append(vec![e.clone()]).wait().expect("append");
+    let again = log.append(vec![e]).wait().expect("append");
+    assert!(!again[0].duplicate);
+    assert_eq!(again[0].seq, 2);
+}
+
+#[test]
+fn cursors_are_durable_and_per_plugin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = open(dir.path());
+        assert_eq!(log.cursor("acme", "order-saga").expect("cursor"), None);
+        log.commit_cursor("acme", "order-saga", 7)
+            .wait()
+            .expect("commit");
+        log.commit_cursor("acme", "audit-log", 3)
+            .wait()
+            .expect("commit");
+        log.commit_cursor("acme", "order-saga", 9)
+            .wait()
+            .expect("commit");
+    }
+    let log = open(dir.path());
+    assert_eq!(log.cursor("acme", "order-saga").expect("cursor"), Some(9));
+    assert_eq!(log.cursor("acme", "audit-log").expect("cursor"), Some(3));
+    assert_eq!(log.cursor("globex", "order-saga").expect("cursor"), None);
+}
+
+#[test]
+fn concurrent_appends_share_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let log = &log;
+            scope.spawn(move || {
+                for i in 0..50 {
+                    let e = event("acme", &format!("e-{t}-{i}"), "order.placed");
+                    let appended = log.append(vec![e]).wait().expect("append");
+                    assert!(!appended[0].duplicate);
+                }
+            });
+        }
+    });
+    let stats = log.stats();
+    assert_eq!(stats.appended, 400);
+    assert_eq!(stats.requests, 400);
+    // Eight writers waiting on fsync: their appends group into fewer
+    // transactions than requests.
+    assert!(stats.commits < stats.requests, "{stats:?}");
+    assert_eq!(log.read("acme", 0, 1000).expect("read").len(), 400);
+}
+
+#[tokio::test]
+async fn appends_can_be_awaited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = SqliteLogConfig {
+        durability: Durability::Os,
+        ..SqliteLogConfig::default()
+    };
+    let log = SqliteLog::open(dir.path(), config).expect("open");
+    let appended = log
+        .append(vec![event("acme", "e-1", "order.placed")])
+        .await
+        .expect("append");
+    assert_eq!(appended[0].seq, 1);
+    log.commit_cursor("acme", "p", 1).await.expect("commit");
+}
+
+#[test]
+fn a_data_directory_that_is_a_file_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("data");
+    std::fs::write(&file, "not a directory").expect("write");
+    let Err(err) = SqliteLog::open(&file, SqliteLogConfig::default()) else {
+        panic!("a file is not a data directory");
+    };
+    assert!(matches!(err, LogError::DataDir { .. }), "{err}");
+    assert!(err.to_string().contains("data"), "{err}");
+}
+
+#[test]
+fn a_corrupted_event_is_an_error_naming_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = open(dir.path());
+        log.append(vec![
+            event("acme", "e-1", "order.placed"),
+            event("acme", "e-2", "order.placed"),
+        ])
+        .wait()
+        .expect("append");
+    }
+    let db = rusqlite::Connection::open(dir.path().join("events.db")).expect("sqlite");
+    db.execute(
+        "UPDATE events SET body = '{\"not\": \"an event\"}' WHERE seq = 2",
+        [],
+    )
+    .expect("corrupt");
+    drop(db);
+    let log = open(dir.path());
+    let err = log.read("acme", 0, 10).unwrap_err();
+    assert!(matches!(err, LogError::Corrupt { seq: 2, .. }), "{err}");
+    // The events before it still read.
+    assert_eq!(log.read("acme", 0, 1).expect("read").len(), 1);
+}
