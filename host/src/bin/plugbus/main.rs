@@ -84,8 +84,9 @@ enum Command {
 
     /// Drives a host in memory with generated events and reports events/s,
     /// CPU time per event, latency percentiles (p50, p99, p999), start-up
-    /// time and memory per loaded plugin, for several layouts of tenants and
-    /// plugins. Exit status 1 when any delivery failed.
+    /// time (cold, and from a warm compile cache) and memory per loaded
+    /// plugin, for several layouts of tenants and plugins. Exit status 1
+    /// when any delivery failed.
     Bench(bench::BenchArgs),
 
     /// Measures hot reload: the time from renaming a new version over a
