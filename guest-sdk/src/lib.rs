@@ -443,14 +443,17 @@ pub mod __private {
 
     /// Runs `H` on each event of a batch received through the export
     /// `handle-batch`, in order, reporting each result before the next
-    /// event starts. The events are decoded lazily, by their accessors.
+    /// event starts, and stopping when the host says so. The events are
+    /// decoded lazily, by their accessors.
     pub fn run_batch<H: Handler>(events: Vec<u8>) {
         let count = event::batch_len(&events);
         let events = Arc::new(events);
         for index in 0..count {
             let event = Event::from_batch(events.clone(), index);
             let result = H::handle(&mut Context::new(&mut ComponentHost), event).map_err(to_wit);
-            batch::done(result.as_ref().map(|_| ()));
+            if !batch::done(result.as_ref().map(|_| ())) {
+                return;
+            }
         }
     }
 }

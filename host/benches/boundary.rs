@@ -146,7 +146,7 @@ impl RawWasmtime {
             .expect("the batch interface")
             .func_wrap(
                 "done",
-                |_, _: (Result<(), raw::plugbus::plugin::types::HandlerError>,)| Ok(()),
+                |_, _: (Result<(), raw::plugbus::plugin::types::HandlerError>,)| Ok((true,)),
             )
             .expect("batch.done");
         let pre =

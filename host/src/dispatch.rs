@@ -30,7 +30,7 @@ pub enum InstanceMode {
 }
 
 /// The kind of a failed delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     /// The handler returned `handler-error::retryable`.
@@ -483,7 +483,7 @@ impl Plugin {
                 .iter_mut()
                 .map(|job| (&*job.event, job.chain_budget.take()))
                 .collect();
-            let reports = self.deliver_batch_in_chain(items);
+            let reports = self.deliver_batch_in_chain(items, false);
             for (job, report) in jobs.drain(..).zip(reports) {
                 let _ = job.reply.send(report);
             }
@@ -527,14 +527,18 @@ impl Plugin {
             }
             event.validate()?;
         }
-        Ok(self.deliver_batch_in_chain(events.iter().map(|e| (e, None)).collect()))
+        Ok(self.deliver_batch_in_chain(events.iter().map(|e| (e, None)).collect(), false))
     }
 
     /// Delivers events in order, each with its chain's budget, through
     /// `handle-batch` where it can; returns one report per event, in order.
+    /// With `until_failure`, stops after the first failed delivery: the
+    /// reports are then those of the events up to and including it, and
+    /// the events after it were not delivered.
     pub(crate) fn deliver_batch_in_chain(
         &self,
         items: Vec<(&Event, Option<Arc<AtomicUsize>>)>,
+        until_failure: bool,
     ) -> Vec<(Delivery, Vec<Event>)> {
         let mut reports = Vec::with_capacity(items.len());
         let mut items = items.into_iter().peekable();
@@ -556,7 +560,11 @@ impl Plugin {
             }
             let mut chunk = chunk.into_iter();
             while chunk.len() > 0 {
-                self.deliver_chunk(&mut chunk, &mut buffer, &mut reports);
+                self.deliver_chunk(&mut chunk, &mut buffer, &mut reports, until_failure);
+                let failed = reports.last().is_some_and(|(d, _)| !d.outcome.is_handled());
+                if until_failure && failed {
+                    return reports;
+                }
             }
         }
         reports
@@ -572,6 +580,7 @@ impl Plugin {
         chunk: &mut std::vec::IntoIter<(&Event, Option<Arc<AtomicUsize>>)>,
         buffer: &mut Vec<u8>,
         reports: &mut Vec<(Delivery, Vec<Event>)>,
+        until_failure: bool,
     ) {
         let single = |chunk: &mut std::vec::IntoIter<(&Event, Option<Arc<AtomicUsize>>)>,
                       reports: &mut Vec<(Delivery, Vec<Event>)>| {
@@ -619,6 +628,7 @@ impl Plugin {
             deadline,
             started: Instant::now(),
             exhausted: false,
+            until_failure,
         });
         self.stats.batch_calls.fetch_add(1, Ordering::Relaxed);
         let result = self
@@ -645,9 +655,11 @@ impl Plugin {
             Ok(()) => {
                 self.clear_scope(&mut warm.store);
                 self.release(warm, true);
+                let failed = reports.last().is_some_and(|(d, _)| !d.outcome.is_handled());
                 // Events the plugin returned without reporting go through
-                // `handle`, one by one, by the caller's next calls.
-                if chunk.len() > 0 {
+                // `handle`, one by one, by the caller's next calls; unless
+                // the batch stopped at a failure on the host's word.
+                if chunk.len() > 0 && !(until_failure && failed) {
                     tracing::warn!(
                         plugin = %self.identity.label,
                         unreported = chunk.len(),
@@ -891,6 +903,8 @@ pub(crate) struct BatchRun {
     started: Instant,
     /// Every event has been reported.
     exhausted: bool,
+    /// Stop the batch at the first failure.
+    until_failure: bool,
 }
 
 /// One event of a batch, reported through `batch.done`.
@@ -920,11 +934,12 @@ fn enter_span(span: Option<tracing::Span>) {
 
 /// `batch.done`: records the current event's result, fuel, time and
 /// emitted events, then starts the next event with a full tank, a fresh
-/// deadline and its own scope.
+/// deadline and its own scope; or, after a failure in a batch that stops
+/// at failures, tells the plugin to stop.
 fn batch_done(
     mut store: StoreContextMut<'_, PluginState>,
     (result,): (Result<(), HandlerError>,),
-) -> wasmtime::Result<()> {
+) -> wasmtime::Result<(bool,)> {
     let left = store.get_fuel().ok();
     let state = store.data_mut();
     let Some(run) = state.batch.as_mut() else {
@@ -942,6 +957,11 @@ fn batch_done(
         _ => 0,
     };
     let duration = run.started.elapsed();
+    let stop = run.until_failure && result.is_err();
+    if stop {
+        run.pending.clear();
+        run.spans.clear();
+    }
     let next = run.pending.pop_front();
     let next_span = run.spans.pop_front();
     let (fuel_budget, deadline) = (run.fuel, run.deadline);
@@ -954,7 +974,7 @@ fn batch_done(
             .fetch_add(dropped as u64, Ordering::Relaxed);
     }
     let Some(run) = state.batch.as_mut() else {
-        return Ok(());
+        return Ok((false,));
     };
     run.finished.push(Finished {
         result,
@@ -971,7 +991,7 @@ fn batch_done(
         store.set_fuel(budget)?;
     }
     store.as_context_mut().set_epoch_deadline(deadline);
-    Ok(())
+    Ok((!stop,))
 }
 
 /// Turns the error of a call (or of an instantiation) into a failure kind.

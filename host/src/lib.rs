@@ -22,6 +22,7 @@
 //! - [`batch`]: many events in one call, for plugins that export `handle-batch`;
 //! - [`event`]: the CloudEvents envelope and its JSON format;
 //! - [`log`]: the durable event log, its cursors, and the embedded SQLite backend;
+//! - [`durable`]: publishing into the log and delivering from it, at least once;
 //! - [`host`]: the [`Host`] that ties them together.
 //!
 //! ```no_run
@@ -42,6 +43,7 @@ pub mod batch;
 pub mod bindings;
 pub mod cache;
 pub mod dispatch;
+pub mod durable;
 pub mod engine;
 pub mod event;
 pub mod host;

@@ -80,6 +80,49 @@ pub struct StoredEvent {
     pub event: Event,
 }
 
+/// One failed attempt to deliver an event, as kept in its dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attempt {
+    /// What kind of failure.
+    pub kind: crate::FailureKind,
+    /// The handler's message, the trap, or the limit that was hit.
+    pub message: String,
+    /// The fuel the attempt consumed.
+    pub fuel: u64,
+    /// The plugin version that made the attempt.
+    pub plugin_version: String,
+    /// When the attempt ended, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
+}
+
+/// An event a plugin gave up on, with every failed attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The event's position in the log.
+    pub seq: Seq,
+    /// The event.
+    pub event: Event,
+    /// Its failed attempts, oldest first.
+    pub attempts: Vec<Attempt>,
+}
+
+/// What a plugin finished, committed in one transaction: its cursor moves
+/// to `cursor`, the events its successful deliveries emitted are appended,
+/// and the events it gave up on become dead letters — all, or none.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    /// The plugin's tenant.
+    pub tenant: String,
+    /// The plugin.
+    pub plugin: String,
+    /// The position of the last event the plugin is finished with.
+    pub cursor: Seq,
+    /// Events to append.
+    pub emitted: Vec<Event>,
+    /// Events to store as the plugin's dead letters.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
 /// A request to the log whose answer arrives later: await it, or
 /// [`wait`](Pending::wait) for it on a blocking thread.
 #[derive(Debug)]
@@ -120,8 +163,22 @@ pub trait EventLog: Send + Sync {
     /// finished with, or `None` when it has no cursor yet. Blocking.
     fn cursor(&self, tenant: &str, plugin: &str) -> Result<Option<Seq>, LogError>;
 
+    /// Commits what a plugin finished (see [`Commit`]) and answers, once it
+    /// is durable, with the positions of the appended emitted events.
+    fn commit(&self, commit: Commit) -> Pending<Vec<Seq>>;
+
     /// Moves `plugin`'s cursor to `seq` and answers once that is durable.
-    fn commit_cursor(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<()>;
+    fn commit_cursor(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<Vec<Seq>> {
+        self.commit(Commit {
+            tenant: tenant.to_owned(),
+            plugin: plugin.to_owned(),
+            cursor: seq,
+            ..Commit::default()
+        })
+    }
+
+    /// The dead letters of `plugin`, oldest first. Blocking.
+    fn dead_letters(&self, tenant: &str, plugin: &str) -> Result<Vec<DeadLetter>, LogError>;
 
     /// The position of the newest event in the log (0 when it is empty).
     /// Blocking.
@@ -162,6 +219,13 @@ impl Default for SqliteLogConfig {
     }
 }
 
+/// Milliseconds since the Unix epoch, as the log stamps its records.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Counters of a [`SqliteLog`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LogStats {
@@ -189,11 +253,9 @@ enum Write {
         events: Vec<Event>,
         reply: tokio::sync::oneshot::Sender<Result<Vec<Appended>, LogError>>,
     },
-    Cursor {
-        tenant: String,
-        plugin: String,
-        seq: Seq,
-        reply: tokio::sync::oneshot::Sender<Result<(), LogError>>,
+    Commit {
+        commit: Commit,
+        reply: tokio::sync::oneshot::Sender<Result<Vec<Seq>, LogError>>,
     },
 }
 
@@ -222,6 +284,15 @@ CREATE TABLE IF NOT EXISTS ingest_keys (
     at_ms INTEGER NOT NULL,
     PRIMARY KEY (tenant, source, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    tenant TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    attempts TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, plugin, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cursors (
     tenant TEXT NOT NULL,
     plugin TEXT NOT NULL,
@@ -229,12 +300,6 @@ CREATE TABLE IF NOT EXISTS cursors (
     PRIMARY KEY (tenant, plugin)
 ) WITHOUT ROWID;
 ";
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 impl SqliteLog {
     /// Opens (or creates) the log in `data_dir`, which is created private
@@ -386,13 +451,46 @@ impl EventLog for SqliteLog {
             .map_err(|e| self.store_error(e))
     }
 
-    fn commit_cursor(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<()> {
-        self.send(|reply| Write::Cursor {
-            tenant: tenant.to_owned(),
-            plugin: plugin.to_owned(),
-            seq,
-            reply,
-        })
+    fn commit(&self, commit: Commit) -> Pending<Vec<Seq>> {
+        self.send(|reply| Write::Commit { commit, reply })
+    }
+
+    fn dead_letters(&self, tenant: &str, plugin: &str) -> Result<Vec<DeadLetter>, LogError> {
+        let conn = self.reader();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT seq, body, attempts FROM dead_letters
+                 WHERE tenant = ?1 AND plugin = ?2 ORDER BY seq",
+            )
+            .map_err(|e| self.store_error(e))?;
+        let rows = statement
+            .query_map(params![tenant, plugin], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(|e| self.store_error(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, body, attempts) = row.map_err(|e| self.store_error(e))?;
+            let seq = seq as Seq;
+            let corrupt = |reason: String| LogError::Corrupt {
+                path: self.path.clone(),
+                seq,
+                reason,
+            };
+            let event = Event::from_json(&body).map_err(|e| corrupt(e.to_string()))?;
+            let attempts =
+                serde_json::from_str(&attempts).map_err(|e| corrupt(format!("attempts: {e}")))?;
+            out.push(DeadLetter {
+                seq,
+                event,
+                attempts,
+            });
+        }
+        Ok(out)
     }
 
     fn head(&self) -> Result<Seq, LogError> {
@@ -427,7 +525,7 @@ struct Writer {
 /// What one write of a group produced, answered after the commit.
 enum Done {
     Append(Vec<Appended>),
-    Cursor,
+    Commit(Vec<Seq>),
 }
 
 impl Writer {
@@ -451,7 +549,7 @@ impl Writer {
         if let Ok(done) = &result {
             let answers = done.iter().filter_map(|d| match d {
                 Done::Append(answer) => Some(answer),
-                Done::Cursor => None,
+                Done::Commit(_) => None,
             });
             let (stored, repeated) =
                 answers.flatten().fold(
@@ -474,11 +572,14 @@ impl Writer {
                         (Write::Append { reply, .. }, Done::Append(answer)) => {
                             let _ = reply.send(Ok(answer));
                         }
-                        (Write::Cursor { reply, .. }, _) => {
-                            let _ = reply.send(Ok(()));
+                        (Write::Commit { reply, .. }, Done::Commit(seqs)) => {
+                            let _ = reply.send(Ok(seqs));
                         }
-                        // `apply` answers each append with `Done::Append`.
-                        (Write::Append { reply, .. }, Done::Cursor) => {
+                        // `apply` answers each write with its own kind.
+                        (Write::Append { reply, .. }, Done::Commit(_)) => {
+                            let _ = reply.send(Ok(Vec::new()));
+                        }
+                        (Write::Commit { reply, .. }, Done::Append(_)) => {
                             let _ = reply.send(Ok(Vec::new()));
                         }
                     }
@@ -490,7 +591,7 @@ impl Writer {
                     let error = self.error(&e);
                     let _ = match write {
                         Write::Append { reply, .. } => reply.send(Err(error)).map_err(drop),
-                        Write::Cursor { reply, .. } => reply.send(Err(error)).map_err(drop),
+                        Write::Commit { reply, .. } => reply.send(Err(error)).map_err(drop),
                     };
                 }
             }
@@ -521,6 +622,12 @@ impl Writer {
             )?;
             let mut put_event = tx.prepare_cached(
                 "INSERT INTO events (tenant, appended_at_ms, body) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut put_dead = tx.prepare_cached(
+                "INSERT INTO dead_letters (tenant, plugin, seq, body, attempts, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (tenant, plugin, seq) DO UPDATE SET
+                     attempts = excluded.attempts, at_ms = excluded.at_ms",
             )?;
             let mut put_cursor = tx.prepare_cached(
                 "INSERT INTO cursors (tenant, plugin, seq) VALUES (?1, ?2, ?3)
@@ -563,15 +670,31 @@ impl Writer {
                         }
                         done.push(Done::Append(answer));
                     }
-                    Write::Cursor {
-                        tenant,
-                        plugin,
-                        seq,
-                        ..
-                    } => {
-                        let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
-                        put_cursor.execute(params![tenant, plugin, seq])?;
-                        done.push(Done::Cursor);
+                    Write::Commit { commit, .. } => {
+                        let mut seqs = Vec::with_capacity(commit.emitted.len());
+                        for event in &commit.emitted {
+                            let body = event.to_json_value().to_string();
+                            put_event.execute(params![event.tenant, now, body])?;
+                            seqs.push(tx.last_insert_rowid() as Seq);
+                        }
+                        for dead in &commit.dead_letters {
+                            let body = dead.event.to_json_value().to_string();
+                            let attempts = serde_json::to_string(&dead.attempts).map_err(|e| {
+                                rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+                            })?;
+                            let seq = i64::try_from(dead.seq).unwrap_or(i64::MAX);
+                            put_dead.execute(params![
+                                commit.tenant,
+                                commit.plugin,
+                                seq,
+                                body,
+                                attempts,
+                                now
+                            ])?;
+                        }
+                        let cursor = i64::try_from(commit.cursor).unwrap_or(i64::MAX);
+                        put_cursor.execute(params![commit.tenant, commit.plugin, cursor])?;
+                        done.push(Done::Commit(seqs));
                     }
                 }
             }

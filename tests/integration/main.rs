@@ -2,6 +2,7 @@
 //! the example and fixture crates in `plugins/`. wasmtime is never mocked.
 
 mod batch;
+mod durable;
 mod examples;
 mod fixtures;
 mod isolation;

@@ -1,0 +1,438 @@
+//! Durable delivery: events are published into the [`EventLog`] and every
+//! plugin consumes its tenant's events from its own durable cursor, at
+//! least once, in order, with retries and dead letters.
+//!
+//! - `publish` returns once the events are durable (the log groups commits).
+//! - Each loaded plugin has a consumer: it reads its tenant's events after
+//!   its cursor, delivers the ones it subscribes to (in batches, stopping
+//!   at the first failure), and commits in one transaction the new cursor,
+//!   the events the successful deliveries emitted, and the dead letters.
+//!   A restarted host resumes every plugin at its cursor; what was
+//!   delivered but not committed is delivered again (at least once).
+//! - A failed delivery that may succeed later (`retryable`, a trap, a
+//!   timeout, fuel or memory exhausted) is retried with exponential
+//!   backoff and jitter, and holds back the plugin's later events until it
+//!   succeeds or has used its attempts; then it becomes a dead letter with
+//!   every attempt's failure. A `permanent` failure is a dead letter at once.
+//! - A plugin without a cursor starts at the end of the log: it sees the
+//!   events published after it was loaded.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::event::Event;
+use crate::host::Host;
+use crate::log::{Appended, Attempt, Commit, DeadLetter, EventLog, LogError, Seq, now_ms};
+use crate::{EventError, Outcome};
+
+/// How failed deliveries are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Deliveries of one event before it becomes a dead letter, the first
+    /// included (default 5).
+    pub max_attempts: u32,
+    /// The wait before the first retry (default 100 ms); each retry waits
+    /// twice as long as the one before, up to `max_backoff`, and a random
+    /// half of each wait is jitter.
+    pub base_backoff: Duration,
+    /// The longest wait between two attempts (default 30 s).
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after the `failures`-th failed attempt (1 for the first).
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let doubling = 2u32.saturating_pow(failures.saturating_sub(1));
+        let full = self
+            .base_backoff
+            .saturating_mul(doubling)
+            .min(self.max_backoff);
+        let half = full / 2;
+        let jitter = std::collections::hash_map::RandomState::new().hash_one(failures);
+        let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        half + Duration::from_nanos(jitter % nanos.max(1))
+    }
+}
+
+/// The settings of durable delivery.
+#[derive(Debug, Clone)]
+pub struct DurableConfig {
+    /// How failed deliveries are retried.
+    pub retry: RetryPolicy,
+    /// The most events a consumer reads (and delivers) at once (default 128).
+    pub read_batch: usize,
+}
+
+impl Default for DurableConfig {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            read_batch: 128,
+        }
+    }
+}
+
+/// Why a durable publish was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DurablePublishError {
+    /// An event is invalid; none of the events was stored.
+    #[error("invalid event {index}: {error}")]
+    InvalidEvent {
+        /// Its position in the published batch.
+        index: usize,
+        /// What is wrong with it.
+        error: EventError,
+    },
+    /// The log could not store the events; none was stored.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// A host whose events go through the durable log.
+pub struct DurableBus {
+    inner: Arc<Inner>,
+    reloads: tokio::task::JoinHandle<()>,
+}
+
+struct Inner {
+    host: Arc<Host>,
+    log: Arc<dyn EventLog>,
+    config: DurableConfig,
+    /// Woken when events of the tenant are appended.
+    tenants: Mutex<HashMap<String, Arc<Notify>>>,
+    /// The running consumers, by (tenant, plugin).
+    consumers: Mutex<HashMap<(String, String), tokio::task::JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl DurableBus {
+    /// Starts a consumer for every plugin `host` has loaded, and for every
+    /// plugin it loads later. The plugins loaded now have their cursors
+    /// when this returns: a plugin without one starts at the end of the log
+    /// as it is now, before anything is published through the bus.
+    pub async fn start(
+        host: Arc<Host>,
+        log: Arc<dyn EventLog>,
+        config: DurableConfig,
+    ) -> Result<Self, LogError> {
+        let inner = Arc::new(Inner {
+            host,
+            log,
+            config,
+            tenants: Mutex::new(HashMap::new()),
+            consumers: Mutex::new(HashMap::new()),
+            stop: watch::Sender::new(false),
+        });
+        let mut reload_events = inner.host.reload_events();
+        for plugin in inner.host.plugins() {
+            let consumer = Consumer {
+                inner: inner.clone(),
+                tenant: plugin.tenant.clone(),
+                plugin: plugin.name.clone(),
+            };
+            let position = consumer.start_position().await?;
+            inner
+                .consumers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    (plugin.tenant, plugin.name),
+                    tokio::spawn(consumer.run(Some(position))),
+                );
+        }
+        let watcher = inner.clone();
+        let reloads = tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match reload_events.recv().await {
+                    Ok(crate::ReloadEvent::Loaded { tenant, plugin, .. }) => {
+                        watcher.ensure_consumer(&tenant, &plugin);
+                    }
+                    Ok(_) => {}
+                    // Missed events: look at what is loaded now.
+                    Err(RecvError::Lagged(_)) => {
+                        for plugin in watcher.host.plugins() {
+                            watcher.ensure_consumer(&plugin.tenant, &plugin.name);
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Self { inner, reloads })
+    }
+
+    /// Validates `events`, appends them to the log and answers once they
+    /// are durable; the consumers then deliver them. All or none: one
+    /// invalid event refuses the whole batch.
+    pub async fn publish(&self, events: Vec<Event>) -> Result<Vec<Appended>, DurablePublishError> {
+        for (index, event) in events.iter().enumerate() {
+            event
+                .validate()
+                .map_err(|error| DurablePublishError::InvalidEvent { index, error })?;
+        }
+        let tenants: Vec<String> = events.iter().map(|e| e.tenant.clone()).collect();
+        let appended = self.inner.log.append(events).await?;
+        for tenant in tenants {
+            self.inner.notify(&tenant).notify_waiters();
+        }
+        Ok(appended)
+    }
+
+    /// The log the bus publishes into.
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.inner.log
+    }
+
+    /// Stops every consumer after the batch it is delivering, and waits.
+    pub async fn shutdown(self) {
+        self.reloads.abort();
+        let _ = self.inner.stop.send(true);
+        let consumers: Vec<_> = self
+            .inner
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .map(|(_, task)| task)
+            .collect();
+        for task in consumers {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Inner {
+    fn notify(&self, tenant: &str) -> Arc<Notify> {
+        self.tenants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(tenant.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Starts the consumer of (tenant, plugin) unless it runs already.
+    fn ensure_consumer(self: &Arc<Self>, tenant: &str, plugin: &str) {
+        let mut consumers = self
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = (tenant.to_owned(), plugin.to_owned());
+        if consumers.get(&key).is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        let consumer = Consumer {
+            inner: self.clone(),
+            tenant: key.0.clone(),
+            plugin: key.1.clone(),
+        };
+        consumers.insert(key, tokio::spawn(consumer.run(None)));
+    }
+}
+
+/// One plugin's consumer.
+struct Consumer {
+    inner: Arc<Inner>,
+    tenant: String,
+    plugin: String,
+}
+
+impl Consumer {
+    /// Delivers from `position`, or from the plugin's start position.
+    async fn run(self, position: Option<Seq>) {
+        let mut stop = self.inner.stop.subscribe();
+        let notify = self.inner.notify(&self.tenant);
+        let mut position = loop {
+            if let Some(position) = position {
+                break position;
+            }
+            match self.start_position().await {
+                Ok(position) => break position,
+                Err(e) => {
+                    tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the plugin's cursor: {e}");
+                    if self.pause(Duration::from_secs(1), &mut stop).await {
+                        return;
+                    }
+                }
+            }
+        };
+        // The failed attempts of the event at the head of the line.
+        let mut attempts: Vec<Attempt> = Vec::new();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            // Registered before reading, so an append between the read and
+            // the wait is not missed.
+            let appended = notify.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            let Some(plugin) = self.inner.host.plugin(&self.tenant, &self.plugin) else {
+                // Unloaded: its cursor stays for when it comes back.
+                return;
+            };
+            let (tenant, batch) = (self.tenant.clone(), self.inner.config.read_batch);
+            let log = self.inner.log.clone();
+            let read =
+                tokio::task::spawn_blocking(move || log.read(&tenant, position, batch)).await;
+            let events = match read {
+                Ok(Ok(events)) => events,
+                Ok(Err(e)) => {
+                    tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the log: {e}");
+                    if self.pause(Duration::from_secs(1), &mut stop).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(_) => return,
+            };
+            if events.is_empty() {
+                tokio::select! {
+                    () = &mut appended => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
+
+            let max_events = self.inner.host.config().max_events_per_chain;
+            let delivering = plugin.clone();
+            let stored = events.clone();
+            let delivered = tokio::task::spawn_blocking(move || {
+                let items: Vec<_> = stored
+                    .iter()
+                    .filter(|s| delivering.manifest().subscribes_to(&s.event.ty))
+                    .map(|s| (&s.event, Some(Arc::new(AtomicUsize::new(max_events)))))
+                    .collect();
+                delivering.deliver_batch_in_chain(items, true)
+            })
+            .await;
+            let Ok(reports) = delivered else { return };
+
+            let mut commit = Commit {
+                tenant: self.tenant.clone(),
+                plugin: self.plugin.clone(),
+                cursor: position,
+                ..Commit::default()
+            };
+            let mut retry_after = None;
+            let mut reports = reports.into_iter();
+            for stored in events {
+                if !plugin.manifest().subscribes_to(&stored.event.ty) {
+                    commit.cursor = stored.seq;
+                    continue;
+                }
+                // Events after a failure were not delivered.
+                let Some((delivery, emitted)) = reports.next() else {
+                    break;
+                };
+                match delivery.outcome {
+                    Outcome::Handled => {
+                        commit.emitted.extend(emitted);
+                        commit.cursor = stored.seq;
+                        attempts.clear();
+                    }
+                    Outcome::Failed(failure) => {
+                        let retryable = failure.kind.is_retryable();
+                        attempts.push(Attempt {
+                            kind: failure.kind,
+                            message: failure.message,
+                            fuel: delivery.fuel,
+                            plugin_version: delivery.plugin_version,
+                            at_ms: now_ms(),
+                        });
+                        let used = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
+                        if retryable && used < self.inner.config.retry.max_attempts {
+                            retry_after = Some(self.inner.config.retry.backoff(used));
+                            break;
+                        }
+                        tracing::warn!(
+                            tenant = %self.tenant,
+                            plugin = %self.plugin,
+                            seq = stored.seq,
+                            event_id = %stored.event.id,
+                            attempts = used,
+                            "event dead-lettered"
+                        );
+                        commit.dead_letters.push(DeadLetter {
+                            seq: stored.seq,
+                            event: stored.event,
+                            attempts: std::mem::take(&mut attempts),
+                        });
+                        commit.cursor = stored.seq;
+                    }
+                }
+            }
+
+            if commit.cursor != position || !commit.dead_letters.is_empty() {
+                let emitted_tenants: Vec<String> =
+                    commit.emitted.iter().map(|e| e.tenant.clone()).collect();
+                let cursor = commit.cursor;
+                match self.inner.log.commit(commit).await {
+                    Ok(_) => {
+                        position = cursor;
+                        for tenant in emitted_tenants {
+                            self.inner.notify(&tenant).notify_waiters();
+                        }
+                    }
+                    Err(e) => {
+                        // Nothing was committed: the same events are
+                        // delivered again (at least once).
+                        tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot commit the plugin's progress: {e}");
+                        retry_after = Some(Duration::from_secs(1));
+                    }
+                }
+            }
+            if let Some(wait) = retry_after
+                && self.pause(wait, &mut stop).await
+            {
+                return;
+            }
+        }
+    }
+
+    /// The plugin's cursor, or for a plugin without one the end of the log,
+    /// committed as its cursor so that a restart starts there too.
+    async fn start_position(&self) -> Result<Seq, LogError> {
+        let log = self.inner.log.clone();
+        let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            log.cursor(&tenant, &plugin).and_then(|cursor| {
+                cursor.map_or_else(|| log.head().map(|h| (h, true)), |c| Ok((c, false)))
+            })
+        })
+        .await
+        .map_err(|_| LogError::Closed)??;
+        let (position, new) = found;
+        if new {
+            self.inner
+                .log
+                .commit_cursor(&self.tenant, &self.plugin, position)
+                .await?;
+        }
+        Ok(position)
+    }
+
+    /// Waits `wait`; true when the bus is stopping.
+    async fn pause(&self, wait: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => *stop.borrow(),
+            _ = stop.changed() => true,
+        }
+    }
+}

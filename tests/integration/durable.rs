@@ -1,0 +1,238 @@
+//! Durable delivery through the embedded log: at least once, resumed after
+//! a restart, retried with backoff, dead-lettered with every attempt, in
+//! order per plugin, and emitted events routed through the log.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plugbus::durable::{DurableBus, DurableConfig, RetryPolicy};
+use plugbus::log::{EventLog, SqliteLog, SqliteLogConfig};
+use plugbus::{Event, FailureKind, Host, HostConfig};
+use plugbus_artifacts as artifacts;
+use plugbus_tests::{PluginsDir, event};
+
+const MIXED: &str = "subscribe = [\"mix.*\"]\n[limits]\nfuel = 20_000_000\n";
+
+fn plugins() -> PluginsDir {
+    let dir = PluginsDir::new();
+    dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
+    dir.add("shop", "audit", artifacts::AUDIT_LOG, None);
+    dir
+}
+
+fn config(max_attempts: u32) -> DurableConfig {
+    DurableConfig {
+        retry: RetryPolicy {
+            max_attempts,
+            base_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(50),
+        },
+        ..DurableConfig::default()
+    }
+}
+
+/// A host on `dir` and a bus on the log in `data`.
+async fn start(
+    dir: &PluginsDir,
+    data: &std::path::Path,
+    durable: DurableConfig,
+) -> (Arc<Host>, DurableBus) {
+    let host = Arc::new(Host::new(HostConfig::default()).expect("host"));
+    let report = host.load_dir(dir.path()).expect("load");
+    assert!(report.errors.is_empty(), "{report:#?}");
+    let log = SqliteLog::open(data, SqliteLogConfig::default()).expect("log");
+    let bus = DurableBus::start(host.clone(), Arc::new(log), durable)
+        .await
+        .expect("start the bus");
+    (host, bus)
+}
+
+fn mix(ty: &str, id: &str) -> Event {
+    event("shop", ty, id, serde_json::json!({}))
+}
+
+/// Waits until `done` holds (the consumers work in the background).
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn cursor(bus: &DurableBus, plugin: &str) -> u64 {
+    bus.log()
+        .cursor("shop", plugin)
+        .expect("cursor")
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_once_and_resumed_after_a_restart() {
+    let dir = plugins();
+    let data = tempfile::tempdir().expect("tempdir");
+    {
+        let (host, bus) = start(&dir, data.path(), config(3)).await;
+        let events: Vec<_> = (0..20).map(|i| mix("mix.ok", &format!("ok-{i}"))).collect();
+        let appended = bus.publish(events).await.expect("publish");
+        let head = appended.last().expect("appended").seq;
+        until("both plugins are past the events", || {
+            cursor(&bus, "mixed") >= head && cursor(&bus, "audit") >= head
+        })
+        .await;
+        // 20 to `mixed`, 20 to `audit`.
+        assert_eq!(host.stats().deliveries_ok, 40);
+        bus.shutdown().await;
+    }
+    // A new host on the same log delivers only what comes after.
+    let (host, bus) = start(&dir, data.path(), config(3)).await;
+    let appended = bus
+        .publish(vec![mix("mix.emit", "emit-1")])
+        .await
+        .expect("publish");
+    let published = appended[0].seq;
+    // `mix.emit` emits `mix.emitted`, appended to the log with the cursor
+    // and delivered in turn: to `audit` (handled) and `mixed` (an unknown
+    // type, a permanent failure: a dead letter).
+    until("the emitted event is dead-lettered by mixed", || {
+        !bus.log()
+            .dead_letters("shop", "mixed")
+            .expect("dead letters")
+            .is_empty()
+    })
+    .await;
+    until("audit has handled the emitted event", || {
+        cursor(&bus, "audit") > published
+    })
+    .await;
+    let stats = host.stats();
+    assert_eq!(stats.deliveries_ok, 3, "{stats:#?}");
+    assert_eq!(stats.failures_of(FailureKind::HandlerPermanent), 1);
+    let dead = bus
+        .log()
+        .dead_letters("shop", "mixed")
+        .expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event.ty, "mix.emitted");
+    assert_eq!(dead[0].event.causation_id(), Some("emit-1"));
+    assert_eq!(
+        dead[0].attempts.len(),
+        1,
+        "a permanent failure is not retried"
+    );
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_then_dead_lettered_and_hold_back_later_events() {
+    let dir = PluginsDir::new();
+    dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
+    let data = tempfile::tempdir().expect("tempdir");
+    let (host, bus) = start(&dir, data.path(), config(3)).await;
+    let appended = bus
+        .publish(vec![
+            mix("mix.flaky", "flaky-1"),
+            mix("mix.retryable", "retry-1"),
+            mix("mix.panic", "panic-1"),
+            mix("mix.permanent", "permanent-1"),
+            mix("mix.ok", "ok-1"),
+        ])
+        .await
+        .expect("publish");
+    let last = appended.last().expect("appended").seq;
+    until("mixed is past every event", || {
+        cursor(&bus, "mixed") >= last
+    })
+    .await;
+
+    let stats = host.stats();
+    // flaky: 2 failures then handled; retryable: 3 attempts; panic: 3
+    // traps; permanent: 1; ok: handled.
+    assert_eq!(stats.deliveries_ok, 2, "{stats:#?}");
+    assert_eq!(stats.failures_of(FailureKind::HandlerRetryable), 5);
+    assert_eq!(stats.failures_of(FailureKind::Trap), 3);
+    assert_eq!(stats.failures_of(FailureKind::HandlerPermanent), 1);
+
+    let dead = bus
+        .log()
+        .dead_letters("shop", "mixed")
+        .expect("dead letters");
+    let ids: Vec<_> = dead.iter().map(|d| d.event.id.as_str()).collect();
+    assert_eq!(ids, ["retry-1", "panic-1", "permanent-1"]);
+    let kinds = |i: usize| dead[i].attempts.iter().map(|a| a.kind).collect::<Vec<_>>();
+    assert_eq!(kinds(0), [FailureKind::HandlerRetryable; 3]);
+    assert_eq!(kinds(1), [FailureKind::Trap; 3]);
+    assert_eq!(kinds(2), [FailureKind::HandlerPermanent]);
+    let version = host
+        .plugin("shop", "mixed")
+        .expect("loaded")
+        .version()
+        .to_owned();
+    for attempt in dead.iter().flat_map(|d| &d.attempts) {
+        assert_eq!(attempt.plugin_version, version);
+        assert!(attempt.at_ms > 0);
+    }
+    assert!(dead[1].attempts[0].message.contains("panic-1"), "{dead:#?}");
+    // Attempts are spaced by the backoff, in order.
+    let at: Vec<_> = dead[0].attempts.iter().map(|a| a.at_ms).collect();
+    assert!(at.windows(2).all(|w| w[0] <= w[1]), "{at:?}");
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_without_a_cursor_starts_at_the_end_of_the_log() {
+    let dir = plugins();
+    let data = tempfile::tempdir().expect("tempdir");
+    // Events in the log before any plugin consumed it.
+    {
+        let log = SqliteLog::open(data.path(), SqliteLogConfig::default()).expect("log");
+        log.append(vec![mix("mix.ok", "old-1"), mix("mix.ok", "old-2")])
+            .await
+            .expect("append");
+    }
+    let (host, bus) = start(&dir, data.path(), config(3)).await;
+    let appended = bus
+        .publish(vec![mix("mix.ok", "new-1")])
+        .await
+        .expect("publish");
+    let seq = appended[0].seq;
+    until("both plugins are past the new event", || {
+        cursor(&bus, "mixed") >= seq && cursor(&bus, "audit") >= seq
+    })
+    .await;
+    assert_eq!(host.stats().deliveries_ok, 2, "only new-1, to each plugin");
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_and_invalid_events_are_refused_by_publish() {
+    let dir = plugins();
+    let data = tempfile::tempdir().expect("tempdir");
+    let (_host, bus) = start(&dir, data.path(), config(3)).await;
+    let first = bus
+        .publish(vec![mix("mix.ok", "dup-1")])
+        .await
+        .expect("publish");
+    let again = bus
+        .publish(vec![mix("mix.ok", "dup-1")])
+        .await
+        .expect("publish");
+    assert!(!first[0].duplicate);
+    assert!(again[0].duplicate);
+    assert_eq!(again[0].seq, first[0].seq);
+
+    let mut invalid = mix("mix.ok", "bad-1");
+    invalid.time = Some("yesterday".into());
+    let err = bus
+        .publish(vec![mix("mix.ok", "good-1"), invalid])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid event 1"), "{err}");
+    assert!(err.to_string().contains("time"), "{err}");
+    assert_eq!(
+        bus.log().head().expect("head"),
+        first[0].seq,
+        "nothing stored"
+    );
+    bus.shutdown().await;
+}
