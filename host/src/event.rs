@@ -334,6 +334,78 @@ impl Event {
     }
 }
 
+impl Event {
+    /// The same JSON as [`Event::to_json_value`], written directly: a JSON
+    /// payload is checked and copied as it is, not parsed into a tree.
+    pub fn to_json_string(&self) -> String {
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            specversion: &'static str,
+            id: &'a str,
+            source: &'a str,
+            #[serde(rename = "type")]
+            ty: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            subject: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            time: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            datacontenttype: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            dataschema: Option<&'a str>,
+            tenant: &'a str,
+            #[serde(flatten)]
+            extensions: &'a BTreeMap<String, String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            data: Option<Data<'a>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            data_base64: Option<String>,
+        }
+        #[derive(serde::Serialize)]
+        #[serde(untagged)]
+        enum Data<'a> {
+            Json(Box<serde_json::value::RawValue>),
+            Text(&'a str),
+        }
+        let (mut data, mut data_base64) = (None, None);
+        if !self.data.is_empty() {
+            let json_type = self
+                .datacontenttype
+                .as_deref()
+                .is_none_or(is_json_media_type);
+            let text = std::str::from_utf8(&self.data).ok();
+            data = match text {
+                Some(text) if json_type => {
+                    serde_json::value::RawValue::from_string(text.trim().to_owned())
+                        .ok()
+                        .map(Data::Json)
+                }
+                Some(text) if !json_type => Some(Data::Text(text)),
+                _ => None,
+            };
+            if data.is_none() {
+                data_base64 = Some(base64::engine::general_purpose::STANDARD.encode(&self.data));
+            }
+        }
+        let wire = Wire {
+            specversion: "1.0",
+            id: &self.id,
+            source: &self.source,
+            ty: &self.ty,
+            subject: self.subject.as_deref(),
+            time: self.time.as_deref(),
+            datacontenttype: self.datacontenttype.as_deref(),
+            dataschema: self.dataschema.as_deref(),
+            tenant: &self.tenant,
+            extensions: &self.extensions,
+            data,
+            data_base64,
+        };
+        // Strings, a map of strings and checked raw JSON always serialise.
+        serde_json::to_string(&wire).unwrap_or_else(|_| self.to_json_value().to_string())
+    }
+}
+
 /// Checks an extension attribute name: 1 to 20 lowercase letters or digits
 /// (CloudEvents 1.0), not one of the attribute names the format reserves.
 pub fn check_extension_name(name: &str) -> Result<(), EventError> {
@@ -407,6 +479,32 @@ fn take_string(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_direct_json_is_the_json_value() {
+        let base = Event::from_json_value(serde_json::json!({
+            "specversion": "1.0", "id": "e-1", "source": "/pos", "type": "order.placed",
+            "subject": "o-1", "time": "2026-11-25T10:00:00Z", "tenant": "acme",
+            "dataschema": "https://schemas.example/o", "partitionkey": "o-1",
+            "data": { "total": 12, "lines": [1, 2] },
+        }))
+        .expect("valid");
+        let mut text = base.clone();
+        text.datacontenttype = Some("text/plain".into());
+        text.data = b"hello".to_vec();
+        let mut binary = base.clone();
+        binary.datacontenttype = Some("application/octet-stream".into());
+        binary.data = vec![0xff, 0x00, 0x10];
+        let mut bad_json = base.clone();
+        bad_json.data = b"{not json".to_vec();
+        let mut empty = base.clone();
+        empty.data.clear();
+        for event in [base, text, binary, bad_json, empty] {
+            let direct: Value = serde_json::from_str(&event.to_json_string()).expect("valid JSON");
+            assert_eq!(direct, event.to_json_value(), "{event:?}");
+            assert_eq!(Event::from_json_value(direct).expect("round trip"), event);
+        }
+    }
 
     const STOCK: &str = r#"{"specversion":"1.0","id":"evt-1","source":"/pos/store-12","type":"inventory.stock_changed","subject":"sku-123","time":"2026-11-22T10:00:00Z","datacontenttype":"application/json","tenant":"acme-pos","partitionkey":"sku-123","data":{"sku":"sku-123","new_quantity":4}}"#;
 

@@ -21,7 +21,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::event::Event;
 
-/// The position of an event in the log: increasing, never reused.
+/// The position of an event in the log: increasing, never reused, not
+/// necessarily contiguous (a refused duplicate may leave a gap).
 pub type Seq = u64;
 
 /// Why the log could not do what it was asked.
@@ -620,6 +621,11 @@ impl Writer {
                 "INSERT INTO ingest_keys (tenant, source, id, seq, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (tenant, source, id) DO UPDATE SET seq = excluded.seq, at_ms = excluded.at_ms",
             )?;
+            let mut claim_key = tx.prepare_cached(
+                "INSERT INTO ingest_keys (tenant, source, id, seq, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (tenant, source, id) DO NOTHING",
+            )?;
+            let mut drop_event = tx.prepare_cached("DELETE FROM events WHERE seq = ?1")?;
             let mut put_event = tx.prepare_cached(
                 "INSERT INTO events (tenant, appended_at_ms, body) VALUES (?1, ?2, ?3)",
             )?;
@@ -638,31 +644,39 @@ impl Writer {
                     Write::Append { events, .. } => {
                         let mut answer = Vec::with_capacity(events.len());
                         for event in events {
-                            let key = params![event.tenant, event.source, event.id];
-                            let earlier = find_key
-                                .query_row(key, |row| {
-                                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
-                                })
-                                .optional()?;
-                            if let Some((seq, at)) = earlier
-                                && now.saturating_sub(at) < window_ms
-                            {
-                                answer.push(Appended {
-                                    seq: seq as Seq,
-                                    duplicate: true,
-                                });
-                                continue;
-                            }
-                            let body = event.to_json_value().to_string();
+                            // The common case, a new event, takes two
+                            // statements: the event, then its key.
+                            let body = event.to_json_string();
                             put_event.execute(params![event.tenant, now, body])?;
                             let seq = tx.last_insert_rowid();
-                            put_key.execute(params![
+                            let key = params![event.tenant, event.source, event.id];
+                            if claim_key.execute(params![
                                 event.tenant,
                                 event.source,
                                 event.id,
                                 seq,
                                 now
-                            ])?;
+                            ])? == 0
+                            {
+                                let (earlier, at) = find_key.query_row(key, |row| {
+                                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                                })?;
+                                if now.saturating_sub(at) < window_ms {
+                                    drop_event.execute(params![seq])?;
+                                    answer.push(Appended {
+                                        seq: earlier as Seq,
+                                        duplicate: true,
+                                    });
+                                    continue;
+                                }
+                                put_key.execute(params![
+                                    event.tenant,
+                                    event.source,
+                                    event.id,
+                                    seq,
+                                    now
+                                ])?;
+                            }
                             answer.push(Appended {
                                 seq: seq as Seq,
                                 duplicate: false,
@@ -673,12 +687,12 @@ impl Writer {
                     Write::Commit { commit, .. } => {
                         let mut seqs = Vec::with_capacity(commit.emitted.len());
                         for event in &commit.emitted {
-                            let body = event.to_json_value().to_string();
+                            let body = event.to_json_string();
                             put_event.execute(params![event.tenant, now, body])?;
                             seqs.push(tx.last_insert_rowid() as Seq);
                         }
                         for dead in &commit.dead_letters {
-                            let body = dead.event.to_json_value().to_string();
+                            let body = dead.event.to_json_string();
                             let attempts = serde_json::to_string(&dead.attempts).map_err(|e| {
                                 rusqlite::Error::ToSqlConversionFailure(Box::new(e))
                             })?;
