@@ -23,12 +23,12 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::event::Event;
 use crate::host::Host;
 use crate::log::{Appended, Attempt, Commit, DeadLetter, EventLog, LogError, Seq, now_ms};
-use crate::{EventError, Outcome};
+use crate::{Delivery, EventError, Outcome};
 
 /// How failed deliveries are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +118,8 @@ struct Inner {
     /// The running consumers, by (tenant, plugin).
     consumers: Mutex<HashMap<(String, String), tokio::task::JoinHandle<()>>>,
     stop: watch::Sender<bool>,
+    /// Every delivery the consumers make, for whoever listens.
+    deliveries: broadcast::Sender<Delivery>,
 }
 
 impl DurableBus {
@@ -137,6 +139,7 @@ impl DurableBus {
             tenants: Mutex::new(HashMap::new()),
             consumers: Mutex::new(HashMap::new()),
             stop: watch::Sender::new(false),
+            deliveries: broadcast::Sender::new(4096),
         });
         let mut reload_events = inner.host.reload_events();
         for plugin in inner.host.plugins() {
@@ -192,6 +195,46 @@ impl DurableBus {
             self.inner.notify(&tenant).notify_waiters();
         }
         Ok(appended)
+    }
+
+    /// Every delivery the consumers make from now on, failed attempts
+    /// included. A listener that falls more than 4,096 deliveries behind
+    /// misses the oldest (`RecvError::Lagged`); the deliveries happen anyway.
+    pub fn deliveries(&self) -> broadcast::Receiver<Delivery> {
+        self.inner.deliveries.subscribe()
+    }
+
+    /// Waits until every running consumer is finished with every event of
+    /// its tenant in the log: delivered, skipped as not subscribed, or
+    /// dead-lettered.
+    pub async fn settle(&self) -> Result<(), LogError> {
+        loop {
+            let running: Vec<(String, String)> = self
+                .inner
+                .consumers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .filter(|(_, task)| !task.is_finished())
+                .map(|(key, _)| key.clone())
+                .collect();
+            let log = self.inner.log.clone();
+            let settled = tokio::task::spawn_blocking(move || {
+                for (tenant, plugin) in running {
+                    let cursor = log.cursor(&tenant, &plugin)?.unwrap_or(0);
+                    if !log.read(&tenant, cursor, 1)?.is_empty() {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })
+            .await
+            .map_err(|_| LogError::Closed)??;
+            if settled {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The log the bus publishes into.
@@ -331,6 +374,11 @@ impl Consumer {
                 ..Commit::default()
             };
             let mut retry_after = None;
+            if self.inner.deliveries.receiver_count() > 0 {
+                for (delivery, _) in &reports {
+                    let _ = self.inner.deliveries.send(delivery.clone());
+                }
+            }
             let mut reports = reports.into_iter();
             for stored in events {
                 if !plugin.manifest().subscribes_to(&stored.event.ty) {

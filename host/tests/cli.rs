@@ -360,6 +360,24 @@ fn serve_refuses_a_data_directory_inside_the_plugins_directory() {
         stderr.contains("lies inside the plugins directory"),
         "{stderr}"
     );
+    // Nor the event log, with the compile cache off.
+    let (code, _, stderr) = run_plugbus(
+        &[
+            "serve",
+            "--plugins",
+            &plugins.path().to_string_lossy(),
+            "--data",
+            &data.to_string_lossy(),
+            "--no-compile-cache",
+        ],
+        "",
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("lies inside the plugins directory"),
+        "{stderr}"
+    );
+    assert!(!data.join("events.db").exists());
 }
 
 /// `plugbus bench-reload` runs every case and reports each as JSON.
@@ -401,4 +419,46 @@ fn bench_reload_reports_swap_latency_and_throughput() {
         .collect();
     assert_eq!(loads.len(), 3, "{rows:?}");
     assert!(loads.iter().all(|r| r["events_per_s"].as_f64() > Some(0.0)));
+}
+
+/// `plugbus serve --stdin` stores what it reads in `<data>/events.db` and
+/// delivers it from there: at the end of the input it waits for the
+/// plugins, a restart delivers only what is new, and an event published
+/// again is stored once.
+#[test]
+fn serve_stores_events_durably_and_resumes_after_a_restart() {
+    let plugins = tempfile::tempdir().expect("plugins directory");
+    let data = tempfile::tempdir().expect("data directory");
+    let tenant = plugins.path().join("acme-pos");
+    std::fs::create_dir_all(&tenant).expect("tenant directory");
+    std::fs::copy(artifacts::AUDIT_LOG, tenant.join("audit.wasm")).expect("copy");
+    let event = |id: &str| {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"/pos/1","type":"order.created","tenant":"acme-pos"}}"#
+        )
+    };
+    let args = [
+        "serve",
+        "--plugins",
+        plugins.path().to_str().expect("utf-8 path"),
+        "--data",
+        data.path().to_str().expect("utf-8 path"),
+        "--stdin",
+    ];
+    let input = [event("e-1"), event("e-2"), event("e-3"), "{not json".into()].join("\n");
+    let (code, lines, stderr) = run_plugbus(&args, &input);
+    assert_eq!(code, 0, "{stderr}");
+    let mut ids: Vec<_> = lines.iter().map(|l| l["event_id"].clone()).collect();
+    ids.sort_by_key(|v| v.to_string());
+    assert_eq!(ids, ["e-1", "e-2", "e-3"], "{stderr}");
+    assert!(lines.iter().all(|l| l["outcome"] == "handled"), "{lines:?}");
+    assert!(stderr.contains("line 4: rejected"), "{stderr}");
+    assert!(data.path().join("events.db").is_file());
+
+    let input = [event("e-3"), event("e-4")].join("\n");
+    let (code, lines, stderr) = run_plugbus(&args, &input);
+    assert_eq!(code, 0, "{stderr}");
+    let ids: Vec<_> = lines.iter().map(|l| l["event_id"].clone()).collect();
+    assert_eq!(ids, ["e-4"], "only the new event: {stderr}");
+    assert!(stderr.contains("line 1: a duplicate"), "{stderr}");
 }

@@ -67,9 +67,13 @@ enum Command {
 
     /// Runs the host: loads every tenant's plugins, watches the plugins
     /// directory and reloads a plugin when its files change, and with
-    /// --stdin dispatches CloudEvents read one per line from stdin, writing
-    /// one JSON line per delivery to stdout (as `dispatch` does; the
-    /// plugin_version field tells which version handled it).
+    /// --stdin publishes CloudEvents read one per line from stdin into the
+    /// durable event log <data>/events.db. The plugins consume the log, at
+    /// least once, with retries and dead letters; each delivery is written
+    /// to stdout as one JSON line (as `dispatch` writes; the plugin_version
+    /// field tells which version handled it). At the end of the input it
+    /// waits until the plugins have handled what was published. A restart
+    /// resumes every plugin where it left off.
     ///
     /// Replace a plugin by writing the new file beside it and renaming it
     /// over the old one (`mv`): it serves within milliseconds. A copy over
@@ -79,7 +83,8 @@ enum Command {
     /// <data>/compiled, so a restart or a revert skips compilation.
     ///
     /// Ctrl-C or SIGTERM stops reading, finishes the deliveries under way,
-    /// and exits 0.
+    /// and exits 0; what is stored and not yet delivered is delivered after
+    /// the next start.
     Serve(ServeArgs),
 
     /// Drives a host in memory with generated events and reports events/s,
@@ -122,8 +127,9 @@ struct ServeArgs {
     )]
     plugins: PathBuf,
 
-    /// The data directory; compiled plugins are cached in <DIR>/compiled.
-    /// It must not lie inside the plugins directory.
+    /// The data directory: the event log <DIR>/events.db, and compiled
+    /// plugins cached in <DIR>/compiled. It must not lie inside the plugins
+    /// directory.
     #[arg(long, value_name = "DIR", env = "PLUGBUS_DATA", default_value = "data")]
     data: PathBuf,
 
@@ -131,7 +137,7 @@ struct ServeArgs {
     #[arg(long)]
     no_compile_cache: bool,
 
-    /// Read CloudEvents, one JSON object per line, from stdin and dispatch
+    /// Read CloudEvents, one JSON object per line, from stdin and publish
     /// them.
     #[arg(long)]
     stdin: bool,
@@ -282,6 +288,9 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    use plugbus::durable::{DurableBus, DurableConfig};
+    use plugbus::log::{SqliteLog, SqliteLogConfig};
+
     let mut config = args.host.config();
     if !args.no_compile_cache {
         config.compile_cache = Some(args.data.join("compiled"));
@@ -292,26 +301,134 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.plugins.display()
         )
     })?;
+    // Tenants write into the plugins directory: the log may not be there.
+    let plugins_dir = std::fs::canonicalize(&args.plugins)
+        .with_context(|| format!("cannot resolve {}", args.plugins.display()))?;
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("cannot create the data directory {}", args.data.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data)
+        .with_context(|| format!("cannot resolve {}", args.data.display()))?;
+    if data_dir.starts_with(&plugins_dir) {
+        anyhow::bail!(
+            "the data directory {} lies inside the plugins directory {}, which tenants write to",
+            args.data.display(),
+            args.plugins.display()
+        );
+    }
     let host = std::sync::Arc::new(Host::new(config)?);
     load(&host, &args.plugins)?;
     let _watcher = host.watch(&args.plugins)?;
+    let log = SqliteLog::open(&args.data, SqliteLogConfig::default())?;
     tracing::info!(
-        "watching {} for plugin changes{}",
+        "watching {} for plugin changes{}; events are stored in {}",
         args.plugins.display(),
         match host.cache_dir() {
             Some(dir) => format!("; compiled plugins cached in {}", dir.display()),
             None => String::new(),
-        }
+        },
+        log.path().display()
     );
+    let bus = DurableBus::start(
+        host.clone(),
+        std::sync::Arc::new(log),
+        DurableConfig::default(),
+    )
+    .await?;
+    let printer = tokio::spawn(print_deliveries(bus.deliveries()));
     let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     if args.stdin {
-        run_events(&host, tokio::io::stdin(), args.host.concurrency, shutdown).await?;
+        let rejected = publish_lines(
+            &bus,
+            tokio::io::stdin(),
+            args.host.concurrency,
+            &mut shutdown,
+        )
+        .await?;
+        if rejected > 0 {
+            tracing::warn!("{rejected} input lines rejected");
+        }
     } else {
-        tracing::info!("no event source: pass --stdin to dispatch events read from stdin");
-        shutdown.await;
+        tracing::info!("no event source: pass --stdin to publish events read from stdin");
+        (&mut shutdown).await;
     }
+    bus.shutdown().await;
+    // The consumers are gone, so the channel closes once the printer has
+    // written everything they delivered.
+    let _ = printer.await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes one JSON line per delivery to stdout until the channel closes.
+async fn print_deliveries(mut deliveries: tokio::sync::broadcast::Receiver<Delivery>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match deliveries.recv().await {
+            Ok(delivery) => {
+                let mut stdout = std::io::stdout().lock();
+                let written = serde_json::to_writer(&mut stdout, &DeliveryLine::from(&delivery))
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| stdout.write_all(b"\n"))
+                    .and_then(|()| stdout.flush());
+                if let Err(e) = written {
+                    tracing::error!("cannot write to stdout: {e}");
+                    return;
+                }
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!("{missed} deliveries were not written: the output fell behind");
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Publishes the events of `input`, one JSON line each, into the durable
+/// log, `concurrency` at a time, until the input ends or `stop` resolves.
+/// At the end of the input it waits until the plugins have handled what was
+/// published (or `stop`). Returns how many lines were rejected.
+async fn publish_lines(
+    bus: &plugbus::durable::DurableBus,
+    input: impl tokio::io::AsyncRead + Unpin + Send,
+    concurrency: u32,
+    stop: &mut (impl Future<Output = ()> + Unpin),
+) -> anyhow::Result<u64> {
+    let mut lines = Box::pin(numbered_lines(input))
+        .map(|line| async move {
+            let (number, line) = line?;
+            let published = match parse_line(&line) {
+                None => None,
+                Some(Err(reason)) => Some(Err(reason)),
+                Some(Ok(event)) => Some(bus.publish(vec![event]).await.map_err(|e| e.to_string())),
+            };
+            Ok::<_, std::io::Error>((number, published))
+        })
+        .buffered(concurrency as usize);
+    let mut rejected = 0u64;
+    loop {
+        let next = tokio::select! {
+            next = lines.next() => next,
+            () = &mut *stop => return Ok(rejected),
+        };
+        let Some(result) = next else { break };
+        let (number, published) = result.context("cannot read the events")?;
+        match published {
+            Some(Err(reason)) => {
+                rejected += 1;
+                eprintln!("plugbus: line {number}: rejected: {reason}");
+            }
+            Some(Ok(appended)) if appended.first().is_some_and(|a| a.duplicate) => {
+                eprintln!("plugbus: line {number}: a duplicate of an event already stored");
+            }
+            Some(Ok(_)) | None => {}
+        }
+    }
+    tokio::select! {
+        settled = bus.settle() => settled?,
+        () = &mut *stop => {}
+    }
+    Ok(rejected)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -364,19 +481,7 @@ async fn run_events(
     concurrency: u32,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<Totals> {
-    let lines = Box::pin(
-        futures::stream::unfold(
-            (tokio::io::BufReader::new(input), 0usize),
-            |(mut reader, number)| async move {
-                match read_line(&mut reader).await {
-                    Ok(None) => None,
-                    Ok(Some(line)) => Some((Ok((number + 1, line)), (reader, number + 1))),
-                    Err(e) => Some((Err(e), (reader, number + 1))),
-                }
-            },
-        )
-        .take_until(Box::pin(stop)),
-    );
+    let lines = Box::pin(numbered_lines(input).take_until(Box::pin(stop)));
 
     let mut results = lines
         .map(|line| async move {
@@ -420,6 +525,22 @@ async fn run_events(
         "dispatched {events} events: {handled} deliveries handled, {failed} failed; {rejected} input lines rejected"
     );
     Ok(Totals { rejected })
+}
+
+/// The lines of `input` with their numbers, counting from 1.
+fn numbered_lines(
+    input: impl tokio::io::AsyncRead + Unpin + Send,
+) -> impl futures::Stream<Item = std::io::Result<(usize, Line)>> + Send {
+    futures::stream::unfold(
+        (tokio::io::BufReader::new(input), 0usize),
+        |(mut reader, number)| async move {
+            match read_line(&mut reader).await {
+                Ok(None) => None,
+                Ok(Some(line)) => Some((Ok((number + 1, line)), (reader, number + 1))),
+                Err(e) => Some((Err(e), (reader, number + 1))),
+            }
+        },
+    )
 }
 
 /// One input line, or the length of a line too long to keep.
