@@ -15,7 +15,8 @@
 //!   succeeds or has used its attempts; then it becomes a dead letter with
 //!   every attempt's failure. A `permanent` failure is a dead letter at once.
 //! - A plugin without a cursor starts at the end of the log: it sees the
-//!   events published after it was loaded.
+//!   events published after it was loaded; with `start = "earliest"` in its
+//!   manifest, at the beginning.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -405,7 +406,11 @@ impl Consumer {
                             at_ms: now_ms(),
                         });
                         let used = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
-                        if retryable && used < self.inner.config.retry.max_attempts {
+                        let max_attempts = plugin
+                            .manifest()
+                            .max_attempts
+                            .unwrap_or(self.inner.config.retry.max_attempts);
+                        if retryable && used < max_attempts {
                             retry_after = Some(self.inner.config.retry.backoff(used));
                             break;
                         }
@@ -454,15 +459,24 @@ impl Consumer {
         }
     }
 
-    /// The plugin's cursor, or for a plugin without one the end of the log,
-    /// committed as its cursor so that a restart starts there too.
+    /// The plugin's cursor, or for a plugin without one the end of the log
+    /// (the beginning with `start = "earliest"`), committed as its cursor
+    /// so that a restart starts there too.
     async fn start_position(&self) -> Result<Seq, LogError> {
         let log = self.inner.log.clone();
         let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
+        let earliest = self
+            .inner
+            .host
+            .plugin(&self.tenant, &self.plugin)
+            .is_some_and(|p| p.manifest().start == crate::Start::Earliest);
         let found = tokio::task::spawn_blocking(move || {
-            log.cursor(&tenant, &plugin).and_then(|cursor| {
-                cursor.map_or_else(|| log.head().map(|h| (h, true)), |c| Ok((c, false)))
-            })
+            log.cursor(&tenant, &plugin)
+                .and_then(|cursor| match cursor {
+                    Some(c) => Ok((c, false)),
+                    None if earliest => Ok((0, true)),
+                    None => log.head().map(|h| (h, true)),
+                })
         })
         .await
         .map_err(|_| LogError::Closed)??;

@@ -61,6 +61,6 @@ pub use dispatch::{
 pub use event::{Event, EventError};
 pub use host::{Host, HostConfig, HostError, LoadReport, PluginInfo, PublishError, PublishReport};
 pub use loader::LoadError;
-pub use manifest::{Limits, Manifest, ManifestError, Subscription};
+pub use manifest::{Limits, Manifest, ManifestError, Start, Subscription};
 pub use reload::{Health, PluginStatus, ReloadEvent, Watcher};
 pub use stats::StatsSnapshot;

@@ -141,7 +141,27 @@ pub struct Manifest {
     pub limits: Limits,
     /// The plugin's own configuration, served by `config-get`.
     pub config: BTreeMap<String, String>,
+    /// Where in the durable log the plugin starts when it has no cursor yet
+    /// (`start = "latest"` or `"earliest"`; default latest).
+    pub start: Start,
+    /// Deliveries of one event before it becomes a dead letter, the first
+    /// included (`[retry] max_attempts`, 1 to 100); the host's default
+    /// when absent.
+    pub max_attempts: Option<u32>,
 }
+
+/// Where a plugin without a cursor starts reading the durable log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Start {
+    /// At the end: the events published after the plugin was loaded.
+    #[default]
+    Latest,
+    /// At the beginning: every event of its tenant still in the log.
+    Earliest,
+}
+
+/// The most attempts a manifest may ask for.
+const MAX_ATTEMPTS: u32 = 100;
 
 impl Manifest {
     /// The manifest of a plugin that has no `<plugin>.toml`: every event
@@ -151,6 +171,8 @@ impl Manifest {
             subscribe: vec![Subscription::All],
             limits,
             config: BTreeMap::new(),
+            start: Start::Latest,
+            max_attempts: None,
         }
     }
 
@@ -193,10 +215,29 @@ impl Manifest {
                 limits.timeout = Duration::from_millis(ms);
             }
         }
+        let start = match raw.start.as_deref() {
+            None | Some("latest") => Start::Latest,
+            Some("earliest") => Start::Earliest,
+            Some(other) => {
+                return Err(ManifestError::Start(format!(
+                    "start is {other:?}; it must be \"latest\" or \"earliest\""
+                )));
+            }
+        };
+        let max_attempts = match raw.retry.and_then(|r| r.max_attempts) {
+            Some(n) if !(1..=MAX_ATTEMPTS).contains(&n) => {
+                return Err(ManifestError::Limit(format!(
+                    "retry.max_attempts is {n}; it must be between 1 and {MAX_ATTEMPTS}"
+                )));
+            }
+            other => other,
+        };
         Ok(Self {
             subscribe,
             limits,
             config: raw.config.unwrap_or_default(),
+            start,
+            max_attempts,
         })
     }
 
@@ -219,6 +260,9 @@ pub enum ManifestError {
     /// A limit is out of range.
     #[error("{0}")]
     Limit(String),
+    /// `start` is neither `latest` nor `earliest`.
+    #[error("{0}")]
+    Start(String),
 }
 
 #[derive(Deserialize)]
@@ -227,6 +271,14 @@ struct RawManifest {
     subscribe: Option<Vec<String>>,
     limits: Option<RawLimits>,
     config: Option<BTreeMap<String, String>>,
+    start: Option<String>,
+    retry: Option<RawRetry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -296,6 +348,25 @@ mod tests {
         assert_eq!(m.limits.memory_bytes, 16 * MIB);
         assert_eq!(m.limits.timeout, Duration::from_millis(250));
         assert_eq!(m.config.get("threshold").map(String::as_str), Some("10"));
+        assert_eq!(m.start, Start::Latest);
+        assert_eq!(m.max_attempts, None);
+    }
+
+    #[test]
+    fn start_and_retry() {
+        let m = Manifest::parse(
+            "start = \"earliest\"\n[retry]\nmax_attempts = 3\n",
+            Limits::default(),
+        )
+        .expect("valid manifest");
+        assert_eq!(m.start, Start::Earliest);
+        assert_eq!(m.max_attempts, Some(3));
+        let err = Manifest::parse("start = \"now\"", Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("\"now\""), "{err}");
+        let err = Manifest::parse("[retry]\nmax_attempts = 0", Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("retry.max_attempts is 0"), "{err}");
+        let err = Manifest::parse("[retry]\nbackoff = 1", Limits::default()).unwrap_err();
+        assert!(matches!(err, ManifestError::Syntax(_)), "{err}");
     }
 
     #[test]

@@ -182,6 +182,13 @@ async fn failures_are_retried_then_dead_lettered_and_hold_back_later_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_without_a_cursor_starts_at_the_end_of_the_log() {
     let dir = plugins();
+    // ...unless its manifest says to start at the beginning.
+    dir.add(
+        "shop",
+        "history",
+        artifacts::AUDIT_LOG,
+        Some("start = \"earliest\"\n"),
+    );
     let data = tempfile::tempdir().expect("tempdir");
     // Events in the log before any plugin consumed it.
     {
@@ -196,11 +203,14 @@ async fn a_plugin_without_a_cursor_starts_at_the_end_of_the_log() {
         .await
         .expect("publish");
     let seq = appended[0].seq;
-    until("both plugins are past the new event", || {
-        cursor(&bus, "mixed") >= seq && cursor(&bus, "audit") >= seq
+    until("the plugins are past the new event", || {
+        ["mixed", "audit", "history"]
+            .iter()
+            .all(|p| cursor(&bus, p) >= seq)
     })
     .await;
-    assert_eq!(host.stats().deliveries_ok, 2, "only new-1, to each plugin");
+    // new-1 to each plugin, and old-1 and old-2 to `history`.
+    assert_eq!(host.stats().deliveries_ok, 5);
     bus.shutdown().await;
 }
 
@@ -233,6 +243,34 @@ async fn duplicates_and_invalid_events_are_refused_by_publish() {
         bus.log().head().expect("head"),
         first[0].seq,
         "nothing stored"
+    );
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifest_sets_the_number_of_attempts() {
+    let dir = PluginsDir::new();
+    let manifest = format!("{MIXED}[retry]\nmax_attempts = 2\n");
+    dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(&manifest));
+    let data = tempfile::tempdir().expect("tempdir");
+    let (_host, bus) = start(&dir, data.path(), config(4)).await;
+    let appended = bus
+        .publish(vec![mix("mix.retryable", "retry-1")])
+        .await
+        .expect("publish");
+    until("mixed is past the event", || {
+        cursor(&bus, "mixed") >= appended[0].seq
+    })
+    .await;
+    let dead = bus
+        .log()
+        .dead_letters("shop", "mixed")
+        .expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].attempts.len(),
+        2,
+        "the manifest's 2, not the host's 4"
     );
     bus.shutdown().await;
 }
