@@ -331,6 +331,21 @@ impl Consumer {
                 // Unloaded: its cursor stays for when it comes back.
                 return;
             };
+            // An operator may have moved the cursor (`plugbus replay`).
+            match self.stored_cursor().await {
+                Ok(Some(stored)) if stored != position => {
+                    tracing::info!(
+                        tenant = %self.tenant,
+                        plugin = %self.plugin,
+                        from = position,
+                        to = stored,
+                        "the plugin's cursor was moved; delivering from there"
+                    );
+                    position = stored;
+                    attempts.clear();
+                }
+                _ => {}
+            }
             let (tenant, batch) = (self.tenant.clone(), self.inner.config.read_batch);
             let log = self.inner.log.clone();
             let read =
@@ -347,8 +362,11 @@ impl Consumer {
                 Err(_) => return,
             };
             if events.is_empty() {
+                // Woken by an append, or after a while to look for a
+                // cursor moved by another process.
                 tokio::select! {
                     () = &mut appended => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.changed() => return,
                 }
                 continue;
@@ -372,6 +390,7 @@ impl Consumer {
                 tenant: self.tenant.clone(),
                 plugin: self.plugin.clone(),
                 cursor: position,
+                expected: Some(position),
                 ..Commit::default()
             };
             let mut retry_after = None;
@@ -437,6 +456,16 @@ impl Consumer {
                     commit.emitted.iter().map(|e| e.tenant.clone()).collect();
                 let cursor = commit.cursor;
                 match self.inner.log.commit(commit).await {
+                    Ok(committed) if !committed.cursor_moved => {
+                        // An operator moved the cursor (`plugbus replay`):
+                        // go on from there.
+                        attempts.clear();
+                        retry_after = None;
+                        match self.stored_cursor().await {
+                            Ok(Some(rewound)) => position = rewound,
+                            Ok(None) | Err(_) => retry_after = Some(Duration::from_secs(1)),
+                        }
+                    }
                     Ok(_) => {
                         position = cursor;
                         for tenant in emitted_tenants {
@@ -488,6 +517,15 @@ impl Consumer {
                 .await?;
         }
         Ok(position)
+    }
+
+    /// The plugin's cursor as stored.
+    async fn stored_cursor(&self) -> Result<Option<Seq>, LogError> {
+        let log = self.inner.log.clone();
+        let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
+        tokio::task::spawn_blocking(move || log.cursor(&tenant, &plugin))
+            .await
+            .map_err(|_| LogError::Closed)?
     }
 
     /// Waits `wait`; true when the bus is stopping.

@@ -118,10 +118,24 @@ pub struct Commit {
     pub plugin: String,
     /// The position of the last event the plugin is finished with.
     pub cursor: Seq,
+    /// The cursor the plugin's consumer started from. When set and the
+    /// stored cursor is another (an operator rewound it meanwhile), the
+    /// cursor is left as it is; the rest is committed.
+    pub expected: Option<Seq>,
     /// Events to append.
     pub emitted: Vec<Event>,
     /// Events to store as the plugin's dead letters.
     pub dead_letters: Vec<DeadLetter>,
+}
+
+/// What a [`Commit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The positions of the appended emitted events.
+    pub emitted: Vec<Seq>,
+    /// Whether the cursor moved; false when it had been moved by someone
+    /// else since (see [`Commit::expected`]).
+    pub cursor_moved: bool,
 }
 
 /// A request to the log whose answer arrives later: await it, or
@@ -164,12 +178,12 @@ pub trait EventLog: Send + Sync {
     /// finished with, or `None` when it has no cursor yet. Blocking.
     fn cursor(&self, tenant: &str, plugin: &str) -> Result<Option<Seq>, LogError>;
 
-    /// Commits what a plugin finished (see [`Commit`]) and answers, once it
-    /// is durable, with the positions of the appended emitted events.
-    fn commit(&self, commit: Commit) -> Pending<Vec<Seq>>;
+    /// Commits what a plugin finished (see [`Commit`]) and answers once it
+    /// is durable.
+    fn commit(&self, commit: Commit) -> Pending<Committed>;
 
     /// Moves `plugin`'s cursor to `seq` and answers once that is durable.
-    fn commit_cursor(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<Vec<Seq>> {
+    fn commit_cursor(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<Committed> {
         self.commit(Commit {
             tenant: tenant.to_owned(),
             plugin: plugin.to_owned(),
@@ -180,6 +194,17 @@ pub trait EventLog: Send + Sync {
 
     /// The dead letters of `plugin`, oldest first. Blocking.
     fn dead_letters(&self, tenant: &str, plugin: &str) -> Result<Vec<DeadLetter>, LogError>;
+
+    /// The plugins of `tenant` that have dead letters. Blocking.
+    fn dead_letter_plugins(&self, tenant: &str) -> Result<Vec<String>, LogError>;
+
+    /// Deletes `plugin`'s dead letter of the event at `seq`; answers whether
+    /// there was one.
+    fn discard_dead_letter(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<bool>;
+
+    /// The position of the first event of `tenant` appended at or after
+    /// `at_ms` (milliseconds since the Unix epoch). Blocking.
+    fn first_since(&self, tenant: &str, at_ms: i64) -> Result<Option<Seq>, LogError>;
 
     /// The position of the newest event in the log (0 when it is empty).
     /// Blocking.
@@ -256,8 +281,25 @@ enum Write {
     },
     Commit {
         commit: Commit,
-        reply: tokio::sync::oneshot::Sender<Result<Vec<Seq>, LogError>>,
+        reply: tokio::sync::oneshot::Sender<Result<Committed, LogError>>,
     },
+    Discard {
+        tenant: String,
+        plugin: String,
+        seq: Seq,
+        reply: tokio::sync::oneshot::Sender<Result<bool, LogError>>,
+    },
+}
+
+impl Write {
+    /// Answers the write with `error`.
+    fn fail(self, error: LogError) {
+        let _ = match self {
+            Self::Append { reply, .. } => reply.send(Err(error)).map_err(drop),
+            Self::Commit { reply, .. } => reply.send(Err(error)).map_err(drop),
+            Self::Discard { reply, .. } => reply.send(Err(error)).map_err(drop),
+        };
+    }
 }
 
 /// The embedded log: one SQLite file, `events.db`, in the data directory.
@@ -313,6 +355,11 @@ impl SqliteLog {
             reason: e.to_string(),
         };
         let writer_conn = Connection::open(&path).map_err(store)?;
+        // Another process (an operator's `plugbus dlq` or `replay`) may hold
+        // the write lock for a moment.
+        writer_conn
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(store)?;
         writer_conn
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(store)?;
@@ -329,6 +376,9 @@ impl SqliteLog {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(store)?;
+        reader
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(store)?;
 
         let counters = Arc::new(Counters::default());
         let (writes, queue) = mpsc::channel();
@@ -452,8 +502,42 @@ impl EventLog for SqliteLog {
             .map_err(|e| self.store_error(e))
     }
 
-    fn commit(&self, commit: Commit) -> Pending<Vec<Seq>> {
+    fn commit(&self, commit: Commit) -> Pending<Committed> {
         self.send(|reply| Write::Commit { commit, reply })
+    }
+
+    fn dead_letter_plugins(&self, tenant: &str) -> Result<Vec<String>, LogError> {
+        let conn = self.reader();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT DISTINCT plugin FROM dead_letters WHERE tenant = ?1 ORDER BY plugin",
+            )
+            .map_err(|e| self.store_error(e))?;
+        let rows = statement
+            .query_map(params![tenant], |row| row.get::<_, String>(0))
+            .map_err(|e| self.store_error(e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| self.store_error(e))
+    }
+
+    fn discard_dead_letter(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<bool> {
+        self.send(|reply| Write::Discard {
+            tenant: tenant.to_owned(),
+            plugin: plugin.to_owned(),
+            seq,
+            reply,
+        })
+    }
+
+    fn first_since(&self, tenant: &str, at_ms: i64) -> Result<Option<Seq>, LogError> {
+        self.reader()
+            .query_row(
+                "SELECT MIN(seq) FROM events WHERE tenant = ?1 AND appended_at_ms >= ?2",
+                params![tenant, at_ms],
+                |row| row.get::<_, Option<i64>>(0),
+            )
+            .map(|seq| seq.map(|s| s as Seq))
+            .map_err(|e| self.store_error(e))
     }
 
     fn dead_letters(&self, tenant: &str, plugin: &str) -> Result<Vec<DeadLetter>, LogError> {
@@ -526,7 +610,8 @@ struct Writer {
 /// What one write of a group produced, answered after the commit.
 enum Done {
     Append(Vec<Appended>),
-    Commit(Vec<Seq>),
+    Commit(Committed),
+    Discard(bool),
 }
 
 impl Writer {
@@ -550,7 +635,7 @@ impl Writer {
         if let Ok(done) = &result {
             let answers = done.iter().filter_map(|d| match d {
                 Done::Append(answer) => Some(answer),
-                Done::Commit(_) => None,
+                Done::Commit(_) | Done::Discard(_) => None,
             });
             let (stored, repeated) =
                 answers.flatten().fold(
@@ -573,27 +658,22 @@ impl Writer {
                         (Write::Append { reply, .. }, Done::Append(answer)) => {
                             let _ = reply.send(Ok(answer));
                         }
-                        (Write::Commit { reply, .. }, Done::Commit(seqs)) => {
-                            let _ = reply.send(Ok(seqs));
+                        (Write::Commit { reply, .. }, Done::Commit(committed)) => {
+                            let _ = reply.send(Ok(committed));
                         }
-                        // `apply` answers each write with its own kind.
-                        (Write::Append { reply, .. }, Done::Commit(_)) => {
-                            let _ = reply.send(Ok(Vec::new()));
+                        (Write::Discard { reply, .. }, Done::Discard(found)) => {
+                            let _ = reply.send(Ok(found));
                         }
-                        (Write::Commit { reply, .. }, Done::Append(_)) => {
-                            let _ = reply.send(Ok(Vec::new()));
-                        }
+                        // `apply` answers each write with its own kind; a
+                        // mismatch is a bug, answered as a closed log.
+                        (write, _) => write.fail(LogError::Closed),
                     }
                 }
             }
             Err(e) => {
                 tracing::error!(log = %self.path.display(), "event log commit failed: {e}");
                 for write in group {
-                    let error = self.error(&e);
-                    let _ = match write {
-                        Write::Append { reply, .. } => reply.send(Err(error)).map_err(drop),
-                        Write::Commit { reply, .. } => reply.send(Err(error)).map_err(drop),
-                    };
+                    write.fail(self.error(&e));
                 }
             }
         }
@@ -634,6 +714,9 @@ impl Writer {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (tenant, plugin, seq) DO UPDATE SET
                      attempts = excluded.attempts, at_ms = excluded.at_ms",
+            )?;
+            let mut move_cursor = tx.prepare_cached(
+                "UPDATE cursors SET seq = ?3 WHERE tenant = ?1 AND plugin = ?2 AND seq = ?4",
             )?;
             let mut put_cursor = tx.prepare_cached(
                 "INSERT INTO cursors (tenant, plugin, seq) VALUES (?1, ?2, ?3)
@@ -707,8 +790,42 @@ impl Writer {
                             ])?;
                         }
                         let cursor = i64::try_from(commit.cursor).unwrap_or(i64::MAX);
-                        put_cursor.execute(params![commit.tenant, commit.plugin, cursor])?;
-                        done.push(Done::Commit(seqs));
+                        let cursor_moved = match commit.expected {
+                            None => {
+                                put_cursor.execute(params![
+                                    commit.tenant,
+                                    commit.plugin,
+                                    cursor
+                                ])?;
+                                true
+                            }
+                            Some(expected) => {
+                                let expected = i64::try_from(expected).unwrap_or(i64::MAX);
+                                move_cursor.execute(params![
+                                    commit.tenant,
+                                    commit.plugin,
+                                    cursor,
+                                    expected
+                                ])? == 1
+                            }
+                        };
+                        done.push(Done::Commit(Committed {
+                            emitted: seqs,
+                            cursor_moved,
+                        }));
+                    }
+                    Write::Discard {
+                        tenant,
+                        plugin,
+                        seq,
+                        ..
+                    } => {
+                        let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+                        let deleted = tx.execute(
+                            "DELETE FROM dead_letters WHERE tenant = ?1 AND plugin = ?2 AND seq = ?3",
+                            params![tenant, plugin, seq],
+                        )?;
+                        done.push(Done::Discard(deleted == 1));
                     }
                 }
             }

@@ -462,3 +462,138 @@ fn serve_stores_events_durably_and_resumes_after_a_restart() {
     assert_eq!(ids, ["e-4"], "only the new event: {stderr}");
     assert!(stderr.contains("line 1: a duplicate"), "{stderr}");
 }
+
+/// Runs `plugbus ARGS` without input; returns the status, stdout and stderr.
+fn run_plain(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_plugbus"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run plugbus");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// An operator lists, shows and discards dead letters, and replays a
+/// plugin from a position, on the data directory of `plugbus serve`.
+#[test]
+fn dead_letters_and_replay_from_the_command_line() {
+    let plugins = tempfile::tempdir().expect("plugins directory");
+    let data = tempfile::tempdir().expect("data directory");
+    let tenant = plugins.path().join("acme-pos");
+    std::fs::create_dir_all(&tenant).expect("tenant directory");
+    std::fs::copy(artifacts::FIXTURE_MIXED, tenant.join("mixed.wasm")).expect("copy");
+    std::fs::write(
+        tenant.join("mixed.toml"),
+        "subscribe = [\"mix.*\"]\n[retry]\nmax_attempts = 2\n",
+    )
+    .expect("manifest");
+    let plugins_dir = plugins.path().to_str().expect("utf-8 path");
+    let data_dir = data.path().to_str().expect("utf-8 path");
+    let serve = [
+        "serve",
+        "--plugins",
+        plugins_dir,
+        "--data",
+        data_dir,
+        "--stdin",
+    ];
+    let event = |id: &str, ty: &str| {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"/pos/1","type":"{ty}","tenant":"acme-pos"}}"#
+        )
+    };
+    let input = [
+        event("p-1", "mix.permanent"),
+        event("r-1", "mix.retryable"),
+        event("ok-1", "mix.ok"),
+    ]
+    .join("\n");
+    let (code, lines, stderr) = run_plugbus(&serve, &input);
+    assert_eq!(code, 0, "{stderr}");
+    // p-1 once, r-1 twice (its two attempts), ok-1 once, in order.
+    let ids: Vec<_> = lines.iter().map(|l| l["event_id"].clone()).collect();
+    assert_eq!(ids, ["p-1", "r-1", "r-1", "ok-1"], "{stderr}");
+
+    let (code, out, err) = run_plain(&[
+        "dlq", "list", "--tenant", "acme-pos", "--data", data_dir, "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(listed.len(), 2, "{out}");
+    assert_eq!(listed[0]["event_id"], "p-1");
+    assert_eq!(listed[0]["attempts"], 1);
+    assert_eq!(listed[0]["last_error_kind"], "handler_permanent");
+    assert_eq!(listed[1]["event_id"], "r-1");
+    assert_eq!(listed[1]["attempts"], 2);
+    let r_seq = listed[1]["seq"].as_u64().expect("seq").to_string();
+
+    let (code, out, err) = run_plain(&[
+        "dlq", "show", "--tenant", "acme-pos", "--plugin", "mixed", "--seq", &r_seq, "--data",
+        data_dir,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(shown["event"]["id"], "r-1");
+    assert_eq!(shown["attempts"][1]["kind"], "handler_retryable");
+    assert!(
+        shown["attempts"][0]["plugin_version"].is_string(),
+        "{shown}"
+    );
+
+    let (code, _, err) = run_plain(&[
+        "dlq", "discard", "--tenant", "acme-pos", "--plugin", "mixed", "--seq", &r_seq, "--data",
+        data_dir,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_plain(&[
+        "dlq", "discard", "--tenant", "acme-pos", "--plugin", "mixed", "--seq", &r_seq, "--data",
+        data_dir,
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no dead letter"), "{err}");
+
+    // Replay from r-1's position: r-1 and ok-1 are delivered again.
+    let (code, out, err) = run_plain(&[
+        "replay", "--tenant", "acme-pos", "--plugin", "mixed", "--from", &r_seq, "--data", data_dir,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cursor moved"), "{out}");
+    let (code, lines, stderr) = run_plugbus(&serve, "");
+    assert_eq!(code, 0, "{stderr}");
+    let ids: Vec<_> = lines.iter().map(|l| l["event_id"].clone()).collect();
+    assert_eq!(ids, ["r-1", "r-1", "ok-1"], "{stderr}");
+
+    // Bad input is named.
+    let (code, _, err) = run_plain(&[
+        "replay",
+        "--tenant",
+        "acme-pos",
+        "--plugin",
+        "mixed",
+        "--from",
+        "yesterday",
+        "--data",
+        data_dir,
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("\"yesterday\""), "{err}");
+    let empty = tempfile::tempdir().expect("tempdir");
+    let (code, _, err) = run_plain(&[
+        "dlq",
+        "list",
+        "--tenant",
+        "acme-pos",
+        "--data",
+        empty.path().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("has no event log"), "{err}");
+    assert!(!empty.path().join("events.db").exists());
+}

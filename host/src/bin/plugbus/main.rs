@@ -1,6 +1,7 @@
 //! The `plugbus` command: runs tenants' WebAssembly event handlers.
 
 mod bench;
+mod ops;
 mod reload_bench;
 
 use std::io::Write as _;
@@ -100,6 +101,14 @@ enum Command {
     /// a large copy of it; and events/s with a swap every second against
     /// none.
     BenchReload(reload_bench::ReloadBenchArgs),
+
+    /// Lists, shows and discards dead letters: the events a plugin gave up
+    /// on after its last attempt, each with every attempt's failure.
+    Dlq(ops::DlqArgs),
+
+    /// Moves a plugin's cursor back (or forward) in the event log, so that
+    /// it is delivered the events from a position or a time again.
+    Replay(ops::ReplayArgs),
 }
 
 #[derive(clap::Args)]
@@ -206,7 +215,9 @@ fn main() -> ExitCode {
     // The load generator's own output is its table: its host logs only
     // warnings unless asked for more.
     let default_level = match cli.command {
-        Command::Bench(_) | Command::BenchReload(_) => "warn",
+        Command::Bench(_) | Command::BenchReload(_) | Command::Dlq(_) | Command::Replay(_) => {
+            "warn"
+        }
         Command::Dispatch(_) | Command::Serve(_) => "info",
     };
     if let Err(e) = init_logging(cli.log_format, cli.log.as_deref(), default_level) {
@@ -229,6 +240,12 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchReload(args) => reload_bench::run(args).await,
+            Command::Dlq(args) => tokio::task::spawn_blocking(move || ops::dlq(args))
+                .await
+                .context("the dlq command failed")?,
+            Command::Replay(args) => tokio::task::spawn_blocking(move || ops::replay(args))
+                .await
+                .context("the replay command failed")?,
         }
     });
     // Everything that matters has been awaited. What may remain is a

@@ -1,0 +1,243 @@
+//! Operator commands on a data directory's event log: `plugbus dlq` and
+//! `plugbus replay`. They work while `plugbus serve` runs on the same
+//! directory (SQLite serialises the writes); a running host picks up a
+//! moved cursor within a second.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use plugbus::log::{EventLog, SqliteLog, SqliteLogConfig};
+use serde_json::json;
+
+/// Where the log is.
+#[derive(clap::Args)]
+pub struct DataArg {
+    /// The data directory of the host (`plugbus serve --data`).
+    #[arg(long, value_name = "DIR", env = "PLUGBUS_DATA", default_value = "data")]
+    data: PathBuf,
+}
+
+/// Which plugin.
+#[derive(clap::Args)]
+pub struct PluginArg {
+    /// The tenant.
+    #[arg(long)]
+    tenant: String,
+    /// The plugin's name (its file stem).
+    #[arg(long)]
+    plugin: String,
+}
+
+#[derive(clap::Args)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    command: DlqCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum DlqCommand {
+    /// Lists a tenant's dead letters, one line each: position, plugin,
+    /// event id and type, attempts, and the last failure.
+    List {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Only this plugin's.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// Shows one dead letter as JSON: the event and every attempt (kind,
+    /// message, fuel, plugin version, time).
+    Show(DeadLetterArg),
+    /// Deletes one dead letter.
+    Discard(DeadLetterArg),
+}
+
+/// Which dead letter.
+#[derive(clap::Args)]
+struct DeadLetterArg {
+    #[command(flatten)]
+    plugin: PluginArg,
+    /// The event's position in the log (from `dlq list`).
+    #[arg(long)]
+    seq: u64,
+    #[command(flatten)]
+    data: DataArg,
+}
+
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    plugin: PluginArg,
+    /// Where to deliver from again: a position in the log, or an RFC 3339
+    /// time (the first event appended at or after it).
+    #[arg(long, value_name = "SEQ|TIME")]
+    from: String,
+    #[command(flatten)]
+    data: DataArg,
+}
+
+/// Opens the log of a data directory that has one: an operator command
+/// never creates an empty log by mistake.
+fn open(data: &Path) -> anyhow::Result<SqliteLog> {
+    if !data.join("events.db").is_file() {
+        bail!(
+            "{} has no event log (events.db); pass the data directory of `plugbus serve` with --data",
+            data.display()
+        );
+    }
+    Ok(SqliteLog::open(data, SqliteLogConfig::default())?)
+}
+
+fn check_names(tenant: &str, plugin: Option<&str>) -> anyhow::Result<()> {
+    plugbus::manifest::validate_name(tenant).with_context(|| format!("tenant {tenant:?}"))?;
+    if let Some(plugin) = plugin {
+        plugbus::manifest::validate_name(plugin).with_context(|| format!("plugin {plugin:?}"))?;
+    }
+    Ok(())
+}
+
+/// Runs `plugbus dlq ...`. Blocking.
+pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        DlqCommand::List {
+            tenant,
+            plugin,
+            json,
+            data,
+        } => {
+            check_names(&tenant, plugin.as_deref())?;
+            let log = open(&data.data)?;
+            let plugins = match plugin {
+                Some(plugin) => vec![plugin],
+                None => log.dead_letter_plugins(&tenant)?,
+            };
+            if !json {
+                println!(
+                    "{:>8}  {:<20} {:<24} {:<28} {:>8}  last failure",
+                    "seq", "plugin", "event id", "type", "attempts"
+                );
+            }
+            for plugin in plugins {
+                for dead in log.dead_letters(&tenant, &plugin)? {
+                    let last = dead.attempts.last();
+                    let kind = last.map_or("-", |a| a.kind.as_str());
+                    let message = last.map_or("", |a| a.message.as_str());
+                    if json {
+                        println!(
+                            "{}",
+                            json!({
+                                "seq": dead.seq,
+                                "plugin": plugin,
+                                "event_id": dead.event.id,
+                                "type": dead.event.ty,
+                                "attempts": dead.attempts.len(),
+                                "last_error_kind": kind,
+                                "last_error": message,
+                            })
+                        );
+                    } else {
+                        println!(
+                            "{:>8}  {:<20} {:<24} {:<28} {:>8}  {kind}: {message}",
+                            dead.seq,
+                            plugin,
+                            dead.event.id,
+                            dead.event.ty,
+                            dead.attempts.len()
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Show(DeadLetterArg { plugin, seq, data }) => {
+            check_names(&plugin.tenant, Some(&plugin.plugin))?;
+            let log = open(&data.data)?;
+            let Some(dead) = log
+                .dead_letters(&plugin.tenant, &plugin.plugin)?
+                .into_iter()
+                .find(|d| d.seq == seq)
+            else {
+                bail!(
+                    "{}/{} has no dead letter at {seq}",
+                    plugin.tenant,
+                    plugin.plugin
+                );
+            };
+            let shown = json!({
+                "seq": dead.seq,
+                "tenant": plugin.tenant,
+                "plugin": plugin.plugin,
+                "event": dead.event.to_json_value(),
+                "attempts": dead.attempts,
+            });
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Discard(DeadLetterArg { plugin, seq, data }) => {
+            check_names(&plugin.tenant, Some(&plugin.plugin))?;
+            let log = open(&data.data)?;
+            if !log
+                .discard_dead_letter(&plugin.tenant, &plugin.plugin, seq)
+                .wait()?
+            {
+                bail!(
+                    "{}/{} has no dead letter at {seq}",
+                    plugin.tenant,
+                    plugin.plugin
+                );
+            }
+            println!(
+                "discarded the dead letter at {seq} of {}/{}",
+                plugin.tenant, plugin.plugin
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Runs `plugbus replay`. Blocking.
+pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let ReplayArgs { plugin, from, data } = args;
+    check_names(&plugin.tenant, Some(&plugin.plugin))?;
+    let log = open(&data.data)?;
+    let first = match from.parse::<u64>() {
+        Ok(seq) => seq.max(1),
+        Err(_) => {
+            let time =
+                time::OffsetDateTime::parse(&from, &time::format_description::well_known::Rfc3339)
+                    .with_context(|| {
+                        format!("--from {from:?} is neither a position nor an RFC 3339 time")
+                    })?;
+            let at_ms = i64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+            match log.first_since(&plugin.tenant, at_ms)? {
+                Some(seq) => seq,
+                None => bail!(
+                    "tenant {} has no event appended at or after {from}",
+                    plugin.tenant
+                ),
+            }
+        }
+    };
+    let Some(before) = log.cursor(&plugin.tenant, &plugin.plugin)? else {
+        bail!(
+            "{}/{} has no cursor: it has never consumed this log",
+            plugin.tenant,
+            plugin.plugin
+        );
+    };
+    let cursor = first - 1;
+    log.commit_cursor(&plugin.tenant, &plugin.plugin, cursor)
+        .wait()?;
+    println!(
+        "{}/{}: cursor moved from {before} to {cursor}; delivery resumes at position {first}",
+        plugin.tenant, plugin.plugin
+    );
+    Ok(ExitCode::SUCCESS)
+}
