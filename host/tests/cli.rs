@@ -597,3 +597,32 @@ fn dead_letters_and_replay_from_the_command_line() {
     assert!(err.contains("has no event log"), "{err}");
     assert!(!empty.path().join("events.db").exists());
 }
+
+/// `plugbus bench --durable` publishes through the log and counts every
+/// delivery made from it.
+#[test]
+fn bench_runs_through_the_durable_log() {
+    let (code, rows, stderr) = run_plugbus(
+        &[
+            "bench",
+            "--plugin",
+            artifacts::FIXTURE_NOOP,
+            "--events",
+            "300",
+            "--json",
+            "--durable",
+            "--scenario",
+            "one-plugin,ten-plugins",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rows.len(), 2, "{stderr}");
+    assert_eq!(rows[0]["deliveries"], 300);
+    assert_eq!(rows[1]["deliveries"], 3000);
+    for row in &rows {
+        assert_eq!(row["failed"], 0);
+        assert!(row["startup_cached_ms"].is_null(), "{row}");
+        assert!(row["p50_us"].as_u64().is_some_and(|us| us > 0), "{row}");
+    }
+}

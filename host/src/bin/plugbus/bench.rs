@@ -43,6 +43,13 @@ pub struct BenchArgs {
     /// Print one JSON object per scenario instead of a table.
     #[arg(long)]
     json: bool,
+
+    /// Publish through the durable event log (in a temporary data
+    /// directory, fsync on) and deliver from it, as `plugbus serve` does:
+    /// the latency is then the time to the durable acknowledgement, and
+    /// events/s counts until every plugin has handled every event.
+    #[arg(long)]
+    durable: bool,
 }
 
 /// A layout of tenants and plugins.
@@ -88,7 +95,8 @@ struct Row {
     deliveries: u64,
     failed: u64,
     startup_ms: f64,
-    startup_cached_ms: f64,
+    /// Not measured through the durable log.
+    startup_cached_ms: Option<f64>,
     memory_per_plugin_kib: Option<u64>,
     events_per_s: f64,
     deliveries_per_s: f64,
@@ -141,7 +149,7 @@ async fn run_scenario(
 
     let rss_before = rss_bytes();
     let started = Instant::now();
-    let host = Host::new(HostConfig::default())?;
+    let host = std::sync::Arc::new(Host::new(HostConfig::default())?);
     let report = host.load_dir(dir.path())?;
     let startup = started.elapsed();
     if let Some(error) = report.errors.first() {
@@ -157,6 +165,18 @@ async fn run_scenario(
     let memory_per_plugin_kib = rss_before
         .zip(rss_bytes())
         .map(|(before, after)| after.saturating_sub(before) / 1024 / plugins.max(1) as u64);
+
+    if args.durable {
+        return run_durable(
+            scenario,
+            &host,
+            args,
+            plugins,
+            startup,
+            memory_per_plugin_kib,
+        )
+        .await;
+    }
 
     let progress = indicatif::ProgressBar::new(args.events).with_message(scenario.name());
     progress.set_style(
@@ -220,10 +240,91 @@ async fn run_scenario(
         deliveries,
         failed,
         startup_ms: startup.as_secs_f64() * 1000.0,
-        startup_cached_ms: startup_cached.as_secs_f64() * 1000.0,
+        startup_cached_ms: Some(startup_cached.as_secs_f64() * 1000.0),
         memory_per_plugin_kib,
         events_per_s: args.events as f64 / seconds,
         deliveries_per_s: deliveries as f64 / seconds,
+        cpu_us_per_event: cpu.as_secs_f64() * 1e6 / args.events as f64,
+        p50_us: latencies.value_at_quantile(0.5),
+        p99_us: latencies.value_at_quantile(0.99),
+        p999_us: latencies.value_at_quantile(0.999),
+    })
+}
+
+/// The measured part of a scenario through the durable log.
+async fn run_durable(
+    scenario: Scenario,
+    host: &std::sync::Arc<Host>,
+    args: &BenchArgs,
+    plugins: usize,
+    startup: Duration,
+    memory_per_plugin_kib: Option<u64>,
+) -> anyhow::Result<Row> {
+    use plugbus::durable::{DurableBus, DurableConfig};
+    use plugbus::log::{SqliteLog, SqliteLogConfig};
+
+    let data = tempfile::tempdir().context("cannot create a temporary data directory")?;
+    let log = SqliteLog::open(data.path(), SqliteLogConfig::default())?;
+    let bus = DurableBus::start(
+        host.clone(),
+        std::sync::Arc::new(log),
+        DurableConfig::default(),
+    )
+    .await?;
+    let before = host.stats();
+    let names: Vec<String> = host
+        .plugins()
+        .into_iter()
+        .map(|p| p.tenant)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut latencies = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .context("cannot create the latency histogram")?;
+    let cpu = cpu_time::ProcessTime::try_now().context("cannot read the process's CPU time")?;
+    let wall = Instant::now();
+    let (bus_ref, names_ref) = (&bus, &names);
+    let mut acks = futures::stream::iter(0..args.events)
+        .map(|i| async move {
+            let tenant = &names_ref[(i as usize) % names_ref.len()];
+            let started = Instant::now();
+            let appended = bus_ref
+                .publish(vec![event(tenant, i, args.payload as usize)])
+                .await;
+            (started.elapsed(), appended)
+        })
+        .buffer_unordered(args.concurrency as usize);
+    while let Some((latency, appended)) = acks.next().await {
+        appended?;
+        latencies.saturating_record(micros(latency).max(1));
+    }
+    drop(acks);
+    bus.settle().await?;
+    let wall = wall.elapsed();
+    let cpu = cpu
+        .try_elapsed()
+        .context("cannot read the process's CPU time")?;
+    bus.shutdown().await;
+    let after = host.stats();
+    let deliveries = after.deliveries_ok - before.deliveries_ok;
+    let failed: u64 = after
+        .failures
+        .iter()
+        .zip(&before.failures)
+        .map(|((_, a), (_, b))| a - b)
+        .sum();
+    let seconds = wall.as_secs_f64().max(f64::EPSILON);
+    Ok(Row {
+        scenario: scenario.name(),
+        plugins,
+        events: args.events,
+        deliveries: deliveries + failed,
+        failed,
+        startup_ms: startup.as_secs_f64() * 1000.0,
+        startup_cached_ms: None,
+        memory_per_plugin_kib,
+        events_per_s: args.events as f64 / seconds,
+        deliveries_per_s: (deliveries + failed) as f64 / seconds,
         cpu_us_per_event: cpu.as_secs_f64() * 1e6 / args.events as f64,
         p50_us: latencies.value_at_quantile(0.5),
         p99_us: latencies.value_at_quantile(0.99),
@@ -263,10 +364,15 @@ fn rss_bytes() -> Option<u64> {
 
 fn print_table(rows: &[Row], args: &BenchArgs) {
     println!(
-        "plugbus bench: {} events per scenario, {} in flight, {}-byte payloads, plugin {}",
+        "plugbus bench: {} events per scenario, {} in flight, {}-byte payloads, {}, plugin {}",
         args.events,
         args.concurrency,
         args.payload,
+        if args.durable {
+            "through the durable log (latency: to the durable acknowledgement)"
+        } else {
+            "in memory"
+        },
         args.plugin.display()
     );
     println!(
@@ -287,12 +393,15 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
         let memory = r
             .memory_per_plugin_kib
             .map_or_else(|| "n/a".to_owned(), |m| m.to_string());
+        let cached = r
+            .startup_cached_ms
+            .map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:.1}"));
         println!(
-            "{:<26} {:>7} {:>11.1} {:>11.1} {:>12} {:>12.0} {:>12.0} {:>10.1} {:>9} {:>9} {:>9}",
+            "{:<26} {:>7} {:>11.1} {:>11} {:>12} {:>12.0} {:>12.0} {:>10.1} {:>9} {:>9} {:>9}",
             r.scenario,
             r.plugins,
             r.startup_ms,
-            r.startup_cached_ms,
+            cached,
             memory,
             r.events_per_s,
             r.deliveries_per_s,
