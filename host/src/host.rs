@@ -75,9 +75,9 @@ pub struct HostConfig {
     /// export (default 128); 1 turns batching off. A batch holds whatever
     /// is waiting for the plugin: the host never waits for one to fill.
     pub max_batch_events: usize,
-    /// The most bytes of encoded events in one batch (default 1 MiB), and
-    /// never more than a quarter of the plugin's memory limit; a larger
-    /// event goes alone, through `handle`.
+    /// The most bytes of encoded events in one batch (default 1 MiB, at
+    /// most 1 GiB), and never more than a quarter of the plugin's memory
+    /// limit; a larger event goes alone, through `handle`.
     pub max_batch_bytes: usize,
 }
 
@@ -284,7 +284,8 @@ impl Host {
             max_log_lines_per_delivery: config.max_log_lines_per_delivery,
             max_output_bytes_per_delivery: config.max_output_bytes_per_delivery,
             max_batch_events: config.max_batch_events.max(1),
-            max_batch_bytes: config.max_batch_bytes,
+            // The batch encoding addresses 4 GiB; stay well inside it.
+            max_batch_bytes: config.max_batch_bytes.min(1 << 30),
         });
         let cache = match &config.compile_cache {
             Some(dir) => Some(CompileCache::open(dir, &engine)?),
