@@ -428,7 +428,9 @@ fn bench_reload_reports_swap_latency_and_throughput() {
 #[test]
 fn serve_stores_events_durably_and_resumes_after_a_restart() {
     let plugins = tempfile::tempdir().expect("plugins directory");
-    let data = tempfile::tempdir().expect("data directory");
+    let parent = tempfile::tempdir().expect("data directory");
+    // Created by serve, private to its user.
+    let data = parent.path().join("state");
     let tenant = plugins.path().join("acme-pos");
     std::fs::create_dir_all(&tenant).expect("tenant directory");
     std::fs::copy(artifacts::AUDIT_LOG, tenant.join("audit.wasm")).expect("copy");
@@ -442,7 +444,7 @@ fn serve_stores_events_durably_and_resumes_after_a_restart() {
         "--plugins",
         plugins.path().to_str().expect("utf-8 path"),
         "--data",
-        data.path().to_str().expect("utf-8 path"),
+        data.to_str().expect("utf-8 path"),
         "--stdin",
     ];
     let input = [event("e-1"), event("e-2"), event("e-3"), "{not json".into()].join("\n");
@@ -453,7 +455,13 @@ fn serve_stores_events_durably_and_resumes_after_a_restart() {
     assert_eq!(ids, ["e-1", "e-2", "e-3"], "{stderr}");
     assert!(lines.iter().all(|l| l["outcome"] == "handled"), "{lines:?}");
     assert!(stderr.contains("line 4: rejected"), "{stderr}");
-    assert!(data.path().join("events.db").is_file());
+    assert!(data.join("events.db").is_file());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&data)
+            .expect("data directory")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
 
     let input = [event("e-3"), event("e-4")].join("\n");
     let (code, lines, stderr) = run_plugbus(&args, &input);

@@ -321,7 +321,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Tenants write into the plugins directory: the log may not be there.
     let plugins_dir = std::fs::canonicalize(&args.plugins)
         .with_context(|| format!("cannot resolve {}", args.plugins.display()))?;
-    std::fs::create_dir_all(&args.data)
+    // Private to the host's user: it holds every tenant's events.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&args.data)
         .with_context(|| format!("cannot create the data directory {}", args.data.display()))?;
     let data_dir = std::fs::canonicalize(&args.data)
         .with_context(|| format!("cannot resolve {}", args.data.display()))?;
