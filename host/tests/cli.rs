@@ -580,6 +580,11 @@ fn dead_letters_and_replay_from_the_command_line() {
 
     // Bad input is named.
     let (code, _, err) = run_plain(&[
+        "replay", "--tenant", "acme-pos", "--plugin", "mixed", "--from", "999", "--data", data_dir,
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("past the end of the log"), "{err}");
+    let (code, _, err) = run_plain(&[
         "replay",
         "--tenant",
         "acme-pos",

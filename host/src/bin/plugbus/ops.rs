@@ -225,6 +225,10 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
+    let head = log.head()?;
+    if first > head + 1 {
+        bail!("position {first} is past the end of the log (its last event is at {head})");
+    }
     let Some(before) = log.cursor(&plugin.tenant, &plugin.plugin)? else {
         bail!(
             "{}/{} has no cursor: it has never consumed this log",
