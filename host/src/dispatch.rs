@@ -672,7 +672,7 @@ impl Plugin {
                 let fuel = self.fuel_consumed(&warm.store);
                 let (emitted, stderr) = self.clear_scope(&mut warm.store);
                 self.release(warm, false);
-                let Some((event, _budget)) = chunk.next() else {
+                let Some((event, budget)) = chunk.next() else {
                     // Every event was reported before the trap.
                     return;
                 };
@@ -683,7 +683,7 @@ impl Plugin {
                     // The batch's buffer shares the instance's memory: the
                     // event alone, through `handle`, decides its outcome.
                     drop(_entered);
-                    reports.push(self.deliver_in_chain(event, _budget));
+                    reports.push(self.deliver_in_chain(event, budget));
                     return;
                 }
                 let outcome = Outcome::Failed(failure);
