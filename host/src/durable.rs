@@ -14,6 +14,9 @@
 //!   backoff and jitter, and holds back the plugin's later events until it
 //!   succeeds or has used its attempts; then it becomes a dead letter with
 //!   every attempt's failure. A `permanent` failure is a dead letter at once.
+//! - A plugin whose last `quarantine_after` deliveries all failed is
+//!   quarantined: paused for `quarantine_for`, or until a new version is
+//!   loaded or [`DurableBus::resume`] is called. Its events wait.
 //! - A plugin without a cursor starts at the end of the log: it sees the
 //!   events published after it was loaded; with `start = "earliest"` in its
 //!   manifest, at the beginning.
@@ -77,6 +80,28 @@ pub struct DurableConfig {
     pub retry: RetryPolicy,
     /// The most events a consumer reads (and delivers) at once (default 128).
     pub read_batch: usize,
+    /// After this many failed deliveries in a row a plugin is quarantined:
+    /// paused instead of burning fuel on every event (default 20; 0 never).
+    pub quarantine_after: u32,
+    /// How long a quarantine lasts unless a new version of the plugin is
+    /// loaded or [`DurableBus::resume`] ends it first (default 5 minutes).
+    /// Its events wait in the log meanwhile; none is dropped.
+    pub quarantine_for: Duration,
+}
+
+/// A quarantined plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    /// The plugin's tenant.
+    pub tenant: String,
+    /// The plugin.
+    pub plugin: String,
+    /// The version that failed.
+    pub version: String,
+    /// When the quarantine began, in milliseconds since the Unix epoch.
+    pub since_ms: i64,
+    /// When it ends unless lifted first, in milliseconds since the epoch.
+    pub until_ms: i64,
 }
 
 impl Default for DurableConfig {
@@ -84,6 +109,8 @@ impl Default for DurableConfig {
         Self {
             retry: RetryPolicy::default(),
             read_batch: 128,
+            quarantine_after: 20,
+            quarantine_for: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -117,11 +144,16 @@ struct Inner {
     /// Woken when events of the tenant are appended.
     tenants: Mutex<HashMap<String, Arc<Notify>>>,
     /// The running consumers, by (tenant, plugin).
-    consumers: Mutex<HashMap<(String, String), tokio::task::JoinHandle<()>>>,
+    consumers: Mutex<HashMap<PluginKey, tokio::task::JoinHandle<()>>>,
     stop: watch::Sender<bool>,
     /// Every delivery the consumers make, for whoever listens.
     deliveries: broadcast::Sender<Delivery>,
+    /// The quarantined plugins, and what wakes each one.
+    quarantined: Mutex<HashMap<PluginKey, (Quarantine, Arc<Notify>)>>,
 }
+
+/// A plugin by (tenant, name).
+type PluginKey = (String, String);
 
 impl DurableBus {
     /// Starts a consumer for every plugin `host` has loaded, and for every
@@ -141,6 +173,7 @@ impl DurableBus {
             consumers: Mutex::new(HashMap::new()),
             stop: watch::Sender::new(false),
             deliveries: broadcast::Sender::new(4096),
+            quarantined: Mutex::new(HashMap::new()),
         });
         let mut reload_events = inner.host.reload_events();
         for plugin in inner.host.plugins() {
@@ -238,6 +271,38 @@ impl DurableBus {
         }
     }
 
+    /// The plugins in quarantine now.
+    pub fn quarantined(&self) -> Vec<Quarantine> {
+        let mut all: Vec<_> = self
+            .inner
+            .quarantined
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|(q, _)| q.clone())
+            .collect();
+        all.sort_by(|a, b| (&a.tenant, &a.plugin).cmp(&(&b.tenant, &b.plugin)));
+        all
+    }
+
+    /// Ends a plugin's quarantine now; returns whether it was quarantined.
+    pub fn resume(&self, tenant: &str, plugin: &str) -> bool {
+        let key = (tenant.to_owned(), plugin.to_owned());
+        let entry = self
+            .inner
+            .quarantined
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+        match entry {
+            Some((_, wake)) => {
+                wake.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The log the bus publishes into.
     pub fn log(&self) -> &Arc<dyn EventLog> {
         &self.inner.log
@@ -318,6 +383,8 @@ impl Consumer {
         };
         // The failed attempts of the event at the head of the line.
         let mut attempts: Vec<Attempt> = Vec::new();
+        // Failed deliveries in a row, of any events.
+        let mut failures_in_a_row = 0u32;
         loop {
             if *stop.borrow() {
                 return;
@@ -414,8 +481,10 @@ impl Consumer {
                         commit.emitted.extend(emitted);
                         commit.cursor = stored.seq;
                         attempts.clear();
+                        failures_in_a_row = 0;
                     }
                     Outcome::Failed(failure) => {
+                        failures_in_a_row = failures_in_a_row.saturating_add(1);
                         let retryable = failure.kind.is_retryable();
                         attempts.push(Attempt {
                             kind: failure.kind,
@@ -480,6 +549,14 @@ impl Consumer {
                     }
                 }
             }
+            let limit = self.inner.config.quarantine_after;
+            if limit > 0 && failures_in_a_row >= limit {
+                failures_in_a_row = 0;
+                if self.quarantine(&plugin, &mut stop).await {
+                    return;
+                }
+                continue;
+            }
             if let Some(wait) = retry_after
                 && self.pause(wait, &mut stop).await
             {
@@ -517,6 +594,69 @@ impl Consumer {
                 .await?;
         }
         Ok(position)
+    }
+
+    /// Pauses the plugin until its quarantine ends: the time runs out, a
+    /// new version is loaded, or an operator resumes it. True when the bus
+    /// is stopping.
+    async fn quarantine(&self, plugin: &crate::Plugin, stop: &mut watch::Receiver<bool>) -> bool {
+        let version = plugin.version().to_owned();
+        let length = self.inner.config.quarantine_for;
+        let since_ms = now_ms();
+        let until_ms =
+            since_ms.saturating_add(i64::try_from(length.as_millis()).unwrap_or(i64::MAX));
+        let key = (self.tenant.clone(), self.plugin.clone());
+        let wake = Arc::new(Notify::new());
+        self.inner
+            .quarantined
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                key.clone(),
+                (
+                    Quarantine {
+                        tenant: self.tenant.clone(),
+                        plugin: self.plugin.clone(),
+                        version: version.clone(),
+                        since_ms,
+                        until_ms,
+                    },
+                    wake.clone(),
+                ),
+            );
+        tracing::warn!(
+            tenant = %self.tenant,
+            plugin = %self.plugin,
+            version = %version,
+            seconds = length.as_secs(),
+            "plugin quarantined after {} failed deliveries in a row; its events wait",
+            self.inner.config.quarantine_after
+        );
+        let deadline = tokio::time::Instant::now() + length;
+        let stopping = loop {
+            let replaced = self
+                .inner
+                .host
+                .plugin(&self.tenant, &self.plugin)
+                .is_none_or(|p| p.version() != version);
+            if replaced || tokio::time::Instant::now() >= deadline {
+                break false;
+            }
+            tokio::select! {
+                () = wake.notified() => break false,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.changed() => break true,
+            }
+        };
+        self.inner
+            .quarantined
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+        if !stopping {
+            tracing::info!(tenant = %self.tenant, plugin = %self.plugin, "quarantine over");
+        }
+        stopping
     }
 
     /// The plugin's cursor as stored.

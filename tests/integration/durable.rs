@@ -274,3 +274,74 @@ async fn the_manifest_sets_the_number_of_attempts() {
     );
     bus.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_keeps_failing_is_quarantined_until_resumed_or_replaced() {
+    let dir = PluginsDir::new();
+    let manifest = format!("{MIXED}[retry]\nmax_attempts = 1\n");
+    let wasm = dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(&manifest));
+    let data = tempfile::tempdir().expect("tempdir");
+    let durable = DurableConfig {
+        quarantine_after: 3,
+        quarantine_for: Duration::from_secs(3600),
+        ..config(1)
+    };
+    let (host, bus) = start(&dir, data.path(), durable).await;
+    let events: Vec<_> = (0..5)
+        .map(|i| mix("mix.permanent", &format!("p-{i}")))
+        .chain((0..5).map(|i| mix("mix.permanent", &format!("q-{i}"))))
+        .collect();
+    let appended = bus.publish(events).await.expect("publish");
+    let last = appended.last().expect("appended").seq;
+
+    until("the plugin is quarantined", || {
+        !bus.quarantined().is_empty()
+    })
+    .await;
+    let quarantine = bus.quarantined().remove(0);
+    assert_eq!(
+        (quarantine.tenant.as_str(), quarantine.plugin.as_str()),
+        ("shop", "mixed")
+    );
+    assert!(quarantine.until_ms > quarantine.since_ms);
+    // Three failed deliveries, then nothing while quarantined: the other
+    // events wait in the log.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(host.stats().failures_of(FailureKind::HandlerPermanent), 3);
+    assert_eq!(cursor(&bus, "mixed"), appended[2].seq);
+
+    // An operator resumes it: three more, and quarantined again.
+    assert!(bus.resume("shop", "mixed"));
+    until("quarantined again", || {
+        host.stats().failures_of(FailureKind::HandlerPermanent) == 6
+            && !bus.quarantined().is_empty()
+    })
+    .await;
+
+    // A new version ends the quarantine too (same code, another manifest);
+    // it fails three times in turn and is quarantined under its version.
+    std::fs::write(wasm.with_extension("toml"), format!("{manifest}# v2\n")).expect("manifest");
+    host.refresh(dir.path()).await.expect("refresh");
+    until("the new version is quarantined", || {
+        bus.quarantined()
+            .first()
+            .is_some_and(|q| q.version != quarantine.version)
+    })
+    .await;
+    assert_eq!(host.stats().failures_of(FailureKind::HandlerPermanent), 9);
+    assert!(bus.resume("shop", "mixed"));
+    until("every event is dead-lettered", || {
+        cursor(&bus, "mixed") >= last
+    })
+    .await;
+    assert_eq!(host.stats().failures_of(FailureKind::HandlerPermanent), 10);
+    assert_eq!(
+        bus.log()
+            .dead_letters("shop", "mixed")
+            .expect("dead letters")
+            .len(),
+        10
+    );
+    assert!(!bus.resume("shop", "mixed"), "no longer quarantined");
+    bus.shutdown().await;
+}
