@@ -441,6 +441,15 @@ impl SqliteLog {
         }
     }
 
+    /// Parses a stored event's JSON; a row that does not parse is corrupt.
+    fn stored_event(&self, seq: Seq, body: &str) -> Result<Event, LogError> {
+        Event::from_json(body).map_err(|e| LogError::Corrupt {
+            path: self.path.clone(),
+            seq,
+            reason: e.to_string(),
+        })
+    }
+
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.reader
             .lock()
@@ -476,11 +485,7 @@ impl EventLog for SqliteLog {
         for row in rows {
             let (seq, appended_at_ms, body) = row.map_err(|e| self.store_error(e))?;
             let seq = seq as Seq;
-            let event = Event::from_json(&body).map_err(|e| LogError::Corrupt {
-                path: self.path.clone(),
-                seq,
-                reason: e.to_string(),
-            })?;
+            let event = self.stored_event(seq, &body)?;
             out.push(StoredEvent {
                 seq,
                 appended_at_ms,
@@ -561,14 +566,12 @@ impl EventLog for SqliteLog {
         for row in rows {
             let (seq, body, attempts) = row.map_err(|e| self.store_error(e))?;
             let seq = seq as Seq;
-            let corrupt = |reason: String| LogError::Corrupt {
+            let event = self.stored_event(seq, &body)?;
+            let attempts = serde_json::from_str(&attempts).map_err(|e| LogError::Corrupt {
                 path: self.path.clone(),
                 seq,
-                reason,
-            };
-            let event = Event::from_json(&body).map_err(|e| corrupt(e.to_string()))?;
-            let attempts =
-                serde_json::from_str(&attempts).map_err(|e| corrupt(format!("attempts: {e}")))?;
+                reason: format!("attempts: {e}"),
+            })?;
             out.push(DeadLetter {
                 seq,
                 event,
