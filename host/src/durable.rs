@@ -165,6 +165,18 @@ impl DurableBus {
         log: Arc<dyn EventLog>,
         config: DurableConfig,
     ) -> Result<Self, LogError> {
+        Ok(Self::start_observed(host, log, config).await?.0)
+    }
+
+    /// Like [`DurableBus::start`], with a receiver of every delivery the
+    /// consumers make, subscribed before the first of them starts, so that
+    /// no delivery is missed (a later [`DurableBus::deliveries`] may miss
+    /// those made before it).
+    pub async fn start_observed(
+        host: Arc<Host>,
+        log: Arc<dyn EventLog>,
+        config: DurableConfig,
+    ) -> Result<(Self, broadcast::Receiver<Delivery>), LogError> {
         let inner = Arc::new(Inner {
             host,
             log,
@@ -175,6 +187,7 @@ impl DurableBus {
             deliveries: broadcast::Sender::new(4096),
             quarantined: Mutex::new(HashMap::new()),
         });
+        let observer = inner.deliveries.subscribe();
         let mut reload_events = inner.host.reload_events();
         for plugin in inner.host.plugins() {
             let consumer = Consumer {
@@ -211,7 +224,7 @@ impl DurableBus {
                 }
             }
         });
-        Ok(Self { inner, reloads })
+        Ok((Self { inner, reloads }, observer))
     }
 
     /// Validates `events`, appends them to the log and answers once they
@@ -232,7 +245,7 @@ impl DurableBus {
     }
 
     /// Every delivery the consumers make from now on, failed attempts
-    /// included. A listener that falls more than 4,096 deliveries behind
+    /// included (see [`DurableBus::start_observed`] for all of them). A listener that falls more than 4,096 deliveries behind
     /// misses the oldest (`RecvError::Lagged`); the deliveries happen anyway.
     pub fn deliveries(&self) -> broadcast::Receiver<Delivery> {
         self.inner.deliveries.subscribe()
@@ -441,6 +454,8 @@ impl Consumer {
 
             let max_events = self.inner.host.config().max_events_per_chain;
             let delivering = plugin.clone();
+            // Shared with the delivery thread, not copied.
+            let events = Arc::new(events);
             let stored = events.clone();
             let delivered = tokio::task::spawn_blocking(move || {
                 let items: Vec<_> = stored
@@ -467,7 +482,7 @@ impl Consumer {
                 }
             }
             let mut reports = reports.into_iter();
-            for stored in events {
+            for stored in events.iter() {
                 if !plugin.manifest().subscribes_to(&stored.event.ty) {
                     commit.cursor = stored.seq;
                     continue;
@@ -512,7 +527,7 @@ impl Consumer {
                         );
                         commit.dead_letters.push(DeadLetter {
                             seq: stored.seq,
-                            event: stored.event,
+                            event: stored.event.clone(),
                             attempts: std::mem::take(&mut attempts),
                         });
                         commit.cursor = stored.seq;

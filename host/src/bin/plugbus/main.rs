@@ -347,13 +347,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         log.path().display()
     );
-    let bus = DurableBus::start(
+    // Subscribed before the first consumer starts: no delivery unprinted.
+    let (bus, deliveries) = DurableBus::start_observed(
         host.clone(),
         std::sync::Arc::new(log),
         DurableConfig::default(),
     )
     .await?;
-    let printer = tokio::spawn(print_deliveries(bus.deliveries()));
+    let printer = tokio::spawn(print_deliveries(deliveries));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     if args.stdin {
