@@ -17,7 +17,9 @@ use crate::HandlerError;
 
 /// Attributes per event in a batch's table, in the order of the WIT docs.
 const FIELDS: usize = 10;
-const ENTRY_BYTES: usize = FIELDS * 8;
+/// Bytes of one event's table entry: the (offset, length) pairs, then the
+/// attempt number.
+const ENTRY_BYTES: usize = FIELDS * 8 + 4;
 /// The offset that marks an absent optional attribute.
 const ABSENT: u32 = u32::MAX;
 /// The attributes' positions in a table entry.
@@ -71,6 +73,7 @@ pub(crate) struct Attributes {
     pub data: Vec<u8>,
     pub extensions: Vec<(String, String)>,
     pub tenant: String,
+    pub attempt: u32,
 }
 
 /// A batch buffer that breaks the documented layout. Only a broken host
@@ -132,6 +135,7 @@ impl Event {
             ty: ty.into(),
             datacontenttype: Some("application/json".into()),
             tenant: "test-tenant".into(),
+            attempt: 1,
             ..Attributes::default()
         })
     }
@@ -219,6 +223,15 @@ impl Event {
         self.required(TENANT)
     }
 
+    /// Which delivery of this event to this plugin this is: 1 for the
+    /// first, 2 for the first retry, and so on.
+    pub fn attempt(&self) -> u32 {
+        match &self.repr {
+            Repr::Flat { batch, entry } => u32_at(batch, entry + FIELDS * 8),
+            Repr::Owned(a) => a.attempt,
+        }
+    }
+
     /// The payload.
     pub fn data(&self) -> &[u8] {
         match &self.repr {
@@ -294,6 +307,7 @@ impl Event {
                     .map(|(n, v)| (n.to_owned(), v.to_owned()))
                     .collect(),
                 tenant: self.tenant().to_owned(),
+                attempt: self.attempt(),
             },
         }
     }
@@ -358,6 +372,11 @@ impl Event {
         self.change(|a| a.tenant = tenant.into())
     }
 
+    /// Sets the attempt number, as the host does on a retry.
+    pub fn with_attempt(self, attempt: u32) -> Self {
+        self.change(|a| a.attempt = attempt)
+    }
+
     /// Adds an extension attribute.
     pub fn with_extension(self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.change(|a| a.extensions.push((name.into(), value.into())))
@@ -371,6 +390,7 @@ impl PartialEq for Event {
             .all(|f| self.optional(f) == other.optional(f))
             && self.data() == other.data()
             && self.extensions().eq(other.extensions())
+            && self.attempt() == other.attempt()
     }
 }
 
@@ -389,6 +409,7 @@ impl fmt::Debug for Event {
             .field("data", &self.data_str().ok_or(self.data().len()))
             .field("extensions", &self.extensions().collect::<Vec<_>>())
             .field("tenant", &self.tenant())
+            .field("attempt", &self.attempt())
             .finish()
     }
 }
@@ -436,7 +457,8 @@ impl<'a> Iterator for Extensions<'a> {
 mod tests {
     use super::*;
 
-    /// A batch encoded by hand, the way the WIT docs describe it.
+    /// A batch encoded by hand, the way the WIT docs describe it; event
+    /// `i` is on attempt `i + 1`.
     fn encode(events: &[&[Option<&[u8]>; FIELDS]]) -> Vec<u8> {
         let mut out = (events.len() as u32).to_le_bytes().to_vec();
         let table = out.len();
@@ -455,6 +477,8 @@ mod tests {
                 out[at..at + 4].copy_from_slice(&offset.to_le_bytes());
                 out[at + 4..at + 8].copy_from_slice(&len.to_le_bytes());
             }
+            let at = table + i * ENTRY_BYTES + FIELDS * 8;
+            out[at..at + 4].copy_from_slice(&(i as u32 + 1).to_le_bytes());
         }
         out
     }
@@ -519,6 +543,7 @@ mod tests {
         assert_eq!(second.dataschema(), Some("https://schemas.example/p"));
         assert!(second.data().is_empty());
         assert_eq!(second.extensions().next(), None);
+        assert_eq!((first.attempt(), second.attempt()), (1, 2));
 
         // The same event, owned, compares equal; a builder turns a flat
         // event into an owned one.

@@ -2,17 +2,20 @@
 //!
 //! The Rust SDK for [plugbus](https://example.invalid/plugbus) plugins: event
 //! handlers compiled to WebAssembly components of the WIT world
-//! `plugbus:plugin/batch-handler@0.1.0`: they export `handle`, and
+//! `plugbus:plugin/batch-handler@0.2.0`: they export `handle`, and
 //! `handle-batch`, through which the host passes many events in one call.
 //!
 //! A plugin implements [`Handler`] and calls [`export_handler!`]. Inside the
 //! handler, a [`Context`] publishes events ([`Context::emit`],
 //! [`Context::emit_json`]), writes log lines ([`Context::info`], …) and reads
-//! the plugin's configuration from its manifest ([`Context::config`]).
-//! [`Event::json`] reads the payload as any serde type.
+//! the plugin's configuration from its manifest ([`Context::config`]), and
+//! keeps durable state ([`Context::state`], [`Context::set_state`]) that is
+//! committed only when the handler succeeds. [`Event::json`] reads the
+//! payload as any serde type; [`Event::attempt`] says which retry this is.
 //!
 //! The same handler runs natively in a plain `cargo test` through
-//! [`testing::TestContext`], which records emits and logs and serves config.
+//! [`testing::TestContext`], which records emits and logs, serves config,
+//! and keeps state as the host does.
 //!
 //! ## A complete plugin
 //!
@@ -257,6 +260,12 @@ pub trait HostApi {
     fn log(&mut self, level: Level, message: &str);
     /// The plugin's config value for `key`.
     fn config_get(&self, key: &str) -> Option<String>;
+    /// The plugin's state under `key`, with this delivery's writes.
+    fn state_get(&self, key: &str) -> Option<Vec<u8>>;
+    /// Stores `value` under `key`, committed when the handler succeeds.
+    fn state_set(&mut self, key: &str, value: &[u8]) -> Result<(), String>;
+    /// Removes `key`, committed when the handler succeeds.
+    fn state_delete(&mut self, key: &str);
 }
 
 /// The handler's view of the host, for one event.
@@ -340,6 +349,74 @@ impl<'a> Context<'a> {
     }
 }
 
+impl Context<'_> {
+    /// The plugin's state under `key` as raw bytes, or `None` when there is
+    /// none. Sees the writes this delivery made so far.
+    pub fn state_bytes(&self, key: &str) -> Option<Vec<u8>> {
+        self.host.state_get(key)
+    }
+
+    /// The plugin's state under `key`, decoded from JSON; `Ok(None)` when
+    /// there is none, and a [`HandlerError::Permanent`] naming the key
+    /// when the stored value does not decode as `T`.
+    pub fn state<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, HandlerError> {
+        match self.state_bytes(key) {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                HandlerError::Permanent(format!(
+                    "state {key:?} does not decode as {}: {e}",
+                    std::any::type_name::<T>()
+                ))
+            }),
+        }
+    }
+
+    /// Stores raw bytes under `key`.
+    ///
+    /// The write is committed only when the handler returns `Ok`, together
+    /// with the events it emitted and the plugin's progress through the
+    /// log; a failed delivery leaves the state as it was.
+    pub fn set_state_bytes(&mut self, key: &str, value: &[u8]) -> Result<(), StateError> {
+        self.host.state_set(key, value).map_err(StateError)
+    }
+
+    /// Stores `value` as JSON under `key`; see [`Context::set_state_bytes`].
+    pub fn set_state<T: Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| StateError(format!("state {key:?} does not encode as JSON: {e}")))?;
+        self.set_state_bytes(key, &bytes)
+    }
+
+    /// Removes `key` and its value, when the handler returns `Ok`.
+    pub fn delete_state(&mut self, key: &str) {
+        self.host.state_delete(key);
+    }
+}
+
+/// The host refused a state write: an empty or too long key, a value or a
+/// delivery's writes over the host's limits. Converts into a
+/// [`HandlerError::Permanent`], so that `?` works in a handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateError(pub String);
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "state write refused: {}", self.0)
+    }
+}
+
+impl std::error::Error for StateError {}
+
+impl From<StateError> for HandlerError {
+    fn from(e: StateError) -> Self {
+        HandlerError::Permanent(e.to_string())
+    }
+}
+
 /// An event handler: the one trait a plugin implements.
 pub trait Handler {
     /// Handles one event. Return `Ok(())` when it was handled, or a
@@ -380,7 +457,7 @@ pub mod __private {
 
     use std::sync::Arc;
 
-    use crate::bindings::plugbus::plugin::{batch, host, types};
+    use crate::bindings::plugbus::plugin::{batch, host, state, types};
     use crate::event::{self, Attributes};
     use crate::{Context, Event, Handler, HandlerError, HostApi, Level, OutgoingEvent};
 
@@ -413,6 +490,18 @@ pub mod __private {
         fn config_get(&self, key: &str) -> Option<String> {
             host::config_get(key)
         }
+
+        fn state_get(&self, key: &str) -> Option<Vec<u8>> {
+            state::get(key)
+        }
+
+        fn state_set(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
+            state::set(key, value)
+        }
+
+        fn state_delete(&mut self, key: &str) {
+            state::delete(key);
+        }
     }
 
     pub use std::vec::Vec;
@@ -437,6 +526,7 @@ pub mod __private {
             data: event.data,
             extensions: event.extensions,
             tenant: event.tenant,
+            attempt: event.attempt,
         });
         H::handle(&mut Context::new(&mut ComponentHost), event).map_err(to_wit)
     }
@@ -564,9 +654,68 @@ mod tests {
             ctx.logs(),
             [(Level::Info, "emitted-1 emitted-2".to_owned())]
         );
-        let types: Vec<_> = ctx.emitted().iter().map(|e| e.ty.as_str()).collect();
-        assert_eq!(types, ["a", "b"]);
-        assert_eq!(ctx.emitted()[1].subject.as_deref(), Some("s"));
+        assert!(
+            ctx.emitted().is_empty(),
+            "the emits of a failed run are discarded, as the host discards them"
+        );
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Tally {
+        count: u32,
+    }
+
+    /// Counts events in state; fails on type `fail` after writing.
+    struct Counter;
+
+    impl Handler for Counter {
+        fn handle(ctx: &mut Context<'_>, event: Event) -> Result<(), HandlerError> {
+            let mut tally = ctx.state::<Tally>("tally")?.unwrap_or(Tally { count: 0 });
+            tally.count += 1;
+            ctx.set_state("tally", &tally)?;
+            assert_eq!(
+                ctx.state::<Tally>("tally")?,
+                Some(Tally { count: tally.count })
+            );
+            ctx.info(format!("attempt {}", event.attempt()));
+            if event.ty() == "fail" {
+                return Err(HandlerError::retryable("after the write"));
+            }
+            if event.ty() == "reset" {
+                ctx.delete_state("tally");
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn state_is_kept_on_success_and_undone_on_failure() {
+        let mut ctx = TestContext::new().with_state("tally", &Tally { count: 5 });
+        ctx.run::<Counter>(Event::new("t")).expect("handled");
+        assert_eq!(ctx.state::<Tally>("tally"), Some(Tally { count: 6 }));
+        ctx.run::<Counter>(Event::new("fail").with_attempt(3))
+            .unwrap_err();
+        assert_eq!(ctx.state::<Tally>("tally"), Some(Tally { count: 6 }));
+        assert_eq!(ctx.logs()[1].1, "attempt 3");
+        ctx.run::<Counter>(Event::new("reset")).expect("handled");
+        assert!(ctx.state_entries().is_empty());
+    }
+
+    #[test]
+    fn bad_state_is_permanent_and_names_the_key() {
+        let mut ctx = TestContext::new().with_state("tally", "not a tally");
+        let err = ctx.run::<Counter>(Event::new("t")).unwrap_err();
+        assert!(
+            matches!(&err, HandlerError::Permanent(m) if m.contains("\"tally\"")),
+            "{err}"
+        );
+        let mut host = TestContext::new();
+        let mut ctx = Context::new(&mut host);
+        let err = ctx.set_state_bytes("", b"x").unwrap_err();
+        assert!(err.0.contains("1 to 512 bytes"), "{err}");
+        let big = vec![0u8; testing::MAX_STATE_VALUE_BYTES + 1];
+        let err = ctx.set_state_bytes("k", &big).unwrap_err();
+        assert!(err.to_string().contains("\"k\""), "{err}");
     }
 
     #[test]
@@ -576,6 +725,7 @@ mod tests {
         assert_eq!(event.source(), "test");
         assert_eq!(event.tenant(), "test-tenant");
         assert_eq!(event.datacontenttype(), Some("application/json"));
+        assert_eq!(event.attempt(), 1);
         assert!(event.data().is_empty());
         let out = OutgoingEvent::json("t", &serde_json::json!({ "a": 1 })).expect("json");
         assert_eq!(out.datacontenttype.as_deref(), Some("application/json"));

@@ -19,15 +19,26 @@
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use crate::{Context, Event, Handler, HandlerError, HostApi, Level, OutgoingEvent};
 
-/// A host for native tests: serves config, records emits and logs.
+/// The longest state key the host takes, in bytes (its default).
+pub const MAX_STATE_KEY_BYTES: usize = 512;
+/// The largest state value the host takes, in bytes (its default).
+pub const MAX_STATE_VALUE_BYTES: usize = 1 << 20;
+
+/// A host for native tests: serves config, records emits and logs, and
+/// keeps state like the host: a run's writes are kept when the handler
+/// returns `Ok` and undone when it fails, and its emits likewise.
 #[derive(Debug, Default)]
 pub struct TestContext {
     config: BTreeMap<String, String>,
     emitted: Vec<OutgoingEvent>,
     logs: Vec<(Level, String)>,
     refuse_emits: Option<String>,
+    state: BTreeMap<String, Vec<u8>>,
 }
 
 impl TestContext {
@@ -49,9 +60,44 @@ impl TestContext {
         self
     }
 
-    /// Runs handler `H` on `event`.
+    /// Sets a state value as JSON before the run, as an earlier delivery
+    /// would have.
+    ///
+    /// # Panics
+    /// When `value` cannot be serialised as JSON; this builder is for tests.
+    pub fn with_state<T: Serialize + ?Sized>(mut self, key: impl Into<String>, value: &T) -> Self {
+        let bytes = serde_json::to_vec(value).expect("test state serialises as JSON");
+        self.state.insert(key.into(), bytes);
+        self
+    }
+
+    /// Runs handler `H` on `event`. When the handler fails, its state
+    /// writes and emits are undone, as the host discards them.
     pub fn run<H: Handler>(&mut self, event: Event) -> Result<(), HandlerError> {
-        H::handle(&mut Context::new(self), event)
+        let state = self.state.clone();
+        let emitted = self.emitted.len();
+        let result = H::handle(&mut Context::new(self), event);
+        if result.is_err() {
+            self.state = state;
+            self.emitted.truncate(emitted);
+        }
+        result
+    }
+
+    /// The state under `key`, decoded from JSON; `None` when there is none.
+    ///
+    /// # Panics
+    /// When the stored value does not decode as `T`.
+    pub fn state<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        self.state.get(key).map(|bytes| {
+            serde_json::from_slice(bytes)
+                .unwrap_or_else(|e| panic!("state {key:?} does not decode: {e}"))
+        })
+    }
+
+    /// Every state key and its raw value, in key order.
+    pub fn state_entries(&self) -> &BTreeMap<String, Vec<u8>> {
+        &self.state
     }
 
     /// The events emitted so far, in order.
@@ -80,5 +126,30 @@ impl HostApi for TestContext {
 
     fn config_get(&self, key: &str) -> Option<String> {
         self.config.get(key).cloned()
+    }
+
+    fn state_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.state.get(key).cloned()
+    }
+
+    fn state_set(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
+        if key.is_empty() || key.len() > MAX_STATE_KEY_BYTES {
+            return Err(format!(
+                "a state key is 1 to {MAX_STATE_KEY_BYTES} bytes; this one is {}",
+                key.len()
+            ));
+        }
+        if value.len() > MAX_STATE_VALUE_BYTES {
+            return Err(format!(
+                "the value of state {key:?} is {} bytes; the limit is {MAX_STATE_VALUE_BYTES}",
+                value.len()
+            ));
+        }
+        self.state.insert(key.to_owned(), value.to_vec());
+        Ok(())
+    }
+
+    fn state_delete(&mut self, key: &str) {
+        self.state.remove(key);
     }
 }

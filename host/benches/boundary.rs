@@ -114,6 +114,16 @@ impl raw::plugbus::plugin::host::Host for RawState {
     }
 }
 
+impl raw::plugbus::plugin::state::Host for RawState {
+    fn get(&mut self, _: String) -> Option<Vec<u8>> {
+        None
+    }
+    fn set(&mut self, _: String, _: Vec<u8>) -> Result<(), String> {
+        Err("not in this benchmark".into())
+    }
+    fn delete(&mut self, _: String) {}
+}
+
 /// The component behind `bindgen!` alone: one engine with wasmtime's
 /// defaults (but concurrency support off, as plugbus has it), one store.
 /// With `limits`, fuel and epoch interruption are on and the store is
@@ -142,7 +152,7 @@ impl RawWasmtime {
         // The SDK's components also import `batch.done`, which `handle`
         // never calls.
         linker
-            .instance("plugbus:plugin/batch@0.1.0")
+            .instance("plugbus:plugin/batch@0.2.0")
             .expect("the batch interface")
             .func_wrap(
                 "done",
@@ -199,6 +209,7 @@ fn raw_event(e: &Event) -> raw::plugbus::plugin::types::Event {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         tenant: e.tenant.clone(),
+        attempt: 1,
     }
 }
 

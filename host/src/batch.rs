@@ -2,7 +2,8 @@
 //! world `plugbus:plugin/batch-handler`.
 //!
 //! One buffer holds the whole batch: a count, a table of ten
-//! (offset, length) pairs per event, then the attribute bytes. A guest
+//! (offset, length) pairs and the attempt number per event, then the
+//! attribute bytes. A guest
 //! finds any attribute of any event in constant time and decodes only the
 //! ones its handler reads; the layout is documented on `handle-batch` in
 //! `wit/plugbus.wit`, and `plugbus-sdk` decodes it.
@@ -13,8 +14,8 @@ use crate::event::Event;
 pub const FIELDS: usize = 10;
 /// The offset that marks an absent optional attribute.
 pub const ABSENT: u32 = u32::MAX;
-/// Bytes of one event's entry in the table.
-const ENTRY_BYTES: usize = FIELDS * 8;
+/// Bytes of one event's entry in the table: the pairs, then the attempt.
+const ENTRY_BYTES: usize = FIELDS * 8 + 4;
 
 /// The bytes `event` takes in a batch: table entry and attributes.
 pub fn encoded_len(event: &Event) -> usize {
@@ -38,15 +39,19 @@ pub fn encoded_len(event: &Event) -> usize {
         + event.tenant.len()
 }
 
-/// Encodes `events` into `out` (cleared first).
+/// Encodes `events`, each with its attempt number, into `out` (cleared
+/// first).
 ///
 /// # Panics
 /// When the batch would pass 4 GiB, which the offsets cannot address;
 /// callers bound batches far below that.
-pub fn encode<'a>(events: impl ExactSizeIterator<Item = &'a Event> + Clone, out: &mut Vec<u8>) {
+pub fn encode<'a>(
+    events: impl ExactSizeIterator<Item = (&'a Event, u32)> + Clone,
+    out: &mut Vec<u8>,
+) {
     out.clear();
     let count = events.len();
-    let total = 4 + events.clone().map(encoded_len).sum::<usize>();
+    let total = 4 + events.clone().map(|(e, _)| encoded_len(e)).sum::<usize>();
     assert!(
         u32::try_from(total).is_ok(),
         "a batch of {total} bytes is beyond the 4 GiB the encoding addresses"
@@ -55,7 +60,7 @@ pub fn encode<'a>(events: impl ExactSizeIterator<Item = &'a Event> + Clone, out:
     out.extend_from_slice(&(count as u32).to_le_bytes());
     let table = out.len();
     out.resize(table + count * ENTRY_BYTES, 0);
-    for (i, event) in events.enumerate() {
+    for (i, (event, attempt)) in events.enumerate() {
         let entry = table + i * ENTRY_BYTES;
         let mut fields = [(ABSENT, 0u32); FIELDS];
         fields[0] = append(out, event.id.as_bytes());
@@ -87,6 +92,8 @@ pub fn encode<'a>(events: impl ExactSizeIterator<Item = &'a Event> + Clone, out:
             out[at..at + 4].copy_from_slice(&offset.to_le_bytes());
             out[at + 4..at + 8].copy_from_slice(&len.to_le_bytes());
         }
+        let at = entry + FIELDS * 8;
+        out[at..at + 4].copy_from_slice(&attempt.to_le_bytes());
     }
     debug_assert_eq!(out.len(), total);
 }
@@ -135,7 +142,7 @@ mod tests {
         a.extensions.insert("partitionkey".into(), "o-1".into());
         let b = event("t-2", "payment.completed");
         let mut buf = Vec::new();
-        encode([&a, &b].into_iter(), &mut buf);
+        encode([(&a, 1), (&b, 3)].into_iter(), &mut buf);
 
         assert_eq!(buf.len(), 4 + encoded_len(&a) + encoded_len(&b));
         assert_eq!(u32_at(&buf, 0), 2);
@@ -145,6 +152,12 @@ mod tests {
         assert_eq!(field(&buf, 0, 4), None);
         assert_eq!(field(&buf, 0, 7), Some(&b"{\"total\":3}"[..]));
         assert_eq!(field(&buf, 0, 9), Some(&b"acme"[..]));
+        assert_eq!(u32_at(&buf, 4 + FIELDS * 8), 1, "the first event's attempt");
+        assert_eq!(
+            u32_at(&buf, 4 + ENTRY_BYTES + FIELDS * 8),
+            3,
+            "the second event's attempt"
+        );
         let ext = field(&buf, 0, 8).expect("extensions");
         assert_eq!(u32_at(ext, 0), 1);
         assert_eq!(u32_at(ext, 4), 12);
@@ -160,7 +173,7 @@ mod tests {
     #[test]
     fn an_empty_batch_is_a_zero_count() {
         let mut buf = vec![1, 2, 3];
-        encode(std::iter::empty::<&Event>(), &mut buf);
+        encode(std::iter::empty::<(&Event, u32)>(), &mut buf);
         assert_eq!(buf, [0, 0, 0, 0]);
     }
 }

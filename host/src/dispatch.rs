@@ -11,10 +11,11 @@ use serde::Serialize;
 use wasmtime::component::{ComponentExportIndex, HasSelf, TypedFunc};
 use wasmtime::{AsContextMut, Engine, Store, StoreContextMut, Trap};
 
-use crate::bindings::{Handler, HandlerError, HandlerPre};
+use crate::bindings::{HandlerError, Instance as Handler, Pre};
 use crate::event::Event;
 use crate::manifest::Manifest;
 use crate::sandbox::{Bounds, DeliveryScope, Identity, MemoryLimitExceeded, PluginState};
+use crate::state::{Overlay, StateWrite};
 use crate::stats::Stats;
 
 /// Whether a plugin's instance serves many events or one.
@@ -47,11 +48,14 @@ pub enum FailureKind {
     StackOverflow,
     /// The handler trapped: a panic, an `unreachable`, or another trap.
     Trap,
+    /// The plugin's state could not be read or saved: the host's store
+    /// failed, not the plugin.
+    StateStore,
 }
 
 impl FailureKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FailureKind; 7] = [
+    pub const ALL: [FailureKind; 8] = [
         Self::HandlerRetryable,
         Self::HandlerPermanent,
         Self::FuelExhausted,
@@ -59,6 +63,7 @@ impl FailureKind {
         Self::MemoryLimit,
         Self::StackOverflow,
         Self::Trap,
+        Self::StateStore,
     ];
 
     /// The kind's name as it appears in output: `handler_retryable`, …
@@ -71,6 +76,7 @@ impl FailureKind {
             Self::MemoryLimit => "memory_limit",
             Self::StackOverflow => "stack_overflow",
             Self::Trap => "trap",
+            Self::StateStore => "state_store",
         }
     }
 
@@ -191,7 +197,7 @@ pub struct Plugin {
     pub(crate) manifest: Manifest,
     pub(crate) path: std::path::PathBuf,
     engine: Engine,
-    pre: HandlerPre<PluginState>,
+    pre: Pre,
     bounds: Arc<Bounds>,
     stats: Arc<Stats>,
     mode: InstanceMode,
@@ -249,7 +255,7 @@ pub(crate) struct PluginParts {
     pub manifest: Manifest,
     pub path: std::path::PathBuf,
     pub engine: Engine,
-    pub pre: HandlerPre<PluginState>,
+    pub pre: Pre,
     pub bounds: Arc<Bounds>,
     pub stats: Arc<Stats>,
     pub mode: InstanceMode,
@@ -328,7 +334,7 @@ impl Plugin {
         store.limiter(|s| &mut s.limiter);
         let instantiated = self.arm(&mut store).and_then(|()| {
             let instance = self.pre.instance_pre().instantiate(&mut store)?;
-            let handler = Handler::new(&mut store, &instance)?;
+            let handler = self.pre.handler(&mut store, &instance)?;
             let batch = match &self.batch_export {
                 Some(export) => Some(
                     instance
@@ -416,7 +422,45 @@ impl Plugin {
             });
         }
         event.validate()?;
-        Ok(self.deliver_in_chain(event, None))
+        Ok(self.settle(self.deliver_in_chain(Item::new(event, None), &Overlay::default())))
+    }
+
+    /// The contract version the plugin's component targets, `0.2.0` or
+    /// `0.1.0` (see `wit/`).
+    pub fn wit_version(&self) -> &'static str {
+        self.pre.version()
+    }
+
+    /// Applies a finished delivery's state writes to the host's store (the
+    /// in-memory paths; the durable bus commits them with its cursor
+    /// instead). When the store fails, the delivery fails with
+    /// [`FailureKind::StateStore`] and its emitted events are dropped.
+    fn settle(&self, (mut delivery, effects): (Delivery, Effects)) -> (Delivery, Vec<Event>) {
+        if !delivery.outcome.is_handled() || effects.state.is_empty() {
+            return (delivery, effects.emitted);
+        }
+        let store = self.bounds.state.store();
+        match store.apply(&self.identity.tenant, &self.identity.name, &effects.state) {
+            Ok(()) => (delivery, effects.emitted),
+            Err(e) => {
+                let failure = Failure {
+                    kind: FailureKind::StateStore,
+                    message: format!("the handler's state writes were not saved: {e}"),
+                };
+                tracing::error!(
+                    plugin = %self.identity.label,
+                    event_id = %delivery.event_id,
+                    "{}",
+                    failure.message
+                );
+                self.stats.failures[FailureKind::StateStore.index()]
+                    .fetch_add(1, Ordering::Relaxed);
+                delivery.outcome = Outcome::Failed(failure);
+                delivery.emitted.clear();
+                self.keep_effects(&delivery.outcome, effects);
+                (delivery, Vec::new())
+            }
+        }
     }
 
     /// Queues a delivery of `event` and returns where its report will
@@ -474,18 +518,21 @@ impl Plugin {
             if jobs.len() == 1
                 && let Some(job) = jobs.pop()
             {
-                let report = self.deliver_in_chain(&job.event, job.chain_budget);
+                let report = self.settle(self.deliver_in_chain(
+                    Item::new(&job.event, job.chain_budget),
+                    &Overlay::default(),
+                ));
                 // The publisher may have gone away; the delivery happened anyway.
                 let _ = job.reply.send(report);
                 continue;
             }
             let items: Vec<_> = jobs
                 .iter_mut()
-                .map(|job| (&*job.event, job.chain_budget.take()))
+                .map(|job| Item::new(&job.event, job.chain_budget.take()))
                 .collect();
             let reports = self.deliver_batch_in_chain(items, false);
             for (job, report) in jobs.drain(..).zip(reports) {
-                let _ = job.reply.send(report);
+                let _ = job.reply.send(self.settle(report));
             }
         }
     }
@@ -527,7 +574,9 @@ impl Plugin {
             }
             event.validate()?;
         }
-        Ok(self.deliver_batch_in_chain(events.iter().map(|e| (e, None)).collect(), false))
+        let reports =
+            self.deliver_batch_in_chain(events.iter().map(|e| Item::new(e, None)).collect(), false);
+        Ok(reports.into_iter().map(|r| self.settle(r)).collect())
     }
 
     /// Delivers events in order, each with its chain's budget, through
@@ -537,21 +586,24 @@ impl Plugin {
     /// the events after it were not delivered.
     pub(crate) fn deliver_batch_in_chain(
         &self,
-        items: Vec<(&Event, Option<Arc<AtomicUsize>>)>,
+        items: Vec<Item<'_>>,
         until_failure: bool,
-    ) -> Vec<(Delivery, Vec<Event>)> {
+    ) -> Vec<(Delivery, Effects)> {
         let mut reports = Vec::with_capacity(items.len());
         let mut items = items.into_iter().peekable();
         let max_bytes = self.max_batch_bytes();
         let mut buffer = Vec::new();
+        // The state writes of the handled events so far, for the later
+        // events to read (they are stored only after the whole call).
+        let mut prior = Overlay::default();
         while let Some(first) = items.next() {
             // The batch: events that fit its limits, in order. An event
             // too large for a batch goes alone.
-            let mut bytes = crate::batch::encoded_len(first.0);
+            let mut bytes = crate::batch::encoded_len(first.event);
             let mut chunk = vec![first];
             while chunk.len() < self.bounds.max_batch_events {
                 let Some(next) = items.peek() else { break };
-                let len = crate::batch::encoded_len(next.0);
+                let len = crate::batch::encoded_len(next.event);
                 if bytes + len > max_bytes {
                     break;
                 }
@@ -560,7 +612,14 @@ impl Plugin {
             }
             let mut chunk = chunk.into_iter();
             while chunk.len() > 0 {
-                self.deliver_chunk(&mut chunk, &mut buffer, &mut reports, until_failure);
+                let before = reports.len();
+                self.deliver_chunk(&mut chunk, &mut buffer, &mut reports, &prior, until_failure);
+                // The next instance must see what these events wrote.
+                for (delivery, effects) in &reports[before..] {
+                    if delivery.outcome.is_handled() {
+                        prior.add(&effects.state);
+                    }
+                }
                 let failed = reports.last().is_some_and(|(d, _)| !d.outcome.is_handled());
                 if until_failure && failed {
                     return reports;
@@ -577,20 +636,21 @@ impl Plugin {
     /// with the events left.
     fn deliver_chunk(
         &self,
-        chunk: &mut std::vec::IntoIter<(&Event, Option<Arc<AtomicUsize>>)>,
+        chunk: &mut std::vec::IntoIter<Item<'_>>,
         buffer: &mut Vec<u8>,
-        reports: &mut Vec<(Delivery, Vec<Event>)>,
+        reports: &mut Vec<(Delivery, Effects)>,
+        prior: &Overlay,
         until_failure: bool,
     ) {
-        let single = |chunk: &mut std::vec::IntoIter<(&Event, Option<Arc<AtomicUsize>>)>,
-                      reports: &mut Vec<(Delivery, Vec<Event>)>| {
-            if let Some((event, budget)) = chunk.next() {
-                reports.push(self.deliver_in_chain(event, budget));
+        let single = |chunk: &mut std::vec::IntoIter<Item<'_>>,
+                      reports: &mut Vec<(Delivery, Effects)>| {
+            if let Some(item) = chunk.next() {
+                reports.push(self.deliver_in_chain(item, prior));
             }
         };
         if chunk.len() < 2
             || !self.batching()
-            || crate::batch::encoded_len(chunk.as_slice()[0].0) > self.max_batch_bytes()
+            || crate::batch::encoded_len(chunk.as_slice()[0].event) > self.max_batch_bytes()
         {
             return single(chunk, reports);
         }
@@ -611,18 +671,19 @@ impl Plugin {
         };
 
         let events: Vec<_> = chunk.as_slice().to_vec();
-        crate::batch::encode(events.iter().map(|(e, _)| *e), buffer);
+        crate::batch::encode(events.iter().map(|i| (i.event, i.attempt)), buffer);
         let mut scopes = events
             .iter()
-            .map(|(event, budget)| self.scope_for(event, budget.clone()));
+            .map(|item| self.scope_for(item.event, item.chain_budget.clone()));
         let first_scope = scopes.next().unwrap_or_default();
         let fuel = self.fuel_metered.then_some(self.manifest.limits.fuel);
         let deadline = crate::engine::deadline_ticks(self.manifest.limits.timeout, self.epoch_tick);
-        enter_span(Some(self.span(events[0].0)));
+        enter_span(Some(self.span(events[0].event)));
         warm.store.data_mut().scope = first_scope;
+        warm.store.data_mut().overlay = prior.clone();
         warm.store.data_mut().batch = Some(BatchRun {
             pending: scopes.collect(),
-            spans: events[1..].iter().map(|(e, _)| self.span(e)).collect(),
+            spans: events[1..].iter().map(|i| self.span(i.event)).collect(),
             finished: Vec::with_capacity(events.len()),
             fuel,
             deadline,
@@ -642,14 +703,15 @@ impl Plugin {
             .batched_deliveries
             .fetch_add(finished.len() as u64, Ordering::Relaxed);
 
-        for (done, (event, _)) in finished.into_iter().zip(chunk.by_ref()) {
+        let chunk_start = reports.len();
+        for (done, item) in finished.into_iter().zip(chunk.by_ref()) {
             // The span was entered for this event while it ran; the report
             // goes into a span of its own with the same fields.
-            let span = self.span(event);
+            let span = self.span(item.event);
             let _entered = span.enter();
             let outcome = outcome_of(done.result);
-            let emitted = self.keep_emitted(&outcome, done.emitted);
-            reports.push(self.report(event, outcome, done.fuel, done.duration, emitted));
+            let effects = self.keep_effects(&outcome, done.effects);
+            reports.push(self.report(item.event, outcome, done.fuel, done.duration, effects));
         }
         match result {
             Ok(()) => {
@@ -670,25 +732,31 @@ impl Plugin {
             }
             Err(err) => {
                 let fuel = self.fuel_consumed(&warm.store);
-                let (emitted, stderr) = self.clear_scope(&mut warm.store);
+                let (effects, stderr) = self.clear_scope(&mut warm.store);
                 self.release(warm, false);
-                let Some((event, budget)) = chunk.next() else {
+                let Some(item) = chunk.next() else {
                     // Every event was reported before the trap.
                     return;
                 };
-                let span = self.span(event);
+                let span = self.span(item.event);
                 let _entered = span.enter();
                 let failure = classify(&err, &stderr);
                 if failure.kind == FailureKind::MemoryLimit {
                     // The batch's buffer shares the instance's memory: the
                     // event alone, through `handle`, decides its outcome.
                     drop(_entered);
-                    reports.push(self.deliver_in_chain(event, budget));
+                    let mut prior = prior.clone();
+                    for (delivery, effects) in &reports[chunk_start..] {
+                        if delivery.outcome.is_handled() {
+                            prior.add(&effects.state);
+                        }
+                    }
+                    reports.push(self.deliver_in_chain(item, &prior));
                     return;
                 }
                 let outcome = Outcome::Failed(failure);
-                let emitted = self.keep_emitted(&outcome, emitted);
-                reports.push(self.report(event, outcome, fuel, started.elapsed(), emitted));
+                let effects = self.keep_effects(&outcome, effects);
+                reports.push(self.report(item.event, outcome, fuel, started.elapsed(), effects));
             }
         }
     }
@@ -713,22 +781,29 @@ impl Plugin {
             emitted: Vec::new(),
             log_lines: 0,
             chain_budget,
+            state: crate::state::Pending::default(),
         }
     }
 
     /// Ends the store's delivery: flushes its output, leaves an empty
-    /// scope, and returns what it emitted and the tail of its stderr.
-    fn clear_scope(&self, store: &mut Store<PluginState>) -> (Vec<Event>, String) {
+    /// scope, and returns what it emitted and wrote, and the tail of its
+    /// stderr.
+    fn clear_scope(&self, store: &mut Store<PluginState>) -> (Effects, String) {
         let state = store.data_mut();
         let scope = std::mem::take(&mut state.scope);
         state.batch = None;
+        state.overlay.clear();
         let (stderr, dropped) = state.output.finish_delivery();
         if dropped > 0 {
             self.stats
                 .output_bytes_dropped
                 .fetch_add(dropped as u64, Ordering::Relaxed);
         }
-        (scope.emitted, stderr)
+        let effects = Effects {
+            emitted: scope.emitted,
+            state: scope.state.writes,
+        };
+        (effects, stderr)
     }
 
     /// Returns an instance to the pool when it may serve again, or counts
@@ -748,18 +823,18 @@ impl Plugin {
         }
     }
 
-    /// The events a delivery emitted, kept when it succeeded; dropped (and
-    /// counted) when it failed.
-    fn keep_emitted(&self, outcome: &Outcome, emitted: Vec<Event>) -> Vec<Event> {
+    /// What a delivery emitted and wrote, kept when it succeeded; dropped
+    /// (the events counted) when it failed.
+    fn keep_effects(&self, outcome: &Outcome, effects: Effects) -> Effects {
         if outcome.is_handled() {
-            return emitted;
+            return effects;
         }
-        if !emitted.is_empty() {
+        if !effects.emitted.is_empty() {
             self.stats
                 .emits_discarded
-                .fetch_add(emitted.len() as u64, Ordering::Relaxed);
+                .fetch_add(effects.emitted.len() as u64, Ordering::Relaxed);
         }
-        Vec::new()
+        Effects::default()
     }
 
     /// Like [`Plugin::deliver`], with the budget of events the chain of the
@@ -767,11 +842,8 @@ impl Plugin {
     ///
     /// Never panics on anything the plugin does: every failure becomes an
     /// [`Outcome::Failed`].
-    pub(crate) fn deliver_in_chain(
-        &self,
-        event: &Event,
-        chain_budget: Option<Arc<AtomicUsize>>,
-    ) -> (Delivery, Vec<Event>) {
+    pub(crate) fn deliver_in_chain(&self, item: Item<'_>, prior: &Overlay) -> (Delivery, Effects) {
+        let event = item.event;
         let span = self.span(event);
         let _entered = span.enter();
         let started = Instant::now();
@@ -784,16 +856,16 @@ impl Plugin {
                 .pop(),
             InstanceMode::FreshPerEvent => None,
         };
-        let (outcome, fuel, emitted) = match pooled.map_or_else(|| self.instantiate(), Ok) {
+        let (outcome, fuel, effects) = match pooled.map_or_else(|| self.instantiate(), Ok) {
             Err((failure, fuel)) => {
                 self.stats
                     .instances_discarded
                     .fetch_add(1, Ordering::Relaxed);
-                (Outcome::Failed(failure), fuel, Vec::new())
+                (Outcome::Failed(failure), fuel, Effects::default())
             }
-            Ok(warm) => self.call(warm, event, chain_budget),
+            Ok(warm) => self.call(warm, item, prior),
         };
-        self.report(event, outcome, fuel, started.elapsed(), emitted)
+        self.report(event, outcome, fuel, started.elapsed(), effects)
     }
 
     /// Counts and logs a finished delivery and builds its report.
@@ -803,8 +875,8 @@ impl Plugin {
         outcome: Outcome,
         fuel: u64,
         duration: Duration,
-        emitted: Vec<Event>,
-    ) -> (Delivery, Vec<Event>) {
+        effects: Effects,
+    ) -> (Delivery, Effects) {
         match &outcome {
             Outcome::Handled => {
                 self.stats.deliveries_ok.fetch_add(1, Ordering::Relaxed);
@@ -831,7 +903,8 @@ impl Plugin {
             fuel,
             duration,
             causation_id: event.causation_id().map(str::to_owned),
-            emitted: emitted
+            emitted: effects
+                .emitted
                 .iter()
                 .map(|e| EmittedEvent {
                     id: e.id.clone(),
@@ -840,35 +913,59 @@ impl Plugin {
                 })
                 .collect(),
         };
-        (delivery, emitted)
+        (delivery, effects)
     }
 
     /// Calls `handle` on an instance, then returns the instance to the pool
     /// or, after a trap, drops it.
-    fn call(
-        &self,
-        mut warm: Warm,
-        event: &Event,
-        chain_budget: Option<Arc<AtomicUsize>>,
-    ) -> (Outcome, u64, Vec<Event>) {
-        warm.store.data_mut().scope = self.scope_for(event, chain_budget);
+    fn call(&self, mut warm: Warm, item: Item<'_>, prior: &Overlay) -> (Outcome, u64, Effects) {
+        warm.store.data_mut().scope = self.scope_for(item.event, item.chain_budget);
+        warm.store.data_mut().overlay = prior.clone();
         let armed = self.arm(&mut warm.store);
         let result = armed.and_then(|()| {
-            warm.handler.call_handle(
-                &mut warm.store,
-                &crate::bindings::plugbus::plugin::types::Event::from(event),
-            )
+            warm.handler
+                .call_handle(&mut warm.store, item.event, item.attempt)
         });
         let fuel = self.fuel_consumed(&warm.store);
-        let (emitted, stderr) = self.clear_scope(&mut warm.store);
+        let (effects, stderr) = self.clear_scope(&mut warm.store);
         let (outcome, keep_instance) = match result {
             Ok(result) => (outcome_of(result), true),
             Err(err) => (Outcome::Failed(classify(&err, &stderr)), false),
         };
-        let emitted = self.keep_emitted(&outcome, emitted);
+        let effects = self.keep_effects(&outcome, effects);
         self.release(warm, keep_instance);
-        (outcome, fuel, emitted)
+        (outcome, fuel, effects)
     }
+}
+
+/// One event to deliver: with the budget of events its chain may still
+/// emit, and which attempt this is.
+#[derive(Clone)]
+pub(crate) struct Item<'a> {
+    pub event: &'a Event,
+    pub chain_budget: Option<Arc<AtomicUsize>>,
+    pub attempt: u32,
+}
+
+impl<'a> Item<'a> {
+    /// A first attempt.
+    pub fn new(event: &'a Event, chain_budget: Option<Arc<AtomicUsize>>) -> Self {
+        Self {
+            event,
+            chain_budget,
+            attempt: 1,
+        }
+    }
+}
+
+/// What a successful delivery leaves behind, for its caller to publish and
+/// store: empty for a failed one.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    /// The events it emitted.
+    pub emitted: Vec<Event>,
+    /// Its state writes, in order.
+    pub state: Vec<StateWrite>,
 }
 
 /// The outcome of a handler that returned.
@@ -912,7 +1009,7 @@ struct Finished {
     result: Result<(), HandlerError>,
     fuel: u64,
     duration: Duration,
-    emitted: Vec<Event>,
+    effects: Effects,
 }
 
 thread_local! {
@@ -973,6 +1070,10 @@ fn batch_done(
             .output_bytes_dropped
             .fetch_add(dropped as u64, Ordering::Relaxed);
     }
+    if result.is_ok() {
+        // The events after this one see its writes.
+        state.overlay.add(&scope.state.writes);
+    }
     let Some(run) = state.batch.as_mut() else {
         return Ok((false,));
     };
@@ -980,7 +1081,10 @@ fn batch_done(
         result,
         fuel,
         duration,
-        emitted: scope.emitted,
+        effects: Effects {
+            emitted: scope.emitted,
+            state: scope.state.writes,
+        },
     });
     run.exhausted = next_span.is_none();
     run.started = Instant::now();
@@ -998,6 +1102,12 @@ fn batch_done(
 /// `stderr` is what the plugin wrote to stderr during the delivery: a Rust
 /// panic prints its message there before it aborts with `unreachable`.
 fn classify(err: &wasmtime::Error, stderr: &str) -> Failure {
+    if let Some(e) = err.downcast_ref::<crate::state::StateError>() {
+        return Failure {
+            kind: FailureKind::StateStore,
+            message: e.to_string(),
+        };
+    }
     if let Some(limit) = err.downcast_ref::<MemoryLimitExceeded>() {
         return Failure {
             kind: FailureKind::MemoryLimit,
@@ -1053,20 +1163,29 @@ fn panic_message(stderr: &str) -> Option<String> {
     })
 }
 
-/// The interface of `batch.done`, imported by plugins of world
-/// `batch-handler`.
-const BATCH_INTERFACE: &str = "plugbus:plugin/batch@0.1.0";
-
-/// Registers the world's imports, WASI included, in a linker.
+/// Registers the imports of every served version of the world, WASI
+/// included, in a linker.
 pub(crate) fn linker(
     engine: &Engine,
 ) -> Result<wasmtime::component::Linker<PluginState>, wasmtime::Error> {
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    Handler::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)?;
-    linker
-        .instance(BATCH_INTERFACE)?
-        .func_wrap("done", batch_done)?;
+    crate::bindings::v0_2::Handler::add_to_linker::<PluginState, HasSelf<PluginState>>(
+        &mut linker,
+        |state| state,
+    )?;
+    crate::bindings::v0_1::Handler::add_to_linker::<PluginState, HasSelf<PluginState>>(
+        &mut linker,
+        |state| state,
+    )?;
+    // `batch.done`, imported by plugins of world `batch-handler`. A 0.1.0
+    // plugin gets its events through `handle` (its batch layout has no
+    // attempt), but it still imports `done`.
+    for version in crate::bindings::VERSIONS {
+        linker
+            .instance(&format!("plugbus:plugin/batch@{version}"))?
+            .func_wrap("done", batch_done)?;
+    }
     Ok(linker)
 }
 

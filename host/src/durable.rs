@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
 
+use crate::dispatch::Item;
 use crate::event::Event;
 use crate::host::Host;
 use crate::log::{Appended, Attempt, Commit, DeadLetter, EventLog, LogError, Seq, now_ms};
@@ -157,7 +158,8 @@ type PluginKey = (String, String);
 
 impl DurableBus {
     /// Starts a consumer for every plugin `host` has loaded, and for every
-    /// plugin it loads later. The plugins loaded now have their cursors
+    /// plugin it loads later, and makes `log` the store of the plugins'
+    /// state. The plugins loaded now have their cursors
     /// when this returns: a plugin without one starts at the end of the log
     /// as it is now, before anything is published through the bus.
     pub async fn start(
@@ -177,6 +179,9 @@ impl DurableBus {
         log: Arc<dyn EventLog>,
         config: DurableConfig,
     ) -> Result<(Self, broadcast::Receiver<Delivery>), LogError> {
+        // The plugins' state lives in the log, so that it commits with
+        // their cursors.
+        host.set_state_store(log.clone());
         let inner = Arc::new(Inner {
             host,
             log,
@@ -457,11 +462,18 @@ impl Consumer {
             // Shared with the delivery thread, not copied.
             let events = Arc::new(events);
             let stored = events.clone();
+            // The first event is the one whose failed attempts are counted.
+            let retry = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
             let delivered = tokio::task::spawn_blocking(move || {
                 let items: Vec<_> = stored
                     .iter()
                     .filter(|s| delivering.manifest().subscribes_to(&s.event.ty))
-                    .map(|s| (&s.event, Some(Arc::new(AtomicUsize::new(max_events)))))
+                    .enumerate()
+                    .map(|(i, s)| Item {
+                        event: &s.event,
+                        chain_budget: Some(Arc::new(AtomicUsize::new(max_events))),
+                        attempt: if i == 0 { retry.saturating_add(1) } else { 1 },
+                    })
                     .collect();
                 delivering.deliver_batch_in_chain(items, true)
             })
@@ -488,12 +500,13 @@ impl Consumer {
                     continue;
                 }
                 // Events after a failure were not delivered.
-                let Some((delivery, emitted)) = reports.next() else {
+                let Some((delivery, effects)) = reports.next() else {
                     break;
                 };
                 match delivery.outcome {
                     Outcome::Handled => {
-                        commit.emitted.extend(emitted);
+                        commit.emitted.extend(effects.emitted);
+                        commit.state.extend(effects.state);
                         commit.cursor = stored.seq;
                         attempts.clear();
                         failures_in_a_row = 0;

@@ -79,6 +79,13 @@ pub struct HostConfig {
     /// most 1 GiB), and never more than a quarter of the plugin's memory
     /// limit; a larger event goes alone, through `handle`.
     pub max_batch_bytes: usize,
+    /// The longest state key a plugin may write, in bytes (default 512).
+    pub max_state_key_bytes: usize,
+    /// The largest state value a plugin may write, in bytes (default 1 MiB).
+    pub max_state_value_bytes: usize,
+    /// The most bytes of state keys and values one delivery may write
+    /// (default 4 MiB).
+    pub max_state_bytes_per_delivery: usize,
 }
 
 impl Default for HostConfig {
@@ -101,6 +108,9 @@ impl Default for HostConfig {
             reload_write_timeout: Duration::from_secs(1),
             max_batch_events: 128,
             max_batch_bytes: 1024 * 1024,
+            max_state_key_bytes: 512,
+            max_state_value_bytes: 1024 * 1024,
+            max_state_bytes_per_delivery: 4 * 1024 * 1024,
         }
     }
 }
@@ -278,6 +288,12 @@ impl Host {
         let linker =
             crate::dispatch::linker(&engine).map_err(|e| HostError::Linker(format!("{e:#}")))?;
         let bounds = Arc::new(Bounds {
+            state: Arc::new(crate::state::StateSlot::new(Arc::new(
+                crate::state::MemoryState::new(),
+            ))),
+            max_state_key_bytes: config.max_state_key_bytes,
+            max_state_value_bytes: config.max_state_value_bytes,
+            max_state_bytes_per_delivery: config.max_state_bytes_per_delivery,
             max_chain_depth: config.max_chain_depth,
             max_emits_per_delivery: config.max_emits_per_delivery,
             max_log_bytes: config.max_log_bytes,
@@ -302,6 +318,18 @@ impl Host {
             cache,
             reload,
         })
+    }
+
+    /// Makes `store` the store of every plugin's state, in place of the
+    /// in-memory default; deliveries that start afterwards read from it.
+    /// The durable bus installs its log here when it starts.
+    pub fn set_state_store(&self, store: Arc<dyn crate::state::StateStore>) {
+        self.bounds.state.set(store);
+    }
+
+    /// The store of the plugins' state.
+    pub fn state_store(&self) -> Arc<dyn crate::state::StateStore> {
+        self.bounds.state.store()
     }
 
     /// The host's configuration.

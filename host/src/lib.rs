@@ -3,7 +3,8 @@
 //! A host bus for event handlers written as WebAssembly components.
 //!
 //! Tenants drop plugins — components that target the WIT world
-//! `plugbus:plugin/handler@0.1.0` (see `wit/plugbus.wit`) — into their own
+//! `plugbus:plugin/handler@0.2.0` (see `wit/plugbus.wit`; 0.1.0 is still
+//! served) — into their own
 //! folder, `<plugins-dir>/<tenant>/<plugin>.wasm`, with an optional manifest
 //! `<plugin>.toml`. Each [`Event`], a CloudEvents 1.0 envelope that belongs
 //! to one tenant, reaches exactly that tenant's plugins whose subscriptions
@@ -21,6 +22,7 @@
 //! - [`dispatch`]: one delivery of one event to one plugin, and its outcome;
 //! - [`batch`]: many events in one call, for plugins that export `handle-batch`;
 //! - [`event`]: the CloudEvents envelope and its JSON format;
+//! - [`state`]: the plugins' key-value state, committed with their deliveries;
 //! - [`log`]: the durable event log, its cursors, and the embedded SQLite backend;
 //! - [`durable`]: publishing into the log and delivering from it, at least once;
 //! - [`host`]: the [`Host`] that ties them together.
@@ -53,6 +55,7 @@ pub mod manifest;
 pub mod registry;
 pub mod reload;
 mod sandbox;
+pub mod state;
 mod stats;
 
 pub use dispatch::{

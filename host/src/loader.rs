@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
-use crate::bindings::HandlerPre;
+use crate::bindings::Pre;
 use crate::dispatch::{Plugin, PluginParts};
 use crate::manifest::{Manifest, ManifestError, NameError, validate_name};
 use crate::sandbox::{Identity, PluginState};
@@ -126,7 +126,7 @@ pub enum LoadError {
         reason: String,
     },
     /// The component does not target the world `plugbus:plugin/handler`.
-    #[error("{}: does not match the world plugbus:plugin/handler@0.1.0: {reason}", path.display())]
+    #[error("{}: does not match the world plugbus:plugin/handler@0.2.0 (nor 0.1.0): {reason}", path.display())]
     WrongWorld {
         /// The file.
         path: PathBuf,
@@ -477,7 +477,7 @@ pub(crate) fn build(
                 path: path.clone(),
                 reason: format!("{e:#}"),
             })?;
-    let pre = HandlerPre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
+    let pre = Pre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
         path: path.clone(),
         reason: format!("{e:#}"),
     })?;
@@ -489,6 +489,10 @@ pub(crate) fn build(
         version: version_of(&source.fingerprint),
         config: source.manifest.config.clone(),
     });
+    // Only the current version's batch layout is served.
+    let batch_export = matches!(pre, Pre::V0_2(_))
+        .then(|| component.get_export_index(None, "handle-batch"))
+        .flatten();
     let plugin = Plugin::new(PluginParts {
         identity,
         manifest: source.manifest,
@@ -501,7 +505,7 @@ pub(crate) fn build(
         epoch_tick: ctx.epoch_tick,
         fuel_metered: ctx.fuel_metered,
         concurrency: ctx.concurrency,
-        batch_export: component.get_export_index(None, "handle-batch"),
+        batch_export,
     });
     plugin.warm_up().map_err(|failure| LoadError::Instantiate {
         path: path.clone(),

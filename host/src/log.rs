@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::event::Event;
+use crate::state::{StateError, StateStore, StateWrite};
 
 /// The position of an event in the log: increasing, never reused, not
 /// necessarily contiguous (a refused duplicate may leave a gap).
@@ -109,7 +110,8 @@ pub struct DeadLetter {
 
 /// What a plugin finished, committed in one transaction: its cursor moves
 /// to `cursor`, the events its successful deliveries emitted are appended,
-/// and the events it gave up on become dead letters — all, or none.
+/// their state writes are applied, and the events it gave up on become
+/// dead letters — all, or none.
 #[derive(Debug, Clone, Default)]
 pub struct Commit {
     /// The plugin's tenant.
@@ -126,6 +128,8 @@ pub struct Commit {
     pub emitted: Vec<Event>,
     /// Events to store as the plugin's dead letters.
     pub dead_letters: Vec<DeadLetter>,
+    /// State writes of the plugin's successful deliveries, in order.
+    pub state: Vec<StateWrite>,
 }
 
 /// What a [`Commit`] did.
@@ -163,8 +167,10 @@ where
     }
 }
 
-/// The log the host publishes into and delivers from.
-pub trait EventLog: Send + Sync {
+/// The log the host publishes into and delivers from. It keeps the
+/// plugins' state too ([`StateStore`]), so that state writes commit with
+/// the cursor.
+pub trait EventLog: StateStore {
     /// Appends `events` in order, all or none, and answers once they are
     /// durable. An event whose (tenant, source, id) was appended within the
     /// duplicate window is not stored again; its answer says so.
@@ -289,6 +295,12 @@ enum Write {
         seq: Seq,
         reply: tokio::sync::oneshot::Sender<Result<bool, LogError>>,
     },
+    State {
+        tenant: String,
+        plugin: String,
+        writes: Vec<StateWrite>,
+        reply: tokio::sync::oneshot::Sender<Result<(), LogError>>,
+    },
 }
 
 impl Write {
@@ -298,6 +310,7 @@ impl Write {
             Self::Append { reply, .. } => reply.send(Err(error)).map_err(drop),
             Self::Commit { reply, .. } => reply.send(Err(error)).map_err(drop),
             Self::Discard { reply, .. } => reply.send(Err(error)).map_err(drop),
+            Self::State { reply, .. } => reply.send(Err(error)).map_err(drop),
         };
     }
 }
@@ -335,6 +348,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     attempts TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
     PRIMARY KEY (tenant, plugin, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (
+    tenant TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (tenant, plugin, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cursors (
     tenant TEXT NOT NULL,
@@ -591,6 +611,35 @@ impl EventLog for SqliteLog {
     }
 }
 
+impl StateStore for SqliteLog {
+    fn get(&self, tenant: &str, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.reader()
+            .prepare_cached(
+                "SELECT value FROM state WHERE tenant = ?1 AND plugin = ?2 AND key = ?3",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_row(params![tenant, plugin, key], |row| row.get::<_, Vec<u8>>(0))
+                    .optional()
+            })
+            .map_err(|e| StateError(self.store_error(e).to_string()))
+    }
+
+    fn apply(&self, tenant: &str, plugin: &str, writes: &[StateWrite]) -> Result<(), StateError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.send(|reply| Write::State {
+            tenant: tenant.to_owned(),
+            plugin: plugin.to_owned(),
+            writes: writes.to_vec(),
+            reply,
+        })
+        .wait()
+        .map_err(|e| StateError(e.to_string()))
+    }
+}
+
 impl Drop for SqliteLog {
     /// Closes the log: the writer commits what is queued and stops.
     fn drop(&mut self) {
@@ -615,6 +664,7 @@ enum Done {
     Append(Vec<Appended>),
     Commit(Committed),
     Discard(bool),
+    State,
 }
 
 impl Writer {
@@ -638,7 +688,7 @@ impl Writer {
         if let Ok(done) = &result {
             let answers = done.iter().filter_map(|d| match d {
                 Done::Append(answer) => Some(answer),
-                Done::Commit(_) | Done::Discard(_) => None,
+                Done::Commit(_) | Done::Discard(_) | Done::State => None,
             });
             let (stored, repeated) =
                 answers.flatten().fold(
@@ -666,6 +716,9 @@ impl Writer {
                         }
                         (Write::Discard { reply, .. }, Done::Discard(found)) => {
                             let _ = reply.send(Ok(found));
+                        }
+                        (Write::State { reply, .. }, Done::State) => {
+                            let _ = reply.send(Ok(()));
                         }
                         // `apply` answers each write with its own kind; a
                         // mismatch is a bug, answered as a closed log.
@@ -721,6 +774,24 @@ impl Writer {
             let mut move_cursor = tx.prepare_cached(
                 "UPDATE cursors SET seq = ?3 WHERE tenant = ?1 AND plugin = ?2 AND seq = ?4",
             )?;
+            let mut put_state = tx.prepare_cached(
+                "INSERT INTO state (tenant, plugin, key, value) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant, plugin, key) DO UPDATE SET value = excluded.value",
+            )?;
+            let mut drop_state = tx.prepare_cached(
+                "DELETE FROM state WHERE tenant = ?1 AND plugin = ?2 AND key = ?3",
+            )?;
+            let mut write_state = |tenant: &str, plugin: &str, writes: &[StateWrite]| {
+                for write in writes {
+                    match &write.value {
+                        Some(value) => {
+                            put_state.execute(params![tenant, plugin, write.key, value])?
+                        }
+                        None => drop_state.execute(params![tenant, plugin, write.key])?,
+                    };
+                }
+                Ok::<(), rusqlite::Error>(())
+            };
             let mut put_cursor = tx.prepare_cached(
                 "INSERT INTO cursors (tenant, plugin, seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (tenant, plugin) DO UPDATE SET seq = excluded.seq",
@@ -777,6 +848,7 @@ impl Writer {
                             put_event.execute(params![event.tenant, now, body])?;
                             seqs.push(tx.last_insert_rowid() as Seq);
                         }
+                        write_state(&commit.tenant, &commit.plugin, &commit.state)?;
                         for dead in &commit.dead_letters {
                             let body = dead.event.to_json_string();
                             let attempts = serde_json::to_string(&dead.attempts).map_err(|e| {
@@ -829,6 +901,15 @@ impl Writer {
                             params![tenant, plugin, seq],
                         )?;
                         done.push(Done::Discard(deleted == 1));
+                    }
+                    Write::State {
+                        tenant,
+                        plugin,
+                        writes,
+                        ..
+                    } => {
+                        write_state(tenant, plugin, writes)?;
+                        done.push(Done::State);
                     }
                 }
             }

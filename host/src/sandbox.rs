@@ -1,6 +1,7 @@
 //! What a plugin instance's `Store` holds: a deny-by-default WASI context,
 //! the memory limiter, the bounded capture of stdout and stderr, and the
-//! host functions of interface `host` (`emit`, `log`, `config-get`).
+//! host functions of interfaces `host` (`emit`, `log`, `config-get`) and
+//! `state` (`get`, `set`, `delete`), for every version of the world.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,8 +13,9 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_io::bytes::Bytes;
 
-use crate::bindings::{self, Level, OutgoingEvent};
+use crate::bindings::{Level, OutgoingEvent, v0_1, v0_2};
 use crate::event::{self, Event};
+use crate::state::{Overlay, Pending, StateSlot, StateWrite};
 use crate::stats::Stats;
 
 /// The most table elements any table of a plugin may hold.
@@ -25,9 +27,14 @@ const MAX_MEMORIES: usize = 16;
 /// How many bytes of stderr are kept per delivery to explain a trap.
 const STDERR_TAIL: usize = 2048;
 
-/// The bounds the host functions enforce; part of the host's configuration.
+/// The bounds the host functions enforce, part of the host's
+/// configuration, and the state store they read.
 #[derive(Debug, Clone)]
 pub(crate) struct Bounds {
+    pub state: Arc<StateSlot>,
+    pub max_state_key_bytes: usize,
+    pub max_state_value_bytes: usize,
+    pub max_state_bytes_per_delivery: usize,
     pub max_chain_depth: u32,
     pub max_emits_per_delivery: usize,
     pub max_log_bytes: usize,
@@ -121,6 +128,8 @@ pub(crate) struct DeliveryScope {
     pub log_lines: usize,
     /// Events the whole chain of the published event may still emit.
     pub chain_budget: Option<Arc<AtomicUsize>>,
+    /// The state writes of the delivery so far.
+    pub state: Pending,
 }
 
 /// The data of a plugin instance's `Store`.
@@ -135,6 +144,8 @@ pub(crate) struct PluginState {
     pub scope: DeliveryScope,
     /// The batch being handled through `handle-batch`, if any.
     pub batch: Option<crate::dispatch::BatchRun>,
+    /// The state writes of the batch's successful deliveries so far.
+    pub overlay: Overlay,
 }
 
 impl PluginState {
@@ -176,6 +187,7 @@ impl PluginState {
             output,
             scope: DeliveryScope::default(),
             batch: None,
+            overlay: Overlay::default(),
         }
     }
 }
@@ -189,7 +201,8 @@ impl WasiView for PluginState {
     }
 }
 
-impl bindings::plugbus::plugin::types::Host for PluginState {}
+impl v0_2::plugbus::plugin::types::Host for PluginState {}
+impl v0_1::plugbus::plugin::types::Host for PluginState {}
 
 /// Extension names only the host may set on an emitted event.
 const HOST_OWNED: &[&str] = &[
@@ -198,7 +211,95 @@ const HOST_OWNED: &[&str] = &[
     event::DEPTH_EXTENSION,
 ];
 
-impl bindings::plugbus::plugin::host::Host for PluginState {
+impl v0_1::plugbus::plugin::host::Host for PluginState {
+    fn emit(
+        &mut self,
+        outgoing: v0_1::plugbus::plugin::types::OutgoingEvent,
+    ) -> Result<String, String> {
+        v0_2::plugbus::plugin::host::Host::emit(self, outgoing.into())
+    }
+
+    fn log(&mut self, level: v0_1::plugbus::plugin::types::Level, message: String) {
+        v0_2::plugbus::plugin::host::Host::log(self, level.into(), message);
+    }
+
+    fn config_get(&mut self, key: String) -> Option<String> {
+        v0_2::plugbus::plugin::host::Host::config_get(self, key)
+    }
+}
+
+impl v0_2::plugbus::plugin::state::Host for PluginState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        if let Some(value) = self
+            .scope
+            .state
+            .latest(&key)
+            .or_else(|| self.overlay.latest(&key))
+        {
+            return Ok(value.map(<[u8]>::to_vec));
+        }
+        let store = self.bounds.state.store();
+        store
+            .get(&self.identity.tenant, &self.identity.name, &key)
+            .map_err(|e| {
+                wasmtime::Error::new(crate::state::StateError(format!("get {key:?}: {}", e.0)))
+            })
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        if let Err(refusal) = self.check_state_write(&key, Some(&value)) {
+            tracing::warn!(plugin = %self.identity.label, "state write refused: {refusal}");
+            return Err(refusal);
+        }
+        self.scope.state.bytes += key.len() + value.len();
+        self.scope.state.writes.push(StateWrite {
+            key,
+            value: Some(value),
+        });
+        Ok(())
+    }
+
+    fn delete(&mut self, key: String) {
+        // A key that cannot have been stored has nothing to delete.
+        if self.check_state_write(&key, None).is_ok() {
+            self.scope.state.bytes += key.len();
+            self.scope
+                .state
+                .writes
+                .push(StateWrite { key, value: None });
+        }
+    }
+}
+
+impl PluginState {
+    /// Why a state write may not be made, if it may not.
+    fn check_state_write(&self, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+        let bounds = &self.bounds;
+        if key.is_empty() || key.len() > bounds.max_state_key_bytes {
+            return Err(format!(
+                "a state key is 1 to {} bytes; this one is {}",
+                bounds.max_state_key_bytes,
+                key.len()
+            ));
+        }
+        let len = value.map_or(0, <[u8]>::len);
+        if len > bounds.max_state_value_bytes {
+            return Err(format!(
+                "the value of state {key:?} is {len} bytes; the limit is {}",
+                bounds.max_state_value_bytes
+            ));
+        }
+        if self.scope.state.bytes + key.len() + len > bounds.max_state_bytes_per_delivery {
+            return Err(format!(
+                "a delivery may write at most {} bytes of state",
+                bounds.max_state_bytes_per_delivery
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl v0_2::plugbus::plugin::host::Host for PluginState {
     fn emit(&mut self, outgoing: OutgoingEvent) -> Result<String, String> {
         let refusal = match self.build_emitted(outgoing) {
             Ok(emitted) => {

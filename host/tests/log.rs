@@ -1,6 +1,7 @@
 //! The embedded event log: durability across reopen, duplicates within the
-//! window, per-tenant reads in order, durable cursors, group commit, and
-//! clear errors for a bad data directory or a corrupted file.
+//! window, per-tenant reads in order, durable cursors, group commit,
+//! plugin state committed with the cursor, and clear errors for a bad data
+//! directory or a corrupted file.
 
 use std::time::Duration;
 
@@ -212,4 +213,53 @@ fn a_corrupted_event_is_an_error_naming_its_position() {
     assert!(matches!(err, LogError::Corrupt { seq: 2, .. }), "{err}");
     // The events before it still read.
     assert_eq!(log.read("acme", 0, 1).expect("read").len(), 1);
+}
+
+#[test]
+fn state_commits_with_the_cursor_and_survives_a_reopen() {
+    use plugbus::log::Commit;
+    use plugbus::state::{StateStore, StateWrite};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let set = |key: &str, value: &str| StateWrite {
+        key: key.into(),
+        value: Some(value.as_bytes().to_vec()),
+    };
+    {
+        let log = open(dir.path());
+        log.append(vec![event("acme", "e-1", "order.placed")])
+            .wait()
+            .expect("append");
+        log.commit(Commit {
+            tenant: "acme".into(),
+            plugin: "saga".into(),
+            cursor: 1,
+            state: vec![set("order/1", "placed"), set("tmp", "x")],
+            ..Commit::default()
+        })
+        .wait()
+        .expect("commit");
+        // Writes outside a commit (the in-memory paths) apply in order.
+        log.apply(
+            "acme",
+            "saga",
+            &[
+                set("order/1", "paid"),
+                StateWrite {
+                    key: "tmp".into(),
+                    value: None,
+                },
+            ],
+        )
+        .expect("apply");
+    }
+    let log = open(dir.path());
+    assert_eq!(log.cursor("acme", "saga").expect("cursor"), Some(1));
+    assert_eq!(
+        log.get("acme", "saga", "order/1").expect("get"),
+        Some(b"paid".to_vec())
+    );
+    assert_eq!(log.get("acme", "saga", "tmp").expect("get"), None);
+    // Scoped to tenant and plugin.
+    assert_eq!(log.get("acme", "other", "order/1").expect("get"), None);
+    assert_eq!(log.get("globex", "saga", "order/1").expect("get"), None);
 }
