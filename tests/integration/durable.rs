@@ -345,3 +345,164 @@ async fn a_plugin_that_keeps_failing_is_quarantined_until_resumed_or_replaced() 
     assert!(!bus.resume("shop", "mixed"), "no longer quarantined");
     bus.shutdown().await;
 }
+
+/// Every event of `shop` in the log with type `ty`, in order.
+fn logged(bus: &DurableBus, ty: &str) -> Vec<Event> {
+    bus.log()
+        .read("shop", 0, 100_000)
+        .expect("read the log")
+        .into_iter()
+        .map(|s| s.event)
+        .filter(|e| e.ty == ty)
+        .collect()
+}
+
+fn state(bus: &DurableBus, plugin: &str, key: &str) -> Option<serde_json::Value> {
+    bus.log()
+        .get("shop", plugin, key)
+        .expect("read the state")
+        .map(|bytes| serde_json::from_slice(&bytes).expect("JSON state"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_commits_with_the_cursor_and_attempts_reach_the_plugin() {
+    let dir = PluginsDir::new();
+    dir.add(
+        "shop",
+        "counter",
+        artifacts::FIXTURE_COUNTER,
+        Some("subscribe = [\"count.*\"]"),
+    );
+    let data = tempfile::tempdir().expect("tempdir");
+    let (host, bus) = start(&dir, data.path(), config(4)).await;
+    let with_subject = |ty: &str, id: &str, subject: &str, data: serde_json::Value| {
+        let mut e = event("shop", ty, id, data);
+        e.subject = Some(subject.to_owned());
+        e
+    };
+    let appended = bus
+        .publish(vec![
+            with_subject("count.ok", "c-1", "s-1", serde_json::json!({})),
+            // Fails on attempts 1 and 2, handled on attempt 3.
+            with_subject("count.flaky", "c-2", "s-1", serde_json::json!(3)),
+            // Fails on every attempt: dead-lettered after 4.
+            with_subject("count.fail", "c-3", "s-2", serde_json::json!({})),
+            with_subject("count.ok", "c-4", "s-1", serde_json::json!({})),
+        ])
+        .await
+        .expect("publish");
+    let head = appended.last().expect("appended").seq;
+    until("counter is past the events", || {
+        cursor(&bus, "counter") >= head
+    })
+    .await;
+
+    // Each handled event counted once; the failed attempts' writes and
+    // emits were never committed.
+    assert_eq!(
+        state(&bus, "counter", "count/s-1"),
+        Some(serde_json::json!(3))
+    );
+    assert_eq!(state(&bus, "counter", "count/s-2"), None);
+    let counts: Vec<_> = logged(&bus, "counter.counted")
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.data).into_owned())
+        .collect();
+    assert_eq!(counts, ["1", "2", "3"]);
+    // The flaky event needed its third attempt: the attempt number reached
+    // the plugin. Two of its attempts and all four of the other failed.
+    assert_eq!(host.stats().failures_of(FailureKind::HandlerRetryable), 6);
+    let dead = bus
+        .log()
+        .dead_letters("shop", "counter")
+        .expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event.id, "c-3");
+    assert_eq!(dead[0].attempts.len(), 4);
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_saga_keeps_its_state_across_restarts() {
+    let dir = PluginsDir::new();
+    dir.add(
+        "shop",
+        "saga",
+        artifacts::ORDER_SAGA,
+        Some("subscribe = [\"order.placed\", \"payment.completed\", \"payment.failed\"]"),
+    );
+    let data = tempfile::tempdir().expect("tempdir");
+    let order = |id: &str, order_id: &str| {
+        event(
+            "shop",
+            "order.placed",
+            id,
+            serde_json::json!({
+                "order_id": order_id,
+                "total_cents": 4200,
+                "items": [{ "sku": "sku-1", "quantity": 1 }],
+            }),
+        )
+    };
+    let payment = |ty: &str, id: &str, order_id: &str| {
+        event(
+            "shop",
+            ty,
+            id,
+            serde_json::json!({ "order_id": order_id, "reason": "declined" }),
+        )
+    };
+    {
+        let (_host, bus) = start(&dir, data.path(), config(3)).await;
+        let appended = bus
+            .publish(vec![order("e-1", "o-1"), order("e-2", "o-2")])
+            .await
+            .expect("publish");
+        let head = appended.last().expect("appended").seq;
+        until("the saga has taken both orders", || {
+            cursor(&bus, "saga") >= head
+        })
+        .await;
+        bus.shutdown().await;
+    }
+    // A new process: the orders are known from state alone.
+    let (_host, bus) = start(&dir, data.path(), config(3)).await;
+    let appended = bus
+        .publish(vec![
+            payment("payment.completed", "e-3", "o-1"),
+            payment("payment.failed", "e-4", "o-2"),
+            // Delivered again (a producer's retry with a new id): no effect.
+            payment("payment.completed", "e-5", "o-1"),
+        ])
+        .await
+        .expect("publish");
+    let head = appended.last().expect("appended").seq;
+    until("the saga has taken the payments", || {
+        cursor(&bus, "saga") >= head
+    })
+    .await;
+    let status = |order_id: &str| {
+        state(&bus, "saga", &format!("order/{order_id}")).map(|o| o["status"].clone())
+    };
+    assert_eq!(status("o-1"), Some(serde_json::json!("paid")));
+    assert_eq!(status("o-2"), Some(serde_json::json!("cancelled")));
+    let subjects = |ty: &str| -> Vec<Option<String>> {
+        logged(&bus, ty).into_iter().map(|e| e.subject).collect()
+    };
+    assert_eq!(
+        subjects("payment.requested"),
+        [Some("o-1".to_owned()), Some("o-2".to_owned())]
+    );
+    assert_eq!(
+        subjects("inventory.reserve_requested"),
+        [Some("o-1".to_owned())]
+    );
+    assert_eq!(subjects("order.cancelled"), [Some("o-2".to_owned())]);
+    assert!(
+        bus.log()
+            .dead_letters("shop", "saga")
+            .expect("dead letters")
+            .is_empty()
+    );
+    bus.shutdown().await;
+}

@@ -323,3 +323,223 @@ async fn checksum() {
     let (delivery, _) = plugin.deliver(&empty).expect("deliverable");
     assert_eq!(kind(&delivery), Some(FailureKind::HandlerPermanent));
 }
+
+/// The state count of `subject` in `plugin` of `tenant`, or 0.
+fn count(host: &plugbus::Host, tenant: &str, plugin: &str, subject: &str) -> u64 {
+    host.state_store()
+        .get(tenant, plugin, &format!("count/{subject}"))
+        .expect("the in-memory store answers")
+        .map_or(0, |bytes| {
+            serde_json::from_slice(&bytes).expect("the counter stores JSON numbers")
+        })
+}
+
+fn counted(tenant: &str, ty: &str, id: &str, subject: &str) -> plugbus::Event {
+    let mut e = event(tenant, ty, id, serde_json::json!({}));
+    e.subject = Some(subject.to_owned());
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter() {
+    let dir = PluginsDir::new();
+    let manifest = "subscribe = [\"count.*\"]";
+    dir.add(
+        "acme-pos",
+        "counter",
+        artifacts::FIXTURE_COUNTER,
+        Some(manifest),
+    );
+    dir.add(
+        "acme-pos",
+        "twin",
+        artifacts::FIXTURE_COUNTER,
+        Some(manifest),
+    );
+    dir.add(
+        "globex",
+        "counter",
+        artifacts::FIXTURE_COUNTER,
+        Some(manifest),
+    );
+    let (host, report) = host_for(&dir);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    // Only the handled events' writes are kept: a retryable error and a
+    // panic after the write leave the count as it was, and drop the emit.
+    let mut expected_kinds = Vec::new();
+    for (i, ty) in ["count.ok", "count.fail", "count.trap", "count.ok"]
+        .into_iter()
+        .enumerate()
+    {
+        let report = host
+            .publish(counted("acme-pos", ty, &format!("c-{i}"), "o-1"))
+            .await
+            .expect("a valid event");
+        let d = to_plugin(&report.deliveries, "counter");
+        assert_eq!(d.len(), 1, "{:#?}", report.deliveries);
+        expected_kinds.push(kind(d[0]));
+        if d[0].outcome.is_handled() {
+            assert_eq!(d[0].emitted.len(), 1);
+        } else {
+            assert!(d[0].emitted.is_empty());
+        }
+    }
+    assert_eq!(
+        expected_kinds,
+        [
+            None,
+            Some(FailureKind::HandlerRetryable),
+            Some(FailureKind::Trap),
+            None
+        ]
+    );
+    assert_eq!(count(&host, "acme-pos", "counter", "o-1"), 2);
+    // Scoped to the plugin and the tenant: the twin counted the same
+    // events in its own state; the other tenant saw none.
+    assert_eq!(count(&host, "acme-pos", "twin", "o-1"), 2);
+    assert_eq!(count(&host, "globex", "counter", "o-1"), 0);
+
+    // A write over the value limit is refused with a message naming it,
+    // and nothing is stored.
+    let report = host
+        .publish(counted("acme-pos", "count.oversize", "big-1", "o-1"))
+        .await
+        .expect("a valid event");
+    let d = to_plugin(&report.deliveries, "counter");
+    let f = failure(d[0]);
+    assert_eq!(f.kind, FailureKind::HandlerPermanent);
+    assert!(
+        f.message.contains("\"big\"") && f.message.contains("limit"),
+        "{f:?}"
+    );
+    assert!(
+        host.state_store()
+            .get("acme-pos", "counter", "big")
+            .expect("answers")
+            .is_none()
+    );
+
+    // A delete is a write like any other.
+    host.publish(counted("acme-pos", "count.reset", "r-1", "o-1"))
+        .await
+        .expect("a valid event");
+    assert_eq!(count(&host, "acme-pos", "counter", "o-1"), 0);
+}
+
+#[test]
+fn counter_batches_see_the_writes_before_them() {
+    let dir = PluginsDir::new();
+    dir.add(
+        "acme-pos",
+        "counter",
+        artifacts::FIXTURE_COUNTER,
+        Some("subscribe = [\"count.*\"]"),
+    );
+    let (host, report) = host_for(&dir);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let plugin = host.plugin("acme-pos", "counter").expect("loaded");
+    assert!(plugin.batching());
+    let types = [
+        "count.ok",
+        "count.ok",
+        "count.fail",
+        "count.ok",
+        "count.trap",
+        "count.ok",
+    ];
+    let events: Vec<_> = types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| counted("acme-pos", ty, &format!("b-{i}"), "o-7"))
+        .collect();
+    let reports = plugin.deliver_batch(&events).expect("valid events");
+    // Each handled event counted on top of the handled ones before it, in
+    // the same batch; the failed ones' writes were never seen.
+    let data: Vec<_> = reports
+        .iter()
+        .map(|(d, emitted)| {
+            (
+                d.outcome.is_handled(),
+                emitted
+                    .first()
+                    .map(|e| String::from_utf8_lossy(&e.data).into_owned()),
+            )
+        })
+        .collect();
+    let handled = |n: &str| (true, Some(n.to_owned()));
+    assert_eq!(
+        data,
+        [
+            handled("1"),
+            handled("2"),
+            (false, None),
+            handled("3"),
+            (false, None),
+            handled("4"),
+        ]
+    );
+    assert_eq!(count(&host, "acme-pos", "counter", "o-7"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wit_v0_1() {
+    let dir = PluginsDir::new();
+    dir.add(
+        "acme-pos",
+        "legacy",
+        artifacts::FIXTURE_WIT_V0_1,
+        Some("subscribe = [\"order.*\", \"legacy.fail\"]"),
+    );
+    dir.add(
+        "acme-pos",
+        "audit",
+        artifacts::AUDIT_LOG,
+        Some("subscribe = [\"legacy.*\"]"),
+    );
+    let (host, report) = host_for(&dir);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let legacy = host.plugin("acme-pos", "legacy").expect("loaded");
+    assert_eq!(legacy.wit_version(), "0.1.0");
+    assert!(
+        !legacy.batching(),
+        "0.1.0 plugins get their events through handle"
+    );
+    assert_eq!(
+        host.plugin("acme-pos", "audit")
+            .expect("loaded")
+            .wit_version(),
+        "0.2.0"
+    );
+
+    // Its host functions work: it logs, and its emit reaches the audit log.
+    let d = publish(&host, "acme-pos", "order.created", "o-1").await;
+    assert_eq!(d.len(), 2, "{d:#?}");
+    assert_eq!(d[0].outcome, Outcome::Handled, "{d:#?}");
+    assert_eq!(d[1].plugin, "audit");
+    assert_eq!(d[1].event_type, "legacy.seen");
+    assert_eq!(d[1].causation_id.as_deref(), Some("o-1"));
+    // Its handler errors keep their kind.
+    let d = publish(&host, "acme-pos", "legacy.fail", "f-1").await;
+    let f = failure(to_plugin(&d, "legacy")[0]);
+    assert_eq!(f.kind, FailureKind::HandlerRetryable);
+    assert_eq!(f.message, "asked to fail");
+
+    // Many events at once (which batch for a 0.2.0 plugin) all go through
+    // `handle`: its `handle-batch` would trap.
+    let events: Vec<_> = (0..20)
+        .map(|i| {
+            event(
+                "acme-pos",
+                "order.created",
+                &format!("m-{i}"),
+                serde_json::json!({}),
+            )
+        })
+        .collect();
+    let reports = legacy.deliver_batch(&events).expect("valid events");
+    assert!(
+        reports.iter().all(|(d, _)| d.outcome.is_handled()),
+        "{reports:#?}"
+    );
+}
