@@ -257,8 +257,8 @@ impl DurableBus {
     }
 
     /// Waits until every running consumer is finished with every event of
-    /// its tenant in the log: delivered, skipped as not subscribed, or
-    /// dead-lettered.
+    /// its tenant in the log (delivered, skipped as not subscribed, or
+    /// dead-lettered) and with every redrive requested of it.
     pub async fn settle(&self) -> Result<(), LogError> {
         loop {
             let running: Vec<(String, String)> = self
@@ -274,7 +274,9 @@ impl DurableBus {
             let settled = tokio::task::spawn_blocking(move || {
                 for (tenant, plugin) in running {
                     let cursor = log.cursor(&tenant, &plugin)?.unwrap_or(0);
-                    if !log.read(&tenant, cursor, 1)?.is_empty() {
+                    if !log.read(&tenant, cursor, 1)?.is_empty()
+                        || !log.redrives(&tenant, &plugin)?.is_empty()
+                    {
                         return Ok(false);
                     }
                 }
@@ -403,6 +405,8 @@ impl Consumer {
         let mut attempts: Vec<Attempt> = Vec::new();
         // Failed deliveries in a row, of any events.
         let mut failures_in_a_row = 0u32;
+        // When the log was last asked for redrive requests.
+        let mut redrives_checked: Option<std::time::Instant> = None;
         loop {
             if *stop.borrow() {
                 return;
@@ -430,6 +434,28 @@ impl Consumer {
                     attempts.clear();
                 }
                 _ => {}
+            }
+            // Dead letters an operator asked to redrive go first, looked
+            // for at most twice a second.
+            if redrives_checked.is_none_or(|at| at.elapsed() >= Duration::from_millis(500)) {
+                redrives_checked = Some(std::time::Instant::now());
+                let log = self.inner.log.clone();
+                let (tenant, name) = (self.tenant.clone(), self.plugin.clone());
+                match tokio::task::spawn_blocking(move || log.redrives(&tenant, &name)).await {
+                    Ok(Ok(redrives)) if !redrives.is_empty() => {
+                        for dead in redrives {
+                            if self.redrive(&plugin, dead, position, &mut stop).await {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the redrive requests: {e}");
+                    }
+                    Err(_) => return,
+                }
             }
             let (tenant, batch) = (self.tenant.clone(), self.inner.config.read_batch);
             let log = self.inner.log.clone();
@@ -480,13 +506,7 @@ impl Consumer {
             .await;
             let Ok(reports) = delivered else { return };
 
-            let mut commit = Commit {
-                tenant: self.tenant.clone(),
-                plugin: self.plugin.clone(),
-                cursor: position,
-                expected: Some(position),
-                ..Commit::default()
-            };
+            let mut commit = self.commit_from(position);
             let mut retry_after = None;
             if self.inner.deliveries.receiver_count() > 0 {
                 for (delivery, _) in &reports {
@@ -513,23 +533,17 @@ impl Consumer {
                     }
                     Outcome::Failed(failure) => {
                         failures_in_a_row = failures_in_a_row.saturating_add(1);
-                        let retryable = failure.kind.is_retryable();
-                        attempts.push(Attempt {
-                            kind: failure.kind,
-                            message: failure.message,
-                            fuel: delivery.fuel,
-                            plugin_version: delivery.plugin_version,
-                            at_ms: now_ms(),
-                        });
-                        let used = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
-                        let max_attempts = plugin
-                            .manifest()
-                            .max_attempts
-                            .unwrap_or(self.inner.config.retry.max_attempts);
-                        if retryable && used < max_attempts {
-                            retry_after = Some(self.inner.config.retry.backoff(used));
+                        if let Some(wait) = self.failed(
+                            &plugin,
+                            &mut attempts,
+                            failure,
+                            &delivery.plugin_version,
+                            delivery.fuel,
+                        ) {
+                            retry_after = Some(wait);
                             break;
                         }
+                        let used = attempts.len();
                         tracing::warn!(
                             tenant = %self.tenant,
                             plugin = %self.plugin,
@@ -685,6 +699,137 @@ impl Consumer {
             tracing::info!(tenant = %self.tenant, plugin = %self.plugin, "quarantine over");
         }
         stopping
+    }
+
+    /// Delivers a dead letter an operator asked to redrive to the plugin's
+    /// current version, retried like any event. Handled, its dead letter is
+    /// deleted in the transaction that keeps its effects; failed for the
+    /// last time, the dead letter gets the new attempts appended. The
+    /// cursor stays where it is. True when the bus is stopping.
+    async fn redrive(
+        &self,
+        plugin: &Arc<crate::Plugin>,
+        dead: DeadLetter,
+        position: Seq,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let max_events = self.inner.host.config().max_events_per_chain;
+        tracing::info!(
+            tenant = %self.tenant,
+            plugin = %self.plugin,
+            seq = dead.seq,
+            event_id = %dead.event.id,
+            "redriving a dead letter"
+        );
+        let dead = Arc::new(dead);
+        let mut attempts: Vec<Attempt> = Vec::new();
+        loop {
+            let attempt = u32::try_from(attempts.len() + 1).unwrap_or(u32::MAX);
+            let (delivering, letter) = (plugin.clone(), dead.clone());
+            let delivered = tokio::task::spawn_blocking(move || {
+                let item = Item {
+                    event: &letter.event,
+                    chain_budget: Some(Arc::new(AtomicUsize::new(max_events))),
+                    attempt,
+                };
+                delivering.deliver_batch_in_chain(vec![item], true)
+            })
+            .await;
+            let Some((delivery, effects)) = delivered.ok().and_then(|r| r.into_iter().next())
+            else {
+                return true;
+            };
+            if self.inner.deliveries.receiver_count() > 0 {
+                let _ = self.inner.deliveries.send(delivery.clone());
+            }
+            let mut commit = self.commit_from(position);
+            let mut retry_after = None;
+            match delivery.outcome {
+                Outcome::Handled => {
+                    commit.emitted = effects.emitted;
+                    commit.state = effects.state;
+                    commit.redriven.push(dead.seq);
+                }
+                Outcome::Failed(failure) => {
+                    retry_after = self.failed(
+                        plugin,
+                        &mut attempts,
+                        failure,
+                        &delivery.plugin_version,
+                        delivery.fuel,
+                    );
+                    if retry_after.is_none() {
+                        let mut history = dead.attempts.clone();
+                        history.append(&mut attempts);
+                        commit.dead_letters.push(DeadLetter {
+                            seq: dead.seq,
+                            event: dead.event.clone(),
+                            attempts: history,
+                        });
+                    }
+                }
+            }
+            if let Some(wait) = retry_after {
+                if self.pause(wait, stop).await {
+                    return true;
+                }
+                continue;
+            }
+            let emitted_tenants: Vec<String> =
+                commit.emitted.iter().map(|e| e.tenant.clone()).collect();
+            match self.inner.log.commit(commit).await {
+                Ok(_) => {
+                    for tenant in emitted_tenants {
+                        self.inner.notify(&tenant).notify_waiters();
+                    }
+                    return false;
+                }
+                Err(e) => {
+                    // Nothing was committed: the request stays, and is
+                    // taken again.
+                    tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot commit a redrive: {e}");
+                    return self.pause(Duration::from_secs(1), stop).await;
+                }
+            }
+        }
+    }
+
+    /// An empty commit of the plugin's progress from `position`: it moves
+    /// the cursor only if nobody else moved it since.
+    fn commit_from(&self, position: Seq) -> Commit {
+        Commit {
+            tenant: self.tenant.clone(),
+            plugin: self.plugin.clone(),
+            cursor: position,
+            expected: Some(position),
+            ..Commit::default()
+        }
+    }
+
+    /// Records a failed attempt; answers how long to wait before the next
+    /// when the event may be tried again, `None` when it is given up.
+    fn failed(
+        &self,
+        plugin: &crate::Plugin,
+        attempts: &mut Vec<Attempt>,
+        failure: crate::Failure,
+        plugin_version: &str,
+        fuel: u64,
+    ) -> Option<Duration> {
+        let retryable = failure.kind.is_retryable();
+        attempts.push(Attempt {
+            kind: failure.kind,
+            message: failure.message,
+            fuel,
+            plugin_version: plugin_version.to_owned(),
+            at_ms: now_ms(),
+        });
+        let used = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
+        let max_attempts = plugin
+            .manifest()
+            .max_attempts
+            .unwrap_or(self.inner.config.retry.max_attempts);
+        (retryable && used < max_attempts).then(|| self.inner.config.retry.backoff(used))
     }
 
     /// The plugin's cursor as stored.

@@ -130,6 +130,8 @@ pub struct Commit {
     pub dead_letters: Vec<DeadLetter>,
     /// State writes of the plugin's successful deliveries, in order.
     pub state: Vec<StateWrite>,
+    /// Dead letters that were redriven and handled: they are deleted.
+    pub redriven: Vec<Seq>,
 }
 
 /// What a [`Commit`] did.
@@ -207,6 +209,17 @@ pub trait EventLog: StateStore {
     /// Deletes `plugin`'s dead letter of the event at `seq`; answers whether
     /// there was one.
     fn discard_dead_letter(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<bool>;
+
+    /// Asks for `plugin`'s dead letter of the event at `seq` to be delivered
+    /// again, to the plugin's current version; answers whether there was
+    /// one. A running host's consumer of the plugin takes the request: the
+    /// dead letter is deleted when the event is handled, and gets the new
+    /// attempts appended when it fails again.
+    fn request_redrive(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<bool>;
+
+    /// `plugin`'s dead letters whose redrive was requested, oldest first.
+    /// Blocking.
+    fn redrives(&self, tenant: &str, plugin: &str) -> Result<Vec<DeadLetter>, LogError>;
 
     /// The position of the first event of `tenant` appended at or after
     /// `at_ms` (milliseconds since the Unix epoch). Blocking.
@@ -301,6 +314,12 @@ enum Write {
         writes: Vec<StateWrite>,
         reply: tokio::sync::oneshot::Sender<Result<(), LogError>>,
     },
+    Redrive {
+        tenant: String,
+        plugin: String,
+        seq: Seq,
+        reply: tokio::sync::oneshot::Sender<Result<bool, LogError>>,
+    },
 }
 
 impl Write {
@@ -311,6 +330,7 @@ impl Write {
             Self::Commit { reply, .. } => reply.send(Err(error)).map_err(drop),
             Self::Discard { reply, .. } => reply.send(Err(error)).map_err(drop),
             Self::State { reply, .. } => reply.send(Err(error)).map_err(drop),
+            Self::Redrive { reply, .. } => reply.send(Err(error)).map_err(drop),
         };
     }
 }
@@ -355,6 +375,13 @@ CREATE TABLE IF NOT EXISTS state (
     key TEXT NOT NULL,
     value BLOB NOT NULL,
     PRIMARY KEY (tenant, plugin, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS redrives (
+    tenant TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, plugin, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cursors (
     tenant TEXT NOT NULL,
@@ -470,6 +497,43 @@ impl SqliteLog {
         })
     }
 
+    /// Dead letters selected by `sql` (seq, body, attempts) for a plugin.
+    fn query_dead_letters(
+        &self,
+        sql: &str,
+        tenant: &str,
+        plugin: &str,
+    ) -> Result<Vec<DeadLetter>, LogError> {
+        let conn = self.reader();
+        let mut statement = conn.prepare_cached(sql).map_err(|e| self.store_error(e))?;
+        let rows = statement
+            .query_map(params![tenant, plugin], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(|e| self.store_error(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, body, attempts) = row.map_err(|e| self.store_error(e))?;
+            let seq = seq as Seq;
+            let event = self.stored_event(seq, &body)?;
+            let attempts = serde_json::from_str(&attempts).map_err(|e| LogError::Corrupt {
+                path: self.path.clone(),
+                seq,
+                reason: format!("attempts: {e}"),
+            })?;
+            out.push(DeadLetter {
+                seq,
+                event,
+                attempts,
+            });
+        }
+        Ok(out)
+    }
+
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.reader
             .lock()
@@ -566,39 +630,31 @@ impl EventLog for SqliteLog {
     }
 
     fn dead_letters(&self, tenant: &str, plugin: &str) -> Result<Vec<DeadLetter>, LogError> {
-        let conn = self.reader();
-        let mut statement = conn
-            .prepare_cached(
-                "SELECT seq, body, attempts FROM dead_letters
-                 WHERE tenant = ?1 AND plugin = ?2 ORDER BY seq",
-            )
-            .map_err(|e| self.store_error(e))?;
-        let rows = statement
-            .query_map(params![tenant, plugin], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                ))
-            })
-            .map_err(|e| self.store_error(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, body, attempts) = row.map_err(|e| self.store_error(e))?;
-            let seq = seq as Seq;
-            let event = self.stored_event(seq, &body)?;
-            let attempts = serde_json::from_str(&attempts).map_err(|e| LogError::Corrupt {
-                path: self.path.clone(),
-                seq,
-                reason: format!("attempts: {e}"),
-            })?;
-            out.push(DeadLetter {
-                seq,
-                event,
-                attempts,
-            });
-        }
-        Ok(out)
+        self.query_dead_letters(
+            "SELECT seq, body, attempts FROM dead_letters
+             WHERE tenant = ?1 AND plugin = ?2 ORDER BY seq",
+            tenant,
+            plugin,
+        )
+    }
+
+    fn request_redrive(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<bool> {
+        self.send(|reply| Write::Redrive {
+            tenant: tenant.to_owned(),
+            plugin: plugin.to_owned(),
+            seq,
+            reply,
+        })
+    }
+
+    fn redrives(&self, tenant: &str, plugin: &str) -> Result<Vec<DeadLetter>, LogError> {
+        self.query_dead_letters(
+            "SELECT d.seq, d.body, d.attempts FROM redrives r
+             JOIN dead_letters d ON d.tenant = r.tenant AND d.plugin = r.plugin AND d.seq = r.seq
+             WHERE r.tenant = ?1 AND r.plugin = ?2 ORDER BY r.seq",
+            tenant,
+            plugin,
+        )
     }
 
     fn head(&self) -> Result<Seq, LogError> {
@@ -665,6 +721,7 @@ enum Done {
     Commit(Committed),
     Discard(bool),
     State,
+    Redrive(bool),
 }
 
 impl Writer {
@@ -688,7 +745,7 @@ impl Writer {
         if let Ok(done) = &result {
             let answers = done.iter().filter_map(|d| match d {
                 Done::Append(answer) => Some(answer),
-                Done::Commit(_) | Done::Discard(_) | Done::State => None,
+                Done::Commit(_) | Done::Discard(_) | Done::State | Done::Redrive(_) => None,
             });
             let (stored, repeated) =
                 answers.flatten().fold(
@@ -719,6 +776,9 @@ impl Writer {
                         }
                         (Write::State { reply, .. }, Done::State) => {
                             let _ = reply.send(Ok(()));
+                        }
+                        (Write::Redrive { reply, .. }, Done::Redrive(found)) => {
+                            let _ = reply.send(Ok(found));
                         }
                         // `apply` answers each write with its own kind; a
                         // mismatch is a bug, answered as a closed log.
@@ -770,6 +830,12 @@ impl Writer {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (tenant, plugin, seq) DO UPDATE SET
                      attempts = excluded.attempts, at_ms = excluded.at_ms",
+            )?;
+            let mut drop_dead = tx.prepare_cached(
+                "DELETE FROM dead_letters WHERE tenant = ?1 AND plugin = ?2 AND seq = ?3",
+            )?;
+            let mut drop_redrive = tx.prepare_cached(
+                "DELETE FROM redrives WHERE tenant = ?1 AND plugin = ?2 AND seq = ?3",
             )?;
             let mut move_cursor = tx.prepare_cached(
                 "UPDATE cursors SET seq = ?3 WHERE tenant = ?1 AND plugin = ?2 AND seq = ?4",
@@ -849,6 +915,12 @@ impl Writer {
                             seqs.push(tx.last_insert_rowid() as Seq);
                         }
                         write_state(&commit.tenant, &commit.plugin, &commit.state)?;
+                        for seq in &commit.redriven {
+                            let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+                            let key = params![commit.tenant, commit.plugin, seq];
+                            drop_dead.execute(key)?;
+                            drop_redrive.execute(key)?;
+                        }
                         for dead in &commit.dead_letters {
                             let body = dead.event.to_json_string();
                             let attempts = serde_json::to_string(&dead.attempts).map_err(|e| {
@@ -863,6 +935,9 @@ impl Writer {
                                 attempts,
                                 now
                             ])?;
+                            // A redriven event that failed again is done
+                            // being redriven.
+                            drop_redrive.execute(params![commit.tenant, commit.plugin, seq])?;
                         }
                         let cursor = i64::try_from(commit.cursor).unwrap_or(i64::MAX);
                         let cursor_moved = match commit.expected {
@@ -896,11 +971,25 @@ impl Writer {
                         ..
                     } => {
                         let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
-                        let deleted = tx.execute(
-                            "DELETE FROM dead_letters WHERE tenant = ?1 AND plugin = ?2 AND seq = ?3",
-                            params![tenant, plugin, seq],
-                        )?;
+                        let deleted = drop_dead.execute(params![tenant, plugin, seq])?;
+                        drop_redrive.execute(params![tenant, plugin, seq])?;
                         done.push(Done::Discard(deleted == 1));
+                    }
+                    Write::Redrive {
+                        tenant,
+                        plugin,
+                        seq,
+                        ..
+                    } => {
+                        let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+                        let found = tx.execute(
+                            "INSERT INTO redrives (tenant, plugin, seq, at_ms)
+                             SELECT tenant, plugin, seq, ?4 FROM dead_letters
+                             WHERE tenant = ?1 AND plugin = ?2 AND seq = ?3
+                             ON CONFLICT (tenant, plugin, seq) DO UPDATE SET at_ms = excluded.at_ms",
+                            params![tenant, plugin, seq, now],
+                        )?;
+                        done.push(Done::Redrive(found == 1));
                     }
                     Write::State {
                         tenant,

@@ -485,8 +485,9 @@ fn run_plain(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// An operator lists, shows and discards dead letters, and replays a
-/// plugin from a position, on the data directory of `plugbus serve`.
+/// An operator lists, shows, redrives and discards dead letters, and
+/// replays a plugin from a position, on the data directory of `plugbus
+/// serve`.
 #[test]
 fn dead_letters_and_replay_from_the_command_line() {
     let plugins = tempfile::tempdir().expect("plugins directory");
@@ -554,6 +555,36 @@ fn dead_letters_and_replay_from_the_command_line() {
         shown["attempts"][0]["plugin_version"].is_string(),
         "{shown}"
     );
+
+    // Redriven, r-1 fails twice more on the same version: its dead letter
+    // then holds all four attempts.
+    let (code, out, err) = run_plain(&[
+        "dlq", "redrive", "--tenant", "acme-pos", "--plugin", "mixed", "--seq", &r_seq, "--data",
+        data_dir,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("redrive"), "{out}");
+    let (code, lines, stderr) = run_plugbus(&serve, "");
+    assert_eq!(code, 0, "{stderr}");
+    let ids: Vec<_> = lines.iter().map(|l| l["event_id"].clone()).collect();
+    assert_eq!(ids, ["r-1", "r-1"], "{stderr}");
+    let (code, out, err) = run_plain(&[
+        "dlq", "show", "--tenant", "acme-pos", "--plugin", "mixed", "--seq", &r_seq, "--data",
+        data_dir,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        shown["attempts"].as_array().map(Vec::len),
+        Some(4),
+        "{shown}"
+    );
+    let (code, _, err) = run_plain(&[
+        "dlq", "redrive", "--tenant", "acme-pos", "--plugin", "mixed", "--seq", "999", "--data",
+        data_dir,
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no dead letter at 999"), "{err}");
 
     let (code, _, err) = run_plain(&[
         "dlq", "discard", "--tenant", "acme-pos", "--plugin", "mixed", "--seq", &r_seq, "--data",

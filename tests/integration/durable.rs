@@ -506,3 +506,87 @@ async fn the_order_saga_keeps_its_state_across_restarts() {
     );
     bus.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_dead_letter_goes_to_the_current_version() {
+    let dir = PluginsDir::new();
+    let manifest =
+        |attempts: u32| format!("subscribe = [\"count.*\"]\n[retry]\nmax_attempts = {attempts}\n");
+    dir.add(
+        "shop",
+        "counter",
+        artifacts::FIXTURE_COUNTER,
+        Some(&manifest(2)),
+    );
+    let data = tempfile::tempdir().expect("tempdir");
+    let (host, bus) = start(&dir, data.path(), config(5)).await;
+    // Handled only on its third attempt: with two allowed, a dead letter.
+    let mut flaky = event("shop", "count.flaky", "f-1", serde_json::json!(3));
+    flaky.subject = Some("s-1".into());
+    let appended = bus.publish(vec![flaky]).await.expect("publish");
+    let seq = appended[0].seq;
+    let dead_letters = || bus.log().dead_letters("shop", "counter").expect("read");
+    until("the event is dead-lettered", || !dead_letters().is_empty()).await;
+    let cursor_before = cursor(&bus, "counter");
+    assert_eq!(cursor_before, seq);
+
+    // Redriven to the same version: two more failures, appended.
+    assert!(
+        bus.log()
+            .request_redrive("shop", "counter", seq)
+            .await
+            .expect("request")
+    );
+    until("the redrive failed again", || {
+        dead_letters()
+            .first()
+            .is_some_and(|d| d.attempts.len() == 4)
+    })
+    .await;
+    assert!(
+        bus.log()
+            .redrives("shop", "counter")
+            .expect("read")
+            .is_empty()
+    );
+
+    // A new version allows three attempts: redriven, the event is handled
+    // on its third, and its dead letter is gone with its effects stored.
+    let version = host
+        .plugin("shop", "counter")
+        .expect("loaded")
+        .version()
+        .to_owned();
+    std::fs::write(dir.path().join("shop/counter.toml"), manifest(3)).expect("manifest");
+    host.refresh(dir.path()).await.expect("refresh");
+    assert_ne!(
+        host.plugin("shop", "counter").expect("loaded").version(),
+        version
+    );
+    assert!(
+        bus.log()
+            .request_redrive("shop", "counter", seq)
+            .await
+            .expect("request")
+    );
+    until("the redriven event is handled", || {
+        dead_letters().is_empty()
+    })
+    .await;
+    assert_eq!(
+        state(&bus, "counter", "count/s-1"),
+        Some(serde_json::json!(1))
+    );
+    assert_eq!(logged(&bus, "counter.counted").len(), 1);
+    // Only the redrive delivered it again: the cursor stayed past it.
+    assert_eq!(host.stats().deliveries_ok, 1);
+    assert!(cursor(&bus, "counter") >= cursor_before);
+    // Nothing to redrive any more.
+    assert!(
+        !bus.log()
+            .request_redrive("shop", "counter", seq)
+            .await
+            .expect("request")
+    );
+    bus.shutdown().await;
+}

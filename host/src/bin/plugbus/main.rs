@@ -102,7 +102,7 @@ enum Command {
     /// none.
     BenchReload(reload_bench::ReloadBenchArgs),
 
-    /// Lists, shows and discards dead letters: the events a plugin gave up
+    /// Lists, shows, redrives and discards dead letters: the events a plugin gave up
     /// on after its last attempt, each with every attempt's failure.
     Dlq(ops::DlqArgs),
 

@@ -55,6 +55,12 @@ enum DlqCommand {
     /// Shows one dead letter as JSON: the event and every attempt (kind,
     /// message, fuel, plugin version, time).
     Show(DeadLetterArg),
+    /// Delivers one dead letter again, to the plugin's current version, with
+    /// retries as for any event. A running `plugbus serve` on the same data
+    /// directory takes the request within a second: the dead letter is
+    /// deleted once the event is handled, or gets the new attempts appended
+    /// when it fails again.
+    Redrive(DeadLetterArg),
     /// Deletes one dead letter.
     Discard(DeadLetterArg),
 }
@@ -180,26 +186,34 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Discard(DeadLetterArg { plugin, seq, data }) => {
-            check_names(&plugin.tenant, Some(&plugin.plugin))?;
-            let log = open(&data.data)?;
-            if !log
-                .discard_dead_letter(&plugin.tenant, &plugin.plugin, seq)
-                .wait()?
-            {
-                bail!(
-                    "{}/{} has no dead letter at {seq}",
-                    plugin.tenant,
-                    plugin.plugin
-                );
-            }
-            println!(
-                "discarded the dead letter at {seq} of {}/{}",
-                plugin.tenant, plugin.plugin
-            );
-            Ok(ExitCode::SUCCESS)
+        DlqCommand::Redrive(arg) => on_dead_letter(arg, EventLog::request_redrive, |name, seq| {
+            format!(
+                "redrive of the dead letter at {seq} of {name} requested; a running host delivers it to the plugin's current version"
+            )
+        }),
+        DlqCommand::Discard(arg) => {
+            on_dead_letter(arg, EventLog::discard_dead_letter, |name, seq| {
+                format!("discarded the dead letter at {seq} of {name}")
+            })
         }
     }
+}
+
+/// Does `action` on one dead letter and prints `done`; an error when the
+/// plugin has no dead letter there.
+fn on_dead_letter(
+    DeadLetterArg { plugin, seq, data }: DeadLetterArg,
+    action: fn(&SqliteLog, &str, &str, u64) -> plugbus::log::Pending<bool>,
+    done: impl FnOnce(&str, u64) -> String,
+) -> anyhow::Result<ExitCode> {
+    check_names(&plugin.tenant, Some(&plugin.plugin))?;
+    let log = open(&data.data)?;
+    let name = format!("{}/{}", plugin.tenant, plugin.plugin);
+    if !action(&log, &plugin.tenant, &plugin.plugin, seq).wait()? {
+        bail!("{name} has no dead letter at {seq}");
+    }
+    println!("{}", done(&name, seq));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `plugbus replay`. Blocking.
