@@ -32,7 +32,9 @@ use tokio::sync::{Notify, broadcast, watch};
 use crate::dispatch::Item;
 use crate::event::Event;
 use crate::host::Host;
-use crate::log::{Appended, Attempt, Commit, DeadLetter, EventLog, LogError, Seq, now_ms};
+use crate::log::{
+    Appended, Attempt, Commit, DeadLetter, EventLog, LogError, QuarantineChange, Seq, now_ms,
+};
 use crate::{Delivery, EventError, Outcome};
 
 /// How failed deliveries are retried.
@@ -90,20 +92,7 @@ pub struct DurableConfig {
     pub quarantine_for: Duration,
 }
 
-/// A quarantined plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Quarantine {
-    /// The plugin's tenant.
-    pub tenant: String,
-    /// The plugin.
-    pub plugin: String,
-    /// The version that failed.
-    pub version: String,
-    /// When the quarantine began, in milliseconds since the Unix epoch.
-    pub since_ms: i64,
-    /// When it ends unless lifted first, in milliseconds since the epoch.
-    pub until_ms: i64,
-}
+pub use crate::log::Quarantine;
 
 impl Default for DurableConfig {
     fn default() -> Self {
@@ -649,23 +638,28 @@ impl Consumer {
             since_ms.saturating_add(i64::try_from(length.as_millis()).unwrap_or(i64::MAX));
         let key = (self.tenant.clone(), self.plugin.clone());
         let wake = Arc::new(Notify::new());
+        let record = Quarantine {
+            tenant: self.tenant.clone(),
+            plugin: self.plugin.clone(),
+            version: version.clone(),
+            since_ms,
+            until_ms,
+        };
+        // Recorded in the log, where an operator sees it and can lift it
+        // (`plugbus quarantine`); a failure to record it only means that.
+        let recorded = self
+            .inner
+            .log
+            .set_quarantine(QuarantineChange::Begin(record.clone()))
+            .await;
+        if let Err(e) = &recorded {
+            tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot record the quarantine: {e}");
+        }
         self.inner
             .quarantined
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                key.clone(),
-                (
-                    Quarantine {
-                        tenant: self.tenant.clone(),
-                        plugin: self.plugin.clone(),
-                        version: version.clone(),
-                        since_ms,
-                        until_ms,
-                    },
-                    wake.clone(),
-                ),
-            );
+            .insert(key.clone(), (record, wake.clone()));
         tracing::warn!(
             tenant = %self.tenant,
             plugin = %self.plugin,
@@ -675,6 +669,7 @@ impl Consumer {
             self.inner.config.quarantine_after
         );
         let deadline = tokio::time::Instant::now() + length;
+        let mut ticks = 0u32;
         let stopping = loop {
             let replaced = self
                 .inner
@@ -682,6 +677,11 @@ impl Consumer {
                 .plugin(&self.tenant, &self.plugin)
                 .is_none_or(|p| p.version() != version);
             if replaced || tokio::time::Instant::now() >= deadline {
+                break false;
+            }
+            // Lifted by an operator through the log, looked at each second.
+            ticks = ticks.wrapping_add(1);
+            if recorded.is_ok() && ticks.is_multiple_of(5) && !self.still_quarantined().await {
                 break false;
             }
             tokio::select! {
@@ -695,6 +695,14 @@ impl Consumer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&key);
+        // Over, however it ended: a restarted host starts the plugin afresh.
+        let lift = QuarantineChange::Lift {
+            tenant: self.tenant.clone(),
+            plugin: self.plugin.clone(),
+        };
+        if let Err(e) = self.inner.log.set_quarantine(lift).await {
+            tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot record the end of the quarantine: {e}");
+        }
         if !stopping {
             tracing::info!(tenant = %self.tenant, plugin = %self.plugin, "quarantine over");
         }
@@ -830,6 +838,20 @@ impl Consumer {
             .max_attempts
             .unwrap_or(self.inner.config.retry.max_attempts);
         (retryable && used < max_attempts).then(|| self.inner.config.retry.backoff(used))
+    }
+
+    /// Whether the log still records this plugin's quarantine; true when it
+    /// cannot be read (the quarantine then runs its time).
+    async fn still_quarantined(&self) -> bool {
+        let log = self.inner.log.clone();
+        let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
+        tokio::task::spawn_blocking(move || {
+            log.quarantines().map_or(true, |all| {
+                all.iter().any(|q| q.tenant == tenant && q.plugin == plugin)
+            })
+        })
+        .await
+        .unwrap_or(true)
     }
 
     /// The plugin's cursor as stored.

@@ -108,6 +108,22 @@ pub struct DeadLetter {
     pub attempts: Vec<Attempt>,
 }
 
+/// A quarantined plugin, as the log records it so that an operator can see
+/// it and lift it from another process (`plugbus quarantine`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    /// The plugin's tenant.
+    pub tenant: String,
+    /// The plugin.
+    pub plugin: String,
+    /// The version that failed.
+    pub version: String,
+    /// When the quarantine began, in milliseconds since the Unix epoch.
+    pub since_ms: i64,
+    /// When it ends unless lifted first, in milliseconds since the epoch.
+    pub until_ms: i64,
+}
+
 /// What a plugin finished, committed in one transaction: its cursor moves
 /// to `cursor`, the events its successful deliveries emitted are appended,
 /// their state writes are applied, and the events it gave up on become
@@ -221,6 +237,13 @@ pub trait EventLog: StateStore {
     /// Blocking.
     fn redrives(&self, tenant: &str, plugin: &str) -> Result<Vec<DeadLetter>, LogError>;
 
+    /// Records a plugin's quarantine, or with `lift`, ends the quarantine
+    /// of `tenant`/`plugin`; answers whether there was one to end.
+    fn set_quarantine(&self, change: QuarantineChange) -> Pending<bool>;
+
+    /// The quarantines recorded now, by tenant and plugin. Blocking.
+    fn quarantines(&self) -> Result<Vec<Quarantine>, LogError>;
+
     /// The position of the first event of `tenant` appended at or after
     /// `at_ms` (milliseconds since the Unix epoch). Blocking.
     fn first_since(&self, tenant: &str, at_ms: i64) -> Result<Option<Seq>, LogError>;
@@ -228,6 +251,20 @@ pub trait EventLog: StateStore {
     /// The position of the newest event in the log (0 when it is empty).
     /// Blocking.
     fn head(&self) -> Result<Seq, LogError>;
+}
+
+/// A change to the recorded quarantines.
+#[derive(Debug, Clone)]
+pub enum QuarantineChange {
+    /// A plugin is quarantined (replacing any earlier record of it).
+    Begin(Quarantine),
+    /// A plugin's quarantine is over: lifted, timed out or replaced.
+    Lift {
+        /// The plugin's tenant.
+        tenant: String,
+        /// The plugin.
+        plugin: String,
+    },
 }
 
 /// How durable a commit is.
@@ -320,6 +357,10 @@ enum Write {
         seq: Seq,
         reply: tokio::sync::oneshot::Sender<Result<bool, LogError>>,
     },
+    Quarantine {
+        change: QuarantineChange,
+        reply: tokio::sync::oneshot::Sender<Result<bool, LogError>>,
+    },
 }
 
 impl Write {
@@ -330,7 +371,9 @@ impl Write {
             Self::Commit { reply, .. } => reply.send(Err(error)).map_err(drop),
             Self::Discard { reply, .. } => reply.send(Err(error)).map_err(drop),
             Self::State { reply, .. } => reply.send(Err(error)).map_err(drop),
-            Self::Redrive { reply, .. } => reply.send(Err(error)).map_err(drop),
+            Self::Redrive { reply, .. } | Self::Quarantine { reply, .. } => {
+                reply.send(Err(error)).map_err(drop)
+            }
         };
     }
 }
@@ -382,6 +425,14 @@ CREATE TABLE IF NOT EXISTS redrives (
     seq INTEGER NOT NULL,
     at_ms INTEGER NOT NULL,
     PRIMARY KEY (tenant, plugin, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantines (
+    tenant TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    version TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    until_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, plugin)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cursors (
     tenant TEXT NOT NULL,
@@ -647,6 +698,33 @@ impl EventLog for SqliteLog {
         })
     }
 
+    fn set_quarantine(&self, change: QuarantineChange) -> Pending<bool> {
+        self.send(|reply| Write::Quarantine { change, reply })
+    }
+
+    fn quarantines(&self) -> Result<Vec<Quarantine>, LogError> {
+        let conn = self.reader();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT tenant, plugin, version, since_ms, until_ms FROM quarantines
+                 ORDER BY tenant, plugin",
+            )
+            .map_err(|e| self.store_error(e))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(Quarantine {
+                    tenant: row.get(0)?,
+                    plugin: row.get(1)?,
+                    version: row.get(2)?,
+                    since_ms: row.get(3)?,
+                    until_ms: row.get(4)?,
+                })
+            })
+            .map_err(|e| self.store_error(e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| self.store_error(e))
+    }
+
     fn redrives(&self, tenant: &str, plugin: &str) -> Result<Vec<DeadLetter>, LogError> {
         self.query_dead_letters(
             "SELECT d.seq, d.body, d.attempts FROM redrives r
@@ -721,7 +799,8 @@ enum Done {
     Commit(Committed),
     Discard(bool),
     State,
-    Redrive(bool),
+    /// Whether the row the write was about existed.
+    Found(bool),
 }
 
 impl Writer {
@@ -745,7 +824,7 @@ impl Writer {
         if let Ok(done) = &result {
             let answers = done.iter().filter_map(|d| match d {
                 Done::Append(answer) => Some(answer),
-                Done::Commit(_) | Done::Discard(_) | Done::State | Done::Redrive(_) => None,
+                Done::Commit(_) | Done::Discard(_) | Done::State | Done::Found(_) => None,
             });
             let (stored, repeated) =
                 answers.flatten().fold(
@@ -777,7 +856,10 @@ impl Writer {
                         (Write::State { reply, .. }, Done::State) => {
                             let _ = reply.send(Ok(()));
                         }
-                        (Write::Redrive { reply, .. }, Done::Redrive(found)) => {
+                        (
+                            Write::Redrive { reply, .. } | Write::Quarantine { reply, .. },
+                            Done::Found(found),
+                        ) => {
                             let _ = reply.send(Ok(found));
                         }
                         // `apply` answers each write with its own kind; a
@@ -989,7 +1071,23 @@ impl Writer {
                              ON CONFLICT (tenant, plugin, seq) DO UPDATE SET at_ms = excluded.at_ms",
                             params![tenant, plugin, seq, now],
                         )?;
-                        done.push(Done::Redrive(found == 1));
+                        done.push(Done::Found(found == 1));
+                    }
+                    Write::Quarantine { change, .. } => {
+                        let changed = match change {
+                            QuarantineChange::Begin(q) => tx.execute(
+                                "INSERT INTO quarantines (tenant, plugin, version, since_ms, until_ms)
+                                 VALUES (?1, ?2, ?3, ?4, ?5)
+                                 ON CONFLICT (tenant, plugin) DO UPDATE SET version = excluded.version,
+                                     since_ms = excluded.since_ms, until_ms = excluded.until_ms",
+                                params![q.tenant, q.plugin, q.version, q.since_ms, q.until_ms],
+                            )?,
+                            QuarantineChange::Lift { tenant, plugin } => tx.execute(
+                                "DELETE FROM quarantines WHERE tenant = ?1 AND plugin = ?2",
+                                params![tenant, plugin],
+                            )?,
+                        };
+                        done.push(Done::Found(changed == 1));
                     }
                     Write::State {
                         tenant,

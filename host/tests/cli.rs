@@ -642,6 +642,53 @@ fn dead_letters_and_replay_from_the_command_line() {
     assert!(!empty.path().join("events.db").exists());
 }
 
+/// An operator sees the quarantines a host recorded in the log and lifts
+/// one; lifting a plugin that is not quarantined is an error naming it.
+#[test]
+fn quarantines_from_the_command_line() {
+    use plugbus::log::{EventLog, Quarantine, QuarantineChange, SqliteLog, SqliteLogConfig};
+    let data = tempfile::tempdir().expect("data directory");
+    let data_dir = data.path().to_str().expect("utf-8 path");
+    {
+        // What a consumer records when it quarantines a plugin.
+        let log = SqliteLog::open(data.path(), SqliteLogConfig::default()).expect("log");
+        let since_ms = 1_795_000_000_000;
+        let begin = QuarantineChange::Begin(Quarantine {
+            tenant: "acme-pos".into(),
+            plugin: "mixed".into(),
+            version: "0123456789ab".into(),
+            since_ms,
+            until_ms: since_ms + 300_000,
+        });
+        log.set_quarantine(begin).wait().expect("record");
+    }
+    let (code, out, err) = run_plain(&["quarantine", "list", "--json", "--data", data_dir]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(listed["plugin"], "mixed");
+    assert_eq!(listed["version"], "0123456789ab");
+    assert_eq!(listed["since"], "2026-11-18T11:06:40Z");
+    let resume = [
+        "quarantine",
+        "resume",
+        "--tenant",
+        "acme-pos",
+        "--plugin",
+        "mixed",
+        "--data",
+        data_dir,
+    ];
+    let (code, out, err) = run_plain(&resume);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("lifted"), "{out}");
+    let (code, out, _) = run_plain(&["quarantine", "list", "--data", data_dir]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1, "only the header: {out}");
+    let (code, _, err) = run_plain(&resume);
+    assert_eq!(code, 2);
+    assert!(err.contains("acme-pos/mixed is not quarantined"), "{err}");
+}
+
 /// `plugbus bench --durable` publishes through the log and counts every
 /// delivery made from it.
 #[test]

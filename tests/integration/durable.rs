@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plugbus::durable::{DurableBus, DurableConfig, RetryPolicy};
-use plugbus::log::{EventLog, SqliteLog, SqliteLogConfig};
+use plugbus::log::{EventLog, QuarantineChange, SqliteLog, SqliteLogConfig};
 use plugbus::{Event, FailureKind, Host, HostConfig};
 use plugbus_artifacts as artifacts;
 use plugbus_tests::{PluginsDir, event};
@@ -304,14 +304,24 @@ async fn a_plugin_that_keeps_failing_is_quarantined_until_resumed_or_replaced() 
         ("shop", "mixed")
     );
     assert!(quarantine.until_ms > quarantine.since_ms);
+    // The log records it, for operators in other processes.
+    until("the quarantine is recorded", || {
+        bus.log().quarantines().expect("read") == [quarantine.clone()]
+    })
+    .await;
     // Three failed deliveries, then nothing while quarantined: the other
     // events wait in the log.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(host.stats().failures_of(FailureKind::HandlerPermanent), 3);
     assert_eq!(cursor(&bus, "mixed"), appended[2].seq);
 
-    // An operator resumes it: three more, and quarantined again.
-    assert!(bus.resume("shop", "mixed"));
+    // An operator lifts it from another process (`plugbus quarantine
+    // resume` deletes the record): three more, and quarantined again.
+    let lift = QuarantineChange::Lift {
+        tenant: "shop".into(),
+        plugin: "mixed".into(),
+    };
+    assert!(bus.log().set_quarantine(lift).await.expect("lift"));
     until("quarantined again", || {
         host.stats().failures_of(FailureKind::HandlerPermanent) == 6
             && !bus.quarantined().is_empty()
@@ -343,6 +353,7 @@ async fn a_plugin_that_keeps_failing_is_quarantined_until_resumed_or_replaced() 
         10
     );
     assert!(!bus.resume("shop", "mixed"), "no longer quarantined");
+    assert!(bus.log().quarantines().expect("read").is_empty());
     bus.shutdown().await;
 }
 

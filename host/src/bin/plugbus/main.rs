@@ -109,6 +109,10 @@ enum Command {
     /// Moves a plugin's cursor back (or forward) in the event log, so that
     /// it is delivered the events from a position or a time again.
     Replay(ops::ReplayArgs),
+
+    /// Lists the quarantined plugins (paused after failing too many
+    /// deliveries in a row), or lifts a plugin's quarantine.
+    Quarantine(ops::QuarantineArgs),
 }
 
 #[derive(clap::Args)]
@@ -215,9 +219,11 @@ fn main() -> ExitCode {
     // The load generator's own output is its table: its host logs only
     // warnings unless asked for more.
     let default_level = match cli.command {
-        Command::Bench(_) | Command::BenchReload(_) | Command::Dlq(_) | Command::Replay(_) => {
-            "warn"
-        }
+        Command::Bench(_)
+        | Command::BenchReload(_)
+        | Command::Dlq(_)
+        | Command::Replay(_)
+        | Command::Quarantine(_) => "warn",
         Command::Dispatch(_) | Command::Serve(_) => "info",
     };
     if let Err(e) = init_logging(cli.log_format, cli.log.as_deref(), default_level) {
@@ -246,6 +252,9 @@ fn main() -> ExitCode {
             Command::Replay(args) => tokio::task::spawn_blocking(move || ops::replay(args))
                 .await
                 .context("the replay command failed")?,
+            Command::Quarantine(args) => tokio::task::spawn_blocking(move || ops::quarantine(args))
+                .await
+                .context("the quarantine command failed")?,
         }
     });
     // Everything that matters has been awaited. What may remain is a

@@ -1,5 +1,5 @@
-//! Operator commands on a data directory's event log: `plugbus dlq` and
-//! `plugbus replay`. They work while `plugbus serve` runs on the same
+//! Operator commands on a data directory's event log: `plugbus dlq`,
+//! `plugbus replay` and `plugbus quarantine`. They work while `plugbus serve` runs on the same
 //! directory (SQLite serialises the writes); a running host picks up a
 //! moved cursor within a second.
 
@@ -87,6 +87,33 @@ pub struct ReplayArgs {
     from: String,
     #[command(flatten)]
     data: DataArg,
+}
+
+#[derive(clap::Args)]
+pub struct QuarantineArgs {
+    #[command(subcommand)]
+    command: QuarantineCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum QuarantineCommand {
+    /// Lists the quarantined plugins: tenant, plugin, the version that
+    /// failed, and when the quarantine began and ends.
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// Lifts a plugin's quarantine: a running host delivers its waiting
+    /// events again within a second.
+    Resume {
+        #[command(flatten)]
+        plugin: PluginArg,
+        #[command(flatten)]
+        data: DataArg,
+    },
 }
 
 /// Opens the log of a data directory that has one: an operator command
@@ -258,4 +285,71 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         plugin.tenant, plugin.plugin
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A time in milliseconds since the epoch as RFC 3339, for people.
+fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// Runs `plugbus quarantine ...`. Blocking.
+pub fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        QuarantineCommand::List { json, data } => {
+            let log = open(&data.data)?;
+            let all = log.quarantines()?;
+            if !json {
+                println!(
+                    "{:<20} {:<20} {:<14} {:<26} until",
+                    "tenant", "plugin", "version", "since"
+                );
+            }
+            for q in all {
+                if json {
+                    println!(
+                        "{}",
+                        json!({
+                            "tenant": q.tenant,
+                            "plugin": q.plugin,
+                            "version": q.version,
+                            "since": rfc3339_ms(q.since_ms),
+                            "until": rfc3339_ms(q.until_ms),
+                        })
+                    );
+                } else {
+                    println!(
+                        "{:<20} {:<20} {:<14} {:<26} {}",
+                        q.tenant,
+                        q.plugin,
+                        q.version,
+                        rfc3339_ms(q.since_ms),
+                        rfc3339_ms(q.until_ms)
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        QuarantineCommand::Resume { plugin, data } => {
+            check_names(&plugin.tenant, Some(&plugin.plugin))?;
+            let log = open(&data.data)?;
+            let lift = plugbus::log::QuarantineChange::Lift {
+                tenant: plugin.tenant.clone(),
+                plugin: plugin.plugin.clone(),
+            };
+            if !log.set_quarantine(lift).wait()? {
+                bail!("{}/{} is not quarantined", plugin.tenant, plugin.plugin);
+            }
+            println!(
+                "lifted the quarantine of {}/{}; a running host delivers its events again",
+                plugin.tenant, plugin.plugin
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
