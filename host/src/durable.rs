@@ -33,7 +33,8 @@ use crate::dispatch::Item;
 use crate::event::Event;
 use crate::host::Host;
 use crate::log::{
-    Appended, Attempt, Commit, DeadLetter, EventLog, LogError, QuarantineChange, Seq, now_ms,
+    Appended, Attempt, Commit, DeadLetter, EventLog, LogError, QuarantineChange, Retention, Seq,
+    now_ms,
 };
 use crate::{Delivery, EventError, Outcome};
 
@@ -90,6 +91,11 @@ pub struct DurableConfig {
     /// loaded or [`DurableBus::resume`] ends it first (default 5 minutes).
     /// Its events wait in the log meanwhile; none is dropped.
     pub quarantine_for: Duration,
+    /// How long the log keeps events (default: 7 days, no size bound); an
+    /// event a loaded plugin has not finished with is always kept.
+    pub retention: Retention,
+    /// How often retention runs (default every minute).
+    pub retention_interval: Duration,
 }
 
 pub use crate::log::Quarantine;
@@ -101,6 +107,11 @@ impl Default for DurableConfig {
             read_batch: 128,
             quarantine_after: 20,
             quarantine_for: Duration::from_secs(5 * 60),
+            retention: Retention {
+                max_age: Some(Duration::from_secs(7 * 24 * 60 * 60)),
+                max_bytes: None,
+            },
+            retention_interval: Duration::from_secs(60),
         }
     }
 }
@@ -121,10 +132,46 @@ pub enum DurablePublishError {
     Log(#[from] LogError),
 }
 
+/// Applies the retention policy every `retention_interval`, keeping every
+/// event a loaded plugin has not finished with.
+async fn retain(inner: Arc<Inner>) {
+    let retention = inner.config.retention;
+    if retention == Retention::default() {
+        return;
+    }
+    let mut ticks =
+        tokio::time::interval(inner.config.retention_interval.max(Duration::from_secs(1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let live = inner
+            .host
+            .plugins()
+            .into_iter()
+            .map(|p| (p.tenant, p.name))
+            .collect();
+        match inner.log.prune(retention, live).await {
+            Ok(pruned) => {
+                if pruned.deleted > 0 {
+                    tracing::info!(deleted = pruned.deleted, "retention deleted old events");
+                }
+                if pruned.held_back {
+                    tracing::warn!(
+                        "the event log is over its size limit, but the oldest events are not yet handled by every plugin"
+                    );
+                }
+            }
+            Err(e) => tracing::error!("retention failed: {e}"),
+        }
+    }
+}
+
 /// A host whose events go through the durable log.
 pub struct DurableBus {
     inner: Arc<Inner>,
     reloads: tokio::task::JoinHandle<()>,
+    /// Runs retention now and then.
+    retention: tokio::task::JoinHandle<()>,
 }
 
 struct Inner {
@@ -218,7 +265,15 @@ impl DurableBus {
                 }
             }
         });
-        Ok((Self { inner, reloads }, observer))
+        let retention = tokio::spawn(retain(inner.clone()));
+        Ok((
+            Self {
+                inner,
+                reloads,
+                retention,
+            },
+            observer,
+        ))
     }
 
     /// Validates `events`, appends them to the log and answers once they
@@ -320,6 +375,7 @@ impl DurableBus {
     /// Stops every consumer after the batch it is delivering, and waits.
     pub async fn shutdown(self) {
         self.reloads.abort();
+        self.retention.abort();
         let _ = self.inner.stop.send(true);
         let consumers: Vec<_> = self
             .inner

@@ -251,6 +251,35 @@ pub trait EventLog: StateStore {
     /// The position of the newest event in the log (0 when it is empty).
     /// Blocking.
     fn head(&self) -> Result<Seq, LogError>;
+
+    /// Deletes the events `retention` no longer keeps, never one that a
+    /// plugin in `live` (tenant, plugin) has not finished with: of a
+    /// tenant with live plugins, only events at or before the lowest of
+    /// their cursors go. Dead letters keep their own copy of their event.
+    fn prune(&self, retention: Retention, live: Vec<(String, String)>) -> Pending<Pruned>;
+}
+
+/// How long the log keeps events. Either bound, or both, may be set;
+/// an event goes when it is past either, once every live plugin of its
+/// tenant has finished with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Events appended longer ago than this go.
+    pub max_age: Option<Duration>,
+    /// While the log uses more bytes than this (pages in use: events,
+    /// indexes, cursors, dead letters and state), its oldest events go.
+    /// The file itself does not shrink: SQLite reuses the freed pages.
+    pub max_bytes: Option<u64>,
+}
+
+/// What a [`EventLog::prune`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pruned {
+    /// Events deleted.
+    pub deleted: u64,
+    /// The log is still over `max_bytes`, because the events that would
+    /// have to go are not yet handled by a live plugin.
+    pub held_back: bool,
 }
 
 /// A change to the recorded quarantines.
@@ -361,6 +390,11 @@ enum Write {
         change: QuarantineChange,
         reply: tokio::sync::oneshot::Sender<Result<bool, LogError>>,
     },
+    Prune {
+        retention: Retention,
+        live: Vec<(String, String)>,
+        reply: tokio::sync::oneshot::Sender<Result<Pruned, LogError>>,
+    },
 }
 
 impl Write {
@@ -374,6 +408,7 @@ impl Write {
             Self::Redrive { reply, .. } | Self::Quarantine { reply, .. } => {
                 reply.send(Err(error)).map_err(drop)
             }
+            Self::Prune { reply, .. } => reply.send(Err(error)).map_err(drop),
         };
     }
 }
@@ -698,6 +733,14 @@ impl EventLog for SqliteLog {
         })
     }
 
+    fn prune(&self, retention: Retention, live: Vec<(String, String)>) -> Pending<Pruned> {
+        self.send(|reply| Write::Prune {
+            retention,
+            live,
+            reply,
+        })
+    }
+
     fn set_quarantine(&self, change: QuarantineChange) -> Pending<bool> {
         self.send(|reply| Write::Quarantine { change, reply })
     }
@@ -736,10 +779,14 @@ impl EventLog for SqliteLog {
     }
 
     fn head(&self) -> Result<Seq, LogError> {
+        // The highest position ever given, which outlives a pruned event.
         self.reader()
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
-                row.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
+                            COALESCE((SELECT MAX(seq) FROM events), 0))",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
             .map(|s| s as Seq)
             .map_err(|e| self.store_error(e))
     }
@@ -801,6 +848,7 @@ enum Done {
     State,
     /// Whether the row the write was about existed.
     Found(bool),
+    Prune(Pruned),
 }
 
 impl Writer {
@@ -824,7 +872,11 @@ impl Writer {
         if let Ok(done) = &result {
             let answers = done.iter().filter_map(|d| match d {
                 Done::Append(answer) => Some(answer),
-                Done::Commit(_) | Done::Discard(_) | Done::State | Done::Found(_) => None,
+                Done::Commit(_)
+                | Done::Discard(_)
+                | Done::State
+                | Done::Found(_)
+                | Done::Prune(_) => None,
             });
             let (stored, repeated) =
                 answers.flatten().fold(
@@ -861,6 +913,9 @@ impl Writer {
                             Done::Found(found),
                         ) => {
                             let _ = reply.send(Ok(found));
+                        }
+                        (Write::Prune { reply, .. }, Done::Prune(pruned)) => {
+                            let _ = reply.send(Ok(pruned));
                         }
                         // `apply` answers each write with its own kind; a
                         // mismatch is a bug, answered as a closed log.
@@ -1089,6 +1144,11 @@ impl Writer {
                         };
                         done.push(Done::Found(changed == 1));
                     }
+                    Write::Prune {
+                        retention, live, ..
+                    } => {
+                        done.push(Done::Prune(apply_retention(&tx, now, retention, live)?));
+                    }
                     Write::State {
                         tenant,
                         plugin,
@@ -1115,6 +1175,69 @@ impl Writer {
         };
         Ok(done)
     }
+}
+
+/// Deletes what `retention` no longer keeps, within the writer's
+/// transaction: see [`EventLog::prune`].
+fn apply_retention(
+    tx: &rusqlite::Transaction<'_>,
+    now: i64,
+    retention: &Retention,
+    live: &[(String, String)],
+) -> Result<Pruned, rusqlite::Error> {
+    // The highest position each tenant with live plugins may lose: the
+    // lowest of their cursors (0 for a plugin without one yet).
+    tx.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS ceilings (tenant TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+         DELETE FROM ceilings;",
+    )?;
+    {
+        let mut ceiling = tx.prepare_cached(
+            "INSERT INTO ceilings (tenant, seq)
+             VALUES (?1, COALESCE((SELECT seq FROM cursors WHERE tenant = ?1 AND plugin = ?2), 0))
+             ON CONFLICT (tenant) DO UPDATE SET seq = MIN(seq, excluded.seq)",
+        )?;
+        for (tenant, plugin) in live {
+            ceiling.execute(params![tenant, plugin])?;
+        }
+    }
+    const ELIGIBLE: &str = "seq <= COALESCE((SELECT c.seq FROM ceilings c WHERE c.tenant = events.tenant), 9223372036854775807)";
+    let mut pruned = Pruned::default();
+    if let Some(age) = retention.max_age {
+        let cutoff = now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+        pruned.deleted += tx.execute(
+            &format!("DELETE FROM events WHERE appended_at_ms < ?1 AND {ELIGIBLE}"),
+            params![cutoff],
+        )? as u64;
+    }
+    if let Some(max_bytes) = retention.max_bytes {
+        let used = |tx: &rusqlite::Transaction<'_>| -> Result<u64, rusqlite::Error> {
+            tx.query_row(
+                "SELECT (p.page_count - f.freelist_count) * s.page_size
+                 FROM pragma_page_count() p, pragma_freelist_count() f, pragma_page_size() s",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|b| u64::try_from(b).unwrap_or(0))
+        };
+        let oldest = format!(
+            "DELETE FROM events WHERE seq IN
+             (SELECT seq FROM events WHERE {ELIGIBLE} ORDER BY seq LIMIT ?1)"
+        );
+        // Small steps first, so that little more than needed goes; larger
+        // ones while far over.
+        let mut step = 16i64;
+        while used(tx)? > max_bytes {
+            let deleted = tx.execute(&oldest, params![step])?;
+            if deleted == 0 {
+                pruned.held_back = true;
+                break;
+            }
+            pruned.deleted += deleted as u64;
+            step = (step * 2).min(4096);
+        }
+    }
+    Ok(pruned)
 }
 
 /// Creates `dir` (and its parents) when missing, private to this user.

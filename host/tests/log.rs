@@ -263,3 +263,115 @@ fn state_commits_with_the_cursor_and_survives_a_reopen() {
     assert_eq!(log.get("acme", "other", "order/1").expect("get"), None);
     assert_eq!(log.get("globex", "saga", "order/1").expect("get"), None);
 }
+
+#[test]
+fn retention_by_age_keeps_what_a_live_plugin_has_not_handled() {
+    use plugbus::log::Retention;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    let acme: Vec<_> = (1..=6)
+        .map(|i| event("acme", &format!("a-{i}"), "order.placed"))
+        .collect();
+    log.append(acme).wait().expect("append");
+    log.append(vec![
+        event("globex", "g-1", "order.placed"),
+        event("globex", "g-2", "order.placed"),
+    ])
+    .wait()
+    .expect("append");
+    for (plugin, seq) in [("fast", 5), ("slow", 3), ("removed", 0)] {
+        log.commit_cursor("acme", plugin, seq)
+            .wait()
+            .expect("cursor");
+    }
+    // Every event is older than a zero age once a millisecond has passed.
+    std::thread::sleep(Duration::from_millis(5));
+    let live = vec![
+        ("acme".to_owned(), "fast".to_owned()),
+        ("acme".to_owned(), "slow".to_owned()),
+    ];
+    let everything_old = Retention {
+        max_age: Some(Duration::ZERO),
+        max_bytes: None,
+    };
+    let pruned = log
+        .prune(everything_old, live.clone())
+        .wait()
+        .expect("prune");
+    // acme loses what its slowest live plugin handled (1..=3); the cursor
+    // of a plugin that is no longer loaded holds nothing back. globex has
+    // no live plugin: its events go.
+    assert_eq!(pruned.deleted, 5);
+    assert!(!pruned.held_back);
+    let left: Vec<_> = log
+        .read("acme", 0, 100)
+        .expect("read")
+        .iter()
+        .map(|s| s.seq)
+        .collect();
+    assert_eq!(left, [4, 5, 6]);
+    assert!(log.read("globex", 0, 100).expect("read").is_empty());
+    // Positions are never reused: the head stays, and so do new seqs.
+    assert_eq!(log.head().expect("head"), 8);
+    let appended = log
+        .append(vec![event("globex", "g-3", "order.placed")])
+        .wait()
+        .expect("append");
+    assert_eq!(appended[0].seq, 9);
+    // No bound, nothing deleted.
+    let pruned = log.prune(Retention::default(), live).wait().expect("prune");
+    assert_eq!(pruned.deleted, 0);
+}
+
+#[test]
+fn retention_by_size_deletes_the_oldest_handled_events() {
+    use plugbus::log::Retention;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    let big = "x".repeat(4096);
+    let events: Vec<_> = (1..=200)
+        .map(|i| {
+            let mut e = event("acme", &format!("a-{i}"), "order.placed");
+            e.data = big.clone().into_bytes();
+            e
+        })
+        .collect();
+    log.append(events).wait().expect("append");
+    log.commit_cursor("acme", "audit", 150)
+        .wait()
+        .expect("cursor");
+    let live = vec![("acme".to_owned(), "audit".to_owned())];
+    let small = Retention {
+        max_age: None,
+        max_bytes: Some(256 * 1024),
+    };
+    let pruned = log.prune(small, live.clone()).wait().expect("prune");
+    // It would have to delete unhandled events to get under 256 KiB: it
+    // deletes every handled one and says it is held back.
+    assert_eq!(pruned.deleted, 150);
+    assert!(pruned.held_back);
+    let first = log.read("acme", 0, 1).expect("read")[0].seq;
+    assert_eq!(first, 151);
+
+    // With room for about 40 events, only the oldest handled ones go.
+    log.append(
+        (201..=260)
+            .map(|i| event("acme", &format!("a-{i}"), "order.placed"))
+            .collect(),
+    )
+    .wait()
+    .expect("append");
+    log.commit_cursor("acme", "audit", 260)
+        .wait()
+        .expect("cursor");
+    let roomy = Retention {
+        max_age: None,
+        max_bytes: Some(200 * 1024),
+    };
+    let pruned = log.prune(roomy, live).wait().expect("prune");
+    assert!(!pruned.held_back);
+    assert!(pruned.deleted > 0 && pruned.deleted < 50, "{pruned:?}");
+    let left = log.read("acme", 0, 1000).expect("read");
+    assert_eq!(left.last().map(|s| s.seq), Some(260), "the newest stay");
+    assert_eq!(left[0].seq, 151 + pruned.deleted, "the oldest went first");
+}

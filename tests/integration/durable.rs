@@ -601,3 +601,61 @@ async fn a_redriven_dead_letter_goes_to_the_current_version() {
     );
     bus.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_only_handled_events() {
+    let dir = PluginsDir::new();
+    // `mixed` holds back what it has not handled: it is quarantined on its
+    // first failure and handles nothing after it.
+    dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
+    let data = tempfile::tempdir().expect("tempdir");
+    let durable = DurableConfig {
+        retention: plugbus::log::Retention {
+            max_age: Some(Duration::ZERO),
+            max_bytes: None,
+        },
+        retention_interval: Duration::from_secs(1),
+        quarantine_after: 1,
+        quarantine_for: Duration::from_secs(3600),
+        ..config(1)
+    };
+    let (_host, bus) = start(&dir, data.path(), durable).await;
+    let appended = bus
+        .publish(vec![
+            mix("mix.ok", "ok-1"),
+            mix("mix.ok", "ok-2"),
+            mix("mix.retryable", "r-1"),
+            mix("mix.ok", "ok-3"),
+        ])
+        .await
+        .expect("publish");
+    until("the plugin is quarantined", || {
+        !bus.quarantined().is_empty()
+    })
+    .await;
+    let read = || -> Vec<String> {
+        bus.log()
+            .read("shop", 0, 100)
+            .expect("read")
+            .into_iter()
+            .map(|s| s.event.id)
+            .collect()
+    };
+    // r-1 was dead-lettered after its one attempt, then the plugin was
+    // quarantined: everything up to r-1 is handled, ok-3 is not.
+    until("retention deleted the handled events", || {
+        read() == ["ok-3"]
+    })
+    .await;
+    assert_eq!(cursor(&bus, "mixed"), appended[2].seq);
+    // A later pass keeps what the plugin has not handled.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(read(), ["ok-3"]);
+    // The dead letter keeps its own copy of the event.
+    let dead = bus
+        .log()
+        .dead_letters("shop", "mixed")
+        .expect("dead letters");
+    assert_eq!(dead[0].event.id, "r-1");
+    bus.shutdown().await;
+}

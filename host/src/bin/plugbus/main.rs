@@ -155,6 +155,16 @@ struct ServeArgs {
     #[arg(long)]
     stdin: bool,
 
+    /// Keep events in the log for this many hours (0: no age limit). An
+    /// event a loaded plugin has not handled is always kept.
+    #[arg(long, value_name = "HOURS", env = "PLUGBUS_RETAIN_HOURS", default_value_t = 7 * 24)]
+    retain_hours: u64,
+
+    /// Keep the log under this many MiB by deleting its oldest handled
+    /// events (no size limit when absent).
+    #[arg(long, value_name = "MIB", env = "PLUGBUS_RETAIN_MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    retain_mib: Option<u64>,
+
     #[command(flatten)]
     host: HostArgs,
 }
@@ -360,7 +370,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (bus, deliveries) = DurableBus::start_observed(
         host.clone(),
         std::sync::Arc::new(log),
-        DurableConfig::default(),
+        DurableConfig {
+            retention: plugbus::log::Retention {
+                max_age: (args.retain_hours > 0)
+                    .then(|| Duration::from_secs(args.retain_hours.saturating_mul(3600))),
+                max_bytes: args.retain_mib.map(|m| m.saturating_mul(1024 * 1024)),
+            },
+            ..DurableConfig::default()
+        },
     )
     .await?;
     let printer = tokio::spawn(print_deliveries(deliveries));
