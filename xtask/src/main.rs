@@ -18,7 +18,8 @@ commands:
   setup            install the wasm32-wasip2 target (when missing) and build the plugins
   build-plugins    build every plugin for wasm32-wasip2 and print the components' paths
   demo             build the plugins, assemble target/plugbus-demo/plugins from examples/plugins,
-                   and dispatch examples/events.jsonl through them with `plugbus dispatch`
+                   and run `plugbus serve` on a fresh log in target/plugbus-demo/data,
+                   publishing examples/events.jsonl
   test [ARGS...]   run the whole test suite (`cargo test --workspace ARGS...`)
   bench [ARGS...]  run `plugbus bench` (release build) on the noop fixture; ARGS go to plugbus bench
   bench-table GROUP [--columns a,b,...] [--ratio a/b]...
@@ -124,7 +125,8 @@ fn component_for(name: &str) -> Option<&'static str> {
         .map(|(_, wasm)| *wasm)
 }
 
-/// Assembles the demo's plugins directory and dispatches the sample events.
+/// Assembles the demo's plugins directory and runs `plugbus serve` on a
+/// fresh embedded log, publishing the sample events from stdin.
 fn demo() -> anyhow::Result<ExitCode> {
     let root = workspace();
     let manifests = root.join("examples/plugins");
@@ -171,18 +173,30 @@ fn demo() -> anyhow::Result<ExitCode> {
         "this is not a WebAssembly component\n",
     )?;
 
-    let plugins_arg = plugins.to_string_lossy().into_owned();
-    let events_arg = root
-        .join("examples/events.jsonl")
-        .to_string_lossy()
-        .into_owned();
-    cargo(
-        &["run", "--quiet", "--package", "plugbus", "--", "dispatch"],
-        &[
-            "--plugins".into(),
-            plugins_arg,
-            "--events".into(),
-            events_arg,
-        ],
-    )
+    // A fresh log each run: the same events again would be duplicates.
+    let data = root.join("target/plugbus-demo/data");
+    if data.exists() {
+        std::fs::remove_dir_all(&data)
+            .with_context(|| format!("cannot clear {}", data.display()))?;
+    }
+    let events_path = root.join("examples/events.jsonl");
+    let events = std::fs::File::open(&events_path)
+        .with_context(|| format!("cannot open {}", events_path.display()))?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["run", "--quiet", "--package", "plugbus", "--", "serve"])
+        .arg("--plugins")
+        .arg(&plugins)
+        .arg("--data")
+        .arg(&data)
+        .arg("--stdin")
+        .stdin(events)
+        .status()
+        .context("cannot run cargo")?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
 }
