@@ -1,8 +1,9 @@
 //! Crash safety of `plugbus serve`: killed with SIGKILL at arbitrary
 //! moments while events stream in, restarted each time, it loses no event
 //! it stored, every plugin ends past every stored event, the effects of a
-//! handler (its emitted events, committed with its cursor) happen exactly
-//! once per stored event, and it never delivers an event it had not stored.
+//! handler (its emitted events and its state writes, committed with its
+//! cursor) happen exactly once per stored event, and it never delivers an
+//! event it had not stored.
 //!
 //! The lines `serve` writes to stdout are not the record: a kill can come
 //! between a delivery and its line. The log is.
@@ -17,12 +18,16 @@ use plugbus::log::{EventLog, SqliteLog, SqliteLogConfig};
 use plugbus_artifacts as artifacts;
 
 const TENANT: &str = "acme-pos";
-const PLUGINS: [&str; 2] = ["audit", "emitter"];
+const PLUGINS: [&str; 3] = ["audit", "emitter", "counter"];
+/// The subjects the events are spread over; `counter` counts each in state.
+const SUBJECTS: u64 = 7;
 
-/// An event the `emitter` plugin answers with one `mix.emitted` event.
+/// An event the `emitter` plugin answers with one `mix.emitted` event, and
+/// the `counter` plugin counts under its subject.
 fn event(n: u64) -> String {
+    let subject = n % SUBJECTS;
     format!(
-        r#"{{"specversion":"1.0","id":"e-{n}","source":"/pos/1","type":"mix.emit","tenant":"{TENANT}","data":{{"n":{n}}}}}"#
+        r#"{{"specversion":"1.0","id":"e-{n}","source":"/pos/1","type":"mix.emit","subject":"s-{subject}","tenant":"{TENANT}","data":{{"n":{n}}}}}"#
     )
 }
 
@@ -103,6 +108,8 @@ fn sigkill_at_random_moments_loses_no_stored_event() {
     std::fs::copy(artifacts::AUDIT_LOG, tenant.join("audit.wasm")).expect("copy");
     std::fs::copy(artifacts::FIXTURE_MIXED, tenant.join("emitter.wasm")).expect("copy");
     std::fs::write(tenant.join("emitter.toml"), "subscribe = [\"mix.emit\"]\n").expect("manifest");
+    std::fs::copy(artifacts::FIXTURE_COUNTER, tenant.join("counter.wasm")).expect("copy");
+    std::fs::write(tenant.join("counter.toml"), "subscribe = [\"mix.emit\"]\n").expect("manifest");
 
     let mut deliveries = Vec::new();
     let mut next = 0;
@@ -124,6 +131,11 @@ fn sigkill_at_random_moments_loses_no_stored_event() {
         .map(|s| s.event.id.as_str())
         .collect();
     let mut effects: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut counted: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in all.iter().filter(|s| s.event.ty == "counter.counted") {
+        let cause = s.event.causation_id().expect("a cause");
+        *counted.entry(cause).or_default() += 1;
+    }
     for s in all.iter().filter(|s| s.event.ty == "mix.emitted") {
         let cause = s
             .event
@@ -152,6 +164,25 @@ fn sigkill_at_random_moments_loses_no_stored_event() {
             1,
             "the handler's effect for {id} happened once"
         );
+        assert_eq!(
+            counted.get(id).copied().unwrap_or(0),
+            1,
+            "the counter's emit for {id} happened once"
+        );
+    }
+    // The counter's state counts each stored event of a subject once: its
+    // writes were committed with its cursor, never twice, never lost.
+    for subject in 0..SUBJECTS {
+        let subject = format!("s-{subject}");
+        let expected = all
+            .iter()
+            .filter(|s| s.event.ty == "mix.emit" && s.event.subject.as_deref() == Some(&subject))
+            .count();
+        let count: usize =
+            plugbus::state::StateStore::get(&log, TENANT, "counter", &format!("count/{subject}"))
+                .expect("read the state")
+                .map_or(0, |v| serde_json::from_slice(&v).expect("a JSON count"));
+        assert_eq!(count, expected, "the count of {subject}");
     }
     let ids: BTreeSet<&str> = all.iter().map(|s| s.event.id.as_str()).collect();
     for (plugin, id, ok) in &deliveries {
