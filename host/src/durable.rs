@@ -34,7 +34,7 @@ use crate::event::Event;
 use crate::host::Host;
 use crate::log::{
     Appended, Attempt, Commit, DeadLetter, EventLog, LogError, QuarantineChange, Retention, Seq,
-    now_ms,
+    StoredEvent, now_ms,
 };
 use crate::{Delivery, EventError, Outcome};
 
@@ -421,6 +421,193 @@ impl Inner {
 }
 
 /// One plugin's consumer.
+/// The most events a consumer keeps waiting behind failing keys before it
+/// stops reading new ones, until the failing events are handled or
+/// dead-lettered.
+const MAX_PENDING: usize = 10_000;
+
+/// What an event keeps its order with, for one plugin: the events of the
+/// same partition key (the CloudEvents `partitionkey` extension, else the
+/// subject). An event with neither keeps no order with others.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum OrderKey {
+    Key(String),
+    Alone(Seq),
+}
+
+impl OrderKey {
+    fn of(stored: &StoredEvent) -> Self {
+        let event = &stored.event;
+        match event
+            .extensions
+            .get("partitionkey")
+            .or(event.subject.as_ref())
+        {
+            Some(key) => Self::Key(key.clone()),
+            None => Self::Alone(stored.seq),
+        }
+    }
+}
+
+/// A failed event waiting for its retry; it holds back the later events
+/// of its key.
+struct Waiting {
+    seq: Seq,
+    attempts: Vec<Attempt>,
+    retry_at: tokio::time::Instant,
+}
+
+/// A consumer's view of its plugin's events: the committed cursor, the
+/// events read past it and not finished, the failed ones waiting for a
+/// retry, and the events finished ahead of the cursor while an earlier
+/// event of another key waits.
+struct Line {
+    /// The committed cursor: every event of the tenant up to it is
+    /// finished (handled, dead-lettered, or not subscribed to).
+    position: Seq,
+    /// The last event read.
+    read_after: Seq,
+    /// The events read and not finished, by position.
+    pending: std::collections::BTreeMap<Seq, Arc<StoredEvent>>,
+    /// By key, the failed event waiting for its retry.
+    waiting: HashMap<OrderKey, Waiting>,
+    /// Events finished since the last commit.
+    unsaved: Vec<Seq>,
+    /// Events past the cursor that were finished before a restart (or a
+    /// failed commit), skipped when read.
+    skip: std::collections::BTreeSet<Seq>,
+}
+
+impl Line {
+    fn new(position: Seq) -> Self {
+        Self {
+            position,
+            read_after: position,
+            pending: std::collections::BTreeMap::new(),
+            waiting: HashMap::new(),
+            unsaved: Vec::new(),
+            skip: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// Takes newly read events: pending, or finished at once when not
+    /// subscribed to or finished before.
+    fn take(&mut self, events: Vec<StoredEvent>, manifest: &crate::Manifest) {
+        for stored in events {
+            let seq = stored.seq;
+            self.read_after = self.read_after.max(seq);
+            if self.skip.remove(&seq) {
+                continue;
+            }
+            if manifest.subscribes_to(&stored.event.ty) {
+                self.pending.insert(seq, Arc::new(stored));
+            } else {
+                self.unsaved.push(seq);
+            }
+        }
+    }
+
+    /// The pending events to deliver now, in order, each with its attempt
+    /// number: every event whose key has no earlier event waiting, and the
+    /// waiting events whose retry is due.
+    fn due(&self, now: tokio::time::Instant, limit: usize) -> Vec<(Arc<StoredEvent>, u32)> {
+        let mut due = Vec::new();
+        for (seq, stored) in &self.pending {
+            if due.len() >= limit {
+                break;
+            }
+            match self.waiting.get(&OrderKey::of(stored)) {
+                None => due.push((stored.clone(), 1)),
+                Some(w) if w.seq == *seq && w.retry_at <= now => {
+                    let attempt = u32::try_from(w.attempts.len() + 1).unwrap_or(u32::MAX);
+                    due.push((stored.clone(), attempt));
+                }
+                // Held back by an earlier event of its key.
+                Some(_) => {}
+            }
+        }
+        due
+    }
+
+    /// When the next waiting event is due.
+    fn next_retry(&self) -> Option<tokio::time::Instant> {
+        self.waiting.values().map(|w| w.retry_at).min()
+    }
+
+    /// The failed attempts so far of the pending event at `seq`.
+    fn attempts(&mut self, seq: Seq) -> Vec<Attempt> {
+        let Some(stored) = self.pending.get(&seq) else {
+            return Vec::new();
+        };
+        let key = OrderKey::of(stored);
+        match self.waiting.get(&key) {
+            Some(w) if w.seq == seq => self
+                .waiting
+                .remove(&key)
+                .map(|w| w.attempts)
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Holds `stored` (and the later events of its key) until `retry_at`.
+    fn wait(
+        &mut self,
+        stored: &StoredEvent,
+        attempts: Vec<Attempt>,
+        retry_at: tokio::time::Instant,
+    ) {
+        self.waiting.insert(
+            OrderKey::of(stored),
+            Waiting {
+                seq: stored.seq,
+                attempts,
+                retry_at,
+            },
+        );
+    }
+
+    /// Marks the pending event at `seq` finished: handled or dead-lettered.
+    fn finish(&mut self, seq: Seq) {
+        if let Some(stored) = self.pending.remove(&seq) {
+            let key = OrderKey::of(&stored);
+            if self.waiting.get(&key).is_some_and(|w| w.seq == seq) {
+                self.waiting.remove(&key);
+            }
+            self.unsaved.push(seq);
+        }
+    }
+
+    /// Fills in `commit`'s cursor (just before the first unfinished event)
+    /// and the events finished ahead of it; true when there is anything to
+    /// commit.
+    fn advance(&self, commit: &mut Commit) -> bool {
+        let frontier = match self.pending.keys().next() {
+            Some(first) => first.saturating_sub(1),
+            None => self.read_after,
+        }
+        .max(self.position);
+        commit.cursor = frontier;
+        commit.ahead = self
+            .unsaved
+            .iter()
+            .copied()
+            .filter(|seq| *seq > frontier)
+            .collect();
+        frontier != self.position
+            || !commit.ahead.is_empty()
+            || !commit.emitted.is_empty()
+            || !commit.state.is_empty()
+            || !commit.dead_letters.is_empty()
+    }
+
+    /// The commit up to `cursor` is durable.
+    fn committed(&mut self, cursor: Seq) {
+        self.position = cursor;
+        self.unsaved.clear();
+    }
+}
+
 struct Consumer {
     inner: Arc<Inner>,
     tenant: String,
@@ -432,7 +619,7 @@ impl Consumer {
     async fn run(self, position: Option<Seq>) {
         let mut stop = self.inner.stop.subscribe();
         let notify = self.inner.notify(&self.tenant);
-        let mut position = loop {
+        let position = loop {
             if let Some(position) = position {
                 break position;
             }
@@ -446,8 +633,10 @@ impl Consumer {
                 }
             }
         };
-        // The failed attempts of the event at the head of the line.
-        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut line = Line::new(position);
+        if let Err(e) = self.load_ahead(&mut line).await {
+            tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the events handled ahead of the cursor: {e}");
+        }
         // Failed deliveries in a row, of any events.
         let mut failures_in_a_row = 0u32;
         // When the log was last asked for redrive requests.
@@ -467,16 +656,18 @@ impl Consumer {
             };
             // An operator may have moved the cursor (`plugbus replay`).
             match self.stored_cursor().await {
-                Ok(Some(stored)) if stored != position => {
+                Ok(Some(stored)) if stored != line.position => {
                     tracing::info!(
                         tenant = %self.tenant,
                         plugin = %self.plugin,
-                        from = position,
+                        from = line.position,
                         to = stored,
                         "the plugin's cursor was moved; delivering from there"
                     );
-                    position = stored;
-                    attempts.clear();
+                    line = Line::new(stored);
+                    if let Err(e) = self.load_ahead(&mut line).await {
+                        tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the events handled ahead of the cursor: {e}");
+                    }
                 }
                 _ => {}
             }
@@ -489,7 +680,7 @@ impl Consumer {
                 match tokio::task::spawn_blocking(move || log.redrives(&tenant, &name)).await {
                     Ok(Ok(redrives)) if !redrives.is_empty() => {
                         for dead in redrives {
-                            if self.redrive(&plugin, dead, position, &mut stop).await {
+                            if self.redrive(&plugin, dead, line.position, &mut stop).await {
                                 return;
                             }
                         }
@@ -502,27 +693,42 @@ impl Consumer {
                     Err(_) => return,
                 }
             }
-            let (tenant, batch) = (self.tenant.clone(), self.inner.config.read_batch);
-            let log = self.inner.log.clone();
-            let read =
-                tokio::task::spawn_blocking(move || log.read(&tenant, position, batch)).await;
-            let events = match read {
-                Ok(Ok(events)) => events,
-                Ok(Err(e)) => {
-                    tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the log: {e}");
-                    if self.pause(Duration::from_secs(1), &mut stop).await {
-                        return;
+            // New events, unless too many wait behind failing keys.
+            if line.pending.len() < MAX_PENDING {
+                let (tenant, batch) = (self.tenant.clone(), self.inner.config.read_batch);
+                let (log, after) = (self.inner.log.clone(), line.read_after);
+                let read =
+                    tokio::task::spawn_blocking(move || log.read(&tenant, after, batch)).await;
+                match read {
+                    Ok(Ok(events)) => line.take(events, plugin.manifest()),
+                    Ok(Err(e)) => {
+                        tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the log: {e}");
+                        if self.pause(Duration::from_secs(1), &mut stop).await {
+                            return;
+                        }
+                        continue;
                     }
+                    Err(_) => return,
+                }
+            }
+            let now = tokio::time::Instant::now();
+            let due = line.due(now, self.inner.config.read_batch);
+            if due.is_empty() {
+                let mut commit = self.commit_from(line.position);
+                if line.advance(&mut commit) {
+                    // Events skipped as not subscribed moved the cursor.
+                    self.commit(commit, &mut line).await;
                     continue;
                 }
-                Err(_) => return,
-            };
-            if events.is_empty() {
-                // Woken by an append, or after a while to look for a
-                // cursor moved by another process.
+                // Woken by an append, by the next retry, or after a while
+                // to look for a cursor moved by another process.
+                let wake = line
+                    .next_retry()
+                    .unwrap_or(now + Duration::from_secs(1))
+                    .min(now + Duration::from_secs(1));
                 tokio::select! {
                     () = &mut appended => {}
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = tokio::time::sleep_until(wake) => {}
                     _ = stop.changed() => return,
                 }
                 continue;
@@ -530,54 +736,42 @@ impl Consumer {
 
             let max_events = self.inner.host.config().max_events_per_chain;
             let delivering = plugin.clone();
-            // Shared with the delivery thread, not copied.
-            let events = Arc::new(events);
-            let stored = events.clone();
-            // The first event is the one whose failed attempts are counted.
-            let retry = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
+            let batch: Vec<(Arc<StoredEvent>, u32)> = due;
+            let sent = batch.clone();
             let delivered = tokio::task::spawn_blocking(move || {
-                let items: Vec<_> = stored
+                let items: Vec<_> = sent
                     .iter()
-                    .filter(|s| delivering.manifest().subscribes_to(&s.event.ty))
-                    .enumerate()
-                    .map(|(i, s)| Item {
+                    .map(|(s, attempt)| Item {
                         event: &s.event,
                         chain_budget: Some(Arc::new(AtomicUsize::new(max_events))),
-                        attempt: if i == 0 { retry.saturating_add(1) } else { 1 },
+                        attempt: *attempt,
                     })
                     .collect();
                 delivering.deliver_batch_in_chain(items, true)
             })
             .await;
             let Ok(reports) = delivered else { return };
-
-            let mut commit = self.commit_from(position);
-            let mut retry_after = None;
             if self.inner.deliveries.receiver_count() > 0 {
                 for (delivery, _) in &reports {
                     let _ = self.inner.deliveries.send(delivery.clone());
                 }
             }
-            let mut reports = reports.into_iter();
-            for stored in events.iter() {
-                if !plugin.manifest().subscribes_to(&stored.event.ty) {
-                    commit.cursor = stored.seq;
-                    continue;
-                }
-                // Events after a failure were not delivered.
-                let Some((delivery, effects)) = reports.next() else {
-                    break;
-                };
+
+            let mut commit = self.commit_from(line.position);
+            // Events after a failure in the batch were not delivered: they
+            // stay pending.
+            for ((stored, _), (delivery, effects)) in batch.iter().zip(reports) {
+                let seq = stored.seq;
                 match delivery.outcome {
                     Outcome::Handled => {
                         commit.emitted.extend(effects.emitted);
                         commit.state.extend(effects.state);
-                        commit.cursor = stored.seq;
-                        attempts.clear();
+                        line.finish(seq);
                         failures_in_a_row = 0;
                     }
                     Outcome::Failed(failure) => {
                         failures_in_a_row = failures_in_a_row.saturating_add(1);
+                        let mut attempts = line.attempts(seq);
                         if let Some(wait) = self.failed(
                             &plugin,
                             &mut attempts,
@@ -585,57 +779,27 @@ impl Consumer {
                             &delivery.plugin_version,
                             delivery.fuel,
                         ) {
-                            retry_after = Some(wait);
-                            break;
+                            line.wait(stored, attempts, tokio::time::Instant::now() + wait);
+                            continue;
                         }
-                        let used = attempts.len();
                         tracing::warn!(
                             tenant = %self.tenant,
                             plugin = %self.plugin,
-                            seq = stored.seq,
+                            seq,
                             event_id = %stored.event.id,
-                            attempts = used,
+                            attempts = attempts.len(),
                             "event dead-lettered"
                         );
                         commit.dead_letters.push(DeadLetter {
-                            seq: stored.seq,
+                            seq,
                             event: stored.event.clone(),
-                            attempts: std::mem::take(&mut attempts),
+                            attempts,
                         });
-                        commit.cursor = stored.seq;
+                        line.finish(seq);
                     }
                 }
             }
-
-            if commit.cursor != position || !commit.dead_letters.is_empty() {
-                let emitted_tenants: Vec<String> =
-                    commit.emitted.iter().map(|e| e.tenant.clone()).collect();
-                let cursor = commit.cursor;
-                match self.inner.log.commit(commit).await {
-                    Ok(committed) if !committed.cursor_moved => {
-                        // An operator moved the cursor (`plugbus replay`):
-                        // go on from there.
-                        attempts.clear();
-                        retry_after = None;
-                        match self.stored_cursor().await {
-                            Ok(Some(rewound)) => position = rewound,
-                            Ok(None) | Err(_) => retry_after = Some(Duration::from_secs(1)),
-                        }
-                    }
-                    Ok(_) => {
-                        position = cursor;
-                        for tenant in emitted_tenants {
-                            self.inner.notify(&tenant).notify_waiters();
-                        }
-                    }
-                    Err(e) => {
-                        // Nothing was committed: the same events are
-                        // delivered again (at least once).
-                        tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot commit the plugin's progress: {e}");
-                        retry_after = Some(Duration::from_secs(1));
-                    }
-                }
-            }
+            let pause = line.advance(&mut commit) && self.commit(commit, &mut line).await;
             let limit = self.inner.config.quarantine_after;
             if limit > 0 && failures_in_a_row >= limit {
                 failures_in_a_row = 0;
@@ -644,12 +808,54 @@ impl Consumer {
                 }
                 continue;
             }
-            if let Some(wait) = retry_after
-                && self.pause(wait, &mut stop).await
-            {
+            if pause && self.pause(Duration::from_secs(1), &mut stop).await {
                 return;
             }
         }
+    }
+
+    /// Commits the plugin's progress; true when the caller should pause
+    /// (the log failed, and the same events are delivered again).
+    async fn commit(&self, commit: Commit, line: &mut Line) -> bool {
+        let emitted_tenants: Vec<String> =
+            commit.emitted.iter().map(|e| e.tenant.clone()).collect();
+        let cursor = commit.cursor;
+        match self.inner.log.commit(commit).await {
+            Ok(committed) if !committed.cursor_moved => {
+                // An operator moved the cursor (`plugbus replay`): the
+                // next round notices and goes on from there.
+                false
+            }
+            Ok(_) => {
+                line.committed(cursor);
+                for tenant in emitted_tenants {
+                    self.inner.notify(&tenant).notify_waiters();
+                }
+                false
+            }
+            Err(e) => {
+                // Nothing was committed: the events since the last commit
+                // are delivered again (at least once).
+                tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot commit the plugin's progress: {e}");
+                *line = Line::new(line.position);
+                if let Err(e) = self.load_ahead(line).await {
+                    tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the events handled ahead of the cursor: {e}");
+                }
+                true
+            }
+        }
+    }
+
+    /// Reads the events the plugin finished ahead of its cursor, which a
+    /// restart must not deliver again.
+    async fn load_ahead(&self, line: &mut Line) -> Result<(), LogError> {
+        let log = self.inner.log.clone();
+        let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
+        let ahead = tokio::task::spawn_blocking(move || log.ahead(&tenant, &plugin))
+            .await
+            .map_err(|_| LogError::Closed)??;
+        line.skip = ahead.into_iter().filter(|s| *s > line.position).collect();
+        Ok(())
     }
 
     /// The plugin's cursor, or for a plugin without one the end of the log

@@ -148,6 +148,12 @@ pub struct Commit {
     pub state: Vec<StateWrite>,
     /// Dead letters that were redriven and handled: they are deleted.
     pub redriven: Vec<Seq>,
+    /// Events past `cursor` the plugin finished (handled, dead-lettered
+    /// or not subscribed to) while an earlier event of another partition
+    /// key waits for its retry: a restart must not deliver them again.
+    /// Recorded only when the cursor moves as expected; the records at or
+    /// before the cursor are dropped.
+    pub ahead: Vec<Seq>,
 }
 
 /// What a [`Commit`] did.
@@ -201,6 +207,10 @@ pub trait EventLog: StateStore {
     /// The position of the last event of `tenant` that `plugin` has
     /// finished with, or `None` when it has no cursor yet. Blocking.
     fn cursor(&self, tenant: &str, plugin: &str) -> Result<Option<Seq>, LogError>;
+
+    /// The events past its cursor that `plugin` has finished (see
+    /// [`Commit::ahead`]), in order. Blocking.
+    fn ahead(&self, tenant: &str, plugin: &str) -> Result<Vec<Seq>, LogError>;
 
     /// Commits what a plugin finished (see [`Commit`]) and answers once it
     /// is durable.
@@ -469,6 +479,12 @@ CREATE TABLE IF NOT EXISTS quarantines (
     until_ms INTEGER NOT NULL,
     PRIMARY KEY (tenant, plugin)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ahead (
+    tenant TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (tenant, plugin, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cursors (
     tenant TEXT NOT NULL,
     plugin TEXT NOT NULL,
@@ -681,6 +697,19 @@ impl EventLog for SqliteLog {
         self.send(|reply| Write::Commit { commit, reply })
     }
 
+    fn ahead(&self, tenant: &str, plugin: &str) -> Result<Vec<Seq>, LogError> {
+        let conn = self.reader();
+        let mut statement = conn
+            .prepare_cached("SELECT seq FROM ahead WHERE tenant = ?1 AND plugin = ?2 ORDER BY seq")
+            .map_err(|e| self.store_error(e))?;
+        let rows = statement
+            .query_map(params![tenant, plugin], |row| row.get::<_, i64>(0))
+            .map_err(|e| self.store_error(e))?;
+        rows.map(|seq| seq.map(|s| s as Seq))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.store_error(e))
+    }
+
     fn dead_letter_plugins(&self, tenant: &str) -> Result<Vec<String>, LogError> {
         let conn = self.reader();
         let mut statement = conn
@@ -779,14 +808,10 @@ impl EventLog for SqliteLog {
     }
 
     fn head(&self) -> Result<Seq, LogError> {
-        // The highest position ever given, which outlives a pruned event.
         self.reader()
-            .query_row(
-                "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
-                            COALESCE((SELECT MAX(seq) FROM events), 0))",
-                [],
-                |row| row.get::<_, i64>(0),
-            )
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
+                row.get::<_, i64>(0)
+            })
             .map(|s| s as Seq)
             .map_err(|e| self.store_error(e))
     }
@@ -974,6 +999,13 @@ impl Writer {
             let mut drop_redrive = tx.prepare_cached(
                 "DELETE FROM redrives WHERE tenant = ?1 AND plugin = ?2 AND seq = ?3",
             )?;
+            let mut put_ahead = tx.prepare_cached(
+                "INSERT INTO ahead (tenant, plugin, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tenant, plugin, seq) DO NOTHING",
+            )?;
+            let mut drop_ahead = tx.prepare_cached(
+                "DELETE FROM ahead WHERE tenant = ?1 AND plugin = ?2 AND seq <= ?3",
+            )?;
             let mut move_cursor = tx.prepare_cached(
                 "UPDATE cursors SET seq = ?3 WHERE tenant = ?1 AND plugin = ?2 AND seq = ?4",
             )?;
@@ -1096,6 +1128,17 @@ impl Writer {
                                 ])? == 1
                             }
                         };
+                        if commit.expected.is_none() {
+                            // Moved by force (an operator's replay): what
+                            // was finished ahead is to be delivered again.
+                            drop_ahead.execute(params![commit.tenant, commit.plugin, i64::MAX])?;
+                        } else if cursor_moved {
+                            for seq in &commit.ahead {
+                                let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+                                put_ahead.execute(params![commit.tenant, commit.plugin, seq])?;
+                            }
+                            drop_ahead.execute(params![commit.tenant, commit.plugin, cursor])?;
+                        }
                         done.push(Done::Commit(Committed {
                             emitted: seqs,
                             cursor_moved,

@@ -510,9 +510,10 @@ fn dead_letters_and_replay_from_the_command_line() {
         data_dir,
         "--stdin",
     ];
+    // One subject: the events keep their order, across retries too.
     let event = |id: &str, ty: &str| {
         format!(
-            r#"{{"specversion":"1.0","id":"{id}","source":"/pos/1","type":"{ty}","tenant":"acme-pos"}}"#
+            r#"{{"specversion":"1.0","id":"{id}","source":"/pos/1","type":"{ty}","subject":"order-1","tenant":"acme-pos"}}"#
         )
     };
     let input = [

@@ -129,13 +129,20 @@ async fn failures_are_retried_then_dead_lettered_and_hold_back_later_events() {
     dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
     let data = tempfile::tempdir().expect("tempdir");
     let (host, bus) = start(&dir, data.path(), config(3)).await;
+    // One key: each event waits until the one before it is handled or
+    // dead-lettered.
+    let keyed = |ty: &str, id: &str| {
+        let mut e = mix(ty, id);
+        e.subject = Some("order-1".into());
+        e
+    };
     let appended = bus
         .publish(vec![
-            mix("mix.flaky", "flaky-1"),
-            mix("mix.retryable", "retry-1"),
-            mix("mix.panic", "panic-1"),
-            mix("mix.permanent", "permanent-1"),
-            mix("mix.ok", "ok-1"),
+            keyed("mix.flaky", "flaky-1"),
+            keyed("mix.retryable", "retry-1"),
+            keyed("mix.panic", "panic-1"),
+            keyed("mix.permanent", "permanent-1"),
+            keyed("mix.ok", "ok-1"),
         ])
         .await
         .expect("publish");
@@ -657,5 +664,84 @@ async fn retention_deletes_only_handled_events() {
         .dead_letters("shop", "mixed")
         .expect("dead letters");
     assert_eq!(dead[0].event.id, "r-1");
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_event_holds_back_only_its_own_key() {
+    let dir = PluginsDir::new();
+    dir.add(
+        "shop",
+        "counter",
+        artifacts::FIXTURE_COUNTER,
+        Some("subscribe = [\"count.*\"]\n[retry]\nmax_attempts = 3\n"),
+    );
+    let data = tempfile::tempdir().expect("tempdir");
+    let slow_retries = DurableConfig {
+        retry: RetryPolicy {
+            max_attempts: 3,
+            base_backoff: Duration::from_millis(300),
+            max_backoff: Duration::from_millis(600),
+        },
+        ..DurableConfig::default()
+    };
+    let keyed = |ty: &str, id: &str, key: &str| {
+        let mut e = event("shop", ty, id, serde_json::json!({}));
+        e.extensions.insert("partitionkey".into(), key.into());
+        // The subject names the counter's state key; the partition key,
+        // when there is one, decides the order.
+        e.subject = Some(key.into());
+        e
+    };
+    let count = |bus: &DurableBus, key: &str| {
+        state(bus, "counter", &format!("count/{key}")).map_or(0, |v| v.as_u64().unwrap_or(0))
+    };
+    let (_host, bus) = start(&dir, data.path(), slow_retries.clone()).await;
+    let appended = bus
+        .publish(vec![
+            // Fails on every attempt: dead-lettered after three.
+            keyed("count.fail", "a-1", "A"),
+            // Waits for a-1, however long that takes.
+            keyed("count.ok", "a-2", "A"),
+            keyed("count.ok", "b-1", "B"),
+            keyed("count.ok", "b-2", "B"),
+            keyed("count.ok", "b-3", "B"),
+        ])
+        .await
+        .expect("publish");
+    let seq = |i: usize| appended[i].seq;
+    until("the other key's events are handled", || {
+        count(&bus, "B") == 3
+    })
+    .await;
+    // A's events wait; the cursor stays before a-1, and the log knows
+    // what was handled ahead of it.
+    assert_eq!(count(&bus, "A"), 0);
+    assert!(cursor(&bus, "counter") < seq(0));
+    // B's three events, then the three events they emitted (which the
+    // counter does not subscribe to).
+    let ahead = bus.log().ahead("shop", "counter").expect("read");
+    assert_eq!(ahead.len(), 6, "{ahead:?}");
+    assert_eq!(ahead[..3], [seq(2), seq(3), seq(4)]);
+    bus.shutdown().await;
+
+    // A restart delivers none of B's events again, and A's in order.
+    let (_host, bus) = start(&dir, data.path(), slow_retries).await;
+    until("every event is finished", || {
+        cursor(&bus, "counter") >= seq(4)
+    })
+    .await;
+    assert_eq!(count(&bus, "B"), 3, "B's events were not delivered again");
+    assert_eq!(count(&bus, "A"), 1, "a-2 was handled, a-1 never");
+    let dead = bus.log().dead_letters("shop", "counter").expect("read");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event.id, "a-1");
+    // a-2 was handled only after a-1 was given up: its emit comes last.
+    let counted: Vec<_> = logged(&bus, "counter.counted")
+        .into_iter()
+        .map(|e| e.subject.unwrap_or_default())
+        .collect();
+    assert_eq!(counted, ["B", "B", "B", "A"]);
+    assert!(bus.log().ahead("shop", "counter").expect("read").is_empty());
     bus.shutdown().await;
 }
