@@ -50,6 +50,11 @@ pub struct BenchArgs {
     /// events/s counts until every plugin has handled every event.
     #[arg(long)]
     durable: bool,
+
+    /// With --durable: events per publish, as a producer sending
+    /// CloudEvents batches does (the latency is then per batch).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000), requires = "durable")]
+    batch: u64,
 }
 
 /// A layout of tenants and plugins.
@@ -284,13 +289,14 @@ async fn run_durable(
     let cpu = cpu_time::ProcessTime::try_now().context("cannot read the process's CPU time")?;
     let wall = Instant::now();
     let (bus_ref, names_ref) = (&bus, &names);
-    let mut acks = futures::stream::iter(0..args.events)
-        .map(|i| async move {
-            let tenant = &names_ref[(i as usize) % names_ref.len()];
+    let mut acks = futures::stream::iter((0..args.events).step_by(args.batch as usize))
+        .map(|first| async move {
+            let tenant = &names_ref[(first as usize) % names_ref.len()];
+            let events = (first..(first + args.batch).min(args.events))
+                .map(|i| event(tenant, i, args.payload as usize))
+                .collect();
             let started = Instant::now();
-            let appended = bus_ref
-                .publish(vec![event(tenant, i, args.payload as usize)])
-                .await;
+            let appended = bus_ref.publish(events).await;
             (started.elapsed(), appended)
         })
         .buffer_unordered(args.concurrency as usize);
@@ -368,10 +374,15 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
         args.events,
         args.concurrency,
         args.payload,
-        if args.durable {
-            "through the durable log (latency: to the durable acknowledgement)"
+        if !args.durable {
+            "in memory".to_owned()
+        } else if args.batch > 1 {
+            format!(
+                "through the durable log in publishes of {} events (latency: of a batch, to the durable acknowledgement)",
+                args.batch
+            )
         } else {
-            "in memory"
+            "through the durable log (latency: to the durable acknowledgement)".to_owned()
         },
         args.plugin.display()
     );
