@@ -117,9 +117,93 @@ impl Event {
     /// CloudEvents 1.0). The tenant is taken from the `tenant` extension
     /// attribute, which is required.
     pub fn from_json(text: &str) -> Result<Self, EventError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| EventError::Json(e.to_string()))?;
-        Self::from_json_value(value)
+        // Each attribute is parsed from its own slice of the text, and a
+        // JSON payload is copied as it is: no tree of the whole event.
+        let mut map: BTreeMap<String, &serde_json::value::RawValue> = serde_json::from_str(text)
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => match serde_json::from_str::<Value>(text) {
+                    Ok(_) => EventError::NotAnObject,
+                    Err(e) => EventError::Json(e.to_string()),
+                },
+                _ => EventError::Json(e.to_string()),
+            })?;
+        let mut string = |name: &'static str| -> Result<Option<String>, EventError> {
+            match map
+                .remove(name)
+                .map(|raw| serde_json::from_str::<Option<String>>(raw.get()))
+            {
+                None => Ok(None),
+                Some(Ok(value)) => Ok(value),
+                Some(Err(_)) => Err(EventError::invalid(name, "must be a string")),
+            }
+        };
+        match string("specversion")? {
+            None => return Err(EventError::Missing("specversion")),
+            Some(v) if v == "1.0" => {}
+            Some(v) => return Err(EventError::SpecVersion(v)),
+        }
+        let id = string("id")?.ok_or(EventError::Missing("id"))?;
+        let source = string("source")?.ok_or(EventError::Missing("source"))?;
+        let ty = string("type")?.ok_or(EventError::Missing("type"))?;
+        let subject = string("subject")?;
+        let time = string("time")?;
+        let datacontenttype = string("datacontenttype")?;
+        let dataschema = string("dataschema")?;
+        let tenant = string(TENANT_EXTENSION)?.ok_or(EventError::Missing(TENANT_EXTENSION))?;
+        let base64 = string("data_base64");
+        let data = match (map.remove("data"), base64) {
+            (_, Err(_)) => return Err(EventError::invalid("data_base64", "must be a string")),
+            (Some(data), Ok(Some(_))) if data.get() != "null" => {
+                return Err(EventError::invalid(
+                    "data_base64",
+                    "an event carries either 'data' or 'data_base64', not both",
+                ));
+            }
+            (_, Ok(Some(b64))) => base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| {
+                    EventError::invalid("data_base64", format!("not valid base64: {e}"))
+                })?,
+            (None, Ok(None)) => Vec::new(),
+            (Some(data), Ok(None)) if data.get() == "null" => Vec::new(),
+            (Some(data), Ok(None)) => {
+                let json_type = datacontenttype.as_deref().is_none_or(is_json_media_type);
+                match serde_json::from_str::<String>(data.get()) {
+                    Ok(text) if !json_type => text.into_bytes(),
+                    _ => data.get().as_bytes().to_vec(),
+                }
+            }
+        };
+        let mut extensions = BTreeMap::new();
+        for (name, raw) in map {
+            let value = match serde_json::from_str::<Value>(raw.get()) {
+                Ok(Value::String(s)) => s,
+                Ok(Value::Bool(b)) => b.to_string(),
+                Ok(Value::Number(n)) => n.to_string(),
+                Ok(Value::Null) => continue,
+                _ => {
+                    return Err(EventError::invalid(
+                        &name,
+                        "an extension attribute must be a string, number or boolean",
+                    ));
+                }
+            };
+            extensions.insert(name, value);
+        }
+        let event = Self {
+            id,
+            source,
+            ty,
+            subject,
+            time,
+            datacontenttype,
+            dataschema,
+            data,
+            extensions,
+            tenant,
+        };
+        event.validate()?;
+        Ok(event)
     }
 
     /// Like [`Event::from_json`], from an already parsed JSON value.

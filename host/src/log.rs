@@ -372,10 +372,15 @@ struct Counters {
 enum Write {
     Append {
         events: Vec<Event>,
+        /// Each event's JSON, made by the caller: the writer thread is the
+        /// log's bottleneck, so it does nothing another thread can do.
+        bodies: Vec<String>,
         reply: tokio::sync::oneshot::Sender<Result<Vec<Appended>, LogError>>,
     },
     Commit {
         commit: Commit,
+        /// The JSON of the emitted events, made by the caller.
+        bodies: Vec<String>,
         reply: tokio::sync::oneshot::Sender<Result<Committed, LogError>>,
     },
     Discard {
@@ -645,7 +650,12 @@ impl SqliteLog {
 
 impl EventLog for SqliteLog {
     fn append(&self, events: Vec<Event>) -> Pending<Vec<Appended>> {
-        self.send(|reply| Write::Append { events, reply })
+        let bodies = events.iter().map(Event::to_json_string).collect();
+        self.send(|reply| Write::Append {
+            events,
+            bodies,
+            reply,
+        })
     }
 
     fn read(&self, tenant: &str, after: Seq, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
@@ -694,7 +704,12 @@ impl EventLog for SqliteLog {
     }
 
     fn commit(&self, commit: Commit) -> Pending<Committed> {
-        self.send(|reply| Write::Commit { commit, reply })
+        let bodies = commit.emitted.iter().map(Event::to_json_string).collect();
+        self.send(|reply| Write::Commit {
+            commit,
+            bodies,
+            reply,
+        })
     }
 
     fn ahead(&self, tenant: &str, plugin: &str) -> Result<Vec<Seq>, LogError> {
@@ -1033,12 +1048,11 @@ impl Writer {
             )?;
             for write in group {
                 match write {
-                    Write::Append { events, .. } => {
+                    Write::Append { events, bodies, .. } => {
                         let mut answer = Vec::with_capacity(events.len());
-                        for event in events {
+                        for (event, body) in events.iter().zip(bodies) {
                             // The common case, a new event, takes two
                             // statements: the event, then its key.
-                            let body = event.to_json_string();
                             put_event.execute(params![event.tenant, now, body])?;
                             let seq = tx.last_insert_rowid();
                             let key = params![event.tenant, event.source, event.id];
@@ -1076,10 +1090,9 @@ impl Writer {
                         }
                         done.push(Done::Append(answer));
                     }
-                    Write::Commit { commit, .. } => {
+                    Write::Commit { commit, bodies, .. } => {
                         let mut seqs = Vec::with_capacity(commit.emitted.len());
-                        for event in &commit.emitted {
-                            let body = event.to_json_string();
+                        for (event, body) in commit.emitted.iter().zip(bodies) {
                             put_event.execute(params![event.tenant, now, body])?;
                             seqs.push(tx.last_insert_rowid() as Seq);
                         }
