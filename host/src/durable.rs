@@ -476,6 +476,8 @@ struct Line {
     /// Events past the cursor that were finished before a restart (or a
     /// failed commit), skipped when read.
     skip: std::collections::BTreeSet<Seq>,
+    /// A commit found the cursor moved by someone else.
+    moved: bool,
 }
 
 impl Line {
@@ -487,6 +489,7 @@ impl Line {
             waiting: HashMap::new(),
             unsaved: Vec::new(),
             skip: std::collections::BTreeSet::new(),
+            moved: false,
         }
     }
 
@@ -639,8 +642,10 @@ impl Consumer {
         }
         // Failed deliveries in a row, of any events.
         let mut failures_in_a_row = 0u32;
-        // When the log was last asked for redrive requests.
+        // When the log was last asked for redrive requests, and for a
+        // cursor moved by an operator.
         let mut redrives_checked: Option<std::time::Instant> = None;
+        let mut cursor_checked = std::time::Instant::now();
         loop {
             if *stop.borrow() {
                 return;
@@ -654,8 +659,18 @@ impl Consumer {
                 // Unloaded: its cursor stays for when it comes back.
                 return;
             };
-            // An operator may have moved the cursor (`plugbus replay`).
-            match self.stored_cursor().await {
+            // An operator may have moved the cursor (`plugbus replay`):
+            // looked at each second, and after a commit found it moved.
+            let look = line.moved || cursor_checked.elapsed() >= Duration::from_secs(1);
+            if look {
+                cursor_checked = std::time::Instant::now();
+                line.moved = false;
+            }
+            match if look {
+                self.stored_cursor().await
+            } else {
+                Ok(None)
+            } {
                 Ok(Some(stored)) if stored != line.position => {
                     tracing::info!(
                         tenant = %self.tenant,
@@ -823,7 +838,8 @@ impl Consumer {
         match self.inner.log.commit(commit).await {
             Ok(committed) if !committed.cursor_moved => {
                 // An operator moved the cursor (`plugbus replay`): the
-                // next round notices and goes on from there.
+                // next round goes on from there.
+                line.moved = true;
                 false
             }
             Ok(_) => {
