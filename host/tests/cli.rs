@@ -610,6 +610,42 @@ fn dead_letters_and_replay_from_the_command_line() {
     let ids: Vec<_> = lines.iter().map(|l| l["event_id"].clone()).collect();
     assert_eq!(ids, ["r-1", "r-1", "ok-1"], "{stderr}");
 
+    // Replay from a time before every event: all of them again, in order.
+    let (code, out, err) = run_plain(&[
+        "replay",
+        "--tenant",
+        "acme-pos",
+        "--plugin",
+        "mixed",
+        "--from",
+        "2000-01-01T00:00:00Z",
+        "--data",
+        data_dir,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("delivery resumes at position 1"), "{out}");
+    let (code, lines, stderr) = run_plugbus(&serve, "");
+    assert_eq!(code, 0, "{stderr}");
+    let ids: Vec<_> = lines.iter().map(|l| l["event_id"].clone()).collect();
+    assert_eq!(ids, ["p-1", "r-1", "r-1", "ok-1"], "{stderr}");
+    // After every event: refused, naming the time.
+    let (code, _, err) = run_plain(&[
+        "replay",
+        "--tenant",
+        "acme-pos",
+        "--plugin",
+        "mixed",
+        "--from",
+        "2999-01-01T00:00:00Z",
+        "--data",
+        data_dir,
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no event appended at or after 2999-01-01T00:00:00Z"),
+        "{err}"
+    );
+
     // Bad input is named.
     let (code, _, err) = run_plain(&[
         "replay", "--tenant", "acme-pos", "--plugin", "mixed", "--from", "999", "--data", data_dir,

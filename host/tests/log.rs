@@ -374,3 +374,29 @@ fn retention_by_size_deletes_the_oldest_handled_events() {
     assert_eq!(left.last().map(|s| s.seq), Some(260), "the newest stay");
     assert_eq!(left[0].seq, 151 + pruned.deleted, "the oldest went first");
 }
+
+#[test]
+fn first_since_finds_the_first_event_appended_at_or_after_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    log.append(vec![event("acme", "e-1", "order.placed")])
+        .wait()
+        .expect("append");
+    std::thread::sleep(Duration::from_millis(20));
+    let between = plugbus::log::now_ms();
+    std::thread::sleep(Duration::from_millis(20));
+    log.append(vec![
+        event("globex", "g-1", "order.placed"),
+        event("acme", "e-2", "order.placed"),
+    ])
+    .wait()
+    .expect("append");
+    assert_eq!(log.first_since("acme", 0).expect("query"), Some(1));
+    assert_eq!(log.first_since("acme", between).expect("query"), Some(3));
+    assert_eq!(log.first_since("globex", between).expect("query"), Some(2));
+    assert_eq!(
+        log.first_since("acme", plugbus::log::now_ms() + 60_000)
+            .expect("query"),
+        None
+    );
+}
