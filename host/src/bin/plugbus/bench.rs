@@ -55,6 +55,11 @@ pub struct BenchArgs {
     /// CloudEvents batches does (the latency is then per batch).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000), requires = "durable")]
     batch: u64,
+
+    /// With --durable: answer publishes once the OS has the log's writes,
+    /// without fsync, to measure what durability costs.
+    #[arg(long, requires = "durable")]
+    no_fsync: bool,
 }
 
 /// A layout of tenants and plugins.
@@ -269,7 +274,18 @@ async fn run_durable(
     use plugbus::log::{SqliteLog, SqliteLogConfig};
 
     let data = tempfile::tempdir().context("cannot create a temporary data directory")?;
-    let log = SqliteLog::open(data.path(), SqliteLogConfig::default())?;
+    let durability = if args.no_fsync {
+        plugbus::log::Durability::Os
+    } else {
+        plugbus::log::Durability::Fsync
+    };
+    let log = SqliteLog::open(
+        data.path(),
+        SqliteLogConfig {
+            durability,
+            ..SqliteLogConfig::default()
+        },
+    )?;
     let bus = DurableBus::start(
         host.clone(),
         std::sync::Arc::new(log),
@@ -376,6 +392,8 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
         args.payload,
         if !args.durable {
             "in memory".to_owned()
+        } else if args.no_fsync {
+            "through the durable log WITHOUT fsync (latency: to the acknowledgement)".to_owned()
         } else if args.batch > 1 {
             format!(
                 "through the durable log in publishes of {} events (latency: of a batch, to the durable acknowledgement)",
