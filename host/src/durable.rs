@@ -349,6 +349,21 @@ impl DurableBus {
         all
     }
 
+    /// The host's plugin statuses, each with its quarantine if it has one.
+    pub fn statuses(&self) -> Vec<crate::PluginStatus> {
+        let quarantined = self
+            .inner
+            .quarantined
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut statuses = self.inner.host.statuses();
+        for status in &mut statuses {
+            let key = (status.tenant.clone(), status.name.clone());
+            status.quarantine = quarantined.get(&key).map(|(q, _)| q.clone());
+        }
+        statuses
+    }
+
     /// Ends a plugin's quarantine now; returns whether it was quarantined.
     pub fn resume(&self, tenant: &str, plugin: &str) -> bool {
         let key = (tenant.to_owned(), plugin.to_owned());

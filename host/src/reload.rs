@@ -144,6 +144,10 @@ pub struct PluginStatus {
     pub reloads: u64,
     /// How many times a new version failed to load.
     pub failed_reloads: u64,
+    /// Its quarantine, when its deliveries kept failing; only a
+    /// [`DurableBus`](crate::durable::DurableBus) quarantines, so
+    /// [`Host::statuses`](crate::Host::statuses) says `None`.
+    pub quarantine: Option<crate::log::Quarantine>,
 }
 
 type Key = (String, String);
@@ -306,6 +310,7 @@ impl Host {
                 last_error: slot.error.clone(),
                 reloads: slot.reloads,
                 failed_reloads: slot.failed_reloads,
+                quarantine: None,
             })
             .collect()
     }

@@ -311,6 +311,14 @@ async fn a_plugin_that_keeps_failing_is_quarantined_until_resumed_or_replaced() 
         ("shop", "mixed")
     );
     assert!(quarantine.until_ms > quarantine.since_ms);
+    // The plugin's status shows it.
+    let status = bus
+        .statuses()
+        .into_iter()
+        .find(|s| s.name == "mixed")
+        .expect("a status");
+    assert_eq!(status.quarantine.as_ref(), Some(&quarantine));
+    assert_eq!(status.health, plugbus::Health::Active);
     // The log records it, for operators in other processes.
     until("the quarantine is recorded", || {
         bus.log().quarantines().expect("read") == [quarantine.clone()]
@@ -361,6 +369,7 @@ async fn a_plugin_that_keeps_failing_is_quarantined_until_resumed_or_replaced() 
     );
     assert!(!bus.resume("shop", "mixed"), "no longer quarantined");
     assert!(bus.log().quarantines().expect("read").is_empty());
+    assert!(bus.statuses().iter().all(|s| s.quarantine.is_none()));
     bus.shutdown().await;
 }
 
