@@ -302,18 +302,25 @@ impl DurableBus {
 
     /// Waits until every running consumer is finished with every event of
     /// its tenant in the log (delivered, skipped as not subscribed, or
-    /// dead-lettered) and with every redrive requested of it.
+    /// dead-lettered) and with every redrive requested of it. A quarantined
+    /// plugin counts as finished: its events wait in the log.
     pub async fn settle(&self) -> Result<(), LogError> {
         loop {
-            let running: Vec<(String, String)> = self
-                .inner
-                .consumers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .filter(|(_, task)| !task.is_finished())
-                .map(|(key, _)| key.clone())
-                .collect();
+            let running: Vec<(String, String)> = {
+                let quarantined = self
+                    .inner
+                    .quarantined
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                self.inner
+                    .consumers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .filter(|(key, task)| !task.is_finished() && !quarantined.contains_key(*key))
+                    .map(|(key, _)| key.clone())
+                    .collect()
+            };
             let log = self.inner.log.clone();
             let settled = tokio::task::spawn_blocking(move || {
                 for (tenant, plugin) in running {

@@ -679,6 +679,66 @@ fn dead_letters_and_replay_from_the_command_line() {
     assert!(!empty.path().join("events.db").exists());
 }
 
+/// `serve`'s retry and quarantine flags: one attempt per event, and a
+/// pause after two failures in a row, during which the rest wait in the
+/// log; `serve` still exits at the end of its input.
+#[test]
+fn serve_takes_retry_and_quarantine_flags() {
+    let plugins = tempfile::tempdir().expect("plugins directory");
+    let data = tempfile::tempdir().expect("data directory");
+    let tenant = plugins.path().join("acme-pos");
+    std::fs::create_dir_all(&tenant).expect("tenant directory");
+    std::fs::copy(artifacts::FIXTURE_MIXED, tenant.join("mixed.wasm")).expect("copy");
+    std::fs::write(tenant.join("mixed.toml"), "subscribe = [\"mix.*\"]\n").expect("manifest");
+    let plugins_dir = plugins.path().to_str().expect("utf-8 path");
+    let data_dir = data.path().to_str().expect("utf-8 path");
+    let event = |id: &str, ty: &str| {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"/pos/1","type":"{ty}","subject":"order-1","tenant":"acme-pos"}}"#
+        )
+    };
+    let input = [
+        event("r-1", "mix.retryable"),
+        event("r-2", "mix.retryable"),
+        event("r-3", "mix.retryable"),
+        event("ok-1", "mix.ok"),
+    ]
+    .join("\n");
+    let serve = |quarantine_after: &'static str| {
+        [
+            "serve",
+            "--plugins",
+            plugins_dir,
+            "--data",
+            data_dir,
+            "--stdin",
+            "--max-attempts",
+            "1",
+            "--quarantine-after",
+            quarantine_after,
+        ]
+    };
+    let (code, lines, stderr) = run_plugbus(&serve("2"), &input);
+    assert_eq!(code, 0, "{stderr}");
+    let ids: Vec<_> = lines.iter().map(|l| l["event_id"].clone()).collect();
+    assert_eq!(ids, ["r-1", "r-2"], "{stderr}");
+    assert!(stderr.contains("quarantined"), "{stderr}");
+    // Without quarantine, the next start delivers the two that waited.
+    let (code, lines, stderr) = run_plugbus(&serve("0"), "");
+    assert_eq!(code, 0, "{stderr}");
+    let ids: Vec<_> = lines.iter().map(|l| l["event_id"].clone()).collect();
+    assert_eq!(ids, ["r-3", "ok-1"], "{stderr}");
+    let (code, out, err) = run_plain(&[
+        "dlq", "list", "--tenant", "acme-pos", "--data", data_dir, "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let attempts: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["attempts"].clone())
+        .collect();
+    assert_eq!(attempts, [1, 1, 1], "one attempt each: {out}");
+}
+
 /// An operator sees the quarantines a host recorded in the log and lifts
 /// one; lifting a plugin that is not quarantined is an error naming it.
 #[test]

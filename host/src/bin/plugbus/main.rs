@@ -165,6 +165,25 @@ struct ServeArgs {
     #[arg(long, value_name = "MIB", env = "PLUGBUS_RETAIN_MIB", value_parser = clap::value_parser!(u64).range(1..))]
     retain_mib: Option<u64>,
 
+    /// Store the same (tenant, source, id) once when it is published again
+    /// within this many hours.
+    #[arg(long, value_name = "HOURS", env = "PLUGBUS_DEDUPE_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=24 * 365))]
+    dedupe_hours: u64,
+
+    /// Pause a plugin after this many failed deliveries in a row (0: never).
+    #[arg(long, value_name = "N", env = "PLUGBUS_QUARANTINE_AFTER", default_value_t = plugbus::durable::DurableConfig::default().quarantine_after)]
+    quarantine_after: u32,
+
+    /// How long a quarantine lasts unless a new version or `plugbus
+    /// quarantine resume` ends it first, in seconds.
+    #[arg(long, value_name = "SECONDS", env = "PLUGBUS_QUARANTINE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    quarantine_seconds: u64,
+
+    /// Attempts per event before it becomes a dead letter, for plugins
+    /// whose manifest does not set `[retry] max_attempts`.
+    #[arg(long, value_name = "N", env = "PLUGBUS_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_attempts: u32,
+
     #[command(flatten)]
     host: HostArgs,
 }
@@ -356,7 +375,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let host = std::sync::Arc::new(Host::new(config)?);
     load(&host, &args.plugins)?;
     let _watcher = host.watch(&args.plugins)?;
-    let log = SqliteLog::open(&args.data, SqliteLogConfig::default())?;
+    let log = SqliteLog::open(
+        &args.data,
+        SqliteLogConfig {
+            duplicate_window: Duration::from_secs(args.dedupe_hours.saturating_mul(3600)),
+            ..SqliteLogConfig::default()
+        },
+    )?;
     tracing::info!(
         "watching {} for plugin changes{}; events are stored in {}",
         args.plugins.display(),
@@ -375,6 +400,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 max_age: (args.retain_hours > 0)
                     .then(|| Duration::from_secs(args.retain_hours.saturating_mul(3600))),
                 max_bytes: args.retain_mib.map(|m| m.saturating_mul(1024 * 1024)),
+            },
+            quarantine_after: args.quarantine_after,
+            quarantine_for: Duration::from_secs(args.quarantine_seconds),
+            retry: plugbus::durable::RetryPolicy {
+                max_attempts: args.max_attempts,
+                ..plugbus::durable::RetryPolicy::default()
             },
             ..DurableConfig::default()
         },
