@@ -485,6 +485,14 @@ fn run_plain(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// An event of `acme-pos` for the `mixed` fixture. All have one subject:
+/// they keep their order, across retries too.
+fn keyed_event(id: &str, ty: &str) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"/pos/1","type":"{ty}","subject":"order-1","tenant":"acme-pos"}}"#
+    )
+}
+
 /// An operator lists, shows, redrives and discards dead letters, and
 /// replays a plugin from a position, on the data directory of `plugbus
 /// serve`.
@@ -510,16 +518,10 @@ fn dead_letters_and_replay_from_the_command_line() {
         data_dir,
         "--stdin",
     ];
-    // One subject: the events keep their order, across retries too.
-    let event = |id: &str, ty: &str| {
-        format!(
-            r#"{{"specversion":"1.0","id":"{id}","source":"/pos/1","type":"{ty}","subject":"order-1","tenant":"acme-pos"}}"#
-        )
-    };
     let input = [
-        event("p-1", "mix.permanent"),
-        event("r-1", "mix.retryable"),
-        event("ok-1", "mix.ok"),
+        keyed_event("p-1", "mix.permanent"),
+        keyed_event("r-1", "mix.retryable"),
+        keyed_event("ok-1", "mix.ok"),
     ]
     .join("\n");
     let (code, lines, stderr) = run_plugbus(&serve, &input);
@@ -692,16 +694,11 @@ fn serve_takes_retry_and_quarantine_flags() {
     std::fs::write(tenant.join("mixed.toml"), "subscribe = [\"mix.*\"]\n").expect("manifest");
     let plugins_dir = plugins.path().to_str().expect("utf-8 path");
     let data_dir = data.path().to_str().expect("utf-8 path");
-    let event = |id: &str, ty: &str| {
-        format!(
-            r#"{{"specversion":"1.0","id":"{id}","source":"/pos/1","type":"{ty}","subject":"order-1","tenant":"acme-pos"}}"#
-        )
-    };
     let input = [
-        event("r-1", "mix.retryable"),
-        event("r-2", "mix.retryable"),
-        event("r-3", "mix.retryable"),
-        event("ok-1", "mix.ok"),
+        keyed_event("r-1", "mix.retryable"),
+        keyed_event("r-2", "mix.retryable"),
+        keyed_event("r-3", "mix.retryable"),
+        keyed_event("ok-1", "mix.ok"),
     ]
     .join("\n");
     let serve = |quarantine_after: &'static str| {
