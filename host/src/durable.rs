@@ -389,6 +389,11 @@ impl DurableBus {
         }
     }
 
+    /// The host whose plugins the bus delivers to.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.inner.host
+    }
+
     /// The log the bus publishes into.
     pub fn log(&self) -> &Arc<dyn EventLog> {
         &self.inner.log

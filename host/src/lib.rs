@@ -25,7 +25,9 @@
 //! - [`state`]: the plugins' key-value state, committed with their deliveries;
 //! - [`log`]: the durable event log, its cursors, and the embedded SQLite backend;
 //! - [`durable`]: publishing into the log and delivering from it, at least once;
-//! - [`host`]: the [`Host`] that ties them together.
+//! - [`host`]: the [`Host`] that ties them together;
+//! - [`config`]: the operator's `plugbus.toml`;
+//! - [`api`]: HTTP ingest, the admin API, health and metrics.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,9 +43,11 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
 pub mod batch;
 pub mod bindings;
 pub mod cache;
+pub mod config;
 pub mod dispatch;
 pub mod durable;
 pub mod engine;

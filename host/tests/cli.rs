@@ -252,6 +252,8 @@ fn serve_reloads_a_replaced_plugin_and_stops_on_sigterm() {
     .expect("manifest");
     let mut child = Command::new(env!("CARGO_BIN_EXE_plugbus"))
         .arg("serve")
+        // No HTTP: tests run side by side.
+        .args(["--listen", "off"])
         .arg("--plugins")
         .arg(plugins.path())
         .arg("--data")
@@ -347,6 +349,8 @@ fn serve_refuses_a_data_directory_inside_the_plugins_directory() {
     let (code, lines, stderr) = run_plugbus(
         &[
             "serve",
+            "--listen",
+            "off",
             "--plugins",
             &plugins.path().to_string_lossy(),
             "--data",
@@ -364,6 +368,8 @@ fn serve_refuses_a_data_directory_inside_the_plugins_directory() {
     let (code, _, stderr) = run_plugbus(
         &[
             "serve",
+            "--listen",
+            "off",
             "--plugins",
             &plugins.path().to_string_lossy(),
             "--data",
@@ -441,6 +447,8 @@ fn serve_stores_events_durably_and_resumes_after_a_restart() {
     };
     let args = [
         "serve",
+        "--listen",
+        "off",
         "--plugins",
         plugins.path().to_str().expect("utf-8 path"),
         "--data",
@@ -512,6 +520,8 @@ fn dead_letters_and_replay_from_the_command_line() {
     let data_dir = data.path().to_str().expect("utf-8 path");
     let serve = [
         "serve",
+        "--listen",
+        "off",
         "--plugins",
         plugins_dir,
         "--data",
@@ -704,6 +714,8 @@ fn serve_takes_retry_and_quarantine_flags() {
     let serve = |quarantine_after: &'static str| {
         [
             "serve",
+            "--listen",
+            "off",
             "--plugins",
             plugins_dir,
             "--data",

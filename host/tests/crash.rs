@@ -48,6 +48,8 @@ fn run(
 ) -> Vec<(String, String, bool)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_plugbus"))
         .arg("serve")
+        // No HTTP: tests run side by side.
+        .args(["--listen", "off"])
         .arg("--plugins")
         .arg(plugins)
         .arg("--data")

@@ -3,6 +3,7 @@
 mod bench;
 mod ops;
 mod reload_bench;
+mod serve;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -26,9 +27,10 @@ use tokio::io::AsyncBufReadExt as _;
 #[derive(Parser)]
 #[command(name = "plugbus", version, about, long_about)]
 struct Cli {
-    /// How log lines are written to stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true, env = "PLUGBUS_LOG_FORMAT")]
-    log_format: LogFormat,
+    /// How log lines are written to stderr (default human; `serve` takes
+    /// it from its configuration file when this is not given).
+    #[arg(long, value_enum, global = true, env = "PLUGBUS_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
 
     /// Which log lines are written: a level (error, warn, info, debug, trace)
     /// or a tracing filter such as `plugbus=debug,plugbus::plugin=info`.
@@ -86,7 +88,7 @@ enum Command {
     /// Ctrl-C or SIGTERM stops reading, finishes the deliveries under way,
     /// and exits 0; what is stored and not yet delivered is delivered after
     /// the next start.
-    Serve(ServeArgs),
+    Serve(serve::ServeArgs),
 
     /// Drives a host in memory with generated events and reports events/s,
     /// CPU time per event, latency percentiles (p50, p99, p999), start-up
@@ -113,6 +115,10 @@ enum Command {
     /// Lists the quarantined plugins (paused after failing too many
     /// deliveries in a row), or lifts a plugin's quarantine.
     Quarantine(ops::QuarantineArgs),
+
+    /// Reads a token from stdin and prints the hex SHA-256 that
+    /// plugbus.toml stores for it (`token_sha256`).
+    HashToken,
 }
 
 #[derive(clap::Args)]
@@ -124,65 +130,6 @@ struct DispatchArgs {
     /// The file of events, one CloudEvent in JSON per line; stdin when absent.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
-
-    #[command(flatten)]
-    host: HostArgs,
-}
-
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// The plugins directory: <DIR>/<tenant>/<plugin>.wasm.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "PLUGBUS_PLUGINS",
-        default_value = "plugins"
-    )]
-    plugins: PathBuf,
-
-    /// The data directory: the event log <DIR>/events.db, and compiled
-    /// plugins cached in <DIR>/compiled. It must not lie inside the plugins
-    /// directory.
-    #[arg(long, value_name = "DIR", env = "PLUGBUS_DATA", default_value = "data")]
-    data: PathBuf,
-
-    /// Compile every plugin on every load instead of caching compiled code.
-    #[arg(long)]
-    no_compile_cache: bool,
-
-    /// Read CloudEvents, one JSON object per line, from stdin and publish
-    /// them.
-    #[arg(long)]
-    stdin: bool,
-
-    /// Keep events in the log for this many hours (0: no age limit). An
-    /// event a loaded plugin has not handled is always kept.
-    #[arg(long, value_name = "HOURS", env = "PLUGBUS_RETAIN_HOURS", default_value_t = 7 * 24)]
-    retain_hours: u64,
-
-    /// Keep the log under this many MiB by deleting its oldest handled
-    /// events (no size limit when absent).
-    #[arg(long, value_name = "MIB", env = "PLUGBUS_RETAIN_MIB", value_parser = clap::value_parser!(u64).range(1..))]
-    retain_mib: Option<u64>,
-
-    /// Store the same (tenant, source, id) once when it is published again
-    /// within this many hours.
-    #[arg(long, value_name = "HOURS", env = "PLUGBUS_DEDUPE_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=24 * 365))]
-    dedupe_hours: u64,
-
-    /// Pause a plugin after this many failed deliveries in a row (0: never).
-    #[arg(long, value_name = "N", env = "PLUGBUS_QUARANTINE_AFTER", default_value_t = plugbus::durable::DurableConfig::default().quarantine_after)]
-    quarantine_after: u32,
-
-    /// How long a quarantine lasts unless a new version or `plugbus
-    /// quarantine resume` ends it first, in seconds.
-    #[arg(long, value_name = "SECONDS", env = "PLUGBUS_QUARANTINE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
-    quarantine_seconds: u64,
-
-    /// Attempts per event before it becomes a dead letter, for plugins
-    /// whose manifest does not set `[retry] max_attempts`.
-    #[arg(long, value_name = "N", env = "PLUGBUS_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
-    max_attempts: u32,
 
     #[command(flatten)]
     host: HostArgs,
@@ -254,8 +201,24 @@ fn main() -> ExitCode {
         | Command::Replay(_)
         | Command::Quarantine(_) => "warn",
         Command::Dispatch(_) | Command::Serve(_) => "info",
+        Command::HashToken => "warn",
     };
-    if let Err(e) = init_logging(cli.log_format, cli.log.as_deref(), default_level) {
+    // `serve` may take the log format from its configuration file.
+    let configured = match &cli.command {
+        Command::Serve(args) => match serve::settings(args) {
+            Ok((config, _)) => Some(config.log_format),
+            Err(e) => {
+                eprintln!("plugbus: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let format = cli.log_format.unwrap_or(match configured {
+        Some(plugbus::config::LogFormat::Json) => LogFormat::Json,
+        _ => LogFormat::Human,
+    });
+    if let Err(e) = init_logging(format, cli.log.as_deref(), default_level) {
         eprintln!("plugbus: {e:#}");
         return ExitCode::from(2);
     }
@@ -272,7 +235,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Dispatch(args) => dispatch(args).await,
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve::serve(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchReload(args) => reload_bench::run(args).await,
             Command::Dlq(args) => tokio::task::spawn_blocking(move || ops::dlq(args))
@@ -281,6 +244,7 @@ fn main() -> ExitCode {
             Command::Replay(args) => tokio::task::spawn_blocking(move || ops::replay(args))
                 .await
                 .context("the replay command failed")?,
+            Command::HashToken => hash_token(),
             Command::Quarantine(args) => tokio::task::spawn_blocking(move || ops::quarantine(args))
                 .await
                 .context("the quarantine command failed")?,
@@ -342,170 +306,18 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    use plugbus::durable::{DurableBus, DurableConfig};
-    use plugbus::log::{SqliteLog, SqliteLogConfig};
-
-    let mut config = args.host.config();
-    if !args.no_compile_cache {
-        config.compile_cache = Some(args.data.join("compiled"));
+/// Prints the hash of the token on stdin.
+fn hash_token() -> anyhow::Result<ExitCode> {
+    let mut token = String::new();
+    std::io::stdin()
+        .read_line(&mut token)
+        .context("cannot read the token from stdin")?;
+    let token = token.trim_end_matches(['\r', '\n']);
+    if token.is_empty() {
+        anyhow::bail!("no token on stdin");
     }
-    std::fs::create_dir_all(&args.plugins).with_context(|| {
-        format!(
-            "cannot create the plugins directory {}",
-            args.plugins.display()
-        )
-    })?;
-    // Tenants write into the plugins directory: the log may not be there.
-    let plugins_dir = std::fs::canonicalize(&args.plugins)
-        .with_context(|| format!("cannot resolve {}", args.plugins.display()))?;
-    // Private to the host's user: it holds every tenant's events.
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-        .create(&args.data)
-        .with_context(|| format!("cannot create the data directory {}", args.data.display()))?;
-    let data_dir = std::fs::canonicalize(&args.data)
-        .with_context(|| format!("cannot resolve {}", args.data.display()))?;
-    if data_dir.starts_with(&plugins_dir) {
-        anyhow::bail!(
-            "the data directory {} lies inside the plugins directory {}, which tenants write to",
-            args.data.display(),
-            args.plugins.display()
-        );
-    }
-    let host = std::sync::Arc::new(Host::new(config)?);
-    load(&host, &args.plugins)?;
-    let _watcher = host.watch(&args.plugins)?;
-    let log = SqliteLog::open(
-        &args.data,
-        SqliteLogConfig {
-            duplicate_window: Duration::from_secs(args.dedupe_hours.saturating_mul(3600)),
-            ..SqliteLogConfig::default()
-        },
-    )?;
-    tracing::info!(
-        "watching {} for plugin changes{}; events are stored in {}",
-        args.plugins.display(),
-        match host.cache_dir() {
-            Some(dir) => format!("; compiled plugins cached in {}", dir.display()),
-            None => String::new(),
-        },
-        log.path().display()
-    );
-    // Subscribed before the first consumer starts: no delivery unprinted.
-    let (bus, deliveries) = DurableBus::start_observed(
-        host.clone(),
-        std::sync::Arc::new(log),
-        DurableConfig {
-            retention: plugbus::log::Retention {
-                max_age: (args.retain_hours > 0)
-                    .then(|| Duration::from_secs(args.retain_hours.saturating_mul(3600))),
-                max_bytes: args.retain_mib.map(|m| m.saturating_mul(1024 * 1024)),
-            },
-            quarantine_after: args.quarantine_after,
-            quarantine_for: Duration::from_secs(args.quarantine_seconds),
-            retry: plugbus::durable::RetryPolicy {
-                max_attempts: args.max_attempts,
-                ..plugbus::durable::RetryPolicy::default()
-            },
-            ..DurableConfig::default()
-        },
-    )
-    .await?;
-    let printer = tokio::spawn(print_deliveries(deliveries));
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    if args.stdin {
-        let rejected = publish_lines(
-            &bus,
-            tokio::io::stdin(),
-            args.host.concurrency,
-            &mut shutdown,
-        )
-        .await?;
-        if rejected > 0 {
-            tracing::warn!("{rejected} input lines rejected");
-        }
-    } else {
-        tracing::info!("no event source: pass --stdin to publish events read from stdin");
-        (&mut shutdown).await;
-    }
-    bus.shutdown().await;
-    // The consumers are gone, so the channel closes once the printer has
-    // written everything they delivered.
-    let _ = printer.await;
-    tracing::info!("stopped");
+    println!("{}", plugbus::config::hash_token(token));
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes one JSON line per delivery to stdout until the channel closes.
-async fn print_deliveries(mut deliveries: tokio::sync::broadcast::Receiver<Delivery>) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        match deliveries.recv().await {
-            Ok(delivery) => {
-                let mut stdout = std::io::stdout().lock();
-                let written = serde_json::to_writer(&mut stdout, &DeliveryLine::from(&delivery))
-                    .map_err(std::io::Error::from)
-                    .and_then(|()| stdout.write_all(b"\n"))
-                    .and_then(|()| stdout.flush());
-                if let Err(e) = written {
-                    tracing::error!("cannot write to stdout: {e}");
-                    return;
-                }
-            }
-            Err(RecvError::Lagged(missed)) => {
-                tracing::warn!("{missed} deliveries were not written: the output fell behind");
-            }
-            Err(RecvError::Closed) => return,
-        }
-    }
-}
-
-/// Publishes the events of `input`, one JSON line each, into the durable
-/// log, `concurrency` at a time, until the input ends or `stop` resolves.
-/// At the end of the input it waits until the plugins have handled what was
-/// published (or `stop`). Returns how many lines were rejected.
-async fn publish_lines(
-    bus: &plugbus::durable::DurableBus,
-    input: impl tokio::io::AsyncRead + Unpin + Send,
-    concurrency: u32,
-    stop: &mut (impl Future<Output = ()> + Unpin),
-) -> anyhow::Result<u64> {
-    let mut lines = Box::pin(numbered_lines(input))
-        .map(|line| async move {
-            let (number, line) = line?;
-            let published = match parse_line(&line) {
-                None => None,
-                Some(Err(reason)) => Some(Err(reason)),
-                Some(Ok(event)) => Some(bus.publish(vec![event]).await.map_err(|e| e.to_string())),
-            };
-            Ok::<_, std::io::Error>((number, published))
-        })
-        .buffered(concurrency as usize);
-    let mut rejected = 0u64;
-    loop {
-        let next = tokio::select! {
-            next = lines.next() => next,
-            () = &mut *stop => return Ok(rejected),
-        };
-        let Some(result) = next else { break };
-        let (number, published) = result.context("cannot read the events")?;
-        match published {
-            Some(Err(reason)) => {
-                rejected += 1;
-                eprintln!("plugbus: line {number}: rejected: {reason}");
-            }
-            Some(Ok(appended)) if appended.first().is_some_and(|a| a.duplicate) => {
-                eprintln!("plugbus: line {number}: a duplicate of an event already stored");
-            }
-            Some(Ok(_)) | None => {}
-        }
-    }
-    tokio::select! {
-        settled = bus.settle() => settled?,
-        () = &mut *stop => {}
-    }
-    Ok(rejected)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

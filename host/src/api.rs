@@ -1,0 +1,688 @@
+//! The HTTP surface of `plugbus serve` (axum):
+//!
+//! - `POST /v1/events`: CloudEvents ingest in the HTTP binding's three
+//!   modes — binary (`ce-` headers, percent-decoded; the body is the data),
+//!   structured (`application/cloudevents+json`) and batch
+//!   (`application/cloudevents-batch+json`, all or nothing). The tenant is
+//!   the bearer token's, never the event's. An event is acknowledged (202)
+//!   only once it is durable in the log.
+//! - `GET /v1/tenants/{tenant}/plugins` and `.../dead-letters...`: a
+//!   tenant's own plugins and dead letters, with the tenant's token (or the
+//!   admin token).
+//! - `GET /v1/admin/...`: every tenant's, with the admin token.
+//! - `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus text).
+//!
+//! Every refusal is a JSON body `{"error": kind, "message": …}`, with
+//! `"attribute"` naming the CloudEvents attribute at fault when there is
+//! one, and `"index"` the event of a batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::durable::{DurableBus, DurablePublishError};
+use crate::event::{Event, EventError};
+use crate::log::{EventLog, Seq};
+
+/// What the HTTP surface needs to know besides the bus.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The largest request body, in bytes; a larger one is refused (413)
+    /// before it is read whole.
+    pub max_body_bytes: usize,
+    /// The most events in one batch request.
+    pub max_batch_events: usize,
+    /// Each tenant's token, as the hex SHA-256 of the token.
+    pub tenant_tokens: HashMap<String, String>,
+    /// The admin token, as the hex SHA-256 of the token.
+    pub admin_token: Option<String>,
+}
+
+/// The state behind the routes.
+pub struct Api {
+    bus: Arc<DurableBus>,
+    config: ApiConfig,
+    /// Token hash → tenant.
+    tenants_by_token: HashMap<String, String>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ready: AtomicBool,
+}
+
+impl Api {
+    /// The HTTP surface over `bus`; `/metrics` renders `metrics` (the
+    /// process's Prometheus recorder), or answers 404 without one.
+    pub fn new(
+        bus: Arc<DurableBus>,
+        config: ApiConfig,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Arc<Self> {
+        let tenants_by_token = config
+            .tenant_tokens
+            .iter()
+            .map(|(tenant, hash)| (hash.to_ascii_lowercase(), tenant.clone()))
+            .collect();
+        Arc::new(Self {
+            bus,
+            config,
+            tenants_by_token,
+            metrics,
+            ready: AtomicBool::new(true),
+        })
+    }
+
+    /// Says whether `/readyz` answers 200; false while shutting down.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+}
+
+/// The routes, ready to serve.
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/v1/events", post(ingest))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(render_metrics))
+        .route("/v1/admin/plugins", get(admin_plugins))
+        .route("/v1/admin/tenants", get(admin_tenants))
+        .route("/v1/tenants/{tenant}/plugins", get(tenant_plugins))
+        .route(
+            "/v1/tenants/{tenant}/plugins/{plugin}/dead-letters",
+            get(dead_letters),
+        )
+        .route(
+            "/v1/tenants/{tenant}/plugins/{plugin}/dead-letters/{seq}/redrive",
+            post(redrive),
+        )
+        .route(
+            "/v1/tenants/{tenant}/plugins/{plugin}/dead-letters/{seq}",
+            axum::routing::delete(discard),
+        )
+        .with_state(api)
+}
+
+/// A refusal: a status and a JSON body.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    attribute: Option<String>,
+    index: Option<usize>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+            attribute: None,
+            index: None,
+        }
+    }
+
+    fn unauthorized(message: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    fn invalid(error: &EventError, index: Option<usize>) -> Self {
+        let attribute = match error {
+            EventError::Missing(name) => Some((*name).to_owned()),
+            EventError::SpecVersion(_) => Some("specversion".to_owned()),
+            EventError::Invalid { name, .. } => Some(name.clone()),
+            EventError::Json(_) | EventError::NotAnObject => None,
+        };
+        let message = match index {
+            Some(i) => format!("event {i}: {error}"),
+            None => error.to_string(),
+        };
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_event",
+            message,
+            attribute,
+            index,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.kind, "message": self.message });
+        if let Some(attribute) = self.attribute {
+            body["attribute"] = attribute.into();
+        }
+        if let Some(index) = self.index {
+            body["index"] = index.into();
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer"
+                    .parse()
+                    .unwrap_or_else(|_| header::HeaderValue::from_static("Bearer")),
+            );
+        }
+        response
+    }
+}
+
+/// Who presented the request's bearer token.
+enum Caller {
+    Admin,
+    Tenant(String),
+}
+
+impl Api {
+    fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header is not Bearer <token>")
+            })?;
+        let hash = crate::config::hash_token(token);
+        if self.config.admin_token.as_deref() == Some(hash.as_str()) {
+            return Ok(Caller::Admin);
+        }
+        match self.tenants_by_token.get(&hash) {
+            Some(tenant) => Ok(Caller::Tenant(tenant.clone())),
+            None => Err(ApiError::unauthorized("the token is not valid")),
+        }
+    }
+
+    fn tenant_caller(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        match self.caller(headers)? {
+            Caller::Tenant(tenant) => Ok(tenant),
+            Caller::Admin => Err(ApiError::unauthorized(
+                "events are published with a tenant's token, not the admin token",
+            )),
+        }
+    }
+
+    fn admin_caller(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match self.caller(headers)? {
+            Caller::Admin => Ok(()),
+            Caller::Tenant(_) => Err(ApiError::unauthorized("this route needs the admin token")),
+        }
+    }
+
+    /// The admin, or the tenant itself.
+    fn tenant_or_admin(&self, headers: &HeaderMap, tenant: &str) -> Result<(), ApiError> {
+        match self.caller(headers)? {
+            Caller::Admin => Ok(()),
+            Caller::Tenant(own) if own == tenant => Ok(()),
+            // Another tenant's: as if it did not exist.
+            Caller::Tenant(_) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no tenant {tenant:?} for this token"),
+            )),
+        }
+    }
+}
+
+fn rejected(tenant: &str, error: ApiError) -> ApiError {
+    metrics::counter!(
+        "plugbus_rejected_requests_total",
+        "tenant" => tenant.to_owned(),
+        "status" => error.status.as_u16().to_string()
+    )
+    .increment(1);
+    error
+}
+
+async fn ingest(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let tenant = api.tenant_caller(&headers).map_err(|e| rejected("", e))?;
+    let limit = api.config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is over the limit of {limit} bytes"),
+        )
+    };
+    // Refused by its declared length before a byte of it is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(rejected(&tenant, too_large()));
+    }
+    // Read no further than the limit, whatever it declared.
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| rejected(&tenant, too_large()))?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let events = match essence.as_str() {
+        "application/cloudevents-batch+json" => batch(&api, &tenant, &bytes),
+        "application/cloudevents+json" => structured(&tenant, &bytes, None).map(|e| vec![e]),
+        _ => binary(&tenant, &headers, &content_type, bytes).map(|e| vec![e]),
+    }
+    .map_err(|e| rejected(&tenant, e))?;
+
+    let count = events.len();
+    let started = std::time::Instant::now();
+    let appended = match api.bus.publish(events.clone()).await {
+        Ok(appended) => appended,
+        Err(DurablePublishError::InvalidEvent { index, error }) => {
+            let index = (count > 1).then_some(index);
+            return Err(rejected(&tenant, ApiError::invalid(&error, index)));
+        }
+        Err(DurablePublishError::Log(e)) => {
+            tracing::error!(tenant = %tenant, "the log refused {count} events: {e}");
+            return Err(rejected(
+                &tenant,
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the event log cannot take events now; nothing was stored, retry later",
+                ),
+            ));
+        }
+    };
+    metrics::histogram!("plugbus_log_append_seconds").record(started.elapsed().as_secs_f64());
+    let duplicates = appended.iter().filter(|a| a.duplicate).count() as u64;
+    metrics::counter!("plugbus_ingested_events_total", "tenant" => tenant.clone())
+        .increment(count as u64 - duplicates);
+    if duplicates > 0 {
+        metrics::counter!("plugbus_duplicate_events_total", "tenant" => tenant.clone())
+            .increment(duplicates);
+    }
+    let accepted: Vec<Value> = events
+        .iter()
+        .zip(&appended)
+        .map(|(event, a)| json!({ "id": event.id, "seq": a.seq, "duplicate": a.duplicate }))
+        .collect();
+    tracing::debug!(tenant = %tenant, events = count, duplicates, "ingested");
+    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))).into_response())
+}
+
+/// The tenant of an event must be the token's; the attribute may be left
+/// out.
+fn with_tenant(
+    mut object: serde_json::Map<String, Value>,
+    tenant: &str,
+    index: Option<usize>,
+) -> Result<Event, ApiError> {
+    match object.get(crate::event::TENANT_EXTENSION) {
+        None => {}
+        Some(Value::String(named)) if named == tenant => {}
+        Some(_) => {
+            return Err(ApiError::invalid(
+                &EventError::Invalid {
+                    name: crate::event::TENANT_EXTENSION.to_owned(),
+                    reason: "the tenant comes from the bearer token; this event names another"
+                        .to_owned(),
+                },
+                index,
+            ));
+        }
+    }
+    object.insert(crate::event::TENANT_EXTENSION.to_owned(), tenant.into());
+    Event::from_json_value(Value::Object(object)).map_err(|e| ApiError::invalid(&e, index))
+}
+
+fn structured(tenant: &str, body: &[u8], index: Option<usize>) -> Result<Event, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => with_tenant(object, tenant, index),
+        Ok(_) => Err(ApiError::invalid(&EventError::NotAnObject, index)),
+        Err(e) => Err(ApiError::invalid(&EventError::Json(e.to_string()), index)),
+    }
+}
+
+fn batch(api: &Api, tenant: &str, body: &[u8]) -> Result<Vec<Event>, ApiError> {
+    let items = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) => items,
+        Ok(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_batch",
+                "a CloudEvents batch is a JSON array of events",
+            ));
+        }
+        Err(e) => return Err(ApiError::invalid(&EventError::Json(e.to_string()), None)),
+    };
+    let max = api.config.max_batch_events;
+    if items.len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the batch has {} events; the limit is {max}", items.len()),
+        ));
+    }
+    if items.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_batch",
+            "the batch is empty",
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Value::Object(object) => with_tenant(object, tenant, Some(i)),
+            _ => Err(ApiError::invalid(&EventError::NotAnObject, Some(i))),
+        })
+        .collect()
+}
+
+/// Binary mode: the attributes in `ce-` headers (percent-encoded), the
+/// data in the body, its media type in `Content-Type`.
+fn binary(
+    tenant: &str,
+    headers: &HeaderMap,
+    content_type: &str,
+    body: Bytes,
+) -> Result<Event, ApiError> {
+    let mut attributes = std::collections::BTreeMap::new();
+    for (name, value) in headers {
+        let Some(attribute) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        let invalid = |reason: &str| {
+            ApiError::invalid(
+                &EventError::Invalid {
+                    name: attribute.to_owned(),
+                    reason: reason.to_owned(),
+                },
+                None,
+            )
+        };
+        let raw = value
+            .to_str()
+            .map_err(|_| invalid("the header value is not ASCII; percent-encode it"))?;
+        let decoded = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| invalid("the percent-decoded header value is not UTF-8"))?;
+        attributes.insert(attribute.to_owned(), Value::String(decoded.into_owned()));
+    }
+    if !attributes.contains_key("specversion") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_event",
+            "no ce-specversion header: send a binary-mode event (ce- headers), or set Content-Type to application/cloudevents+json (structured) or application/cloudevents-batch+json (batch)",
+        ));
+    }
+    if attributes.contains_key("datacontenttype") {
+        return Err(ApiError::invalid(
+            &EventError::Invalid {
+                name: "datacontenttype".into(),
+                reason: "in binary mode the media type is the Content-Type header, not ce-datacontenttype".into(),
+            },
+            None,
+        ));
+    }
+    let mut object: serde_json::Map<String, Value> = attributes.into_iter().collect();
+    if !content_type.is_empty() {
+        object.insert("datacontenttype".into(), content_type.into());
+    }
+    if !body.is_empty() {
+        // The body is the data as it is, whatever its media type.
+        object.insert(
+            "data_base64".into(),
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &body).into(),
+        );
+    }
+    with_tenant(object, tenant, None)
+}
+
+async fn ready(State(api): State<Arc<Api>>) -> Response {
+    if api.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+async fn render_metrics(State(api): State<Arc<Api>>) -> Response {
+    let Some(handle) = &api.metrics else {
+        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "metrics are off")
+            .into_response();
+    };
+    record_gauges(&api).await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// The gauges that are read off the bus and the log when scraped:
+/// quarantine, reloads, dead-letter depth and lag per plugin.
+async fn record_gauges(api: &Arc<Api>) {
+    let statuses = api.bus.statuses();
+    let log = api.bus.log().clone();
+    let keys: Vec<(String, String)> = statuses
+        .iter()
+        .map(|s| (s.tenant.clone(), s.name.clone()))
+        .collect();
+    let depths = tokio::task::spawn_blocking(move || {
+        keys.into_iter()
+            .map(|(tenant, plugin)| {
+                let dead = log.dead_letters(&tenant, &plugin).map_or(0, |d| d.len());
+                let lag = lag(log.as_ref(), &tenant, &plugin).unwrap_or(0);
+                (dead, lag)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    for (status, (dead, lag)) in statuses.iter().zip(depths) {
+        let labels = [
+            ("tenant", status.tenant.clone()),
+            ("plugin", status.name.clone()),
+        ];
+        metrics::gauge!("plugbus_quarantined", &labels).set(if status.quarantine.is_some() {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("plugbus_reloads", &labels).set(status.reloads as f64);
+        metrics::gauge!("plugbus_failed_reloads", &labels).set(status.failed_reloads as f64);
+        metrics::gauge!("plugbus_dead_letters", &labels).set(dead as f64);
+        metrics::gauge!("plugbus_lag_events", &labels).set(lag as f64);
+    }
+}
+
+/// How many of its tenant's events a plugin has yet to finish (at most
+/// 100,000 counted).
+fn lag(log: &dyn EventLog, tenant: &str, plugin: &str) -> Result<usize, crate::log::LogError> {
+    let cursor = log.cursor(tenant, plugin)?.unwrap_or(0);
+    Ok(log.read(tenant, cursor, 100_000)?.len())
+}
+
+fn plugin_views(api: &Api, tenant: Option<&str>) -> Vec<Value> {
+    let log = api.bus.log();
+    api.bus
+        .statuses()
+        .into_iter()
+        .filter(|s| tenant.is_none_or(|t| t == s.tenant))
+        .map(|s| {
+            let cursor: Option<Seq> = log.cursor(&s.tenant, &s.name).ok().flatten();
+            let lag = lag(log.as_ref(), &s.tenant, &s.name).ok();
+            let limits = api.bus.host().plugin(&s.tenant, &s.name).map(|p| {
+                let l = p.manifest().limits;
+                json!({
+                    "fuel": l.fuel,
+                    "memory_bytes": l.memory_bytes,
+                    "timeout_ms": u64::try_from(l.timeout.as_millis()).unwrap_or(u64::MAX),
+                })
+            });
+            let status = if s.quarantine.is_some() {
+                "quarantined"
+            } else {
+                match s.health {
+                    crate::Health::Active => "active",
+                    crate::Health::Degraded => "degraded",
+                    crate::Health::FailedToLoad => "failed_to_load",
+                }
+            };
+            json!({
+                "tenant": s.tenant,
+                "plugin": s.name,
+                "version": s.version,
+                "status": status,
+                "last_error": s.last_error,
+                "reloads": s.reloads,
+                "failed_reloads": s.failed_reloads,
+                "quarantine": s.quarantine,
+                "limits": limits,
+                "cursor": cursor,
+                "lag": lag,
+            })
+        })
+        .collect()
+}
+
+async fn admin_plugins(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    api.admin_caller(&headers)?;
+    let api2 = api.clone();
+    let plugins = tokio::task::spawn_blocking(move || plugin_views(&api2, None))
+        .await
+        .unwrap_or_default();
+    Ok(Json(json!({ "plugins": plugins })))
+}
+
+async fn admin_tenants(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    api.admin_caller(&headers)?;
+    let mut tenants: Vec<String> = api.config.tenant_tokens.keys().cloned().collect();
+    for plugin in api.bus.host().plugins() {
+        tenants.push(plugin.tenant);
+    }
+    tenants.sort();
+    tenants.dedup();
+    let tenants: Vec<Value> = tenants
+        .into_iter()
+        .map(|t| {
+            json!({
+                "tenant": t,
+                "has_token": api.config.tenant_tokens.contains_key(&t),
+                "plugins": api.bus.host().plugins().iter().filter(|p| p.tenant == t).count(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "tenants": tenants })))
+}
+
+async fn tenant_plugins(
+    State(api): State<Arc<Api>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    api.tenant_or_admin(&headers, &tenant)?;
+    let api2 = api.clone();
+    let plugins = tokio::task::spawn_blocking(move || plugin_views(&api2, Some(&tenant)))
+        .await
+        .unwrap_or_default();
+    Ok(Json(json!({ "plugins": plugins })))
+}
+
+fn log_error(e: crate::log::LogError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        e.to_string(),
+    )
+}
+
+async fn dead_letters(
+    State(api): State<Arc<Api>>,
+    Path((tenant, plugin)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    api.tenant_or_admin(&headers, &tenant)?;
+    let log = api.bus.log().clone();
+    let letters = tokio::task::spawn_blocking(move || log.dead_letters(&tenant, &plugin))
+        .await
+        .map_err(|_| log_error(crate::log::LogError::Closed))?
+        .map_err(log_error)?;
+    let letters: Vec<Value> = letters
+        .into_iter()
+        .map(|d| json!({ "seq": d.seq, "event": d.event.to_json_value(), "attempts": d.attempts }))
+        .collect();
+    Ok(Json(json!({ "dead_letters": letters })))
+}
+
+async fn redrive(
+    State(api): State<Arc<Api>>,
+    Path((tenant, plugin, seq)): Path<(String, String, Seq)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    api.tenant_or_admin(&headers, &tenant)?;
+    let found = api
+        .bus
+        .log()
+        .request_redrive(&tenant, &plugin, seq)
+        .await
+        .map_err(log_error)?;
+    if !found {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{tenant}/{plugin} has no dead letter at {seq}"),
+        ));
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "redrive": seq }))).into_response())
+}
+
+async fn discard(
+    State(api): State<Arc<Api>>,
+    Path((tenant, plugin, seq)): Path<(String, String, Seq)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    api.tenant_or_admin(&headers, &tenant)?;
+    let found = api
+        .bus
+        .log()
+        .discard_dead_letter(&tenant, &plugin, seq)
+        .await
+        .map_err(log_error)?;
+    if !found {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{tenant}/{plugin} has no dead letter at {seq}"),
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

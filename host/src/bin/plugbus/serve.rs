@@ -1,0 +1,419 @@
+//! `plugbus serve`: the long-running host. Settings come from the flags,
+//! else their `PLUGBUS_…` environment variables, else `plugbus.toml`
+//! (`--config`), else the embedded default.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use plugbus::Delivery;
+use plugbus::config::Config;
+use plugbus::durable::{DurableBus, DurableConfig};
+use plugbus::log::{SqliteLog, SqliteLogConfig};
+
+use crate::{DeliveryLine, Mode, numbered_lines, parse_line, shutdown_signal};
+
+/// How long in-flight deliveries may take to finish after SIGTERM.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The configuration file (see the README); without one, the embedded
+    /// default: 127.0.0.1:8080, ./plugins, ./data, no tenant tokens.
+    #[arg(long, value_name = "FILE", env = "PLUGBUS_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Where HTTP ingest, the admin API and /metrics listen: an address
+    /// such as 127.0.0.1:8080 (port 0 for any free one), or `off`.
+    #[arg(long, value_name = "ADDR|off", env = "PLUGBUS_LISTEN")]
+    listen: Option<String>,
+
+    /// The plugins directory: <DIR>/<tenant>/<plugin>.wasm.
+    #[arg(long, value_name = "DIR", env = "PLUGBUS_PLUGINS")]
+    plugins: Option<PathBuf>,
+
+    /// The data directory: the event log <DIR>/events.db, and compiled
+    /// plugins cached in <DIR>/compiled. It must not lie inside the plugins
+    /// directory.
+    #[arg(long, value_name = "DIR", env = "PLUGBUS_DATA")]
+    data: Option<PathBuf>,
+
+    /// Compile every plugin on every load instead of caching compiled code.
+    #[arg(long)]
+    no_compile_cache: bool,
+
+    /// Read CloudEvents, one JSON object per line, from stdin and publish
+    /// them; at the end of the input, wait until they are handled and exit.
+    #[arg(long)]
+    stdin: bool,
+
+    /// Keep events in the log for this many hours (0: no age limit). An
+    /// event a loaded plugin has not handled is always kept.
+    #[arg(long, value_name = "HOURS", env = "PLUGBUS_RETAIN_HOURS")]
+    retain_hours: Option<u64>,
+
+    /// Keep the log under this many MiB by deleting its oldest handled
+    /// events (no size limit when absent).
+    #[arg(long, value_name = "MIB", env = "PLUGBUS_RETAIN_MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    retain_mib: Option<u64>,
+
+    /// Store the same (tenant, source, id) once when it is published again
+    /// within this many hours.
+    #[arg(long, value_name = "HOURS", env = "PLUGBUS_DEDUPE_HOURS", value_parser = clap::value_parser!(u64).range(1..=24 * 365))]
+    dedupe_hours: Option<u64>,
+
+    /// Pause a plugin after this many failed deliveries in a row (0: never).
+    #[arg(long, value_name = "N", env = "PLUGBUS_QUARANTINE_AFTER")]
+    quarantine_after: Option<u32>,
+
+    /// How long a quarantine lasts unless a new version or `plugbus
+    /// quarantine resume` ends it first, in seconds.
+    #[arg(long, value_name = "SECONDS", env = "PLUGBUS_QUARANTINE_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    quarantine_seconds: Option<u64>,
+
+    /// Attempts per event before it becomes a dead letter, for plugins
+    /// whose manifest does not set `[retry] max_attempts`.
+    #[arg(long, value_name = "N", env = "PLUGBUS_MAX_ATTEMPTS", value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_attempts: Option<u32>,
+
+    /// Fuel per event for plugins whose manifest does not set `limits.fuel`.
+    #[arg(long, value_name = "N", env = "PLUGBUS_FUEL", value_parser = clap::value_parser!(u64).range(1..))]
+    fuel: Option<u64>,
+
+    /// Memory (MiB) of plugins whose manifest does not set `limits.memory_mib`.
+    #[arg(long, value_name = "MIB", env = "PLUGBUS_MEMORY_MIB", value_parser = clap::value_parser!(u64).range(1..=plugbus::manifest::MAX_MEMORY_MIB))]
+    memory_mib: Option<u64>,
+
+    /// Wall-clock limit (ms) per event for plugins whose manifest does not
+    /// set `limits.timeout_ms`.
+    #[arg(long, value_name = "MS", env = "PLUGBUS_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=plugbus::manifest::MAX_TIMEOUT_MS))]
+    timeout_ms: Option<u64>,
+
+    /// The largest HTTP request body, in bytes.
+    #[arg(long, value_name = "BYTES", env = "PLUGBUS_MAX_BODY_BYTES", value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
+    max_body_bytes: Option<u64>,
+
+    /// Reuse a plugin's instance across events, or create a fresh one per event.
+    #[arg(long, value_enum, default_value_t = Mode::Reuse)]
+    instance_mode: Mode,
+
+    /// How many stdin events are published at once.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    concurrency: u32,
+}
+
+/// The configuration file, or the embedded default, with the flags laid
+/// over it.
+pub fn settings(args: &ServeArgs) -> anyhow::Result<(Config, Option<SocketAddr>)> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let listen = match args.listen.as_deref() {
+        Some("off") => None,
+        Some(addr) => Some(addr.parse::<SocketAddr>().with_context(|| {
+            format!("--listen {addr:?} is neither an address (127.0.0.1:8080) nor `off`")
+        })?),
+        None => Some(config.listen),
+    };
+    if let Some(dir) = &args.plugins {
+        config.plugins_dir = dir.clone();
+    }
+    if let Some(dir) = &args.data {
+        config.data_dir = dir.clone();
+    }
+    let d = &mut config.delivery;
+    d.retain_hours = args.retain_hours.unwrap_or(d.retain_hours);
+    d.retain_mib = args.retain_mib.or(d.retain_mib);
+    d.dedupe_hours = args.dedupe_hours.unwrap_or(d.dedupe_hours);
+    d.quarantine_after = args.quarantine_after.unwrap_or(d.quarantine_after);
+    d.quarantine_seconds = args.quarantine_seconds.unwrap_or(d.quarantine_seconds);
+    d.max_attempts = args.max_attempts.unwrap_or(d.max_attempts);
+    let l = &mut config.limits;
+    l.fuel = args.fuel.unwrap_or(l.fuel);
+    l.memory_mib = args.memory_mib.unwrap_or(l.memory_mib);
+    l.timeout_ms = args.timeout_ms.unwrap_or(l.timeout_ms);
+    if let Some(bytes) = args.max_body_bytes {
+        config.http.max_body_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+    }
+    Ok((config, listen))
+}
+
+/// The process's Prometheus recorder, with histogram buckets for the
+/// durations and fuel plugbus records.
+fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let seconds = [
+        0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+    ];
+    let fuel = [1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full("plugbus_fuel_consumed".into()), &fuel)
+        })
+        .context("cannot set the histogram buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let (settings, listen) = settings(&args)?;
+    if args.config.is_none() {
+        tracing::info!(
+            "no --config: the embedded default (listen {}, plugins {}, data {}; no tenant tokens, so HTTP ingest refuses every request until a plugbus.toml names tenants)",
+            listen.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            settings.plugins_dir.display(),
+            settings.data_dir.display()
+        );
+    }
+    let plugins = settings.plugins_dir.clone();
+    let data = settings.data_dir.clone();
+    let mut config = match args.instance_mode {
+        Mode::Reuse => plugbus::HostConfig::default(),
+        Mode::Fresh => plugbus::HostConfig::fresh_instances(1000),
+    };
+    config.default_limits = plugbus::Limits {
+        fuel: settings.limits.fuel,
+        memory_bytes: settings.limits.memory_mib * 1024 * 1024,
+        timeout: Duration::from_millis(settings.limits.timeout_ms),
+    };
+    if !args.no_compile_cache {
+        config.compile_cache = Some(data.join("compiled"));
+    }
+    std::fs::create_dir_all(&plugins)
+        .with_context(|| format!("cannot create the plugins directory {}", plugins.display()))?;
+    // Tenants write into the plugins directory: the log may not be there.
+    let plugins_dir = std::fs::canonicalize(&plugins)
+        .with_context(|| format!("cannot resolve {}", plugins.display()))?;
+    // Private to the host's user: it holds every tenant's events.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&data)
+        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    let data_dir = std::fs::canonicalize(&data)
+        .with_context(|| format!("cannot resolve {}", data.display()))?;
+    if data_dir.starts_with(&plugins_dir) {
+        anyhow::bail!(
+            "the data directory {} lies inside the plugins directory {}, which tenants write to",
+            data.display(),
+            plugins.display()
+        );
+    }
+    // Bound before anything starts, so a port in use is a clear error.
+    let listener = match listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let metrics = install_metrics()?;
+    let host = Arc::new(plugbus::Host::new(config)?);
+    crate::load(&host, &plugins)?;
+    let _watcher = host.watch(&plugins)?;
+    let d = &settings.delivery;
+    let log = SqliteLog::open(
+        &data,
+        SqliteLogConfig {
+            duplicate_window: Duration::from_secs(d.dedupe_hours.saturating_mul(3600)),
+            ..SqliteLogConfig::default()
+        },
+    )?;
+    tracing::info!(
+        "watching {} for plugin changes{}; events are stored in {}",
+        plugins.display(),
+        match host.cache_dir() {
+            Some(dir) => format!("; compiled plugins cached in {}", dir.display()),
+            None => String::new(),
+        },
+        log.path().display()
+    );
+    // Subscribed before the first consumer starts: no delivery unprinted.
+    let (bus, deliveries) = DurableBus::start_observed(
+        host.clone(),
+        Arc::new(log),
+        DurableConfig {
+            retention: plugbus::log::Retention {
+                max_age: (d.retain_hours > 0)
+                    .then(|| Duration::from_secs(d.retain_hours.saturating_mul(3600))),
+                max_bytes: d.retain_mib.map(|m| m.saturating_mul(1024 * 1024)),
+            },
+            quarantine_after: d.quarantine_after,
+            quarantine_for: Duration::from_secs(d.quarantine_seconds),
+            retry: plugbus::durable::RetryPolicy {
+                max_attempts: d.max_attempts,
+                ..plugbus::durable::RetryPolicy::default()
+            },
+            ..DurableConfig::default()
+        },
+    )
+    .await?;
+    let bus = Arc::new(bus);
+    let printer = tokio::spawn(print_deliveries(deliveries));
+
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let mut server = None;
+    let mut api = None;
+    if let Some(listener) = listener {
+        let surface = plugbus::api::Api::new(
+            bus.clone(),
+            plugbus::api::ApiConfig {
+                max_body_bytes: settings.http.max_body_bytes,
+                max_batch_events: settings.http.max_batch_events,
+                tenant_tokens: settings
+                    .tenants
+                    .iter()
+                    .map(|(t, c)| (t.clone(), c.token_sha256.clone()))
+                    .collect(),
+                admin_token: settings.admin.as_ref().map(|a| a.token_sha256.clone()),
+            },
+            Some(metrics),
+        );
+        let addr = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
+        tracing::info!(
+            "listening on http://{addr} ({} tenant tokens{})",
+            settings.tenants.len(),
+            if settings.admin.is_some() {
+                ", an admin token"
+            } else {
+                ", no admin token"
+            }
+        );
+        let router = plugbus::api::router(surface.clone());
+        let mut stopped = http_stopped.clone();
+        server = Some(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await
+        }));
+        api = Some(surface);
+    }
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    if args.stdin {
+        let rejected =
+            publish_lines(&bus, tokio::io::stdin(), args.concurrency, &mut shutdown).await?;
+        if rejected > 0 {
+            tracing::warn!("{rejected} input lines rejected");
+        }
+    } else {
+        if listen.is_none() {
+            tracing::info!("no event source: HTTP is off and --stdin is not given");
+        }
+        (&mut shutdown).await;
+    }
+    // Stop taking events: not ready, no new requests; the requests under
+    // way finish (an event acknowledged is durable).
+    if let Some(api) = &api {
+        api.set_ready(false);
+    }
+    let _ = stop_http.send(true);
+    if let Some(server) = server {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("the HTTP server failed: {e}"),
+            Err(e) => tracing::error!("the HTTP server task failed: {e}"),
+        }
+    }
+    drop(api);
+    // Finish the deliveries under way, within the deadline; what is stored
+    // and not delivered is delivered after the next start.
+    let bus =
+        Arc::try_unwrap(bus).map_err(|_| anyhow::anyhow!("the bus is still shared at shutdown"))?;
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, bus.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "deliveries still under way after {}s; stopping anyway (they are delivered again after the next start)",
+            SHUTDOWN_DEADLINE.as_secs()
+        );
+    }
+    // The consumers are gone, so the channel closes once the printer has
+    // written everything they delivered.
+    let _ = printer.await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes one JSON line per delivery to stdout until the channel closes.
+async fn print_deliveries(mut deliveries: tokio::sync::broadcast::Receiver<Delivery>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match deliveries.recv().await {
+            Ok(delivery) => {
+                let mut stdout = std::io::stdout().lock();
+                let written = serde_json::to_writer(&mut stdout, &DeliveryLine::from(&delivery))
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| stdout.write_all(b"\n"))
+                    .and_then(|()| stdout.flush());
+                if let Err(e) = written {
+                    tracing::error!("cannot write to stdout: {e}");
+                    return;
+                }
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!("{missed} deliveries were not written: the output fell behind");
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Publishes the events of `input`, one JSON line each, into the durable
+/// log, `concurrency` at a time, until the input ends or `stop` resolves.
+/// At the end of the input it waits until the plugins have handled what was
+/// published (or `stop`). Returns how many lines were rejected.
+async fn publish_lines(
+    bus: &DurableBus,
+    input: impl tokio::io::AsyncRead + Unpin + Send,
+    concurrency: u32,
+    stop: &mut (impl Future<Output = ()> + Unpin),
+) -> anyhow::Result<u64> {
+    let mut lines = Box::pin(numbered_lines(input))
+        .map(|line| async move {
+            let (number, line) = line?;
+            let published = match parse_line(&line) {
+                None => None,
+                Some(Err(reason)) => Some(Err(reason)),
+                Some(Ok(event)) => Some(bus.publish(vec![event]).await.map_err(|e| e.to_string())),
+            };
+            Ok::<_, std::io::Error>((number, published))
+        })
+        .buffered(concurrency as usize);
+    let mut rejected = 0u64;
+    loop {
+        let next = tokio::select! {
+            next = lines.next() => next,
+            () = &mut *stop => return Ok(rejected),
+        };
+        let Some(result) = next else { break };
+        let (number, published) = result.context("cannot read the events")?;
+        match published {
+            Some(Err(reason)) => {
+                rejected += 1;
+                eprintln!("plugbus: line {number}: rejected: {reason}");
+            }
+            Some(Ok(appended)) if appended.first().is_some_and(|a| a.duplicate) => {
+                eprintln!("plugbus: line {number}: a duplicate of an event already stored");
+            }
+            Some(Ok(_)) | None => {}
+        }
+    }
+    tokio::select! {
+        settled = bus.settle() => settled?,
+        () = &mut *stop => {}
+    }
+    Ok(rejected)
+}
