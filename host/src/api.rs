@@ -648,20 +648,10 @@ async fn redrive(
     Path((tenant, plugin, seq)): Path<(String, String, Seq)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    api.tenant_or_admin(&headers, &tenant)?;
-    let found = api
-        .bus
-        .log()
-        .request_redrive(&tenant, &plugin, seq)
-        .await
-        .map_err(log_error)?;
-    if !found {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{tenant}/{plugin} has no dead letter at {seq}"),
-        ));
-    }
+    on_dead_letter(&api, &headers, (&tenant, &plugin, seq), |log, t, p, s| {
+        log.request_redrive(t, p, s)
+    })
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "redrive": seq }))).into_response())
 }
 
@@ -670,19 +660,32 @@ async fn discard(
     Path((tenant, plugin, seq)): Path<(String, String, Seq)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    api.tenant_or_admin(&headers, &tenant)?;
-    let found = api
-        .bus
-        .log()
-        .discard_dead_letter(&tenant, &plugin, seq)
+    on_dead_letter(&api, &headers, (&tenant, &plugin, seq), |log, t, p, s| {
+        log.discard_dead_letter(t, p, s)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Does `action` on one dead letter, for the tenant itself or the admin;
+/// 404 when the plugin has no dead letter there.
+async fn on_dead_letter(
+    api: &Api,
+    headers: &HeaderMap,
+    (tenant, plugin, seq): (&str, &str, Seq),
+    action: impl FnOnce(&dyn EventLog, &str, &str, Seq) -> crate::log::Pending<bool>,
+) -> Result<(), ApiError> {
+    api.tenant_or_admin(headers, tenant)?;
+    let found = action(api.bus.log().as_ref(), tenant, plugin, seq)
         .await
         .map_err(log_error)?;
-    if !found {
-        return Err(ApiError::new(
+    if found {
+        Ok(())
+    } else {
+        Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("{tenant}/{plugin} has no dead letter at {seq}"),
-        ));
+        ))
     }
-    Ok(StatusCode::NO_CONTENT.into_response())
 }

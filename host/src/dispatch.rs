@@ -210,6 +210,47 @@ pub struct Plugin {
     /// The most threads delivering to this plugin at once, and the most
     /// idle instances kept.
     concurrency: usize,
+    /// Its delivery metrics, resolved once.
+    metrics: DeliveryMetrics,
+}
+
+/// A plugin's handles into the process's metrics recorder (no-ops when
+/// there is none): deliveries by outcome and failure kind, handle time and
+/// fuel.
+struct DeliveryMetrics {
+    handled: metrics::Counter,
+    failed: [metrics::Counter; FailureKind::ALL.len()],
+    seconds: metrics::Histogram,
+    fuel: metrics::Histogram,
+}
+
+impl DeliveryMetrics {
+    fn new(identity: &Identity) -> Self {
+        let (tenant, plugin) = (identity.tenant.clone(), identity.name.clone());
+        let counter = |outcome: &'static str, kind: &'static str| {
+            metrics::counter!(
+                "plugbus_deliveries_total",
+                "tenant" => tenant.clone(),
+                "plugin" => plugin.clone(),
+                "outcome" => outcome,
+                "kind" => kind
+            )
+        };
+        Self {
+            handled: counter("handled", ""),
+            failed: FailureKind::ALL.map(|kind| counter("failed", kind.as_str())),
+            seconds: metrics::histogram!(
+                "plugbus_handle_seconds",
+                "tenant" => tenant.clone(),
+                "plugin" => plugin.clone()
+            ),
+            fuel: metrics::histogram!(
+                "plugbus_fuel_consumed",
+                "tenant" => tenant.clone(),
+                "plugin" => plugin.clone()
+            ),
+        }
+    }
 }
 
 /// A plugin's waiting deliveries.
@@ -268,6 +309,7 @@ pub(crate) struct PluginParts {
 
 impl Plugin {
     pub(crate) fn new(parts: PluginParts) -> Self {
+        let metrics = DeliveryMetrics::new(&parts.identity);
         Self {
             identity: parts.identity,
             manifest: parts.manifest,
@@ -283,6 +325,7 @@ impl Plugin {
             idle: Mutex::new(Vec::new()),
             queue: Mutex::new(Queue::default()),
             concurrency: parts.concurrency,
+            metrics,
         }
     }
 
@@ -763,12 +806,16 @@ impl Plugin {
 
     /// The delivery span of `event` to this plugin.
     fn span(&self, event: &Event) -> tracing::Span {
+        // The W3C trace context of the CloudEvents distributed-tracing
+        // extension, when the event carries one.
+        let traceparent = event.extensions.get("traceparent").map(String::as_str);
         tracing::info_span!(
             "delivery",
             tenant = %self.identity.tenant,
             plugin = %self.identity.name,
             version = %self.identity.version,
             event_id = %event.id,
+            traceparent = traceparent,
         )
     }
 
@@ -777,6 +824,10 @@ impl Plugin {
         DeliveryScope {
             event_id: event.id.clone(),
             correlation_id: event.correlation_id().to_owned(),
+            trace: ["traceparent", "tracestate"]
+                .into_iter()
+                .filter_map(|name| event.extensions.get(name).map(|v| (name, v.clone())))
+                .collect(),
             depth: event.chain_depth(),
             emitted: Vec::new(),
             log_lines: 0,
@@ -877,12 +928,16 @@ impl Plugin {
         duration: Duration,
         effects: Effects,
     ) -> (Delivery, Effects) {
+        self.metrics.seconds.record(duration.as_secs_f64());
+        self.metrics.fuel.record(fuel as f64);
         match &outcome {
             Outcome::Handled => {
+                self.metrics.handled.increment(1);
                 self.stats.deliveries_ok.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(fuel, micros = duration.as_micros() as u64, "handled");
             }
             Outcome::Failed(f) => {
+                self.metrics.failed[f.kind.index()].increment(1);
                 self.stats.failures[f.kind.index()].fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     kind = f.kind.as_str(),

@@ -821,9 +821,21 @@ impl Consumer {
                             &delivery.plugin_version,
                             delivery.fuel,
                         ) {
+                            metrics::counter!(
+                                "plugbus_retries_total",
+                                "tenant" => self.tenant.clone(),
+                                "plugin" => self.plugin.clone()
+                            )
+                            .increment(1);
                             line.wait(stored, attempts, tokio::time::Instant::now() + wait);
                             continue;
                         }
+                        metrics::counter!(
+                            "plugbus_dead_lettered_total",
+                            "tenant" => self.tenant.clone(),
+                            "plugin" => self.plugin.clone()
+                        )
+                        .increment(1);
                         tracing::warn!(
                             tenant = %self.tenant,
                             plugin = %self.plugin,

@@ -130,6 +130,9 @@ pub(crate) struct DeliveryScope {
     pub chain_budget: Option<Arc<AtomicUsize>>,
     /// The state writes of the delivery so far.
     pub state: Pending,
+    /// The trace context (`traceparent`, `tracestate`) of the handled
+    /// event, carried onto the events it emits.
+    pub trace: Vec<(&'static str, String)>,
 }
 
 /// The data of a plugin instance's `Store`.
@@ -401,6 +404,11 @@ impl PluginState {
             scope.correlation_id.clone(),
         );
         extensions.insert(event::DEPTH_EXTENSION.to_owned(), depth.to_string());
+        for (name, value) in &scope.trace {
+            extensions
+                .entry((*name).to_owned())
+                .or_insert_with(|| value.clone());
+        }
         let emitted = Event {
             id: uuid::Uuid::now_v7().to_string(),
             source: self.identity.source.clone(),

@@ -1,0 +1,703 @@
+//! HTTP ingest, tenant isolation, the admin API and /metrics of `plugbus
+//! serve`, driven by an independent client (curl) and by raw TCP where a
+//! test needs control over the bytes on the wire.
+
+use std::io::{BufRead as _, Read as _, Write as _};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use plugbus_artifacts as artifacts;
+
+const ACME_TOKEN: &str = "acme-secret-token";
+const GLOBEX_TOKEN: &str = "globex-secret-token";
+const ADMIN_TOKEN: &str = "admin-secret-token";
+/// The body limit the test host is configured with.
+const MAX_BODY: usize = 64 * 1024;
+
+/// A running `plugbus serve` with HTTP on a free port.
+struct Server {
+    child: Child,
+    url: String,
+    stdout: std::sync::mpsc::Receiver<serde_json::Value>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    _plugins: tempfile::TempDir,
+    data: Option<tempfile::TempDir>,
+}
+
+fn plugins() -> tempfile::TempDir {
+    let plugins = tempfile::tempdir().expect("plugins directory");
+    for tenant in ["acme-pos", "globex-retail"] {
+        let dir = plugins.path().join(tenant);
+        std::fs::create_dir_all(&dir).expect("tenant directory");
+        std::fs::copy(artifacts::AUDIT_LOG, dir.join("audit.wasm")).expect("copy");
+    }
+    plugins
+}
+
+impl Server {
+    fn start(plugins: tempfile::TempDir, data: tempfile::TempDir) -> Self {
+        let hash = plugbus::config::hash_token;
+        let config = data.path().join("plugbus.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\n\
+                 plugins_dir = \"{}\"\n\
+                 data_dir = \"{}\"\n\
+                 [http]\nmax_body_bytes = {MAX_BODY}\nmax_batch_events = 5\n\
+                 [admin]\ntoken_sha256 = \"{}\"\n\
+                 [tenants.acme-pos]\ntoken_sha256 = \"{}\"\n\
+                 [tenants.globex-retail]\ntoken_sha256 = \"{}\"\n",
+                plugins.path().display(),
+                data.path().join("data").display(),
+                hash(ADMIN_TOKEN),
+                hash(ACME_TOKEN),
+                hash(GLOBEX_TOKEN),
+            ),
+        )
+        .expect("write the configuration");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_plugbus"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run plugbus serve");
+        let (lines, stdout) = std::sync::mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(value) = serde_json::from_str(&line) {
+                    let _ = lines.send(value);
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (url_tx, url_rx) = std::sync::mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("listening on http://") {
+                    let url = line[at + "listening on ".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = url_tx.send(url);
+                }
+                let mut log = log
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let url = url_rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("serve did not start: {}", stderr.lock().expect("log")));
+        Self {
+            child,
+            url,
+            stdout,
+            stderr,
+            _plugins: plugins,
+            data: Some(data),
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
+    }
+
+    /// Runs curl with `args` against `path`; returns the status and body.
+    fn curl(&self, path: &str, args: &[&str]) -> (u16, serde_json::Value) {
+        let output = Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+            .args(args)
+            .arg(format!("{}{path}", self.url))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let status = status.trim().parse().unwrap_or(0);
+        let body = serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.into()));
+        (status, body)
+    }
+
+    /// Waits for the delivery lines of `ids`, in any order.
+    fn deliveries_of(&self, ids: &[&str]) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while !ids.iter().all(|id| {
+            seen.iter()
+                .any(|d: &serde_json::Value| d["event_id"] == *id)
+        }) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no delivery of all of {ids:?}; saw {seen:#?}"),
+            }
+        }
+        seen
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().expect("log").clone()
+    }
+
+    /// SIGTERM, and the exit status.
+    fn terminate(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        let status = self.child.wait().expect("exit");
+        (status, self.data.take().expect("the data directory"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}
+
+fn structured(id: &str, extra: &str) -> String {
+    format!(r#"{{"specversion":"1.0","id":"{id}","source":"/pos/1","type":"order.placed"{extra}}}"#)
+}
+
+#[test]
+fn each_content_mode_is_ingested_and_delivered() {
+    let server = Server::start(plugins(), tempfile::tempdir().expect("data"));
+    let acme = bearer(ACME_TOKEN);
+
+    // Binary mode: attributes in ce- headers, percent-encoded; the body is
+    // the data and Content-Type its media type.
+    let (status, body) = server.curl(
+        "/v1/events",
+        &[
+            "-H",
+            &acme,
+            "-H",
+            "ce-specversion: 1.0",
+            "-H",
+            "ce-id: bin-1",
+            "-H",
+            "ce-source: /pos/1",
+            "-H",
+            "ce-type: order.placed",
+            "-H",
+            "ce-subject: caf%C3%A9%20cr%C3%A8me",
+            "-H",
+            "ce-partitionkey: order-7",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            r#"{"total":12}"#,
+        ],
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"][0]["id"], "bin-1");
+    assert_eq!(body["accepted"][0]["duplicate"], false);
+    let first = body["accepted"][0]["seq"].as_u64().expect("seq");
+
+    // Structured mode.
+    let (status, body) = server.curl(
+        "/v1/events",
+        &[
+            "-H",
+            &acme,
+            "-H",
+            "Content-Type: application/cloudevents+json; charset=utf-8",
+            "--data-binary",
+            &structured("str-1", r#","data":{"total":3}"#),
+        ],
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"][0]["seq"].as_u64(), Some(first + 1));
+
+    // Batch mode: two events, acknowledged together.
+    let batch = format!(
+        "[{},{}]",
+        structured("bat-1", ""),
+        structured(
+            "bat-2",
+            r#","data_base64":"aGVsbG8=","datacontenttype":"text/plain""#
+        )
+    );
+    let (status, body) = server.curl(
+        "/v1/events",
+        &[
+            "-H",
+            &acme,
+            "-H",
+            "Content-Type: application/cloudevents-batch+json",
+            "--data-binary",
+            &batch,
+        ],
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"].as_array().map(Vec::len), Some(2));
+
+    // The same event again: stored once, and the answer says so.
+    let (status, body) = server.curl(
+        "/v1/events",
+        &[
+            "-H",
+            &acme,
+            "-H",
+            "Content-Type: application/cloudevents+json",
+            "--data-binary",
+            &structured("str-1", ""),
+        ],
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"][0]["duplicate"], true);
+    assert_eq!(body["accepted"][0]["seq"].as_u64(), Some(first + 1));
+
+    let deliveries = server.deliveries_of(&["bin-1", "str-1", "bat-1", "bat-2"]);
+    assert!(
+        deliveries
+            .iter()
+            .all(|d| d["tenant"] == "acme-pos" && d["outcome"] == "handled"),
+        "{deliveries:#?}"
+    );
+    // The percent-encoded subject arrived decoded (audit-log logs it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("subject=café crème") {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _) = server.curl("/healthz", &[]);
+    assert_eq!(status, 200);
+    let (status, _) = server.curl("/readyz", &[]);
+    assert_eq!(status, 200);
+    let (status, _) = server.terminate();
+    assert!(status.success(), "SIGTERM exits 0: {status}");
+}
+
+#[test]
+fn bad_requests_are_refused_by_name_and_store_nothing() {
+    let server = Server::start(plugins(), tempfile::tempdir().expect("data"));
+    let acme = bearer(ACME_TOKEN);
+    let post = |content_type: &str, body: &str, auth: &str| {
+        server.curl(
+            "/v1/events",
+            &[
+                "-H",
+                auth,
+                "-H",
+                &format!("Content-Type: {content_type}"),
+                "--data-binary",
+                body,
+            ],
+        )
+    };
+    let ce = "application/cloudevents+json";
+    let check = |(status, body): (u16, serde_json::Value), expected: u16, attribute: &str| {
+        assert_eq!(status, expected, "{body}");
+        assert_eq!(body["error"], "invalid_event", "{body}");
+        assert_eq!(body["attribute"], attribute, "{body}");
+    };
+    check(
+        post(ce, &structured("e-1", r#","time":"yesterday""#), &acme),
+        400,
+        "time",
+    );
+    check(
+        post(
+            ce,
+            &structured("e-1", r#","dataschema":"schemas/o.json""#),
+            &acme,
+        ),
+        400,
+        "dataschema",
+    );
+    check(
+        post(ce, &structured("e-1", r#","Bad_Name":"x""#), &acme),
+        400,
+        "Bad_Name",
+    );
+    check(
+        post(ce, &structured("e-1", r#","subject":"a\u0007b""#), &acme),
+        400,
+        "subject",
+    );
+    check(
+        post(
+            ce,
+            r#"{"specversion":"1.0","source":"/pos","type":"t"}"#,
+            &acme,
+        ),
+        400,
+        "id",
+    );
+    check(
+        post(ce, &structured("e-1", r#","specversion":"0.3""#), &acme),
+        400,
+        "specversion",
+    );
+    // The tenant is the token's: an event may not name another.
+    check(
+        post(
+            ce,
+            &structured("e-1", r#","tenant":"globex-retail""#),
+            &acme,
+        ),
+        400,
+        "tenant",
+    );
+    // One bad event refuses the whole batch, naming it.
+    let batch = format!(
+        "[{},{}]",
+        structured("ok-1", ""),
+        structured("bad-1", r#","time":"no""#)
+    );
+    let (status, body) = post("application/cloudevents-batch+json", &batch, &acme);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        (body["index"].as_u64(), body["attribute"].as_str()),
+        (Some(1), Some("time"))
+    );
+    // Binary mode without ce-specversion.
+    let (status, body) = post("application/json", "{}", &acme);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ce-specversion")),
+        "{body}"
+    );
+    // Not JSON.
+    let (status, _) = post(ce, "{not json", &acme);
+    assert_eq!(status, 400);
+
+    // No token, a wrong one, the admin's for publishing.
+    let (status, body) = post(ce, &structured("e-1", ""), "X-Nothing: 1");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, _) = post(ce, &structured("e-1", ""), &bearer("guess"));
+    assert_eq!(status, 401);
+    let (status, _) = post(ce, &structured("e-1", ""), &bearer(ADMIN_TOKEN));
+    assert_eq!(status, 401);
+
+    // Over the limits.
+    let big = structured("big-1", &format!(r#","data":"{}""#, "x".repeat(MAX_BODY)));
+    let (status, body) = post(ce, &big, &acme);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("too_large")),
+        "{body}"
+    );
+    let six: Vec<String> = (0..6)
+        .map(|i| structured(&format!("six-{i}"), ""))
+        .collect();
+    let (status, _) = post(
+        "application/cloudevents-batch+json",
+        &format!("[{}]", six.join(",")),
+        &acme,
+    );
+    assert_eq!(status, 413);
+
+    // Nothing of the above was stored: the next event is the log's first.
+    let (status, body) = post(ce, &structured("first", ""), &acme);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"][0]["seq"], 1);
+}
+
+/// A body over the limit is refused from its Content-Length, before it
+/// is sent: the client gets 413 without writing a byte of it.
+#[test]
+fn an_oversized_body_is_refused_before_it_is_read() {
+    let server = Server::start(plugins(), tempfile::tempdir().expect("data"));
+    let mut stream = std::net::TcpStream::connect(server.addr()).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACME_TOKEN}\r\n\
+         Content-Type: application/cloudevents+json\r\nContent-Length: 104857600\r\n\r\n"
+    )
+    .expect("send the head");
+    let mut answer = [0u8; 512];
+    let n = stream.read(&mut answer).expect("an answer before any body");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+#[test]
+fn tenants_cannot_reach_each_other_and_admin_routes_need_the_admin_token() {
+    let server = Server::start(plugins(), tempfile::tempdir().expect("data"));
+    let (acme, globex, admin) = (
+        bearer(ACME_TOKEN),
+        bearer(GLOBEX_TOKEN),
+        bearer(ADMIN_TOKEN),
+    );
+    let (status, body) = server.curl("/v1/tenants/acme-pos/plugins", &["-H", &acme]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["plugins"][0]["plugin"], "audit");
+    assert_eq!(body["plugins"][0]["status"], "active");
+    // Another tenant's plugins, dead letters, redrive: as if absent.
+    for (method, path) in [
+        ("GET", "/v1/tenants/globex-retail/plugins"),
+        (
+            "GET",
+            "/v1/tenants/globex-retail/plugins/audit/dead-letters",
+        ),
+        (
+            "POST",
+            "/v1/tenants/globex-retail/plugins/audit/dead-letters/1/redrive",
+        ),
+        (
+            "DELETE",
+            "/v1/tenants/globex-retail/plugins/audit/dead-letters/1",
+        ),
+    ] {
+        let (status, body) = server.curl(path, &["-X", method, "-H", &acme]);
+        assert_eq!(status, 404, "{method} {path}: {body}");
+    }
+    let (status, _) = server.curl("/v1/tenants/globex-retail/plugins", &["-H", &globex]);
+    assert_eq!(status, 200);
+    // Admin routes.
+    let (status, _) = server.curl("/v1/admin/plugins", &["-H", &acme]);
+    assert_eq!(status, 401);
+    let (status, _) = server.curl("/v1/admin/plugins", &[]);
+    assert_eq!(status, 401);
+    let (status, body) = server.curl("/v1/admin/plugins", &["-H", &admin]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["plugins"].as_array().map(Vec::len), Some(2));
+    let (status, body) = server.curl("/v1/tenants/globex-retail/plugins", &["-H", &admin]);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.curl("/v1/admin/tenants", &["-H", &admin]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tenants"].as_array().map(Vec::len), Some(2));
+    // No dead letter to redrive: 404 for the owner too.
+    let (status, _) = server.curl(
+        "/v1/tenants/acme-pos/plugins/audit/dead-letters/1/redrive",
+        &["-X", "POST", "-H", &acme],
+    );
+    assert_eq!(status, 404);
+}
+
+/// One sample of the Prometheus text: its name, labels and value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// The samples of Prometheus text, checking every line's syntax.
+fn samples(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let kind = rest.split_whitespace().nth(1);
+                assert!(
+                    matches!(kind, Some("counter" | "gauge" | "histogram" | "summary")),
+                    "a TYPE line with an unknown type: {line}"
+                );
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("a sample: {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("a value: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => {
+                let labels = labels
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("labels: {line}"));
+                let labels = labels
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| {
+                        let (k, v) = l
+                            .split_once('=')
+                            .unwrap_or_else(|| panic!("a label: {line}"));
+                        let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
+                        (
+                            k.to_owned(),
+                            v.unwrap_or_else(|| panic!("a quoted value: {line}"))
+                                .to_owned(),
+                        )
+                    })
+                    .collect();
+                (name, labels)
+            }
+            None => (series, Vec::new()),
+        };
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "a metric name: {line}"
+        );
+        out.push((name.to_owned(), labels, value));
+    }
+    out
+}
+
+fn value_of(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(text)
+        .into_iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+#[test]
+fn metrics_parse_and_move_with_the_events() {
+    let server = Server::start(plugins(), tempfile::tempdir().expect("data"));
+    let acme = bearer(ACME_TOKEN);
+    let metrics = || {
+        let output = Command::new("curl")
+            .args(["-s", &format!("{}/metrics", server.url)])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let before = metrics();
+    samples(&before);
+    let ids: Vec<String> = (0..3).map(|i| format!("m-{i}")).collect();
+    for id in &ids {
+        let (status, _) = server.curl(
+            "/v1/events",
+            &[
+                "-H",
+                &acme,
+                "-H",
+                "Content-Type: application/cloudevents+json",
+                "--data-binary",
+                &structured(id, ""),
+            ],
+        );
+        assert_eq!(status, 202);
+    }
+    let (status, _) = server.curl(
+        "/v1/events",
+        &["-H", &bearer("nope"), "--data-binary", "{}"],
+    );
+    assert_eq!(status, 401);
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    server.deliveries_of(&refs);
+    let after = metrics();
+    let acme_label = [("tenant", "acme-pos")];
+    assert_eq!(
+        value_of(&after, "plugbus_ingested_events_total", &acme_label),
+        3.0
+    );
+    assert_eq!(
+        value_of(
+            &after,
+            "plugbus_deliveries_total",
+            &[("tenant", "acme-pos"), ("outcome", "handled")]
+        ),
+        3.0,
+        "{after}"
+    );
+    assert_eq!(
+        value_of(&after, "plugbus_handle_seconds_count", &acme_label),
+        3.0
+    );
+    assert!(value_of(&after, "plugbus_fuel_consumed_sum", &acme_label) > 0.0);
+    assert_eq!(
+        value_of(
+            &after,
+            "plugbus_rejected_requests_total",
+            &[("status", "401")]
+        ),
+        1.0
+    );
+    assert_eq!(value_of(&after, "plugbus_lag_events", &acme_label), 0.0);
+    assert_eq!(value_of(&after, "plugbus_quarantined", &acme_label), 0.0);
+    assert!(value_of(&after, "plugbus_log_append_seconds_count", &[]) >= 3.0);
+}
+
+/// Producers keep publishing while the host gets SIGTERM: every event it
+/// acknowledged is in the log afterwards.
+#[test]
+fn sigterm_under_load_loses_no_acknowledged_event() {
+    let server = Server::start(plugins(), tempfile::tempdir().expect("data"));
+    let addr = server.addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let (addr, stop) = (addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let id = format!("load-{p}-{i}");
+                    let body = structured(&id, "");
+                    let Ok(mut stream) = std::net::TcpStream::connect(&addr) else { break };
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    let sent = write!(
+                        stream,
+                        "POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                         Authorization: Bearer {ACME_TOKEN}\r\n\
+                         Content-Type: application/cloudevents+json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if sent.is_err() {
+                        break;
+                    }
+                    let mut answer = String::new();
+                    if stream.read_to_string(&mut answer).is_err() {
+                        continue;
+                    }
+                    if answer.starts_with("HTTP/1.1 202") {
+                        acked.push(id);
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    let (status, data) = server.terminate();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<String> = producers
+        .into_iter()
+        .flat_map(|p| p.join().expect("producer"))
+        .collect();
+    assert!(status.success(), "SIGTERM exits 0: {status}");
+    assert!(
+        acked.len() > 10,
+        "only {} events were acknowledged",
+        acked.len()
+    );
+    use plugbus::log::EventLog as _;
+    let log = plugbus::log::SqliteLog::open(
+        &data.path().join("data"),
+        plugbus::log::SqliteLogConfig::default(),
+    )
+    .expect("the log");
+    let stored: std::collections::BTreeSet<String> = log
+        .read("acme-pos", 0, usize::MAX)
+        .expect("read")
+        .into_iter()
+        .map(|s| s.event.id)
+        .collect();
+    for id in &acked {
+        assert!(
+            stored.contains(id),
+            "{id} was acknowledged but is not in the log"
+        );
+    }
+}
