@@ -119,7 +119,7 @@ impl Server {
             .args(args)
             .arg(format!("{}{path}", self.url))
             .output()
-            .expect("run curl");
+            .expect("run curl (the HTTP tests need it: apt-get install curl)");
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
         let status = status.trim().parse().unwrap_or(0);

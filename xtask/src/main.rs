@@ -18,8 +18,9 @@ commands:
   setup            install the wasm32-wasip2 target (when missing) and build the plugins
   build-plugins    build every plugin for wasm32-wasip2 and print the components' paths
   demo             build the plugins, assemble target/plugbus-demo/plugins from examples/plugins,
-                   and run `plugbus serve` on a fresh log in target/plugbus-demo/data,
-                   publishing examples/events.jsonl
+                   and run `plugbus serve` (examples/plugbus.toml) on a fresh log in
+                   target/plugbus-demo/data: it publishes examples/events.jsonl, then serves
+                   HTTP on 127.0.0.1:8080 until Ctrl-C
   test [ARGS...]   run the whole test suite (`cargo test --workspace ARGS...`)
   bench [ARGS...]  run `plugbus bench` (release build) on the noop fixture; ARGS go to plugbus bench
   bench-table GROUP [--columns a,b,...] [--ratio a/b]...
@@ -126,7 +127,8 @@ fn component_for(name: &str) -> Option<&'static str> {
 }
 
 /// Assembles the demo's plugins directory and runs `plugbus serve` on a
-/// fresh embedded log, publishing the sample events from stdin.
+/// fresh embedded log with the demo's configuration, publishing the sample
+/// events from stdin, then serving HTTP until Ctrl-C.
 fn demo() -> anyhow::Result<ExitCode> {
     let root = workspace();
     let manifests = root.join("examples/plugins");
@@ -186,11 +188,13 @@ fn demo() -> anyhow::Result<ExitCode> {
     let status = Command::new(cargo)
         .current_dir(&root)
         .args(["run", "--quiet", "--package", "plugbus", "--", "serve"])
+        .arg("--config")
+        .arg(root.join("examples/plugbus.toml"))
         .arg("--plugins")
         .arg(&plugins)
         .arg("--data")
         .arg(&data)
-        .arg("--stdin")
+        .args(["--stdin", "--keep-serving"])
         .stdin(events)
         .status()
         .context("cannot run cargo")?;

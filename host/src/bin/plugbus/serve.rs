@@ -52,6 +52,11 @@ pub struct ServeArgs {
     #[arg(long)]
     stdin: bool,
 
+    /// With --stdin: once the input is handled, keep serving HTTP until
+    /// Ctrl-C or SIGTERM instead of exiting.
+    #[arg(long, requires = "stdin")]
+    keep_serving: bool,
+
     /// Keep events in the log for this many hours (0: no age limit). An
     /// event a loaded plugin has not handled is always kept.
     #[arg(long, value_name = "HOURS", env = "PLUGBUS_RETAIN_HOURS")]
@@ -306,6 +311,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             publish_lines(&bus, tokio::io::stdin(), args.concurrency, &mut shutdown).await?;
         if rejected > 0 {
             tracing::warn!("{rejected} input lines rejected");
+        }
+        if args.keep_serving {
+            tracing::info!("the input is handled; serving until Ctrl-C or SIGTERM");
+            (&mut shutdown).await;
         }
     } else {
         if listen.is_none() {
