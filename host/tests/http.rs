@@ -701,3 +701,65 @@ fn sigterm_under_load_loses_no_acknowledged_event() {
         );
     }
 }
+
+/// The command-line client publishes from flags and from a file, and
+/// lists plugins and status, through the HTTP API.
+#[test]
+fn the_cli_client_publishes_and_lists() {
+    let server = Server::start(plugins(), tempfile::tempdir().expect("data"));
+    let plugbus = |args: &[&str], token: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_plugbus"))
+            .args(args)
+            .env("PLUGBUS_URL", &server.url)
+            .env("PLUGBUS_TOKEN", token)
+            .output()
+            .expect("run plugbus");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = plugbus(
+        &[
+            "publish",
+            "--type",
+            "order.placed",
+            "--id",
+            "cli-1",
+            "--subject",
+            "o-1",
+            "--data",
+            r#"{"total":5}"#,
+            "--json",
+        ],
+        ACME_TOKEN,
+    );
+    assert_eq!(code, 0, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(answer["accepted"][0]["id"], "cli-1");
+    let file = tempfile::NamedTempFile::new().expect("file");
+    std::fs::write(
+        file.path(),
+        format!("[{},{}]", structured("cli-2", ""), structured("cli-3", "")),
+    )
+    .expect("write");
+    let path = file.path().to_str().expect("utf-8");
+    let (code, out, err) = plugbus(&["publish", "--file", path], ACME_TOKEN);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cli-2") && out.contains("cli-3"), "{out}");
+    server.deliveries_of(&["cli-1", "cli-2", "cli-3"]);
+    // A refusal is an error naming the attribute.
+    let (code, _, err) = plugbus(&["publish", "--type", "t", "--source", ""], ACME_TOKEN);
+    assert_eq!(code, 2);
+    assert!(err.contains("400") && err.contains("source"), "{err}");
+    let (code, out, err) = plugbus(&["plugins", "--tenant", "acme-pos"], ACME_TOKEN);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("audit") && out.contains("active"), "{out}");
+    let (code, _, err) = plugbus(&["plugins"], ACME_TOKEN);
+    assert_eq!(code, 2, "the admin view needs the admin token");
+    assert!(err.contains("401"), "{err}");
+    let (code, out, err) = plugbus(&["status"], ADMIN_TOKEN);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ready: 2 plugins: 2 active"), "{out}");
+}

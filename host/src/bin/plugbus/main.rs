@@ -1,6 +1,7 @@
 //! The `plugbus` command: runs tenants' WebAssembly event handlers.
 
 mod bench;
+mod client;
 mod ops;
 mod reload_bench;
 mod serve;
@@ -119,6 +120,16 @@ enum Command {
     /// Reads a token from stdin and prints the hex SHA-256 that
     /// plugbus.toml stores for it (`token_sha256`).
     HashToken,
+
+    /// Publishes an event (from flags) or events (from a JSON file) to a
+    /// running host, with a tenant's token.
+    Publish(client::PublishArgs),
+
+    /// Lists a running host's plugins: version, status, cursor and lag.
+    Plugins(client::PluginsArgs),
+
+    /// Says whether a running host is ready, and sums up its plugins.
+    Status(client::StatusArgs),
 }
 
 #[derive(clap::Args)]
@@ -201,7 +212,9 @@ fn main() -> ExitCode {
         | Command::Replay(_)
         | Command::Quarantine(_) => "warn",
         Command::Dispatch(_) | Command::Serve(_) => "info",
-        Command::HashToken => "warn",
+        Command::HashToken | Command::Publish(_) | Command::Plugins(_) | Command::Status(_) => {
+            "warn"
+        }
     };
     // `serve` may take the log format from its configuration file.
     let configured = match &cli.command {
@@ -245,6 +258,15 @@ fn main() -> ExitCode {
                 .await
                 .context("the replay command failed")?,
             Command::HashToken => hash_token(),
+            Command::Publish(args) => tokio::task::spawn_blocking(move || client::publish(args))
+                .await
+                .context("the publish command failed")?,
+            Command::Plugins(args) => tokio::task::spawn_blocking(move || client::plugins(args))
+                .await
+                .context("the plugins command failed")?,
+            Command::Status(args) => tokio::task::spawn_blocking(move || client::status(args))
+                .await
+                .context("the status command failed")?,
             Command::Quarantine(args) => tokio::task::spawn_blocking(move || ops::quarantine(args))
                 .await
                 .context("the quarantine command failed")?,

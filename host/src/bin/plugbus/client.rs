@@ -1,0 +1,247 @@
+//! The client of a running host, over its HTTP API: `plugbus publish`,
+//! `plugbus plugins` and `plugbus status`. Human tables by default, JSON
+//! with `--json`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+/// Where the host is, and who is asking.
+#[derive(clap::Args)]
+pub struct Remote {
+    /// The host's HTTP address.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PLUGBUS_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// A tenant's token (or the admin token), sent as a bearer token.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PLUGBUS_TOKEN",
+        hide_env_values = true
+    )]
+    token: String,
+    /// Print the host's JSON answer instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// A file with one CloudEvent in JSON format, or an array of them (a
+    /// batch, all or nothing); `-` for stdin. The tenant is the token's.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ty", "source", "id", "subject", "data"])]
+    file: Option<PathBuf>,
+    /// The event's type.
+    #[arg(long = "type", value_name = "TYPE", required_unless_present = "file")]
+    ty: Option<String>,
+    /// The event's source.
+    #[arg(long, default_value = "/plugbus-cli")]
+    source: Option<String>,
+    /// The event's id (default: a new UUID).
+    #[arg(long)]
+    id: Option<String>,
+    /// The event's subject.
+    #[arg(long)]
+    subject: Option<String>,
+    /// The event's data, as JSON.
+    #[arg(long, value_name = "JSON")]
+    data: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct PluginsArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// One tenant's plugins (with that tenant's token or the admin token);
+    /// every tenant's with the admin token when absent.
+    #[arg(long)]
+    tenant: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// A request's answer: its status and body.
+fn request(
+    remote: &Remote,
+    method: &str,
+    path: &str,
+    body: Option<(&str, String)>,
+) -> anyhow::Result<(u16, Value)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .into();
+    let url = format!("{}{path}", remote.url.trim_end_matches('/'));
+    let auth = format!("Bearer {}", remote.token);
+    let response = match (method, body) {
+        ("POST", Some((content_type, body))) => agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .header("Content-Type", content_type)
+            .send(body),
+        _ => agent.get(&url).header("Authorization", &auth).call(),
+    };
+    let mut response = response.with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("cannot read the answer of {url}"))?;
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok((status, value))
+}
+
+/// Turns a refusal into an error naming what the host said.
+fn ok(status: u16, body: &Value) -> anyhow::Result<()> {
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let message = body["message"].as_str().unwrap_or_default();
+    match body["attribute"].as_str() {
+        Some(attribute) => bail!("{status}: {message} (attribute {attribute})"),
+        None => bail!("{status}: {message}"),
+    }
+}
+
+/// Runs `plugbus publish`. Blocking.
+pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let (content_type, body) = match &args.file {
+        Some(path) => {
+            let text = if path.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?
+            } else {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?
+            };
+            let value: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            let content_type = if value.is_array() {
+                "application/cloudevents-batch+json"
+            } else {
+                "application/cloudevents+json"
+            };
+            (content_type, text)
+        }
+        None => {
+            let mut event = json!({
+                "specversion": "1.0",
+                "id": args.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                "source": args.source,
+                "type": args.ty,
+            });
+            if let Some(subject) = &args.subject {
+                event["subject"] = subject.as_str().into();
+            }
+            if let Some(data) = &args.data {
+                event["data"] = serde_json::from_str(data).context("--data is not JSON")?;
+                event["datacontenttype"] = "application/json".into();
+            }
+            ("application/cloudevents+json", event.to_string())
+        }
+    };
+    let (status, answer) = request(
+        &args.remote,
+        "POST",
+        "/v1/events",
+        Some((content_type, body)),
+    )?;
+    ok(status, &answer)?;
+    if args.remote.json {
+        println!("{answer}");
+    } else {
+        println!("{:<40} {:>10}  duplicate", "id", "seq");
+        for accepted in answer["accepted"].as_array().into_iter().flatten() {
+            println!(
+                "{:<40} {:>10}  {}",
+                accepted["id"].as_str().unwrap_or_default(),
+                accepted["seq"],
+                accepted["duplicate"]
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `plugbus plugins`. Blocking.
+pub fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
+    let path = match &args.tenant {
+        Some(tenant) => format!("/v1/tenants/{tenant}/plugins"),
+        None => "/v1/admin/plugins".to_owned(),
+    };
+    let (status, answer) = request(&args.remote, "GET", &path, None)?;
+    ok(status, &answer)?;
+    if args.remote.json {
+        println!("{answer}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:<24} {:<14} {:<15} {:>10} {:>8}  last error",
+        "tenant", "plugin", "version", "status", "cursor", "lag"
+    );
+    for p in answer["plugins"].as_array().into_iter().flatten() {
+        let text = |key: &str| p[key].as_str().unwrap_or("-").to_owned();
+        println!(
+            "{:<20} {:<24} {:<14} {:<15} {:>10} {:>8}  {}",
+            text("tenant"),
+            text("plugin"),
+            text("version"),
+            text("status"),
+            p["cursor"],
+            p["lag"],
+            p["last_error"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `plugbus status`: readiness and a summary of the plugins (admin
+/// token). Exit status 1 when the host is not ready.
+pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let (ready, _) = request(&args.remote, "GET", "/readyz", None)?;
+    let (status, answer) = request(&args.remote, "GET", "/v1/admin/plugins", None)?;
+    ok(status, &answer)?;
+    let plugins = answer["plugins"].as_array().cloned().unwrap_or_default();
+    let count = |s: &str| plugins.iter().filter(|p| p["status"] == s).count();
+    let summary = json!({
+        "ready": ready == 200,
+        "plugins": plugins.len(),
+        "active": count("active"),
+        "degraded": count("degraded"),
+        "failed_to_load": count("failed_to_load"),
+        "quarantined": count("quarantined"),
+        "lag": plugins.iter().filter_map(|p| p["lag"].as_u64()).sum::<u64>(),
+    });
+    if args.remote.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "{}: {} plugins: {} active, {} degraded, {} failed to load, {} quarantined; {} events waiting",
+            if ready == 200 { "ready" } else { "NOT READY" },
+            summary["plugins"],
+            summary["active"],
+            summary["degraded"],
+            summary["failed_to_load"],
+            summary["quarantined"],
+            summary["lag"]
+        );
+    }
+    Ok(if ready == 200 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
