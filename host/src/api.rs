@@ -45,7 +45,12 @@ pub struct ApiConfig {
     pub tenant_tokens: HashMap<String, String>,
     /// The admin token, as the hex SHA-256 of the token.
     pub admin_token: Option<String>,
+    /// The plugins directory, for `POST /v1/admin/reload`.
+    pub plugins_dir: Option<std::path::PathBuf>,
 }
+
+/// How many recent failed deliveries are kept per tenant.
+const RECENT_FAILURES: usize = 100;
 
 /// The state behind the routes.
 pub struct Api {
@@ -55,11 +60,14 @@ pub struct Api {
     tenants_by_token: HashMap<String, String>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ready: AtomicBool,
+    /// Per tenant, its most recent failed deliveries, newest last.
+    failures: std::sync::Mutex<HashMap<String, std::collections::VecDeque<Value>>>,
 }
 
 impl Api {
     /// The HTTP surface over `bus`; `/metrics` renders `metrics` (the
-    /// process's Prometheus recorder), or answers 404 without one.
+    /// process's Prometheus recorder), or answers 404 without one. Must be
+    /// called within a tokio runtime: it keeps the recent failures.
     pub fn new(
         bus: Arc<DurableBus>,
         config: ApiConfig,
@@ -70,13 +78,49 @@ impl Api {
             .iter()
             .map(|(tenant, hash)| (hash.to_ascii_lowercase(), tenant.clone()))
             .collect();
-        Arc::new(Self {
+        let mut deliveries = bus.deliveries();
+        let api = Arc::new(Self {
             bus,
             config,
             tenants_by_token,
             metrics,
             ready: AtomicBool::new(true),
-        })
+            failures: std::sync::Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&api);
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let delivery = match deliveries.recv().await {
+                    Ok(delivery) => delivery,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                };
+                let Some(failure) = delivery.outcome.failure() else {
+                    continue;
+                };
+                let Some(api) = weak.upgrade() else { return };
+                let mut all = api
+                    .failures
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let recent = all.entry(delivery.tenant.clone()).or_default();
+                if recent.len() == RECENT_FAILURES {
+                    recent.pop_front();
+                }
+                recent.push_back(json!({
+                    "at": crate::sandbox::now_rfc3339(),
+                    "plugin": delivery.plugin,
+                    "plugin_version": delivery.plugin_version,
+                    "event_id": delivery.event_id,
+                    "type": delivery.event_type,
+                    "kind": failure.kind,
+                    "message": failure.message,
+                    "fuel": delivery.fuel,
+                }));
+            }
+        });
+        api
     }
 
     /// Says whether `/readyz` answers 200; false while shutting down.
@@ -107,6 +151,10 @@ pub fn router(api: Arc<Api>) -> Router {
             "/v1/tenants/{tenant}/plugins/{plugin}/dead-letters/{seq}",
             axum::routing::delete(discard),
         )
+        .route("/v1/tenants/{tenant}/plugins/{plugin}/replay", post(replay))
+        .route("/v1/tenants/{tenant}/plugins/{plugin}/resume", post(resume))
+        .route("/v1/tenants/{tenant}/failures", get(failures))
+        .route("/v1/admin/reload", post(reload))
         .with_state(api)
 }
 
@@ -688,4 +736,97 @@ async fn on_dead_letter(
             format!("{tenant}/{plugin} has no dead letter at {seq}"),
         ))
     }
+}
+
+/// The query of a replay: where to deliver from again.
+#[derive(serde::Deserialize)]
+struct From {
+    /// A position in the log, or an RFC 3339 time.
+    from: String,
+}
+
+async fn replay(
+    State(api): State<Arc<Api>>,
+    Path((tenant, plugin)): Path<(String, String)>,
+    axum::extract::Query(From { from }): axum::extract::Query<From>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    api.tenant_or_admin(&headers, &tenant)?;
+    let log = api.bus.log().clone();
+    let done = tokio::task::spawn_blocking(move || {
+        crate::log::replay(log.as_ref(), &tenant, &plugin, &from)
+    })
+    .await
+    .map_err(|_| log_error(crate::log::LogError::Closed))?;
+    use crate::log::ReplayError;
+    match done {
+        Ok(done) => Ok(Json(json!({ "before": done.before, "first": done.first }))),
+        Err(e @ ReplayError::NoCursor { .. }) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            e.to_string(),
+        )),
+        Err(ReplayError::Log(e)) => Err(log_error(e)),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_replay",
+            e.to_string(),
+        )),
+    }
+}
+
+async fn resume(
+    State(api): State<Arc<Api>>,
+    Path((tenant, plugin)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    api.tenant_or_admin(&headers, &tenant)?;
+    if api.bus.resume(&tenant, &plugin) {
+        Ok((StatusCode::OK, Json(json!({ "resumed": plugin }))).into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{tenant}/{plugin} is not quarantined"),
+        ))
+    }
+}
+
+async fn failures(
+    State(api): State<Arc<Api>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    api.tenant_or_admin(&headers, &tenant)?;
+    let recent: Vec<Value> = api
+        .failures
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&tenant)
+        .map(|r| r.iter().cloned().collect())
+        .unwrap_or_default();
+    Ok(Json(json!({ "failures": recent })))
+}
+
+async fn reload(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    api.admin_caller(&headers)?;
+    let Some(dir) = api.config.plugins_dir.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this host has no plugins directory to reload",
+        ));
+    };
+    api.bus.host().refresh(&dir).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reload_failed",
+            e.to_string(),
+        )
+    })?;
+    let statuses = api.bus.statuses();
+    let failed = statuses.iter().filter(|s| s.last_error.is_some()).count();
+    Ok(Json(
+        json!({ "plugins": statuses.len(), "with_errors": failed }),
+    ))
 }

@@ -763,3 +763,105 @@ fn the_cli_client_publishes_and_lists() {
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("ready: 2 plugins: 2 active"), "{out}");
 }
+
+/// The operations on a tenant's plugin: recent failures, dead letters
+/// (list, redrive, discard), replay, resume; and the admin's reload.
+#[test]
+fn failures_dead_letters_replay_and_reload_over_http() {
+    let dir = plugins();
+    let acme_dir = dir.path().join("acme-pos");
+    std::fs::copy(artifacts::FIXTURE_MIXED, acme_dir.join("mixed.wasm")).expect("copy");
+    std::fs::write(
+        acme_dir.join("mixed.toml"),
+        "subscribe = [\"mix.*\"]\n[retry]\nmax_attempts = 1\n",
+    )
+    .expect("manifest");
+    let server = Server::start(dir, tempfile::tempdir().expect("data"));
+    let (acme, admin) = (bearer(ACME_TOKEN), bearer(ADMIN_TOKEN));
+    let event = r#"{"specversion":"1.0","id":"p-1","source":"/pos","type":"mix.permanent"}"#;
+    let (status, _) = server.curl(
+        "/v1/events",
+        &[
+            "-H",
+            &acme,
+            "-H",
+            "Content-Type: application/cloudevents+json",
+            "--data-binary",
+            event,
+        ],
+    );
+    assert_eq!(status, 202);
+    server.deliveries_of(&["p-1"]);
+    let base = "/v1/tenants/acme-pos/plugins/mixed";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seq = loop {
+        let (status, body) = server.curl(&format!("{base}/dead-letters"), &["-H", &acme]);
+        assert_eq!(status, 200, "{body}");
+        if let Some(seq) = body["dead_letters"][0]["seq"].as_u64() {
+            assert_eq!(
+                body["dead_letters"][0]["attempts"][0]["kind"],
+                "handler_permanent"
+            );
+            break seq;
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (status, body) = server.curl("/v1/tenants/acme-pos/failures", &["-H", &acme]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["failures"][0]["event_id"], "p-1");
+    assert_eq!(body["failures"][0]["kind"], "handler_permanent");
+
+    // Redriven, it fails again: its dead letter gets the new attempt.
+    let (status, _) = server.curl(
+        &format!("{base}/dead-letters/{seq}/redrive"),
+        &["-X", "POST", "-H", &acme],
+    );
+    assert_eq!(status, 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = server.curl(&format!("{base}/dead-letters"), &["-H", &acme]);
+        if body["dead_letters"][0]["attempts"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no second attempt: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, _) = server.curl(
+        &format!("{base}/dead-letters/{seq}"),
+        &["-X", "DELETE", "-H", &acme],
+    );
+    assert_eq!(status, 204);
+    let (status, _) = server.curl(
+        &format!("{base}/dead-letters/{seq}"),
+        &["-X", "DELETE", "-H", &acme],
+    );
+    assert_eq!(status, 404);
+
+    // Replay from the start: p-1 is delivered again.
+    let (status, body) = server.curl(
+        &format!("{base}/replay?from=1"),
+        &["-X", "POST", "-H", &acme],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["first"], 1);
+    server.deliveries_of(&["p-1"]);
+    let (status, body) = server.curl(
+        &format!("{base}/replay?from=someday"),
+        &["-X", "POST", "-H", &acme],
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_replay")),
+        "{body}"
+    );
+    let (status, _) = server.curl(&format!("{base}/resume"), &["-X", "POST", "-H", &acme]);
+    assert_eq!(status, 404, "not quarantined");
+
+    // Reload: the admin's.
+    let (status, _) = server.curl("/v1/admin/reload", &["-X", "POST", "-H", &acme]);
+    assert_eq!(status, 401);
+    let (status, body) = server.curl("/v1/admin/reload", &["-X", "POST", "-H", &admin]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["plugins"], 3);
+}

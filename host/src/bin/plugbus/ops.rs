@@ -248,41 +248,14 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let ReplayArgs { plugin, from, data } = args;
     check_names(&plugin.tenant, Some(&plugin.plugin))?;
     let log = open(&data.data)?;
-    let first = match from.parse::<u64>() {
-        Ok(seq) => seq.max(1),
-        Err(_) => {
-            let time =
-                time::OffsetDateTime::parse(&from, &time::format_description::well_known::Rfc3339)
-                    .with_context(|| {
-                        format!("--from {from:?} is neither a position nor an RFC 3339 time")
-                    })?;
-            let at_ms = i64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-            match log.first_since(&plugin.tenant, at_ms)? {
-                Some(seq) => seq,
-                None => bail!(
-                    "tenant {} has no event appended at or after {from}",
-                    plugin.tenant
-                ),
-            }
-        }
-    };
-    let head = log.head()?;
-    if first > head + 1 {
-        bail!("position {first} is past the end of the log (its last event is at {head})");
-    }
-    let Some(before) = log.cursor(&plugin.tenant, &plugin.plugin)? else {
-        bail!(
-            "{}/{} has no cursor: it has never consumed this log",
-            plugin.tenant,
-            plugin.plugin
-        );
-    };
-    let cursor = first - 1;
-    log.commit_cursor(&plugin.tenant, &plugin.plugin, cursor)
-        .wait()?;
+    let done = plugbus::log::replay(&log, &plugin.tenant, &plugin.plugin, &from)?;
     println!(
-        "{}/{}: cursor moved from {before} to {cursor}; delivery resumes at position {first}",
-        plugin.tenant, plugin.plugin
+        "{}/{}: cursor moved from {} to {}; delivery resumes at position {}",
+        plugin.tenant,
+        plugin.plugin,
+        done.before,
+        done.first - 1,
+        done.first
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -277,6 +277,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     .map(|(t, c)| (t.clone(), c.token_sha256.clone()))
                     .collect(),
                 admin_token: settings.admin.as_ref().map(|a| a.token_sha256.clone()),
+                plugins_dir: Some(plugins.clone()),
             },
             Some(metrics),
         );
