@@ -247,7 +247,12 @@ impl Api {
                 ApiError::unauthorized("the Authorization header is not Bearer <token>")
             })?;
         let hash = crate::config::hash_token(token);
-        if self.config.admin_token.as_deref() == Some(hash.as_str()) {
+        if self
+            .config
+            .admin_token
+            .as_deref()
+            .is_some_and(|admin| admin.eq_ignore_ascii_case(&hash))
+        {
             return Ok(Caller::Admin);
         }
         match self.tenants_by_token.get(&hash) {

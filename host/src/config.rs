@@ -295,11 +295,21 @@ impl Config {
         if let Some(admin) = &self.admin {
             check_hash(&admin.token_sha256).map_err(|r| invalid("admin.token_sha256", r))?;
         }
+        // A token names one caller: shared, it would not say which.
+        let mut owners: BTreeMap<String, String> = BTreeMap::new();
+        if let Some(admin) = &self.admin {
+            owners.insert(admin.token_sha256.to_ascii_lowercase(), "admin".into());
+        }
         for (tenant, token) in &self.tenants {
+            let key = format!("tenants.{tenant}.token_sha256");
             crate::manifest::validate_name(tenant)
                 .map_err(|e| invalid(&format!("tenants.{tenant}"), e.to_string()))?;
-            check_hash(&token.token_sha256)
-                .map_err(|r| invalid(&format!("tenants.{tenant}.token_sha256"), r))?;
+            check_hash(&token.token_sha256).map_err(|r| invalid(&key, r))?;
+            if let Some(other) =
+                owners.insert(token.token_sha256.to_ascii_lowercase(), tenant.clone())
+            {
+                return Err(invalid(&key, format!("the same token as {other}'s")));
+            }
         }
         Ok(())
     }
@@ -338,7 +348,7 @@ mod tests {
 
     #[test]
     fn a_full_file_parses() -> Result<(), ConfigError> {
-        let hash = hash_token("secret");
+        let (hash, admin) = (hash_token("secret"), hash_token("admin"));
         let config = parse(&format!(
             r#"
             listen = "0.0.0.0:9000"
@@ -350,7 +360,7 @@ mod tests {
             [http]
             max_batch_events = 10
             [admin]
-            token_sha256 = "{hash}"
+            token_sha256 = "{admin}"
             [tenants.acme-pos]
             token_sha256 = "{hash}"
             "#
@@ -384,6 +394,14 @@ mod tests {
             hash_token("x")
         ));
         assert!(m.contains("tenants.Bad Name"), "{m}");
+        let h = hash_token("shared");
+        let m = message(&format!(
+            "[admin]\ntoken_sha256 = \"{h}\"\n[tenants.acme]\ntoken_sha256 = \"{h}\""
+        ));
+        assert!(
+            m.contains("tenants.acme.token_sha256") && m.contains("admin"),
+            "{m}"
+        );
         let m = message("listen = \"localhost\"");
         assert!(m.contains("listen"), "{m}");
     }

@@ -759,7 +759,11 @@ impl Consumer {
                 let mut commit = self.commit_from(line.position);
                 if line.advance(&mut commit) {
                     // Events skipped as not subscribed moved the cursor.
-                    self.commit(commit, &mut line).await;
+                    if self.commit(commit, &mut line).await
+                        && self.pause(Duration::from_secs(1), &mut stop).await
+                    {
+                        return;
+                    }
                     continue;
                 }
                 // Woken by an append, by the next retry, or after a while
