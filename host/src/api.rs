@@ -149,7 +149,7 @@ pub fn router(api: Arc<Api>) -> Router {
         )
         .route(
             "/v1/tenants/{tenant}/plugins/{plugin}/dead-letters/{seq}",
-            axum::routing::delete(discard),
+            get(dead_letter).delete(discard),
         )
         .route("/v1/tenants/{tenant}/plugins/{plugin}/replay", post(replay))
         .route("/v1/tenants/{tenant}/plugins/{plugin}/resume", post(resume))
@@ -307,7 +307,26 @@ async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    use tracing::Instrument as _;
     let tenant = api.tenant_caller(&headers).map_err(|e| rejected("", e))?;
+    // A span per ingest request, with the tenant, and the event ids and
+    // trace parent once they are known.
+    let span = tracing::info_span!(
+        "ingest",
+        tenant = %tenant,
+        events = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+        traceparent = tracing::field::Empty,
+    );
+    ingest_as(api, headers, body, tenant).instrument(span).await
+}
+
+async fn ingest_as(
+    api: Arc<Api>,
+    headers: HeaderMap,
+    body: Body,
+    tenant: String,
+) -> Result<Response, ApiError> {
     let limit = api.config.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -347,6 +366,14 @@ async fn ingest(
     .map_err(|e| rejected(&tenant, e))?;
 
     let count = events.len();
+    let span = tracing::Span::current();
+    span.record("events", count);
+    if let Some(first) = events.first() {
+        span.record("event_id", first.id.as_str());
+        if let Some(parent) = first.extensions.get("traceparent") {
+            span.record("traceparent", parent.as_str());
+        }
+    }
     let started = std::time::Instant::now();
     let appended = match api.bus.publish(events.clone()).await {
         Ok(appended) => appended,
@@ -694,6 +721,30 @@ async fn dead_letters(
         .map(|d| json!({ "seq": d.seq, "event": d.event.to_json_value(), "attempts": d.attempts }))
         .collect();
     Ok(Json(json!({ "dead_letters": letters })))
+}
+
+async fn dead_letter(
+    State(api): State<Arc<Api>>,
+    Path((tenant, plugin, seq)): Path<(String, String, Seq)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    api.tenant_or_admin(&headers, &tenant)?;
+    let log = api.bus.log().clone();
+    let (t, p) = (tenant.clone(), plugin.clone());
+    let letters = tokio::task::spawn_blocking(move || log.dead_letters(&t, &p))
+        .await
+        .map_err(|_| log_error(crate::log::LogError::Closed))?
+        .map_err(log_error)?;
+    let Some(dead) = letters.into_iter().find(|d| d.seq == seq) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{tenant}/{plugin} has no dead letter at {seq}"),
+        ));
+    };
+    Ok(Json(
+        json!({ "seq": dead.seq, "event": dead.event.to_json_value(), "attempts": dead.attempts }),
+    ))
 }
 
 async fn redrive(
