@@ -749,6 +749,33 @@ fn the_cli_client_publishes_and_lists() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("cli-2") && out.contains("cli-3"), "{out}");
     server.deliveries_of(&["cli-1", "cli-2", "cli-3"]);
+    // Many events from a file of lines, in batches (progress on a
+    // terminal only); published again, all are duplicates.
+    let lines = tempfile::NamedTempFile::new().expect("file");
+    let text: Vec<String> = (0..250)
+        .map(|i| structured(&format!("line-{i}"), ""))
+        .collect();
+    std::fs::write(lines.path(), text.join("\n")).expect("write");
+    let lines_path = lines.path().to_str().expect("utf-8");
+    let publish_lines = [
+        "publish",
+        "--lines",
+        lines_path,
+        "--batch-size",
+        "5",
+        "--json",
+    ];
+    let (code, out, err) = plugbus(&publish_lines, ACME_TOKEN);
+    assert_eq!(code, 0, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(
+        (summary["stored"].as_u64(), summary["duplicates"].as_u64()),
+        (Some(250), Some(0))
+    );
+    let (code, out, err) = plugbus(&publish_lines, ACME_TOKEN);
+    assert_eq!(code, 0, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(summary["duplicates"], 250);
     // A refusal is an error naming the attribute.
     let (code, _, err) = plugbus(&["publish", "--type", "t", "--source", ""], ACME_TOKEN);
     assert_eq!(code, 2);

@@ -38,10 +38,18 @@ pub struct PublishArgs {
     remote: Remote,
     /// A file with one CloudEvent in JSON format, or an array of them (a
     /// batch, all or nothing); `-` for stdin. The tenant is the token's.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["ty", "source", "id", "subject", "data"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ty", "source", "id", "subject", "data", "lines"])]
     file: Option<PathBuf>,
+    /// A file of CloudEvents, one JSON object per line, published in
+    /// batches of --batch-size with a progress bar; each batch is all or
+    /// nothing, and the first refused batch stops the run.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ty", "source", "id", "subject", "data"])]
+    lines: Option<PathBuf>,
+    /// Events per request with --lines.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    batch_size: u32,
     /// The event's type.
-    #[arg(long = "type", value_name = "TYPE", required_unless_present = "file")]
+    #[arg(long = "type", value_name = "TYPE", required_unless_present_any = ["file", "lines"])]
     ty: Option<String>,
     /// The event's source.
     #[arg(long, default_value = "/plugbus-cli")]
@@ -117,8 +125,73 @@ fn ok(status: u16, body: &Value) -> anyhow::Result<()> {
     }
 }
 
+/// Publishes a file of JSON lines in batches, showing progress on a
+/// terminal.
+fn publish_lines(args: &PublishArgs, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut events = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not JSON", path.display(), number + 1))?;
+        events.push(value);
+    }
+    let progress = indicatif::ProgressBar::new(events.len() as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} events published ({per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let (mut stored, mut duplicates) = (0u64, 0u64);
+    for batch in events.chunks(args.batch_size as usize) {
+        let body = Value::Array(batch.to_vec()).to_string();
+        let (status, answer) = request(
+            &args.remote,
+            "POST",
+            "/v1/events",
+            Some(("application/cloudevents-batch+json", body)),
+        )?;
+        ok(status, &answer).with_context(|| {
+            format!(
+                "the batch from event {} was refused; the {} before it are stored",
+                stored + duplicates + 1,
+                stored + duplicates
+            )
+        })?;
+        for accepted in answer["accepted"].as_array().into_iter().flatten() {
+            if accepted["duplicate"] == true {
+                duplicates += 1;
+            } else {
+                stored += 1;
+            }
+        }
+        progress.inc(batch.len() as u64);
+    }
+    progress.finish_and_clear();
+    let summary = json!({ "events": events.len(), "stored": stored, "duplicates": duplicates });
+    if args.remote.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "{} events published: {stored} stored, {duplicates} duplicates",
+            events.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs `plugbus publish`. Blocking.
 pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.lines {
+        return publish_lines(&args, path);
+    }
     let (content_type, body) = match &args.file {
         Some(path) => {
             let text = if path.as_os_str() == "-" {
