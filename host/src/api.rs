@@ -599,10 +599,10 @@ async fn record_gauges(api: &Arc<Api>) {
 }
 
 /// How many of its tenant's events a plugin has yet to finish (at most
-/// 100,000 counted).
-fn lag(log: &dyn EventLog, tenant: &str, plugin: &str) -> Result<usize, crate::log::LogError> {
+/// 1,000,000 counted).
+fn lag(log: &dyn EventLog, tenant: &str, plugin: &str) -> Result<u64, crate::log::LogError> {
     let cursor = log.cursor(tenant, plugin)?.unwrap_or(0);
-    Ok(log.read(tenant, cursor, 100_000)?.len())
+    log.count_after(tenant, cursor, 1_000_000)
 }
 
 fn plugin_views(api: &Api, tenant: Option<&str>) -> Vec<Value> {

@@ -204,6 +204,11 @@ pub trait EventLog: StateStore {
     /// Blocking.
     fn read(&self, tenant: &str, after: Seq, limit: usize) -> Result<Vec<StoredEvent>, LogError>;
 
+    /// How many events of `tenant` there are after position `after`,
+    /// counting at most `limit`: a plugin's lag, without reading the
+    /// events. Blocking.
+    fn count_after(&self, tenant: &str, after: Seq, limit: u64) -> Result<u64, LogError>;
+
     /// The position of the last event of `tenant` that `plugin` has
     /// finished with, or `None` when it has no cursor yet. Blocking.
     fn cursor(&self, tenant: &str, plugin: &str) -> Result<Option<Seq>, LogError>;
@@ -772,6 +777,19 @@ impl EventLog for SqliteLog {
             });
         }
         Ok(out)
+    }
+
+    fn count_after(&self, tenant: &str, after: Seq, limit: u64) -> Result<u64, LogError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.reader()
+            .prepare_cached(
+                "SELECT COUNT(*) FROM
+                 (SELECT 1 FROM events WHERE tenant = ?1 AND seq > ?2 LIMIT ?3)",
+            )
+            .and_then(|mut s| s.query_row(params![tenant, after, limit], |row| row.get::<_, i64>(0)))
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(|e| self.store_error(e))
     }
 
     fn cursor(&self, tenant: &str, plugin: &str) -> Result<Option<Seq>, LogError> {

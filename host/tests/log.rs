@@ -400,3 +400,21 @@ fn first_since_finds_the_first_event_appended_at_or_after_a_time() {
         None
     );
 }
+
+#[test]
+fn count_after_counts_a_tenants_events_up_to_a_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    log.append(vec![
+        event("acme", "e-1", "order.placed"),
+        event("globex", "g-1", "order.placed"),
+        event("acme", "e-2", "order.placed"),
+        event("acme", "e-3", "order.placed"),
+    ])
+    .wait()
+    .expect("append");
+    assert_eq!(log.count_after("acme", 0, 100).expect("count"), 3);
+    assert_eq!(log.count_after("acme", 1, 100).expect("count"), 2);
+    assert_eq!(log.count_after("acme", 0, 2).expect("count"), 2, "the limit");
+    assert_eq!(log.count_after("globex", 2, 100).expect("count"), 0);
+}
