@@ -787,7 +787,9 @@ impl EventLog for SqliteLog {
                 "SELECT COUNT(*) FROM
                  (SELECT 1 FROM events WHERE tenant = ?1 AND seq > ?2 LIMIT ?3)",
             )
-            .and_then(|mut s| s.query_row(params![tenant, after, limit], |row| row.get::<_, i64>(0)))
+            .and_then(|mut s| {
+                s.query_row(params![tenant, after, limit], |row| row.get::<_, i64>(0))
+            })
             .map(|n| u64::try_from(n).unwrap_or(0))
             .map_err(|e| self.store_error(e))
     }

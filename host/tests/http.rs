@@ -839,6 +839,32 @@ fn failures_dead_letters_replay_and_reload_over_http() {
     assert_eq!(body["failures"][0]["event_id"], "p-1");
     assert_eq!(body["failures"][0]["kind"], "handler_permanent");
 
+    // The same through the command line's --url.
+    let plugbus = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_plugbus"))
+            .args(args)
+            .args(["--url", &server.url])
+            .env("PLUGBUS_TOKEN", ACME_TOKEN)
+            .output()
+            .expect("run plugbus");
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        let err = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{args:?}: {err}");
+        out
+    };
+    let listed = plugbus(&["dlq", "list", "--tenant", "acme-pos", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(listed.trim()).expect("one JSON line");
+    assert_eq!(
+        (listed["event_id"].as_str(), listed["plugin"].as_str()),
+        (Some("p-1"), Some("mixed"))
+    );
+    let seq_text = seq.to_string();
+    let shown = plugbus(&[
+        "dlq", "show", "--tenant", "acme-pos", "--plugin", "mixed", "--seq", &seq_text,
+    ]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("JSON");
+    assert_eq!(shown["event"]["id"], "p-1");
+
     // Redriven, it fails again: its dead letter gets the new attempt.
     let (status, _) = server.curl(
         &format!("{base}/dead-letters/{seq}/redrive"),
@@ -873,6 +899,16 @@ fn failures_dead_letters_replay_and_reload_over_http() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["first"], 1);
     server.deliveries_of(&["p-1"]);
+    let out = plugbus(&[
+        "replay",
+        "--tenant",
+        "acme-pos",
+        "--plugin",
+        "mixed",
+        "--from",
+        "2000-01-01T00:00:00Z",
+    ]);
+    assert!(out.contains("delivery resumes at position 1"), "{out}");
     let (status, body) = server.curl(
         &format!("{base}/replay?from=someday"),
         &["-X", "POST", "-H", &acme],

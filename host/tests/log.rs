@@ -415,6 +415,10 @@ fn count_after_counts_a_tenants_events_up_to_a_limit() {
     .expect("append");
     assert_eq!(log.count_after("acme", 0, 100).expect("count"), 3);
     assert_eq!(log.count_after("acme", 1, 100).expect("count"), 2);
-    assert_eq!(log.count_after("acme", 0, 2).expect("count"), 2, "the limit");
+    assert_eq!(
+        log.count_after("acme", 0, 2).expect("count"),
+        2,
+        "the limit"
+    );
     assert_eq!(log.count_after("globex", 2, 100).expect("count"), 0);
 }

@@ -81,6 +81,16 @@ pub struct StatusArgs {
     remote: Remote,
 }
 
+/// A request without a body to `url` with `token`: its status and body.
+pub fn call(url: &str, token: &str, method: &str, path: &str) -> anyhow::Result<(u16, Value)> {
+    let remote = Remote {
+        url: url.to_owned(),
+        token: token.to_owned(),
+        json: false,
+    };
+    request(&remote, method, path, None)
+}
+
 /// A request's answer: its status and body.
 fn request(
     remote: &Remote,
@@ -101,6 +111,8 @@ fn request(
             .header("Authorization", &auth)
             .header("Content-Type", content_type)
             .send(body),
+        ("POST", None) => agent.post(&url).header("Authorization", &auth).send_empty(),
+        ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
         _ => agent.get(&url).header("Authorization", &auth).call(),
     };
     let mut response = response.with_context(|| format!("cannot reach {url}"))?;
@@ -114,7 +126,7 @@ fn request(
 }
 
 /// Turns a refusal into an error naming what the host said.
-fn ok(status: u16, body: &Value) -> anyhow::Result<()> {
+pub fn ok(status: u16, body: &Value) -> anyhow::Result<()> {
     if (200..300).contains(&status) {
         return Ok(());
     }

@@ -1,7 +1,8 @@
-//! Operator commands on a data directory's event log: `plugbus dlq`,
-//! `plugbus replay` and `plugbus quarantine`. They work while `plugbus serve` runs on the same
-//! directory (SQLite serialises the writes); a running host picks up a
-//! moved cursor within a second.
+//! Operator commands on a host's event log: `plugbus dlq`, `plugbus
+//! replay` and `plugbus quarantine`. They work on the data directory, also
+//! while `plugbus serve` runs on it (SQLite serialises the writes; a running
+//! host picks up a moved cursor within a second), or, with `--url`, through
+//! a running host's HTTP API (`dlq` and `replay`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,6 +17,89 @@ pub struct DataArg {
     /// The data directory of the host (`plugbus serve --data`).
     #[arg(long, value_name = "DIR", env = "PLUGBUS_DATA", default_value = "data")]
     data: PathBuf,
+    /// A running host's HTTP address: go through its API instead of the
+    /// data directory.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// With --url: the tenant's token or the admin token.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PLUGBUS_TOKEN",
+        hide_env_values = true,
+        requires = "url"
+    )]
+    token: Option<String>,
+}
+
+/// The log itself, or a running host's API.
+enum Source {
+    Log(SqliteLog),
+    Http { url: String, token: String },
+}
+
+impl DataArg {
+    fn source(&self) -> anyhow::Result<Source> {
+        match &self.url {
+            Some(url) => Ok(Source::Http {
+                url: url.clone(),
+                token: self
+                    .token
+                    .clone()
+                    .context("--url needs --token (or PLUGBUS_TOKEN)")?,
+            }),
+            None => Ok(Source::Log(open(&self.data)?)),
+        }
+    }
+}
+
+impl Source {
+    /// A request to the host's API; an error naming what it said unless
+    /// it answered `ok` or 404 (`None`).
+    fn call(&self, method: &str, path: &str) -> anyhow::Result<Option<serde_json::Value>> {
+        let Source::Http { url, token } = self else {
+            bail!("not a running host");
+        };
+        let (status, body) = crate::client::call(url, token, method, path)?;
+        if status == 404 {
+            return Ok(None);
+        }
+        crate::client::ok(status, &body)?;
+        Ok(Some(body))
+    }
+
+    /// The plugins of `tenant` that have dead letters.
+    fn dead_letter_plugins(&self, tenant: &str) -> anyhow::Result<Vec<String>> {
+        match self {
+            Source::Log(log) => Ok(log.dead_letter_plugins(tenant)?),
+            Source::Http { .. } => {
+                let plugins = self
+                    .call("GET", &format!("/v1/tenants/{tenant}/plugins"))?
+                    .with_context(|| format!("the host has no tenant {tenant:?} for this token"))?;
+                Ok(plugins["plugins"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p["plugin"].as_str().map(str::to_owned))
+                    .collect())
+            }
+        }
+    }
+
+    /// `plugin`'s dead letters as JSON: seq, event, attempts.
+    fn dead_letters(&self, tenant: &str, plugin: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        match self {
+            Source::Log(log) => Ok(log
+                .dead_letters(tenant, plugin)?
+                .into_iter()
+                .map(|d| json!({ "seq": d.seq, "event": d.event.to_json_value(), "attempts": d.attempts }))
+                .collect()),
+            Source::Http { .. } => Ok(self
+                .call("GET", &format!("/v1/tenants/{tenant}/plugins/{plugin}/dead-letters"))?
+                .and_then(|v| v["dead_letters"].as_array().cloned())
+                .unwrap_or_default()),
+        }
+    }
 }
 
 /// Which plugin.
@@ -146,10 +230,10 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
             data,
         } => {
             check_names(&tenant, plugin.as_deref())?;
-            let log = open(&data.data)?;
+            let source = data.source()?;
             let plugins = match plugin {
                 Some(plugin) => vec![plugin],
-                None => log.dead_letter_plugins(&tenant)?,
+                None => source.dead_letter_plugins(&tenant)?,
             };
             if !json {
                 println!(
@@ -158,19 +242,22 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             for plugin in plugins {
-                for dead in log.dead_letters(&tenant, &plugin)? {
-                    let last = dead.attempts.last();
-                    let kind = last.map_or("-", |a| a.kind.as_str());
-                    let message = last.map_or("", |a| a.message.as_str());
+                for dead in source.dead_letters(&tenant, &plugin)? {
+                    let attempts = dead["attempts"].as_array().cloned().unwrap_or_default();
+                    let last = attempts.last();
+                    let kind = last.and_then(|a| a["kind"].as_str()).unwrap_or("-");
+                    let message = last.and_then(|a| a["message"].as_str()).unwrap_or("");
+                    let text =
+                        |key: &str| dead["event"][key].as_str().unwrap_or_default().to_owned();
                     if json {
                         println!(
                             "{}",
                             json!({
-                                "seq": dead.seq,
+                                "seq": dead["seq"],
                                 "plugin": plugin,
-                                "event_id": dead.event.id,
-                                "type": dead.event.ty,
-                                "attempts": dead.attempts.len(),
+                                "event_id": text("id"),
+                                "type": text("type"),
+                                "attempts": attempts.len(),
                                 "last_error_kind": kind,
                                 "last_error": message,
                             })
@@ -178,11 +265,11 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                     } else {
                         println!(
                             "{:>8}  {:<20} {:<24} {:<28} {:>8}  {kind}: {message}",
-                            dead.seq,
+                            dead["seq"],
                             plugin,
-                            dead.event.id,
-                            dead.event.ty,
-                            dead.attempts.len()
+                            text("id"),
+                            text("type"),
+                            attempts.len()
                         );
                     }
                 }
@@ -191,11 +278,11 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
         }
         DlqCommand::Show(DeadLetterArg { plugin, seq, data }) => {
             check_names(&plugin.tenant, Some(&plugin.plugin))?;
-            let log = open(&data.data)?;
-            let Some(dead) = log
+            let source = data.source()?;
+            let Some(mut dead) = source
                 .dead_letters(&plugin.tenant, &plugin.plugin)?
                 .into_iter()
-                .find(|d| d.seq == seq)
+                .find(|d| d["seq"] == seq)
             else {
                 bail!(
                     "{}/{} has no dead letter at {seq}",
@@ -203,43 +290,50 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                     plugin.plugin
                 );
             };
-            let shown = json!({
-                "seq": dead.seq,
-                "tenant": plugin.tenant,
-                "plugin": plugin.plugin,
-                "event": dead.event.to_json_value(),
-                "attempts": dead.attempts,
-            });
-            println!("{}", serde_json::to_string_pretty(&shown)?);
+            dead["tenant"] = plugin.tenant.into();
+            dead["plugin"] = plugin.plugin.into();
+            println!("{}", serde_json::to_string_pretty(&dead)?);
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Redrive(arg) => on_dead_letter(arg, EventLog::request_redrive, |name, seq| {
-            format!(
-                "redrive of the dead letter at {seq} of {name} requested; a running host delivers it to the plugin's current version"
-            )
-        }),
-        DlqCommand::Discard(arg) => {
-            on_dead_letter(arg, EventLog::discard_dead_letter, |name, seq| {
-                format!("discarded the dead letter at {seq} of {name}")
-            })
-        }
+        DlqCommand::Redrive(arg) => on_dead_letter(arg, Action::Redrive),
+        DlqCommand::Discard(arg) => on_dead_letter(arg, Action::Discard),
     }
 }
 
-/// Does `action` on one dead letter and prints `done`; an error when the
+/// What to do with one dead letter.
+#[derive(Clone, Copy)]
+enum Action {
+    Redrive,
+    Discard,
+}
+
+/// Does `action` on one dead letter and says so; an error when the
 /// plugin has no dead letter there.
 fn on_dead_letter(
     DeadLetterArg { plugin, seq, data }: DeadLetterArg,
-    action: fn(&SqliteLog, &str, &str, u64) -> plugbus::log::Pending<bool>,
-    done: impl FnOnce(&str, u64) -> String,
+    action: Action,
 ) -> anyhow::Result<ExitCode> {
     check_names(&plugin.tenant, Some(&plugin.plugin))?;
-    let log = open(&data.data)?;
-    let name = format!("{}/{}", plugin.tenant, plugin.plugin);
-    if !action(&log, &plugin.tenant, &plugin.plugin, seq).wait()? {
-        bail!("{name} has no dead letter at {seq}");
+    let source = data.source()?;
+    let (tenant, name) = (&plugin.tenant, &plugin.plugin);
+    let path = format!("/v1/tenants/{tenant}/plugins/{name}/dead-letters/{seq}");
+    let found = match (&source, action) {
+        (Source::Log(log), Action::Redrive) => log.request_redrive(tenant, name, seq).wait()?,
+        (Source::Log(log), Action::Discard) => log.discard_dead_letter(tenant, name, seq).wait()?,
+        (Source::Http { .. }, Action::Redrive) => {
+            source.call("POST", &format!("{path}/redrive"))?.is_some()
+        }
+        (Source::Http { .. }, Action::Discard) => source.call("DELETE", &path)?.is_some(),
+    };
+    if !found {
+        bail!("{tenant}/{name} has no dead letter at {seq}");
     }
-    println!("{}", done(&name, seq));
+    match action {
+        Action::Redrive => println!(
+            "redrive of the dead letter at {seq} of {tenant}/{name} requested; a running host delivers it to the plugin's current version"
+        ),
+        Action::Discard => println!("discarded the dead letter at {seq} of {tenant}/{name}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -247,15 +341,39 @@ fn on_dead_letter(
 pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let ReplayArgs { plugin, from, data } = args;
     check_names(&plugin.tenant, Some(&plugin.plugin))?;
-    let log = open(&data.data)?;
-    let done = plugbus::log::replay(&log, &plugin.tenant, &plugin.plugin, &from)?;
+    let (before, first) = match data.source()? {
+        Source::Log(log) => {
+            let done = plugbus::log::replay(&log, &plugin.tenant, &plugin.plugin, &from)?;
+            (done.before, done.first)
+        }
+        source @ Source::Http { .. } => {
+            let from_query =
+                percent_encoding::utf8_percent_encode(&from, percent_encoding::NON_ALPHANUMERIC);
+            let done = source
+                .call(
+                    "POST",
+                    &format!(
+                        "/v1/tenants/{}/plugins/{}/replay?from={from_query}",
+                        plugin.tenant, plugin.plugin
+                    ),
+                )?
+                .with_context(|| {
+                    format!(
+                        "{}/{} has no cursor on this host",
+                        plugin.tenant, plugin.plugin
+                    )
+                })?;
+            (
+                done["before"].as_u64().unwrap_or(0),
+                done["first"].as_u64().unwrap_or(1),
+            )
+        }
+    };
     println!(
-        "{}/{}: cursor moved from {} to {}; delivery resumes at position {}",
+        "{}/{}: cursor moved from {before} to {}; delivery resumes at position {first}",
         plugin.tenant,
         plugin.plugin,
-        done.before,
-        done.first - 1,
-        done.first
+        first - 1
     );
     Ok(ExitCode::SUCCESS)
 }
