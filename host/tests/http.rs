@@ -594,8 +594,16 @@ fn metrics_parse_and_move_with_the_events() {
     assert_eq!(status, 401);
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     server.deliveries_of(&refs);
-    let after = metrics();
     let acme_label = [("tenant", "acme-pos")];
+    // The cursor is committed just after the deliveries are printed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let text = metrics();
+        if value_of(&text, "plugbus_lag_events", &acme_label) == 0.0 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(
         value_of(&after, "plugbus_ingested_events_total", &acme_label),
         3.0
@@ -834,8 +842,16 @@ fn failures_dead_letters_replay_and_reload_over_http() {
         assert!(Instant::now() < deadline, "no dead letter: {body}");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let (status, body) = server.curl("/v1/tenants/acme-pos/failures", &["-H", &acme]);
-    assert_eq!(status, 200, "{body}");
+    // Recent failures are taken from the delivery stream, a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = server.curl("/v1/tenants/acme-pos/failures", &["-H", &acme]);
+        assert_eq!(status, 200, "{body}");
+        if body["failures"][0].is_object() || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(body["failures"][0]["event_id"], "p-1");
     assert_eq!(body["failures"][0]["kind"], "handler_permanent");
 
