@@ -174,36 +174,26 @@ impl Event {
                 }
             }
         };
-        let mut extensions = BTreeMap::new();
-        for (name, raw) in map {
-            let value = match serde_json::from_str::<Value>(raw.get()) {
-                Ok(Value::String(s)) => s,
-                Ok(Value::Bool(b)) => b.to_string(),
-                Ok(Value::Number(n)) => n.to_string(),
-                Ok(Value::Null) => continue,
-                _ => {
-                    return Err(EventError::invalid(
-                        &name,
-                        "an extension attribute must be a string, number or boolean",
-                    ));
-                }
-            };
-            extensions.insert(name, value);
-        }
-        let event = Self {
-            id,
-            source,
-            ty,
-            subject,
-            time,
-            datacontenttype,
-            dataschema,
-            data,
+        let extensions = map.into_iter().map(|(name, raw)| {
+            let value =
+                serde_json::from_str::<Value>(raw.get()).unwrap_or(Value::Array(Vec::new()));
+            (name, value)
+        });
+        Self::with_extensions(
+            Self {
+                id,
+                source,
+                ty,
+                subject,
+                time,
+                datacontenttype,
+                dataschema,
+                data,
+                extensions: BTreeMap::new(),
+                tenant,
+            },
             extensions,
-            tenant,
-        };
-        event.validate()?;
-        Ok(event)
+        )
     }
 
     /// Like [`Event::from_json`], from an already parsed JSON value.
@@ -251,8 +241,30 @@ impl Event {
                 .map_err(|e| EventError::invalid("data", e.to_string()))?,
         };
 
-        let mut extensions = BTreeMap::new();
-        for (name, value) in map {
+        Self::with_extensions(
+            Self {
+                id,
+                source,
+                ty,
+                subject,
+                time,
+                datacontenttype,
+                dataschema,
+                data,
+                extensions: BTreeMap::new(),
+                tenant,
+            },
+            map,
+        )
+    }
+
+    /// Adds the extension attributes (strings, numbers and booleans as
+    /// text; `null` is no attribute) and checks the whole event.
+    fn with_extensions(
+        mut self,
+        extensions: impl IntoIterator<Item = (String, Value)>,
+    ) -> Result<Self, EventError> {
+        for (name, value) in extensions {
             let value = match value {
                 Value::String(s) => s,
                 Value::Bool(b) => b.to_string(),
@@ -265,23 +277,10 @@ impl Event {
                     ));
                 }
             };
-            extensions.insert(name, value);
+            self.extensions.insert(name, value);
         }
-
-        let event = Self {
-            id,
-            source,
-            ty,
-            subject,
-            time,
-            datacontenttype,
-            dataschema,
-            data,
-            extensions,
-            tenant,
-        };
-        event.validate()?;
-        Ok(event)
+        self.validate()?;
+        Ok(self)
     }
 
     /// Checks the event against CloudEvents 1.0 and the host's limits:

@@ -102,11 +102,16 @@ fn cargo(args: &[&str], extra: &[String]) -> anyhow::Result<ExitCode> {
         .args(extra)
         .status()
         .context("cannot run cargo")?;
-    Ok(match status.code() {
+    Ok(exit_code(status))
+}
+
+/// A child's exit status as this process's.
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    match status.code() {
         Some(0) => ExitCode::SUCCESS,
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::FAILURE,
-    })
+    }
 }
 
 /// The component for the demo plugin `name`: that of the plugin crate named
@@ -198,9 +203,5 @@ fn demo() -> anyhow::Result<ExitCode> {
         .stdin(events)
         .status()
         .context("cannot run cargo")?;
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        None => ExitCode::FAILURE,
-    })
+    Ok(exit_code(status))
 }
