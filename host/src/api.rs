@@ -309,24 +309,34 @@ async fn ingest(
 ) -> Result<Response, ApiError> {
     use tracing::Instrument as _;
     let tenant = api.tenant_caller(&headers).map_err(|e| rejected("", e))?;
-    // A span per ingest request, with the tenant, and the event ids and
-    // trace parent once they are known.
+    let events = read_events(&api, &headers, body, &tenant).await?;
+    // A span per ingest request, with the tenant and the (first) event.
+    // Its parent is the request's W3C trace context, else the event's.
+    let first = events.first();
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let extension = |name| first.and_then(|e| e.extensions.get(name).map(String::as_str));
+    let (traceparent, tracestate) = match header("traceparent") {
+        Some(parent) => (Some(parent), header("tracestate")),
+        None => (extension("traceparent"), extension("tracestate")),
+    };
     let span = tracing::info_span!(
         "ingest",
         tenant = %tenant,
-        events = tracing::field::Empty,
-        event_id = tracing::field::Empty,
-        traceparent = tracing::field::Empty,
+        events = events.len(),
+        event_id = first.map(|e| e.id.as_str()),
+        traceparent = traceparent,
     );
-    ingest_as(api, headers, body, tenant).instrument(span).await
+    crate::telemetry::continue_trace(&span, traceparent, tracestate);
+    store(api, tenant, events).instrument(span).await
 }
 
-async fn ingest_as(
-    api: Arc<Api>,
-    headers: HeaderMap,
+/// Reads the body of an ingest request, within the limit, into its events.
+async fn read_events(
+    api: &Api,
+    headers: &HeaderMap,
     body: Body,
-    tenant: String,
-) -> Result<Response, ApiError> {
+    tenant: &str,
+) -> Result<Vec<Event>, ApiError> {
     let limit = api.config.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -341,12 +351,12 @@ async fn ingest_as(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(rejected(&tenant, too_large()));
+        return Err(rejected(tenant, too_large()));
     }
     // Read no further than the limit, whatever it declared.
     let bytes = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| rejected(&tenant, too_large()))?;
+        .map_err(|_| rejected(tenant, too_large()))?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -358,22 +368,18 @@ async fn ingest_as(
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    let events = match essence.as_str() {
-        "application/cloudevents-batch+json" => batch(&api, &tenant, &bytes),
-        "application/cloudevents+json" => structured(&tenant, &bytes, None).map(|e| vec![e]),
-        _ => binary(&tenant, &headers, &content_type, bytes).map(|e| vec![e]),
+    match essence.as_str() {
+        "application/cloudevents-batch+json" => batch(api, tenant, &bytes),
+        "application/cloudevents+json" => structured(tenant, &bytes, None).map(|e| vec![e]),
+        _ => binary(tenant, headers, &content_type, bytes).map(|e| vec![e]),
     }
-    .map_err(|e| rejected(&tenant, e))?;
+    .map_err(|e| rejected(tenant, e))
+}
 
+/// Appends the events of one ingest request to the log, and answers once
+/// they are durable.
+async fn store(api: Arc<Api>, tenant: String, events: Vec<Event>) -> Result<Response, ApiError> {
     let count = events.len();
-    let span = tracing::Span::current();
-    span.record("events", count);
-    if let Some(first) = events.first() {
-        span.record("event_id", first.id.as_str());
-        if let Some(parent) = first.extensions.get("traceparent") {
-            span.record("traceparent", parent.as_str());
-        }
-    }
     let started = std::time::Instant::now();
     let appended = match api.bus.publish(events.clone()).await {
         Ok(appended) => appended,

@@ -28,6 +28,11 @@
 //! max_body_bytes = 1048576
 //! max_batch_events = 1000
 //!
+//! [otlp]                          # OpenTelemetry span export (off without an endpoint)
+//! # endpoint = "http://127.0.0.1:4318"   # spans go to <endpoint>/v1/traces
+//! service_name = "plugbus"
+//! sample_ratio = 1.0
+//!
 //! [admin]
 //! token_sha256 = "…"              # `plugbus hash-token`
 //!
@@ -106,6 +111,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// HTTP request limits.
     pub http: HttpConfig,
+    /// OpenTelemetry export of the ingest and delivery spans.
+    pub otlp: OtlpConfig,
     /// The admin token, for `/v1/admin/...`; without one the admin API
     /// answers 401 to everyone.
     pub admin: Option<TokenConfig>,
@@ -155,6 +162,33 @@ pub struct HttpConfig {
     pub max_batch_events: usize,
 }
 
+/// OpenTelemetry export of spans over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// The collector's base URL, `http://host:4318`; spans are posted to
+    /// `<endpoint>/v1/traces`. Without one (the default) nothing is
+    /// exported, unless `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+    pub endpoint: Option<String>,
+    /// The `service.name` of the exported spans (default `plugbus`).
+    pub service_name: String,
+    /// The share of traces started here that are exported, 0 to 1
+    /// (default 1); traces continued from an event's `traceparent` follow
+    /// its sampled flag.
+    pub sample_ratio: f64,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            service_name: "plugbus".to_owned(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
 /// A token, as the hex SHA-256 of its text.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,6 +207,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             delivery: DeliveryConfig::default(),
             http: HttpConfig::default(),
+            otlp: OtlpConfig::default(),
             admin: None,
             tenants: BTreeMap::new(),
         }
@@ -292,6 +327,19 @@ impl Config {
             1,
             100_000,
         )?;
+        if let Some(endpoint) = &self.otlp.endpoint {
+            crate::telemetry::traces_url("otlp.endpoint", endpoint)
+                .map_err(|e| invalid("otlp.endpoint", endpoint_reason(e)))?;
+        }
+        if !(0.0..=1.0).contains(&self.otlp.sample_ratio) {
+            return Err(invalid(
+                "otlp.sample_ratio",
+                format!("{} is not between 0 and 1", self.otlp.sample_ratio),
+            ));
+        }
+        if self.otlp.service_name.trim().is_empty() {
+            return Err(invalid("otlp.service_name", "is empty".into()));
+        }
         if let Some(admin) = &self.admin {
             check_hash(&admin.token_sha256).map_err(|r| invalid("admin.token_sha256", r))?;
         }
@@ -321,6 +369,16 @@ pub fn hash_token(token: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// What is wrong with an endpoint, without the key the caller names.
+fn endpoint_reason(error: crate::telemetry::TelemetryError) -> String {
+    match error {
+        crate::telemetry::TelemetryError::Endpoint { value, reason, .. } => {
+            format!("{value:?}: {reason}")
+        }
+        other => other.to_string(),
+    }
 }
 
 fn check_hash(hash: &str) -> Result<(), String> {
@@ -359,6 +417,9 @@ mod tests {
             retain_mib = 100
             [http]
             max_batch_events = 10
+            [otlp]
+            endpoint = "http://collector:4318"
+            sample_ratio = 0.25
             [admin]
             token_sha256 = "{admin}"
             [tenants.acme-pos]
@@ -370,6 +431,12 @@ mod tests {
         assert_eq!(config.limits.fuel, 5);
         assert_eq!(config.limits.memory_mib, 32, "the rest keep their defaults");
         assert_eq!(config.delivery.retain_mib, Some(100));
+        assert_eq!(
+            config.otlp.endpoint.as_deref(),
+            Some("http://collector:4318")
+        );
+        assert_eq!(config.otlp.sample_ratio, 0.25);
+        assert_eq!(config.otlp.service_name, "plugbus");
         assert_eq!(config.tenants["acme-pos"].token_sha256, hash);
         Ok(())
     }
@@ -404,6 +471,10 @@ mod tests {
         );
         let m = message("listen = \"localhost\"");
         assert!(m.contains("listen"), "{m}");
+        let m = message("[otlp]\nendpoint = \"https://collector:4318\"");
+        assert!(m.contains("otlp.endpoint") && m.contains("TLS"), "{m}");
+        let m = message("[otlp]\nendpoint = \"http://c:4318\"\nsample_ratio = 1.5");
+        assert!(m.contains("otlp.sample_ratio"), "{m}");
     }
 
     #[test]

@@ -726,7 +726,6 @@ impl Plugin {
         warm.store.data_mut().overlay = prior.clone();
         warm.store.data_mut().batch = Some(BatchRun {
             pending: scopes.collect(),
-            spans: events[1..].iter().map(|i| self.span(i.event)).collect(),
             finished: Vec::with_capacity(events.len()),
             fuel,
             deadline,
@@ -738,7 +737,9 @@ impl Plugin {
         let result = self
             .arm(&mut warm.store)
             .and_then(|()| func.call(&mut warm.store, (std::mem::take(buffer),)));
-        enter_span(None);
+        // The span of the event that was running when the call ended: one
+        // that trapped, or that the plugin left unreported.
+        let mut running = enter_span(None);
         let run = warm.store.data_mut().batch.take();
         let (finished, started) =
             run.map_or_else(|| (Vec::new(), Instant::now()), |r| (r.finished, r.started));
@@ -748,10 +749,8 @@ impl Plugin {
 
         let chunk_start = reports.len();
         for (done, item) in finished.into_iter().zip(chunk.by_ref()) {
-            // The span was entered for this event while it ran; the report
-            // goes into a span of its own with the same fields.
-            let span = self.span(item.event);
-            let _entered = span.enter();
+            // Reported in the span the event ran in.
+            let _entered = done.span.enter();
             let outcome = outcome_of(done.result);
             let effects = self.keep_effects(&outcome, done.effects);
             reports.push(self.report(item.event, outcome, done.fuel, done.duration, effects));
@@ -770,7 +769,9 @@ impl Plugin {
                         unreported = chunk.len(),
                         "handle-batch returned without reporting every event; the rest go through handle"
                     );
-                    single(chunk, reports);
+                    if let Some(item) = chunk.next() {
+                        reports.push(self.deliver_in_span(item, prior, running.take()));
+                    }
                 }
             }
             Err(err) => {
@@ -781,7 +782,7 @@ impl Plugin {
                     // Every event was reported before the trap.
                     return;
                 };
-                let span = self.span(item.event);
+                let span = running.take().unwrap_or_else(|| self.span(item.event));
                 let _entered = span.enter();
                 let failure = classify(&err, &stderr);
                 if failure.kind == FailureKind::MemoryLimit {
@@ -794,7 +795,7 @@ impl Plugin {
                             prior.add(&effects.state);
                         }
                     }
-                    reports.push(self.deliver_in_chain(item, &prior));
+                    reports.push(self.deliver_in_span(item, &prior, Some(span)));
                     return;
                 }
                 let outcome = Outcome::Failed(failure);
@@ -806,16 +807,12 @@ impl Plugin {
 
     /// The delivery span of `event` to this plugin.
     fn span(&self, event: &Event) -> tracing::Span {
-        // The W3C trace context of the CloudEvents distributed-tracing
-        // extension, when the event carries one.
-        let traceparent = event.extensions.get("traceparent").map(String::as_str);
-        tracing::info_span!(
-            "delivery",
-            tenant = %self.identity.tenant,
-            plugin = %self.identity.name,
-            version = %self.identity.version,
-            event_id = %event.id,
-            traceparent = traceparent,
+        let extension = |name: &str| event.extensions.get(name).map(String::as_str);
+        delivery_span(
+            &self.identity,
+            &event.id,
+            extension("traceparent"),
+            extension("tracestate"),
         )
     }
 
@@ -894,8 +891,20 @@ impl Plugin {
     /// Never panics on anything the plugin does: every failure becomes an
     /// [`Outcome::Failed`].
     pub(crate) fn deliver_in_chain(&self, item: Item<'_>, prior: &Overlay) -> (Delivery, Effects) {
+        self.deliver_in_span(item, prior, None)
+    }
+
+    /// Like [`Plugin::deliver_in_chain`], in `span` when the event already
+    /// has its delivery span (it started in a batch that could not finish
+    /// it).
+    fn deliver_in_span(
+        &self,
+        item: Item<'_>,
+        prior: &Overlay,
+        span: Option<tracing::Span>,
+    ) -> (Delivery, Effects) {
         let event = item.event;
-        let span = self.span(event);
+        let span = span.unwrap_or_else(|| self.span(event));
         let _entered = span.enter();
         let started = Instant::now();
 
@@ -1043,8 +1052,6 @@ fn outcome_of(result: Result<(), HandlerError>) -> Outcome {
 pub(crate) struct BatchRun {
     /// The scopes of the events not started yet, in order.
     pending: std::collections::VecDeque<DeliveryScope>,
-    /// Their delivery spans, in the same order.
-    spans: std::collections::VecDeque<tracing::Span>,
     /// What each reported event did, in order.
     finished: Vec<Finished>,
     /// Each event's fuel, when fuel is metered.
@@ -1061,6 +1068,8 @@ pub(crate) struct BatchRun {
 
 /// One event of a batch, reported through `batch.done`.
 struct Finished {
+    /// The delivery span it ran in.
+    span: tracing::Span,
     result: Result<(), HandlerError>,
     fuel: u64,
     duration: Duration,
@@ -1075,13 +1084,51 @@ thread_local! {
 }
 
 /// Leaves the batch event's span entered on this thread, if any, and
-/// enters `span`.
-fn enter_span(span: Option<tracing::Span>) {
+/// enters `span`; returns the span it left.
+fn enter_span(span: Option<tracing::Span>) -> Option<tracing::Span> {
     BATCH_SPAN.with(|current| {
         let mut current = current.borrow_mut();
-        drop(current.take());
+        let left = current.take().map(tracing::span::EnteredSpan::exit);
         *current = span.map(tracing::Span::entered);
-    });
+        left
+    })
+}
+
+/// The delivery span of the event `scope` is for.
+fn scope_span(identity: &Identity, scope: &DeliveryScope) -> tracing::Span {
+    let extension = |name: &str| {
+        scope
+            .trace
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    delivery_span(
+        identity,
+        &scope.event_id,
+        extension("traceparent"),
+        extension("tracestate"),
+    )
+}
+
+/// The span of one delivery: tenant, plugin, version and event id, and
+/// the event's W3C trace context, which it continues.
+fn delivery_span(
+    identity: &Identity,
+    event_id: &str,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "delivery",
+        tenant = %identity.tenant,
+        plugin = %identity.name,
+        version = %identity.version,
+        event_id = %event_id,
+        traceparent = traceparent,
+    );
+    crate::telemetry::continue_trace(&span, traceparent, tracestate);
+    span
 }
 
 /// `batch.done`: records the current event's result, fuel, time and
@@ -1112,11 +1159,11 @@ fn batch_done(
     let stop = run.until_failure && result.is_err();
     if stop {
         run.pending.clear();
-        run.spans.clear();
     }
     let next = run.pending.pop_front();
-    let next_span = run.spans.pop_front();
     let (fuel_budget, deadline) = (run.fuel, run.deadline);
+    let exhausted = next.is_none();
+    let next_span = next.as_ref().map(|next| scope_span(&state.identity, next));
     let scope = std::mem::replace(&mut state.scope, next.unwrap_or_default());
     let (_, dropped) = state.output.finish_delivery();
     if dropped > 0 {
@@ -1129,10 +1176,12 @@ fn batch_done(
         // The events after this one see its writes.
         state.overlay.add(&scope.state.writes);
     }
+    let span = enter_span(next_span).unwrap_or_else(|| scope_span(&state.identity, &scope));
     let Some(run) = state.batch.as_mut() else {
         return Ok((false,));
     };
     run.finished.push(Finished {
+        span,
         result,
         fuel,
         duration,
@@ -1141,9 +1190,8 @@ fn batch_done(
             state: scope.state.writes,
         },
     });
-    run.exhausted = next_span.is_none();
+    run.exhausted = exhausted;
     run.started = Instant::now();
-    enter_span(next_span);
     // The next event, or the plugin's return after the last, runs under a
     // full event's limits.
     if let Some(budget) = fuel_budget {

@@ -27,7 +27,8 @@
 //! - [`durable`]: publishing into the log and delivering from it, at least once;
 //! - [`host`]: the [`Host`] that ties them together;
 //! - [`config`]: the operator's `plugbus.toml`;
-//! - [`api`]: HTTP ingest, the admin API, health and metrics.
+//! - [`api`]: HTTP ingest, the admin API, health and metrics;
+//! - [`telemetry`]: trace context through deliveries, and OpenTelemetry export.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -61,6 +62,7 @@ pub mod reload;
 mod sandbox;
 pub mod state;
 mod stats;
+pub mod telemetry;
 
 pub use dispatch::{
     DeliverError, Delivery, EmittedEvent, Failure, FailureKind, InstanceMode, Outcome, Plugin,

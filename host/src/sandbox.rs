@@ -404,10 +404,8 @@ impl PluginState {
             scope.correlation_id.clone(),
         );
         extensions.insert(event::DEPTH_EXTENSION.to_owned(), depth.to_string());
-        for (name, value) in &scope.trace {
-            extensions
-                .entry((*name).to_owned())
-                .or_insert_with(|| value.clone());
+        for (name, value) in crate::telemetry::for_emitted(&scope.trace) {
+            extensions.entry(name.to_owned()).or_insert(value);
         }
         let emitted = Event {
             id: uuid::Uuid::now_v7().to_string(),

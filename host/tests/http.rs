@@ -34,8 +34,27 @@ fn plugins() -> tempfile::TempDir {
     plugins
 }
 
+/// [`plugins`], and the `mixed` fixture for acme-pos on `mix.*`, with
+/// one attempt per event.
+fn plugins_with_mixed() -> tempfile::TempDir {
+    let dir = plugins();
+    let acme_dir = dir.path().join("acme-pos");
+    std::fs::copy(artifacts::FIXTURE_MIXED, acme_dir.join("mixed.wasm")).expect("copy");
+    std::fs::write(
+        acme_dir.join("mixed.toml"),
+        "subscribe = [\"mix.*\"]\n[retry]\nmax_attempts = 1\n",
+    )
+    .expect("manifest");
+    dir
+}
+
 impl Server {
     fn start(plugins: tempfile::TempDir, data: tempfile::TempDir) -> Self {
+        Self::start_with(plugins, data, "")
+    }
+
+    /// Starts with `extra` appended to the configuration file.
+    fn start_with(plugins: tempfile::TempDir, data: tempfile::TempDir, extra: &str) -> Self {
         let hash = plugbus::config::hash_token;
         let config = data.path().join("plugbus.toml");
         std::fs::write(
@@ -47,7 +66,8 @@ impl Server {
                  [http]\nmax_body_bytes = {MAX_BODY}\nmax_batch_events = 5\n\
                  [admin]\ntoken_sha256 = \"{}\"\n\
                  [tenants.acme-pos]\ntoken_sha256 = \"{}\"\n\
-                 [tenants.globex-retail]\ntoken_sha256 = \"{}\"\n",
+                 [tenants.globex-retail]\ntoken_sha256 = \"{}\"\n\
+                 {extra}",
                 plugins.path().display(),
                 data.path().join("data").display(),
                 hash(ADMIN_TOKEN),
@@ -125,6 +145,22 @@ impl Server {
         let status = status.trim().parse().unwrap_or(0);
         let body = serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.into()));
         (status, body)
+    }
+
+    /// Posts `body` to /v1/events as `content_type` with `token`, through
+    /// curl; returns the status and body.
+    fn post(&self, token: &str, content_type: &str, body: &str) -> (u16, serde_json::Value) {
+        self.curl(
+            "/v1/events",
+            &[
+                "-H",
+                &bearer(token),
+                "-H",
+                &format!("Content-Type: {content_type}"),
+                "--data-binary",
+                body,
+            ],
+        )
     }
 
     /// Waits for the delivery lines of `ids`, in any order.
@@ -234,31 +270,15 @@ fn each_content_mode_is_ingested_and_delivered() {
             r#","data_base64":"aGVsbG8=","datacontenttype":"text/plain""#
         )
     );
-    let (status, body) = server.curl(
-        "/v1/events",
-        &[
-            "-H",
-            &acme,
-            "-H",
-            "Content-Type: application/cloudevents-batch+json",
-            "--data-binary",
-            &batch,
-        ],
-    );
+    let (status, body) = server.post(ACME_TOKEN, "application/cloudevents-batch+json", &batch);
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["accepted"].as_array().map(Vec::len), Some(2));
 
     // The same event again: stored once, and the answer says so.
-    let (status, body) = server.curl(
-        "/v1/events",
-        &[
-            "-H",
-            &acme,
-            "-H",
-            "Content-Type: application/cloudevents+json",
-            "--data-binary",
-            &structured("str-1", ""),
-        ],
+    let (status, body) = server.post(
+        ACME_TOKEN,
+        "application/cloudevents+json",
+        &structured("str-1", ""),
     );
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["accepted"][0]["duplicate"], true);
@@ -562,7 +582,6 @@ fn value_of(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[test]
 fn metrics_parse_and_move_with_the_events() {
     let server = Server::start(plugins(), tempfile::tempdir().expect("data"));
-    let acme = bearer(ACME_TOKEN);
     let metrics = || {
         let output = Command::new("curl")
             .args(["-s", &format!("{}/metrics", server.url)])
@@ -574,16 +593,10 @@ fn metrics_parse_and_move_with_the_events() {
     samples(&before);
     let ids: Vec<String> = (0..3).map(|i| format!("m-{i}")).collect();
     for id in &ids {
-        let (status, _) = server.curl(
-            "/v1/events",
-            &[
-                "-H",
-                &acme,
-                "-H",
-                "Content-Type: application/cloudevents+json",
-                "--data-binary",
-                &structured(id, ""),
-            ],
+        let (status, _) = server.post(
+            ACME_TOKEN,
+            "application/cloudevents+json",
+            &structured(id, ""),
         );
         assert_eq!(status, 202);
     }
@@ -803,28 +816,11 @@ fn the_cli_client_publishes_and_lists() {
 /// (list, redrive, discard), replay, resume; and the admin's reload.
 #[test]
 fn failures_dead_letters_replay_and_reload_over_http() {
-    let dir = plugins();
-    let acme_dir = dir.path().join("acme-pos");
-    std::fs::copy(artifacts::FIXTURE_MIXED, acme_dir.join("mixed.wasm")).expect("copy");
-    std::fs::write(
-        acme_dir.join("mixed.toml"),
-        "subscribe = [\"mix.*\"]\n[retry]\nmax_attempts = 1\n",
-    )
-    .expect("manifest");
+    let dir = plugins_with_mixed();
     let server = Server::start(dir, tempfile::tempdir().expect("data"));
     let (acme, admin) = (bearer(ACME_TOKEN), bearer(ADMIN_TOKEN));
     let event = r#"{"specversion":"1.0","id":"p-1","source":"/pos","type":"mix.permanent"}"#;
-    let (status, _) = server.curl(
-        "/v1/events",
-        &[
-            "-H",
-            &acme,
-            "-H",
-            "Content-Type: application/cloudevents+json",
-            "--data-binary",
-            event,
-        ],
-    );
+    let (status, _) = server.post(ACME_TOKEN, "application/cloudevents+json", event);
     assert_eq!(status, 202);
     server.deliveries_of(&["p-1"]);
     let base = "/v1/tenants/acme-pos/plugins/mixed";
@@ -943,4 +939,298 @@ fn failures_dead_letters_replay_and_reload_over_http() {
     let (status, body) = server.curl("/v1/admin/reload", &["-X", "POST", "-H", &admin]);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["plugins"], 3);
+}
+
+/// A stand-in OpenTelemetry collector: takes OTLP/HTTP posts on a free
+/// port, answers 200, and passes on each request, decoded.
+struct Collector {
+    url: String,
+    requests: std::sync::mpsc::Receiver<(String, ExportTraceServiceRequest)>,
+}
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+
+impl Collector {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the collector");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (tx, requests) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let tx = tx.clone();
+                std::thread::spawn(move || Self::serve(stream, &tx));
+            }
+        });
+        Self { url, requests }
+    }
+
+    /// Answers the requests of one connection, keep-alive.
+    fn serve(
+        stream: std::net::TcpStream,
+        tx: &std::sync::mpsc::Sender<(String, ExportTraceServiceRequest)>,
+    ) {
+        use prost::Message as _;
+        let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+        let mut writer = stream;
+        loop {
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                return;
+            }
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                let (name, value) = line.split_once(':').unwrap_or((line, ""));
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().expect("content-length");
+                }
+                assert!(
+                    !name.eq_ignore_ascii_case("transfer-encoding"),
+                    "the stand-in collector reads Content-Length bodies only: {line}"
+                );
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            let decoded = ExportTraceServiceRequest::decode(body.as_slice())
+                .expect("an OTLP protobuf trace request");
+            let _ = tx.send((path, decoded));
+            let answered = writer.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+            );
+            if answered.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Every span received so far, with its resource's `service.name`.
+    fn spans(&self) -> Vec<(String, OtlpSpan)> {
+        let mut spans = Vec::new();
+        while let Ok((path, request)) = self.requests.recv_timeout(Duration::from_millis(200)) {
+            assert_eq!(path, "/v1/traces");
+            for resource in request.resource_spans {
+                let service = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+                    .map(|v| match v {
+                        AnyValue::StringValue(s) => s.clone(),
+                        other => format!("{other:?}"),
+                    })
+                    .unwrap_or_default();
+                for scope in resource.scope_spans {
+                    spans.extend(scope.spans.into_iter().map(|s| (service.clone(), s)));
+                }
+            }
+        }
+        spans
+    }
+}
+
+/// A string attribute of an exported span.
+fn attribute<'a>(span: &'a OtlpSpan, key: &str) -> Option<&'a str> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            AnyValue::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// With `[otlp] endpoint` set, the ingest and delivery spans reach the
+/// collector as one trace continued from the event's `traceparent`, and
+/// the delivery of an emitted event is a child of the delivery that
+/// emitted it.
+#[test]
+fn spans_are_exported_to_the_configured_collector_as_one_trace() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PRODUCER: &str = "00f067aa0ba902b7";
+    let collector = Collector::start();
+    let plugins = plugins();
+    std::fs::copy(
+        artifacts::LOW_STOCK_ALERT,
+        plugins.path().join("acme-pos/low-stock.wasm"),
+    )
+    .expect("copy");
+    let server = Server::start_with(
+        plugins,
+        tempfile::tempdir().expect("data"),
+        &format!("[otlp]\nendpoint = \"{}\"\n", collector.url),
+    );
+    assert!(
+        server
+            .log()
+            .contains(&format!("exporting spans to {}/v1/traces", collector.url)),
+        "{}",
+        server.log()
+    );
+    let event = format!(
+        r#"{{"specversion":"1.0","id":"traced-1","source":"/pos/1","type":"inventory.stock_changed",
+            "traceparent":"00-{TRACE}-{PRODUCER}-01","tracestate":"vendor=pos",
+            "data":{{"sku":"sku-7","new_quantity":2}}}}"#
+    );
+    let (status, _) = server.post(ACME_TOKEN, "application/cloudevents+json", &event);
+    assert_eq!(status, 202);
+    // Its deliveries to both plugins, then those of what low-stock emits.
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 2 {
+        match server.stdout.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line["event_id"] == "traced-1" => deliveries.push(line),
+            Ok(_) => {}
+            Err(_) => panic!("no two deliveries of traced-1: {deliveries:#?}"),
+        }
+    }
+    let emitted = deliveries
+        .iter()
+        .filter(|d| d["plugin"] == "low-stock")
+        .flat_map(|d| d["emitted"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["id"].as_str().map(str::to_owned))
+        .collect::<Vec<_>>();
+    assert!(!emitted.is_empty(), "low-stock emits: {deliveries:#?}");
+    let ids: Vec<&str> = emitted.iter().map(String::as_str).collect();
+    server.deliveries_of(&ids);
+    // A batch, each event of its own trace: handled together through
+    // `handle-batch` when the consumer reads them at once, and still one
+    // span per delivery, in the event's trace.
+    let traces: Vec<String> = (1..=3).map(|i| format!("{i:032x}")).collect();
+    let batch: Vec<String> = traces
+        .iter()
+        .enumerate()
+        .map(|(i, trace)| {
+            format!(
+                r#"{{"specversion":"1.0","id":"batched-{i}","source":"/pos/1","type":"order.placed",
+                    "traceparent":"00-{trace}-{PRODUCER}-01"}}"#
+            )
+        })
+        .collect();
+    let (status, _) = server.post(
+        ACME_TOKEN,
+        "application/cloudevents-batch+json",
+        &format!("[{}]", batch.join(",")),
+    );
+    assert_eq!(status, 202);
+    server.deliveries_of(&["batched-0", "batched-1", "batched-2"]);
+    // SIGTERM: the exporter sends what it still holds before the exit.
+    let (exit, _data) = server.terminate();
+    assert!(exit.success(), "{exit}");
+
+    let spans = collector.spans();
+    let named = |name: &str| {
+        spans
+            .iter()
+            .filter(|(_, s)| s.name == name)
+            .map(|(_, s)| s)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        spans.iter().all(|(service, _)| service == "plugbus"),
+        "service.name: {:?}",
+        spans.iter().map(|(s, _)| s).collect::<Vec<_>>()
+    );
+    let ingest: Vec<_> = named("ingest")
+        .into_iter()
+        .filter(|s| attribute(s, "event_id") == Some("traced-1"))
+        .collect();
+    assert_eq!(ingest.len(), 1, "one ingest span: {spans:#?}");
+    assert_eq!(hex(&ingest[0].trace_id), TRACE);
+    assert_eq!(hex(&ingest[0].parent_span_id), PRODUCER);
+    assert_eq!(attribute(ingest[0], "tenant"), Some("acme-pos"));
+    assert_eq!(attribute(ingest[0], "event_id"), Some("traced-1"));
+
+    let deliveries = named("delivery");
+    let of = |event: &str, plugin: &str| {
+        deliveries
+            .iter()
+            .copied()
+            .filter(|s| {
+                attribute(s, "event_id") == Some(event) && attribute(s, "plugin") == Some(plugin)
+            })
+            .collect::<Vec<_>>()
+    };
+    // The published event, to both plugins: children of the producer.
+    for plugin in ["audit", "low-stock"] {
+        let found = of("traced-1", plugin);
+        assert_eq!(
+            found.len(),
+            1,
+            "one delivery span to {plugin}: {deliveries:#?}"
+        );
+        let span = found[0];
+        assert_eq!(hex(&span.trace_id), TRACE, "{plugin}");
+        assert_eq!(hex(&span.parent_span_id), PRODUCER, "{plugin}");
+        assert_eq!(attribute(span, "tenant"), Some("acme-pos"));
+        assert!(attribute(span, "version").is_some_and(|v| !v.is_empty()));
+        assert_eq!(span.trace_state, "vendor=pos", "{plugin}");
+    }
+    // The emitted event's delivery continues the emitting delivery.
+    let emitter = of("traced-1", "low-stock")[0];
+    for id in &emitted {
+        let found = of(id, "audit");
+        assert_eq!(found.len(), 1, "the emitted {id} to audit: {deliveries:#?}");
+        assert_eq!(hex(&found[0].trace_id), TRACE);
+        assert_eq!(found[0].parent_span_id, emitter.span_id);
+    }
+    for (i, trace) in traces.iter().enumerate() {
+        let found = of(&format!("batched-{i}"), "audit");
+        assert_eq!(found.len(), 1, "batched-{i}: {deliveries:#?}");
+        assert_eq!(&hex(&found[0].trace_id), trace);
+        assert_eq!(hex(&found[0].parent_span_id), PRODUCER);
+    }
+}
+
+/// A collector that cannot be reached costs spans and an error line,
+/// never a delivery or the exit status.
+#[test]
+fn an_unreachable_collector_does_not_hold_up_delivery() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let server = Server::start_with(
+        plugins(),
+        tempfile::tempdir().expect("data"),
+        &format!("[otlp]\nendpoint = \"http://127.0.0.1:{port}\"\n"),
+    );
+    let (status, _) = server.post(
+        ACME_TOKEN,
+        "application/cloudevents+json",
+        &structured("unexported-1", ""),
+    );
+    assert_eq!(status, 202);
+    server.deliveries_of(&["unexported-1"]);
+    let log = std::sync::Arc::clone(&server.stderr);
+    let (exit, _data) = server.terminate();
+    assert!(exit.success(), "{exit}");
+    // The reader of stderr may still be behind the exit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let logged =
+        |log: &str| log.contains("ExportError") || log.contains("cannot send the last spans");
+    while !logged(&log.lock().expect("log")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = log.lock().expect("log").clone();
+    assert!(logged(&log), "the failed export is logged: {log}");
 }

@@ -60,6 +60,11 @@ pub struct BenchArgs {
     /// without fsync, to measure what durability costs.
     #[arg(long, requires = "durable")]
     no_fsync: bool,
+
+    /// Export every delivery span to this OpenTelemetry collector's
+    /// OTLP/HTTP base URL while measuring, to see what tracing costs.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A layout of tenants and plugins.

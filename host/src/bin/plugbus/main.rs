@@ -216,24 +216,63 @@ fn main() -> ExitCode {
             "warn"
         }
     };
-    // `serve` may take the log format from its configuration file.
-    let configured = match &cli.command {
-        Command::Serve(args) => match serve::settings(args) {
-            Ok((config, _)) => Some(config.log_format),
-            Err(e) => {
-                eprintln!("plugbus: {e:#}");
+    // `serve` may take the log format and span export from its
+    // configuration file.
+    let (configured, otlp) = match &cli.command {
+        Command::Serve(args) => {
+            match serve::settings(args)
+                .and_then(|(config, _)| Ok((Some(config.log_format), serve::otlp(args, &config)?)))
+            {
+                Ok(found) => found,
+                Err(e) => {
+                    eprintln!("plugbus: {e:#}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        Command::Bench(args) => match args.otlp_endpoint.as_deref().map(|url| {
+            plugbus::telemetry::traces_url("--otlp-endpoint", url).map(|traces_url| {
+                plugbus::telemetry::OtlpSettings {
+                    traces_url,
+                    service_name: "plugbus-bench".into(),
+                    sample_ratio: 1.0,
+                }
+            })
+        }) {
+            None => (None, None),
+            Some(Ok(settings)) => (None, Some(settings)),
+            Some(Err(e)) => {
+                eprintln!("plugbus: {e}");
                 return ExitCode::from(2);
             }
         },
-        _ => None,
+        _ => (None, None),
     };
     let format = cli.log_format.unwrap_or(match configured {
         Some(plugbus::config::LogFormat::Json) => LogFormat::Json,
         _ => LogFormat::Human,
     });
-    if let Err(e) = init_logging(format, cli.log.as_deref(), default_level) {
+    // Started before the async runtime, and shut down after it: its HTTP
+    // client is a blocking one.
+    let export = match otlp.as_ref().map(plugbus::telemetry::OtlpExport::start) {
+        None => None,
+        Some(Ok(export)) => Some(export),
+        Some(Err(e)) => {
+            eprintln!("plugbus: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_logging(format, cli.log.as_deref(), default_level, export.as_ref()) {
         eprintln!("plugbus: {e:#}");
         return ExitCode::from(2);
+    }
+    if let Some(otlp) = &otlp {
+        tracing::info!(
+            "exporting spans to {} (OTLP/HTTP, service.name {}, sample ratio {})",
+            otlp.traces_url,
+            otlp.service_name,
+            otlp.sample_ratio
+        );
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -276,6 +315,11 @@ fn main() -> ExitCode {
     // blocking read of stdin that no signal interrupts (tokio reads stdin on
     // a blocking thread), and dropping the runtime would wait for it.
     runtime.shutdown_background();
+    if let Some(export) = export
+        && let Err(e) = export.shutdown()
+    {
+        eprintln!("plugbus: {e}");
+    }
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -285,25 +329,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// Log lines to stderr, and the ingest and delivery spans to
+/// OpenTelemetry when `export` is given.
 fn init_logging(
     format: LogFormat,
     filter: Option<&str>,
     default_level: &str,
+    export: Option<&plugbus::telemetry::OtlpExport>,
 ) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
     let filter = match filter {
         Some(f) => EnvFilter::try_new(f).with_context(|| format!("invalid --log filter {f:?}"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    }
-    .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+    let lines = match format {
+        LogFormat::Human => lines.boxed(),
+        LogFormat::Json => lines.json().boxed(),
+    };
+    // Spans are exported by their own filter, whatever the log level: the
+    // ingest and delivery spans, with the plugins' log lines as events.
+    let spans = export.map(|export| {
+        export.layer().with_filter(
+            tracing_subscriber::filter::Targets::new().with_target("plugbus", tracing::Level::INFO),
+        )
+    });
+    tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(spans)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
 /// The longest input line accepted.

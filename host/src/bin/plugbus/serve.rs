@@ -103,6 +103,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", env = "PLUGBUS_MAX_BODY_BYTES", value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
     max_body_bytes: Option<u64>,
 
+    /// Export the ingest and delivery spans to this OpenTelemetry
+    /// collector's OTLP/HTTP base URL (http://host:4318); spans go to
+    /// <URL>/v1/traces. Without it, `otlp.endpoint` of the configuration
+    /// file, else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT; none of them: no export.
+    #[arg(long, value_name = "URL", env = "PLUGBUS_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+
     /// Reuse a plugin's instance across events, or create a fresh one per event.
     #[arg(long, value_enum, default_value_t = Mode::Reuse)]
     instance_mode: Mode,
@@ -147,6 +155,25 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<(Config, Option<SocketAddr>)
         config.http.max_body_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
     }
     Ok((config, listen))
+}
+
+/// Where and how spans are exported, if anywhere: `--otlp-endpoint`, else
+/// the file's `otlp.endpoint`, else the standard OpenTelemetry variables.
+pub fn otlp(
+    args: &ServeArgs,
+    config: &Config,
+) -> anyhow::Result<Option<plugbus::telemetry::OtlpSettings>> {
+    let configured = match (&args.otlp_endpoint, &config.otlp.endpoint) {
+        (Some(flag), _) => Some(("--otlp-endpoint", flag.as_str())),
+        (None, Some(file)) => Some(("otlp.endpoint", file.as_str())),
+        (None, None) => None,
+    };
+    let url = plugbus::telemetry::resolve_traces_url(configured, |name| std::env::var(name).ok())?;
+    Ok(url.map(|traces_url| plugbus::telemetry::OtlpSettings {
+        traces_url,
+        service_name: config.otlp.service_name.clone(),
+        sample_ratio: config.otlp.sample_ratio,
+    }))
 }
 
 /// The process's Prometheus recorder, with histogram buckets for the
