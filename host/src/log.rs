@@ -110,7 +110,7 @@ pub struct DeadLetter {
 
 /// A quarantined plugin, as the log records it so that an operator can see
 /// it and lift it from another process (`plugbus quarantine`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Quarantine {
     /// The plugin's tenant.
     pub tenant: String,

@@ -1234,3 +1234,87 @@ fn an_unreachable_collector_does_not_hold_up_delivery() {
     let log = log.lock().expect("log").clone();
     assert!(logged(&log), "the failed export is logged: {log}");
 }
+
+/// `plugbus quarantine list|resume --url` go through a running host's API,
+/// with the tenant's token for its own plugins only.
+#[test]
+fn quarantine_is_listed_and_lifted_over_http() {
+    let dir = plugins_with_mixed();
+    let server = Server::start_with(
+        dir,
+        tempfile::tempdir().expect("data"),
+        "[delivery]\nquarantine_after = 2\nquarantine_seconds = 3600\n",
+    );
+    for id in ["q-1", "q-2"] {
+        let event = format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"/pos","type":"mix.permanent"}}"#
+        );
+        let (status, _) = server.post(ACME_TOKEN, "application/cloudevents+json", &event);
+        assert_eq!(status, 202);
+    }
+    server.deliveries_of(&["q-1", "q-2"]);
+    let plugbus = |args: &[&str], token: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_plugbus"))
+            .args(args)
+            .args(["--url", &server.url, "--token", token])
+            .output()
+            .expect("run plugbus");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // The quarantine is recorded a moment after the second failure.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let (ok, out, err) = plugbus(
+            &["quarantine", "list", "--tenant", "acme-pos", "--json"],
+            ACME_TOKEN,
+        );
+        assert!(ok, "{err}");
+        if !out.trim().is_empty() {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "never quarantined");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let listed: serde_json::Value = serde_json::from_str(listed.trim()).expect("one JSON line");
+    assert_eq!(
+        (listed["tenant"].as_str(), listed["plugin"].as_str()),
+        (Some("acme-pos"), Some("mixed"))
+    );
+    // Every tenant's, with the admin token only.
+    let (ok, out, _) = plugbus(&["quarantine", "list", "--json"], ADMIN_TOKEN);
+    assert!(ok && out.contains("\"mixed\""), "{out}");
+    let (ok, _, err) = plugbus(&["quarantine", "list"], ACME_TOKEN);
+    assert!(!ok && err.contains("401"), "{err}");
+    // Another tenant can neither see nor lift it.
+    let (ok, _, err) = plugbus(
+        &["quarantine", "list", "--tenant", "acme-pos"],
+        GLOBEX_TOKEN,
+    );
+    assert!(!ok && err.contains("no tenant"), "{err}");
+    let resume = [
+        "quarantine",
+        "resume",
+        "--tenant",
+        "acme-pos",
+        "--plugin",
+        "mixed",
+    ];
+    let (ok, _, err) = plugbus(&resume, GLOBEX_TOKEN);
+    assert!(!ok && err.contains("not quarantined"), "{err}");
+    let (ok, out, err) = plugbus(&resume, ACME_TOKEN);
+    assert!(
+        ok && out.contains("lifted the quarantine of acme-pos/mixed"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = plugbus(
+        &["quarantine", "list", "--tenant", "acme-pos", "--json"],
+        ACME_TOKEN,
+    );
+    assert!(ok && out.trim().is_empty(), "{out}{err}");
+    let (ok, _, err) = plugbus(&resume, ACME_TOKEN);
+    assert!(!ok && err.contains("not quarantined"), "{err}");
+}

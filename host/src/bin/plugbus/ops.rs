@@ -2,7 +2,7 @@
 //! replay` and `plugbus quarantine`. They work on the data directory, also
 //! while `plugbus serve` runs on it (SQLite serialises the writes; a running
 //! host picks up a moved cursor within a second), or, with `--url`, through
-//! a running host's HTTP API (`dlq` and `replay`).
+//! a running host's HTTP API.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -184,6 +184,9 @@ enum QuarantineCommand {
     /// Lists the quarantined plugins: tenant, plugin, the version that
     /// failed, and when the quarantine began and ends.
     List {
+        /// Only this tenant's (with --url, a tenant's token needs it).
+        #[arg(long)]
+        tenant: Option<String>,
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
@@ -389,12 +392,47 @@ fn rfc3339_ms(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// The quarantined plugins, of `tenant` or all: from the log, or from a
+/// running host's plugin views (`/v1/tenants/{tenant}/plugins`, or
+/// `/v1/admin/plugins` for all).
+fn quarantines(
+    source: &Source,
+    tenant: Option<&str>,
+) -> anyhow::Result<Vec<plugbus::log::Quarantine>> {
+    let all = match source {
+        Source::Log(log) => log.quarantines()?,
+        Source::Http { .. } => {
+            let path = match tenant {
+                Some(tenant) => format!("/v1/tenants/{tenant}/plugins"),
+                None => "/v1/admin/plugins".to_owned(),
+            };
+            let plugins = source
+                .call("GET", &path)?
+                .with_context(|| format!("the host has no tenant {tenant:?} for this token"))?;
+            plugins["plugins"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| !p["quarantine"].is_null())
+                .map(|p| serde_json::from_value(p["quarantine"].clone()))
+                .collect::<Result<_, _>>()
+                .context("the host answered with a quarantine this client cannot read")?
+        }
+    };
+    Ok(all
+        .into_iter()
+        .filter(|q| tenant.is_none_or(|t| t == q.tenant))
+        .collect())
+}
+
 /// Runs `plugbus quarantine ...`. Blocking.
 pub fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        QuarantineCommand::List { json, data } => {
-            let log = open(&data.data)?;
-            let all = log.quarantines()?;
+        QuarantineCommand::List { tenant, json, data } => {
+            if let Some(tenant) = &tenant {
+                check_names(tenant, None)?;
+            }
+            let all = quarantines(&data.source()?, tenant.as_deref())?;
             if !json {
                 println!(
                     "{:<20} {:<20} {:<14} {:<26} until",
@@ -428,17 +466,26 @@ pub fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
         }
         QuarantineCommand::Resume { plugin, data } => {
             check_names(&plugin.tenant, Some(&plugin.plugin))?;
-            let log = open(&data.data)?;
-            let lift = plugbus::log::QuarantineChange::Lift {
-                tenant: plugin.tenant.clone(),
-                plugin: plugin.plugin.clone(),
+            let (tenant, name) = (&plugin.tenant, &plugin.plugin);
+            let lifted = match data.source()? {
+                Source::Log(log) => log
+                    .set_quarantine(plugbus::log::QuarantineChange::Lift {
+                        tenant: tenant.clone(),
+                        plugin: name.clone(),
+                    })
+                    .wait()?,
+                remote @ Source::Http { .. } => remote
+                    .call(
+                        "POST",
+                        &format!("/v1/tenants/{tenant}/plugins/{name}/resume"),
+                    )?
+                    .is_some(),
             };
-            if !log.set_quarantine(lift).wait()? {
-                bail!("{}/{} is not quarantined", plugin.tenant, plugin.plugin);
+            if !lifted {
+                bail!("{tenant}/{name} is not quarantined");
             }
             println!(
-                "lifted the quarantine of {}/{}; a running host delivers its events again",
-                plugin.tenant, plugin.plugin
+                "lifted the quarantine of {tenant}/{name}; a running host delivers its events again"
             );
             Ok(ExitCode::SUCCESS)
         }
