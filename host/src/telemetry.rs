@@ -45,10 +45,8 @@ pub enum TelemetryError {
         reason: String,
     },
     /// The sample ratio is not in 0..=1.
-    #[error("{origin}: the sample ratio {value} is not between 0 and 1")]
+    #[error("the sample ratio {value} is not between 0 and 1")]
     SampleRatio {
-        /// Where the value came from.
-        origin: String,
         /// The value.
         value: f64,
     },
@@ -156,7 +154,6 @@ impl OtlpExport {
         check_traces_url("the traces URL", &settings.traces_url)?;
         if !(0.0..=1.0).contains(&settings.sample_ratio) {
             return Err(TelemetryError::SampleRatio {
-                origin: "otlp.sample_ratio".into(),
                 value: settings.sample_ratio,
             });
         }

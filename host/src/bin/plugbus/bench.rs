@@ -65,6 +65,16 @@ pub struct BenchArgs {
     /// OTLP/HTTP base URL while measuring, to see what tracing costs.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+
+    /// With --otlp-endpoint: the share of the traces exported (each
+    /// delivery starts one here).
+    #[arg(
+        long,
+        value_name = "RATIO",
+        default_value_t = 1.0,
+        requires = "otlp_endpoint"
+    )]
+    pub otlp_sample_ratio: f64,
 }
 
 /// A layout of tenants and plugins.

@@ -235,7 +235,7 @@ fn main() -> ExitCode {
                 plugbus::telemetry::OtlpSettings {
                     traces_url,
                     service_name: "plugbus-bench".into(),
-                    sample_ratio: 1.0,
+                    sample_ratio: args.otlp_sample_ratio,
                 }
             })
         }) {
