@@ -823,3 +823,42 @@ fn bench_runs_through_the_durable_log() {
         assert!(row["p50_us"].as_u64().is_some_and(|us| us > 0), "{row}");
     }
 }
+
+/// `bench --durable --http` publishes through the HTTP API, one event per
+/// request and in batches, and every event is delivered.
+#[test]
+fn bench_runs_over_http() {
+    for batch in ["1", "25"] {
+        let (code, rows, stderr) = run_plugbus(
+            &[
+                "bench",
+                "--plugin",
+                artifacts::FIXTURE_NOOP,
+                "--events",
+                "200",
+                "--json",
+                "--durable",
+                "--http",
+                "--batch",
+                batch,
+                "--scenario",
+                "one-plugin,hundred-tenants",
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "batch {batch}: {stderr}");
+        assert_eq!(rows.len(), 2, "{stderr}");
+        for row in &rows {
+            assert_eq!(row["deliveries"], 200, "batch {batch}: {row}");
+            assert_eq!(row["failed"], 0);
+            assert!(row["p50_us"].as_u64().is_some_and(|us| us > 0), "{row}");
+        }
+    }
+    // Without --durable there is no HTTP front to measure.
+    let (code, _, stderr) = run_plugbus(
+        &["bench", "--plugin", artifacts::FIXTURE_NOOP, "--http"],
+        "",
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--durable"), "{stderr}");
+}

@@ -61,6 +61,14 @@ pub struct BenchArgs {
     #[arg(long, requires = "durable")]
     no_fsync: bool,
 
+    /// With --durable: publish over HTTP, as producers do: a `plugbus
+    /// serve` API on 127.0.0.1 in this process, and one keep-alive client
+    /// connection per event in flight (structured mode, or batch mode with
+    /// --batch). The clients share the process's CPU, as a load generator
+    /// on the same machine would.
+    #[arg(long, requires = "durable")]
+    http: bool,
+
     /// Export every delivery span to this OpenTelemetry collector's
     /// OTLP/HTTP base URL while measuring, to see what tracing costs.
     #[arg(long, value_name = "URL")]
@@ -301,12 +309,14 @@ async fn run_durable(
             ..SqliteLogConfig::default()
         },
     )?;
-    let bus = DurableBus::start(
-        host.clone(),
-        std::sync::Arc::new(log),
-        DurableConfig::default(),
-    )
-    .await?;
+    let bus = std::sync::Arc::new(
+        DurableBus::start(
+            host.clone(),
+            std::sync::Arc::new(log),
+            DurableConfig::default(),
+        )
+        .await?,
+    );
     let before = host.stats();
     let names: Vec<String> = host
         .plugins()
@@ -315,24 +325,31 @@ async fn run_durable(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
+    let front = match args.http {
+        true => Some(HttpFront::start(&bus, &names, args.concurrency as usize).await?),
+        false => None,
+    };
     let mut latencies = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .context("cannot create the latency histogram")?;
     let cpu = cpu_time::ProcessTime::try_now().context("cannot read the process's CPU time")?;
     let wall = Instant::now();
-    let (bus_ref, names_ref) = (&bus, &names);
+    let (bus_ref, names_ref, front_ref) = (&bus, &names, &front);
     let mut acks = futures::stream::iter((0..args.events).step_by(args.batch as usize))
         .map(|first| async move {
             let tenant = &names_ref[(first as usize) % names_ref.len()];
-            let events = (first..(first + args.batch).min(args.events))
+            let events: Vec<Event> = (first..(first + args.batch).min(args.events))
                 .map(|i| event(tenant, i, args.payload as usize))
                 .collect();
             let started = Instant::now();
-            let appended = bus_ref.publish(events).await;
-            (started.elapsed(), appended)
+            let acknowledged = match front_ref {
+                Some(front) => front.publish(tenant, &events).await,
+                None => bus_ref.publish(events).await.map(drop).map_err(Into::into),
+            };
+            (started.elapsed(), acknowledged)
         })
         .buffer_unordered(args.concurrency as usize);
-    while let Some((latency, appended)) = acks.next().await {
-        appended?;
+    while let Some((latency, acknowledged)) = acks.next().await {
+        acknowledged?;
         latencies.saturating_record(micros(latency).max(1));
     }
     drop(acks);
@@ -341,7 +358,13 @@ async fn run_durable(
     let cpu = cpu
         .try_elapsed()
         .context("cannot read the process's CPU time")?;
-    bus.shutdown().await;
+    if let Some(front) = front {
+        front.stop().await;
+    }
+    std::sync::Arc::try_unwrap(bus)
+        .map_err(|_| anyhow::anyhow!("the bus is still shared after the run"))?
+        .shutdown()
+        .await;
     let after = host.stats();
     let deliveries = after.deliveries_ok - before.deliveries_ok;
     let failed: u64 = after
@@ -367,6 +390,118 @@ async fn run_durable(
         p99_us: latencies.value_at_quantile(0.99),
         p999_us: latencies.value_at_quantile(0.999),
     })
+}
+
+/// The HTTP API in front of the benchmark's bus, and its clients.
+struct HttpFront {
+    url: String,
+    agent: ureq::Agent,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl HttpFront {
+    /// Serves the API on a free port of 127.0.0.1, each tenant with the
+    /// token `<tenant>-token`.
+    async fn start(
+        bus: &std::sync::Arc<plugbus::durable::DurableBus>,
+        tenants: &[String],
+        connections: usize,
+    ) -> anyhow::Result<Self> {
+        let config = plugbus::api::ApiConfig {
+            max_body_bytes: 64 * 1024 * 1024,
+            max_batch_events: 10_000,
+            tenant_tokens: tenants
+                .iter()
+                .map(|t| {
+                    (
+                        t.clone(),
+                        plugbus::config::hash_token(&format!("{t}-token")),
+                    )
+                })
+                .collect(),
+            admin_token: None,
+            plugins_dir: None,
+        };
+        let api = plugbus::api::Api::new(bus.clone(), config, None);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("cannot listen on 127.0.0.1")?;
+        let url = format!("http://{}/v1/events", listener.local_addr()?);
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, plugbus::api::router(api))
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_idle_connections(connections)
+            .max_idle_connections_per_host(connections)
+            // Timeouts per step, not overall: an overall one makes ureq
+            // resolve the address on a new thread for every request.
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .timeout_per_write(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Ok(Self {
+            url,
+            agent,
+            server,
+            stop,
+        })
+    }
+
+    /// Posts `events` (structured mode for one, batch mode for more) and
+    /// waits for the 202.
+    async fn publish(&self, tenant: &str, events: &[Event]) -> anyhow::Result<()> {
+        let (content_type, body) = match events {
+            [event] => (
+                "application/cloudevents+json",
+                event.to_json_value().to_string(),
+            ),
+            _ => (
+                "application/cloudevents-batch+json",
+                serde_json::Value::Array(events.iter().map(Event::to_json_value).collect())
+                    .to_string(),
+            ),
+        };
+        let (agent, url) = (self.agent.clone(), self.url.clone());
+        let auth = format!("Bearer {tenant}-token");
+        tokio::task::spawn_blocking(move || {
+            let mut response = agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", content_type)
+                .send(body)
+                .with_context(|| format!("cannot post to {url}"))?;
+            let status = response.status().as_u16();
+            // Read to its end, so the connection goes back to the pool.
+            let text = response
+                .body_mut()
+                .read_to_string()
+                .with_context(|| format!("cannot read the answer of {url}"))?;
+            if status != 202 {
+                bail!("{url} answered {status}: {text}");
+            }
+            Ok(())
+        })
+        .await
+        .context("the HTTP client task failed")?
+    }
+
+    /// Stops the server once its requests are answered.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("the benchmark's HTTP server failed: {e}"),
+            Err(e) => tracing::error!("the benchmark's HTTP server task failed: {e}"),
+        }
+    }
 }
 
 fn micros(d: Duration) -> u64 {
@@ -407,6 +542,16 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
         args.payload,
         if !args.durable {
             "in memory".to_owned()
+        } else if args.http {
+            format!(
+                "over HTTP into the durable log{}, {} per request (latency: request to 202)",
+                if args.no_fsync { " WITHOUT fsync" } else { "" },
+                if args.batch > 1 {
+                    format!("a batch of {} events", args.batch)
+                } else {
+                    "one structured event".to_owned()
+                }
+            )
         } else if args.no_fsync {
             "through the durable log WITHOUT fsync (latency: to the acknowledgement)".to_owned()
         } else if args.batch > 1 {
