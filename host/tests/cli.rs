@@ -555,6 +555,13 @@ fn dead_letters_and_replay_from_the_command_line() {
     assert_eq!(listed[1]["event_id"], "r-1");
     assert_eq!(listed[1]["attempts"], 2);
     let r_seq = listed[1]["seq"].as_u64().expect("seq").to_string();
+    // The table: each position right-aligned under its heading.
+    let (code, out, err) = run_plain(&["dlq", "list", "--tenant", "acme-pos", "--data", data_dir]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(rows[0].starts_with("     seq  plugin"), "{out}");
+    assert!(rows[2].starts_with(&format!("{r_seq:>8}  mixed ")), "{out}");
 
     let (code, out, err) = run_plain(&[
         "dlq", "show", "--tenant", "acme-pos", "--plugin", "mixed", "--seq", &r_seq, "--data",

@@ -804,6 +804,23 @@ fn the_cli_client_publishes_and_lists() {
     let (code, out, err) = plugbus(&["plugins", "--tenant", "acme-pos"], ACME_TOKEN);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("audit") && out.contains("active"), "{out}");
+    // A table: the cursor and lag of each row end where their headings do.
+    let mut lines = out.lines();
+    let header = lines.next().unwrap_or_default();
+    let end_of = |line: &str, word: &str| line.find(word).map(|at| at + word.len());
+    let (cursor_end, lag_end) = (end_of(header, "cursor"), end_of(header, "lag"));
+    for row in lines {
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        let (cursor, lag) = (columns.get(4).copied(), columns.get(5).copied());
+        let at =
+            |end: Option<usize>, word: Option<&str>| row.get(end?.checked_sub(word?.len())?..end?);
+        assert_eq!(
+            (at(cursor_end, cursor), at(lag_end, lag)),
+            (cursor, lag),
+            "{out}"
+        );
+        assert!(cursor.is_some() && lag.is_some(), "{out}");
+    }
     let (code, _, err) = plugbus(&["plugins"], ACME_TOKEN);
     assert_eq!(code, 2, "the admin view needs the admin token");
     assert!(err.contains("401"), "{err}");

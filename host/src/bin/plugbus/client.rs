@@ -253,7 +253,7 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "{:<40} {:>10}  {}",
                 accepted["id"].as_str().unwrap_or_default(),
-                accepted["seq"],
+                accepted["seq"].to_string(),
                 accepted["duplicate"]
             );
         }
@@ -279,14 +279,20 @@ pub fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
     );
     for p in answer["plugins"].as_array().into_iter().flatten() {
         let text = |key: &str| p[key].as_str().unwrap_or("-").to_owned();
+        // A JSON value ignores widths: its text is what gets padded.
+        let number = |key: &str| {
+            p[key]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |n| n.to_string())
+        };
         println!(
             "{:<20} {:<24} {:<14} {:<15} {:>10} {:>8}  {}",
             text("tenant"),
             text("plugin"),
             text("version"),
             text("status"),
-            p["cursor"],
-            p["lag"],
+            number("cursor"),
+            number("lag"),
             p["last_error"].as_str().unwrap_or("")
         );
     }

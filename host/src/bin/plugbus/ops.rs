@@ -268,7 +268,8 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                     } else {
                         println!(
                             "{:>8}  {:<20} {:<24} {:<28} {:>8}  {kind}: {message}",
-                            dead["seq"],
+                            // Its text: a JSON value ignores widths.
+                            dead["seq"].to_string(),
                             plugin,
                             text("id"),
                             text("type"),
