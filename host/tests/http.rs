@@ -1143,10 +1143,22 @@ fn spans_are_exported_to_the_configured_collector_as_one_trace() {
             )
         })
         .collect();
-    let (status, _) = server.post(
-        ACME_TOKEN,
-        "application/cloudevents-batch+json",
-        &format!("[{}]", batch.join(",")),
+    // The request itself carries a trace context too: its ingest span
+    // continues that one, the deliveries their events'.
+    const REQUEST_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const CLIENT: &str = "b7ad6b7169203331";
+    let (status, _) = server.curl(
+        "/v1/events",
+        &[
+            "-H",
+            &bearer(ACME_TOKEN),
+            "-H",
+            "Content-Type: application/cloudevents-batch+json",
+            "-H",
+            &format!("traceparent: 00-{REQUEST_TRACE}-{CLIENT}-01"),
+            "--data-binary",
+            &format!("[{}]", batch.join(",")),
+        ],
     );
     assert_eq!(status, 202);
     server.deliveries_of(&["batched-0", "batched-1", "batched-2"]);
@@ -1210,6 +1222,13 @@ fn spans_are_exported_to_the_configured_collector_as_one_trace() {
         assert_eq!(hex(&found[0].trace_id), TRACE);
         assert_eq!(found[0].parent_span_id, emitter.span_id);
     }
+    let batch_ingest: Vec<_> = named("ingest")
+        .into_iter()
+        .filter(|s| attribute(s, "event_id") == Some("batched-0"))
+        .collect();
+    assert_eq!(batch_ingest.len(), 1, "{spans:#?}");
+    assert_eq!(hex(&batch_ingest[0].trace_id), REQUEST_TRACE);
+    assert_eq!(hex(&batch_ingest[0].parent_span_id), CLIENT);
     for (i, trace) in traces.iter().enumerate() {
         let found = of(&format!("batched-{i}"), "audit");
         assert_eq!(found.len(), 1, "batched-{i}: {deliveries:#?}");

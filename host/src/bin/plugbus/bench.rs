@@ -325,9 +325,10 @@ async fn run_durable(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let front = match args.http {
-        true => Some(HttpFront::start(&bus, &names, args.concurrency as usize).await?),
-        false => None,
+    let front = if args.http {
+        Some(HttpFront::start(&bus, &names, args.concurrency as usize).await?)
+    } else {
+        None
     };
     let mut latencies = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .context("cannot create the latency histogram")?;
