@@ -18,6 +18,11 @@ pub const CORRELATION_EXTENSION: &str = "correlationid";
 /// The extension attribute the host sets on emitted events: how many emits
 /// separate the event from the root event of its chain.
 pub const DEPTH_EXTENSION: &str = "chaindepth";
+/// The extension attribute the host sets on emitted events: how many more
+/// events the chain below this event may still cause. A chain's budget
+/// travels with its events through the durable log, so that it holds across
+/// deliveries, restarts and hosts; the host clamps it to its own limit.
+pub const BUDGET_EXTENSION: &str = "chainbudget";
 
 /// The largest event payload accepted, in bytes.
 pub const MAX_DATA_BYTES: usize = 1024 * 1024;
@@ -342,6 +347,11 @@ impl Event {
                 EventError::invalid(DEPTH_EXTENSION, format!("{depth:?} is not a whole number"))
             })?;
         }
+        if let Some(budget) = self.extensions.get(BUDGET_EXTENSION) {
+            budget.parse::<u64>().map_err(|_| {
+                EventError::invalid(BUDGET_EXTENSION, format!("{budget:?} is not a whole number"))
+            })?;
+        }
         Ok(())
     }
 
@@ -352,6 +362,15 @@ impl Event {
             .get(DEPTH_EXTENSION)
             .and_then(|d| d.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// How many more events the chain below this event may cause (the
+    /// `chainbudget` extension), at most `limit`; `limit` when absent.
+    pub fn chain_budget(&self, limit: usize) -> usize {
+        self.extensions
+            .get(BUDGET_EXTENSION)
+            .and_then(|b| b.parse::<u64>().ok())
+            .map_or(limit, |b| usize::try_from(b).unwrap_or(usize::MAX).min(limit))
     }
 
     /// The id of the root event of this event's chain: the `correlationid`
