@@ -10,11 +10,34 @@
 //! plugins_dir = "plugins"
 //! data_dir = "data"
 //! log_format = "human"            # or "json"
+//! drain_seconds = 30              # SIGTERM: what is under way gets this long
 //!
 //! [limits]                        # for plugins whose manifest does not say
 //! fuel = 50_000_000
 //! memory_mib = 32
 //! timeout_ms = 1000
+//!
+//! [limits.max]                    # the most a manifest may ask for
+//! fuel = 1_000_000_000
+//! memory_mib = 256
+//! timeout_ms = 30_000
+//!
+//! [budgets]                       # what one delivery, chain or batch may use
+//! max_emits_per_delivery = 100
+//! max_emit_bytes_per_delivery = 4194304
+//! max_chain_depth = 16
+//! max_events_per_chain = 10_000
+//! max_state_bytes_per_delivery = 4194304
+//! max_batch_commit_bytes = 16777216
+//! max_error_bytes = 4096
+//! max_log_bytes = 4096
+//! max_log_lines_per_delivery = 256
+//! max_pending_mib = 64
+//! max_manifest_bytes = 65536
+//!
+//! [instances]
+//! recycle_after_events = 100_000  # 0: never
+//! recycle_memory_percent = 75     # 0: never
 //!
 //! [delivery]
 //! max_attempts = 5
@@ -27,6 +50,18 @@
 //! [http]
 //! max_body_bytes = 1048576
 //! max_batch_events = 1000
+//! header_timeout_ms = 10_000
+//! body_timeout_ms = 30_000
+//! max_connections = 1024
+//!
+//! [quotas]                        # every tenant's, unless its own section says otherwise
+//! max_plugins = 100
+//! ingest_events_per_second = 10_000
+//! ingest_bytes_per_second = 33554432
+//! max_requests_in_flight = 64
+//!
+//! [metrics]
+//! # token_sha256 = "…"            # a bearer token for GET /metrics
 //!
 //! [otlp]                          # OpenTelemetry span export (off without an endpoint)
 //! # endpoint = "http://127.0.0.1:4318"   # spans go to <endpoint>/v1/traces
@@ -38,6 +73,7 @@
 //!
 //! [tenants.acme-pos]
 //! token_sha256 = "…"
+//! max_plugins = 10                # any key of [quotas], for this tenant
 //! ```
 //!
 //! Tokens are stored as the hex SHA-256 of the token, never the token.
@@ -105,19 +141,32 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// How log lines are written (default human).
     pub log_format: LogFormat,
-    /// Default limits of plugins whose manifest does not set them.
+    /// At SIGTERM, how long HTTP requests and deliveries under way may take
+    /// before the process exits anyway, in seconds (default 30).
+    pub drain_seconds: u64,
+    /// Default limits of plugins whose manifest does not set them, and the
+    /// ceilings a manifest may not go past.
     pub limits: LimitsConfig,
+    /// What one delivery, chain or batch may use.
+    pub budgets: BudgetsConfig,
+    /// When long-lived plugin instances are replaced by fresh ones.
+    pub instances: InstancesConfig,
     /// Retries, quarantine, duplicates and retention.
     pub delivery: DeliveryConfig,
     /// HTTP request limits.
     pub http: HttpConfig,
+    /// Every tenant's quotas, unless its own `[tenants.<t>]` section sets them.
+    pub quotas: QuotasConfig,
+    /// The `/metrics` scrape.
+    pub metrics: MetricsConfig,
     /// OpenTelemetry export of the ingest and delivery spans.
     pub otlp: OtlpConfig,
     /// The admin token, for `/v1/admin/...`; without one the admin API
     /// answers 401 to everyone.
     pub admin: Option<TokenConfig>,
-    /// The tenants that may publish over HTTP, by name, with their tokens.
-    pub tenants: BTreeMap<String, TokenConfig>,
+    /// The tenants that may publish over HTTP, by name, with their tokens
+    /// and their own quotas.
+    pub tenants: BTreeMap<String, TenantConfig>,
 }
 
 /// Default plugin limits.
@@ -130,6 +179,67 @@ pub struct LimitsConfig {
     pub memory_mib: u64,
     /// Wall-clock time per event in milliseconds (default 1000).
     pub timeout_ms: u64,
+    /// The most a manifest may ask for.
+    pub max: MaxLimitsConfig,
+}
+
+/// The ceilings of plugin limits: a manifest that asks for more is refused
+/// at load, naming the key and the ceiling.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaxLimitsConfig {
+    /// Fuel per event (default 1,000,000,000).
+    pub fuel: u64,
+    /// Memory in MiB (default 256).
+    pub memory_mib: u64,
+    /// Wall-clock time per event in milliseconds (default 30,000).
+    pub timeout_ms: u64,
+}
+
+/// What one delivery, one chain of events or one batch may use. Past a
+/// budget, the host call is refused to the plugin with an error that names
+/// the budget, and counted; nothing is buffered beyond it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetsConfig {
+    /// Events one delivery may emit (default 100).
+    pub max_emits_per_delivery: u64,
+    /// Bytes of events one delivery may emit (default 4 MiB).
+    pub max_emit_bytes_per_delivery: u64,
+    /// Emits between an event and the root of its chain (default 16).
+    pub max_chain_depth: u32,
+    /// Events the whole chain below one published event may cause (default
+    /// 10,000); the budget travels with the events through the log.
+    pub max_events_per_chain: u64,
+    /// Bytes of state keys and values one delivery may write (default 4 MiB).
+    pub max_state_bytes_per_delivery: u64,
+    /// Bytes of emitted events and state writes one batch of deliveries may
+    /// hold until its commit (default 16 MiB).
+    pub max_batch_commit_bytes: u64,
+    /// The longest error message of a plugin that is kept, in bytes
+    /// (default 4 KiB); longer ones are cut with a marker.
+    pub max_error_bytes: u64,
+    /// The longest log line of a plugin, in bytes (default 4 KiB).
+    pub max_log_bytes: u64,
+    /// Log lines one delivery may write (default 256).
+    pub max_log_lines_per_delivery: u64,
+    /// MiB of events a plugin's consumer may read ahead of its deliveries
+    /// (default 64).
+    pub max_pending_mib: u64,
+    /// The largest plugin manifest, in bytes (default 64 KiB).
+    pub max_manifest_bytes: u64,
+}
+
+/// When a long-lived plugin instance is replaced by a fresh one, so that a
+/// plugin that leaks slowly is not killed by its memory limit mid-event.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstancesConfig {
+    /// After this many events (default 100,000; 0 never).
+    pub recycle_after_events: u64,
+    /// When its memory stays above this share of its limit, in percent
+    /// (default 75; 0 never).
+    pub recycle_memory_percent: u64,
 }
 
 /// Delivery policy.
@@ -160,6 +270,40 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// The most events in one batch request (default 1000).
     pub max_batch_events: usize,
+    /// How long a client may take to send a request's headers, in
+    /// milliseconds (default 10,000); then 408.
+    pub header_timeout_ms: u64,
+    /// How long a client may take to send a request's body, in milliseconds
+    /// (default 30,000); then 408.
+    pub body_timeout_ms: u64,
+    /// The most connections open at once (default 1024); more are refused.
+    pub max_connections: u64,
+}
+
+/// A tenant's quotas. `[quotas]` sets everyone's; a tenant's own section
+/// may set any of them for itself.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotasConfig {
+    /// Plugins loaded at once (default 100); more are refused at load.
+    pub max_plugins: u64,
+    /// Events per second over HTTP, with a burst of one second (default
+    /// 10,000); more are answered 429 with `Retry-After`.
+    pub ingest_events_per_second: u64,
+    /// Request body bytes per second over HTTP, with a burst of one second
+    /// (default 32 MiB); more are answered 429 with `Retry-After`.
+    pub ingest_bytes_per_second: u64,
+    /// HTTP requests under way at once (default 64); more are answered 429.
+    pub max_requests_in_flight: u64,
+}
+
+/// The `/metrics` scrape.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// The hex SHA-256 of a bearer token `GET /metrics` must carry; without
+    /// one (the default), `/metrics` is open to whoever reaches the port.
+    pub token_sha256: Option<String>,
 }
 
 /// OpenTelemetry export of spans over OTLP/HTTP (protobuf).
@@ -197,6 +341,44 @@ pub struct TokenConfig {
     pub token_sha256: String,
 }
 
+/// A tenant: its token, and the quotas it has other than `[quotas]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// `plugbus hash-token` prints it.
+    pub token_sha256: String,
+    /// See [`QuotasConfig::max_plugins`].
+    pub max_plugins: Option<u64>,
+    /// See [`QuotasConfig::ingest_events_per_second`].
+    pub ingest_events_per_second: Option<u64>,
+    /// See [`QuotasConfig::ingest_bytes_per_second`].
+    pub ingest_bytes_per_second: Option<u64>,
+    /// See [`QuotasConfig::max_requests_in_flight`].
+    pub max_requests_in_flight: Option<u64>,
+}
+
+impl Config {
+    /// The quotas of `tenant`: its own, else `[quotas]`.
+    pub fn quotas_of(&self, tenant: &str) -> QuotasConfig {
+        let base = &self.quotas;
+        match self.tenants.get(tenant) {
+            None => base.clone(),
+            Some(t) => QuotasConfig {
+                max_plugins: t.max_plugins.unwrap_or(base.max_plugins),
+                ingest_events_per_second: t
+                    .ingest_events_per_second
+                    .unwrap_or(base.ingest_events_per_second),
+                ingest_bytes_per_second: t
+                    .ingest_bytes_per_second
+                    .unwrap_or(base.ingest_bytes_per_second),
+                max_requests_in_flight: t
+                    .max_requests_in_flight
+                    .unwrap_or(base.max_requests_in_flight),
+            },
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -204,9 +386,14 @@ impl Default for Config {
             plugins_dir: PathBuf::from("plugins"),
             data_dir: PathBuf::from("data"),
             log_format: LogFormat::Human,
+            drain_seconds: 30,
             limits: LimitsConfig::default(),
+            budgets: BudgetsConfig::default(),
+            instances: InstancesConfig::default(),
             delivery: DeliveryConfig::default(),
             http: HttpConfig::default(),
+            quotas: QuotasConfig::default(),
+            metrics: MetricsConfig::default(),
             otlp: OtlpConfig::default(),
             admin: None,
             tenants: BTreeMap::new(),
@@ -221,9 +408,60 @@ impl Default for LimitsConfig {
             fuel: limits.fuel,
             memory_mib: limits.memory_bytes / (1024 * 1024),
             timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
+            max: MaxLimitsConfig::default(),
         }
     }
 }
+
+impl Default for MaxLimitsConfig {
+    fn default() -> Self {
+        Self {
+            fuel: 1_000_000_000,
+            memory_mib: 256,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for BudgetsConfig {
+    fn default() -> Self {
+        Self {
+            max_emits_per_delivery: 100,
+            max_emit_bytes_per_delivery: 4 * MIB,
+            max_chain_depth: 16,
+            max_events_per_chain: 10_000,
+            max_state_bytes_per_delivery: 4 * MIB,
+            max_batch_commit_bytes: 16 * MIB,
+            max_error_bytes: 4096,
+            max_log_bytes: 4096,
+            max_log_lines_per_delivery: 256,
+            max_pending_mib: 64,
+            max_manifest_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for InstancesConfig {
+    fn default() -> Self {
+        Self {
+            recycle_after_events: 100_000,
+            recycle_memory_percent: 75,
+        }
+    }
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        Self {
+            max_plugins: 100,
+            ingest_events_per_second: 10_000,
+            ingest_bytes_per_second: 32 * MIB,
+            max_requests_in_flight: 64,
+        }
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
@@ -243,6 +481,9 @@ impl Default for HttpConfig {
         Self {
             max_body_bytes: 1024 * 1024,
             max_batch_events: 1000,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_connections: 1024,
         }
     }
 }
@@ -281,18 +522,83 @@ impl Config {
                 Err(invalid(key, format!("{value} is not in {low}..={high}")))
             }
         };
-        range("limits.fuel", self.limits.fuel, 1, u64::MAX)?;
+        range("drain_seconds", self.drain_seconds, 1, 3600)?;
+        let max = &self.limits.max;
+        range("limits.max.fuel", max.fuel, 1, 1_000_000_000_000)?;
         range(
-            "limits.memory_mib",
-            self.limits.memory_mib,
+            "limits.max.memory_mib",
+            max.memory_mib,
             1,
             crate::manifest::MAX_MEMORY_MIB,
         )?;
         range(
-            "limits.timeout_ms",
-            self.limits.timeout_ms,
+            "limits.max.timeout_ms",
+            max.timeout_ms,
             1,
             crate::manifest::MAX_TIMEOUT_MS,
+        )?;
+        // The defaults must fit under the ceilings: the key named is the
+        // default, which is what a plugin without a manifest would get.
+        range("limits.fuel", self.limits.fuel, 1, max.fuel)?;
+        range("limits.memory_mib", self.limits.memory_mib, 1, max.memory_mib)?;
+        range("limits.timeout_ms", self.limits.timeout_ms, 1, max.timeout_ms)?;
+        let b = &self.budgets;
+        range(
+            "budgets.max_emits_per_delivery",
+            b.max_emits_per_delivery,
+            1,
+            100_000,
+        )?;
+        range(
+            "budgets.max_emit_bytes_per_delivery",
+            b.max_emit_bytes_per_delivery,
+            1024,
+            1 << 30,
+        )?;
+        range(
+            "budgets.max_chain_depth",
+            u64::from(b.max_chain_depth),
+            1,
+            1000,
+        )?;
+        range(
+            "budgets.max_events_per_chain",
+            b.max_events_per_chain,
+            1,
+            1_000_000_000,
+        )?;
+        range(
+            "budgets.max_state_bytes_per_delivery",
+            b.max_state_bytes_per_delivery,
+            1024,
+            1 << 30,
+        )?;
+        range(
+            "budgets.max_batch_commit_bytes",
+            b.max_batch_commit_bytes,
+            MIB,
+            4 << 30,
+        )?;
+        range("budgets.max_error_bytes", b.max_error_bytes, 256, MIB)?;
+        range("budgets.max_log_bytes", b.max_log_bytes, 256, MIB)?;
+        range(
+            "budgets.max_log_lines_per_delivery",
+            b.max_log_lines_per_delivery,
+            1,
+            100_000,
+        )?;
+        range("budgets.max_pending_mib", b.max_pending_mib, 1, 65_536)?;
+        range(
+            "budgets.max_manifest_bytes",
+            b.max_manifest_bytes,
+            1024,
+            16 * MIB,
+        )?;
+        range(
+            "instances.recycle_memory_percent",
+            self.instances.recycle_memory_percent,
+            0,
+            100,
         )?;
         range(
             "delivery.max_attempts",
@@ -300,11 +606,13 @@ impl Config {
             1,
             100,
         )?;
+        // Thirty days: a longer quarantine is an operator's `resume` away
+        // anyway, and time arithmetic stays far from overflow.
         range(
             "delivery.quarantine_seconds",
             self.delivery.quarantine_seconds,
             1,
-            u64::MAX,
+            30 * 24 * 3600,
         )?;
         range(
             "delivery.dedupe_hours",
@@ -312,8 +620,14 @@ impl Config {
             1,
             24 * 365,
         )?;
+        range(
+            "delivery.retain_hours",
+            self.delivery.retain_hours,
+            0,
+            24 * 365 * 10,
+        )?;
         if let Some(mib) = self.delivery.retain_mib {
-            range("delivery.retain_mib", mib, 1, u64::MAX)?;
+            range("delivery.retain_mib", mib, 1, 1 << 30)?;
         }
         range(
             "http.max_body_bytes",
@@ -327,6 +641,28 @@ impl Config {
             1,
             100_000,
         )?;
+        range(
+            "http.header_timeout_ms",
+            self.http.header_timeout_ms,
+            100,
+            600_000,
+        )?;
+        range(
+            "http.body_timeout_ms",
+            self.http.body_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        range(
+            "http.max_connections",
+            self.http.max_connections,
+            1,
+            1_000_000,
+        )?;
+        check_quotas("quotas", &self.quotas, &range)?;
+        for tenant in self.tenants.keys() {
+            check_quotas(&format!("tenants.{tenant}"), &self.quotas_of(tenant), &range)?;
+        }
         if let Some(endpoint) = &self.otlp.endpoint {
             crate::telemetry::traces_url("otlp.endpoint", endpoint)
                 .map_err(|e| invalid("otlp.endpoint", endpoint_reason(e)))?;
@@ -343,10 +679,21 @@ impl Config {
         if let Some(admin) = &self.admin {
             check_hash(&admin.token_sha256).map_err(|r| invalid("admin.token_sha256", r))?;
         }
+        if let Some(metrics) = &self.metrics.token_sha256 {
+            check_hash(metrics).map_err(|r| invalid("metrics.token_sha256", r))?;
+        }
         // A token names one caller: shared, it would not say which.
         let mut owners: BTreeMap<String, String> = BTreeMap::new();
         if let Some(admin) = &self.admin {
             owners.insert(admin.token_sha256.to_ascii_lowercase(), "admin".into());
+        }
+        if let Some(metrics) = &self.metrics.token_sha256
+            && let Some(other) = owners.insert(metrics.to_ascii_lowercase(), "metrics".into())
+        {
+            return Err(invalid(
+                "metrics.token_sha256",
+                format!("the same token as {other}'s"),
+            ));
         }
         for (tenant, token) in &self.tenants {
             let key = format!("tenants.{tenant}.token_sha256");
@@ -361,6 +708,38 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks the ranges of one set of quotas, whose keys stand under `prefix`.
+fn check_quotas(
+    prefix: &str,
+    quotas: &QuotasConfig,
+    range: &impl Fn(&str, u64, u64, u64) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    range(
+        &format!("{prefix}.max_plugins"),
+        quotas.max_plugins,
+        1,
+        100_000,
+    )?;
+    range(
+        &format!("{prefix}.ingest_events_per_second"),
+        quotas.ingest_events_per_second,
+        1,
+        1_000_000_000,
+    )?;
+    range(
+        &format!("{prefix}.ingest_bytes_per_second"),
+        quotas.ingest_bytes_per_second,
+        1024,
+        1 << 40,
+    )?;
+    range(
+        &format!("{prefix}.max_requests_in_flight"),
+        quotas.max_requests_in_flight,
+        1,
+        100_000,
+    )
 }
 
 /// The hex SHA-256 of `token`, as the configuration stores it.
@@ -475,6 +854,92 @@ mod tests {
         assert!(m.contains("otlp.endpoint") && m.contains("TLS"), "{m}");
         let m = message("[otlp]\nendpoint = \"http://c:4318\"\nsample_ratio = 1.5");
         assert!(m.contains("otlp.sample_ratio"), "{m}");
+    }
+
+    #[test]
+    fn tenants_take_their_own_quotas_over_the_defaults() -> Result<(), ConfigError> {
+        let config = parse(&format!(
+            "[quotas]\nmax_plugins = 7\n[tenants.acme]\ntoken_sha256 = \"{}\"\nmax_plugins = 3\n[tenants.globex]\ntoken_sha256 = \"{}\"",
+            hash_token("a"),
+            hash_token("g")
+        ))?;
+        assert_eq!(config.quotas_of("acme").max_plugins, 3);
+        assert_eq!(config.quotas_of("globex").max_plugins, 7);
+        assert_eq!(config.quotas_of("unknown").max_plugins, 7);
+        assert_eq!(
+            config.quotas_of("acme").max_requests_in_flight,
+            QuotasConfig::default().max_requests_in_flight
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn every_number_is_range_checked_at_its_edge() {
+        // (key, the largest value accepted) for keys whose edge matters.
+        let accepted = [
+            ("[delivery]\nquarantine_seconds", 30 * 24 * 3600),
+            ("drain_seconds", 3600),
+            ("[limits.max]\ntimeout_ms", crate::manifest::MAX_TIMEOUT_MS),
+            ("[http]\nmax_connections", 1_000_000),
+            ("[quotas]\nmax_requests_in_flight", 100_000),
+            ("[instances]\nrecycle_memory_percent", 100),
+        ];
+        for (key, edge) in accepted {
+            assert!(parse(&format!("{key} = {edge}")).is_ok(), "{key} = {edge}");
+            let refused = parse(&format!("{key} = {}", edge + 1))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            let name = key.rsplit(['\n', ']']).next().unwrap_or(key);
+            assert!(refused.contains(name), "{key} = {}: {refused}", edge + 1);
+        }
+        // Near u64::MAX, which used to overflow the quarantine's end.
+        let m = parse("[delivery]\nquarantine_seconds = 18446744073709551615")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(m.contains("delivery.quarantine_seconds"), "{m}");
+    }
+
+    #[test]
+    fn defaults_must_fit_under_the_ceilings() {
+        let m = parse("[limits]\nfuel = 2000\n[limits.max]\nfuel = 1999")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(m.contains("limits.fuel") && m.contains("1999"), "{m}");
+        assert!(parse("[limits]\nfuel = 1999\n[limits.max]\nfuel = 1999").is_ok());
+        let m = parse("[tenants.acme]\ntoken_sha256 = \"x\"\nmax_plugins = 0")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(m.contains("tenants.acme"), "{m}");
+        let m = parse(&format!(
+            "[tenants.acme]\ntoken_sha256 = \"{}\"\nmax_plugins = 0",
+            hash_token("a")
+        ))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(m.contains("tenants.acme.max_plugins"), "{m}");
+    }
+
+    #[test]
+    fn the_metrics_token_is_a_hash_of_its_own() {
+        let h = hash_token("scrape");
+        assert!(parse(&format!("[metrics]\ntoken_sha256 = \"{h}\"")).is_ok());
+        let m = parse("[metrics]\ntoken_sha256 = \"scrape\"")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(m.contains("metrics.token_sha256"), "{m}");
+        let m = parse(&format!(
+            "[admin]\ntoken_sha256 = \"{h}\"\n[metrics]\ntoken_sha256 = \"{h}\""
+        ))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(m.contains("metrics.token_sha256") && m.contains("admin"), "{m}");
     }
 
     #[test]

@@ -23,6 +23,9 @@ commands:
                    HTTP on 127.0.0.1:8080 until Ctrl-C
   test [ARGS...]   run the whole test suite (`cargo test --workspace ARGS...`)
   bench [ARGS...]  run `plugbus bench` (release build) on the noop fixture; ARGS go to plugbus bench
+  bench-noisy [ARGS...]
+                   run `plugbus bench-noisy` (release build): the noop fixture beside the hostile and
+                   sleeper fixtures; ARGS go to plugbus bench-noisy
   bench-table GROUP [--columns a,b,...] [--ratio a/b]...
                    print the markdown tables of BENCHMARKS.md from the last `cargo bench` of GROUP";
 
@@ -41,25 +44,20 @@ fn main() -> ExitCode {
         }
         Some("demo") => demo(),
         Some("test") => cargo(&["test", "--workspace"], &args[1..]),
-        Some("bench") => {
-            let mut extra = vec![
-                "--plugin".to_owned(),
-                plugbus_artifacts::FIXTURE_NOOP.to_owned(),
-            ];
-            extra.extend(args[1..].iter().cloned());
-            cargo(
-                &[
-                    "run",
-                    "--quiet",
-                    "--release",
-                    "--package",
-                    "plugbus",
-                    "--",
-                    "bench",
-                ],
-                &extra,
-            )
-        }
+        Some("bench") => release_plugbus(
+            "bench",
+            &[("--plugin", plugbus_artifacts::FIXTURE_NOOP)],
+            &args[1..],
+        ),
+        Some("bench-noisy") => release_plugbus(
+            "bench-noisy",
+            &[
+                ("--plugin", plugbus_artifacts::FIXTURE_NOOP),
+                ("--hostile", plugbus_artifacts::FIXTURE_HOSTILE),
+                ("--sleeper", plugbus_artifacts::FIXTURE_SLEEPER),
+            ],
+            &args[1..],
+        ),
         Some("bench-table") => table::Request::parse(&args[1..]).and_then(|request| {
             print!(
                 "{}",
@@ -103,6 +101,26 @@ fn cargo(args: &[&str], extra: &[String]) -> anyhow::Result<ExitCode> {
         .status()
         .context("cannot run cargo")?;
     Ok(exit_code(status))
+}
+
+/// Runs `plugbus COMMAND` from a release build with the fixture `paths`
+/// (flag, path) and then `extra`.
+fn release_plugbus(
+    command: &str,
+    paths: &[(&str, &str)],
+    extra: &[String],
+) -> anyhow::Result<ExitCode> {
+    let mut all: Vec<String> = paths
+        .iter()
+        .flat_map(|(flag, path)| [(*flag).to_owned(), (*path).to_owned()])
+        .collect();
+    all.extend(extra.iter().cloned());
+    cargo(
+        &[
+            "run", "--quiet", "--release", "--package", "plugbus", "--", command,
+        ],
+        &all,
+    )
 }
 
 /// A child's exit status as this process's.

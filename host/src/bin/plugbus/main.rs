@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod noisy;
 mod ops;
 mod reload_bench;
 mod serve;
@@ -104,6 +105,12 @@ enum Command {
     /// a large copy of it; and events/s with a swap every second against
     /// none.
     BenchReload(reload_bench::ReloadBenchArgs),
+
+    /// The noisy-neighbour benchmark: a good tenant's throughput and
+    /// latency to handled through the durable log, alone and beside a
+    /// hostile tenant's behaviours one at a time and all at once, with the
+    /// peak RSS and the log's growth of each row.
+    BenchNoisy(noisy::NoisyArgs),
 
     /// Lists, shows, redrives and discards dead letters: the events a plugin gave up
     /// on after its last attempt, each with every attempt's failure.
@@ -208,6 +215,7 @@ fn main() -> ExitCode {
     let default_level = match cli.command {
         Command::Bench(_)
         | Command::BenchReload(_)
+        | Command::BenchNoisy(_)
         | Command::Dlq(_)
         | Command::Replay(_)
         | Command::Quarantine(_) => "warn",
@@ -290,6 +298,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::serve(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchReload(args) => reload_bench::run(args).await,
+            Command::BenchNoisy(args) => noisy::run(args).await,
             Command::Dlq(args) => tokio::task::spawn_blocking(move || ops::dlq(args))
                 .await
                 .context("the dlq command failed")?,

@@ -18,8 +18,9 @@ use plugbus::log::{SqliteLog, SqliteLogConfig};
 
 use crate::{DeliveryLine, Mode, numbered_lines, parse_line, shutdown_signal};
 
-/// How long in-flight deliveries may take to finish after SIGTERM.
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long after the drain deadline the deliveries already made may still
+/// be written to stdout.
+const PRINT_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -350,17 +351,32 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         (&mut shutdown).await;
     }
+    // One deadline for everything that is under way when the signal comes:
+    // HTTP requests, deliveries, and the output of what was delivered. A
+    // client or a guest that does not finish by then does not hold the
+    // process (what is stored and not delivered is delivered after the next
+    // start; a request not answered was not acknowledged).
+    let drain = Duration::from_secs(settings.drain_seconds);
+    let deadline = tokio::time::Instant::now() + drain;
     // Stop taking events: not ready, no new requests; the requests under
     // way finish (an event acknowledged is durable).
     if let Some(api) = &api {
         api.set_ready(false);
     }
     let _ = stop_http.send(true);
-    if let Some(server) = server {
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("the HTTP server failed: {e}"),
-            Err(e) => tracing::error!("the HTTP server task failed: {e}"),
+    if let Some(mut server) = server {
+        match tokio::time::timeout_at(deadline, &mut server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!("the HTTP server failed: {e}"),
+            Ok(Err(e)) => tracing::error!("the HTTP server task failed: {e}"),
+            Err(_) => {
+                tracing::warn!(
+                    "HTTP requests still under way after {}s; closing their connections",
+                    drain.as_secs()
+                );
+                server.abort();
+                let _ = server.await;
+            }
         }
     }
     drop(api);
@@ -368,18 +384,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // and not delivered is delivered after the next start.
     let bus =
         Arc::try_unwrap(bus).map_err(|_| anyhow::anyhow!("the bus is still shared at shutdown"))?;
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, bus.shutdown())
+    let mut printer = printer;
+    if tokio::time::timeout_at(deadline, bus.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
             "deliveries still under way after {}s; stopping anyway (they are delivered again after the next start)",
-            SHUTDOWN_DEADLINE.as_secs()
+            drain.as_secs()
         );
+        // A delivery still running holds the channel open: the printer
+        // would wait for it.
+        printer.abort();
     }
     // The consumers are gone, so the channel closes once the printer has
     // written everything they delivered.
-    let _ = printer.await;
+    if tokio::time::timeout_at(deadline + PRINT_GRACE, &mut printer)
+        .await
+        .is_err()
+    {
+        printer.abort();
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
