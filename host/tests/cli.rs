@@ -869,3 +869,53 @@ fn bench_runs_over_http() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--durable"), "{stderr}");
 }
+
+/// A plugin's failure text reaches the operator's terminal escaped and on
+/// one line per row: a panic message spans lines, and `forge-log`'s text
+/// carries CR, LF and escape sequences.
+#[test]
+fn dead_letter_tables_escape_tenant_text() {
+    let plugins = tempfile::tempdir().expect("plugins directory");
+    let data = tempfile::tempdir().expect("data directory");
+    let tenant = plugins.path().join("acme-pos");
+    std::fs::create_dir_all(&tenant).expect("tenant directory");
+    std::fs::copy(artifacts::FIXTURE_PANIC, tenant.join("panic.wasm")).expect("copy");
+    std::fs::write(
+        tenant.join("panic.toml"),
+        "subscribe = [\"boom.*\"]\n[retry]\nmax_attempts = 1\n",
+    )
+    .expect("manifest");
+    std::fs::copy(artifacts::FIXTURE_HOSTILE, tenant.join("forger.wasm")).expect("copy");
+    std::fs::write(
+        tenant.join("forger.toml"),
+        "subscribe = [\"forge.*\"]\n[retry]\nmax_attempts = 1\n[config]\nmode = \"forge-error\"\n",
+    )
+    .expect("manifest");
+    let plugins_dir = plugins.path().to_str().expect("utf-8 path");
+    let data_dir = data.path().to_str().expect("utf-8 path");
+    let input = [
+        keyed_event("boom-1", "boom.now"),
+        keyed_event("forge-1", "forge.now"),
+    ]
+    .join("\n");
+    let (code, _, stderr) = run_plugbus(
+        &[
+            "serve", "--listen", "off", "--plugins", plugins_dir, "--data", data_dir, "--stdin",
+        ],
+        &input,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (code, out, err) = run_plain(&["dlq", "list", "--tenant", "acme-pos", "--data", data_dir]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows.len(), 3, "a heading and one line per dead letter:\n{out}");
+    assert!(
+        rows.iter().any(|r| r.contains("fixture panic on boom-1")),
+        "{out}"
+    );
+    assert!(
+        !out.contains('\u{1b}') && !out.contains('\r'),
+        "raw control characters reached the terminal: {out:?}"
+    );
+    assert!(out.contains("\\u{1b}") || out.contains("\\n"), "{out}");
+}

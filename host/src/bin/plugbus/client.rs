@@ -278,7 +278,7 @@ pub fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
         "tenant", "plugin", "version", "status", "cursor", "lag"
     );
     for p in answer["plugins"].as_array().into_iter().flatten() {
-        let text = |key: &str| p[key].as_str().unwrap_or("-").to_owned();
+        let text = |key: &str| crate::ops::cell(p[key].as_str().unwrap_or("-")).into_owned();
         // A JSON value ignores widths: its text is what gets padded.
         let number = |key: &str| {
             p[key]
@@ -293,7 +293,12 @@ pub fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
             text("status"),
             number("cursor"),
             number("lag"),
-            p["last_error"].as_str().unwrap_or("")
+            // A manifest error's caret diagram spans lines: escaped, it
+            // stays on the row.
+            plugbus::text::escape(
+                p["last_error"].as_str().unwrap_or(""),
+                crate::ops::LAST_COLUMN_BYTES
+            )
         );
     }
     Ok(ExitCode::SUCCESS)

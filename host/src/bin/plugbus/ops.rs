@@ -205,6 +205,14 @@ enum QuarantineCommand {
 
 /// Opens the log of a data directory that has one: an operator command
 /// never creates an empty log by mistake.
+/// The most bytes of tenant text in a table's last column.
+pub const LAST_COLUMN_BYTES: usize = 160;
+
+/// Tenant text for a table cell: escaped, and cut at 64 bytes.
+pub fn cell(text: &str) -> std::borrow::Cow<'_, str> {
+    plugbus::text::escape(text, 64)
+}
+
 fn open(data: &Path) -> anyhow::Result<SqliteLog> {
     if !data.join("events.db").is_file() {
         bail!(
@@ -266,14 +274,17 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                             })
                         );
                     } else {
+                        // Tenant text, escaped and cut: one line per
+                        // row, and no escape sequence reaches the terminal.
                         println!(
-                            "{:>8}  {:<20} {:<24} {:<28} {:>8}  {kind}: {message}",
+                            "{:>8}  {:<20} {:<24} {:<28} {:>8}  {kind}: {}",
                             // Its text: a JSON value ignores widths.
                             dead["seq"].to_string(),
                             plugin,
-                            text("id"),
-                            text("type"),
-                            attempts.len()
+                            cell(&text("id")),
+                            cell(&text("type")),
+                            attempts.len(),
+                            plugbus::text::escape(message, LAST_COLUMN_BYTES)
                         );
                     }
                 }
