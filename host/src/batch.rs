@@ -17,16 +17,21 @@ pub const ABSENT: u32 = u32::MAX;
 /// Bytes of one event's entry in the table: the pairs, then the attempt.
 const ENTRY_BYTES: usize = FIELDS * 8 + 4;
 
-/// The bytes `event` takes in a batch: table entry and attributes.
-pub fn encoded_len(event: &Event) -> usize {
+/// The bytes of an event as the host's budgets count them (the bytes one
+/// delivery may emit, and the bytes one batch's pending commit may hold):
+/// the UTF-8 bytes of every attribute value (`id`, `source`, `type`,
+/// `subject`, `time`, `datacontenttype`, `dataschema` and the tenant), of
+/// `data`, and of each extension attribute's name and value. It is what
+/// the event holds in memory, less the bookkeeping of its containers, and
+/// close to what it takes in the log.
+pub fn event_bytes(event: &Event) -> usize {
     let optional = |v: &Option<String>| v.as_ref().map_or(0, String::len);
     let extensions: usize = event
         .extensions
         .iter()
-        .map(|(k, v)| 8 + k.len() + v.len())
+        .map(|(k, v)| k.len() + v.len())
         .sum();
-    ENTRY_BYTES
-        + event.id.len()
+    event.id.len()
         + event.source.len()
         + event.ty.len()
         + optional(&event.subject)
@@ -34,9 +39,14 @@ pub fn encoded_len(event: &Event) -> usize {
         + optional(&event.datacontenttype)
         + optional(&event.dataschema)
         + event.data.len()
-        + 4
         + extensions
         + event.tenant.len()
+}
+
+/// The bytes `event` takes in a batch: its table entry, the count and
+/// lengths of its extensions, and its [`event_bytes`].
+pub fn encoded_len(event: &Event) -> usize {
+    ENTRY_BYTES + 4 + 8 * event.extensions.len() + event_bytes(event)
 }
 
 /// Encodes `events`, each with its attempt number, into `out` (cleared
@@ -145,6 +155,8 @@ mod tests {
         encode([(&a, 1), (&b, 3)].into_iter(), &mut buf);
 
         assert_eq!(buf.len(), 4 + encoded_len(&a) + encoded_len(&b));
+        // id, source, type, subject, data, one extension, tenant.
+        assert_eq!(event_bytes(&a), 3 + 3 + 12 + 3 + 11 + (12 + 3) + 4);
         assert_eq!(u32_at(&buf, 0), 2);
         assert_eq!(field(&buf, 0, 0), Some(&b"t-1"[..]));
         assert_eq!(field(&buf, 0, 2), Some(&b"order.placed"[..]));

@@ -404,7 +404,7 @@ impl Plugin {
                 let (stderr, _) = store.data().output.finish_delivery();
                 let mut failure = classify(&err, &stderr);
                 failure.message = format!("instantiation failed: {}", failure.message);
-                Err((failure, fuel))
+                Err((self.bounded(failure), fuel))
             }
         }
     }
@@ -569,13 +569,19 @@ impl Plugin {
                 let _ = job.reply.send(report);
                 continue;
             }
-            let items: Vec<_> = jobs
-                .iter_mut()
-                .map(|job| Item::new(&job.event, job.chain_budget.take()))
-                .collect();
-            let reports = self.deliver_batch_in_chain(items, false);
-            for (job, report) in jobs.drain(..).zip(reports) {
-                let _ = job.reply.send(self.settle(report));
+            // A batch whose pending commit fills up ends early: its
+            // reports go out (and their memory with them), and the rest
+            // make the next batch.
+            while !jobs.is_empty() {
+                let items: Vec<_> = jobs
+                    .iter()
+                    .map(|job| Item::new(&job.event, job.chain_budget.clone()))
+                    .collect();
+                let reports = self.deliver_batch_in_chain(items, false);
+                let delivered = reports.len().max(1).min(jobs.len());
+                for (job, report) in jobs.drain(..delivered).zip(reports) {
+                    let _ = job.reply.send(self.settle(report));
+                }
             }
         }
     }
@@ -617,9 +623,18 @@ impl Plugin {
             }
             event.validate()?;
         }
-        let reports =
-            self.deliver_batch_in_chain(events.iter().map(|e| Item::new(e, None)).collect(), false);
-        Ok(reports.into_iter().map(|r| self.settle(r)).collect())
+        let mut settled = Vec::with_capacity(events.len());
+        while settled.len() < events.len() {
+            let rest = &events[settled.len()..];
+            let reports = self
+                .deliver_batch_in_chain(rest.iter().map(|e| Item::new(e, None)).collect(), false);
+            if reports.is_empty() {
+                break;
+            }
+            // Settled before the next batch, which reads what they wrote.
+            settled.extend(reports.into_iter().map(|r| self.settle(r)));
+        }
+        Ok(settled)
     }
 
     /// Delivers events in order, each with its chain's budget, through
@@ -627,6 +642,13 @@ impl Plugin {
     /// With `until_failure`, stops after the first failed delivery: the
     /// reports are then those of the events up to and including it, and
     /// the events after it were not delivered.
+    ///
+    /// The reports' effects are one pending commit, bounded by
+    /// [`HostConfig::max_batch_commit_bytes`](crate::HostConfig::max_batch_commit_bytes):
+    /// when one more delivery at its per-delivery limits would not fit,
+    /// the call stops there too, and returns the reports so far (at least
+    /// one); the caller delivers the rest in another call, after it has
+    /// stored these.
     pub(crate) fn deliver_batch_in_chain(
         &self,
         items: Vec<Item<'_>>,
@@ -661,15 +683,28 @@ impl Plugin {
                 for (delivery, effects) in &reports[before..] {
                     if delivery.outcome.is_handled() {
                         prior.add(&effects.state);
+                        prior.commit_bytes = prior.commit_bytes.saturating_add(effects.bytes());
                     }
                 }
                 let failed = reports.last().is_some_and(|(d, _)| !d.outcome.is_handled());
                 if until_failure && failed {
                     return reports;
                 }
+                if self.commit_full(&prior) {
+                    return reports;
+                }
             }
         }
         reports
+    }
+
+    /// Whether the pending commit `prior` describes has no room left for
+    /// one more delivery at its limits.
+    fn commit_full(&self, prior: &Overlay) -> bool {
+        prior
+            .commit_bytes
+            .saturating_add(self.bounds.max_delivery_bytes())
+            > self.bounds.max_batch_commit_bytes
     }
 
     /// Delivers the events of `chunk` through one call of `handle-batch`
@@ -732,6 +767,7 @@ impl Plugin {
             started: Instant::now(),
             exhausted: false,
             until_failure,
+            commit_full: false,
         });
         self.stats.batch_calls.fetch_add(1, Ordering::Relaxed);
         let result = self
@@ -741,8 +777,10 @@ impl Plugin {
         // that trapped, or that the plugin left unreported.
         let mut running = enter_span(None);
         let run = warm.store.data_mut().batch.take();
-        let (finished, started) =
-            run.map_or_else(|| (Vec::new(), Instant::now()), |r| (r.finished, r.started));
+        let (finished, started, commit_full) = run.map_or_else(
+            || (Vec::new(), Instant::now(), false),
+            |r| (r.finished, r.started, r.commit_full),
+        );
         self.stats
             .batched_deliveries
             .fetch_add(finished.len() as u64, Ordering::Relaxed);
@@ -751,7 +789,7 @@ impl Plugin {
         for (done, item) in finished.into_iter().zip(chunk.by_ref()) {
             // Reported in the span the event ran in.
             let _entered = done.span.enter();
-            let outcome = outcome_of(done.result);
+            let outcome = self.outcome_of(done.result);
             let effects = self.keep_effects(&outcome, done.effects);
             reports.push(self.report(item.event, outcome, done.fuel, done.duration, effects));
         }
@@ -762,8 +800,9 @@ impl Plugin {
                 let failed = reports.last().is_some_and(|(d, _)| !d.outcome.is_handled());
                 // Events the plugin returned without reporting go through
                 // `handle`, one by one, by the caller's next calls; unless
-                // the batch stopped at a failure on the host's word.
-                if chunk.len() > 0 && !(until_failure && failed) {
+                // the batch stopped at a failure or a full commit on the
+                // host's word.
+                if chunk.len() > 0 && !(until_failure && failed) && !commit_full {
                     tracing::warn!(
                         plugin = %self.identity.label,
                         unreported = chunk.len(),
@@ -784,7 +823,7 @@ impl Plugin {
                 };
                 let span = running.take().unwrap_or_else(|| self.span(item.event));
                 let _entered = span.enter();
-                let failure = classify(&err, &stderr);
+                let failure = self.failure_of(&err, &stderr);
                 if failure.kind == FailureKind::MemoryLimit {
                     // The batch's buffer shares the instance's memory: the
                     // event alone, through `handle`, decides its outcome.
@@ -793,6 +832,7 @@ impl Plugin {
                     for (delivery, effects) in &reports[chunk_start..] {
                         if delivery.outcome.is_handled() {
                             prior.add(&effects.state);
+                            prior.commit_bytes = prior.commit_bytes.saturating_add(effects.bytes());
                         }
                     }
                     reports.push(self.deliver_in_span(item, &prior, Some(span)));
@@ -827,7 +867,9 @@ impl Plugin {
                 .collect(),
             depth: event.chain_depth(),
             emitted: Vec::new(),
+            emitted_bytes: 0,
             log_lines: 0,
+            refusals: 0,
             chain_budget,
             state: crate::state::Pending::default(),
         }
@@ -847,11 +889,30 @@ impl Plugin {
                 .output_bytes_dropped
                 .fetch_add(dropped as u64, Ordering::Relaxed);
         }
-        let effects = Effects {
-            emitted: scope.emitted,
-            state: scope.state.writes,
-        };
-        (effects, stderr)
+        (effects_of(scope), stderr)
+    }
+
+    /// A failure of guest origin, its message cut at the host's limit.
+    fn bounded(&self, mut failure: Failure) -> Failure {
+        if crate::text::truncate_in_place(&mut failure.message, self.bounds.max_error_bytes) {
+            self.stats
+                .error_messages_truncated
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        failure
+    }
+
+    /// The failure a call's (or an instantiation's) error means, bounded.
+    fn failure_of(&self, err: &wasmtime::Error, stderr: &str) -> Failure {
+        self.bounded(classify(err, stderr))
+    }
+
+    /// The outcome of a handler that returned, its error message bounded.
+    fn outcome_of(&self, result: Result<(), HandlerError>) -> Outcome {
+        match outcome_of(result) {
+            Outcome::Failed(failure) => Outcome::Failed(self.bounded(failure)),
+            handled => handled,
+        }
     }
 
     /// Returns an instance to the pool when it may serve again, or counts
@@ -953,7 +1014,7 @@ impl Plugin {
                     fuel,
                     micros = duration.as_micros() as u64,
                     "delivery failed: {}",
-                    f.message
+                    crate::text::escape(&f.message, self.bounds.max_error_bytes)
                 );
             }
         }
@@ -993,8 +1054,8 @@ impl Plugin {
         let fuel = self.fuel_consumed(&warm.store);
         let (effects, stderr) = self.clear_scope(&mut warm.store);
         let (outcome, keep_instance) = match result {
-            Ok(result) => (outcome_of(result), true),
-            Err(err) => (Outcome::Failed(classify(&err, &stderr)), false),
+            Ok(result) => (self.outcome_of(result), true),
+            Err(err) => (Outcome::Failed(self.failure_of(&err, &stderr)), false),
         };
         let effects = self.keep_effects(&outcome, effects);
         self.release(warm, keep_instance);
@@ -1032,6 +1093,64 @@ pub(crate) struct Effects {
     pub state: Vec<StateWrite>,
 }
 
+impl Effects {
+    /// The bytes they add to a commit: each emitted event's
+    /// [`crate::batch::event_bytes`], each state write's key and value.
+    pub fn bytes(&self) -> usize {
+        let events: usize = self.emitted.iter().map(crate::batch::event_bytes).sum();
+        let writes: usize = self
+            .state
+            .iter()
+            .map(|w| crate::state::write_bytes(&w.key, w.value.as_deref()))
+            .sum();
+        events.saturating_add(writes)
+    }
+}
+
+/// The share of a chain's remaining event budget that the `index`-th of
+/// `n` children gets: `remaining` divided as evenly as possible, the first
+/// `remaining % n` children getting one more than the others; 0 when
+/// `index` is not below `n`. The shares of all `n` children add up to
+/// `remaining`.
+///
+/// A delivery's emitted events divide what the chain had left when it
+/// ended; a durable consumer divides an event's budget
+/// ([`Event::chain_budget`]) among the plugins subscribed to it, each by
+/// its place in a fixed order.
+pub fn chain_budget_share(remaining: usize, n: usize, index: usize) -> usize {
+    if index >= n {
+        return 0;
+    }
+    remaining / n + usize::from(index < remaining % n)
+}
+
+/// The shares of `remaining` among `n` children, in order; see
+/// [`chain_budget_share`]. Empty when `n` is 0.
+pub fn split_chain_budget(remaining: usize, n: usize) -> impl ExactSizeIterator<Item = usize> {
+    (0..n).map(move |index| chain_budget_share(remaining, n, index))
+}
+
+/// What an ended delivery emitted and wrote. When the delivery had a chain
+/// budget, each emitted event carries its share of what the chain has left
+/// (its `chainbudget` extension), so that the budget travels with the
+/// events: the events below each one may be at most its share.
+fn effects_of(scope: DeliveryScope) -> Effects {
+    let mut emitted = scope.emitted;
+    if let Some(budget) = &scope.chain_budget {
+        let left = budget.load(Ordering::Acquire);
+        let shares = split_chain_budget(left, emitted.len());
+        for (event, share) in emitted.iter_mut().zip(shares) {
+            event
+                .extensions
+                .insert(crate::event::BUDGET_EXTENSION.to_owned(), share.to_string());
+        }
+    }
+    Effects {
+        emitted,
+        state: scope.state.writes,
+    }
+}
+
 /// The outcome of a handler that returned.
 fn outcome_of(result: Result<(), HandlerError>) -> Outcome {
     match result {
@@ -1064,6 +1183,9 @@ pub(crate) struct BatchRun {
     exhausted: bool,
     /// Stop the batch at the first failure.
     until_failure: bool,
+    /// The batch stopped with events left because its pending commit had
+    /// no room for another delivery.
+    commit_full: bool,
 }
 
 /// One event of a batch, reported through `batch.done`.
@@ -1156,7 +1278,28 @@ fn batch_done(
         _ => 0,
     };
     let duration = run.started.elapsed();
-    let stop = run.until_failure && result.is_err();
+    // Bounded at once: the batch holds its events' results until it ends.
+    let mut result = result;
+    if let Err(HandlerError::Retryable(message) | HandlerError::Permanent(message)) = &mut result
+        && crate::text::truncate_in_place(message, state.bounds.max_error_bytes)
+    {
+        state
+            .stats
+            .error_messages_truncated
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    // What the event adds to the batch's pending commit; the batch ends
+    // when another event at its limits would not fit.
+    let adds = if result.is_ok() {
+        state.scope.emitted_bytes + state.scope.state.bytes
+    } else {
+        0
+    };
+    let held = state.overlay.commit_bytes.saturating_add(adds);
+    let commit_full = held.saturating_add(state.bounds.max_delivery_bytes())
+        > state.bounds.max_batch_commit_bytes;
+    run.commit_full = commit_full && !run.pending.is_empty();
+    let stop = (run.until_failure && result.is_err()) || commit_full;
     if stop {
         run.pending.clear();
     }
@@ -1175,8 +1318,20 @@ fn batch_done(
     if result.is_ok() {
         // The events after this one see its writes.
         state.overlay.add(&scope.state.writes);
+        state.overlay.commit_bytes = held;
     }
     let span = enter_span(next_span).unwrap_or_else(|| scope_span(&state.identity, &scope));
+    let effects = if result.is_ok() {
+        effects_of(scope)
+    } else {
+        // A failed event's effects are dropped now, not held until the
+        // batch ends.
+        state
+            .stats
+            .emits_discarded
+            .fetch_add(scope.emitted.len() as u64, Ordering::Relaxed);
+        Effects::default()
+    };
     let Some(run) = state.batch.as_mut() else {
         return Ok((false,));
     };
@@ -1185,10 +1340,7 @@ fn batch_done(
         result,
         fuel,
         duration,
-        effects: Effects {
-            emitted: scope.emitted,
-            state: scope.state.writes,
-        },
+        effects,
     });
     run.exhausted = exhausted;
     run.started = Instant::now();
@@ -1304,6 +1456,34 @@ mod tests {
             Some("fixture panic on evt-1 (at src/lib.rs:12:9)")
         );
         assert_eq!(panic_message("nothing here"), None);
+    }
+
+    #[test]
+    fn chain_budgets_split_evenly_and_add_up() {
+        for remaining in 0..200 {
+            assert_eq!(split_chain_budget(remaining, 0).len(), 0);
+            for n in 1..24 {
+                let shares: Vec<_> = split_chain_budget(remaining, n).collect();
+                assert_eq!(shares.len(), n);
+                assert_eq!(
+                    shares.iter().sum::<usize>(),
+                    remaining,
+                    "{remaining} in {n}"
+                );
+                let (min, max) = (shares.iter().min(), shares.iter().max());
+                assert!(
+                    max.zip(min).is_some_and(|(max, min)| max - min <= 1),
+                    "{shares:?}"
+                );
+                // The larger shares come first.
+                assert!(shares.windows(2).all(|w| w[0] >= w[1]), "{shares:?}");
+                assert_eq!(chain_budget_share(remaining, n, n), 0);
+            }
+        }
+        assert_eq!(split_chain_budget(10, 4).collect::<Vec<_>>(), [3, 3, 2, 2]);
+        assert_eq!(split_chain_budget(2, 3).collect::<Vec<_>>(), [1, 1, 0]);
+        let huge: Vec<_> = split_chain_budget(usize::MAX, 2).collect();
+        assert_eq!(huge, [usize::MAX / 2 + 1, usize::MAX / 2]);
     }
 
     #[test]

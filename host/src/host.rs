@@ -86,6 +86,31 @@ pub struct HostConfig {
     /// The most bytes of state keys and values one delivery may write
     /// (default 4 MiB).
     pub max_state_bytes_per_delivery: usize,
+    /// The most bytes of events one delivery may emit (default 4 MiB),
+    /// counted by [`crate::batch::event_bytes`]: every attribute value,
+    /// the data, and each extension's name and value, the host's own
+    /// attributes included. An emit past it is refused to the plugin (its
+    /// `emit` gets an error naming the limit) and counted
+    /// (`plugbus_emits_refused_total{reason="emit_bytes"}`); nothing of
+    /// it is kept. Each event also stays within the per-event limits of
+    /// [`Event::validate`].
+    pub max_emit_bytes_per_delivery: usize,
+    /// The most bytes one batch's pending commit may hold (default 16 MiB):
+    /// the emitted events and state writes of the successful deliveries of
+    /// one batch (a call of `handle-batch`, or the events the durable bus
+    /// commits together), counted like
+    /// [`max_emit_bytes_per_delivery`](Self::max_emit_bytes_per_delivery)
+    /// and [`max_state_bytes_per_delivery`](Self::max_state_bytes_per_delivery).
+    /// A batch ends early, and its other events go into the next one, when
+    /// one more delivery at those limits would not fit; an emit or state
+    /// write past it is refused and counted (`reason="commit_bytes"`),
+    /// which happens only when it is set below the sum of those two.
+    pub max_batch_commit_bytes: usize,
+    /// The longest failure message of guest origin kept (default 4 KiB):
+    /// handler errors, trap and panic text are cut at this many bytes, with
+    /// a marker, when the failure is created, so that they are bounded
+    /// wherever they are stored, exported or printed.
+    pub max_error_bytes: usize,
 }
 
 impl Default for HostConfig {
@@ -111,6 +136,9 @@ impl Default for HostConfig {
             max_state_key_bytes: 512,
             max_state_value_bytes: 1024 * 1024,
             max_state_bytes_per_delivery: 4 * 1024 * 1024,
+            max_emit_bytes_per_delivery: 4 * 1024 * 1024,
+            max_batch_commit_bytes: 16 * 1024 * 1024,
+            max_error_bytes: 4096,
         }
     }
 }
@@ -302,6 +330,9 @@ impl Host {
             max_batch_events: config.max_batch_events.max(1),
             // The batch encoding addresses 4 GiB; stay well inside it.
             max_batch_bytes: config.max_batch_bytes.min(1 << 30),
+            max_emit_bytes_per_delivery: config.max_emit_bytes_per_delivery,
+            max_batch_commit_bytes: config.max_batch_commit_bytes,
+            max_error_bytes: config.max_error_bytes,
         });
         let cache = match &config.compile_cache {
             Some(dir) => Some(CompileCache::open(dir, &engine)?),

@@ -63,6 +63,7 @@ mod sandbox;
 pub mod state;
 mod stats;
 pub mod telemetry;
+pub mod text;
 
 pub use dispatch::{
     DeliverError, Delivery, EmittedEvent, Failure, FailureKind, InstanceMode, Outcome, Plugin,

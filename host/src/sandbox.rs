@@ -42,6 +42,24 @@ pub(crate) struct Bounds {
     pub max_output_bytes_per_delivery: usize,
     pub max_batch_events: usize,
     pub max_batch_bytes: usize,
+    /// The most bytes of events one delivery may emit, counted by
+    /// [`crate::batch::event_bytes`].
+    pub max_emit_bytes_per_delivery: usize,
+    /// The most bytes one batch's pending commit may hold: the emitted
+    /// events and state writes of its successful deliveries so far, and of
+    /// the delivery running.
+    pub max_batch_commit_bytes: usize,
+    /// The longest failure message of guest origin kept, in bytes.
+    pub max_error_bytes: usize,
+}
+
+impl Bounds {
+    /// The most bytes one delivery can add to its batch's commit: its
+    /// emitted events and its state writes at their limits.
+    pub fn max_delivery_bytes(&self) -> usize {
+        self.max_emit_bytes_per_delivery
+            .saturating_add(self.max_state_bytes_per_delivery)
+    }
 }
 
 /// Who a plugin is: what its host functions need to know about it.
@@ -125,7 +143,13 @@ pub(crate) struct DeliveryScope {
     pub correlation_id: String,
     pub depth: u32,
     pub emitted: Vec<Event>,
+    /// Bytes of the events emitted so far, as [`crate::batch::event_bytes`]
+    /// counts them when they are emitted.
+    pub emitted_bytes: usize,
     pub log_lines: usize,
+    /// Emits and state writes refused so far; only the first is logged,
+    /// so that a plugin calling again and again cannot flood the log.
+    pub refusals: usize,
     /// Events the whole chain of the published event may still emit.
     pub chain_budget: Option<Arc<AtomicUsize>>,
     /// The state writes of the delivery so far.
@@ -163,6 +187,7 @@ impl PluginState {
         let output = Arc::new(OutputCapture::new(
             identity.label.clone(),
             bounds.max_output_bytes_per_delivery,
+            bounds.max_log_bytes,
         ));
         let wasi = WasiCtx::builder()
             .stdout(CapturedStream {
@@ -212,6 +237,7 @@ const HOST_OWNED: &[&str] = &[
     event::CAUSATION_EXTENSION,
     event::CORRELATION_EXTENSION,
     event::DEPTH_EXTENSION,
+    event::BUDGET_EXTENSION,
 ];
 
 impl v0_1::plugbus::plugin::host::Host for PluginState {
@@ -250,11 +276,11 @@ impl v0_2::plugbus::plugin::state::Host for PluginState {
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        if let Err(refusal) = self.check_state_write(&key, Some(&value)) {
-            tracing::warn!(plugin = %self.identity.label, "state write refused: {refusal}");
+        if let Err((reason, refusal)) = self.check_state_write(&key, Some(&value)) {
+            self.refused_state_write(reason, &refusal);
             return Err(refusal);
         }
-        self.scope.state.bytes += key.len() + value.len();
+        self.scope.state.bytes += crate::state::write_bytes(&key, Some(&value));
         self.scope.state.writes.push(StateWrite {
             key,
             value: Some(value),
@@ -263,39 +289,111 @@ impl v0_2::plugbus::plugin::state::Host for PluginState {
     }
 
     fn delete(&mut self, key: String) {
-        // A key that cannot have been stored has nothing to delete.
-        if self.check_state_write(&key, None).is_ok() {
-            self.scope.state.bytes += key.len();
-            self.scope
-                .state
-                .writes
-                .push(StateWrite { key, value: None });
+        // A key that cannot have been stored has nothing to delete; a
+        // delete past a budget is dropped, counted and logged (`delete`
+        // has no error to return).
+        match self.check_state_write(&key, None) {
+            Ok(()) => {
+                self.scope.state.bytes += crate::state::write_bytes(&key, None);
+                self.scope
+                    .state
+                    .writes
+                    .push(StateWrite { key, value: None });
+            }
+            Err(("key", _)) => {}
+            Err((reason, refusal)) => self.refused_state_write(reason, &refusal),
         }
     }
 }
 
 impl PluginState {
-    /// Why a state write may not be made, if it may not.
-    fn check_state_write(&self, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+    /// Counts and logs a refused state write.
+    fn refused_state_write(&mut self, reason: &'static str, refusal: &str) {
+        self.stats
+            .state_writes_refused
+            .fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(
+            "plugbus_state_writes_refused_total",
+            "tenant" => self.identity.tenant.clone(),
+            "plugin" => self.identity.name.clone(),
+            "reason" => reason
+        )
+        .increment(1);
+        if self.first_refusal() {
+            tracing::warn!(
+                plugin = %self.identity.label,
+                reason,
+                "state write refused: {} (further refusals of this delivery are counted, not logged)",
+                crate::text::escape(refusal, self.bounds.max_log_bytes)
+            );
+        }
+    }
+
+    /// Counts a refused emit or state write; true for the delivery's first.
+    fn first_refusal(&mut self) -> bool {
+        self.scope.refusals += 1;
+        self.scope.refusals == 1
+    }
+
+    /// Why a state write may not be made, if it may not: the reason's
+    /// label (for the metric) and the message for the plugin.
+    fn check_state_write(
+        &self,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), (&'static str, String)> {
         let bounds = &self.bounds;
         if key.is_empty() || key.len() > bounds.max_state_key_bytes {
-            return Err(format!(
-                "a state key is 1 to {} bytes; this one is {}",
-                bounds.max_state_key_bytes,
-                key.len()
+            return Err((
+                "key",
+                format!(
+                    "a state key is 1 to {} bytes; this one is {}",
+                    bounds.max_state_key_bytes,
+                    key.len()
+                ),
             ));
         }
         let len = value.map_or(0, <[u8]>::len);
         if len > bounds.max_state_value_bytes {
-            return Err(format!(
-                "the value of state {key:?} is {len} bytes; the limit is {}",
-                bounds.max_state_value_bytes
+            return Err((
+                "value",
+                format!(
+                    "the value of state {:?} is {len} bytes; the limit is {}",
+                    crate::text::truncate(key, 64),
+                    bounds.max_state_value_bytes
+                ),
             ));
         }
-        if self.scope.state.bytes + key.len() + len > bounds.max_state_bytes_per_delivery {
+        let size = crate::state::write_bytes(key, value);
+        if self.scope.state.bytes + size > bounds.max_state_bytes_per_delivery {
+            return Err((
+                "delivery_bytes",
+                format!(
+                    "a delivery may write at most {} bytes of state",
+                    bounds.max_state_bytes_per_delivery
+                ),
+            ));
+        }
+        self.check_commit_bytes(size)
+            .map_err(|m| ("commit_bytes", m))
+    }
+
+    /// Whether `size` more bytes fit in the pending commit of the batch
+    /// this delivery is part of: what the batch's earlier successful
+    /// deliveries hold, what this delivery emitted and wrote so far, and
+    /// `size`.
+    fn check_commit_bytes(&self, size: usize) -> Result<(), String> {
+        let max = self.bounds.max_batch_commit_bytes;
+        let held = self
+            .overlay
+            .commit_bytes
+            .saturating_add(self.scope.emitted_bytes)
+            .saturating_add(self.scope.state.bytes);
+        let total = held.saturating_add(size);
+        if total > max {
             return Err(format!(
-                "a delivery may write at most {} bytes of state",
-                bounds.max_state_bytes_per_delivery
+                "the host's limit of {max} bytes of emitted events and state writes per batch commit is reached: \
+                 {held} bytes are held, and these {size} would make {total}"
             ));
         }
         Ok(())
@@ -305,23 +403,41 @@ impl PluginState {
 impl v0_2::plugbus::plugin::host::Host for PluginState {
     fn emit(&mut self, outgoing: OutgoingEvent) -> Result<String, String> {
         let refusal = match self.build_emitted(outgoing) {
-            Ok(emitted) => {
+            Ok((emitted, size)) => {
                 self.stats.emits_accepted.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(emitted = %emitted.id, r#type = %emitted.ty, "plugin emitted an event");
                 let id = emitted.id.clone();
                 self.scope.emitted.push(emitted);
+                self.scope.emitted_bytes += size;
                 return Ok(id);
             }
             Err(refusal) => refusal,
         };
+        let stats = &self.stats;
         let counter = match refusal {
-            EmitRefusal::ChainDepth(_) => &self.stats.emits_refused_chain_depth,
-            EmitRefusal::Budget(_) => &self.stats.emits_refused_budget,
-            EmitRefusal::Invalid(_) => &self.stats.emits_refused_invalid,
+            EmitRefusal::ChainDepth(_) => &stats.emits_refused_chain_depth,
+            EmitRefusal::Count(_) | EmitRefusal::ChainBudget(_) => &stats.emits_refused_budget,
+            EmitRefusal::Bytes(_) => &stats.emits_refused_bytes,
+            EmitRefusal::Commit(_) => &stats.emits_refused_commit,
+            EmitRefusal::Invalid(_) => &stats.emits_refused_invalid,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(
+            "plugbus_emits_refused_total",
+            "tenant" => self.identity.tenant.clone(),
+            "plugin" => self.identity.name.clone(),
+            "reason" => refusal.reason()
+        )
+        .increment(1);
         let message = refusal.to_string();
-        tracing::warn!(plugin = %self.identity.label, "emit refused: {message}");
+        if self.first_refusal() {
+            tracing::warn!(
+                plugin = %self.identity.label,
+                reason = refusal.reason(),
+                "emit refused: {} (further refusals of this delivery are counted, not logged)",
+                crate::text::escape(&message, self.bounds.max_log_bytes)
+            );
+        }
         Err(message)
     }
 
@@ -338,7 +454,9 @@ impl v0_2::plugbus::plugin::host::Host for PluginState {
             }
             return;
         }
-        let text = truncate(&message, self.bounds.max_log_bytes);
+        // Escaped and bounded: a plugin cannot start a line of its own in
+        // the host's log, nor write escape sequences to a terminal.
+        let text = crate::text::escape(&message, self.bounds.max_log_bytes);
         let plugin = self.identity.label.as_str();
         match level {
             Level::Trace => tracing::trace!(target: "plugbus::plugin", plugin, "{text}"),
@@ -357,16 +475,45 @@ impl v0_2::plugbus::plugin::host::Host for PluginState {
 /// Why an emit was refused; the message goes back to the plugin.
 #[derive(Debug, thiserror::Error)]
 enum EmitRefusal {
+    /// The chain depth limit.
     #[error("{0}")]
     ChainDepth(String),
+    /// The most events one delivery may emit.
     #[error("{0}")]
-    Budget(String),
+    Count(String),
+    /// The events the chain may still cause.
+    #[error("{0}")]
+    ChainBudget(String),
+    /// The bytes one delivery may emit.
+    #[error("{0}")]
+    Bytes(String),
+    /// The bytes one batch's pending commit may hold.
+    #[error("{0}")]
+    Commit(String),
+    /// An invalid event, or an extension only the host may set.
     #[error("{0}")]
     Invalid(String),
 }
 
+impl EmitRefusal {
+    /// The `reason` label of `plugbus_emits_refused_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::ChainDepth(_) => "chain_depth",
+            Self::Count(_) => "emit_count",
+            Self::ChainBudget(_) => "chain_budget",
+            Self::Bytes(_) => "emit_bytes",
+            Self::Commit(_) => "commit_bytes",
+            Self::Invalid(_) => "invalid",
+        }
+    }
+}
+
 impl PluginState {
-    fn build_emitted(&self, outgoing: OutgoingEvent) -> Result<Event, EmitRefusal> {
+    /// The event a plugin emits, with the host's attributes, and its
+    /// bytes; or why it is refused. A refused emit takes nothing from the
+    /// chain's budget.
+    fn build_emitted(&self, outgoing: OutgoingEvent) -> Result<(Event, usize), EmitRefusal> {
         let scope = &self.scope;
         let depth = scope.depth.saturating_add(1);
         if depth > self.bounds.max_chain_depth {
@@ -376,7 +523,7 @@ impl PluginState {
             )));
         }
         if scope.emitted.len() >= self.bounds.max_emits_per_delivery {
-            return Err(EmitRefusal::Budget(format!(
+            return Err(EmitRefusal::Count(format!(
                 "a delivery may emit at most {} events",
                 self.bounds.max_emits_per_delivery
             )));
@@ -407,7 +554,7 @@ impl PluginState {
         for (name, value) in crate::telemetry::for_emitted(&scope.trace) {
             extensions.entry(name.to_owned()).or_insert(value);
         }
-        let emitted = Event {
+        let mut emitted = Event {
             id: uuid::Uuid::now_v7().to_string(),
             source: self.identity.source.clone(),
             ty: outgoing.type_,
@@ -419,42 +566,76 @@ impl PluginState {
             extensions,
             tenant: self.identity.tenant.clone(),
         };
+        if let Some(budget) = &scope.chain_budget {
+            // In place before the event is checked, so that it counts
+            // among the event's extensions; its value is set below.
+            emitted.extensions.insert(
+                event::BUDGET_EXTENSION.to_owned(),
+                budget.load(Ordering::Acquire).to_string(),
+            );
+        }
         emitted
             .validate()
             .map_err(|e| EmitRefusal::Invalid(format!("invalid event: {e}")))?;
-        if let Some(budget) = &scope.chain_budget {
-            let took = budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-                left.checked_sub(1)
-            });
-            if took.is_err() {
-                return Err(EmitRefusal::Budget(format!(
-                    "the chain of events caused by {} has reached the host's limit of events per published event",
-                    scope.correlation_id
-                )));
-            }
+        let Some(budget) = &scope.chain_budget else {
+            let size = crate::batch::event_bytes(&emitted);
+            self.check_emit_bytes(size)?;
+            return Ok((emitted, size));
+        };
+        let took = budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+            left.checked_sub(1)
+        });
+        let Ok(before) = took else {
+            return Err(EmitRefusal::ChainBudget(format!(
+                "the chain of events caused by {} has reached the host's limit of events per published event",
+                scope.correlation_id
+            )));
+        };
+        // What the chain has left after this emit, for now: when the
+        // delivery ends, each event it emitted gets its share of what is
+        // left then, which is no more. Its bytes are counted with it.
+        emitted
+            .extensions
+            .insert(event::BUDGET_EXTENSION.to_owned(), (before - 1).to_string());
+        let size = crate::batch::event_bytes(&emitted);
+        if let Err(refusal) = self.check_emit_bytes(size) {
+            budget.fetch_add(1, Ordering::AcqRel);
+            return Err(refusal);
         }
-        Ok(emitted)
+        Ok((emitted, size))
+    }
+
+    /// Whether an event of `size` bytes fits in this delivery's emit
+    /// budget and in its batch's pending commit.
+    fn check_emit_bytes(&self, size: usize) -> Result<(), EmitRefusal> {
+        let max = self.bounds.max_emit_bytes_per_delivery;
+        let total = self.scope.emitted_bytes.saturating_add(size);
+        if total > max {
+            return Err(EmitRefusal::Bytes(format!(
+                "the host's limit of {max} bytes of emitted events per delivery is reached: \
+                 the events emitted so far take {} bytes, and this one of {size} would make {total}",
+                self.scope.emitted_bytes
+            )));
+        }
+        self.check_commit_bytes(size).map_err(EmitRefusal::Commit)
     }
 }
 
-/// The current time as RFC 3339, in UTC.
+/// The current time as RFC 3339, in UTC, to the microsecond, always in
+/// the same number of bytes (`2026-11-22T10:00:00.000000Z`), so that an
+/// emitted event's size does not depend on the moment it was emitted.
 pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-/// The longest prefix of `s` that fits in `max` bytes, on a character boundary,
-/// with a marker when something was cut.
-fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if s.len() <= max {
-        return s.into();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… [{} bytes truncated]", &s[..end], s.len() - end).into()
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.microsecond()
+    )
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -477,6 +658,8 @@ impl Stream {
 /// counted and dropped. The guest never sees a write fail.
 pub(crate) struct OutputCapture {
     label: String,
+    /// The longest line forwarded, in bytes, once escaped.
+    max_line_bytes: usize,
     inner: Mutex<CaptureInner>,
 }
 
@@ -490,9 +673,10 @@ struct CaptureInner {
 }
 
 impl OutputCapture {
-    fn new(label: String, budget: usize) -> Self {
+    fn new(label: String, budget: usize, max_line_bytes: usize) -> Self {
         Self {
             label,
+            max_line_bytes,
             inner: Mutex::new(CaptureInner {
                 budget,
                 used: 0,
@@ -530,7 +714,10 @@ impl OutputCapture {
         }
     }
 
+    /// Writes one line of the plugin's output into the host log, escaped
+    /// and bounded like its log lines.
     fn forward(&self, stream: Stream, text: &str) {
+        let text = crate::text::escape(text, self.max_line_bytes);
         tracing::info!(
             target: "plugbus::plugin",
             plugin = %self.label,
@@ -653,16 +840,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn truncation_respects_char_boundaries() {
-        assert_eq!(truncate("abc", 5), "abc");
-        let cut = truncate("ééé", 3);
-        assert!(cut.starts_with('é') && !cut.starts_with("éé"), "{cut}");
-        assert!(cut.contains("truncated"));
+    fn emitted_times_have_one_length() {
+        let time = now_rfc3339();
+        assert_eq!(time.len(), "2026-11-22T10:00:00.000000Z".len(), "{time}");
+        time::OffsetDateTime::parse(&time, &time::format_description::well_known::Rfc3339)
+            .expect("RFC 3339");
     }
 
     #[test]
     fn output_is_bounded_per_delivery() {
-        let capture = OutputCapture::new("t/p".into(), 10);
+        let capture = OutputCapture::new("t/p".into(), 10, 4096);
         capture.write(Stream::Stdout, b"0123456789abcdef\n");
         capture.write(Stream::Stderr, b"more");
         let (tail, dropped) = capture.finish_delivery();
@@ -672,6 +859,98 @@ mod tests {
         let (tail, dropped) = capture.finish_delivery();
         assert_eq!(dropped, 4);
         assert_eq!(tail, "panicked a");
+    }
+
+    /// A `Write` that keeps what the log subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    /// The `forge-log` mode of the `hostile` fixture writes CR, LF, a line
+    /// in the host's format and escape sequences through `log`, stdout and
+    /// stderr: every line of the host's log is still one of the host's,
+    /// with no raw CR or ESC in it.
+    #[test]
+    fn plugin_text_cannot_forge_host_log_lines() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let tenant = dir.path().join("chaos");
+        std::fs::create_dir(&tenant).expect("the tenant's folder");
+        std::fs::copy(
+            plugbus_artifacts::FIXTURE_HOSTILE,
+            tenant.join("forge.wasm"),
+        )
+        .expect("the fixture");
+        std::fs::write(
+            tenant.join("forge.toml"),
+            "subscribe = [\"hostile.*\"]\n[config]\nmode = \"forge-log\"\n",
+        )
+        .expect("the manifest");
+        let host = crate::Host::new(crate::HostConfig::default()).expect("a host");
+        let report = host.load_dir(dir.path()).expect("loaded");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let plugin = host.plugin("chaos", "forge").expect("loaded");
+        let event = Event::from_json(
+            r#"{"specversion":"1.0","id":"l-1","source":"/t","type":"hostile.forge-log","tenant":"chaos"}"#,
+        )
+        .expect("an event");
+
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        let (delivery, _) = tracing::subscriber::with_default(subscriber, || {
+            plugin.deliver(&event).expect("deliverable")
+        });
+        assert!(delivery.outcome.is_handled(), "{delivery:#?}");
+
+        let bytes = captured
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let log = String::from_utf8(bytes).expect("UTF-8");
+        assert!(
+            !log.contains(['\r', '\u{1b}', '\u{7}', '\u{202e}']),
+            "{log:?}"
+        );
+        // The forged host line, inside five log lines, one line of stdout
+        // and two of stderr.
+        assert_eq!(
+            log.matches("FORGED operator line").count(),
+            5 + 1 + 2,
+            "{log}"
+        );
+        for line in log.lines() {
+            let level = line.split_whitespace().next().unwrap_or_default();
+            assert!(
+                ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level),
+                "a line the host did not write: {line:?}"
+            );
+        }
     }
 
     #[test]

@@ -142,25 +142,44 @@ impl Pending {
     }
 }
 
-/// The writes of the successful deliveries of a batch so far, newest
-/// value per key, for the events after them to read.
+/// What the successful deliveries of a batch so far left for the pending
+/// commit: their state writes, newest value per key, for the events after
+/// them to read; and the bytes of the commit they fill (their emitted
+/// events and state writes, counted as [`Effects::bytes`](crate::dispatch)
+/// does), which bounds what the events after them may add.
+///
+/// Cloning is cheap: the values are shared until one side adds to them.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Overlay(HashMap<String, Option<Vec<u8>>>);
+pub(crate) struct Overlay {
+    values: Arc<HashMap<String, Option<Vec<u8>>>>,
+    /// Bytes the batch's pending commit holds so far.
+    pub commit_bytes: usize,
+}
 
 impl Overlay {
     pub fn add(&mut self, writes: &[StateWrite]) {
+        if writes.is_empty() {
+            return;
+        }
+        let values = Arc::make_mut(&mut self.values);
         for write in writes {
-            self.0.insert(write.key.clone(), write.value.clone());
+            values.insert(write.key.clone(), write.value.clone());
         }
     }
 
     pub fn latest(&self, key: &str) -> Option<Option<&[u8]>> {
-        self.0.get(key).map(Option::as_deref)
+        self.values.get(key).map(Option::as_deref)
     }
 
     pub fn clear(&mut self) {
-        self.0.clear();
+        *self = Self::default();
     }
+}
+
+/// The bytes a state write holds, as the host's budgets count them: its
+/// key and its value.
+pub fn write_bytes(key: &str, value: Option<&[u8]>) -> usize {
+    key.len() + value.map_or(0, <[u8]>::len)
 }
 
 #[cfg(test)]
@@ -207,5 +226,12 @@ mod tests {
         let mut overlay = Overlay::default();
         overlay.add(&[set("k", "1"), set("k", "2")]);
         assert_eq!(overlay.latest("k"), Some(Some(&b"2"[..])));
+        // A clone shares the values until one side adds to them.
+        let mut later = overlay.clone();
+        later.add(&[set("k", "3")]);
+        assert_eq!(overlay.latest("k"), Some(Some(&b"2"[..])));
+        assert_eq!(later.latest("k"), Some(Some(&b"3"[..])));
+        assert_eq!(write_bytes("key", Some(b"value")), 8);
+        assert_eq!(write_bytes("key", None), 3);
     }
 }

@@ -15,7 +15,11 @@ pub(crate) struct Stats {
     pub emits_refused_chain_depth: AtomicU64,
     pub emits_refused_budget: AtomicU64,
     pub emits_refused_invalid: AtomicU64,
+    pub emits_refused_bytes: AtomicU64,
+    pub emits_refused_commit: AtomicU64,
     pub emits_discarded: AtomicU64,
+    pub state_writes_refused: AtomicU64,
+    pub error_messages_truncated: AtomicU64,
     pub log_lines_dropped: AtomicU64,
     pub output_bytes_dropped: AtomicU64,
     pub instances_created: AtomicU64,
@@ -39,10 +43,24 @@ pub struct StatsSnapshot {
     pub emits_accepted: u64,
     /// Emits refused because the chain depth limit was reached.
     pub emits_refused_chain_depth: u64,
-    /// Emits refused because a delivery or a chain emitted too many events.
+    /// Emits refused because a delivery or a chain emitted too many events
+    /// (in count; see `emits_refused_bytes` for bytes).
     pub emits_refused_budget: u64,
-    /// Emits refused because the event was invalid.
+    /// Emits refused because the event was invalid, or set an extension
+    /// only the host may set.
     pub emits_refused_invalid: u64,
+    /// Emits refused because the delivery's emitted events would pass
+    /// [`HostConfig::max_emit_bytes_per_delivery`](crate::HostConfig::max_emit_bytes_per_delivery).
+    pub emits_refused_bytes: u64,
+    /// Emits refused because the pending commit of the delivery's batch
+    /// would pass [`HostConfig::max_batch_commit_bytes`](crate::HostConfig::max_batch_commit_bytes).
+    pub emits_refused_commit: u64,
+    /// State writes (and deletes) refused: an invalid key, a value, a
+    /// delivery's or a batch commit's bytes over their limits.
+    pub state_writes_refused: u64,
+    /// Failure messages of guest origin (handler errors, trap and panic
+    /// text) cut at [`HostConfig::max_error_bytes`](crate::HostConfig::max_error_bytes).
+    pub error_messages_truncated: u64,
     /// Accepted emits dropped because their delivery then failed.
     pub emits_discarded: u64,
     /// Plugin log lines dropped over the per-delivery limit.
@@ -85,6 +103,10 @@ impl Stats {
             emits_refused_chain_depth: get(&self.emits_refused_chain_depth),
             emits_refused_budget: get(&self.emits_refused_budget),
             emits_refused_invalid: get(&self.emits_refused_invalid),
+            emits_refused_bytes: get(&self.emits_refused_bytes),
+            emits_refused_commit: get(&self.emits_refused_commit),
+            state_writes_refused: get(&self.state_writes_refused),
+            error_messages_truncated: get(&self.error_messages_truncated),
             emits_discarded: get(&self.emits_discarded),
             log_lines_dropped: get(&self.log_lines_dropped),
             output_bytes_dropped: get(&self.output_bytes_dropped),

@@ -268,3 +268,122 @@ fn a_batch_with_a_foreign_event_is_refused_whole() {
     );
     assert_eq!(host.stats().deliveries_ok, 0);
 }
+
+/// A host with `config` and the `hostile` fixture as `chaos/emitter` in
+/// mode `big-emit` with more `[config]` lines: a batching plugin whose
+/// events each emit the same event several times.
+fn emitter(config: HostConfig, extra: &str) -> (plugbus::Host, Arc<Plugin>, PluginsDir) {
+    let dir = PluginsDir::new();
+    let manifest = format!(
+        "subscribe = [\"hostile.*\"]\n[limits]\nmemory_mib = 64\ntimeout_ms = 60_000\n[config]\nmode = \"big-emit\"\nsize = \"1000\"\n{extra}\n"
+    );
+    dir.add(
+        "chaos",
+        "emitter",
+        artifacts::FIXTURE_HOSTILE,
+        Some(&manifest),
+    );
+    let (host, report) = host_with(config, &dir);
+    assert!(report.errors.is_empty(), "{report:#?}");
+    let plugin = host.plugin("chaos", "emitter").expect("loaded");
+    assert!(plugin.batching(), "the SDK's plugins export handle-batch");
+    (host, plugin, dir)
+}
+
+fn big_emits(n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            event(
+                "chaos",
+                "hostile.big-emit",
+                &format!("b-{i}"),
+                serde_json::json!({}),
+            )
+        })
+        .collect()
+}
+
+/// The bytes of each event the `emitter` emits, as the host counts them.
+fn emitted_size() -> usize {
+    let (_host, plugin, _dir) = emitter(HostConfig::default(), "count = \"1\"");
+    let (delivery, emitted) = plugin.deliver(&big_emits(1)[0]).expect("valid");
+    assert!(delivery.outcome.is_handled(), "{delivery:#?}");
+    plugbus::batch::event_bytes(&emitted[0])
+}
+
+/// An emit past the batch commit budget is refused, with the limit named,
+/// and counted; at the budget it is accepted. A budget below one
+/// delivery's limits makes each commit one delivery, which it bounds.
+#[test]
+fn a_batch_commit_is_bounded_in_bytes() {
+    let size = emitted_size();
+    let run = |commit: usize| {
+        let config = HostConfig {
+            max_batch_commit_bytes: commit,
+            plugin_concurrency: 1,
+            ..HostConfig::default()
+        };
+        let (host, plugin, _dir) = emitter(config, "count = \"4\"\nstrict = \"true\"");
+        let reports = plugin.deliver_batch(&big_emits(4)).expect("valid");
+        (reports, host.stats())
+    };
+    let (reports, stats) = run(4 * size);
+    for (delivery, emitted) in &reports {
+        assert!(delivery.outcome.is_handled(), "{delivery:#?}");
+        assert_eq!(emitted.len(), 4);
+    }
+    assert_eq!(stats.emits_refused_commit, 0);
+    assert!(stats.batched_deliveries >= 3, "{stats:#?}");
+
+    let (reports, stats) = run(4 * size - 1);
+    assert_eq!(reports.len(), 4);
+    for (delivery, emitted) in &reports {
+        let failure = delivery.outcome.failure().expect("refused");
+        assert_eq!(failure.kind, FailureKind::HandlerPermanent);
+        assert!(
+            failure.message.contains(&format!(
+                "limit of {} bytes of emitted events and state writes per batch commit",
+                4 * size - 1
+            )),
+            "{failure:?}"
+        );
+        assert!(emitted.is_empty());
+    }
+    assert_eq!(stats.emits_refused_commit, 4);
+    assert_eq!(stats.emits_accepted, 4 * 3);
+    assert!(stats.batched_deliveries >= 3, "{stats:#?}");
+}
+
+/// A batch ends early when its pending commit has no room for one more
+/// delivery at its limits, so that a well-behaved plugin is never refused
+/// for being batched: the rest of its events go into the next batch.
+#[test]
+fn a_full_commit_ends_the_batch_early() {
+    let size = emitted_size();
+    let run = |commit: usize| {
+        let config = HostConfig {
+            // One event per delivery, and no state: a delivery adds at
+            // most `size` bytes to its commit.
+            max_emit_bytes_per_delivery: size,
+            max_state_bytes_per_delivery: 0,
+            max_batch_commit_bytes: commit,
+            plugin_concurrency: 1,
+            ..HostConfig::default()
+        };
+        let (host, plugin, _dir) = emitter(config, "count = \"2\"");
+        let reports = plugin.deliver_batch(&big_emits(7)).expect("valid");
+        for (delivery, emitted) in &reports {
+            assert!(delivery.outcome.is_handled(), "{delivery:#?}");
+            assert_eq!(emitted.len(), 1);
+        }
+        let stats = host.stats();
+        assert_eq!(stats.emits_refused_bytes, 7, "the second emit of each");
+        assert_eq!(stats.emits_refused_commit, 0, "never refused for batching");
+        assert_eq!(stats.deliveries_ok, 7);
+        stats.batch_calls
+    };
+    // Commits of three events: two batches of three, the last alone.
+    assert_eq!(run(3 * size), 2);
+    // One byte less: commits of two: three batches of two, the last alone.
+    assert_eq!(run(3 * size - 1), 3);
+}

@@ -543,3 +543,273 @@ async fn wit_v0_1() {
         "{reports:#?}"
     );
 }
+
+/// The manifest of a `hostile` plugin in `mode`, subscribed to
+/// `hostile.<mode>`, with more `[config]` lines. Its time limit is wide:
+/// what is bounded here is bytes, on a machine that may be busy.
+fn hostile_manifest(mode: &str, config: &str) -> String {
+    format!(
+        "subscribe = [\"hostile.{mode}\"]\n[limits]\nmemory_mib = 64\ntimeout_ms = 60_000\n[config]\nmode = \"{mode}\"\n{config}\n"
+    )
+}
+
+/// A host with `config` and the `hostile` fixture as `chaos/<name>` for
+/// each (name, manifest).
+fn hostile_host(config: HostConfig, plugins: &[(&str, String)]) -> (plugbus::Host, PluginsDir) {
+    let dir = PluginsDir::new();
+    for (name, manifest) in plugins {
+        dir.add("chaos", name, artifacts::FIXTURE_HOSTILE, Some(manifest));
+    }
+    let (host, report) = host_with(config, &dir);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    (host, dir)
+}
+
+/// The text a failure message keeps before the truncation marker.
+fn kept(message: &str) -> &str {
+    message.split("… [").next().unwrap_or_default()
+}
+
+/// Each of the hostile modes that a host bounds in one delivery, beside a
+/// well-behaved plugin of the same tenant and a plugin of another tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile() {
+    let dir = PluginsDir::new();
+    for mode in ["ok", "big-error", "forge-chain", "big-state", "forge-log"] {
+        dir.add(
+            "chaos",
+            mode,
+            artifacts::FIXTURE_HOSTILE,
+            Some(&hostile_manifest(mode, "")),
+        );
+    }
+    dir.add("chaos", "healthy", artifacts::AUDIT_LOG, None);
+    dir.add("bystander", "audit", artifacts::AUDIT_LOG, None);
+    let (host, report) = host_for(&dir);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    let ok = publish(&host, "chaos", "hostile.ok", "ok-1").await;
+    assert!(ok.iter().all(|d| d.outcome.is_handled()), "{ok:#?}");
+
+    // A 10 MiB error message is kept to 4 KiB, cut on a character
+    // boundary, with a marker that says how much was left out.
+    let big = publish(&host, "chaos", "hostile.big-error", "e-1").await;
+    let f = failure(to_plugin(&big, "big-error")[0]);
+    assert_eq!(f.kind, FailureKind::HandlerPermanent);
+    assert!(
+        f.message.starts_with("big-error: €"),
+        "{}",
+        kept(&f.message)
+    );
+    assert!(kept(&f.message).len() <= 4096);
+    assert!(kept(&f.message).len() > 4090);
+    let left_out = 10 * 1024 * 1024 - kept(&f.message).len();
+    assert!(
+        f.message
+            .ends_with(&format!("… [{left_out} bytes truncated]")),
+        "{}",
+        &f.message[4000..]
+    );
+    assert_eq!(host.stats().error_messages_truncated, 1);
+
+    // The host's chain extensions are its own.
+    let forged = publish(&host, "chaos", "hostile.forge-chain", "c-1").await;
+    let f = failure(to_plugin(&forged, "forge-chain")[0]);
+    assert_eq!(f.kind, FailureKind::HandlerPermanent);
+    assert!(
+        f.message.contains("'chainbudget' is set by the host"),
+        "{f:?}"
+    );
+    assert!(to_plugin(&forged, "forge-chain")[0].emitted.is_empty());
+    assert_eq!(host.stats().emits_refused_invalid, 1);
+
+    // State writes stop at the delivery's budget: what was kept fits, and
+    // one more value would not have.
+    let state = publish(&host, "chaos", "hostile.big-state", "s-1").await;
+    assert!(state.iter().all(|d| d.outcome.is_handled()), "{state:#?}");
+    let store = host.state_store();
+    let mut stored = 0;
+    let mut i = 0;
+    while let Some(value) = store
+        .get("chaos", "big-state", &format!("s-1/{i}"))
+        .expect("the in-memory store answers")
+    {
+        stored += format!("s-1/{i}").len() + value.len();
+        i += 1;
+    }
+    let limit = HostConfig::default().max_state_bytes_per_delivery;
+    assert!(stored <= limit, "{stored} bytes stored");
+    assert!(stored + format!("s-1/{i}").len() + 64 * 1024 > limit);
+    assert_eq!(host.stats().state_writes_refused, 1);
+
+    let forge = publish(&host, "chaos", "hostile.forge-log", "l-1").await;
+    assert!(forge.iter().all(|d| d.outcome.is_handled()), "{forge:#?}");
+
+    // The tenant's healthy plugin, and the other tenant, were unaffected.
+    let calm = publish(&host, "bystander", "order.created", "calm-1").await;
+    assert_eq!(calm.len(), 1);
+    assert!(calm[0].outcome.is_handled());
+    let stats = host.stats();
+    assert_eq!(
+        stats.failures_of(FailureKind::HandlerPermanent),
+        2,
+        "{stats:#?}"
+    );
+    // ok, big-state and forge-log, the healthy plugin on each of the five
+    // events, and the bystander.
+    assert_eq!(stats.deliveries_ok, 3 + 5 + 1, "{stats:#?}");
+}
+
+/// A guest's error message is kept whole at the limit, and cut one byte
+/// over it.
+#[test]
+fn hostile_error_messages_are_cut_at_the_limit() {
+    let (host, _dir) = hostile_host(
+        HostConfig::default(),
+        &[
+            ("at", hostile_manifest("big-error", "size = \"4096\"")),
+            ("over", hostile_manifest("big-error", "size = \"4097\"")),
+        ],
+    );
+    let error = |plugin: &str| {
+        let plugin = host.plugin("chaos", plugin).expect("loaded");
+        let event = event("chaos", "hostile.big-error", "e-1", serde_json::json!({}));
+        failure(&plugin.deliver(&event).expect("deliverable").0).message
+    };
+    let at = error("at");
+    assert_eq!(at.len(), 4096);
+    assert!(!at.contains("truncated"));
+    // 4097 bytes, ending in a three-byte character: the cut at 4096 bytes
+    // falls inside it, so the character goes whole.
+    let over = error("over");
+    assert_eq!(over, format!("{}… [3 bytes truncated]", &at[..4094]));
+    assert_eq!(host.stats().error_messages_truncated, 1);
+}
+
+/// The bytes of the events one delivery emits are bounded: an emit that
+/// brings them exactly to the limit is accepted, one byte over is refused
+/// with the limit named, and counted.
+#[test]
+fn hostile_emits_are_bounded_in_bytes() {
+    let manifest = hostile_manifest(
+        "big-emit",
+        "size = \"1000\"\ncount = \"4\"\nstrict = \"true\"",
+    );
+    let plugins = [("emitter", manifest)];
+    let root = event("chaos", "hostile.big-emit", "b-1", serde_json::json!({}));
+    let run = |budget: usize| {
+        let config = HostConfig {
+            max_emit_bytes_per_delivery: budget,
+            ..HostConfig::default()
+        };
+        let (host, _dir) = hostile_host(config, &plugins);
+        let plugin = host.plugin("chaos", "emitter").expect("loaded");
+        let (delivery, emitted) = plugin.deliver(&root).expect("deliverable");
+        (delivery, emitted, host.stats())
+    };
+    // Each event's size, as the host counts it.
+    let (delivery, emitted, _) = run(usize::MAX);
+    assert!(delivery.outcome.is_handled(), "{delivery:#?}");
+    assert_eq!(emitted.len(), 4);
+    let size = plugbus::batch::event_bytes(&emitted[0]);
+    assert!(size > 1000, "{size}");
+    assert!(
+        emitted
+            .iter()
+            .all(|e| plugbus::batch::event_bytes(e) == size)
+    );
+
+    let (delivery, emitted, stats) = run(4 * size);
+    assert!(delivery.outcome.is_handled(), "{delivery:#?}");
+    assert_eq!(emitted.len(), 4);
+    assert_eq!(stats.emits_refused_bytes, 0);
+
+    let (delivery, emitted, stats) = run(4 * size - 1);
+    let f = failure(&delivery);
+    assert_eq!(f.kind, FailureKind::HandlerPermanent);
+    assert!(
+        f.message.contains(&format!(
+            "limit of {} bytes of emitted events per delivery",
+            4 * size - 1
+        )),
+        "{f:?}"
+    );
+    assert!(emitted.is_empty());
+    assert_eq!(stats.emits_accepted, 3);
+    assert_eq!(stats.emits_refused_bytes, 1);
+}
+
+/// The flood: the same 1 MiB event emitted 100 times per event.
+/// Under the default limits a delivery keeps at most 4 MiB of events, and
+/// the rest is refused, not buffered.
+#[test]
+fn hostile_emit_floods_keep_at_most_the_budget() {
+    let (host, _dir) = hostile_host(
+        HostConfig::default(),
+        &[("flood", hostile_manifest("big-emit", ""))],
+    );
+    let plugin = host.plugin("chaos", "flood").expect("loaded");
+    let events: Vec<_> = (0..4)
+        .map(|i| {
+            event(
+                "chaos",
+                "hostile.big-emit",
+                &format!("f-{i}"),
+                serde_json::json!({}),
+            )
+        })
+        .collect();
+    let limit = HostConfig::default().max_emit_bytes_per_delivery;
+    for (delivery, emitted) in plugin.deliver_batch(&events).expect("valid events") {
+        assert!(delivery.outcome.is_handled(), "{delivery:#?}");
+        let bytes: usize = emitted.iter().map(plugbus::batch::event_bytes).sum();
+        assert!(bytes <= limit, "{bytes}");
+        assert_eq!(emitted.len(), 3, "three events of 1 MiB and a little");
+    }
+    assert_eq!(host.stats().emits_refused_bytes, 4 * 97);
+}
+
+/// A plugin that emits ten copies of every event it handles, published
+/// once: the whole chain emits no more than its budget, and the events of
+/// each delivery carry their shares of what the chain has left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_amplification_stays_within_the_chain_budget() {
+    let config = HostConfig {
+        max_events_per_chain: 100,
+        ..HostConfig::default()
+    };
+    // `record-budget` stores the `chainbudget` of each event it sees.
+    let (host, _dir) = hostile_host(
+        config,
+        &[
+            ("amplify", hostile_manifest("amplify", "")),
+            (
+                "observer",
+                "subscribe = [\"hostile.amplify\"]\n[config]\nmode = \"record-budget\"\n"
+                    .to_owned(),
+            ),
+        ],
+    );
+    let deliveries = publish(&host, "chaos", "hostile.amplify", "root").await;
+    let emitted: usize = deliveries.iter().map(|d| d.emitted.len()).sum();
+    assert_eq!(emitted, 100, "the chain's budget, all of it");
+    let stats = host.stats();
+    assert_eq!(stats.emits_accepted, 100);
+    assert!(stats.emits_refused_budget >= 10, "{stats:#?}");
+    assert!(deliveries.iter().all(|d| d.outcome.is_handled()));
+
+    // The root's ten children share the 90 events left after them.
+    let root = deliveries
+        .iter()
+        .find(|d| d.event_id == "root" && d.plugin == "amplify")
+        .expect("the root's delivery");
+    assert_eq!(root.emitted.len(), 10);
+    let store = host.state_store();
+    let budget_of = |id: &str| -> Option<usize> {
+        let value = store.get("chaos", "observer", id).expect("answers")?;
+        String::from_utf8(value).ok()?.parse().ok()
+    };
+    assert_eq!(budget_of("root"), None, "a published event has none");
+    let shares: Vec<_> = root.emitted.iter().map(|e| budget_of(&e.id)).collect();
+    assert_eq!(shares, vec![Some(9); 10]);
+}
