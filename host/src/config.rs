@@ -21,6 +21,8 @@
 //! fuel = 1_000_000_000
 //! memory_mib = 256
 //! timeout_ms = 30_000
+//! manifest_bytes = 65536
+//! plugin_bytes = 67108864
 //!
 //! [budgets]                       # what one delivery, chain or batch may use
 //! max_emits_per_delivery = 100
@@ -33,7 +35,6 @@
 //! max_log_bytes = 4096
 //! max_log_lines_per_delivery = 256
 //! max_pending_mib = 64
-//! max_manifest_bytes = 65536
 //!
 //! [instances]
 //! recycle_after_events = 100_000  # 0: never
@@ -194,6 +195,10 @@ pub struct MaxLimitsConfig {
     pub memory_mib: u64,
     /// Wall-clock time per event in milliseconds (default 30,000).
     pub timeout_ms: u64,
+    /// The largest manifest file, in bytes (default 64 KiB).
+    pub manifest_bytes: u64,
+    /// The largest component file, in bytes (default 64 MiB).
+    pub plugin_bytes: u64,
 }
 
 /// What one delivery, one chain of events or one batch may use. Past a
@@ -226,8 +231,6 @@ pub struct BudgetsConfig {
     /// MiB of events a plugin's consumer may read ahead of its deliveries
     /// (default 64).
     pub max_pending_mib: u64,
-    /// The largest plugin manifest, in bytes (default 64 KiB).
-    pub max_manifest_bytes: u64,
 }
 
 /// When a long-lived plugin instance is replaced by a fresh one, so that a
@@ -419,6 +422,8 @@ impl Default for MaxLimitsConfig {
             fuel: 1_000_000_000,
             memory_mib: 256,
             timeout_ms: 30_000,
+            manifest_bytes: 64 * 1024,
+            plugin_bytes: 64 * MIB,
         }
     }
 }
@@ -436,7 +441,6 @@ impl Default for BudgetsConfig {
             max_log_bytes: 4096,
             max_log_lines_per_delivery: 256,
             max_pending_mib: 64,
-            max_manifest_bytes: 64 * 1024,
         }
     }
 }
@@ -537,11 +541,28 @@ impl Config {
             1,
             crate::manifest::MAX_TIMEOUT_MS,
         )?;
+        range(
+            "limits.max.manifest_bytes",
+            max.manifest_bytes,
+            1024,
+            16 * MIB,
+        )?;
+        range("limits.max.plugin_bytes", max.plugin_bytes, MIB, 1 << 30)?;
         // The defaults must fit under the ceilings: the key named is the
         // default, which is what a plugin without a manifest would get.
         range("limits.fuel", self.limits.fuel, 1, max.fuel)?;
-        range("limits.memory_mib", self.limits.memory_mib, 1, max.memory_mib)?;
-        range("limits.timeout_ms", self.limits.timeout_ms, 1, max.timeout_ms)?;
+        range(
+            "limits.memory_mib",
+            self.limits.memory_mib,
+            1,
+            max.memory_mib,
+        )?;
+        range(
+            "limits.timeout_ms",
+            self.limits.timeout_ms,
+            1,
+            max.timeout_ms,
+        )?;
         let b = &self.budgets;
         range(
             "budgets.max_emits_per_delivery",
@@ -588,12 +609,6 @@ impl Config {
             100_000,
         )?;
         range("budgets.max_pending_mib", b.max_pending_mib, 1, 65_536)?;
-        range(
-            "budgets.max_manifest_bytes",
-            b.max_manifest_bytes,
-            1024,
-            16 * MIB,
-        )?;
         range(
             "instances.recycle_memory_percent",
             self.instances.recycle_memory_percent,
@@ -661,7 +676,11 @@ impl Config {
         )?;
         check_quotas("quotas", &self.quotas, &range)?;
         for tenant in self.tenants.keys() {
-            check_quotas(&format!("tenants.{tenant}"), &self.quotas_of(tenant), &range)?;
+            check_quotas(
+                &format!("tenants.{tenant}"),
+                &self.quotas_of(tenant),
+                &range,
+            )?;
         }
         if let Some(endpoint) = &self.otlp.endpoint {
             crate::telemetry::traces_url("otlp.endpoint", endpoint)
@@ -939,7 +958,10 @@ mod tests {
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
-        assert!(m.contains("metrics.token_sha256") && m.contains("admin"), "{m}");
+        assert!(
+            m.contains("metrics.token_sha256") && m.contains("admin"),
+            "{m}"
+        );
     }
 
     #[test]

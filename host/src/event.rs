@@ -349,7 +349,10 @@ impl Event {
         }
         if let Some(budget) = self.extensions.get(BUDGET_EXTENSION) {
             budget.parse::<u64>().map_err(|_| {
-                EventError::invalid(BUDGET_EXTENSION, format!("{budget:?} is not a whole number"))
+                EventError::invalid(
+                    BUDGET_EXTENSION,
+                    format!("{budget:?} is not a whole number"),
+                )
             })?;
         }
         Ok(())
@@ -370,7 +373,9 @@ impl Event {
         self.extensions
             .get(BUDGET_EXTENSION)
             .and_then(|b| b.parse::<u64>().ok())
-            .map_or(limit, |b| usize::try_from(b).unwrap_or(usize::MAX).min(limit))
+            .map_or(limit, |b| {
+                usize::try_from(b).unwrap_or(usize::MAX).min(limit)
+            })
     }
 
     /// The id of the root event of this event's chain: the `correlationid`

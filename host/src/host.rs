@@ -111,6 +111,24 @@ pub struct HostConfig {
     /// a marker, when the failure is created, so that they are bounded
     /// wherever they are stored, exported or printed.
     pub max_error_bytes: usize,
+    /// The operator's ceilings of the limits a manifest may ask for
+    /// (default [`Limits::DEFAULT_CEILINGS`]: 1,000,000,000 fuel, 256 MiB,
+    /// 30 s). A manifest above one is refused at load, naming the key and
+    /// the ceiling; each ceiling must be at least
+    /// [`default_limits`](Self::default_limits)' value, or [`Host::new`]
+    /// fails.
+    pub max_limits: Limits,
+    /// The largest manifest file accepted, in bytes (default 64 KiB).
+    pub max_manifest_bytes: u64,
+    /// The most plugins a tenant may have loaded (default 100), unless
+    /// [`tenant_max_plugins`](Self::tenant_max_plugins) says otherwise.
+    /// Past it a plugin is refused; plugins already loaded are never
+    /// pushed out by new ones, and at a first load the first by name win.
+    pub max_plugins_per_tenant: usize,
+    /// Per-tenant quotas of plugins, by tenant name, in place of
+    /// [`max_plugins_per_tenant`](Self::max_plugins_per_tenant) (default
+    /// none). Every key must be a valid tenant name.
+    pub tenant_max_plugins: std::collections::BTreeMap<String, usize>,
 }
 
 impl Default for HostConfig {
@@ -139,6 +157,10 @@ impl Default for HostConfig {
             max_emit_bytes_per_delivery: 4 * 1024 * 1024,
             max_batch_commit_bytes: 16 * 1024 * 1024,
             max_error_bytes: 4096,
+            max_limits: Limits::DEFAULT_CEILINGS,
+            max_manifest_bytes: 64 * 1024,
+            max_plugins_per_tenant: 100,
+            tenant_max_plugins: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -201,6 +223,9 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
+    /// The loading settings are inconsistent (a ceiling below its default).
+    #[error(transparent)]
+    Settings(#[from] loader::SettingsError),
     /// A plugin's memory limit is larger than the pooling allocator's slots.
     #[error(
         "default memory limit of {limit} bytes is larger than the pooling allocator's {slot}-byte memories"
@@ -302,6 +327,7 @@ impl Host {
     /// Builds a host with no plugins, on the process's shared engine for
     /// `config.engine`.
     pub fn new(config: HostConfig) -> Result<Self, HostError> {
+        loader::check_settings(&config)?;
         if let Allocation::Pooling {
             max_memory_bytes, ..
         } = config.engine.allocation
@@ -374,7 +400,9 @@ impl Host {
             engine: &self.engine,
             linker: &self.linker,
             defaults: self.config.default_limits,
+            max_limits: self.config.max_limits,
             max_plugin_bytes: self.config.max_plugin_bytes,
+            max_manifest_bytes: self.config.max_manifest_bytes,
             bounds: &self.bounds,
             stats: &self.stats,
             mode: self.config.instance_mode,

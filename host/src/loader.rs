@@ -4,18 +4,97 @@
 //!
 //! Every refusal is a [`LoadError`] that names the file and the reason;
 //! one plugin's refusal never stops the others from loading.
+//!
+//! # What a tenant's folder may hold
+//!
+//! Everything in a tenant's folder is the tenant's, and hostile. A plugin's
+//! files must resolve inside its own tenant's folder:
+//! - A tenant folder that is a symbolic link is refused ([`LoadError::TenantSymlink`]),
+//!   even one that points at another tenant's folder. (The plugins directory
+//!   itself is the operator's: it may be a symbolic link.)
+//! - A component or manifest that is a symbolic link is followed only while
+//!   it stays inside the tenant's folder: a relative link such as
+//!   `alias.wasm -> v2/handler.wasm` is served; a link whose target is
+//!   absolute, or climbs out through `..` (even to come back), is refused as
+//!   [`LoadError::OutsideTenant`], as is a link into a subfolder that is
+//!   itself a link out.
+//! - Only regular files are read: a FIFO, socket or device where a component
+//!   or manifest belongs is refused ([`LoadError::NotRegularFile`]), never
+//!   waited on.
+//! - Manifests are at most [`HostConfig::max_manifest_bytes`](crate::HostConfig::max_manifest_bytes)
+//!   bytes and components [`HostConfig::max_plugin_bytes`](crate::HostConfig::max_plugin_bytes)
+//!   ([`LoadError::TooLarge`]).
+//!
+//! Each file is opened once, beneath its tenant's folder (with
+//! `openat2(RESOLVE_BENEATH)` where the kernel has it, through `cap-std`),
+//! without blocking; its type and size are checked on the opened handle, its
+//! bytes are read from that same handle, and the plugin's version is the hash
+//! of exactly those bytes. A hard link is a regular file: whoever can make
+//! one could read the file anyway.
 
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::io::Read as _;
+use std::path::{Component as PathPart, Path, PathBuf};
 use std::sync::Arc;
 
+use cap_fs_ext::{DirExt as _, OpenOptionsSyncExt as _};
+use cap_std::fs::{Dir, OpenOptions};
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 use crate::bindings::Pre;
 use crate::dispatch::{Plugin, PluginParts};
-use crate::manifest::{Manifest, ManifestError, NameError, validate_name};
+use crate::manifest::{Limits, Manifest, ManifestError, NameError, validate_name};
 use crate::sandbox::{Identity, PluginState};
+
+/// Which of a plugin's two files an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// The component, `<plugin>.wasm`.
+    Component,
+    /// The manifest, `<plugin>.toml`.
+    Manifest,
+}
+
+impl FileKind {
+    /// The `plugbus.toml` setting of this file's size limit.
+    pub fn size_setting(self) -> &'static str {
+        match self {
+            Self::Component => "limits.max.plugin_bytes",
+            Self::Manifest => "limits.max.manifest_bytes",
+        }
+    }
+}
+
+impl std::fmt::Display for FileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Component => "component",
+            Self::Manifest => "manifest",
+        })
+    }
+}
+
+/// The reasons of [`LoadError::reason`]: the values of the `reason` label
+/// of the `plugbus_plugins_refused_total` counter.
+pub const REFUSAL_REASONS: [&str; 15] = [
+    "io",
+    "invalid_name",
+    "tenant_symlink",
+    "outside_tenant",
+    "not_regular_file",
+    "misplaced",
+    "orphan_manifest",
+    "invalid_manifest",
+    "too_large",
+    "limit_ceiling",
+    "quota",
+    "not_a_component",
+    "compile",
+    "instantiate",
+    "wrong_world",
+];
 
 /// Why a plugin (or a file in the plugins directory) was refused.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +116,7 @@ pub enum LoadError {
         /// The name.
         name: String,
         /// Why it is invalid.
+        #[source]
         reason: NameError,
     },
     /// A component's file name is not a valid plugin name.
@@ -47,15 +127,51 @@ pub enum LoadError {
         /// The name.
         name: String,
         /// Why it is invalid.
+        #[source]
         reason: NameError,
     },
-    /// A symbolic link points outside the plugins directory.
-    #[error("{}: a symbolic link that leaves the plugins directory (to {})", path.display(), target.display())]
-    SymlinkEscape {
+    /// A tenant's folder is a symbolic link: a tenant could point it at
+    /// another tenant's folder.
+    #[error(
+        "{}: a tenant folder may not be a symbolic link (it points to {}); put the folder itself in the plugins directory",
+        path.display(),
+        target.display()
+    )]
+    TenantSymlink {
         /// The link.
         path: PathBuf,
         /// Where it points.
         target: PathBuf,
+    },
+    /// A plugin's file resolves outside its tenant's folder: through a
+    /// symbolic link that is absolute, climbs out with `..`, or leads into
+    /// another tenant's folder.
+    #[error(
+        "{}: a symbolic link that leaves the tenant folder {tenant}/ (it points to {}); a plugin's files must stay inside its own tenant's folder, linked only by relative links that never climb out of it",
+        path.display(),
+        target.display()
+    )]
+    OutsideTenant {
+        /// The file.
+        path: PathBuf,
+        /// The tenant whose folder it leaves.
+        tenant: String,
+        /// Where its link points.
+        target: PathBuf,
+        /// What the file system said when it was opened.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A FIFO, socket, device or directory where a component or manifest
+    /// belongs: only regular files are read.
+    #[error("{}: the {kind} is {what}, not a regular file; only regular files are read", path.display())]
+    NotRegularFile {
+        /// The file.
+        path: PathBuf,
+        /// Which file of the plugin it is.
+        kind: FileKind,
+        /// What it is instead ("a FIFO", "a socket", ...).
+        what: &'static str,
     },
     /// A file sits where a tenant directory belongs.
     #[error("{}: plugins belong in a tenant's directory: <plugins-dir>/<tenant>/<plugin>.wasm", path.display())]
@@ -77,17 +193,57 @@ pub enum LoadError {
         /// The manifest.
         path: PathBuf,
         /// Why it is invalid.
+        #[source]
         reason: ManifestError,
     },
-    /// A component file is larger than the host accepts.
-    #[error("{}: {size} bytes is more than the limit of {limit} bytes for a plugin", path.display())]
+    /// A component or manifest is larger than the host accepts.
+    #[error(
+        "{}: the {kind} is {size} bytes, more than the limit of {limit} bytes ({} in plugbus.toml)",
+        path.display(),
+        kind.size_setting()
+    )]
     TooLarge {
         /// The file.
         path: PathBuf,
-        /// Its size.
+        /// Which file of the plugin it is.
+        kind: FileKind,
+        /// Its size (at least; reading stops one byte past the limit).
         size: u64,
         /// The limit.
         limit: u64,
+    },
+    /// A manifest asks for more than the operator's ceiling of a limit.
+    #[error(
+        "{}: {key} is {value}; the operator's ceiling is {ceiling} ({setting} in plugbus.toml)",
+        path.display()
+    )]
+    LimitCeiling {
+        /// The manifest.
+        path: PathBuf,
+        /// The manifest's key (`limits.fuel`, ...).
+        key: &'static str,
+        /// The value it asks for.
+        value: u64,
+        /// The ceiling.
+        ceiling: u64,
+        /// The operator's setting of the ceiling (`limits.max.fuel`, ...).
+        setting: &'static str,
+    },
+    /// The tenant already has as many plugins as its quota allows.
+    #[error(
+        "{}: tenant {tenant} already has its quota of {quota} plugins ({setting} in plugbus.toml); this plugin is not loaded",
+        path.display()
+    )]
+    Quota {
+        /// The plugin's component.
+        path: PathBuf,
+        /// The tenant.
+        tenant: String,
+        /// Its quota of plugins.
+        quota: usize,
+        /// The operator's setting of the quota (`quotas.max_plugins` or
+        /// `tenants.<tenant>.max_plugins`).
+        setting: String,
     },
     /// The file is not WebAssembly at all.
     #[error("{}: not a WebAssembly component (the file does not start with the wasm magic bytes \\0asm)", path.display())]
@@ -142,11 +298,15 @@ impl LoadError {
             Self::Io { path, .. }
             | Self::TenantName { path, .. }
             | Self::PluginName { path, .. }
-            | Self::SymlinkEscape { path, .. }
+            | Self::TenantSymlink { path, .. }
+            | Self::OutsideTenant { path, .. }
+            | Self::NotRegularFile { path, .. }
             | Self::Misplaced { path }
             | Self::OrphanManifest { path, .. }
             | Self::Manifest { path, .. }
             | Self::TooLarge { path, .. }
+            | Self::LimitCeiling { path, .. }
+            | Self::Quota { path, .. }
             | Self::NotWasm { path }
             | Self::CoreModule { path }
             | Self::Compile { path, .. }
@@ -155,102 +315,247 @@ impl LoadError {
             | Self::WrongWorld { path, .. } => path,
         }
     }
+
+    /// The kind of refusal, one of [`REFUSAL_REASONS`], as the `reason`
+    /// label of `plugbus_plugins_refused_total`; `None` for
+    /// [`LoadError::Changing`], which is no refusal: the files are read
+    /// again once they settle.
+    pub fn reason(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Io { .. } => "io",
+            Self::TenantName { .. } | Self::PluginName { .. } => "invalid_name",
+            Self::TenantSymlink { .. } => "tenant_symlink",
+            Self::OutsideTenant { .. } => "outside_tenant",
+            Self::NotRegularFile { .. } => "not_regular_file",
+            Self::Misplaced { .. } => "misplaced",
+            Self::OrphanManifest { .. } => "orphan_manifest",
+            Self::Manifest { .. } => "invalid_manifest",
+            Self::TooLarge { .. } => "too_large",
+            Self::LimitCeiling { .. } => "limit_ceiling",
+            Self::Quota { .. } => "quota",
+            Self::NotWasm { .. } | Self::CoreModule { .. } => "not_a_component",
+            Self::Compile { .. } => "compile",
+            Self::Instantiate { .. } => "instantiate",
+            Self::WrongWorld { .. } => "wrong_world",
+            Self::Changing { .. } => return None,
+        })
+    }
+}
+
+/// Why the host's loading settings cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    /// A ceiling is below the default of the same limit, so that a plugin
+    /// without a manifest would be refused.
+    #[error(
+        "the ceiling {setting} is {ceiling}, below the default {default_setting} of {default}; a ceiling must be at least the default"
+    )]
+    CeilingBelowDefault {
+        /// The ceiling's setting (`limits.max.fuel`, ...).
+        setting: &'static str,
+        /// The ceiling, in the setting's unit.
+        ceiling: u64,
+        /// The default's setting (`limits.fuel`, ...).
+        default_setting: &'static str,
+        /// The default, in the setting's unit.
+        default: u64,
+    },
+    /// A per-tenant quota names something that is not a tenant name, so
+    /// it could never apply.
+    #[error("tenants.{tenant:?}.max_plugins: {tenant:?} is not a valid tenant name: {reason}")]
+    QuotaTenant {
+        /// The name.
+        tenant: String,
+        /// Why it is invalid.
+        #[source]
+        reason: NameError,
+    },
+}
+
+/// Checks the loading settings of `config`: every ceiling of
+/// [`HostConfig::max_limits`](crate::HostConfig::max_limits) at least the
+/// default limit, and every tenant of
+/// [`HostConfig::tenant_max_plugins`](crate::HostConfig::tenant_max_plugins)
+/// a valid tenant name.
+pub fn check_settings(config: &crate::HostConfig) -> Result<(), SettingsError> {
+    if let Some(above) = config.default_limits.above(&config.max_limits) {
+        return Err(SettingsError::CeilingBelowDefault {
+            setting: above.setting,
+            ceiling: above.ceiling,
+            default_setting: above.key,
+            default: above.value,
+        });
+    }
+    for tenant in config.tenant_max_plugins.keys() {
+        validate_name(tenant).map_err(|reason| SettingsError::QuotaTenant {
+            tenant: tenant.clone(),
+            reason,
+        })?;
+    }
+    Ok(())
+}
+
+/// A tenant's quota of plugins under `config`, and the setting it comes from.
+pub fn plugin_quota(config: &crate::HostConfig, tenant: &str) -> (usize, String) {
+    match config.tenant_max_plugins.get(tenant) {
+        Some(quota) => (*quota, format!("tenants.{tenant}.max_plugins")),
+        None => (
+            config.max_plugins_per_tenant,
+            "quotas.max_plugins".to_owned(),
+        ),
+    }
+}
+
+/// Splits `candidates` by their tenants' quotas of plugins (`quota` of a
+/// tenant): the plugins `held` (those that serve, or are being built) keep
+/// their places first, then the others take the places left in the order
+/// of their names. Returns the candidates within the quotas, by tenant and
+/// name, and those past them.
+pub(crate) fn split_by_quota(
+    candidates: Vec<Candidate>,
+    held: impl Fn(&Candidate) -> bool,
+    quota: impl Fn(&str) -> usize,
+) -> (Vec<Candidate>, Vec<Candidate>) {
+    type Queues = (Vec<Candidate>, Vec<Candidate>);
+    let mut tenants: std::collections::BTreeMap<String, Queues> = std::collections::BTreeMap::new();
+    for candidate in candidates {
+        let queues = tenants.entry(candidate.tenant.clone()).or_default();
+        if held(&candidate) {
+            queues.0.push(candidate);
+        } else {
+            queues.1.push(candidate);
+        }
+    }
+    let mut admitted = Vec::new();
+    let mut refused = Vec::new();
+    for (tenant, (mut first, mut then)) in tenants {
+        first.sort_by(|a, b| a.name.cmp(&b.name));
+        then.sort_by(|a, b| a.name.cmp(&b.name));
+        let places = quota(&tenant);
+        for (i, candidate) in first.into_iter().chain(then).enumerate() {
+            if i < places {
+                admitted.push(candidate);
+            } else {
+                refused.push(candidate);
+            }
+        }
+    }
+    admitted.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
+    (admitted, refused)
 }
 
 /// A plugin found on disk, before it is read and compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
+    /// The plugins directory, canonical.
+    pub root: PathBuf,
     /// The tenant directory's name.
     pub tenant: String,
     /// The plugin's name (the component's file stem).
     pub name: String,
-    /// `<tenant>/<plugin>.wasm`.
+    /// `<root>/<tenant>/<plugin>.wasm`.
     pub wasm: PathBuf,
-    /// `<tenant>/<plugin>.toml`, if it exists.
+    /// `<root>/<tenant>/<plugin>.toml`, if there is an entry of that name.
     pub manifest: Option<PathBuf>,
 }
 
 /// Finds the plugins of a plugins directory: every `<tenant>/<plugin>.wasm`
-/// whose names are valid and whose files stay inside the directory.
-/// Hidden entries (names starting with `.`) are skipped.
+/// whose names are valid, in tenant folders that are real folders (not
+/// symbolic links). Hidden entries (names starting with `.`) are skipped.
+/// Whether a plugin's files stay inside its tenant's folder, and are
+/// regular files, is checked when they are opened ([`Candidate`]s are
+/// names, not files).
 pub fn scan(root: &Path) -> Result<(Vec<Candidate>, Vec<LoadError>), std::io::Error> {
     let root = root.canonicalize()?;
+    let dir = Dir::open_ambient_dir(&root, cap_std::ambient_authority())?;
     let mut candidates = Vec::new();
     let mut errors = Vec::new();
-    for entry in sorted_entries(&root)? {
-        let Some(name) = visible_name(&entry) else {
+    for (name, file_type) in sorted_entries(&dir)? {
+        let Some(shown) = visible_name(&name) else {
             continue;
         };
-        let is_dir = match resolve(&root, &entry) {
-            Ok(meta) => meta.is_dir(),
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
-        };
-        if !is_dir {
-            if has_extension(&entry, "wasm") || has_extension(&entry, "toml") {
-                errors.push(LoadError::Misplaced { path: entry });
+        let path = root.join(&name);
+        if file_type.is_symlink() {
+            // Only to word the refusal: nothing is read through the link.
+            if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+                errors.push(LoadError::TenantSymlink {
+                    target: link_target(&dir, &name),
+                    path,
+                });
+            } else if has_extension(&name, "wasm") || has_extension(&name, "toml") {
+                errors.push(LoadError::Misplaced { path });
             }
             continue;
         }
-        if let Err(reason) = validate_name(&name) {
+        if !file_type.is_dir() {
+            if has_extension(&name, "wasm") || has_extension(&name, "toml") {
+                errors.push(LoadError::Misplaced { path });
+            }
+            continue;
+        }
+        if let Err(reason) = validate_name(&shown) {
             errors.push(LoadError::TenantName {
-                path: entry,
-                name,
+                path,
+                name: shown,
                 reason,
             });
             continue;
         }
-        scan_tenant(&root, &entry, &name, &mut candidates, &mut errors);
+        match open_tenant(&root, &shown) {
+            Ok(tenant_dir) => scan_tenant(&root, &tenant_dir, &shown, &mut candidates, &mut errors),
+            Err(e) => errors.push(e),
+        }
     }
     Ok((candidates, errors))
 }
 
 fn scan_tenant(
     root: &Path,
-    dir: &Path,
+    dir: &Dir,
     tenant: &str,
     candidates: &mut Vec<Candidate>,
     errors: &mut Vec<LoadError>,
 ) {
+    let tenant_path = root.join(tenant);
     let entries = match sorted_entries(dir) {
         Ok(entries) => entries,
         Err(source) => {
             errors.push(LoadError::Io {
-                path: dir.to_owned(),
+                path: tenant_path,
                 source,
             });
             return;
         }
     };
-    for path in entries {
-        if visible_name(&path).is_none() {
+    let names: std::collections::HashSet<&OsStr> =
+        entries.iter().map(|(n, _)| n.as_os_str()).collect();
+    for (name, file_type) in &entries {
+        if visible_name(name).is_none() {
             continue;
         }
-        let is_wasm = has_extension(&path, "wasm");
-        let is_toml = has_extension(&path, "toml");
+        let is_wasm = has_extension(name, "wasm");
+        let is_toml = has_extension(name, "toml");
         if !is_wasm && !is_toml {
             continue;
         }
-        match resolve(root, &path) {
-            Ok(meta) if meta.is_file() => {}
-            Ok(_) => continue,
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
+        // A folder named like a plugin's file is no file: skip it, as
+        // before. Anything else is a candidate and checked when opened.
+        let is_dir = file_type.is_dir()
+            || (file_type.is_symlink() && dir.metadata(name).is_ok_and(|m| m.is_dir()));
+        if is_dir {
+            continue;
         }
-        let stem = path
+        let path = tenant_path.join(name);
+        let stem = Path::new(name)
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         if is_toml {
-            let wasm = path.with_extension("wasm");
-            if !wasm.exists() {
+            let wasm = Path::new(name).with_extension("wasm");
+            if !names.contains(wasm.as_os_str()) {
                 errors.push(LoadError::OrphanManifest {
+                    expected: tenant_path.join(wasm),
                     path,
-                    expected: wasm,
                 });
             }
             continue;
@@ -263,19 +568,12 @@ fn scan_tenant(
             });
             continue;
         }
-        let manifest = path.with_extension("toml");
-        let manifest = match resolve(root, &manifest) {
-            Ok(meta) if meta.is_file() => Some(manifest),
-            Ok(_) => None,
-            Err(LoadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                None
-            }
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
-        };
+        let manifest = Path::new(name).with_extension("toml");
+        let manifest = names
+            .contains(manifest.as_os_str())
+            .then(|| tenant_path.join(manifest));
         candidates.push(Candidate {
+            root: root.to_owned(),
             tenant: tenant.to_owned(),
             name: stem,
             wasm: path,
@@ -284,49 +582,231 @@ fn scan_tenant(
     }
 }
 
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
-    let mut entries = std::fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.path()))
+/// The entries of `dir` by name, with their types (of the entry itself, a
+/// symbolic link not followed).
+fn sorted_entries(dir: &Dir) -> std::io::Result<Vec<(std::ffi::OsString, cap_std::fs::FileType)>> {
+    let mut entries = dir
+        .entries()?
+        .map(|e| e.and_then(|e| Ok((e.file_name(), e.file_type()?))))
         .collect::<Result<Vec<_>, _>>()?;
-    entries.sort();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(entries)
 }
 
-fn visible_name(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_string_lossy().into_owned();
+fn visible_name(name: &OsStr) -> Option<String> {
+    let name = name.to_string_lossy().into_owned();
     (!name.starts_with('.')).then_some(name)
 }
 
-fn has_extension(path: &Path, ext: &str) -> bool {
-    path.extension().is_some_and(|e| e == ext)
+fn has_extension(name: &OsStr, ext: &str) -> bool {
+    Path::new(name).extension().is_some_and(|e| e == ext)
 }
 
-/// The metadata of what `path` names, after checking that a symbolic link
-/// (anywhere along it) does not lead outside `root`.
-fn resolve(root: &Path, path: &Path) -> Result<std::fs::Metadata, LoadError> {
+/// Where the symbolic link `name` in `dir` points, as written; empty when
+/// it cannot be read (it is only shown in a refusal).
+fn link_target(dir: &Dir, name: &OsStr) -> PathBuf {
+    dir.read_link_contents(name).unwrap_or_default()
+}
+
+/// Opens the folder of `tenant` in `root`, refusing a symbolic link.
+fn open_tenant(root: &Path, tenant: &str) -> Result<Dir, LoadError> {
+    let path = root.join(tenant);
+    let root_dir = Dir::open_ambient_dir(root, cap_std::ambient_authority()).map_err(|source| {
+        LoadError::Io {
+            path: root.to_owned(),
+            source,
+        }
+    })?;
+    root_dir.open_dir_nofollow(tenant).map_err(|source| {
+        let is_link = root_dir
+            .symlink_metadata(tenant)
+            .is_ok_and(|m| m.file_type().is_symlink());
+        if is_link {
+            LoadError::TenantSymlink {
+                target: link_target(&root_dir, OsStr::new(tenant)),
+                path,
+            }
+        } else {
+            LoadError::Io { path, source }
+        }
+    })
+}
+
+/// Whether a symbolic link's target, as written, leaves the folder the link
+/// is in: an absolute target, or one whose `..` climb above that folder at
+/// any point (even to come back).
+pub fn link_leaves_folder(target: &Path) -> bool {
+    let mut depth = 0usize;
+    for part in target.components() {
+        match part {
+            PathPart::Prefix(_) | PathPart::RootDir => return true,
+            PathPart::CurDir => {}
+            PathPart::ParentDir => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return true,
+            },
+            PathPart::Normal(_) => depth += 1,
+        }
+    }
+    false
+}
+
+/// What a file of this type is, for a refusal; `None` for a regular file.
+fn irregular(file_type: std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt as _;
+    if file_type.is_file() {
+        None
+    } else if file_type.is_fifo() {
+        Some("a FIFO")
+    } else if file_type.is_socket() {
+        Some("a socket")
+    } else if file_type.is_char_device() {
+        Some("a character device")
+    } else if file_type.is_block_device() {
+        Some("a block device")
+    } else if file_type.is_dir() {
+        Some("a directory")
+    } else {
+        Some("not a regular file")
+    }
+}
+
+/// The same as [`irregular`], for cap-std's file type.
+fn irregular_cap(file_type: cap_std::fs::FileType) -> Option<&'static str> {
+    use cap_std::fs::FileTypeExt as _;
+    if file_type.is_file() {
+        None
+    } else if file_type.is_fifo() {
+        Some("a FIFO")
+    } else if file_type.is_socket() {
+        Some("a socket")
+    } else if file_type.is_char_device() {
+        Some("a character device")
+    } else if file_type.is_block_device() {
+        Some("a block device")
+    } else if file_type.is_dir() {
+        Some("a directory")
+    } else {
+        Some("not a regular file")
+    }
+}
+
+/// Whether `error` is cap-std's refusal of a path that leads outside the
+/// folder it was resolved in.
+fn is_escape(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::PermissionDenied
+        && error
+            .get_ref()
+            .is_some_and(|e| e.to_string().contains("outside of the filesystem"))
+}
+
+/// A file of a plugin, opened beneath its tenant's folder.
+struct Opened {
+    file: std::fs::File,
+    meta: std::fs::Metadata,
+}
+
+/// Opens the file `path` (in the tenant folder `dir`) for reading, without
+/// blocking and without leaving the folder, and checks on the opened handle
+/// that it is a regular file.
+fn open_beneath(dir: &Dir, tenant: &str, path: &Path, kind: FileKind) -> Result<Opened, LoadError> {
+    let name = path.file_name().unwrap_or_default();
+    let refused = |source: std::io::Error| {
+        let target = dir
+            .symlink_metadata(name)
+            .is_ok_and(|m| m.file_type().is_symlink())
+            .then(|| link_target(dir, name));
+        let leaves = target.as_deref().is_some_and(link_leaves_folder);
+        match target {
+            Some(target) if leaves || is_escape(&source) => LoadError::OutsideTenant {
+                path: path.to_owned(),
+                tenant: tenant.to_owned(),
+                target,
+                source,
+            },
+            _ => LoadError::Io {
+                path: path.to_owned(),
+                source,
+            },
+        }
+    };
+    let not_regular = |what| LoadError::NotRegularFile {
+        path: path.to_owned(),
+        kind,
+        what,
+    };
+    // What the name leads to, before anything is opened: no FIFO, socket
+    // or device is opened at all unless it is swapped in right now.
+    let meta = dir.metadata(name).map_err(refused)?;
+    if let Some(what) = irregular_cap(meta.file_type()) {
+        return Err(not_regular(what));
+    }
+    // Non-blocking, so that a FIFO swapped in meanwhile is not waited on;
+    // the handle's own type is what counts.
+    let mut options = OpenOptions::new();
+    options.read(true).nonblock(true);
+    let file = dir.open_with(name, &options).map_err(refused)?.into_std();
+    let meta = file.metadata().map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Some(what) = irregular(meta.file_type()) {
+        return Err(not_regular(what));
+    }
+    Ok(Opened { file, meta })
+}
+
+/// Reads an opened file whole, refusing one over `limit` bytes (checked on
+/// the handle first, and again while reading, for a file that grows) and
+/// one that changes while it is read.
+fn read_opened(
+    opened: Opened,
+    path: &Path,
+    kind: FileKind,
+    limit: u64,
+) -> Result<(Vec<u8>, Stamp), LoadError> {
     let io = |source| LoadError::Io {
         path: path.to_owned(),
         source,
     };
-    let link = std::fs::symlink_metadata(path).map_err(io)?;
-    if link.file_type().is_symlink() {
-        let target = path.canonicalize().map_err(io)?;
-        if !target.starts_with(root) {
-            return Err(LoadError::SymlinkEscape {
-                path: path.to_owned(),
-                target,
-            });
-        }
+    let too_large = |size| LoadError::TooLarge {
+        path: path.to_owned(),
+        kind,
+        size,
+        limit,
+    };
+    let Opened { file, meta } = opened;
+    let size = meta.len();
+    if size > limit {
+        return Err(too_large(size));
     }
-    std::fs::metadata(path).map_err(io)
+    let stamp = Stamp::from_std(&meta);
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    (&file)
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
+    let after = file.metadata().map_err(io)?;
+    if Stamp::from_std(&after) != stamp || bytes.len() as u64 != size {
+        return Err(LoadError::Changing {
+            path: path.to_owned(),
+        });
+    }
+    Ok((bytes, stamp))
 }
 
 /// What compiling a plugin needs from the host.
 pub(crate) struct LoadContext<'a> {
     pub engine: &'a Engine,
     pub linker: &'a Linker<PluginState>,
-    pub defaults: crate::manifest::Limits,
+    pub defaults: Limits,
+    /// The operator's ceilings of the limits a manifest may ask for.
+    pub max_limits: Limits,
     pub max_plugin_bytes: u64,
+    pub max_manifest_bytes: u64,
     pub bounds: &'a Arc<crate::sandbox::Bounds>,
     pub stats: &'a Arc<crate::stats::Stats>,
     pub mode: crate::dispatch::InstanceMode,
@@ -346,21 +826,36 @@ pub(crate) type Compiled = std::collections::HashMap<[u8; 32], Component>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stamp {
     len: u64,
-    modified: Option<std::time::SystemTime>,
+    modified: (i64, i64),
+    device: u64,
     inode: u64,
-    changed_ns: i64,
+    changed: (i64, i64),
 }
 
 impl Stamp {
-    /// The stamp of `path`, following symbolic links.
-    fn of(path: &Path) -> std::io::Result<Self> {
+    /// The stamp of an opened file's metadata.
+    fn from_std(meta: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt as _;
-        let meta = std::fs::metadata(path)?;
-        Ok(Self {
+        Self {
             len: meta.len(),
-            modified: meta.modified().ok(),
+            modified: (meta.mtime(), meta.mtime_nsec()),
+            device: meta.dev(),
             inode: meta.ino(),
-            changed_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The stamp of what `path` (in the tenant folder `dir`) leads to,
+    /// without opening it, and only if it stays inside the folder.
+    fn beneath(dir: &Dir, path: &Path) -> Option<Self> {
+        use cap_std::fs::MetadataExt as _;
+        let meta = dir.metadata(path.file_name()?).ok()?;
+        Some(Self {
+            len: meta.len(),
+            modified: (meta.mtime(), meta.mtime_nsec()),
+            device: meta.dev(),
+            inode: meta.ino(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
         })
     }
 }
@@ -368,14 +863,18 @@ impl Stamp {
 /// The stamps of a plugin's files: its component and its manifest.
 pub(crate) type Stamps = (Option<Stamp>, Option<Stamp>);
 
-/// The stamps of a candidate's files; a file that cannot be read has none.
+/// The stamps of a candidate's files; a file that cannot be reached inside
+/// its tenant's folder has none.
 pub(crate) fn stamps(candidate: &Candidate) -> Stamps {
+    let Ok(dir) = open_tenant(&candidate.root, &candidate.tenant) else {
+        return (None, None);
+    };
     (
-        Stamp::of(&candidate.wasm).ok(),
+        Stamp::beneath(&dir, &candidate.wasm),
         candidate
             .manifest
             .as_deref()
-            .and_then(|m| Stamp::of(m).ok()),
+            .and_then(|m| Stamp::beneath(&dir, m)),
     )
 }
 
@@ -384,7 +883,7 @@ pub(crate) struct Source {
     manifest: Manifest,
     bytes: Vec<u8>,
     digest: [u8; 32],
-    /// The SHA-256 of the component's SHA-256 and the manifest's text: two
+    /// The SHA-256 of the component's SHA-256 and the manifest's bytes: two
     /// sources with the same fingerprint are the same version.
     pub fingerprint: [u8; 32],
     /// The files' stamps, the same before and after they were read.
@@ -398,29 +897,44 @@ impl Source {
     }
 }
 
-/// Reads a plugin's manifest and component, refusing a file that changes
+/// Reads a plugin's manifest and component, each opened once beneath its
+/// tenant's folder and read from that handle, refusing a file that changes
 /// while it is read.
 pub(crate) fn read(ctx: &LoadContext<'_>, candidate: &Candidate) -> Result<Source, LoadError> {
     let before = stamps(candidate);
-    let (manifest_text, manifest) = match &candidate.manifest {
-        None => (String::new(), Manifest::with_defaults(ctx.defaults)),
+    let dir = open_tenant(&candidate.root, &candidate.tenant)?;
+    let tenant = candidate.tenant.as_str();
+    let (manifest_bytes, manifest, manifest_stamp) = match &candidate.manifest {
+        None => (Vec::new(), Manifest::with_defaults(ctx.defaults), None),
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            let opened = open_beneath(&dir, tenant, path, FileKind::Manifest)?;
+            let (bytes, stamp) =
+                read_opened(opened, path, FileKind::Manifest, ctx.max_manifest_bytes)?;
+            let invalid = |reason| LoadError::Manifest {
                 path: path.clone(),
-                source,
+                reason,
+            };
+            let text = std::str::from_utf8(&bytes).map_err(|e| {
+                invalid(ManifestError::Syntax(format!(
+                    "the manifest is not UTF-8 text: {e}"
+                )))
             })?;
-            let manifest =
-                Manifest::parse(&text, ctx.defaults).map_err(|reason| LoadError::Manifest {
-                    path: path.clone(),
-                    reason,
-                })?;
-            (text, manifest)
+            let manifest = Manifest::parse(text, ctx.defaults).map_err(invalid)?;
+            (bytes, manifest, Some(stamp))
         }
     };
-    let bytes = read_component(&candidate.wasm, ctx.max_plugin_bytes)?;
+    let opened = open_beneath(&dir, tenant, &candidate.wasm, FileKind::Component)?;
+    let (bytes, wasm_stamp) = read_opened(
+        opened,
+        &candidate.wasm,
+        FileKind::Component,
+        ctx.max_plugin_bytes,
+    )?;
+    check_component(&candidate.wasm, &bytes)?;
     let after = stamps(candidate);
-    if before != after {
-        let path = if before.0 == after.0 {
+    let read = (Some(wasm_stamp), manifest_stamp);
+    if before != after || read != after {
+        let path = if before.0 == after.0 && read.0 == after.0 {
             candidate.manifest.clone()
         } else {
             None
@@ -434,9 +948,33 @@ pub(crate) fn read(ctx: &LoadContext<'_>, candidate: &Candidate) -> Result<Sourc
         manifest,
         bytes,
         digest,
-        fingerprint: fingerprint(&digest, manifest_text.as_bytes()),
+        fingerprint: fingerprint(&digest, &manifest_bytes),
         stamps: after,
     })
+}
+
+/// Refuses a plugin whose manifest asks for more than the operator's
+/// ceilings ([`LoadContext::max_limits`]).
+pub(crate) fn check_ceilings(
+    ctx: &LoadContext<'_>,
+    candidate: &Candidate,
+    manifest: &Manifest,
+) -> Result<(), LoadError> {
+    match manifest.limits.above(&ctx.max_limits) {
+        None => Ok(()),
+        Some(above) => Err(LoadError::LimitCeiling {
+            // Only a manifest can ask for more: the defaults are within
+            // the ceilings (`check_settings`).
+            path: candidate
+                .manifest
+                .clone()
+                .unwrap_or_else(|| candidate.wasm.clone()),
+            key: above.key,
+            value: above.value,
+            ceiling: above.ceiling,
+            setting: above.setting,
+        }),
+    }
 }
 
 /// Compiles (or takes from `compiled` or the compile cache) a plugin's
@@ -514,35 +1052,13 @@ pub(crate) fn build(
     Ok((plugin, origin))
 }
 
-/// Reads a component file, refusing one over `limit` bytes and anything
-/// that is not a component before handing it to the compiler.
-fn read_component(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
-    let io = |source| LoadError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let too_large = |size| LoadError::TooLarge {
-        path: path.to_owned(),
-        size,
-        limit,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let size = file.metadata().map_err(io)?.len();
-    if size > limit {
-        return Err(too_large(size));
-    }
-    // The file may grow while it is read: read at most one byte past the limit.
-    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > limit {
-        return Err(too_large(bytes.len() as u64));
-    }
+/// Refuses anything that is not a component before it reaches the compiler.
+fn check_component(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     match bytes.get(..8) {
         Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(LoadError::CoreModule {
             path: path.to_owned(),
         }),
-        Some([0, b'a', b's', b'm', ..]) => Ok(bytes),
+        Some([0, b'a', b's', b'm', ..]) => Ok(()),
         _ => Err(LoadError::NotWasm {
             path: path.to_owned(),
         }),
@@ -575,7 +1091,7 @@ pub fn with_custom_section(component: &[u8], name: &str, len: usize) -> Vec<u8> 
     out
 }
 
-/// The SHA-256 of a component's SHA-256 and its manifest's text.
+/// The SHA-256 of a component's SHA-256 and its manifest's bytes.
 fn fingerprint(component_digest: &[u8; 32], manifest: &[u8]) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(component_digest);
@@ -609,32 +1125,49 @@ mod tests {
     }
 
     #[test]
-    fn scan_refuses_bad_names_and_escaping_links() -> Result<(), Box<dyn std::error::Error>> {
+    fn scan_refuses_bad_names_and_tenant_links() -> Result<(), Box<dyn std::error::Error>> {
         let outside = tempfile::tempdir()?;
         std::fs::write(outside.path().join("secret.wasm"), b"\0asm")?;
         let dir = tempfile::tempdir()?;
         let root = dir.path();
         std::fs::create_dir_all(root.join("acme/sub"))?;
+        std::fs::create_dir_all(root.join("acme/folder.wasm"))?;
         std::fs::create_dir_all(root.join("Bad Tenant"))?;
         std::fs::create_dir_all(root.join(".hidden"))?;
+        std::fs::create_dir_all(root.join("globex"))?;
         std::fs::write(root.join("acme/good.wasm"), b"")?;
         std::fs::write(root.join("acme/good.toml"), b"")?;
         std::fs::write(root.join("acme/Bad.wasm"), b"")?;
         std::fs::write(root.join("acme/orphan.toml"), b"")?;
         std::fs::write(root.join("acme/notes.txt"), b"")?;
         std::fs::write(root.join("stray.wasm"), b"")?;
+        std::fs::write(root.join("globex/real.wasm"), b"")?;
+        // Files that are links are candidates: they are checked when opened.
         std::os::unix::fs::symlink(
             outside.path().join("secret.wasm"),
             root.join("acme/leak.wasm"),
         )?;
-        std::os::unix::fs::symlink(root.join("acme/good.wasm"), root.join("acme/alias.wasm"))?;
+        std::os::unix::fs::symlink("good.wasm", root.join("acme/alias.wasm"))?;
+        // Tenant folders that are links are refused, wherever they point.
         std::os::unix::fs::symlink(outside.path(), root.join("evil"))?;
+        std::os::unix::fs::symlink("globex", root.join("spy"))?;
 
         let (found, errors) = scan(root)?;
-        let names: Vec<_> = found.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["alias", "good"]);
+        let names: Vec<_> = found
+            .iter()
+            .map(|c| format!("{}/{}", c.tenant, c.name))
+            .collect();
+        assert_eq!(
+            names,
+            ["acme/alias", "acme/good", "acme/leak", "globex/real"]
+        );
         assert!(found[1].manifest.is_some());
         assert!(found[0].manifest.is_none());
+        assert!(
+            found
+                .iter()
+                .all(|c| c.root == root.canonicalize().unwrap_or_default())
+        );
         let mut kinds: Vec<_> = errors
             .iter()
             .map(|e| {
@@ -642,34 +1175,233 @@ mod tests {
                     .path()
                     .file_name()
                     .map(|f| f.to_string_lossy().into_owned());
-                (
-                    std::mem::discriminant(e),
-                    file.unwrap_or_default(),
-                    e.to_string(),
-                )
+                (e.reason(), file.unwrap_or_default(), e.to_string())
             })
             .collect();
         kinds.sort_by(|a, b| a.1.cmp(&b.1));
-        let files: Vec<_> = kinds.iter().map(|k| k.1.as_str()).collect();
+        let files: Vec<_> = kinds.iter().map(|k| (k.1.as_str(), k.0)).collect();
         assert_eq!(
             files,
             [
-                "Bad Tenant",
-                "Bad.wasm",
-                "evil",
-                "leak.wasm",
-                "orphan.toml",
-                "stray.wasm"
+                ("Bad Tenant", Some("invalid_name")),
+                ("Bad.wasm", Some("invalid_name")),
+                ("evil", Some("tenant_symlink")),
+                ("orphan.toml", Some("orphan_manifest")),
+                ("spy", Some("tenant_symlink")),
+                ("stray.wasm", Some("misplaced")),
             ]
         );
         for (_, file, message) in &kinds {
             assert!(message.contains(file.as_str()), "{message} names {file}");
         }
-        assert!(
-            errors
-                .iter()
-                .any(|e| matches!(e, LoadError::SymlinkEscape { .. }))
-        );
         Ok(())
+    }
+
+    #[test]
+    fn links_that_climb_out_leave_the_folder() {
+        for inside in [
+            "a.wasm",
+            "./a.wasm",
+            "v2/a.wasm",
+            "v2/../a.wasm",
+            "v2/./b/../a",
+        ] {
+            assert!(!link_leaves_folder(Path::new(inside)), "{inside}");
+        }
+        for outside in [
+            "/etc/passwd",
+            "../globex/secret.toml",
+            "..",
+            "v2/../../acme/a.wasm",
+            "../acme/a.wasm",
+            "./../a",
+        ] {
+            assert!(link_leaves_folder(Path::new(outside)), "{outside}");
+        }
+    }
+
+    /// What each kind of file in a tenant's folder opens as.
+    #[test]
+    fn files_open_only_inside_their_tenant_folder() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().canonicalize()?;
+        std::fs::create_dir_all(root.join("acme/v2"))?;
+        std::fs::create_dir_all(root.join("globex"))?;
+        std::fs::write(root.join("globex/secret.toml"), b"[config]\nkey = \"s\"\n")?;
+        std::fs::write(root.join("acme/v2/p.toml"), b"subscribe = []\n")?;
+        std::fs::write(root.join("acme/plain.toml"), b"subscribe = []\n")?;
+        let link = |target: &str, name: &str| std::os::unix::fs::symlink(target, root.join(name));
+        link("v2/p.toml", "acme/inside.toml")?;
+        link("../globex/secret.toml", "acme/spy.toml")?;
+        link(
+            &root.join("acme/plain.toml").to_string_lossy(),
+            "acme/absolute.toml",
+        )?;
+        link("../acme/plain.toml", "acme/roundabout.toml")?;
+        // A chain: each link looks harmless, the last step leaves.
+        link("hop.toml", "acme/chain.toml")?;
+        link("../globex/secret.toml", "acme/hop.toml")?;
+        link("../globex", "acme/sub")?;
+        link("sub/secret.toml", "acme/via-dir.toml")?;
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(root.join("acme/fifo.toml"))
+            .status()?;
+        assert!(fifo.success());
+        let tenant = open_tenant(&root, "acme").map_err(|e| e.to_string())?;
+        let open = |name: &str| {
+            open_beneath(
+                &tenant,
+                "acme",
+                &root.join("acme").join(name),
+                FileKind::Manifest,
+            )
+        };
+        for good in ["plain.toml", "inside.toml"] {
+            let opened = open(good).map_err(|e| e.to_string())?;
+            let (bytes, _) = read_opened(opened, Path::new(good), FileKind::Manifest, 1024)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(bytes, b"subscribe = []\n");
+        }
+        for bad in [
+            "spy.toml",
+            "absolute.toml",
+            "roundabout.toml",
+            "chain.toml",
+            "via-dir.toml",
+        ] {
+            match open(bad) {
+                Err(e @ LoadError::OutsideTenant { .. }) => {
+                    let message = e.to_string();
+                    assert!(message.contains(bad), "{message}");
+                    assert!(
+                        message.contains("leaves the tenant folder acme/"),
+                        "{message}"
+                    );
+                }
+                other => panic!("{bad}: {:?}", other.map(|_| ())),
+            }
+        }
+        match open("fifo.toml") {
+            Err(e @ LoadError::NotRegularFile { what: "a FIFO", .. }) => {
+                assert!(e.to_string().contains("fifo.toml"), "{e}");
+            }
+            other => panic!("fifo: {:?}", other.map(|_| ())),
+        }
+        assert!(matches!(
+            open("v2"),
+            Err(LoadError::NotRegularFile {
+                what: "a directory",
+                ..
+            })
+        ));
+        assert!(matches!(open("missing.toml"), Err(LoadError::Io { .. })));
+        // A tenant folder that is a link is refused when opened, too.
+        std::os::unix::fs::symlink("globex", root.join("spy"))?;
+        assert!(matches!(
+            open_tenant(&root, "spy"),
+            Err(LoadError::TenantSymlink { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn reads_stop_one_byte_past_the_limit() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().canonicalize()?;
+        std::fs::create_dir_all(root.join("acme"))?;
+        std::fs::write(root.join("acme/exact.toml"), vec![b'#'; 100])?;
+        std::fs::write(root.join("acme/over.toml"), vec![b'#'; 101])?;
+        let tenant = open_tenant(&root, "acme").map_err(|e| e.to_string())?;
+        let read = |name: &str| {
+            let path = root.join("acme").join(name);
+            open_beneath(&tenant, "acme", &path, FileKind::Manifest)
+                .and_then(|opened| read_opened(opened, &path, FileKind::Manifest, 100))
+        };
+        assert_eq!(read("exact.toml").map_err(|e| e.to_string())?.0.len(), 100);
+        match read("over.toml") {
+            Err(
+                e @ LoadError::TooLarge {
+                    size: 101,
+                    limit: 100,
+                    ..
+                },
+            ) => {
+                let message = e.to_string();
+                assert!(message.contains("over.toml"), "{message}");
+                assert!(message.contains("limits.max.manifest_bytes"), "{message}");
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn quotas_keep_what_serves_then_go_by_name() {
+        let candidate = |tenant: &str, name: &str| Candidate {
+            root: PathBuf::from("/p"),
+            tenant: tenant.into(),
+            name: name.into(),
+            wasm: PathBuf::from(format!("/p/{tenant}/{name}.wasm")),
+            manifest: None,
+        };
+        let names = |list: &[Candidate]| -> Vec<String> {
+            list.iter()
+                .map(|c| format!("{}/{}", c.tenant, c.name))
+                .collect()
+        };
+        let all = vec![
+            candidate("a", "x"),
+            candidate("a", "c"),
+            candidate("a", "b"),
+            candidate("a", "a"),
+            candidate("b", "z"),
+            candidate("c", "one"),
+        ];
+        let quota = |tenant: &str| match tenant {
+            "a" => 2,
+            "c" => 0,
+            _ => 100,
+        };
+        // A first load: the first by name.
+        let (ok, over) = split_by_quota(all.clone(), |_| false, quota);
+        assert_eq!(names(&ok), ["a/a", "a/b", "b/z"]);
+        assert_eq!(names(&over), ["a/c", "a/x", "c/one"]);
+        // What serves keeps its place, whatever its name.
+        let (ok, over) = split_by_quota(all.clone(), |c| c.name == "x" || c.name == "c", quota);
+        assert_eq!(names(&ok), ["a/c", "a/x", "b/z"]);
+        assert_eq!(names(&over), ["a/a", "a/b", "c/one"]);
+        // Exactly the quota fits.
+        let (ok, over) = split_by_quota(all[2..4].to_vec(), |_| false, quota);
+        assert_eq!((ok.len(), over.len()), (2, 0));
+    }
+
+    #[test]
+    fn every_refusal_has_a_known_reason() {
+        let path = PathBuf::from("p");
+        let errors = [
+            LoadError::Quota {
+                path: path.clone(),
+                tenant: "t".into(),
+                quota: 1,
+                setting: "quotas.max_plugins".into(),
+            },
+            LoadError::LimitCeiling {
+                path: path.clone(),
+                key: "limits.fuel",
+                value: 2,
+                ceiling: 1,
+                setting: "limits.max.fuel",
+            },
+            LoadError::NotRegularFile {
+                path: path.clone(),
+                kind: FileKind::Component,
+                what: "a FIFO",
+            },
+        ];
+        for error in &errors {
+            let reason = error.reason().expect("a refusal");
+            assert!(REFUSAL_REASONS.contains(&reason), "{reason}");
+        }
+        assert_eq!(LoadError::Changing { path }.reason(), None);
     }
 }

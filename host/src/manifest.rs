@@ -66,6 +66,63 @@ impl Default for Limits {
 
 const MIB: u64 = 1024 * 1024;
 
+/// One of a plugin's limits above the operator's ceiling for it, in the
+/// manifest's own key and unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AboveCeiling {
+    /// The manifest key: `limits.fuel`, `limits.memory_mib` or
+    /// `limits.timeout_ms`.
+    pub key: &'static str,
+    /// The value asked for, in the key's unit.
+    pub value: u64,
+    /// The ceiling, in the key's unit (rounded down).
+    pub ceiling: u64,
+    /// The operator's setting of the ceiling in `plugbus.toml`:
+    /// `limits.max.fuel`, `limits.max.memory_mib` or `limits.max.timeout_ms`.
+    pub setting: &'static str,
+}
+
+impl Limits {
+    /// The operator's default ceilings: 1,000,000,000 fuel, 256 MiB of
+    /// memory and 30 seconds per event.
+    pub const DEFAULT_CEILINGS: Self = Self {
+        fuel: 1_000_000_000,
+        memory_bytes: 256 * MIB,
+        timeout: Duration::from_secs(30),
+    };
+
+    /// The first of these limits (fuel, then memory, then time) that is
+    /// above the same limit of `ceiling`, or `None` when all are within it.
+    pub fn above(&self, ceiling: &Self) -> Option<AboveCeiling> {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if self.fuel > ceiling.fuel {
+            return Some(AboveCeiling {
+                key: "limits.fuel",
+                value: self.fuel,
+                ceiling: ceiling.fuel,
+                setting: "limits.max.fuel",
+            });
+        }
+        if self.memory_bytes > ceiling.memory_bytes {
+            return Some(AboveCeiling {
+                key: "limits.memory_mib",
+                value: self.memory_bytes.div_ceil(MIB),
+                ceiling: ceiling.memory_bytes / MIB,
+                setting: "limits.max.memory_mib",
+            });
+        }
+        if self.timeout > ceiling.timeout {
+            return Some(AboveCeiling {
+                key: "limits.timeout_ms",
+                value: millis(self.timeout).max(millis(ceiling.timeout) + 1),
+                ceiling: millis(ceiling.timeout),
+                setting: "limits.max.timeout_ms",
+            });
+        }
+        None
+    }
+}
+
 /// The largest `memory_mib` a manifest may ask for (4 GiB, the wasm32 maximum).
 pub const MAX_MEMORY_MIB: u64 = 4096;
 /// The longest `timeout_ms` a manifest may ask for (one hour).
@@ -367,6 +424,73 @@ mod tests {
         assert!(err.to_string().contains("retry.max_attempts is 0"), "{err}");
         let err = Manifest::parse("[retry]\nbackoff = 1", Limits::default()).unwrap_err();
         assert!(matches!(err, ManifestError::Syntax(_)), "{err}");
+    }
+
+    #[test]
+    fn limits_above_a_ceiling_name_the_key_in_its_unit() {
+        let ceiling = Limits::DEFAULT_CEILINGS;
+        assert_eq!(ceiling.above(&ceiling), None);
+        assert_eq!(Limits::default().above(&ceiling), None);
+        let fuel = Limits {
+            fuel: ceiling.fuel + 1,
+            ..ceiling
+        };
+        assert_eq!(
+            fuel.above(&ceiling),
+            Some(AboveCeiling {
+                key: "limits.fuel",
+                value: 1_000_000_001,
+                ceiling: 1_000_000_000,
+                setting: "limits.max.fuel",
+            })
+        );
+        let memory = Limits {
+            memory_bytes: 257 * MIB,
+            ..ceiling
+        };
+        let above = memory.above(&ceiling).expect("above");
+        assert_eq!(
+            (above.key, above.value, above.ceiling, above.setting),
+            ("limits.memory_mib", 257, 256, "limits.max.memory_mib")
+        );
+        // A byte over is a MiB over, as a manifest would have to ask.
+        let byte = Limits {
+            memory_bytes: 256 * MIB + 1,
+            ..ceiling
+        };
+        assert_eq!(byte.above(&ceiling).map(|a| a.value), Some(257));
+        let timeout = Limits {
+            timeout: Duration::from_millis(30_001),
+            ..ceiling
+        };
+        let above = timeout.above(&ceiling).expect("above");
+        assert_eq!(
+            (above.key, above.value, above.ceiling, above.setting),
+            ("limits.timeout_ms", 30_001, 30_000, "limits.max.timeout_ms")
+        );
+        // Less than a millisecond over still reads as over.
+        let nanos = Limits {
+            timeout: Duration::from_secs(30) + Duration::from_nanos(1),
+            ..ceiling
+        };
+        assert_eq!(nanos.above(&ceiling).map(|a| a.value), Some(30_001));
+        // Fuel is reported first when several are above.
+        let all = Limits {
+            fuel: u64::MAX,
+            memory_bytes: 4096 * MIB,
+            timeout: Duration::from_secs(3600),
+        };
+        assert_eq!(all.above(&ceiling).map(|a| a.key), Some("limits.fuel"));
+    }
+
+    #[test]
+    fn the_largest_fuel_parses_and_is_above_the_ceiling() {
+        // What the issue saw a tenant ask for.
+        let m = Manifest::parse("[limits]\nfuel = 18446744073709551615", Limits::default())
+            .expect("valid");
+        assert_eq!(m.limits.fuel, u64::MAX);
+        let above = m.limits.above(&Limits::DEFAULT_CEILINGS).expect("above");
+        assert_eq!((above.key, above.value), ("limits.fuel", u64::MAX));
     }
 
     #[test]

@@ -15,6 +15,20 @@
 //! reported as a [`ReloadEvent::Failed`] and kept in the plugin's
 //! [`PluginStatus`], and the next change of the files is tried again.
 //!
+//! Each tenant has a quota of loaded plugins
+//! ([`HostConfig::max_plugins_per_tenant`](crate::HostConfig::max_plugins_per_tenant)):
+//! the plugins that serve (or are being built) keep their places, and the
+//! others take the places left in the order of their names; the rest are
+//! refused, each once until its files change or a place frees up. So a
+//! first load keeps the first plugins by name, and a new plugin never
+//! pushes out one that serves.
+//!
+//! Every refusal is counted in `plugbus_plugins_refused_total{tenant,
+//! reason}`, `reason` one of [`loader::REFUSAL_REASONS`]; `tenant` is `-`
+//! for what lies outside any tenant's folder (a file in the plugins
+//! directory itself, a folder whose name is not a tenant name, a tenant
+//! folder that is a symbolic link).
+//!
 //! [`Host::watch`] drives all of this from file-system notifications.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -170,6 +184,9 @@ struct Slot {
     /// arrived meanwhile.
     building: bool,
     again: bool,
+    /// It was refused for its tenant's quota of plugins (and is read again
+    /// once it fits).
+    over_quota: bool,
 }
 
 /// The host's reload bookkeeping.
@@ -248,8 +265,12 @@ impl Host {
                 path: dir.to_owned(),
                 source,
             })?;
+        // The caller reports them; they are only counted here.
+        self.note_scan_errors(&root, &errors, false);
         let mut batch = Batch::default();
         self.remove_missing(&candidates, &HashSet::new(), &mut batch);
+        let (candidates, over_quota) = self.admit(candidates);
+        errors.extend(self.refuse_over_quota(over_quota, &mut batch));
         let mut compiled = Compiled::new();
         for candidate in &candidates {
             let stamps = loader::stamps(candidate);
@@ -374,9 +395,11 @@ impl Host {
             path: root.to_owned(),
             source,
         })?;
-        self.log_scan_errors(&errors);
+        self.note_scan_errors(root, &errors, true);
         let mut batch = Batch::default();
         self.remove_missing(&candidates, settling, &mut batch);
+        let (candidates, over_quota) = self.admit(candidates);
+        self.refuse_over_quota(over_quota, &mut batch);
         self.commit(batch);
         let mut tasks = Vec::new();
         for candidate in candidates {
@@ -479,6 +502,9 @@ impl Host {
             fingerprint: Some(fingerprint),
             stamps: Some(stamps),
         };
+        if let Err(error) = loader::check_ceilings(&ctx, candidate, source.manifest()) {
+            return failed(error);
+        }
         if let Err(error) = self.check_pool(candidate, &source.manifest().limits) {
             return failed(error);
         }
@@ -571,6 +597,7 @@ impl Host {
                     tracing::debug!("{error}");
                     return Some(error);
                 }
+                count_refusal(&key.0, &error);
                 let serving = slot.serving.as_ref().map(|(_, v)| v.clone());
                 match &serving {
                     Some(version) => tracing::error!(
@@ -654,18 +681,117 @@ impl Host {
         }
     }
 
-    /// Logs the scan's refusals that the previous scan did not have.
-    fn log_scan_errors(&self, errors: &[LoadError]) {
-        let now: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
+    /// Counts, and logs if `log`, the scan's refusals that the previous
+    /// scan did not have.
+    fn note_scan_errors(&self, root: &Path, errors: &[LoadError], log: bool) {
+        let now: BTreeMap<String, &LoadError> = errors.iter().map(|e| (e.to_string(), e)).collect();
         let mut before = self
             .reload
             .scan_errors
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for error in now.difference(&before) {
-            tracing::error!("refused: {error}");
+        for (message, error) in &now {
+            if before.contains(message) {
+                continue;
+            }
+            if log {
+                tracing::error!("refused: {message}");
+            }
+            count_refusal(&tenant_label(root, error.path()), error);
         }
-        *before = now;
+        *before = now.into_keys().collect();
+    }
+
+    /// Splits `candidates` by their tenants' quotas of plugins: the plugins
+    /// within them, and those past them.
+    fn admit(&self, candidates: Vec<Candidate>) -> (Vec<Candidate>, Vec<Candidate>) {
+        let mut slots = self.reload.slots();
+        let (admitted, refused) = loader::split_by_quota(
+            candidates,
+            |c| {
+                slots
+                    .get(&key_of(c))
+                    .is_some_and(|s| s.serving.is_some() || s.building)
+            },
+            |tenant| loader::plugin_quota(self.config(), tenant).0,
+        );
+        for candidate in &admitted {
+            if let Some(slot) = slots.get_mut(&key_of(candidate))
+                && slot.over_quota
+            {
+                // It fits now: read it again, though its files are the same.
+                slot.over_quota = false;
+                slot.stamps = None;
+            }
+        }
+        (admitted, refused)
+    }
+
+    /// Refuses the plugins past their tenants' quotas, each once until its
+    /// files change; returns the refusals made now.
+    fn refuse_over_quota(&self, refused: Vec<Candidate>, batch: &mut Batch) -> Vec<LoadError> {
+        let mut errors = Vec::new();
+        for candidate in refused {
+            let stamps = loader::stamps(&candidate);
+            let reported = self
+                .reload
+                .slots()
+                .get(&key_of(&candidate))
+                .is_some_and(|s| s.over_quota && s.stamps == Some(stamps));
+            if reported {
+                continue;
+            }
+            let (quota, setting) = loader::plugin_quota(self.config(), &candidate.tenant);
+            let error = LoadError::Quota {
+                path: candidate.wasm.clone(),
+                tenant: candidate.tenant.clone(),
+                quota,
+                setting,
+            };
+            let attempt = Attempt::Failed {
+                error,
+                fingerprint: None,
+                stamps: Some(stamps),
+            };
+            errors.extend(self.apply(&candidate, attempt, batch));
+            if let Some(slot) = self.reload.slots().get_mut(&key_of(&candidate)) {
+                slot.over_quota = true;
+            }
+        }
+        errors
+    }
+}
+
+/// Counts a refusal in `plugbus_plugins_refused_total{tenant, reason}`.
+fn count_refusal(tenant: &str, error: &LoadError) {
+    if let Some(reason) = error.reason() {
+        metrics::counter!(
+            "plugbus_plugins_refused_total",
+            "tenant" => tenant.to_owned(),
+            "reason" => reason,
+        )
+        .increment(1);
+    }
+}
+
+/// The `tenant` label of a refusal of `path`, found by a scan of `root`:
+/// the tenant whose folder it lies in, or `-` for what lies outside any
+/// (only tenant folders with valid names are scanned, so the label is
+/// always a valid tenant name or `-`).
+fn tenant_label(root: &Path, path: &Path) -> String {
+    let mut parts = path
+        .strip_prefix(root)
+        .into_iter()
+        .flat_map(Path::components);
+    match (parts.next(), parts.next()) {
+        (Some(std::path::Component::Normal(tenant)), Some(_)) => {
+            let tenant = tenant.to_string_lossy();
+            match crate::manifest::validate_name(&tenant) {
+                Ok(()) => tenant.into_owned(),
+                Err(_) => "-".to_owned(),
+            }
+        }
+        _ => "-".to_owned(),
     }
 }
 
@@ -763,5 +889,70 @@ fn note(pending: &mut HashMap<PathBuf, Pending>, root: &Path, event: &notify::Ev
         if relevant {
             pending.insert(path.clone(), Pending { last: now, writing });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_labels_are_tenant_names_or_a_dash() {
+        let root = Path::new("/plugins");
+        let label = |path: &str| tenant_label(root, Path::new(path));
+        assert_eq!(label("/plugins/acme/p.wasm"), "acme");
+        assert_eq!(label("/plugins/acme"), "-");
+        assert_eq!(label("/plugins/stray.wasm"), "-");
+        assert_eq!(label("/plugins/Bad Tenant/p.wasm"), "-");
+        assert_eq!(label("/elsewhere/acme/p.wasm"), "-");
+    }
+
+    /// Every refusal counts once in `plugbus_plugins_refused_total`, by
+    /// tenant and reason, however often the directory is loaded again.
+    #[test]
+    fn refusals_are_counted_once_by_tenant_and_reason() -> Result<(), Box<dyn std::error::Error>> {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("globex/conf"))?;
+        std::fs::create_dir_all(root.join("acme"))?;
+        std::fs::create_dir_all(root.join("Bad Tenant"))?;
+        std::fs::write(
+            root.join("globex/conf/p.toml"),
+            "[config]\nkey = \"secret\"\n",
+        )?;
+        std::fs::write(root.join("acme/a.wasm"), b"not wasm")?;
+        std::fs::write(root.join("acme/b.wasm"), b"not wasm")?;
+        std::os::unix::fs::symlink("../globex/conf/p.toml", root.join("acme/a.toml"))?;
+        std::os::unix::fs::symlink("globex", root.join("spy"))?;
+        let mut config = crate::HostConfig::default();
+        config.tenant_max_plugins.insert("acme".into(), 1);
+        let host = Host::new(config)?;
+        let errors = metrics::with_local_recorder(&recorder, || -> Result<_, HostError> {
+            let first = host.load_dir(root)?.errors.len();
+            let again = host.load_dir(root)?.errors.len();
+            Ok((first, again))
+        })?;
+        // The scan's refusals are reported by every load; each plugin's once.
+        assert_eq!(errors, (4, 2), "{}", metrics.render());
+        let text = metrics.render();
+        for (tenant, reason) in [
+            ("acme", "outside_tenant"),
+            ("acme", "quota"),
+            ("-", "tenant_symlink"),
+            ("-", "invalid_name"),
+        ] {
+            let line = format!(
+                "plugbus_plugins_refused_total{{tenant=\"{tenant}\",reason=\"{reason}\"}} 1\n"
+            );
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        assert_eq!(
+            text.matches("plugbus_plugins_refused_total{").count(),
+            4,
+            "{text}"
+        );
+        Ok(())
     }
 }

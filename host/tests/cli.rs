@@ -900,7 +900,14 @@ fn dead_letter_tables_escape_tenant_text() {
     .join("\n");
     let (code, _, stderr) = run_plugbus(
         &[
-            "serve", "--listen", "off", "--plugins", plugins_dir, "--data", data_dir, "--stdin",
+            "serve",
+            "--listen",
+            "off",
+            "--plugins",
+            plugins_dir,
+            "--data",
+            data_dir,
+            "--stdin",
         ],
         &input,
     );
@@ -908,7 +915,11 @@ fn dead_letter_tables_escape_tenant_text() {
     let (code, out, err) = run_plain(&["dlq", "list", "--tenant", "acme-pos", "--data", data_dir]);
     assert_eq!(code, 0, "{err}");
     let rows: Vec<&str> = out.lines().collect();
-    assert_eq!(rows.len(), 3, "a heading and one line per dead letter:\n{out}");
+    assert_eq!(
+        rows.len(),
+        3,
+        "a heading and one line per dead letter:\n{out}"
+    );
     assert!(
         rows.iter().any(|r| r.contains("fixture panic on boom-1")),
         "{out}"

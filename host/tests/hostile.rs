@@ -287,7 +287,13 @@ fn a_hostile_tenant_trying_everything_at_once_does_not_reach_a_good_one() {
 
     // The good tenant's events, in batches, while all of that goes on.
     let good: Vec<String> = (0..GOOD_EVENTS)
-        .map(|i| event(&format!("good-{i}"), "order.placed", &format!("order-{}", i % 10)))
+        .map(|i| {
+            event(
+                &format!("good-{i}"),
+                "order.placed",
+                &format!("order-{}", i % 10),
+            )
+        })
         .collect();
     for chunk in good.chunks(50) {
         let (status, answer) = raw_post(
@@ -342,7 +348,10 @@ fn a_hostile_tenant_trying_everything_at_once_does_not_reach_a_good_one() {
         }
     }
     let of = |plugin: &str| -> Vec<&serde_json::Value> {
-        evil_lines.iter().filter(|d| d["plugin"] == plugin).collect()
+        evil_lines
+            .iter()
+            .filter(|d| d["plugin"] == plugin)
+            .collect()
     };
     let amplified = of("amplify").len();
     assert!(
@@ -392,7 +401,10 @@ fn a_hostile_tenant_trying_everything_at_once_does_not_reach_a_good_one() {
             .any(|l| l.starts_with("2020-01-01T00:00:00.000000Z")),
         "a plugin forged a host log line:\n{log}"
     );
-    assert!(!log.contains('\u{1b}'), "an escape sequence reached the log");
+    assert!(
+        !log.contains('\u{1b}'),
+        "an escape sequence reached the log"
+    );
 
     // Each hostile behaviour is counted.
     let text = metrics(&server);
@@ -426,7 +438,11 @@ fn a_hostile_tenant_trying_everything_at_once_does_not_reach_a_good_one() {
     let peak = peak_rss_bytes(server.child.id());
     assert!(peak < 1 << 30, "peak RSS {} MiB", peak >> 20);
     let log_bytes = dir_bytes(&data.path().join("data"));
-    assert!(log_bytes < 256 << 20, "the log grew to {} MiB", log_bytes >> 20);
+    assert!(
+        log_bytes < 256 << 20,
+        "the log grew to {} MiB",
+        log_bytes >> 20
+    );
 
     // SIGTERM while a guest is blocked for 30 s: the process exits 0
     // within its drain time, not the guest's.

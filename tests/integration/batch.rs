@@ -25,6 +25,11 @@ fn mixed_plugin(manifest: &str) -> (plugbus::Host, Arc<Plugin>, PluginsDir) {
     dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(manifest));
     let config = HostConfig {
         plugin_concurrency: 1,
+        // `mixed` runs with ample fuel (above the default ceiling) too.
+        max_limits: plugbus::Limits {
+            fuel: u64::MAX,
+            ..plugbus::Limits::DEFAULT_CEILINGS
+        },
         ..HostConfig::default()
     };
     let (host, report) = host_with(config, &dir);
@@ -97,7 +102,7 @@ fn expected(ty: &str, spin: FailureKind) -> Option<FailureKind> {
 #[test]
 pub fn mixed() {
     for (manifest, spin) in [
-        (manifest(FUEL, 60_000), FailureKind::FuelExhausted),
+        (manifest(FUEL, 30_000), FailureKind::FuelExhausted),
         (manifest(u64::MAX / 4, 200), FailureKind::Timeout),
     ] {
         let (host, plugin, _dir) = mixed_plugin(&manifest);
@@ -148,7 +153,7 @@ pub fn mixed() {
 /// well over half of the fuel limit is handled whole.
 #[test]
 fn each_event_of_a_batch_gets_its_own_fuel() {
-    let (host, plugin, _dir) = mixed_plugin(&manifest(FUEL, 60_000));
+    let (host, plugin, _dir) = mixed_plugin(&manifest(FUEL, 30_000));
     // How much fuel 100,000 rounds take, to size each event at ~60%.
     let probe = plugin
         .deliver(&mix("mix.burn", 0, "100000"))
@@ -175,7 +180,7 @@ fn each_event_of_a_batch_gets_its_own_fuel() {
 /// emitted events are routed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_events_are_batched_without_changing_outcomes() {
-    let (host, _plugin, _dir) = mixed_plugin(&manifest(FUEL, 60_000));
+    let (host, _plugin, _dir) = mixed_plugin(&manifest(FUEL, 30_000));
     let types = ["mix.ok", "mix.emit", "mix.permanent", "mix.ok", "mix.panic"];
     let events: Vec<_> = (0..500)
         .map(|i| mix(types[i % types.len()], i, ""))
@@ -239,7 +244,7 @@ fn batching_can_be_turned_off() {
         "shop",
         "mixed",
         artifacts::FIXTURE_MIXED,
-        Some(&manifest(FUEL, 60_000)),
+        Some(&manifest(FUEL, 30_000)),
     );
     let config = HostConfig {
         max_batch_events: 1,
@@ -257,7 +262,7 @@ fn batching_can_be_turned_off() {
 /// A batch with an event of another tenant is refused whole.
 #[test]
 fn a_batch_with_a_foreign_event_is_refused_whole() {
-    let (host, plugin, _dir) = mixed_plugin(&manifest(FUEL, 60_000));
+    let (host, plugin, _dir) = mixed_plugin(&manifest(FUEL, 30_000));
     let mut foreign = mix("mix.ok", 2, "");
     foreign.tenant = "other".into();
     let events = vec![mix("mix.ok", 1, ""), foreign];

@@ -74,14 +74,14 @@ async fn spin() {
     // With ample fuel the wall clock stops it...
     assert_isolated_failure(
         artifacts::FIXTURE_SPIN,
-        "subscribe = [\"fixture.*\"]\n[limits]\ntimeout_ms = 100\nfuel = 1_000_000_000_000",
+        "subscribe = [\"fixture.*\"]\n[limits]\ntimeout_ms = 100\nfuel = 1_000_000_000",
         FailureKind::Timeout,
     )
     .await;
     // ...and with ample time, the fuel.
     assert_isolated_failure(
         artifacts::FIXTURE_SPIN,
-        "subscribe = [\"fixture.*\"]\n[limits]\ntimeout_ms = 60_000\nfuel = 5_000_000",
+        "subscribe = [\"fixture.*\"]\n[limits]\ntimeout_ms = 30_000\nfuel = 5_000_000",
         FailureKind::FuelExhausted,
     )
     .await;
@@ -549,7 +549,7 @@ async fn wit_v0_1() {
 /// what is bounded here is bytes, on a machine that may be busy.
 fn hostile_manifest(mode: &str, config: &str) -> String {
     format!(
-        "subscribe = [\"hostile.{mode}\"]\n[limits]\nmemory_mib = 64\ntimeout_ms = 60_000\n[config]\nmode = \"{mode}\"\n{config}\n"
+        "subscribe = [\"hostile.{mode}\"]\n[limits]\nmemory_mib = 64\ntimeout_ms = 30_000\n[config]\nmode = \"{mode}\"\n{config}\n"
     )
 }
 

@@ -106,7 +106,15 @@ async fn a_spinning_plugin_does_not_delay_others() {
         Some("subscribe = [\"fixture.*\"]\n[limits]\ntimeout_ms = 5000\nfuel = 1_000_000_000_000"),
     );
     dir.add("calm", "noop", artifacts::FIXTURE_NOOP, None);
-    let (host, _) = host_for(&dir);
+    // Ample fuel, above the default ceiling, so that only the clock stops it.
+    let config = HostConfig {
+        max_limits: plugbus::Limits {
+            fuel: u64::MAX,
+            ..plugbus::Limits::DEFAULT_CEILINGS
+        },
+        ..HostConfig::default()
+    };
+    let (host, _) = host_with(config, &dir);
     let host = std::sync::Arc::new(host);
     let spinning = {
         let host = host.clone();

@@ -459,8 +459,13 @@ async fn a_removed_plugin_finishes_the_event_it_has() {
         artifacts::FIXTURE_SPIN,
         Some("subscribe = [\"order.*\"]\n[limits]\ntimeout_ms = 1500\nfuel = 1_000_000_000_000"),
     );
-    let cache = tempfile::tempdir().expect("cache dir");
-    let host = cached_host(&dir, cache.path());
+    // Ample fuel, above the default ceiling, so that the clock stops it.
+    let mut config = HostConfig::default();
+    config.max_limits.fuel = u64::MAX;
+    let host = Host::new(config).expect("build the host");
+    let report = host.load_dir(dir.path()).expect("load");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let host = Arc::new(host);
     let plugin = host.plugin("t", "slow").expect("loaded");
     let version = plugin.version().to_owned();
     let mut events = host.reload_events();
@@ -493,4 +498,109 @@ async fn a_removed_plugin_finishes_the_event_it_has() {
             .await
             .is_empty()
     );
+}
+
+/// A new version whose manifest asks for more than an operator's ceiling
+/// is refused, naming the key and the ceiling, and the old version goes on
+/// serving; the fix is picked up.
+#[tokio::test]
+async fn a_version_above_a_ceiling_keeps_the_old_one_serving() {
+    let dir = PluginsDir::new();
+    let wasm = dir.add("t", "p", artifacts::FIXTURE_PLAIN_BINDGEN, Some(MANIFEST));
+    let manifest = wasm.with_extension("toml");
+    let cache = tempfile::tempdir().expect("cache dir");
+    let host = cached_host(&dir, cache.path());
+    let working = host.plugins()[0].version.clone();
+    let mut events = host.reload_events();
+
+    let greedy = format!("{MANIFEST}[limits]\nfuel = 1_000_000_001\n");
+    replace_by_rename(&manifest, greedy.as_bytes());
+    host.refresh(dir.path()).await.expect("refresh");
+    let failed = wait_for(&mut events, |e| matches!(e, ReloadEvent::Failed { .. })).await;
+    let ReloadEvent::Failed {
+        path,
+        reason,
+        serving,
+        ..
+    } = &failed
+    else {
+        unreachable!()
+    };
+    assert_eq!(path, &manifest);
+    assert!(
+        reason.contains(
+            "limits.fuel is 1000000001; the operator's ceiling is 1000000000 (limits.max.fuel in plugbus.toml)"
+        ),
+        "{failed:?}"
+    );
+    assert_eq!(serving.as_deref(), Some(working.as_str()));
+    let deliveries = publish(&host, "t", "order.created", "1").await;
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].plugin_version, working);
+    assert!(deliveries[0].outcome.is_handled(), "{deliveries:?}");
+    let status = &host.statuses()[0];
+    assert_eq!(status.health, Health::Degraded);
+    assert_eq!(status.version.as_deref(), Some(working.as_str()));
+
+    // At the ceiling, it loads.
+    let fair = format!("{MANIFEST}[limits]\nfuel = 1_000_000_000\n");
+    replace_by_rename(&manifest, fair.as_bytes());
+    host.refresh(dir.path()).await.expect("refresh");
+    let replaced = wait_for(&mut events, |e| matches!(e, ReloadEvent::Replaced { .. })).await;
+    assert!(
+        matches!(&replaced, ReloadEvent::Replaced { previous, .. } if *previous == working),
+        "{replaced:?}"
+    );
+    assert_eq!(host.statuses()[0].health, Health::Active);
+    assert_eq!(host.plugins()[0].limits.fuel, 1_000_000_000);
+}
+
+/// At a tenant's quota, a new plugin never pushes out one that serves,
+/// even one that comes after it by name; it is refused once, and loads
+/// when a place frees up.
+#[tokio::test]
+async fn a_new_plugin_past_the_quota_never_pushes_out_a_loaded_one() {
+    let dir = PluginsDir::new();
+    dir.add("t", "b", artifacts::FIXTURE_NOOP, None);
+    let c = dir.add("t", "c", artifacts::FIXTURE_NOOP, None);
+    let mut config = HostConfig::default();
+    config.tenant_max_plugins.insert("t".into(), 2);
+    let host = Arc::new(Host::new(config).expect("host"));
+    let report = host.load_dir(dir.path()).expect("load");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let mut events = host.reload_events();
+
+    // "a" comes first by name, but "b" and "c" serve.
+    dir.add("t", "a", artifacts::FIXTURE_NOOP, None);
+    host.refresh(dir.path()).await.expect("refresh");
+    let failed = wait_for(&mut events, |e| matches!(e, ReloadEvent::Failed { .. })).await;
+    assert_eq!(failed.plugin(), "a");
+    let ReloadEvent::Failed { reason, .. } = &failed else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("its quota of 2 plugins (tenants.t.max_plugins in plugbus.toml)"),
+        "{failed:?}"
+    );
+    let serving =
+        |host: &Host| -> Vec<String> { host.plugins().into_iter().map(|p| p.name).collect() };
+    assert_eq!(serving(&host), ["b", "c"]);
+    // Refused once, not at every scan.
+    host.refresh(dir.path()).await.expect("refresh");
+    assert!(events.try_recv().is_err(), "no second refusal");
+    let refused = host
+        .statuses()
+        .into_iter()
+        .find(|s| s.name == "a")
+        .expect("a's status");
+    assert_eq!(refused.health, Health::FailedToLoad);
+    assert_eq!(refused.failed_reloads, 1);
+
+    // A place frees up: "a" loads.
+    std::fs::remove_file(&c).expect("remove c");
+    host.refresh(dir.path()).await.expect("refresh");
+    let loaded = wait_for(&mut events, |e| matches!(e, ReloadEvent::Loaded { .. })).await;
+    assert_eq!(loaded.plugin(), "a");
+    assert_eq!(serving(&host), ["a", "b"]);
+    assert_eq!(publish(&host, "t", "order.created", "1").await.len(), 2);
 }

@@ -117,7 +117,13 @@ fn release_plugbus(
     all.extend(extra.iter().cloned());
     cargo(
         &[
-            "run", "--quiet", "--release", "--package", "plugbus", "--", command,
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "plugbus",
+            "--",
+            command,
         ],
         &all,
     )

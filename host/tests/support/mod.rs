@@ -132,7 +132,8 @@ impl Server {
     /// Waits for the delivery lines of `ids`, in any order.
     pub fn deliveries_of(&self, ids: &[&str]) -> Vec<serde_json::Value> {
         self.deliveries_until(Duration::from_secs(30), |seen| {
-            ids.iter().all(|id| seen.iter().any(|d| d["event_id"] == *id))
+            ids.iter()
+                .all(|id| seen.iter().any(|d| d["event_id"] == *id))
         })
     }
 

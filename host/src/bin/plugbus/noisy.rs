@@ -188,7 +188,10 @@ async fn run_row(
     let good_dir = plugins.path().join(GOOD);
     std::fs::create_dir_all(&good_dir)?;
     std::fs::write(good_dir.join("noop.wasm"), &components.good)?;
-    std::fs::write(good_dir.join("noop.toml"), "subscribe = [\"inventory.*\"]\n")?;
+    std::fs::write(
+        good_dir.join("noop.toml"),
+        "subscribe = [\"inventory.*\"]\n",
+    )?;
     if !behaviours.is_empty() {
         let hostile_dir = plugins.path().join(HOSTILE);
         std::fs::create_dir_all(&hostile_dir)?;
@@ -198,7 +201,10 @@ async fn run_row(
             } else {
                 &components.hostile
             };
-            std::fs::write(hostile_dir.join(format!("{}.wasm", behaviour.name)), component)?;
+            std::fs::write(
+                hostile_dir.join(format!("{}.wasm", behaviour.name)),
+                component,
+            )?;
             std::fs::write(
                 hostile_dir.join(format!("{}.toml", behaviour.name)),
                 format!(

@@ -207,15 +207,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let plugins = settings.plugins_dir.clone();
     let data = settings.data_dir.clone();
-    let mut config = match args.instance_mode {
-        Mode::Reuse => plugbus::HostConfig::default(),
-        Mode::Fresh => plugbus::HostConfig::fresh_instances(1000),
-    };
-    config.default_limits = plugbus::Limits {
-        fuel: settings.limits.fuel,
-        memory_bytes: settings.limits.memory_mib * 1024 * 1024,
-        timeout: Duration::from_millis(settings.limits.timeout_ms),
-    };
+    let mut config = host_config(&settings, args.instance_mode);
     if !args.no_compile_cache {
         config.compile_cache = Some(data.join("compiled"));
     }
@@ -407,6 +399,45 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The host's settings from the operator's: limits and their ceilings, the
+/// budgets of deliveries, chains and batches, instance recycling and the
+/// tenants' plugin quotas.
+pub fn host_config(settings: &Config, mode: Mode) -> plugbus::HostConfig {
+    let mut config = match mode {
+        Mode::Reuse => plugbus::HostConfig::default(),
+        Mode::Fresh => plugbus::HostConfig::fresh_instances(1000),
+    };
+    let limits = |fuel: u64, memory_mib: u64, timeout_ms: u64| plugbus::Limits {
+        fuel,
+        memory_bytes: memory_mib.saturating_mul(1024 * 1024),
+        timeout: Duration::from_millis(timeout_ms),
+    };
+    let l = &settings.limits;
+    config.default_limits = limits(l.fuel, l.memory_mib, l.timeout_ms);
+    config.max_limits = limits(l.max.fuel, l.max.memory_mib, l.max.timeout_ms);
+    config.max_manifest_bytes = l.max.manifest_bytes;
+    config.max_plugin_bytes = l.max.plugin_bytes;
+    // The numbers were range-checked when the file was read: they fit.
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let b = &settings.budgets;
+    config.max_emits_per_delivery = size(b.max_emits_per_delivery);
+    config.max_emit_bytes_per_delivery = size(b.max_emit_bytes_per_delivery);
+    config.max_chain_depth = b.max_chain_depth;
+    config.max_events_per_chain = size(b.max_events_per_chain);
+    config.max_state_bytes_per_delivery = size(b.max_state_bytes_per_delivery);
+    config.max_batch_commit_bytes = size(b.max_batch_commit_bytes);
+    config.max_error_bytes = size(b.max_error_bytes);
+    config.max_log_bytes = size(b.max_log_bytes);
+    config.max_log_lines_per_delivery = size(b.max_log_lines_per_delivery);
+    config.max_plugins_per_tenant = size(settings.quotas.max_plugins);
+    config.tenant_max_plugins = settings
+        .tenants
+        .iter()
+        .filter_map(|(tenant, t)| Some((tenant.clone(), size(t.max_plugins?))))
+        .collect();
+    config
 }
 
 /// Writes one JSON line per delivery to stdout until the channel closes.
