@@ -10,11 +10,31 @@
 //!   tenant's own plugins and dead letters, with the tenant's token (or the
 //!   admin token).
 //! - `GET /v1/admin/...`: every tenant's, with the admin token.
-//! - `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus text).
+//! - `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus text; with
+//!   [`ApiLimits::metrics_token`] set, only with that bearer token or the
+//!   admin's).
 //!
 //! Every refusal is a JSON body `{"error": kind, "message": …}`, with
 //! `"attribute"` naming the CloudEvents attribute at fault when there is
-//! one, and `"index"` the event of a batch.
+//! one, `"index"` the event of a batch, and `"limit"` the bound that was
+//! crossed; each is counted in
+//! `plugbus_rejected_requests_total{tenant,status,reason}`.
+//!
+//! Bounds (every one with a default, see [`ApiLimits`] and
+//! [`ServerLimits`]): the request head and body must arrive in time (408),
+//! a request must be answered in time (503), a client that does not read
+//! its answer is cut off, the server holds a bounded number of
+//! connections (503 and closed beyond it), each tenant a bounded number of
+//! requests in flight (429) and a bounded ingest rate in events and bytes
+//! per second (429 with `Retry-After`, nothing stored), and at shutdown the
+//! requests under way get a bounded drain. [`serve`] runs it all.
+
+mod limits;
+mod scrape;
+mod server;
+
+pub use limits::{ApiLimits, RateLimit};
+pub use server::{ServerLimits, serve};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,17 +49,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+use self::limits::Admission;
 use crate::durable::{DurableBus, DurablePublishError};
 use crate::event::{Event, EventError};
 use crate::log::{EventLog, Seq};
 
-/// What the HTTP surface needs to know besides the bus.
+/// What the HTTP surface needs to know besides the bus. Its bounds are
+/// [`ApiLimits`], given to [`Api::with_limits`].
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// The largest request body, in bytes; a larger one is refused (413)
-    /// before it is read whole.
+    /// The largest request body, in bytes (default 1 MiB); a larger one is
+    /// refused (413) before it is read whole.
     pub max_body_bytes: usize,
-    /// The most events in one batch request.
+    /// The most events in one batch request (default 1000).
     pub max_batch_events: usize,
     /// Each tenant's token, as the hex SHA-256 of the token.
     pub tenant_tokens: HashMap<String, String>,
@@ -47,6 +69,20 @@ pub struct ApiConfig {
     pub admin_token: Option<String>,
     /// The plugins directory, for `POST /v1/admin/reload`.
     pub plugins_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for ApiConfig {
+    /// The limits of `plugbus.toml`'s defaults, no tokens, no plugins
+    /// directory.
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_batch_events: 1000,
+            tenant_tokens: HashMap::new(),
+            admin_token: None,
+            plugins_dir: None,
+        }
+    }
 }
 
 /// How many recent failed deliveries are kept per tenant.
@@ -59,18 +95,32 @@ pub struct Api {
     /// Token hash → tenant.
     tenants_by_token: HashMap<String, String>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Requests in flight and ingest rates, per tenant.
+    admission: Admission,
     ready: AtomicBool,
     /// Per tenant, its most recent failed deliveries, newest last.
     failures: std::sync::Mutex<HashMap<String, std::collections::VecDeque<Value>>>,
 }
 
 impl Api {
-    /// The HTTP surface over `bus`; `/metrics` renders `metrics` (the
-    /// process's Prometheus recorder), or answers 404 without one. Must be
-    /// called within a tokio runtime: it keeps the recent failures.
+    /// The HTTP surface over `bus`, with the default [`ApiLimits`]; see
+    /// [`Api::with_limits`].
     pub fn new(
         bus: Arc<DurableBus>,
         config: ApiConfig,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Arc<Self> {
+        Self::with_limits(bus, config, ApiLimits::default(), metrics)
+    }
+
+    /// The HTTP surface over `bus`, within `limits`; `/metrics` renders
+    /// `metrics` (the process's Prometheus recorder), or answers 404
+    /// without one. Must be called within a tokio runtime: it keeps the
+    /// recent failures.
+    pub fn with_limits(
+        bus: Arc<DurableBus>,
+        config: ApiConfig,
+        limits: ApiLimits,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Arc<Self> {
         let tenants_by_token = config
@@ -84,6 +134,7 @@ impl Api {
             config,
             tenants_by_token,
             metrics,
+            admission: Admission::new(limits),
             ready: AtomicBool::new(true),
             failures: std::sync::Mutex::new(HashMap::new()),
         });
@@ -129,7 +180,9 @@ impl Api {
     }
 }
 
-/// The routes, ready to serve.
+/// The routes, ready to serve (by [`serve`], which adds the
+/// connection-level bounds), each request within
+/// [`ApiLimits::request_timeout`].
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/v1/events", post(ingest))
@@ -155,7 +208,45 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/tenants/{tenant}/plugins/{plugin}/resume", post(resume))
         .route("/v1/tenants/{tenant}/failures", get(failures))
         .route("/v1/admin/reload", post(reload))
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            within_request_timeout,
+        ))
         .with_state(api)
+}
+
+/// Answers 503 (and closes the connection) when a request is not answered
+/// within [`ApiLimits::request_timeout`].
+async fn within_request_timeout(
+    State(api): State<Arc<Api>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let timeout = api.admission.limits().request_timeout;
+    let mut credentials = HeaderMap::new();
+    if let Some(value) = request.headers().get(header::AUTHORIZATION) {
+        credentials.insert(header::AUTHORIZATION, value.clone());
+    }
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => rejected(
+            &match api.caller(&credentials) {
+                Ok(Caller::Tenant(tenant)) => tenant,
+                _ => String::new(),
+            },
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "the request was not answered within the limit of {} ms; if it was an ingest, its events may have been stored (a retry is recognised as a duplicate)",
+                    timeout.as_millis()
+                ),
+            )
+            .limit("request_timeout")
+            .closing(),
+        )
+        .into_response(),
+    }
 }
 
 /// A refusal: a status and a JSON body.
@@ -166,6 +257,12 @@ struct ApiError {
     message: String,
     attribute: Option<String>,
     index: Option<usize>,
+    /// The bound that was crossed.
+    limit: Option<&'static str>,
+    /// `Retry-After`, in seconds.
+    retry_after: Option<u64>,
+    /// Whether the connection closes after the answer.
+    close: bool,
 }
 
 impl ApiError {
@@ -176,7 +273,32 @@ impl ApiError {
             message: message.into(),
             attribute: None,
             index: None,
+            limit: None,
+            retry_after: None,
+            close: false,
         }
+    }
+
+    /// Names the bound that was crossed.
+    fn limit(mut self, limit: &'static str) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// Closes the connection after the answer.
+    fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    /// What `plugbus_rejected_requests_total` counts it as.
+    fn reason(&self) -> &'static str {
+        self.limit.unwrap_or(self.kind)
     }
 
     fn unauthorized(message: &str) -> Self {
@@ -195,11 +317,9 @@ impl ApiError {
             None => error.to_string(),
         };
         Self {
-            status: StatusCode::BAD_REQUEST,
-            kind: "invalid_event",
-            message,
             attribute,
             index,
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_event", message)
         }
     }
 }
@@ -213,7 +333,21 @@ impl IntoResponse for ApiError {
         if let Some(index) = self.index {
             body["index"] = index.into();
         }
+        if let Some(limit) = self.limit {
+            body["limit"] = limit.into();
+        }
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        if self.close {
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -226,6 +360,22 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The hex SHA-256 of the request's bearer token, as tokens are
+/// configured.
+fn bearer_hash(headers: &HeaderMap) -> Result<String, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header is not Bearer <token>"))?;
+    Ok(crate::config::hash_token(token))
+}
+
 /// Who presented the request's bearer token.
 enum Caller {
     Admin,
@@ -234,19 +384,7 @@ enum Caller {
 
 impl Api {
     fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header is not Bearer <token>")
-            })?;
-        let hash = crate::config::hash_token(token);
+        let hash = bearer_hash(headers)?;
         if self
             .config
             .admin_token
@@ -277,11 +415,30 @@ impl Api {
         }
     }
 
-    /// The admin, or the tenant itself.
-    fn tenant_or_admin(&self, headers: &HeaderMap, tenant: &str) -> Result<(), ApiError> {
+    /// A place among `tenant`'s requests in flight, held until dropped;
+    /// 429 when it has [`ApiLimits::max_in_flight_per_tenant`] already.
+    fn enter(&self, tenant: &str) -> Result<InFlight, ApiError> {
+        self.admission.enter(tenant).ok_or_else(|| {
+            let max = self.admission.limits().max_in_flight_per_tenant;
+            rejected(
+                tenant,
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_requests",
+                    format!("tenant {tenant} has {max} requests under way, its limit; retry once one is answered"),
+                )
+                .limit("max_in_flight_per_tenant")
+                .retry_after(1),
+            )
+        })
+    }
+
+    /// The admin, or the tenant itself (then within its requests in
+    /// flight).
+    fn tenant_or_admin(&self, headers: &HeaderMap, tenant: &str) -> Result<InFlight, ApiError> {
         match self.caller(headers)? {
-            Caller::Admin => Ok(()),
-            Caller::Tenant(own) if own == tenant => Ok(()),
+            Caller::Admin => Ok(None),
+            Caller::Tenant(own) if own == tenant => self.enter(&own),
             // Another tenant's: as if it did not exist.
             Caller::Tenant(_) => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -292,11 +449,17 @@ impl Api {
     }
 }
 
+/// A place among a tenant's requests in flight (`None` for the admin, or
+/// without a limit).
+type InFlight = Option<tokio::sync::OwnedSemaphorePermit>;
+
+/// Counts a refusal in `plugbus_rejected_requests_total`.
 fn rejected(tenant: &str, error: ApiError) -> ApiError {
     metrics::counter!(
         "plugbus_rejected_requests_total",
         "tenant" => tenant.to_owned(),
-        "status" => error.status.as_u16().to_string()
+        "status" => error.status.as_u16().to_string(),
+        "reason" => error.reason()
     )
     .increment(1);
     error
@@ -309,7 +472,13 @@ async fn ingest(
 ) -> Result<Response, ApiError> {
     use tracing::Instrument as _;
     let tenant = api.tenant_caller(&headers).map_err(|e| rejected("", e))?;
-    let events = read_events(&api, &headers, body, &tenant).await?;
+    let _in_flight = api.enter(&tenant)?;
+    let (events, bytes) = read_events(&api, &headers, body, &tenant).await?;
+    // An empty batch is valid, and stores nothing.
+    if events.is_empty() {
+        return Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": [] }))).into_response());
+    }
+    charge(&api, &tenant, events.len(), bytes)?;
     // A span per ingest request, with the tenant and the (first) event.
     // Its parent is the request's W3C trace context, else the event's.
     let first = events.first();
@@ -330,13 +499,42 @@ async fn ingest(
     store(api, tenant, events).instrument(span).await
 }
 
-/// Reads the body of an ingest request, within the limit, into its events.
+/// Charges an ingest request to its tenant's rate: 429 naming the limit,
+/// with `Retry-After`, when it is over.
+fn charge(api: &Api, tenant: &str, events: usize, bytes: usize) -> Result<(), ApiError> {
+    let (events, bytes) = (events as u64, bytes as u64);
+    let now = std::time::Instant::now();
+    api.admission
+        .charge(tenant, events, bytes, now)
+        .map_err(|over| {
+            let unit = match over.limit {
+                "events_per_second" => "events",
+                _ => "bytes",
+            };
+            rejected(
+                tenant,
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "tenant {tenant} is over its ingest rate of {} {unit}/s ({}); nothing was stored; retry after {} s",
+                        over.per_second, over.limit, over.retry_after
+                    ),
+                )
+                .limit(over.limit)
+                .retry_after(over.retry_after),
+            )
+        })
+}
+
+/// Reads the body of an ingest request, within the size limit and
+/// [`ApiLimits::body_read_timeout`], into its events; with the body's size.
 async fn read_events(
     api: &Api,
     headers: &HeaderMap,
     body: Body,
     tenant: &str,
-) -> Result<Vec<Event>, ApiError> {
+) -> Result<(Vec<Event>, usize), ApiError> {
     let limit = api.config.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -344,6 +542,7 @@ async fn read_events(
             "too_large",
             format!("the request body is over the limit of {limit} bytes"),
         )
+        .limit("max_body_bytes")
     };
     // Refused by its declared length before a byte of it is read.
     let declared = headers
@@ -353,10 +552,28 @@ async fn read_events(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(rejected(tenant, too_large()));
     }
-    // Read no further than the limit, whatever it declared.
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| rejected(tenant, too_large()))?;
+    // Read no further than the limit, whatever it declared, and for no
+    // longer than the body read timeout.
+    let timeout = api.admission.limits().body_read_timeout;
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(read) => read.map_err(|_| rejected(tenant, too_large()))?,
+        Err(_) => {
+            return Err(rejected(
+                tenant,
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "the request body did not arrive within the limit of {} ms; nothing was stored",
+                        timeout.as_millis()
+                    ),
+                )
+                .limit("body_read_timeout")
+                .closing(),
+            ));
+        }
+    };
+    let size = bytes.len();
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -373,6 +590,7 @@ async fn read_events(
         "application/cloudevents+json" => structured(tenant, &bytes, None).map(|e| vec![e]),
         _ => binary(tenant, headers, &content_type, bytes).map(|e| vec![e]),
     }
+    .map(|events| (events, size))
     .map_err(|e| rejected(tenant, e))
 }
 
@@ -467,14 +685,8 @@ fn batch(api: &Api, tenant: &str, body: &[u8]) -> Result<Vec<Event>, ApiError> {
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!("the batch has {} events; the limit is {max}", items.len()),
-        ));
-    }
-    if items.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_batch",
-            "the batch is empty",
-        ));
+        )
+        .limit("max_batch_events"));
     }
     items
         .into_iter()
@@ -554,22 +766,48 @@ async fn ready(State(api): State<Arc<Api>>) -> Response {
     }
 }
 
-async fn render_metrics(State(api): State<Arc<Api>>) -> Response {
+async fn render_metrics(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = api.scraper(&headers) {
+        return rejected("", refused).into_response();
+    }
     let Some(handle) = &api.metrics else {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "metrics are off")
             .into_response();
     };
-    record_gauges(&api).await;
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
-    )
-        .into_response()
+    let live = record_gauges(&api).await;
+    // Only the series of the plugins and tenants that exist now.
+    let text = scrape::retain_live(&handle.render(), &live);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+impl Api {
+    /// With [`ApiLimits::metrics_token`] set, the scrape token or the
+    /// admin token must be presented.
+    fn scraper(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(expected) = &self.admission.limits().metrics_token else {
+            return Ok(());
+        };
+        let hash = bearer_hash(headers)?;
+        if expected.eq_ignore_ascii_case(&hash) {
+            return Ok(());
+        }
+        match self.caller(headers)? {
+            Caller::Admin => Ok(()),
+            Caller::Tenant(_) => Err(ApiError::unauthorized(
+                "/metrics needs the scrape token (or the admin token)",
+            )),
+        }
+    }
 }
 
 /// The gauges that are read off the bus and the log when scraped:
-/// quarantine, reloads, dead-letter depth and lag per plugin.
-async fn record_gauges(api: &Arc<Api>) {
+/// quarantine, reloads, dead-letter depth and lag per plugin; returns the
+/// plugins and tenants whose series are shown.
+///
+/// The dead-letter depth is counted here by reading each plugin's dead
+/// letters; where the bus keeps a count of them, read that instead (the
+/// `dead` of each plugin below).
+async fn record_gauges(api: &Arc<Api>) -> scrape::Live {
     let statuses = api.bus.statuses();
     let log = api.bus.log().clone();
     let keys: Vec<(String, String)> = statuses
@@ -602,6 +840,14 @@ async fn record_gauges(api: &Arc<Api>) {
         metrics::gauge!("plugbus_dead_letters", &labels).set(dead as f64);
         metrics::gauge!("plugbus_lag_events", &labels).set(lag as f64);
     }
+    let mut live = scrape::Live::default();
+    live.tenants
+        .extend(api.config.tenant_tokens.keys().cloned());
+    for status in statuses {
+        live.tenants.insert(status.tenant.clone());
+        live.plugins.insert((status.tenant, status.name));
+    }
+    live
 }
 
 /// How many of its tenant's events a plugin has yet to finish (at most
@@ -695,7 +941,7 @@ async fn tenant_plugins(
     Path(tenant): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    api.tenant_or_admin(&headers, &tenant)?;
+    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
     let api2 = api.clone();
     let plugins = tokio::task::spawn_blocking(move || plugin_views(&api2, Some(&tenant)))
         .await
@@ -716,7 +962,7 @@ async fn dead_letters(
     Path((tenant, plugin)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    api.tenant_or_admin(&headers, &tenant)?;
+    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
     let log = api.bus.log().clone();
     let letters = tokio::task::spawn_blocking(move || log.dead_letters(&tenant, &plugin))
         .await
@@ -734,7 +980,7 @@ async fn dead_letter(
     Path((tenant, plugin, seq)): Path<(String, String, Seq)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    api.tenant_or_admin(&headers, &tenant)?;
+    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
     let log = api.bus.log().clone();
     let (t, p) = (tenant.clone(), plugin.clone());
     let letters = tokio::task::spawn_blocking(move || log.dead_letters(&t, &p))
@@ -785,7 +1031,7 @@ async fn on_dead_letter(
     (tenant, plugin, seq): (&str, &str, Seq),
     action: impl FnOnce(&dyn EventLog, &str, &str, Seq) -> crate::log::Pending<bool>,
 ) -> Result<(), ApiError> {
-    api.tenant_or_admin(headers, tenant)?;
+    let _in_flight = api.tenant_or_admin(headers, tenant)?;
     let found = action(api.bus.log().as_ref(), tenant, plugin, seq)
         .await
         .map_err(log_error)?;
@@ -813,7 +1059,7 @@ async fn replay(
     axum::extract::Query(From { from }): axum::extract::Query<From>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    api.tenant_or_admin(&headers, &tenant)?;
+    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
     let log = api.bus.log().clone();
     let done = tokio::task::spawn_blocking(move || {
         crate::log::replay(log.as_ref(), &tenant, &plugin, &from)
@@ -842,7 +1088,7 @@ async fn resume(
     Path((tenant, plugin)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    api.tenant_or_admin(&headers, &tenant)?;
+    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
     if api.bus.resume(&tenant, &plugin) {
         Ok((StatusCode::OK, Json(json!({ "resumed": plugin }))).into_response())
     } else {
@@ -859,7 +1105,7 @@ async fn failures(
     Path(tenant): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    api.tenant_or_admin(&headers, &tenant)?;
+    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
     let recent: Vec<Value> = api
         .failures
         .lock()

@@ -24,6 +24,10 @@ pub const DEPTH_EXTENSION: &str = "chaindepth";
 /// deliveries, restarts and hosts; the host clamps it to its own limit.
 pub const BUDGET_EXTENSION: &str = "chainbudget";
 
+/// The values of the CloudEvents `Integer` type: a signed 32-bit whole
+/// number. A JSON number given as an extension attribute must be one.
+pub const INTEGER_RANGE: std::ops::RangeInclusive<i64> = (i32::MIN as i64)..=(i32::MAX as i64);
+
 /// The largest event payload accepted, in bytes.
 pub const MAX_DATA_BYTES: usize = 1024 * 1024;
 /// The longest attribute value accepted, in bytes.
@@ -263,8 +267,16 @@ impl Event {
         )
     }
 
-    /// Adds the extension attributes (strings, numbers and booleans as
+    /// Adds the extension attributes (strings, integers and booleans as
     /// text; `null` is no attribute) and checks the whole event.
+    ///
+    /// A JSON number is a CloudEvents `Integer`: a whole number within
+    /// [`INTEGER_RANGE`] (32-bit signed). Any other number (out of range,
+    /// fractional, or with an exponent) is refused, naming the attribute.
+    /// A JSON string is a CloudEvents `String` and is kept as it is, digits
+    /// or not: its range is not checked (binary mode's `ce-` headers are
+    /// always strings), except for the host's own `chaindepth` and
+    /// `chainbudget`, which [`Event::validate`] checks.
     fn with_extensions(
         mut self,
         extensions: impl IntoIterator<Item = (String, Value)>,
@@ -273,7 +285,7 @@ impl Event {
             let value = match value {
                 Value::String(s) => s,
                 Value::Bool(b) => b.to_string(),
-                Value::Number(n) => n.to_string(),
+                Value::Number(n) => integer_text(&name, &n)?,
                 Value::Null => continue,
                 _ => {
                     return Err(EventError::invalid(
@@ -533,6 +545,34 @@ pub fn check_extension_name(name: &str) -> Result<(), EventError> {
     Ok(())
 }
 
+/// The text of a JSON number given as the extension attribute `name`: a
+/// CloudEvents `Integer`, within [`INTEGER_RANGE`].
+fn integer_text(name: &str, number: &serde_json::Number) -> Result<String, EventError> {
+    match number.as_i64() {
+        Some(n) if INTEGER_RANGE.contains(&n) => Ok(n.to_string()),
+        Some(_) => Err(out_of_range(name, number)),
+        // Above i64::MAX.
+        None if number.is_u64() => Err(out_of_range(name, number)),
+        None => Err(EventError::invalid(
+            name,
+            format!(
+                "{number} is not a whole number: a JSON number is a CloudEvents Integer; send other values as a string"
+            ),
+        )),
+    }
+}
+
+fn out_of_range(name: &str, number: &serde_json::Number) -> EventError {
+    EventError::invalid(
+        name,
+        format!(
+            "{number} is outside the CloudEvents Integer range {} to {}; send it as a string",
+            INTEGER_RANGE.start(),
+            INTEGER_RANGE.end()
+        ),
+    )
+}
+
 fn check_text(name: &str, value: &str, non_empty: bool) -> Result<(), EventError> {
     if non_empty && value.is_empty() {
         return Err(EventError::invalid(name, "must not be empty"));
@@ -689,6 +729,49 @@ mod tests {
             error_of(r#"{"specversion":"1.0","id":"1","source":"s","type":"t","tenant":"../x"}"#)
                 .contains("tenant")
         );
+    }
+
+    #[test]
+    fn integer_extensions_are_32_bit() {
+        let base = r#""specversion":"1.0","id":"1","source":"s","type":"t","tenant":"a""#;
+        for (value, text) in [
+            ("2147483647", "2147483647"),
+            ("-2147483648", "-2147483648"),
+            ("0", "0"),
+            // A string is a String: kept as it is, whatever its digits.
+            (r#""2147483648""#, "2147483648"),
+        ] {
+            let json = format!(r#"{{{base},"count":{value}}}"#);
+            for event in [
+                Event::from_json(&json),
+                Event::from_json_value(serde_json::from_str(&json).expect("JSON")),
+            ] {
+                let event = event.unwrap_or_else(|e| panic!("{value}: {e}"));
+                assert_eq!(
+                    event.extensions.get("count").map(String::as_str),
+                    Some(text)
+                );
+            }
+        }
+        for value in [
+            "2147483648",
+            "-2147483649",
+            "18446744073709551616",
+            "1.5",
+            "1e3",
+        ] {
+            let json = format!(r#"{{{base},"count":{value}}}"#);
+            for error in [
+                Event::from_json(&json).expect_err(value),
+                Event::from_json_value(serde_json::from_str(&json).expect("JSON"))
+                    .expect_err(value),
+            ] {
+                assert!(
+                    matches!(&error, EventError::Invalid { name, .. } if name == "count"),
+                    "{value}: {error}"
+                );
+            }
+        }
     }
 
     #[test]

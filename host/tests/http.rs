@@ -1354,3 +1354,640 @@ fn quarantine_is_listed_and_lifted_over_http() {
     let (ok, _, err) = plugbus(&resume, ACME_TOKEN);
     assert!(!ok && err.contains("not quarantined"), "{err}");
 }
+
+// ---------------------------------------------------------------------
+// Hostile clients, in process: the API over a durable bus (no plugins) in
+// a runtime of the test's own, served by `plugbus::api::serve` on
+// 127.0.0.1 where the wire matters, called with `oneshot` where it does
+// not.
+// ---------------------------------------------------------------------
+
+use plugbus::api::{Api, ApiConfig, ApiLimits, RateLimit, ServerLimits};
+use tower::ServiceExt as _;
+
+/// The API of a host with no plugins, its bus and its log.
+struct InProcess {
+    runtime: tokio::runtime::Runtime,
+    api: std::sync::Arc<Api>,
+    bus: std::sync::Arc<plugbus::durable::DurableBus>,
+    _data: tempfile::TempDir,
+}
+
+impl InProcess {
+    fn new(limits: ApiLimits) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let data = tempfile::tempdir().expect("data");
+        let hash = plugbus::config::hash_token;
+        let (api, bus) = runtime.block_on(async {
+            let host = std::sync::Arc::new(
+                plugbus::Host::new(plugbus::HostConfig::default()).expect("a host"),
+            );
+            let log = plugbus::log::SqliteLog::open(
+                data.path(),
+                plugbus::log::SqliteLogConfig::default(),
+            )
+            .expect("the log");
+            let bus = std::sync::Arc::new(
+                plugbus::durable::DurableBus::start(
+                    host,
+                    std::sync::Arc::new(log),
+                    plugbus::durable::DurableConfig::default(),
+                )
+                .await
+                .expect("the bus"),
+            );
+            let config = ApiConfig {
+                max_body_bytes: MAX_BODY,
+                max_batch_events: 5,
+                tenant_tokens: [
+                    ("acme-pos".to_owned(), hash(ACME_TOKEN)),
+                    ("globex-retail".to_owned(), hash(GLOBEX_TOKEN)),
+                ]
+                .into(),
+                admin_token: Some(hash(ADMIN_TOKEN)),
+                plugins_dir: None,
+            };
+            let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .build_recorder()
+                .handle();
+            let api = Api::with_limits(bus.clone(), config, limits, Some(metrics));
+            (api, bus)
+        });
+        Self {
+            runtime,
+            api,
+            bus,
+            _data: data,
+        }
+    }
+
+    /// One request through the routes; the status, `Retry-After` and body.
+    fn call(
+        &self,
+        request: axum::http::Request<axum::body::Body>,
+    ) -> (u16, Option<String>, serde_json::Value) {
+        self.runtime.block_on(async {
+            let response = plugbus::api::router(self.api.clone())
+                .oneshot(request)
+                .await
+                .expect("infallible");
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .expect("the body");
+            let body = serde_json::from_slice(&body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&body).into())
+            });
+            (status, retry_after, body)
+        })
+    }
+
+    /// Posts `body` to /v1/events as `content_type` with `token`.
+    fn post(
+        &self,
+        token: &str,
+        content_type: &str,
+        body: &str,
+    ) -> (u16, Option<String>, serde_json::Value) {
+        self.call(ingest_request(
+            token,
+            content_type,
+            axum::body::Body::from(body.to_owned()),
+        ))
+    }
+
+    /// The ids of `tenant`'s events in the log.
+    fn stored(&self, tenant: &str) -> Vec<String> {
+        self.bus
+            .log()
+            .read(tenant, 0, usize::MAX)
+            .expect("read the log")
+            .into_iter()
+            .map(|s| s.event.id)
+            .collect()
+    }
+
+    /// Serves on a free port of 127.0.0.1 until the returned handle stops it.
+    fn serve(&self, limits: ServerLimits) -> Serving<'_> {
+        let listener = self
+            .runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("the address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let done = self.runtime.spawn(plugbus::api::serve(
+            listener,
+            self.api.clone(),
+            limits,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Serving {
+            runtime: &self.runtime,
+            addr,
+            stop: Some(stop),
+            done: Some(done),
+        }
+    }
+}
+
+fn ingest_request(
+    token: &str,
+    content_type: &str,
+    body: axum::body::Body,
+) -> axum::http::Request<axum::body::Body> {
+    axum::http::Request::post("/v1/events")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", content_type)
+        .body(body)
+        .expect("a request")
+}
+
+/// `plugbus::api::serve` running on `addr`.
+struct Serving<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Serving<'_> {
+    fn connect(&self) -> std::net::TcpStream {
+        let stream = std::net::TcpStream::connect(self.addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("a read timeout");
+        stream
+    }
+
+    /// Stops taking connections, and waits (at most 30 s) until `serve`
+    /// has returned.
+    fn stop(mut self) -> std::io::Result<()> {
+        let _ = self.stop.take().map(|stop| stop.send(()));
+        let done = self.done.take().expect("running");
+        self.runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), done).await })
+            .expect("serve returns after its drain")
+            .expect("the serve task")
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|stop| stop.send(()));
+    }
+}
+
+/// What became of a connection the server should close: `Ok(text)` with
+/// what it answered first (empty when it closed without an answer), or
+/// `Err` when it stayed open for the whole read timeout.
+fn closed_by_server(stream: &mut std::net::TcpStream) -> Result<String, String> {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(String::from_utf8_lossy(&answer).into_owned()),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(format!(
+                    "still open after the read timeout; it answered {:?}",
+                    String::from_utf8_lossy(&answer)
+                ));
+            }
+            // Reset: closed with data unread.
+            Err(_) => return Ok(String::from_utf8_lossy(&answer).into_owned()),
+        }
+    }
+}
+
+/// One GET on a keep-alive connection; the answer's status line.
+fn get_on(stream: &mut std::net::TcpStream, path: &str) -> std::io::Result<String> {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok(status.trim_end().to_owned())
+}
+
+/// A client that sends half a request head, then one header line every
+/// 50 ms, is cut off after the header read timeout (200 ms here), with
+/// 408 or at least a close; a whole request still gets its answer.
+#[test]
+fn a_slow_request_head_is_cut_off() {
+    let host = InProcess::new(ApiLimits::default());
+    let server = host.serve(ServerLimits {
+        header_read_timeout: Duration::from_millis(200),
+        ..ServerLimits::default()
+    });
+    let mut stream = server.connect();
+    write!(stream, "POST /v1/events HTTP/1.1\r\nHost: x\r\n").expect("half a head");
+    let mut dripping = stream.try_clone().expect("clone");
+    let drip = std::thread::spawn(move || {
+        // At most 20 s of drip, whatever the server does.
+        for i in 0..400 {
+            if write!(dripping, "x-drip-{i}: 1\r\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let answer = closed_by_server(&mut stream).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    if !answer.is_empty() {
+        assert!(answer.contains("header_read_timeout"), "{answer}");
+    }
+    drop(stream);
+    drip.join().expect("the drip");
+    // An idle connection is closed too, without an answer.
+    let mut idle = server.connect();
+    assert_eq!(closed_by_server(&mut idle).as_deref(), Ok(""));
+    // A client in time is served.
+    let mut prompt = server.connect();
+    assert_eq!(
+        get_on(&mut prompt, "/healthz").expect("an answer"),
+        "HTTP/1.1 200 OK"
+    );
+    server.stop().expect("serve");
+}
+
+/// A body that stops arriving is answered 408 after the body read
+/// timeout, and nothing of it is stored.
+#[test]
+fn a_slow_request_body_is_answered_408() {
+    let host = InProcess::new(ApiLimits {
+        body_read_timeout: Duration::from_millis(200),
+        ..ApiLimits::default()
+    });
+    let server = host.serve(ServerLimits::default());
+    let mut stream = server.connect();
+    let event = structured("slow-1", "");
+    write!(
+        stream,
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACME_TOKEN}\r\n\
+         Content-Type: application/cloudevents+json\r\nContent-Length: {}\r\n\r\n{}",
+        event.len() + 100,
+        event
+    )
+    .expect("the head and part of the body");
+    let answer = closed_by_server(&mut stream).unwrap_or_else(|e| panic!("{e}"));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_read_timeout"), "{answer}");
+    assert!(host.stored("acme-pos").is_empty());
+    server.stop().expect("serve");
+}
+
+/// With at most two connections open, a third is refused at once (503 or
+/// a close), and one is taken again once another has closed.
+#[test]
+fn connections_over_the_limit_are_refused_until_one_closes() {
+    let host = InProcess::new(ApiLimits::default());
+    let server = host.serve(ServerLimits {
+        max_connections: 2,
+        ..ServerLimits::default()
+    });
+    let mut open: Vec<_> = (0..2)
+        .map(|_| {
+            let mut stream = server.connect();
+            assert_eq!(
+                get_on(&mut stream, "/healthz").expect("an answer"),
+                "HTTP/1.1 200 OK"
+            );
+            stream
+        })
+        .collect();
+    let mut third = server.connect();
+    // Were it taken, this would be answered 200.
+    let _ = write!(third, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let answer = closed_by_server(&mut third).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
+        "{answer}"
+    );
+    if !answer.is_empty() {
+        assert!(answer.contains("max_connections"), "{answer}");
+    }
+    // The two still work.
+    for stream in &mut open {
+        assert_eq!(
+            get_on(stream, "/healthz").expect("an answer"),
+            "HTTP/1.1 200 OK"
+        );
+    }
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut again = server.connect();
+        if get_on(&mut again, "/healthz").is_ok_and(|status| status == "HTTP/1.1 200 OK") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection taken after one closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.stop().expect("serve");
+}
+
+/// A tenant with two requests in flight (bodies that never end) gets 429
+/// for a third, with Retry-After; another tenant does not; once one of
+/// the two ends, the tenant is served again.
+#[test]
+fn a_tenant_over_its_requests_in_flight_gets_429() {
+    let host = InProcess::new(ApiLimits {
+        max_in_flight_per_tenant: 2,
+        ..ApiLimits::default()
+    });
+    let ce = "application/cloudevents+json";
+    // A request whose body never ends (until its sender is dropped).
+    type Sender = futures::channel::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>;
+    let hold = || -> (Sender, tokio::task::JoinHandle<_>) {
+        let (sender, receiver) = futures::channel::mpsc::channel(1);
+        let request = ingest_request(ACME_TOKEN, ce, axum::body::Body::from_stream(receiver));
+        let router = plugbus::api::router(host.api.clone());
+        (sender, host.runtime.spawn(router.oneshot(request)))
+    };
+    let mut held = vec![hold(), hold()];
+    // The two take their places a moment after they were spawned; a probe
+    // may take one first, and one of them be refused: then it is sent
+    // again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (retry_after, body) = loop {
+        for request in &mut held {
+            if request.1.is_finished() {
+                *request = hold();
+            }
+        }
+        let (status, retry_after, body) = host.post(ACME_TOKEN, ce, &structured("third", ""));
+        if status == 429 {
+            break (retry_after, body);
+        }
+        assert_eq!(status, 202, "{body}");
+        assert!(Instant::now() < deadline, "never refused");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(body["limit"], "max_in_flight_per_tenant", "{body}");
+    assert_eq!(body["error"], "too_many_requests", "{body}");
+    let (status, _, body) = host.post(GLOBEX_TOKEN, ce, &structured("other", ""));
+    assert_eq!(status, 202, "{body}");
+    // One of the two ends (its body closes): a place is free again.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _, body) = host.post(ACME_TOKEN, ce, &structured("fourth", ""));
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 429, "{body}");
+        assert!(Instant::now() < deadline, "the place never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A tenant allowed one event a second (a burst of one) publishes one,
+/// and the next is refused with 429, Retry-After and the limit named, and
+/// not stored; another tenant is not affected.
+#[test]
+fn a_tenant_over_its_ingest_rate_gets_429_and_nothing_is_stored() {
+    let one = RateLimit {
+        events_per_second: 1,
+        bytes_per_second: 0,
+    };
+    let host = InProcess::new(ApiLimits {
+        tenant_rates: [("acme-pos".to_owned(), one)].into(),
+        ..ApiLimits::default()
+    });
+    let ce = "application/cloudevents+json";
+    // The refusal is certain only while less than a second has passed
+    // since the first event was charged; on a machine slow enough to
+    // take longer, try again from a full bucket.
+    let mut refused = None;
+    for attempt in 0..5 {
+        std::thread::sleep(Duration::from_millis(if attempt == 0 { 0 } else { 2100 }));
+        let started = Instant::now();
+        let (status, _, body) =
+            host.post(ACME_TOKEN, ce, &structured(&format!("in-{attempt}"), ""));
+        assert_eq!(status, 202, "{body}");
+        let (status, retry_after, body) =
+            host.post(ACME_TOKEN, ce, &structured(&format!("over-{attempt}"), ""));
+        if status == 429 {
+            refused = Some((attempt, retry_after, body));
+            break;
+        }
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "the second event within a second was accepted: {status} {body}"
+        );
+    }
+    let (attempt, retry_after, body) = refused.expect("refused once in five tries");
+    let seconds: u64 = retry_after
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("Retry-After in whole seconds: {retry_after:?}"));
+    assert!(seconds >= 1, "{seconds}");
+    assert_eq!(
+        (body["error"].as_str(), body["limit"].as_str()),
+        (Some("rate_limited"), Some("events_per_second")),
+        "{body}"
+    );
+    let stored = host.stored("acme-pos");
+    assert!(stored.contains(&format!("in-{attempt}")), "{stored:?}");
+    assert!(!stored.contains(&format!("over-{attempt}")), "{stored:?}");
+    // The other tenant, on the default rate, publishes as it likes.
+    let batch: Vec<String> = (0..5).map(|i| structured(&format!("g-{i}"), "")).collect();
+    for _ in 0..3 {
+        let (status, _, body) = host.post(
+            GLOBEX_TOKEN,
+            "application/cloudevents-batch+json",
+            &format!("[{}]", batch.join(",")),
+        );
+        assert_eq!(status, 202, "{body}");
+    }
+}
+
+/// An empty batch is valid CloudEvents: 202 with nothing accepted, and
+/// nothing stored.
+#[test]
+fn an_empty_batch_is_accepted_and_stores_nothing() {
+    let host = InProcess::new(ApiLimits::default());
+    let (status, _, body) = host.post(ACME_TOKEN, "application/cloudevents-batch+json", "[]");
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"], serde_json::json!([]), "{body}");
+    assert!(host.stored("acme-pos").is_empty());
+    let (status, _, body) = host.post(
+        ACME_TOKEN,
+        "application/cloudevents+json",
+        &structured("after-empty", ""),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"][0]["seq"], 1, "nothing before it: {body}");
+}
+
+/// A JSON number as an extension attribute is a CloudEvents Integer: 32
+/// bits. One past the range is refused naming the attribute (in a batch,
+/// with its index); the largest is accepted; a string is a String.
+#[test]
+fn integer_extensions_outside_32_bits_are_refused() {
+    let host = InProcess::new(ApiLimits::default());
+    let ce = "application/cloudevents+json";
+    for value in ["2147483648", "-2147483649"] {
+        let (status, _, body) = host.post(
+            ACME_TOKEN,
+            ce,
+            &structured("big", &format!(r#","quantity":{value}"#)),
+        );
+        assert_eq!(status, 400, "{value}: {body}");
+        assert_eq!(body["attribute"], "quantity", "{body}");
+    }
+    let batch = format!(
+        "[{},{}]",
+        structured("b-0", r#","quantity":1"#),
+        structured("b-1", r#","quantity":2147483648"#)
+    );
+    let (status, _, body) = host.post(ACME_TOKEN, "application/cloudevents-batch+json", &batch);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        (body["attribute"].as_str(), body["index"].as_u64()),
+        (Some("quantity"), Some(1)),
+        "{body}"
+    );
+    assert!(host.stored("acme-pos").is_empty());
+    let (status, _, body) = host.post(
+        ACME_TOKEN,
+        ce,
+        &structured("max", r#","quantity":2147483647,"big":"2147483648""#),
+    );
+    assert_eq!(status, 202, "{body}");
+    let stored = host
+        .bus
+        .log()
+        .read("acme-pos", 0, usize::MAX)
+        .expect("read");
+    assert_eq!(stored.len(), 1);
+    let extensions = &stored[0].event.extensions;
+    assert_eq!(extensions["quantity"], "2147483647");
+    assert_eq!(extensions["big"], "2147483648");
+}
+
+/// With a scrape token set, /metrics answers 401 without it (or with a
+/// tenant's), and 200 with it or the admin token.
+#[test]
+fn metrics_need_the_scrape_token_when_one_is_set() {
+    const SCRAPE: &str = "scrape-secret-token";
+    let host = InProcess::new(ApiLimits {
+        metrics_token: Some(plugbus::config::hash_token(SCRAPE)),
+        ..ApiLimits::default()
+    });
+    let scrape = |token: Option<&str>| {
+        let mut request = axum::http::Request::get("/metrics");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        host.call(request.body(axum::body::Body::empty()).expect("a request"))
+    };
+    for token in [None, Some("guess"), Some(ACME_TOKEN)] {
+        let (status, _, body) = scrape(token);
+        assert_eq!(status, 401, "{token:?}: {body}");
+    }
+    for token in [SCRAPE, ADMIN_TOKEN] {
+        let (status, _, body) = scrape(Some(token));
+        assert_eq!(status, 200, "{token}: {body}");
+    }
+    // Without a scrape token, /metrics is open as before.
+    let open = InProcess::new(ApiLimits::default());
+    let (status, _, body) = open.call(
+        axum::http::Request::get("/metrics")
+            .body(axum::body::Body::empty())
+            .expect("a request"),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// At shutdown an idle connection is closed at once, a request under way
+/// gets the drain (300 ms here), then its connection is closed and
+/// `serve` returns; no new connection is taken.
+#[test]
+fn shutdown_drains_for_a_bounded_time() {
+    let host = InProcess::new(ApiLimits::default());
+    let server = host.serve(ServerLimits {
+        drain: Duration::from_millis(300),
+        ..ServerLimits::default()
+    });
+    let mut idle = server.connect();
+    assert_eq!(
+        get_on(&mut idle, "/healthz").expect("an answer"),
+        "HTTP/1.1 200 OK"
+    );
+    // A request whose body never comes: under way until it is cut off.
+    let mut busy = server.connect();
+    write!(
+        busy,
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACME_TOKEN}\r\n\
+         Content-Type: application/cloudevents+json\r\nContent-Length: 100\r\n\r\n{{"
+    )
+    .expect("a head");
+    let addr = server.addr;
+    let started = Instant::now();
+    server.stop().expect("serve returns");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the drain is bounded: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        closed_by_server(&mut idle).is_ok(),
+        "the idle one is closed"
+    );
+    assert!(
+        closed_by_server(&mut busy).is_ok(),
+        "the busy one is closed"
+    );
+    let (status, _, _) = host.call(
+        axum::http::Request::get("/readyz")
+            .body(axum::body::Body::empty())
+            .expect("a request"),
+    );
+    assert_eq!(status, 503, "not ready once stopped");
+    if let Ok(mut late) = std::net::TcpStream::connect(addr) {
+        late.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("a read timeout");
+        assert!(get_on(&mut late, "/healthz").is_err(), "no new connection");
+    }
+}
