@@ -74,7 +74,7 @@
 //!
 //! [tenants.acme-pos]
 //! token_sha256 = "…"
-//! max_plugins = 10                # any key of [quotas], for this tenant
+//! max_plugins = 10                # and the ingest rates, for this tenant alone
 //! ```
 //!
 //! Tokens are stored as the hex SHA-256 of the token, never the token.
@@ -166,7 +166,7 @@ pub struct Config {
     /// answers 401 to everyone.
     pub admin: Option<TokenConfig>,
     /// The tenants that may publish over HTTP, by name, with their tokens
-    /// and their own quotas.
+    /// and their own plugin quota and ingest rates.
     pub tenants: BTreeMap<String, TenantConfig>,
 }
 
@@ -284,7 +284,7 @@ pub struct HttpConfig {
 }
 
 /// A tenant's quotas. `[quotas]` sets everyone's; a tenant's own section
-/// may set any of them for itself.
+/// may set `max_plugins` and the ingest rates for itself.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuotasConfig {
@@ -356,8 +356,6 @@ pub struct TenantConfig {
     pub ingest_events_per_second: Option<u64>,
     /// See [`QuotasConfig::ingest_bytes_per_second`].
     pub ingest_bytes_per_second: Option<u64>,
-    /// See [`QuotasConfig::max_requests_in_flight`].
-    pub max_requests_in_flight: Option<u64>,
 }
 
 impl Config {
@@ -374,9 +372,7 @@ impl Config {
                 ingest_bytes_per_second: t
                     .ingest_bytes_per_second
                     .unwrap_or(base.ingest_bytes_per_second),
-                max_requests_in_flight: t
-                    .max_requests_in_flight
-                    .unwrap_or(base.max_requests_in_flight),
+                max_requests_in_flight: base.max_requests_in_flight,
             },
         }
     }

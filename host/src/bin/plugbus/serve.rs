@@ -286,7 +286,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut server = None;
     let mut api = None;
     if let Some(listener) = listener {
-        let surface = plugbus::api::Api::new(
+        let surface = plugbus::api::Api::with_limits(
             bus.clone(),
             plugbus::api::ApiConfig {
                 max_body_bytes: settings.http.max_body_bytes,
@@ -299,6 +299,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 admin_token: settings.admin.as_ref().map(|a| a.token_sha256.clone()),
                 plugins_dir: Some(plugins.clone()),
             },
+            api_limits(&settings),
             Some(metrics),
         );
         let addr = listener
@@ -313,15 +314,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 ", no admin token"
             }
         );
-        let router = plugbus::api::router(surface.clone());
         let mut stopped = http_stopped.clone();
-        server = Some(tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                })
-                .await
-        }));
+        let limits = plugbus::api::ServerLimits {
+            header_read_timeout: Duration::from_millis(settings.http.header_timeout_ms),
+            max_connections: usize::try_from(settings.http.max_connections).unwrap_or(usize::MAX),
+            drain: Duration::from_secs(settings.drain_seconds),
+            ..plugbus::api::ServerLimits::default()
+        };
+        server = Some(tokio::spawn(plugbus::api::serve(
+            listener,
+            surface.clone(),
+            limits,
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        )));
         api = Some(surface);
     }
 
@@ -438,6 +445,28 @@ pub fn host_config(settings: &Config, mode: Mode) -> plugbus::HostConfig {
         .filter_map(|(tenant, t)| Some((tenant.clone(), size(t.max_plugins?))))
         .collect();
     config
+}
+
+/// The bounds of HTTP requests: timeouts, each tenant's requests in flight
+/// and ingest rate, and the scrape token.
+fn api_limits(settings: &Config) -> plugbus::api::ApiLimits {
+    let rate = |q: &plugbus::config::QuotasConfig| plugbus::api::RateLimit {
+        events_per_second: q.ingest_events_per_second,
+        bytes_per_second: q.ingest_bytes_per_second,
+    };
+    plugbus::api::ApiLimits {
+        body_read_timeout: Duration::from_millis(settings.http.body_timeout_ms),
+        max_in_flight_per_tenant: usize::try_from(settings.quotas.max_requests_in_flight)
+            .unwrap_or(usize::MAX),
+        rate: rate(&settings.quotas),
+        tenant_rates: settings
+            .tenants
+            .keys()
+            .map(|tenant| (tenant.clone(), rate(&settings.quotas_of(tenant))))
+            .collect(),
+        metrics_token: settings.metrics.token_sha256.clone(),
+        ..plugbus::api::ApiLimits::default()
+    }
 }
 
 /// Writes one JSON line per delivery to stdout until the channel closes.
