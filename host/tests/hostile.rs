@@ -427,6 +427,14 @@ fn a_hostile_tenant_trying_everything_at_once_does_not_reach_a_good_one() {
     assert!(
         value_of(
             &text,
+            "plugbus_http_connections_closed_total",
+            &[("reason", "header_timeout")]
+        ) >= 50.0,
+        "{text}"
+    );
+    assert!(
+        value_of(
+            &text,
             "plugbus_rejected_requests_total",
             &[("tenant", EVIL), ("status", "429")]
         ) >= 1.0,
