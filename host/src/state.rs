@@ -145,8 +145,8 @@ impl Pending {
 /// What the successful deliveries of a batch so far left for the pending
 /// commit: their state writes, newest value per key, for the events after
 /// them to read; and the bytes of the commit they fill (their emitted
-/// events and state writes, counted as [`Effects::bytes`](crate::dispatch)
-/// does), which bounds what the events after them may add.
+/// events by [`crate::batch::event_bytes`], their state writes by
+/// [`write_bytes`]), which bounds what the events after them may add.
 ///
 /// Cloning is cheap: the values are shared until one side adds to them.
 #[derive(Debug, Default, Clone)]
