@@ -485,7 +485,10 @@ impl Host {
         }
         self.stats.events_published.fetch_add(1, Ordering::Relaxed);
         let registry = self.registry.load_full();
-        let budget = Arc::new(AtomicUsize::new(self.config.max_events_per_chain));
+        // An event that carries its own (smaller) budget keeps it.
+        let budget = Arc::new(AtomicUsize::new(
+            event.chain_budget(self.config.max_events_per_chain),
+        ));
         let mut report = PublishReport::default();
         let mut level = vec![Arc::new(event)];
         while !level.is_empty() {
