@@ -28,6 +28,15 @@
 //! requests in flight (429) and a bounded ingest rate in events and bytes
 //! per second (429 with `Retry-After`, nothing stored), and at shutdown the
 //! requests under way get a bounded drain. [`serve`] runs it all.
+//!
+//! Metrics of the HTTP surface: `plugbus_rejected_requests_total{tenant,
+//! status,reason}` (every refused request; `reason` is the limit crossed,
+//! or the error kind; `tenant` is empty before a token is recognised),
+//! `plugbus_http_connections_refused_total` (connections over
+//! [`ServerLimits::max_connections`]),
+//! `plugbus_http_connections_closed_total{reason}` (`header_timeout`,
+//! `write_timeout`, `drain_deadline`) and the gauge
+//! `plugbus_http_connections_open`.
 
 mod limits;
 mod scrape;

@@ -42,7 +42,8 @@ pub struct ServerLimits {
     /// an answer (it does not read) before its connection is closed
     /// (default 30 s).
     pub write_timeout: Duration,
-    /// The most connections open at once (default 1024). Beyond it a new
+    /// The most connections open at once (default 1024; 0 counts as 1).
+    /// Beyond it a new
     /// connection is answered `503` and closed at once (best effort,
     /// without waiting for the client), and counted in
     /// `plugbus_http_connections_refused_total`.
@@ -65,13 +66,15 @@ impl Default for ServerLimits {
 }
 
 /// A whole answer written straight to a socket, outside hyper: `status`
-/// with a JSON refusal naming `limit`, and the connection closing.
-fn raw_answer(status: &str, limit: &str, error: &str, message: &str) -> Vec<u8> {
+/// with a JSON refusal naming `limit`, and the connection closing; with
+/// `Retry-After: 1` when `retry` says so.
+fn raw_answer(status: &str, limit: &str, error: &str, message: &str, retry: bool) -> Vec<u8> {
     let body =
         serde_json::json!({ "error": error, "limit": limit, "message": message }).to_string();
     format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{}\
          connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        if retry { "retry-after: 1\r\n" } else { "" },
         body.len()
     )
     .into_bytes()
@@ -84,6 +87,7 @@ static OVER_CAPACITY: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(||
         "max_connections",
         "unavailable",
         "the server has as many connections open as it takes; retry later",
+        true,
     )
 });
 
@@ -94,6 +98,7 @@ static HEAD_TIMEOUT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| 
         "header_read_timeout",
         "timeout",
         "the request head did not arrive in time",
+        false,
     )
 });
 
@@ -407,5 +412,57 @@ impl AsyncWrite for GuardedIo {
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         // The socket closes when the connection's task drops it.
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_answers_declare_their_length() {
+        for (answer, retry) in [(&*OVER_CAPACITY, true), (&*HEAD_TIMEOUT, false)] {
+            let text = std::str::from_utf8(answer).expect("text");
+            let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+            let declared: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|n| n.parse().ok())
+                .expect("a content-length");
+            assert_eq!(declared, body.len(), "{text}");
+            assert_eq!(head.contains("retry-after: 1"), retry, "{text}");
+            let body: serde_json::Value = serde_json::from_str(body).expect("JSON");
+            assert!(body["limit"].is_string(), "{body}");
+        }
+    }
+
+    /// A client that takes no bytes: the write fails once it has stalled
+    /// for the write timeout, instead of waiting for ever.
+    #[tokio::test]
+    async fn a_stalled_write_times_out() {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut io = GuardedIo {
+            stream: Arc::new(stream),
+            write_timeout: Duration::from_millis(100),
+            stall: None,
+            unanswered: Arc::new(AtomicBool::new(true)),
+        };
+        let chunk = vec![0u8; 1 << 20];
+        let written: io::Result<()> = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                io.write_all(&chunk).await?;
+            }
+        })
+        .await
+        .expect("the write fails before 20 s");
+        let error = written.expect_err("a client that reads nothing");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(!io.unanswered.load(Ordering::Relaxed), "bytes were written");
+        drop(client);
     }
 }
