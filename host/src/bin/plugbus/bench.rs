@@ -424,7 +424,16 @@ impl HttpFront {
             admin_token: None,
             plugins_dir: None,
         };
-        let api = plugbus::api::Api::new(bus.clone(), config, None);
+        // The load generator is the one client: no rate or in-flight bound.
+        let unbounded = plugbus::api::ApiLimits {
+            rate: plugbus::api::RateLimit {
+                events_per_second: 0,
+                bytes_per_second: 0,
+            },
+            max_in_flight_per_tenant: 0,
+            ..plugbus::api::ApiLimits::default()
+        };
+        let api = plugbus::api::Api::with_limits(bus.clone(), config, unbounded, None);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("cannot listen on 127.0.0.1")?;
