@@ -111,7 +111,6 @@ pub async fn run(args: NoisyArgs) -> anyhow::Result<std::process::ExitCode> {
         sleeper: read(&args.sleeper)?,
     };
     let config = HostConfig::default();
-    let durable = DurableConfig::default();
     if !args.json {
         println!(
             "plugbus bench-noisy: {} good events per row, {} in flight, hostile tenant at {} events/s; \
@@ -120,12 +119,11 @@ pub async fn run(args: NoisyArgs) -> anyhow::Result<std::process::ExitCode> {
         );
         println!(
             "bounds: emits {} and {} KiB per delivery, {} KiB per batch commit, {} events per chain, \
-             read-ahead {} MiB per plugin, timeout ceiling {} ms",
+             timeout ceiling {} ms",
             config.max_emits_per_delivery,
             config.max_emit_bytes_per_delivery / 1024,
             config.max_batch_commit_bytes / 1024,
             config.max_events_per_chain,
-            durable.max_pending_bytes / (1024 * 1024),
             config.max_limits.timeout.as_millis(),
         );
         println!(
