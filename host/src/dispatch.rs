@@ -205,6 +205,8 @@ pub struct Plugin {
     fuel_metered: bool,
     batch_export: Option<ComponentExportIndex>,
     idle: Mutex<Vec<Warm>>,
+    /// Its recycled instances, counted.
+    recycling: crate::deadline::Recycling,
     /// Deliveries waiting, and how many threads are taking them.
     queue: Mutex<Queue>,
     /// The most threads delivering to this plugin at once, and the most
@@ -288,6 +290,16 @@ struct Warm {
     handler: Handler,
     /// The export `handle-batch`, when the plugin has it.
     batch: Option<TypedFunc<(Vec<u8>,), ()>>,
+    /// What it has done, for the recycling rules.
+    life: crate::deadline::Life,
+}
+
+/// Why an attempt at instantiating failed.
+enum Instantiation {
+    /// The pooling allocator had no free slot.
+    PoolExhausted(wasmtime::Error),
+    /// The plugin failed, with the fuel it consumed.
+    Failed(Failure, u64),
 }
 
 /// What [`Plugin::new`] needs from the host.
@@ -310,6 +322,7 @@ pub(crate) struct PluginParts {
 impl Plugin {
     pub(crate) fn new(parts: PluginParts) -> Self {
         let metrics = DeliveryMetrics::new(&parts.identity);
+        let recycling = crate::deadline::Recycling::new(&parts.identity);
         Self {
             identity: parts.identity,
             manifest: parts.manifest,
@@ -323,6 +336,7 @@ impl Plugin {
             fuel_metered: parts.fuel_metered,
             batch_export: parts.batch_export,
             idle: Mutex::new(Vec::new()),
+            recycling,
             queue: Mutex::new(Queue::default()),
             concurrency: parts.concurrency,
             metrics,
@@ -362,11 +376,42 @@ impl Plugin {
             .len()
     }
 
+    /// How many of its instances were recycled: dropped after a number of
+    /// events or for their memory's high water (see
+    /// [`HostConfig::recycle_after_events`](crate::HostConfig::recycle_after_events)).
+    pub fn instances_recycled(&self) -> u64 {
+        self.recycling.count()
+    }
+
     /// Creates a store and instance under the plugin's limits. Instantiation
     /// runs guest code (start functions), so it gets the event's fuel and
     /// deadline too. A failure comes with the fuel it consumed; its store is
-    /// dropped.
+    /// dropped. When the pooling allocator has no free slot, it waits for
+    /// one: that is the host's capacity, not a failure of the plugin.
     fn instantiate(&self) -> Result<Warm, (Failure, u64)> {
+        let mut slot_wait = crate::deadline::SlotWait::new();
+        loop {
+            match self.instantiate_once() {
+                Err(Instantiation::PoolExhausted(err)) => {
+                    if !slot_wait.again() {
+                        let failure = Failure {
+                            kind: FailureKind::Timeout,
+                            message: format!(
+                                "instantiation failed: no slot of the pooling allocator became free in {} s: {err:#}",
+                                slot_wait.waited().as_secs()
+                            ),
+                        };
+                        return Err((failure, 0));
+                    }
+                }
+                Err(Instantiation::Failed(failure, fuel)) => return Err((failure, fuel)),
+                Ok(warm) => return Ok(warm),
+            }
+        }
+    }
+
+    /// One attempt at [`Plugin::instantiate`].
+    fn instantiate_once(&self) -> Result<Warm, Instantiation> {
         let state = PluginState::new(
             self.identity.clone(),
             self.bounds.clone(),
@@ -397,14 +442,19 @@ impl Plugin {
                     store,
                     handler,
                     batch,
+                    life: crate::deadline::Life::default(),
                 })
+            }
+            // The store, dropped on return, gives back the slots it took.
+            Err(err) if crate::deadline::pool_exhausted(&err) => {
+                Err(Instantiation::PoolExhausted(err))
             }
             Err(err) => {
                 let fuel = self.fuel_consumed(&store);
                 let (stderr, _) = store.data().output.finish_delivery();
                 let mut failure = classify(&err, &stderr);
                 failure.message = format!("instantiation failed: {}", failure.message);
-                Err((self.bounded(failure), fuel))
+                Err(Instantiation::Failed(self.bounded(failure), fuel))
             }
         }
     }
@@ -444,6 +494,8 @@ impl Plugin {
             self.manifest.limits.timeout,
             self.epoch_tick,
         ));
+        // Host calls that wait (wasi:io/poll) end at the same deadline.
+        store.data_mut().deadline.arm(self.manifest.limits.timeout);
         Ok(())
     }
 
@@ -744,7 +796,7 @@ impl Plugin {
             Err(_) => return single(chunk, reports),
         };
         let Some(func) = warm.batch else {
-            self.release(warm, true);
+            self.release(warm, true, 0);
             return single(chunk, reports);
         };
 
@@ -781,9 +833,10 @@ impl Plugin {
             || (Vec::new(), Instant::now(), false),
             |r| (r.finished, r.started, r.commit_full),
         );
+        let batch_events = finished.len() as u64;
         self.stats
             .batched_deliveries
-            .fetch_add(finished.len() as u64, Ordering::Relaxed);
+            .fetch_add(batch_events, Ordering::Relaxed);
 
         let chunk_start = reports.len();
         for (done, item) in finished.into_iter().zip(chunk.by_ref()) {
@@ -796,7 +849,7 @@ impl Plugin {
         match result {
             Ok(()) => {
                 self.clear_scope(&mut warm.store);
-                self.release(warm, true);
+                self.release(warm, true, batch_events);
                 let failed = reports.last().is_some_and(|(d, _)| !d.outcome.is_handled());
                 // Events the plugin returned without reporting go through
                 // `handle`, one by one, by the caller's next calls; unless
@@ -816,7 +869,7 @@ impl Plugin {
             Err(err) => {
                 let fuel = self.fuel_consumed(&warm.store);
                 let (effects, stderr) = self.clear_scope(&mut warm.store);
-                self.release(warm, false);
+                self.release(warm, false, batch_events);
                 let Some(item) = chunk.next() else {
                     // Every event was reported before the trap.
                     return;
@@ -916,13 +969,27 @@ impl Plugin {
     }
 
     /// Returns an instance to the pool when it may serve again, or counts
-    /// it as discarded after a trap.
-    fn release(&self, warm: Warm, keep: bool) {
+    /// it as discarded after a trap; `events` is how many events the call
+    /// that just ended delivered. An instance due for recycling is dropped,
+    /// and the next event gets a fresh one.
+    fn release(&self, mut warm: Warm, keep: bool, events: u64) {
         if !keep {
             self.stats
                 .instances_discarded
                 .fetch_add(1, Ordering::Relaxed);
         } else if self.mode == InstanceMode::Reuse {
+            let used = warm.store.data().limiter.used();
+            let limit = self.manifest.limits.memory_bytes;
+            let due = (events > 0)
+                .then(|| {
+                    warm.life
+                        .after_delivery(events, used, limit, &self.bounds.recycle)
+                })
+                .flatten();
+            if let Some(reason) = due {
+                self.recycling.record(&self.identity, reason, used);
+                return;
+            }
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
             // The instance goes back only after its output was flushed and
             // its scope cleared, so the next event starts clean.
@@ -1058,7 +1125,7 @@ impl Plugin {
             Err(err) => (Outcome::Failed(self.failure_of(&err, &stderr)), false),
         };
         let effects = self.keep_effects(&outcome, effects);
-        self.release(warm, keep_instance);
+        self.release(warm, keep_instance, 1);
         (outcome, fuel, effects)
     }
 }
@@ -1349,6 +1416,7 @@ fn batch_done(
     if let Some(budget) = fuel_budget {
         store.set_fuel(budget)?;
     }
+    store.data_mut().deadline.restart();
     store.as_context_mut().set_epoch_deadline(deadline);
     Ok((!stop,))
 }
@@ -1357,6 +1425,12 @@ fn batch_done(
 /// `stderr` is what the plugin wrote to stderr during the delivery: a Rust
 /// panic prints its message there before it aborts with `unreachable`.
 fn classify(err: &wasmtime::Error, stderr: &str) -> Failure {
+    if let Some(e) = err.downcast_ref::<crate::deadline::DeadlineExceeded>() {
+        return Failure {
+            kind: FailureKind::Timeout,
+            message: e.to_string(),
+        };
+    }
     if let Some(e) = err.downcast_ref::<crate::state::StateError>() {
         return Failure {
             kind: FailureKind::StateStore,
@@ -1425,6 +1499,8 @@ pub(crate) fn linker(
 ) -> Result<wasmtime::component::Linker<PluginState>, wasmtime::Error> {
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    // Host calls that wait end at the delivery's deadline.
+    crate::deadline::add_to_linker(&mut linker)?;
     crate::bindings::v0_2::Handler::add_to_linker::<PluginState, HasSelf<PluginState>>(
         &mut linker,
         |state| state,

@@ -129,6 +129,20 @@ pub struct HostConfig {
     /// [`max_plugins_per_tenant`](Self::max_plugins_per_tenant) (default
     /// none). Every key must be a valid tenant name.
     pub tenant_max_plugins: std::collections::BTreeMap<String, usize>,
+    /// After how many events a reused instance is recycled: dropped, and a
+    /// fresh one instantiated for the next event (default 100,000; 0
+    /// never). Applies to [`InstanceMode::Reuse`].
+    pub recycle_after_events: u64,
+    /// The high-water mark of a reused instance's linear memory, in percent
+    /// of its memory limit (default 75; 0 turns the rule off; above 100 acts
+    /// as 100, which memory never exceeds): an instance whose memory ends
+    /// [`recycle_high_water_deliveries`](Self::recycle_high_water_deliveries)
+    /// deliveries in a row above it is recycled, so that a plugin that leaks
+    /// memory slowly is not failed by its limit in the middle of an event.
+    pub recycle_memory_percent: u8,
+    /// How many deliveries in a row must end with an instance's memory above
+    /// the high-water mark for it to be recycled (default 3; 0 acts as 1).
+    pub recycle_high_water_deliveries: u32,
 }
 
 impl Default for HostConfig {
@@ -161,6 +175,9 @@ impl Default for HostConfig {
             max_manifest_bytes: 64 * 1024,
             max_plugins_per_tenant: 100,
             tenant_max_plugins: std::collections::BTreeMap::new(),
+            recycle_after_events: 100_000,
+            recycle_memory_percent: 75,
+            recycle_high_water_deliveries: 3,
         }
     }
 }
@@ -345,6 +362,11 @@ impl Host {
             state: Arc::new(crate::state::StateSlot::new(Arc::new(
                 crate::state::MemoryState::new(),
             ))),
+            recycle: crate::deadline::RecyclePolicy {
+                after_events: config.recycle_after_events,
+                memory_percent: config.recycle_memory_percent,
+                high_water_deliveries: config.recycle_high_water_deliveries,
+            },
             max_state_key_bytes: config.max_state_key_bytes,
             max_state_value_bytes: config.max_state_value_bytes,
             max_state_bytes_per_delivery: config.max_state_bytes_per_delivery,

@@ -49,6 +49,7 @@ pub mod batch;
 pub mod bindings;
 pub mod cache;
 pub mod config;
+pub mod deadline;
 pub mod dispatch;
 pub mod durable;
 pub mod engine;

@@ -32,6 +32,8 @@ const STDERR_TAIL: usize = 2048;
 #[derive(Debug, Clone)]
 pub(crate) struct Bounds {
     pub state: Arc<StateSlot>,
+    /// When long-lived instances are recycled.
+    pub recycle: crate::deadline::RecyclePolicy,
     pub max_state_key_bytes: usize,
     pub max_state_value_bytes: usize,
     pub max_state_bytes_per_delivery: usize,
@@ -90,6 +92,13 @@ pub(crate) struct MemoryLimitExceeded {
 pub(crate) struct Limiter {
     limit: u64,
     used: u64,
+}
+
+impl Limiter {
+    /// The bytes of linear memory the instance holds, all memories together.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
@@ -164,6 +173,8 @@ pub(crate) struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub limiter: Limiter,
+    /// When the delivery under way must end, for host calls that wait.
+    pub deadline: crate::deadline::Deadline,
     pub identity: Arc<Identity>,
     pub bounds: Arc<Bounds>,
     pub stats: Arc<Stats>,
@@ -209,6 +220,7 @@ impl PluginState {
                 limit: memory_limit,
                 used: 0,
             },
+            deadline: crate::deadline::Deadline::default(),
             identity,
             bounds,
             stats,
