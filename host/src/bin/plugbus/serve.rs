@@ -438,6 +438,9 @@ pub fn host_config(settings: &Config, mode: Mode) -> plugbus::HostConfig {
     config.max_error_bytes = size(b.max_error_bytes);
     config.max_log_bytes = size(b.max_log_bytes);
     config.max_log_lines_per_delivery = size(b.max_log_lines_per_delivery);
+    config.recycle_after_events = settings.instances.recycle_after_events;
+    config.recycle_memory_percent = u8::try_from(settings.instances.recycle_memory_percent)
+        .unwrap_or(u8::MAX);
     config.max_plugins_per_tenant = size(settings.quotas.max_plugins);
     config.tenant_max_plugins = settings
         .tenants
