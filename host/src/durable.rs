@@ -20,10 +20,23 @@
 //! - A plugin without a cursor starts at the end of the log: it sees the
 //!   events published after it was loaded; with `start = "earliest"` in its
 //!   manifest, at the beginning.
+//! - A chain of events holds its budget through the log: a delivery may
+//!   cause at most the event's `chainbudget` (the host's
+//!   `max_events_per_chain` for an event published from outside), shared
+//!   equally among the tenant's plugins that subscribe to its type.
+//! - A consumer holds at most [`MAX_PENDING`] events and
+//!   [`DurableConfig::max_pending_bytes`] bytes read ahead of its cursor,
+//!   and reads at most [`DurableConfig::max_read_bytes`] at once.
+//! - Every task of the bus (each consumer, retention, the reload watcher)
+//!   is supervised: one that stops for any reason but shutdown or its
+//!   plugin's unloading is logged, counted
+//!   (`plugbus_consumer_restarts_total{tenant,plugin}`,
+//!   `plugbus_task_restarts_total{task}`) and restarted after
+//!   [`restart_backoff`]; a restarted consumer resumes at its cursor.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -33,10 +46,39 @@ use crate::dispatch::Item;
 use crate::event::Event;
 use crate::host::Host;
 use crate::log::{
-    Appended, Attempt, Commit, DeadLetter, EventLog, LogError, QuarantineChange, Retention, Seq,
-    StoredEvent, now_ms,
+    Appended, Attempt, Commit, DeadLetter, DeadLetterDepths, EventLog, LogError, LogHealth,
+    QuarantineChange, ReadLimit, Retention, Seq, StoredEvent, now_ms,
 };
 use crate::{Delivery, EventError, Outcome};
+
+/// The longest wait the bus computes a deadline for, about 30 years: a
+/// longer quarantine or backoff (up to `Duration::MAX`) ends at this
+/// horizon instead of overflowing.
+pub const MAX_WAIT: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
+/// `wait` after `now`, saturating: waits past [`MAX_WAIT`] end at it.
+fn deadline(now: tokio::time::Instant, wait: Duration) -> tokio::time::Instant {
+    now.checked_add(wait.min(MAX_WAIT))
+        .or_else(|| now.checked_add(Duration::from_secs(24 * 60 * 60)))
+        .unwrap_or(now)
+}
+
+/// The wait before a supervised task that stopped unexpectedly is
+/// restarted, for its `restarts`-th restart in a row (0 for the first):
+/// 100 ms, doubling each time, at most 30 s. A task that ran for a minute
+/// before it stopped starts the count again.
+pub fn restart_backoff(restarts: u32) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(2u32.saturating_pow(restarts))
+        .min(Duration::from_secs(30))
+}
+
+/// A delivery's share of its event's chain budget: `budget` split among
+/// the `subscribers` plugins the event reaches (at least one), so that
+/// many subscribers cannot multiply a chain.
+pub fn budget_share(budget: usize, subscribers: usize) -> usize {
+    budget / subscribers.max(1)
+}
 
 /// How failed deliveries are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,9 +88,11 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// The wait before the first retry (default 100 ms); each retry waits
     /// twice as long as the one before, up to `max_backoff`, and a random
-    /// half of each wait is jitter.
+    /// half of each wait is jitter. Any value is safe (waits saturate at
+    /// [`MAX_WAIT`]); sensible ones are 1 ms to a minute.
     pub base_backoff: Duration,
-    /// The longest wait between two attempts (default 30 s).
+    /// The longest wait between two attempts (default 30 s). Any value is
+    /// safe (saturating at [`MAX_WAIT`]); sensible ones are up to a day.
     pub max_backoff: Duration,
 }
 
@@ -84,17 +128,32 @@ pub struct DurableConfig {
     pub retry: RetryPolicy,
     /// The most events a consumer reads (and delivers) at once (default 128).
     pub read_batch: usize,
+    /// The most bytes of events (their stored CloudEvents JSON) one
+    /// consumer holds read ahead of its cursor: events waiting behind a
+    /// failing event of their key, and those about to be delivered
+    /// (default 64 MiB per plugin). At the bound the consumer stops
+    /// reading until some are finished; with nothing held it still reads
+    /// one event, however large, so an event above the bound is delivered.
+    /// Alongside it, at most [`MAX_PENDING`] events are held.
+    pub max_pending_bytes: u64,
+    /// The most bytes of events one read of the log returns (default
+    /// 8 MiB), events the plugin does not subscribe to included: the
+    /// memory a consumer needs for one read, whatever the events' size.
+    pub max_read_bytes: u64,
     /// After this many failed deliveries in a row a plugin is quarantined:
     /// paused instead of burning fuel on every event (default 20; 0 never).
     pub quarantine_after: u32,
     /// How long a quarantine lasts unless a new version of the plugin is
     /// loaded or [`DurableBus::resume`] ends it first (default 5 minutes).
-    /// Its events wait in the log meanwhile; none is dropped.
+    /// Its events wait in the log meanwhile; none is dropped. Any value is
+    /// safe: one past [`MAX_WAIT`] (about 30 years) lasts that long, in
+    /// effect until resumed or replaced.
     pub quarantine_for: Duration,
     /// How long the log keeps events (default: 7 days, no size bound); an
     /// event a loaded plugin has not finished with is always kept.
     pub retention: Retention,
-    /// How often retention runs (default every minute).
+    /// How often retention runs (default every minute); held between
+    /// 1 s and 1 day.
     pub retention_interval: Duration,
 }
 
@@ -105,6 +164,8 @@ impl Default for DurableConfig {
         Self {
             retry: RetryPolicy::default(),
             read_batch: 128,
+            max_pending_bytes: 64 * 1024 * 1024,
+            max_read_bytes: 8 * 1024 * 1024,
             quarantine_after: 20,
             quarantine_for: Duration::from_secs(5 * 60),
             retention: Retention {
@@ -133,14 +194,18 @@ pub enum DurablePublishError {
 }
 
 /// Applies the retention policy every `retention_interval`, keeping every
-/// event a loaded plugin has not finished with.
-async fn retain(inner: Arc<Inner>) {
+/// event a loaded plugin has not finished with. Ends (`Ok`) at once when
+/// there is no retention policy; otherwise runs until aborted.
+async fn retain(inner: Arc<Inner>) -> Result<(), String> {
     let retention = inner.config.retention;
     if retention == Retention::default() {
-        return;
+        return Ok(());
     }
-    let mut ticks =
-        tokio::time::interval(inner.config.retention_interval.max(Duration::from_secs(1)));
+    let period = inner
+        .config
+        .retention_interval
+        .clamp(Duration::from_secs(1), Duration::from_secs(24 * 60 * 60));
+    let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
@@ -166,11 +231,192 @@ async fn retain(inner: Arc<Inner>) {
     }
 }
 
+/// Starts a consumer for every plugin the host loads, and when the host's
+/// reload events were missed, for every plugin it has. `events` is the
+/// first run's receiver, subscribed before the first consumers started; a
+/// restarted watcher subscribes again and looks at every plugin, since
+/// loads may have happened while it was down. Ends (`Ok`) when the host
+/// stops sending reload events.
+async fn watch_reloads(
+    inner: Arc<Inner>,
+    events: Option<broadcast::Receiver<crate::ReloadEvent>>,
+) -> Result<(), String> {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut events = match events {
+        Some(events) => events,
+        None => {
+            let events = inner.host.reload_events();
+            for plugin in inner.host.plugins() {
+                inner.ensure_consumer(&plugin.tenant, &plugin.name, None);
+            }
+            events
+        }
+    };
+    loop {
+        match events.recv().await {
+            Ok(crate::ReloadEvent::Loaded { tenant, plugin, .. }) => {
+                inner.ensure_consumer(&tenant, &plugin, None);
+            }
+            Ok(_) => {}
+            // Missed events: look at what is loaded now.
+            Err(RecvError::Lagged(_)) => {
+                for plugin in inner.host.plugins() {
+                    inner.ensure_consumer(&plugin.tenant, &plugin.name, None);
+                }
+            }
+            Err(RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+/// A task of the bus that is restarted when it stops unexpectedly.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Task {
+    /// The consumer of a plugin.
+    Consumer {
+        /// The plugin's tenant.
+        tenant: String,
+        /// The plugin.
+        plugin: String,
+    },
+    /// Retention, which deletes old events now and then.
+    Retention,
+    /// The watcher that starts a consumer for every plugin loaded.
+    Reloads,
+}
+
+impl Task {
+    /// The task's name in logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Consumer { .. } => "consumer",
+            Self::Retention => "retention",
+            Self::Reloads => "reloads",
+        }
+    }
+}
+
+/// Aborts its task when dropped: a supervisor that is aborted takes the
+/// task it runs along.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a task that ended by a panic or a cancellation said.
+fn join_failure(error: tokio::task::JoinError) -> String {
+    if error.is_panic() {
+        let payload = error.into_panic();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "without a message".to_owned());
+        format!("panicked: {message}")
+    } else {
+        "was cancelled".to_owned()
+    }
+}
+
+/// Runs the task `start` makes (given the number of runs before), and
+/// while the bus is not stopping, makes and runs it again after
+/// [`restart_backoff`] whenever it fails or panics. A task that ends with
+/// `Ok` is finished (the bus stops, its plugin was unloaded, its source
+/// closed) and is not restarted.
+async fn supervise<F, Fut>(inner: Arc<Inner>, task: Task, mut start: F)
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let mut stop = inner.stop.subscribe();
+    let mut runs = 0u32;
+    let mut in_a_row = 0u32;
+    loop {
+        let started = std::time::Instant::now();
+        let mut running = AbortOnDrop(tokio::spawn(start(runs)));
+        runs = runs.saturating_add(1);
+        let reason = match (&mut running.0).await {
+            Ok(Ok(())) => return,
+            Ok(Err(reason)) => reason,
+            Err(e) => join_failure(e),
+        };
+        if *stop.borrow() {
+            return;
+        }
+        if started.elapsed() >= Duration::from_secs(60) {
+            in_a_row = 0;
+        }
+        let wait = restart_backoff(in_a_row);
+        in_a_row = in_a_row.saturating_add(1);
+        inner.restarted(&task, &reason, wait);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// A plugin's backlog, as its consumer keeps it: reading it costs no query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    /// The plugin's tenant.
+    pub tenant: String,
+    /// The plugin.
+    pub plugin: String,
+    /// Events of the tenant after the plugin's cursor: those read and not
+    /// yet finished, and those not yet read. Exact once the consumer has
+    /// caught up with the log; while it is behind (or paused, quarantined),
+    /// the unread events are counted as this bus appends them, so events
+    /// another process appended show once read.
+    pub lag: u64,
+    /// Events held read ahead of the cursor (see [`MAX_PENDING`]).
+    pub pending_events: u64,
+    /// Their bytes (see [`DurableConfig::max_pending_bytes`]).
+    pub pending_bytes: u64,
+}
+
+/// A consumer's gauges, kept as it works.
+#[derive(Debug, Default)]
+struct Gauges {
+    /// Events read past the cursor (finished or not).
+    behind: AtomicU64,
+    /// Events appended and not read yet: counted up by appends, down by
+    /// reads, and set to 0 when a read finds nothing more.
+    unread: AtomicU64,
+    pending_events: AtomicU64,
+    pending_bytes: AtomicU64,
+}
+
+impl Gauges {
+    /// Counts `n` events read.
+    fn read(&self, n: u64) {
+        let _ = self
+            .unread
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+
+    /// Publishes the line's numbers.
+    fn show(&self, line: &Line) {
+        self.behind
+            .store(line.read_seqs.len() as u64, Ordering::Relaxed);
+        self.pending_events
+            .store(line.pending.len() as u64, Ordering::Relaxed);
+        self.pending_bytes
+            .store(line.pending_bytes, Ordering::Relaxed);
+    }
+}
+
 /// A host whose events go through the durable log.
 pub struct DurableBus {
     inner: Arc<Inner>,
+    /// Starts a consumer for every plugin loaded later (supervised).
     reloads: tokio::task::JoinHandle<()>,
-    /// Runs retention now and then.
+    /// Runs retention now and then (supervised).
     retention: tokio::task::JoinHandle<()>,
 }
 
@@ -180,8 +426,12 @@ struct Inner {
     config: DurableConfig,
     /// Woken when events of the tenant are appended.
     tenants: Mutex<HashMap<String, Arc<Notify>>>,
-    /// The running consumers, by (tenant, plugin).
+    /// The running consumers' supervisors, by (tenant, plugin).
     consumers: Mutex<HashMap<PluginKey, tokio::task::JoinHandle<()>>>,
+    /// The running consumers' gauges, by tenant, then plugin.
+    gauges: Mutex<HashMap<String, HashMap<String, Arc<Gauges>>>>,
+    /// How often each task was restarted.
+    restarts: Mutex<BTreeMap<Task, u64>>,
     stop: watch::Sender<bool>,
     /// Every delivery the consumers make, for whoever listens.
     deliveries: broadcast::Sender<Delivery>,
@@ -224,48 +474,28 @@ impl DurableBus {
             config,
             tenants: Mutex::new(HashMap::new()),
             consumers: Mutex::new(HashMap::new()),
+            gauges: Mutex::new(HashMap::new()),
+            restarts: Mutex::new(BTreeMap::new()),
             stop: watch::Sender::new(false),
             deliveries: broadcast::Sender::new(4096),
             quarantined: Mutex::new(HashMap::new()),
         });
         let observer = inner.deliveries.subscribe();
-        let mut reload_events = inner.host.reload_events();
+        let reload_events = inner.host.reload_events();
         for plugin in inner.host.plugins() {
-            let consumer = Consumer {
-                inner: inner.clone(),
-                tenant: plugin.tenant.clone(),
-                plugin: plugin.name.clone(),
-            };
+            let consumer = Consumer::new(&inner, &plugin.tenant, &plugin.name, Arc::default());
             let position = consumer.start_position().await?;
-            inner
-                .consumers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(
-                    (plugin.tenant, plugin.name),
-                    tokio::spawn(consumer.run(Some(position))),
-                );
+            inner.ensure_consumer(&plugin.tenant, &plugin.name, Some(position));
         }
         let watcher = inner.clone();
-        let reloads = tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                match reload_events.recv().await {
-                    Ok(crate::ReloadEvent::Loaded { tenant, plugin, .. }) => {
-                        watcher.ensure_consumer(&tenant, &plugin);
-                    }
-                    Ok(_) => {}
-                    // Missed events: look at what is loaded now.
-                    Err(RecvError::Lagged(_)) => {
-                        for plugin in watcher.host.plugins() {
-                            watcher.ensure_consumer(&plugin.tenant, &plugin.name);
-                        }
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
-        let retention = tokio::spawn(retain(inner.clone()));
+        let mut first = Some(reload_events);
+        let reloads = tokio::spawn(supervise(inner.clone(), Task::Reloads, move |_| {
+            watch_reloads(watcher.clone(), first.take())
+        }));
+        let retainer = inner.clone();
+        let retention = tokio::spawn(supervise(inner.clone(), Task::Retention, move |_| {
+            retain(retainer.clone())
+        }));
         Ok((
             Self {
                 inner,
@@ -286,9 +516,29 @@ impl DurableBus {
                 .map_err(|error| DurablePublishError::InvalidEvent { index, error })?;
         }
         let tenants: Vec<String> = events.iter().map(|e| e.tenant.clone()).collect();
-        let appended = self.inner.log.append(events).await?;
-        for tenant in tenants {
-            self.inner.notify(&tenant).notify_waiters();
+        // Counted before they can be read, so that no consumer reads one
+        // before it is counted (and counts it twice).
+        let mut count: HashMap<&str, u64> = HashMap::new();
+        for tenant in &tenants {
+            *count.entry(tenant).or_default() += 1;
+        }
+        self.inner.appending(&count, true);
+        let appended = match self.inner.log.append(events).await {
+            Ok(appended) => appended,
+            Err(e) => {
+                self.inner.appending(&count, false);
+                return Err(e.into());
+            }
+        };
+        let mut duplicates: HashMap<&str, u64> = HashMap::new();
+        for (tenant, answer) in tenants.iter().zip(&appended) {
+            if answer.duplicate {
+                *duplicates.entry(tenant).or_default() += 1;
+            }
+        }
+        self.inner.appending(&duplicates, false);
+        for tenant in count.keys() {
+            self.inner.notify(tenant).notify_waiters();
         }
         Ok(appended)
     }
@@ -326,7 +576,7 @@ impl DurableBus {
                 for (tenant, plugin) in running {
                     let cursor = log.cursor(&tenant, &plugin)?.unwrap_or(0);
                     if !log.read(&tenant, cursor, 1)?.is_empty()
-                        || !log.redrives(&tenant, &plugin)?.is_empty()
+                        || !log.redrives(&tenant, &plugin, 1)?.is_empty()
                     {
                         return Ok(false);
                     }
@@ -342,6 +592,61 @@ impl DurableBus {
         }
     }
 
+    /// Each running consumer's backlog (its lag and what it holds), kept
+    /// as it works: cheap enough for every metrics scrape.
+    pub fn backlogs(&self) -> Vec<Backlog> {
+        let gauges = self
+            .inner
+            .gauges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<Backlog> = gauges
+            .iter()
+            .flat_map(|(tenant, plugins)| {
+                plugins.iter().map(move |(plugin, g)| {
+                    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                    Backlog {
+                        tenant: tenant.clone(),
+                        plugin: plugin.clone(),
+                        lag: get(&g.behind).saturating_add(get(&g.unread)),
+                        pending_events: get(&g.pending_events),
+                        pending_bytes: get(&g.pending_bytes),
+                    }
+                })
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.tenant, &a.plugin).cmp(&(&b.tenant, &b.plugin)));
+        all
+    }
+
+    /// How many dead letters each plugin has, by (tenant, plugin), without
+    /// reading them: the log counts them once when it opens and keeps the
+    /// counts as dead letters are stored, discarded and redriven.
+    pub fn dead_letter_depths(&self) -> DeadLetterDepths {
+        self.inner.log.dead_letter_depths()
+    }
+
+    /// Whether the log can be written now: false from the first failed
+    /// append or commit (disk full, data directory gone, file system
+    /// read-only) until a write or the log's probe succeeds again.
+    pub fn writable(&self) -> bool {
+        self.inner.log.health().writable
+    }
+
+    /// The log's health, with the last write error while not writable.
+    pub fn log_health(&self) -> LogHealth {
+        self.inner.log.health()
+    }
+
+    /// How often each supervised task was restarted after it stopped
+    /// unexpectedly (tasks never restarted are not listed).
+    pub fn restarts(&self) -> BTreeMap<Task, u64> {
+        self.inner
+            .restarts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
     /// The plugins in quarantine now.
     pub fn quarantined(&self) -> Vec<Quarantine> {
         let mut all: Vec<_> = self
@@ -428,8 +733,25 @@ impl Inner {
             .clone()
     }
 
-    /// Starts the consumer of (tenant, plugin) unless it runs already.
-    fn ensure_consumer(self: &Arc<Self>, tenant: &str, plugin: &str) {
+    /// Counts events of each tenant about to be appended (`more`) in its
+    /// consumers' unread events, or takes back those that were not
+    /// (refused, or duplicates).
+    fn appending(&self, events: &HashMap<&str, u64>, more: bool) {
+        let gauges = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
+        for (tenant, n) in events {
+            for plugin in gauges.get(*tenant).into_iter().flat_map(HashMap::values) {
+                if more {
+                    plugin.unread.fetch_add(*n, Ordering::Relaxed);
+                } else {
+                    plugin.read(*n);
+                }
+            }
+        }
+    }
+
+    /// Starts the consumer of (tenant, plugin), supervised, from
+    /// `position` (else from its stored cursor), unless it runs already.
+    fn ensure_consumer(self: &Arc<Self>, tenant: &str, plugin: &str, position: Option<Seq>) {
         let mut consumers = self
             .consumers
             .lock()
@@ -438,20 +760,91 @@ impl Inner {
         if consumers.get(&key).is_some_and(|task| !task.is_finished()) {
             return;
         }
-        let consumer = Consumer {
-            inner: self.clone(),
+        let gauges = Arc::new(Gauges::default());
+        self.gauges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.0.clone())
+            .or_default()
+            .insert(key.1.clone(), gauges.clone());
+        let inner = self.clone();
+        let task = Task::Consumer {
             tenant: key.0.clone(),
             plugin: key.1.clone(),
         };
-        consumers.insert(key, tokio::spawn(consumer.run(None)));
+        let supervisor = supervise(self.clone(), task, move |runs| {
+            let consumer = Consumer::new(&inner, &key.0, &key.1, gauges.clone());
+            let from = if runs == 0 { position } else { None };
+            consumer.run(from)
+        });
+        consumers.insert(
+            (tenant.to_owned(), plugin.to_owned()),
+            tokio::spawn(supervisor),
+        );
+    }
+
+    /// Forgets the gauges of a consumer that ended for good.
+    fn drop_gauges(&self, tenant: &str, plugin: &str, gauges: &Arc<Gauges>) {
+        let mut all = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(plugins) = all.get_mut(tenant) {
+            if plugins.get(plugin).is_some_and(|g| Arc::ptr_eq(g, gauges)) {
+                plugins.remove(plugin);
+            }
+            if plugins.is_empty() {
+                all.remove(tenant);
+            }
+        }
+    }
+
+    /// Logs and counts a restart of `task`.
+    fn restarted(&self, task: &Task, reason: &str, wait: Duration) {
+        *self
+            .restarts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(task.clone())
+            .or_insert(0) += 1;
+        // The reason may quote a log error or a panic: one line, bounded.
+        let mut reason: String = reason.escape_debug().collect();
+        if reason.len() > 1024 {
+            let mut end = 1024;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            reason.push('…');
+        }
+        match task {
+            Task::Consumer { tenant, plugin } => {
+                tracing::error!(
+                    tenant = %tenant,
+                    plugin = %plugin,
+                    "the plugin's consumer stopped unexpectedly ({reason}); restarting it from its cursor in {wait:?}"
+                );
+                metrics::counter!(
+                    "plugbus_consumer_restarts_total",
+                    "tenant" => tenant.clone(),
+                    "plugin" => plugin.clone()
+                )
+                .increment(1);
+            }
+            other => {
+                tracing::error!(
+                    task = other.name(),
+                    "a task of the durable bus stopped unexpectedly ({reason}); restarting it in {wait:?}"
+                );
+                metrics::counter!("plugbus_task_restarts_total", "task" => other.name())
+                    .increment(1);
+            }
+        }
     }
 }
 
-/// One plugin's consumer.
-/// The most events a consumer keeps waiting behind failing keys before it
-/// stops reading new ones, until the failing events are handled or
-/// dead-lettered.
-const MAX_PENDING: usize = 10_000;
+/// The most events a consumer holds read ahead of its cursor (waiting
+/// behind failing events of their keys, or about to be delivered) before
+/// it stops reading new ones, until some are handled or dead-lettered.
+/// [`DurableConfig::max_pending_bytes`] bounds their bytes.
+pub const MAX_PENDING: usize = 10_000;
 
 /// What an event keeps its order with, for one plugin: the events of the
 /// same partition key (the CloudEvents `partitionkey` extension, else the
@@ -495,7 +888,12 @@ struct Line {
     /// The last event read.
     read_after: Seq,
     /// The events read and not finished, by position.
-    pending: std::collections::BTreeMap<Seq, Arc<StoredEvent>>,
+    pending: BTreeMap<Seq, Arc<StoredEvent>>,
+    /// Their stored bytes together.
+    pending_bytes: u64,
+    /// Every event read past the cursor, in order, finished or not: how
+    /// far the consumer has read ahead of it.
+    read_seqs: std::collections::VecDeque<Seq>,
     /// By key, the failed event waiting for its retry.
     waiting: HashMap<OrderKey, Waiting>,
     /// Events finished since the last commit.
@@ -512,7 +910,9 @@ impl Line {
         Self {
             position,
             read_after: position,
-            pending: std::collections::BTreeMap::new(),
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            read_seqs: std::collections::VecDeque::new(),
             waiting: HashMap::new(),
             unsaved: Vec::new(),
             skip: std::collections::BTreeSet::new(),
@@ -526,11 +926,17 @@ impl Line {
         for stored in events {
             let seq = stored.seq;
             self.read_after = self.read_after.max(seq);
+            if seq > self.position {
+                self.read_seqs.push_back(seq);
+            }
             if self.skip.remove(&seq) {
                 continue;
             }
             if manifest.subscribes_to(&stored.event.ty) {
-                self.pending.insert(seq, Arc::new(stored));
+                self.pending_bytes = self.pending_bytes.saturating_add(stored.bytes);
+                if let Some(replaced) = self.pending.insert(seq, Arc::new(stored)) {
+                    self.pending_bytes = self.pending_bytes.saturating_sub(replaced.bytes);
+                }
             } else {
                 self.unsaved.push(seq);
             }
@@ -600,6 +1006,7 @@ impl Line {
     /// Marks the pending event at `seq` finished: handled or dead-lettered.
     fn finish(&mut self, seq: Seq) {
         if let Some(stored) = self.pending.remove(&seq) {
+            self.pending_bytes = self.pending_bytes.saturating_sub(stored.bytes);
             let key = OrderKey::of(&stored);
             if self.waiting.get(&key).is_some_and(|w| w.seq == seq) {
                 self.waiting.remove(&key);
@@ -635,6 +1042,26 @@ impl Line {
     fn committed(&mut self, cursor: Seq) {
         self.position = cursor;
         self.unsaved.clear();
+        while self.read_seqs.front().is_some_and(|seq| *seq <= cursor) {
+            self.read_seqs.pop_front();
+        }
+    }
+
+    /// How much the next read may bring: nothing when the line holds
+    /// [`MAX_PENDING`] events or `max_pending_bytes`; else up to
+    /// `read_batch` events (no more than fit under [`MAX_PENDING`]) and
+    /// the bytes left under either bound, strictly while the line holds
+    /// events, and at least one event when it holds none.
+    fn read_limit(&self, config: &DurableConfig) -> Option<ReadLimit> {
+        let held = self.pending.len();
+        if held >= MAX_PENDING || self.pending_bytes >= config.max_pending_bytes {
+            return None;
+        }
+        Some(ReadLimit {
+            events: config.read_batch.clamp(1, MAX_PENDING - held),
+            bytes: (config.max_pending_bytes - self.pending_bytes).min(config.max_read_bytes),
+            first_always: held == 0,
+        })
     }
 }
 
@@ -642,11 +1069,58 @@ struct Consumer {
     inner: Arc<Inner>,
     tenant: String,
     plugin: String,
+    gauges: Arc<Gauges>,
 }
 
 impl Consumer {
-    /// Delivers from `position`, or from the plugin's start position.
-    async fn run(self, position: Option<Seq>) {
+    fn new(inner: &Arc<Inner>, tenant: &str, plugin: &str, gauges: Arc<Gauges>) -> Self {
+        Self {
+            inner: inner.clone(),
+            tenant: tenant.to_owned(),
+            plugin: plugin.to_owned(),
+            gauges,
+        }
+    }
+
+    /// Delivers from `position`, or from the plugin's start position, until
+    /// the bus stops or the plugin is unloaded (`Ok`); an `Err` says why it
+    /// could not go on, and its supervisor restarts it from its cursor.
+    async fn run(self, position: Option<Seq>) -> Result<(), String> {
+        let result = self.deliver_from(position).await;
+        if matches!(result, Ok(())) && self.inner.host.plugin(&self.tenant, &self.plugin).is_none()
+        {
+            // Unloaded: its cursor stays for when it comes back.
+            self.inner
+                .drop_gauges(&self.tenant, &self.plugin, &self.gauges);
+        }
+        result
+    }
+
+    /// A fresh line at `position`, with what was finished ahead of it, and
+    /// the count of events after it (at most 1,000,000 counted, once).
+    async fn line_at(&self, position: Seq) -> Result<Line, String> {
+        let mut line = Line::new(position);
+        if let Err(e) = self.load_ahead(&mut line).await {
+            tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the events handled ahead of the cursor: {e}");
+        }
+        let log = self.inner.log.clone();
+        let tenant = self.tenant.clone();
+        match tokio::task::spawn_blocking(move || log.count_after(&tenant, position, 1_000_000))
+            .await
+        {
+            Ok(Ok(unread)) => self.gauges.unread.store(unread, Ordering::Relaxed),
+            Ok(Err(e)) => {
+                tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot count the plugin's lag: {e}");
+            }
+            Err(e) => return Err(format!("counting its lag {}", join_failure(e))),
+        }
+        self.gauges.show(&line);
+        Ok(line)
+    }
+
+    /// The consumer's loop: `Ok` when the bus stops or the plugin is
+    /// unloaded.
+    async fn deliver_from(&self, position: Option<Seq>) -> Result<(), String> {
         let mut stop = self.inner.stop.subscribe();
         let notify = self.inner.notify(&self.tenant);
         let position = loop {
@@ -658,15 +1132,12 @@ impl Consumer {
                 Err(e) => {
                     tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the plugin's cursor: {e}");
                     if self.pause(Duration::from_secs(1), &mut stop).await {
-                        return;
+                        return Ok(());
                     }
                 }
             }
         };
-        let mut line = Line::new(position);
-        if let Err(e) = self.load_ahead(&mut line).await {
-            tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the events handled ahead of the cursor: {e}");
-        }
+        let mut line = self.line_at(position).await?;
         // Failed deliveries in a row, of any events.
         let mut failures_in_a_row = 0u32;
         // When the log was last asked for redrive requests, and for a
@@ -674,8 +1145,9 @@ impl Consumer {
         let mut redrives_checked: Option<std::time::Instant> = None;
         let mut cursor_checked = std::time::Instant::now();
         loop {
+            self.gauges.show(&line);
             if *stop.borrow() {
-                return;
+                return Ok(());
             }
             // Registered before reading, so an append between the read and
             // the wait is not missed.
@@ -683,8 +1155,7 @@ impl Consumer {
             tokio::pin!(appended);
             appended.as_mut().enable();
             let Some(plugin) = self.inner.host.plugin(&self.tenant, &self.plugin) else {
-                // Unloaded: its cursor stays for when it comes back.
-                return;
+                return Ok(());
             };
             // An operator may have moved the cursor (`plugbus replay`):
             // looked at each second, and after a commit found it moved.
@@ -706,97 +1177,118 @@ impl Consumer {
                         to = stored,
                         "the plugin's cursor was moved; delivering from there"
                     );
-                    line = Line::new(stored);
-                    if let Err(e) = self.load_ahead(&mut line).await {
-                        tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the events handled ahead of the cursor: {e}");
-                    }
+                    line = self.line_at(stored).await?;
                 }
                 _ => {}
             }
             // Dead letters an operator asked to redrive go first, looked
-            // for at most twice a second.
+            // for at most twice a second, a few at a time.
             if redrives_checked.is_none_or(|at| at.elapsed() >= Duration::from_millis(500)) {
                 redrives_checked = Some(std::time::Instant::now());
                 let log = self.inner.log.clone();
                 let (tenant, name) = (self.tenant.clone(), self.plugin.clone());
-                match tokio::task::spawn_blocking(move || log.redrives(&tenant, &name)).await {
+                match tokio::task::spawn_blocking(move || log.redrives(&tenant, &name, 16)).await {
                     Ok(Ok(redrives)) if !redrives.is_empty() => {
                         for dead in redrives {
-                            if self.redrive(&plugin, dead, line.position, &mut stop).await {
-                                return;
+                            if self
+                                .redrive(&plugin, dead, line.position, &mut stop)
+                                .await?
+                            {
+                                return Ok(());
                             }
                         }
+                        // More may wait: looked for again at once.
+                        redrives_checked = None;
                         continue;
                     }
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the redrive requests: {e}");
                     }
-                    Err(_) => return,
+                    Err(e) => return Err(format!("reading redrive requests {}", join_failure(e))),
                 }
             }
-            // New events, unless too many wait behind failing keys.
-            if line.pending.len() < MAX_PENDING {
-                let (tenant, batch) = (self.tenant.clone(), self.inner.config.read_batch);
+            // New events, unless the line holds as many as it may.
+            if let Some(limit) = line.read_limit(&self.inner.config) {
+                let tenant = self.tenant.clone();
                 let (log, after) = (self.inner.log.clone(), line.read_after);
-                let read =
-                    tokio::task::spawn_blocking(move || log.read(&tenant, after, batch)).await;
+                let read = tokio::task::spawn_blocking(move || {
+                    let events = log.read_bounded(&tenant, after, limit)?;
+                    // Fewer than asked for: has it reached the end of the
+                    // log? (One index lookup.)
+                    let more = match events.last() {
+                        Some(last) if events.len() < limit.events => {
+                            log.count_after(&tenant, last.seq, 1)?
+                        }
+                        Some(_) => 1,
+                        None if limit.first_always => 0,
+                        None => log.count_after(&tenant, after, 1)?,
+                    };
+                    Ok::<_, LogError>((events, more == 0))
+                })
+                .await;
                 match read {
-                    Ok(Ok(events)) => line.take(events, plugin.manifest()),
+                    Ok(Ok((events, at_the_end))) => {
+                        self.gauges.read(events.len() as u64);
+                        if at_the_end {
+                            self.gauges.unread.store(0, Ordering::Relaxed);
+                        }
+                        line.take(events, plugin.manifest());
+                    }
                     Ok(Err(e)) => {
                         tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the log: {e}");
                         if self.pause(Duration::from_secs(1), &mut stop).await {
-                            return;
+                            return Ok(());
                         }
                         continue;
                     }
-                    Err(_) => return,
+                    Err(e) => return Err(format!("reading the log {}", join_failure(e))),
                 }
             }
+            self.gauges.show(&line);
             let now = tokio::time::Instant::now();
             let due = line.due(now, self.inner.config.read_batch);
             if due.is_empty() {
                 let mut commit = self.commit_from(line.position);
                 if line.advance(&mut commit) {
                     // Events skipped as not subscribed moved the cursor.
-                    if self.commit(commit, &mut line).await
+                    if self.commit(commit, &mut line).await?
                         && self.pause(Duration::from_secs(1), &mut stop).await
                     {
-                        return;
+                        return Ok(());
                     }
                     continue;
                 }
                 // Woken by an append, by the next retry, or after a while
                 // to look for a cursor moved by another process.
-                let wake = line
-                    .next_retry()
-                    .unwrap_or(now + Duration::from_secs(1))
-                    .min(now + Duration::from_secs(1));
+                let second = deadline(now, Duration::from_secs(1));
+                let wake = line.next_retry().unwrap_or(second).min(second);
                 tokio::select! {
                     () = &mut appended => {}
                     () = tokio::time::sleep_until(wake) => {}
-                    _ = stop.changed() => return,
+                    _ = stop.changed() => return Ok(()),
                 }
                 continue;
             }
 
-            let max_events = self.inner.host.config().max_events_per_chain;
             let delivering = plugin.clone();
             let batch: Vec<(Arc<StoredEvent>, u32)> = due;
+            let budgets: Vec<usize> = batch.iter().map(|(s, _)| self.budget(&s.event)).collect();
             let sent = batch.clone();
             let delivered = tokio::task::spawn_blocking(move || {
                 let items: Vec<_> = sent
                     .iter()
-                    .map(|(s, attempt)| Item {
+                    .zip(budgets)
+                    .map(|((s, attempt), budget)| Item {
                         event: &s.event,
-                        chain_budget: Some(Arc::new(AtomicUsize::new(max_events))),
+                        chain_budget: Some(Arc::new(AtomicUsize::new(budget))),
                         attempt: *attempt,
                     })
                     .collect();
                 delivering.deliver_batch_in_chain(items, true)
             })
             .await;
-            let Ok(reports) = delivered else { return };
+            let reports = delivered.map_err(|e| format!("delivering {}", join_failure(e)))?;
             if self.inner.deliveries.receiver_count() > 0 {
                 for (delivery, _) in &reports {
                     let _ = self.inner.deliveries.send(delivery.clone());
@@ -831,7 +1323,11 @@ impl Consumer {
                                 "plugin" => self.plugin.clone()
                             )
                             .increment(1);
-                            line.wait(stored, attempts, tokio::time::Instant::now() + wait);
+                            line.wait(
+                                stored,
+                                attempts,
+                                deadline(tokio::time::Instant::now(), wait),
+                            );
                             continue;
                         }
                         metrics::counter!(
@@ -844,7 +1340,7 @@ impl Consumer {
                             tenant = %self.tenant,
                             plugin = %self.plugin,
                             seq,
-                            event_id = %stored.event.id,
+                            event_id = %stored.event.id.escape_debug(),
                             attempts = attempts.len(),
                             "event dead-lettered"
                         );
@@ -857,52 +1353,89 @@ impl Consumer {
                     }
                 }
             }
-            let pause = line.advance(&mut commit) && self.commit(commit, &mut line).await;
+            let pause = line.advance(&mut commit) && self.commit(commit, &mut line).await?;
             let limit = self.inner.config.quarantine_after;
             if limit > 0 && failures_in_a_row >= limit {
                 failures_in_a_row = 0;
                 if self.quarantine(&plugin, &mut stop).await {
-                    return;
+                    return Ok(());
                 }
                 continue;
             }
             if pause && self.pause(Duration::from_secs(1), &mut stop).await {
-                return;
+                return Ok(());
             }
         }
     }
 
+    /// The budget of events a delivery of `event` may cause: the event's
+    /// chain budget (the host's limit when it carries none), shared among
+    /// the tenant's loaded plugins that subscribe to its type.
+    fn budget(&self, event: &Event) -> usize {
+        let limit = self.inner.host.config().max_events_per_chain;
+        let subscribers = self
+            .inner
+            .host
+            .registry
+            .load()
+            .route(&event.tenant, &event.ty)
+            .count();
+        budget_share(event.chain_budget(limit), subscribers)
+    }
+
     /// Commits the plugin's progress; true when the caller should pause
     /// (the log failed, and the same events are delivered again).
-    async fn commit(&self, commit: Commit, line: &mut Line) -> bool {
-        let emitted_tenants: Vec<String> =
-            commit.emitted.iter().map(|e| e.tenant.clone()).collect();
+    async fn commit(&self, commit: Commit, line: &mut Line) -> Result<bool, String> {
         let cursor = commit.cursor;
-        match self.inner.log.commit(commit).await {
-            Ok(committed) if !committed.cursor_moved => {
-                // An operator moved the cursor (`plugbus replay`): the
-                // next round goes on from there.
-                line.moved = true;
-                false
-            }
-            Ok(_) => {
-                line.committed(cursor);
-                for tenant in emitted_tenants {
-                    self.inner.notify(&tenant).notify_waiters();
+        match self.commit_emitting(commit).await {
+            Ok(committed) => {
+                if committed.cursor_moved {
+                    line.committed(cursor);
+                    self.gauges.show(line);
+                } else {
+                    // An operator moved the cursor (`plugbus replay`): the
+                    // next round goes on from there.
+                    line.moved = true;
                 }
-                false
+                Ok(false)
             }
             Err(e) => {
                 // Nothing was committed: the events since the last commit
                 // are delivered again (at least once).
                 tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot commit the plugin's progress: {e}");
-                *line = Line::new(line.position);
-                if let Err(e) = self.load_ahead(line).await {
+                // What was read past the cursor is to be read again.
+                self.gauges
+                    .unread
+                    .fetch_add(line.read_seqs.len() as u64, Ordering::Relaxed);
+                let mut fresh = Line::new(line.position);
+                if let Err(e) = self.load_ahead(&mut fresh).await {
                     tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the events handled ahead of the cursor: {e}");
                 }
-                true
+                *line = fresh;
+                self.gauges.show(line);
+                Ok(true)
             }
         }
+    }
+
+    /// Commits `commit`, counting the events it emits in the consumers'
+    /// unread events first (and taking them back if it fails), and wakes
+    /// those consumers.
+    async fn commit_emitting(&self, commit: Commit) -> Result<crate::log::Committed, LogError> {
+        let tenants: Vec<String> = commit.emitted.iter().map(|e| e.tenant.clone()).collect();
+        let mut count: HashMap<&str, u64> = HashMap::new();
+        for tenant in &tenants {
+            *count.entry(tenant).or_default() += 1;
+        }
+        self.inner.appending(&count, true);
+        let committed = self.inner.log.commit(commit).await;
+        if committed.is_err() {
+            self.inner.appending(&count, false);
+        }
+        for tenant in count.keys() {
+            self.inner.notify(tenant).notify_waiters();
+        }
+        committed
     }
 
     /// Reads the events the plugin finished ahead of its cursor, which a
@@ -989,7 +1522,7 @@ impl Consumer {
             "plugin quarantined after {} failed deliveries in a row; its events wait",
             self.inner.config.quarantine_after
         );
-        let deadline = tokio::time::Instant::now() + length;
+        let until = deadline(tokio::time::Instant::now(), length);
         let mut ticks = 0u32;
         let stopping = loop {
             let replaced = self
@@ -997,7 +1530,7 @@ impl Consumer {
                 .host
                 .plugin(&self.tenant, &self.plugin)
                 .is_none_or(|p| p.version() != version);
-            if replaced || tokio::time::Instant::now() >= deadline {
+            if replaced || tokio::time::Instant::now() >= until {
                 break false;
             }
             // Lifted by an operator through the log, looked at each second.
@@ -1034,22 +1567,23 @@ impl Consumer {
     /// current version, retried like any event. Handled, its dead letter is
     /// deleted in the transaction that keeps its effects; failed for the
     /// last time, the dead letter gets the new attempts appended. The
-    /// cursor stays where it is. True when the bus is stopping.
+    /// cursor stays where it is. True when the bus is stopping; an error
+    /// when the delivery ended without a report.
     async fn redrive(
         &self,
         plugin: &Arc<crate::Plugin>,
         dead: DeadLetter,
         position: Seq,
         stop: &mut watch::Receiver<bool>,
-    ) -> bool {
-        let max_events = self.inner.host.config().max_events_per_chain;
+    ) -> Result<bool, String> {
         tracing::info!(
             tenant = %self.tenant,
             plugin = %self.plugin,
             seq = dead.seq,
-            event_id = %dead.event.id,
+            event_id = %dead.event.id.escape_debug(),
             "redriving a dead letter"
         );
+        let budget = self.budget(&dead.event);
         let dead = Arc::new(dead);
         let mut attempts: Vec<Attempt> = Vec::new();
         loop {
@@ -1058,15 +1592,15 @@ impl Consumer {
             let delivered = tokio::task::spawn_blocking(move || {
                 let item = Item {
                     event: &letter.event,
-                    chain_budget: Some(Arc::new(AtomicUsize::new(max_events))),
+                    chain_budget: Some(Arc::new(AtomicUsize::new(budget))),
                     attempt,
                 };
                 delivering.deliver_batch_in_chain(vec![item], true)
             })
-            .await;
-            let Some((delivery, effects)) = delivered.ok().and_then(|r| r.into_iter().next())
-            else {
-                return true;
+            .await
+            .map_err(|e| format!("redriving {}", join_failure(e)))?;
+            let Some((delivery, effects)) = delivered.into_iter().next() else {
+                return Err("a redriven delivery ended without a report".to_owned());
             };
             if self.inner.deliveries.receiver_count() > 0 {
                 let _ = self.inner.deliveries.send(delivery.clone());
@@ -1100,24 +1634,17 @@ impl Consumer {
             }
             if let Some(wait) = retry_after {
                 if self.pause(wait, stop).await {
-                    return true;
+                    return Ok(true);
                 }
                 continue;
             }
-            let emitted_tenants: Vec<String> =
-                commit.emitted.iter().map(|e| e.tenant.clone()).collect();
-            match self.inner.log.commit(commit).await {
-                Ok(_) => {
-                    for tenant in emitted_tenants {
-                        self.inner.notify(&tenant).notify_waiters();
-                    }
-                    return false;
-                }
+            match self.commit_emitting(commit).await {
+                Ok(_) => return Ok(false),
                 Err(e) => {
                     // Nothing was committed: the request stays, and is
                     // taken again.
                     tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot commit a redrive: {e}");
-                    return self.pause(Duration::from_secs(1), stop).await;
+                    return Ok(self.pause(Duration::from_secs(1), stop).await);
                 }
             }
         }
@@ -1190,5 +1717,107 @@ impl Consumer {
             () = tokio::time::sleep(wait) => *stop.borrow(),
             _ = stop.changed() => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_doubling_up_to_thirty_seconds() {
+        assert_eq!(restart_backoff(0), Duration::from_millis(100));
+        assert_eq!(restart_backoff(1), Duration::from_millis(200));
+        assert_eq!(restart_backoff(2), Duration::from_millis(400));
+        assert_eq!(restart_backoff(8), Duration::from_millis(25_600));
+        assert_eq!(restart_backoff(9), Duration::from_secs(30));
+        assert_eq!(restart_backoff(u32::MAX), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_budget_is_shared_among_subscribers() {
+        assert_eq!(budget_share(10_000, 1), 10_000);
+        assert_eq!(budget_share(10_000, 3), 3_333);
+        assert_eq!(budget_share(2, 2), 1);
+        assert_eq!(budget_share(1, 2), 0);
+        // Nobody subscribed counts as one.
+        assert_eq!(budget_share(7, 0), 7);
+    }
+
+    #[test]
+    fn deadlines_saturate() {
+        let now = tokio::time::Instant::now();
+        assert_eq!(
+            deadline(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
+        assert_eq!(deadline(now, Duration::MAX), now + MAX_WAIT);
+        assert_eq!(deadline(now, Duration::from_secs(u64::MAX)), now + MAX_WAIT);
+    }
+
+    fn stored(seq: Seq, bytes: u64) -> StoredEvent {
+        let event = Event::from_json(&format!(
+            r#"{{"specversion":"1.0","id":"e-{seq}","source":"/t","type":"t.x","tenant":"acme"}}"#
+        ))
+        .expect("event");
+        StoredEvent {
+            seq,
+            appended_at_ms: 0,
+            event,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn the_read_limit_leaves_room_for_what_the_line_holds() {
+        let manifest = crate::Manifest::with_defaults(crate::Limits::default());
+        let config = DurableConfig {
+            max_pending_bytes: 100,
+            max_read_bytes: 60,
+            read_batch: 128,
+            ..DurableConfig::default()
+        };
+        let mut line = Line::new(0);
+        // Holding nothing: up to the read bound, the first event always.
+        assert_eq!(
+            line.read_limit(&config),
+            Some(ReadLimit {
+                events: 128,
+                bytes: 60,
+                first_always: true
+            })
+        );
+        line.take(vec![stored(1, 30), stored(2, 30)], &manifest);
+        assert_eq!(line.pending_bytes, 60);
+        // Holding some: strictly what is left.
+        assert_eq!(
+            line.read_limit(&config),
+            Some(ReadLimit {
+                events: 128,
+                bytes: 40,
+                first_always: false
+            })
+        );
+        line.take(vec![stored(3, 40)], &manifest);
+        assert_eq!(line.read_limit(&config), None, "full");
+        line.finish(1);
+        assert_eq!(line.pending_bytes, 70);
+        assert_eq!(line.read_limit(&config).map(|l| l.bytes), Some(30));
+        // Behind the cursor: every event read past it.
+        assert_eq!(line.read_seqs.len(), 3);
+        line.committed(1);
+        assert_eq!(line.read_seqs.len(), 2);
+    }
+
+    #[test]
+    fn the_read_limit_stops_at_max_pending_events() {
+        let manifest = crate::Manifest::with_defaults(crate::Limits::default());
+        let config = DurableConfig::default();
+        let mut line = Line::new(0);
+        let almost: Vec<_> = (1..MAX_PENDING as Seq).map(|seq| stored(seq, 1)).collect();
+        line.take(almost, &manifest);
+        assert_eq!(line.read_limit(&config).map(|l| l.events), Some(1));
+        line.take(vec![stored(MAX_PENDING as Seq, 1)], &manifest);
+        assert_eq!(line.read_limit(&config), None);
     }
 }

@@ -80,7 +80,62 @@ pub struct StoredEvent {
     pub appended_at_ms: i64,
     /// The event.
     pub event: Event,
+    /// The size of its stored form (its CloudEvents JSON), in bytes: what
+    /// [`ReadLimit::bytes`] and a consumer's read-ahead bound count.
+    pub bytes: u64,
 }
+
+/// How much one [`EventLog::read_bounded`] may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimit {
+    /// The most events.
+    pub events: usize,
+    /// The most bytes of the events' stored forms together (see
+    /// [`StoredEvent::bytes`]).
+    pub bytes: u64,
+    /// Whether the first event comes back even when it alone is larger
+    /// than `bytes`, so that a reader with nothing in hand always makes
+    /// progress; without it the bound is strict and the read may be empty.
+    pub first_always: bool,
+}
+
+impl ReadLimit {
+    /// Up to `events` events, however large.
+    pub fn events(events: usize) -> Self {
+        Self {
+            events,
+            bytes: u64::MAX,
+            first_always: true,
+        }
+    }
+}
+
+/// Whether the log can be written, as its last write or probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogHealth {
+    /// Appends and commits succeed. False from the first failed write
+    /// (disk full, data directory gone, file system read-only, …) until a
+    /// write or a probe succeeds again.
+    pub writable: bool,
+    /// The last write error, while not writable.
+    pub error: Option<String>,
+    /// Since when the log is in this state, in milliseconds since the Unix
+    /// epoch.
+    pub since_ms: i64,
+}
+
+impl Default for LogHealth {
+    fn default() -> Self {
+        Self {
+            writable: true,
+            error: None,
+            since_ms: now_ms(),
+        }
+    }
+}
+
+/// The dead letters of each (tenant, plugin) that has any.
+pub type DeadLetterDepths = std::collections::BTreeMap<(String, String), u64>;
 
 /// One failed attempt to deliver an event, as kept in its dead letter.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -200,9 +255,20 @@ pub trait EventLog: StateStore {
     /// duplicate window is not stored again; its answer says so.
     fn append(&self, events: Vec<Event>) -> Pending<Vec<Appended>>;
 
-    /// Up to `limit` events of `tenant` after position `after`, in order.
-    /// Blocking.
-    fn read(&self, tenant: &str, after: Seq, limit: usize) -> Result<Vec<StoredEvent>, LogError>;
+    /// Events of `tenant` after position `after`, in order, as many as
+    /// `limit` allows. Blocking.
+    fn read_bounded(
+        &self,
+        tenant: &str,
+        after: Seq,
+        limit: ReadLimit,
+    ) -> Result<Vec<StoredEvent>, LogError>;
+
+    /// Up to `limit` events of `tenant` after position `after`, in order,
+    /// however large. Blocking.
+    fn read(&self, tenant: &str, after: Seq, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
+        self.read_bounded(tenant, after, ReadLimit::events(limit))
+    }
 
     /// How many events of `tenant` there are after position `after`,
     /// counting at most `limit`: a plugin's lag, without reading the
@@ -248,9 +314,23 @@ pub trait EventLog: StateStore {
     /// attempts appended when it fails again.
     fn request_redrive(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<bool>;
 
-    /// `plugin`'s dead letters whose redrive was requested, oldest first.
-    /// Blocking.
-    fn redrives(&self, tenant: &str, plugin: &str) -> Result<Vec<DeadLetter>, LogError>;
+    /// Up to `limit` of `plugin`'s dead letters whose redrive was
+    /// requested, oldest first. Blocking.
+    fn redrives(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, LogError>;
+
+    /// How many dead letters each plugin has, without reading them: kept
+    /// as they are stored, discarded and redriven. Not blocking.
+    fn dead_letter_depths(&self) -> DeadLetterDepths;
+
+    /// Whether the log can be written now. Not blocking.
+    fn health(&self) -> LogHealth {
+        LogHealth::default()
+    }
 
     /// Records a plugin's quarantine, or with `lift`, ends the quarantine
     /// of `tenant`/`plugin`; answers whether there was one to end.
@@ -416,6 +496,16 @@ pub struct SqliteLogConfig {
     pub duplicate_window: Duration,
     /// The most requests grouped into one transaction (default 4096).
     pub max_group: usize,
+    /// While the log cannot be written, how often the writer probes whether
+    /// it can again (default 1 s; at least 10 ms): it writes
+    /// `probe_bytes` to a file in the data directory, syncs and deletes
+    /// it, then commits a one-row transaction to the log. When both
+    /// succeed, [`LogHealth::writable`] is true again.
+    pub probe_interval: Duration,
+    /// The bytes the probe writes to the data directory (default 2 MiB,
+    /// more than one event of the largest size): a disk with less room
+    /// than this free stays not writable.
+    pub probe_bytes: u64,
 }
 
 impl Default for SqliteLogConfig {
@@ -424,6 +514,8 @@ impl Default for SqliteLogConfig {
             durability: Durability::Fsync,
             duplicate_window: Duration::from_secs(24 * 60 * 60),
             max_group: 4096,
+            probe_interval: Duration::from_secs(1),
+            probe_bytes: 2 * 1024 * 1024,
         }
     }
 }
@@ -455,6 +547,71 @@ struct Counters {
     commits: AtomicU64,
     requests: AtomicU64,
 }
+
+/// What the writer thread keeps up to date for the log's readers.
+#[derive(Default)]
+struct Shared {
+    counters: Counters,
+    health: std::sync::Mutex<LogHealth>,
+    /// The dead letters of each plugin, counted once at open (and again
+    /// when another process changed the file), then kept by the writer.
+    dead_letters: std::sync::Mutex<DeadLetterDepths>,
+}
+
+impl Shared {
+    fn health(&self) -> std::sync::MutexGuard<'_, LogHealth> {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn dead_letters(&self) -> std::sync::MutexGuard<'_, DeadLetterDepths> {
+        self.dead_letters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that a write succeeded (`None`) or failed; logs the changes.
+    fn wrote(&self, path: &Path, error: Option<String>) {
+        let mut health = self.health();
+        let writable = error.is_none();
+        if health.writable != writable {
+            health.since_ms = now_ms();
+            if writable {
+                tracing::info!(log = %path.display(), "the event log is writable again");
+            } else {
+                tracing::error!(
+                    log = %path.display(),
+                    "the event log cannot be written; probing it until it can: {}",
+                    error.as_deref().unwrap_or_default()
+                );
+            }
+            metrics::gauge!("plugbus_log_writable").set(if writable { 1.0 } else { 0.0 });
+        }
+        if !writable {
+            metrics::counter!("plugbus_log_write_errors_total").increment(1);
+        }
+        health.writable = writable;
+        health.error = error;
+    }
+}
+
+/// The dead letters of each plugin, counted in one grouped query.
+fn count_dead_letters(conn: &Connection) -> Result<DeadLetterDepths, rusqlite::Error> {
+    let mut statement =
+        conn.prepare("SELECT tenant, plugin, COUNT(*) FROM dead_letters GROUP BY tenant, plugin")?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            (row.get::<_, String>(0)?, row.get::<_, String>(1)?),
+            u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+        ))
+    })?;
+    rows.collect()
+}
+
+/// A number of dead letters added (or, negative, removed) per plugin by a
+/// transaction, applied to [`Shared::dead_letters`] once it committed.
+type DeadLetterChanges = std::collections::BTreeMap<(String, String), i64>;
 
 /// A write for the writer thread.
 enum Write {
@@ -522,7 +679,7 @@ pub struct SqliteLog {
     writes: Option<mpsc::Sender<Write>>,
     writer: Option<std::thread::JoinHandle<()>>,
     reader: std::sync::Mutex<Connection>,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
 }
 
 const SCHEMA: &str = "
@@ -584,6 +741,10 @@ CREATE TABLE IF NOT EXISTS cursors (
     seq INTEGER NOT NULL,
     PRIMARY KEY (tenant, plugin)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS probes (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL
+);
 ";
 
 impl SqliteLog {
@@ -613,6 +774,9 @@ impl SqliteLog {
             .pragma_update(None, "synchronous", synchronous)
             .map_err(store)?;
         writer_conn.execute_batch(SCHEMA).map_err(store)?;
+        let shared = Arc::new(Shared::default());
+        *shared.dead_letters() = count_dead_letters(&writer_conn).map_err(store)?;
+        let data_version = data_version(&writer_conn).map_err(store)?;
         let reader = Connection::open_with_flags(
             &path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -622,14 +786,18 @@ impl SqliteLog {
             .busy_timeout(Duration::from_secs(10))
             .map_err(store)?;
 
-        let counters = Arc::new(Counters::default());
+        metrics::gauge!("plugbus_log_writable").set(1.0);
         let (writes, queue) = mpsc::channel();
         let writer = Writer {
             conn: writer_conn,
             path: path.clone(),
             config,
-            counters: counters.clone(),
+            shared: shared.clone(),
             commits_since_prune: 0,
+            data_version,
+            looked: std::time::Instant::now(),
+            probed: std::time::Instant::now(),
+            identity: file_identity(&path),
         };
         let writer = std::thread::Builder::new()
             .name("plugbus-log-writer".into())
@@ -643,7 +811,7 @@ impl SqliteLog {
             writes: Some(writes),
             writer: Some(writer),
             reader: std::sync::Mutex::new(reader),
-            counters,
+            shared,
         })
     }
 
@@ -655,11 +823,12 @@ impl SqliteLog {
     /// The log's counters.
     pub fn stats(&self) -> LogStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let counters = &self.shared.counters;
         LogStats {
-            appended: get(&self.counters.appended),
-            duplicates: get(&self.counters.duplicates),
-            commits: get(&self.counters.commits),
-            requests: get(&self.counters.requests),
+            appended: get(&counters.appended),
+            duplicates: get(&counters.duplicates),
+            commits: get(&counters.commits),
+            requests: get(&counters.requests),
         }
     }
 
@@ -746,7 +915,12 @@ impl EventLog for SqliteLog {
         })
     }
 
-    fn read(&self, tenant: &str, after: Seq, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
+    fn read_bounded(
+        &self,
+        tenant: &str,
+        after: Seq,
+        limit: ReadLimit,
+    ) -> Result<Vec<StoredEvent>, LogError> {
         let conn = self.reader();
         let mut statement = conn
             .prepare_cached(
@@ -754,26 +928,40 @@ impl EventLog for SqliteLog {
                  WHERE tenant = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )
             .map_err(|e| self.store_error(e))?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let events = i64::try_from(limit.events).unwrap_or(i64::MAX);
         let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let rows = statement
-            .query_map(params![tenant, after, limit], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, String>(2)?,
-                ))
-            })
+        // Rows are stepped one at a time: the read stops at the byte bound
+        // without loading the rest.
+        let mut rows = statement
+            .query(params![tenant, after, events])
             .map_err(|e| self.store_error(e))?;
         let mut out = Vec::new();
-        for row in rows {
-            let (seq, appended_at_ms, body) = row.map_err(|e| self.store_error(e))?;
-            let seq = seq as Seq;
-            let event = self.stored_event(seq, &body)?;
+        let mut bytes = 0u64;
+        while let Some(row) = rows.next().map_err(|e| self.store_error(e))? {
+            let size = row
+                .get_ref(2)
+                .map(|v| v.as_bytes().map_or(0, <[u8]>::len))
+                .map_err(|e| self.store_error(e))?;
+            let size = u64::try_from(size).unwrap_or(u64::MAX);
+            let first = out.is_empty() && limit.first_always;
+            if !first && bytes.saturating_add(size) > limit.bytes {
+                break;
+            }
+            let seq = row.get::<_, i64>(0).map_err(|e| self.store_error(e))? as Seq;
+            let appended_at_ms = row.get::<_, i64>(1).map_err(|e| self.store_error(e))?;
+            let body = row.get_ref(2).map_err(|e| self.store_error(e))?;
+            let body = body.as_str().map_err(|e| LogError::Corrupt {
+                path: self.path.clone(),
+                seq,
+                reason: e.to_string(),
+            })?;
+            let event = self.stored_event(seq, body)?;
+            bytes = bytes.saturating_add(size);
             out.push(StoredEvent {
                 seq,
                 appended_at_ms,
                 event,
+                bytes: size,
             });
         }
         Ok(out)
@@ -915,14 +1103,30 @@ impl EventLog for SqliteLog {
             .map_err(|e| self.store_error(e))
     }
 
-    fn redrives(&self, tenant: &str, plugin: &str) -> Result<Vec<DeadLetter>, LogError> {
+    fn redrives(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, LogError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.query_dead_letters(
-            "SELECT d.seq, d.body, d.attempts FROM redrives r
-             JOIN dead_letters d ON d.tenant = r.tenant AND d.plugin = r.plugin AND d.seq = r.seq
-             WHERE r.tenant = ?1 AND r.plugin = ?2 ORDER BY r.seq",
+            &format!(
+                "SELECT d.seq, d.body, d.attempts FROM redrives r
+                 JOIN dead_letters d ON d.tenant = r.tenant AND d.plugin = r.plugin AND d.seq = r.seq
+                 WHERE r.tenant = ?1 AND r.plugin = ?2 ORDER BY r.seq LIMIT {limit}"
+            ),
             tenant,
             plugin,
         )
+    }
+
+    fn dead_letter_depths(&self) -> DeadLetterDepths {
+        self.shared.dead_letters().clone()
+    }
+
+    fn health(&self) -> LogHealth {
+        self.shared.health().clone()
     }
 
     fn head(&self) -> Result<Seq, LogError> {
@@ -979,8 +1183,47 @@ struct Writer {
     conn: Connection,
     path: PathBuf,
     config: SqliteLogConfig,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
     commits_since_prune: u32,
+    /// The file's `data_version` when the dead letters were last counted:
+    /// it changes when another process (`plugbus dlq`) commits.
+    data_version: i64,
+    /// When `data_version` was last looked at.
+    looked: std::time::Instant,
+    /// When the log was last probed while not writable.
+    probed: std::time::Instant,
+    /// The file the log opened, as (device, inode): writes into a file
+    /// that was removed or replaced since would be lost.
+    identity: Option<(u64, u64)>,
+}
+
+/// The (device, inode) of the file at `path`, when it exists.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        Some((metadata.dev(), metadata.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = metadata;
+        Some((0, 0))
+    }
+}
+
+/// The file's `PRAGMA data_version` as `conn` sees it.
+fn data_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
+    conn.query_row("PRAGMA data_version", [], |row| row.get(0))
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// What one write of a group produced, answered after the commit.
@@ -996,22 +1239,133 @@ enum Done {
 
 impl Writer {
     fn run(mut self, queue: mpsc::Receiver<Write>) {
-        while let Ok(first) = queue.recv() {
-            let mut group = vec![first];
-            while group.len() < self.config.max_group {
-                match queue.try_recv() {
-                    Ok(write) => group.push(write),
-                    Err(_) => break,
+        let tick = self.config.probe_interval.max(Duration::from_millis(10));
+        loop {
+            match queue.recv_timeout(tick) {
+                Ok(first) => {
+                    let mut group = vec![first];
+                    while group.len() < self.config.max_group {
+                        match queue.try_recv() {
+                            Ok(write) => group.push(write),
+                            Err(_) => break,
+                        }
+                    }
+                    // A panic fails this group's writes (their callers hear
+                    // `Closed`; the transaction rolled back), not the log.
+                    let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.commit(group);
+                    }));
+                    if let Err(panic) = committed {
+                        let message =
+                            format!("the log writer panicked: {}", panic_message(&*panic));
+                        self.shared.wrote(&self.path, Some(message));
+                    }
                 }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
-            self.commit(group);
+            self.housekeeping();
         }
+    }
+
+    /// Between groups: counts the dead letters again when another process
+    /// changed the file (looked at once a second), and while the log is
+    /// not writable, probes it every `probe_interval`.
+    fn housekeeping(&mut self) {
+        if self.looked.elapsed() >= Duration::from_secs(1) {
+            self.looked = std::time::Instant::now();
+            if let Ok(version) = data_version(&self.conn)
+                && version != self.data_version
+                && let Ok(depths) = count_dead_letters(&self.conn)
+            {
+                self.data_version = version;
+                *self.shared.dead_letters() = depths;
+            }
+        }
+        if !self.shared.health().writable && self.probed.elapsed() >= self.config.probe_interval {
+            self.probed = std::time::Instant::now();
+            if self.probe().is_ok() {
+                self.shared.wrote(&self.path, None);
+            }
+        }
+    }
+
+    /// Whether the log can be written: `probe_bytes` written to a file in
+    /// the data directory and synced, then a one-row transaction.
+    fn probe(&mut self) -> Result<(), String> {
+        use std::io::Write as _;
+        if let Some(reason) = self.moved() {
+            return Err(reason);
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let file = dir.join(".plugbus-write-probe");
+        let written = (|| {
+            let mut out = std::fs::File::create(&file)?;
+            let chunk = [0u8; 64 * 1024];
+            let mut left = self.config.probe_bytes;
+            while left > 0 {
+                let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+                out.write_all(&chunk[..n])?;
+                left -= n as u64;
+            }
+            out.sync_all()
+        })();
+        let _ = std::fs::remove_file(&file);
+        written.map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        self.conn
+            .execute(
+                "INSERT INTO probes (id, at_ms) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
+                params![now_ms()],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Why the log's file can no longer be written, if it was removed or
+    /// replaced since the log opened it (its data directory deleted, say):
+    /// what it stored would be lost. Only a restart on the data directory
+    /// ends this.
+    fn moved(&self) -> Option<String> {
+        (file_identity(&self.path) != self.identity).then(|| {
+            format!(
+                "the log's file {} was removed or replaced while in use; restart the host on its data directory",
+                self.path.display()
+            )
+        })
     }
 
     /// Commits a group, counts it, then answers each write: the counters
     /// already include a write when its caller hears back.
     fn commit(&mut self, group: Vec<Write>) {
-        let result = self.apply(&group);
+        if let Some(reason) = self.moved() {
+            self.shared.wrote(&self.path, Some(reason.clone()));
+            self.shared
+                .counters
+                .requests
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+            for write in group {
+                write.fail(LogError::Store {
+                    path: self.path.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            return;
+        }
+        let mut changes = DeadLetterChanges::new();
+        let result = self.apply(&group, &mut changes);
+        self.shared
+            .wrote(&self.path, result.as_ref().err().map(ToString::to_string));
+        if result.is_ok() && !changes.is_empty() {
+            let mut depths = self.shared.dead_letters();
+            for (key, change) in changes {
+                let depth = depths.entry(key.clone()).or_insert(0);
+                *depth = depth.saturating_add_signed(change);
+                if *depth == 0 {
+                    depths.remove(&key);
+                }
+            }
+        }
         if let Ok(done) = &result {
             let answers = done.iter().filter_map(|d| match d {
                 Done::Append(answer) => Some(answer),
@@ -1026,13 +1380,13 @@ impl Writer {
                     (0, 0),
                     |(s, r), a| if a.duplicate { (s, r + 1) } else { (s + 1, r) },
                 );
-            self.counters.commits.fetch_add(1, Ordering::Relaxed);
-            self.counters.appended.fetch_add(stored, Ordering::Relaxed);
-            self.counters
-                .duplicates
-                .fetch_add(repeated, Ordering::Relaxed);
+            let counters = &self.shared.counters;
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+            counters.appended.fetch_add(stored, Ordering::Relaxed);
+            counters.duplicates.fetch_add(repeated, Ordering::Relaxed);
         }
-        self.counters
+        self.shared
+            .counters
             .requests
             .fetch_add(group.len() as u64, Ordering::Relaxed);
         match result {
@@ -1083,7 +1437,11 @@ impl Writer {
     }
 
     /// Applies a group in one transaction: all of it is durable, or none.
-    fn apply(&mut self, group: &[Write]) -> Result<Vec<Done>, rusqlite::Error> {
+    fn apply(
+        &mut self,
+        group: &[Write],
+        changes: &mut DeadLetterChanges,
+    ) -> Result<Vec<Done>, rusqlite::Error> {
         let now = now_ms();
         let window_ms = i64::try_from(self.config.duplicate_window.as_millis()).unwrap_or(i64::MAX);
         let prune = self.commits_since_prune >= 1024;
@@ -1114,6 +1472,16 @@ impl Writer {
             let mut drop_dead = tx.prepare_cached(
                 "DELETE FROM dead_letters WHERE tenant = ?1 AND plugin = ?2 AND seq = ?3",
             )?;
+            let mut find_dead = tx.prepare_cached(
+                "SELECT 1 FROM dead_letters WHERE tenant = ?1 AND plugin = ?2 AND seq = ?3",
+            )?;
+            let mut count = |tenant: &str, plugin: &str, change: i64| {
+                if change != 0 {
+                    *changes
+                        .entry((tenant.to_owned(), plugin.to_owned()))
+                        .or_insert(0) += change;
+                }
+            };
             let mut drop_redrive = tx.prepare_cached(
                 "DELETE FROM redrives WHERE tenant = ?1 AND plugin = ?2 AND seq = ?3",
             )?;
@@ -1203,7 +1571,8 @@ impl Writer {
                         for seq in &commit.redriven {
                             let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
                             let key = params![commit.tenant, commit.plugin, seq];
-                            drop_dead.execute(key)?;
+                            let dropped = drop_dead.execute(key)?;
+                            count(&commit.tenant, &commit.plugin, -(dropped as i64));
                             drop_redrive.execute(key)?;
                         }
                         for dead in &commit.dead_letters {
@@ -1212,6 +1581,9 @@ impl Writer {
                                 rusqlite::Error::ToSqlConversionFailure(Box::new(e))
                             })?;
                             let seq = i64::try_from(dead.seq).unwrap_or(i64::MAX);
+                            if !find_dead.exists(params![commit.tenant, commit.plugin, seq])? {
+                                count(&commit.tenant, &commit.plugin, 1);
+                            }
                             put_dead.execute(params![
                                 commit.tenant,
                                 commit.plugin,
@@ -1268,6 +1640,7 @@ impl Writer {
                     } => {
                         let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
                         let deleted = drop_dead.execute(params![tenant, plugin, seq])?;
+                        count(tenant, plugin, -(deleted as i64));
                         drop_redrive.execute(params![tenant, plugin, seq])?;
                         done.push(Done::Discard(deleted == 1));
                     }

@@ -71,10 +71,14 @@ fn run(
         }
     });
     let stdout = child.stdout.take().expect("stdout");
+    let (started, delivering) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
+            .inspect(|_| {
+                let _ = started.send(());
+            })
             .map(|line| {
                 let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
                 let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
@@ -88,6 +92,10 @@ fn run(
     });
     match kill_after {
         Some(after) => {
+            // Counted from its first delivery, not from its start: on a
+            // loaded machine the start (compiling the plugins) alone can
+            // take longer than any `after`.
+            let _ = delivering.recv_timeout(Duration::from_secs(120));
             std::thread::sleep(after);
             child.kill().expect("SIGKILL");
             child.wait().expect("reap");
@@ -116,9 +124,9 @@ fn sigkill_at_random_moments_loses_no_stored_event() {
     let mut deliveries = Vec::new();
     let mut next = 0;
     for _ in 0..4 {
-        // Long enough to start and deliver some, short enough to be killed
-        // in the middle of the stream.
-        let after = Duration::from_millis(200 + random(500));
+        // After its first delivery, long enough to deliver some, short
+        // enough to be killed in the middle of the stream.
+        let after = Duration::from_millis(random(500));
         deliveries.extend(run(plugins.path(), data.path(), next, 20_000, Some(after)));
         next += 20_000;
     }

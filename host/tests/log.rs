@@ -422,3 +422,171 @@ fn count_after_counts_a_tenants_events_up_to_a_limit() {
     );
     assert_eq!(log.count_after("globex", 2, 100).expect("count"), 0);
 }
+
+#[test]
+fn a_read_stops_at_its_byte_bound() {
+    use plugbus::log::ReadLimit;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    let events: Vec<_> = (0..5)
+        .map(|i| event("acme", &format!("e-{i}"), "order.placed"))
+        .collect();
+    log.append(events).wait().expect("append");
+    let all = log.read("acme", 0, 10).expect("read");
+    let size = all[0].bytes;
+    assert!(all.iter().all(|s| s.bytes == size), "one size");
+    // The stored size is the event's JSON.
+    assert_eq!(size, all[0].event.to_json_string().len() as u64);
+    let read = |bytes: u64, first_always: bool| {
+        log.read_bounded(
+            "acme",
+            0,
+            ReadLimit {
+                events: 10,
+                bytes,
+                first_always,
+            },
+        )
+        .expect("read")
+        .len()
+    };
+    // Exactly three events' bytes: three; one byte less: two.
+    assert_eq!(read(3 * size, false), 3);
+    assert_eq!(read(3 * size - 1, false), 2);
+    // Less than one event: none when strict, one when asked for.
+    assert_eq!(read(size - 1, false), 0);
+    assert_eq!(read(size - 1, true), 1);
+    assert_eq!(read(0, true), 1);
+    // The event bound still holds.
+    assert_eq!(log.read("acme", 0, 2).expect("read").len(), 2);
+}
+
+#[test]
+fn redrives_are_read_a_few_at_a_time() {
+    use plugbus::log::{Attempt, Commit, DeadLetter};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    let dead: Vec<_> = (1..=3)
+        .map(|seq| DeadLetter {
+            seq,
+            event: event("acme", &format!("e-{seq}"), "order.placed"),
+            attempts: vec![Attempt {
+                kind: plugbus::FailureKind::HandlerPermanent,
+                message: "no".into(),
+                fuel: 1,
+                plugin_version: "v1".into(),
+                at_ms: 0,
+            }],
+        })
+        .collect();
+    log.commit(Commit {
+        tenant: "acme".into(),
+        plugin: "saga".into(),
+        dead_letters: dead,
+        ..Commit::default()
+    })
+    .wait()
+    .expect("commit");
+    for seq in 1..=3 {
+        assert!(
+            log.request_redrive("acme", "saga", seq)
+                .wait()
+                .expect("redrive")
+        );
+    }
+    let seqs = |limit| -> Vec<u64> {
+        log.redrives("acme", "saga", limit)
+            .expect("read")
+            .iter()
+            .map(|d| d.seq)
+            .collect()
+    };
+    assert_eq!(seqs(2), [1, 2]);
+    assert_eq!(seqs(10), [1, 2, 3]);
+}
+
+/// Stores `seqs` as dead letters of `plugin` of `acme`.
+fn dead_letters(log: &SqliteLog, plugin: &str, seqs: &[u64]) {
+    use plugbus::log::{Attempt, Commit, DeadLetter};
+    log.commit(Commit {
+        tenant: "acme".into(),
+        plugin: plugin.into(),
+        dead_letters: seqs
+            .iter()
+            .map(|&seq| DeadLetter {
+                seq,
+                event: event("acme", &format!("e-{seq}"), "order.placed"),
+                attempts: vec![Attempt {
+                    kind: plugbus::FailureKind::HandlerPermanent,
+                    message: "no".into(),
+                    fuel: 1,
+                    plugin_version: "v1".into(),
+                    at_ms: 0,
+                }],
+            })
+            .collect(),
+        ..Commit::default()
+    })
+    .wait()
+    .expect("commit");
+}
+
+#[test]
+fn dead_letter_depths_are_kept_as_they_change() {
+    use plugbus::log::Commit;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let depth = |log: &SqliteLog, plugin: &str| {
+        log.dead_letter_depths()
+            .get(&("acme".to_owned(), plugin.to_owned()))
+            .copied()
+    };
+    {
+        let log = open(dir.path());
+        assert!(log.dead_letter_depths().is_empty());
+        dead_letters(&log, "saga", &[1, 2, 3]);
+        dead_letters(&log, "audit", &[1]);
+        assert_eq!(depth(&log, "saga"), Some(3));
+        // A dead letter stored again (a redrive that failed again) is one.
+        dead_letters(&log, "saga", &[3]);
+        assert_eq!(depth(&log, "saga"), Some(3));
+        // Discarded, and redriven successfully.
+        assert!(
+            log.discard_dead_letter("acme", "saga", 1)
+                .wait()
+                .expect("discard")
+        );
+        assert!(
+            !log.discard_dead_letter("acme", "saga", 1)
+                .wait()
+                .expect("discard")
+        );
+        log.commit(Commit {
+            tenant: "acme".into(),
+            plugin: "saga".into(),
+            redriven: vec![2],
+            ..Commit::default()
+        })
+        .wait()
+        .expect("commit");
+        assert_eq!(depth(&log, "saga"), Some(1));
+        assert!(
+            log.discard_dead_letter("acme", "audit", 1)
+                .wait()
+                .expect("discard")
+        );
+        assert_eq!(depth(&log, "audit"), None);
+    }
+    // Counted once when the log opens.
+    let log = open(dir.path());
+    assert_eq!(depth(&log, "saga"), Some(1));
+    assert_eq!(log.dead_letter_depths().len(), 1);
+    // Another process's changes (an operator's `plugbus dlq`) show within
+    // a few seconds, without a write of this one.
+    let other = open(dir.path());
+    dead_letters(&other, "saga", &[7, 8]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while depth(&log, "saga") != Some(3) {
+        assert!(std::time::Instant::now() < deadline, "never counted again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

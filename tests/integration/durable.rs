@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plugbus::durable::{DurableBus, DurableConfig, RetryPolicy};
-use plugbus::log::{EventLog, QuarantineChange, SqliteLog, SqliteLogConfig};
+use plugbus::log::{EventLog, Pending, QuarantineChange, ReadLimit, SqliteLog, SqliteLogConfig};
 use plugbus::{Event, FailureKind, Host, HostConfig};
 use plugbus_artifacts as artifacts;
 use plugbus_tests::{PluginsDir, event};
@@ -572,7 +572,7 @@ async fn a_redriven_dead_letter_goes_to_the_current_version() {
     .await;
     assert!(
         bus.log()
-            .redrives("shop", "counter")
+            .redrives("shop", "counter", 16)
             .expect("read")
             .is_empty()
     );
@@ -755,5 +755,571 @@ async fn a_failing_event_holds_back_only_its_own_key() {
         .collect();
     assert_eq!(counted, ["B", "B", "B", "A"]);
     assert!(bus.log().ahead("shop", "counter").expect("read").is_empty());
+    bus.shutdown().await;
+}
+
+const STORM: &str = "subscribe = [\"storm.go\"]\n[retry]\nmax_attempts = 1\n";
+
+/// A `storm.go` event whose chain may still cause `budget` events.
+fn storm(id: &str, budget: u64) -> Event {
+    let mut e = event("shop", "storm.go", id, serde_json::json!({}));
+    e.subject = Some(id.into());
+    e.extensions
+        .insert(plugbus::event::BUDGET_EXTENSION.into(), budget.to_string());
+    e
+}
+
+/// Two plugins that each emit the event they handle, on a host whose
+/// chains stop at depth 1 (the emitted events' own emits are refused).
+async fn two_storms(
+    data: &std::path::Path,
+) -> (
+    PluginsDir,
+    DurableBus,
+    tokio::sync::broadcast::Receiver<plugbus::Delivery>,
+) {
+    let dir = PluginsDir::new();
+    dir.add("shop", "storm-a", artifacts::FIXTURE_STORM, Some(STORM));
+    dir.add("shop", "storm-b", artifacts::FIXTURE_STORM, Some(STORM));
+    let host = Arc::new(
+        Host::new(HostConfig {
+            max_chain_depth: 1,
+            ..HostConfig::default()
+        })
+        .expect("host"),
+    );
+    let report = host.load_dir(dir.path()).expect("load");
+    assert!(report.errors.is_empty(), "{report:#?}");
+    let log = SqliteLog::open(data, SqliteLogConfig::default()).expect("log");
+    let (bus, deliveries) = DurableBus::start_observed(host, Arc::new(log), config(1))
+        .await
+        .expect("start the bus");
+    (dir, bus, deliveries)
+}
+
+/// The deliveries of the event `id`, once there are `n` of them.
+async fn deliveries_of(
+    deliveries: &mut tokio::sync::broadcast::Receiver<plugbus::Delivery>,
+    seen: &mut Vec<plugbus::Delivery>,
+    id: &str,
+    n: usize,
+) -> Vec<plugbus::Delivery> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let of: Vec<_> = seen.iter().filter(|d| d.event_id == id).cloned().collect();
+        if of.len() >= n {
+            return of;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, deliveries.recv()).await {
+            Ok(Ok(delivery)) => seen.push(delivery),
+            other => panic!("waiting for {n} deliveries of {id}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_budget_is_shared_among_the_plugins_it_reaches() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (_dir, bus, mut deliveries) = two_storms(data.path()).await;
+    let mut seen = Vec::new();
+    // Two subscribers share a budget of 2: one emit each.
+    bus.publish(vec![storm("two", 2)]).await.expect("publish");
+    for delivery in deliveries_of(&mut deliveries, &mut seen, "two", 2).await {
+        assert!(delivery.outcome.is_handled(), "{delivery:?}");
+        assert_eq!(delivery.emitted.len(), 1);
+    }
+    // A budget of 1 shared by two is none each: both emits are refused,
+    // where a budget per delivery would have allowed them.
+    bus.publish(vec![storm("one", 1)]).await.expect("publish");
+    for delivery in deliveries_of(&mut deliveries, &mut seen, "one", 2).await {
+        let failure = delivery.outcome.failure().expect("refused");
+        assert_eq!(failure.kind, FailureKind::HandlerPermanent, "{failure:?}");
+        assert!(failure.message.contains("limit"), "{}", failure.message);
+    }
+    // Redriven, a dead letter gets the same share: refused again.
+    let dead_letter = || {
+        bus.log()
+            .dead_letters("shop", "storm-a")
+            .expect("read")
+            .into_iter()
+            .find(|d| d.event.id == "one")
+    };
+    until("`one` is dead-lettered", || dead_letter().is_some()).await;
+    let seq = dead_letter().expect("a dead letter").seq;
+    assert!(
+        bus.log()
+            .request_redrive("shop", "storm-a", seq)
+            .await
+            .expect("request")
+    );
+    let redriven = deliveries_of(&mut deliveries, &mut seen, "one", 3).await;
+    let again = redriven.last().expect("the redrive");
+    assert_eq!(again.plugin, "storm-a");
+    assert!(
+        again
+            .outcome
+            .failure()
+            .is_some_and(|f| f.message.contains("limit")),
+        "{again:?}"
+    );
+    bus.shutdown().await;
+}
+
+/// A plugin that fails `mix.retryable` events for as long as the test
+/// runs: the first holds back every later event of its subject.
+const HOLDING: &str =
+    "subscribe = [\"mix.*\"]\nstart = \"earliest\"\n[retry]\nmax_attempts = 100\n";
+
+fn holding_config() -> DurableConfig {
+    DurableConfig {
+        retry: RetryPolicy {
+            max_attempts: 100,
+            base_backoff: Duration::from_secs(3600),
+            max_backoff: Duration::from_secs(3600),
+        },
+        quarantine_after: 0,
+        ..DurableConfig::default()
+    }
+}
+
+/// `n` `mix.retryable` events of one subject, of equal stored size.
+fn held(n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let mut e = mix("mix.retryable", &format!("h-{i:05}"));
+            e.subject = Some("k".into());
+            e
+        })
+        .collect()
+}
+
+/// Starts a bus on a log that holds `events` already, with `durable`,
+/// for one `mixed` plugin that holds them back.
+async fn holding(
+    data: &std::path::Path,
+    events: Vec<Event>,
+    durable: impl FnOnce(u64) -> DurableConfig,
+) -> (PluginsDir, DurableBus) {
+    let dir = PluginsDir::new();
+    dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(HOLDING));
+    let log = SqliteLog::open(data, SqliteLogConfig::default()).expect("log");
+    log.append(events).await.expect("append");
+    let sizes: std::collections::BTreeSet<u64> = log
+        .read("shop", 0, usize::MAX)
+        .expect("read")
+        .iter()
+        .map(|s| s.bytes)
+        .collect();
+    assert_eq!(sizes.len(), 1, "the events are of one size: {sizes:?}");
+    let size = sizes.into_iter().next().unwrap_or_default();
+    let host = Arc::new(Host::new(HostConfig::default()).expect("host"));
+    host.load_dir(dir.path()).expect("load");
+    let bus = DurableBus::start(host, Arc::new(log), durable(size))
+        .await
+        .expect("start");
+    (dir, bus)
+}
+
+/// The backlog of `mixed` once it holds at least `events` events and has
+/// had a few rounds to read more.
+async fn held_back(bus: &DurableBus, events: u64) -> plugbus::durable::Backlog {
+    let backlog = || {
+        bus.backlogs()
+            .into_iter()
+            .find(|b| b.plugin == "mixed")
+            .expect("a backlog")
+    };
+    until("the consumer holds events", || {
+        backlog().pending_events >= events
+    })
+    .await;
+    // The consumer reads again at least once a second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    backlog()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_ahead_stops_at_max_pending_bytes() {
+    for holds in [3, 2] {
+        let data = tempfile::tempdir().expect("tempdir");
+        // Room for `holds` events, and one byte short of the next.
+        let (_dir, bus) = holding(data.path(), held(10), |size| DurableConfig {
+            max_pending_bytes: (holds + 1) * size - 1,
+            ..holding_config()
+        })
+        .await;
+        let size = bus.log().read("shop", 0, 1).expect("read")[0].bytes;
+        let backlog = held_back(&bus, holds).await;
+        assert_eq!(backlog.pending_events, holds, "{backlog:?}");
+        assert_eq!(backlog.pending_bytes, holds * size);
+        // The events it does not hold are still its lag.
+        assert_eq!(backlog.lag, 10);
+        bus.shutdown().await;
+    }
+    // Exactly at the bound: as many as fit.
+    let data = tempfile::tempdir().expect("tempdir");
+    let (_dir, bus) = holding(data.path(), held(10), |size| DurableConfig {
+        max_pending_bytes: 3 * size,
+        ..holding_config()
+    })
+    .await;
+    assert_eq!(held_back(&bus, 3).await.pending_events, 3);
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_ahead_stops_at_max_pending_events() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let cap = plugbus::durable::MAX_PENDING as u64;
+    // Reads of 1,024 events: the tenth would pass the bound by 240.
+    let (_dir, bus) = holding(
+        data.path(),
+        held(plugbus::durable::MAX_PENDING + 50),
+        |_| DurableConfig {
+            read_batch: 1024,
+            ..holding_config()
+        },
+    )
+    .await;
+    let backlog = held_back(&bus, cap).await;
+    assert_eq!(backlog.pending_events, cap, "{backlog:?}");
+    assert_eq!(backlog.lag, cap + 50);
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_larger_than_the_read_bounds_are_still_delivered() {
+    let dir = PluginsDir::new();
+    dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
+    let data = tempfile::tempdir().expect("tempdir");
+    // Bounds of one byte: every read brings one event, since the consumer
+    // holds none when it reads.
+    let durable = DurableConfig {
+        max_pending_bytes: 1,
+        max_read_bytes: 1,
+        ..config(1)
+    };
+    let (host, bus) = start(&dir, data.path(), durable).await;
+    let events: Vec<_> = (0..5).map(|i| mix("mix.ok", &format!("ok-{i}"))).collect();
+    let appended = bus.publish(events).await.expect("publish");
+    let last = appended.last().expect("appended").seq;
+    until("every event is handled", || cursor(&bus, "mixed") >= last).await;
+    assert_eq!(host.stats().deliveries_ok, 5);
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_and_dead_letters_are_counted_without_reading_the_log() {
+    let dir = PluginsDir::new();
+    dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
+    let data = tempfile::tempdir().expect("tempdir");
+    let durable = DurableConfig {
+        quarantine_after: 1,
+        quarantine_for: Duration::from_secs(3600),
+        ..config(1)
+    };
+    let (_host, bus) = start(&dir, data.path(), durable).await;
+    let lag = |bus: &DurableBus| {
+        bus.backlogs()
+            .into_iter()
+            .find(|b| b.plugin == "mixed")
+            .expect("a backlog")
+            .lag
+    };
+    let scanned = |bus: &DurableBus| {
+        let cursor = cursor(bus, "mixed");
+        bus.log()
+            .count_after("shop", cursor, u64::MAX)
+            .expect("count")
+    };
+    assert_eq!(lag(&bus), 0);
+    // A dead letter, then quarantine: the events after it wait.
+    bus.publish(vec![mix("mix.permanent", "p-1")])
+        .await
+        .expect("publish");
+    until("the plugin is quarantined", || {
+        !bus.quarantined().is_empty()
+    })
+    .await;
+    let key = ("shop".to_owned(), "mixed".to_owned());
+    assert_eq!(bus.dead_letter_depths().get(&key), Some(&1));
+    let events: Vec<_> = (0..4).map(|i| mix("mix.ok", &format!("ok-{i}"))).collect();
+    bus.publish(events).await.expect("publish");
+    assert_eq!(lag(&bus), 4);
+    assert_eq!(scanned(&bus), 4);
+    // Resumed, it catches up.
+    assert!(bus.resume("shop", "mixed"));
+    until("the plugin has caught up", || lag(&bus) == 0).await;
+    until("its cursor is past the events", || scanned(&bus) == 0).await;
+    // Discarded, the dead letter is no longer counted.
+    let seq = bus.log().dead_letters("shop", "mixed").expect("read")[0].seq;
+    assert!(
+        bus.log()
+            .discard_dead_letter("shop", "mixed", seq)
+            .await
+            .expect("discard")
+    );
+    assert_eq!(bus.dead_letter_depths().get(&key), None);
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_of_any_length_do_not_overflow() {
+    let dir = PluginsDir::new();
+    dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
+    let data = tempfile::tempdir().expect("tempdir");
+    let durable = DurableConfig {
+        retry: RetryPolicy {
+            max_attempts: 5,
+            base_backoff: Duration::MAX,
+            max_backoff: Duration::MAX,
+        },
+        quarantine_after: 2,
+        quarantine_for: Duration::from_secs(u64::MAX),
+        retention_interval: Duration::MAX,
+        ..DurableConfig::default()
+    };
+    let (host, bus) = start(&dir, data.path(), durable).await;
+    // A retry after `Duration::MAX`: the event waits, its key's later
+    // events wait, the others are handled.
+    let mut retried = mix("mix.retryable", "r-1");
+    retried.subject = Some("r".into());
+    bus.publish(vec![retried, mix("mix.ok", "ok-1")])
+        .await
+        .expect("publish");
+    until("the other event is handled", || {
+        host.stats().deliveries_ok == 1
+    })
+    .await;
+    // A quarantine of u64::MAX seconds after two failures in a row, lifted
+    // by an operator.
+    bus.publish(vec![
+        mix("mix.permanent", "p-1"),
+        mix("mix.permanent", "p-2"),
+    ])
+    .await
+    .expect("publish");
+    until("the plugin is quarantined", || {
+        !bus.quarantined().is_empty()
+    })
+    .await;
+    assert!(bus.resume("shop", "mixed"));
+    bus.publish(vec![mix("mix.ok", "ok-2")])
+        .await
+        .expect("publish");
+    until("the consumer goes on after the quarantine", || {
+        host.stats().deliveries_ok == 2
+    })
+    .await;
+    assert!(bus.restarts().is_empty(), "{:?}", bus.restarts());
+    bus.shutdown().await;
+}
+
+/// A log that panics on its first `read_panics` reads and `prune_panics`
+/// prunes, then works: a real failure under the bus's tasks.
+struct PanickyLog {
+    log: SqliteLog,
+    read_panics: std::sync::atomic::AtomicU32,
+    prune_panics: std::sync::atomic::AtomicU32,
+    prunes: std::sync::atomic::AtomicU32,
+}
+
+impl PanickyLog {
+    fn new(data: &std::path::Path, read_panics: u32, prune_panics: u32) -> Self {
+        Self {
+            log: SqliteLog::open(data, SqliteLogConfig::default()).expect("log"),
+            read_panics: read_panics.into(),
+            prune_panics: prune_panics.into(),
+            prunes: 0.into(),
+        }
+    }
+
+    /// True while `left` is above 0, counting it down.
+    fn take(left: &std::sync::atomic::AtomicU32) -> bool {
+        use std::sync::atomic::Ordering;
+        left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+impl plugbus::state::StateStore for PanickyLog {
+    fn get(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, plugbus::state::StateError> {
+        self.log.get(tenant, plugin, key)
+    }
+
+    fn apply(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        writes: &[plugbus::state::StateWrite],
+    ) -> Result<(), plugbus::state::StateError> {
+        self.log.apply(tenant, plugin, writes)
+    }
+}
+
+impl EventLog for PanickyLog {
+    fn append(&self, events: Vec<Event>) -> Pending<Vec<plugbus::log::Appended>> {
+        self.log.append(events)
+    }
+
+    fn read_bounded(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: ReadLimit,
+    ) -> Result<Vec<plugbus::log::StoredEvent>, plugbus::log::LogError> {
+        if Self::take(&self.read_panics) {
+            panic!("the log failed a read (a test's fault)");
+        }
+        self.log.read_bounded(tenant, after, limit)
+    }
+
+    fn count_after(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: u64,
+    ) -> Result<u64, plugbus::log::LogError> {
+        self.log.count_after(tenant, after, limit)
+    }
+
+    fn cursor(&self, tenant: &str, plugin: &str) -> Result<Option<u64>, plugbus::log::LogError> {
+        self.log.cursor(tenant, plugin)
+    }
+
+    fn ahead(&self, tenant: &str, plugin: &str) -> Result<Vec<u64>, plugbus::log::LogError> {
+        self.log.ahead(tenant, plugin)
+    }
+
+    fn commit(&self, commit: plugbus::log::Commit) -> Pending<plugbus::log::Committed> {
+        self.log.commit(commit)
+    }
+
+    fn dead_letters(
+        &self,
+        tenant: &str,
+        plugin: &str,
+    ) -> Result<Vec<plugbus::log::DeadLetter>, plugbus::log::LogError> {
+        self.log.dead_letters(tenant, plugin)
+    }
+
+    fn dead_letter_plugins(&self, tenant: &str) -> Result<Vec<String>, plugbus::log::LogError> {
+        self.log.dead_letter_plugins(tenant)
+    }
+
+    fn discard_dead_letter(&self, tenant: &str, plugin: &str, seq: u64) -> Pending<bool> {
+        self.log.discard_dead_letter(tenant, plugin, seq)
+    }
+
+    fn request_redrive(&self, tenant: &str, plugin: &str, seq: u64) -> Pending<bool> {
+        self.log.request_redrive(tenant, plugin, seq)
+    }
+
+    fn redrives(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        limit: usize,
+    ) -> Result<Vec<plugbus::log::DeadLetter>, plugbus::log::LogError> {
+        self.log.redrives(tenant, plugin, limit)
+    }
+
+    fn dead_letter_depths(&self) -> plugbus::log::DeadLetterDepths {
+        self.log.dead_letter_depths()
+    }
+
+    fn set_quarantine(&self, change: QuarantineChange) -> Pending<bool> {
+        self.log.set_quarantine(change)
+    }
+
+    fn quarantines(&self) -> Result<Vec<plugbus::log::Quarantine>, plugbus::log::LogError> {
+        self.log.quarantines()
+    }
+
+    fn first_since(&self, tenant: &str, at_ms: i64) -> Result<Option<u64>, plugbus::log::LogError> {
+        self.log.first_since(tenant, at_ms)
+    }
+
+    fn head(&self) -> Result<u64, plugbus::log::LogError> {
+        self.log.head()
+    }
+
+    fn prune(
+        &self,
+        retention: plugbus::log::Retention,
+        live: Vec<(String, String)>,
+    ) -> Pending<plugbus::log::Pruned> {
+        self.prunes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if Self::take(&self.prune_panics) {
+            panic!("the log failed to prune (a test's fault)");
+        }
+        self.log.prune(retention, live)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_panics_is_restarted_from_its_cursor() {
+    let dir = PluginsDir::new();
+    dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
+    let data = tempfile::tempdir().expect("tempdir");
+    let host = Arc::new(Host::new(HostConfig::default()).expect("host"));
+    host.load_dir(dir.path()).expect("load");
+    // Its first two reads panic under the consumer.
+    let log = Arc::new(PanickyLog::new(data.path(), 2, 0));
+    let bus = DurableBus::start(host.clone(), log, config(1))
+        .await
+        .expect("start");
+    let appended = bus
+        .publish(vec![mix("mix.ok", "ok-1")])
+        .await
+        .expect("publish");
+    until("the event is handled by the restarted consumer", || {
+        cursor(&bus, "mixed") >= appended[0].seq
+    })
+    .await;
+    assert_eq!(host.stats().deliveries_ok, 1);
+    let consumer = plugbus::durable::Task::Consumer {
+        tenant: "shop".into(),
+        plugin: "mixed".into(),
+    };
+    assert_eq!(
+        bus.restarts().get(&consumer),
+        Some(&2),
+        "{:?}",
+        bus.restarts()
+    );
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_task_that_panics_is_restarted() {
+    let dir = PluginsDir::new();
+    dir.add("shop", "audit", artifacts::AUDIT_LOG, None);
+    let data = tempfile::tempdir().expect("tempdir");
+    let host = Arc::new(Host::new(HostConfig::default()).expect("host"));
+    host.load_dir(dir.path()).expect("load");
+    let log = Arc::new(PanickyLog::new(data.path(), 0, 1));
+    let durable = DurableConfig {
+        retention_interval: Duration::from_secs(1),
+        ..config(1)
+    };
+    let bus = DurableBus::start(host, log.clone(), durable)
+        .await
+        .expect("start");
+    until("retention ran again after its panic", || {
+        log.prunes.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert_eq!(
+        bus.restarts().get(&plugbus::durable::Task::Retention),
+        Some(&1)
+    );
     bus.shutdown().await;
 }
