@@ -100,7 +100,8 @@ fn plugins() -> tempfile::TempDir {
         artifacts::FIXTURE_HOSTILE,
         &"#".repeat(64 * 1024 + 1),
     );
-    // One plugin more than the tenant's quota; last by name.
+    // One plugin more than the tenant's quota of 10 (every plugin file
+    // takes a place, in name order, whether it then loads or not).
     plugin(
         &evil,
         "zz-extra",
@@ -124,7 +125,7 @@ fn config(data: &std::path::Path, plugins: &std::path::Path) -> std::path::PathB
              [http]\nheader_timeout_ms = 500\nbody_timeout_ms = 1000\n\
              [admin]\ntoken_sha256 = \"{}\"\n\
              [tenants.{GOOD}]\ntoken_sha256 = \"{}\"\n\
-             [tenants.{EVIL}]\ntoken_sha256 = \"{}\"\nmax_plugins = 7\ningest_events_per_second = 30\n",
+             [tenants.{EVIL}]\ntoken_sha256 = \"{}\"\nmax_plugins = 10\ningest_events_per_second = 30\n",
             plugins.display(),
             data.join("data").display(),
             hash(ADMIN_TOKEN),

@@ -280,7 +280,7 @@ fn a_batch_with_a_foreign_event_is_refused_whole() {
 fn emitter(config: HostConfig, extra: &str) -> (plugbus::Host, Arc<Plugin>, PluginsDir) {
     let dir = PluginsDir::new();
     let manifest = format!(
-        "subscribe = [\"hostile.*\"]\n[limits]\nmemory_mib = 64\ntimeout_ms = 60_000\n[config]\nmode = \"big-emit\"\nsize = \"1000\"\n{extra}\n"
+        "subscribe = [\"hostile.*\"]\n[limits]\nmemory_mib = 64\ntimeout_ms = 30_000\n[config]\nmode = \"big-emit\"\nsize = \"1000\"\n{extra}\n"
     );
     dir.add(
         "chaos",

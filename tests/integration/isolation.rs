@@ -438,7 +438,7 @@ fn a_loop_calling_a_cheap_host_function_is_bounded() {
             Some(&sleeper_manifest(
                 "host-loop",
                 "",
-                "fuel = 5_000_000\ntimeout_ms = 60000",
+                "fuel = 5_000_000\ntimeout_ms = 30000",
             )),
         );
         dir.add(
@@ -485,7 +485,16 @@ fn growing_the_host_tables_without_end_is_bounded() {
                 "fuel = 10_000_000_000\ntimeout_ms = 15000",
             )),
         );
-        let (host, _) = host_for(&dir);
+        // Fuel past the default ceiling: the tables, not the fuel, must
+        // stop it.
+        let config = HostConfig {
+            max_limits: plugbus::Limits {
+                fuel: u64::MAX,
+                ..plugbus::Limits::DEFAULT_CEILINGS
+            },
+            ..HostConfig::default()
+        };
+        let (host, _) = host_with(config, &dir);
         let deliveries = publish(&host, "chaos", "sleeper.test", "t-1").await;
         let failure = failure(&deliveries[0]);
         assert_eq!(failure.kind, FailureKind::Trap, "{failure:?}");
