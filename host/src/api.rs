@@ -768,11 +768,23 @@ fn binary(
 }
 
 async fn ready(State(api): State<Arc<Api>>) -> Response {
-    if api.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    if !api.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
+    let health = api.bus.log_health();
+    if !health.writable {
+        // Ingest would answer 503 too; it recovers by itself once the log
+        // can be written again.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the event log cannot be written: {}\n",
+                health.error.as_deref().unwrap_or("unknown error")
+            ),
+        )
+            .into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
 }
 
 async fn render_metrics(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
@@ -818,22 +830,22 @@ impl Api {
 /// `dead` of each plugin below).
 async fn record_gauges(api: &Arc<Api>) -> scrape::Live {
     let statuses = api.bus.statuses();
-    let log = api.bus.log().clone();
-    let keys: Vec<(String, String)> = statuses
-        .iter()
-        .map(|s| (s.tenant.clone(), s.name.clone()))
+    // Kept by the bus as things happen: a scrape reads no dead letter and
+    // counts no event of the log.
+    let dead_letters = api.bus.dead_letter_depths();
+    let lags: HashMap<(String, String), u64> = api
+        .bus
+        .backlogs()
+        .into_iter()
+        .map(|b| ((b.tenant, b.plugin), b.lag))
         .collect();
-    let depths = tokio::task::spawn_blocking(move || {
-        keys.into_iter()
-            .map(|(tenant, plugin)| {
-                let dead = log.dead_letters(&tenant, &plugin).map_or(0, |d| d.len());
-                let lag = lag(log.as_ref(), &tenant, &plugin).unwrap_or(0);
-                (dead, lag)
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_default();
+    let depths = statuses.iter().map(|s| {
+        let key = (s.tenant.clone(), s.name.clone());
+        (
+            dead_letters.get(&key).copied().unwrap_or(0),
+            lags.get(&key).copied().unwrap_or(0),
+        )
+    });
     for (status, (dead, lag)) in statuses.iter().zip(depths) {
         let labels = [
             ("tenant", status.tenant.clone()),

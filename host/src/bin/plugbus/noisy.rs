@@ -119,11 +119,12 @@ pub async fn run(args: NoisyArgs) -> anyhow::Result<std::process::ExitCode> {
         );
         println!(
             "bounds: emits {} and {} KiB per delivery, {} KiB per batch commit, {} events per chain, \
-             timeout ceiling {} ms",
+             read-ahead {} MiB per plugin, timeout ceiling {} ms",
             config.max_emits_per_delivery,
             config.max_emit_bytes_per_delivery / 1024,
             config.max_batch_commit_bytes / 1024,
             config.max_events_per_chain,
+            DurableConfig::default().max_pending_bytes / (1024 * 1024),
             config.max_limits.timeout.as_millis(),
         );
         println!(

@@ -269,6 +269,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     .then(|| Duration::from_secs(d.retain_hours.saturating_mul(3600))),
                 max_bytes: d.retain_mib.map(|m| m.saturating_mul(1024 * 1024)),
             },
+            max_pending_bytes: settings.budgets.max_pending_mib.saturating_mul(1024 * 1024),
             quarantine_after: d.quarantine_after,
             quarantine_for: Duration::from_secs(d.quarantine_seconds),
             retry: plugbus::durable::RetryPolicy {
