@@ -216,7 +216,7 @@ fn a_hostile_tenant_trying_everything_at_once_does_not_reach_a_good_one() {
     // rest.
     let log = server.log();
     for (plugin, reason) in [
-        ("spy", "outside"),
+        ("spy", "leaves the tenant folder"),
         ("greedy", "ceiling"),
         ("fat", "65537"),
         ("zz-extra", "quota"),

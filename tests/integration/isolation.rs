@@ -110,14 +110,7 @@ async fn a_spinning_plugin_does_not_delay_others() {
     );
     dir.add("calm", "noop", artifacts::FIXTURE_NOOP, None);
     // Ample fuel, above the default ceiling, so that only the clock stops it.
-    let config = HostConfig {
-        max_limits: plugbus::Limits {
-            fuel: u64::MAX,
-            ..plugbus::Limits::DEFAULT_CEILINGS
-        },
-        ..HostConfig::default()
-    };
-    let (host, _) = host_with(config, &dir);
+    let (host, _) = host_with(ample_fuel(), &dir);
     let host = std::sync::Arc::new(host);
     let spinning = {
         let host = host.clone();
@@ -451,7 +444,7 @@ fn a_loop_calling_a_cheap_host_function_is_bounded() {
                 "fuel = 10_000_000_000\ntimeout_ms = 100",
             )),
         );
-        let (host, _) = host_for(&dir);
+        let (host, _) = host_with(ample_fuel(), &dir);
         let deliveries = publish(&host, "chaos", "sleeper.test", "l-1").await;
         let kinds: Vec<_> = deliveries
             .iter()
@@ -487,14 +480,7 @@ fn growing_the_host_tables_without_end_is_bounded() {
         );
         // Fuel past the default ceiling: the tables, not the fuel, must
         // stop it.
-        let config = HostConfig {
-            max_limits: plugbus::Limits {
-                fuel: u64::MAX,
-                ..plugbus::Limits::DEFAULT_CEILINGS
-            },
-            ..HostConfig::default()
-        };
-        let (host, _) = host_with(config, &dir);
+        let (host, _) = host_with(ample_fuel(), &dir);
         let deliveries = publish(&host, "chaos", "sleeper.test", "t-1").await;
         let failure = failure(&deliveries[0]);
         assert_eq!(failure.kind, FailureKind::Trap, "{failure:?}");
@@ -520,7 +506,7 @@ fn a_large_memory_copy_loop_is_bounded() {
                 "fuel = 10_000_000_000\ntimeout_ms = 100",
             )),
         );
-        let (host, _) = host_for(&dir);
+        let (host, _) = host_with(ample_fuel(), &dir);
         let deliveries = publish(&host, "chaos", "sleeper.test", "m-1").await;
         assert_eq!(kind(&deliveries[0]), Some(FailureKind::Timeout));
     });
@@ -736,4 +722,16 @@ fn a_blocked_guest_does_not_hold_the_durable_shutdown() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         bus.shutdown().await;
     });
+}
+
+/// A host whose fuel ceiling lets a manifest ask for any fuel, for the
+/// plugins that only their clock or their memory may stop.
+fn ample_fuel() -> HostConfig {
+    HostConfig {
+        max_limits: plugbus::Limits {
+            fuel: u64::MAX,
+            ..plugbus::Limits::DEFAULT_CEILINGS
+        },
+        ..HostConfig::default()
+    }
 }

@@ -439,13 +439,14 @@ impl HttpFront {
             .context("cannot listen on 127.0.0.1")?;
         let url = format!("http://{}/v1/events", listener.local_addr()?);
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(async move {
-            axum::serve(listener, plugbus::api::router(api))
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
+        let server = tokio::spawn(plugbus::api::serve(
+            listener,
+            api,
+            plugbus::api::ServerLimits::default(),
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        ));
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_idle_connections(connections)
