@@ -1104,6 +1104,10 @@ async fn waits_of_any_length_do_not_overflow() {
         !bus.quarantined().is_empty()
     })
     .await;
+    // Recorded with an end that any reader can print.
+    let quarantine = bus.quarantined().remove(0);
+    let horizon = i64::try_from(plugbus::durable::MAX_WAIT.as_millis()).expect("fits");
+    assert_eq!(quarantine.until_ms - quarantine.since_ms, horizon);
     assert!(bus.resume("shop", "mixed"));
     bus.publish(vec![mix("mix.ok", "ok-2")])
         .await
