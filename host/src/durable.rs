@@ -1488,8 +1488,10 @@ impl Consumer {
         let version = plugin.version().to_owned();
         let length = self.inner.config.quarantine_for;
         let since_ms = now_ms();
-        let until_ms =
-            since_ms.saturating_add(i64::try_from(length.as_millis()).unwrap_or(i64::MAX));
+        // Recorded as the bus keeps it: no later than MAX_WAIT from now, a
+        // time every reader of the record can print.
+        let until_ms = since_ms
+            .saturating_add(i64::try_from(length.min(MAX_WAIT).as_millis()).unwrap_or(i64::MAX));
         let key = (self.tenant.clone(), self.plugin.clone());
         let wake = Arc::new(Notify::new());
         let record = Quarantine {

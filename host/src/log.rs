@@ -219,6 +219,34 @@ pub struct Committed {
     /// Whether the cursor moved; false when it had been moved by someone
     /// else since (see [`Commit::expected`]).
     pub cursor_moved: bool,
+    /// The positions of the commit's dead letters that were not kept,
+    /// because the tenant has reached its [`DeadLetterQuota`]: their
+    /// events are given up all the same.
+    pub refused_dead_letters: Vec<Seq>,
+}
+
+/// How many dead letters one tenant's plugins keep together, at most. A
+/// dead letter beyond either bound is not kept (its event is given up all
+/// the same), logged and counted
+/// (`plugbus_dead_letters_refused_total{tenant,plugin}`); a dead letter
+/// stored again after a failed redrive is always kept. Discarding or
+/// redriving dead letters makes room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterQuota {
+    /// The most dead letters (default 100,000).
+    pub max_count: u64,
+    /// The most bytes of dead letters: each one's event and attempts as
+    /// stored (default 1 GiB).
+    pub max_bytes: u64,
+}
+
+impl Default for DeadLetterQuota {
+    fn default() -> Self {
+        Self {
+            max_count: 100_000,
+            max_bytes: 1024 * 1024 * 1024,
+        }
+    }
 }
 
 /// A request to the log whose answer arrives later: await it, or
@@ -506,6 +534,11 @@ pub struct SqliteLogConfig {
     /// more than one event of the largest size): a disk with less room
     /// than this free stays not writable.
     pub probe_bytes: u64,
+    /// Every tenant's dead-letter quota, unless `tenant_dead_letters`
+    /// names the tenant (default 100,000 dead letters and 1 GiB).
+    pub dead_letters: DeadLetterQuota,
+    /// Dead-letter quotas of particular tenants, by tenant.
+    pub tenant_dead_letters: std::collections::HashMap<String, DeadLetterQuota>,
 }
 
 impl Default for SqliteLogConfig {
@@ -516,6 +549,8 @@ impl Default for SqliteLogConfig {
             max_group: 4096,
             probe_interval: Duration::from_secs(1),
             probe_bytes: 2 * 1024 * 1024,
+            dead_letters: DeadLetterQuota::default(),
+            tenant_dead_letters: std::collections::HashMap::new(),
         }
     }
 }
@@ -555,8 +590,12 @@ struct Shared {
     health: std::sync::Mutex<LogHealth>,
     /// The dead letters of each plugin, counted once at open (and again
     /// when another process changed the file), then kept by the writer.
-    dead_letters: std::sync::Mutex<DeadLetterDepths>,
+    dead_letters: std::sync::Mutex<DeadLetterUsage>,
 }
+
+/// The dead letters of each (tenant, plugin) that has any: how many, and
+/// their bytes.
+type DeadLetterUsage = std::collections::BTreeMap<(String, String), (u64, u64)>;
 
 impl Shared {
     fn health(&self) -> std::sync::MutexGuard<'_, LogHealth> {
@@ -565,7 +604,7 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn dead_letters(&self) -> std::sync::MutexGuard<'_, DeadLetterDepths> {
+    fn dead_letters(&self) -> std::sync::MutexGuard<'_, DeadLetterUsage> {
         self.dead_letters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -596,22 +635,26 @@ impl Shared {
     }
 }
 
-/// The dead letters of each plugin, counted in one grouped query.
-fn count_dead_letters(conn: &Connection) -> Result<DeadLetterDepths, rusqlite::Error> {
-    let mut statement =
-        conn.prepare("SELECT tenant, plugin, COUNT(*) FROM dead_letters GROUP BY tenant, plugin")?;
+/// The dead letters of each plugin and their bytes, in one grouped query
+/// (`octet_length` reads the sizes, not the values).
+fn count_dead_letters(conn: &Connection) -> Result<DeadLetterUsage, rusqlite::Error> {
+    let mut statement = conn.prepare(
+        "SELECT tenant, plugin, COUNT(*), SUM(octet_length(body) + octet_length(attempts))
+         FROM dead_letters GROUP BY tenant, plugin",
+    )?;
     let rows = statement.query_map([], |row| {
+        let number = |i: usize| row.get::<_, i64>(i).map(|n| u64::try_from(n).unwrap_or(0));
         Ok((
             (row.get::<_, String>(0)?, row.get::<_, String>(1)?),
-            u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+            (number(2)?, number(3)?),
         ))
     })?;
     rows.collect()
 }
 
-/// A number of dead letters added (or, negative, removed) per plugin by a
+/// Dead letters and bytes added (or, negative, removed) per plugin by a
 /// transaction, applied to [`Shared::dead_letters`] once it committed.
-type DeadLetterChanges = std::collections::BTreeMap<(String, String), i64>;
+type DeadLetterChanges = std::collections::BTreeMap<(String, String), (i64, i64)>;
 
 /// A write for the writer thread.
 enum Write {
@@ -1122,7 +1165,11 @@ impl EventLog for SqliteLog {
     }
 
     fn dead_letter_depths(&self) -> DeadLetterDepths {
-        self.shared.dead_letters().clone()
+        self.shared
+            .dead_letters()
+            .iter()
+            .map(|(key, (count, _))| (key.clone(), *count))
+            .collect()
     }
 
     fn health(&self) -> LogHealth {
@@ -1357,12 +1404,13 @@ impl Writer {
         self.shared
             .wrote(&self.path, result.as_ref().err().map(ToString::to_string));
         if result.is_ok() && !changes.is_empty() {
-            let mut depths = self.shared.dead_letters();
-            for (key, change) in changes {
-                let depth = depths.entry(key.clone()).or_insert(0);
-                *depth = depth.saturating_add_signed(change);
-                if *depth == 0 {
-                    depths.remove(&key);
+            let mut usage = self.shared.dead_letters();
+            for (key, (count, bytes)) in changes {
+                let used = usage.entry(key.clone()).or_insert((0, 0));
+                used.0 = used.0.saturating_add_signed(count);
+                used.1 = used.1.saturating_add_signed(bytes);
+                if used.0 == 0 {
+                    usage.remove(&key);
                 }
             }
         }
@@ -1396,7 +1444,8 @@ impl Writer {
                         (Write::Append { reply, .. }, Done::Append(answer)) => {
                             let _ = reply.send(Ok(answer));
                         }
-                        (Write::Commit { reply, .. }, Done::Commit(committed)) => {
+                        (Write::Commit { reply, commit, .. }, Done::Commit(committed)) => {
+                            self.refused(&commit, &committed.refused_dead_letters);
                             let _ = reply.send(Ok(committed));
                         }
                         (Write::Discard { reply, .. }, Done::Discard(found)) => {
@@ -1427,6 +1476,33 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Logs and counts the dead letters of `commit` that its tenant's
+    /// quota refused.
+    fn refused(&self, commit: &Commit, refused: &[Seq]) {
+        if refused.is_empty() {
+            return;
+        }
+        let quota = self
+            .config
+            .tenant_dead_letters
+            .get(&commit.tenant)
+            .unwrap_or(&self.config.dead_letters);
+        tracing::warn!(
+            tenant = %commit.tenant,
+            plugin = %commit.plugin,
+            seqs = ?refused,
+            "events given up without a dead letter: the tenant has reached its dead-letter quota ({} dead letters, {} bytes)",
+            quota.max_count,
+            quota.max_bytes
+        );
+        metrics::counter!(
+            "plugbus_dead_letters_refused_total",
+            "tenant" => commit.tenant.clone(),
+            "plugin" => commit.plugin.clone()
+        )
+        .increment(refused.len() as u64);
     }
 
     fn error(&self, e: &rusqlite::Error) -> LogError {
@@ -1469,18 +1545,65 @@ impl Writer {
                  ON CONFLICT (tenant, plugin, seq) DO UPDATE SET
                      attempts = excluded.attempts, at_ms = excluded.at_ms",
             )?;
+            // A dead letter's bytes: its event and attempts as stored.
             let mut drop_dead = tx.prepare_cached(
-                "DELETE FROM dead_letters WHERE tenant = ?1 AND plugin = ?2 AND seq = ?3",
+                "DELETE FROM dead_letters WHERE tenant = ?1 AND plugin = ?2 AND seq = ?3
+                 RETURNING octet_length(body) + octet_length(attempts)",
             )?;
             let mut find_dead = tx.prepare_cached(
-                "SELECT 1 FROM dead_letters WHERE tenant = ?1 AND plugin = ?2 AND seq = ?3",
+                "SELECT octet_length(body) + octet_length(attempts) FROM dead_letters
+                 WHERE tenant = ?1 AND plugin = ?2 AND seq = ?3",
             )?;
-            let mut count = |tenant: &str, plugin: &str, change: i64| {
-                if change != 0 {
-                    *changes
-                        .entry((tenant.to_owned(), plugin.to_owned()))
-                        .or_insert(0) += change;
+            let shared = self.shared.clone();
+            let quotas = &self.config;
+            // The dead letters of `tenant` and their bytes, as of this
+            // transaction.
+            let used = |changes: &DeadLetterChanges, tenant: &str| {
+                let committed = shared.dead_letters();
+                let plugins = committed
+                    .range((tenant.to_owned(), String::new())..)
+                    .take_while(|((t, _), _)| t == tenant);
+                let (mut count, mut bytes) = plugins.fold((0i64, 0i64), |(c, b), (_, (n, s))| {
+                    (
+                        c.saturating_add(i64::try_from(*n).unwrap_or(i64::MAX)),
+                        b.saturating_add(i64::try_from(*s).unwrap_or(i64::MAX)),
+                    )
+                });
+                for (_, (n, s)) in changes
+                    .range((tenant.to_owned(), String::new())..)
+                    .take_while(|((t, _), _)| t == tenant)
+                {
+                    count = count.saturating_add(*n);
+                    bytes = bytes.saturating_add(*s);
                 }
+                (
+                    u64::try_from(count).unwrap_or(0),
+                    u64::try_from(bytes).unwrap_or(0),
+                )
+            };
+            let count = |changes: &mut DeadLetterChanges,
+                         tenant: &str,
+                         plugin: &str,
+                         number: i64,
+                         bytes: i64| {
+                let change = changes
+                    .entry((tenant.to_owned(), plugin.to_owned()))
+                    .or_insert((0, 0));
+                change.0 = change.0.saturating_add(number);
+                change.1 = change.1.saturating_add(bytes);
+            };
+            let mut drop_dead_letter = |changes: &mut DeadLetterChanges,
+                                        tenant: &str,
+                                        plugin: &str,
+                                        seq: i64|
+             -> Result<bool, rusqlite::Error> {
+                let size = drop_dead
+                    .query_row(params![tenant, plugin, seq], |row| row.get::<_, i64>(0))
+                    .optional()?;
+                if let Some(size) = size {
+                    count(changes, tenant, plugin, -1, -size);
+                }
+                Ok(size.is_some())
             };
             let mut drop_redrive = tx.prepare_cached(
                 "DELETE FROM redrives WHERE tenant = ?1 AND plugin = ?2 AND seq = ?3",
@@ -1570,19 +1693,49 @@ impl Writer {
                         write_state(&commit.tenant, &commit.plugin, &commit.state)?;
                         for seq in &commit.redriven {
                             let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
-                            let key = params![commit.tenant, commit.plugin, seq];
-                            let dropped = drop_dead.execute(key)?;
-                            count(&commit.tenant, &commit.plugin, -(dropped as i64));
-                            drop_redrive.execute(key)?;
+                            drop_dead_letter(changes, &commit.tenant, &commit.plugin, seq)?;
+                            drop_redrive.execute(params![commit.tenant, commit.plugin, seq])?;
                         }
+                        let quota = quotas
+                            .tenant_dead_letters
+                            .get(&commit.tenant)
+                            .unwrap_or(&quotas.dead_letters);
+                        let mut refused_dead_letters = Vec::new();
                         for dead in &commit.dead_letters {
                             let body = dead.event.to_json_string();
                             let attempts = serde_json::to_string(&dead.attempts).map_err(|e| {
                                 rusqlite::Error::ToSqlConversionFailure(Box::new(e))
                             })?;
                             let seq = i64::try_from(dead.seq).unwrap_or(i64::MAX);
-                            if !find_dead.exists(params![commit.tenant, commit.plugin, seq])? {
-                                count(&commit.tenant, &commit.plugin, 1);
+                            let size =
+                                i64::try_from(body.len() + attempts.len()).unwrap_or(i64::MAX);
+                            let before = find_dead
+                                .query_row(params![commit.tenant, commit.plugin, seq], |row| {
+                                    row.get::<_, i64>(0)
+                                })
+                                .optional()?;
+                            match before {
+                                // Stored again after a failed redrive: kept.
+                                Some(before) => {
+                                    count(
+                                        changes,
+                                        &commit.tenant,
+                                        &commit.plugin,
+                                        0,
+                                        size - before,
+                                    );
+                                }
+                                None => {
+                                    let (number, bytes) = used(changes, &commit.tenant);
+                                    if number >= quota.max_count
+                                        || bytes.saturating_add(size.unsigned_abs())
+                                            > quota.max_bytes
+                                    {
+                                        refused_dead_letters.push(dead.seq);
+                                        continue;
+                                    }
+                                    count(changes, &commit.tenant, &commit.plugin, 1, size);
+                                }
                             }
                             put_dead.execute(params![
                                 commit.tenant,
@@ -1630,6 +1783,7 @@ impl Writer {
                         done.push(Done::Commit(Committed {
                             emitted: seqs,
                             cursor_moved,
+                            refused_dead_letters,
                         }));
                     }
                     Write::Discard {
@@ -1639,10 +1793,9 @@ impl Writer {
                         ..
                     } => {
                         let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
-                        let deleted = drop_dead.execute(params![tenant, plugin, seq])?;
-                        count(tenant, plugin, -(deleted as i64));
+                        let deleted = drop_dead_letter(changes, tenant, plugin, seq)?;
                         drop_redrive.execute(params![tenant, plugin, seq])?;
-                        done.push(Done::Discard(deleted == 1));
+                        done.push(Done::Discard(deleted));
                     }
                     Write::Redrive {
                         tenant,

@@ -590,3 +590,132 @@ fn dead_letter_depths_are_kept_as_they_change() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A log whose tenants keep at most `quota` dead letters.
+fn open_with_quota(dir: &std::path::Path, quota: plugbus::log::DeadLetterQuota) -> SqliteLog {
+    SqliteLog::open(
+        dir,
+        SqliteLogConfig {
+            dead_letters: quota,
+            ..SqliteLogConfig::default()
+        },
+    )
+    .expect("open the log")
+}
+
+/// Commits dead letters of `seqs` for `plugin` of `tenant`; answers the
+/// refused ones.
+fn give_up(log: &SqliteLog, tenant: &str, plugin: &str, seqs: &[u64]) -> Vec<u64> {
+    use plugbus::log::{Attempt, Commit, DeadLetter};
+    log.commit(Commit {
+        tenant: tenant.into(),
+        plugin: plugin.into(),
+        dead_letters: seqs
+            .iter()
+            .map(|&seq| DeadLetter {
+                seq,
+                event: event(tenant, &format!("e-{seq:03}"), "order.placed"),
+                attempts: vec![Attempt {
+                    kind: plugbus::FailureKind::HandlerPermanent,
+                    message: "no".into(),
+                    fuel: 1,
+                    plugin_version: "v1".into(),
+                    at_ms: 0,
+                }],
+            })
+            .collect(),
+        ..Commit::default()
+    })
+    .wait()
+    .expect("commit")
+    .refused_dead_letters
+}
+
+#[test]
+fn a_tenants_dead_letters_stop_at_its_quota_in_number() {
+    use plugbus::log::DeadLetterQuota;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let quota = DeadLetterQuota {
+        max_count: 3,
+        ..DeadLetterQuota::default()
+    };
+    let log = open_with_quota(dir.path(), quota);
+    // Three fit, over two plugins; the fourth is refused, whichever plugin.
+    assert!(give_up(&log, "acme", "saga", &[1, 2]).is_empty());
+    assert_eq!(give_up(&log, "acme", "audit", &[3, 4]), [4]);
+    assert_eq!(give_up(&log, "acme", "saga", &[5]), [5]);
+    assert_eq!(log.dead_letters("acme", "saga").expect("read").len(), 2);
+    assert_eq!(log.dead_letters("acme", "audit").expect("read").len(), 1);
+    // Another tenant has its own quota.
+    assert!(give_up(&log, "globex", "saga", &[6, 7, 8]).is_empty());
+    // One stored again (a redrive that failed again) is kept at the quota.
+    assert!(give_up(&log, "acme", "saga", &[1]).is_empty());
+    // Discarding one makes room for one.
+    assert!(
+        log.discard_dead_letter("acme", "saga", 1)
+            .wait()
+            .expect("discard")
+    );
+    assert!(give_up(&log, "acme", "saga", &[9]).is_empty());
+    assert_eq!(give_up(&log, "acme", "saga", &[10]), [10]);
+    // Counted again when the log opens.
+    drop(log);
+    let log = open_with_quota(dir.path(), quota);
+    assert_eq!(give_up(&log, "acme", "audit", &[11]), [11]);
+}
+
+#[test]
+fn a_tenants_dead_letters_stop_at_its_quota_in_bytes() {
+    use plugbus::log::DeadLetterQuota;
+    // The bytes of one dead letter, as stored.
+    let size = {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path());
+        give_up(&log, "acme", "saga", &[1]);
+        drop(log);
+        let db = rusqlite::Connection::open(dir.path().join("events.db")).expect("sqlite");
+        db.query_row(
+            "SELECT octet_length(body) + octet_length(attempts) FROM dead_letters",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .map(|n| u64::try_from(n).expect("a size"))
+        .expect("size")
+    };
+    // Room for exactly two (the ids are of one length), then one byte
+    // short of two.
+    for (max_bytes, kept) in [(2 * size, 2), (2 * size - 1, 1)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let quota = DeadLetterQuota {
+            max_bytes,
+            ..DeadLetterQuota::default()
+        };
+        let log = open_with_quota(dir.path(), quota);
+        let refused = give_up(&log, "acme", "saga", &[1, 2, 3]);
+        assert_eq!(refused.len(), 3 - kept, "{refused:?}");
+        // Once refused, refused after a reopen too: the bytes are counted
+        // when the log opens.
+        drop(log);
+        let log = open_with_quota(dir.path(), quota);
+        assert_eq!(give_up(&log, "acme", "saga", &[4]), [4]);
+    }
+    // A tenant of its own.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SqliteLog::open(
+        dir.path(),
+        SqliteLogConfig {
+            tenant_dead_letters: [(
+                "acme".to_owned(),
+                DeadLetterQuota {
+                    max_count: 1,
+                    max_bytes: u64::MAX,
+                },
+            )]
+            .into(),
+            ..SqliteLogConfig::default()
+        },
+    )
+    .expect("open");
+    assert_eq!(give_up(&log, "acme", "saga", &[1, 2]), [2]);
+    assert!(give_up(&log, "globex", "saga", &[1, 2]).is_empty());
+}

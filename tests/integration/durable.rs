@@ -1104,6 +1104,10 @@ async fn waits_of_any_length_do_not_overflow() {
         !bus.quarantined().is_empty()
     })
     .await;
+    // Recorded with an end that any reader can print.
+    let quarantine = bus.quarantined().remove(0);
+    let horizon = i64::try_from(plugbus::durable::MAX_WAIT.as_millis()).expect("fits");
+    assert_eq!(quarantine.until_ms - quarantine.since_ms, horizon);
     assert!(bus.resume("shop", "mixed"));
     bus.publish(vec![mix("mix.ok", "ok-2")])
         .await
@@ -1321,5 +1325,50 @@ async fn a_retention_task_that_panics_is_restarted() {
         bus.restarts().get(&plugbus::durable::Task::Retention),
         Some(&1)
     );
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_past_the_dead_letter_quota_are_given_up_without_one() {
+    let dir = PluginsDir::new();
+    dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
+    let data = tempfile::tempdir().expect("tempdir");
+    let host = Arc::new(Host::new(HostConfig::default()).expect("host"));
+    host.load_dir(dir.path()).expect("load");
+    let log = SqliteLog::open(
+        data.path(),
+        SqliteLogConfig {
+            dead_letters: plugbus::log::DeadLetterQuota {
+                max_count: 2,
+                ..plugbus::log::DeadLetterQuota::default()
+            },
+            ..SqliteLogConfig::default()
+        },
+    )
+    .expect("log");
+    let bus = DurableBus::start(host.clone(), Arc::new(log), config(1))
+        .await
+        .expect("start");
+    let events = vec![
+        mix("mix.permanent", "p-1"),
+        mix("mix.permanent", "p-2"),
+        mix("mix.permanent", "p-3"),
+        mix("mix.ok", "ok-1"),
+    ];
+    let appended = bus.publish(events).await.expect("publish");
+    let last = appended.last().expect("appended").seq;
+    // The consumer goes on past the refused dead letter.
+    until("every event is finished", || cursor(&bus, "mixed") >= last).await;
+    assert_eq!(host.stats().deliveries_ok, 1);
+    let kept: Vec<String> = bus
+        .log()
+        .dead_letters("shop", "mixed")
+        .expect("read")
+        .into_iter()
+        .map(|d| d.event.id)
+        .collect();
+    assert_eq!(kept, ["p-1", "p-2"]);
+    let key = ("shop".to_owned(), "mixed".to_owned());
+    assert_eq!(bus.dead_letter_depths().get(&key), Some(&2));
     bus.shutdown().await;
 }
