@@ -60,6 +60,8 @@
 //! ingest_events_per_second = 10_000
 //! ingest_bytes_per_second = 33554432
 //! max_requests_in_flight = 64
+//! max_dead_letters = 100_000
+//! max_dead_letter_mib = 1024
 //!
 //! [metrics]
 //! # token_sha256 = "…"            # a bearer token for GET /metrics
@@ -74,7 +76,7 @@
 //!
 //! [tenants.acme-pos]
 //! token_sha256 = "…"
-//! max_plugins = 10                # and the ingest rates, for this tenant alone
+//! max_plugins = 10                # and the rates and dead letters, for this tenant alone
 //! ```
 //!
 //! Tokens are stored as the hex SHA-256 of the token, never the token.
@@ -284,7 +286,7 @@ pub struct HttpConfig {
 }
 
 /// A tenant's quotas. `[quotas]` sets everyone's; a tenant's own section
-/// may set `max_plugins` and the ingest rates for itself.
+/// may set all but `max_requests_in_flight` for itself.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuotasConfig {
@@ -298,6 +300,11 @@ pub struct QuotasConfig {
     pub ingest_bytes_per_second: u64,
     /// HTTP requests under way at once (default 64); more are answered 429.
     pub max_requests_in_flight: u64,
+    /// Dead letters kept (default 100,000); past it a failed event is given
+    /// up without one, and counted.
+    pub max_dead_letters: u64,
+    /// MiB of dead letters kept (default 1024), likewise.
+    pub max_dead_letter_mib: u64,
 }
 
 /// The `/metrics` scrape.
@@ -356,6 +363,10 @@ pub struct TenantConfig {
     pub ingest_events_per_second: Option<u64>,
     /// See [`QuotasConfig::ingest_bytes_per_second`].
     pub ingest_bytes_per_second: Option<u64>,
+    /// See [`QuotasConfig::max_dead_letters`].
+    pub max_dead_letters: Option<u64>,
+    /// See [`QuotasConfig::max_dead_letter_mib`].
+    pub max_dead_letter_mib: Option<u64>,
 }
 
 impl Config {
@@ -373,6 +384,8 @@ impl Config {
                     .ingest_bytes_per_second
                     .unwrap_or(base.ingest_bytes_per_second),
                 max_requests_in_flight: base.max_requests_in_flight,
+                max_dead_letters: t.max_dead_letters.unwrap_or(base.max_dead_letters),
+                max_dead_letter_mib: t.max_dead_letter_mib.unwrap_or(base.max_dead_letter_mib),
             },
         }
     }
@@ -457,6 +470,8 @@ impl Default for QuotasConfig {
             ingest_events_per_second: 10_000,
             ingest_bytes_per_second: 32 * MIB,
             max_requests_in_flight: 64,
+            max_dead_letters: 100_000,
+            max_dead_letter_mib: 1024,
         }
     }
 }
@@ -754,6 +769,18 @@ fn check_quotas(
         quotas.max_requests_in_flight,
         1,
         100_000,
+    )?;
+    range(
+        &format!("{prefix}.max_dead_letters"),
+        quotas.max_dead_letters,
+        1,
+        1_000_000_000,
+    )?;
+    range(
+        &format!("{prefix}.max_dead_letter_mib"),
+        quotas.max_dead_letter_mib,
+        1,
+        1 << 20,
     )
 }
 

@@ -247,6 +247,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         &data,
         SqliteLogConfig {
             duplicate_window: Duration::from_secs(d.dedupe_hours.saturating_mul(3600)),
+            dead_letters: dead_letter_quota(&settings.quotas),
+            tenant_dead_letters: settings
+                .tenants
+                .keys()
+                .map(|t| (t.clone(), dead_letter_quota(&settings.quotas_of(t))))
+                .collect(),
             ..SqliteLogConfig::default()
         },
     )?;
@@ -440,8 +446,8 @@ pub fn host_config(settings: &Config, mode: Mode) -> plugbus::HostConfig {
     config.max_log_bytes = size(b.max_log_bytes);
     config.max_log_lines_per_delivery = size(b.max_log_lines_per_delivery);
     config.recycle_after_events = settings.instances.recycle_after_events;
-    config.recycle_memory_percent = u8::try_from(settings.instances.recycle_memory_percent)
-        .unwrap_or(u8::MAX);
+    config.recycle_memory_percent =
+        u8::try_from(settings.instances.recycle_memory_percent).unwrap_or(u8::MAX);
     config.max_plugins_per_tenant = size(settings.quotas.max_plugins);
     config.tenant_max_plugins = settings
         .tenants
@@ -449,6 +455,14 @@ pub fn host_config(settings: &Config, mode: Mode) -> plugbus::HostConfig {
         .filter_map(|(tenant, t)| Some((tenant.clone(), size(t.max_plugins?))))
         .collect();
     config
+}
+
+/// A tenant's dead-letter quota from its quotas.
+fn dead_letter_quota(quotas: &plugbus::config::QuotasConfig) -> plugbus::log::DeadLetterQuota {
+    plugbus::log::DeadLetterQuota {
+        max_count: quotas.max_dead_letters,
+        max_bytes: quotas.max_dead_letter_mib.saturating_mul(1024 * 1024),
+    }
 }
 
 /// The bounds of HTTP requests: timeouts, each tenant's requests in flight
