@@ -653,39 +653,30 @@ async fn a_slowly_leaking_instance_is_recycled_before_its_limit() {
     assert_eq!(host.stats().instances_discarded, 0);
 }
 
-/// Dropping the runtime (what `plugbus serve` does when it exits) waits
-/// for the blocking threads; a guest blocked in a host call must not hold
-/// it past its deadline.
+/// [`Plugin::deliver`](plugbus::Plugin::deliver) on a thread of no tokio
+/// runtime (WASI then uses a runtime of its own): a guest blocked in a host
+/// call is stopped at its deadline there too.
 #[test]
-fn a_blocked_guest_does_not_hold_the_runtime_at_shutdown() {
+fn a_guest_blocked_outside_any_runtime_is_stopped_at_its_deadline() {
     let dir = PluginsDir::new();
     dir.add(
         "chaos",
         "sleeper",
         artifacts::FIXTURE_SLEEPER,
-        Some(&sleeper_manifest("sleep", "", "timeout_ms = 1500")),
+        Some(&sleeper_manifest("sleep", "", "timeout_ms = 100")),
     );
     let (host, _) = host_for(&dir);
-    let host = std::sync::Arc::new(host);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let delivering = {
-        let host = host.clone();
-        runtime.spawn(async move { publish(&host, "chaos", "sleeper.test", "d-1").await })
-    };
-    // Let the delivery start and the guest block.
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(!delivering.is_finished());
-    let (dropped, done) = std::sync::mpsc::channel();
+    let plugin = host.plugin("chaos", "sleeper").expect("loaded");
+    let (delivered, delivery) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        drop(runtime);
-        let _ = dropped.send(());
+        let sleepy = event("chaos", "sleeper.test", "n-1", serde_json::json!({}));
+        let _ = delivered.send(plugin.deliver(&sleepy).map(|(d, _)| d));
     });
-    done.recv_timeout(DID_NOT_HANG)
-        .expect("the runtime was dropped within the bound, the guest's deadline passed");
+    let delivery = delivery
+        .recv_timeout(DID_NOT_HANG)
+        .expect("the delivery ended within the bound")
+        .expect("a valid event");
+    assert_eq!(kind(&delivery), Some(FailureKind::Timeout), "{delivery:#?}");
 }
 
 /// The durable bus's shutdown waits for the batch each consumer is
