@@ -578,7 +578,7 @@ mod tests {
     }
 
     #[test]
-    fn the_shadowed_poll_is_registered_over_wasis() {
+    fn the_bounded_poll_replaces_the_one_wasi_registers() {
         let engine =
             crate::engine::shared(&crate::engine::EngineOptions::default()).expect("engine");
         crate::dispatch::linker(&engine).expect("the linker, with the deadline-bounded poll");
