@@ -339,7 +339,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         api = Some(surface);
     }
 
-    let shutdown = shutdown_signal();
+    // Fused: a signal that ends the input's publishing must not be awaited
+    // again (a finished future polled again panics).
+    let shutdown = futures::FutureExt::fuse(shutdown_signal());
     tokio::pin!(shutdown);
     if args.stdin {
         let rejected =
@@ -347,7 +349,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if rejected > 0 {
             tracing::warn!("{rejected} input lines rejected");
         }
-        if args.keep_serving {
+        if args.keep_serving && !futures::future::FusedFuture::is_terminated(&shutdown) {
             tracing::info!("the input is handled; serving until Ctrl-C or SIGTERM");
             (&mut shutdown).await;
         }
