@@ -7,6 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use plugbus_artifacts as artifacts;
+use support::{samples, value_of};
+
+mod support;
 
 const ACME_TOKEN: &str = "acme-secret-token";
 const GLOBEX_TOKEN: &str = "globex-secret-token";
@@ -509,74 +512,6 @@ fn tenants_cannot_reach_each_other_and_admin_routes_need_the_admin_token() {
         &["-X", "POST", "-H", &acme],
     );
     assert_eq!(status, 404);
-}
-
-/// One sample of the Prometheus text: its name, labels and value.
-type Sample = (String, Vec<(String, String)>, f64);
-
-/// The samples of Prometheus text, checking every line's syntax.
-fn samples(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.is_empty() || line.starts_with('#') {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let kind = rest.split_whitespace().nth(1);
-                assert!(
-                    matches!(kind, Some("counter" | "gauge" | "histogram" | "summary")),
-                    "a TYPE line with an unknown type: {line}"
-                );
-            }
-            continue;
-        }
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("a sample: {line}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("a value: {line}"));
-        let (name, labels) = match series.split_once('{') {
-            Some((name, labels)) => {
-                let labels = labels
-                    .strip_suffix('}')
-                    .unwrap_or_else(|| panic!("labels: {line}"));
-                let labels = labels
-                    .split(',')
-                    .filter(|l| !l.is_empty())
-                    .map(|l| {
-                        let (k, v) = l
-                            .split_once('=')
-                            .unwrap_or_else(|| panic!("a label: {line}"));
-                        let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
-                        (
-                            k.to_owned(),
-                            v.unwrap_or_else(|| panic!("a quoted value: {line}"))
-                                .to_owned(),
-                        )
-                    })
-                    .collect();
-                (name, labels)
-            }
-            None => (series, Vec::new()),
-        };
-        assert!(
-            name.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "a metric name: {line}"
-        );
-        out.push((name.to_owned(), labels, value));
-    }
-    out
-}
-
-fn value_of(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples(text)
-        .into_iter()
-        .filter(|(n, l, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
-        })
-        .map(|(_, _, v)| v)
-        .sum()
 }
 
 #[test]
