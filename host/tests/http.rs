@@ -3,11 +3,11 @@
 //! test needs control over the bytes on the wire.
 
 use std::io::{BufRead as _, Read as _, Write as _};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use plugbus_artifacts as artifacts;
-use support::{samples, value_of};
+use support::{bearer, samples, value_of};
 
 mod support;
 
@@ -17,14 +17,20 @@ const ADMIN_TOKEN: &str = "admin-secret-token";
 /// The body limit the test host is configured with.
 const MAX_BODY: usize = 64 * 1024;
 
-/// A running `plugbus serve` with HTTP on a free port.
+/// A running `plugbus serve` with HTTP on a free port
+/// ([`support::Server`]), and the directories it uses.
 struct Server {
-    child: Child,
-    url: String,
-    stdout: std::sync::mpsc::Receiver<serde_json::Value>,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    inner: support::Server,
     _plugins: tempfile::TempDir,
     data: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = support::Server;
+
+    fn deref(&self) -> &support::Server {
+        &self.inner
+    }
 }
 
 fn plugins() -> tempfile::TempDir {
@@ -79,135 +85,18 @@ impl Server {
             ),
         )
         .expect("write the configuration");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_plugbus"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run plugbus serve");
-        let (lines, stdout) = std::sync::mpsc::channel();
-        let out = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(value) = serde_json::from_str(&line) {
-                    let _ = lines.send(value);
-                }
-            }
-        });
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (url_tx, url_rx) = std::sync::mpsc::channel();
-        let err = child.stderr.take().expect("stderr");
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("listening on http://") {
-                    let url = line[at + "listening on ".len()..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = url_tx.send(url);
-                }
-                let mut log = log
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let url = url_rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("serve did not start: {}", stderr.lock().expect("log")));
         Self {
-            child,
-            url,
-            stdout,
-            stderr,
+            inner: support::Server::start(&config),
             _plugins: plugins,
             data: Some(data),
         }
     }
 
-    fn addr(&self) -> String {
-        self.url.trim_start_matches("http://").to_owned()
-    }
-
-    /// Runs curl with `args` against `path`; returns the status and body.
-    fn curl(&self, path: &str, args: &[&str]) -> (u16, serde_json::Value) {
-        let output = Command::new("curl")
-            .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
-            .args(args)
-            .arg(format!("{}{path}", self.url))
-            .output()
-            .expect("run curl (the HTTP tests need it: apt-get install curl)");
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
-        let status = status.trim().parse().unwrap_or(0);
-        let body = serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.into()));
-        (status, body)
-    }
-
-    /// Posts `body` to /v1/events as `content_type` with `token`, through
-    /// curl; returns the status and body.
-    fn post(&self, token: &str, content_type: &str, body: &str) -> (u16, serde_json::Value) {
-        self.curl(
-            "/v1/events",
-            &[
-                "-H",
-                &bearer(token),
-                "-H",
-                &format!("Content-Type: {content_type}"),
-                "--data-binary",
-                body,
-            ],
-        )
-    }
-
-    /// Waits for the delivery lines of `ids`, in any order.
-    fn deliveries_of(&self, ids: &[&str]) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = Vec::new();
-        while !ids.iter().all(|id| {
-            seen.iter()
-                .any(|d: &serde_json::Value| d["event_id"] == *id)
-        }) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.recv_timeout(left) {
-                Ok(line) => seen.push(line),
-                Err(_) => panic!("no delivery of all of {ids:?}; saw {seen:#?}"),
-            }
-        }
-        seen
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().expect("log").clone()
-    }
-
     /// SIGTERM, and the exit status.
     fn terminate(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
-        let status = self.child.wait().expect("exit");
-        (status, self.data.take().expect("the data directory"))
+        let data = self.data.take().expect("the data directory");
+        (self.inner.terminate(), data)
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bearer(token: &str) -> String {
-    format!("Authorization: Bearer {token}")
 }
 
 fn structured(id: &str, extra: &str) -> String {
