@@ -654,41 +654,37 @@ pub fn link_leaves_folder(target: &Path) -> bool {
 /// What a file of this type is, for a refusal; `None` for a regular file.
 fn irregular(file_type: std::fs::FileType) -> Option<&'static str> {
     use std::os::unix::fs::FileTypeExt as _;
-    if file_type.is_file() {
-        None
-    } else if file_type.is_fifo() {
-        Some("a FIFO")
-    } else if file_type.is_socket() {
-        Some("a socket")
-    } else if file_type.is_char_device() {
-        Some("a character device")
-    } else if file_type.is_block_device() {
-        Some("a block device")
-    } else if file_type.is_dir() {
-        Some("a directory")
-    } else {
-        Some("not a regular file")
-    }
+    describe([
+        (file_type.is_fifo(), "a FIFO"),
+        (file_type.is_socket(), "a socket"),
+        (file_type.is_char_device(), "a character device"),
+        (file_type.is_block_device(), "a block device"),
+        (file_type.is_dir(), "a directory"),
+    ])
+    .filter(|_| !file_type.is_file())
 }
 
 /// The same as [`irregular`], for cap-std's file type.
 fn irregular_cap(file_type: cap_std::fs::FileType) -> Option<&'static str> {
     use cap_std::fs::FileTypeExt as _;
-    if file_type.is_file() {
-        None
-    } else if file_type.is_fifo() {
-        Some("a FIFO")
-    } else if file_type.is_socket() {
-        Some("a socket")
-    } else if file_type.is_char_device() {
-        Some("a character device")
-    } else if file_type.is_block_device() {
-        Some("a block device")
-    } else if file_type.is_dir() {
-        Some("a directory")
-    } else {
-        Some("not a regular file")
-    }
+    describe([
+        (file_type.is_fifo(), "a FIFO"),
+        (file_type.is_socket(), "a socket"),
+        (file_type.is_char_device(), "a character device"),
+        (file_type.is_block_device(), "a block device"),
+        (file_type.is_dir(), "a directory"),
+    ])
+    .filter(|_| !file_type.is_file())
+}
+
+/// The name of the first kind that applies, else "not a regular file".
+fn describe(kinds: [(bool, &'static str); 5]) -> Option<&'static str> {
+    Some(
+        kinds
+            .into_iter()
+            .find_map(|(is, name)| is.then_some(name))
+            .unwrap_or("not a regular file"),
+    )
 }
 
 /// Whether `error` is cap-std's refusal of a path that leads outside the

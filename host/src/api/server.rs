@@ -322,6 +322,29 @@ impl GuardedIo {
         }
     }
 
+    /// Writes with `write` once the socket takes bytes; a write that
+    /// waits counts towards the write timeout.
+    fn poll_try_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut write: impl FnMut(&TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match self.stream.poll_write_ready(cx) {
+                Poll::Pending => return self.stalled(cx),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => match write(&self.stream) {
+                    Ok(n) => {
+                        self.wrote(n);
+                        return Poll::Ready(Ok(n));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                },
+            }
+        }
+    }
+
     fn wrote(&mut self, n: usize) {
         self.stall = None;
         if n > 0 {
@@ -361,21 +384,8 @@ impl AsyncWrite for GuardedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        loop {
-            match this.stream.poll_write_ready(cx) {
-                Poll::Pending => return this.stalled(cx),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => match this.stream.try_write(buf) {
-                    Ok(n) => {
-                        this.wrote(n);
-                        return Poll::Ready(Ok(n));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(Err(e)),
-                },
-            }
-        }
+        self.get_mut()
+            .poll_try_write(cx, |stream| stream.try_write(buf))
     }
 
     fn poll_write_vectored(
@@ -383,21 +393,8 @@ impl AsyncWrite for GuardedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        loop {
-            match this.stream.poll_write_ready(cx) {
-                Poll::Pending => return this.stalled(cx),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => match this.stream.try_write_vectored(bufs) {
-                    Ok(n) => {
-                        this.wrote(n);
-                        return Poll::Ready(Ok(n));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(Err(e)),
-                },
-            }
-        }
+        self.get_mut()
+            .poll_try_write(cx, |stream| stream.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
