@@ -86,7 +86,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sha2::Digest as _;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -784,13 +783,7 @@ fn check_quotas(
     )
 }
 
-/// The hex SHA-256 of `token`, as the configuration stores it.
-pub fn hash_token(token: &str) -> String {
-    sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use plugbus_api::hash_token;
 
 /// What is wrong with an endpoint, without the key the caller names.
 fn endpoint_reason(error: crate::telemetry::TelemetryError) -> String {

@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::event::Event;
-use crate::state::{StateError, StateStore, StateWrite};
+use plugbus_core::event::Event;
+use plugbus_core::state::{StateError, StateStore, StateWrite};
 
 /// The position of an event in the log: increasing, never reused, not
 /// necessarily contiguous (a refused duplicate may leave a gap).
@@ -141,7 +141,7 @@ pub type DeadLetterDepths = std::collections::BTreeMap<(String, String), u64>;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attempt {
     /// What kind of failure.
-    pub kind: crate::FailureKind,
+    pub kind: plugbus_core::FailureKind,
     /// The handler's message, the trap, or the limit that was hit.
     pub message: String,
     /// The fuel the attempt consumed.
@@ -163,21 +163,7 @@ pub struct DeadLetter {
     pub attempts: Vec<Attempt>,
 }
 
-/// A quarantined plugin, as the log records it so that an operator can see
-/// it and lift it from another process (`plugbus quarantine`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Quarantine {
-    /// The plugin's tenant.
-    pub tenant: String,
-    /// The plugin.
-    pub plugin: String,
-    /// The version that failed.
-    pub version: String,
-    /// When the quarantine began, in milliseconds since the Unix epoch.
-    pub since_ms: i64,
-    /// When it ends unless lifted first, in milliseconds since the epoch.
-    pub until_ms: i64,
-}
+pub use plugbus_core::outcome::Quarantine;
 
 /// What a plugin finished, committed in one transaction: its cursor moves
 /// to `cursor`, the events its successful deliveries emitted are appended,

@@ -14,9 +14,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_io::bytes::Bytes;
 
 use crate::bindings::{Level, OutgoingEvent, v0_1, v0_2};
-use crate::event::{self, Event};
-use crate::state::{Overlay, Pending, StateSlot, StateWrite};
+use crate::overlay::{Overlay, PendingWrites, StateSlot};
 use crate::stats::Stats;
+use plugbus_core::clock::now_rfc3339;
+use plugbus_core::event::{self, Event};
+use plugbus_core::state::StateWrite;
 
 /// The most table elements any table of a plugin may hold.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
@@ -162,7 +164,7 @@ pub(crate) struct DeliveryScope {
     /// Events the whole chain of the published event may still emit.
     pub chain_budget: Option<Arc<AtomicUsize>>,
     /// The state writes of the delivery so far.
-    pub state: Pending,
+    pub state: PendingWrites,
     /// The trace context (`traceparent`, `tracestate`) of the handled
     /// event, carried onto the events it emits.
     pub trace: Vec<(&'static str, String)>,
@@ -283,7 +285,10 @@ impl v0_2::plugbus::plugin::state::Host for PluginState {
         store
             .get(&self.identity.tenant, &self.identity.name, &key)
             .map_err(|e| {
-                wasmtime::Error::new(crate::state::StateError(format!("get {key:?}: {}", e.0)))
+                wasmtime::Error::new(plugbus_core::state::StateError(format!(
+                    "get {key:?}: {}",
+                    e.0
+                )))
             })
     }
 
@@ -292,7 +297,7 @@ impl v0_2::plugbus::plugin::state::Host for PluginState {
             self.refused_state_write(reason, &refusal);
             return Err(refusal);
         }
-        self.scope.state.bytes += crate::state::write_bytes(&key, Some(&value));
+        self.scope.state.bytes += plugbus_core::state::write_bytes(&key, Some(&value));
         self.scope.state.writes.push(StateWrite {
             key,
             value: Some(value),
@@ -306,7 +311,7 @@ impl v0_2::plugbus::plugin::state::Host for PluginState {
         // has no error to return).
         match self.check_state_write(&key, None) {
             Ok(()) => {
-                self.scope.state.bytes += crate::state::write_bytes(&key, None);
+                self.scope.state.bytes += plugbus_core::state::write_bytes(&key, None);
                 self.scope
                     .state
                     .writes
@@ -336,7 +341,7 @@ impl PluginState {
                 plugin = %self.identity.label,
                 reason,
                 "state write refused: {} (further refusals of this delivery are counted, not logged)",
-                crate::text::escape(refusal, self.bounds.max_log_bytes)
+                plugbus_core::text::escape(refusal, self.bounds.max_log_bytes)
             );
         }
     }
@@ -371,12 +376,12 @@ impl PluginState {
                 "value",
                 format!(
                     "the value of state {:?} is {len} bytes; the limit is {}",
-                    crate::text::truncate(key, 64),
+                    plugbus_core::text::truncate(key, 64),
                     bounds.max_state_value_bytes
                 ),
             ));
         }
-        let size = crate::state::write_bytes(key, value);
+        let size = plugbus_core::state::write_bytes(key, value);
         if self.scope.state.bytes + size > bounds.max_state_bytes_per_delivery {
             return Err((
                 "delivery_bytes",
@@ -447,7 +452,7 @@ impl v0_2::plugbus::plugin::host::Host for PluginState {
                 plugin = %self.identity.label,
                 reason = refusal.reason(),
                 "emit refused: {} (further refusals of this delivery are counted, not logged)",
-                crate::text::escape(&message, self.bounds.max_log_bytes)
+                plugbus_core::text::escape(&message, self.bounds.max_log_bytes)
             );
         }
         Err(message)
@@ -468,7 +473,7 @@ impl v0_2::plugbus::plugin::host::Host for PluginState {
         }
         // Escaped and bounded: a plugin cannot start a line of its own in
         // the host's log, nor write escape sequences to a terminal.
-        let text = crate::text::escape(&message, self.bounds.max_log_bytes);
+        let text = plugbus_core::text::escape(&message, self.bounds.max_log_bytes);
         let plugin = self.identity.label.as_str();
         match level {
             Level::Trace => tracing::trace!(target: "plugbus::plugin", plugin, "{text}"),
@@ -563,7 +568,7 @@ impl PluginState {
             scope.correlation_id.clone(),
         );
         extensions.insert(event::DEPTH_EXTENSION.to_owned(), depth.to_string());
-        for (name, value) in crate::telemetry::for_emitted(&scope.trace) {
+        for (name, value) in plugbus_core::trace::for_emitted(&scope.trace) {
             extensions.entry(name.to_owned()).or_insert(value);
         }
         let mut emitted = Event {
@@ -631,23 +636,6 @@ impl PluginState {
         }
         self.check_commit_bytes(size).map_err(EmitRefusal::Commit)
     }
-}
-
-/// The current time as RFC 3339, in UTC, to the microsecond, always in
-/// the same number of bytes (`2026-11-22T10:00:00.000000Z`), so that an
-/// emitted event's size does not depend on the moment it was emitted.
-pub(crate) fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        now.microsecond()
-    )
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -729,7 +717,7 @@ impl OutputCapture {
     /// Writes one line of the plugin's output into the host log, escaped
     /// and bounded like its log lines.
     fn forward(&self, stream: Stream, text: &str) {
-        let text = crate::text::escape(text, self.max_line_bytes);
+        let text = plugbus_core::text::escape(text, self.max_line_bytes);
         tracing::info!(
             target: "plugbus::plugin",
             plugin = %self.label,

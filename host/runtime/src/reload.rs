@@ -159,9 +159,9 @@ pub struct PluginStatus {
     /// How many times a new version failed to load.
     pub failed_reloads: u64,
     /// Its quarantine, when its deliveries kept failing; only a
-    /// [`DurableBus`](crate::durable::DurableBus) quarantines, so
+    /// durable bus (`plugbus_bus`) quarantines, so
     /// [`Host::statuses`](crate::Host::statuses) says `None`.
-    pub quarantine: Option<crate::log::Quarantine>,
+    pub quarantine: Option<plugbus_core::outcome::Quarantine>,
 }
 
 type Key = (String, String);
@@ -786,7 +786,7 @@ fn tenant_label(root: &Path, path: &Path) -> String {
     match (parts.next(), parts.next()) {
         (Some(std::path::Component::Normal(tenant)), Some(_)) => {
             let tenant = tenant.to_string_lossy();
-            match crate::manifest::validate_name(&tenant) {
+            match plugbus_core::manifest::validate_name(&tenant) {
                 Ok(()) => tenant.into_owned(),
                 Err(_) => "-".to_owned(),
             }

@@ -59,9 +59,9 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use self::limits::Admission;
-use crate::durable::{DurableBus, DurablePublishError};
-use crate::event::{Event, EventError};
-use crate::log::{EventLog, Seq};
+use plugbus_bus::{DurableBus, DurablePublishError};
+use plugbus_core::event::{Event, EventError};
+use plugbus_log::{EventLog, Seq};
 
 /// What the HTTP surface needs to know besides the bus. Its bounds are
 /// [`ApiLimits`], given to [`Api::with_limits`].
@@ -169,7 +169,7 @@ impl Api {
                     recent.pop_front();
                 }
                 recent.push_back(json!({
-                    "at": crate::sandbox::now_rfc3339(),
+                    "at": plugbus_core::clock::now_rfc3339(),
                     "plugin": delivery.plugin,
                     "plugin_version": delivery.plugin_version,
                     "event_id": delivery.event_id,
@@ -382,7 +382,7 @@ fn bearer_hash(headers: &HeaderMap) -> Result<String, ApiError> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::unauthorized("the Authorization header is not Bearer <token>"))?;
-    Ok(crate::config::hash_token(token))
+    Ok(hash_token(token))
 }
 
 /// Who presented the request's bearer token.
@@ -504,7 +504,7 @@ async fn ingest(
         event_id = first.map(|e| e.id.as_str()),
         traceparent = traceparent,
     );
-    crate::telemetry::continue_trace(&span, traceparent, tracestate);
+    plugbus_core::trace::continue_trace(&span, traceparent, tracestate);
     store(api, tenant, events).instrument(span).await
 }
 
@@ -650,13 +650,13 @@ fn with_tenant(
     tenant: &str,
     index: Option<usize>,
 ) -> Result<Event, ApiError> {
-    match object.get(crate::event::TENANT_EXTENSION) {
+    match object.get(plugbus_core::event::TENANT_EXTENSION) {
         None => {}
         Some(Value::String(named)) if named == tenant => {}
         Some(_) => {
             return Err(ApiError::invalid(
                 &EventError::Invalid {
-                    name: crate::event::TENANT_EXTENSION.to_owned(),
+                    name: plugbus_core::event::TENANT_EXTENSION.to_owned(),
                     reason: "the tenant comes from the bearer token; this event names another"
                         .to_owned(),
                 },
@@ -664,7 +664,10 @@ fn with_tenant(
             ));
         }
     }
-    object.insert(crate::event::TENANT_EXTENSION.to_owned(), tenant.into());
+    object.insert(
+        plugbus_core::event::TENANT_EXTENSION.to_owned(),
+        tenant.into(),
+    );
     Event::from_json_value(Value::Object(object)).map_err(|e| ApiError::invalid(&e, index))
 }
 
@@ -873,7 +876,7 @@ async fn record_gauges(api: &Arc<Api>) -> scrape::Live {
 
 /// How many of its tenant's events a plugin has yet to finish (at most
 /// 1,000,000 counted).
-fn lag(log: &dyn EventLog, tenant: &str, plugin: &str) -> Result<u64, crate::log::LogError> {
+fn lag(log: &dyn EventLog, tenant: &str, plugin: &str) -> Result<u64, plugbus_log::LogError> {
     let cursor = log.cursor(tenant, plugin)?.unwrap_or(0);
     log.count_after(tenant, cursor, 1_000_000)
 }
@@ -899,9 +902,9 @@ fn plugin_views(api: &Api, tenant: Option<&str>) -> Vec<Value> {
                 "quarantined"
             } else {
                 match s.health {
-                    crate::Health::Active => "active",
-                    crate::Health::Degraded => "degraded",
-                    crate::Health::FailedToLoad => "failed_to_load",
+                    plugbus_runtime::Health::Active => "active",
+                    plugbus_runtime::Health::Degraded => "degraded",
+                    plugbus_runtime::Health::FailedToLoad => "failed_to_load",
                 }
             };
             json!({
@@ -970,7 +973,7 @@ async fn tenant_plugins(
     Ok(Json(json!({ "plugins": plugins })))
 }
 
-fn log_error(e: crate::log::LogError) -> ApiError {
+fn log_error(e: plugbus_log::LogError) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
@@ -987,7 +990,7 @@ async fn dead_letters(
     let log = api.bus.log().clone();
     let letters = tokio::task::spawn_blocking(move || log.dead_letters(&tenant, &plugin))
         .await
-        .map_err(|_| log_error(crate::log::LogError::Closed))?
+        .map_err(|_| log_error(plugbus_log::LogError::Closed))?
         .map_err(log_error)?;
     let letters: Vec<Value> = letters
         .into_iter()
@@ -1006,7 +1009,7 @@ async fn dead_letter(
     let (t, p) = (tenant.clone(), plugin.clone());
     let letters = tokio::task::spawn_blocking(move || log.dead_letters(&t, &p))
         .await
-        .map_err(|_| log_error(crate::log::LogError::Closed))?
+        .map_err(|_| log_error(plugbus_log::LogError::Closed))?
         .map_err(log_error)?;
     let Some(dead) = letters.into_iter().find(|d| d.seq == seq) else {
         return Err(ApiError::new(
@@ -1050,7 +1053,7 @@ async fn on_dead_letter(
     api: &Api,
     headers: &HeaderMap,
     (tenant, plugin, seq): (&str, &str, Seq),
-    action: impl FnOnce(&dyn EventLog, &str, &str, Seq) -> crate::log::Pending<bool>,
+    action: impl FnOnce(&dyn EventLog, &str, &str, Seq) -> plugbus_log::Pending<bool>,
 ) -> Result<(), ApiError> {
     let _in_flight = api.tenant_or_admin(headers, tenant)?;
     let found = action(api.bus.log().as_ref(), tenant, plugin, seq)
@@ -1083,11 +1086,11 @@ async fn replay(
     let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
     let log = api.bus.log().clone();
     let done = tokio::task::spawn_blocking(move || {
-        crate::log::replay(log.as_ref(), &tenant, &plugin, &from)
+        plugbus_log::replay(log.as_ref(), &tenant, &plugin, &from)
     })
     .await
-    .map_err(|_| log_error(crate::log::LogError::Closed))?;
-    use crate::log::ReplayError;
+    .map_err(|_| log_error(plugbus_log::LogError::Closed))?;
+    use plugbus_log::ReplayError;
     match done {
         Ok(done) => Ok(Json(json!({ "before": done.before, "first": done.first }))),
         Err(e @ ReplayError::NoCursor { .. }) => Err(ApiError::new(
@@ -1158,4 +1161,14 @@ async fn reload(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<
     Ok(Json(
         json!({ "plugins": statuses.len(), "with_errors": failed }),
     ))
+}
+
+/// The hex SHA-256 of `token`, as the configuration stores it and the API
+/// compares it.
+pub fn hash_token(token: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

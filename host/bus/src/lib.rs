@@ -42,14 +42,15 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
 
-use crate::dispatch::Item;
-use crate::event::Event;
-use crate::host::Host;
-use crate::log::{
+use plugbus_core::event::Event;
+use plugbus_core::{EventError, Outcome};
+use plugbus_log::{
     Appended, Attempt, Commit, DeadLetter, DeadLetterDepths, EventLog, LogError, LogHealth,
     QuarantineChange, ReadLimit, Retention, Seq, StoredEvent, now_ms,
 };
-use crate::{Delivery, EventError, Outcome};
+use plugbus_runtime::Delivery;
+use plugbus_runtime::dispatch::Item;
+use plugbus_runtime::host::Host;
 
 /// The longest wait the bus computes a deadline for, about 30 years: a
 /// longer quarantine or backoff (up to `Duration::MAX`) ends at this
@@ -157,7 +158,7 @@ pub struct DurableConfig {
     pub retention_interval: Duration,
 }
 
-pub use crate::log::Quarantine;
+pub use plugbus_log::Quarantine;
 
 impl Default for DurableConfig {
     fn default() -> Self {
@@ -239,7 +240,7 @@ async fn retain(inner: Arc<Inner>) -> Result<(), String> {
 /// stops sending reload events.
 async fn watch_reloads(
     inner: Arc<Inner>,
-    events: Option<broadcast::Receiver<crate::ReloadEvent>>,
+    events: Option<broadcast::Receiver<plugbus_runtime::ReloadEvent>>,
 ) -> Result<(), String> {
     use tokio::sync::broadcast::error::RecvError;
     let mut events = match events {
@@ -254,7 +255,7 @@ async fn watch_reloads(
     };
     loop {
         match events.recv().await {
-            Ok(crate::ReloadEvent::Loaded { tenant, plugin, .. }) => {
+            Ok(plugbus_runtime::ReloadEvent::Loaded { tenant, plugin, .. }) => {
                 inner.ensure_consumer(&tenant, &plugin, None);
             }
             Ok(_) => {}
@@ -662,7 +663,7 @@ impl DurableBus {
     }
 
     /// The host's plugin statuses, each with its quarantine if it has one.
-    pub fn statuses(&self) -> Vec<crate::PluginStatus> {
+    pub fn statuses(&self) -> Vec<plugbus_runtime::PluginStatus> {
         let quarantined = self
             .inner
             .quarantined
@@ -922,7 +923,7 @@ impl Line {
 
     /// Takes newly read events: pending, or finished at once when not
     /// subscribed to or finished before.
-    fn take(&mut self, events: Vec<StoredEvent>, manifest: &crate::Manifest) {
+    fn take(&mut self, events: Vec<StoredEvent>, manifest: &plugbus_core::Manifest) {
         for stored in events {
             let seq = stored.seq;
             self.read_after = self.read_after.max(seq);
@@ -1373,13 +1374,7 @@ impl Consumer {
     /// the tenant's loaded plugins that subscribe to its type.
     fn budget(&self, event: &Event) -> usize {
         let limit = self.inner.host.config().max_events_per_chain;
-        let subscribers = self
-            .inner
-            .host
-            .registry
-            .load()
-            .route(&event.tenant, &event.ty)
-            .count();
+        let subscribers = self.inner.host.subscribers(&event.tenant, &event.ty);
         budget_share(event.chain_budget(limit), subscribers)
     }
 
@@ -1421,7 +1416,7 @@ impl Consumer {
     /// Commits `commit`, counting the events it emits in the consumers'
     /// unread events first (and taking them back if it fails), and wakes
     /// those consumers.
-    async fn commit_emitting(&self, commit: Commit) -> Result<crate::log::Committed, LogError> {
+    async fn commit_emitting(&self, commit: Commit) -> Result<plugbus_log::Committed, LogError> {
         let tenants: Vec<String> = commit.emitted.iter().map(|e| e.tenant.clone()).collect();
         let mut count: HashMap<&str, u64> = HashMap::new();
         for tenant in &tenants {
@@ -1460,7 +1455,7 @@ impl Consumer {
             .inner
             .host
             .plugin(&self.tenant, &self.plugin)
-            .is_some_and(|p| p.manifest().start == crate::Start::Earliest);
+            .is_some_and(|p| p.manifest().start == plugbus_core::Start::Earliest);
         let found = tokio::task::spawn_blocking(move || {
             log.cursor(&tenant, &plugin)
                 .and_then(|cursor| match cursor {
@@ -1484,7 +1479,11 @@ impl Consumer {
     /// Pauses the plugin until its quarantine ends: the time runs out, a
     /// new version is loaded, or an operator resumes it. True when the bus
     /// is stopping.
-    async fn quarantine(&self, plugin: &crate::Plugin, stop: &mut watch::Receiver<bool>) -> bool {
+    async fn quarantine(
+        &self,
+        plugin: &plugbus_runtime::Plugin,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
         let version = plugin.version().to_owned();
         let length = self.inner.config.quarantine_for;
         let since_ms = now_ms();
@@ -1573,7 +1572,7 @@ impl Consumer {
     /// when the delivery ended without a report.
     async fn redrive(
         &self,
-        plugin: &Arc<crate::Plugin>,
+        plugin: &Arc<plugbus_runtime::Plugin>,
         dead: DeadLetter,
         position: Seq,
         stop: &mut watch::Receiver<bool>,
@@ -1668,9 +1667,9 @@ impl Consumer {
     /// when the event may be tried again, `None` when it is given up.
     fn failed(
         &self,
-        plugin: &crate::Plugin,
+        plugin: &plugbus_runtime::Plugin,
         attempts: &mut Vec<Attempt>,
-        failure: crate::Failure,
+        failure: plugbus_core::Failure,
         plugin_version: &str,
         fuel: u64,
     ) -> Option<Duration> {
@@ -1772,7 +1771,7 @@ mod tests {
 
     #[test]
     fn the_read_limit_leaves_room_for_what_the_line_holds() {
-        let manifest = crate::Manifest::with_defaults(crate::Limits::default());
+        let manifest = plugbus_core::Manifest::with_defaults(plugbus_core::Limits::default());
         let config = DurableConfig {
             max_pending_bytes: 100,
             max_read_bytes: 60,
@@ -1813,7 +1812,7 @@ mod tests {
 
     #[test]
     fn the_read_limit_stops_at_max_pending_events() {
-        let manifest = crate::Manifest::with_defaults(crate::Limits::default());
+        let manifest = plugbus_core::Manifest::with_defaults(plugbus_core::Limits::default());
         let config = DurableConfig::default();
         let mut line = Line::new(0);
         let almost: Vec<_> = (1..MAX_PENDING as Seq).map(|seq| stored(seq, 1)).collect();

@@ -21,7 +21,7 @@ use crate::sandbox::PluginState;
 #[allow(missing_docs)] // generated code
 pub mod v0_2 {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "handler",
         // A store that cannot be read fails the delivery (retried), rather
         // than telling the plugin a key is missing.
@@ -33,7 +33,7 @@ pub mod v0_2 {
 #[allow(missing_docs)] // generated code
 pub mod v0_1 {
     wasmtime::component::bindgen!({
-        path: "../wit/v0.1.0",
+        path: "../../wit/v0.1.0",
         world: "handler",
     });
 }
@@ -105,7 +105,7 @@ impl Instance {
     pub fn call_handle(
         &self,
         store: &mut Store<PluginState>,
-        event: &crate::event::Event,
+        event: &plugbus_core::event::Event,
         attempt: u32,
     ) -> Result<Result<(), HandlerError>, wasmtime::Error> {
         match self {
@@ -129,7 +129,7 @@ impl Instance {
 /// attributes in every version, and the fields a version added.
 macro_rules! event_record {
     ($record:path, $e:expr $(, $field:ident: $value:expr)*) => {{
-        let e: &crate::event::Event = $e;
+        let e: &plugbus_core::event::Event = $e;
         $record {
             id: e.id.clone(),
             source: e.source.clone(),
@@ -152,14 +152,14 @@ macro_rules! event_record {
 
 /// The event as the current world's record.
 pub(crate) fn current_event(
-    e: &crate::event::Event,
+    e: &plugbus_core::event::Event,
     attempt: u32,
 ) -> v0_2::plugbus::plugin::types::Event {
     event_record!(v0_2::plugbus::plugin::types::Event, e, attempt: attempt)
 }
 
 /// The event as the 0.1.0 record, which has no attempt.
-fn v0_1_event(e: &crate::event::Event) -> v0_1::plugbus::plugin::types::Event {
+fn v0_1_event(e: &plugbus_core::event::Event) -> v0_1::plugbus::plugin::types::Event {
     event_record!(v0_1::plugbus::plugin::types::Event, e)
 }
 

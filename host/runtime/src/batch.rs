@@ -8,7 +8,7 @@
 //! ones its handler reads; the layout is documented on `handle-batch` in
 //! `wit/plugbus.wit`, and `plugbus-sdk` decodes it.
 
-use crate::event::Event;
+use plugbus_core::event::Event;
 
 /// Attributes per event in the table, in the order of the WIT docs.
 pub const FIELDS: usize = 10;

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::dispatch::FailureKind;
+use plugbus_core::FailureKind;
 
 /// The host's counters. Cheap to update from any thread.
 #[derive(Debug, Default)]

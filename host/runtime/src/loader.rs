@@ -45,8 +45,8 @@ use wasmtime::component::{Component, Linker};
 
 use crate::bindings::Pre;
 use crate::dispatch::{Plugin, PluginParts};
-use crate::manifest::{Limits, Manifest, ManifestError, NameError, validate_name};
 use crate::sandbox::{Identity, PluginState};
+use plugbus_core::manifest::{Limits, Manifest, ManifestError, NameError, validate_name};
 
 /// Which of a plugin's two files an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,12 +11,15 @@ use serde::Serialize;
 use wasmtime::component::{ComponentExportIndex, HasSelf, TypedFunc};
 use wasmtime::{AsContextMut, Engine, Store, StoreContextMut, Trap};
 
+use plugbus_core::{Failure, FailureKind, Outcome};
+
 use crate::bindings::{HandlerError, Instance as Handler, Pre};
-use crate::event::Event;
-use crate::manifest::Manifest;
+use crate::overlay::Overlay;
 use crate::sandbox::{Bounds, DeliveryScope, Identity, MemoryLimitExceeded, PluginState};
-use crate::state::{Overlay, StateWrite};
 use crate::stats::Stats;
+use plugbus_core::event::Event;
+use plugbus_core::manifest::Manifest;
+use plugbus_core::state::StateWrite;
 
 /// Whether a plugin's instance serves many events or one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,111 +31,6 @@ pub enum InstanceMode {
     /// Every event gets a fresh instance, dropped afterwards. Pair it with
     /// the pooling allocator ([`crate::engine::Allocation::Pooling`]).
     FreshPerEvent,
-}
-
-/// The kind of a failed delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureKind {
-    /// The handler returned `handler-error::retryable`.
-    HandlerRetryable,
-    /// The handler returned `handler-error::permanent`.
-    HandlerPermanent,
-    /// The handler used up its fuel.
-    FuelExhausted,
-    /// The handler ran past its wall-clock limit.
-    Timeout,
-    /// The instance asked for more memory than its limit.
-    MemoryLimit,
-    /// The handler overflowed the wasm stack.
-    StackOverflow,
-    /// The handler trapped: a panic, an `unreachable`, or another trap.
-    Trap,
-    /// The plugin's state could not be read or saved: the host's store
-    /// failed, not the plugin.
-    StateStore,
-}
-
-impl FailureKind {
-    /// Every kind, in a fixed order.
-    pub const ALL: [FailureKind; 8] = [
-        Self::HandlerRetryable,
-        Self::HandlerPermanent,
-        Self::FuelExhausted,
-        Self::Timeout,
-        Self::MemoryLimit,
-        Self::StackOverflow,
-        Self::Trap,
-        Self::StateStore,
-    ];
-
-    /// The kind's name as it appears in output: `handler_retryable`, …
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::HandlerRetryable => "handler_retryable",
-            Self::HandlerPermanent => "handler_permanent",
-            Self::FuelExhausted => "fuel_exhausted",
-            Self::Timeout => "timeout",
-            Self::MemoryLimit => "memory_limit",
-            Self::StackOverflow => "stack_overflow",
-            Self::Trap => "trap",
-            Self::StateStore => "state_store",
-        }
-    }
-
-    /// Whether delivering the same event again may succeed. Only a
-    /// permanent handler error says it cannot.
-    pub fn is_retryable(self) -> bool {
-        self != Self::HandlerPermanent
-    }
-
-    fn index(self) -> usize {
-        Self::ALL.iter().position(|k| *k == self).unwrap_or(0)
-    }
-}
-
-impl std::fmt::Display for FailureKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A failed delivery: its kind and a message that explains it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Failure {
-    /// What kind of failure.
-    pub kind: FailureKind,
-    /// The handler's message, the trap, or the limit that was hit.
-    pub message: String,
-}
-
-/// How a delivery ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The handler returned `ok`.
-    Handled,
-    /// The delivery failed.
-    Failed(Failure),
-}
-
-impl Outcome {
-    /// Whether the handler returned `ok`.
-    pub fn is_handled(&self) -> bool {
-        matches!(self, Self::Handled)
-    }
-
-    /// The failure, if the delivery failed.
-    pub fn failure(&self) -> Option<&Failure> {
-        match self {
-            Self::Handled => None,
-            Self::Failed(f) => Some(f),
-        }
-    }
-
-    /// The failure's kind, if the delivery failed.
-    pub fn failure_kind(&self) -> Option<FailureKind> {
-        self.failure().map(|f| f.kind)
-    }
 }
 
 /// An event a delivery emitted, as reported with the delivery.
@@ -187,7 +85,7 @@ pub enum DeliverError {
     },
     /// The event is invalid.
     #[error("invalid event: {0}")]
-    InvalidEvent(#[from] crate::event::EventError),
+    InvalidEvent(#[from] plugbus_core::event::EventError),
 }
 
 /// A loaded plugin: its compiled component, pre-instantiated, and its pool
@@ -701,7 +599,7 @@ impl Plugin {
     /// the call stops there too, and returns the reports so far (at least
     /// one); the caller delivers the rest in another call, after it has
     /// stored these.
-    pub(crate) fn deliver_batch_in_chain(
+    pub fn deliver_batch_in_chain(
         &self,
         items: Vec<Item<'_>>,
         until_failure: bool,
@@ -924,7 +822,7 @@ impl Plugin {
             log_lines: 0,
             refusals: 0,
             chain_budget,
-            state: crate::state::Pending::default(),
+            state: crate::overlay::PendingWrites::default(),
         }
     }
 
@@ -947,7 +845,8 @@ impl Plugin {
 
     /// A failure of guest origin, its message cut at the host's limit.
     fn bounded(&self, mut failure: Failure) -> Failure {
-        if crate::text::truncate_in_place(&mut failure.message, self.bounds.max_error_bytes) {
+        if plugbus_core::text::truncate_in_place(&mut failure.message, self.bounds.max_error_bytes)
+        {
             self.stats
                 .error_messages_truncated
                 .fetch_add(1, Ordering::Relaxed);
@@ -1081,7 +980,7 @@ impl Plugin {
                     fuel,
                     micros = duration.as_micros() as u64,
                     "delivery failed: {}",
-                    crate::text::escape(&f.message, self.bounds.max_error_bytes)
+                    plugbus_core::text::escape(&f.message, self.bounds.max_error_bytes)
                 );
             }
         }
@@ -1133,9 +1032,13 @@ impl Plugin {
 /// One event to deliver: with the budget of events its chain may still
 /// emit, and which attempt this is.
 #[derive(Clone)]
-pub(crate) struct Item<'a> {
+pub struct Item<'a> {
+    /// The event.
     pub event: &'a Event,
+    /// What its chain may still emit, shared by the deliveries of the
+    /// chain; `None` for no chain budget.
     pub chain_budget: Option<Arc<AtomicUsize>>,
+    /// Which attempt this is, from 1.
     pub attempt: u32,
 }
 
@@ -1153,7 +1056,7 @@ impl<'a> Item<'a> {
 /// What a successful delivery leaves behind, for its caller to publish and
 /// store: empty for a failed one.
 #[derive(Debug, Default)]
-pub(crate) struct Effects {
+pub struct Effects {
     /// The events it emitted.
     pub emitted: Vec<Event>,
     /// Its state writes, in order.
@@ -1168,7 +1071,7 @@ impl Effects {
         let writes: usize = self
             .state
             .iter()
-            .map(|w| crate::state::write_bytes(&w.key, w.value.as_deref()))
+            .map(|w| plugbus_core::state::write_bytes(&w.key, w.value.as_deref()))
             .sum();
         events.saturating_add(writes)
     }
@@ -1207,9 +1110,10 @@ fn effects_of(scope: DeliveryScope) -> Effects {
         let left = budget.load(Ordering::Acquire);
         let shares = split_chain_budget(left, emitted.len());
         for (event, share) in emitted.iter_mut().zip(shares) {
-            event
-                .extensions
-                .insert(crate::event::BUDGET_EXTENSION.to_owned(), share.to_string());
+            event.extensions.insert(
+                plugbus_core::event::BUDGET_EXTENSION.to_owned(),
+                share.to_string(),
+            );
         }
     }
     Effects {
@@ -1316,7 +1220,7 @@ fn delivery_span(
         event_id = %event_id,
         traceparent = traceparent,
     );
-    crate::telemetry::continue_trace(&span, traceparent, tracestate);
+    plugbus_core::trace::continue_trace(&span, traceparent, tracestate);
     span
 }
 
@@ -1348,7 +1252,7 @@ fn batch_done(
     // Bounded at once: the batch holds its events' results until it ends.
     let mut result = result;
     if let Err(HandlerError::Retryable(message) | HandlerError::Permanent(message)) = &mut result
-        && crate::text::truncate_in_place(message, state.bounds.max_error_bytes)
+        && plugbus_core::text::truncate_in_place(message, state.bounds.max_error_bytes)
     {
         state
             .stats
@@ -1431,7 +1335,7 @@ fn classify(err: &wasmtime::Error, stderr: &str) -> Failure {
             message: e.to_string(),
         };
     }
-    if let Some(e) = err.downcast_ref::<crate::state::StateError>() {
+    if let Some(e) = err.downcast_ref::<plugbus_core::state::StateError>() {
         return Failure {
             kind: FailureKind::StateStore,
             message: e.to_string(),

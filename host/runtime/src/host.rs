@@ -14,13 +14,13 @@ use wasmtime::component::Linker;
 use crate::cache::{CacheStats, CompileCache};
 use crate::dispatch::{Delivery, InstanceMode, Plugin};
 use crate::engine::{Allocation, EngineError, EngineOptions};
-use crate::event::{Event, EventError};
 use crate::loader::{self, LoadContext, LoadError};
-use crate::manifest::{Limits, Subscription};
 use crate::registry::Registry;
 use crate::reload::ReloadState;
 use crate::sandbox::{Bounds, PluginState};
 use crate::stats::{Stats, StatsSnapshot};
+use plugbus_core::event::{Event, EventError};
+use plugbus_core::manifest::{Limits, Subscription};
 
 /// The host's configuration. [`HostConfig::default`] is what `plugbus`
 /// runs with when nothing else is said.
@@ -359,8 +359,8 @@ impl Host {
         let linker =
             crate::dispatch::linker(&engine).map_err(|e| HostError::Linker(format!("{e:#}")))?;
         let bounds = Arc::new(Bounds {
-            state: Arc::new(crate::state::StateSlot::new(Arc::new(
-                crate::state::MemoryState::new(),
+            state: Arc::new(crate::overlay::StateSlot::new(Arc::new(
+                plugbus_core::state::MemoryState::new(),
             ))),
             recycle: crate::deadline::RecyclePolicy {
                 after_events: config.recycle_after_events,
@@ -402,12 +402,12 @@ impl Host {
     /// Makes `store` the store of every plugin's state, in place of the
     /// in-memory default; deliveries that start afterwards read from it.
     /// The durable bus installs its log here when it starts.
-    pub fn set_state_store(&self, store: Arc<dyn crate::state::StateStore>) {
+    pub fn set_state_store(&self, store: Arc<dyn plugbus_core::state::StateStore>) {
         self.bounds.state.set(store);
     }
 
     /// The store of the plugins' state.
-    pub fn state_store(&self) -> Arc<dyn crate::state::StateStore> {
+    pub fn state_store(&self) -> Arc<dyn plugbus_core::state::StateStore> {
         self.bounds.state.store()
     }
 
@@ -461,7 +461,7 @@ impl Host {
                     .manifest
                     .clone()
                     .unwrap_or_else(|| candidate.wasm.clone()),
-                reason: crate::manifest::ManifestError::Limit(format!(
+                reason: plugbus_core::manifest::ManifestError::Limit(format!(
                     "limits.memory_mib is larger than this host's largest memory ({} MiB)",
                     max_memory_bytes / (1024 * 1024)
                 )),
@@ -486,6 +486,12 @@ impl Host {
             .plugins()
             .find(|p| p.tenant() == tenant && p.name() == name)
             .cloned()
+    }
+
+    /// How many of `tenant`'s loaded plugins subscribe to events of type
+    /// `ty`.
+    pub fn subscribers(&self, tenant: &str, ty: &str) -> usize {
+        self.registry.load().route(tenant, ty).count()
     }
 
     /// The host's counters.
