@@ -22,10 +22,10 @@ commands:
                    target/plugbus-demo/data: it publishes examples/events.jsonl, then serves
                    HTTP on 127.0.0.1:8080 until Ctrl-C
   test [ARGS...]   run the whole test suite (`cargo test --workspace ARGS...`)
-  bench [ARGS...]  run `plugbus bench` (release build) on the noop fixture; ARGS go to plugbus bench
+  bench [ARGS...]  run `plugbus-bench bench` (release build) on the noop fixture; ARGS go to it
   bench-noisy [ARGS...]
-                   run `plugbus bench-noisy` (release build): the noop fixture beside the hostile and
-                   sleeper fixtures; ARGS go to plugbus bench-noisy
+                   run `plugbus-bench bench-noisy` (release build): the noop fixture beside the hostile and
+                   sleeper fixtures; ARGS go to it
   bench-table GROUP [--columns a,b,...] [--ratio a/b]...
                    print the markdown tables of BENCHMARKS.md from the last `cargo bench` of GROUP";
 
@@ -44,12 +44,12 @@ fn main() -> ExitCode {
         }
         Some("demo") => demo(),
         Some("test") => cargo(&["test", "--workspace"], &args[1..]),
-        Some("bench") => release_plugbus(
+        Some("bench") => release_bench(
             "bench",
             &[("--plugin", plugbus_artifacts::FIXTURE_NOOP)],
             &args[1..],
         ),
-        Some("bench-noisy") => release_plugbus(
+        Some("bench-noisy") => release_bench(
             "bench-noisy",
             &[
                 ("--plugin", plugbus_artifacts::FIXTURE_NOOP),
@@ -105,7 +105,7 @@ fn cargo(args: &[&str], extra: &[String]) -> anyhow::Result<ExitCode> {
 
 /// Runs `plugbus COMMAND` from a release build with the fixture `paths`
 /// (flag, path) and then `extra`.
-fn release_plugbus(
+fn release_bench(
     command: &str,
     paths: &[(&str, &str)],
     extra: &[String],
@@ -121,7 +121,7 @@ fn release_plugbus(
             "--quiet",
             "--release",
             "--package",
-            "plugbus",
+            "plugbus-bench",
             "--",
             command,
         ],

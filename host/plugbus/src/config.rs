@@ -414,7 +414,7 @@ impl Default for Config {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        let limits = crate::Limits::default();
+        let limits = plugbus_core::Limits::default();
         Self {
             fuel: limits.fuel,
             memory_mib: limits.memory_bytes / (1024 * 1024),
@@ -543,13 +543,13 @@ impl Config {
             "limits.max.memory_mib",
             max.memory_mib,
             1,
-            crate::manifest::MAX_MEMORY_MIB,
+            plugbus_core::manifest::MAX_MEMORY_MIB,
         )?;
         range(
             "limits.max.timeout_ms",
             max.timeout_ms,
             1,
-            crate::manifest::MAX_TIMEOUT_MS,
+            plugbus_core::manifest::MAX_TIMEOUT_MS,
         )?;
         range(
             "limits.max.manifest_bytes",
@@ -726,7 +726,7 @@ impl Config {
         }
         for (tenant, token) in &self.tenants {
             let key = format!("tenants.{tenant}.token_sha256");
-            crate::manifest::validate_name(tenant)
+            plugbus_core::manifest::validate_name(tenant)
                 .map_err(|e| invalid(&format!("tenants.{tenant}"), e.to_string()))?;
             check_hash(&token.token_sha256).map_err(|r| invalid(&key, r))?;
             if let Some(other) =
@@ -914,7 +914,10 @@ mod tests {
         let accepted = [
             ("[delivery]\nquarantine_seconds", 30 * 24 * 3600),
             ("drain_seconds", 3600),
-            ("[limits.max]\ntimeout_ms", crate::manifest::MAX_TIMEOUT_MS),
+            (
+                "[limits.max]\ntimeout_ms",
+                plugbus_core::manifest::MAX_TIMEOUT_MS,
+            ),
             ("[http]\nmax_connections", 1_000_000),
             ("[quotas]\nmax_requests_in_flight", 100_000),
             ("[instances]\nrecycle_memory_percent", 100),

@@ -192,6 +192,65 @@ impl OtlpExport {
     }
 }
 
+/// Why [`init_logging`] could not set up logging.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    /// The filter is not a level or a tracing filter.
+    #[error("invalid --log filter {filter:?}")]
+    Filter {
+        /// The filter as given.
+        filter: String,
+        /// What is wrong with it.
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// A global subscriber was already set.
+    #[error("cannot set up logging")]
+    Init(#[source] tracing_subscriber::util::TryInitError),
+}
+
+/// Sets up the process's logging: lines to stderr (one JSON object each
+/// with `json`), filtered by `filter` (a level or a tracing filter; else
+/// `RUST_LOG`; else `default_level`), and the ingest and delivery spans to
+/// OpenTelemetry when `export` is given, whatever the log level.
+pub fn init_logging(
+    json: bool,
+    filter: Option<&str>,
+    default_level: &str,
+    export: Option<&OtlpExport>,
+) -> Result<(), LoggingError> {
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
+    let filter = match filter {
+        Some(f) => EnvFilter::try_new(f).map_err(|source| LoggingError::Filter {
+            filter: f.to_owned(),
+            source,
+        })?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+    };
+    let lines = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let lines = if json {
+        lines.json().boxed()
+    } else {
+        lines.boxed()
+    };
+    // Spans are exported by their own filter, whatever the log level: the
+    // ingest and delivery spans (targets `plugbus*`, every layer's crate),
+    // with the plugins' log lines as events.
+    let spans = export.map(|export| {
+        export.layer().with_filter(
+            tracing_subscriber::filter::Targets::new().with_target("plugbus", tracing::Level::INFO),
+        )
+    });
+    tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(spans)
+        .try_init()
+        .map_err(LoggingError::Init)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,7 @@
 //! The `plugbus` command: runs tenants' WebAssembly event handlers.
 
-mod bench;
 mod client;
-mod noisy;
 mod ops;
-mod reload_bench;
 mod serve;
 
 use std::io::Write as _;
@@ -91,26 +88,6 @@ enum Command {
     /// and exits 0; what is stored and not yet delivered is delivered after
     /// the next start.
     Serve(serve::ServeArgs),
-
-    /// Drives a host in memory with generated events and reports events/s,
-    /// CPU time per event, latency percentiles (p50, p99, p999), start-up
-    /// time (cold, and from a warm compile cache) and memory per loaded
-    /// plugin, for several layouts of tenants and plugins. Exit status 1
-    /// when any delivery failed.
-    Bench(bench::BenchArgs),
-
-    /// Measures hot reload: the time from renaming a new version over a
-    /// plugin to the first event it handles (median, p99, max over repeated
-    /// swaps), with and without a compile cache hit, for the plugin and for
-    /// a large copy of it; and events/s with a swap every second against
-    /// none.
-    BenchReload(reload_bench::ReloadBenchArgs),
-
-    /// The noisy-neighbour benchmark: a good tenant's throughput and
-    /// latency to handled through the durable log, alone and beside a
-    /// hostile tenant's behaviours one at a time and all at once, with the
-    /// peak RSS and the log's growth of each row.
-    BenchNoisy(noisy::NoisyArgs),
 
     /// Lists, shows, redrives and discards dead letters: the events a plugin gave up
     /// on after its last attempt, each with every attempt's failure.
@@ -210,15 +187,10 @@ enum Mode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The load generator's own output is its table: its host logs only
-    // warnings unless asked for more.
+    // Commands that print their own output log only warnings unless asked
+    // for more.
     let default_level = match cli.command {
-        Command::Bench(_)
-        | Command::BenchReload(_)
-        | Command::BenchNoisy(_)
-        | Command::Dlq(_)
-        | Command::Replay(_)
-        | Command::Quarantine(_) => "warn",
+        Command::Dlq(_) | Command::Replay(_) | Command::Quarantine(_) => "warn",
         Command::Dispatch(_) | Command::Serve(_) => "info",
         Command::HashToken | Command::Publish(_) | Command::Plugins(_) | Command::Status(_) => {
             "warn"
@@ -238,22 +210,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Bench(args) => match args.otlp_endpoint.as_deref().map(|url| {
-            plugbus::telemetry::traces_url("--otlp-endpoint", url).map(|traces_url| {
-                plugbus::telemetry::OtlpSettings {
-                    traces_url,
-                    service_name: "plugbus-bench".into(),
-                    sample_ratio: args.otlp_sample_ratio,
-                }
-            })
-        }) {
-            None => (None, None),
-            Some(Ok(settings)) => (None, Some(settings)),
-            Some(Err(e)) => {
-                eprintln!("plugbus: {e}");
-                return ExitCode::from(2);
-            }
-        },
         _ => (None, None),
     };
     let format = cli.log_format.unwrap_or(match configured {
@@ -270,8 +226,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_logging(format, cli.log.as_deref(), default_level, export.as_ref()) {
-        eprintln!("plugbus: {e:#}");
+    if let Err(e) = plugbus::telemetry::init_logging(
+        matches!(format, LogFormat::Json),
+        cli.log.as_deref(),
+        default_level,
+        export.as_ref(),
+    ) {
+        eprintln!("plugbus: {:#}", anyhow::Error::from(e));
         return ExitCode::from(2);
     }
     if let Some(otlp) = &otlp {
@@ -296,9 +257,6 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Dispatch(args) => dispatch(args).await,
             Command::Serve(args) => serve::serve(args).await,
-            Command::Bench(args) => bench::run(args).await,
-            Command::BenchReload(args) => reload_bench::run(args).await,
-            Command::BenchNoisy(args) => noisy::run(args).await,
             Command::Dlq(args) => tokio::task::spawn_blocking(move || ops::dlq(args))
                 .await
                 .context("the dlq command failed")?,
@@ -336,41 +294,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// Log lines to stderr, and the ingest and delivery spans to
-/// OpenTelemetry when `export` is given.
-fn init_logging(
-    format: LogFormat,
-    filter: Option<&str>,
-    default_level: &str,
-    export: Option<&plugbus::telemetry::OtlpExport>,
-) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
-    use tracing_subscriber::prelude::*;
-    let filter = match filter {
-        Some(f) => EnvFilter::try_new(f).with_context(|| format!("invalid --log filter {f:?}"))?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-    };
-    let lines = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let lines = match format {
-        LogFormat::Human => lines.boxed(),
-        LogFormat::Json => lines.json().boxed(),
-    };
-    // Spans are exported by their own filter, whatever the log level: the
-    // ingest and delivery spans, with the plugins' log lines as events.
-    let spans = export.map(|export| {
-        export.layer().with_filter(
-            tracing_subscriber::filter::Targets::new().with_target("plugbus", tracing::Level::INFO),
-        )
-    });
-    tracing_subscriber::registry()
-        .with(lines.with_filter(filter))
-        .with(spans)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
 /// The longest input line accepted.

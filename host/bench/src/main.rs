@@ -1,0 +1,118 @@
+//! `plugbus-bench`: plugbus's load generators, kept out of the production
+//! `plugbus` binary. Each drives a host in this process and prints a table;
+//! `cargo xtask bench`, `bench-reload` and `bench-noisy` run them in a
+//! release build, and BENCHMARKS.md says how each table was made.
+
+mod bench;
+mod noisy;
+mod reload_bench;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// plugbus-bench: measures a plugbus host in this process.
+#[derive(Parser)]
+#[command(name = "plugbus-bench", version, about)]
+struct Cli {
+    /// Which log lines the host writes to stderr: a level or a tracing
+    /// filter (default warn: the table is the output).
+    #[arg(long, global = true, env = "PLUGBUS_LOG")]
+    log: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drives a host in memory (or through the durable log, or over HTTP)
+    /// with generated events and reports events/s, CPU time per event,
+    /// latency percentiles (p50, p99, p999), start-up time (cold, and from
+    /// a warm compile cache) and memory per loaded plugin, for several
+    /// layouts of tenants and plugins. Exit status 1 when any delivery
+    /// failed.
+    Bench(bench::BenchArgs),
+
+    /// Measures hot reload: the time from renaming a new version over a
+    /// plugin to the first event it handles (median, p99, max over repeated
+    /// swaps), with and without a compile cache hit, for the plugin and for
+    /// a large copy of it; and events/s with a swap every second against
+    /// none.
+    BenchReload(reload_bench::ReloadBenchArgs),
+
+    /// The noisy-neighbour benchmark: a good tenant's throughput and
+    /// latency to handled through the durable log, alone and beside a
+    /// hostile tenant's behaviours one at a time and all at once, with the
+    /// peak RSS and the log's growth of each row.
+    BenchNoisy(noisy::NoisyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let otlp = match &cli.command {
+        Command::Bench(args) => args.otlp_endpoint.as_deref().map(|url| {
+            plugbus::telemetry::traces_url("--otlp-endpoint", url).map(|traces_url| {
+                plugbus::telemetry::OtlpSettings {
+                    traces_url,
+                    service_name: "plugbus-bench".into(),
+                    sample_ratio: args.otlp_sample_ratio,
+                }
+            })
+        }),
+        Command::BenchReload(_) | Command::BenchNoisy(_) => None,
+    };
+    let otlp = match otlp.transpose() {
+        Ok(otlp) => otlp,
+        Err(e) => {
+            eprintln!("plugbus-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Started before the async runtime, and shut down after it: its HTTP
+    // client is a blocking one.
+    let export = match otlp.as_ref().map(plugbus::telemetry::OtlpExport::start) {
+        None => None,
+        Some(Ok(export)) => Some(export),
+        Some(Err(e)) => {
+            eprintln!("plugbus-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) =
+        plugbus::telemetry::init_logging(false, cli.log.as_deref(), "warn", export.as_ref())
+    {
+        eprintln!("plugbus-bench: {:#}", anyhow::Error::from(e));
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("plugbus-bench: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Bench(args) => bench::run(args).await,
+            Command::BenchReload(args) => reload_bench::run(args).await,
+            Command::BenchNoisy(args) => noisy::run(args).await,
+        }
+    });
+    drop(runtime);
+    if let Some(export) = export
+        && let Err(e) = export.shutdown()
+    {
+        eprintln!("plugbus-bench: {e}");
+    }
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("plugbus-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
