@@ -35,7 +35,6 @@
 //!   [`restart_backoff`]; a restarted consumer resumes at its cursor.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -47,21 +46,16 @@ use crate::event::Event;
 use crate::host::Host;
 use crate::log::{
     Appended, Attempt, Commit, DeadLetter, DeadLetterDepths, EventLog, LogError, LogHealth,
-    QuarantineChange, ReadLimit, Retention, Seq, StoredEvent, now_ms,
+    QuarantineChange, Retention, Seq, StoredEvent, now_ms,
 };
 use crate::{Delivery, EventError, Outcome};
 
-/// The longest wait the bus computes a deadline for, about 30 years: a
-/// longer quarantine or backoff (up to `Duration::MAX`) ends at this
-/// horizon instead of overflowing.
-pub const MAX_WAIT: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+mod read_ahead;
+mod retry;
 
-/// `wait` after `now`, saturating: waits past [`MAX_WAIT`] end at it.
-fn deadline(now: tokio::time::Instant, wait: Duration) -> tokio::time::Instant {
-    now.checked_add(wait.min(MAX_WAIT))
-        .or_else(|| now.checked_add(Duration::from_secs(24 * 60 * 60)))
-        .unwrap_or(now)
-}
+use read_ahead::ReadAhead;
+use retry::deadline;
+pub use retry::{MAX_WAIT, RetryPolicy};
 
 /// The wait before a supervised task that stopped unexpectedly is
 /// restarted, for its `restarts`-th restart in a row (0 for the first):
@@ -78,47 +72,6 @@ pub fn restart_backoff(restarts: u32) -> Duration {
 /// many subscribers cannot multiply a chain.
 pub fn budget_share(budget: usize, subscribers: usize) -> usize {
     budget / subscribers.max(1)
-}
-
-/// How failed deliveries are retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Deliveries of one event before it becomes a dead letter, the first
-    /// included (default 5).
-    pub max_attempts: u32,
-    /// The wait before the first retry (default 100 ms); each retry waits
-    /// twice as long as the one before, up to `max_backoff`, and a random
-    /// half of each wait is jitter. Any value is safe (waits saturate at
-    /// [`MAX_WAIT`]); sensible ones are 1 ms to a minute.
-    pub base_backoff: Duration,
-    /// The longest wait between two attempts (default 30 s). Any value is
-    /// safe (saturating at [`MAX_WAIT`]); sensible ones are up to a day.
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            base_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(30),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait after the `failures`-th failed attempt (1 for the first).
-    pub fn backoff(&self, failures: u32) -> Duration {
-        let doubling = 2u32.saturating_pow(failures.saturating_sub(1));
-        let full = self
-            .base_backoff
-            .saturating_mul(doubling)
-            .min(self.max_backoff);
-        let half = full / 2;
-        let jitter = std::collections::hash_map::RandomState::new().hash_one(failures);
-        let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(jitter % nanos.max(1))
-    }
 }
 
 /// The settings of durable delivery.
@@ -401,13 +354,12 @@ impl Gauges {
     }
 
     /// Publishes the line's numbers.
-    fn show(&self, line: &Line) {
-        self.behind
-            .store(line.read_seqs.len() as u64, Ordering::Relaxed);
+    fn show(&self, line: &ReadAhead) {
+        self.behind.store(line.behind() as u64, Ordering::Relaxed);
         self.pending_events
-            .store(line.pending.len() as u64, Ordering::Relaxed);
+            .store(line.pending_events() as u64, Ordering::Relaxed);
         self.pending_bytes
-            .store(line.pending_bytes, Ordering::Relaxed);
+            .store(line.pending_bytes(), Ordering::Relaxed);
     }
 }
 
@@ -846,225 +798,6 @@ impl Inner {
 /// [`DurableConfig::max_pending_bytes`] bounds their bytes.
 pub const MAX_PENDING: usize = 10_000;
 
-/// What an event keeps its order with, for one plugin: the events of the
-/// same partition key (the CloudEvents `partitionkey` extension, else the
-/// subject). An event with neither keeps no order with others.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum OrderKey {
-    Key(String),
-    Alone(Seq),
-}
-
-impl OrderKey {
-    fn of(stored: &StoredEvent) -> Self {
-        let event = &stored.event;
-        match event
-            .extensions
-            .get("partitionkey")
-            .or(event.subject.as_ref())
-        {
-            Some(key) => Self::Key(key.clone()),
-            None => Self::Alone(stored.seq),
-        }
-    }
-}
-
-/// A failed event waiting for its retry; it holds back the later events
-/// of its key.
-struct Waiting {
-    seq: Seq,
-    attempts: Vec<Attempt>,
-    retry_at: tokio::time::Instant,
-}
-
-/// A consumer's view of its plugin's events: the committed cursor, the
-/// events read past it and not finished, the failed ones waiting for a
-/// retry, and the events finished ahead of the cursor while an earlier
-/// event of another key waits.
-struct Line {
-    /// The committed cursor: every event of the tenant up to it is
-    /// finished (handled, dead-lettered, or not subscribed to).
-    position: Seq,
-    /// The last event read.
-    read_after: Seq,
-    /// The events read and not finished, by position.
-    pending: BTreeMap<Seq, Arc<StoredEvent>>,
-    /// Their stored bytes together.
-    pending_bytes: u64,
-    /// Every event read past the cursor, in order, finished or not: how
-    /// far the consumer has read ahead of it.
-    read_seqs: std::collections::VecDeque<Seq>,
-    /// By key, the failed event waiting for its retry.
-    waiting: HashMap<OrderKey, Waiting>,
-    /// Events finished since the last commit.
-    unsaved: Vec<Seq>,
-    /// Events past the cursor that were finished before a restart (or a
-    /// failed commit), skipped when read.
-    skip: std::collections::BTreeSet<Seq>,
-    /// A commit found the cursor moved by someone else.
-    moved: bool,
-}
-
-impl Line {
-    fn new(position: Seq) -> Self {
-        Self {
-            position,
-            read_after: position,
-            pending: BTreeMap::new(),
-            pending_bytes: 0,
-            read_seqs: std::collections::VecDeque::new(),
-            waiting: HashMap::new(),
-            unsaved: Vec::new(),
-            skip: std::collections::BTreeSet::new(),
-            moved: false,
-        }
-    }
-
-    /// Takes newly read events: pending, or finished at once when not
-    /// subscribed to or finished before.
-    fn take(&mut self, events: Vec<StoredEvent>, manifest: &crate::Manifest) {
-        for stored in events {
-            let seq = stored.seq;
-            self.read_after = self.read_after.max(seq);
-            if seq > self.position {
-                self.read_seqs.push_back(seq);
-            }
-            if self.skip.remove(&seq) {
-                continue;
-            }
-            if manifest.subscribes_to(&stored.event.ty) {
-                self.pending_bytes = self.pending_bytes.saturating_add(stored.bytes);
-                if let Some(replaced) = self.pending.insert(seq, Arc::new(stored)) {
-                    self.pending_bytes = self.pending_bytes.saturating_sub(replaced.bytes);
-                }
-            } else {
-                self.unsaved.push(seq);
-            }
-        }
-    }
-
-    /// The pending events to deliver now, in order, each with its attempt
-    /// number: every event whose key has no earlier event waiting, and the
-    /// waiting events whose retry is due.
-    fn due(&self, now: tokio::time::Instant, limit: usize) -> Vec<(Arc<StoredEvent>, u32)> {
-        let mut due = Vec::new();
-        for (seq, stored) in &self.pending {
-            if due.len() >= limit {
-                break;
-            }
-            match self.waiting.get(&OrderKey::of(stored)) {
-                None => due.push((stored.clone(), 1)),
-                Some(w) if w.seq == *seq && w.retry_at <= now => {
-                    let attempt = u32::try_from(w.attempts.len() + 1).unwrap_or(u32::MAX);
-                    due.push((stored.clone(), attempt));
-                }
-                // Held back by an earlier event of its key.
-                Some(_) => {}
-            }
-        }
-        due
-    }
-
-    /// When the next waiting event is due.
-    fn next_retry(&self) -> Option<tokio::time::Instant> {
-        self.waiting.values().map(|w| w.retry_at).min()
-    }
-
-    /// The failed attempts so far of the pending event at `seq`.
-    fn attempts(&mut self, seq: Seq) -> Vec<Attempt> {
-        let Some(stored) = self.pending.get(&seq) else {
-            return Vec::new();
-        };
-        let key = OrderKey::of(stored);
-        match self.waiting.get(&key) {
-            Some(w) if w.seq == seq => self
-                .waiting
-                .remove(&key)
-                .map(|w| w.attempts)
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// Holds `stored` (and the later events of its key) until `retry_at`.
-    fn wait(
-        &mut self,
-        stored: &StoredEvent,
-        attempts: Vec<Attempt>,
-        retry_at: tokio::time::Instant,
-    ) {
-        self.waiting.insert(
-            OrderKey::of(stored),
-            Waiting {
-                seq: stored.seq,
-                attempts,
-                retry_at,
-            },
-        );
-    }
-
-    /// Marks the pending event at `seq` finished: handled or dead-lettered.
-    fn finish(&mut self, seq: Seq) {
-        if let Some(stored) = self.pending.remove(&seq) {
-            self.pending_bytes = self.pending_bytes.saturating_sub(stored.bytes);
-            let key = OrderKey::of(&stored);
-            if self.waiting.get(&key).is_some_and(|w| w.seq == seq) {
-                self.waiting.remove(&key);
-            }
-            self.unsaved.push(seq);
-        }
-    }
-
-    /// Fills in `commit`'s cursor (just before the first unfinished event)
-    /// and the events finished ahead of it; true when there is anything to
-    /// commit.
-    fn advance(&self, commit: &mut Commit) -> bool {
-        let frontier = match self.pending.keys().next() {
-            Some(first) => first.saturating_sub(1),
-            None => self.read_after,
-        }
-        .max(self.position);
-        commit.cursor = frontier;
-        commit.ahead = self
-            .unsaved
-            .iter()
-            .copied()
-            .filter(|seq| *seq > frontier)
-            .collect();
-        frontier != self.position
-            || !commit.ahead.is_empty()
-            || !commit.emitted.is_empty()
-            || !commit.state.is_empty()
-            || !commit.dead_letters.is_empty()
-    }
-
-    /// The commit up to `cursor` is durable.
-    fn committed(&mut self, cursor: Seq) {
-        self.position = cursor;
-        self.unsaved.clear();
-        while self.read_seqs.front().is_some_and(|seq| *seq <= cursor) {
-            self.read_seqs.pop_front();
-        }
-    }
-
-    /// How much the next read may bring: nothing when the line holds
-    /// [`MAX_PENDING`] events or `max_pending_bytes`; else up to
-    /// `read_batch` events (no more than fit under [`MAX_PENDING`]) and
-    /// the bytes left under either bound, strictly while the line holds
-    /// events, and at least one event when it holds none.
-    fn read_limit(&self, config: &DurableConfig) -> Option<ReadLimit> {
-        let held = self.pending.len();
-        if held >= MAX_PENDING || self.pending_bytes >= config.max_pending_bytes {
-            return None;
-        }
-        Some(ReadLimit {
-            events: config.read_batch.clamp(1, MAX_PENDING - held),
-            bytes: (config.max_pending_bytes - self.pending_bytes).min(config.max_read_bytes),
-            first_always: held == 0,
-        })
-    }
-}
-
 struct Consumer {
     inner: Arc<Inner>,
     tenant: String,
@@ -1098,8 +831,8 @@ impl Consumer {
 
     /// A fresh line at `position`, with what was finished ahead of it, and
     /// the count of events after it (at most 1,000,000 counted, once).
-    async fn line_at(&self, position: Seq) -> Result<Line, String> {
-        let mut line = Line::new(position);
+    async fn line_at(&self, position: Seq) -> Result<ReadAhead, String> {
+        let mut line = ReadAhead::new(position);
         if let Err(e) = self.load_ahead(&mut line).await {
             tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the events handled ahead of the cursor: {e}");
         }
@@ -1159,21 +892,20 @@ impl Consumer {
             };
             // An operator may have moved the cursor (`plugbus replay`):
             // looked at each second, and after a commit found it moved.
-            let look = line.moved || cursor_checked.elapsed() >= Duration::from_secs(1);
+            let look = line.take_moved() || cursor_checked.elapsed() >= Duration::from_secs(1);
             if look {
                 cursor_checked = std::time::Instant::now();
-                line.moved = false;
             }
             match if look {
                 self.stored_cursor().await
             } else {
                 Ok(None)
             } {
-                Ok(Some(stored)) if stored != line.position => {
+                Ok(Some(stored)) if stored != line.position() => {
                     tracing::info!(
                         tenant = %self.tenant,
                         plugin = %self.plugin,
-                        from = line.position,
+                        from = line.position(),
                         to = stored,
                         "the plugin's cursor was moved; delivering from there"
                     );
@@ -1191,7 +923,7 @@ impl Consumer {
                     Ok(Ok(redrives)) if !redrives.is_empty() => {
                         for dead in redrives {
                             if self
-                                .redrive(&plugin, dead, line.position, &mut stop)
+                                .redrive(&plugin, dead, line.position(), &mut stop)
                                 .await?
                             {
                                 return Ok(());
@@ -1211,7 +943,7 @@ impl Consumer {
             // New events, unless the line holds as many as it may.
             if let Some(limit) = line.read_limit(&self.inner.config) {
                 let tenant = self.tenant.clone();
-                let (log, after) = (self.inner.log.clone(), line.read_after);
+                let (log, after) = (self.inner.log.clone(), line.read_after());
                 let read = tokio::task::spawn_blocking(move || {
                     let events = log.read_bounded(&tenant, after, limit)?;
                     // Fewer than asked for: has it reached the end of the
@@ -1233,7 +965,7 @@ impl Consumer {
                         if at_the_end {
                             self.gauges.unread.store(0, Ordering::Relaxed);
                         }
-                        line.take(events, plugin.manifest());
+                        line.take(events, |ty| plugin.manifest().subscribes_to(ty));
                     }
                     Ok(Err(e)) => {
                         tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the log: {e}");
@@ -1249,7 +981,7 @@ impl Consumer {
             let now = tokio::time::Instant::now();
             let due = line.due(now, self.inner.config.read_batch);
             if due.is_empty() {
-                let mut commit = self.commit_from(line.position);
+                let mut commit = self.commit_from(line.position());
                 if line.advance(&mut commit) {
                     // Events skipped as not subscribed moved the cursor.
                     if self.commit(commit, &mut line).await?
@@ -1295,7 +1027,7 @@ impl Consumer {
                 }
             }
 
-            let mut commit = self.commit_from(line.position);
+            let mut commit = self.commit_from(line.position());
             // Events after a failure in the batch were not delivered: they
             // stay pending.
             for ((stored, _), (delivery, effects)) in batch.iter().zip(reports) {
@@ -1385,7 +1117,7 @@ impl Consumer {
 
     /// Commits the plugin's progress; true when the caller should pause
     /// (the log failed, and the same events are delivered again).
-    async fn commit(&self, commit: Commit, line: &mut Line) -> Result<bool, String> {
+    async fn commit(&self, commit: Commit, line: &mut ReadAhead) -> Result<bool, String> {
         let cursor = commit.cursor;
         match self.commit_emitting(commit).await {
             Ok(committed) => {
@@ -1395,7 +1127,7 @@ impl Consumer {
                 } else {
                     // An operator moved the cursor (`plugbus replay`): the
                     // next round goes on from there.
-                    line.moved = true;
+                    line.mark_moved();
                 }
                 Ok(false)
             }
@@ -1406,8 +1138,8 @@ impl Consumer {
                 // What was read past the cursor is to be read again.
                 self.gauges
                     .unread
-                    .fetch_add(line.read_seqs.len() as u64, Ordering::Relaxed);
-                let mut fresh = Line::new(line.position);
+                    .fetch_add(line.behind() as u64, Ordering::Relaxed);
+                let mut fresh = ReadAhead::new(line.position());
                 if let Err(e) = self.load_ahead(&mut fresh).await {
                     tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the events handled ahead of the cursor: {e}");
                 }
@@ -1440,13 +1172,13 @@ impl Consumer {
 
     /// Reads the events the plugin finished ahead of its cursor, which a
     /// restart must not deliver again.
-    async fn load_ahead(&self, line: &mut Line) -> Result<(), LogError> {
+    async fn load_ahead(&self, line: &mut ReadAhead) -> Result<(), LogError> {
         let log = self.inner.log.clone();
         let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
         let ahead = tokio::task::spawn_blocking(move || log.ahead(&tenant, &plugin))
             .await
             .map_err(|_| LogError::Closed)??;
-        line.skip = ahead.into_iter().filter(|s| *s > line.position).collect();
+        line.skip(ahead);
         Ok(())
     }
 
@@ -1675,6 +1407,7 @@ impl Consumer {
         fuel: u64,
     ) -> Option<Duration> {
         let retryable = failure.kind.is_retryable();
+        let max_attempts = plugin.manifest().max_attempts;
         attempts.push(Attempt {
             kind: failure.kind,
             message: failure.message,
@@ -1683,11 +1416,10 @@ impl Consumer {
             at_ms: now_ms(),
         });
         let used = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
-        let max_attempts = plugin
-            .manifest()
-            .max_attempts
-            .unwrap_or(self.inner.config.retry.max_attempts);
-        (retryable && used < max_attempts).then(|| self.inner.config.retry.backoff(used))
+        self.inner
+            .config
+            .retry
+            .retry_after(used, retryable, max_attempts)
     }
 
     /// Whether the log still records this plugin's quarantine; true when it
@@ -1744,82 +1476,5 @@ mod tests {
         assert_eq!(budget_share(1, 2), 0);
         // Nobody subscribed counts as one.
         assert_eq!(budget_share(7, 0), 7);
-    }
-
-    #[test]
-    fn deadlines_saturate() {
-        let now = tokio::time::Instant::now();
-        assert_eq!(
-            deadline(now, Duration::from_secs(1)),
-            now + Duration::from_secs(1)
-        );
-        assert_eq!(deadline(now, Duration::MAX), now + MAX_WAIT);
-        assert_eq!(deadline(now, Duration::from_secs(u64::MAX)), now + MAX_WAIT);
-    }
-
-    fn stored(seq: Seq, bytes: u64) -> StoredEvent {
-        let event = Event::from_json(&format!(
-            r#"{{"specversion":"1.0","id":"e-{seq}","source":"/t","type":"t.x","tenant":"acme"}}"#
-        ))
-        .expect("event");
-        StoredEvent {
-            seq,
-            appended_at_ms: 0,
-            event,
-            bytes,
-        }
-    }
-
-    #[test]
-    fn the_read_limit_leaves_room_for_what_the_line_holds() {
-        let manifest = crate::Manifest::with_defaults(crate::Limits::default());
-        let config = DurableConfig {
-            max_pending_bytes: 100,
-            max_read_bytes: 60,
-            read_batch: 128,
-            ..DurableConfig::default()
-        };
-        let mut line = Line::new(0);
-        // Holding nothing: up to the read bound, the first event always.
-        assert_eq!(
-            line.read_limit(&config),
-            Some(ReadLimit {
-                events: 128,
-                bytes: 60,
-                first_always: true
-            })
-        );
-        line.take(vec![stored(1, 30), stored(2, 30)], &manifest);
-        assert_eq!(line.pending_bytes, 60);
-        // Holding some: strictly what is left.
-        assert_eq!(
-            line.read_limit(&config),
-            Some(ReadLimit {
-                events: 128,
-                bytes: 40,
-                first_always: false
-            })
-        );
-        line.take(vec![stored(3, 40)], &manifest);
-        assert_eq!(line.read_limit(&config), None, "full");
-        line.finish(1);
-        assert_eq!(line.pending_bytes, 70);
-        assert_eq!(line.read_limit(&config).map(|l| l.bytes), Some(30));
-        // Behind the cursor: every event read past it.
-        assert_eq!(line.read_seqs.len(), 3);
-        line.committed(1);
-        assert_eq!(line.read_seqs.len(), 2);
-    }
-
-    #[test]
-    fn the_read_limit_stops_at_max_pending_events() {
-        let manifest = crate::Manifest::with_defaults(crate::Limits::default());
-        let config = DurableConfig::default();
-        let mut line = Line::new(0);
-        let almost: Vec<_> = (1..MAX_PENDING as Seq).map(|seq| stored(seq, 1)).collect();
-        line.take(almost, &manifest);
-        assert_eq!(line.read_limit(&config).map(|l| l.events), Some(1));
-        line.take(vec![stored(MAX_PENDING as Seq, 1)], &manifest);
-        assert_eq!(line.read_limit(&config), None);
     }
 }
