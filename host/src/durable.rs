@@ -46,7 +46,7 @@ use crate::event::Event;
 use crate::host::Host;
 use crate::log::{
     Appended, Attempt, Commit, DeadLetter, DeadLetterDepths, EventLog, LogError, LogHealth,
-    QuarantineChange, Retention, Seq, StoredEvent, now_ms,
+    QuarantineChange, ReadLimit, Retention, Seq, StoredEvent, now_ms,
 };
 use crate::{Delivery, EventError, Outcome};
 
@@ -676,6 +676,15 @@ impl DurableBus {
 }
 
 impl Inner {
+    /// Tells every delivery in `reports` to whoever listens.
+    fn delivered(&self, reports: &[(Delivery, crate::dispatch::Effects)]) {
+        if self.deliveries.receiver_count() > 0 {
+            for (delivery, _) in reports {
+                let _ = self.deliveries.send(delivery.clone());
+            }
+        }
+    }
+
     fn notify(&self, tenant: &str) -> Arc<Notify> {
         self.tenants
             .lock()
@@ -798,6 +807,77 @@ impl Inner {
 /// [`DurableConfig::max_pending_bytes`] bounds their bytes.
 pub const MAX_PENDING: usize = 10_000;
 
+/// How a step of a consumer's round ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Go on with the round.
+    Go,
+    /// Start the next round.
+    Again,
+    /// The bus stops, or the plugin was unloaded.
+    Stop,
+}
+
+/// What a consumer keeps from one round to the next.
+struct Run {
+    /// The events read past the cursor.
+    line: ReadAhead,
+    /// Failed deliveries in a row, of any events.
+    failures_in_a_row: u32,
+    /// When the log was last asked for redrive requests.
+    redrives_checked: Option<std::time::Instant>,
+    /// When the log was last asked for a cursor moved by an operator.
+    cursor_checked: std::time::Instant,
+}
+
+/// What becomes of an event after a delivery.
+enum Verdict {
+    /// Handled: what it left behind is committed.
+    Handled(crate::dispatch::Effects),
+    /// Failed, to be tried again after the wait, with every attempt so far.
+    Retry(Vec<Attempt>, Duration),
+    /// Given up: a dead letter with every attempt.
+    Dead(Vec<Attempt>),
+}
+
+/// Something delivered through [`Consumer::deliver`]: an event read from
+/// the log, or a dead letter redriven.
+trait Deliverable: Send + Sync + 'static {
+    /// The event to deliver.
+    fn event(&self) -> &Event;
+}
+
+impl Deliverable for StoredEvent {
+    fn event(&self) -> &Event {
+        &self.event
+    }
+}
+
+impl Deliverable for DeadLetter {
+    fn event(&self) -> &Event {
+        &self.event
+    }
+}
+
+/// Whether a read of at most `limit` events after `after`, which returned
+/// `events`, reached the end of the tenant's events (one index lookup
+/// when it returned fewer than asked for).
+fn at_the_end(
+    log: &dyn EventLog,
+    tenant: &str,
+    after: Seq,
+    limit: ReadLimit,
+    events: &[StoredEvent],
+) -> Result<bool, LogError> {
+    let more = match events.last() {
+        Some(last) if events.len() < limit.events => log.count_after(tenant, last.seq, 1)?,
+        Some(_) => 1,
+        None if limit.first_always => 0,
+        None => log.count_after(tenant, after, 1)?,
+    };
+    Ok(more == 0)
+}
+
 struct Consumer {
     inner: Arc<Inner>,
     tenant: String,
@@ -855,248 +935,362 @@ impl Consumer {
     /// unloaded.
     async fn deliver_from(&self, position: Option<Seq>) -> Result<(), String> {
         let mut stop = self.inner.stop.subscribe();
+        let Some(position) = self.first_position(position, &mut stop).await else {
+            return Ok(());
+        };
         let notify = self.inner.notify(&self.tenant);
-        let position = loop {
-            if let Some(position) = position {
-                break position;
+        let mut run = Run {
+            line: self.line_at(position).await?,
+            failures_in_a_row: 0,
+            redrives_checked: None,
+            cursor_checked: std::time::Instant::now(),
+        };
+        loop {
+            if let Step::Stop = self.round(&mut run, &notify, &mut stop).await? {
+                return Ok(());
             }
+        }
+    }
+
+    /// `position`, else the plugin's start position, asked of the log
+    /// again each second while it cannot be read; `None` when the bus
+    /// stops meanwhile.
+    async fn first_position(
+        &self,
+        position: Option<Seq>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Seq> {
+        if position.is_some() {
+            return position;
+        }
+        loop {
             match self.start_position().await {
-                Ok(position) => break position,
+                Ok(position) => return Some(position),
                 Err(e) => {
                     tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the plugin's cursor: {e}");
-                    if self.pause(Duration::from_secs(1), &mut stop).await {
-                        return Ok(());
+                    if self.pause(Duration::from_secs(1), stop).await {
+                        return None;
                     }
                 }
             }
+        }
+    }
+
+    /// One round of the consumer: follow a cursor an operator moved,
+    /// redrive the dead letters asked for, read new events, then deliver
+    /// the due ones (or commit what is finished, or wait).
+    async fn round(
+        &self,
+        run: &mut Run,
+        notify: &Notify,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Step, String> {
+        self.gauges.show(&run.line);
+        if *stop.borrow() {
+            return Ok(Step::Stop);
+        }
+        // Registered before reading, so an append between the read and
+        // the wait is not missed.
+        let appended = notify.notified();
+        tokio::pin!(appended);
+        appended.as_mut().enable();
+        let Some(plugin) = self.inner.host.plugin(&self.tenant, &self.plugin) else {
+            return Ok(Step::Stop);
         };
-        let mut line = self.line_at(position).await?;
-        // Failed deliveries in a row, of any events.
-        let mut failures_in_a_row = 0u32;
-        // When the log was last asked for redrive requests, and for a
-        // cursor moved by an operator.
-        let mut redrives_checked: Option<std::time::Instant> = None;
-        let mut cursor_checked = std::time::Instant::now();
-        loop {
-            self.gauges.show(&line);
-            if *stop.borrow() {
-                return Ok(());
-            }
-            // Registered before reading, so an append between the read and
-            // the wait is not missed.
-            let appended = notify.notified();
-            tokio::pin!(appended);
-            appended.as_mut().enable();
-            let Some(plugin) = self.inner.host.plugin(&self.tenant, &self.plugin) else {
-                return Ok(());
-            };
-            // An operator may have moved the cursor (`plugbus replay`):
-            // looked at each second, and after a commit found it moved.
-            let look = line.take_moved() || cursor_checked.elapsed() >= Duration::from_secs(1);
-            if look {
-                cursor_checked = std::time::Instant::now();
-            }
-            match if look {
-                self.stored_cursor().await
-            } else {
-                Ok(None)
-            } {
-                Ok(Some(stored)) if stored != line.position() => {
-                    tracing::info!(
-                        tenant = %self.tenant,
-                        plugin = %self.plugin,
-                        from = line.position(),
-                        to = stored,
-                        "the plugin's cursor was moved; delivering from there"
-                    );
-                    line = self.line_at(stored).await?;
-                }
-                _ => {}
-            }
-            // Dead letters an operator asked to redrive go first, looked
-            // for at most twice a second, a few at a time.
-            if redrives_checked.is_none_or(|at| at.elapsed() >= Duration::from_millis(500)) {
-                redrives_checked = Some(std::time::Instant::now());
-                let log = self.inner.log.clone();
-                let (tenant, name) = (self.tenant.clone(), self.plugin.clone());
-                match tokio::task::spawn_blocking(move || log.redrives(&tenant, &name, 16)).await {
-                    Ok(Ok(redrives)) if !redrives.is_empty() => {
-                        for dead in redrives {
-                            if self
-                                .redrive(&plugin, dead, line.position(), &mut stop)
-                                .await?
-                            {
-                                return Ok(());
-                            }
-                        }
-                        // More may wait: looked for again at once.
-                        redrives_checked = None;
-                        continue;
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the redrive requests: {e}");
-                    }
-                    Err(e) => return Err(format!("reading redrive requests {}", join_failure(e))),
-                }
-            }
-            // New events, unless the line holds as many as it may.
-            if let Some(limit) = line.read_limit(&self.inner.config) {
-                let tenant = self.tenant.clone();
-                let (log, after) = (self.inner.log.clone(), line.read_after());
-                let read = tokio::task::spawn_blocking(move || {
-                    let events = log.read_bounded(&tenant, after, limit)?;
-                    // Fewer than asked for: has it reached the end of the
-                    // log? (One index lookup.)
-                    let more = match events.last() {
-                        Some(last) if events.len() < limit.events => {
-                            log.count_after(&tenant, last.seq, 1)?
-                        }
-                        Some(_) => 1,
-                        None if limit.first_always => 0,
-                        None => log.count_after(&tenant, after, 1)?,
-                    };
-                    Ok::<_, LogError>((events, more == 0))
-                })
-                .await;
-                match read {
-                    Ok(Ok((events, at_the_end))) => {
-                        self.gauges.read(events.len() as u64);
-                        if at_the_end {
-                            self.gauges.unread.store(0, Ordering::Relaxed);
-                        }
-                        line.take(events, |ty| plugin.manifest().subscribes_to(ty));
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the log: {e}");
-                        if self.pause(Duration::from_secs(1), &mut stop).await {
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                    Err(e) => return Err(format!("reading the log {}", join_failure(e))),
-                }
-            }
-            self.gauges.show(&line);
-            let now = tokio::time::Instant::now();
-            let due = line.due(now, self.inner.config.read_batch);
-            if due.is_empty() {
-                let mut commit = self.commit_from(line.position());
-                if line.advance(&mut commit) {
-                    // Events skipped as not subscribed moved the cursor.
-                    if self.commit(commit, &mut line).await?
-                        && self.pause(Duration::from_secs(1), &mut stop).await
+        self.follow_moved_cursor(run).await?;
+        if let step @ (Step::Again | Step::Stop) =
+            self.redrive_requested(&plugin, run, stop).await?
+        {
+            return Ok(step);
+        }
+        if let step @ (Step::Again | Step::Stop) = self.read(&plugin, &mut run.line, stop).await? {
+            return Ok(step);
+        }
+        self.gauges.show(&run.line);
+        let now = tokio::time::Instant::now();
+        let due = run.line.due(now, self.inner.config.read_batch);
+        if due.is_empty() {
+            return self.idle(&mut run.line, appended, now, stop).await;
+        }
+        self.deliver_due(&plugin, run, due, stop).await
+    }
+
+    /// Starts again from the stored cursor when an operator moved it
+    /// (`plugbus replay`): looked at each second, and after a commit found
+    /// it moved.
+    async fn follow_moved_cursor(&self, run: &mut Run) -> Result<(), String> {
+        let look = run.line.take_moved() || run.cursor_checked.elapsed() >= Duration::from_secs(1);
+        if !look {
+            return Ok(());
+        }
+        run.cursor_checked = std::time::Instant::now();
+        if let Ok(Some(stored)) = self.stored_cursor().await
+            && stored != run.line.position()
+        {
+            tracing::info!(
+                tenant = %self.tenant,
+                plugin = %self.plugin,
+                from = run.line.position(),
+                to = stored,
+                "the plugin's cursor was moved; delivering from there"
+            );
+            run.line = self.line_at(stored).await?;
+        }
+        Ok(())
+    }
+
+    /// Redrives the dead letters an operator asked for, before anything
+    /// else: looked for at most twice a second, a few at a time, and at
+    /// once again after some were found (`Again`).
+    async fn redrive_requested(
+        &self,
+        plugin: &Arc<crate::Plugin>,
+        run: &mut Run,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Step, String> {
+        if run
+            .redrives_checked
+            .is_some_and(|at| at.elapsed() < Duration::from_millis(500))
+        {
+            return Ok(Step::Go);
+        }
+        run.redrives_checked = Some(std::time::Instant::now());
+        let log = self.inner.log.clone();
+        let (tenant, name) = (self.tenant.clone(), self.plugin.clone());
+        match tokio::task::spawn_blocking(move || log.redrives(&tenant, &name, 16)).await {
+            Ok(Ok(redrives)) if !redrives.is_empty() => {
+                for dead in redrives {
+                    if self
+                        .redrive(plugin, dead, run.line.position(), stop)
+                        .await?
                     {
-                        return Ok(());
+                        return Ok(Step::Stop);
                     }
-                    continue;
                 }
-                // Woken by an append, by the next retry, or after a while
-                // to look for a cursor moved by another process.
-                let second = deadline(now, Duration::from_secs(1));
-                let wake = line.next_retry().unwrap_or(second).min(second);
-                tokio::select! {
-                    () = &mut appended => {}
-                    () = tokio::time::sleep_until(wake) => {}
-                    _ = stop.changed() => return Ok(()),
-                }
-                continue;
+                run.redrives_checked = None;
+                Ok(Step::Again)
             }
+            Ok(Ok(_)) => Ok(Step::Go),
+            Ok(Err(e)) => {
+                tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the redrive requests: {e}");
+                Ok(Step::Go)
+            }
+            Err(e) => Err(format!("reading redrive requests {}", join_failure(e))),
+        }
+    }
 
-            let delivering = plugin.clone();
-            let batch: Vec<(Arc<StoredEvent>, u32)> = due;
-            let budgets: Vec<usize> = batch.iter().map(|(s, _)| self.budget(&s.event)).collect();
-            let sent = batch.clone();
-            let delivered = tokio::task::spawn_blocking(move || {
-                let items: Vec<_> = sent
-                    .iter()
-                    .zip(budgets)
-                    .map(|((s, attempt), budget)| Item {
-                        event: &s.event,
-                        chain_budget: Some(Arc::new(AtomicUsize::new(budget))),
-                        attempt: *attempt,
-                    })
-                    .collect();
-                delivering.deliver_batch_in_chain(items, true)
-            })
-            .await;
-            let reports = delivered.map_err(|e| format!("delivering {}", join_failure(e)))?;
-            if self.inner.deliveries.receiver_count() > 0 {
-                for (delivery, _) in &reports {
-                    let _ = self.inner.deliveries.send(delivery.clone());
+    /// Reads new events into the line, unless it holds as many as it may;
+    /// when the log cannot be read, waits a second and starts the round
+    /// again (`Again`).
+    async fn read(
+        &self,
+        plugin: &crate::Plugin,
+        line: &mut ReadAhead,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Step, String> {
+        let Some(limit) = line.read_limit(&self.inner.config) else {
+            return Ok(Step::Go);
+        };
+        let tenant = self.tenant.clone();
+        let (log, after) = (self.inner.log.clone(), line.read_after());
+        let read = tokio::task::spawn_blocking(move || {
+            let events = log.read_bounded(&tenant, after, limit)?;
+            let at_the_end = at_the_end(log.as_ref(), &tenant, after, limit, &events)?;
+            Ok::<_, LogError>((events, at_the_end))
+        })
+        .await;
+        match read {
+            Ok(Ok((events, at_the_end))) => {
+                self.gauges.read(events.len() as u64);
+                if at_the_end {
+                    self.gauges.unread.store(0, Ordering::Relaxed);
                 }
+                line.take(events, |ty| plugin.manifest().subscribes_to(ty));
+                Ok(Step::Go)
             }
+            Ok(Err(e)) => {
+                tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the log: {e}");
+                Ok(self.pause_step(Duration::from_secs(1), stop).await)
+            }
+            Err(e) => Err(format!("reading the log {}", join_failure(e))),
+        }
+    }
 
-            let mut commit = self.commit_from(line.position());
-            // Events after a failure in the batch were not delivered: they
-            // stay pending.
-            for ((stored, _), (delivery, effects)) in batch.iter().zip(reports) {
-                let seq = stored.seq;
-                match delivery.outcome {
-                    Outcome::Handled => {
-                        commit.emitted.extend(effects.emitted);
-                        commit.state.extend(effects.state);
-                        line.finish(seq);
-                        failures_in_a_row = 0;
-                    }
-                    Outcome::Failed(failure) => {
-                        failures_in_a_row = failures_in_a_row.saturating_add(1);
-                        let mut attempts = line.attempts(seq);
-                        if let Some(wait) = self.failed(
-                            &plugin,
-                            &mut attempts,
-                            failure,
-                            &delivery.plugin_version,
-                            delivery.fuel,
-                        ) {
-                            metrics::counter!(
-                                "plugbus_retries_total",
-                                "tenant" => self.tenant.clone(),
-                                "plugin" => self.plugin.clone()
-                            )
-                            .increment(1);
-                            line.wait(
-                                stored,
-                                attempts,
-                                deadline(tokio::time::Instant::now(), wait),
-                            );
-                            continue;
-                        }
-                        metrics::counter!(
-                            "plugbus_dead_lettered_total",
-                            "tenant" => self.tenant.clone(),
-                            "plugin" => self.plugin.clone()
-                        )
-                        .increment(1);
-                        tracing::warn!(
-                            tenant = %self.tenant,
-                            plugin = %self.plugin,
-                            seq,
-                            event_id = %stored.event.id.escape_debug(),
-                            attempts = attempts.len(),
-                            "event dead-lettered"
-                        );
-                        commit.dead_letters.push(DeadLetter {
-                            seq,
-                            event: stored.event.clone(),
-                            attempts,
-                        });
-                        line.finish(seq);
-                    }
-                }
+    /// With nothing due: commits what is finished (events skipped as not
+    /// subscribed move the cursor), else waits for an append, the next
+    /// retry, or a second (to look for a cursor moved by another process).
+    async fn idle(
+        &self,
+        line: &mut ReadAhead,
+        appended: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+        now: tokio::time::Instant,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Step, String> {
+        let mut commit = self.commit_from(line.position());
+        if line.advance(&mut commit) {
+            if self.commit(commit, line).await? {
+                return Ok(self.pause_step(Duration::from_secs(1), stop).await);
             }
-            let pause = line.advance(&mut commit) && self.commit(commit, &mut line).await?;
-            let limit = self.inner.config.quarantine_after;
-            if limit > 0 && failures_in_a_row >= limit {
-                failures_in_a_row = 0;
-                if self.quarantine(&plugin, &mut stop).await {
-                    return Ok(());
-                }
-                continue;
+            return Ok(Step::Again);
+        }
+        let second = deadline(now, Duration::from_secs(1));
+        let wake = line.next_retry().unwrap_or(second).min(second);
+        tokio::select! {
+            () = appended => {}
+            () = tokio::time::sleep_until(wake) => {}
+            _ = stop.changed() => return Ok(Step::Stop),
+        }
+        Ok(Step::Again)
+    }
+
+    /// Delivers the due events, commits what came of them, and
+    /// quarantines the plugin when too many deliveries in a row failed.
+    async fn deliver_due(
+        &self,
+        plugin: &Arc<crate::Plugin>,
+        run: &mut Run,
+        due: Vec<(Arc<StoredEvent>, u32)>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Step, String> {
+        let reports = self.deliver(plugin, &due, "delivering").await?;
+        let mut commit = self.commit_from(run.line.position());
+        // Events after a failure in the batch were not delivered: they
+        // stay pending.
+        for ((stored, _), (delivery, effects)) in due.iter().zip(reports) {
+            let line = &mut run.line;
+            let verdict = self.judge(plugin, delivery, effects, || line.attempts(stored.seq));
+            if let Verdict::Handled(_) = verdict {
+                run.failures_in_a_row = 0;
+            } else {
+                run.failures_in_a_row = run.failures_in_a_row.saturating_add(1);
             }
-            if pause && self.pause(Duration::from_secs(1), &mut stop).await {
-                return Ok(());
+            self.settle_one(stored, verdict, &mut run.line, &mut commit);
+        }
+        let pause = run.line.advance(&mut commit) && self.commit(commit, &mut run.line).await?;
+        let limit = self.inner.config.quarantine_after;
+        if limit > 0 && run.failures_in_a_row >= limit {
+            run.failures_in_a_row = 0;
+            if self.quarantine(plugin, stop).await {
+                return Ok(Step::Stop);
             }
+            return Ok(Step::Again);
+        }
+        if pause {
+            return Ok(self.pause_step(Duration::from_secs(1), stop).await);
+        }
+        Ok(Step::Again)
+    }
+
+    /// Puts what became of the event at `stored` into the line and the
+    /// commit: handled (its effects committed), waiting for its retry, or
+    /// a dead letter.
+    fn settle_one(
+        &self,
+        stored: &StoredEvent,
+        verdict: Verdict,
+        line: &mut ReadAhead,
+        commit: &mut Commit,
+    ) {
+        let seq = stored.seq;
+        match verdict {
+            Verdict::Handled(effects) => {
+                commit.emitted.extend(effects.emitted);
+                commit.state.extend(effects.state);
+                line.finish(seq);
+            }
+            Verdict::Retry(attempts, wait) => {
+                metrics::counter!(
+                    "plugbus_retries_total",
+                    "tenant" => self.tenant.clone(),
+                    "plugin" => self.plugin.clone()
+                )
+                .increment(1);
+                line.wait(
+                    stored,
+                    attempts,
+                    deadline(tokio::time::Instant::now(), wait),
+                );
+            }
+            Verdict::Dead(attempts) => {
+                metrics::counter!(
+                    "plugbus_dead_lettered_total",
+                    "tenant" => self.tenant.clone(),
+                    "plugin" => self.plugin.clone()
+                )
+                .increment(1);
+                tracing::warn!(
+                    tenant = %self.tenant,
+                    plugin = %self.plugin,
+                    seq,
+                    event_id = %stored.event.id.escape_debug(),
+                    attempts = attempts.len(),
+                    "event dead-lettered"
+                );
+                commit.dead_letters.push(DeadLetter {
+                    seq,
+                    event: stored.event.clone(),
+                    attempts,
+                });
+                line.finish(seq);
+            }
+        }
+    }
+
+    /// The one delivery path, of events read from the log and of dead
+    /// letters redriven alike: delivers `batch` (each event with its
+    /// attempt number and its share of its chain's budget) to `plugin`,
+    /// stopping at the first failure, and tells every delivery to whoever
+    /// listens. An `Err` (`what` failed) when the delivery task panicked.
+    async fn deliver<T: Deliverable>(
+        &self,
+        plugin: &Arc<crate::Plugin>,
+        batch: &[(Arc<T>, u32)],
+        what: &str,
+    ) -> Result<Vec<(Delivery, crate::dispatch::Effects)>, String> {
+        let budgets: Vec<usize> = batch.iter().map(|(e, _)| self.budget(e.event())).collect();
+        let sent = batch.to_vec();
+        let delivering = plugin.clone();
+        let reports = tokio::task::spawn_blocking(move || {
+            let items: Vec<_> = sent
+                .iter()
+                .zip(budgets)
+                .map(|((e, attempt), budget)| Item {
+                    event: e.event(),
+                    chain_budget: Some(Arc::new(AtomicUsize::new(budget))),
+                    attempt: *attempt,
+                })
+                .collect();
+            delivering.deliver_batch_in_chain(items, true)
+        })
+        .await
+        .map_err(|e| format!("{what} {}", join_failure(e)))?;
+        self.inner.delivered(&reports);
+        Ok(reports)
+    }
+
+    /// What becomes of an event after a delivery: handled, retried after
+    /// a wait, or given up as a dead letter with every attempt's failure
+    /// (those before taken from `earlier`, asked only when it failed).
+    fn judge(
+        &self,
+        plugin: &crate::Plugin,
+        delivery: Delivery,
+        effects: crate::dispatch::Effects,
+        earlier: impl FnOnce() -> Vec<Attempt>,
+    ) -> Verdict {
+        let Outcome::Failed(failure) = delivery.outcome else {
+            return Verdict::Handled(effects);
+        };
+        let mut attempts = earlier();
+        match self.failed(
+            plugin,
+            &mut attempts,
+            failure,
+            &delivery.plugin_version,
+            delivery.fuel,
+        ) {
+            Some(wait) => Verdict::Retry(attempts, wait),
+            None => Verdict::Dead(attempts),
         }
     }
 
@@ -1219,22 +1413,41 @@ impl Consumer {
     async fn quarantine(&self, plugin: &crate::Plugin, stop: &mut watch::Receiver<bool>) -> bool {
         let version = plugin.version().to_owned();
         let length = self.inner.config.quarantine_for;
+        let (wake, recorded) = self.begin_quarantine(&version, length).await;
+        tracing::warn!(
+            tenant = %self.tenant,
+            plugin = %self.plugin,
+            version = %version,
+            seconds = length.as_secs(),
+            "plugin quarantined after {} failed deliveries in a row; its events wait",
+            self.inner.config.quarantine_after
+        );
+        let until = deadline(tokio::time::Instant::now(), length);
+        let stopping = self
+            .sit_out_quarantine(&version, until, &wake, recorded, stop)
+            .await;
+        self.end_quarantine(stopping).await;
+        stopping
+    }
+
+    /// Records the plugin's quarantine, in the bus and in the log (where
+    /// an operator sees it and can lift it, `plugbus quarantine`); answers
+    /// what wakes it, and whether the log has the record.
+    async fn begin_quarantine(&self, version: &str, length: Duration) -> (Arc<Notify>, bool) {
         let since_ms = now_ms();
         // Recorded as the bus keeps it: no later than MAX_WAIT from now, a
         // time every reader of the record can print.
         let until_ms = since_ms
             .saturating_add(i64::try_from(length.min(MAX_WAIT).as_millis()).unwrap_or(i64::MAX));
-        let key = (self.tenant.clone(), self.plugin.clone());
         let wake = Arc::new(Notify::new());
         let record = Quarantine {
             tenant: self.tenant.clone(),
             plugin: self.plugin.clone(),
-            version: version.clone(),
+            version: version.to_owned(),
             since_ms,
             until_ms,
         };
-        // Recorded in the log, where an operator sees it and can lift it
-        // (`plugbus quarantine`); a failure to record it only means that.
+        // A failure to record it only means that.
         let recorded = self
             .inner
             .log
@@ -1247,43 +1460,51 @@ impl Consumer {
             .quarantined
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.clone(), (record, wake.clone()));
-        tracing::warn!(
-            tenant = %self.tenant,
-            plugin = %self.plugin,
-            version = %version,
-            seconds = length.as_secs(),
-            "plugin quarantined after {} failed deliveries in a row; its events wait",
-            self.inner.config.quarantine_after
-        );
-        let until = deadline(tokio::time::Instant::now(), length);
+            .insert(self.key(), (record, wake.clone()));
+        (wake, recorded.is_ok())
+    }
+
+    /// Waits until `until`, a version other than `version` is loaded, the
+    /// quarantine is resumed (`wake`) or lifted in the log (looked at each
+    /// second when `recorded`), or the bus stops (true).
+    async fn sit_out_quarantine(
+        &self,
+        version: &str,
+        until: tokio::time::Instant,
+        wake: &Notify,
+        recorded: bool,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
         let mut ticks = 0u32;
-        let stopping = loop {
+        loop {
             let replaced = self
                 .inner
                 .host
                 .plugin(&self.tenant, &self.plugin)
                 .is_none_or(|p| p.version() != version);
             if replaced || tokio::time::Instant::now() >= until {
-                break false;
+                return false;
             }
-            // Lifted by an operator through the log, looked at each second.
             ticks = ticks.wrapping_add(1);
-            if recorded.is_ok() && ticks.is_multiple_of(5) && !self.still_quarantined().await {
-                break false;
+            if recorded && ticks.is_multiple_of(5) && !self.still_quarantined().await {
+                return false;
             }
             tokio::select! {
-                () = wake.notified() => break false,
+                () = wake.notified() => return false,
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                _ = stop.changed() => break true,
+                _ = stop.changed() => return true,
             }
-        };
+        }
+    }
+
+    /// Forgets the quarantine, in the bus and in the log, however it
+    /// ended: a restarted host starts the plugin afresh.
+    async fn end_quarantine(&self, stopping: bool) {
         self.inner
             .quarantined
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&key);
-        // Over, however it ended: a restarted host starts the plugin afresh.
+            .remove(&self.key());
         let lift = QuarantineChange::Lift {
             tenant: self.tenant.clone(),
             plugin: self.plugin.clone(),
@@ -1294,15 +1515,20 @@ impl Consumer {
         if !stopping {
             tracing::info!(tenant = %self.tenant, plugin = %self.plugin, "quarantine over");
         }
-        stopping
+    }
+
+    /// The plugin as the bus keys it.
+    fn key(&self) -> PluginKey {
+        (self.tenant.clone(), self.plugin.clone())
     }
 
     /// Delivers a dead letter an operator asked to redrive to the plugin's
-    /// current version, retried like any event. Handled, its dead letter is
-    /// deleted in the transaction that keeps its effects; failed for the
-    /// last time, the dead letter gets the new attempts appended. The
-    /// cursor stays where it is. True when the bus is stopping; an error
-    /// when the delivery ended without a report.
+    /// current version, through the one delivery path, retried like any
+    /// event. Handled, its dead letter is deleted in the transaction that
+    /// keeps its effects; failed for the last time, the dead letter gets
+    /// the new attempts appended. The cursor stays where it is. True when
+    /// the bus is stopping; an error when the delivery ended without a
+    /// report.
     async fn redrive(
         &self,
         plugin: &Arc<crate::Plugin>,
@@ -1317,69 +1543,56 @@ impl Consumer {
             event_id = %dead.event.id.escape_debug(),
             "redriving a dead letter"
         );
-        let budget = self.budget(&dead.event);
         let dead = Arc::new(dead);
         let mut attempts: Vec<Attempt> = Vec::new();
         loop {
             let attempt = u32::try_from(attempts.len() + 1).unwrap_or(u32::MAX);
-            let (delivering, letter) = (plugin.clone(), dead.clone());
-            let delivered = tokio::task::spawn_blocking(move || {
-                let item = Item {
-                    event: &letter.event,
-                    chain_budget: Some(Arc::new(AtomicUsize::new(budget))),
-                    attempt,
-                };
-                delivering.deliver_batch_in_chain(vec![item], true)
-            })
-            .await
-            .map_err(|e| format!("redriving {}", join_failure(e)))?;
-            let Some((delivery, effects)) = delivered.into_iter().next() else {
+            let reports = self
+                .deliver(plugin, &[(dead.clone(), attempt)], "redriving")
+                .await?;
+            let Some((delivery, effects)) = reports.into_iter().next() else {
                 return Err("a redriven delivery ended without a report".to_owned());
             };
-            if self.inner.deliveries.receiver_count() > 0 {
-                let _ = self.inner.deliveries.send(delivery.clone());
-            }
             let mut commit = self.commit_from(position);
-            let mut retry_after = None;
-            match delivery.outcome {
-                Outcome::Handled => {
+            match self.judge(plugin, delivery, effects, || std::mem::take(&mut attempts)) {
+                Verdict::Handled(effects) => {
                     commit.emitted = effects.emitted;
                     commit.state = effects.state;
                     commit.redriven.push(dead.seq);
                 }
-                Outcome::Failed(failure) => {
-                    retry_after = self.failed(
-                        plugin,
-                        &mut attempts,
-                        failure,
-                        &delivery.plugin_version,
-                        delivery.fuel,
-                    );
-                    if retry_after.is_none() {
-                        let mut history = dead.attempts.clone();
-                        history.append(&mut attempts);
-                        commit.dead_letters.push(DeadLetter {
-                            seq: dead.seq,
-                            event: dead.event.clone(),
-                            attempts: history,
-                        });
+                Verdict::Retry(so_far, wait) => {
+                    attempts = so_far;
+                    if self.pause(wait, stop).await {
+                        return Ok(true);
                     }
+                    continue;
+                }
+                Verdict::Dead(mut so_far) => {
+                    let mut history = dead.attempts.clone();
+                    history.append(&mut so_far);
+                    commit.dead_letters.push(DeadLetter {
+                        seq: dead.seq,
+                        event: dead.event.clone(),
+                        attempts: history,
+                    });
                 }
             }
-            if let Some(wait) = retry_after {
-                if self.pause(wait, stop).await {
-                    return Ok(true);
-                }
-                continue;
-            }
-            match self.commit_emitting(commit).await {
-                Ok(_) => return Ok(false),
-                Err(e) => {
-                    // Nothing was committed: the request stays, and is
-                    // taken again.
-                    tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot commit a redrive: {e}");
-                    return Ok(self.pause(Duration::from_secs(1), stop).await);
-                }
+            return self.commit_redrive(commit, stop).await;
+        }
+    }
+
+    /// Commits a redrive; true when the bus stops while it waits a second
+    /// after a failed commit (the request stays, and is taken again).
+    async fn commit_redrive(
+        &self,
+        commit: Commit,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<bool, String> {
+        match self.commit_emitting(commit).await {
+            Ok(_) => Ok(false),
+            Err(e) => {
+                tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot commit a redrive: {e}");
+                Ok(self.pause(Duration::from_secs(1), stop).await)
             }
         }
     }
@@ -1450,6 +1663,16 @@ impl Consumer {
         tokio::select! {
             () = tokio::time::sleep(wait) => *stop.borrow(),
             _ = stop.changed() => true,
+        }
+    }
+
+    /// Waits `wait`, then starts the next round (`Again`), unless the bus
+    /// is stopping.
+    async fn pause_step(&self, wait: Duration, stop: &mut watch::Receiver<bool>) -> Step {
+        if self.pause(wait, stop).await {
+            Step::Stop
+        } else {
+            Step::Again
         }
     }
 }
