@@ -50,8 +50,13 @@ use crate::log::{
 };
 use crate::{Delivery, EventError, Outcome};
 
+mod failures;
+mod operations;
 mod read_ahead;
 mod retry;
+
+pub use failures::{RECENT_FAILURES, RecentFailure};
+pub use operations::PluginReport;
 
 use read_ahead::ReadAhead;
 use retry::deadline;
@@ -389,6 +394,8 @@ struct Inner {
     deliveries: broadcast::Sender<Delivery>,
     /// The quarantined plugins, and what wakes each one.
     quarantined: Mutex<HashMap<PluginKey, (Quarantine, Arc<Notify>)>>,
+    /// Per tenant, its most recent failed deliveries.
+    failures: Mutex<failures::Failures>,
 }
 
 /// A plugin by (tenant, name).
@@ -431,6 +438,7 @@ impl DurableBus {
             stop: watch::Sender::new(false),
             deliveries: broadcast::Sender::new(4096),
             quarantined: Mutex::new(HashMap::new()),
+            failures: Mutex::new(failures::Failures::new(RECENT_FAILURES)),
         });
         let observer = inner.deliveries.subscribe();
         let reload_events = inner.host.reload_events();
@@ -646,11 +654,6 @@ impl DurableBus {
         }
     }
 
-    /// The host whose plugins the bus delivers to.
-    pub fn host(&self) -> &Arc<Host> {
-        &self.inner.host
-    }
-
     /// The log the bus publishes into.
     pub fn log(&self) -> &Arc<dyn EventLog> {
         &self.inner.log
@@ -676,8 +679,15 @@ impl DurableBus {
 }
 
 impl Inner {
-    /// Tells every delivery in `reports` to whoever listens.
+    /// Keeps the failed deliveries in `reports` among their tenants'
+    /// recent failures, and tells every delivery to whoever listens.
     fn delivered(&self, reports: &[(Delivery, crate::dispatch::Effects)]) {
+        if reports.iter().any(|(d, _)| d.outcome.failure().is_some()) {
+            let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+            for (delivery, _) in reports {
+                failures.record(delivery, failures::now_rfc3339);
+            }
+        }
         if self.deliveries.receiver_count() > 0 {
             for (delivery, _) in reports {
                 let _ = self.deliveries.send(delivery.clone());
