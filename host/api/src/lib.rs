@@ -61,7 +61,7 @@ use serde_json::{Value, json};
 use self::limits::Admission;
 use plugbus_bus::{DurableBus, DurablePublishError};
 use plugbus_core::event::{Event, EventError};
-use plugbus_log::{EventLog, Seq};
+use plugbus_log::Seq;
 
 /// What the HTTP surface needs to know besides the bus. Its bounds are
 /// [`ApiLimits`], given to [`Api::with_limits`].
@@ -94,9 +94,6 @@ impl Default for ApiConfig {
     }
 }
 
-/// How many recent failed deliveries are kept per tenant.
-const RECENT_FAILURES: usize = 100;
-
 /// The state behind the routes.
 pub struct Api {
     bus: Arc<DurableBus>,
@@ -107,8 +104,6 @@ pub struct Api {
     /// Requests in flight and ingest rates, per tenant.
     admission: Admission,
     ready: AtomicBool,
-    /// Per tenant, its most recent failed deliveries, newest last.
-    failures: std::sync::Mutex<HashMap<String, std::collections::VecDeque<Value>>>,
 }
 
 impl Api {
@@ -124,8 +119,7 @@ impl Api {
 
     /// The HTTP surface over `bus`, within `limits`; `/metrics` renders
     /// `metrics` (the process's Prometheus recorder), or answers 404
-    /// without one. Must be called within a tokio runtime: it keeps the
-    /// recent failures.
+    /// without one.
     pub fn with_limits(
         bus: Arc<DurableBus>,
         config: ApiConfig,
@@ -137,50 +131,14 @@ impl Api {
             .iter()
             .map(|(tenant, hash)| (hash.to_ascii_lowercase(), tenant.clone()))
             .collect();
-        let mut deliveries = bus.deliveries();
-        let api = Arc::new(Self {
+        Arc::new(Self {
             bus,
             config,
             tenants_by_token,
             metrics,
             admission: Admission::new(limits),
             ready: AtomicBool::new(true),
-            failures: std::sync::Mutex::new(HashMap::new()),
-        });
-        let weak = Arc::downgrade(&api);
-        tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                let delivery = match deliveries.recv().await {
-                    Ok(delivery) => delivery,
-                    Err(RecvError::Lagged(_)) => continue,
-                    Err(RecvError::Closed) => return,
-                };
-                let Some(failure) = delivery.outcome.failure() else {
-                    continue;
-                };
-                let Some(api) = weak.upgrade() else { return };
-                let mut all = api
-                    .failures
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let recent = all.entry(delivery.tenant.clone()).or_default();
-                if recent.len() == RECENT_FAILURES {
-                    recent.pop_front();
-                }
-                recent.push_back(json!({
-                    "at": plugbus_core::clock::now_rfc3339(),
-                    "plugin": delivery.plugin,
-                    "plugin_version": delivery.plugin_version,
-                    "event_id": delivery.event_id,
-                    "type": delivery.event_type,
-                    "kind": failure.kind,
-                    "message": failure.message,
-                    "fuel": delivery.fuel,
-                }));
-            }
-        });
-        api
+        })
     }
 
     /// Says whether `/readyz` answers 200; false while shutting down.
@@ -874,24 +832,16 @@ async fn record_gauges(api: &Arc<Api>) -> scrape::Live {
     live
 }
 
-/// How many of its tenant's events a plugin has yet to finish (at most
-/// 1,000,000 counted).
-fn lag(log: &dyn EventLog, tenant: &str, plugin: &str) -> Result<u64, plugbus_log::LogError> {
-    let cursor = log.cursor(tenant, plugin)?.unwrap_or(0);
-    log.count_after(tenant, cursor, 1_000_000)
-}
-
-fn plugin_views(api: &Api, tenant: Option<&str>) -> Vec<Value> {
-    let log = api.bus.log();
+/// The plugins' views (of `tenant` only, when given), as the plugin
+/// listings show them.
+async fn plugin_views(api: &Api, tenant: Option<&str>) -> Vec<Value> {
     api.bus
-        .statuses()
+        .plugin_reports(tenant)
+        .await
         .into_iter()
-        .filter(|s| tenant.is_none_or(|t| t == s.tenant))
-        .map(|s| {
-            let cursor: Option<Seq> = log.cursor(&s.tenant, &s.name).ok().flatten();
-            let lag = lag(log.as_ref(), &s.tenant, &s.name).ok();
-            let limits = api.bus.host().plugin(&s.tenant, &s.name).map(|p| {
-                let l = p.manifest().limits;
+        .map(|report| {
+            let s = report.status;
+            let limits = report.limits.map(|l| {
                 json!({
                     "fuel": l.fuel,
                     "memory_bytes": l.memory_bytes,
@@ -917,8 +867,8 @@ fn plugin_views(api: &Api, tenant: Option<&str>) -> Vec<Value> {
                 "failed_reloads": s.failed_reloads,
                 "quarantine": s.quarantine,
                 "limits": limits,
-                "cursor": cursor,
-                "lag": lag,
+                "cursor": report.cursor,
+                "lag": report.lag,
             })
         })
         .collect()
@@ -929,10 +879,7 @@ async fn admin_plugins(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     api.admin_caller(&headers)?;
-    let api2 = api.clone();
-    let plugins = tokio::task::spawn_blocking(move || plugin_views(&api2, None))
-        .await
-        .unwrap_or_default();
+    let plugins = plugin_views(&api, None).await;
     Ok(Json(json!({ "plugins": plugins })))
 }
 
@@ -942,8 +889,9 @@ async fn admin_tenants(
 ) -> Result<Json<Value>, ApiError> {
     api.admin_caller(&headers)?;
     let mut tenants: Vec<String> = api.config.tenant_tokens.keys().cloned().collect();
-    for plugin in api.bus.host().plugins() {
-        tenants.push(plugin.tenant);
+    let plugins = api.bus.plugins();
+    for plugin in &plugins {
+        tenants.push(plugin.tenant.clone());
     }
     tenants.sort();
     tenants.dedup();
@@ -953,7 +901,7 @@ async fn admin_tenants(
             json!({
                 "tenant": t,
                 "has_token": api.config.tenant_tokens.contains_key(&t),
-                "plugins": api.bus.host().plugins().iter().filter(|p| p.tenant == t).count(),
+                "plugins": plugins.iter().filter(|p| p.tenant == t).count(),
             })
         })
         .collect();
@@ -966,10 +914,7 @@ async fn tenant_plugins(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
-    let api2 = api.clone();
-    let plugins = tokio::task::spawn_blocking(move || plugin_views(&api2, Some(&tenant)))
-        .await
-        .unwrap_or_default();
+    let plugins = plugin_views(&api, Some(&tenant)).await;
     Ok(Json(json!({ "plugins": plugins })))
 }
 
@@ -987,10 +932,10 @@ async fn dead_letters(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
-    let log = api.bus.log().clone();
-    let letters = tokio::task::spawn_blocking(move || log.dead_letters(&tenant, &plugin))
+    let letters = api
+        .bus
+        .dead_letters(&tenant, &plugin)
         .await
-        .map_err(|_| log_error(plugbus_log::LogError::Closed))?
         .map_err(log_error)?;
     let letters: Vec<Value> = letters
         .into_iter()
@@ -1005,18 +950,13 @@ async fn dead_letter(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
-    let log = api.bus.log().clone();
-    let (t, p) = (tenant.clone(), plugin.clone());
-    let letters = tokio::task::spawn_blocking(move || log.dead_letters(&t, &p))
+    let found = api
+        .bus
+        .dead_letter(&tenant, &plugin, seq)
         .await
-        .map_err(|_| log_error(plugbus_log::LogError::Closed))?
         .map_err(log_error)?;
-    let Some(dead) = letters.into_iter().find(|d| d.seq == seq) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{tenant}/{plugin} has no dead letter at {seq}"),
-        ));
+    let Some(dead) = found else {
+        return Err(no_dead_letter(&tenant, &plugin, seq));
     };
     Ok(Json(
         json!({ "seq": dead.seq, "event": dead.event.to_json_value(), "attempts": dead.attempts }),
@@ -1028,10 +968,15 @@ async fn redrive(
     Path((tenant, plugin, seq)): Path<(String, String, Seq)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    on_dead_letter(&api, &headers, (&tenant, &plugin, seq), |log, t, p, s| {
-        log.request_redrive(t, p, s)
-    })
-    .await?;
+    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
+    let found = api
+        .bus
+        .request_redrive(&tenant, &plugin, seq)
+        .await
+        .map_err(log_error)?;
+    if !found {
+        return Err(no_dead_letter(&tenant, &plugin, seq));
+    }
     Ok((StatusCode::ACCEPTED, Json(json!({ "redrive": seq }))).into_response())
 }
 
@@ -1040,34 +985,25 @@ async fn discard(
     Path((tenant, plugin, seq)): Path<(String, String, Seq)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    on_dead_letter(&api, &headers, (&tenant, &plugin, seq), |log, t, p, s| {
-        log.discard_dead_letter(t, p, s)
-    })
-    .await?;
+    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
+    let found = api
+        .bus
+        .discard_dead_letter(&tenant, &plugin, seq)
+        .await
+        .map_err(log_error)?;
+    if !found {
+        return Err(no_dead_letter(&tenant, &plugin, seq));
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Does `action` on one dead letter, for the tenant itself or the admin;
-/// 404 when the plugin has no dead letter there.
-async fn on_dead_letter(
-    api: &Api,
-    headers: &HeaderMap,
-    (tenant, plugin, seq): (&str, &str, Seq),
-    action: impl FnOnce(&dyn EventLog, &str, &str, Seq) -> plugbus_log::Pending<bool>,
-) -> Result<(), ApiError> {
-    let _in_flight = api.tenant_or_admin(headers, tenant)?;
-    let found = action(api.bus.log().as_ref(), tenant, plugin, seq)
-        .await
-        .map_err(log_error)?;
-    if found {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{tenant}/{plugin} has no dead letter at {seq}"),
-        ))
-    }
+/// 404: `plugin` has no dead letter at `seq`.
+fn no_dead_letter(tenant: &str, plugin: &str, seq: Seq) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("{tenant}/{plugin} has no dead letter at {seq}"),
+    )
 }
 
 /// The query of a replay: where to deliver from again.
@@ -1084,12 +1020,7 @@ async fn replay(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
-    let log = api.bus.log().clone();
-    let done = tokio::task::spawn_blocking(move || {
-        plugbus_log::replay(log.as_ref(), &tenant, &plugin, &from)
-    })
-    .await
-    .map_err(|_| log_error(plugbus_log::LogError::Closed))?;
+    let done = api.bus.replay(&tenant, &plugin, &from).await;
     use plugbus_log::ReplayError;
     match done {
         Ok(done) => Ok(Json(json!({ "before": done.before, "first": done.first }))),
@@ -1131,12 +1062,22 @@ async fn failures(
 ) -> Result<Json<Value>, ApiError> {
     let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
     let recent: Vec<Value> = api
-        .failures
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&tenant)
-        .map(|r| r.iter().cloned().collect())
-        .unwrap_or_default();
+        .bus
+        .recent_failures(&tenant)
+        .into_iter()
+        .map(|f| {
+            json!({
+                "at": f.at,
+                "plugin": f.plugin,
+                "plugin_version": f.plugin_version,
+                "event_id": f.event_id,
+                "type": f.event_type,
+                "kind": f.kind,
+                "message": f.message,
+                "fuel": f.fuel,
+            })
+        })
+        .collect();
     Ok(Json(json!({ "failures": recent })))
 }
 
@@ -1149,7 +1090,7 @@ async fn reload(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<
             "this host has no plugins directory to reload",
         ));
     };
-    api.bus.host().refresh(&dir).await.map_err(|e| {
+    api.bus.refresh(&dir).await.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "reload_failed",

@@ -1,0 +1,893 @@
+//! A plugin's consumer: it reads its tenant's events after its cursor,
+//! delivers the ones it subscribes to in per-key order (through the one
+//! delivery path it shares with redrive), retries or dead-letters the
+//! failed ones, commits its progress, and quarantines a plugin that keeps
+//! failing. Each round of [`Consumer::run`] reads top-down in
+//! [`Consumer::round`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use super::read_ahead::ReadAhead;
+use super::retry::{MAX_WAIT, deadline};
+use super::{Gauges, Inner, PluginKey, Quarantine, budget_share, join_failure};
+use plugbus_core::Outcome;
+use plugbus_core::event::Event;
+use plugbus_log::{
+    Attempt, Commit, DeadLetter, EventLog, LogError, QuarantineChange, ReadLimit, Seq, StoredEvent,
+    now_ms,
+};
+use plugbus_runtime::Delivery;
+use plugbus_runtime::dispatch::{Effects, Item};
+
+/// How a step of a consumer's round ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Go on with the round.
+    Go,
+    /// Start the next round.
+    Again,
+    /// The bus stops, or the plugin was unloaded.
+    Stop,
+}
+
+/// What a consumer keeps from one round to the next.
+struct Run {
+    /// The events read past the cursor.
+    line: ReadAhead,
+    /// Failed deliveries in a row, of any events.
+    failures_in_a_row: u32,
+    /// When the log was last asked for redrive requests.
+    redrives_checked: Option<std::time::Instant>,
+    /// When the log was last asked for a cursor moved by an operator.
+    cursor_checked: std::time::Instant,
+}
+
+/// What becomes of an event after a delivery.
+enum Verdict {
+    /// Handled: what it left behind is committed.
+    Handled(Effects),
+    /// Failed, to be tried again after the wait, with every attempt so far.
+    Retry(Vec<Attempt>, Duration),
+    /// Given up: a dead letter with every attempt.
+    Dead(Vec<Attempt>),
+}
+
+/// Something delivered through [`Consumer::deliver`]: an event read from
+/// the log, or a dead letter redriven.
+trait Deliverable: Send + Sync + 'static {
+    /// The event to deliver.
+    fn event(&self) -> &Event;
+}
+
+impl Deliverable for StoredEvent {
+    fn event(&self) -> &Event {
+        &self.event
+    }
+}
+
+impl Deliverable for DeadLetter {
+    fn event(&self) -> &Event {
+        &self.event
+    }
+}
+
+/// Whether a read of at most `limit` events after `after`, which returned
+/// `events`, reached the end of the tenant's events (one index lookup
+/// when it returned fewer than asked for).
+fn at_the_end(
+    log: &dyn EventLog,
+    tenant: &str,
+    after: Seq,
+    limit: ReadLimit,
+    events: &[StoredEvent],
+) -> Result<bool, LogError> {
+    let more = match events.last() {
+        Some(last) if events.len() < limit.events => log.count_after(tenant, last.seq, 1)?,
+        Some(_) => 1,
+        None if limit.first_always => 0,
+        None => log.count_after(tenant, after, 1)?,
+    };
+    Ok(more == 0)
+}
+
+pub(super) struct Consumer {
+    inner: Arc<Inner>,
+    tenant: String,
+    plugin: String,
+    gauges: Arc<Gauges>,
+}
+
+impl Consumer {
+    pub(super) fn new(inner: &Arc<Inner>, tenant: &str, plugin: &str, gauges: Arc<Gauges>) -> Self {
+        Self {
+            inner: inner.clone(),
+            tenant: tenant.to_owned(),
+            plugin: plugin.to_owned(),
+            gauges,
+        }
+    }
+
+    /// Delivers from `position`, or from the plugin's start position, until
+    /// the bus stops or the plugin is unloaded (`Ok`); an `Err` says why it
+    /// could not go on, and its supervisor restarts it from its cursor.
+    pub(super) async fn run(self, position: Option<Seq>) -> Result<(), String> {
+        let result = self.deliver_from(position).await;
+        if matches!(result, Ok(())) && self.inner.host.plugin(&self.tenant, &self.plugin).is_none()
+        {
+            // Unloaded: its cursor stays for when it comes back.
+            self.inner
+                .drop_gauges(&self.tenant, &self.plugin, &self.gauges);
+        }
+        result
+    }
+
+    /// A fresh line at `position`, with what was finished ahead of it, and
+    /// the count of events after it (at most 1,000,000 counted, once).
+    async fn line_at(&self, position: Seq) -> Result<ReadAhead, String> {
+        let mut line = ReadAhead::new(position);
+        if let Err(e) = self.load_ahead(&mut line).await {
+            tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the events handled ahead of the cursor: {e}");
+        }
+        let log = self.inner.log.clone();
+        let tenant = self.tenant.clone();
+        match tokio::task::spawn_blocking(move || log.count_after(&tenant, position, 1_000_000))
+            .await
+        {
+            Ok(Ok(unread)) => self.gauges.unread.store(unread, Ordering::Relaxed),
+            Ok(Err(e)) => {
+                tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot count the plugin's lag: {e}");
+            }
+            Err(e) => return Err(format!("counting its lag {}", join_failure(e))),
+        }
+        self.gauges.show(&line);
+        Ok(line)
+    }
+
+    /// The consumer's loop: `Ok` when the bus stops or the plugin is
+    /// unloaded.
+    async fn deliver_from(&self, position: Option<Seq>) -> Result<(), String> {
+        let mut stop = self.inner.stop.subscribe();
+        let Some(position) = self.first_position(position, &mut stop).await else {
+            return Ok(());
+        };
+        let notify = self.inner.notify(&self.tenant);
+        let mut run = Run {
+            line: self.line_at(position).await?,
+            failures_in_a_row: 0,
+            redrives_checked: None,
+            cursor_checked: std::time::Instant::now(),
+        };
+        loop {
+            if let Step::Stop = self.round(&mut run, &notify, &mut stop).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// `position`, else the plugin's start position, asked of the log
+    /// again each second while it cannot be read; `None` when the bus
+    /// stops meanwhile.
+    async fn first_position(
+        &self,
+        position: Option<Seq>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Seq> {
+        if position.is_some() {
+            return position;
+        }
+        loop {
+            match self.start_position().await {
+                Ok(position) => return Some(position),
+                Err(e) => {
+                    tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the plugin's cursor: {e}");
+                    if self.pause(Duration::from_secs(1), stop).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One round of the consumer: follow a cursor an operator moved,
+    /// redrive the dead letters asked for, read new events, then deliver
+    /// the due ones (or commit what is finished, or wait).
+    async fn round(
+        &self,
+        run: &mut Run,
+        notify: &Notify,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Step, String> {
+        self.gauges.show(&run.line);
+        if *stop.borrow() {
+            return Ok(Step::Stop);
+        }
+        // Registered before reading, so an append between the read and
+        // the wait is not missed.
+        let appended = notify.notified();
+        tokio::pin!(appended);
+        appended.as_mut().enable();
+        let Some(plugin) = self.inner.host.plugin(&self.tenant, &self.plugin) else {
+            return Ok(Step::Stop);
+        };
+        self.follow_moved_cursor(run).await?;
+        if let step @ (Step::Again | Step::Stop) =
+            self.redrive_requested(&plugin, run, stop).await?
+        {
+            return Ok(step);
+        }
+        if let step @ (Step::Again | Step::Stop) = self.read(&plugin, &mut run.line, stop).await? {
+            return Ok(step);
+        }
+        self.gauges.show(&run.line);
+        let now = tokio::time::Instant::now();
+        let due = run.line.due(now, self.inner.config.read_batch);
+        if due.is_empty() {
+            return self.idle(&mut run.line, appended, now, stop).await;
+        }
+        self.deliver_due(&plugin, run, due, stop).await
+    }
+
+    /// Starts again from the stored cursor when an operator moved it
+    /// (`plugbus replay`): looked at each second, and after a commit found
+    /// it moved.
+    async fn follow_moved_cursor(&self, run: &mut Run) -> Result<(), String> {
+        let look = run.line.take_moved() || run.cursor_checked.elapsed() >= Duration::from_secs(1);
+        if !look {
+            return Ok(());
+        }
+        run.cursor_checked = std::time::Instant::now();
+        if let Ok(Some(stored)) = self.stored_cursor().await
+            && stored != run.line.position()
+        {
+            tracing::info!(
+                tenant = %self.tenant,
+                plugin = %self.plugin,
+                from = run.line.position(),
+                to = stored,
+                "the plugin's cursor was moved; delivering from there"
+            );
+            run.line = self.line_at(stored).await?;
+        }
+        Ok(())
+    }
+
+    /// Redrives the dead letters an operator asked for, before anything
+    /// else: looked for at most twice a second, a few at a time, and at
+    /// once again after some were found (`Again`).
+    async fn redrive_requested(
+        &self,
+        plugin: &Arc<plugbus_runtime::Plugin>,
+        run: &mut Run,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Step, String> {
+        if run
+            .redrives_checked
+            .is_some_and(|at| at.elapsed() < Duration::from_millis(500))
+        {
+            return Ok(Step::Go);
+        }
+        run.redrives_checked = Some(std::time::Instant::now());
+        let log = self.inner.log.clone();
+        let (tenant, name) = (self.tenant.clone(), self.plugin.clone());
+        match tokio::task::spawn_blocking(move || log.redrives(&tenant, &name, 16)).await {
+            Ok(Ok(redrives)) if !redrives.is_empty() => {
+                for dead in redrives {
+                    if self
+                        .redrive(plugin, dead, run.line.position(), stop)
+                        .await?
+                    {
+                        return Ok(Step::Stop);
+                    }
+                }
+                run.redrives_checked = None;
+                Ok(Step::Again)
+            }
+            Ok(Ok(_)) => Ok(Step::Go),
+            Ok(Err(e)) => {
+                tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the redrive requests: {e}");
+                Ok(Step::Go)
+            }
+            Err(e) => Err(format!("reading redrive requests {}", join_failure(e))),
+        }
+    }
+
+    /// Reads new events into the line, unless it holds as many as it may;
+    /// when the log cannot be read, waits a second and starts the round
+    /// again (`Again`).
+    async fn read(
+        &self,
+        plugin: &plugbus_runtime::Plugin,
+        line: &mut ReadAhead,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Step, String> {
+        let Some(limit) = line.read_limit(&self.inner.config) else {
+            return Ok(Step::Go);
+        };
+        let tenant = self.tenant.clone();
+        let (log, after) = (self.inner.log.clone(), line.read_after());
+        let read = tokio::task::spawn_blocking(move || {
+            let events = log.read_bounded(&tenant, after, limit)?;
+            let at_the_end = at_the_end(log.as_ref(), &tenant, after, limit, &events)?;
+            Ok::<_, LogError>((events, at_the_end))
+        })
+        .await;
+        match read {
+            Ok(Ok((events, at_the_end))) => {
+                self.gauges.read(events.len() as u64);
+                if at_the_end {
+                    self.gauges.unread.store(0, Ordering::Relaxed);
+                }
+                line.take(events, |ty| plugin.manifest().subscribes_to(ty));
+                Ok(Step::Go)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the log: {e}");
+                Ok(self.pause_step(Duration::from_secs(1), stop).await)
+            }
+            Err(e) => Err(format!("reading the log {}", join_failure(e))),
+        }
+    }
+
+    /// With nothing due: commits what is finished (events skipped as not
+    /// subscribed move the cursor), else waits for an append, the next
+    /// retry, or a second (to look for a cursor moved by another process).
+    async fn idle(
+        &self,
+        line: &mut ReadAhead,
+        appended: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+        now: tokio::time::Instant,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Step, String> {
+        let mut commit = self.commit_from(line.position());
+        if line.advance(&mut commit) {
+            if self.commit(commit, line).await? {
+                return Ok(self.pause_step(Duration::from_secs(1), stop).await);
+            }
+            return Ok(Step::Again);
+        }
+        let second = deadline(now, Duration::from_secs(1));
+        let wake = line.next_retry().unwrap_or(second).min(second);
+        tokio::select! {
+            () = appended => {}
+            () = tokio::time::sleep_until(wake) => {}
+            _ = stop.changed() => return Ok(Step::Stop),
+        }
+        Ok(Step::Again)
+    }
+
+    /// Delivers the due events, commits what came of them, and
+    /// quarantines the plugin when too many deliveries in a row failed.
+    async fn deliver_due(
+        &self,
+        plugin: &Arc<plugbus_runtime::Plugin>,
+        run: &mut Run,
+        due: Vec<(Arc<StoredEvent>, u32)>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Step, String> {
+        let reports = self.deliver(plugin, &due, "delivering").await?;
+        let mut commit = self.commit_from(run.line.position());
+        // Events after a failure in the batch were not delivered: they
+        // stay pending.
+        for ((stored, _), (delivery, effects)) in due.iter().zip(reports) {
+            let line = &mut run.line;
+            let verdict = self.judge(plugin, delivery, effects, || line.attempts(stored.seq));
+            if let Verdict::Handled(_) = verdict {
+                run.failures_in_a_row = 0;
+            } else {
+                run.failures_in_a_row = run.failures_in_a_row.saturating_add(1);
+            }
+            self.settle_one(stored, verdict, &mut run.line, &mut commit);
+        }
+        let pause = run.line.advance(&mut commit) && self.commit(commit, &mut run.line).await?;
+        let limit = self.inner.config.quarantine_after;
+        if limit > 0 && run.failures_in_a_row >= limit {
+            run.failures_in_a_row = 0;
+            if self.quarantine(plugin, stop).await {
+                return Ok(Step::Stop);
+            }
+            return Ok(Step::Again);
+        }
+        if pause {
+            return Ok(self.pause_step(Duration::from_secs(1), stop).await);
+        }
+        Ok(Step::Again)
+    }
+
+    /// Puts what became of the event at `stored` into the line and the
+    /// commit: handled (its effects committed), waiting for its retry, or
+    /// a dead letter.
+    fn settle_one(
+        &self,
+        stored: &StoredEvent,
+        verdict: Verdict,
+        line: &mut ReadAhead,
+        commit: &mut Commit,
+    ) {
+        let seq = stored.seq;
+        match verdict {
+            Verdict::Handled(effects) => {
+                commit.emitted.extend(effects.emitted);
+                commit.state.extend(effects.state);
+                line.finish(seq);
+            }
+            Verdict::Retry(attempts, wait) => {
+                metrics::counter!(
+                    "plugbus_retries_total",
+                    "tenant" => self.tenant.clone(),
+                    "plugin" => self.plugin.clone()
+                )
+                .increment(1);
+                line.wait(
+                    stored,
+                    attempts,
+                    deadline(tokio::time::Instant::now(), wait),
+                );
+            }
+            Verdict::Dead(attempts) => {
+                metrics::counter!(
+                    "plugbus_dead_lettered_total",
+                    "tenant" => self.tenant.clone(),
+                    "plugin" => self.plugin.clone()
+                )
+                .increment(1);
+                tracing::warn!(
+                    tenant = %self.tenant,
+                    plugin = %self.plugin,
+                    seq,
+                    event_id = %stored.event.id.escape_debug(),
+                    attempts = attempts.len(),
+                    "event dead-lettered"
+                );
+                commit.dead_letters.push(DeadLetter {
+                    seq,
+                    event: stored.event.clone(),
+                    attempts,
+                });
+                line.finish(seq);
+            }
+        }
+    }
+
+    /// The one delivery path, of events read from the log and of dead
+    /// letters redriven alike: delivers `batch` (each event with its
+    /// attempt number and its share of its chain's budget) to `plugin`,
+    /// stopping at the first failure, and tells every delivery to whoever
+    /// listens. An `Err` (`what` failed) when the delivery task panicked.
+    async fn deliver<T: Deliverable>(
+        &self,
+        plugin: &Arc<plugbus_runtime::Plugin>,
+        batch: &[(Arc<T>, u32)],
+        what: &str,
+    ) -> Result<Vec<(Delivery, Effects)>, String> {
+        let budgets: Vec<usize> = batch.iter().map(|(e, _)| self.budget(e.event())).collect();
+        let sent = batch.to_vec();
+        let delivering = plugin.clone();
+        let reports = tokio::task::spawn_blocking(move || {
+            let items: Vec<_> = sent
+                .iter()
+                .zip(budgets)
+                .map(|((e, attempt), budget)| Item {
+                    event: e.event(),
+                    chain_budget: Some(Arc::new(AtomicUsize::new(budget))),
+                    attempt: *attempt,
+                })
+                .collect();
+            delivering.deliver_batch_in_chain(items, true)
+        })
+        .await
+        .map_err(|e| format!("{what} {}", join_failure(e)))?;
+        self.inner.delivered(&reports);
+        Ok(reports)
+    }
+
+    /// What becomes of an event after a delivery: handled, retried after
+    /// a wait, or given up as a dead letter with every attempt's failure
+    /// (those before taken from `earlier`, asked only when it failed).
+    fn judge(
+        &self,
+        plugin: &plugbus_runtime::Plugin,
+        delivery: Delivery,
+        effects: Effects,
+        earlier: impl FnOnce() -> Vec<Attempt>,
+    ) -> Verdict {
+        let Outcome::Failed(failure) = delivery.outcome else {
+            return Verdict::Handled(effects);
+        };
+        let mut attempts = earlier();
+        match self.failed(
+            plugin,
+            &mut attempts,
+            failure,
+            &delivery.plugin_version,
+            delivery.fuel,
+        ) {
+            Some(wait) => Verdict::Retry(attempts, wait),
+            None => Verdict::Dead(attempts),
+        }
+    }
+
+    /// The budget of events a delivery of `event` may cause: the event's
+    /// chain budget (the host's limit when it carries none), shared among
+    /// the tenant's loaded plugins that subscribe to its type.
+    fn budget(&self, event: &Event) -> usize {
+        let limit = self.inner.host.config().max_events_per_chain;
+        let subscribers = self.inner.host.subscribers(&event.tenant, &event.ty);
+        budget_share(event.chain_budget(limit), subscribers)
+    }
+
+    /// Commits the plugin's progress; true when the caller should pause
+    /// (the log failed, and the same events are delivered again).
+    async fn commit(&self, commit: Commit, line: &mut ReadAhead) -> Result<bool, String> {
+        let cursor = commit.cursor;
+        match self.commit_emitting(commit).await {
+            Ok(committed) => {
+                if committed.cursor_moved {
+                    line.committed(cursor);
+                    self.gauges.show(line);
+                } else {
+                    // An operator moved the cursor (`plugbus replay`): the
+                    // next round goes on from there.
+                    line.mark_moved();
+                }
+                Ok(false)
+            }
+            Err(e) => {
+                // Nothing was committed: the events since the last commit
+                // are delivered again (at least once).
+                tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot commit the plugin's progress: {e}");
+                // What was read past the cursor is to be read again.
+                self.gauges
+                    .unread
+                    .fetch_add(line.behind() as u64, Ordering::Relaxed);
+                let mut fresh = ReadAhead::new(line.position());
+                if let Err(e) = self.load_ahead(&mut fresh).await {
+                    tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the events handled ahead of the cursor: {e}");
+                }
+                *line = fresh;
+                self.gauges.show(line);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Commits `commit`, counting the events it emits in the consumers'
+    /// unread events first (and taking them back if it fails), and wakes
+    /// those consumers.
+    async fn commit_emitting(&self, commit: Commit) -> Result<plugbus_log::Committed, LogError> {
+        let tenants: Vec<String> = commit.emitted.iter().map(|e| e.tenant.clone()).collect();
+        let mut count: HashMap<&str, u64> = HashMap::new();
+        for tenant in &tenants {
+            *count.entry(tenant).or_default() += 1;
+        }
+        self.inner.appending(&count, true);
+        let committed = self.inner.log.commit(commit).await;
+        if committed.is_err() {
+            self.inner.appending(&count, false);
+        }
+        for tenant in count.keys() {
+            self.inner.notify(tenant).notify_waiters();
+        }
+        committed
+    }
+
+    /// Reads the events the plugin finished ahead of its cursor, which a
+    /// restart must not deliver again.
+    async fn load_ahead(&self, line: &mut ReadAhead) -> Result<(), LogError> {
+        let log = self.inner.log.clone();
+        let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
+        let ahead = tokio::task::spawn_blocking(move || log.ahead(&tenant, &plugin))
+            .await
+            .map_err(|_| LogError::Closed)??;
+        line.skip(ahead);
+        Ok(())
+    }
+
+    /// The plugin's cursor, or for a plugin without one the end of the log
+    /// (the beginning with `start = "earliest"`), committed as its cursor
+    /// so that a restart starts there too.
+    pub(super) async fn start_position(&self) -> Result<Seq, LogError> {
+        let log = self.inner.log.clone();
+        let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
+        let earliest = self
+            .inner
+            .host
+            .plugin(&self.tenant, &self.plugin)
+            .is_some_and(|p| p.manifest().start == plugbus_core::Start::Earliest);
+        let found = tokio::task::spawn_blocking(move || {
+            log.cursor(&tenant, &plugin)
+                .and_then(|cursor| match cursor {
+                    Some(c) => Ok((c, false)),
+                    None if earliest => Ok((0, true)),
+                    None => log.head().map(|h| (h, true)),
+                })
+        })
+        .await
+        .map_err(|_| LogError::Closed)??;
+        let (position, new) = found;
+        if new {
+            self.inner
+                .log
+                .commit_cursor(&self.tenant, &self.plugin, position)
+                .await?;
+        }
+        Ok(position)
+    }
+
+    /// Pauses the plugin until its quarantine ends: the time runs out, a
+    /// new version is loaded, or an operator resumes it. True when the bus
+    /// is stopping.
+    async fn quarantine(
+        &self,
+        plugin: &plugbus_runtime::Plugin,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let version = plugin.version().to_owned();
+        let length = self.inner.config.quarantine_for;
+        let (wake, recorded) = self.begin_quarantine(&version, length).await;
+        tracing::warn!(
+            tenant = %self.tenant,
+            plugin = %self.plugin,
+            version = %version,
+            seconds = length.as_secs(),
+            "plugin quarantined after {} failed deliveries in a row; its events wait",
+            self.inner.config.quarantine_after
+        );
+        let until = deadline(tokio::time::Instant::now(), length);
+        let stopping = self
+            .sit_out_quarantine(&version, until, &wake, recorded, stop)
+            .await;
+        self.end_quarantine(stopping).await;
+        stopping
+    }
+
+    /// Records the plugin's quarantine, in the bus and in the log (where
+    /// an operator sees it and can lift it, `plugbus quarantine`); answers
+    /// what wakes it, and whether the log has the record.
+    async fn begin_quarantine(&self, version: &str, length: Duration) -> (Arc<Notify>, bool) {
+        let since_ms = now_ms();
+        // Recorded as the bus keeps it: no later than MAX_WAIT from now, a
+        // time every reader of the record can print.
+        let until_ms = since_ms
+            .saturating_add(i64::try_from(length.min(MAX_WAIT).as_millis()).unwrap_or(i64::MAX));
+        let wake = Arc::new(Notify::new());
+        let record = Quarantine {
+            tenant: self.tenant.clone(),
+            plugin: self.plugin.clone(),
+            version: version.to_owned(),
+            since_ms,
+            until_ms,
+        };
+        // A failure to record it only means that.
+        let recorded = self
+            .inner
+            .log
+            .set_quarantine(QuarantineChange::Begin(record.clone()))
+            .await;
+        if let Err(e) = &recorded {
+            tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot record the quarantine: {e}");
+        }
+        self.inner
+            .quarantined
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(self.key(), (record, wake.clone()));
+        (wake, recorded.is_ok())
+    }
+
+    /// Waits until `until`, a version other than `version` is loaded, the
+    /// quarantine is resumed (`wake`) or lifted in the log (looked at each
+    /// second when `recorded`), or the bus stops (true).
+    async fn sit_out_quarantine(
+        &self,
+        version: &str,
+        until: tokio::time::Instant,
+        wake: &Notify,
+        recorded: bool,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut ticks = 0u32;
+        loop {
+            let replaced = self
+                .inner
+                .host
+                .plugin(&self.tenant, &self.plugin)
+                .is_none_or(|p| p.version() != version);
+            if replaced || tokio::time::Instant::now() >= until {
+                return false;
+            }
+            ticks = ticks.wrapping_add(1);
+            if recorded && ticks.is_multiple_of(5) && !self.still_quarantined().await {
+                return false;
+            }
+            tokio::select! {
+                () = wake.notified() => return false,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.changed() => return true,
+            }
+        }
+    }
+
+    /// Forgets the quarantine, in the bus and in the log, however it
+    /// ended: a restarted host starts the plugin afresh.
+    async fn end_quarantine(&self, stopping: bool) {
+        self.inner
+            .quarantined
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key());
+        let lift = QuarantineChange::Lift {
+            tenant: self.tenant.clone(),
+            plugin: self.plugin.clone(),
+        };
+        if let Err(e) = self.inner.log.set_quarantine(lift).await {
+            tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot record the end of the quarantine: {e}");
+        }
+        if !stopping {
+            tracing::info!(tenant = %self.tenant, plugin = %self.plugin, "quarantine over");
+        }
+    }
+
+    /// The plugin as the bus keys it.
+    fn key(&self) -> PluginKey {
+        (self.tenant.clone(), self.plugin.clone())
+    }
+
+    /// Delivers a dead letter an operator asked to redrive to the plugin's
+    /// current version, through the one delivery path, retried like any
+    /// event. Handled, its dead letter is deleted in the transaction that
+    /// keeps its effects; failed for the last time, the dead letter gets
+    /// the new attempts appended. The cursor stays where it is. True when
+    /// the bus is stopping; an error when the delivery ended without a
+    /// report.
+    async fn redrive(
+        &self,
+        plugin: &Arc<plugbus_runtime::Plugin>,
+        dead: DeadLetter,
+        position: Seq,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<bool, String> {
+        tracing::info!(
+            tenant = %self.tenant,
+            plugin = %self.plugin,
+            seq = dead.seq,
+            event_id = %dead.event.id.escape_debug(),
+            "redriving a dead letter"
+        );
+        let dead = Arc::new(dead);
+        let mut attempts: Vec<Attempt> = Vec::new();
+        loop {
+            let attempt = u32::try_from(attempts.len() + 1).unwrap_or(u32::MAX);
+            let reports = self
+                .deliver(plugin, &[(dead.clone(), attempt)], "redriving")
+                .await?;
+            let Some((delivery, effects)) = reports.into_iter().next() else {
+                return Err("a redriven delivery ended without a report".to_owned());
+            };
+            let mut commit = self.commit_from(position);
+            match self.judge(plugin, delivery, effects, || std::mem::take(&mut attempts)) {
+                Verdict::Handled(effects) => {
+                    commit.emitted = effects.emitted;
+                    commit.state = effects.state;
+                    commit.redriven.push(dead.seq);
+                }
+                Verdict::Retry(so_far, wait) => {
+                    attempts = so_far;
+                    if self.pause(wait, stop).await {
+                        return Ok(true);
+                    }
+                    continue;
+                }
+                Verdict::Dead(mut so_far) => {
+                    let mut history = dead.attempts.clone();
+                    history.append(&mut so_far);
+                    commit.dead_letters.push(DeadLetter {
+                        seq: dead.seq,
+                        event: dead.event.clone(),
+                        attempts: history,
+                    });
+                }
+            }
+            return self.commit_redrive(commit, stop).await;
+        }
+    }
+
+    /// Commits a redrive; true when the bus stops while it waits a second
+    /// after a failed commit (the request stays, and is taken again).
+    async fn commit_redrive(
+        &self,
+        commit: Commit,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<bool, String> {
+        match self.commit_emitting(commit).await {
+            Ok(_) => Ok(false),
+            Err(e) => {
+                tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot commit a redrive: {e}");
+                Ok(self.pause(Duration::from_secs(1), stop).await)
+            }
+        }
+    }
+
+    /// An empty commit of the plugin's progress from `position`: it moves
+    /// the cursor only if nobody else moved it since.
+    fn commit_from(&self, position: Seq) -> Commit {
+        Commit {
+            tenant: self.tenant.clone(),
+            plugin: self.plugin.clone(),
+            cursor: position,
+            expected: Some(position),
+            ..Commit::default()
+        }
+    }
+
+    /// Records a failed attempt; answers how long to wait before the next
+    /// when the event may be tried again, `None` when it is given up.
+    fn failed(
+        &self,
+        plugin: &plugbus_runtime::Plugin,
+        attempts: &mut Vec<Attempt>,
+        failure: plugbus_core::Failure,
+        plugin_version: &str,
+        fuel: u64,
+    ) -> Option<Duration> {
+        let retryable = failure.kind.is_retryable();
+        let max_attempts = plugin.manifest().max_attempts;
+        attempts.push(Attempt {
+            kind: failure.kind,
+            message: failure.message,
+            fuel,
+            plugin_version: plugin_version.to_owned(),
+            at_ms: now_ms(),
+        });
+        let used = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
+        self.inner
+            .config
+            .retry
+            .retry_after(used, retryable, max_attempts)
+    }
+
+    /// Whether the log still records this plugin's quarantine; true when it
+    /// cannot be read (the quarantine then runs its time).
+    async fn still_quarantined(&self) -> bool {
+        let log = self.inner.log.clone();
+        let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
+        tokio::task::spawn_blocking(move || {
+            log.quarantines().map_or(true, |all| {
+                all.iter().any(|q| q.tenant == tenant && q.plugin == plugin)
+            })
+        })
+        .await
+        .unwrap_or(true)
+    }
+
+    /// The plugin's cursor as stored.
+    async fn stored_cursor(&self) -> Result<Option<Seq>, LogError> {
+        let log = self.inner.log.clone();
+        let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
+        tokio::task::spawn_blocking(move || log.cursor(&tenant, &plugin))
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// Waits `wait`; true when the bus is stopping.
+    async fn pause(&self, wait: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => *stop.borrow(),
+            _ = stop.changed() => true,
+        }
+    }
+
+    /// Waits `wait`, then starts the next round (`Again`), unless the bus
+    /// is stopping.
+    async fn pause_step(&self, wait: Duration, stop: &mut watch::Receiver<bool>) -> Step {
+        if self.pause(wait, stop).await {
+            Step::Stop
+        } else {
+            Step::Again
+        }
+    }
+}
