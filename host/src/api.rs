@@ -984,11 +984,10 @@ async fn dead_letters(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
-    let log = api.bus.log().clone();
-    let letters = tokio::task::spawn_blocking(move || log.dead_letters(&tenant, &plugin))
-        .await
-        .map_err(|_| log_error(crate::log::LogError::Closed))?
-        .map_err(log_error)?;
+    let letters =
+        crate::log::blocking(api.bus.log(), move |log| log.dead_letters(&tenant, &plugin))
+            .await
+            .map_err(log_error)?;
     let letters: Vec<Value> = letters
         .into_iter()
         .map(|d| json!({ "seq": d.seq, "event": d.event.to_json_value(), "attempts": d.attempts }))
@@ -1002,11 +1001,9 @@ async fn dead_letter(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
-    let log = api.bus.log().clone();
     let (t, p) = (tenant.clone(), plugin.clone());
-    let letters = tokio::task::spawn_blocking(move || log.dead_letters(&t, &p))
+    let letters = crate::log::blocking(api.bus.log(), move |log| log.dead_letters(&t, &p))
         .await
-        .map_err(|_| log_error(crate::log::LogError::Closed))?
         .map_err(log_error)?;
     let Some(dead) = letters.into_iter().find(|d| d.seq == seq) else {
         return Err(ApiError::new(
@@ -1050,7 +1047,7 @@ async fn on_dead_letter(
     api: &Api,
     headers: &HeaderMap,
     (tenant, plugin, seq): (&str, &str, Seq),
-    action: impl FnOnce(&dyn EventLog, &str, &str, Seq) -> crate::log::Pending<bool>,
+    action: impl FnOnce(&dyn EventLog, &str, &str, Seq) -> crate::log::Reply<bool>,
 ) -> Result<(), ApiError> {
     let _in_flight = api.tenant_or_admin(headers, tenant)?;
     let found = action(api.bus.log().as_ref(), tenant, plugin, seq)
@@ -1081,12 +1078,10 @@ async fn replay(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
-    let log = api.bus.log().clone();
-    let done = tokio::task::spawn_blocking(move || {
-        crate::log::replay(log.as_ref(), &tenant, &plugin, &from)
+    let done = crate::log::blocking(api.bus.log(), move |log| {
+        crate::log::replay(log, &tenant, &plugin, &from)
     })
-    .await
-    .map_err(|_| log_error(crate::log::LogError::Closed))?;
+    .await;
     use crate::log::ReplayError;
     match done {
         Ok(done) => Ok(Json(json!({ "before": done.before, "first": done.first }))),

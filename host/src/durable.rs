@@ -46,7 +46,7 @@ use crate::dispatch::Item;
 use crate::event::Event;
 use crate::host::Host;
 use crate::log::{
-    Appended, Attempt, Commit, DeadLetter, DeadLetterDepths, EventLog, LogError, LogHealth,
+    Appended, Commit, DeadLetter, DeadLetterDepths, EventLog, FailedAttempt, LogError, LogHealth,
     QuarantineChange, ReadLimit, Retention, Seq, StoredEvent, now_ms,
 };
 use crate::{Delivery, EventError, Outcome};
@@ -571,8 +571,7 @@ impl DurableBus {
                     .map(|(key, _)| key.clone())
                     .collect()
             };
-            let log = self.inner.log.clone();
-            let settled = tokio::task::spawn_blocking(move || {
+            let settled = crate::log::blocking(&self.inner.log, move |log| {
                 for (tenant, plugin) in running {
                     let cursor = log.cursor(&tenant, &plugin)?.unwrap_or(0);
                     if !log.read(&tenant, cursor, 1)?.is_empty()
@@ -581,10 +580,9 @@ impl DurableBus {
                         return Ok(false);
                     }
                 }
-                Ok(true)
+                Ok::<_, LogError>(true)
             })
-            .await
-            .map_err(|_| LogError::Closed)??;
+            .await?;
             if settled {
                 return Ok(());
             }
@@ -873,7 +871,7 @@ impl OrderKey {
 /// of its key.
 struct Waiting {
     seq: Seq,
-    attempts: Vec<Attempt>,
+    attempts: Vec<FailedAttempt>,
     retry_at: tokio::time::Instant,
 }
 
@@ -971,7 +969,7 @@ impl Line {
     }
 
     /// The failed attempts so far of the pending event at `seq`.
-    fn attempts(&mut self, seq: Seq) -> Vec<Attempt> {
+    fn attempts(&mut self, seq: Seq) -> Vec<FailedAttempt> {
         let Some(stored) = self.pending.get(&seq) else {
             return Vec::new();
         };
@@ -990,7 +988,7 @@ impl Line {
     fn wait(
         &mut self,
         stored: &StoredEvent,
-        attempts: Vec<Attempt>,
+        attempts: Vec<FailedAttempt>,
         retry_at: tokio::time::Instant,
     ) {
         self.waiting.insert(
@@ -1441,11 +1439,9 @@ impl Consumer {
     /// Reads the events the plugin finished ahead of its cursor, which a
     /// restart must not deliver again.
     async fn load_ahead(&self, line: &mut Line) -> Result<(), LogError> {
-        let log = self.inner.log.clone();
         let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
-        let ahead = tokio::task::spawn_blocking(move || log.ahead(&tenant, &plugin))
-            .await
-            .map_err(|_| LogError::Closed)??;
+        let ahead =
+            crate::log::blocking(&self.inner.log, move |log| log.ahead(&tenant, &plugin)).await?;
         line.skip = ahead.into_iter().filter(|s| *s > line.position).collect();
         Ok(())
     }
@@ -1454,14 +1450,13 @@ impl Consumer {
     /// (the beginning with `start = "earliest"`), committed as its cursor
     /// so that a restart starts there too.
     async fn start_position(&self) -> Result<Seq, LogError> {
-        let log = self.inner.log.clone();
         let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
         let earliest = self
             .inner
             .host
             .plugin(&self.tenant, &self.plugin)
             .is_some_and(|p| p.manifest().start == crate::Start::Earliest);
-        let found = tokio::task::spawn_blocking(move || {
+        let found = crate::log::blocking(&self.inner.log, move |log| {
             log.cursor(&tenant, &plugin)
                 .and_then(|cursor| match cursor {
                     Some(c) => Ok((c, false)),
@@ -1469,8 +1464,7 @@ impl Consumer {
                     None => log.head().map(|h| (h, true)),
                 })
         })
-        .await
-        .map_err(|_| LogError::Closed)??;
+        .await?;
         let (position, new) = found;
         if new {
             self.inner
@@ -1587,7 +1581,7 @@ impl Consumer {
         );
         let budget = self.budget(&dead.event);
         let dead = Arc::new(dead);
-        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut attempts: Vec<FailedAttempt> = Vec::new();
         loop {
             let attempt = u32::try_from(attempts.len() + 1).unwrap_or(u32::MAX);
             let (delivering, letter) = (plugin.clone(), dead.clone());
@@ -1669,13 +1663,13 @@ impl Consumer {
     fn failed(
         &self,
         plugin: &crate::Plugin,
-        attempts: &mut Vec<Attempt>,
+        attempts: &mut Vec<FailedAttempt>,
         failure: crate::Failure,
         plugin_version: &str,
         fuel: u64,
     ) -> Option<Duration> {
         let retryable = failure.kind.is_retryable();
-        attempts.push(Attempt {
+        attempts.push(FailedAttempt {
             kind: failure.kind,
             message: failure.message,
             fuel,
@@ -1706,11 +1700,8 @@ impl Consumer {
 
     /// The plugin's cursor as stored.
     async fn stored_cursor(&self) -> Result<Option<Seq>, LogError> {
-        let log = self.inner.log.clone();
         let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
-        tokio::task::spawn_blocking(move || log.cursor(&tenant, &plugin))
-            .await
-            .map_err(|_| LogError::Closed)?
+        crate::log::blocking(&self.inner.log, move |log| log.cursor(&tenant, &plugin)).await
     }
 
     /// Waits `wait`; true when the bus is stopping.

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use plugbus::Event;
-use plugbus::log::{Durability, EventLog, LogError, SqliteLog, SqliteLogConfig};
+use plugbus::log::{
+    CursorStore, DeadLetterStore, Durability, EventStore, LogError, SqliteLog, SqliteLogConfig,
+};
 
 fn event(tenant: &str, id: &str, ty: &str) -> Event {
     Event::from_json_value(serde_json::json!({
@@ -463,14 +465,14 @@ fn a_read_stops_at_its_byte_bound() {
 
 #[test]
 fn redrives_are_read_a_few_at_a_time() {
-    use plugbus::log::{Attempt, Commit, DeadLetter};
+    use plugbus::log::{Commit, DeadLetter, FailedAttempt};
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open(dir.path());
     let dead: Vec<_> = (1..=3)
         .map(|seq| DeadLetter {
             seq,
             event: event("acme", &format!("e-{seq}"), "order.placed"),
-            attempts: vec![Attempt {
+            attempts: vec![FailedAttempt {
                 kind: plugbus::FailureKind::HandlerPermanent,
                 message: "no".into(),
                 fuel: 1,
@@ -507,7 +509,7 @@ fn redrives_are_read_a_few_at_a_time() {
 
 /// Stores `seqs` as dead letters of `plugin` of `acme`.
 fn dead_letters(log: &SqliteLog, plugin: &str, seqs: &[u64]) {
-    use plugbus::log::{Attempt, Commit, DeadLetter};
+    use plugbus::log::{Commit, DeadLetter, FailedAttempt};
     log.commit(Commit {
         tenant: "acme".into(),
         plugin: plugin.into(),
@@ -516,7 +518,7 @@ fn dead_letters(log: &SqliteLog, plugin: &str, seqs: &[u64]) {
             .map(|&seq| DeadLetter {
                 seq,
                 event: event("acme", &format!("e-{seq}"), "order.placed"),
-                attempts: vec![Attempt {
+                attempts: vec![FailedAttempt {
                     kind: plugbus::FailureKind::HandlerPermanent,
                     message: "no".into(),
                     fuel: 1,
@@ -606,7 +608,7 @@ fn open_with_quota(dir: &std::path::Path, quota: plugbus::log::DeadLetterQuota) 
 /// Commits dead letters of `seqs` for `plugin` of `tenant`; answers the
 /// refused ones.
 fn give_up(log: &SqliteLog, tenant: &str, plugin: &str, seqs: &[u64]) -> Vec<u64> {
-    use plugbus::log::{Attempt, Commit, DeadLetter};
+    use plugbus::log::{Commit, DeadLetter, FailedAttempt};
     log.commit(Commit {
         tenant: tenant.into(),
         plugin: plugin.into(),
@@ -615,7 +617,7 @@ fn give_up(log: &SqliteLog, tenant: &str, plugin: &str, seqs: &[u64]) -> Vec<u64
             .map(|&seq| DeadLetter {
                 seq,
                 event: event(tenant, &format!("e-{seq:03}"), "order.placed"),
-                attempts: vec![Attempt {
+                attempts: vec![FailedAttempt {
                     kind: plugbus::FailureKind::HandlerPermanent,
                     message: "no".into(),
                     fuel: 1,

@@ -85,7 +85,7 @@ pub struct StoredEvent {
     pub bytes: u64,
 }
 
-/// How much one [`EventLog::read_bounded`] may return.
+/// How much one [`EventStore::read_bounded`] may return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadLimit {
     /// The most events.
@@ -139,7 +139,7 @@ pub type DeadLetterDepths = std::collections::BTreeMap<(String, String), u64>;
 
 /// One failed attempt to deliver an event, as kept in its dead letter.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Attempt {
+pub struct FailedAttempt {
     /// What kind of failure.
     pub kind: crate::FailureKind,
     /// The handler's message, the trap, or the limit that was hit.
@@ -160,7 +160,7 @@ pub struct DeadLetter {
     /// The event.
     pub event: Event,
     /// Its failed attempts, oldest first.
-    pub attempts: Vec<Attempt>,
+    pub attempts: Vec<FailedAttempt>,
 }
 
 /// A quarantined plugin, as the log records it so that an operator can see
@@ -250,19 +250,44 @@ impl Default for DeadLetterQuota {
 }
 
 /// A request to the log whose answer arrives later: await it, or
-/// [`wait`](Pending::wait) for it on a blocking thread.
+/// [`wait`](Reply::wait) for it on a blocking thread.
 #[derive(Debug)]
-pub struct Pending<T>(tokio::sync::oneshot::Receiver<Result<T, LogError>>);
+pub struct Reply<T>(tokio::sync::oneshot::Receiver<Result<T, LogError>>);
 
-impl<T> Pending<T> {
+impl<T> Reply<T> {
+    /// A reply and the sender that answers it. A reply whose sender is
+    /// dropped unanswered answers [`LogError::Closed`].
+    pub fn channel() -> (ReplySender<T>, Self) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        (ReplySender(sender), Self(receiver))
+    }
+
+    /// A reply that is already answered.
+    pub fn ready(answer: Result<T, LogError>) -> Self {
+        let (sender, reply) = Self::channel();
+        sender.send(answer);
+        reply
+    }
+
     /// Blocks until the answer arrives. Not from an async task: await the
-    /// `Pending` there.
+    /// `Reply` there.
     pub fn wait(self) -> Result<T, LogError> {
         self.0.blocking_recv().unwrap_or(Err(LogError::Closed))
     }
 }
 
-impl<T> IntoFuture for Pending<T>
+/// The sending half of a [`Reply`].
+#[derive(Debug)]
+pub struct ReplySender<T>(tokio::sync::oneshot::Sender<Result<T, LogError>>);
+
+impl<T> ReplySender<T> {
+    /// Answers the reply; an answer nobody waits for any more is dropped.
+    pub fn send(self, answer: Result<T, LogError>) {
+        let _ = self.0.send(answer);
+    }
+}
+
+impl<T> IntoFuture for Reply<T>
 where
     T: Send + 'static,
 {
@@ -274,14 +299,31 @@ where
     }
 }
 
-/// The log the host publishes into and delivers from. It keeps the
-/// plugins' state too ([`StateStore`]), so that state writes commit with
-/// the cursor.
-pub trait EventLog: StateStore {
+/// Runs `read`, a blocking call on the log, on tokio's blocking threads
+/// and awaits its answer; a call that panicked answers
+/// [`LogError::Closed`].
+pub async fn blocking<L, T, E>(
+    log: &Arc<L>,
+    read: impl FnOnce(&L) -> Result<T, E> + Send + 'static,
+) -> Result<T, E>
+where
+    L: ?Sized + Send + Sync + 'static,
+    T: Send + 'static,
+    E: From<LogError> + Send + 'static,
+{
+    let log = Arc::clone(log);
+    tokio::task::spawn_blocking(move || read(&log))
+        .await
+        .unwrap_or_else(|_| Err(LogError::Closed.into()))
+}
+
+/// The events: appended in order, read back per tenant, pruned by
+/// retention. Writes answer through a [`Reply`]; reads block.
+pub trait EventStore: Send + Sync {
     /// Appends `events` in order, all or none, and answers once they are
     /// durable. An event whose (tenant, source, id) was appended within the
     /// duplicate window is not stored again; its answer says so.
-    fn append(&self, events: Vec<Event>) -> Pending<Vec<Appended>>;
+    fn append(&self, events: Vec<Event>) -> Reply<Vec<Appended>>;
 
     /// Events of `tenant` after position `after`, in order, as many as
     /// `limit` allows. Blocking.
@@ -303,6 +345,29 @@ pub trait EventLog: StateStore {
     /// events. Blocking.
     fn count_after(&self, tenant: &str, after: Seq, limit: u64) -> Result<u64, LogError>;
 
+    /// The position of the first event of `tenant` appended at or after
+    /// `at_ms` (milliseconds since the Unix epoch). Blocking.
+    fn first_since(&self, tenant: &str, at_ms: i64) -> Result<Option<Seq>, LogError>;
+
+    /// The position of the newest event in the log (0 when it is empty).
+    /// Blocking.
+    fn head(&self) -> Result<Seq, LogError>;
+
+    /// Deletes the events `retention` no longer keeps, never one that a
+    /// plugin in `live` (tenant, plugin) has not finished with: of a
+    /// tenant with live plugins, only events at or before the lowest of
+    /// their cursors go. Dead letters keep their own copy of their event.
+    fn prune(&self, retention: Retention, live: Vec<(String, String)>) -> Reply<Pruned>;
+
+    /// Whether the log can be written now. Not blocking.
+    fn health(&self) -> LogHealth {
+        LogHealth::default()
+    }
+}
+
+/// Each plugin's progress: its cursor, and the [`Commit`] that moves it
+/// together with what the plugin finished.
+pub trait CursorStore: Send + Sync {
     /// The position of the last event of `tenant` that `plugin` has
     /// finished with, or `None` when it has no cursor yet. Blocking.
     fn cursor(&self, tenant: &str, plugin: &str) -> Result<Option<Seq>, LogError>;
@@ -313,10 +378,10 @@ pub trait EventLog: StateStore {
 
     /// Commits what a plugin finished (see [`Commit`]) and answers once it
     /// is durable.
-    fn commit(&self, commit: Commit) -> Pending<Committed>;
+    fn commit(&self, commit: Commit) -> Reply<Committed>;
 
     /// Moves `plugin`'s cursor to `seq` and answers once that is durable.
-    fn commit_cursor(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<Committed> {
+    fn commit_cursor(&self, tenant: &str, plugin: &str, seq: Seq) -> Reply<Committed> {
         self.commit(Commit {
             tenant: tenant.to_owned(),
             plugin: plugin.to_owned(),
@@ -324,7 +389,11 @@ pub trait EventLog: StateStore {
             ..Commit::default()
         })
     }
+}
 
+/// The events plugins gave up on, and the operator's requests to deliver
+/// them again. Dead letters are stored by a [`Commit`].
+pub trait DeadLetterStore: Send + Sync {
     /// The dead letters of `plugin`, oldest first. Blocking.
     fn dead_letters(&self, tenant: &str, plugin: &str) -> Result<Vec<DeadLetter>, LogError>;
 
@@ -333,14 +402,14 @@ pub trait EventLog: StateStore {
 
     /// Deletes `plugin`'s dead letter of the event at `seq`; answers whether
     /// there was one.
-    fn discard_dead_letter(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<bool>;
+    fn discard_dead_letter(&self, tenant: &str, plugin: &str, seq: Seq) -> Reply<bool>;
 
     /// Asks for `plugin`'s dead letter of the event at `seq` to be delivered
     /// again, to the plugin's current version; answers whether there was
     /// one. A running host's consumer of the plugin takes the request: the
     /// dead letter is deleted when the event is handled, and gets the new
     /// attempts appended when it fails again.
-    fn request_redrive(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<bool>;
+    fn request_redrive(&self, tenant: &str, plugin: &str, seq: Seq) -> Reply<bool>;
 
     /// Up to `limit` of `plugin`'s dead letters whose redrive was
     /// requested, oldest first. Blocking.
@@ -354,32 +423,31 @@ pub trait EventLog: StateStore {
     /// How many dead letters each plugin has, without reading them: kept
     /// as they are stored, discarded and redriven. Not blocking.
     fn dead_letter_depths(&self) -> DeadLetterDepths;
+}
 
-    /// Whether the log can be written now. Not blocking.
-    fn health(&self) -> LogHealth {
-        LogHealth::default()
-    }
-
+/// The quarantined plugins, recorded so that another process can see and
+/// lift them.
+pub trait QuarantineStore: Send + Sync {
     /// Records a plugin's quarantine, or with `lift`, ends the quarantine
     /// of `tenant`/`plugin`; answers whether there was one to end.
-    fn set_quarantine(&self, change: QuarantineChange) -> Pending<bool>;
+    fn set_quarantine(&self, change: QuarantineChange) -> Reply<bool>;
 
     /// The quarantines recorded now, by tenant and plugin. Blocking.
     fn quarantines(&self) -> Result<Vec<Quarantine>, LogError>;
+}
 
-    /// The position of the first event of `tenant` appended at or after
-    /// `at_ms` (milliseconds since the Unix epoch). Blocking.
-    fn first_since(&self, tenant: &str, at_ms: i64) -> Result<Option<Seq>, LogError>;
+/// The log the host publishes into and delivers from: every role together.
+/// It keeps the plugins' state too ([`StateStore`]), so that state writes
+/// commit with the cursor. Implemented for every type that plays all the
+/// roles.
+pub trait EventLog:
+    EventStore + CursorStore + DeadLetterStore + QuarantineStore + StateStore
+{
+}
 
-    /// The position of the newest event in the log (0 when it is empty).
-    /// Blocking.
-    fn head(&self) -> Result<Seq, LogError>;
-
-    /// Deletes the events `retention` no longer keeps, never one that a
-    /// plugin in `live` (tenant, plugin) has not finished with: of a
-    /// tenant with live plugins, only events at or before the lowest of
-    /// their cursors go. Dead letters keep their own copy of their event.
-    fn prune(&self, retention: Retention, live: Vec<(String, String)>) -> Pending<Pruned>;
+impl<L> EventLog for L where
+    L: EventStore + CursorStore + DeadLetterStore + QuarantineStore + StateStore + ?Sized
+{
 }
 
 /// How long the log keeps events. Either bound, or both, may be set;
@@ -395,7 +463,7 @@ pub struct Retention {
     pub max_bytes: Option<u64>,
 }
 
-/// What a [`EventLog::prune`] did.
+/// What an [`EventStore::prune`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Pruned {
     /// Events deleted.
@@ -878,14 +946,14 @@ impl SqliteLog {
     fn send<T>(
         &self,
         make: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, LogError>>) -> Write,
-    ) -> Pending<T> {
+    ) -> Reply<T> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         if let Some(writes) = &self.writes {
             // A send fails only when the writer is gone; the dropped reply
             // then answers `Closed`.
             let _ = writes.send(make(reply));
         }
-        Pending(answer)
+        Reply(answer)
     }
 
     fn store_error(&self, e: rusqlite::Error) -> LogError {
@@ -948,8 +1016,8 @@ impl SqliteLog {
     }
 }
 
-impl EventLog for SqliteLog {
-    fn append(&self, events: Vec<Event>) -> Pending<Vec<Appended>> {
+impl EventStore for SqliteLog {
+    fn append(&self, events: Vec<Event>) -> Reply<Vec<Appended>> {
         let bodies = events.iter().map(Event::to_json_string).collect();
         self.send(|reply| Write::Append {
             events,
@@ -1025,6 +1093,40 @@ impl EventLog for SqliteLog {
             .map_err(|e| self.store_error(e))
     }
 
+    fn first_since(&self, tenant: &str, at_ms: i64) -> Result<Option<Seq>, LogError> {
+        self.reader()
+            .query_row(
+                "SELECT MIN(seq) FROM events WHERE tenant = ?1 AND appended_at_ms >= ?2",
+                params![tenant, at_ms],
+                |row| row.get::<_, Option<i64>>(0),
+            )
+            .map(|seq| seq.map(|s| s as Seq))
+            .map_err(|e| self.store_error(e))
+    }
+
+    fn head(&self) -> Result<Seq, LogError> {
+        self.reader()
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|s| s as Seq)
+            .map_err(|e| self.store_error(e))
+    }
+
+    fn prune(&self, retention: Retention, live: Vec<(String, String)>) -> Reply<Pruned> {
+        self.send(|reply| Write::Prune {
+            retention,
+            live,
+            reply,
+        })
+    }
+
+    fn health(&self) -> LogHealth {
+        self.shared.health().clone()
+    }
+}
+
+impl CursorStore for SqliteLog {
     fn cursor(&self, tenant: &str, plugin: &str) -> Result<Option<Seq>, LogError> {
         self.reader()
             .query_row(
@@ -1035,15 +1137,6 @@ impl EventLog for SqliteLog {
             .optional()
             .map(|seq| seq.map(|s| s as Seq))
             .map_err(|e| self.store_error(e))
-    }
-
-    fn commit(&self, commit: Commit) -> Pending<Committed> {
-        let bodies = commit.emitted.iter().map(Event::to_json_string).collect();
-        self.send(|reply| Write::Commit {
-            commit,
-            bodies,
-            reply,
-        })
     }
 
     fn ahead(&self, tenant: &str, plugin: &str) -> Result<Vec<Seq>, LogError> {
@@ -1057,6 +1150,26 @@ impl EventLog for SqliteLog {
         rows.map(|seq| seq.map(|s| s as Seq))
             .collect::<Result<_, _>>()
             .map_err(|e| self.store_error(e))
+    }
+
+    fn commit(&self, commit: Commit) -> Reply<Committed> {
+        let bodies = commit.emitted.iter().map(Event::to_json_string).collect();
+        self.send(|reply| Write::Commit {
+            commit,
+            bodies,
+            reply,
+        })
+    }
+}
+
+impl DeadLetterStore for SqliteLog {
+    fn dead_letters(&self, tenant: &str, plugin: &str) -> Result<Vec<DeadLetter>, LogError> {
+        self.query_dead_letters(
+            "SELECT seq, body, attempts FROM dead_letters
+             WHERE tenant = ?1 AND plugin = ?2 ORDER BY seq",
+            tenant,
+            plugin,
+        )
     }
 
     fn dead_letter_plugins(&self, tenant: &str) -> Result<Vec<String>, LogError> {
@@ -1073,7 +1186,7 @@ impl EventLog for SqliteLog {
             .map_err(|e| self.store_error(e))
     }
 
-    fn discard_dead_letter(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<bool> {
+    fn discard_dead_letter(&self, tenant: &str, plugin: &str, seq: Seq) -> Reply<bool> {
         self.send(|reply| Write::Discard {
             tenant: tenant.to_owned(),
             plugin: plugin.to_owned(),
@@ -1082,68 +1195,13 @@ impl EventLog for SqliteLog {
         })
     }
 
-    fn first_since(&self, tenant: &str, at_ms: i64) -> Result<Option<Seq>, LogError> {
-        self.reader()
-            .query_row(
-                "SELECT MIN(seq) FROM events WHERE tenant = ?1 AND appended_at_ms >= ?2",
-                params![tenant, at_ms],
-                |row| row.get::<_, Option<i64>>(0),
-            )
-            .map(|seq| seq.map(|s| s as Seq))
-            .map_err(|e| self.store_error(e))
-    }
-
-    fn dead_letters(&self, tenant: &str, plugin: &str) -> Result<Vec<DeadLetter>, LogError> {
-        self.query_dead_letters(
-            "SELECT seq, body, attempts FROM dead_letters
-             WHERE tenant = ?1 AND plugin = ?2 ORDER BY seq",
-            tenant,
-            plugin,
-        )
-    }
-
-    fn request_redrive(&self, tenant: &str, plugin: &str, seq: Seq) -> Pending<bool> {
+    fn request_redrive(&self, tenant: &str, plugin: &str, seq: Seq) -> Reply<bool> {
         self.send(|reply| Write::Redrive {
             tenant: tenant.to_owned(),
             plugin: plugin.to_owned(),
             seq,
             reply,
         })
-    }
-
-    fn prune(&self, retention: Retention, live: Vec<(String, String)>) -> Pending<Pruned> {
-        self.send(|reply| Write::Prune {
-            retention,
-            live,
-            reply,
-        })
-    }
-
-    fn set_quarantine(&self, change: QuarantineChange) -> Pending<bool> {
-        self.send(|reply| Write::Quarantine { change, reply })
-    }
-
-    fn quarantines(&self) -> Result<Vec<Quarantine>, LogError> {
-        let conn = self.reader();
-        let mut statement = conn
-            .prepare_cached(
-                "SELECT tenant, plugin, version, since_ms, until_ms FROM quarantines
-                 ORDER BY tenant, plugin",
-            )
-            .map_err(|e| self.store_error(e))?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok(Quarantine {
-                    tenant: row.get(0)?,
-                    plugin: row.get(1)?,
-                    version: row.get(2)?,
-                    since_ms: row.get(3)?,
-                    until_ms: row.get(4)?,
-                })
-            })
-            .map_err(|e| self.store_error(e))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(|e| self.store_error(e))
     }
 
     fn redrives(
@@ -1171,17 +1229,33 @@ impl EventLog for SqliteLog {
             .map(|(key, (count, _))| (key.clone(), *count))
             .collect()
     }
+}
 
-    fn health(&self) -> LogHealth {
-        self.shared.health().clone()
+impl QuarantineStore for SqliteLog {
+    fn set_quarantine(&self, change: QuarantineChange) -> Reply<bool> {
+        self.send(|reply| Write::Quarantine { change, reply })
     }
 
-    fn head(&self) -> Result<Seq, LogError> {
-        self.reader()
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
-                row.get::<_, i64>(0)
+    fn quarantines(&self) -> Result<Vec<Quarantine>, LogError> {
+        let conn = self.reader();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT tenant, plugin, version, since_ms, until_ms FROM quarantines
+                 ORDER BY tenant, plugin",
+            )
+            .map_err(|e| self.store_error(e))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(Quarantine {
+                    tenant: row.get(0)?,
+                    plugin: row.get(1)?,
+                    version: row.get(2)?,
+                    since_ms: row.get(3)?,
+                    until_ms: row.get(4)?,
+                })
             })
-            .map(|s| s as Seq)
+            .map_err(|e| self.store_error(e))?;
+        rows.collect::<Result<_, _>>()
             .map_err(|e| self.store_error(e))
     }
 }
@@ -1863,7 +1937,7 @@ impl Writer {
 }
 
 /// Deletes what `retention` no longer keeps, within the writer's
-/// transaction: see [`EventLog::prune`].
+/// transaction: see [`EventStore::prune`].
 fn apply_retention(
     tx: &rusqlite::Transaction<'_>,
     now: i64,
