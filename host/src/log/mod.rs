@@ -11,8 +11,10 @@
 //! embedded one. Writes answer through a [`Reply`], awaited or waited
 //! for; reads block, and [`blocking`] runs one from an async task.
 //!
-//! [`SqliteLog`] is the embedded default.
+//! [`SqliteLog`] is the embedded default; [`MemoryLog`]
+//! keeps the same contract in memory, for tests.
 
+mod memory;
 mod replay;
 mod sqlite;
 
@@ -21,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use self::memory::{MemoryLog, MemoryLogConfig};
 pub use self::replay::{ReplayError, Replayed, replay};
 pub use self::sqlite::{Durability, LogStats, SqliteLog, SqliteLogConfig};
 use crate::event::Event;
