@@ -198,6 +198,9 @@ fn open_writer_connection(
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.execute_batch(SCHEMA)?;
+    // Room for every statement the writer prepares, so that none is
+    // compiled again between groups.
+    conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
 

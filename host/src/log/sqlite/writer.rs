@@ -370,6 +370,13 @@ impl Writer {
             config: &self.config,
             shared: &self.shared,
             changes: DeadLetterChanges::new(),
+            insert_event: tx.prepare_cached(
+                "INSERT INTO events (tenant, appended_at_ms, body) VALUES (?1, ?2, ?3)",
+            )?,
+            insert_key: tx.prepare_cached(
+                "INSERT INTO ingest_keys (tenant, source, id, seq, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (tenant, source, id) DO NOTHING",
+            )?,
         };
         let outcomes = group
             .iter()
@@ -378,7 +385,8 @@ impl Writer {
         if forget_keys {
             group_tx.forget_ingest_keys()?;
         }
-        let changes = group_tx.changes;
+        let changes = std::mem::take(&mut group_tx.changes);
+        drop(group_tx);
         tx.commit()?;
         self.commits_since_prune = if forget_keys {
             0
@@ -400,6 +408,10 @@ struct GroupTx<'a> {
     config: &'a SqliteLogConfig,
     shared: &'a Shared,
     changes: DeadLetterChanges,
+    /// The statements of the common case, a new event, prepared once
+    /// for the group.
+    insert_event: rusqlite::CachedStatement<'a>,
+    insert_key: rusqlite::CachedStatement<'a>,
 }
 
 /// A position as SQLite stores it.
@@ -445,7 +457,7 @@ impl GroupTx<'_> {
     }
 
     fn append(
-        &self,
+        &mut self,
         events: &[Event],
         bodies: &[String],
     ) -> Result<Vec<Appended>, rusqlite::Error> {
@@ -459,15 +471,15 @@ impl GroupTx<'_> {
     /// Stores one event unless its key was appended within the duplicate
     /// window. The common case, a new event, takes two statements: the
     /// event, then its key.
-    fn append_one(&self, event: &Event, body: &str) -> Result<Appended, rusqlite::Error> {
+    fn append_one(&mut self, event: &Event, body: &str) -> Result<Appended, rusqlite::Error> {
         let seq = self.put_event(event, body)?;
-        let claimed = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO ingest_keys (tenant, source, id, seq, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (tenant, source, id) DO NOTHING",
-            )?
-            .execute(params![event.tenant, event.source, event.id, seq, self.now])?;
+        let claimed = self.insert_key.execute(params![
+            event.tenant,
+            event.source,
+            event.id,
+            seq,
+            self.now
+        ])?;
         if claimed == 0 {
             let (earlier, at) = self
                 .tx
@@ -500,11 +512,8 @@ impl GroupTx<'_> {
     }
 
     /// Stores an event; answers its position.
-    fn put_event(&self, event: &Event, body: &str) -> Result<i64, rusqlite::Error> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO events (tenant, appended_at_ms, body) VALUES (?1, ?2, ?3)",
-            )?
+    fn put_event(&mut self, event: &Event, body: &str) -> Result<i64, rusqlite::Error> {
+        self.insert_event
             .execute(params![event.tenant, self.now, body])?;
         Ok(self.tx.last_insert_rowid())
     }
