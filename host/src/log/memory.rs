@@ -74,7 +74,9 @@ struct Tables {
     state: HashMap<Plugin, BTreeMap<String, Vec<u8>>>,
 }
 
-/// The log in memory: see [the module](self).
+/// The log in memory, lost when it is dropped: the contract of the
+/// embedded log without a file, for tests of what sits on top of the log.
+/// Every write is durable at once; the log is always writable.
 #[derive(Default)]
 pub struct MemoryLog {
     config: MemoryLogConfig,
