@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plugbus::durable::{DurableBus, DurableConfig, RetryPolicy};
-use plugbus::log::{EventLog, Pending, QuarantineChange, ReadLimit, SqliteLog, SqliteLogConfig};
+use plugbus::log::{
+    CursorStore, DeadLetterStore, EventStore, QuarantineChange, QuarantineStore, ReadLimit, Reply,
+    SqliteLog, SqliteLogConfig,
+};
 use plugbus::{Event, FailureKind, Host, HostConfig};
 use plugbus_artifacts as artifacts;
 use plugbus_tests::{PluginsDir, event};
@@ -1167,8 +1170,8 @@ impl plugbus::state::StateStore for PanickyLog {
     }
 }
 
-impl EventLog for PanickyLog {
-    fn append(&self, events: Vec<Event>) -> Pending<Vec<plugbus::log::Appended>> {
+impl EventStore for PanickyLog {
+    fn append(&self, events: Vec<Event>) -> Reply<Vec<plugbus::log::Appended>> {
         self.log.append(events)
     }
 
@@ -1193,6 +1196,29 @@ impl EventLog for PanickyLog {
         self.log.count_after(tenant, after, limit)
     }
 
+    fn first_since(&self, tenant: &str, at_ms: i64) -> Result<Option<u64>, plugbus::log::LogError> {
+        self.log.first_since(tenant, at_ms)
+    }
+
+    fn head(&self) -> Result<u64, plugbus::log::LogError> {
+        self.log.head()
+    }
+
+    fn prune(
+        &self,
+        retention: plugbus::log::Retention,
+        live: Vec<(String, String)>,
+    ) -> Reply<plugbus::log::Pruned> {
+        self.prunes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if Self::take(&self.prune_panics) {
+            panic!("the log failed to prune (a test's fault)");
+        }
+        self.log.prune(retention, live)
+    }
+}
+
+impl CursorStore for PanickyLog {
     fn cursor(&self, tenant: &str, plugin: &str) -> Result<Option<u64>, plugbus::log::LogError> {
         self.log.cursor(tenant, plugin)
     }
@@ -1201,10 +1227,12 @@ impl EventLog for PanickyLog {
         self.log.ahead(tenant, plugin)
     }
 
-    fn commit(&self, commit: plugbus::log::Commit) -> Pending<plugbus::log::Committed> {
+    fn commit(&self, commit: plugbus::log::Commit) -> Reply<plugbus::log::Committed> {
         self.log.commit(commit)
     }
+}
 
+impl DeadLetterStore for PanickyLog {
     fn dead_letters(
         &self,
         tenant: &str,
@@ -1217,11 +1245,11 @@ impl EventLog for PanickyLog {
         self.log.dead_letter_plugins(tenant)
     }
 
-    fn discard_dead_letter(&self, tenant: &str, plugin: &str, seq: u64) -> Pending<bool> {
+    fn discard_dead_letter(&self, tenant: &str, plugin: &str, seq: u64) -> Reply<bool> {
         self.log.discard_dead_letter(tenant, plugin, seq)
     }
 
-    fn request_redrive(&self, tenant: &str, plugin: &str, seq: u64) -> Pending<bool> {
+    fn request_redrive(&self, tenant: &str, plugin: &str, seq: u64) -> Reply<bool> {
         self.log.request_redrive(tenant, plugin, seq)
     }
 
@@ -1237,34 +1265,15 @@ impl EventLog for PanickyLog {
     fn dead_letter_depths(&self) -> plugbus::log::DeadLetterDepths {
         self.log.dead_letter_depths()
     }
+}
 
-    fn set_quarantine(&self, change: QuarantineChange) -> Pending<bool> {
+impl QuarantineStore for PanickyLog {
+    fn set_quarantine(&self, change: QuarantineChange) -> Reply<bool> {
         self.log.set_quarantine(change)
     }
 
     fn quarantines(&self) -> Result<Vec<plugbus::log::Quarantine>, plugbus::log::LogError> {
         self.log.quarantines()
-    }
-
-    fn first_since(&self, tenant: &str, at_ms: i64) -> Result<Option<u64>, plugbus::log::LogError> {
-        self.log.first_since(tenant, at_ms)
-    }
-
-    fn head(&self) -> Result<u64, plugbus::log::LogError> {
-        self.log.head()
-    }
-
-    fn prune(
-        &self,
-        retention: plugbus::log::Retention,
-        live: Vec<(String, String)>,
-    ) -> Pending<plugbus::log::Pruned> {
-        self.prunes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if Self::take(&self.prune_panics) {
-            panic!("the log failed to prune (a test's fault)");
-        }
-        self.log.prune(retention, live)
     }
 }
 

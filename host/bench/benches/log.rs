@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use plugbus::Event;
-use plugbus::log::{Durability, EventLog, SqliteLog, SqliteLogConfig};
+use plugbus::log::{Durability, EventStore, SqliteLog, SqliteLogConfig};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 

@@ -18,8 +18,8 @@ use super::{Gauges, Inner, PluginKey, Quarantine, budget_share, join_failure};
 use plugbus_core::Outcome;
 use plugbus_core::event::Event;
 use plugbus_log::{
-    Attempt, Commit, DeadLetter, EventLog, LogError, QuarantineChange, ReadLimit, Seq, StoredEvent,
-    now_ms,
+    Commit, DeadLetter, EventLog, FailedAttempt, LogError, QuarantineChange, ReadLimit, Seq,
+    StoredEvent, now_ms,
 };
 use plugbus_runtime::Delivery;
 use plugbus_runtime::dispatch::{Effects, Item};
@@ -52,9 +52,9 @@ enum Verdict {
     /// Handled: what it left behind is committed.
     Handled(Effects),
     /// Failed, to be tried again after the wait, with every attempt so far.
-    Retry(Vec<Attempt>, Duration),
+    Retry(Vec<FailedAttempt>, Duration),
     /// Given up: a dead letter with every attempt.
-    Dead(Vec<Attempt>),
+    Dead(Vec<FailedAttempt>),
 }
 
 /// Something delivered through [`Consumer::deliver`]: an event read from
@@ -493,7 +493,7 @@ impl Consumer {
         plugin: &plugbus_runtime::Plugin,
         delivery: Delivery,
         effects: Effects,
-        earlier: impl FnOnce() -> Vec<Attempt>,
+        earlier: impl FnOnce() -> Vec<FailedAttempt>,
     ) -> Verdict {
         let Outcome::Failed(failure) = delivery.outcome else {
             return Verdict::Handled(effects);
@@ -759,7 +759,7 @@ impl Consumer {
             "redriving a dead letter"
         );
         let dead = Arc::new(dead);
-        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut attempts: Vec<FailedAttempt> = Vec::new();
         loop {
             let attempt = u32::try_from(attempts.len() + 1).unwrap_or(u32::MAX);
             let reports = self
@@ -829,14 +829,14 @@ impl Consumer {
     fn failed(
         &self,
         plugin: &plugbus_runtime::Plugin,
-        attempts: &mut Vec<Attempt>,
+        attempts: &mut Vec<FailedAttempt>,
         failure: plugbus_core::Failure,
         plugin_version: &str,
         fuel: u64,
     ) -> Option<Duration> {
         let retryable = failure.kind.is_retryable();
         let max_attempts = plugin.manifest().max_attempts;
-        attempts.push(Attempt {
+        attempts.push(FailedAttempt {
             kind: failure.kind,
             message: failure.message,
             fuel,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::{DurableConfig, MAX_PENDING};
-use plugbus_log::{Attempt, Commit, ReadLimit, Seq, StoredEvent};
+use plugbus_log::{Commit, FailedAttempt, ReadLimit, Seq, StoredEvent};
 
 /// What an event keeps its order with, for one plugin: the events of the
 /// same partition key (the CloudEvents `partitionkey` extension, else the
@@ -46,7 +46,7 @@ impl OrderKey {
 #[derive(Debug)]
 struct Waiting {
     seq: Seq,
-    attempts: Vec<Attempt>,
+    attempts: Vec<FailedAttempt>,
     retry_at: Instant,
 }
 
@@ -189,7 +189,7 @@ impl ReadAhead {
 
     /// Takes the failed attempts so far of the pending event at `seq`
     /// (none when it is not waiting for a retry).
-    pub(super) fn attempts(&mut self, seq: Seq) -> Vec<Attempt> {
+    pub(super) fn attempts(&mut self, seq: Seq) -> Vec<FailedAttempt> {
         let Some(stored) = self.pending.get(&seq) else {
             return Vec::new();
         };
@@ -205,7 +205,12 @@ impl ReadAhead {
     }
 
     /// Holds `stored` (and the later events of its key) until `retry_at`.
-    pub(super) fn wait(&mut self, stored: &StoredEvent, attempts: Vec<Attempt>, retry_at: Instant) {
+    pub(super) fn wait(
+        &mut self,
+        stored: &StoredEvent,
+        attempts: Vec<FailedAttempt>,
+        retry_at: Instant,
+    ) {
         self.waiting.insert(
             OrderKey::of(stored),
             Waiting {
@@ -325,8 +330,8 @@ mod tests {
         due.iter().map(|(s, a)| (s.seq, *a)).collect()
     }
 
-    fn attempt() -> Attempt {
-        Attempt {
+    fn attempt() -> FailedAttempt {
+        FailedAttempt {
             kind: plugbus_core::FailureKind::Trap,
             message: "boom".into(),
             fuel: 0,

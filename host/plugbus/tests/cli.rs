@@ -759,7 +759,7 @@ fn serve_takes_retry_and_quarantine_flags() {
 /// one; lifting a plugin that is not quarantined is an error naming it.
 #[test]
 fn quarantines_from_the_command_line() {
-    use plugbus::log::{EventLog, Quarantine, QuarantineChange, SqliteLog, SqliteLogConfig};
+    use plugbus::log::{Quarantine, QuarantineChange, QuarantineStore, SqliteLog, SqliteLogConfig};
     let data = tempfile::tempdir().expect("data directory");
     let data_dir = data.path().to_str().expect("utf-8 path");
     {

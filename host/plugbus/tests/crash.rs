@@ -14,7 +14,7 @@ use std::io::{BufRead as _, Write as _};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use plugbus::log::{EventLog, SqliteLog, SqliteLogConfig};
+use plugbus::log::{CursorStore, EventStore, SqliteLog, SqliteLogConfig};
 use plugbus_artifacts as artifacts;
 
 const TENANT: &str = "acme-pos";

@@ -527,7 +527,7 @@ fn sigterm_under_load_loses_no_acknowledged_event() {
         "only {} events were acknowledged",
         acked.len()
     );
-    use plugbus::log::EventLog as _;
+    use plugbus::log::EventStore as _;
     let log = plugbus::log::SqliteLog::open(
         &data.path().join("data"),
         plugbus::log::SqliteLogConfig::default(),

@@ -1,12 +1,23 @@
-//! The embedded event log: durability across reopen, duplicates within the
-//! window, per-tenant reads in order, durable cursors, group commit,
-//! plugin state committed with the cursor, and clear errors for a bad data
-//! directory or a corrupted file.
+//! The event log's contract, run against both implementations — the
+//! embedded [`SqliteLog`] and the in-memory [`MemoryLog`] — in the modules
+//! `sqlite` and `memory`: positions, duplicates within the window,
+//! per-tenant reads, cursors and what was finished ahead, plugin state
+//! committed with the cursor, dead letters and their quotas, redrives,
+//! quarantines and retention by age.
+//!
+//! Below them, what only the embedded log does: durability across a
+//! reopen, group commit, retention by the file's size, and clear errors
+//! for a bad data directory or a corrupted file.
 
 use std::time::Duration;
 
 use plugbus::Event;
-use plugbus::log::{Durability, EventLog, LogError, SqliteLog, SqliteLogConfig};
+use plugbus::log::{
+    Commit, CursorStore, DeadLetter, DeadLetterQuota, DeadLetterStore, Durability, EventLog,
+    EventStore, FailedAttempt, LogError, MemoryLog, MemoryLogConfig, Quarantine, QuarantineChange,
+    ReadLimit, Retention, SqliteLog, SqliteLogConfig,
+};
+use plugbus::state::StateWrite;
 
 fn event(tenant: &str, id: &str, ty: &str) -> Event {
     Event::from_json_value(serde_json::json!({
@@ -24,6 +35,792 @@ fn event(tenant: &str, id: &str, ty: &str) -> Event {
 
 fn open(dir: &std::path::Path) -> SqliteLog {
     SqliteLog::open(dir, SqliteLogConfig::default()).expect("open the log")
+}
+
+/// A new, empty log for a contract test, and the directory that holds
+/// its files (dropped after it).
+struct Opened {
+    log: Box<dyn EventLog>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for Opened {
+    type Target = dyn EventLog;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.log
+    }
+}
+
+/// Opens a log of one implementation with the given settings.
+type Open = dyn Fn(MemoryLogConfig) -> Opened;
+
+fn sqlite(config: MemoryLogConfig) -> Opened {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SqliteLog::open(
+        dir.path(),
+        SqliteLogConfig {
+            duplicate_window: config.duplicate_window,
+            dead_letters: config.dead_letters,
+            tenant_dead_letters: config.tenant_dead_letters,
+            ..SqliteLogConfig::default()
+        },
+    )
+    .expect("open the log");
+    Opened {
+        log: Box::new(log),
+        _dir: Some(dir),
+    }
+}
+
+fn memory(config: MemoryLogConfig) -> Opened {
+    Opened {
+        log: Box::new(MemoryLog::with_config(config)),
+        _dir: None,
+    }
+}
+
+/// Runs each contract test against both implementations.
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $test() {
+                super::$test(&super::sqlite);
+            })*
+        }
+        mod memory {
+            $(#[test]
+            fn $test() {
+                super::$test(&super::memory);
+            })*
+        }
+    };
+}
+
+contract!(
+    appended_events_are_read_back_by_tenant_in_order,
+    the_same_tenant_source_and_id_is_stored_once_within_the_window,
+    a_repeat_is_stored_again_without_a_window,
+    cursors_are_per_plugin,
+    a_commit_with_an_expected_cursor_keeps_what_was_finished_ahead,
+    state_commits_with_the_cursor,
+    emitted_events_are_appended_with_the_commit,
+    retention_by_age_keeps_what_a_live_plugin_has_not_handled,
+    first_since_finds_the_first_event_appended_at_or_after_a_time,
+    count_after_counts_a_tenants_events_up_to_a_limit,
+    a_read_stops_at_its_byte_bound,
+    redrives_are_read_a_few_at_a_time,
+    a_dead_letter_redriven_or_stored_again_is_done_being_redriven,
+    dead_letter_depths_are_kept_as_they_change,
+    a_tenants_dead_letters_stop_at_its_quota_in_number,
+    a_tenants_dead_letters_stop_at_its_quota_in_bytes,
+    quarantines_are_recorded_and_lifted,
+);
+
+fn attempt() -> FailedAttempt {
+    FailedAttempt {
+        kind: plugbus::FailureKind::HandlerPermanent,
+        message: "no".into(),
+        fuel: 1,
+        plugin_version: "v1".into(),
+        at_ms: 0,
+    }
+}
+
+/// The dead letter of the event `e-{seq:03}` of `tenant`.
+fn dead_letter(tenant: &str, seq: u64) -> DeadLetter {
+    DeadLetter {
+        seq,
+        event: event(tenant, &format!("e-{seq:03}"), "order.placed"),
+        attempts: vec![attempt()],
+    }
+}
+
+/// Commits dead letters of `seqs` for `plugin` of `tenant`; answers the
+/// refused ones.
+fn give_up(log: &dyn EventLog, tenant: &str, plugin: &str, seqs: &[u64]) -> Vec<u64> {
+    log.commit(Commit {
+        tenant: tenant.into(),
+        plugin: plugin.into(),
+        dead_letters: seqs.iter().map(|&seq| dead_letter(tenant, seq)).collect(),
+        ..Commit::default()
+    })
+    .wait()
+    .expect("commit")
+    .refused_dead_letters
+}
+
+fn seqs(events: &[plugbus::log::StoredEvent]) -> Vec<u64> {
+    events.iter().map(|s| s.seq).collect()
+}
+
+fn set(key: &str, value: &str) -> StateWrite {
+    StateWrite {
+        key: key.into(),
+        value: Some(value.as_bytes().to_vec()),
+    }
+}
+
+fn appended_events_are_read_back_by_tenant_in_order(open: &Open) {
+    let log = open(MemoryLogConfig::default());
+    assert_eq!(log.head().expect("head"), 0, "empty");
+    let events = vec![
+        event("acme", "e-1", "order.placed"),
+        event("acme", "e-2", "payment.completed"),
+        event("globex", "e-1", "order.placed"),
+    ];
+    let appended = log.append(events.clone()).wait().expect("append");
+    let positions: Vec<_> = appended.iter().map(|a| a.seq).collect();
+    assert_eq!(positions, [1, 2, 3]);
+    assert!(appended.iter().all(|a| !a.duplicate));
+    assert_eq!(log.head().expect("head"), 3);
+    let acme = log.read("acme", 0, 10).expect("read");
+    assert_eq!(seqs(&acme), [1, 2]);
+    assert_eq!(acme[0].event, events[0]);
+    assert_eq!(acme[1].event, events[1]);
+    assert!(acme[0].appended_at_ms > 0);
+    // After a position, and up to a limit; only the tenant's own events.
+    assert_eq!(seqs(&log.read("acme", 1, 10).expect("read")), [2]);
+    assert_eq!(log.read("acme", 0, 1).expect("read").len(), 1);
+    assert!(log.read("acme", 2, 10).expect("read").is_empty());
+    assert!(log.read("initech", 0, 10).expect("read").is_empty());
+    let globex = log.read("globex", 0, 10).expect("read");
+    assert_eq!(seqs(&globex), [3]);
+    assert_eq!(globex[0].event.tenant, "globex");
+    let more = log
+        .append(vec![event("acme", "e-3", "order.placed")])
+        .wait()
+        .expect("append");
+    assert_eq!(more[0].seq, 4);
+}
+
+fn the_same_tenant_source_and_id_is_stored_once_within_the_window(open: &Open) {
+    let log = open(MemoryLogConfig::default());
+    let first = log
+        .append(vec![event("acme", "e-1", "order.placed")])
+        .wait()
+        .expect("append");
+    // Again, alone and inside a batch with a new event; and the same id in
+    // another tenant, which is another event.
+    let again = log
+        .append(vec![
+            event("acme", "e-1", "order.placed"),
+            event("acme", "e-2", "order.placed"),
+            event("globex", "e-1", "order.placed"),
+            event("acme", "e-2", "order.placed"),
+        ])
+        .wait()
+        .expect("append");
+    assert!(again[0].duplicate);
+    assert_eq!(again[0].seq, first[0].seq);
+    assert!(!again[1].duplicate);
+    assert!(!again[2].duplicate);
+    assert!(
+        again[3].duplicate,
+        "a repeat within one batch is a duplicate too"
+    );
+    assert_eq!(again[3].seq, again[1].seq);
+    assert_eq!(log.read("acme", 0, 10).expect("read").len(), 2);
+    assert_eq!(log.read("globex", 0, 10).expect("read").len(), 1);
+    // A refused duplicate leaves a gap: positions are never reused.
+    let next = log
+        .append(vec![event("acme", "e-3", "order.placed")])
+        .wait()
+        .expect("append");
+    assert_eq!(next[0].seq, 6);
+}
+
+fn a_repeat_is_stored_again_without_a_window(open: &Open) {
+    let log = open(MemoryLogConfig {
+        duplicate_window: Duration::ZERO,
+        ..MemoryLogConfig::default()
+    });
+    let e = event("acme", "e-1", "order.placed");
+    log.append(vec![e.clone()]).wait().expect("append");
+    let again = log.append(vec![e]).wait().expect("append");
+    assert!(!again[0].duplicate);
+    assert!(again[0].seq > 1);
+    assert_eq!(log.read("acme", 0, 10).expect("read").len(), 2);
+}
+
+fn cursors_are_per_plugin(open: &Open) {
+    let log = open(MemoryLogConfig::default());
+    assert_eq!(log.cursor("acme", "order-saga").expect("cursor"), None);
+    for (plugin, seq) in [("order-saga", 7), ("audit-log", 3), ("order-saga", 9)] {
+        let committed = log
+            .commit_cursor("acme", plugin, seq)
+            .wait()
+            .expect("commit");
+        assert!(committed.cursor_moved);
+    }
+    assert_eq!(log.cursor("acme", "order-saga").expect("cursor"), Some(9));
+    assert_eq!(log.cursor("acme", "audit-log").expect("cursor"), Some(3));
+    assert_eq!(log.cursor("globex", "order-saga").expect("cursor"), None);
+}
+
+fn a_commit_with_an_expected_cursor_keeps_what_was_finished_ahead(open: &Open) {
+    let log = open(MemoryLogConfig::default());
+    let commit = |cursor, expected, ahead: &[u64]| {
+        log.commit(Commit {
+            tenant: "acme".into(),
+            plugin: "saga".into(),
+            cursor,
+            expected,
+            ahead: ahead.to_vec(),
+            ..Commit::default()
+        })
+        .wait()
+        .expect("commit")
+    };
+    // Without a cursor yet, an expected one is not there: nothing moves.
+    assert!(!commit(2, Some(0), &[4]).cursor_moved);
+    assert_eq!(log.cursor("acme", "saga").expect("cursor"), None);
+    log.commit_cursor("acme", "saga", 0).wait().expect("commit");
+    assert!(commit(2, Some(0), &[4, 6]).cursor_moved);
+    assert_eq!(log.ahead("acme", "saga").expect("ahead"), [4, 6]);
+    // The records the cursor passes are dropped.
+    assert!(commit(5, Some(2), &[7]).cursor_moved);
+    assert_eq!(log.ahead("acme", "saga").expect("ahead"), [6, 7]);
+    // Moved by someone else meanwhile: the cursor and the records stay.
+    assert!(!commit(9, Some(2), &[10]).cursor_moved);
+    assert_eq!(log.cursor("acme", "saga").expect("cursor"), Some(5));
+    assert_eq!(log.ahead("acme", "saga").expect("ahead"), [6, 7]);
+    // Moved by force (a replay): what was finished ahead goes again.
+    log.commit_cursor("acme", "saga", 1).wait().expect("commit");
+    assert!(log.ahead("acme", "saga").expect("ahead").is_empty());
+    assert!(log.ahead("acme", "other").expect("ahead").is_empty());
+}
+
+fn state_commits_with_the_cursor(open: &Open) {
+    let log = open(MemoryLogConfig::default());
+    log.append(vec![event("acme", "e-1", "order.placed")])
+        .wait()
+        .expect("append");
+    log.commit(Commit {
+        tenant: "acme".into(),
+        plugin: "saga".into(),
+        cursor: 1,
+        state: vec![set("order/1", "placed"), set("tmp", "x")],
+        ..Commit::default()
+    })
+    .wait()
+    .expect("commit");
+    assert_eq!(log.cursor("acme", "saga").expect("cursor"), Some(1));
+    assert_eq!(
+        log.get("acme", "saga", "order/1").expect("get"),
+        Some(b"placed".to_vec())
+    );
+    // Writes outside a commit (the in-memory paths) apply in order.
+    log.apply(
+        "acme",
+        "saga",
+        &[
+            set("order/1", "paid"),
+            StateWrite {
+                key: "tmp".into(),
+                value: None,
+            },
+        ],
+    )
+    .expect("apply");
+    assert_eq!(
+        log.get("acme", "saga", "order/1").expect("get"),
+        Some(b"paid".to_vec())
+    );
+    assert_eq!(log.get("acme", "saga", "tmp").expect("get"), None);
+    // Scoped to tenant and plugin.
+    assert_eq!(log.get("acme", "other", "order/1").expect("get"), None);
+    assert_eq!(log.get("globex", "saga", "order/1").expect("get"), None);
+}
+
+fn emitted_events_are_appended_with_the_commit(open: &Open) {
+    let log = open(MemoryLogConfig::default());
+    log.append(vec![event("acme", "e-1", "order.placed")])
+        .wait()
+        .expect("append");
+    let committed = log
+        .commit(Commit {
+            tenant: "acme".into(),
+            plugin: "saga".into(),
+            cursor: 1,
+            emitted: vec![
+                event("acme", "x-1", "invoice.sent"),
+                event("globex", "x-2", "invoice.sent"),
+            ],
+            ..Commit::default()
+        })
+        .wait()
+        .expect("commit");
+    assert_eq!(committed.emitted, [2, 3]);
+    assert!(committed.cursor_moved);
+    assert!(committed.refused_dead_letters.is_empty());
+    assert_eq!(seqs(&log.read("acme", 0, 10).expect("read")), [1, 2]);
+    assert_eq!(log.read("globex", 0, 10).expect("read")[0].event.id, "x-2");
+}
+
+fn retention_by_age_keeps_what_a_live_plugin_has_not_handled(open: &Open) {
+    let log = open(MemoryLogConfig::default());
+    let acme: Vec<_> = (1..=6)
+        .map(|i| event("acme", &format!("a-{i}"), "order.placed"))
+        .collect();
+    log.append(acme).wait().expect("append");
+    log.append(vec![
+        event("globex", "g-1", "order.placed"),
+        event("globex", "g-2", "order.placed"),
+    ])
+    .wait()
+    .expect("append");
+    for (plugin, seq) in [("fast", 5), ("slow", 3), ("removed", 0)] {
+        log.commit_cursor("acme", plugin, seq)
+            .wait()
+            .expect("cursor");
+    }
+    // Every event is older than a zero age once a millisecond has passed.
+    std::thread::sleep(Duration::from_millis(5));
+    let live = vec![
+        ("acme".to_owned(), "fast".to_owned()),
+        ("acme".to_owned(), "slow".to_owned()),
+    ];
+    let everything_old = Retention {
+        max_age: Some(Duration::ZERO),
+        max_bytes: None,
+    };
+    let pruned = log
+        .prune(everything_old, live.clone())
+        .wait()
+        .expect("prune");
+    // acme loses what its slowest live plugin handled (1..=3); the cursor
+    // of a plugin that is no longer loaded holds nothing back. globex has
+    // no live plugin: its events go.
+    assert_eq!(pruned.deleted, 5);
+    assert!(!pruned.held_back);
+    assert_eq!(seqs(&log.read("acme", 0, 100).expect("read")), [4, 5, 6]);
+    assert!(log.read("globex", 0, 100).expect("read").is_empty());
+    // Positions are never reused.
+    let appended = log
+        .append(vec![event("globex", "g-3", "order.placed")])
+        .wait()
+        .expect("append");
+    assert_eq!(appended[0].seq, 9);
+    // No bound, nothing deleted.
+    let pruned = log.prune(Retention::default(), live).wait().expect("prune");
+    assert_eq!(pruned.deleted, 0);
+}
+
+fn first_since_finds_the_first_event_appended_at_or_after_a_time(open: &Open) {
+    let log = open(MemoryLogConfig::default());
+    log.append(vec![event("acme", "e-1", "order.placed")])
+        .wait()
+        .expect("append");
+    std::thread::sleep(Duration::from_millis(20));
+    let between = plugbus::log::now_ms();
+    std::thread::sleep(Duration::from_millis(20));
+    log.append(vec![
+        event("globex", "g-1", "order.placed"),
+        event("acme", "e-2", "order.placed"),
+    ])
+    .wait()
+    .expect("append");
+    assert_eq!(log.first_since("acme", 0).expect("query"), Some(1));
+    assert_eq!(log.first_since("acme", between).expect("query"), Some(3));
+    assert_eq!(log.first_since("globex", between).expect("query"), Some(2));
+    assert_eq!(
+        log.first_since("acme", plugbus::log::now_ms() + 60_000)
+            .expect("query"),
+        None
+    );
+}
+
+fn count_after_counts_a_tenants_events_up_to_a_limit(open: &Open) {
+    let log = open(MemoryLogConfig::default());
+    log.append(vec![
+        event("acme", "e-1", "order.placed"),
+        event("globex", "g-1", "order.placed"),
+        event("acme", "e-2", "order.placed"),
+        event("acme", "e-3", "order.placed"),
+    ])
+    .wait()
+    .expect("append");
+    assert_eq!(log.count_after("acme", 0, 100).expect("count"), 3);
+    assert_eq!(log.count_after("acme", 1, 100).expect("count"), 2);
+    assert_eq!(
+        log.count_after("acme", 0, 2).expect("count"),
+        2,
+        "the limit"
+    );
+    assert_eq!(log.count_after("globex", 2, 100).expect("count"), 0);
+}
+
+fn a_read_stops_at_its_byte_bound(open: &Open) {
+    let log = open(MemoryLogConfig::default());
+    let events: Vec<_> = (0..5)
+        .map(|i| event("acme", &format!("e-{i}"), "order.placed"))
+        .collect();
+    log.append(events).wait().expect("append");
+    let all = log.read("acme", 0, 10).expect("read");
+    let size = all[0].bytes;
+    assert!(all.iter().all(|s| s.bytes == size), "one size");
+    // The stored size is the event's JSON.
+    assert_eq!(size, all[0].event.to_json_string().len() as u64);
+    let read = |bytes: u64, first_always: bool| {
+        log.read_bounded(
+            "acme",
+            0,
+            ReadLimit {
+                events: 10,
+                bytes,
+                first_always,
+            },
+        )
+        .expect("read")
+        .len()
+    };
+    // Exactly three events' bytes: three; one byte less: two.
+    assert_eq!(read(3 * size, false), 3);
+    assert_eq!(read(3 * size - 1, false), 2);
+    // Less than one event: none when strict, one when asked for.
+    assert_eq!(read(size - 1, false), 0);
+    assert_eq!(read(size - 1, true), 1);
+    assert_eq!(read(0, true), 1);
+    // The event bound still holds.
+    assert_eq!(log.read("acme", 0, 2).expect("read").len(), 2);
+}
+
+fn redrives_are_read_a_few_at_a_time(open: &Open) {
+    let log = open(MemoryLogConfig::default());
+    give_up(&*log, "acme", "saga", &[1, 2, 3]);
+    for seq in 1..=3 {
+        assert!(
+            log.request_redrive("acme", "saga", seq)
+                .wait()
+                .expect("redrive")
+        );
+    }
+    // No dead letter, no request.
+    assert!(
+        !log.request_redrive("acme", "saga", 4)
+            .wait()
+            .expect("redrive")
+    );
+    let seqs = |limit| -> Vec<u64> {
+        log.redrives("acme", "saga", limit)
+            .expect("read")
+            .iter()
+            .map(|d| d.seq)
+            .collect()
+    };
+    assert_eq!(seqs(2), [1, 2]);
+    assert_eq!(seqs(10), [1, 2, 3]);
+    assert!(log.redrives("acme", "other", 10).expect("read").is_empty());
+    let letters = log.dead_letters("acme", "saga").expect("read");
+    assert_eq!(letters[0], dead_letter("acme", 1));
+}
+
+fn a_dead_letter_redriven_or_stored_again_is_done_being_redriven(open: &Open) {
+    let log = open(MemoryLogConfig::default());
+    give_up(&*log, "acme", "saga", &[1, 2, 3]);
+    for seq in 1..=3 {
+        log.request_redrive("acme", "saga", seq)
+            .wait()
+            .expect("redrive");
+    }
+    // 1 was handled, 2 failed again (its attempts grow), 3 was discarded.
+    let mut again = dead_letter("acme", 2);
+    again.attempts.push(attempt());
+    log.commit(Commit {
+        tenant: "acme".into(),
+        plugin: "saga".into(),
+        redriven: vec![1],
+        dead_letters: vec![again.clone()],
+        ..Commit::default()
+    })
+    .wait()
+    .expect("commit");
+    assert!(
+        log.discard_dead_letter("acme", "saga", 3)
+            .wait()
+            .expect("discard")
+    );
+    assert!(log.redrives("acme", "saga", 10).expect("read").is_empty());
+    assert_eq!(log.dead_letters("acme", "saga").expect("read"), [again]);
+    assert_eq!(log.dead_letter_plugins("acme").expect("plugins"), ["saga"]);
+    assert!(
+        log.dead_letter_plugins("globex")
+            .expect("plugins")
+            .is_empty()
+    );
+}
+
+fn dead_letter_depths_are_kept_as_they_change(open: &Open) {
+    let log = open(MemoryLogConfig::default());
+    let depth = |plugin: &str| {
+        log.dead_letter_depths()
+            .get(&("acme".to_owned(), plugin.to_owned()))
+            .copied()
+    };
+    assert!(log.dead_letter_depths().is_empty());
+    give_up(&*log, "acme", "saga", &[1, 2, 3]);
+    give_up(&*log, "acme", "audit", &[1]);
+    assert_eq!(depth("saga"), Some(3));
+    // A dead letter stored again (a redrive that failed again) is one.
+    give_up(&*log, "acme", "saga", &[3]);
+    assert_eq!(depth("saga"), Some(3));
+    // Discarded, and redriven successfully.
+    assert!(
+        log.discard_dead_letter("acme", "saga", 1)
+            .wait()
+            .expect("discard")
+    );
+    assert!(
+        !log.discard_dead_letter("acme", "saga", 1)
+            .wait()
+            .expect("discard")
+    );
+    log.commit(Commit {
+        tenant: "acme".into(),
+        plugin: "saga".into(),
+        redriven: vec![2],
+        ..Commit::default()
+    })
+    .wait()
+    .expect("commit");
+    assert_eq!(depth("saga"), Some(1));
+    assert!(
+        log.discard_dead_letter("acme", "audit", 1)
+            .wait()
+            .expect("discard")
+    );
+    assert_eq!(depth("audit"), None);
+    assert_eq!(log.dead_letter_depths().len(), 1);
+}
+
+fn a_tenants_dead_letters_stop_at_its_quota_in_number(open: &Open) {
+    let log = open(MemoryLogConfig {
+        dead_letters: DeadLetterQuota {
+            max_count: 3,
+            ..DeadLetterQuota::default()
+        },
+        ..MemoryLogConfig::default()
+    });
+    // Three fit, over two plugins; the fourth is refused, whichever plugin.
+    assert!(give_up(&*log, "acme", "saga", &[1, 2]).is_empty());
+    assert_eq!(give_up(&*log, "acme", "audit", &[3, 4]), [4]);
+    assert_eq!(give_up(&*log, "acme", "saga", &[5]), [5]);
+    assert_eq!(log.dead_letters("acme", "saga").expect("read").len(), 2);
+    assert_eq!(log.dead_letters("acme", "audit").expect("read").len(), 1);
+    // Another tenant has its own quota.
+    assert!(give_up(&*log, "globex", "saga", &[6, 7, 8]).is_empty());
+    // One stored again (a redrive that failed again) is kept at the quota.
+    assert!(give_up(&*log, "acme", "saga", &[1]).is_empty());
+    // Discarding one makes room for one.
+    assert!(
+        log.discard_dead_letter("acme", "saga", 1)
+            .wait()
+            .expect("discard")
+    );
+    assert!(give_up(&*log, "acme", "saga", &[9]).is_empty());
+    assert_eq!(give_up(&*log, "acme", "saga", &[10]), [10]);
+}
+
+/// The bytes of a dead letter as both logs count them: its event's and
+/// its attempts' JSON.
+fn dead_letter_bytes(dead: &DeadLetter) -> u64 {
+    let attempts = serde_json::to_string(&dead.attempts).expect("attempts");
+    (dead.event.to_json_string().len() + attempts.len()) as u64
+}
+
+fn a_tenants_dead_letters_stop_at_its_quota_in_bytes(open: &Open) {
+    // The ids are of one length: every dead letter is of one size.
+    let size = dead_letter_bytes(&dead_letter("acme", 1));
+    // Room for exactly two, then one byte short of two.
+    for (max_bytes, kept) in [(2 * size, 2), (2 * size - 1, 1)] {
+        let log = open(MemoryLogConfig {
+            dead_letters: DeadLetterQuota {
+                max_bytes,
+                ..DeadLetterQuota::default()
+            },
+            ..MemoryLogConfig::default()
+        });
+        let refused = give_up(&*log, "acme", "saga", &[1, 2, 3]);
+        assert_eq!(refused.len(), 3 - kept, "{refused:?}");
+        assert_eq!(give_up(&*log, "acme", "saga", &[4]), [4]);
+    }
+    // A tenant of its own.
+    let log = open(MemoryLogConfig {
+        tenant_dead_letters: [(
+            "acme".to_owned(),
+            DeadLetterQuota {
+                max_count: 1,
+                max_bytes: u64::MAX,
+            },
+        )]
+        .into(),
+        ..MemoryLogConfig::default()
+    });
+    assert_eq!(give_up(&*log, "acme", "saga", &[1, 2]), [2]);
+    assert!(give_up(&*log, "globex", "saga", &[1, 2]).is_empty());
+}
+
+fn quarantines_are_recorded_and_lifted(open: &Open) {
+    let log = open(MemoryLogConfig::default());
+    let quarantine = |tenant: &str, plugin: &str, version: &str| Quarantine {
+        tenant: tenant.into(),
+        plugin: plugin.into(),
+        version: version.into(),
+        since_ms: 1_000,
+        until_ms: 2_000,
+    };
+    assert!(log.quarantines().expect("read").is_empty());
+    for q in [
+        quarantine("globex", "saga", "v1"),
+        quarantine("acme", "saga", "v1"),
+        quarantine("acme", "saga", "v2"),
+    ] {
+        assert!(
+            log.set_quarantine(QuarantineChange::Begin(q))
+                .wait()
+                .expect("record")
+        );
+    }
+    // One per plugin, the latest; by tenant and plugin.
+    assert_eq!(
+        log.quarantines().expect("read"),
+        [
+            quarantine("acme", "saga", "v2"),
+            quarantine("globex", "saga", "v1")
+        ]
+    );
+    let lift = |tenant: &str| QuarantineChange::Lift {
+        tenant: tenant.into(),
+        plugin: "saga".into(),
+    };
+    assert!(log.set_quarantine(lift("acme")).wait().expect("lift"));
+    assert!(!log.set_quarantine(lift("acme")).wait().expect("lift"));
+    assert_eq!(
+        log.quarantines().expect("read"),
+        [quarantine("globex", "saga", "v1")]
+    );
+}
+
+#[tokio::test]
+async fn appends_can_be_awaited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = SqliteLogConfig {
+        durability: Durability::Os,
+        ..SqliteLogConfig::default()
+    };
+    let sqlite = SqliteLog::open(dir.path(), config).expect("open");
+    let memory = MemoryLog::new();
+    for log in [&sqlite as &dyn EventLog, &memory] {
+        let appended = log
+            .append(vec![event("acme", "e-1", "order.placed")])
+            .await
+            .expect("append");
+        assert_eq!(appended[0].seq, 1);
+        log.commit_cursor("acme", "p", 1).await.expect("commit");
+    }
+}
+
+#[tokio::test]
+async fn blocking_reads_run_off_the_async_task() {
+    let log: std::sync::Arc<dyn EventLog> = std::sync::Arc::new(MemoryLog::new());
+    log.append(vec![event("acme", "e-1", "order.placed")])
+        .await
+        .expect("append");
+    let read = plugbus::log::blocking(&log, |log| log.read("acme", 0, 10))
+        .await
+        .expect("read");
+    assert_eq!(seqs(&read), [1]);
+    // A read that panicked answers a closed log.
+    let panicked: Result<(), LogError> =
+        plugbus::log::blocking(&log, |_| panic!("a read that panics")).await;
+    assert!(matches!(panicked, Err(LogError::Closed)), "{panicked:?}");
+}
+
+// What only the embedded log does.
+
+#[test]
+fn duplicates_are_counted_apart_from_stored_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    let e = event("acme", "e-1", "order.placed");
+    log.append(vec![e.clone(), e.clone()])
+        .wait()
+        .expect("append");
+    log.append(vec![e]).wait().expect("append");
+    let stats = log.stats();
+    assert_eq!((stats.appended, stats.duplicates), (1, 2));
+}
+
+#[test]
+fn dead_letters_are_counted_again_when_the_log_opens_or_another_process_changes_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let depth = |log: &SqliteLog| {
+        log.dead_letter_depths()
+            .get(&("acme".to_owned(), "saga".to_owned()))
+            .copied()
+    };
+    {
+        let log = open(dir.path());
+        give_up(&log, "acme", "saga", &[1, 2]);
+    }
+    // Counted once when the log opens.
+    let log = open(dir.path());
+    assert_eq!(depth(&log), Some(2));
+    // Another process's changes (an operator's `plugbus dlq`) show within
+    // a few seconds, without a write of this one.
+    let other = open(dir.path());
+    give_up(&other, "acme", "saga", &[7]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while depth(&log) != Some(3) {
+        assert!(std::time::Instant::now() < deadline, "never counted again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn dead_letter_quotas_are_counted_again_when_the_log_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size = dead_letter_bytes(&dead_letter("acme", 1));
+    let open_with = |quota| {
+        SqliteLog::open(
+            dir.path(),
+            SqliteLogConfig {
+                dead_letters: quota,
+                ..SqliteLogConfig::default()
+            },
+        )
+        .expect("open the log")
+    };
+    let by_number = DeadLetterQuota {
+        max_count: 2,
+        ..DeadLetterQuota::default()
+    };
+    let log = open_with(by_number);
+    assert_eq!(give_up(&log, "acme", "saga", &[1, 2, 3]), [3]);
+    drop(log);
+    let log = open_with(by_number);
+    assert_eq!(give_up(&log, "acme", "audit", &[4]), [4]);
+    drop(log);
+    // The bytes too: two stored take the room of two.
+    let by_bytes = DeadLetterQuota {
+        max_bytes: 2 * size,
+        ..DeadLetterQuota::default()
+    };
+    let log = open_with(by_bytes);
+    assert_eq!(give_up(&log, "acme", "audit", &[5]), [5]);
+    // The bytes counted are what the file stores.
+    drop(log);
+    let db = rusqlite::Connection::open(dir.path().join("events.db")).expect("sqlite");
+    let stored: i64 = db
+        .query_row(
+            "SELECT octet_length(body) + octet_length(attempts) FROM dead_letters WHERE seq = 1",
+            [],
+            |row| row.get(0),
+        )
+        .expect("size");
+    assert_eq!(u64::try_from(stored).expect("a size"), size);
 }
 
 #[test]
@@ -64,54 +861,6 @@ fn appended_events_survive_a_reopen_in_order() {
         .wait()
         .expect("append");
     assert_eq!(more[0].seq, 4);
-}
-
-#[test]
-fn the_same_tenant_source_and_id_is_stored_once_within_the_window() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = open(dir.path());
-    let first = log
-        .append(vec![event("acme", "e-1", "order.placed")])
-        .wait()
-        .expect("append");
-    // Again, alone and inside a batch with a new event; and the same id in
-    // another tenant, which is another event.
-    let again = log
-        .append(vec![
-            event("acme", "e-1", "order.placed"),
-            event("acme", "e-2", "order.placed"),
-            event("globex", "e-1", "order.placed"),
-            event("acme", "e-2", "order.placed"),
-        ])
-        .wait()
-        .expect("append");
-    assert!(again[0].duplicate);
-    assert_eq!(again[0].seq, first[0].seq);
-    assert!(!again[1].duplicate);
-    assert!(!again[2].duplicate);
-    assert!(
-        again[3].duplicate,
-        "a repeat within one batch is a duplicate too"
-    );
-    assert_eq!(again[3].seq, again[1].seq);
-    assert_eq!(log.read("acme", 0, 10).expect("read").len(), 2);
-    assert_eq!(log.read("globex", 0, 10).expect("read").len(), 1);
-    let stats = log.stats();
-    assert_eq!((stats.appended, stats.duplicates), (3, 2));
-
-    // With no window, a repeat is stored again.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = SqliteLogConfig {
-        duplicate_window: Duration::ZERO,
-        ..SqliteLogConfig::default()
-    };
-    let log = SqliteLog::open(dir.path(), config).expect("open");
-    let e = event("acme", "e-1", "order.placed");
-    log.append(vec![e.clone()]).wait().expect("append");
-    let again = log.append(vec![e]).wait().expect("append");
-    assert!(!again[0].duplicate);
-    assert!(again[0].seq > 1);
-    assert_eq!(log.read("acme", 0, 10).expect("read").len(), 2);
 }
 
 #[test]
@@ -159,22 +908,6 @@ fn concurrent_appends_share_commits() {
     // transactions than requests.
     assert!(stats.commits < stats.requests, "{stats:?}");
     assert_eq!(log.read("acme", 0, 1000).expect("read").len(), 400);
-}
-
-#[tokio::test]
-async fn appends_can_be_awaited() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = SqliteLogConfig {
-        durability: Durability::Os,
-        ..SqliteLogConfig::default()
-    };
-    let log = SqliteLog::open(dir.path(), config).expect("open");
-    let appended = log
-        .append(vec![event("acme", "e-1", "order.placed")])
-        .await
-        .expect("append");
-    assert_eq!(appended[0].seq, 1);
-    log.commit_cursor("acme", "p", 1).await.expect("commit");
 }
 
 #[test]
@@ -265,64 +998,6 @@ fn state_commits_with_the_cursor_and_survives_a_reopen() {
 }
 
 #[test]
-fn retention_by_age_keeps_what_a_live_plugin_has_not_handled() {
-    use plugbus::log::Retention;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = open(dir.path());
-    let acme: Vec<_> = (1..=6)
-        .map(|i| event("acme", &format!("a-{i}"), "order.placed"))
-        .collect();
-    log.append(acme).wait().expect("append");
-    log.append(vec![
-        event("globex", "g-1", "order.placed"),
-        event("globex", "g-2", "order.placed"),
-    ])
-    .wait()
-    .expect("append");
-    for (plugin, seq) in [("fast", 5), ("slow", 3), ("removed", 0)] {
-        log.commit_cursor("acme", plugin, seq)
-            .wait()
-            .expect("cursor");
-    }
-    // Every event is older than a zero age once a millisecond has passed.
-    std::thread::sleep(Duration::from_millis(5));
-    let live = vec![
-        ("acme".to_owned(), "fast".to_owned()),
-        ("acme".to_owned(), "slow".to_owned()),
-    ];
-    let everything_old = Retention {
-        max_age: Some(Duration::ZERO),
-        max_bytes: None,
-    };
-    let pruned = log
-        .prune(everything_old, live.clone())
-        .wait()
-        .expect("prune");
-    // acme loses what its slowest live plugin handled (1..=3); the cursor
-    // of a plugin that is no longer loaded holds nothing back. globex has
-    // no live plugin: its events go.
-    assert_eq!(pruned.deleted, 5);
-    assert!(!pruned.held_back);
-    let left: Vec<_> = log
-        .read("acme", 0, 100)
-        .expect("read")
-        .iter()
-        .map(|s| s.seq)
-        .collect();
-    assert_eq!(left, [4, 5, 6]);
-    assert!(log.read("globex", 0, 100).expect("read").is_empty());
-    // Positions are never reused.
-    let appended = log
-        .append(vec![event("globex", "g-3", "order.placed")])
-        .wait()
-        .expect("append");
-    assert_eq!(appended[0].seq, 9);
-    // No bound, nothing deleted.
-    let pruned = log.prune(Retention::default(), live).wait().expect("prune");
-    assert_eq!(pruned.deleted, 0);
-}
-
-#[test]
 fn retention_by_size_deletes_the_oldest_handled_events() {
     use plugbus::log::Retention;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -373,349 +1048,4 @@ fn retention_by_size_deletes_the_oldest_handled_events() {
     let left = log.read("acme", 0, 1000).expect("read");
     assert_eq!(left.last().map(|s| s.seq), Some(260), "the newest stay");
     assert_eq!(left[0].seq, 151 + pruned.deleted, "the oldest went first");
-}
-
-#[test]
-fn first_since_finds_the_first_event_appended_at_or_after_a_time() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = open(dir.path());
-    log.append(vec![event("acme", "e-1", "order.placed")])
-        .wait()
-        .expect("append");
-    std::thread::sleep(Duration::from_millis(20));
-    let between = plugbus::log::now_ms();
-    std::thread::sleep(Duration::from_millis(20));
-    log.append(vec![
-        event("globex", "g-1", "order.placed"),
-        event("acme", "e-2", "order.placed"),
-    ])
-    .wait()
-    .expect("append");
-    assert_eq!(log.first_since("acme", 0).expect("query"), Some(1));
-    assert_eq!(log.first_since("acme", between).expect("query"), Some(3));
-    assert_eq!(log.first_since("globex", between).expect("query"), Some(2));
-    assert_eq!(
-        log.first_since("acme", plugbus::log::now_ms() + 60_000)
-            .expect("query"),
-        None
-    );
-}
-
-#[test]
-fn count_after_counts_a_tenants_events_up_to_a_limit() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = open(dir.path());
-    log.append(vec![
-        event("acme", "e-1", "order.placed"),
-        event("globex", "g-1", "order.placed"),
-        event("acme", "e-2", "order.placed"),
-        event("acme", "e-3", "order.placed"),
-    ])
-    .wait()
-    .expect("append");
-    assert_eq!(log.count_after("acme", 0, 100).expect("count"), 3);
-    assert_eq!(log.count_after("acme", 1, 100).expect("count"), 2);
-    assert_eq!(
-        log.count_after("acme", 0, 2).expect("count"),
-        2,
-        "the limit"
-    );
-    assert_eq!(log.count_after("globex", 2, 100).expect("count"), 0);
-}
-
-#[test]
-fn a_read_stops_at_its_byte_bound() {
-    use plugbus::log::ReadLimit;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = open(dir.path());
-    let events: Vec<_> = (0..5)
-        .map(|i| event("acme", &format!("e-{i}"), "order.placed"))
-        .collect();
-    log.append(events).wait().expect("append");
-    let all = log.read("acme", 0, 10).expect("read");
-    let size = all[0].bytes;
-    assert!(all.iter().all(|s| s.bytes == size), "one size");
-    // The stored size is the event's JSON.
-    assert_eq!(size, all[0].event.to_json_string().len() as u64);
-    let read = |bytes: u64, first_always: bool| {
-        log.read_bounded(
-            "acme",
-            0,
-            ReadLimit {
-                events: 10,
-                bytes,
-                first_always,
-            },
-        )
-        .expect("read")
-        .len()
-    };
-    // Exactly three events' bytes: three; one byte less: two.
-    assert_eq!(read(3 * size, false), 3);
-    assert_eq!(read(3 * size - 1, false), 2);
-    // Less than one event: none when strict, one when asked for.
-    assert_eq!(read(size - 1, false), 0);
-    assert_eq!(read(size - 1, true), 1);
-    assert_eq!(read(0, true), 1);
-    // The event bound still holds.
-    assert_eq!(log.read("acme", 0, 2).expect("read").len(), 2);
-}
-
-#[test]
-fn redrives_are_read_a_few_at_a_time() {
-    use plugbus::log::{Attempt, Commit, DeadLetter};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = open(dir.path());
-    let dead: Vec<_> = (1..=3)
-        .map(|seq| DeadLetter {
-            seq,
-            event: event("acme", &format!("e-{seq}"), "order.placed"),
-            attempts: vec![Attempt {
-                kind: plugbus::FailureKind::HandlerPermanent,
-                message: "no".into(),
-                fuel: 1,
-                plugin_version: "v1".into(),
-                at_ms: 0,
-            }],
-        })
-        .collect();
-    log.commit(Commit {
-        tenant: "acme".into(),
-        plugin: "saga".into(),
-        dead_letters: dead,
-        ..Commit::default()
-    })
-    .wait()
-    .expect("commit");
-    for seq in 1..=3 {
-        assert!(
-            log.request_redrive("acme", "saga", seq)
-                .wait()
-                .expect("redrive")
-        );
-    }
-    let seqs = |limit| -> Vec<u64> {
-        log.redrives("acme", "saga", limit)
-            .expect("read")
-            .iter()
-            .map(|d| d.seq)
-            .collect()
-    };
-    assert_eq!(seqs(2), [1, 2]);
-    assert_eq!(seqs(10), [1, 2, 3]);
-}
-
-/// Stores `seqs` as dead letters of `plugin` of `acme`.
-fn dead_letters(log: &SqliteLog, plugin: &str, seqs: &[u64]) {
-    use plugbus::log::{Attempt, Commit, DeadLetter};
-    log.commit(Commit {
-        tenant: "acme".into(),
-        plugin: plugin.into(),
-        dead_letters: seqs
-            .iter()
-            .map(|&seq| DeadLetter {
-                seq,
-                event: event("acme", &format!("e-{seq}"), "order.placed"),
-                attempts: vec![Attempt {
-                    kind: plugbus::FailureKind::HandlerPermanent,
-                    message: "no".into(),
-                    fuel: 1,
-                    plugin_version: "v1".into(),
-                    at_ms: 0,
-                }],
-            })
-            .collect(),
-        ..Commit::default()
-    })
-    .wait()
-    .expect("commit");
-}
-
-#[test]
-fn dead_letter_depths_are_kept_as_they_change() {
-    use plugbus::log::Commit;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let depth = |log: &SqliteLog, plugin: &str| {
-        log.dead_letter_depths()
-            .get(&("acme".to_owned(), plugin.to_owned()))
-            .copied()
-    };
-    {
-        let log = open(dir.path());
-        assert!(log.dead_letter_depths().is_empty());
-        dead_letters(&log, "saga", &[1, 2, 3]);
-        dead_letters(&log, "audit", &[1]);
-        assert_eq!(depth(&log, "saga"), Some(3));
-        // A dead letter stored again (a redrive that failed again) is one.
-        dead_letters(&log, "saga", &[3]);
-        assert_eq!(depth(&log, "saga"), Some(3));
-        // Discarded, and redriven successfully.
-        assert!(
-            log.discard_dead_letter("acme", "saga", 1)
-                .wait()
-                .expect("discard")
-        );
-        assert!(
-            !log.discard_dead_letter("acme", "saga", 1)
-                .wait()
-                .expect("discard")
-        );
-        log.commit(Commit {
-            tenant: "acme".into(),
-            plugin: "saga".into(),
-            redriven: vec![2],
-            ..Commit::default()
-        })
-        .wait()
-        .expect("commit");
-        assert_eq!(depth(&log, "saga"), Some(1));
-        assert!(
-            log.discard_dead_letter("acme", "audit", 1)
-                .wait()
-                .expect("discard")
-        );
-        assert_eq!(depth(&log, "audit"), None);
-    }
-    // Counted once when the log opens.
-    let log = open(dir.path());
-    assert_eq!(depth(&log, "saga"), Some(1));
-    assert_eq!(log.dead_letter_depths().len(), 1);
-    // Another process's changes (an operator's `plugbus dlq`) show within
-    // a few seconds, without a write of this one.
-    let other = open(dir.path());
-    dead_letters(&other, "saga", &[7, 8]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while depth(&log, "saga") != Some(3) {
-        assert!(std::time::Instant::now() < deadline, "never counted again");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A log whose tenants keep at most `quota` dead letters.
-fn open_with_quota(dir: &std::path::Path, quota: plugbus::log::DeadLetterQuota) -> SqliteLog {
-    SqliteLog::open(
-        dir,
-        SqliteLogConfig {
-            dead_letters: quota,
-            ..SqliteLogConfig::default()
-        },
-    )
-    .expect("open the log")
-}
-
-/// Commits dead letters of `seqs` for `plugin` of `tenant`; answers the
-/// refused ones.
-fn give_up(log: &SqliteLog, tenant: &str, plugin: &str, seqs: &[u64]) -> Vec<u64> {
-    use plugbus::log::{Attempt, Commit, DeadLetter};
-    log.commit(Commit {
-        tenant: tenant.into(),
-        plugin: plugin.into(),
-        dead_letters: seqs
-            .iter()
-            .map(|&seq| DeadLetter {
-                seq,
-                event: event(tenant, &format!("e-{seq:03}"), "order.placed"),
-                attempts: vec![Attempt {
-                    kind: plugbus::FailureKind::HandlerPermanent,
-                    message: "no".into(),
-                    fuel: 1,
-                    plugin_version: "v1".into(),
-                    at_ms: 0,
-                }],
-            })
-            .collect(),
-        ..Commit::default()
-    })
-    .wait()
-    .expect("commit")
-    .refused_dead_letters
-}
-
-#[test]
-fn a_tenants_dead_letters_stop_at_its_quota_in_number() {
-    use plugbus::log::DeadLetterQuota;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let quota = DeadLetterQuota {
-        max_count: 3,
-        ..DeadLetterQuota::default()
-    };
-    let log = open_with_quota(dir.path(), quota);
-    // Three fit, over two plugins; the fourth is refused, whichever plugin.
-    assert!(give_up(&log, "acme", "saga", &[1, 2]).is_empty());
-    assert_eq!(give_up(&log, "acme", "audit", &[3, 4]), [4]);
-    assert_eq!(give_up(&log, "acme", "saga", &[5]), [5]);
-    assert_eq!(log.dead_letters("acme", "saga").expect("read").len(), 2);
-    assert_eq!(log.dead_letters("acme", "audit").expect("read").len(), 1);
-    // Another tenant has its own quota.
-    assert!(give_up(&log, "globex", "saga", &[6, 7, 8]).is_empty());
-    // One stored again (a redrive that failed again) is kept at the quota.
-    assert!(give_up(&log, "acme", "saga", &[1]).is_empty());
-    // Discarding one makes room for one.
-    assert!(
-        log.discard_dead_letter("acme", "saga", 1)
-            .wait()
-            .expect("discard")
-    );
-    assert!(give_up(&log, "acme", "saga", &[9]).is_empty());
-    assert_eq!(give_up(&log, "acme", "saga", &[10]), [10]);
-    // Counted again when the log opens.
-    drop(log);
-    let log = open_with_quota(dir.path(), quota);
-    assert_eq!(give_up(&log, "acme", "audit", &[11]), [11]);
-}
-
-#[test]
-fn a_tenants_dead_letters_stop_at_its_quota_in_bytes() {
-    use plugbus::log::DeadLetterQuota;
-    // The bytes of one dead letter, as stored.
-    let size = {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = open(dir.path());
-        give_up(&log, "acme", "saga", &[1]);
-        drop(log);
-        let db = rusqlite::Connection::open(dir.path().join("events.db")).expect("sqlite");
-        db.query_row(
-            "SELECT octet_length(body) + octet_length(attempts) FROM dead_letters",
-            [],
-            |row| row.get::<_, i64>(0),
-        )
-        .map(|n| u64::try_from(n).expect("a size"))
-        .expect("size")
-    };
-    // Room for exactly two (the ids are of one length), then one byte
-    // short of two.
-    for (max_bytes, kept) in [(2 * size, 2), (2 * size - 1, 1)] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let quota = DeadLetterQuota {
-            max_bytes,
-            ..DeadLetterQuota::default()
-        };
-        let log = open_with_quota(dir.path(), quota);
-        let refused = give_up(&log, "acme", "saga", &[1, 2, 3]);
-        assert_eq!(refused.len(), 3 - kept, "{refused:?}");
-        // Once refused, refused after a reopen too: the bytes are counted
-        // when the log opens.
-        drop(log);
-        let log = open_with_quota(dir.path(), quota);
-        assert_eq!(give_up(&log, "acme", "saga", &[4]), [4]);
-    }
-    // A tenant of its own.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = SqliteLog::open(
-        dir.path(),
-        SqliteLogConfig {
-            tenant_dead_letters: [(
-                "acme".to_owned(),
-                DeadLetterQuota {
-                    max_count: 1,
-                    max_bytes: u64::MAX,
-                },
-            )]
-            .into(),
-            ..SqliteLogConfig::default()
-        },
-    )
-    .expect("open");
-    assert_eq!(give_up(&log, "acme", "saga", &[1, 2]), [2]);
-    assert!(give_up(&log, "globex", "saga", &[1, 2]).is_empty());
 }

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use plugbus::Event;
-use plugbus::log::{EventLog, SqliteLog, SqliteLogConfig};
+use plugbus::log::{EventStore, SqliteLog, SqliteLogConfig};
 
 fn event(id: &str, payload_bytes: usize) -> Event {
     Event::from_json_value(serde_json::json!({

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use plugbus::log::{EventLog, SqliteLog, SqliteLogConfig};
+use plugbus::log::{DeadLetterStore, QuarantineStore, SqliteLog, SqliteLogConfig};
 use serde_json::json;
 
 /// Where the log is.

@@ -1,0 +1,374 @@
+//! The embedded log: SQLite in WAL mode, in one file (`events.db`) of the
+//! data directory. Reads go through their own read-only connection
+//! ([`reader`]); every write goes to one writer thread ([`writer`]) that
+//! groups whatever requests are waiting into one transaction, so that
+//! durability costs one fsync per group rather than per request.
+//! Retention runs in the writer's transaction too ([`retention`]). The
+//! tables are in `schema.sql`; an operator can open the file with
+//! `sqlite3`: each event is stored as its CloudEvents JSON.
+
+mod reader;
+mod retention;
+mod shared;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use self::reader::Reader;
+use self::shared::{Shared, count_dead_letters};
+use self::writer::{Request, Writer};
+use super::{
+    Appended, Commit, Committed, CursorStore, DeadLetter, DeadLetterDepths, DeadLetterQuota,
+    DeadLetterStore, EventStore, LogError, LogHealth, Pruned, Quarantine, QuarantineChange,
+    QuarantineStore, ReadLimit, Reply, ReplySender, Retention, Seq, StoredEvent,
+};
+use plugbus_core::event::Event;
+use plugbus_core::state::{StateError, StateStore, StateWrite};
+
+/// The tables of the log's file, created when missing.
+const SCHEMA: &str = include_str!("schema.sql");
+
+/// How durable a commit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Each group commit reaches the disk (fsync) before it is answered:
+    /// nothing answered is lost, even to a power cut. The default.
+    #[default]
+    Fsync,
+    /// Commits are answered once the OS has them: they survive a crash of
+    /// the host, not of the machine. For benchmarks and tests.
+    Os,
+}
+
+/// The settings of a [`SqliteLog`].
+#[derive(Debug, Clone)]
+pub struct SqliteLogConfig {
+    /// How durable a commit is (default [`Durability::Fsync`]).
+    pub durability: Durability,
+    /// How long an appended (tenant, source, id) makes a second append of
+    /// it a duplicate (default 24 hours).
+    pub duplicate_window: Duration,
+    /// The most requests grouped into one transaction (default 4096).
+    pub max_group: usize,
+    /// While the log cannot be written, how often the writer probes whether
+    /// it can again (default 1 s; at least 10 ms): it writes
+    /// `probe_bytes` to a file in the data directory, syncs and deletes
+    /// it, then commits a one-row transaction to the log. When both
+    /// succeed, [`LogHealth::writable`] is true again.
+    pub probe_interval: Duration,
+    /// The bytes the probe writes to the data directory (default 2 MiB,
+    /// more than one event of the largest size): a disk with less room
+    /// than this free stays not writable.
+    pub probe_bytes: u64,
+    /// Every tenant's dead-letter quota, unless `tenant_dead_letters`
+    /// names the tenant (default 100,000 dead letters and 1 GiB).
+    pub dead_letters: DeadLetterQuota,
+    /// Dead-letter quotas of particular tenants, by tenant.
+    pub tenant_dead_letters: std::collections::HashMap<String, DeadLetterQuota>,
+}
+
+impl Default for SqliteLogConfig {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Fsync,
+            duplicate_window: Duration::from_secs(24 * 60 * 60),
+            max_group: 4096,
+            probe_interval: Duration::from_secs(1),
+            probe_bytes: 2 * 1024 * 1024,
+            dead_letters: DeadLetterQuota::default(),
+            tenant_dead_letters: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl SqliteLogConfig {
+    /// The dead-letter quota of `tenant`.
+    fn quota(&self, tenant: &str) -> &DeadLetterQuota {
+        self.tenant_dead_letters
+            .get(tenant)
+            .unwrap_or(&self.dead_letters)
+    }
+}
+
+/// Counters of a [`SqliteLog`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Events stored.
+    pub appended: u64,
+    /// Appended events found to be duplicates, not stored again.
+    pub duplicates: u64,
+    /// Transactions committed; fewer than the requests when they grouped.
+    pub commits: u64,
+    /// Requests (appends and cursor moves) answered.
+    pub requests: u64,
+}
+
+/// The embedded log: one SQLite file, `events.db`, in the data directory.
+pub struct SqliteLog {
+    path: PathBuf,
+    requests: Option<mpsc::Sender<Request>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    reader: Reader,
+    shared: Arc<Shared>,
+}
+
+impl SqliteLog {
+    /// Opens (or creates) the log in `data_dir`, which is created private
+    /// to the host's user when missing.
+    pub fn open(data_dir: &Path, config: SqliteLogConfig) -> Result<Self, LogError> {
+        create_private_dir(data_dir)?;
+        let path = data_dir.join("events.db");
+        let store = |e: rusqlite::Error| LogError::Store {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let conn = open_writer_connection(&path, config.durability).map_err(store)?;
+        let shared = Arc::new(Shared::default());
+        *shared.dead_letters() = count_dead_letters(&conn).map_err(store)?;
+        let reader = Reader::open(&path).map_err(store)?;
+        let writer = Writer::new(conn, path.clone(), config, shared.clone()).map_err(store)?;
+
+        metrics::gauge!("plugbus_log_writable").set(1.0);
+        let (requests, queue) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("plugbus-log-writer".into())
+            .spawn(move || writer.run(queue))
+            .map_err(|e| LogError::Store {
+                path: path.clone(),
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(Self {
+            path,
+            requests: Some(requests),
+            writer: Some(writer),
+            reader,
+            shared,
+        })
+    }
+
+    /// The log's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The log's counters.
+    pub fn stats(&self) -> LogStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let counters = &self.shared.counters;
+        LogStats {
+            appended: get(&counters.appended),
+            duplicates: get(&counters.duplicates),
+            commits: get(&counters.commits),
+            requests: get(&counters.requests),
+        }
+    }
+
+    /// Sends a request to the writer thread; its reply answers once the
+    /// request's group committed.
+    fn send<T>(&self, make: impl FnOnce(ReplySender<T>) -> Request) -> Reply<T> {
+        let (reply, answer) = Reply::channel();
+        if let Some(requests) = &self.requests {
+            // A send fails only when the writer is gone; the dropped reply
+            // then answers `Closed`.
+            let _ = requests.send(make(reply));
+        }
+        answer
+    }
+}
+
+/// The writer's connection to the file at `path`, in WAL mode, with the
+/// schema created.
+fn open_writer_connection(
+    path: &Path,
+    durability: Durability,
+) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    // Another process (an operator's `plugbus dlq` or `replay`) may hold
+    // the write lock for a moment.
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let synchronous = match durability {
+        Durability::Fsync => "FULL",
+        Durability::Os => "OFF",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.execute_batch(SCHEMA)?;
+    // Room for every statement the writer prepares, so that none is
+    // compiled again between groups.
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+impl EventStore for SqliteLog {
+    fn append(&self, events: Vec<Event>) -> Reply<Vec<Appended>> {
+        let bodies = events.iter().map(Event::to_json_string).collect();
+        self.send(|reply| Request::Append {
+            events,
+            bodies,
+            reply,
+        })
+    }
+
+    fn read_bounded(
+        &self,
+        tenant: &str,
+        after: Seq,
+        limit: ReadLimit,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        self.reader.read_bounded(tenant, after, limit)
+    }
+
+    fn count_after(&self, tenant: &str, after: Seq, limit: u64) -> Result<u64, LogError> {
+        self.reader.count_after(tenant, after, limit)
+    }
+
+    fn first_since(&self, tenant: &str, at_ms: i64) -> Result<Option<Seq>, LogError> {
+        self.reader.first_since(tenant, at_ms)
+    }
+
+    fn head(&self) -> Result<Seq, LogError> {
+        self.reader.head()
+    }
+
+    fn prune(&self, retention: Retention, live: Vec<(String, String)>) -> Reply<Pruned> {
+        self.send(|reply| Request::Prune {
+            retention,
+            live,
+            reply,
+        })
+    }
+
+    fn health(&self) -> LogHealth {
+        self.shared.health().clone()
+    }
+}
+
+impl CursorStore for SqliteLog {
+    fn cursor(&self, tenant: &str, plugin: &str) -> Result<Option<Seq>, LogError> {
+        self.reader.cursor(tenant, plugin)
+    }
+
+    fn ahead(&self, tenant: &str, plugin: &str) -> Result<Vec<Seq>, LogError> {
+        self.reader.ahead(tenant, plugin)
+    }
+
+    fn commit(&self, commit: Commit) -> Reply<Committed> {
+        let bodies = commit.emitted.iter().map(Event::to_json_string).collect();
+        self.send(|reply| Request::Commit {
+            commit,
+            bodies,
+            reply,
+        })
+    }
+}
+
+impl DeadLetterStore for SqliteLog {
+    fn dead_letters(&self, tenant: &str, plugin: &str) -> Result<Vec<DeadLetter>, LogError> {
+        self.reader.dead_letters(tenant, plugin)
+    }
+
+    fn dead_letter_plugins(&self, tenant: &str) -> Result<Vec<String>, LogError> {
+        self.reader.dead_letter_plugins(tenant)
+    }
+
+    fn discard_dead_letter(&self, tenant: &str, plugin: &str, seq: Seq) -> Reply<bool> {
+        self.send(|reply| Request::Discard {
+            tenant: tenant.to_owned(),
+            plugin: plugin.to_owned(),
+            seq,
+            reply,
+        })
+    }
+
+    fn request_redrive(&self, tenant: &str, plugin: &str, seq: Seq) -> Reply<bool> {
+        self.send(|reply| Request::Redrive {
+            tenant: tenant.to_owned(),
+            plugin: plugin.to_owned(),
+            seq,
+            reply,
+        })
+    }
+
+    fn redrives(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, LogError> {
+        self.reader.redrives(tenant, plugin, limit)
+    }
+
+    fn dead_letter_depths(&self) -> DeadLetterDepths {
+        self.shared
+            .dead_letters()
+            .iter()
+            .map(|(key, (count, _))| (key.clone(), *count))
+            .collect()
+    }
+}
+
+impl QuarantineStore for SqliteLog {
+    fn set_quarantine(&self, change: QuarantineChange) -> Reply<bool> {
+        self.send(|reply| Request::Quarantine { change, reply })
+    }
+
+    fn quarantines(&self) -> Result<Vec<Quarantine>, LogError> {
+        self.reader.quarantines()
+    }
+}
+
+impl StateStore for SqliteLog {
+    fn get(&self, tenant: &str, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.reader
+            .state(tenant, plugin, key)
+            .map_err(|e| StateError(e.to_string()))
+    }
+
+    fn apply(&self, tenant: &str, plugin: &str, writes: &[StateWrite]) -> Result<(), StateError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.send(|reply| Request::State {
+            tenant: tenant.to_owned(),
+            plugin: plugin.to_owned(),
+            writes: writes.to_vec(),
+            reply,
+        })
+        .wait()
+        .map_err(|e| StateError(e.to_string()))
+    }
+}
+
+impl Drop for SqliteLog {
+    /// Closes the log: the writer commits what is queued and stops.
+    fn drop(&mut self) {
+        drop(self.requests.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Creates `dir` (and its parents) when missing, private to this user.
+fn create_private_dir(dir: &Path) -> Result<(), LogError> {
+    let error = |reason: String| LogError::DataDir {
+        path: dir.to_owned(),
+        reason,
+    };
+    if !dir.exists() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|e| error(e.to_string()))?;
+    }
+    if !dir.is_dir() {
+        return Err(error("not a directory".into()));
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+-- The embedded log's tables, created when missing each time the log opens.
+-- Changing a table here changes the file format of every data directory.
+
+-- Every event, as its CloudEvents JSON, at its position (never reused:
+-- AUTOINCREMENT), read per tenant in order through events_by_tenant.
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    appended_at_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_tenant ON events (tenant, seq);
+-- The position and time of each appended (tenant, source, id): an append
+-- of the same key within the duplicate window is a duplicate.
+CREATE TABLE IF NOT EXISTS ingest_keys (
+    tenant TEXT NOT NULL,
+    source TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, source, id)
+) WITHOUT ROWID;
+-- The events each plugin gave up on, with their own copy of the event and
+-- the failed attempts as JSON.
+CREATE TABLE IF NOT EXISTS dead_letters (
+    tenant TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    attempts TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, plugin, seq)
+) WITHOUT ROWID;
+-- Each plugin's key-value state, written in the commit of its cursor.
+CREATE TABLE IF NOT EXISTS state (
+    tenant TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (tenant, plugin, key)
+) WITHOUT ROWID;
+-- Dead letters an operator asked to deliver again.
+CREATE TABLE IF NOT EXISTS redrives (
+    tenant TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, plugin, seq)
+) WITHOUT ROWID;
+-- Quarantined plugins, so that another process can see and lift them.
+CREATE TABLE IF NOT EXISTS quarantines (
+    tenant TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    version TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    until_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, plugin)
+) WITHOUT ROWID;
+-- Events past its cursor that a plugin finished while an earlier event of
+-- another partition key waits for its retry.
+CREATE TABLE IF NOT EXISTS ahead (
+    tenant TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (tenant, plugin, seq)
+) WITHOUT ROWID;
+-- Each plugin's position: the last event it is finished with.
+CREATE TABLE IF NOT EXISTS cursors (
+    tenant TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (tenant, plugin)
+) WITHOUT ROWID;
+-- The one-row transaction with which the writer probes whether the log can
+-- be written again.
+CREATE TABLE IF NOT EXISTS probes (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL
+);
