@@ -38,9 +38,11 @@
 //! `write_timeout`, `drain_deadline`) and the gauge
 //! `plugbus_http_connections_open`.
 
+mod auth;
 mod limits;
 mod scrape;
 mod server;
+pub mod types;
 
 pub use limits::{ApiLimits, RateLimit};
 pub use server::{ServerLimits, serve};
@@ -58,7 +60,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+use self::auth::{Admin, Caller, Publisher, Scraper, TenantAccess};
 use self::limits::Admission;
+use self::types::{
+    Accepted, DeadLetterView, DeadLettersAnswer, ErrorBody, IngestAnswer, PluginLimits,
+    PluginState, PluginView, PluginsAnswer, RedriveAnswer, ReloadAnswer, ReplayAnswer, ReplayFrom,
+    ResumeAnswer, TenantView, TenantsAnswer,
+};
 use crate::durable::{DurableBus, DurablePublishError};
 use crate::event::{Event, EventError};
 use crate::log::{EventLog, Seq};
@@ -335,16 +343,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.kind, "message": self.message });
-        if let Some(attribute) = self.attribute {
-            body["attribute"] = attribute.into();
-        }
-        if let Some(index) = self.index {
-            body["index"] = index.into();
-        }
-        if let Some(limit) = self.limit {
-            body["limit"] = limit.into();
-        }
+        let body = ErrorBody {
+            error: self.kind.to_owned(),
+            message: self.message,
+            attribute: self.attribute,
+            index: self.index,
+            limit: self.limit.map(str::to_owned),
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response
@@ -369,95 +374,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The hex SHA-256 of the request's bearer token, as tokens are
-/// configured.
-fn bearer_hash(headers: &HeaderMap) -> Result<String, ApiError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("the Authorization header is not Bearer <token>"))?;
-    Ok(crate::config::hash_token(token))
-}
-
-/// Who presented the request's bearer token.
-enum Caller {
-    Admin,
-    Tenant(String),
-}
-
-impl Api {
-    fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        let hash = bearer_hash(headers)?;
-        if self
-            .config
-            .admin_token
-            .as_deref()
-            .is_some_and(|admin| admin.eq_ignore_ascii_case(&hash))
-        {
-            return Ok(Caller::Admin);
-        }
-        match self.tenants_by_token.get(&hash) {
-            Some(tenant) => Ok(Caller::Tenant(tenant.clone())),
-            None => Err(ApiError::unauthorized("the token is not valid")),
-        }
-    }
-
-    fn tenant_caller(&self, headers: &HeaderMap) -> Result<String, ApiError> {
-        match self.caller(headers)? {
-            Caller::Tenant(tenant) => Ok(tenant),
-            Caller::Admin => Err(ApiError::unauthorized(
-                "events are published with a tenant's token, not the admin token",
-            )),
-        }
-    }
-
-    fn admin_caller(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        match self.caller(headers)? {
-            Caller::Admin => Ok(()),
-            Caller::Tenant(_) => Err(ApiError::unauthorized("this route needs the admin token")),
-        }
-    }
-
-    /// A place among `tenant`'s requests in flight, held until dropped;
-    /// 429 when it has [`ApiLimits::max_in_flight_per_tenant`] already.
-    fn enter(&self, tenant: &str) -> Result<InFlight, ApiError> {
-        self.admission.enter(tenant).ok_or_else(|| {
-            let max = self.admission.limits().max_in_flight_per_tenant;
-            rejected(
-                tenant,
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_requests",
-                    format!("tenant {tenant} has {max} requests under way, its limit; retry once one is answered"),
-                )
-                .limit("max_in_flight_per_tenant")
-                .retry_after(1),
-            )
-        })
-    }
-
-    /// The admin, or the tenant itself (then within its requests in
-    /// flight).
-    fn tenant_or_admin(&self, headers: &HeaderMap, tenant: &str) -> Result<InFlight, ApiError> {
-        match self.caller(headers)? {
-            Caller::Admin => Ok(None),
-            Caller::Tenant(own) if own == tenant => self.enter(&own),
-            // Another tenant's: as if it did not exist.
-            Caller::Tenant(_) => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no tenant {tenant:?} for this token"),
-            )),
-        }
-    }
-}
-
 /// A place among a tenant's requests in flight (`None` for the admin, or
 /// without a limit).
 type InFlight = Option<tokio::sync::OwnedSemaphorePermit>;
@@ -476,16 +392,16 @@ fn rejected(tenant: &str, error: ApiError) -> ApiError {
 
 async fn ingest(
     State(api): State<Arc<Api>>,
+    publisher: Publisher,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     use tracing::Instrument as _;
-    let tenant = api.tenant_caller(&headers).map_err(|e| rejected("", e))?;
-    let _in_flight = api.enter(&tenant)?;
+    let tenant = publisher.tenant.clone();
     let (events, bytes) = read_events(&api, &headers, body, &tenant).await?;
     // An empty batch is valid, and stores nothing.
     if events.is_empty() {
-        return Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": [] }))).into_response());
+        return Ok((StatusCode::ACCEPTED, Json(IngestAnswer::default())).into_response());
     }
     charge(&api, &tenant, events.len(), bytes)?;
     // A span per ingest request, with the tenant and the (first) event.
@@ -634,13 +550,17 @@ async fn store(api: Arc<Api>, tenant: String, events: Vec<Event>) -> Result<Resp
         metrics::counter!("plugbus_duplicate_events_total", "tenant" => tenant.clone())
             .increment(duplicates);
     }
-    let accepted: Vec<Value> = events
+    let accepted = events
         .iter()
         .zip(&appended)
-        .map(|(event, a)| json!({ "id": event.id, "seq": a.seq, "duplicate": a.duplicate }))
+        .map(|(event, a)| Accepted {
+            id: event.id.clone(),
+            seq: a.seq,
+            duplicate: a.duplicate,
+        })
         .collect();
     tracing::debug!(tenant = %tenant, events = count, duplicates, "ingested");
-    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(IngestAnswer { accepted })).into_response())
 }
 
 /// The tenant of an event must be the token's; the attribute may be left
@@ -787,10 +707,7 @@ async fn ready(State(api): State<Arc<Api>>) -> Response {
     (StatusCode::OK, "ready\n").into_response()
 }
 
-async fn render_metrics(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = api.scraper(&headers) {
-        return rejected("", refused).into_response();
-    }
+async fn render_metrics(State(api): State<Arc<Api>>, _: Scraper) -> Response {
     let Some(handle) = &api.metrics else {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "metrics are off")
             .into_response();
@@ -799,26 +716,6 @@ async fn render_metrics(State(api): State<Arc<Api>>, headers: HeaderMap) -> Resp
     // Only the series of the plugins and tenants that exist now.
     let text = scrape::retain_live(&handle.render(), &live);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-}
-
-impl Api {
-    /// With [`ApiLimits::metrics_token`] set, the scrape token or the
-    /// admin token must be presented.
-    fn scraper(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(expected) = &self.admission.limits().metrics_token else {
-            return Ok(());
-        };
-        let hash = bearer_hash(headers)?;
-        if expected.eq_ignore_ascii_case(&hash) {
-            return Ok(());
-        }
-        match self.caller(headers)? {
-            Caller::Admin => Ok(()),
-            Caller::Tenant(_) => Err(ApiError::unauthorized(
-                "/metrics needs the scrape token (or the admin token)",
-            )),
-        }
-    }
 }
 
 /// The gauges that are read off the bus and the log when scraped:
@@ -878,7 +775,7 @@ fn lag(log: &dyn EventLog, tenant: &str, plugin: &str) -> Result<u64, crate::log
     log.count_after(tenant, cursor, 1_000_000)
 }
 
-fn plugin_views(api: &Api, tenant: Option<&str>) -> Vec<Value> {
+fn plugin_views(api: &Api, tenant: Option<&str>) -> Vec<PluginView> {
     let log = api.bus.log();
     api.bus
         .statuses()
@@ -889,85 +786,86 @@ fn plugin_views(api: &Api, tenant: Option<&str>) -> Vec<Value> {
             let lag = lag(log.as_ref(), &s.tenant, &s.name).ok();
             let limits = api.bus.host().plugin(&s.tenant, &s.name).map(|p| {
                 let l = p.manifest().limits;
-                json!({
-                    "fuel": l.fuel,
-                    "memory_bytes": l.memory_bytes,
-                    "timeout_ms": u64::try_from(l.timeout.as_millis()).unwrap_or(u64::MAX),
-                })
+                PluginLimits {
+                    fuel: l.fuel,
+                    memory_bytes: l.memory_bytes,
+                    timeout_ms: u64::try_from(l.timeout.as_millis()).unwrap_or(u64::MAX),
+                }
             });
             let status = if s.quarantine.is_some() {
-                "quarantined"
+                PluginState::Quarantined
             } else {
                 match s.health {
-                    crate::Health::Active => "active",
-                    crate::Health::Degraded => "degraded",
-                    crate::Health::FailedToLoad => "failed_to_load",
+                    crate::Health::Active => PluginState::Active,
+                    crate::Health::Degraded => PluginState::Degraded,
+                    crate::Health::FailedToLoad => PluginState::FailedToLoad,
                 }
             };
-            json!({
-                "tenant": s.tenant,
-                "plugin": s.name,
-                "version": s.version,
-                "status": status,
-                "last_error": s.last_error,
-                "reloads": s.reloads,
-                "failed_reloads": s.failed_reloads,
-                "quarantine": s.quarantine,
-                "limits": limits,
-                "cursor": cursor,
-                "lag": lag,
-            })
+            PluginView {
+                tenant: s.tenant,
+                plugin: s.name,
+                version: s.version,
+                status,
+                last_error: s.last_error,
+                reloads: s.reloads,
+                failed_reloads: s.failed_reloads,
+                quarantine: s.quarantine,
+                limits,
+                cursor,
+                lag,
+            }
         })
         .collect()
 }
 
 async fn admin_plugins(
     State(api): State<Arc<Api>>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    api.admin_caller(&headers)?;
+    _: Admin,
+) -> Result<Json<PluginsAnswer>, ApiError> {
     let api2 = api.clone();
     let plugins = tokio::task::spawn_blocking(move || plugin_views(&api2, None))
         .await
         .unwrap_or_default();
-    Ok(Json(json!({ "plugins": plugins })))
+    Ok(Json(PluginsAnswer { plugins }))
 }
 
 async fn admin_tenants(
     State(api): State<Arc<Api>>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    api.admin_caller(&headers)?;
+    _: Admin,
+) -> Result<Json<TenantsAnswer>, ApiError> {
     let mut tenants: Vec<String> = api.config.tenant_tokens.keys().cloned().collect();
     for plugin in api.bus.host().plugins() {
         tenants.push(plugin.tenant);
     }
     tenants.sort();
     tenants.dedup();
-    let tenants: Vec<Value> = tenants
+    let tenants = tenants
         .into_iter()
-        .map(|t| {
-            json!({
-                "tenant": t,
-                "has_token": api.config.tenant_tokens.contains_key(&t),
-                "plugins": api.bus.host().plugins().iter().filter(|p| p.tenant == t).count(),
-            })
+        .map(|t| TenantView {
+            has_token: api.config.tenant_tokens.contains_key(&t),
+            plugins: api
+                .bus
+                .host()
+                .plugins()
+                .iter()
+                .filter(|p| p.tenant == t)
+                .count(),
+            tenant: t,
         })
         .collect();
-    Ok(Json(json!({ "tenants": tenants })))
+    Ok(Json(TenantsAnswer { tenants }))
 }
 
 async fn tenant_plugins(
     State(api): State<Arc<Api>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
+    _access: TenantAccess,
+) -> Result<Json<PluginsAnswer>, ApiError> {
     let api2 = api.clone();
     let plugins = tokio::task::spawn_blocking(move || plugin_views(&api2, Some(&tenant)))
         .await
         .unwrap_or_default();
-    Ok(Json(json!({ "plugins": plugins })))
+    Ok(Json(PluginsAnswer { plugins }))
 }
 
 fn log_error(e: crate::log::LogError) -> ApiError {
@@ -981,27 +879,22 @@ fn log_error(e: crate::log::LogError) -> ApiError {
 async fn dead_letters(
     State(api): State<Arc<Api>>,
     Path((tenant, plugin)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
+    _access: TenantAccess,
+) -> Result<Json<DeadLettersAnswer>, ApiError> {
     let log = api.bus.log().clone();
     let letters = tokio::task::spawn_blocking(move || log.dead_letters(&tenant, &plugin))
         .await
         .map_err(|_| log_error(crate::log::LogError::Closed))?
         .map_err(log_error)?;
-    let letters: Vec<Value> = letters
-        .into_iter()
-        .map(|d| json!({ "seq": d.seq, "event": d.event.to_json_value(), "attempts": d.attempts }))
-        .collect();
-    Ok(Json(json!({ "dead_letters": letters })))
+    let dead_letters = letters.into_iter().map(DeadLetterView::from).collect();
+    Ok(Json(DeadLettersAnswer { dead_letters }))
 }
 
 async fn dead_letter(
     State(api): State<Arc<Api>>,
     Path((tenant, plugin, seq)): Path<(String, String, Seq)>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
+    _access: TenantAccess,
+) -> Result<Json<DeadLetterView>, ApiError> {
     let log = api.bus.log().clone();
     let (t, p) = (tenant.clone(), plugin.clone());
     let letters = tokio::task::spawn_blocking(move || log.dead_letters(&t, &p))
@@ -1015,44 +908,40 @@ async fn dead_letter(
             format!("{tenant}/{plugin} has no dead letter at {seq}"),
         ));
     };
-    Ok(Json(
-        json!({ "seq": dead.seq, "event": dead.event.to_json_value(), "attempts": dead.attempts }),
-    ))
+    Ok(Json(DeadLetterView::from(dead)))
 }
 
 async fn redrive(
     State(api): State<Arc<Api>>,
     Path((tenant, plugin, seq)): Path<(String, String, Seq)>,
-    headers: HeaderMap,
+    _access: TenantAccess,
 ) -> Result<Response, ApiError> {
-    on_dead_letter(&api, &headers, (&tenant, &plugin, seq), |log, t, p, s| {
+    on_dead_letter(&api, (&tenant, &plugin, seq), |log, t, p, s| {
         log.request_redrive(t, p, s)
     })
     .await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "redrive": seq }))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(RedriveAnswer { redrive: seq })).into_response())
 }
 
 async fn discard(
     State(api): State<Arc<Api>>,
     Path((tenant, plugin, seq)): Path<(String, String, Seq)>,
-    headers: HeaderMap,
+    _access: TenantAccess,
 ) -> Result<Response, ApiError> {
-    on_dead_letter(&api, &headers, (&tenant, &plugin, seq), |log, t, p, s| {
+    on_dead_letter(&api, (&tenant, &plugin, seq), |log, t, p, s| {
         log.discard_dead_letter(t, p, s)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Does `action` on one dead letter, for the tenant itself or the admin;
-/// 404 when the plugin has no dead letter there.
+/// Does `action` on one dead letter; 404 when the plugin has no dead
+/// letter there.
 async fn on_dead_letter(
     api: &Api,
-    headers: &HeaderMap,
     (tenant, plugin, seq): (&str, &str, Seq),
     action: impl FnOnce(&dyn EventLog, &str, &str, Seq) -> crate::log::Pending<bool>,
 ) -> Result<(), ApiError> {
-    let _in_flight = api.tenant_or_admin(headers, tenant)?;
     let found = action(api.bus.log().as_ref(), tenant, plugin, seq)
         .await
         .map_err(log_error)?;
@@ -1067,20 +956,12 @@ async fn on_dead_letter(
     }
 }
 
-/// The query of a replay: where to deliver from again.
-#[derive(serde::Deserialize)]
-struct From {
-    /// A position in the log, or an RFC 3339 time.
-    from: String,
-}
-
 async fn replay(
     State(api): State<Arc<Api>>,
     Path((tenant, plugin)): Path<(String, String)>,
-    axum::extract::Query(From { from }): axum::extract::Query<From>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
+    axum::extract::Query(ReplayFrom { from }): axum::extract::Query<ReplayFrom>,
+    _access: TenantAccess,
+) -> Result<Json<ReplayAnswer>, ApiError> {
     let log = api.bus.log().clone();
     let done = tokio::task::spawn_blocking(move || {
         crate::log::replay(log.as_ref(), &tenant, &plugin, &from)
@@ -1089,7 +970,10 @@ async fn replay(
     .map_err(|_| log_error(crate::log::LogError::Closed))?;
     use crate::log::ReplayError;
     match done {
-        Ok(done) => Ok(Json(json!({ "before": done.before, "first": done.first }))),
+        Ok(done) => Ok(Json(ReplayAnswer {
+            before: done.before,
+            first: done.first,
+        })),
         Err(e @ ReplayError::NoCursor { .. }) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -1107,11 +991,10 @@ async fn replay(
 async fn resume(
     State(api): State<Arc<Api>>,
     Path((tenant, plugin)): Path<(String, String)>,
-    headers: HeaderMap,
+    _access: TenantAccess,
 ) -> Result<Response, ApiError> {
-    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
     if api.bus.resume(&tenant, &plugin) {
-        Ok((StatusCode::OK, Json(json!({ "resumed": plugin }))).into_response())
+        Ok((StatusCode::OK, Json(ResumeAnswer { resumed: plugin })).into_response())
     } else {
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -1124,9 +1007,8 @@ async fn resume(
 async fn failures(
     State(api): State<Arc<Api>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
+    _access: TenantAccess,
 ) -> Result<Json<Value>, ApiError> {
-    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
     let recent: Vec<Value> = api
         .failures
         .lock()
@@ -1137,8 +1019,7 @@ async fn failures(
     Ok(Json(json!({ "failures": recent })))
 }
 
-async fn reload(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    api.admin_caller(&headers)?;
+async fn reload(State(api): State<Arc<Api>>, _: Admin) -> Result<Json<ReloadAnswer>, ApiError> {
     let Some(dir) = api.config.plugins_dir.clone() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -1155,7 +1036,8 @@ async fn reload(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<
     })?;
     let statuses = api.bus.statuses();
     let failed = statuses.iter().filter(|s| s.last_error.is_some()).count();
-    Ok(Json(
-        json!({ "plugins": statuses.len(), "with_errors": failed }),
-    ))
+    Ok(Json(ReloadAnswer {
+        plugins: statuses.len(),
+        with_errors: failed,
+    }))
 }
