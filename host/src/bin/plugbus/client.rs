@@ -10,6 +10,8 @@ use plugbus::api::types::{ErrorBody, IngestAnswer, PluginState, PluginsAnswer};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::table::{self, Column};
+
 /// Where the host is, and who is asking.
 #[derive(clap::Args)]
 pub struct Remote {
@@ -281,13 +283,20 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         println!("{answer}");
     } else {
         let answer: IngestAnswer = answer.read()?;
-        println!("{:<40} {:>10}  duplicate", "id", "seq");
-        for accepted in answer.accepted {
-            println!(
-                "{:<40} {:>10}  {}",
-                accepted.id, accepted.seq, accepted.duplicate
-            );
-        }
+        table::print(
+            &[
+                Column::left("id", 40),
+                Column::right("seq", 10).gap(2),
+                Column::left("duplicate", 0).gap(0),
+            ],
+            answer.accepted.iter().map(|a| {
+                vec![
+                    crate::ops::cell(&a.id).into_owned(),
+                    a.seq.to_string(),
+                    a.duplicate.to_string(),
+                ]
+            }),
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -304,28 +313,35 @@ pub fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let answer: PluginsAnswer = answer.read()?;
-    println!(
-        "{:<20} {:<24} {:<14} {:<15} {:>10} {:>8}  last error",
-        "tenant", "plugin", "version", "status", "cursor", "lag"
+    let number = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    table::print(
+        &[
+            Column::left("tenant", 20),
+            Column::left("plugin", 24),
+            Column::left("version", 14),
+            Column::left("status", 15),
+            Column::right("cursor", 10),
+            Column::right("lag", 8).gap(2),
+            Column::left("last error", 0).gap(0),
+        ],
+        answer.plugins.iter().map(|p| {
+            vec![
+                crate::ops::cell(&p.tenant).into_owned(),
+                crate::ops::cell(&p.plugin).into_owned(),
+                crate::ops::cell(p.version.as_deref().unwrap_or("-")).into_owned(),
+                p.status.as_str().to_owned(),
+                number(p.cursor),
+                number(p.lag),
+                // A manifest error's caret diagram spans lines: escaped,
+                // it stays on the row.
+                plugbus::text::escape(
+                    p.last_error.as_deref().unwrap_or(""),
+                    crate::ops::LAST_COLUMN_BYTES,
+                )
+                .into_owned(),
+            ]
+        }),
     );
-    for p in &answer.plugins {
-        let number = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
-        println!(
-            "{:<20} {:<24} {:<14} {:<15} {:>10} {:>8}  {}",
-            crate::ops::cell(&p.tenant),
-            crate::ops::cell(&p.plugin),
-            crate::ops::cell(p.version.as_deref().unwrap_or("-")),
-            p.status.as_str(),
-            number(p.cursor),
-            number(p.lag),
-            // A manifest error's caret diagram spans lines: escaped, it
-            // stays on the row.
-            plugbus::text::escape(
-                p.last_error.as_deref().unwrap_or(""),
-                crate::ops::LAST_COLUMN_BYTES
-            )
-        );
-    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,6 +13,7 @@ use plugbus::log::{EventLog, SqliteLog, SqliteLogConfig};
 use serde_json::json;
 
 use crate::client::Answer;
+use crate::table::{self, Column};
 
 /// Where the log is.
 #[derive(clap::Args)]
@@ -247,12 +248,7 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 Some(plugin) => vec![plugin],
                 None => source.dead_letter_plugins(&tenant)?,
             };
-            if !json {
-                println!(
-                    "{:>8}  {:<20} {:<24} {:<28} {:>8}  last failure",
-                    "seq", "plugin", "event id", "type", "attempts"
-                );
-            }
+            let mut rows = Vec::new();
             for plugin in plugins {
                 for dead in source.dead_letters(&tenant, &plugin)? {
                     let attempts = &dead.attempts;
@@ -277,17 +273,32 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                     } else {
                         // Tenant text, escaped and cut: one line per
                         // row, and no escape sequence reaches the terminal.
-                        println!(
-                            "{:>8}  {:<20} {:<24} {:<28} {:>8}  {kind}: {}",
-                            dead.seq,
-                            plugin,
-                            cell(&text("id")),
-                            cell(&text("type")),
-                            attempts.len(),
-                            plugbus::text::escape(message, LAST_COLUMN_BYTES)
-                        );
+                        rows.push(vec![
+                            dead.seq.to_string(),
+                            plugin.clone(),
+                            cell(&text("id")).into_owned(),
+                            cell(&text("type")).into_owned(),
+                            attempts.len().to_string(),
+                            format!(
+                                "{kind}: {}",
+                                plugbus::text::escape(message, LAST_COLUMN_BYTES)
+                            ),
+                        ]);
                     }
                 }
+            }
+            if !json {
+                table::print(
+                    &[
+                        Column::right("seq", 8).gap(2),
+                        Column::left("plugin", 20),
+                        Column::left("event id", 24),
+                        Column::left("type", 28),
+                        Column::right("attempts", 8).gap(2),
+                        Column::left("last failure", 0).gap(0),
+                    ],
+                    rows,
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -442,12 +453,7 @@ pub fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
                 check_names(tenant, None)?;
             }
             let all = quarantines(&data.source()?, tenant.as_deref())?;
-            if !json {
-                println!(
-                    "{:<20} {:<20} {:<14} {:<26} until",
-                    "tenant", "plugin", "version", "since"
-                );
-            }
+            let mut rows = Vec::new();
             for q in all {
                 if json {
                     println!(
@@ -461,15 +467,26 @@ pub fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
                         })
                     );
                 } else {
-                    println!(
-                        "{:<20} {:<20} {:<14} {:<26} {}",
+                    rows.push(vec![
                         q.tenant,
                         q.plugin,
                         q.version,
                         rfc3339_ms(q.since_ms),
-                        rfc3339_ms(q.until_ms)
-                    );
+                        rfc3339_ms(q.until_ms),
+                    ]);
                 }
+            }
+            if !json {
+                table::print(
+                    &[
+                        Column::left("tenant", 20),
+                        Column::left("plugin", 20),
+                        Column::left("version", 14),
+                        Column::left("since", 26),
+                        Column::left("until", 0).gap(0),
+                    ],
+                    rows,
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
