@@ -14,6 +14,11 @@
 //!   [`ApiLimits::metrics_token`] set, only with that bearer token or the
 //!   admin's).
 //!
+//! Every body is one of [`types`], the serde types the CLI client reads
+//! too; who may call a route is said by its auth extractor (`auth`: a
+//! tenant's token, the path's tenant or the admin, the admin, the scrape
+//! token).
+//!
 //! Every refusal is a JSON body `{"error": kind, "message": …}`, with
 //! `"attribute"` naming the CloudEvents attribute at fault when there is
 //! one, `"index"` the event of a batch, and `"limit"` the bound that was

@@ -171,7 +171,10 @@ async fn a_refused_token_is_told_what_is_wrong() {
             "{needle:?} not in {refusal:?}"
         );
         assert_eq!(
-            answer.headers.get(header::WWW_AUTHENTICATE).map(|v| v.as_bytes()),
+            answer
+                .headers
+                .get(header::WWW_AUTHENTICATE)
+                .map(|v| v.as_bytes()),
             Some(&b"Bearer"[..])
         );
     };
@@ -385,7 +388,10 @@ async fn admin_and_operator_routes() {
     let plugins = answer.read::<PluginsAnswer>().plugins;
     assert_eq!(plugins.len(), 1, "{plugins:?}");
     let audit = &plugins[0];
-    assert_eq!((audit.tenant.as_str(), audit.plugin.as_str()), (ACME, "audit"));
+    assert_eq!(
+        (audit.tenant.as_str(), audit.plugin.as_str()),
+        (ACME, "audit")
+    );
     assert_eq!(audit.status, PluginState::Active);
     assert!(audit.version.is_some());
     assert!(audit.limits.is_some_and(|l| l.fuel > 0));
@@ -501,14 +507,23 @@ async fn reload_metrics_and_health_without_their_setup() {
         .send(Method::POST, "/v1/admin/reload", Some(ADMIN_TOKEN))
         .await
         .refused(StatusCode::NOT_FOUND);
-    assert!(refusal.message.contains("no plugins directory"), "{refusal:?}");
+    assert!(
+        refusal.message.contains("no plugins directory"),
+        "{refusal:?}"
+    );
     let refusal = routes
         .send(Method::GET, "/metrics", None)
         .await
         .refused(StatusCode::NOT_FOUND);
     assert_eq!(refusal.message, "metrics are off");
     let health = routes.send(Method::GET, "/healthz", None).await;
-    assert_eq!((health.status, &health.body[..]), (StatusCode::OK, &b"ok\n"[..]));
+    assert_eq!(
+        (health.status, &health.body[..]),
+        (StatusCode::OK, &b"ok\n"[..])
+    );
     let ready = routes.send(Method::GET, "/readyz", None).await;
-    assert_eq!((ready.status, &ready.body[..]), (StatusCode::OK, &b"ready\n"[..]));
+    assert_eq!(
+        (ready.status, &ready.body[..]),
+        (StatusCode::OK, &b"ready\n"[..])
+    );
 }

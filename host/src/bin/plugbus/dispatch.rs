@@ -176,4 +176,3 @@ async fn run_events(
     );
     Ok(Totals { rejected })
 }
-

@@ -18,4 +18,3 @@ pub fn hash_token() -> anyhow::Result<ExitCode> {
     println!("{}", plugbus::config::hash_token(token));
     Ok(ExitCode::SUCCESS)
 }
-

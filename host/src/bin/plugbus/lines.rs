@@ -132,4 +132,3 @@ impl<'a> From<&'a Delivery> for DeliveryLine<'a> {
         }
     }
 }
-

@@ -255,8 +255,7 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                     let last = attempts.last();
                     let kind = last.map_or("-", |a| a.kind.as_str());
                     let message = last.map_or("", |a| a.message.as_str());
-                    let text =
-                        |key: &str| dead.event[key].as_str().unwrap_or_default().to_owned();
+                    let text = |key: &str| dead.event[key].as_str().unwrap_or_default().to_owned();
                     if json {
                         println!(
                             "{}",
