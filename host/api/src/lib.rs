@@ -14,6 +14,11 @@
 //!   [`ApiLimits::metrics_token`] set, only with that bearer token or the
 //!   admin's).
 //!
+//! Every body is one of [`types`], the serde types the CLI client reads
+//! too; who may call a route is said by its auth extractor (`auth`: a
+//! tenant's token, the path's tenant or the admin, the admin, the scrape
+//! token).
+//!
 //! Every refusal is a JSON body `{"error": kind, "message": …}`, with
 //! `"attribute"` naming the CloudEvents attribute at fault when there is
 //! one, `"index"` the event of a batch, and `"limit"` the bound that was
@@ -38,9 +43,11 @@
 //! `write_timeout`, `drain_deadline`) and the gauge
 //! `plugbus_http_connections_open`.
 
+mod auth;
 mod limits;
 mod scrape;
 mod server;
+pub mod types;
 
 pub use limits::{ApiLimits, RateLimit};
 pub use server::{ServerLimits, serve};
@@ -56,9 +63,15 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use self::auth::{Admin, Caller, Publisher, Scraper, TenantAccess};
 use self::limits::Admission;
+use self::types::{
+    Accepted, DeadLetterView, DeadLettersAnswer, ErrorBody, FailuresAnswer, IngestAnswer,
+    PluginLimits, PluginState, PluginView, PluginsAnswer, RecentFailure, RedriveAnswer,
+    ReloadAnswer, ReplayAnswer, ReplayFrom, ResumeAnswer, TenantView, TenantsAnswer,
+};
 use plugbus_bus::{DurableBus, DurablePublishError};
 use plugbus_core::event::{Event, EventError};
 use plugbus_log::Seq;
@@ -293,16 +306,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.kind, "message": self.message });
-        if let Some(attribute) = self.attribute {
-            body["attribute"] = attribute.into();
-        }
-        if let Some(index) = self.index {
-            body["index"] = index.into();
-        }
-        if let Some(limit) = self.limit {
-            body["limit"] = limit.into();
-        }
+        let body = ErrorBody {
+            error: self.kind.to_owned(),
+            message: self.message,
+            attribute: self.attribute,
+            index: self.index,
+            limit: self.limit.map(str::to_owned),
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response
@@ -327,95 +337,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The hex SHA-256 of the request's bearer token, as tokens are
-/// configured.
-fn bearer_hash(headers: &HeaderMap) -> Result<String, ApiError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("the Authorization header is not Bearer <token>"))?;
-    Ok(hash_token(token))
-}
-
-/// Who presented the request's bearer token.
-enum Caller {
-    Admin,
-    Tenant(String),
-}
-
-impl Api {
-    fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        let hash = bearer_hash(headers)?;
-        if self
-            .config
-            .admin_token
-            .as_deref()
-            .is_some_and(|admin| admin.eq_ignore_ascii_case(&hash))
-        {
-            return Ok(Caller::Admin);
-        }
-        match self.tenants_by_token.get(&hash) {
-            Some(tenant) => Ok(Caller::Tenant(tenant.clone())),
-            None => Err(ApiError::unauthorized("the token is not valid")),
-        }
-    }
-
-    fn tenant_caller(&self, headers: &HeaderMap) -> Result<String, ApiError> {
-        match self.caller(headers)? {
-            Caller::Tenant(tenant) => Ok(tenant),
-            Caller::Admin => Err(ApiError::unauthorized(
-                "events are published with a tenant's token, not the admin token",
-            )),
-        }
-    }
-
-    fn admin_caller(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        match self.caller(headers)? {
-            Caller::Admin => Ok(()),
-            Caller::Tenant(_) => Err(ApiError::unauthorized("this route needs the admin token")),
-        }
-    }
-
-    /// A place among `tenant`'s requests in flight, held until dropped;
-    /// 429 when it has [`ApiLimits::max_in_flight_per_tenant`] already.
-    fn enter(&self, tenant: &str) -> Result<InFlight, ApiError> {
-        self.admission.enter(tenant).ok_or_else(|| {
-            let max = self.admission.limits().max_in_flight_per_tenant;
-            rejected(
-                tenant,
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_requests",
-                    format!("tenant {tenant} has {max} requests under way, its limit; retry once one is answered"),
-                )
-                .limit("max_in_flight_per_tenant")
-                .retry_after(1),
-            )
-        })
-    }
-
-    /// The admin, or the tenant itself (then within its requests in
-    /// flight).
-    fn tenant_or_admin(&self, headers: &HeaderMap, tenant: &str) -> Result<InFlight, ApiError> {
-        match self.caller(headers)? {
-            Caller::Admin => Ok(None),
-            Caller::Tenant(own) if own == tenant => self.enter(&own),
-            // Another tenant's: as if it did not exist.
-            Caller::Tenant(_) => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no tenant {tenant:?} for this token"),
-            )),
-        }
-    }
-}
-
 /// A place among a tenant's requests in flight (`None` for the admin, or
 /// without a limit).
 type InFlight = Option<tokio::sync::OwnedSemaphorePermit>;
@@ -434,16 +355,16 @@ fn rejected(tenant: &str, error: ApiError) -> ApiError {
 
 async fn ingest(
     State(api): State<Arc<Api>>,
+    publisher: Publisher,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     use tracing::Instrument as _;
-    let tenant = api.tenant_caller(&headers).map_err(|e| rejected("", e))?;
-    let _in_flight = api.enter(&tenant)?;
+    let tenant = publisher.tenant.clone();
     let (events, bytes) = read_events(&api, &headers, body, &tenant).await?;
     // An empty batch is valid, and stores nothing.
     if events.is_empty() {
-        return Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": [] }))).into_response());
+        return Ok((StatusCode::ACCEPTED, Json(IngestAnswer::default())).into_response());
     }
     charge(&api, &tenant, events.len(), bytes)?;
     // A span per ingest request, with the tenant and the (first) event.
@@ -592,13 +513,17 @@ async fn store(api: Arc<Api>, tenant: String, events: Vec<Event>) -> Result<Resp
         metrics::counter!("plugbus_duplicate_events_total", "tenant" => tenant.clone())
             .increment(duplicates);
     }
-    let accepted: Vec<Value> = events
+    let accepted = events
         .iter()
         .zip(&appended)
-        .map(|(event, a)| json!({ "id": event.id, "seq": a.seq, "duplicate": a.duplicate }))
+        .map(|(event, a)| Accepted {
+            id: event.id.clone(),
+            seq: a.seq,
+            duplicate: a.duplicate,
+        })
         .collect();
     tracing::debug!(tenant = %tenant, events = count, duplicates, "ingested");
-    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(IngestAnswer { accepted })).into_response())
 }
 
 /// The tenant of an event must be the token's; the attribute may be left
@@ -748,10 +673,7 @@ async fn ready(State(api): State<Arc<Api>>) -> Response {
     (StatusCode::OK, "ready\n").into_response()
 }
 
-async fn render_metrics(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = api.scraper(&headers) {
-        return rejected("", refused).into_response();
-    }
+async fn render_metrics(State(api): State<Arc<Api>>, _: Scraper) -> Response {
     let Some(handle) = &api.metrics else {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "metrics are off")
             .into_response();
@@ -760,26 +682,6 @@ async fn render_metrics(State(api): State<Arc<Api>>, headers: HeaderMap) -> Resp
     // Only the series of the plugins and tenants that exist now.
     let text = scrape::retain_live(&handle.render(), &live);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-}
-
-impl Api {
-    /// With [`ApiLimits::metrics_token`] set, the scrape token or the
-    /// admin token must be presented.
-    fn scraper(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(expected) = &self.admission.limits().metrics_token else {
-            return Ok(());
-        };
-        let hash = bearer_hash(headers)?;
-        if expected.eq_ignore_ascii_case(&hash) {
-            return Ok(());
-        }
-        match self.caller(headers)? {
-            Caller::Admin => Ok(()),
-            Caller::Tenant(_) => Err(ApiError::unauthorized(
-                "/metrics needs the scrape token (or the admin token)",
-            )),
-        }
-    }
 }
 
 /// The gauges that are read off the bus and the log when scraped:
@@ -834,60 +736,56 @@ async fn record_gauges(api: &Arc<Api>) -> scrape::Live {
 
 /// The plugins' views (of `tenant` only, when given), as the plugin
 /// listings show them.
-async fn plugin_views(api: &Api, tenant: Option<&str>) -> Vec<Value> {
+async fn plugin_views(api: &Api, tenant: Option<&str>) -> Vec<PluginView> {
     api.bus
         .plugin_reports(tenant)
         .await
         .into_iter()
         .map(|report| {
             let s = report.status;
-            let limits = report.limits.map(|l| {
-                json!({
-                    "fuel": l.fuel,
-                    "memory_bytes": l.memory_bytes,
-                    "timeout_ms": u64::try_from(l.timeout.as_millis()).unwrap_or(u64::MAX),
-                })
+            let limits = report.limits.map(|l| PluginLimits {
+                fuel: l.fuel,
+                memory_bytes: l.memory_bytes,
+                timeout_ms: u64::try_from(l.timeout.as_millis()).unwrap_or(u64::MAX),
             });
             let status = if s.quarantine.is_some() {
-                "quarantined"
+                PluginState::Quarantined
             } else {
                 match s.health {
-                    plugbus_runtime::Health::Active => "active",
-                    plugbus_runtime::Health::Degraded => "degraded",
-                    plugbus_runtime::Health::FailedToLoad => "failed_to_load",
+                    plugbus_runtime::Health::Active => PluginState::Active,
+                    plugbus_runtime::Health::Degraded => PluginState::Degraded,
+                    plugbus_runtime::Health::FailedToLoad => PluginState::FailedToLoad,
                 }
             };
-            json!({
-                "tenant": s.tenant,
-                "plugin": s.name,
-                "version": s.version,
-                "status": status,
-                "last_error": s.last_error,
-                "reloads": s.reloads,
-                "failed_reloads": s.failed_reloads,
-                "quarantine": s.quarantine,
-                "limits": limits,
-                "cursor": report.cursor,
-                "lag": report.lag,
-            })
+            PluginView {
+                tenant: s.tenant,
+                plugin: s.name,
+                version: s.version,
+                status,
+                last_error: s.last_error,
+                reloads: s.reloads,
+                failed_reloads: s.failed_reloads,
+                quarantine: s.quarantine,
+                limits,
+                cursor: report.cursor,
+                lag: report.lag,
+            }
         })
         .collect()
 }
 
 async fn admin_plugins(
     State(api): State<Arc<Api>>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    api.admin_caller(&headers)?;
+    _: Admin,
+) -> Result<Json<PluginsAnswer>, ApiError> {
     let plugins = plugin_views(&api, None).await;
-    Ok(Json(json!({ "plugins": plugins })))
+    Ok(Json(PluginsAnswer { plugins }))
 }
 
 async fn admin_tenants(
     State(api): State<Arc<Api>>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    api.admin_caller(&headers)?;
+    _: Admin,
+) -> Result<Json<TenantsAnswer>, ApiError> {
     let mut tenants: Vec<String> = api.config.tenant_tokens.keys().cloned().collect();
     let plugins = api.bus.plugins();
     for plugin in &plugins {
@@ -895,27 +793,24 @@ async fn admin_tenants(
     }
     tenants.sort();
     tenants.dedup();
-    let tenants: Vec<Value> = tenants
+    let tenants = tenants
         .into_iter()
-        .map(|t| {
-            json!({
-                "tenant": t,
-                "has_token": api.config.tenant_tokens.contains_key(&t),
-                "plugins": plugins.iter().filter(|p| p.tenant == t).count(),
-            })
+        .map(|t| TenantView {
+            has_token: api.config.tenant_tokens.contains_key(&t),
+            plugins: plugins.iter().filter(|p| p.tenant == t).count(),
+            tenant: t,
         })
         .collect();
-    Ok(Json(json!({ "tenants": tenants })))
+    Ok(Json(TenantsAnswer { tenants }))
 }
 
 async fn tenant_plugins(
     State(api): State<Arc<Api>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
+    _access: TenantAccess,
+) -> Result<Json<PluginsAnswer>, ApiError> {
     let plugins = plugin_views(&api, Some(&tenant)).await;
-    Ok(Json(json!({ "plugins": plugins })))
+    Ok(Json(PluginsAnswer { plugins }))
 }
 
 fn log_error(e: plugbus_log::LogError) -> ApiError {
@@ -929,27 +824,22 @@ fn log_error(e: plugbus_log::LogError) -> ApiError {
 async fn dead_letters(
     State(api): State<Arc<Api>>,
     Path((tenant, plugin)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
+    _access: TenantAccess,
+) -> Result<Json<DeadLettersAnswer>, ApiError> {
     let letters = api
         .bus
         .dead_letters(&tenant, &plugin)
         .await
         .map_err(log_error)?;
-    let letters: Vec<Value> = letters
-        .into_iter()
-        .map(|d| json!({ "seq": d.seq, "event": d.event.to_json_value(), "attempts": d.attempts }))
-        .collect();
-    Ok(Json(json!({ "dead_letters": letters })))
+    let dead_letters = letters.into_iter().map(DeadLetterView::from).collect();
+    Ok(Json(DeadLettersAnswer { dead_letters }))
 }
 
 async fn dead_letter(
     State(api): State<Arc<Api>>,
     Path((tenant, plugin, seq)): Path<(String, String, Seq)>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
+    _access: TenantAccess,
+) -> Result<Json<DeadLetterView>, ApiError> {
     let found = api
         .bus
         .dead_letter(&tenant, &plugin, seq)
@@ -958,17 +848,14 @@ async fn dead_letter(
     let Some(dead) = found else {
         return Err(no_dead_letter(&tenant, &plugin, seq));
     };
-    Ok(Json(
-        json!({ "seq": dead.seq, "event": dead.event.to_json_value(), "attempts": dead.attempts }),
-    ))
+    Ok(Json(DeadLetterView::from(dead)))
 }
 
 async fn redrive(
     State(api): State<Arc<Api>>,
     Path((tenant, plugin, seq)): Path<(String, String, Seq)>,
-    headers: HeaderMap,
+    _access: TenantAccess,
 ) -> Result<Response, ApiError> {
-    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
     let found = api
         .bus
         .request_redrive(&tenant, &plugin, seq)
@@ -977,15 +864,14 @@ async fn redrive(
     if !found {
         return Err(no_dead_letter(&tenant, &plugin, seq));
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({ "redrive": seq }))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(RedriveAnswer { redrive: seq })).into_response())
 }
 
 async fn discard(
     State(api): State<Arc<Api>>,
     Path((tenant, plugin, seq)): Path<(String, String, Seq)>,
-    headers: HeaderMap,
+    _access: TenantAccess,
 ) -> Result<Response, ApiError> {
-    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
     let found = api
         .bus
         .discard_dead_letter(&tenant, &plugin, seq)
@@ -1006,24 +892,19 @@ fn no_dead_letter(tenant: &str, plugin: &str, seq: Seq) -> ApiError {
     )
 }
 
-/// The query of a replay: where to deliver from again.
-#[derive(serde::Deserialize)]
-struct From {
-    /// A position in the log, or an RFC 3339 time.
-    from: String,
-}
-
 async fn replay(
     State(api): State<Arc<Api>>,
     Path((tenant, plugin)): Path<(String, String)>,
-    axum::extract::Query(From { from }): axum::extract::Query<From>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
+    axum::extract::Query(ReplayFrom { from }): axum::extract::Query<ReplayFrom>,
+    _access: TenantAccess,
+) -> Result<Json<ReplayAnswer>, ApiError> {
     let done = api.bus.replay(&tenant, &plugin, &from).await;
     use plugbus_log::ReplayError;
     match done {
-        Ok(done) => Ok(Json(json!({ "before": done.before, "first": done.first }))),
+        Ok(done) => Ok(Json(ReplayAnswer {
+            before: done.before,
+            first: done.first,
+        })),
         Err(e @ ReplayError::NoCursor { .. }) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -1041,11 +922,10 @@ async fn replay(
 async fn resume(
     State(api): State<Arc<Api>>,
     Path((tenant, plugin)): Path<(String, String)>,
-    headers: HeaderMap,
+    _access: TenantAccess,
 ) -> Result<Response, ApiError> {
-    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
     if api.bus.resume(&tenant, &plugin) {
-        Ok((StatusCode::OK, Json(json!({ "resumed": plugin }))).into_response())
+        Ok((StatusCode::OK, Json(ResumeAnswer { resumed: plugin })).into_response())
     } else {
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -1058,31 +938,27 @@ async fn resume(
 async fn failures(
     State(api): State<Arc<Api>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let _in_flight = api.tenant_or_admin(&headers, &tenant)?;
-    let recent: Vec<Value> = api
+    _access: TenantAccess,
+) -> Result<Json<FailuresAnswer>, ApiError> {
+    let failures = api
         .bus
         .recent_failures(&tenant)
         .into_iter()
-        .map(|f| {
-            json!({
-                "at": f.at,
-                "plugin": f.plugin,
-                "plugin_version": f.plugin_version,
-                "event_id": f.event_id,
-                "type": f.event_type,
-                "kind": f.kind,
-                "message": f.message,
-                "fuel": f.fuel,
-            })
+        .map(|f| RecentFailure {
+            at: f.at,
+            plugin: f.plugin,
+            plugin_version: f.plugin_version,
+            event_id: f.event_id,
+            ty: f.event_type,
+            kind: f.kind,
+            message: f.message,
+            fuel: f.fuel,
         })
         .collect();
-    Ok(Json(json!({ "failures": recent })))
+    Ok(Json(FailuresAnswer { failures }))
 }
 
-async fn reload(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    api.admin_caller(&headers)?;
+async fn reload(State(api): State<Arc<Api>>, _: Admin) -> Result<Json<ReloadAnswer>, ApiError> {
     let Some(dir) = api.config.plugins_dir.clone() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -1099,9 +975,10 @@ async fn reload(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<
     })?;
     let statuses = api.bus.statuses();
     let failed = statuses.iter().filter(|s| s.last_error.is_some()).count();
-    Ok(Json(
-        json!({ "plugins": statuses.len(), "with_errors": failed }),
-    ))
+    Ok(Json(ReloadAnswer {
+        plugins: statuses.len(),
+        with_errors: failed,
+    }))
 }
 
 /// The hex SHA-256 of `token`, as the configuration stores it and the API

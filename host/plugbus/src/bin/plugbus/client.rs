@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
+use plugbus::api::types::{ErrorBody, IngestAnswer, PluginState, PluginsAnswer};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+use crate::table::{self, Column};
 
 /// Where the host is, and who is asking.
 #[derive(clap::Args)]
@@ -81,8 +85,49 @@ pub struct StatusArgs {
     remote: Remote,
 }
 
-/// A request without a body to `url` with `token`: its status and body.
-pub fn call(url: &str, token: &str, method: &str, path: &str) -> anyhow::Result<(u16, Value)> {
+/// A host's answer to a request: its status and its body as sent.
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body, as the host sent it.
+    text: String,
+}
+
+impl Answer {
+    /// The answer, or an error naming what the host said when it refused.
+    pub fn ok(self) -> anyhow::Result<Self> {
+        if (200..300).contains(&self.status) {
+            return Ok(self);
+        }
+        let status = self.status;
+        let refusal = serde_json::from_str::<ErrorBody>(&self.text).ok();
+        let message = refusal.as_ref().map_or("", |r| r.message.as_str());
+        match refusal.as_ref().and_then(|r| r.attribute.as_deref()) {
+            Some(attribute) => bail!("{status}: {message} (attribute {attribute})"),
+            None => bail!("{status}: {message}"),
+        }
+    }
+
+    /// The body, read as the API's type `T`.
+    pub fn read<T: DeserializeOwned>(&self) -> anyhow::Result<T> {
+        serde_json::from_str(&self.text).with_context(|| {
+            format!(
+                "the host answered {} with a body this client cannot read",
+                self.status
+            )
+        })
+    }
+}
+
+impl std::fmt::Display for Answer {
+    /// The body as the host sent it (what `--json` prints).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// A request without a body to `url` with `token`: its answer.
+pub fn call(url: &str, token: &str, method: &str, path: &str) -> anyhow::Result<Answer> {
     let remote = Remote {
         url: url.to_owned(),
         token: token.to_owned(),
@@ -91,13 +136,13 @@ pub fn call(url: &str, token: &str, method: &str, path: &str) -> anyhow::Result<
     request(&remote, method, path, None)
 }
 
-/// A request's answer: its status and body.
+/// A request's answer.
 fn request(
     remote: &Remote,
     method: &str,
     path: &str,
     body: Option<(&str, String)>,
-) -> anyhow::Result<(u16, Value)> {
+) -> anyhow::Result<Answer> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(std::time::Duration::from_secs(30)))
@@ -121,20 +166,7 @@ fn request(
         .body_mut()
         .read_to_string()
         .with_context(|| format!("cannot read the answer of {url}"))?;
-    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Ok((status, value))
-}
-
-/// Turns a refusal into an error naming what the host said.
-pub fn ok(status: u16, body: &Value) -> anyhow::Result<()> {
-    if (200..300).contains(&status) {
-        return Ok(());
-    }
-    let message = body["message"].as_str().unwrap_or_default();
-    match body["attribute"].as_str() {
-        Some(attribute) => bail!("{status}: {message} (attribute {attribute})"),
-        None => bail!("{status}: {message}"),
-    }
+    Ok(Answer { status, text })
 }
 
 /// Publishes a file of JSON lines in batches, showing progress on a
@@ -164,21 +196,23 @@ fn publish_lines(args: &PublishArgs, path: &std::path::Path) -> anyhow::Result<E
     let (mut stored, mut duplicates) = (0u64, 0u64);
     for batch in events.chunks(args.batch_size as usize) {
         let body = Value::Array(batch.to_vec()).to_string();
-        let (status, answer) = request(
+        let answer: IngestAnswer = request(
             &args.remote,
             "POST",
             "/v1/events",
             Some(("application/cloudevents-batch+json", body)),
-        )?;
-        ok(status, &answer).with_context(|| {
+        )?
+        .ok()
+        .with_context(|| {
             format!(
                 "the batch from event {} was refused; the {} before it are stored",
                 stored + duplicates + 1,
                 stored + duplicates
             )
-        })?;
-        for accepted in answer["accepted"].as_array().into_iter().flatten() {
-            if accepted["duplicate"] == true {
+        })?
+        .read()?;
+        for accepted in answer.accepted {
+            if accepted.duplicate {
                 duplicates += 1;
             } else {
                 stored += 1;
@@ -238,25 +272,31 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
             ("application/cloudevents+json", event.to_string())
         }
     };
-    let (status, answer) = request(
+    let answer = request(
         &args.remote,
         "POST",
         "/v1/events",
         Some((content_type, body)),
-    )?;
-    ok(status, &answer)?;
+    )?
+    .ok()?;
     if args.remote.json {
         println!("{answer}");
     } else {
-        println!("{:<40} {:>10}  duplicate", "id", "seq");
-        for accepted in answer["accepted"].as_array().into_iter().flatten() {
-            println!(
-                "{:<40} {:>10}  {}",
-                accepted["id"].as_str().unwrap_or_default(),
-                accepted["seq"].to_string(),
-                accepted["duplicate"]
-            );
-        }
+        let answer: IngestAnswer = answer.read()?;
+        table::print(
+            &[
+                Column::left("id", 40),
+                Column::right("seq", 10).gap(2),
+                Column::left("duplicate", 0).gap(0),
+            ],
+            answer.accepted.iter().map(|a| {
+                vec![
+                    crate::ops::cell(&a.id).into_owned(),
+                    a.seq.to_string(),
+                    a.duplicate.to_string(),
+                ]
+            }),
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -267,59 +307,60 @@ pub fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
         Some(tenant) => format!("/v1/tenants/{tenant}/plugins"),
         None => "/v1/admin/plugins".to_owned(),
     };
-    let (status, answer) = request(&args.remote, "GET", &path, None)?;
-    ok(status, &answer)?;
+    let answer = request(&args.remote, "GET", &path, None)?.ok()?;
     if args.remote.json {
         println!("{answer}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<20} {:<24} {:<14} {:<15} {:>10} {:>8}  last error",
-        "tenant", "plugin", "version", "status", "cursor", "lag"
+    let answer: PluginsAnswer = answer.read()?;
+    let number = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    table::print(
+        &[
+            Column::left("tenant", 20),
+            Column::left("plugin", 24),
+            Column::left("version", 14),
+            Column::left("status", 15),
+            Column::right("cursor", 10),
+            Column::right("lag", 8).gap(2),
+            Column::left("last error", 0).gap(0),
+        ],
+        answer.plugins.iter().map(|p| {
+            vec![
+                crate::ops::cell(&p.tenant).into_owned(),
+                crate::ops::cell(&p.plugin).into_owned(),
+                crate::ops::cell(p.version.as_deref().unwrap_or("-")).into_owned(),
+                p.status.as_str().to_owned(),
+                number(p.cursor),
+                number(p.lag),
+                // A manifest error's caret diagram spans lines: escaped,
+                // it stays on the row.
+                plugbus::text::escape(
+                    p.last_error.as_deref().unwrap_or(""),
+                    crate::ops::LAST_COLUMN_BYTES,
+                )
+                .into_owned(),
+            ]
+        }),
     );
-    for p in answer["plugins"].as_array().into_iter().flatten() {
-        let text = |key: &str| crate::ops::cell(p[key].as_str().unwrap_or("-")).into_owned();
-        // A JSON value ignores widths: its text is what gets padded.
-        let number = |key: &str| {
-            p[key]
-                .as_u64()
-                .map_or_else(|| "-".to_owned(), |n| n.to_string())
-        };
-        println!(
-            "{:<20} {:<24} {:<14} {:<15} {:>10} {:>8}  {}",
-            text("tenant"),
-            text("plugin"),
-            text("version"),
-            text("status"),
-            number("cursor"),
-            number("lag"),
-            // A manifest error's caret diagram spans lines: escaped, it
-            // stays on the row.
-            plugbus::text::escape(
-                p["last_error"].as_str().unwrap_or(""),
-                crate::ops::LAST_COLUMN_BYTES
-            )
-        );
-    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `plugbus status`: readiness and a summary of the plugins (admin
 /// token). Exit status 1 when the host is not ready.
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let (ready, _) = request(&args.remote, "GET", "/readyz", None)?;
-    let (status, answer) = request(&args.remote, "GET", "/v1/admin/plugins", None)?;
-    ok(status, &answer)?;
-    let plugins = answer["plugins"].as_array().cloned().unwrap_or_default();
-    let count = |s: &str| plugins.iter().filter(|p| p["status"] == s).count();
+    let ready = request(&args.remote, "GET", "/readyz", None)?.status;
+    let PluginsAnswer { plugins } = request(&args.remote, "GET", "/v1/admin/plugins", None)?
+        .ok()?
+        .read()?;
+    let count = |s: PluginState| plugins.iter().filter(|p| p.status == s).count();
     let summary = json!({
         "ready": ready == 200,
         "plugins": plugins.len(),
-        "active": count("active"),
-        "degraded": count("degraded"),
-        "failed_to_load": count("failed_to_load"),
-        "quarantined": count("quarantined"),
-        "lag": plugins.iter().filter_map(|p| p["lag"].as_u64()).sum::<u64>(),
+        "active": count(PluginState::Active),
+        "degraded": count(PluginState::Degraded),
+        "failed_to_load": count(PluginState::FailedToLoad),
+        "quarantined": count(PluginState::Quarantined),
+        "lag": plugins.iter().filter_map(|p| p.lag).sum::<u64>(),
     });
     if args.remote.json {
         println!("{summary}");

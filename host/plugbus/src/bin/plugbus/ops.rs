@@ -8,8 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
+use plugbus::api::types::{DeadLetterView, DeadLettersAnswer, PluginsAnswer, ReplayAnswer};
 use plugbus::log::{DeadLetterStore, QuarantineStore, SqliteLog, SqliteLogConfig};
 use serde_json::json;
+
+use crate::client::Answer;
+use crate::table::{self, Column};
 
 /// Where the log is.
 #[derive(clap::Args)]
@@ -56,16 +60,15 @@ impl DataArg {
 impl Source {
     /// A request to the host's API; an error naming what it said unless
     /// it answered `ok` or 404 (`None`).
-    fn call(&self, method: &str, path: &str) -> anyhow::Result<Option<serde_json::Value>> {
+    fn call(&self, method: &str, path: &str) -> anyhow::Result<Option<Answer>> {
         let Source::Http { url, token } = self else {
             bail!("not a running host");
         };
-        let (status, body) = crate::client::call(url, token, method, path)?;
-        if status == 404 {
+        let answer = crate::client::call(url, token, method, path)?;
+        if answer.status == 404 {
             return Ok(None);
         }
-        crate::client::ok(status, &body)?;
-        Ok(Some(body))
+        Ok(Some(answer.ok()?))
     }
 
     /// The plugins of `tenant` that have dead letters.
@@ -73,31 +76,30 @@ impl Source {
         match self {
             Source::Log(log) => Ok(log.dead_letter_plugins(tenant)?),
             Source::Http { .. } => {
-                let plugins = self
+                let answer: PluginsAnswer = self
                     .call("GET", &format!("/v1/tenants/{tenant}/plugins"))?
-                    .with_context(|| format!("the host has no tenant {tenant:?} for this token"))?;
-                Ok(plugins["plugins"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|p| p["plugin"].as_str().map(str::to_owned))
-                    .collect())
+                    .with_context(|| format!("the host has no tenant {tenant:?} for this token"))?
+                    .read()?;
+                Ok(answer.plugins.into_iter().map(|p| p.plugin).collect())
             }
         }
     }
 
-    /// `plugin`'s dead letters as JSON: seq, event, attempts.
-    fn dead_letters(&self, tenant: &str, plugin: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    /// `plugin`'s dead letters, as the API shows them.
+    fn dead_letters(&self, tenant: &str, plugin: &str) -> anyhow::Result<Vec<DeadLetterView>> {
         match self {
             Source::Log(log) => Ok(log
                 .dead_letters(tenant, plugin)?
                 .into_iter()
-                .map(|d| json!({ "seq": d.seq, "event": d.event.to_json_value(), "attempts": d.attempts }))
+                .map(DeadLetterView::from)
                 .collect()),
-            Source::Http { .. } => Ok(self
-                .call("GET", &format!("/v1/tenants/{tenant}/plugins/{plugin}/dead-letters"))?
-                .and_then(|v| v["dead_letters"].as_array().cloned())
-                .unwrap_or_default()),
+            Source::Http { .. } => {
+                let path = format!("/v1/tenants/{tenant}/plugins/{plugin}/dead-letters");
+                Ok(match self.call("GET", &path)? {
+                    Some(answer) => answer.read::<DeadLettersAnswer>()?.dead_letters,
+                    None => Vec::new(),
+                })
+            }
         }
     }
 }
@@ -246,25 +248,19 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 Some(plugin) => vec![plugin],
                 None => source.dead_letter_plugins(&tenant)?,
             };
-            if !json {
-                println!(
-                    "{:>8}  {:<20} {:<24} {:<28} {:>8}  last failure",
-                    "seq", "plugin", "event id", "type", "attempts"
-                );
-            }
+            let mut rows = Vec::new();
             for plugin in plugins {
                 for dead in source.dead_letters(&tenant, &plugin)? {
-                    let attempts = dead["attempts"].as_array().cloned().unwrap_or_default();
+                    let attempts = &dead.attempts;
                     let last = attempts.last();
-                    let kind = last.and_then(|a| a["kind"].as_str()).unwrap_or("-");
-                    let message = last.and_then(|a| a["message"].as_str()).unwrap_or("");
-                    let text =
-                        |key: &str| dead["event"][key].as_str().unwrap_or_default().to_owned();
+                    let kind = last.map_or("-", |a| a.kind.as_str());
+                    let message = last.map_or("", |a| a.message.as_str());
+                    let text = |key: &str| dead.event[key].as_str().unwrap_or_default().to_owned();
                     if json {
                         println!(
                             "{}",
                             json!({
-                                "seq": dead["seq"],
+                                "seq": dead.seq,
                                 "plugin": plugin,
                                 "event_id": text("id"),
                                 "type": text("type"),
@@ -276,28 +272,42 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                     } else {
                         // Tenant text, escaped and cut: one line per
                         // row, and no escape sequence reaches the terminal.
-                        println!(
-                            "{:>8}  {:<20} {:<24} {:<28} {:>8}  {kind}: {}",
-                            // Its text: a JSON value ignores widths.
-                            dead["seq"].to_string(),
-                            plugin,
-                            cell(&text("id")),
-                            cell(&text("type")),
-                            attempts.len(),
-                            plugbus::text::escape(message, LAST_COLUMN_BYTES)
-                        );
+                        rows.push(vec![
+                            dead.seq.to_string(),
+                            plugin.clone(),
+                            cell(&text("id")).into_owned(),
+                            cell(&text("type")).into_owned(),
+                            attempts.len().to_string(),
+                            format!(
+                                "{kind}: {}",
+                                plugbus::text::escape(message, LAST_COLUMN_BYTES)
+                            ),
+                        ]);
                     }
                 }
+            }
+            if !json {
+                table::print(
+                    &[
+                        Column::right("seq", 8).gap(2),
+                        Column::left("plugin", 20),
+                        Column::left("event id", 24),
+                        Column::left("type", 28),
+                        Column::right("attempts", 8).gap(2),
+                        Column::left("last failure", 0).gap(0),
+                    ],
+                    rows,
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Show(DeadLetterArg { plugin, seq, data }) => {
             check_names(&plugin.tenant, Some(&plugin.plugin))?;
             let source = data.source()?;
-            let Some(mut dead) = source
+            let Some(dead) = source
                 .dead_letters(&plugin.tenant, &plugin.plugin)?
                 .into_iter()
-                .find(|d| d["seq"] == seq)
+                .find(|d| d.seq == seq)
             else {
                 bail!(
                     "{}/{} has no dead letter at {seq}",
@@ -305,6 +315,7 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                     plugin.plugin
                 );
             };
+            let mut dead = serde_json::to_value(dead)?;
             dead["tenant"] = plugin.tenant.into();
             dead["plugin"] = plugin.plugin.into();
             println!("{}", serde_json::to_string_pretty(&dead)?);
@@ -364,7 +375,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         source @ Source::Http { .. } => {
             let from_query =
                 percent_encoding::utf8_percent_encode(&from, percent_encoding::NON_ALPHANUMERIC);
-            let done = source
+            let done: ReplayAnswer = source
                 .call(
                     "POST",
                     &format!(
@@ -377,11 +388,9 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                         "{}/{} has no cursor on this host",
                         plugin.tenant, plugin.plugin
                     )
-                })?;
-            (
-                done["before"].as_u64().unwrap_or(0),
-                done["first"].as_u64().unwrap_or(1),
-            )
+                })?
+                .read()?;
+            (done.before, done.first)
         }
     };
     println!(
@@ -418,17 +427,15 @@ fn quarantines(
                 Some(tenant) => format!("/v1/tenants/{tenant}/plugins"),
                 None => "/v1/admin/plugins".to_owned(),
             };
-            let plugins = source
+            let answer: PluginsAnswer = source
                 .call("GET", &path)?
-                .with_context(|| format!("the host has no tenant {tenant:?} for this token"))?;
-            plugins["plugins"]
-                .as_array()
+                .with_context(|| format!("the host has no tenant {tenant:?} for this token"))?
+                .read()?;
+            answer
+                .plugins
                 .into_iter()
-                .flatten()
-                .filter(|p| !p["quarantine"].is_null())
-                .map(|p| serde_json::from_value(p["quarantine"].clone()))
-                .collect::<Result<_, _>>()
-                .context("the host answered with a quarantine this client cannot read")?
+                .filter_map(|p| p.quarantine)
+                .collect()
         }
     };
     Ok(all
@@ -445,12 +452,7 @@ pub fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
                 check_names(tenant, None)?;
             }
             let all = quarantines(&data.source()?, tenant.as_deref())?;
-            if !json {
-                println!(
-                    "{:<20} {:<20} {:<14} {:<26} until",
-                    "tenant", "plugin", "version", "since"
-                );
-            }
+            let mut rows = Vec::new();
             for q in all {
                 if json {
                     println!(
@@ -464,15 +466,26 @@ pub fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
                         })
                     );
                 } else {
-                    println!(
-                        "{:<20} {:<20} {:<14} {:<26} {}",
+                    rows.push(vec![
                         q.tenant,
                         q.plugin,
                         q.version,
                         rfc3339_ms(q.since_ms),
-                        rfc3339_ms(q.until_ms)
-                    );
+                        rfc3339_ms(q.until_ms),
+                    ]);
                 }
+            }
+            if !json {
+                table::print(
+                    &[
+                        Column::left("tenant", 20),
+                        Column::left("plugin", 20),
+                        Column::left("version", 14),
+                        Column::left("since", 26),
+                        Column::left("until", 0).gap(0),
+                    ],
+                    rows,
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

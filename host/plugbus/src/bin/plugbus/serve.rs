@@ -16,7 +16,8 @@ use plugbus::config::Config;
 use plugbus::durable::{DurableBus, DurableConfig};
 use plugbus::log::{SqliteLog, SqliteLogConfig};
 
-use crate::{DeliveryLine, Mode, numbered_lines, parse_line, shutdown_signal};
+use crate::dispatch::{Mode, load};
+use crate::lines::{DeliveryLine, numbered_lines, parse_line};
 
 /// How long after the drain deadline the deliveries already made may still
 /// be written to stdout.
@@ -240,7 +241,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let metrics = install_metrics()?;
     let host = Arc::new(plugbus::Host::new(config)?);
-    crate::load(&host, &plugins)?;
+    load(&host, &plugins)?;
     let _watcher = host.watch(&plugins)?;
     let d = &settings.delivery;
     let log = SqliteLog::open(
@@ -558,4 +559,24 @@ async fn publish_lines(
         () = &mut *stop => {}
     }
     Ok(rejected)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing the deliveries under way");
 }
