@@ -8,14 +8,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use wasmtime::component::{ComponentExportIndex, HasSelf, TypedFunc};
-use wasmtime::{AsContextMut, Engine, Store, StoreContextMut, Trap};
+use wasmtime::component::{ComponentExportIndex, TypedFunc};
+use wasmtime::{Engine, Store, Trap};
 
-use crate::bindings::{HandlerError, Instance as Handler, Pre};
+use crate::bindings::{Instance as Handler, Pre};
 use crate::event::Event;
 use crate::manifest::Manifest;
-use crate::sandbox::{Bounds, DeliveryScope, Identity, MemoryLimitExceeded, PluginState};
-use crate::state::{Overlay, StateWrite};
+use crate::sandbox::{
+    BatchRun, Bounds, DeliveryScope, Effects, HandlerError, Identity, MemoryLimitExceeded,
+    PluginState, delivery_span, enter_span,
+};
+use crate::state::Overlay;
 use crate::stats::Stats;
 
 /// Whether a plugin's instance serves many events or one.
@@ -322,7 +325,8 @@ pub(crate) struct PluginParts {
 impl Plugin {
     pub(crate) fn new(parts: PluginParts) -> Self {
         let metrics = DeliveryMetrics::new(&parts.identity);
-        let recycling = crate::deadline::Recycling::new(&parts.identity);
+        let recycling =
+            crate::deadline::Recycling::new(&parts.identity.tenant, &parts.identity.name);
         Self {
             identity: parts.identity,
             manifest: parts.manifest,
@@ -811,16 +815,12 @@ impl Plugin {
         enter_span(Some(self.span(events[0].event)));
         warm.store.data_mut().scope = first_scope;
         warm.store.data_mut().overlay = prior.clone();
-        warm.store.data_mut().batch = Some(BatchRun {
-            pending: scopes.collect(),
-            finished: Vec::with_capacity(events.len()),
+        warm.store.data_mut().batch = Some(BatchRun::new(
+            scopes.collect(),
             fuel,
             deadline,
-            started: Instant::now(),
-            exhausted: false,
             until_failure,
-            commit_full: false,
-        });
+        ));
         self.stats.batch_calls.fetch_add(1, Ordering::Relaxed);
         let result = self
             .arm(&mut warm.store)
@@ -936,13 +936,8 @@ impl Plugin {
         let scope = std::mem::take(&mut state.scope);
         state.batch = None;
         state.overlay.clear();
-        let (stderr, dropped) = state.output.finish_delivery();
-        if dropped > 0 {
-            self.stats
-                .output_bytes_dropped
-                .fetch_add(dropped as u64, Ordering::Relaxed);
-        }
-        (effects_of(scope), stderr)
+        let stderr = state.end_output();
+        (Effects::of(scope), stderr)
     }
 
     /// A failure of guest origin, its message cut at the host's limit.
@@ -987,7 +982,7 @@ impl Plugin {
                 })
                 .flatten();
             if let Some(reason) = due {
-                self.recycling.record(&self.identity, reason, used);
+                self.recycling.record(&self.identity.label, reason, used);
                 return;
             }
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -1150,74 +1145,6 @@ impl<'a> Item<'a> {
     }
 }
 
-/// What a successful delivery leaves behind, for its caller to publish and
-/// store: empty for a failed one.
-#[derive(Debug, Default)]
-pub(crate) struct Effects {
-    /// The events it emitted.
-    pub emitted: Vec<Event>,
-    /// Its state writes, in order.
-    pub state: Vec<StateWrite>,
-}
-
-impl Effects {
-    /// The bytes they add to a commit: each emitted event's
-    /// [`crate::batch::event_bytes`], each state write's key and value.
-    pub fn bytes(&self) -> usize {
-        let events: usize = self.emitted.iter().map(crate::batch::event_bytes).sum();
-        let writes: usize = self
-            .state
-            .iter()
-            .map(|w| crate::state::write_bytes(&w.key, w.value.as_deref()))
-            .sum();
-        events.saturating_add(writes)
-    }
-}
-
-/// The share of a chain's remaining event budget that the `index`-th of
-/// `n` children gets: `remaining` divided as evenly as possible, the first
-/// `remaining % n` children getting one more than the others; 0 when
-/// `index` is not below `n`. The shares of all `n` children add up to
-/// `remaining`.
-///
-/// A delivery's emitted events divide what the chain had left when it
-/// ended; a durable consumer divides an event's budget
-/// ([`Event::chain_budget`]) among the plugins subscribed to it, each by
-/// its place in a fixed order.
-pub fn chain_budget_share(remaining: usize, n: usize, index: usize) -> usize {
-    if index >= n {
-        return 0;
-    }
-    remaining / n + usize::from(index < remaining % n)
-}
-
-/// The shares of `remaining` among `n` children, in order; see
-/// [`chain_budget_share`]. Empty when `n` is 0.
-pub fn split_chain_budget(remaining: usize, n: usize) -> impl ExactSizeIterator<Item = usize> {
-    (0..n).map(move |index| chain_budget_share(remaining, n, index))
-}
-
-/// What an ended delivery emitted and wrote. When the delivery had a chain
-/// budget, each emitted event carries its share of what the chain has left
-/// (its `chainbudget` extension), so that the budget travels with the
-/// events: the events below each one may be at most its share.
-fn effects_of(scope: DeliveryScope) -> Effects {
-    let mut emitted = scope.emitted;
-    if let Some(budget) = &scope.chain_budget {
-        let left = budget.load(Ordering::Acquire);
-        let shares = split_chain_budget(left, emitted.len());
-        for (event, share) in emitted.iter_mut().zip(shares) {
-            event
-                .extensions
-                .insert(crate::event::BUDGET_EXTENSION.to_owned(), share.to_string());
-        }
-    }
-    Effects {
-        emitted,
-        state: scope.state.writes,
-    }
-}
-
 /// The outcome of a handler that returned.
 fn outcome_of(result: Result<(), HandlerError>) -> Outcome {
     match result {
@@ -1231,194 +1158,6 @@ fn outcome_of(result: Result<(), HandlerError>) -> Outcome {
             message,
         }),
     }
-}
-
-/// The batch a store is handling through `handle-batch`: the events still
-/// to start, the results reported so far, and each event's budgets.
-pub(crate) struct BatchRun {
-    /// The scopes of the events not started yet, in order.
-    pending: std::collections::VecDeque<DeliveryScope>,
-    /// What each reported event did, in order.
-    finished: Vec<Finished>,
-    /// Each event's fuel, when fuel is metered.
-    fuel: Option<u64>,
-    /// Each event's deadline, in epoch ticks.
-    deadline: u64,
-    /// When the event now running started.
-    started: Instant,
-    /// Every event has been reported.
-    exhausted: bool,
-    /// Stop the batch at the first failure.
-    until_failure: bool,
-    /// The batch stopped with events left because its pending commit had
-    /// no room for another delivery.
-    commit_full: bool,
-}
-
-/// One event of a batch, reported through `batch.done`.
-struct Finished {
-    /// The delivery span it ran in.
-    span: tracing::Span,
-    result: Result<(), HandlerError>,
-    fuel: u64,
-    duration: Duration,
-    effects: Effects,
-}
-
-thread_local! {
-    /// The delivery span entered for the event of a batch that is running
-    /// on this thread, so that what the plugin logs lands in it.
-    static BATCH_SPAN: std::cell::RefCell<Option<tracing::span::EnteredSpan>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Leaves the batch event's span entered on this thread, if any, and
-/// enters `span`; returns the span it left.
-fn enter_span(span: Option<tracing::Span>) -> Option<tracing::Span> {
-    BATCH_SPAN.with(|current| {
-        let mut current = current.borrow_mut();
-        let left = current.take().map(tracing::span::EnteredSpan::exit);
-        *current = span.map(tracing::Span::entered);
-        left
-    })
-}
-
-/// The delivery span of the event `scope` is for.
-fn scope_span(identity: &Identity, scope: &DeliveryScope) -> tracing::Span {
-    let extension = |name: &str| {
-        scope
-            .trace
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    };
-    delivery_span(
-        identity,
-        &scope.event_id,
-        extension("traceparent"),
-        extension("tracestate"),
-    )
-}
-
-/// The span of one delivery: tenant, plugin, version and event id, and
-/// the event's W3C trace context, which it continues.
-fn delivery_span(
-    identity: &Identity,
-    event_id: &str,
-    traceparent: Option<&str>,
-    tracestate: Option<&str>,
-) -> tracing::Span {
-    let span = tracing::info_span!(
-        "delivery",
-        tenant = %identity.tenant,
-        plugin = %identity.name,
-        version = %identity.version,
-        event_id = %event_id,
-        traceparent = traceparent,
-    );
-    crate::telemetry::continue_trace(&span, traceparent, tracestate);
-    span
-}
-
-/// `batch.done`: records the current event's result, fuel, time and
-/// emitted events, then starts the next event with a full tank, a fresh
-/// deadline and its own scope; or, after a failure in a batch that stops
-/// at failures, tells the plugin to stop.
-fn batch_done(
-    mut store: StoreContextMut<'_, PluginState>,
-    (result,): (Result<(), HandlerError>,),
-) -> wasmtime::Result<(bool,)> {
-    let left = store.get_fuel().ok();
-    let state = store.data_mut();
-    let Some(run) = state.batch.as_mut() else {
-        return Err(wasmtime::Error::msg(
-            "batch.done called outside of handle-batch",
-        ));
-    };
-    if run.exhausted {
-        return Err(wasmtime::Error::msg(
-            "batch.done called more often than the batch has events",
-        ));
-    }
-    let fuel = match (run.fuel, left) {
-        (Some(budget), Some(left)) => budget.saturating_sub(left),
-        _ => 0,
-    };
-    let duration = run.started.elapsed();
-    // Bounded at once: the batch holds its events' results until it ends.
-    let mut result = result;
-    if let Err(HandlerError::Retryable(message) | HandlerError::Permanent(message)) = &mut result
-        && crate::text::truncate_in_place(message, state.bounds.max_error_bytes)
-    {
-        state
-            .stats
-            .error_messages_truncated
-            .fetch_add(1, Ordering::Relaxed);
-    }
-    // What the event adds to the batch's pending commit; the batch ends
-    // when another event at its limits would not fit.
-    let adds = if result.is_ok() {
-        state.scope.emitted_bytes + state.scope.state.bytes
-    } else {
-        0
-    };
-    let held = state.overlay.commit_bytes.saturating_add(adds);
-    let commit_full = held.saturating_add(state.bounds.max_delivery_bytes())
-        > state.bounds.max_batch_commit_bytes;
-    run.commit_full = commit_full && !run.pending.is_empty();
-    let stop = (run.until_failure && result.is_err()) || commit_full;
-    if stop {
-        run.pending.clear();
-    }
-    let next = run.pending.pop_front();
-    let (fuel_budget, deadline) = (run.fuel, run.deadline);
-    let exhausted = next.is_none();
-    let next_span = next.as_ref().map(|next| scope_span(&state.identity, next));
-    let scope = std::mem::replace(&mut state.scope, next.unwrap_or_default());
-    let (_, dropped) = state.output.finish_delivery();
-    if dropped > 0 {
-        state
-            .stats
-            .output_bytes_dropped
-            .fetch_add(dropped as u64, Ordering::Relaxed);
-    }
-    if result.is_ok() {
-        // The events after this one see its writes.
-        state.overlay.add(&scope.state.writes);
-        state.overlay.commit_bytes = held;
-    }
-    let span = enter_span(next_span).unwrap_or_else(|| scope_span(&state.identity, &scope));
-    let effects = if result.is_ok() {
-        effects_of(scope)
-    } else {
-        // A failed event's effects are dropped now, not held until the
-        // batch ends.
-        state
-            .stats
-            .emits_discarded
-            .fetch_add(scope.emitted.len() as u64, Ordering::Relaxed);
-        Effects::default()
-    };
-    let Some(run) = state.batch.as_mut() else {
-        return Ok((false,));
-    };
-    run.finished.push(Finished {
-        span,
-        result,
-        fuel,
-        duration,
-        effects,
-    });
-    run.exhausted = exhausted;
-    run.started = Instant::now();
-    // The next event, or the plugin's return after the last, runs under a
-    // full event's limits.
-    if let Some(budget) = fuel_budget {
-        store.set_fuel(budget)?;
-    }
-    store.data_mut().deadline.restart();
-    store.as_context_mut().set_epoch_deadline(deadline);
-    Ok((!stop,))
 }
 
 /// Turns the error of a call (or of an instantiation) into a failure kind.
@@ -1492,34 +1231,6 @@ fn panic_message(stderr: &str) -> Option<String> {
     })
 }
 
-/// Registers the imports of every served version of the world, WASI
-/// included, in a linker.
-pub(crate) fn linker(
-    engine: &Engine,
-) -> Result<wasmtime::component::Linker<PluginState>, wasmtime::Error> {
-    let mut linker = wasmtime::component::Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    // Host calls that wait end at the delivery's deadline.
-    crate::deadline::add_to_linker(&mut linker)?;
-    crate::bindings::v0_2::Handler::add_to_linker::<PluginState, HasSelf<PluginState>>(
-        &mut linker,
-        |state| state,
-    )?;
-    crate::bindings::v0_1::Handler::add_to_linker::<PluginState, HasSelf<PluginState>>(
-        &mut linker,
-        |state| state,
-    )?;
-    // `batch.done`, imported by plugins of world `batch-handler`. A 0.1.0
-    // plugin gets its events through `handle` (its batch layout has no
-    // attempt), but it still imports `done`.
-    for version in crate::bindings::VERSIONS {
-        linker
-            .instance(&format!("plugbus:plugin/batch@{version}"))?
-            .func_wrap("done", batch_done)?;
-    }
-    Ok(linker)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1532,34 +1243,6 @@ mod tests {
             Some("fixture panic on evt-1 (at src/lib.rs:12:9)")
         );
         assert_eq!(panic_message("nothing here"), None);
-    }
-
-    #[test]
-    fn chain_budgets_split_evenly_and_add_up() {
-        for remaining in 0..200 {
-            assert_eq!(split_chain_budget(remaining, 0).len(), 0);
-            for n in 1..24 {
-                let shares: Vec<_> = split_chain_budget(remaining, n).collect();
-                assert_eq!(shares.len(), n);
-                assert_eq!(
-                    shares.iter().sum::<usize>(),
-                    remaining,
-                    "{remaining} in {n}"
-                );
-                let (min, max) = (shares.iter().min(), shares.iter().max());
-                assert!(
-                    max.zip(min).is_some_and(|(max, min)| max - min <= 1),
-                    "{shares:?}"
-                );
-                // The larger shares come first.
-                assert!(shares.windows(2).all(|w| w[0] >= w[1]), "{shares:?}");
-                assert_eq!(chain_budget_share(remaining, n, n), 0);
-            }
-        }
-        assert_eq!(split_chain_budget(10, 4).collect::<Vec<_>>(), [3, 3, 2, 2]);
-        assert_eq!(split_chain_budget(2, 3).collect::<Vec<_>>(), [1, 1, 0]);
-        let huge: Vec<_> = split_chain_budget(usize::MAX, 2).collect();
-        assert_eq!(huge, [usize::MAX / 2 + 1, usize::MAX / 2]);
     }
 
     #[test]
