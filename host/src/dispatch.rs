@@ -15,8 +15,8 @@ use crate::bindings::{Instance as Handler, Pre};
 use crate::event::Event;
 use crate::manifest::Manifest;
 use crate::sandbox::{
-    BatchRun, Bounds, DeliveryScope, Effects, HandlerError, Identity, MemoryLimitExceeded,
-    PluginState, delivery_span, enter_span,
+    BatchRun, Bounds, DeliveryScope, Effects, Finished, HandlerError, Identity,
+    MemoryLimitExceeded, PluginState, delivery_span, enter_span,
 };
 use crate::state::Overlay;
 use crate::stats::Stats;
@@ -292,9 +292,49 @@ struct Warm {
     store: Store<PluginState>,
     handler: Handler,
     /// The export `handle-batch`, when the plugin has it.
-    batch: Option<TypedFunc<(Vec<u8>,), ()>>,
+    batch: Option<BatchFunc>,
     /// What it has done, for the recycling rules.
     life: crate::deadline::Life,
+}
+
+/// A plugin's export `handle-batch`.
+type BatchFunc = TypedFunc<(Vec<u8>,), ()>;
+
+/// What one call of `handle-batch` did.
+struct BatchCall {
+    /// How the call ended.
+    result: Result<(), wasmtime::Error>,
+    /// The events the plugin reported through `batch.done`, in order.
+    finished: Vec<Finished>,
+    /// How many those are.
+    events: u64,
+    /// When the event running at the end started.
+    started: Instant,
+    /// The batch stopped with events left, its pending commit full.
+    commit_full: bool,
+    /// The span of the event running at the end, if any.
+    running: Option<tracing::Span>,
+}
+
+/// Where a call of `handle-batch` ended: the event that was running then.
+struct BatchEnd {
+    /// Its span, if it had started.
+    running: Option<tracing::Span>,
+    /// When it started.
+    started: Instant,
+    /// How many events the call delivered before it.
+    events: u64,
+}
+
+/// An instance's trap in the middle of a batch.
+struct Trapped {
+    err: wasmtime::Error,
+    /// The tail of what the plugin wrote to stderr.
+    stderr: String,
+    /// The fuel of the running event.
+    fuel: u64,
+    /// What the running event emitted and wrote before the trap.
+    effects: Effects,
 }
 
 /// Why an attempt at instantiating failed.
@@ -712,46 +752,46 @@ impl Plugin {
     ) -> Vec<(Delivery, Effects)> {
         let mut reports = Vec::with_capacity(items.len());
         let mut items = items.into_iter().peekable();
-        let max_bytes = self.max_batch_bytes();
         let mut buffer = Vec::new();
         // The state writes of the handled events so far, for the later
         // events to read (they are stored only after the whole call).
         let mut prior = Overlay::default();
         while let Some(first) = items.next() {
-            // The batch: events that fit its limits, in order. An event
-            // too large for a batch goes alone.
-            let mut bytes = crate::batch::encoded_len(first.event);
-            let mut chunk = vec![first];
-            while chunk.len() < self.bounds.max_batch_events {
-                let Some(next) = items.peek() else { break };
-                let len = crate::batch::encoded_len(next.event);
-                if bytes + len > max_bytes {
-                    break;
-                }
-                bytes += len;
-                chunk.extend(items.next());
-            }
-            let mut chunk = chunk.into_iter();
+            let mut chunk = self.next_chunk(first, &mut items).into_iter();
             while chunk.len() > 0 {
                 let before = reports.len();
                 self.deliver_chunk(&mut chunk, &mut buffer, &mut reports, &prior, until_failure);
                 // The next instance must see what these events wrote.
-                for (delivery, effects) in &reports[before..] {
-                    if delivery.outcome.is_handled() {
-                        prior.add(&effects.state);
-                        prior.commit_bytes = prior.commit_bytes.saturating_add(effects.bytes());
-                    }
-                }
+                add_handled(&mut prior, &reports[before..]);
                 let failed = reports.last().is_some_and(|(d, _)| !d.outcome.is_handled());
-                if until_failure && failed {
-                    return reports;
-                }
-                if self.commit_full(&prior) {
+                if (until_failure && failed) || self.commit_full(&prior) {
                     return reports;
                 }
             }
         }
         reports
+    }
+
+    /// The next batch: `first` and the events after it that fit the
+    /// batch's limits, in order. An event too large for a batch goes alone.
+    fn next_chunk<'a>(
+        &self,
+        first: Item<'a>,
+        items: &mut std::iter::Peekable<std::vec::IntoIter<Item<'a>>>,
+    ) -> Vec<Item<'a>> {
+        let max_bytes = self.max_batch_bytes();
+        let mut bytes = crate::batch::encoded_len(first.event);
+        let mut chunk = vec![first];
+        while chunk.len() < self.bounds.max_batch_events {
+            let Some(next) = items.peek() else { break };
+            let len = crate::batch::encoded_len(next.event);
+            if bytes + len > max_bytes {
+                break;
+            }
+            bytes += len;
+            chunk.extend(items.next());
+        }
+        chunk
     }
 
     /// Whether the pending commit `prior` describes has no room left for
@@ -776,35 +816,100 @@ impl Plugin {
         prior: &Overlay,
         until_failure: bool,
     ) {
-        let single = |chunk: &mut std::vec::IntoIter<Item<'_>>,
-                      reports: &mut Vec<(Delivery, Effects)>| {
+        let Some((mut warm, func)) = self.batch_instance(chunk.as_slice()) else {
             if let Some(item) = chunk.next() {
                 reports.push(self.deliver_in_chain(item, prior));
             }
+            return;
         };
-        if chunk.len() < 2
+        let call = self.call_batch(
+            &mut warm,
+            func,
+            chunk.as_slice(),
+            buffer,
+            prior,
+            until_failure,
+        );
+        let chunk_start = reports.len();
+        for (done, item) in call.finished.into_iter().zip(chunk.by_ref()) {
+            // Reported in the span the event ran in.
+            let _entered = done.span.enter();
+            let outcome = self.outcome_of(done.result);
+            let effects = self.keep_effects(&outcome, done.effects);
+            reports.push(self.report(item.event, outcome, done.fuel, done.duration, effects));
+        }
+        let ended = BatchEnd {
+            running: call.running,
+            started: call.started,
+            events: call.events,
+        };
+        match call.result {
+            Ok(()) => {
+                self.clear_scope(&mut warm.store);
+                self.release(warm, true, ended.events);
+                let failed = reports.last().is_some_and(|(d, _)| !d.outcome.is_handled());
+                // Unless the batch stopped at a failure or a full commit on
+                // the host's word, the events the plugin returned without
+                // reporting go through `handle`, one by one.
+                if chunk.len() > 0 && !(until_failure && failed) && !call.commit_full {
+                    self.deliver_unreported(chunk, reports, prior, ended);
+                }
+            }
+            Err(err) => {
+                let fuel = self.fuel_consumed(&warm.store);
+                let (effects, stderr) = self.clear_scope(&mut warm.store);
+                self.release(warm, false, ended.events);
+                let trap = Trapped {
+                    err,
+                    stderr,
+                    fuel,
+                    effects,
+                };
+                self.report_trapped(chunk, reports, chunk_start, prior, ended, trap);
+            }
+        }
+    }
+
+    /// An instance for a batch of `events` with the export `handle-batch`,
+    /// from the pool or fresh; `None` when the events go one by one: there
+    /// is one, the plugin does not batch, the first is too large for a
+    /// batch, or no instance with the export could be had (the first
+    /// event's own delivery then instantiates again and reports the
+    /// failure exactly as it would alone).
+    fn batch_instance(&self, events: &[Item<'_>]) -> Option<(Warm, BatchFunc)> {
+        if events.len() < 2
             || !self.batching()
-            || crate::batch::encoded_len(chunk.as_slice()[0].event) > self.max_batch_bytes()
+            || crate::batch::encoded_len(events[0].event) > self.max_batch_bytes()
         {
-            return single(chunk, reports);
+            return None;
         }
         let pooled = self
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        let mut warm = match pooled.map_or_else(|| self.instantiate(), Ok) {
-            Ok(warm) => warm,
-            // The first event's own delivery instantiates again and
-            // reports the failure exactly as it would alone.
-            Err(_) => return single(chunk, reports),
-        };
-        let Some(func) = warm.batch else {
-            self.release(warm, true, 0);
-            return single(chunk, reports);
-        };
+        let warm = pooled.map_or_else(|| self.instantiate(), Ok).ok()?;
+        match warm.batch {
+            Some(func) => Some((warm, func)),
+            None => {
+                self.release(warm, true, 0);
+                None
+            }
+        }
+    }
 
-        let events: Vec<_> = chunk.as_slice().to_vec();
+    /// Calls `handle-batch` once with `events`, each under its own scope
+    /// and limits (`batch.done` moves from one to the next), the batch's
+    /// buffer encoded into `buffer`.
+    fn call_batch(
+        &self,
+        warm: &mut Warm,
+        func: BatchFunc,
+        events: &[Item<'_>],
+        buffer: &mut Vec<u8>,
+        prior: &Overlay,
+        until_failure: bool,
+    ) -> BatchCall {
         crate::batch::encode(events.iter().map(|i| (i.event, i.attempt)), buffer);
         let mut scopes = events
             .iter()
@@ -812,10 +917,11 @@ impl Plugin {
         let first_scope = scopes.next().unwrap_or_default();
         let fuel = self.fuel_metered.then_some(self.manifest.limits.fuel);
         let deadline = crate::engine::deadline_ticks(self.manifest.limits.timeout, self.epoch_tick);
-        enter_span(Some(self.span(events[0].event)));
-        warm.store.data_mut().scope = first_scope;
-        warm.store.data_mut().overlay = prior.clone();
-        warm.store.data_mut().batch = Some(BatchRun::new(
+        enter_span(events.first().map(|item| self.span(item.event)));
+        let state = warm.store.data_mut();
+        state.scope = first_scope;
+        state.overlay = prior.clone();
+        state.batch = Some(BatchRun::new(
             scopes.collect(),
             fuel,
             deadline,
@@ -827,75 +933,77 @@ impl Plugin {
             .and_then(|()| func.call(&mut warm.store, (std::mem::take(buffer),)));
         // The span of the event that was running when the call ended: one
         // that trapped, or that the plugin left unreported.
-        let mut running = enter_span(None);
+        let running = enter_span(None);
         let run = warm.store.data_mut().batch.take();
         let (finished, started, commit_full) = run.map_or_else(
             || (Vec::new(), Instant::now(), false),
             |r| (r.finished, r.started, r.commit_full),
         );
-        let batch_events = finished.len() as u64;
+        let events = finished.len() as u64;
         self.stats
             .batched_deliveries
-            .fetch_add(batch_events, Ordering::Relaxed);
+            .fetch_add(events, Ordering::Relaxed);
+        BatchCall {
+            result,
+            finished,
+            events,
+            started,
+            commit_full,
+            running,
+        }
+    }
 
-        let chunk_start = reports.len();
-        for (done, item) in finished.into_iter().zip(chunk.by_ref()) {
-            // Reported in the span the event ran in.
-            let _entered = done.span.enter();
-            let outcome = self.outcome_of(done.result);
-            let effects = self.keep_effects(&outcome, done.effects);
-            reports.push(self.report(item.event, outcome, done.fuel, done.duration, effects));
+    /// Delivers the first event a plugin returned from `handle-batch`
+    /// without reporting through `handle`, in the span it had started in;
+    /// the caller's next calls deliver the others.
+    fn deliver_unreported(
+        &self,
+        chunk: &mut std::vec::IntoIter<Item<'_>>,
+        reports: &mut Vec<(Delivery, Effects)>,
+        prior: &Overlay,
+        ended: BatchEnd,
+    ) {
+        tracing::warn!(
+            plugin = %self.identity.label,
+            unreported = chunk.len(),
+            "handle-batch returned without reporting every event; the rest go through handle"
+        );
+        if let Some(item) = chunk.next() {
+            reports.push(self.deliver_in_span(item, prior, ended.running));
         }
-        match result {
-            Ok(()) => {
-                self.clear_scope(&mut warm.store);
-                self.release(warm, true, batch_events);
-                let failed = reports.last().is_some_and(|(d, _)| !d.outcome.is_handled());
-                // Events the plugin returned without reporting go through
-                // `handle`, one by one, by the caller's next calls; unless
-                // the batch stopped at a failure or a full commit on the
-                // host's word.
-                if chunk.len() > 0 && !(until_failure && failed) && !commit_full {
-                    tracing::warn!(
-                        plugin = %self.identity.label,
-                        unreported = chunk.len(),
-                        "handle-batch returned without reporting every event; the rest go through handle"
-                    );
-                    if let Some(item) = chunk.next() {
-                        reports.push(self.deliver_in_span(item, prior, running.take()));
-                    }
-                }
-            }
-            Err(err) => {
-                let fuel = self.fuel_consumed(&warm.store);
-                let (effects, stderr) = self.clear_scope(&mut warm.store);
-                self.release(warm, false, batch_events);
-                let Some(item) = chunk.next() else {
-                    // Every event was reported before the trap.
-                    return;
-                };
-                let span = running.take().unwrap_or_else(|| self.span(item.event));
-                let _entered = span.enter();
-                let failure = self.failure_of(&err, &stderr);
-                if failure.kind == FailureKind::MemoryLimit {
-                    // The batch's buffer shares the instance's memory: the
-                    // event alone, through `handle`, decides its outcome.
-                    drop(_entered);
-                    let mut prior = prior.clone();
-                    for (delivery, effects) in &reports[chunk_start..] {
-                        if delivery.outcome.is_handled() {
-                            prior.add(&effects.state);
-                            prior.commit_bytes = prior.commit_bytes.saturating_add(effects.bytes());
-                        }
-                    }
-                    reports.push(self.deliver_in_span(item, &prior, Some(span)));
-                    return;
-                }
-                let outcome = Outcome::Failed(failure);
-                let effects = self.keep_effects(&outcome, effects);
-                reports.push(self.report(item.event, outcome, fuel, started.elapsed(), effects));
-            }
+    }
+
+    /// Reports the event of `chunk` that was running when the batch's
+    /// instance trapped, if any: failed with the trap; or, when the trap
+    /// was the memory limit, delivered again alone through `handle`, since
+    /// the batch's buffer shares the instance's memory. `reports` from
+    /// `chunk_start` on are this batch's events reported before the trap.
+    fn report_trapped(
+        &self,
+        chunk: &mut std::vec::IntoIter<Item<'_>>,
+        reports: &mut Vec<(Delivery, Effects)>,
+        chunk_start: usize,
+        prior: &Overlay,
+        ended: BatchEnd,
+        trap: Trapped,
+    ) {
+        let Some(item) = chunk.next() else {
+            // Every event was reported before the trap.
+            return;
+        };
+        let span = ended.running.unwrap_or_else(|| self.span(item.event));
+        let failure = span.in_scope(|| self.failure_of(&trap.err, &trap.stderr));
+        if failure.kind == FailureKind::MemoryLimit {
+            let mut prior = prior.clone();
+            add_handled(&mut prior, &reports[chunk_start..]);
+            reports.push(self.deliver_in_span(item, &prior, Some(span)));
+            return;
         }
+        let _entered = span.enter();
+        let outcome = Outcome::Failed(failure);
+        let effects = self.keep_effects(&outcome, trap.effects);
+        let duration = ended.started.elapsed();
+        reports.push(self.report(item.event, outcome, trap.fuel, duration, effects));
     }
 
     /// The delivery span of `event` to this plugin.
@@ -1122,6 +1230,17 @@ impl Plugin {
         let effects = self.keep_effects(&outcome, effects);
         self.release(warm, keep_instance, 1);
         (outcome, fuel, effects)
+    }
+}
+
+/// Adds the state writes and commit bytes of the handled deliveries of
+/// `reports` to `prior`, for the deliveries after them to see.
+fn add_handled(prior: &mut Overlay, reports: &[(Delivery, Effects)]) {
+    for (delivery, effects) in reports {
+        if delivery.outcome.is_handled() {
+            prior.add(&effects.state);
+            prior.commit_bytes = prior.commit_bytes.saturating_add(effects.bytes());
+        }
     }
 }
 
