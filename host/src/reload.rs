@@ -261,7 +261,7 @@ pub(crate) struct Reloader {
 }
 
 /// The result of reading and building one plugin.
-enum Attempt {
+enum BuildResult {
     /// The files hash to the version serving (`serving`), or to the one
     /// that failed last.
     Unchanged { stamps: Stamps, serving: bool },
@@ -282,8 +282,9 @@ enum Attempt {
 
 /// Registry changes and their events, applied together.
 #[derive(Default)]
-struct Batch {
-    changes: Vec<(Key, Option<Arc<Plugin>>)>,
+struct RegistryChanges {
+    /// Plugins to put in (or, `None`, to take out), by tenant and name.
+    plugins: Vec<(Key, Option<Arc<Plugin>>)>,
     events: Vec<ReloadEvent>,
 }
 
@@ -342,10 +343,10 @@ impl Reloader {
             })?;
         // The caller reports them; they are only counted here.
         self.note_scan_errors(&root, &errors, false);
-        let mut batch = Batch::default();
-        self.remove_missing(&candidates, &HashSet::new(), &mut batch);
+        let mut changes = RegistryChanges::default();
+        self.remove_missing(&candidates, &HashSet::new(), &mut changes);
         let (candidates, over_quota) = self.admit(candidates);
-        errors.extend(self.refuse_over_quota(over_quota, &mut batch));
+        errors.extend(self.refuse_over_quota(over_quota, &mut changes));
         let mut compiled = Compiled::new();
         for candidate in &candidates {
             let stamps = loader::stamps(candidate);
@@ -356,12 +357,12 @@ impl Reloader {
                     continue;
                 }
             }
-            let attempt = self.attempt(candidate, &mut compiled);
-            if let Some(error) = self.apply(candidate, attempt, &mut batch) {
+            let result = self.build(candidate, &mut compiled);
+            if let Some(error) = self.apply(candidate, result, &mut changes) {
                 errors.push(error);
             }
         }
-        self.commit(batch);
+        self.commit(changes);
         Ok(errors)
     }
 
@@ -471,11 +472,11 @@ impl Reloader {
                 source,
             })?;
         self.note_scan_errors(root, &errors, true);
-        let mut batch = Batch::default();
-        self.remove_missing(&candidates, settling, &mut batch);
+        let mut changes = RegistryChanges::default();
+        self.remove_missing(&candidates, settling, &mut changes);
         let (candidates, over_quota) = self.admit(candidates);
-        self.refuse_over_quota(over_quota, &mut batch);
-        self.commit(batch);
+        self.refuse_over_quota(over_quota, &mut changes);
+        self.commit(changes);
         let mut tasks = Vec::new();
         for candidate in candidates {
             let unsettled = settling.contains(&candidate.wasm)
@@ -512,16 +513,16 @@ impl Reloader {
             };
             let reloader = self.clone();
             let job = candidate.clone();
-            let attempt = tokio::task::spawn_blocking(move || {
+            let built = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                reloader.attempt(&job, &mut Compiled::new())
+                reloader.build(&job, &mut Compiled::new())
             })
             .await;
-            match attempt {
-                Ok(attempt) => {
-                    let mut batch = Batch::default();
-                    self.apply(&candidate, attempt, &mut batch);
-                    self.commit(batch);
+            match built {
+                Ok(result) => {
+                    let mut changes = RegistryChanges::default();
+                    self.apply(&candidate, result, &mut changes);
+                    self.commit(changes);
                 }
                 Err(e) => tracing::error!(
                     file = %candidate.wasm.display(),
@@ -542,7 +543,7 @@ impl Reloader {
     }
 
     /// Reads and builds one plugin. Blocking: compiles.
-    fn attempt(&self, candidate: &Candidate, compiled: &mut Compiled) -> Attempt {
+    fn build(&self, candidate: &Candidate, compiled: &mut Compiled) -> BuildResult {
         let ctx = &self.loading;
         let source = match loader::read(&ctx, candidate) {
             Ok(source) => source,
@@ -551,7 +552,7 @@ impl Reloader {
                     LoadError::Changing { .. } => None,
                     _ => Some(loader::stamps(candidate)),
                 };
-                return Attempt::Failed {
+                return BuildResult::Failed {
                     error,
                     fingerprint: None,
                     stamps,
@@ -568,11 +569,11 @@ impl Reloader {
                     .as_ref()
                     .is_some_and(|(f, _)| *f == fingerprint);
                 if serving || slot.failed == Some(fingerprint) {
-                    return Attempt::Unchanged { stamps, serving };
+                    return BuildResult::Unchanged { stamps, serving };
                 }
             }
         }
-        let failed = |error| Attempt::Failed {
+        let failed = |error| BuildResult::Failed {
             error,
             fingerprint: Some(fingerprint),
             stamps: Some(stamps),
@@ -584,7 +585,7 @@ impl Reloader {
             return failed(error);
         }
         match loader::build(&ctx, compiled, candidate, source) {
-            Ok((plugin, compile)) => Attempt::Built {
+            Ok((plugin, compile)) => BuildResult::Built {
                 plugin: Arc::new(plugin),
                 fingerprint,
                 stamps,
@@ -594,20 +595,20 @@ impl Reloader {
         }
     }
 
-    /// Records an attempt in the plugin's slot and adds its registry change
-    /// and event to `batch`; returns the error of a failed attempt.
+    /// Records a build's result in the plugin's slot and adds its registry
+    /// change and event to `changes`; returns the error of a failed build.
     fn apply(
         &self,
         candidate: &Candidate,
-        attempt: Attempt,
-        batch: &mut Batch,
+        result: BuildResult,
+        changes: &mut RegistryChanges,
     ) -> Option<LoadError> {
         let key = key_of(candidate);
         let mut slots = self.slots();
         let slot = slots.entry(key.clone()).or_default();
         slot.path = candidate.wasm.clone();
-        match attempt {
-            Attempt::Unchanged { stamps, serving } => {
+        match result {
+            BuildResult::Unchanged { stamps, serving } => {
                 slot.stamps = Some(stamps);
                 if serving {
                     // The files are back to the version serving: whatever
@@ -617,7 +618,7 @@ impl Reloader {
                 }
                 None
             }
-            Attempt::Built {
+            BuildResult::Built {
                 plugin,
                 fingerprint,
                 stamps,
@@ -658,11 +659,11 @@ impl Reloader {
                 slot.stamps = Some(stamps);
                 slot.failed = None;
                 slot.error = None;
-                batch.changes.push((key, Some(plugin)));
-                batch.events.push(event);
+                changes.plugins.push((key, Some(plugin)));
+                changes.events.push(event);
                 None
             }
-            Attempt::Failed {
+            BuildResult::Failed {
                 error,
                 fingerprint,
                 stamps,
@@ -683,7 +684,7 @@ impl Reloader {
                 slot.failed = fingerprint;
                 slot.error = Some(error.to_string());
                 slot.failed_reloads += 1;
-                batch.events.push(ReloadEvent::Failed {
+                changes.events.push(ReloadEvent::Failed {
                     tenant: key.0,
                     plugin: key.1,
                     path: error.path().to_owned(),
@@ -701,7 +702,7 @@ impl Reloader {
         &self,
         candidates: &[Candidate],
         settling: &HashSet<PathBuf>,
-        batch: &mut Batch,
+        changes: &mut RegistryChanges,
     ) {
         let present: HashSet<Key> = candidates.iter().map(key_of).collect();
         let mut slots = self.slots();
@@ -718,26 +719,26 @@ impl Reloader {
             };
             if let Some((_, version)) = slot.serving {
                 tracing::info!(tenant = %key.0, plugin = %key.1, %version, "plugin removed");
-                batch.events.push(ReloadEvent::Removed {
+                changes.events.push(ReloadEvent::Removed {
                     tenant: key.0.clone(),
                     plugin: key.1.clone(),
                     version,
                 });
-                batch.changes.push((key, None));
+                changes.plugins.push((key, None));
             }
         }
     }
 
-    /// Swaps in a registry with `batch`'s changes, then announces them.
-    fn commit(&self, batch: Batch) {
-        if !batch.changes.is_empty() {
+    /// Swaps in a registry with `changes`, then announces them.
+    fn commit(&self, changes: RegistryChanges) {
+        if !changes.plugins.is_empty() {
             let _swap = self.swap.lock().unwrap_or_else(PoisonError::into_inner);
             let current = self.registry.load_full();
             let mut plugins: HashMap<(&str, &str), Arc<Plugin>> = current
                 .plugins()
                 .map(|p| ((p.tenant(), p.name()), p.clone()))
                 .collect();
-            for ((tenant, name), plugin) in &batch.changes {
+            for ((tenant, name), plugin) in &changes.plugins {
                 match plugin {
                     Some(plugin) => plugins.insert((tenant, name), plugin.clone()),
                     None => plugins.remove(&(tenant.as_str(), name.as_str())),
@@ -746,7 +747,7 @@ impl Reloader {
             self.registry
                 .store(Arc::new(Registry::new(plugins.into_values())));
         }
-        for event in batch.events {
+        for event in changes.events {
             // Nobody may be listening; the change happened anyway.
             let _ = self.events.send(event);
         }
@@ -799,7 +800,11 @@ impl Reloader {
 
     /// Refuses the plugins past their tenants' quotas, each once until its
     /// files change; returns the refusals made now.
-    fn refuse_over_quota(&self, refused: Vec<Candidate>, batch: &mut Batch) -> Vec<LoadError> {
+    fn refuse_over_quota(
+        &self,
+        refused: Vec<Candidate>,
+        changes: &mut RegistryChanges,
+    ) -> Vec<LoadError> {
         let mut errors = Vec::new();
         for candidate in refused {
             let stamps = loader::stamps(&candidate);
@@ -817,12 +822,12 @@ impl Reloader {
                 quota,
                 setting,
             };
-            let attempt = Attempt::Failed {
+            let result = BuildResult::Failed {
                 error,
                 fingerprint: None,
                 stamps: Some(stamps),
             };
-            errors.extend(self.apply(&candidate, attempt, batch));
+            errors.extend(self.apply(&candidate, result, changes));
             if let Some(slot) = self.slots().get_mut(&key_of(&candidate)) {
                 slot.over_quota = true;
             }
@@ -885,52 +890,124 @@ impl std::fmt::Debug for Watcher {
 
 /// A changed path: when it last changed, and whether a writer may still be
 /// at work on it (it was created or written and not yet closed).
-#[derive(Clone, Copy)]
-struct Pending {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Change {
     last: Instant,
     writing: bool,
 }
 
-/// Turns notifications into refreshes: a path is read once it has been
-/// quiet for `reload_quiet`, or for `reload_write_timeout` while a writer
-/// still has it open; paths not yet settled are left out of the refresh.
+/// The debounce between file-system notifications and reloads: the
+/// changed paths not yet settled. A path settles once it has been quiet
+/// for [`Settling::quiet`], or for [`Settling::write_timeout`] while a
+/// writer still has it open. Pure logic: it is told the time.
+#[derive(Debug)]
+struct Debounce {
+    settling: Settling,
+    changes: HashMap<PathBuf, Change>,
+}
+
+impl Debounce {
+    fn new(settling: Settling) -> Self {
+        Self {
+            settling,
+            changes: HashMap::new(),
+        }
+    }
+
+    /// Records the paths of a notification received at `now` that matter
+    /// under `root`: components, manifests, and tenant directories.
+    fn note(&mut self, root: &Path, event: &notify::Event, now: Instant) {
+        let Some(writing) = writing(&event.kind) else {
+            return;
+        };
+        for path in &event.paths {
+            let relevant = path.parent() == Some(root)
+                || path.extension().is_some_and(|e| e == "wasm" || e == "toml");
+            if relevant {
+                self.changes
+                    .insert(path.clone(), Change { last: now, writing });
+            }
+        }
+    }
+
+    /// When `change` settles.
+    fn deadline(&self, change: &Change) -> Instant {
+        let wait = if change.writing {
+            self.settling.write_timeout
+        } else {
+            self.settling.quiet
+        };
+        change.last + wait
+    }
+
+    /// Takes the paths that have settled by `now`.
+    fn settled(&mut self, now: Instant) -> Vec<PathBuf> {
+        let settled: Vec<PathBuf> = self
+            .changes
+            .iter()
+            .filter(|(_, change)| self.deadline(change) <= now)
+            .map(|(path, _)| path.clone())
+            .collect();
+        for path in &settled {
+            self.changes.remove(path);
+        }
+        settled
+    }
+
+    /// The paths still settling, which a refresh leaves out.
+    fn unsettled(&self) -> HashSet<PathBuf> {
+        self.changes.keys().cloned().collect()
+    }
+
+    /// When the next path settles, if any is settling.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.changes
+            .values()
+            .map(|change| self.deadline(change))
+            .min()
+    }
+}
+
+/// Whether a notification of `kind` says that a writer may still be at
+/// work on its paths (they were created or written, and not yet closed);
+/// `None` when it does not bear on their content (a read, an open).
+fn writing(kind: &EventKind) -> Option<bool> {
+    match kind {
+        EventKind::Create(CreateKind::File | CreateKind::Any)
+        | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => Some(true),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(false),
+        EventKind::Access(_) => None,
+        _ => Some(false),
+    }
+}
+
+/// Turns notifications into refreshes through a [`Debounce`]: a refresh
+/// starts when paths have settled (and leaves out those still settling),
+/// when the watcher asks for a rescan, and every [`RESCAN_INTERVAL`].
 async fn watch_loop(
     reloader: Arc<Reloader>,
     root: PathBuf,
     mut events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
 ) {
-    let Settling {
-        quiet,
-        write_timeout,
-    } = reloader.settling;
-    let deadline = |p: &Pending| p.last + if p.writing { write_timeout } else { quiet };
-    let mut pending: HashMap<PathBuf, Pending> = HashMap::new();
+    let mut debounce = Debounce::new(reloader.settling);
     let mut rescan = false;
     let mut tick = tokio::time::interval_at(Instant::now() + RESCAN_INTERVAL, RESCAN_INTERVAL);
     loop {
         let now = Instant::now();
-        let settled: Vec<PathBuf> = pending
-            .iter()
-            .filter(|(_, p)| deadline(p) <= now)
-            .map(|(path, _)| path.clone())
-            .collect();
+        let settled = debounce.settled(now);
         if rescan || !settled.is_empty() {
-            for path in &settled {
-                pending.remove(path);
-            }
-            let settling: HashSet<PathBuf> = pending.keys().cloned().collect();
-            if let Err(e) = reloader.start_refresh(&root, &settling) {
+            if let Err(e) = reloader.start_refresh(&root, &debounce.unsettled()) {
                 tracing::error!("cannot reload: {e}");
             }
             rescan = false;
         }
-        let next = pending.values().map(deadline).min();
+        let next = debounce.next_deadline();
         tokio::select! {
             event = events.recv() => match event {
                 None => return,
                 Some(Ok(event)) => {
                     rescan |= event.need_rescan();
-                    note(&mut pending, &root, &event);
+                    debounce.note(&root, &event, Instant::now());
                 }
                 Some(Err(e)) => {
                     tracing::warn!("watching {}: {e}; rescanning", root.display());
@@ -939,26 +1016,6 @@ async fn watch_loop(
             },
             () = tokio::time::sleep_until(next.unwrap_or(now)), if next.is_some() => {}
             _ = tick.tick() => rescan = true,
-        }
-    }
-}
-
-/// Records the paths of a notification that matter: components,
-/// manifests, and tenant directories.
-fn note(pending: &mut HashMap<PathBuf, Pending>, root: &Path, event: &notify::Event) {
-    let writing = match event.kind {
-        EventKind::Create(CreateKind::File | CreateKind::Any)
-        | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => true,
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
-        EventKind::Access(_) => return,
-        _ => false,
-    };
-    let now = Instant::now();
-    for path in &event.paths {
-        let relevant = path.parent() == Some(root)
-            || path.extension().is_some_and(|e| e == "wasm" || e == "toml");
-        if relevant {
-            pending.insert(path.clone(), Pending { last: now, writing });
         }
     }
 }
@@ -976,5 +1033,138 @@ mod tests {
         assert_eq!(label("/plugins/stray.wasm"), "-");
         assert_eq!(label("/plugins/Bad Tenant/p.wasm"), "-");
         assert_eq!(label("/elsewhere/acme/p.wasm"), "-");
+    }
+
+    const SETTLING: Settling = Settling {
+        quiet: Duration::from_millis(10),
+        write_timeout: Duration::from_secs(1),
+    };
+
+    fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
+        paths.iter().fold(notify::Event::new(kind), |e, p| {
+            e.add_path(PathBuf::from(p))
+        })
+    }
+
+    fn written() -> EventKind {
+        EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Content))
+    }
+
+    fn closed() -> EventKind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+    }
+
+    fn renamed() -> EventKind {
+        EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::To))
+    }
+
+    #[test]
+    fn a_renamed_file_settles_after_the_quiet_time() {
+        let root = Path::new("/plugins");
+        let t0 = Instant::now();
+        let mut debounce = Debounce::new(SETTLING);
+        debounce.note(root, &event(renamed(), &["/plugins/acme/p.wasm"]), t0);
+        assert_eq!(debounce.next_deadline(), Some(t0 + SETTLING.quiet));
+        assert!(debounce.settled(t0 + Duration::from_millis(9)).is_empty());
+        assert_eq!(
+            debounce.unsettled(),
+            HashSet::from([PathBuf::from("/plugins/acme/p.wasm")])
+        );
+        assert_eq!(
+            debounce.settled(t0 + SETTLING.quiet),
+            [PathBuf::from("/plugins/acme/p.wasm")]
+        );
+        assert!(debounce.unsettled().is_empty());
+        assert_eq!(debounce.next_deadline(), None);
+        assert!(debounce.settled(t0 + SETTLING.write_timeout).is_empty());
+    }
+
+    #[test]
+    fn a_file_being_written_waits_for_its_close_or_the_write_timeout() {
+        let root = Path::new("/plugins");
+        let path = "/plugins/acme/p.wasm";
+        let t0 = Instant::now();
+        let mut debounce = Debounce::new(SETTLING);
+        debounce.note(root, &event(written(), &[path]), t0);
+        // Quiet, but a writer has it open.
+        assert!(debounce.settled(t0 + SETTLING.quiet).is_empty());
+        assert_eq!(debounce.next_deadline(), Some(t0 + SETTLING.write_timeout));
+        // Another write starts the wait again.
+        let t1 = t0 + Duration::from_millis(500);
+        debounce.note(root, &event(written(), &[path]), t1);
+        assert!(debounce.settled(t0 + SETTLING.write_timeout).is_empty());
+        assert_eq!(
+            debounce.settled(t1 + SETTLING.write_timeout),
+            [PathBuf::from(path)]
+        );
+        // A close ends the writing: quiet time only.
+        debounce.note(root, &event(written(), &[path]), t1);
+        let t2 = t1 + Duration::from_millis(1);
+        debounce.note(root, &event(closed(), &[path]), t2);
+        assert_eq!(debounce.next_deadline(), Some(t2 + SETTLING.quiet));
+        assert_eq!(debounce.settled(t2 + SETTLING.quiet), [PathBuf::from(path)]);
+    }
+
+    #[test]
+    fn only_components_manifests_and_tenant_folders_are_noted() {
+        let root = Path::new("/plugins");
+        let t0 = Instant::now();
+        let mut debounce = Debounce::new(SETTLING);
+        let paths = [
+            "/plugins/acme/p.wasm",
+            "/plugins/acme/p.toml",
+            "/plugins/acme",
+            "/plugins/acme/notes.txt",
+            "/plugins/acme/.p.wasm.swp",
+        ];
+        debounce.note(root, &event(renamed(), &paths), t0);
+        let mut noted: Vec<_> = debounce.unsettled().into_iter().collect();
+        noted.sort();
+        assert_eq!(
+            noted,
+            [
+                "/plugins/acme",
+                "/plugins/acme/p.toml",
+                "/plugins/acme/p.wasm"
+            ]
+            .map(PathBuf::from)
+        );
+        // Reads and opens say nothing about content.
+        let mut debounce = Debounce::new(SETTLING);
+        let opened = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        debounce.note(root, &event(opened, &["/plugins/acme/p.wasm"]), t0);
+        assert!(debounce.unsettled().is_empty());
+    }
+
+    #[test]
+    fn paths_settle_each_on_its_own_time() {
+        let root = Path::new("/plugins");
+        let t0 = Instant::now();
+        let mut debounce = Debounce::new(SETTLING);
+        debounce.note(root, &event(written(), &["/plugins/acme/a.wasm"]), t0);
+        debounce.note(root, &event(renamed(), &["/plugins/acme/b.wasm"]), t0);
+        assert_eq!(debounce.next_deadline(), Some(t0 + SETTLING.quiet));
+        assert_eq!(
+            debounce.settled(t0 + SETTLING.quiet),
+            [PathBuf::from("/plugins/acme/b.wasm")]
+        );
+        assert_eq!(
+            debounce.unsettled(),
+            HashSet::from([PathBuf::from("/plugins/acme/a.wasm")])
+        );
+    }
+
+    #[test]
+    fn notification_kinds_say_whether_a_writer_is_at_work() {
+        assert_eq!(writing(&EventKind::Create(CreateKind::File)), Some(true));
+        assert_eq!(writing(&written()), Some(true));
+        assert_eq!(writing(&EventKind::Modify(ModifyKind::Any)), Some(true));
+        assert_eq!(writing(&closed()), Some(false));
+        assert_eq!(writing(&renamed()), Some(false));
+        assert_eq!(
+            writing(&EventKind::Remove(notify::event::RemoveKind::File)),
+            Some(false)
+        );
+        assert_eq!(writing(&EventKind::Access(AccessKind::Read)), None);
     }
 }
