@@ -22,31 +22,6 @@ use wasmtime::{Engine, Store};
 use crate::event::Event;
 use crate::sandbox::{HandlerError, PluginState};
 
-/// The event as the record of a version of the world: the same
-/// attributes in every version, and the fields a version added.
-macro_rules! event_record {
-    ($record:path, $e:expr $(, $field:ident: $value:expr)*) => {{
-        let e: &$crate::event::Event = $e;
-        $record {
-            id: e.id.clone(),
-            source: e.source.clone(),
-            type_: e.ty.clone(),
-            subject: e.subject.clone(),
-            time: e.time.clone(),
-            datacontenttype: e.datacontenttype.clone(),
-            dataschema: e.dataschema.clone(),
-            data: e.data.clone(),
-            extensions: e
-                .extensions
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            tenant: e.tenant.clone(),
-            $($field: $value,)*
-        }
-    }};
-}
-
 #[allow(missing_docs)] // generated code
 pub mod since_v0_1_0;
 #[allow(missing_docs)] // generated code

@@ -7,7 +7,7 @@
 
 use wasmtime::component::{HasSelf, Linker};
 
-use super::latest;
+use super::since_v0_2_0 as latest;
 use crate::event::Event;
 use crate::sandbox::{HandlerError, PluginState};
 
@@ -37,9 +37,34 @@ pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Resul
     Ok(())
 }
 
-/// The event as this version's record, which has no attempt.
+/// The event as this version's record: the latest's, less what was added
+/// since (the attempt).
 pub(crate) fn event(e: &Event) -> types::Event {
-    event_record!(types::Event, e)
+    let latest::plugbus::plugin::types::Event {
+        id,
+        source,
+        type_,
+        subject,
+        time,
+        datacontenttype,
+        dataschema,
+        data,
+        extensions,
+        tenant,
+        attempt: _,
+    } = latest::event(e, 1);
+    types::Event {
+        id,
+        source,
+        type_,
+        subject,
+        time,
+        datacontenttype,
+        dataschema,
+        data,
+        extensions,
+        tenant,
+    }
 }
 
 impl From<types::HandlerError> for HandlerError {

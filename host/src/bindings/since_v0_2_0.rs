@@ -44,7 +44,23 @@ pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Resul
 
 /// The event as this version's record.
 pub(crate) fn event(e: &Event, attempt: u32) -> types::Event {
-    event_record!(types::Event, e, attempt: attempt)
+    types::Event {
+        id: e.id.clone(),
+        source: e.source.clone(),
+        type_: e.ty.clone(),
+        subject: e.subject.clone(),
+        time: e.time.clone(),
+        datacontenttype: e.datacontenttype.clone(),
+        dataschema: e.dataschema.clone(),
+        data: e.data.clone(),
+        extensions: e
+            .extensions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        tenant: e.tenant.clone(),
+        attempt,
+    }
 }
 
 impl From<types::HandlerError> for HandlerError {
