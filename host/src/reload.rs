@@ -545,7 +545,7 @@ impl Reloader {
     /// Reads and builds one plugin. Blocking: compiles.
     fn build(&self, candidate: &Candidate, compiled: &mut Compiled) -> BuildResult {
         let ctx = &self.loading;
-        let source = match loader::read(&ctx, candidate) {
+        let source = match loader::read(ctx, candidate) {
             Ok(source) => source,
             Err(error) => {
                 let stamps = match error {
@@ -578,13 +578,13 @@ impl Reloader {
             fingerprint: Some(fingerprint),
             stamps: Some(stamps),
         };
-        if let Err(error) = loader::check_ceilings(&ctx, candidate, source.manifest()) {
+        if let Err(error) = loader::check_ceilings(ctx, candidate, source.manifest()) {
             return failed(error);
         }
         if let Err(error) = loader::check_pool(ctx, candidate, &source.manifest().limits) {
             return failed(error);
         }
-        match loader::build(&ctx, compiled, candidate, source) {
+        match loader::build(ctx, compiled, candidate, source) {
             Ok((plugin, compile)) => BuildResult::Built {
                 plugin: Arc::new(plugin),
                 fingerprint,
