@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use plugbus_core::FailureKind;
-use plugbus_log::{FailedAttempt, DeadLetter, Quarantine, Seq};
+use plugbus_log::{DeadLetter, FailedAttempt, Quarantine, Seq};
 
 /// Every refusal: `{"error": kind, "message": …}`, with the attribute at
 /// fault, the index of the event in a batch, and the bound crossed when

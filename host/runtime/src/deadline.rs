@@ -68,8 +68,6 @@ use wasmtime_wasi::WasiView;
 use wasmtime_wasi_io::bindings::wasi::io::poll as io_poll;
 use wasmtime_wasi_io::poll::DynPollable;
 
-use crate::sandbox::{Identity, PluginState};
-
 /// The `wasi:io/poll` interface as wasmtime-wasi defines it in the linker.
 ///
 /// A guest's import of any `wasi:io/poll@0.2.x` resolves to this exact
@@ -250,13 +248,20 @@ fn wait_in<F: Future>(
     })
 }
 
+/// The data of a store whose guest's waits in `wasi:io/poll` end at the
+/// deadline of the delivery under way.
+pub(crate) trait HasDeadline: WasiView {
+    /// When the delivery under way must end.
+    fn deadline(&self) -> Deadline;
+}
+
 /// `wasi:io/poll.poll`, bounded by the delivery's deadline.
-fn poll(
-    mut store: StoreContextMut<'_, PluginState>,
+fn poll<T: HasDeadline>(
+    mut store: StoreContextMut<'_, T>,
     (pollables,): (Vec<Resource<DynPollable>>,),
 ) -> wasmtime::Result<(Vec<u32>,)> {
     let state = store.data_mut();
-    let deadline = state.deadline;
+    let deadline = state.deadline();
     let table = state.ctx().table;
     let ready = wait_in(
         "wasi:io/poll.poll",
@@ -267,12 +272,12 @@ fn poll(
 }
 
 /// `wasi:io/poll.[method]pollable.block`, bounded by the delivery's deadline.
-fn block(
-    mut store: StoreContextMut<'_, PluginState>,
+fn block<T: HasDeadline>(
+    mut store: StoreContextMut<'_, T>,
     (pollable,): (Resource<DynPollable>,),
 ) -> wasmtime::Result<()> {
     let state = store.data_mut();
-    let deadline = state.deadline;
+    let deadline = state.deadline();
     let table = state.ctx().table;
     wait_in(
         "wasi:io/poll.[method]pollable.block",
@@ -284,14 +289,16 @@ fn block(
 /// Shadows the blocking functions of `wasi:io/poll`, which the WASI
 /// registration put in `linker`, with versions bounded by the delivery's
 /// deadline. Call it after registering WASI.
-pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker<T: HasDeadline + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
     // Without shadowing, defining a name WASI defined fails: that failure
     // proves the shadows below replace WASI's own functions, under the
     // name guests' imports resolve to.
     linker.allow_shadowing(false);
     let defined_by_wasi = linker
         .instance(WASI_IO_POLL)?
-        .func_wrap("poll", poll)
+        .func_wrap("poll", poll::<T>)
         .is_err();
     linker.allow_shadowing(true);
     if !defined_by_wasi {
@@ -301,8 +308,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Resul
         )));
     }
     let mut instance = linker.instance(WASI_IO_POLL)?;
-    instance.func_wrap("poll", poll)?;
-    instance.func_wrap("[method]pollable.block", block)?;
+    instance.func_wrap("poll", poll::<T>)?;
+    instance.func_wrap("[method]pollable.block", block::<T>)?;
     linker.allow_shadowing(false);
     Ok(())
 }
@@ -388,13 +395,13 @@ pub(crate) struct Recycling {
 }
 
 impl Recycling {
-    /// The counters of the plugin `identity`.
-    pub fn new(identity: &Identity) -> Self {
+    /// The counters of the plugin `plugin` of `tenant`.
+    pub fn new(tenant: &str, plugin: &str) -> Self {
         let counter = |reason: &'static str| {
             metrics::counter!(
                 "plugbus_instances_recycled_total",
-                "tenant" => identity.tenant.clone(),
-                "plugin" => identity.name.clone(),
+                "tenant" => tenant.to_owned(),
+                "plugin" => plugin.to_owned(),
                 "reason" => reason
             )
         };
@@ -405,15 +412,16 @@ impl Recycling {
         }
     }
 
-    /// Counts and logs a recycled instance.
-    pub fn record(&self, identity: &Identity, reason: RecycleReason, memory_used: u64) {
+    /// Counts and logs a recycled instance of the plugin `label`
+    /// (`<tenant>/<plugin>`).
+    pub fn record(&self, label: &str, reason: RecycleReason, memory_used: u64) {
         self.recycled.fetch_add(1, Ordering::Relaxed);
         match reason {
             RecycleReason::Events => self.by_events.increment(1),
             RecycleReason::Memory => self.by_memory.increment(1),
         }
         tracing::debug!(
-            plugin = %identity.label,
+            plugin = %label,
             reason = reason.as_str(),
             memory_used,
             "instance recycled"
@@ -577,13 +585,37 @@ mod tests {
         assert_eq!(got, Err(Unfinished::Panicked("timer is shut down".into())));
     }
 
+    /// A store's data with WASI and a deadline, and nothing else.
+    struct Guest {
+        wasi: wasmtime_wasi::WasiCtx,
+        table: wasmtime::component::ResourceTable,
+        deadline: Deadline,
+    }
+
+    impl WasiView for Guest {
+        fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+            wasmtime_wasi::WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
+        }
+    }
+
+    impl HasDeadline for Guest {
+        fn deadline(&self) -> Deadline {
+            self.deadline
+        }
+    }
+
     #[test]
     fn the_bounded_poll_replaces_the_one_wasi_registers() {
         let engine =
             crate::engine::shared(&crate::engine::EngineOptions::default()).expect("engine");
-        crate::dispatch::linker(&engine).expect("the linker, with the deadline-bounded poll");
+        let mut linker = Linker::<Guest>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("WASI");
+        add_to_linker(&mut linker).expect("the deadline-bounded poll");
         // Without WASI's registration there is nothing to shadow: refused.
-        let mut bare = Linker::<PluginState>::new(&engine);
+        let mut bare = Linker::<Guest>::new(&engine);
         let err = add_to_linker(&mut bare).unwrap_err();
         assert!(err.to_string().contains(WASI_IO_POLL), "{err}");
     }

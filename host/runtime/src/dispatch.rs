@@ -8,18 +8,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use wasmtime::component::{ComponentExportIndex, HasSelf, TypedFunc};
-use wasmtime::{AsContextMut, Engine, Store, StoreContextMut, Trap};
+use wasmtime::component::{ComponentExportIndex, TypedFunc};
+use wasmtime::{Engine, Store, Trap};
 
 use plugbus_core::{Failure, FailureKind, Outcome};
 
-use crate::bindings::{HandlerError, Instance as Handler, Pre};
+use crate::bindings::{Instance as Handler, Pre};
 use crate::overlay::Overlay;
-use crate::sandbox::{Bounds, DeliveryScope, Identity, MemoryLimitExceeded, PluginState};
+pub use crate::sandbox::Effects;
+use crate::sandbox::{
+    BatchRun, Bounds, DeliveryScope, Finished, HandlerError, Identity, MemoryLimitExceeded,
+    PluginState, delivery_span, enter_span,
+};
 use crate::stats::Stats;
 use plugbus_core::event::Event;
 use plugbus_core::manifest::Manifest;
-use plugbus_core::state::StateWrite;
 
 /// Whether a plugin's instance serves many events or one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -187,9 +190,49 @@ struct Warm {
     store: Store<PluginState>,
     handler: Handler,
     /// The export `handle-batch`, when the plugin has it.
-    batch: Option<TypedFunc<(Vec<u8>,), ()>>,
+    batch: Option<BatchFunc>,
     /// What it has done, for the recycling rules.
     life: crate::deadline::Life,
+}
+
+/// A plugin's export `handle-batch`.
+type BatchFunc = TypedFunc<(Vec<u8>,), ()>;
+
+/// What one call of `handle-batch` did.
+struct BatchCall {
+    /// How the call ended.
+    result: Result<(), wasmtime::Error>,
+    /// The events the plugin reported through `batch.done`, in order.
+    finished: Vec<Finished>,
+    /// How many those are.
+    events: u64,
+    /// When the event running at the end started.
+    started: Instant,
+    /// The batch stopped with events left, its pending commit full.
+    commit_full: bool,
+    /// The span of the event running at the end, if any.
+    running: Option<tracing::Span>,
+}
+
+/// Where a call of `handle-batch` ended: the event that was running then.
+struct BatchEnd {
+    /// Its span, if it had started.
+    running: Option<tracing::Span>,
+    /// When it started.
+    started: Instant,
+    /// How many events the call delivered before it.
+    events: u64,
+}
+
+/// An instance's trap in the middle of a batch.
+struct Trapped {
+    err: wasmtime::Error,
+    /// The tail of what the plugin wrote to stderr.
+    stderr: String,
+    /// The fuel of the running event.
+    fuel: u64,
+    /// What the running event emitted and wrote before the trap.
+    effects: Effects,
 }
 
 /// Why an attempt at instantiating failed.
@@ -220,7 +263,8 @@ pub(crate) struct PluginParts {
 impl Plugin {
     pub(crate) fn new(parts: PluginParts) -> Self {
         let metrics = DeliveryMetrics::new(&parts.identity);
-        let recycling = crate::deadline::Recycling::new(&parts.identity);
+        let recycling =
+            crate::deadline::Recycling::new(&parts.identity.tenant, &parts.identity.name);
         Self {
             identity: parts.identity,
             manifest: parts.manifest,
@@ -606,46 +650,46 @@ impl Plugin {
     ) -> Vec<(Delivery, Effects)> {
         let mut reports = Vec::with_capacity(items.len());
         let mut items = items.into_iter().peekable();
-        let max_bytes = self.max_batch_bytes();
         let mut buffer = Vec::new();
         // The state writes of the handled events so far, for the later
         // events to read (they are stored only after the whole call).
         let mut prior = Overlay::default();
         while let Some(first) = items.next() {
-            // The batch: events that fit its limits, in order. An event
-            // too large for a batch goes alone.
-            let mut bytes = crate::batch::encoded_len(first.event);
-            let mut chunk = vec![first];
-            while chunk.len() < self.bounds.max_batch_events {
-                let Some(next) = items.peek() else { break };
-                let len = crate::batch::encoded_len(next.event);
-                if bytes + len > max_bytes {
-                    break;
-                }
-                bytes += len;
-                chunk.extend(items.next());
-            }
-            let mut chunk = chunk.into_iter();
+            let mut chunk = self.next_chunk(first, &mut items).into_iter();
             while chunk.len() > 0 {
                 let before = reports.len();
                 self.deliver_chunk(&mut chunk, &mut buffer, &mut reports, &prior, until_failure);
                 // The next instance must see what these events wrote.
-                for (delivery, effects) in &reports[before..] {
-                    if delivery.outcome.is_handled() {
-                        prior.add(&effects.state);
-                        prior.commit_bytes = prior.commit_bytes.saturating_add(effects.bytes());
-                    }
-                }
+                add_handled(&mut prior, &reports[before..]);
                 let failed = reports.last().is_some_and(|(d, _)| !d.outcome.is_handled());
-                if until_failure && failed {
-                    return reports;
-                }
-                if self.commit_full(&prior) {
+                if (until_failure && failed) || self.commit_full(&prior) {
                     return reports;
                 }
             }
         }
         reports
+    }
+
+    /// The next batch: `first` and the events after it that fit the
+    /// batch's limits, in order. An event too large for a batch goes alone.
+    fn next_chunk<'a>(
+        &self,
+        first: Item<'a>,
+        items: &mut std::iter::Peekable<std::vec::IntoIter<Item<'a>>>,
+    ) -> Vec<Item<'a>> {
+        let max_bytes = self.max_batch_bytes();
+        let mut bytes = crate::batch::encoded_len(first.event);
+        let mut chunk = vec![first];
+        while chunk.len() < self.bounds.max_batch_events {
+            let Some(next) = items.peek() else { break };
+            let len = crate::batch::encoded_len(next.event);
+            if bytes + len > max_bytes {
+                break;
+            }
+            bytes += len;
+            chunk.extend(items.next());
+        }
+        chunk
     }
 
     /// Whether the pending commit `prior` describes has no room left for
@@ -670,35 +714,100 @@ impl Plugin {
         prior: &Overlay,
         until_failure: bool,
     ) {
-        let single = |chunk: &mut std::vec::IntoIter<Item<'_>>,
-                      reports: &mut Vec<(Delivery, Effects)>| {
+        let Some((mut warm, func)) = self.batch_instance(chunk.as_slice()) else {
             if let Some(item) = chunk.next() {
                 reports.push(self.deliver_in_chain(item, prior));
             }
+            return;
         };
-        if chunk.len() < 2
+        let call = self.call_batch(
+            &mut warm,
+            func,
+            chunk.as_slice(),
+            buffer,
+            prior,
+            until_failure,
+        );
+        let chunk_start = reports.len();
+        for (done, item) in call.finished.into_iter().zip(chunk.by_ref()) {
+            // Reported in the span the event ran in.
+            let _entered = done.span.enter();
+            let outcome = self.outcome_of(done.result);
+            let effects = self.keep_effects(&outcome, done.effects);
+            reports.push(self.report(item.event, outcome, done.fuel, done.duration, effects));
+        }
+        let ended = BatchEnd {
+            running: call.running,
+            started: call.started,
+            events: call.events,
+        };
+        match call.result {
+            Ok(()) => {
+                self.clear_scope(&mut warm.store);
+                self.release(warm, true, ended.events);
+                let failed = reports.last().is_some_and(|(d, _)| !d.outcome.is_handled());
+                // Unless the batch stopped at a failure or a full commit on
+                // the host's word, the events the plugin returned without
+                // reporting go through `handle`, one by one.
+                if chunk.len() > 0 && !(until_failure && failed) && !call.commit_full {
+                    self.deliver_unreported(chunk, reports, prior, ended);
+                }
+            }
+            Err(err) => {
+                let fuel = self.fuel_consumed(&warm.store);
+                let (effects, stderr) = self.clear_scope(&mut warm.store);
+                self.release(warm, false, ended.events);
+                let trap = Trapped {
+                    err,
+                    stderr,
+                    fuel,
+                    effects,
+                };
+                self.report_trapped(chunk, reports, chunk_start, prior, ended, trap);
+            }
+        }
+    }
+
+    /// An instance for a batch of `events` with the export `handle-batch`,
+    /// from the pool or fresh; `None` when the events go one by one: there
+    /// is one, the plugin does not batch, the first is too large for a
+    /// batch, or no instance with the export could be had (the first
+    /// event's own delivery then instantiates again and reports the
+    /// failure exactly as it would alone).
+    fn batch_instance(&self, events: &[Item<'_>]) -> Option<(Warm, BatchFunc)> {
+        if events.len() < 2
             || !self.batching()
-            || crate::batch::encoded_len(chunk.as_slice()[0].event) > self.max_batch_bytes()
+            || crate::batch::encoded_len(events[0].event) > self.max_batch_bytes()
         {
-            return single(chunk, reports);
+            return None;
         }
         let pooled = self
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        let mut warm = match pooled.map_or_else(|| self.instantiate(), Ok) {
-            Ok(warm) => warm,
-            // The first event's own delivery instantiates again and
-            // reports the failure exactly as it would alone.
-            Err(_) => return single(chunk, reports),
-        };
-        let Some(func) = warm.batch else {
-            self.release(warm, true, 0);
-            return single(chunk, reports);
-        };
+        let warm = pooled.map_or_else(|| self.instantiate(), Ok).ok()?;
+        match warm.batch {
+            Some(func) => Some((warm, func)),
+            None => {
+                self.release(warm, true, 0);
+                None
+            }
+        }
+    }
 
-        let events: Vec<_> = chunk.as_slice().to_vec();
+    /// Calls `handle-batch` once with `events`, each under its own scope
+    /// and limits (`batch.done` moves from one to the next), the batch's
+    /// buffer encoded into `buffer`.
+    fn call_batch(
+        &self,
+        warm: &mut Warm,
+        func: BatchFunc,
+        events: &[Item<'_>],
+        buffer: &mut Vec<u8>,
+        prior: &Overlay,
+        until_failure: bool,
+    ) -> BatchCall {
         crate::batch::encode(events.iter().map(|i| (i.event, i.attempt)), buffer);
         let mut scopes = events
             .iter()
@@ -706,94 +815,93 @@ impl Plugin {
         let first_scope = scopes.next().unwrap_or_default();
         let fuel = self.fuel_metered.then_some(self.manifest.limits.fuel);
         let deadline = crate::engine::deadline_ticks(self.manifest.limits.timeout, self.epoch_tick);
-        enter_span(Some(self.span(events[0].event)));
-        warm.store.data_mut().scope = first_scope;
-        warm.store.data_mut().overlay = prior.clone();
-        warm.store.data_mut().batch = Some(BatchRun {
-            pending: scopes.collect(),
-            finished: Vec::with_capacity(events.len()),
+        enter_span(events.first().map(|item| self.span(item.event)));
+        let state = warm.store.data_mut();
+        state.scope = first_scope;
+        state.overlay = prior.clone();
+        state.batch = Some(BatchRun::new(
+            scopes.collect(),
             fuel,
             deadline,
-            started: Instant::now(),
-            exhausted: false,
             until_failure,
-            commit_full: false,
-        });
+        ));
         self.stats.batch_calls.fetch_add(1, Ordering::Relaxed);
         let result = self
             .arm(&mut warm.store)
             .and_then(|()| func.call(&mut warm.store, (std::mem::take(buffer),)));
         // The span of the event that was running when the call ended: one
         // that trapped, or that the plugin left unreported.
-        let mut running = enter_span(None);
+        let running = enter_span(None);
         let run = warm.store.data_mut().batch.take();
         let (finished, started, commit_full) = run.map_or_else(
             || (Vec::new(), Instant::now(), false),
             |r| (r.finished, r.started, r.commit_full),
         );
-        let batch_events = finished.len() as u64;
+        let events = finished.len() as u64;
         self.stats
             .batched_deliveries
-            .fetch_add(batch_events, Ordering::Relaxed);
+            .fetch_add(events, Ordering::Relaxed);
+        BatchCall {
+            result,
+            finished,
+            events,
+            started,
+            commit_full,
+            running,
+        }
+    }
 
-        let chunk_start = reports.len();
-        for (done, item) in finished.into_iter().zip(chunk.by_ref()) {
-            // Reported in the span the event ran in.
-            let _entered = done.span.enter();
-            let outcome = self.outcome_of(done.result);
-            let effects = self.keep_effects(&outcome, done.effects);
-            reports.push(self.report(item.event, outcome, done.fuel, done.duration, effects));
+    /// Delivers the first event a plugin returned from `handle-batch`
+    /// without reporting through `handle`, in the span it had started in;
+    /// the caller's next calls deliver the others.
+    fn deliver_unreported(
+        &self,
+        chunk: &mut std::vec::IntoIter<Item<'_>>,
+        reports: &mut Vec<(Delivery, Effects)>,
+        prior: &Overlay,
+        ended: BatchEnd,
+    ) {
+        tracing::warn!(
+            plugin = %self.identity.label,
+            unreported = chunk.len(),
+            "handle-batch returned without reporting every event; the rest go through handle"
+        );
+        if let Some(item) = chunk.next() {
+            reports.push(self.deliver_in_span(item, prior, ended.running));
         }
-        match result {
-            Ok(()) => {
-                self.clear_scope(&mut warm.store);
-                self.release(warm, true, batch_events);
-                let failed = reports.last().is_some_and(|(d, _)| !d.outcome.is_handled());
-                // Events the plugin returned without reporting go through
-                // `handle`, one by one, by the caller's next calls; unless
-                // the batch stopped at a failure or a full commit on the
-                // host's word.
-                if chunk.len() > 0 && !(until_failure && failed) && !commit_full {
-                    tracing::warn!(
-                        plugin = %self.identity.label,
-                        unreported = chunk.len(),
-                        "handle-batch returned without reporting every event; the rest go through handle"
-                    );
-                    if let Some(item) = chunk.next() {
-                        reports.push(self.deliver_in_span(item, prior, running.take()));
-                    }
-                }
-            }
-            Err(err) => {
-                let fuel = self.fuel_consumed(&warm.store);
-                let (effects, stderr) = self.clear_scope(&mut warm.store);
-                self.release(warm, false, batch_events);
-                let Some(item) = chunk.next() else {
-                    // Every event was reported before the trap.
-                    return;
-                };
-                let span = running.take().unwrap_or_else(|| self.span(item.event));
-                let _entered = span.enter();
-                let failure = self.failure_of(&err, &stderr);
-                if failure.kind == FailureKind::MemoryLimit {
-                    // The batch's buffer shares the instance's memory: the
-                    // event alone, through `handle`, decides its outcome.
-                    drop(_entered);
-                    let mut prior = prior.clone();
-                    for (delivery, effects) in &reports[chunk_start..] {
-                        if delivery.outcome.is_handled() {
-                            prior.add(&effects.state);
-                            prior.commit_bytes = prior.commit_bytes.saturating_add(effects.bytes());
-                        }
-                    }
-                    reports.push(self.deliver_in_span(item, &prior, Some(span)));
-                    return;
-                }
-                let outcome = Outcome::Failed(failure);
-                let effects = self.keep_effects(&outcome, effects);
-                reports.push(self.report(item.event, outcome, fuel, started.elapsed(), effects));
-            }
+    }
+
+    /// Reports the event of `chunk` that was running when the batch's
+    /// instance trapped, if any: failed with the trap; or, when the trap
+    /// was the memory limit, delivered again alone through `handle`, since
+    /// the batch's buffer shares the instance's memory. `reports` from
+    /// `chunk_start` on are this batch's events reported before the trap.
+    fn report_trapped(
+        &self,
+        chunk: &mut std::vec::IntoIter<Item<'_>>,
+        reports: &mut Vec<(Delivery, Effects)>,
+        chunk_start: usize,
+        prior: &Overlay,
+        ended: BatchEnd,
+        trap: Trapped,
+    ) {
+        let Some(item) = chunk.next() else {
+            // Every event was reported before the trap.
+            return;
+        };
+        let span = ended.running.unwrap_or_else(|| self.span(item.event));
+        let failure = span.in_scope(|| self.failure_of(&trap.err, &trap.stderr));
+        if failure.kind == FailureKind::MemoryLimit {
+            let mut prior = prior.clone();
+            add_handled(&mut prior, &reports[chunk_start..]);
+            reports.push(self.deliver_in_span(item, &prior, Some(span)));
+            return;
         }
+        let _entered = span.enter();
+        let outcome = Outcome::Failed(failure);
+        let effects = self.keep_effects(&outcome, trap.effects);
+        let duration = ended.started.elapsed();
+        reports.push(self.report(item.event, outcome, trap.fuel, duration, effects));
     }
 
     /// The delivery span of `event` to this plugin.
@@ -834,13 +942,8 @@ impl Plugin {
         let scope = std::mem::take(&mut state.scope);
         state.batch = None;
         state.overlay.clear();
-        let (stderr, dropped) = state.output.finish_delivery();
-        if dropped > 0 {
-            self.stats
-                .output_bytes_dropped
-                .fetch_add(dropped as u64, Ordering::Relaxed);
-        }
-        (effects_of(scope), stderr)
+        let stderr = state.end_output();
+        (Effects::of(scope), stderr)
     }
 
     /// A failure of guest origin, its message cut at the host's limit.
@@ -886,7 +989,7 @@ impl Plugin {
                 })
                 .flatten();
             if let Some(reason) = due {
-                self.recycling.record(&self.identity, reason, used);
+                self.recycling.record(&self.identity.label, reason, used);
                 return;
             }
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -1029,6 +1132,17 @@ impl Plugin {
     }
 }
 
+/// Adds the state writes and commit bytes of the handled deliveries of
+/// `reports` to `prior`, for the deliveries after them to see.
+fn add_handled(prior: &mut Overlay, reports: &[(Delivery, Effects)]) {
+    for (delivery, effects) in reports {
+        if delivery.outcome.is_handled() {
+            prior.add(&effects.state);
+            prior.commit_bytes = prior.commit_bytes.saturating_add(effects.bytes());
+        }
+    }
+}
+
 /// One event to deliver: with the budget of events its chain may still
 /// emit, and which attempt this is.
 #[derive(Clone)]
@@ -1053,75 +1167,6 @@ impl<'a> Item<'a> {
     }
 }
 
-/// What a successful delivery leaves behind, for its caller to publish and
-/// store: empty for a failed one.
-#[derive(Debug, Default)]
-pub struct Effects {
-    /// The events it emitted.
-    pub emitted: Vec<Event>,
-    /// Its state writes, in order.
-    pub state: Vec<StateWrite>,
-}
-
-impl Effects {
-    /// The bytes they add to a commit: each emitted event's
-    /// [`crate::batch::event_bytes`], each state write's key and value.
-    pub fn bytes(&self) -> usize {
-        let events: usize = self.emitted.iter().map(crate::batch::event_bytes).sum();
-        let writes: usize = self
-            .state
-            .iter()
-            .map(|w| plugbus_core::state::write_bytes(&w.key, w.value.as_deref()))
-            .sum();
-        events.saturating_add(writes)
-    }
-}
-
-/// The share of a chain's remaining event budget that the `index`-th of
-/// `n` children gets: `remaining` divided as evenly as possible, the first
-/// `remaining % n` children getting one more than the others; 0 when
-/// `index` is not below `n`. The shares of all `n` children add up to
-/// `remaining`.
-///
-/// A delivery's emitted events divide what the chain had left when it
-/// ended; a durable consumer divides an event's budget
-/// ([`Event::chain_budget`]) among the plugins subscribed to it, each by
-/// its place in a fixed order.
-pub fn chain_budget_share(remaining: usize, n: usize, index: usize) -> usize {
-    if index >= n {
-        return 0;
-    }
-    remaining / n + usize::from(index < remaining % n)
-}
-
-/// The shares of `remaining` among `n` children, in order; see
-/// [`chain_budget_share`]. Empty when `n` is 0.
-pub fn split_chain_budget(remaining: usize, n: usize) -> impl ExactSizeIterator<Item = usize> {
-    (0..n).map(move |index| chain_budget_share(remaining, n, index))
-}
-
-/// What an ended delivery emitted and wrote. When the delivery had a chain
-/// budget, each emitted event carries its share of what the chain has left
-/// (its `chainbudget` extension), so that the budget travels with the
-/// events: the events below each one may be at most its share.
-fn effects_of(scope: DeliveryScope) -> Effects {
-    let mut emitted = scope.emitted;
-    if let Some(budget) = &scope.chain_budget {
-        let left = budget.load(Ordering::Acquire);
-        let shares = split_chain_budget(left, emitted.len());
-        for (event, share) in emitted.iter_mut().zip(shares) {
-            event.extensions.insert(
-                plugbus_core::event::BUDGET_EXTENSION.to_owned(),
-                share.to_string(),
-            );
-        }
-    }
-    Effects {
-        emitted,
-        state: scope.state.writes,
-    }
-}
-
 /// The outcome of a handler that returned.
 fn outcome_of(result: Result<(), HandlerError>) -> Outcome {
     match result {
@@ -1135,194 +1180,6 @@ fn outcome_of(result: Result<(), HandlerError>) -> Outcome {
             message,
         }),
     }
-}
-
-/// The batch a store is handling through `handle-batch`: the events still
-/// to start, the results reported so far, and each event's budgets.
-pub(crate) struct BatchRun {
-    /// The scopes of the events not started yet, in order.
-    pending: std::collections::VecDeque<DeliveryScope>,
-    /// What each reported event did, in order.
-    finished: Vec<Finished>,
-    /// Each event's fuel, when fuel is metered.
-    fuel: Option<u64>,
-    /// Each event's deadline, in epoch ticks.
-    deadline: u64,
-    /// When the event now running started.
-    started: Instant,
-    /// Every event has been reported.
-    exhausted: bool,
-    /// Stop the batch at the first failure.
-    until_failure: bool,
-    /// The batch stopped with events left because its pending commit had
-    /// no room for another delivery.
-    commit_full: bool,
-}
-
-/// One event of a batch, reported through `batch.done`.
-struct Finished {
-    /// The delivery span it ran in.
-    span: tracing::Span,
-    result: Result<(), HandlerError>,
-    fuel: u64,
-    duration: Duration,
-    effects: Effects,
-}
-
-thread_local! {
-    /// The delivery span entered for the event of a batch that is running
-    /// on this thread, so that what the plugin logs lands in it.
-    static BATCH_SPAN: std::cell::RefCell<Option<tracing::span::EnteredSpan>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Leaves the batch event's span entered on this thread, if any, and
-/// enters `span`; returns the span it left.
-fn enter_span(span: Option<tracing::Span>) -> Option<tracing::Span> {
-    BATCH_SPAN.with(|current| {
-        let mut current = current.borrow_mut();
-        let left = current.take().map(tracing::span::EnteredSpan::exit);
-        *current = span.map(tracing::Span::entered);
-        left
-    })
-}
-
-/// The delivery span of the event `scope` is for.
-fn scope_span(identity: &Identity, scope: &DeliveryScope) -> tracing::Span {
-    let extension = |name: &str| {
-        scope
-            .trace
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    };
-    delivery_span(
-        identity,
-        &scope.event_id,
-        extension("traceparent"),
-        extension("tracestate"),
-    )
-}
-
-/// The span of one delivery: tenant, plugin, version and event id, and
-/// the event's W3C trace context, which it continues.
-fn delivery_span(
-    identity: &Identity,
-    event_id: &str,
-    traceparent: Option<&str>,
-    tracestate: Option<&str>,
-) -> tracing::Span {
-    let span = tracing::info_span!(
-        "delivery",
-        tenant = %identity.tenant,
-        plugin = %identity.name,
-        version = %identity.version,
-        event_id = %event_id,
-        traceparent = traceparent,
-    );
-    plugbus_core::trace::continue_trace(&span, traceparent, tracestate);
-    span
-}
-
-/// `batch.done`: records the current event's result, fuel, time and
-/// emitted events, then starts the next event with a full tank, a fresh
-/// deadline and its own scope; or, after a failure in a batch that stops
-/// at failures, tells the plugin to stop.
-fn batch_done(
-    mut store: StoreContextMut<'_, PluginState>,
-    (result,): (Result<(), HandlerError>,),
-) -> wasmtime::Result<(bool,)> {
-    let left = store.get_fuel().ok();
-    let state = store.data_mut();
-    let Some(run) = state.batch.as_mut() else {
-        return Err(wasmtime::Error::msg(
-            "batch.done called outside of handle-batch",
-        ));
-    };
-    if run.exhausted {
-        return Err(wasmtime::Error::msg(
-            "batch.done called more often than the batch has events",
-        ));
-    }
-    let fuel = match (run.fuel, left) {
-        (Some(budget), Some(left)) => budget.saturating_sub(left),
-        _ => 0,
-    };
-    let duration = run.started.elapsed();
-    // Bounded at once: the batch holds its events' results until it ends.
-    let mut result = result;
-    if let Err(HandlerError::Retryable(message) | HandlerError::Permanent(message)) = &mut result
-        && plugbus_core::text::truncate_in_place(message, state.bounds.max_error_bytes)
-    {
-        state
-            .stats
-            .error_messages_truncated
-            .fetch_add(1, Ordering::Relaxed);
-    }
-    // What the event adds to the batch's pending commit; the batch ends
-    // when another event at its limits would not fit.
-    let adds = if result.is_ok() {
-        state.scope.emitted_bytes + state.scope.state.bytes
-    } else {
-        0
-    };
-    let held = state.overlay.commit_bytes.saturating_add(adds);
-    let commit_full = held.saturating_add(state.bounds.max_delivery_bytes())
-        > state.bounds.max_batch_commit_bytes;
-    run.commit_full = commit_full && !run.pending.is_empty();
-    let stop = (run.until_failure && result.is_err()) || commit_full;
-    if stop {
-        run.pending.clear();
-    }
-    let next = run.pending.pop_front();
-    let (fuel_budget, deadline) = (run.fuel, run.deadline);
-    let exhausted = next.is_none();
-    let next_span = next.as_ref().map(|next| scope_span(&state.identity, next));
-    let scope = std::mem::replace(&mut state.scope, next.unwrap_or_default());
-    let (_, dropped) = state.output.finish_delivery();
-    if dropped > 0 {
-        state
-            .stats
-            .output_bytes_dropped
-            .fetch_add(dropped as u64, Ordering::Relaxed);
-    }
-    if result.is_ok() {
-        // The events after this one see its writes.
-        state.overlay.add(&scope.state.writes);
-        state.overlay.commit_bytes = held;
-    }
-    let span = enter_span(next_span).unwrap_or_else(|| scope_span(&state.identity, &scope));
-    let effects = if result.is_ok() {
-        effects_of(scope)
-    } else {
-        // A failed event's effects are dropped now, not held until the
-        // batch ends.
-        state
-            .stats
-            .emits_discarded
-            .fetch_add(scope.emitted.len() as u64, Ordering::Relaxed);
-        Effects::default()
-    };
-    let Some(run) = state.batch.as_mut() else {
-        return Ok((false,));
-    };
-    run.finished.push(Finished {
-        span,
-        result,
-        fuel,
-        duration,
-        effects,
-    });
-    run.exhausted = exhausted;
-    run.started = Instant::now();
-    // The next event, or the plugin's return after the last, runs under a
-    // full event's limits.
-    if let Some(budget) = fuel_budget {
-        store.set_fuel(budget)?;
-    }
-    store.data_mut().deadline.restart();
-    store.as_context_mut().set_epoch_deadline(deadline);
-    Ok((!stop,))
 }
 
 /// Turns the error of a call (or of an instantiation) into a failure kind.
@@ -1396,34 +1253,6 @@ fn panic_message(stderr: &str) -> Option<String> {
     })
 }
 
-/// Registers the imports of every served version of the world, WASI
-/// included, in a linker.
-pub(crate) fn linker(
-    engine: &Engine,
-) -> Result<wasmtime::component::Linker<PluginState>, wasmtime::Error> {
-    let mut linker = wasmtime::component::Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    // Host calls that wait end at the delivery's deadline.
-    crate::deadline::add_to_linker(&mut linker)?;
-    crate::bindings::v0_2::Handler::add_to_linker::<PluginState, HasSelf<PluginState>>(
-        &mut linker,
-        |state| state,
-    )?;
-    crate::bindings::v0_1::Handler::add_to_linker::<PluginState, HasSelf<PluginState>>(
-        &mut linker,
-        |state| state,
-    )?;
-    // `batch.done`, imported by plugins of world `batch-handler`. A 0.1.0
-    // plugin gets its events through `handle` (its batch layout has no
-    // attempt), but it still imports `done`.
-    for version in crate::bindings::VERSIONS {
-        linker
-            .instance(&format!("plugbus:plugin/batch@{version}"))?
-            .func_wrap("done", batch_done)?;
-    }
-    Ok(linker)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1436,34 +1265,6 @@ mod tests {
             Some("fixture panic on evt-1 (at src/lib.rs:12:9)")
         );
         assert_eq!(panic_message("nothing here"), None);
-    }
-
-    #[test]
-    fn chain_budgets_split_evenly_and_add_up() {
-        for remaining in 0..200 {
-            assert_eq!(split_chain_budget(remaining, 0).len(), 0);
-            for n in 1..24 {
-                let shares: Vec<_> = split_chain_budget(remaining, n).collect();
-                assert_eq!(shares.len(), n);
-                assert_eq!(
-                    shares.iter().sum::<usize>(),
-                    remaining,
-                    "{remaining} in {n}"
-                );
-                let (min, max) = (shares.iter().min(), shares.iter().max());
-                assert!(
-                    max.zip(min).is_some_and(|(max, min)| max - min <= 1),
-                    "{shares:?}"
-                );
-                // The larger shares come first.
-                assert!(shares.windows(2).all(|w| w[0] >= w[1]), "{shares:?}");
-                assert_eq!(chain_budget_share(remaining, n, n), 0);
-            }
-        }
-        assert_eq!(split_chain_budget(10, 4).collect::<Vec<_>>(), [3, 3, 2, 2]);
-        assert_eq!(split_chain_budget(2, 3).collect::<Vec<_>>(), [1, 1, 0]);
-        let huge: Vec<_> = split_chain_budget(usize::MAX, 2).collect();
-        assert_eq!(huge, [usize::MAX / 2 + 1, usize::MAX / 2]);
     }
 
     #[test]

@@ -8,16 +8,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use wasmtime::Engine;
-use wasmtime::component::Linker;
+use tokio::sync::broadcast;
 
 use crate::cache::{CacheStats, CompileCache};
 use crate::dispatch::{Delivery, InstanceMode, Plugin};
 use crate::engine::{Allocation, EngineError, EngineOptions};
-use crate::loader::{self, LoadContext, LoadError};
+use crate::loader::{self, LoadContext, LoadError, PluginQuotas};
 use crate::registry::Registry;
-use crate::reload::ReloadState;
-use crate::sandbox::{Bounds, PluginState};
+use crate::reload::{PluginStatus, ReloadError, ReloadEvent, Reloader, Settling, Watcher};
+use crate::sandbox::Bounds;
 use crate::stats::{Stats, StatsSnapshot};
 use plugbus_core::event::{Event, EventError};
 use plugbus_core::manifest::{Limits, Subscription};
@@ -255,6 +254,18 @@ pub enum HostError {
     },
 }
 
+impl From<ReloadError> for HostError {
+    fn from(error: ReloadError) -> Self {
+        match error {
+            ReloadError::CacheInPluginsDir { cache, plugins } => {
+                Self::CacheInPluginsDir { cache, plugins }
+            }
+            ReloadError::Watch { path, reason } => Self::Watch { path, reason },
+            ReloadError::PluginsDir { path, source } => Self::PluginsDir { path, source },
+        }
+    }
+}
+
 /// Why an event was not published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -330,21 +341,23 @@ pub struct LoadReport {
 /// # Ok(()) }
 /// ```
 pub struct Host {
-    engine: Engine,
-    linker: Linker<PluginState>,
     config: HostConfig,
     bounds: Arc<Bounds>,
     stats: Arc<Stats>,
-    pub(crate) registry: ArcSwap<Registry>,
-    cache: Option<CompileCache>,
-    pub(crate) reload: ReloadState,
+    /// The plugins events are routed to; the reloader swaps in new ones.
+    pub(crate) registry: Arc<ArcSwap<Registry>>,
+    reloader: Arc<Reloader>,
 }
 
 impl Host {
     /// Builds a host with no plugins, on the process's shared engine for
     /// `config.engine`.
     pub fn new(config: HostConfig) -> Result<Self, HostError> {
-        loader::check_settings(&config)?;
+        let quotas = PluginQuotas {
+            per_tenant: config.max_plugins_per_tenant,
+            tenants: config.tenant_max_plugins.clone(),
+        };
+        loader::check_settings(&config.default_limits, &config.max_limits, &quotas)?;
         if let Allocation::Pooling {
             max_memory_bytes, ..
         } = config.engine.allocation
@@ -357,7 +370,7 @@ impl Host {
         }
         let engine = crate::engine::shared(&config.engine)?;
         let linker =
-            crate::dispatch::linker(&engine).map_err(|e| HostError::Linker(format!("{e:#}")))?;
+            crate::bindings::linker(&engine).map_err(|e| HostError::Linker(format!("{e:#}")))?;
         let bounds = Arc::new(Bounds {
             state: Arc::new(crate::overlay::StateSlot::new(Arc::new(
                 plugbus_core::state::MemoryState::new(),
@@ -386,16 +399,46 @@ impl Host {
             Some(dir) => Some(CompileCache::open(dir, &engine)?),
             None => None,
         };
-        let reload = ReloadState::new(config.max_concurrent_compiles);
-        Ok(Self {
+        let stats = Arc::new(Stats::default());
+        let loading = LoadContext {
             engine,
             linker,
+            defaults: config.default_limits,
+            max_limits: config.max_limits,
+            max_plugin_bytes: config.max_plugin_bytes,
+            max_manifest_bytes: config.max_manifest_bytes,
+            bounds: bounds.clone(),
+            stats: stats.clone(),
+            mode: config.instance_mode,
+            epoch_tick: config.engine.epoch_tick,
+            fuel_metered: config.engine.consume_fuel,
+            concurrency: config.plugin_concurrency.max(1),
+            cache,
+            pool_memory: match config.engine.allocation {
+                Allocation::Pooling {
+                    max_memory_bytes, ..
+                } => Some(max_memory_bytes),
+                Allocation::OnDemand => None,
+            },
+        };
+        let registry = Arc::new(ArcSwap::from_pointee(Registry::default()));
+        let settling = Settling {
+            quiet: config.reload_quiet,
+            write_timeout: config.reload_write_timeout,
+        };
+        let reloader = Reloader::new(
+            loading,
+            quotas,
+            settling,
+            registry.clone(),
+            config.max_concurrent_compiles,
+        );
+        Ok(Self {
             config,
             bounds,
-            stats: Arc::new(Stats::default()),
-            registry: ArcSwap::from_pointee(Registry::default()),
-            cache,
-            reload,
+            stats,
+            registry,
+            reloader: Arc::new(reloader),
         })
     }
 
@@ -416,58 +459,66 @@ impl Host {
         &self.config
     }
 
-    /// What loading needs from the host.
-    pub(crate) fn load_context(&self) -> LoadContext<'_> {
-        LoadContext {
-            engine: &self.engine,
-            linker: &self.linker,
-            defaults: self.config.default_limits,
-            max_limits: self.config.max_limits,
-            max_plugin_bytes: self.config.max_plugin_bytes,
-            max_manifest_bytes: self.config.max_manifest_bytes,
-            bounds: &self.bounds,
-            stats: &self.stats,
-            mode: self.config.instance_mode,
-            epoch_tick: self.config.engine.epoch_tick,
-            fuel_metered: self.config.engine.consume_fuel,
-            concurrency: self.config.plugin_concurrency.max(1),
-            cache: self.cache.as_ref(),
-        }
-    }
-
     /// The compile cache's directory, if the host has a compile cache.
     pub fn cache_dir(&self) -> Option<&Path> {
-        self.cache.as_ref().map(CompileCache::dir)
+        self.reloader
+            .loading()
+            .cache
+            .as_ref()
+            .map(CompileCache::dir)
     }
 
     /// The compile cache's counters, if the host has a compile cache.
     pub fn cache_stats(&self) -> Option<CacheStats> {
-        self.cache.as_ref().map(CompileCache::stats)
+        self.reloader
+            .loading()
+            .cache
+            .as_ref()
+            .map(CompileCache::stats)
     }
 
-    /// Refuses a plugin whose memory limit the pooling allocator cannot hold.
-    pub(crate) fn check_pool(
-        &self,
-        candidate: &loader::Candidate,
-        limits: &Limits,
-    ) -> Result<(), LoadError> {
-        if let Allocation::Pooling {
-            max_memory_bytes, ..
-        } = self.config.engine.allocation
-            && limits.memory_bytes > max_memory_bytes
-        {
-            return Err(LoadError::Manifest {
-                path: candidate
-                    .manifest
-                    .clone()
-                    .unwrap_or_else(|| candidate.wasm.clone()),
-                reason: plugbus_core::manifest::ManifestError::Limit(format!(
-                    "limits.memory_mib is larger than this host's largest memory ({} MiB)",
-                    max_memory_bytes / (1024 * 1024)
-                )),
-            });
-        }
-        Ok(())
+    /// Loads every plugin under `dir` (`<dir>/<tenant>/<plugin>.wasm`) and
+    /// makes them the host's plugins: a plugin whose files are unchanged
+    /// since the last load keeps its instances, a changed one is loaded
+    /// anew, and one whose files are gone is removed.
+    ///
+    /// A plugin that cannot be loaded is reported in [`LoadReport::errors`],
+    /// naming its file; the others load regardless, and a version of it
+    /// loaded before goes on serving. Fails only when `dir` itself cannot be
+    /// read, or the compile cache lies inside it.
+    pub fn load_dir(&self, dir: &Path) -> Result<LoadReport, HostError> {
+        let errors = self.reloader.load_dir(dir)?;
+        Ok(LoadReport {
+            loaded: self.plugins(),
+            errors,
+        })
+    }
+
+    /// Checks the plugins directory once more, like a notification would,
+    /// and waits until every reload it started has finished.
+    pub async fn refresh(self: &Arc<Self>, dir: &Path) -> Result<(), HostError> {
+        Ok(self.reloader.refresh(dir).await?)
+    }
+
+    /// Subscribes to the changes in the host's plugins from now on. A
+    /// receiver that falls more than 4,096 changes behind misses the oldest
+    /// (see [`broadcast::error::RecvError::Lagged`]).
+    pub fn reload_events(&self) -> broadcast::Receiver<ReloadEvent> {
+        self.reloader.events()
+    }
+
+    /// The state of every plugin the host knows of, loaded or not, by
+    /// tenant and name.
+    pub fn statuses(&self) -> Vec<PluginStatus> {
+        self.reloader.statuses()
+    }
+
+    /// Watches `dir` and reloads plugins as their files change, until the
+    /// returned [`Watcher`] is dropped. Checks the directory once before it
+    /// returns, so that nothing changed since [`Host::load_dir`] is missed.
+    /// Must be called within a tokio runtime.
+    pub fn watch(self: &Arc<Self>, dir: &Path) -> Result<Watcher, HostError> {
+        Ok(self.reloader.watch(dir)?)
     }
 
     /// The loaded plugins, by tenant and name.
@@ -537,5 +588,153 @@ impl Host {
             level = next;
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Mutex, PoisonError};
+
+    use super::*;
+
+    /// A `Write` that keeps what the log subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    /// The `forge-log` mode of the `hostile` fixture writes CR, LF, a line
+    /// in the host's format and escape sequences through `log`, stdout and
+    /// stderr: every line of the host's log is still one of the host's,
+    /// with no raw CR or ESC in it.
+    #[test]
+    fn plugin_text_cannot_forge_host_log_lines() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let tenant = dir.path().join("chaos");
+        std::fs::create_dir(&tenant).expect("the tenant's folder");
+        std::fs::copy(
+            plugbus_artifacts::FIXTURE_HOSTILE,
+            tenant.join("forge.wasm"),
+        )
+        .expect("the fixture");
+        std::fs::write(
+            tenant.join("forge.toml"),
+            "subscribe = [\"hostile.*\"]\n[config]\nmode = \"forge-log\"\n",
+        )
+        .expect("the manifest");
+        let host = Host::new(HostConfig::default()).expect("a host");
+        let report = host.load_dir(dir.path()).expect("loaded");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let plugin = host.plugin("chaos", "forge").expect("loaded");
+        let event = Event::from_json(
+            r#"{"specversion":"1.0","id":"l-1","source":"/t","type":"hostile.forge-log","tenant":"chaos"}"#,
+        )
+        .expect("an event");
+
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        let (delivery, _) = tracing::subscriber::with_default(subscriber, || {
+            plugin.deliver(&event).expect("deliverable")
+        });
+        assert!(delivery.outcome.is_handled(), "{delivery:#?}");
+
+        let bytes = captured
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let log = String::from_utf8(bytes).expect("UTF-8");
+        assert!(
+            !log.contains(['\r', '\u{1b}', '\u{7}', '\u{202e}']),
+            "{log:?}"
+        );
+        // The forged host line, inside five log lines, one line of stdout
+        // and two of stderr.
+        assert_eq!(
+            log.matches("FORGED operator line").count(),
+            5 + 1 + 2,
+            "{log}"
+        );
+        for line in log.lines() {
+            let level = line.split_whitespace().next().unwrap_or_default();
+            assert!(
+                ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level),
+                "a line the host did not write: {line:?}"
+            );
+        }
+    }
+
+    /// Every refusal counts once in `plugbus_plugins_refused_total`, by
+    /// tenant and reason, however often the directory is loaded again.
+    #[test]
+    fn refusals_are_counted_once_by_tenant_and_reason() -> Result<(), Box<dyn std::error::Error>> {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("globex/conf"))?;
+        std::fs::create_dir_all(root.join("acme"))?;
+        std::fs::create_dir_all(root.join("Bad Tenant"))?;
+        std::fs::write(
+            root.join("globex/conf/p.toml"),
+            "[config]\nkey = \"secret\"\n",
+        )?;
+        std::fs::write(root.join("acme/a.wasm"), b"not wasm")?;
+        std::fs::write(root.join("acme/b.wasm"), b"not wasm")?;
+        std::os::unix::fs::symlink("../globex/conf/p.toml", root.join("acme/a.toml"))?;
+        std::os::unix::fs::symlink("globex", root.join("spy"))?;
+        let mut config = HostConfig::default();
+        config.tenant_max_plugins.insert("acme".into(), 1);
+        let host = Host::new(config)?;
+        let errors = metrics::with_local_recorder(&recorder, || -> Result<_, HostError> {
+            let first = host.load_dir(root)?.errors.len();
+            let again = host.load_dir(root)?.errors.len();
+            Ok((first, again))
+        })?;
+        // The scan's refusals are reported by every load; each plugin's once.
+        assert_eq!(errors, (4, 2), "{}", metrics.render());
+        let text = metrics.render();
+        for (tenant, reason) in [
+            ("acme", "outside_tenant"),
+            ("acme", "quota"),
+            ("-", "tenant_symlink"),
+            ("-", "invalid_name"),
+        ] {
+            let line = format!(
+                "plugbus_plugins_refused_total{{tenant=\"{tenant}\",reason=\"{reason}\"}} 1\n"
+            );
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        assert_eq!(
+            text.matches("plugbus_plugins_refused_total{").count(),
+            4,
+            "{text}"
+        );
+        Ok(())
     }
 }

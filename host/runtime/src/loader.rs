@@ -372,13 +372,36 @@ pub enum SettingsError {
     },
 }
 
-/// Checks the loading settings of `config`: every ceiling of
-/// [`HostConfig::max_limits`](crate::HostConfig::max_limits) at least the
-/// default limit, and every tenant of
-/// [`HostConfig::tenant_max_plugins`](crate::HostConfig::tenant_max_plugins)
-/// a valid tenant name.
-pub fn check_settings(config: &crate::HostConfig) -> Result<(), SettingsError> {
-    if let Some(above) = config.default_limits.above(&config.max_limits) {
+/// The tenants' quotas of loaded plugins, part of the host's configuration
+/// ([`HostConfig::max_plugins_per_tenant`](crate::HostConfig::max_plugins_per_tenant)
+/// and [`HostConfig::tenant_max_plugins`](crate::HostConfig::tenant_max_plugins)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginQuotas {
+    /// The quota of a tenant not in `tenants`.
+    pub per_tenant: usize,
+    /// Quotas by tenant name, in place of `per_tenant`.
+    pub tenants: std::collections::BTreeMap<String, usize>,
+}
+
+impl PluginQuotas {
+    /// A tenant's quota of plugins, and the setting it comes from.
+    pub fn of(&self, tenant: &str) -> (usize, String) {
+        match self.tenants.get(tenant) {
+            Some(quota) => (*quota, format!("tenants.{tenant}.max_plugins")),
+            None => (self.per_tenant, "quotas.max_plugins".to_owned()),
+        }
+    }
+}
+
+/// Checks the loading settings: every ceiling of `max_limits` at least
+/// the default limit of `defaults`, and every tenant of `quotas` a valid
+/// tenant name.
+pub fn check_settings(
+    defaults: &Limits,
+    max_limits: &Limits,
+    quotas: &PluginQuotas,
+) -> Result<(), SettingsError> {
+    if let Some(above) = defaults.above(max_limits) {
         return Err(SettingsError::CeilingBelowDefault {
             setting: above.setting,
             ceiling: above.ceiling,
@@ -386,24 +409,13 @@ pub fn check_settings(config: &crate::HostConfig) -> Result<(), SettingsError> {
             default: above.value,
         });
     }
-    for tenant in config.tenant_max_plugins.keys() {
+    for tenant in quotas.tenants.keys() {
         validate_name(tenant).map_err(|reason| SettingsError::QuotaTenant {
             tenant: tenant.clone(),
             reason,
         })?;
     }
     Ok(())
-}
-
-/// A tenant's quota of plugins under `config`, and the setting it comes from.
-pub fn plugin_quota(config: &crate::HostConfig, tenant: &str) -> (usize, String) {
-    match config.tenant_max_plugins.get(tenant) {
-        Some(quota) => (*quota, format!("tenants.{tenant}.max_plugins")),
-        None => (
-            config.max_plugins_per_tenant,
-            "quotas.max_plugins".to_owned(),
-        ),
-    }
 }
 
 /// Splits `candidates` by their tenants' quotas of plugins (`quota` of a
@@ -795,21 +807,47 @@ fn read_opened(
 }
 
 /// What compiling a plugin needs from the host.
-pub(crate) struct LoadContext<'a> {
-    pub engine: &'a Engine,
-    pub linker: &'a Linker<PluginState>,
+pub(crate) struct LoadContext {
+    pub engine: Engine,
+    pub linker: Linker<PluginState>,
     pub defaults: Limits,
     /// The operator's ceilings of the limits a manifest may ask for.
     pub max_limits: Limits,
     pub max_plugin_bytes: u64,
     pub max_manifest_bytes: u64,
-    pub bounds: &'a Arc<crate::sandbox::Bounds>,
-    pub stats: &'a Arc<crate::stats::Stats>,
+    pub bounds: Arc<crate::sandbox::Bounds>,
+    pub stats: Arc<crate::stats::Stats>,
     pub mode: crate::dispatch::InstanceMode,
     pub epoch_tick: std::time::Duration,
     pub fuel_metered: bool,
     pub concurrency: usize,
-    pub cache: Option<&'a crate::cache::CompileCache>,
+    pub cache: Option<crate::cache::CompileCache>,
+    /// The largest linear memory of the pooling allocator's slots, when
+    /// the engine pools instances.
+    pub pool_memory: Option<u64>,
+}
+
+/// Refuses a plugin whose memory limit the pooling allocator cannot hold.
+pub(crate) fn check_pool(
+    ctx: &LoadContext,
+    candidate: &Candidate,
+    limits: &Limits,
+) -> Result<(), LoadError> {
+    match ctx.pool_memory {
+        Some(max_memory_bytes) if limits.memory_bytes > max_memory_bytes => {
+            Err(LoadError::Manifest {
+                path: candidate
+                    .manifest
+                    .clone()
+                    .unwrap_or_else(|| candidate.wasm.clone()),
+                reason: ManifestError::Limit(format!(
+                    "limits.memory_mib is larger than this host's largest memory ({} MiB)",
+                    max_memory_bytes / (1024 * 1024)
+                )),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Components compiled during one load, by the SHA-256 of their bytes: a
@@ -896,7 +934,7 @@ impl Source {
 /// Reads a plugin's manifest and component, each opened once beneath its
 /// tenant's folder and read from that handle, refusing a file that changes
 /// while it is read.
-pub(crate) fn read(ctx: &LoadContext<'_>, candidate: &Candidate) -> Result<Source, LoadError> {
+pub(crate) fn read(ctx: &LoadContext, candidate: &Candidate) -> Result<Source, LoadError> {
     let before = stamps(candidate);
     let dir = open_tenant(&candidate.root, &candidate.tenant)?;
     let tenant = candidate.tenant.as_str();
@@ -952,7 +990,7 @@ pub(crate) fn read(ctx: &LoadContext<'_>, candidate: &Candidate) -> Result<Sourc
 /// Refuses a plugin whose manifest asks for more than the operator's
 /// ceilings ([`LoadContext::max_limits`]).
 pub(crate) fn check_ceilings(
-    ctx: &LoadContext<'_>,
+    ctx: &LoadContext,
     candidate: &Candidate,
     manifest: &Manifest,
 ) -> Result<(), LoadError> {
@@ -977,7 +1015,7 @@ pub(crate) fn check_ceilings(
 /// component, checks it against the world `handler`, and instantiates it
 /// once under its limits, so that a plugin that is returned is ready.
 pub(crate) fn build(
-    ctx: &LoadContext<'_>,
+    ctx: &LoadContext,
     compiled: &mut Compiled,
     candidate: &Candidate,
     source: Source,
@@ -991,12 +1029,12 @@ pub(crate) fn build(
     let (component, origin) = match compiled.get(&source.digest) {
         Some(component) => (component.clone(), CompileSource::Compiled),
         None => {
-            let (component, origin) = match ctx.cache {
+            let (component, origin) = match &ctx.cache {
                 Some(cache) => cache
-                    .load_or_compile(ctx.engine, &source.digest, &source.bytes)
+                    .load_or_compile(&ctx.engine, &source.digest, &source.bytes)
                     .map_err(compile_error)?,
                 None => (
-                    Component::from_binary(ctx.engine, &source.bytes).map_err(compile_error)?,
+                    Component::from_binary(&ctx.engine, &source.bytes).map_err(compile_error)?,
                     CompileSource::Compiled,
                 ),
             };

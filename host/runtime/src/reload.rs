@@ -29,7 +29,9 @@
 //! directory itself, a folder whose name is not a tenant name, a tenant
 //! folder that is a symbolic link).
 //!
-//! [`Host::watch`] drives all of this from file-system notifications.
+//! A [`Reloader`] does all of this for the [`Host`](crate::Host), which
+//! holds one; [`Host::watch`](crate::Host::watch) drives it from
+//! file-system notifications.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -41,17 +43,19 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio::time::Instant;
 
-use crate::cache::CompileSource;
+use arc_swap::ArcSwap;
+
+use crate::cache::{CompileCache, CompileSource};
 use crate::dispatch::Plugin;
-use crate::host::{Host, HostError, LoadReport};
-use crate::loader::{self, Candidate, Compiled, LoadError, Stamps};
+use crate::loader::{self, Candidate, Compiled, LoadContext, LoadError, PluginQuotas, Stamps};
 use crate::registry::Registry;
 
 /// How often the watcher rescans the whole directory even without a
 /// notification, in case the kernel dropped some.
 const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
 
-/// A change in the host's plugins, as [`Host::reload_events`] reports it.
+/// A change in the host's plugins, as
+/// [`Host::reload_events`](crate::Host::reload_events) reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ReloadEvent {
@@ -189,8 +193,63 @@ struct Slot {
     over_quota: bool,
 }
 
-/// The host's reload bookkeeping.
-pub(crate) struct ReloadState {
+/// Why a plugins directory could not be loaded, refreshed or watched.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReloadError {
+    /// The compile cache lies inside the plugins directory, where tenants
+    /// could plant compiled code.
+    #[error(
+        "the compile cache {} lies inside the plugins directory {}, which tenants write to",
+        cache.display(),
+        plugins.display()
+    )]
+    CacheInPluginsDir {
+        /// The cache directory.
+        cache: PathBuf,
+        /// The plugins directory.
+        plugins: PathBuf,
+    },
+    /// The plugins directory cannot be watched.
+    #[error("cannot watch the plugins directory {}: {reason}", path.display())]
+    Watch {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The plugins directory cannot be read.
+    #[error("plugins directory {}: {source}", path.display())]
+    PluginsDir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How long a changed file must stay quiet before it is read: part of the
+/// host's configuration
+/// ([`HostConfig::reload_quiet`](crate::HostConfig::reload_quiet) and
+/// [`HostConfig::reload_write_timeout`](crate::HostConfig::reload_write_timeout)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Settling {
+    /// After its last change.
+    pub quiet: Duration,
+    /// After its last change, while a writer still has it open.
+    pub write_timeout: Duration,
+}
+
+/// Keeps the host's plugins in step with their files: remembers each
+/// plugin's files in its slot, builds new versions off the dispatch path,
+/// and swaps them into the registry it shares with the host.
+pub(crate) struct Reloader {
+    /// What building a plugin takes.
+    loading: LoadContext,
+    quotas: PluginQuotas,
+    settling: Settling,
+    /// The registry the host routes with; only the reloader stores into it.
+    registry: Arc<ArcSwap<Registry>>,
     slots: Mutex<BTreeMap<Key, Slot>>,
     /// Serialises registry swaps, which each start from the registry the
     /// previous swap stored.
@@ -201,24 +260,8 @@ pub(crate) struct ReloadState {
     scan_errors: Mutex<BTreeSet<String>>,
 }
 
-impl ReloadState {
-    pub(crate) fn new(max_concurrent_compiles: usize) -> Self {
-        Self {
-            slots: Mutex::default(),
-            swap: Mutex::default(),
-            events: broadcast::channel(4096).0,
-            compiles: Arc::new(Semaphore::new(max_concurrent_compiles.max(1))),
-            scan_errors: Mutex::default(),
-        }
-    }
-
-    fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Slot>> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
 /// The result of reading and building one plugin.
-enum Attempt {
+enum BuildResult {
     /// The files hash to the version serving (`serving`), or to the one
     /// that failed last.
     Unchanged { stamps: Stamps, serving: bool },
@@ -239,8 +282,9 @@ enum Attempt {
 
 /// Registry changes and their events, applied together.
 #[derive(Default)]
-struct Batch {
-    changes: Vec<(Key, Option<Arc<Plugin>>)>,
+struct RegistryChanges {
+    /// Plugins to put in (or, `None`, to take out), by tenant and name.
+    plugins: Vec<(Key, Option<Arc<Plugin>>)>,
     events: Vec<ReloadEvent>,
 }
 
@@ -248,54 +292,83 @@ fn key_of(candidate: &Candidate) -> Key {
     (candidate.tenant.clone(), candidate.name.clone())
 }
 
-impl Host {
+impl Reloader {
+    /// A reloader that builds plugins with `loading`, within `quotas`,
+    /// and stores them into `registry`, compiling at most
+    /// `max_concurrent_compiles` at once.
+    pub fn new(
+        loading: LoadContext,
+        quotas: PluginQuotas,
+        settling: Settling,
+        registry: Arc<ArcSwap<Registry>>,
+        max_concurrent_compiles: usize,
+    ) -> Self {
+        Self {
+            loading,
+            quotas,
+            settling,
+            registry,
+            slots: Mutex::default(),
+            swap: Mutex::default(),
+            events: broadcast::channel(4096).0,
+            compiles: Arc::new(Semaphore::new(max_concurrent_compiles.max(1))),
+            scan_errors: Mutex::default(),
+        }
+    }
+
+    /// What building a plugin takes.
+    pub fn loading(&self) -> &LoadContext {
+        &self.loading
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Loads every plugin under `dir` (`<dir>/<tenant>/<plugin>.wasm`) and
-    /// makes them the host's plugins: a plugin whose files are unchanged
-    /// since the last load keeps its instances, a changed one is loaded
-    /// anew, and one whose files are gone is removed.
+    /// makes them the registry's plugins: a plugin whose files are
+    /// unchanged since the last load keeps its instances, a changed one is
+    /// loaded anew, and one whose files are gone is removed.
     ///
-    /// A plugin that cannot be loaded is reported in [`LoadReport::errors`],
-    /// naming its file; the others load regardless, and a version of it
-    /// loaded before goes on serving. Fails only when `dir` itself cannot be
-    /// read, or the compile cache lies inside it.
-    pub fn load_dir(&self, dir: &Path) -> Result<LoadReport, HostError> {
+    /// Returns the refusals, each naming its file; the other plugins load
+    /// regardless, and a version of a refused one loaded before goes on
+    /// serving. Fails only when `dir` itself cannot be read, or the compile
+    /// cache lies inside it.
+    pub fn load_dir(&self, dir: &Path) -> Result<Vec<LoadError>, ReloadError> {
         let root = self.plugins_root(dir)?;
         let (candidates, mut errors) =
-            loader::scan(&root).map_err(|source| HostError::PluginsDir {
+            loader::scan(&root).map_err(|source| ReloadError::PluginsDir {
                 path: dir.to_owned(),
                 source,
             })?;
         // The caller reports them; they are only counted here.
         self.note_scan_errors(&root, &errors, false);
-        let mut batch = Batch::default();
-        self.remove_missing(&candidates, &HashSet::new(), &mut batch);
+        let mut changes = RegistryChanges::default();
+        self.remove_missing(&candidates, &HashSet::new(), &mut changes);
         let (candidates, over_quota) = self.admit(candidates);
-        errors.extend(self.refuse_over_quota(over_quota, &mut batch));
+        errors.extend(self.refuse_over_quota(over_quota, &mut changes));
         let mut compiled = Compiled::new();
         for candidate in &candidates {
             let stamps = loader::stamps(candidate);
             {
-                let mut slots = self.reload.slots();
+                let mut slots = self.slots();
                 let slot = slots.entry(key_of(candidate)).or_default();
                 if slot.building || slot.stamps == Some(stamps) {
                     continue;
                 }
             }
-            let attempt = self.attempt(candidate, &mut compiled);
-            if let Some(error) = self.apply(candidate, attempt, &mut batch) {
+            let result = self.build(candidate, &mut compiled);
+            if let Some(error) = self.apply(candidate, result, &mut changes) {
                 errors.push(error);
             }
         }
-        self.commit(batch);
-        Ok(LoadReport {
-            loaded: self.plugins(),
-            errors,
-        })
+        self.commit(changes);
+        Ok(errors)
     }
 
     /// Checks the plugins directory once more, like a notification would,
     /// and waits until every reload it started has finished.
-    pub async fn refresh(self: &Arc<Self>, dir: &Path) -> Result<(), HostError> {
+    pub async fn refresh(self: &Arc<Self>, dir: &Path) -> Result<(), ReloadError> {
         let root = self.plugins_root(dir)?;
         for task in self.start_refresh(&root, &HashSet::new())? {
             if let Err(e) = task.await {
@@ -308,15 +381,14 @@ impl Host {
     /// Subscribes to the changes in the host's plugins from now on. A
     /// receiver that falls more than 4,096 changes behind misses the oldest
     /// (see [`broadcast::error::RecvError::Lagged`]).
-    pub fn reload_events(&self) -> broadcast::Receiver<ReloadEvent> {
-        self.reload.events.subscribe()
+    pub fn events(&self) -> broadcast::Receiver<ReloadEvent> {
+        self.events.subscribe()
     }
 
     /// The state of every plugin the host knows of, loaded or not, by
     /// tenant and name.
     pub fn statuses(&self) -> Vec<PluginStatus> {
-        self.reload
-            .slots()
+        self.slots()
             .iter()
             .map(|((tenant, name), slot)| PluginStatus {
                 tenant: tenant.clone(),
@@ -338,12 +410,13 @@ impl Host {
 
     /// Watches `dir` and reloads plugins as their files change, until the
     /// returned [`Watcher`] is dropped. Checks the directory once before it
-    /// returns, so that nothing changed since [`Host::load_dir`] is missed.
-    /// Must be called within a tokio runtime.
-    pub fn watch(self: &Arc<Self>, dir: &Path) -> Result<Watcher, HostError> {
+    /// returns, so that nothing changed since the last
+    /// [`Reloader::load_dir`] is missed. Must be called within a tokio
+    /// runtime.
+    pub fn watch(self: &Arc<Self>, dir: &Path) -> Result<Watcher, ReloadError> {
         use notify::Watcher as _;
         let root = self.plugins_root(dir)?;
-        let watch_error = |e: notify::Error| HostError::Watch {
+        let watch_error = |e: notify::Error| ReloadError::Watch {
             path: dir.to_owned(),
             reason: e.to_string(),
         };
@@ -368,15 +441,17 @@ impl Host {
     }
 
     /// `dir`, canonical, after checking that the compile cache is not in it.
-    fn plugins_root(&self, dir: &Path) -> Result<PathBuf, HostError> {
-        let root = dir.canonicalize().map_err(|source| HostError::PluginsDir {
-            path: dir.to_owned(),
-            source,
-        })?;
-        if let Some(cache) = self.cache_dir()
+    fn plugins_root(&self, dir: &Path) -> Result<PathBuf, ReloadError> {
+        let root = dir
+            .canonicalize()
+            .map_err(|source| ReloadError::PluginsDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        if let Some(cache) = self.loading.cache.as_ref().map(CompileCache::dir)
             && cache.starts_with(&root)
         {
-            return Err(HostError::CacheInPluginsDir {
+            return Err(ReloadError::CacheInPluginsDir {
                 cache: cache.to_owned(),
                 plugins: root,
             });
@@ -390,17 +465,18 @@ impl Host {
         self: &Arc<Self>,
         root: &Path,
         settling: &HashSet<PathBuf>,
-    ) -> Result<Vec<tokio::task::JoinHandle<()>>, HostError> {
-        let (candidates, errors) = loader::scan(root).map_err(|source| HostError::PluginsDir {
-            path: root.to_owned(),
-            source,
-        })?;
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, ReloadError> {
+        let (candidates, errors) =
+            loader::scan(root).map_err(|source| ReloadError::PluginsDir {
+                path: root.to_owned(),
+                source,
+            })?;
         self.note_scan_errors(root, &errors, true);
-        let mut batch = Batch::default();
-        self.remove_missing(&candidates, settling, &mut batch);
+        let mut changes = RegistryChanges::default();
+        self.remove_missing(&candidates, settling, &mut changes);
         let (candidates, over_quota) = self.admit(candidates);
-        self.refuse_over_quota(over_quota, &mut batch);
-        self.commit(batch);
+        self.refuse_over_quota(over_quota, &mut changes);
+        self.commit(changes);
         let mut tasks = Vec::new();
         for candidate in candidates {
             let unsettled = settling.contains(&candidate.wasm)
@@ -413,7 +489,7 @@ impl Host {
             }
             let stamps = loader::stamps(&candidate);
             {
-                let mut slots = self.reload.slots();
+                let mut slots = self.slots();
                 let slot = slots.entry(key_of(&candidate)).or_default();
                 if slot.stamps == Some(stamps) {
                     continue;
@@ -432,28 +508,28 @@ impl Host {
     /// Reloads one plugin, again and again while changes keep arriving.
     async fn rebuild(self: Arc<Self>, candidate: Candidate) {
         loop {
-            let Ok(permit) = self.reload.compiles.clone().acquire_owned().await else {
+            let Ok(permit) = self.compiles.clone().acquire_owned().await else {
                 return; // The semaphore is never closed.
             };
-            let host = self.clone();
+            let reloader = self.clone();
             let job = candidate.clone();
-            let attempt = tokio::task::spawn_blocking(move || {
+            let built = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                host.attempt(&job, &mut Compiled::new())
+                reloader.build(&job, &mut Compiled::new())
             })
             .await;
-            match attempt {
-                Ok(attempt) => {
-                    let mut batch = Batch::default();
-                    self.apply(&candidate, attempt, &mut batch);
-                    self.commit(batch);
+            match built {
+                Ok(result) => {
+                    let mut changes = RegistryChanges::default();
+                    self.apply(&candidate, result, &mut changes);
+                    self.commit(changes);
                 }
                 Err(e) => tracing::error!(
                     file = %candidate.wasm.display(),
                     "reloading failed inside the host: {e}"
                 ),
             }
-            let mut slots = self.reload.slots();
+            let mut slots = self.slots();
             let Some(slot) = slots.get_mut(&key_of(&candidate)) else {
                 return;
             };
@@ -467,16 +543,16 @@ impl Host {
     }
 
     /// Reads and builds one plugin. Blocking: compiles.
-    fn attempt(&self, candidate: &Candidate, compiled: &mut Compiled) -> Attempt {
-        let ctx = self.load_context();
-        let source = match loader::read(&ctx, candidate) {
+    fn build(&self, candidate: &Candidate, compiled: &mut Compiled) -> BuildResult {
+        let ctx = &self.loading;
+        let source = match loader::read(ctx, candidate) {
             Ok(source) => source,
             Err(error) => {
                 let stamps = match error {
                     LoadError::Changing { .. } => None,
                     _ => Some(loader::stamps(candidate)),
                 };
-                return Attempt::Failed {
+                return BuildResult::Failed {
                     error,
                     fingerprint: None,
                     stamps,
@@ -486,30 +562,30 @@ impl Host {
         let fingerprint = source.fingerprint;
         let stamps = source.stamps;
         {
-            let slots = self.reload.slots();
+            let slots = self.slots();
             if let Some(slot) = slots.get(&key_of(candidate)) {
                 let serving = slot
                     .serving
                     .as_ref()
                     .is_some_and(|(f, _)| *f == fingerprint);
                 if serving || slot.failed == Some(fingerprint) {
-                    return Attempt::Unchanged { stamps, serving };
+                    return BuildResult::Unchanged { stamps, serving };
                 }
             }
         }
-        let failed = |error| Attempt::Failed {
+        let failed = |error| BuildResult::Failed {
             error,
             fingerprint: Some(fingerprint),
             stamps: Some(stamps),
         };
-        if let Err(error) = loader::check_ceilings(&ctx, candidate, source.manifest()) {
+        if let Err(error) = loader::check_ceilings(ctx, candidate, source.manifest()) {
             return failed(error);
         }
-        if let Err(error) = self.check_pool(candidate, &source.manifest().limits) {
+        if let Err(error) = loader::check_pool(ctx, candidate, &source.manifest().limits) {
             return failed(error);
         }
-        match loader::build(&ctx, compiled, candidate, source) {
-            Ok((plugin, compile)) => Attempt::Built {
+        match loader::build(ctx, compiled, candidate, source) {
+            Ok((plugin, compile)) => BuildResult::Built {
                 plugin: Arc::new(plugin),
                 fingerprint,
                 stamps,
@@ -519,20 +595,20 @@ impl Host {
         }
     }
 
-    /// Records an attempt in the plugin's slot and adds its registry change
-    /// and event to `batch`; returns the error of a failed attempt.
+    /// Records a build's result in the plugin's slot and adds its registry
+    /// change and event to `changes`; returns the error of a failed build.
     fn apply(
         &self,
         candidate: &Candidate,
-        attempt: Attempt,
-        batch: &mut Batch,
+        result: BuildResult,
+        changes: &mut RegistryChanges,
     ) -> Option<LoadError> {
         let key = key_of(candidate);
-        let mut slots = self.reload.slots();
+        let mut slots = self.slots();
         let slot = slots.entry(key.clone()).or_default();
         slot.path = candidate.wasm.clone();
-        match attempt {
-            Attempt::Unchanged { stamps, serving } => {
+        match result {
+            BuildResult::Unchanged { stamps, serving } => {
                 slot.stamps = Some(stamps);
                 if serving {
                     // The files are back to the version serving: whatever
@@ -542,7 +618,7 @@ impl Host {
                 }
                 None
             }
-            Attempt::Built {
+            BuildResult::Built {
                 plugin,
                 fingerprint,
                 stamps,
@@ -583,11 +659,11 @@ impl Host {
                 slot.stamps = Some(stamps);
                 slot.failed = None;
                 slot.error = None;
-                batch.changes.push((key, Some(plugin)));
-                batch.events.push(event);
+                changes.plugins.push((key, Some(plugin)));
+                changes.events.push(event);
                 None
             }
-            Attempt::Failed {
+            BuildResult::Failed {
                 error,
                 fingerprint,
                 stamps,
@@ -608,7 +684,7 @@ impl Host {
                 slot.failed = fingerprint;
                 slot.error = Some(error.to_string());
                 slot.failed_reloads += 1;
-                batch.events.push(ReloadEvent::Failed {
+                changes.events.push(ReloadEvent::Failed {
                     tenant: key.0,
                     plugin: key.1,
                     path: error.path().to_owned(),
@@ -626,10 +702,10 @@ impl Host {
         &self,
         candidates: &[Candidate],
         settling: &HashSet<PathBuf>,
-        batch: &mut Batch,
+        changes: &mut RegistryChanges,
     ) {
         let present: HashSet<Key> = candidates.iter().map(key_of).collect();
-        let mut slots = self.reload.slots();
+        let mut slots = self.slots();
         let gone: Vec<Key> = slots
             .iter()
             .filter(|(key, slot)| {
@@ -643,30 +719,26 @@ impl Host {
             };
             if let Some((_, version)) = slot.serving {
                 tracing::info!(tenant = %key.0, plugin = %key.1, %version, "plugin removed");
-                batch.events.push(ReloadEvent::Removed {
+                changes.events.push(ReloadEvent::Removed {
                     tenant: key.0.clone(),
                     plugin: key.1.clone(),
                     version,
                 });
-                batch.changes.push((key, None));
+                changes.plugins.push((key, None));
             }
         }
     }
 
-    /// Swaps in a registry with `batch`'s changes, then announces them.
-    fn commit(&self, batch: Batch) {
-        if !batch.changes.is_empty() {
-            let _swap = self
-                .reload
-                .swap
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+    /// Swaps in a registry with `changes`, then announces them.
+    fn commit(&self, changes: RegistryChanges) {
+        if !changes.plugins.is_empty() {
+            let _swap = self.swap.lock().unwrap_or_else(PoisonError::into_inner);
             let current = self.registry.load_full();
             let mut plugins: HashMap<(&str, &str), Arc<Plugin>> = current
                 .plugins()
                 .map(|p| ((p.tenant(), p.name()), p.clone()))
                 .collect();
-            for ((tenant, name), plugin) in &batch.changes {
+            for ((tenant, name), plugin) in &changes.plugins {
                 match plugin {
                     Some(plugin) => plugins.insert((tenant, name), plugin.clone()),
                     None => plugins.remove(&(tenant.as_str(), name.as_str())),
@@ -675,9 +747,9 @@ impl Host {
             self.registry
                 .store(Arc::new(Registry::new(plugins.into_values())));
         }
-        for event in batch.events {
+        for event in changes.events {
             // Nobody may be listening; the change happened anyway.
-            let _ = self.reload.events.send(event);
+            let _ = self.events.send(event);
         }
     }
 
@@ -686,7 +758,6 @@ impl Host {
     fn note_scan_errors(&self, root: &Path, errors: &[LoadError], log: bool) {
         let now: BTreeMap<String, &LoadError> = errors.iter().map(|e| (e.to_string(), e)).collect();
         let mut before = self
-            .reload
             .scan_errors
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
@@ -705,7 +776,7 @@ impl Host {
     /// Splits `candidates` by their tenants' quotas of plugins: the plugins
     /// within them, and those past them.
     fn admit(&self, candidates: Vec<Candidate>) -> (Vec<Candidate>, Vec<Candidate>) {
-        let mut slots = self.reload.slots();
+        let mut slots = self.slots();
         let (admitted, refused) = loader::split_by_quota(
             candidates,
             |c| {
@@ -713,7 +784,7 @@ impl Host {
                     .get(&key_of(c))
                     .is_some_and(|s| s.serving.is_some() || s.building)
             },
-            |tenant| loader::plugin_quota(self.config(), tenant).0,
+            |tenant| self.quotas.of(tenant).0,
         );
         for candidate in &admitted {
             if let Some(slot) = slots.get_mut(&key_of(candidate))
@@ -729,32 +800,35 @@ impl Host {
 
     /// Refuses the plugins past their tenants' quotas, each once until its
     /// files change; returns the refusals made now.
-    fn refuse_over_quota(&self, refused: Vec<Candidate>, batch: &mut Batch) -> Vec<LoadError> {
+    fn refuse_over_quota(
+        &self,
+        refused: Vec<Candidate>,
+        changes: &mut RegistryChanges,
+    ) -> Vec<LoadError> {
         let mut errors = Vec::new();
         for candidate in refused {
             let stamps = loader::stamps(&candidate);
             let reported = self
-                .reload
                 .slots()
                 .get(&key_of(&candidate))
                 .is_some_and(|s| s.over_quota && s.stamps == Some(stamps));
             if reported {
                 continue;
             }
-            let (quota, setting) = loader::plugin_quota(self.config(), &candidate.tenant);
+            let (quota, setting) = self.quotas.of(&candidate.tenant);
             let error = LoadError::Quota {
                 path: candidate.wasm.clone(),
                 tenant: candidate.tenant.clone(),
                 quota,
                 setting,
             };
-            let attempt = Attempt::Failed {
+            let result = BuildResult::Failed {
                 error,
                 fingerprint: None,
                 stamps: Some(stamps),
             };
-            errors.extend(self.apply(&candidate, attempt, batch));
-            if let Some(slot) = self.reload.slots().get_mut(&key_of(&candidate)) {
+            errors.extend(self.apply(&candidate, result, changes));
+            if let Some(slot) = self.slots().get_mut(&key_of(&candidate)) {
                 slot.over_quota = true;
             }
         }
@@ -795,7 +869,7 @@ fn tenant_label(root: &Path, path: &Path) -> String {
     }
 }
 
-/// Watches a plugins directory for [`Host::watch`]; dropping it stops the
+/// Watches a plugins directory for [`Host::watch`](crate::Host::watch); dropping it stops the
 /// watching (reloads already under way finish).
 pub struct Watcher {
     task: tokio::task::JoinHandle<()>,
@@ -816,50 +890,124 @@ impl std::fmt::Debug for Watcher {
 
 /// A changed path: when it last changed, and whether a writer may still be
 /// at work on it (it was created or written and not yet closed).
-#[derive(Clone, Copy)]
-struct Pending {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Change {
     last: Instant,
     writing: bool,
 }
 
-/// Turns notifications into refreshes: a path is read once it has been
-/// quiet for `reload_quiet`, or for `reload_write_timeout` while a writer
-/// still has it open; paths not yet settled are left out of the refresh.
+/// The debounce between file-system notifications and reloads: the
+/// changed paths not yet settled. A path settles once it has been quiet
+/// for [`Settling::quiet`], or for [`Settling::write_timeout`] while a
+/// writer still has it open. Pure logic: it is told the time.
+#[derive(Debug)]
+struct Debounce {
+    settling: Settling,
+    changes: HashMap<PathBuf, Change>,
+}
+
+impl Debounce {
+    fn new(settling: Settling) -> Self {
+        Self {
+            settling,
+            changes: HashMap::new(),
+        }
+    }
+
+    /// Records the paths of a notification received at `now` that matter
+    /// under `root`: components, manifests, and tenant directories.
+    fn note(&mut self, root: &Path, event: &notify::Event, now: Instant) {
+        let Some(writing) = writing(&event.kind) else {
+            return;
+        };
+        for path in &event.paths {
+            let relevant = path.parent() == Some(root)
+                || path.extension().is_some_and(|e| e == "wasm" || e == "toml");
+            if relevant {
+                self.changes
+                    .insert(path.clone(), Change { last: now, writing });
+            }
+        }
+    }
+
+    /// When `change` settles.
+    fn deadline(&self, change: &Change) -> Instant {
+        let wait = if change.writing {
+            self.settling.write_timeout
+        } else {
+            self.settling.quiet
+        };
+        change.last + wait
+    }
+
+    /// Takes the paths that have settled by `now`.
+    fn settled(&mut self, now: Instant) -> Vec<PathBuf> {
+        let settled: Vec<PathBuf> = self
+            .changes
+            .iter()
+            .filter(|(_, change)| self.deadline(change) <= now)
+            .map(|(path, _)| path.clone())
+            .collect();
+        for path in &settled {
+            self.changes.remove(path);
+        }
+        settled
+    }
+
+    /// The paths still settling, which a refresh leaves out.
+    fn unsettled(&self) -> HashSet<PathBuf> {
+        self.changes.keys().cloned().collect()
+    }
+
+    /// When the next path settles, if any is settling.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.changes
+            .values()
+            .map(|change| self.deadline(change))
+            .min()
+    }
+}
+
+/// Whether a notification of `kind` says that a writer may still be at
+/// work on its paths (they were created or written, and not yet closed);
+/// `None` when it does not bear on their content (a read, an open).
+fn writing(kind: &EventKind) -> Option<bool> {
+    match kind {
+        EventKind::Create(CreateKind::File | CreateKind::Any)
+        | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => Some(true),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(false),
+        EventKind::Access(_) => None,
+        _ => Some(false),
+    }
+}
+
+/// Turns notifications into refreshes through a [`Debounce`]: a refresh
+/// starts when paths have settled (and leaves out those still settling),
+/// when the watcher asks for a rescan, and every [`RESCAN_INTERVAL`].
 async fn watch_loop(
-    host: Arc<Host>,
+    reloader: Arc<Reloader>,
     root: PathBuf,
     mut events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
 ) {
-    let quiet = host.config().reload_quiet;
-    let write_timeout = host.config().reload_write_timeout;
-    let deadline = |p: &Pending| p.last + if p.writing { write_timeout } else { quiet };
-    let mut pending: HashMap<PathBuf, Pending> = HashMap::new();
+    let mut debounce = Debounce::new(reloader.settling);
     let mut rescan = false;
     let mut tick = tokio::time::interval_at(Instant::now() + RESCAN_INTERVAL, RESCAN_INTERVAL);
     loop {
         let now = Instant::now();
-        let settled: Vec<PathBuf> = pending
-            .iter()
-            .filter(|(_, p)| deadline(p) <= now)
-            .map(|(path, _)| path.clone())
-            .collect();
+        let settled = debounce.settled(now);
         if rescan || !settled.is_empty() {
-            for path in &settled {
-                pending.remove(path);
-            }
-            let settling: HashSet<PathBuf> = pending.keys().cloned().collect();
-            if let Err(e) = host.start_refresh(&root, &settling) {
+            if let Err(e) = reloader.start_refresh(&root, &debounce.unsettled()) {
                 tracing::error!("cannot reload: {e}");
             }
             rescan = false;
         }
-        let next = pending.values().map(deadline).min();
+        let next = debounce.next_deadline();
         tokio::select! {
             event = events.recv() => match event {
                 None => return,
                 Some(Ok(event)) => {
                     rescan |= event.need_rescan();
-                    note(&mut pending, &root, &event);
+                    debounce.note(&root, &event, Instant::now());
                 }
                 Some(Err(e)) => {
                     tracing::warn!("watching {}: {e}; rescanning", root.display());
@@ -868,26 +1016,6 @@ async fn watch_loop(
             },
             () = tokio::time::sleep_until(next.unwrap_or(now)), if next.is_some() => {}
             _ = tick.tick() => rescan = true,
-        }
-    }
-}
-
-/// Records the paths of a notification that matter: components,
-/// manifests, and tenant directories.
-fn note(pending: &mut HashMap<PathBuf, Pending>, root: &Path, event: &notify::Event) {
-    let writing = match event.kind {
-        EventKind::Create(CreateKind::File | CreateKind::Any)
-        | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => true,
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
-        EventKind::Access(_) => return,
-        _ => false,
-    };
-    let now = Instant::now();
-    for path in &event.paths {
-        let relevant = path.parent() == Some(root)
-            || path.extension().is_some_and(|e| e == "wasm" || e == "toml");
-        if relevant {
-            pending.insert(path.clone(), Pending { last: now, writing });
         }
     }
 }
@@ -907,52 +1035,136 @@ mod tests {
         assert_eq!(label("/elsewhere/acme/p.wasm"), "-");
     }
 
-    /// Every refusal counts once in `plugbus_plugins_refused_total`, by
-    /// tenant and reason, however often the directory is loaded again.
+    const SETTLING: Settling = Settling {
+        quiet: Duration::from_millis(10),
+        write_timeout: Duration::from_secs(1),
+    };
+
+    fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
+        paths.iter().fold(notify::Event::new(kind), |e, p| {
+            e.add_path(PathBuf::from(p))
+        })
+    }
+
+    fn written() -> EventKind {
+        EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Content))
+    }
+
+    fn closed() -> EventKind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+    }
+
+    fn renamed() -> EventKind {
+        EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::To))
+    }
+
     #[test]
-    fn refusals_are_counted_once_by_tenant_and_reason() -> Result<(), Box<dyn std::error::Error>> {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let metrics = recorder.handle();
-        let dir = tempfile::tempdir()?;
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("globex/conf"))?;
-        std::fs::create_dir_all(root.join("acme"))?;
-        std::fs::create_dir_all(root.join("Bad Tenant"))?;
-        std::fs::write(
-            root.join("globex/conf/p.toml"),
-            "[config]\nkey = \"secret\"\n",
-        )?;
-        std::fs::write(root.join("acme/a.wasm"), b"not wasm")?;
-        std::fs::write(root.join("acme/b.wasm"), b"not wasm")?;
-        std::os::unix::fs::symlink("../globex/conf/p.toml", root.join("acme/a.toml"))?;
-        std::os::unix::fs::symlink("globex", root.join("spy"))?;
-        let mut config = crate::HostConfig::default();
-        config.tenant_max_plugins.insert("acme".into(), 1);
-        let host = Host::new(config)?;
-        let errors = metrics::with_local_recorder(&recorder, || -> Result<_, HostError> {
-            let first = host.load_dir(root)?.errors.len();
-            let again = host.load_dir(root)?.errors.len();
-            Ok((first, again))
-        })?;
-        // The scan's refusals are reported by every load; each plugin's once.
-        assert_eq!(errors, (4, 2), "{}", metrics.render());
-        let text = metrics.render();
-        for (tenant, reason) in [
-            ("acme", "outside_tenant"),
-            ("acme", "quota"),
-            ("-", "tenant_symlink"),
-            ("-", "invalid_name"),
-        ] {
-            let line = format!(
-                "plugbus_plugins_refused_total{{tenant=\"{tenant}\",reason=\"{reason}\"}} 1\n"
-            );
-            assert!(text.contains(&line), "{line} in\n{text}");
-        }
+    fn a_renamed_file_settles_after_the_quiet_time() {
+        let root = Path::new("/plugins");
+        let t0 = Instant::now();
+        let mut debounce = Debounce::new(SETTLING);
+        debounce.note(root, &event(renamed(), &["/plugins/acme/p.wasm"]), t0);
+        assert_eq!(debounce.next_deadline(), Some(t0 + SETTLING.quiet));
+        assert!(debounce.settled(t0 + Duration::from_millis(9)).is_empty());
         assert_eq!(
-            text.matches("plugbus_plugins_refused_total{").count(),
-            4,
-            "{text}"
+            debounce.unsettled(),
+            HashSet::from([PathBuf::from("/plugins/acme/p.wasm")])
         );
-        Ok(())
+        assert_eq!(
+            debounce.settled(t0 + SETTLING.quiet),
+            [PathBuf::from("/plugins/acme/p.wasm")]
+        );
+        assert!(debounce.unsettled().is_empty());
+        assert_eq!(debounce.next_deadline(), None);
+        assert!(debounce.settled(t0 + SETTLING.write_timeout).is_empty());
+    }
+
+    #[test]
+    fn a_file_being_written_waits_for_its_close_or_the_write_timeout() {
+        let root = Path::new("/plugins");
+        let path = "/plugins/acme/p.wasm";
+        let t0 = Instant::now();
+        let mut debounce = Debounce::new(SETTLING);
+        debounce.note(root, &event(written(), &[path]), t0);
+        // Quiet, but a writer has it open.
+        assert!(debounce.settled(t0 + SETTLING.quiet).is_empty());
+        assert_eq!(debounce.next_deadline(), Some(t0 + SETTLING.write_timeout));
+        // Another write starts the wait again.
+        let t1 = t0 + Duration::from_millis(500);
+        debounce.note(root, &event(written(), &[path]), t1);
+        assert!(debounce.settled(t0 + SETTLING.write_timeout).is_empty());
+        assert_eq!(
+            debounce.settled(t1 + SETTLING.write_timeout),
+            [PathBuf::from(path)]
+        );
+        // A close ends the writing: quiet time only.
+        debounce.note(root, &event(written(), &[path]), t1);
+        let t2 = t1 + Duration::from_millis(1);
+        debounce.note(root, &event(closed(), &[path]), t2);
+        assert_eq!(debounce.next_deadline(), Some(t2 + SETTLING.quiet));
+        assert_eq!(debounce.settled(t2 + SETTLING.quiet), [PathBuf::from(path)]);
+    }
+
+    #[test]
+    fn only_components_manifests_and_tenant_folders_are_noted() {
+        let root = Path::new("/plugins");
+        let t0 = Instant::now();
+        let mut debounce = Debounce::new(SETTLING);
+        let paths = [
+            "/plugins/acme/p.wasm",
+            "/plugins/acme/p.toml",
+            "/plugins/acme",
+            "/plugins/acme/notes.txt",
+            "/plugins/acme/.p.wasm.swp",
+        ];
+        debounce.note(root, &event(renamed(), &paths), t0);
+        let mut noted: Vec<_> = debounce.unsettled().into_iter().collect();
+        noted.sort();
+        assert_eq!(
+            noted,
+            [
+                "/plugins/acme",
+                "/plugins/acme/p.toml",
+                "/plugins/acme/p.wasm"
+            ]
+            .map(PathBuf::from)
+        );
+        // Reads and opens say nothing about content.
+        let mut debounce = Debounce::new(SETTLING);
+        let opened = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        debounce.note(root, &event(opened, &["/plugins/acme/p.wasm"]), t0);
+        assert!(debounce.unsettled().is_empty());
+    }
+
+    #[test]
+    fn paths_settle_each_on_its_own_time() {
+        let root = Path::new("/plugins");
+        let t0 = Instant::now();
+        let mut debounce = Debounce::new(SETTLING);
+        debounce.note(root, &event(written(), &["/plugins/acme/a.wasm"]), t0);
+        debounce.note(root, &event(renamed(), &["/plugins/acme/b.wasm"]), t0);
+        assert_eq!(debounce.next_deadline(), Some(t0 + SETTLING.quiet));
+        assert_eq!(
+            debounce.settled(t0 + SETTLING.quiet),
+            [PathBuf::from("/plugins/acme/b.wasm")]
+        );
+        assert_eq!(
+            debounce.unsettled(),
+            HashSet::from([PathBuf::from("/plugins/acme/a.wasm")])
+        );
+    }
+
+    #[test]
+    fn notification_kinds_say_whether_a_writer_is_at_work() {
+        assert_eq!(writing(&EventKind::Create(CreateKind::File)), Some(true));
+        assert_eq!(writing(&written()), Some(true));
+        assert_eq!(writing(&EventKind::Modify(ModifyKind::Any)), Some(true));
+        assert_eq!(writing(&closed()), Some(false));
+        assert_eq!(writing(&renamed()), Some(false));
+        assert_eq!(
+            writing(&EventKind::Remove(notify::event::RemoveKind::File)),
+            Some(false)
+        );
+        assert_eq!(writing(&EventKind::Access(AccessKind::Read)), None);
     }
 }

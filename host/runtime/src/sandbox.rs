@@ -1,11 +1,14 @@
 //! What a plugin instance's `Store` holds: a deny-by-default WASI context,
-//! the memory limiter, the bounded capture of stdout and stderr, and the
-//! host functions of interfaces `host` (`emit`, `log`, `config-get`) and
-//! `state` (`get`, `set`, `delete`), for every version of the world.
+//! the memory limiter, the bounded capture of stdout and stderr, the scope
+//! of the delivery under way and, during a call of `handle-batch`, the
+//! batch's run. The host functions that read and write them, for every
+//! version of the world, are in module `bindings`; this module knows
+//! nothing of the generated types.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -13,11 +16,10 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_io::bytes::Bytes;
 
-use crate::bindings::{Level, OutgoingEvent, v0_1, v0_2};
+use crate::deadline::{Deadline, HasDeadline, RecyclePolicy};
 use crate::overlay::{Overlay, PendingWrites, StateSlot};
 use crate::stats::Stats;
-use plugbus_core::clock::now_rfc3339;
-use plugbus_core::event::{self, Event};
+use plugbus_core::event::Event;
 use plugbus_core::state::StateWrite;
 
 /// The most table elements any table of a plugin may hold.
@@ -35,7 +37,7 @@ const STDERR_TAIL: usize = 2048;
 pub(crate) struct Bounds {
     pub state: Arc<StateSlot>,
     /// When long-lived instances are recycled.
-    pub recycle: crate::deadline::RecyclePolicy,
+    pub recycle: RecyclePolicy,
     pub max_state_key_bytes: usize,
     pub max_state_value_bytes: usize,
     pub max_state_bytes_per_delivery: usize,
@@ -176,14 +178,14 @@ pub(crate) struct PluginState {
     table: ResourceTable,
     pub limiter: Limiter,
     /// When the delivery under way must end, for host calls that wait.
-    pub deadline: crate::deadline::Deadline,
+    pub deadline: Deadline,
     pub identity: Arc<Identity>,
     pub bounds: Arc<Bounds>,
     pub stats: Arc<Stats>,
     pub output: Arc<OutputCapture>,
     pub scope: DeliveryScope,
     /// The batch being handled through `handle-batch`, if any.
-    pub batch: Option<crate::dispatch::BatchRun>,
+    pub batch: Option<BatchRun>,
     /// The state writes of the batch's successful deliveries so far.
     pub overlay: Overlay,
 }
@@ -222,7 +224,7 @@ impl PluginState {
                 limit: memory_limit,
                 used: 0,
             },
-            deadline: crate::deadline::Deadline::default(),
+            deadline: Deadline::default(),
             identity,
             bounds,
             stats,
@@ -243,163 +245,37 @@ impl WasiView for PluginState {
     }
 }
 
-impl v0_2::plugbus::plugin::types::Host for PluginState {}
-impl v0_1::plugbus::plugin::types::Host for PluginState {}
-
-/// Extension names only the host may set on an emitted event.
-const HOST_OWNED: &[&str] = &[
-    event::CAUSATION_EXTENSION,
-    event::CORRELATION_EXTENSION,
-    event::DEPTH_EXTENSION,
-    event::BUDGET_EXTENSION,
-];
-
-impl v0_1::plugbus::plugin::host::Host for PluginState {
-    fn emit(
-        &mut self,
-        outgoing: v0_1::plugbus::plugin::types::OutgoingEvent,
-    ) -> Result<String, String> {
-        v0_2::plugbus::plugin::host::Host::emit(self, outgoing.into())
-    }
-
-    fn log(&mut self, level: v0_1::plugbus::plugin::types::Level, message: String) {
-        v0_2::plugbus::plugin::host::Host::log(self, level.into(), message);
-    }
-
-    fn config_get(&mut self, key: String) -> Option<String> {
-        v0_2::plugbus::plugin::host::Host::config_get(self, key)
-    }
-}
-
-impl v0_2::plugbus::plugin::state::Host for PluginState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        if let Some(value) = self
-            .scope
-            .state
-            .latest(&key)
-            .or_else(|| self.overlay.latest(&key))
-        {
-            return Ok(value.map(<[u8]>::to_vec));
-        }
-        let store = self.bounds.state.store();
-        store
-            .get(&self.identity.tenant, &self.identity.name, &key)
-            .map_err(|e| {
-                wasmtime::Error::new(plugbus_core::state::StateError(format!(
-                    "get {key:?}: {}",
-                    e.0
-                )))
-            })
-    }
-
-    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        if let Err((reason, refusal)) = self.check_state_write(&key, Some(&value)) {
-            self.refused_state_write(reason, &refusal);
-            return Err(refusal);
-        }
-        self.scope.state.bytes += plugbus_core::state::write_bytes(&key, Some(&value));
-        self.scope.state.writes.push(StateWrite {
-            key,
-            value: Some(value),
-        });
-        Ok(())
-    }
-
-    fn delete(&mut self, key: String) {
-        // A key that cannot have been stored has nothing to delete; a
-        // delete past a budget is dropped, counted and logged (`delete`
-        // has no error to return).
-        match self.check_state_write(&key, None) {
-            Ok(()) => {
-                self.scope.state.bytes += plugbus_core::state::write_bytes(&key, None);
-                self.scope
-                    .state
-                    .writes
-                    .push(StateWrite { key, value: None });
-            }
-            Err(("key", _)) => {}
-            Err((reason, refusal)) => self.refused_state_write(reason, &refusal),
-        }
+impl HasDeadline for PluginState {
+    fn deadline(&self) -> Deadline {
+        self.deadline
     }
 }
 
 impl PluginState {
-    /// Counts and logs a refused state write.
-    fn refused_state_write(&mut self, reason: &'static str, refusal: &str) {
-        self.stats
-            .state_writes_refused
-            .fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(
-            "plugbus_state_writes_refused_total",
-            "tenant" => self.identity.tenant.clone(),
-            "plugin" => self.identity.name.clone(),
-            "reason" => reason
-        )
-        .increment(1);
-        if self.first_refusal() {
-            tracing::warn!(
-                plugin = %self.identity.label,
-                reason,
-                "state write refused: {} (further refusals of this delivery are counted, not logged)",
-                plugbus_core::text::escape(refusal, self.bounds.max_log_bytes)
-            );
+    /// Ends the output of the delivery under way: flushes its unfinished
+    /// lines, counts the bytes dropped over its budget, and returns the
+    /// tail of its stderr.
+    pub fn end_output(&mut self) -> String {
+        let (stderr, dropped) = self.output.finish_delivery();
+        if dropped > 0 {
+            self.stats
+                .output_bytes_dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed);
         }
+        stderr
     }
 
     /// Counts a refused emit or state write; true for the delivery's first.
-    fn first_refusal(&mut self) -> bool {
+    pub fn first_refusal(&mut self) -> bool {
         self.scope.refusals += 1;
         self.scope.refusals == 1
-    }
-
-    /// Why a state write may not be made, if it may not: the reason's
-    /// label (for the metric) and the message for the plugin.
-    fn check_state_write(
-        &self,
-        key: &str,
-        value: Option<&[u8]>,
-    ) -> Result<(), (&'static str, String)> {
-        let bounds = &self.bounds;
-        if key.is_empty() || key.len() > bounds.max_state_key_bytes {
-            return Err((
-                "key",
-                format!(
-                    "a state key is 1 to {} bytes; this one is {}",
-                    bounds.max_state_key_bytes,
-                    key.len()
-                ),
-            ));
-        }
-        let len = value.map_or(0, <[u8]>::len);
-        if len > bounds.max_state_value_bytes {
-            return Err((
-                "value",
-                format!(
-                    "the value of state {:?} is {len} bytes; the limit is {}",
-                    plugbus_core::text::truncate(key, 64),
-                    bounds.max_state_value_bytes
-                ),
-            ));
-        }
-        let size = plugbus_core::state::write_bytes(key, value);
-        if self.scope.state.bytes + size > bounds.max_state_bytes_per_delivery {
-            return Err((
-                "delivery_bytes",
-                format!(
-                    "a delivery may write at most {} bytes of state",
-                    bounds.max_state_bytes_per_delivery
-                ),
-            ));
-        }
-        self.check_commit_bytes(size)
-            .map_err(|m| ("commit_bytes", m))
     }
 
     /// Whether `size` more bytes fit in the pending commit of the batch
     /// this delivery is part of: what the batch's earlier successful
     /// deliveries hold, what this delivery emitted and wrote so far, and
     /// `size`.
-    fn check_commit_bytes(&self, size: usize) -> Result<(), String> {
+    pub fn check_commit_bytes(&self, size: usize) -> Result<(), String> {
         let max = self.bounds.max_batch_commit_bytes;
         let held = self
             .overlay
@@ -417,225 +293,342 @@ impl PluginState {
     }
 }
 
-impl v0_2::plugbus::plugin::host::Host for PluginState {
-    fn emit(&mut self, outgoing: OutgoingEvent) -> Result<String, String> {
-        let refusal = match self.build_emitted(outgoing) {
-            Ok((emitted, size)) => {
-                self.stats.emits_accepted.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(emitted = %emitted.id, r#type = %emitted.ty, "plugin emitted an event");
-                let id = emitted.id.clone();
-                self.scope.emitted.push(emitted);
-                self.scope.emitted_bytes += size;
-                return Ok(id);
-            }
-            Err(refusal) => refusal,
-        };
-        let stats = &self.stats;
-        let counter = match refusal {
-            EmitRefusal::ChainDepth(_) => &stats.emits_refused_chain_depth,
-            EmitRefusal::Count(_) | EmitRefusal::ChainBudget(_) => &stats.emits_refused_budget,
-            EmitRefusal::Bytes(_) => &stats.emits_refused_bytes,
-            EmitRefusal::Commit(_) => &stats.emits_refused_commit,
-            EmitRefusal::Invalid(_) => &stats.emits_refused_invalid,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(
-            "plugbus_emits_refused_total",
-            "tenant" => self.identity.tenant.clone(),
-            "plugin" => self.identity.name.clone(),
-            "reason" => refusal.reason()
-        )
-        .increment(1);
-        let message = refusal.to_string();
-        if self.first_refusal() {
-            tracing::warn!(
-                plugin = %self.identity.label,
-                reason = refusal.reason(),
-                "emit refused: {} (further refusals of this delivery are counted, not logged)",
-                plugbus_core::text::escape(&message, self.bounds.max_log_bytes)
-            );
-        }
-        Err(message)
-    }
+/// How a handler failed, in the host's terms: each version of the world
+/// has its own generated `handler-error`, and its bindings convert it to
+/// this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HandlerError {
+    /// `handler-error::retryable`.
+    Retryable(String),
+    /// `handler-error::permanent`.
+    Permanent(String),
+}
 
-    fn log(&mut self, level: Level, message: String) {
-        self.scope.log_lines += 1;
-        if self.scope.log_lines > self.bounds.max_log_lines_per_delivery {
-            self.stats.log_lines_dropped.fetch_add(1, Ordering::Relaxed);
-            if self.scope.log_lines == self.bounds.max_log_lines_per_delivery + 1 {
-                tracing::warn!(
-                    plugin = %self.identity.label,
-                    "plugin wrote more than {} log lines in one delivery; the rest are dropped",
-                    self.bounds.max_log_lines_per_delivery
+impl HandlerError {
+    /// The handler's message.
+    fn message_mut(&mut self) -> &mut String {
+        match self {
+            Self::Retryable(message) | Self::Permanent(message) => message,
+        }
+    }
+}
+
+/// What a successful delivery leaves behind, for its caller to publish and
+/// store: empty for a failed one.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// The events it emitted.
+    pub emitted: Vec<Event>,
+    /// Its state writes, in order.
+    pub state: Vec<StateWrite>,
+}
+
+impl Effects {
+    /// What an ended delivery emitted and wrote. When the delivery had a
+    /// chain budget, each emitted event carries its share of what the
+    /// chain has left (its `chainbudget` extension), so that the budget
+    /// travels with the events: the events below each one may be at most
+    /// its share.
+    pub(crate) fn of(scope: DeliveryScope) -> Self {
+        let mut emitted = scope.emitted;
+        if let Some(budget) = &scope.chain_budget {
+            let left = budget.load(Ordering::Acquire);
+            let shares = split_chain_budget(left, emitted.len());
+            for (event, share) in emitted.iter_mut().zip(shares) {
+                event.extensions.insert(
+                    plugbus_core::event::BUDGET_EXTENSION.to_owned(),
+                    share.to_string(),
                 );
             }
-            return;
         }
-        // Escaped and bounded: a plugin cannot start a line of its own in
-        // the host's log, nor write escape sequences to a terminal.
-        let text = plugbus_core::text::escape(&message, self.bounds.max_log_bytes);
-        let plugin = self.identity.label.as_str();
-        match level {
-            Level::Trace => tracing::trace!(target: "plugbus::plugin", plugin, "{text}"),
-            Level::Debug => tracing::debug!(target: "plugbus::plugin", plugin, "{text}"),
-            Level::Info => tracing::info!(target: "plugbus::plugin", plugin, "{text}"),
-            Level::Warn => tracing::warn!(target: "plugbus::plugin", plugin, "{text}"),
-            Level::Error => tracing::error!(target: "plugbus::plugin", plugin, "{text}"),
+        Self {
+            emitted,
+            state: scope.state.writes,
         }
     }
 
-    fn config_get(&mut self, key: String) -> Option<String> {
-        self.identity.config.get(&key).cloned()
+    /// The bytes they add to a commit: each emitted event's
+    /// [`crate::batch::event_bytes`], each state write's key and value.
+    pub fn bytes(&self) -> usize {
+        let events: usize = self.emitted.iter().map(crate::batch::event_bytes).sum();
+        let writes: usize = self
+            .state
+            .iter()
+            .map(|w| plugbus_core::state::write_bytes(&w.key, w.value.as_deref()))
+            .sum();
+        events.saturating_add(writes)
     }
 }
 
-/// Why an emit was refused; the message goes back to the plugin.
+/// The share of a chain's remaining event budget that the `index`-th of
+/// `n` children gets: `remaining` divided as evenly as possible, the first
+/// `remaining % n` children getting one more than the others; 0 when
+/// `index` is not below `n`. The shares of all `n` children add up to
+/// `remaining`.
+///
+/// A delivery's emitted events divide what the chain had left when it
+/// ended; a durable consumer divides an event's budget
+/// ([`Event::chain_budget`]) among the plugins subscribed to it, each by
+/// its place in a fixed order.
+pub fn chain_budget_share(remaining: usize, n: usize, index: usize) -> usize {
+    if index >= n {
+        return 0;
+    }
+    remaining / n + usize::from(index < remaining % n)
+}
+
+/// The shares of `remaining` among `n` children, in order; see
+/// [`chain_budget_share`]. Empty when `n` is 0.
+pub fn split_chain_budget(remaining: usize, n: usize) -> impl ExactSizeIterator<Item = usize> {
+    (0..n).map(move |index| chain_budget_share(remaining, n, index))
+}
+
+/// The batch a store is handling through `handle-batch`: the events still
+/// to start, the results reported so far, and each event's budgets.
+pub(crate) struct BatchRun {
+    /// The scopes of the events not started yet, in order.
+    pending: VecDeque<DeliveryScope>,
+    /// What each reported event did, in order.
+    pub finished: Vec<Finished>,
+    /// Each event's fuel, when fuel is metered.
+    fuel: Option<u64>,
+    /// Each event's deadline, in epoch ticks.
+    epoch_deadline: u64,
+    /// When the event now running started.
+    pub started: Instant,
+    /// Every event has been reported.
+    exhausted: bool,
+    /// Stop the batch at the first failure.
+    until_failure: bool,
+    /// The batch stopped with events left because its pending commit had
+    /// no room for another delivery.
+    pub commit_full: bool,
+}
+
+impl BatchRun {
+    /// A run of the events of `pending` (the first one's scope is already
+    /// in the store), each with `fuel` and an epoch deadline of
+    /// `epoch_deadline` ticks.
+    pub fn new(
+        pending: VecDeque<DeliveryScope>,
+        fuel: Option<u64>,
+        epoch_deadline: u64,
+        until_failure: bool,
+    ) -> Self {
+        Self {
+            finished: Vec::with_capacity(pending.len() + 1),
+            pending,
+            fuel,
+            epoch_deadline,
+            started: Instant::now(),
+            exhausted: false,
+            until_failure,
+            commit_full: false,
+        }
+    }
+}
+
+/// One event of a batch, reported through `batch.done`.
+pub(crate) struct Finished {
+    /// The delivery span it ran in.
+    pub span: tracing::Span,
+    pub result: Result<(), HandlerError>,
+    pub fuel: u64,
+    pub duration: Duration,
+    pub effects: Effects,
+}
+
+/// Why `batch.done` was refused: the plugin called it when it may not.
 #[derive(Debug, thiserror::Error)]
-enum EmitRefusal {
-    /// The chain depth limit.
-    #[error("{0}")]
-    ChainDepth(String),
-    /// The most events one delivery may emit.
-    #[error("{0}")]
-    Count(String),
-    /// The events the chain may still cause.
-    #[error("{0}")]
-    ChainBudget(String),
-    /// The bytes one delivery may emit.
-    #[error("{0}")]
-    Bytes(String),
-    /// The bytes one batch's pending commit may hold.
-    #[error("{0}")]
-    Commit(String),
-    /// An invalid event, or an extension only the host may set.
-    #[error("{0}")]
-    Invalid(String),
+pub(crate) enum BatchMisuse {
+    /// Not inside a call of `handle-batch`.
+    #[error("batch.done called outside of handle-batch")]
+    OutsideBatch,
+    /// After the last event of the batch.
+    #[error("batch.done called more often than the batch has events")]
+    TooOften,
 }
 
-impl EmitRefusal {
-    /// The `reason` label of `plugbus_emits_refused_total`.
-    fn reason(&self) -> &'static str {
-        match self {
-            Self::ChainDepth(_) => "chain_depth",
-            Self::Count(_) => "emit_count",
-            Self::ChainBudget(_) => "chain_budget",
-            Self::Bytes(_) => "emit_bytes",
-            Self::Commit(_) => "commit_bytes",
-            Self::Invalid(_) => "invalid",
+/// What the store is to run next after `batch.done`, and under which
+/// limits: each event, and the plugin's return after the last, runs under
+/// a full event's limits.
+pub(crate) struct BatchStep {
+    /// Whether the plugin is to go on with the next event.
+    pub go_on: bool,
+    /// The fuel to set, when fuel is metered.
+    pub fuel: Option<u64>,
+    /// The epoch deadline to set, in ticks.
+    pub epoch_deadline: u64,
+}
+
+impl BatchRun {
+    /// Ends the event now running, after it `failed` or not: the batch
+    /// goes on unless it stops at failures and this one failed, or its
+    /// pending commit is `commit_full` (another event at its limits would
+    /// not fit). Returns the step and the scope of the next event, if any.
+    fn advance(&mut self, failed: bool, commit_full: bool) -> (BatchStep, Option<DeliveryScope>) {
+        self.commit_full = commit_full && !self.pending.is_empty();
+        let stop = (self.until_failure && failed) || commit_full;
+        if stop {
+            self.pending.clear();
         }
+        let next = self.pending.pop_front();
+        self.exhausted = next.is_none();
+        let step = BatchStep {
+            go_on: !stop,
+            fuel: self.fuel,
+            epoch_deadline: self.epoch_deadline,
+        };
+        (step, next)
     }
 }
 
 impl PluginState {
-    /// The event a plugin emits, with the host's attributes, and its
-    /// bytes; or why it is refused. A refused emit takes nothing from the
-    /// chain's budget.
-    fn build_emitted(&self, outgoing: OutgoingEvent) -> Result<(Event, usize), EmitRefusal> {
-        let scope = &self.scope;
-        let depth = scope.depth.saturating_add(1);
-        if depth > self.bounds.max_chain_depth {
-            return Err(EmitRefusal::ChainDepth(format!(
-                "chain depth limit of {} reached: event {} is at depth {}, so it may not cause further events",
-                self.bounds.max_chain_depth, scope.event_id, scope.depth
-            )));
-        }
-        if scope.emitted.len() >= self.bounds.max_emits_per_delivery {
-            return Err(EmitRefusal::Count(format!(
-                "a delivery may emit at most {} events",
-                self.bounds.max_emits_per_delivery
-            )));
-        }
-        let mut extensions = BTreeMap::new();
-        for (name, value) in outgoing.extensions {
-            event::check_extension_name(&name).map_err(|e| EmitRefusal::Invalid(e.to_string()))?;
-            if HOST_OWNED.contains(&name.as_str()) {
-                return Err(EmitRefusal::Invalid(format!(
-                    "extension '{name}' is set by the host and may not be set by a plugin"
-                )));
-            }
-            if extensions.insert(name.clone(), value).is_some() {
-                return Err(EmitRefusal::Invalid(format!(
-                    "extension '{name}' is given twice"
-                )));
-            }
-        }
-        extensions.insert(
-            event::CAUSATION_EXTENSION.to_owned(),
-            scope.event_id.clone(),
-        );
-        extensions.insert(
-            event::CORRELATION_EXTENSION.to_owned(),
-            scope.correlation_id.clone(),
-        );
-        extensions.insert(event::DEPTH_EXTENSION.to_owned(), depth.to_string());
-        for (name, value) in plugbus_core::trace::for_emitted(&scope.trace) {
-            extensions.entry(name.to_owned()).or_insert(value);
-        }
-        let mut emitted = Event {
-            id: uuid::Uuid::now_v7().to_string(),
-            source: self.identity.source.clone(),
-            ty: outgoing.type_,
-            subject: outgoing.subject,
-            time: Some(now_rfc3339()),
-            datacontenttype: outgoing.datacontenttype,
-            dataschema: outgoing.dataschema,
-            data: outgoing.data,
-            extensions,
-            tenant: self.identity.tenant.clone(),
-        };
-        if let Some(budget) = &scope.chain_budget {
-            // In place before the event is checked, so that it counts
-            // among the event's extensions; its value is set below.
-            emitted.extensions.insert(
-                event::BUDGET_EXTENSION.to_owned(),
-                budget.load(Ordering::Acquire).to_string(),
-            );
-        }
-        emitted
-            .validate()
-            .map_err(|e| EmitRefusal::Invalid(format!("invalid event: {e}")))?;
-        let Some(budget) = &scope.chain_budget else {
-            let size = crate::batch::event_bytes(&emitted);
-            self.check_emit_bytes(size)?;
-            return Ok((emitted, size));
-        };
-        let took = budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-            left.checked_sub(1)
-        });
-        let Ok(before) = took else {
-            return Err(EmitRefusal::ChainBudget(format!(
-                "the chain of events caused by {} has reached the host's limit of events per published event",
-                scope.correlation_id
-            )));
-        };
-        // What the chain has left after this emit, for now: when the
-        // delivery ends, each event it emitted gets its share of what is
-        // left then, which is no more. Its bytes are counted with it.
-        emitted
-            .extensions
-            .insert(event::BUDGET_EXTENSION.to_owned(), (before - 1).to_string());
-        let size = crate::batch::event_bytes(&emitted);
-        if let Err(refusal) = self.check_emit_bytes(size) {
-            budget.fetch_add(1, Ordering::AcqRel);
-            return Err(refusal);
-        }
-        Ok((emitted, size))
+    /// `batch.done`, in the host's terms: records the result, fuel
+    /// (`fuel_left` is what the store has left), time and effects of the
+    /// batch's event now running, then starts the next event with its own
+    /// scope; or, after a failure in a batch that stops at failures, or
+    /// when the batch's pending commit has no room for another delivery,
+    /// ends the batch.
+    pub fn batch_event_done(
+        &mut self,
+        result: Result<(), HandlerError>,
+        fuel_left: Option<u64>,
+    ) -> Result<BatchStep, BatchMisuse> {
+        let mut run = self.batch.take().ok_or(BatchMisuse::OutsideBatch)?;
+        let step = self.record_batch_event(&mut run, result, fuel_left);
+        self.batch = Some(run);
+        step
     }
 
-    /// Whether an event of `size` bytes fits in this delivery's emit
-    /// budget and in its batch's pending commit.
-    fn check_emit_bytes(&self, size: usize) -> Result<(), EmitRefusal> {
-        let max = self.bounds.max_emit_bytes_per_delivery;
-        let total = self.scope.emitted_bytes.saturating_add(size);
-        if total > max {
-            return Err(EmitRefusal::Bytes(format!(
-                "the host's limit of {max} bytes of emitted events per delivery is reached: \
-                 the events emitted so far take {} bytes, and this one of {size} would make {total}",
-                self.scope.emitted_bytes
-            )));
+    /// [`PluginState::batch_event_done`] of `run`, taken out of the store.
+    fn record_batch_event(
+        &mut self,
+        run: &mut BatchRun,
+        mut result: Result<(), HandlerError>,
+        fuel_left: Option<u64>,
+    ) -> Result<BatchStep, BatchMisuse> {
+        if run.exhausted {
+            return Err(BatchMisuse::TooOften);
         }
-        self.check_commit_bytes(size).map_err(EmitRefusal::Commit)
+        let fuel = match (run.fuel, fuel_left) {
+            (Some(budget), Some(left)) => budget.saturating_sub(left),
+            _ => 0,
+        };
+        let duration = run.started.elapsed();
+        // Bounded at once: the batch holds its events' results until it ends.
+        self.bound_handler_error(&mut result);
+        // What the batch's pending commit holds with this event's effects;
+        // the batch ends when another event at its limits would not fit.
+        let held = match result {
+            Ok(()) => self
+                .overlay
+                .commit_bytes
+                .saturating_add(self.scope.emitted_bytes + self.scope.state.bytes),
+            Err(_) => self.overlay.commit_bytes,
+        };
+        let commit_full = held.saturating_add(self.bounds.max_delivery_bytes())
+            > self.bounds.max_batch_commit_bytes;
+        let (step, next) = run.advance(result.is_err(), commit_full);
+        let next_span = next.as_ref().map(|next| scope_span(&self.identity, next));
+        let scope = std::mem::replace(&mut self.scope, next.unwrap_or_default());
+        self.end_output();
+        let span = enter_span(next_span).unwrap_or_else(|| scope_span(&self.identity, &scope));
+        let effects = match result {
+            Ok(()) => {
+                // The events after this one see its writes.
+                self.overlay.add(&scope.state.writes);
+                self.overlay.commit_bytes = held;
+                Effects::of(scope)
+            }
+            Err(_) => {
+                // A failed event's effects are dropped now, not held until
+                // the batch ends.
+                self.stats
+                    .emits_discarded
+                    .fetch_add(scope.emitted.len() as u64, Ordering::Relaxed);
+                Effects::default()
+            }
+        };
+        run.finished.push(Finished {
+            span,
+            result,
+            fuel,
+            duration,
+            effects,
+        });
+        run.started = Instant::now();
+        Ok(step)
     }
+
+    /// Cuts a handler's error message at the host's limit, counted.
+    fn bound_handler_error(&self, result: &mut Result<(), HandlerError>) {
+        if let Err(error) = result
+            && plugbus_core::text::truncate_in_place(
+                error.message_mut(),
+                self.bounds.max_error_bytes,
+            )
+        {
+            self.stats
+                .error_messages_truncated
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+thread_local! {
+    /// The delivery span entered for the event of a batch that is running
+    /// on this thread, so that what the plugin logs lands in it.
+    static BATCH_SPAN: std::cell::RefCell<Option<tracing::span::EnteredSpan>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Leaves the batch event's span entered on this thread, if any, and
+/// enters `span`; returns the span it left.
+pub(crate) fn enter_span(span: Option<tracing::Span>) -> Option<tracing::Span> {
+    BATCH_SPAN.with(|current| {
+        let mut current = current.borrow_mut();
+        let left = current.take().map(tracing::span::EnteredSpan::exit);
+        *current = span.map(tracing::Span::entered);
+        left
+    })
+}
+
+/// The delivery span of the event `scope` is for.
+fn scope_span(identity: &Identity, scope: &DeliveryScope) -> tracing::Span {
+    let extension = |name: &str| {
+        scope
+            .trace
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    delivery_span(
+        identity,
+        &scope.event_id,
+        extension("traceparent"),
+        extension("tracestate"),
+    )
+}
+
+/// The span of one delivery: tenant, plugin, version and event id, and
+/// the event's W3C trace context, which it continues.
+pub(crate) fn delivery_span(
+    identity: &Identity,
+    event_id: &str,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "delivery",
+        tenant = %identity.tenant,
+        plugin = %identity.name,
+        version = %identity.version,
+        event_id = %event_id,
+        traceparent = traceparent,
+    );
+    plugbus_core::trace::continue_trace(&span, traceparent, tracestate);
+    span
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -841,7 +834,7 @@ mod tests {
 
     #[test]
     fn emitted_times_have_one_length() {
-        let time = now_rfc3339();
+        let time = plugbus_core::clock::now_rfc3339();
         assert_eq!(time.len(), "2026-11-22T10:00:00.000000Z".len(), "{time}");
         time::OffsetDateTime::parse(&time, &time::format_description::well_known::Rfc3339)
             .expect("RFC 3339");
@@ -861,96 +854,32 @@ mod tests {
         assert_eq!(tail, "panicked a");
     }
 
-    /// A `Write` that keeps what the log subscriber writes.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-        type Writer = Captured;
-
-        fn make_writer(&'a self) -> Self::Writer {
-            self.clone()
-        }
-    }
-
-    /// The `forge-log` mode of the `hostile` fixture writes CR, LF, a line
-    /// in the host's format and escape sequences through `log`, stdout and
-    /// stderr: every line of the host's log is still one of the host's,
-    /// with no raw CR or ESC in it.
     #[test]
-    fn plugin_text_cannot_forge_host_log_lines() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let tenant = dir.path().join("chaos");
-        std::fs::create_dir(&tenant).expect("the tenant's folder");
-        std::fs::copy(
-            plugbus_artifacts::FIXTURE_HOSTILE,
-            tenant.join("forge.wasm"),
-        )
-        .expect("the fixture");
-        std::fs::write(
-            tenant.join("forge.toml"),
-            "subscribe = [\"hostile.*\"]\n[config]\nmode = \"forge-log\"\n",
-        )
-        .expect("the manifest");
-        let host = crate::Host::new(crate::HostConfig::default()).expect("a host");
-        let report = host.load_dir(dir.path()).expect("loaded");
-        assert!(report.errors.is_empty(), "{:?}", report.errors);
-        let plugin = host.plugin("chaos", "forge").expect("loaded");
-        let event = Event::from_json(
-            r#"{"specversion":"1.0","id":"l-1","source":"/t","type":"hostile.forge-log","tenant":"chaos"}"#,
-        )
-        .expect("an event");
-
-        let captured = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(captured.clone())
-            .with_ansi(false)
-            .without_time()
-            .with_max_level(tracing::Level::TRACE)
-            .finish();
-        let (delivery, _) = tracing::subscriber::with_default(subscriber, || {
-            plugin.deliver(&event).expect("deliverable")
-        });
-        assert!(delivery.outcome.is_handled(), "{delivery:#?}");
-
-        let bytes = captured
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let log = String::from_utf8(bytes).expect("UTF-8");
-        assert!(
-            !log.contains(['\r', '\u{1b}', '\u{7}', '\u{202e}']),
-            "{log:?}"
-        );
-        // The forged host line, inside five log lines, one line of stdout
-        // and two of stderr.
-        assert_eq!(
-            log.matches("FORGED operator line").count(),
-            5 + 1 + 2,
-            "{log}"
-        );
-        for line in log.lines() {
-            let level = line.split_whitespace().next().unwrap_or_default();
-            assert!(
-                ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level),
-                "a line the host did not write: {line:?}"
-            );
+    fn chain_budgets_split_evenly_and_add_up() {
+        for remaining in 0..200 {
+            assert_eq!(split_chain_budget(remaining, 0).len(), 0);
+            for n in 1..24 {
+                let shares: Vec<_> = split_chain_budget(remaining, n).collect();
+                assert_eq!(shares.len(), n);
+                assert_eq!(
+                    shares.iter().sum::<usize>(),
+                    remaining,
+                    "{remaining} in {n}"
+                );
+                let (min, max) = (shares.iter().min(), shares.iter().max());
+                assert!(
+                    max.zip(min).is_some_and(|(max, min)| max - min <= 1),
+                    "{shares:?}"
+                );
+                // The larger shares come first.
+                assert!(shares.windows(2).all(|w| w[0] >= w[1]), "{shares:?}");
+                assert_eq!(chain_budget_share(remaining, n, n), 0);
+            }
         }
+        assert_eq!(split_chain_budget(10, 4).collect::<Vec<_>>(), [3, 3, 2, 2]);
+        assert_eq!(split_chain_budget(2, 3).collect::<Vec<_>>(), [1, 1, 0]);
+        let huge: Vec<_> = split_chain_budget(usize::MAX, 2).collect();
+        assert_eq!(huge, [usize::MAX / 2 + 1, usize::MAX / 2]);
     }
 
     #[test]
