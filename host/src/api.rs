@@ -492,7 +492,7 @@ async fn ingest(
     // Its parent is the request's W3C trace context, else the event's.
     let first = events.first();
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let extension = |name| first.and_then(|e| e.extensions.get(name).map(String::as_str));
+    let extension = |name| first.and_then(|e| e.extensions().get(name).map(String::as_str));
     let (traceparent, tracestate) = match header("traceparent") {
         Some(parent) => (Some(parent), header("tracestate")),
         None => (extension("traceparent"), extension("tracestate")),
@@ -501,7 +501,7 @@ async fn ingest(
         "ingest",
         tenant = %tenant,
         events = events.len(),
-        event_id = first.map(|e| e.id.as_str()),
+        event_id = first.map(|e| e.id()),
         traceparent = traceparent,
     );
     crate::telemetry::continue_trace(&span, traceparent, tracestate);
@@ -637,7 +637,7 @@ async fn store(api: Arc<Api>, tenant: String, events: Vec<Event>) -> Result<Resp
     let accepted: Vec<Value> = events
         .iter()
         .zip(&appended)
-        .map(|(event, a)| json!({ "id": event.id, "seq": a.seq, "duplicate": a.duplicate }))
+        .map(|(event, a)| json!({ "id": event.id(), "seq": a.seq, "duplicate": a.duplicate }))
         .collect();
     tracing::debug!(tenant = %tenant, events = count, duplicates, "ingested");
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))).into_response())

@@ -131,20 +131,20 @@ macro_rules! event_record {
     ($record:path, $e:expr $(, $field:ident: $value:expr)*) => {{
         let e: &crate::event::Event = $e;
         $record {
-            id: e.id.clone(),
-            source: e.source.clone(),
-            type_: e.ty.clone(),
-            subject: e.subject.clone(),
-            time: e.time.clone(),
-            datacontenttype: e.datacontenttype.clone(),
-            dataschema: e.dataschema.clone(),
-            data: e.data.clone(),
+            id: e.id().to_owned(),
+            source: e.source().to_owned(),
+            type_: e.ty().to_owned(),
+            subject: e.subject().map(str::to_owned),
+            time: e.time().map(str::to_owned),
+            datacontenttype: e.datacontenttype().map(str::to_owned),
+            dataschema: e.dataschema().map(str::to_owned),
+            data: e.data().to_vec(),
             extensions: e
-                .extensions
+                .extensions()
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            tenant: e.tenant.clone(),
+            tenant: e.tenant().to_owned(),
             $($field: $value,)*
         }
     }};

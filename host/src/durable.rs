@@ -506,16 +506,11 @@ impl DurableBus {
         ))
     }
 
-    /// Validates `events`, appends them to the log and answers once they
-    /// are durable; the consumers then deliver them. All or none: one
-    /// invalid event refuses the whole batch.
+    /// Appends `events` (valid, as every [`Event`] is) to the log and
+    /// answers once they are durable; the consumers then deliver them. All
+    /// or none.
     pub async fn publish(&self, events: Vec<Event>) -> Result<Vec<Appended>, DurablePublishError> {
-        for (index, event) in events.iter().enumerate() {
-            event
-                .validate()
-                .map_err(|error| DurablePublishError::InvalidEvent { index, error })?;
-        }
-        let tenants: Vec<String> = events.iter().map(|e| e.tenant.clone()).collect();
+        let tenants: Vec<String> = events.iter().map(|e| e.tenant().to_owned()).collect();
         // Counted before they can be read, so that no consumer reads one
         // before it is counted (and counts it twice).
         let mut count: HashMap<&str, u64> = HashMap::new();
@@ -859,11 +854,12 @@ impl OrderKey {
     fn of(stored: &StoredEvent) -> Self {
         let event = &stored.event;
         match event
-            .extensions
+            .extensions()
             .get("partitionkey")
-            .or(event.subject.as_ref())
+            .map(String::as_str)
+            .or(event.subject())
         {
-            Some(key) => Self::Key(key.clone()),
+            Some(key) => Self::Key(key.to_owned()),
             None => Self::Alone(stored.seq),
         }
     }
@@ -932,7 +928,7 @@ impl Line {
             if self.skip.remove(&seq) {
                 continue;
             }
-            if manifest.subscribes_to(&stored.event.ty) {
+            if manifest.subscribes_to(stored.event.ty()) {
                 self.pending_bytes = self.pending_bytes.saturating_add(stored.bytes);
                 if let Some(replaced) = self.pending.insert(seq, Arc::new(stored)) {
                     self.pending_bytes = self.pending_bytes.saturating_sub(replaced.bytes);
@@ -1340,7 +1336,7 @@ impl Consumer {
                             tenant = %self.tenant,
                             plugin = %self.plugin,
                             seq,
-                            event_id = %stored.event.id.escape_debug(),
+                            event_id = %stored.event.id().escape_debug(),
                             attempts = attempts.len(),
                             "event dead-lettered"
                         );
@@ -1378,7 +1374,7 @@ impl Consumer {
             .host
             .registry
             .load()
-            .route(&event.tenant, &event.ty)
+            .route(event.tenant(), event.ty())
             .count();
         budget_share(event.chain_budget(limit), subscribers)
     }
@@ -1422,7 +1418,11 @@ impl Consumer {
     /// unread events first (and taking them back if it fails), and wakes
     /// those consumers.
     async fn commit_emitting(&self, commit: Commit) -> Result<crate::log::Committed, LogError> {
-        let tenants: Vec<String> = commit.emitted.iter().map(|e| e.tenant.clone()).collect();
+        let tenants: Vec<String> = commit
+            .emitted
+            .iter()
+            .map(|e| e.tenant().to_owned())
+            .collect();
         let mut count: HashMap<&str, u64> = HashMap::new();
         for tenant in &tenants {
             *count.entry(tenant).or_default() += 1;
@@ -1582,7 +1582,7 @@ impl Consumer {
             tenant = %self.tenant,
             plugin = %self.plugin,
             seq = dead.seq,
-            event_id = %dead.event.id.escape_debug(),
+            event_id = %dead.event.id().escape_debug(),
             "redriving a dead letter"
         );
         let budget = self.budget(&dead.event);

@@ -60,29 +60,25 @@ const RESERVED: &[&str] = &[
     "data_base64",
 ];
 
-/// A CloudEvents 1.0 event that belongs to one tenant.
+/// A CloudEvents 1.0 event that belongs to one tenant, valid by
+/// construction: the only ways to one are the formats' parsers
+/// ([`Event::from_json`], [`Event::from_json_value`],
+/// [`Event::from_structured`], [`JsonBatch::events`],
+/// [`Event::from_binary`]) and [`Event::builder`], which all end in the
+/// same checks. Its attributes are read through methods named like them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// Identifies the event; unique per `source`.
-    pub id: String,
-    /// Identifies the context the event happened in (a URI-reference).
-    pub source: String,
-    /// The kind of event, such as `inventory.stock_changed`.
-    pub ty: String,
-    /// The subject within the source, such as a SKU or an order id.
-    pub subject: Option<String>,
-    /// When the event happened, as an RFC 3339 timestamp.
-    pub time: Option<String>,
-    /// The media type of `data`.
-    pub datacontenttype: Option<String>,
-    /// An absolute URI of the schema `data` adheres to.
-    pub dataschema: Option<String>,
-    /// The payload.
-    pub data: Vec<u8>,
-    /// Extension attributes, by name. The tenant is not among them.
-    pub extensions: BTreeMap<String, String>,
-    /// The tenant that owns the event.
-    pub tenant: String,
+    id: String,
+    source: String,
+    ty: String,
+    subject: Option<String>,
+    time: Option<String>,
+    datacontenttype: Option<String>,
+    dataschema: Option<String>,
+    data: Vec<u8>,
+    /// By name; the tenant is not among them.
+    extensions: BTreeMap<String, String>,
+    tenant: String,
 }
 
 /// Why an event was refused. Each variant names the attribute at fault.
@@ -129,6 +125,188 @@ pub fn is_json_media_type(media_type: &str) -> bool {
         .trim()
         .to_ascii_lowercase();
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+impl Event {
+    /// Identifies the event; unique per `source`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Identifies the context the event happened in (a URI-reference).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The kind of event, such as `inventory.stock_changed`.
+    pub fn ty(&self) -> &str {
+        &self.ty
+    }
+
+    /// The subject within the source, such as a SKU or an order id.
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
+
+    /// When the event happened, as an RFC 3339 timestamp.
+    pub fn time(&self) -> Option<&str> {
+        self.time.as_deref()
+    }
+
+    /// The media type of `data`.
+    pub fn datacontenttype(&self) -> Option<&str> {
+        self.datacontenttype.as_deref()
+    }
+
+    /// An absolute URI of the schema `data` adheres to.
+    pub fn dataschema(&self) -> Option<&str> {
+        self.dataschema.as_deref()
+    }
+
+    /// The payload; empty when there is none.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Extension attributes, by name. The tenant is not among them.
+    pub fn extensions(&self) -> &BTreeMap<String, String> {
+        &self.extensions
+    }
+
+    /// The tenant that owns the event.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// A builder for an event the host or a program makes itself (emitted
+    /// events, the CLI, benchmarks, tests): the required attributes here,
+    /// the rest through the builder; [`EventBuilder::build`] checks it as
+    /// the parsers do.
+    pub fn builder(
+        tenant: impl Into<String>,
+        id: impl Into<String>,
+        source: impl Into<String>,
+        ty: impl Into<String>,
+    ) -> EventBuilder {
+        EventBuilder {
+            draft: Draft {
+                tenant: Some(tenant.into()),
+                id: Some(id.into()),
+                source: Some(source.into()),
+                ty: Some(ty.into()),
+                ..Draft::default()
+            },
+        }
+    }
+
+    /// A builder that starts from this event's attributes: to make a
+    /// changed copy, which is checked again.
+    pub fn to_builder(&self) -> EventBuilder {
+        EventBuilder {
+            draft: Draft {
+                id: Some(self.id.clone()),
+                source: Some(self.source.clone()),
+                ty: Some(self.ty.clone()),
+                subject: self.subject.clone(),
+                time: self.time.clone(),
+                datacontenttype: self.datacontenttype.clone(),
+                dataschema: self.dataschema.clone(),
+                tenant: Some(self.tenant.clone()),
+                data: self.data.clone(),
+                extensions: self.extensions.clone(),
+            },
+        }
+    }
+
+    /// Sets the host's own `chainbudget` extension: a whole number, valid
+    /// whatever it is. For events built with one (the emit path sets it
+    /// before the event is checked), so that it was counted among their
+    /// extensions then.
+    pub(crate) fn set_chain_budget(&mut self, budget: usize) {
+        self.extensions
+            .insert(BUDGET_EXTENSION.to_owned(), budget.to_string());
+    }
+}
+
+/// The attributes of an event being made, checked by
+/// [`EventBuilder::build`] exactly as the parsers check theirs.
+#[derive(Debug)]
+#[must_use = "an event builder does nothing until it is built"]
+pub struct EventBuilder {
+    draft: Draft,
+}
+
+impl EventBuilder {
+    /// Sets the tenant.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.draft.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Sets the id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.draft.id = Some(id.into());
+        self
+    }
+
+    /// Sets the source.
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.draft.source = Some(source.into());
+        self
+    }
+
+    /// Sets the type.
+    pub fn ty(mut self, ty: impl Into<String>) -> Self {
+        self.draft.ty = Some(ty.into());
+        self
+    }
+
+    /// Sets (or, with `None`, unsets) the subject.
+    pub fn subject(mut self, subject: impl Into<Option<String>>) -> Self {
+        self.draft.subject = subject.into();
+        self
+    }
+
+    /// Sets (or unsets) the time, an RFC 3339 timestamp.
+    pub fn time(mut self, time: impl Into<Option<String>>) -> Self {
+        self.draft.time = time.into();
+        self
+    }
+
+    /// Sets (or unsets) the media type of the data.
+    pub fn datacontenttype(mut self, datacontenttype: impl Into<Option<String>>) -> Self {
+        self.draft.datacontenttype = datacontenttype.into();
+        self
+    }
+
+    /// Sets (or unsets) the schema of the data, an absolute URI.
+    pub fn dataschema(mut self, dataschema: impl Into<Option<String>>) -> Self {
+        self.draft.dataschema = dataschema.into();
+        self
+    }
+
+    /// Sets the payload.
+    pub fn data(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.draft.data = data.into();
+        self
+    }
+
+    /// Sets one extension attribute.
+    pub fn extension(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.draft.extensions.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the extension attributes, replacing any set before.
+    pub fn extensions(mut self, extensions: BTreeMap<String, String>) -> Self {
+        self.draft.extensions = extensions;
+        self
+    }
+
+    /// The event, if it passes the checks every event passes.
+    pub fn build(self) -> Result<Event, EventError> {
+        self.draft.into_event(TenantOf::Attribute)
+    }
 }
 
 /// Where the tenant of an event being parsed comes from.
@@ -229,11 +407,12 @@ impl Event {
         Self::from_json(&value.to_string())
     }
 
-    /// Checks the event against CloudEvents 1.0 and the host's limits:
+    /// Checks the event against CloudEvents 1.0 and the host's limits (in
+    /// [`Draft::into_event`], the one way to an event):
     /// non-empty `id`, `source` and `type`, a valid tenant name, an RFC 3339
     /// `time`, an absolute `dataschema`, extension names of lowercase letters
     /// and digits, no control characters, and bounded sizes.
-    pub fn validate(&self) -> Result<(), EventError> {
+    fn validate(&self) -> Result<(), EventError> {
         crate::manifest::validate_name(&self.tenant)
             .map_err(|e| EventError::invalid(TENANT_EXTENSION, e.to_string()))?;
         check_text("id", &self.id, true)?;
@@ -975,6 +1154,42 @@ mod tests {
             binary(&HEADERS[1..], "", b""),
             Err(EventError::Missing("specversion"))
         );
+    }
+
+    /// The builder ends in the parsers' checks: the same attributes make
+    /// the same event, and an invalid one is refused by name.
+    #[test]
+    fn the_builder_makes_what_the_parser_makes() {
+        let parsed = Event::from_json(&doc(
+            r#","subject":"o-1","time":"2026-11-25T10:00:00Z","datacontenttype":"text/plain","partitionkey":"o-1","data":"hi""#,
+        ))
+        .expect("valid");
+        let built = Event::builder(TENANT, "e-1", "/pos", "t")
+            .subject("o-1".to_owned())
+            .time("2026-11-25T10:00:00Z".to_owned())
+            .datacontenttype("text/plain".to_owned())
+            .extension("partitionkey", "o-1")
+            .data("hi")
+            .build()
+            .expect("valid");
+        assert_eq!(built, parsed);
+        assert_eq!(parsed.to_builder().build(), Ok(parsed.clone()));
+        for (builder, attribute) in [
+            (parsed.to_builder().id(""), "id"),
+            (parsed.to_builder().tenant("../x"), "tenant"),
+            (parsed.to_builder().time("yesterday".to_owned()), "time"),
+            (parsed.to_builder().extension("Bad", "x"), "Bad"),
+            (
+                parsed.to_builder().extension(DEPTH_EXTENSION, "x"),
+                DEPTH_EXTENSION,
+            ),
+            (
+                parsed.to_builder().data(vec![0; MAX_DATA_BYTES + 1]),
+                "data",
+            ),
+        ] {
+            assert_eq!(refused_for(builder.build()), attribute);
+        }
     }
 
     #[test]

@@ -1647,13 +1647,13 @@ impl Writer {
                         for (event, body) in events.iter().zip(bodies) {
                             // The common case, a new event, takes two
                             // statements: the event, then its key.
-                            put_event.execute(params![event.tenant, now, body])?;
+                            put_event.execute(params![event.tenant(), now, body])?;
                             let seq = tx.last_insert_rowid();
-                            let key = params![event.tenant, event.source, event.id];
+                            let key = params![event.tenant(), event.source(), event.id()];
                             if claim_key.execute(params![
-                                event.tenant,
-                                event.source,
-                                event.id,
+                                event.tenant(),
+                                event.source(),
+                                event.id(),
                                 seq,
                                 now
                             ])? == 0
@@ -1670,9 +1670,9 @@ impl Writer {
                                     continue;
                                 }
                                 put_key.execute(params![
-                                    event.tenant,
-                                    event.source,
-                                    event.id,
+                                    event.tenant(),
+                                    event.source(),
+                                    event.id(),
                                     seq,
                                     now
                                 ])?;
@@ -1687,7 +1687,7 @@ impl Writer {
                     Write::Commit { commit, bodies, .. } => {
                         let mut seqs = Vec::with_capacity(commit.emitted.len());
                         for (event, body) in commit.emitted.iter().zip(bodies) {
-                            put_event.execute(params![event.tenant, now, body])?;
+                            put_event.execute(params![event.tenant(), now, body])?;
                             seqs.push(tx.last_insert_rowid() as Seq);
                         }
                         write_state(&commit.tenant, &commit.plugin, &commit.state)?;

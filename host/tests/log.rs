@@ -57,7 +57,7 @@ fn appended_events_survive_a_reopen_in_order() {
     assert!(log.read("acme", 2, 10).expect("read").is_empty());
     let globex = log.read("globex", 0, 10).expect("read");
     assert_eq!(globex.len(), 1);
-    assert_eq!(globex[0].event.tenant, "globex");
+    assert_eq!(globex[0].event.tenant(), "globex");
     // New appends continue after the old ones.
     let more = log
         .append(vec![event("acme", "e-3", "order.placed")])
@@ -330,9 +330,11 @@ fn retention_by_size_deletes_the_oldest_handled_events() {
     let big = "x".repeat(4096);
     let events: Vec<_> = (1..=200)
         .map(|i| {
-            let mut e = event("acme", &format!("a-{i}"), "order.placed");
-            e.data = big.clone().into_bytes();
-            e
+            event("acme", &format!("a-{i}"), "order.placed")
+                .to_builder()
+                .data(big.clone())
+                .build()
+                .expect("a valid event")
         })
         .collect();
     log.append(events).wait().expect("append");
