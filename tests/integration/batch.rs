@@ -39,10 +39,12 @@ fn mixed_plugin(manifest: &str) -> (plugbus::Host, Arc<Plugin>, PluginsDir) {
 }
 
 fn mix(ty: &str, id: usize, data: &str) -> Event {
-    let mut e = event("shop", ty, &format!("{ty}-{id}"), serde_json::json!({}));
-    e.data = data.as_bytes().to_vec();
-    e.datacontenttype = Some("text/plain".into());
-    e
+    event("shop", ty, &format!("{ty}-{id}"), serde_json::json!({}))
+        .to_builder()
+        .data(data)
+        .datacontenttype("text/plain".to_owned())
+        .build()
+        .expect("a valid event")
 }
 
 /// What must be equal between a delivery alone and in a batch.
@@ -125,8 +127,8 @@ pub fn mixed() {
         assert_eq!(alone.len(), events.len());
         assert_eq!(batched.len(), events.len());
         for ((event, a), b) in events.iter().zip(&alone).zip(&batched) {
-            assert_eq!(essence(a), essence(b), "{} alone and batched", event.id);
-            assert_eq!(kind(b), expected(&event.ty, spin), "{b:#?}");
+            assert_eq!(essence(a), essence(b), "{} alone and batched", event.id());
+            assert_eq!(kind(b), expected(event.ty(), spin), "{b:#?}");
             assert_eq!(b.plugin_version, plugin.version());
             if kind(b) == Some(FailureKind::FuelExhausted) {
                 assert_eq!(b.fuel, FUEL, "the event had a full tank of its own");
@@ -192,16 +194,16 @@ async fn published_events_are_batched_without_changing_outcomes() {
         // (type `mix.emitted`, which the fixture does not know).
         let own: Vec<_> = deliveries
             .iter()
-            .filter(|d| d.event_id == event.id)
+            .filter(|d| d.event_id == event.id())
             .collect();
         assert_eq!(own.len(), 1, "{deliveries:#?}");
         assert_eq!(
             kind(own[0]),
-            expected(&event.ty, FailureKind::FuelExhausted),
+            expected(event.ty(), FailureKind::FuelExhausted),
             "{:#?}",
             own[0]
         );
-        if event.ty == "mix.emit" {
+        if event.ty() == "mix.emit" {
             assert_eq!(deliveries.len(), 2, "{deliveries:#?}");
             assert_eq!(kind(&deliveries[1]), Some(FailureKind::HandlerPermanent));
         }
@@ -230,7 +232,7 @@ fn a_plugin_without_handle_batch_gets_events_one_by_one() {
     assert_eq!(reports.len(), 5);
     for ((d, emitted), e) in reports.iter().zip(&events) {
         assert!(d.outcome.is_handled(), "{d:#?}");
-        assert_eq!(d.event_id, e.id);
+        assert_eq!(d.event_id, e.id());
         assert_eq!(emitted.len(), 1);
     }
     assert_eq!(host.stats().batch_calls, 0);
@@ -263,8 +265,11 @@ fn batching_can_be_turned_off() {
 #[test]
 fn a_batch_with_a_foreign_event_is_refused_whole() {
     let (host, plugin, _dir) = mixed_plugin(&manifest(FUEL, 30_000));
-    let mut foreign = mix("mix.ok", 2, "");
-    foreign.tenant = "other".into();
+    let foreign = mix("mix.ok", 2, "")
+        .to_builder()
+        .tenant("other")
+        .build()
+        .expect("a valid event");
     let events = vec![mix("mix.ok", 1, ""), foreign];
     let err = plugin.deliver_batch(&events).unwrap_err();
     assert!(

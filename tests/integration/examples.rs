@@ -94,8 +94,11 @@ async fn a_bad_payload_is_a_permanent_failure_and_config_is_served() {
         .collect();
     assert_eq!(types, ["inventory.low_stock"]);
 
-    let mut bad = stock_changed("acme-pos", "evt-2", "sku-1", 1);
-    bad.data = br#"{"sku": 12}"#.to_vec();
+    let bad = stock_changed("acme-pos", "evt-2", "sku-1", 1)
+        .to_builder()
+        .data(br#"{"sku": 12}"#.to_vec())
+        .build()
+        .expect("a valid envelope");
     let report = host.publish(bad).await.expect("valid envelope");
     let failure = report.deliveries[0].outcome.failure().expect("a failure");
     assert_eq!(failure.kind, plugbus::FailureKind::HandlerPermanent);
@@ -132,14 +135,14 @@ async fn emitted_events_carry_the_hosts_attributes() {
     assert_eq!(delivery.outcome, Outcome::Handled);
     assert_eq!(emitted.len(), 1);
     let low = &emitted[0];
-    assert_eq!(low.ty, "inventory.low_stock");
-    assert_eq!(low.tenant, "acme-pos");
-    assert_eq!(low.source, "plugbus://acme-pos/low-stock-alert");
-    assert_eq!(low.subject.as_deref(), Some("sku-7"));
-    assert_eq!(low.datacontenttype.as_deref(), Some("application/json"));
-    assert_eq!(delivery.emitted[0].id, low.id);
-    assert_ne!(low.id, root.id);
-    let time = low.time.as_deref().expect("the host sets the time");
+    assert_eq!(low.ty(), "inventory.low_stock");
+    assert_eq!(low.tenant(), "acme-pos");
+    assert_eq!(low.source(), "plugbus://acme-pos/low-stock-alert");
+    assert_eq!(low.subject(), Some("sku-7"));
+    assert_eq!(low.datacontenttype(), Some("application/json"));
+    assert_eq!(delivery.emitted[0].id, low.id());
+    assert_ne!(low.id(), root.id());
+    let time = low.time().expect("the host sets the time");
     assert!(
         Event::from_json_value(low.to_json_value()).is_ok(),
         "{time} is RFC 3339"
@@ -147,7 +150,7 @@ async fn emitted_events_carry_the_hosts_attributes() {
     assert_eq!(low.causation_id(), Some("root-1"));
     assert_eq!(low.correlation_id(), "root-1");
     assert_eq!(low.chain_depth(), 1);
-    let payload: serde_json::Value = serde_json::from_slice(&low.data).expect("JSON payload");
+    let payload: serde_json::Value = serde_json::from_slice(low.data()).expect("JSON payload");
     assert_eq!(
         payload,
         serde_json::json!({"sku": "sku-7", "quantity": 3, "threshold": 10})
@@ -157,8 +160,8 @@ async fn emitted_events_carry_the_hosts_attributes() {
     let (_, grandchildren) = storm.deliver(low).expect("deliverable");
     assert_eq!(grandchildren.len(), 1);
     let next = &grandchildren[0];
-    assert_eq!(next.source, "plugbus://acme-pos/storm");
-    assert_eq!(next.causation_id(), Some(low.id.as_str()));
+    assert_eq!(next.source(), "plugbus://acme-pos/storm");
+    assert_eq!(next.causation_id(), Some(low.id()));
     assert_eq!(next.correlation_id(), "root-1");
     assert_eq!(next.chain_depth(), 2);
 }

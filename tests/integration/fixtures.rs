@@ -307,8 +307,11 @@ async fn checksum() {
     let plugin = host.plugin("t", "checksum").expect("loaded");
     // Fuel follows the work: hashing 64 KiB costs far more than 64 bytes.
     let fuel_for = |len: usize| {
-        let mut e = event("t", "bench.payload", "c-1", serde_json::json!({}));
-        e.data = vec![b'x'; len];
+        let e = event("t", "bench.payload", "c-1", serde_json::json!({}))
+            .to_builder()
+            .data(vec![b'x'; len])
+            .build()
+            .expect("a valid event");
         let (delivery, _) = plugin.deliver(&e).expect("deliverable");
         assert_eq!(delivery.outcome, Outcome::Handled, "{delivery:#?}");
         delivery.fuel
@@ -320,8 +323,11 @@ async fn checksum() {
         "64 B cost {small} fuel, 64 KiB {large}"
     );
     // An empty payload is refused, permanently.
-    let mut empty = event("t", "bench.payload", "c-2", serde_json::json!({}));
-    empty.data.clear();
+    let empty = event("t", "bench.payload", "c-2", serde_json::json!({}))
+        .to_builder()
+        .data(Vec::new())
+        .build()
+        .expect("a valid event");
     let (delivery, _) = plugin.deliver(&empty).expect("deliverable");
     assert_eq!(kind(&delivery), Some(FailureKind::HandlerPermanent));
 }
@@ -337,9 +343,11 @@ fn count(host: &plugbus::Host, tenant: &str, plugin: &str, subject: &str) -> u64
 }
 
 fn counted(tenant: &str, ty: &str, id: &str, subject: &str) -> plugbus::Event {
-    let mut e = event(tenant, ty, id, serde_json::json!({}));
-    e.subject = Some(subject.to_owned());
-    e
+    event(tenant, ty, id, serde_json::json!({}))
+        .to_builder()
+        .subject(subject.to_owned())
+        .build()
+        .expect("a valid event")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,7 +473,7 @@ fn counter_batches_see_the_writes_before_them() {
                 d.outcome.is_handled(),
                 emitted
                     .first()
-                    .map(|e| String::from_utf8_lossy(&e.data).into_owned()),
+                    .map(|e| String::from_utf8_lossy(e.data()).into_owned()),
             )
         })
         .collect();

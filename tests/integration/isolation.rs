@@ -174,12 +174,14 @@ async fn fresh_instance_mode_with_the_pooling_allocator() {
 
 #[tokio::test]
 async fn invalid_events_are_refused_with_the_attribute_named() {
-    let host = plugbus::Host::new(HostConfig::default()).expect("host");
-    let mut bad = event("acme-pos", "order.created", "1", serde_json::json!({}));
-    bad.time = Some("yesterday".into());
-    let err = host.publish(bad).await.unwrap_err();
+    // An invalid event cannot be made, so it never reaches a host.
+    let good = event("acme-pos", "order.created", "1", serde_json::json!({}));
+    let err = good
+        .to_builder()
+        .time("yesterday".to_owned())
+        .build()
+        .unwrap_err();
     assert!(err.to_string().contains("'time'"), "{err}");
-    assert_eq!(host.stats().events_refused, 1);
 }
 
 /// A memory limit below what the component needs at start is found at load,
@@ -230,9 +232,12 @@ async fn a_plugin_refuses_another_tenants_event() {
         matches!(err, plugbus::DeliverError::WrongTenant { .. }),
         "{err}"
     );
-    let mut invalid = event("acme-pos", "order.created", "a-1", serde_json::json!({}));
-    invalid.source.clear();
-    let err = plugin.deliver(&invalid).unwrap_err();
+    // An invalid event cannot be made, so it never reaches a plugin.
+    let err = event("acme-pos", "order.created", "a-1", serde_json::json!({}))
+        .to_builder()
+        .source("")
+        .build()
+        .unwrap_err();
     assert!(err.to_string().contains("'source'"), "{err}");
     assert_eq!(host.stats().deliveries_ok, 0);
 }

@@ -88,14 +88,16 @@ pub fn event(tenant: &str, ty: &str, id: &str, data: serde_json::Value) -> Event
 
 /// A `inventory.stock_changed` event of `tenant` for `sku`.
 pub fn stock_changed(tenant: &str, id: &str, sku: &str, quantity: i64) -> Event {
-    let mut e = event(
+    event(
         tenant,
         "inventory.stock_changed",
         id,
         serde_json::json!({ "sku": sku, "new_quantity": quantity }),
-    );
-    e.subject = Some(sku.to_owned());
-    e
+    )
+    .to_builder()
+    .subject(sku.to_owned())
+    .build()
+    .expect("a valid test event")
 }
 
 /// The deliveries to `plugin`.

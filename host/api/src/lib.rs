@@ -63,7 +63,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::Value;
 
 use self::auth::{Admin, Caller, Publisher, Scraper, TenantAccess};
 use self::limits::Admission;
@@ -73,7 +72,7 @@ use self::types::{
     ReloadAnswer, ReplayAnswer, ReplayFrom, ResumeAnswer, TenantView, TenantsAnswer,
 };
 use plugbus_bus::{DurableBus, DurablePublishError};
-use plugbus_core::event::{Event, EventError};
+use plugbus_core::event::{BatchError, Event, EventError, JsonBatch};
 use plugbus_log::Seq;
 
 /// What the HTTP surface needs to know besides the bus. Its bounds are
@@ -371,7 +370,7 @@ async fn ingest(
     // Its parent is the request's W3C trace context, else the event's.
     let first = events.first();
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let extension = |name| first.and_then(|e| e.extensions.get(name).map(String::as_str));
+    let extension = |name| first.and_then(|e| e.extensions().get(name).map(String::as_str));
     let (traceparent, tracestate) = match header("traceparent") {
         Some(parent) => (Some(parent), header("tracestate")),
         None => (extension("traceparent"), extension("tracestate")),
@@ -380,7 +379,7 @@ async fn ingest(
         "ingest",
         tenant = %tenant,
         events = events.len(),
-        event_id = first.map(|e| e.id.as_str()),
+        event_id = first.map(|e| e.id()),
         traceparent = traceparent,
     );
     plugbus_core::trace::continue_trace(&span, traceparent, tracestate);
@@ -475,7 +474,7 @@ async fn read_events(
         .to_ascii_lowercase();
     match essence.as_str() {
         "application/cloudevents-batch+json" => batch(api, tenant, &bytes),
-        "application/cloudevents+json" => structured(tenant, &bytes, None).map(|e| vec![e]),
+        "application/cloudevents+json" => structured(tenant, &bytes).map(|e| vec![e]),
         _ => binary(tenant, headers, &content_type, bytes).map(|e| vec![e]),
     }
     .map(|events| (events, size))
@@ -517,7 +516,7 @@ async fn store(api: Arc<Api>, tenant: String, events: Vec<Event>) -> Result<Resp
         .iter()
         .zip(&appended)
         .map(|(event, a)| Accepted {
-            id: event.id.clone(),
+            id: event.id().to_owned(),
             seq: a.seq,
             duplicate: a.duplicate,
         })
@@ -526,70 +525,31 @@ async fn store(api: Arc<Api>, tenant: String, events: Vec<Event>) -> Result<Resp
     Ok((StatusCode::ACCEPTED, Json(IngestAnswer { accepted })).into_response())
 }
 
-/// The tenant of an event must be the token's; the attribute may be left
-/// out.
-fn with_tenant(
-    mut object: serde_json::Map<String, Value>,
-    tenant: &str,
-    index: Option<usize>,
-) -> Result<Event, ApiError> {
-    match object.get(plugbus_core::event::TENANT_EXTENSION) {
-        None => {}
-        Some(Value::String(named)) if named == tenant => {}
-        Some(_) => {
-            return Err(ApiError::invalid(
-                &EventError::Invalid {
-                    name: plugbus_core::event::TENANT_EXTENSION.to_owned(),
-                    reason: "the tenant comes from the bearer token; this event names another"
-                        .to_owned(),
-                },
-                index,
-            ));
-        }
-    }
-    object.insert(
-        plugbus_core::event::TENANT_EXTENSION.to_owned(),
-        tenant.into(),
-    );
-    Event::from_json_value(Value::Object(object)).map_err(|e| ApiError::invalid(&e, index))
-}
-
-fn structured(tenant: &str, body: &[u8], index: Option<usize>) -> Result<Event, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(object)) => with_tenant(object, tenant, index),
-        Ok(_) => Err(ApiError::invalid(&EventError::NotAnObject, index)),
-        Err(e) => Err(ApiError::invalid(&EventError::Json(e.to_string()), index)),
-    }
+/// Structured mode: one event in JSON format; its tenant is the token's.
+fn structured(tenant: &str, body: &[u8]) -> Result<Event, ApiError> {
+    Event::from_structured(body, tenant).map_err(|e| ApiError::invalid(&e, None))
 }
 
 fn batch(api: &Api, tenant: &str, body: &[u8]) -> Result<Vec<Event>, ApiError> {
-    let items = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(items)) => items,
-        Ok(_) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_batch",
-                "a CloudEvents batch is a JSON array of events",
-            ));
+    let batch = JsonBatch::split(body).map_err(|e| match e {
+        BatchError::NotAnArray => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_batch", e.to_string())
         }
-        Err(e) => return Err(ApiError::invalid(&EventError::Json(e.to_string()), None)),
-    };
+        BatchError::Json(e) => ApiError::invalid(&EventError::Json(e), None),
+    })?;
     let max = api.config.max_batch_events;
-    if items.len() > max {
+    if batch.len() > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            format!("the batch has {} events; the limit is {max}", items.len()),
+            format!("the batch has {} events; the limit is {max}", batch.len()),
         )
         .limit("max_batch_events"));
     }
-    items
-        .into_iter()
+    batch
+        .events(tenant)
         .enumerate()
-        .map(|(i, item)| match item {
-            Value::Object(object) => with_tenant(object, tenant, Some(i)),
-            _ => Err(ApiError::invalid(&EventError::NotAnObject, Some(i))),
-        })
+        .map(|(i, event)| event.map_err(|e| ApiError::invalid(&e, Some(i))))
         .collect()
 }
 
@@ -601,56 +561,17 @@ fn binary(
     content_type: &str,
     body: Bytes,
 ) -> Result<Event, ApiError> {
-    let mut attributes = std::collections::BTreeMap::new();
-    for (name, value) in headers {
-        let Some(attribute) = name.as_str().strip_prefix("ce-") else {
-            continue;
-        };
-        let invalid = |reason: &str| {
-            ApiError::invalid(
-                &EventError::Invalid {
-                    name: attribute.to_owned(),
-                    reason: reason.to_owned(),
-                },
-                None,
-            )
-        };
-        let raw = value
-            .to_str()
-            .map_err(|_| invalid("the header value is not ASCII; percent-encode it"))?;
-        let decoded = percent_encoding::percent_decode_str(raw)
-            .decode_utf8()
-            .map_err(|_| invalid("the percent-decoded header value is not UTF-8"))?;
-        attributes.insert(attribute.to_owned(), Value::String(decoded.into_owned()));
-    }
-    if !attributes.contains_key("specversion") {
-        return Err(ApiError::new(
+    let headers = headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()));
+    Event::from_binary(tenant, headers, content_type, body.into()).map_err(|e| match e {
+        EventError::Missing("specversion") => ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_event",
             "no ce-specversion header: send a binary-mode event (ce- headers), or set Content-Type to application/cloudevents+json (structured) or application/cloudevents-batch+json (batch)",
-        ));
-    }
-    if attributes.contains_key("datacontenttype") {
-        return Err(ApiError::invalid(
-            &EventError::Invalid {
-                name: "datacontenttype".into(),
-                reason: "in binary mode the media type is the Content-Type header, not ce-datacontenttype".into(),
-            },
-            None,
-        ));
-    }
-    let mut object: serde_json::Map<String, Value> = attributes.into_iter().collect();
-    if !content_type.is_empty() {
-        object.insert("datacontenttype".into(), content_type.into());
-    }
-    if !body.is_empty() {
-        // The body is the data as it is, whatever its media type.
-        object.insert(
-            "data_base64".into(),
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &body).into(),
-        );
-    }
-    with_tenant(object, tenant, None)
+        ),
+        e => ApiError::invalid(&e, None),
+    })
 }
 
 async fn ready(State(api): State<Arc<Api>>) -> Response {

@@ -55,10 +55,10 @@ fn checksum(data: &[u8]) -> u64 {
 }
 
 fn native_handle(event: &Event) -> Result<(), String> {
-    if event.data.is_empty() {
+    if event.data().is_empty() {
         return Err("an empty payload has nothing to hash".into());
     }
-    std::hint::black_box(checksum(&event.data));
+    std::hint::black_box(checksum(event.data()));
     Ok(())
 }
 
@@ -195,20 +195,20 @@ impl RawWasmtime {
 
 fn raw_event(e: &Event) -> raw::plugbus::plugin::types::Event {
     raw::plugbus::plugin::types::Event {
-        id: e.id.clone(),
-        source: e.source.clone(),
-        type_: e.ty.clone(),
-        subject: e.subject.clone(),
-        time: e.time.clone(),
-        datacontenttype: e.datacontenttype.clone(),
-        dataschema: e.dataschema.clone(),
-        data: e.data.clone(),
+        id: e.id().to_owned(),
+        source: e.source().to_owned(),
+        type_: e.ty().to_owned(),
+        subject: e.subject().map(str::to_owned),
+        time: e.time().map(str::to_owned),
+        datacontenttype: e.datacontenttype().map(str::to_owned),
+        dataschema: e.dataschema().map(str::to_owned),
+        data: e.data().to_vec(),
         extensions: e
-            .extensions
+            .extensions()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        tenant: e.tenant.clone(),
+        tenant: e.tenant().to_owned(),
         attempt: 1,
     }
 }
@@ -356,14 +356,14 @@ fn boundary(c: &mut Criterion) {
                 assert!(report.deliveries[0].outcome.is_handled());
             });
         });
-        let sum = checksum(&event.data);
+        let sum = checksum(event.data());
         group.bench_with_input(BenchmarkId::new("extism_data", size), &event, |b, e| {
-            b.iter(|| extism_call(&mut extism, "handle_data", &e.data, sum));
+            b.iter(|| extism_call(&mut extism, "handle_data", e.data(), sum));
         });
         group.bench_with_input(
             BenchmarkId::new("extism_data_limits", size),
             &event,
-            |b, e| b.iter(|| extism_call(&mut extism_limited, "handle_data", &e.data, sum)),
+            |b, e| b.iter(|| extism_call(&mut extism_limited, "handle_data", e.data(), sum)),
         );
         let json = serde_json::to_vec(&event.to_json_value()).expect("JSON");
         group.bench_with_input(

@@ -524,18 +524,21 @@ fn micros(d: Duration) -> u64 {
 fn event(tenant: &str, i: u64, payload: usize) -> Event {
     let skeleton = format!(r#"{{"sku":"sku-{i}","new_quantity":4,"note":""}}"#);
     let note = "n".repeat(payload.saturating_sub(skeleton.len()));
-    Event {
-        id: format!("bench-{i}"),
-        source: "/plugbus/bench".into(),
-        ty: "inventory.stock_changed".into(),
-        subject: Some(format!("sku-{i}")),
-        time: Some("2026-11-22T10:00:00Z".into()),
-        datacontenttype: Some("application/json".into()),
-        dataschema: None,
-        data: format!(r#"{{"sku":"sku-{i}","new_quantity":4,"note":"{note}"}}"#).into_bytes(),
-        extensions: [("partitionkey".to_owned(), format!("sku-{i}"))].into(),
-        tenant: tenant.to_owned(),
-    }
+    Event::builder(
+        tenant,
+        format!("bench-{i}"),
+        "/plugbus/bench",
+        "inventory.stock_changed",
+    )
+    .subject(format!("sku-{i}"))
+    .time("2026-11-22T10:00:00Z".to_owned())
+    .datacontenttype("application/json".to_owned())
+    .data(format!(
+        r#"{{"sku":"sku-{i}","new_quantity":4,"note":"{note}"}}"#
+    ))
+    .extension("partitionkey", format!("sku-{i}"))
+    .build()
+    .expect("the benchmark's events are valid")
 }
 
 /// The resident set size of this process (Linux), in bytes.

@@ -292,7 +292,7 @@ async fn run_row(
             published_ref
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(event.id.clone(), Instant::now());
+                .insert(event.id().to_owned(), Instant::now());
             bus_ref.publish(vec![event]).await
         })
         .buffer_unordered(args.concurrency as usize);
@@ -347,34 +347,31 @@ fn micros(d: Duration) -> u64 {
 
 /// A good tenant's event.
 fn good_event(i: u64) -> Event {
-    Event {
-        id: format!("good-{i}"),
-        source: "/plugbus/bench-noisy".into(),
-        ty: "inventory.stock_changed".into(),
-        subject: Some(format!("sku-{}", i % 64)),
-        time: None,
-        datacontenttype: Some("application/json".into()),
-        dataschema: None,
-        data: format!(r#"{{"sku":"sku-{}","new_quantity":{i}}}"#, i % 64).into_bytes(),
-        extensions: std::collections::BTreeMap::new(),
-        tenant: GOOD.to_owned(),
-    }
+    Event::builder(
+        GOOD,
+        format!("good-{i}"),
+        "/plugbus/bench-noisy",
+        "inventory.stock_changed",
+    )
+    .subject(format!("sku-{}", i % 64))
+    .datacontenttype("application/json".to_owned())
+    .data(format!(r#"{{"sku":"sku-{}","new_quantity":{i}}}"#, i % 64))
+    .build()
+    .expect("the benchmark's events are valid")
 }
 
 /// A hostile tenant's event, which every hostile plugin subscribes to.
 fn poke(i: u64) -> Event {
-    Event {
-        id: format!("poke-{i}"),
-        source: "/plugbus/bench-noisy".into(),
-        ty: "hostile.poke".into(),
-        subject: None,
-        time: None,
-        datacontenttype: Some("application/json".into()),
-        dataschema: None,
-        data: b"{}".to_vec(),
-        extensions: std::collections::BTreeMap::new(),
-        tenant: HOSTILE.to_owned(),
-    }
+    Event::builder(
+        HOSTILE,
+        format!("poke-{i}"),
+        "/plugbus/bench-noisy",
+        "hostile.poke",
+    )
+    .datacontenttype("application/json".to_owned())
+    .data(b"{}".to_vec())
+    .build()
+    .expect("the benchmark's events are valid")
 }
 
 /// The bytes of the files directly in `dir`: the log, its WAL and journal.

@@ -439,7 +439,7 @@ impl Consumer {
                     tenant = %self.tenant,
                     plugin = %self.plugin,
                     seq,
-                    event_id = %stored.event.id.escape_debug(),
+                    event_id = %stored.event.id().escape_debug(),
                     attempts = attempts.len(),
                     "event dead-lettered"
                 );
@@ -516,7 +516,7 @@ impl Consumer {
     /// the tenant's loaded plugins that subscribe to its type.
     fn budget(&self, event: &Event) -> usize {
         let limit = self.inner.host.config().max_events_per_chain;
-        let subscribers = self.inner.host.subscribers(&event.tenant, &event.ty);
+        let subscribers = self.inner.host.subscribers(event.tenant(), event.ty());
         budget_share(event.chain_budget(limit), subscribers)
     }
 
@@ -559,7 +559,11 @@ impl Consumer {
     /// unread events first (and taking them back if it fails), and wakes
     /// those consumers.
     async fn commit_emitting(&self, commit: Commit) -> Result<plugbus_log::Committed, LogError> {
-        let tenants: Vec<String> = commit.emitted.iter().map(|e| e.tenant.clone()).collect();
+        let tenants: Vec<String> = commit
+            .emitted
+            .iter()
+            .map(|e| e.tenant().to_owned())
+            .collect();
         let mut count: HashMap<&str, u64> = HashMap::new();
         for tenant in &tenants {
             *count.entry(tenant).or_default() += 1;
@@ -755,7 +759,7 @@ impl Consumer {
             tenant = %self.tenant,
             plugin = %self.plugin,
             seq = dead.seq,
-            event_id = %dead.event.id.escape_debug(),
+            event_id = %dead.event.id().escape_debug(),
             "redriving a dead letter"
         );
         let dead = Arc::new(dead);

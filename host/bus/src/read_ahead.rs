@@ -31,11 +31,12 @@ impl OrderKey {
     fn of(stored: &StoredEvent) -> Self {
         let event = &stored.event;
         match event
-            .extensions
+            .extensions()
             .get("partitionkey")
-            .or(event.subject.as_ref())
+            .map(String::as_str)
+            .or(event.subject())
         {
-            Some(key) => Self::Key(key.clone()),
+            Some(key) => Self::Key(key.to_owned()),
             None => Self::Alone(stored.seq),
         }
     }
@@ -149,7 +150,7 @@ impl ReadAhead {
             if self.skip.remove(&seq) {
                 continue;
             }
-            if subscribes(&stored.event.ty) {
+            if subscribes(&stored.event.ty()) {
                 self.pending_bytes = self.pending_bytes.saturating_add(stored.bytes);
                 if let Some(replaced) = self.pending.insert(seq, Arc::new(stored)) {
                     self.pending_bytes = self.pending_bytes.saturating_sub(replaced.bytes);

@@ -1,10 +1,20 @@
-//! The CloudEvents 1.0 envelope as the host sees it, its JSON format, and
-//! the validation every event passes before it is routed.
+//! The CloudEvents 1.0 envelope as the host sees it, its formats (JSON, and
+//! the HTTP binding's binary, structured and batch modes), and the
+//! validation every event passes before it is routed.
+//!
+//! Every format decodes into one [`Draft`], and one function,
+//! [`Draft::into_event`], checks it: an event is refused or accepted the
+//! same way whichever way it came in.
 
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use serde_json::{Map, Value};
+
+mod http;
+mod json;
+
+pub use self::http::{BatchError, JsonBatch};
 
 /// The extension attribute that carries an event's tenant in the JSON
 /// input of `plugbus dispatch`.
@@ -50,29 +60,25 @@ const RESERVED: &[&str] = &[
     "data_base64",
 ];
 
-/// A CloudEvents 1.0 event that belongs to one tenant.
+/// A CloudEvents 1.0 event that belongs to one tenant, valid by
+/// construction: the only ways to one are the formats' parsers
+/// ([`Event::from_json`], [`Event::from_json_value`],
+/// [`Event::from_structured`], [`JsonBatch::events`],
+/// [`Event::from_binary`]) and [`Event::builder`], which all end in the
+/// same checks. Its attributes are read through methods named like them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// Identifies the event; unique per `source`.
-    pub id: String,
-    /// Identifies the context the event happened in (a URI-reference).
-    pub source: String,
-    /// The kind of event, such as `inventory.stock_changed`.
-    pub ty: String,
-    /// The subject within the source, such as a SKU or an order id.
-    pub subject: Option<String>,
-    /// When the event happened, as an RFC 3339 timestamp.
-    pub time: Option<String>,
-    /// The media type of `data`.
-    pub datacontenttype: Option<String>,
-    /// An absolute URI of the schema `data` adheres to.
-    pub dataschema: Option<String>,
-    /// The payload.
-    pub data: Vec<u8>,
-    /// Extension attributes, by name. The tenant is not among them.
-    pub extensions: BTreeMap<String, String>,
-    /// The tenant that owns the event.
-    pub tenant: String,
+    id: String,
+    source: String,
+    ty: String,
+    subject: Option<String>,
+    time: Option<String>,
+    datacontenttype: Option<String>,
+    dataschema: Option<String>,
+    data: Vec<u8>,
+    /// By name; the tenant is not among them.
+    extensions: BTreeMap<String, String>,
+    tenant: String,
 }
 
 /// Why an event was refused. Each variant names the attribute at fault.
@@ -122,189 +128,291 @@ pub fn is_json_media_type(media_type: &str) -> bool {
 }
 
 impl Event {
-    /// Parses one line of CloudEvents JSON (the JSON event format of
-    /// CloudEvents 1.0). The tenant is taken from the `tenant` extension
-    /// attribute, which is required.
-    pub fn from_json(text: &str) -> Result<Self, EventError> {
-        // Each attribute is parsed from its own slice of the text, and a
-        // JSON payload is copied as it is: no tree of the whole event.
-        let mut map: BTreeMap<String, &serde_json::value::RawValue> = serde_json::from_str(text)
-            .map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => match serde_json::from_str::<Value>(text) {
-                    Ok(_) => EventError::NotAnObject,
-                    Err(e) => EventError::Json(e.to_string()),
-                },
-                _ => EventError::Json(e.to_string()),
-            })?;
-        let mut string = |name: &'static str| -> Result<Option<String>, EventError> {
-            match map
-                .remove(name)
-                .map(|raw| serde_json::from_str::<Option<String>>(raw.get()))
-            {
-                None => Ok(None),
-                Some(Ok(value)) => Ok(value),
-                Some(Err(_)) => Err(EventError::invalid(name, "must be a string")),
-            }
-        };
-        match string("specversion")? {
-            None => return Err(EventError::Missing("specversion")),
-            Some(v) if v == "1.0" => {}
-            Some(v) => return Err(EventError::SpecVersion(v)),
-        }
-        let id = string("id")?.ok_or(EventError::Missing("id"))?;
-        let source = string("source")?.ok_or(EventError::Missing("source"))?;
-        let ty = string("type")?.ok_or(EventError::Missing("type"))?;
-        let subject = string("subject")?;
-        let time = string("time")?;
-        let datacontenttype = string("datacontenttype")?;
-        let dataschema = string("dataschema")?;
-        let tenant = string(TENANT_EXTENSION)?.ok_or(EventError::Missing(TENANT_EXTENSION))?;
-        let base64 = string("data_base64");
-        let data = match (map.remove("data"), base64) {
-            (_, Err(_)) => return Err(EventError::invalid("data_base64", "must be a string")),
-            (Some(data), Ok(Some(_))) if data.get() != "null" => {
-                return Err(EventError::invalid(
-                    "data_base64",
-                    "an event carries either 'data' or 'data_base64', not both",
-                ));
-            }
-            (_, Ok(Some(b64))) => base64::engine::general_purpose::STANDARD
-                .decode(b64.as_bytes())
-                .map_err(|e| {
-                    EventError::invalid("data_base64", format!("not valid base64: {e}"))
-                })?,
-            (None, Ok(None)) => Vec::new(),
-            (Some(data), Ok(None)) if data.get() == "null" => Vec::new(),
-            (Some(data), Ok(None)) => {
-                let json_type = datacontenttype.as_deref().is_none_or(is_json_media_type);
-                match serde_json::from_str::<String>(data.get()) {
-                    Ok(text) if !json_type => text.into_bytes(),
-                    _ => data.get().as_bytes().to_vec(),
-                }
-            }
-        };
-        let extensions = map.into_iter().map(|(name, raw)| {
-            let value =
-                serde_json::from_str::<Value>(raw.get()).unwrap_or(Value::Array(Vec::new()));
-            (name, value)
-        });
-        Self::with_extensions(
-            Self {
-                id,
-                source,
-                ty,
-                subject,
-                time,
-                datacontenttype,
-                dataschema,
-                data,
-                extensions: BTreeMap::new(),
-                tenant,
-            },
-            extensions,
-        )
+    /// Identifies the event; unique per `source`.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
-    /// Like [`Event::from_json`], from an already parsed JSON value.
-    pub fn from_json_value(value: Value) -> Result<Self, EventError> {
-        let Value::Object(mut map) = value else {
-            return Err(EventError::NotAnObject);
-        };
-        match take_string(&mut map, "specversion")? {
-            None => return Err(EventError::Missing("specversion")),
-            Some(v) if v == "1.0" => {}
-            Some(v) => return Err(EventError::SpecVersion(v)),
-        }
-        let id = take_string(&mut map, "id")?.ok_or(EventError::Missing("id"))?;
-        let source = take_string(&mut map, "source")?.ok_or(EventError::Missing("source"))?;
-        let ty = take_string(&mut map, "type")?.ok_or(EventError::Missing("type"))?;
-        let subject = take_string(&mut map, "subject")?;
-        let time = take_string(&mut map, "time")?;
-        let datacontenttype = take_string(&mut map, "datacontenttype")?;
-        let dataschema = take_string(&mut map, "dataschema")?;
-        let tenant = take_string(&mut map, TENANT_EXTENSION)?
-            .ok_or(EventError::Missing(TENANT_EXTENSION))?;
-
-        let data = match (map.remove("data"), map.remove("data_base64")) {
-            (Some(_), Some(_)) => {
-                return Err(EventError::invalid(
-                    "data_base64",
-                    "an event carries either 'data' or 'data_base64', not both",
-                ));
-            }
-            (None, Some(Value::String(b64))) => base64::engine::general_purpose::STANDARD
-                .decode(b64.as_bytes())
-                .map_err(|e| {
-                    EventError::invalid("data_base64", format!("not valid base64: {e}"))
-                })?,
-            (None, Some(_)) => {
-                return Err(EventError::invalid("data_base64", "must be a string"));
-            }
-            (Some(Value::Null), None) | (None, None) => Vec::new(),
-            (Some(Value::String(s)), None)
-                if !datacontenttype.as_deref().is_none_or(is_json_media_type) =>
-            {
-                s.into_bytes()
-            }
-            (Some(value), None) => serde_json::to_vec(&value)
-                .map_err(|e| EventError::invalid("data", e.to_string()))?,
-        };
-
-        Self::with_extensions(
-            Self {
-                id,
-                source,
-                ty,
-                subject,
-                time,
-                datacontenttype,
-                dataschema,
-                data,
-                extensions: BTreeMap::new(),
-                tenant,
-            },
-            map,
-        )
+    /// Identifies the context the event happened in (a URI-reference).
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
-    /// Adds the extension attributes (strings, integers and booleans as
-    /// text; `null` is no attribute) and checks the whole event.
+    /// The kind of event, such as `inventory.stock_changed`.
+    pub fn ty(&self) -> &str {
+        &self.ty
+    }
+
+    /// The subject within the source, such as a SKU or an order id.
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
+
+    /// When the event happened, as an RFC 3339 timestamp.
+    pub fn time(&self) -> Option<&str> {
+        self.time.as_deref()
+    }
+
+    /// The media type of `data`.
+    pub fn datacontenttype(&self) -> Option<&str> {
+        self.datacontenttype.as_deref()
+    }
+
+    /// An absolute URI of the schema `data` adheres to.
+    pub fn dataschema(&self) -> Option<&str> {
+        self.dataschema.as_deref()
+    }
+
+    /// The payload; empty when there is none.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Extension attributes, by name. The tenant is not among them.
+    pub fn extensions(&self) -> &BTreeMap<String, String> {
+        &self.extensions
+    }
+
+    /// The tenant that owns the event.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// A builder for an event the host or a program makes itself (emitted
+    /// events, the CLI, benchmarks, tests): the required attributes here,
+    /// the rest through the builder; [`EventBuilder::build`] checks it as
+    /// the parsers do.
+    pub fn builder(
+        tenant: impl Into<String>,
+        id: impl Into<String>,
+        source: impl Into<String>,
+        ty: impl Into<String>,
+    ) -> EventBuilder {
+        EventBuilder {
+            draft: Draft {
+                tenant: Some(tenant.into()),
+                id: Some(id.into()),
+                source: Some(source.into()),
+                ty: Some(ty.into()),
+                ..Draft::default()
+            },
+        }
+    }
+
+    /// A builder that starts from this event's attributes: to make a
+    /// changed copy, which is checked again.
+    pub fn to_builder(&self) -> EventBuilder {
+        EventBuilder {
+            draft: Draft {
+                id: Some(self.id.clone()),
+                source: Some(self.source.clone()),
+                ty: Some(self.ty.clone()),
+                subject: self.subject.clone(),
+                time: self.time.clone(),
+                datacontenttype: self.datacontenttype.clone(),
+                dataschema: self.dataschema.clone(),
+                tenant: Some(self.tenant.clone()),
+                data: self.data.clone(),
+                extensions: self.extensions.clone(),
+            },
+        }
+    }
+
+    /// Sets the host's own `chainbudget` extension: a whole number, valid
+    /// whatever it is. For events built with one (the emit path sets it
+    /// before the event is checked), so that it was counted among their
+    /// extensions then.
+    pub fn set_chain_budget(&mut self, budget: usize) {
+        self.extensions
+            .insert(BUDGET_EXTENSION.to_owned(), budget.to_string());
+    }
+}
+
+/// The attributes of an event being made, checked by
+/// [`EventBuilder::build`] exactly as the parsers check theirs.
+#[derive(Debug)]
+#[must_use = "an event builder does nothing until it is built"]
+pub struct EventBuilder {
+    draft: Draft,
+}
+
+impl EventBuilder {
+    /// Sets the tenant.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.draft.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Sets the id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.draft.id = Some(id.into());
+        self
+    }
+
+    /// Sets the source.
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.draft.source = Some(source.into());
+        self
+    }
+
+    /// Sets the type.
+    pub fn ty(mut self, ty: impl Into<String>) -> Self {
+        self.draft.ty = Some(ty.into());
+        self
+    }
+
+    /// Sets (or, with `None`, unsets) the subject.
+    pub fn subject(mut self, subject: impl Into<Option<String>>) -> Self {
+        self.draft.subject = subject.into();
+        self
+    }
+
+    /// Sets (or unsets) the time, an RFC 3339 timestamp.
+    pub fn time(mut self, time: impl Into<Option<String>>) -> Self {
+        self.draft.time = time.into();
+        self
+    }
+
+    /// Sets (or unsets) the media type of the data.
+    pub fn datacontenttype(mut self, datacontenttype: impl Into<Option<String>>) -> Self {
+        self.draft.datacontenttype = datacontenttype.into();
+        self
+    }
+
+    /// Sets (or unsets) the schema of the data, an absolute URI.
+    pub fn dataschema(mut self, dataschema: impl Into<Option<String>>) -> Self {
+        self.draft.dataschema = dataschema.into();
+        self
+    }
+
+    /// Sets the payload.
+    pub fn data(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.draft.data = data.into();
+        self
+    }
+
+    /// Sets one extension attribute.
+    pub fn extension(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.draft.extensions.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the extension attributes, replacing any set before.
+    pub fn extensions(mut self, extensions: BTreeMap<String, String>) -> Self {
+        self.draft.extensions = extensions;
+        self
+    }
+
+    /// The event, if it passes the checks every event passes.
+    pub fn build(self) -> Result<Event, EventError> {
+        self.draft.into_event(TenantOf::Attribute)
+    }
+}
+
+/// Where the tenant of an event being parsed comes from.
+#[derive(Debug, Clone, Copy)]
+enum TenantOf<'a> {
+    /// The `tenant` extension attribute names it, and is required.
+    Attribute,
+    /// The caller knows it (HTTP ingest: the bearer token's tenant). The
+    /// attribute may be left out; given, it must name the same tenant.
+    Given(&'a str),
+}
+
+/// An event's attributes as one format delivered them, before the checks
+/// that every event passes. Each format's decoder fills one in (JSON in
+/// [`Event::from_json`], HTTP binary mode in [`Event::from_binary`]) and
+/// [`Draft::into_event`] is the one way from there to an [`Event`].
+#[derive(Debug, Default)]
+struct Draft {
+    id: Option<String>,
+    source: Option<String>,
+    ty: Option<String>,
+    subject: Option<String>,
+    time: Option<String>,
+    datacontenttype: Option<String>,
+    dataschema: Option<String>,
+    tenant: Option<String>,
+    data: Vec<u8>,
+    extensions: BTreeMap<String, String>,
+}
+
+impl Draft {
+    /// The event, once it has the required attributes and the tenant and
+    /// passes [`Event::validate`].
+    fn into_event(self, tenant: TenantOf<'_>) -> Result<Event, EventError> {
+        let tenant = match (tenant, self.tenant) {
+            (TenantOf::Attribute, named) => named.ok_or(EventError::Missing(TENANT_EXTENSION))?,
+            (TenantOf::Given(given), None) => given.to_owned(),
+            (TenantOf::Given(given), Some(named)) if named == given => named,
+            (TenantOf::Given(_), Some(_)) => {
+                return Err(EventError::invalid(
+                    TENANT_EXTENSION,
+                    "the tenant comes from the bearer token; this event names another",
+                ));
+            }
+        };
+        let event = Event {
+            id: self.id.ok_or(EventError::Missing("id"))?,
+            source: self.source.ok_or(EventError::Missing("source"))?,
+            ty: self.ty.ok_or(EventError::Missing("type"))?,
+            subject: self.subject,
+            time: self.time,
+            datacontenttype: self.datacontenttype,
+            dataschema: self.dataschema,
+            data: self.data,
+            extensions: self.extensions,
+            tenant,
+        };
+        event.validate()?;
+        Ok(event)
+    }
+}
+
+/// Checks `specversion`, which every format decodes first: the version
+/// decides what the other attributes mean.
+fn check_specversion(specversion: Option<String>) -> Result<(), EventError> {
+    match specversion {
+        None => Err(EventError::Missing("specversion")),
+        Some(v) if v == "1.0" => Ok(()),
+        Some(v) => Err(EventError::SpecVersion(v)),
+    }
+}
+
+impl Event {
+    /// Parses one event in the JSON event format of CloudEvents 1.0. The
+    /// tenant is taken from the `tenant` extension attribute, which is
+    /// required.
     ///
-    /// A JSON number is a CloudEvents `Integer`: a whole number within
-    /// [`INTEGER_RANGE`] (32-bit signed). Any other number (out of range,
-    /// fractional, or with an exponent) is refused, naming the attribute.
-    /// A JSON string is a CloudEvents `String` and is kept as it is, digits
-    /// or not: its range is not checked (binary mode's `ce-` headers are
-    /// always strings), except for the host's own `chaindepth` and
-    /// `chainbudget`, which [`Event::validate`] checks.
-    fn with_extensions(
-        mut self,
-        extensions: impl IntoIterator<Item = (String, Value)>,
-    ) -> Result<Self, EventError> {
-        for (name, value) in extensions {
-            let value = match value {
-                Value::String(s) => s,
-                Value::Bool(b) => b.to_string(),
-                Value::Number(n) => integer_text(&name, &n)?,
-                Value::Null => continue,
-                _ => {
-                    return Err(EventError::invalid(
-                        &name,
-                        "an extension attribute must be a string, number or boolean",
-                    ));
-                }
-            };
-            self.extensions.insert(name, value);
-        }
-        self.validate()?;
-        Ok(self)
+    /// This is the one JSON parser: [`Event::from_json_value`] and the HTTP
+    /// structured and batch modes go through it too. The rules, from the
+    /// CloudEvents JSON format:
+    /// - a member whose value is `null` is unset, except `data`: `"data":
+    ///   null` is a present (null) payload, which the host stores as no
+    ///   payload, and which cannot go with a `data_base64`;
+    /// - `data` and a non-null `data_base64` together are refused;
+    /// - `data` with a JSON media type (or none) is kept as its JSON text,
+    ///   as written; a string with any other media type is its text;
+    /// - a member given twice is refused, naming it: the document would
+    ///   mean different events to different readers;
+    /// - members other than the CloudEvents attributes and `tenant` are
+    ///   extension attributes: strings, 32-bit integers, booleans.
+    pub fn from_json(text: &str) -> Result<Self, EventError> {
+        json::parse(text, TenantOf::Attribute)
     }
 
-    /// Checks the event against CloudEvents 1.0 and the host's limits:
+    /// Like [`Event::from_json`], from an already parsed JSON value: the
+    /// value's JSON text goes through the same parser.
+    pub fn from_json_value(value: Value) -> Result<Self, EventError> {
+        Self::from_json(&value.to_string())
+    }
+
+    /// Checks the event against CloudEvents 1.0 and the host's limits (in
+    /// [`Draft::into_event`], the one way to an event):
     /// non-empty `id`, `source` and `type`, a valid tenant name, an RFC 3339
     /// `time`, an absolute `dataschema`, extension names of lowercase letters
     /// and digits, no control characters, and bounded sizes.
-    pub fn validate(&self) -> Result<(), EventError> {
+    fn validate(&self) -> Result<(), EventError> {
         crate::manifest::validate_name(&self.tenant)
             .map_err(|e| EventError::invalid(TENANT_EXTENSION, e.to_string()))?;
         check_text("id", &self.id, true)?;
@@ -545,34 +653,6 @@ pub fn check_extension_name(name: &str) -> Result<(), EventError> {
     Ok(())
 }
 
-/// The text of a JSON number given as the extension attribute `name`: a
-/// CloudEvents `Integer`, within [`INTEGER_RANGE`].
-fn integer_text(name: &str, number: &serde_json::Number) -> Result<String, EventError> {
-    match number.as_i64() {
-        Some(n) if INTEGER_RANGE.contains(&n) => Ok(n.to_string()),
-        Some(_) => Err(out_of_range(name, number)),
-        // Above i64::MAX.
-        None if number.is_u64() => Err(out_of_range(name, number)),
-        None => Err(EventError::invalid(
-            name,
-            format!(
-                "{number} is not a whole number: a JSON number is a CloudEvents Integer; send other values as a string"
-            ),
-        )),
-    }
-}
-
-fn out_of_range(name: &str, number: &serde_json::Number) -> EventError {
-    EventError::invalid(
-        name,
-        format!(
-            "{number} is outside the CloudEvents Integer range {} to {}; send it as a string",
-            INTEGER_RANGE.start(),
-            INTEGER_RANGE.end()
-        ),
-    )
-}
-
 fn check_text(name: &str, value: &str, non_empty: bool) -> Result<(), EventError> {
     if non_empty && value.is_empty() {
         return Err(EventError::invalid(name, "must not be empty"));
@@ -609,17 +689,6 @@ fn has_uri_scheme(uri: &str) -> bool {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
         }
         None => false,
-    }
-}
-
-fn take_string(
-    map: &mut Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<String>, EventError> {
-    match map.remove(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(EventError::invalid(name, "must be a string")),
     }
 }
 
@@ -771,6 +840,355 @@ mod tests {
                     "{value}: {error}"
                 );
             }
+        }
+    }
+
+    /// The tenant every document below names, and the one the HTTP modes
+    /// are given (the bearer token's).
+    const TENANT: &str = "acme";
+
+    /// One document through every JSON entry point: text, parsed value
+    /// (when the document has no member twice, which a value cannot hold),
+    /// HTTP structured mode and a one-event HTTP batch.
+    fn every_json_entry(doc: &str) -> Vec<(&'static str, Result<Event, EventError>)> {
+        let mut results = vec![("from_json", Event::from_json(doc))];
+        // A value cannot hold a member twice: only the documents that are
+        // their value's own text go through it.
+        if let Ok(value) = serde_json::from_str::<Value>(doc)
+            && serde_json::to_string(&value).ok().as_deref() == Some(doc)
+        {
+            results.push(("from_json_value", Event::from_json_value(value)));
+        }
+        results.push(("structured", Event::from_structured(doc.as_bytes(), TENANT)));
+        let batch = format!("[{doc}]");
+        let split = JsonBatch::split(batch.as_bytes()).expect("a batch");
+        let mut events: Vec<_> = split.events(TENANT).collect();
+        assert_eq!(events.len(), 1);
+        results.push(("batch", events.remove(0)));
+        results
+    }
+
+    /// The result every entry point agrees on.
+    fn agreed(doc: &str) -> Result<Event, EventError> {
+        let mut results = every_json_entry(doc).into_iter();
+        let (_, first) = results.next().expect("from_json");
+        for (entry, result) in results {
+            assert_eq!(result, first, "{entry} disagrees with from_json on {doc}");
+        }
+        first
+    }
+
+    fn doc(members: &str) -> String {
+        format!(
+            r#"{{"specversion":"1.0","id":"e-1","source":"/pos","type":"t","tenant":"{TENANT}"{members}}}"#
+        )
+    }
+
+    fn refused_for(result: Result<Event, EventError>) -> String {
+        match result {
+            Ok(event) => panic!("accepted: {event:?}"),
+            Err(EventError::Invalid { name, .. }) => name,
+            Err(EventError::Missing(name)) => name.to_owned(),
+            Err(EventError::SpecVersion(_)) => "specversion".to_owned(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn every_entry_point_gives_the_same_event() {
+        let cases: &[(&str, &[u8])] = &[
+            (
+                r#","data":{"a":1,"b":[true,null]}"#,
+                br#"{"a":1,"b":[true,null]}"#,
+            ),
+            (r#","data":"hi""#, br#""hi""#),
+            (r#","datacontenttype":"text/plain","data":"hi""#, b"hi"),
+            (
+                r#","datacontenttype":"text/plain","data":{"a":1}"#,
+                br#"{"a":1}"#,
+            ),
+            (r#","data_base64":"AAEC""#, &[0, 1, 2]),
+            (r#","data_base64":"""#, b""),
+            // null is unset (CloudEvents JSON format 2.2)...
+            (r#","data_base64":null"#, b""),
+            (r#","data":{"a":1},"data_base64":null"#, br#"{"a":1}"#),
+            // ...and `data: null` a null payload, stored as none.
+            (r#","data":null"#, b""),
+            (r#","data":null,"data_base64":null"#, b""),
+            ("", b""),
+        ];
+        for &(members, data) in cases {
+            let doc = doc(members);
+            let event = agreed(&doc).unwrap_or_else(|e| panic!("{doc}: {e}"));
+            assert_eq!(event.data, data, "{doc}");
+        }
+    }
+
+    #[test]
+    fn every_entry_point_keeps_attributes_and_extensions_alike() {
+        let event = agreed(&doc(
+            r#","subject":null,"time":"2026-11-25T10:00:00Z","partitionkey":"k","count":-7,"flag":false,"unset":null,"dataschema":"https://s.example/o""#,
+        ))
+        .expect("valid");
+        assert_eq!(event.subject, None);
+        assert_eq!(event.time.as_deref(), Some("2026-11-25T10:00:00Z"));
+        let extensions: Vec<(&str, &str)> = event
+            .extensions
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            extensions,
+            [("count", "-7"), ("flag", "false"), ("partitionkey", "k")]
+        );
+    }
+
+    #[test]
+    fn every_entry_point_refuses_alike_naming_the_attribute() {
+        for (members, attribute) in [
+            (r#","data":1,"data_base64":"AA==""#, "data_base64"),
+            // The issue's case: a null payload and a binary one.
+            (r#","data_base64":"AAEC","data":null"#, "data_base64"),
+            (r#","data_base64":5"#, "data_base64"),
+            (r#","data_base64":"!!""#, "data_base64"),
+            (r#","subject":7"#, "subject"),
+            (r#","subject":"""#, "subject"),
+            (r#","time":"yesterday""#, "time"),
+            (r#","dataschema":"/relative""#, "dataschema"),
+            (r#","Upper":"x""#, "Upper"),
+            (r#","ext":{"a":1}"#, "ext"),
+            (r#","ext":[1]"#, "ext"),
+            (r#","ext":1.5"#, "ext"),
+            (r#","ext":2147483648"#, "ext"),
+            (r#","chaindepth":"x""#, "chaindepth"),
+            (r#","chaindepth":-1"#, "chaindepth"),
+            (r#","datacontenttype":5"#, "datacontenttype"),
+        ] {
+            let doc = doc(members);
+            assert_eq!(refused_for(agreed(&doc)), attribute, "{doc}");
+        }
+        for (doc, attribute) in [
+            (
+                r#"{"id":"1","source":"s","type":"t","tenant":"acme"}"#,
+                "specversion",
+            ),
+            (
+                r#"{"specversion":null,"id":"1","source":"s","type":"t","tenant":"acme"}"#,
+                "specversion",
+            ),
+            (
+                r#"{"specversion":"0.3","id":"1","source":"s","type":"t","tenant":"acme"}"#,
+                "specversion",
+            ),
+            (
+                r#"{"specversion":1.0,"id":"1","source":"s","type":"t","tenant":"acme"}"#,
+                "specversion",
+            ),
+            (
+                r#"{"specversion":"1.0","source":"s","type":"t","tenant":"acme"}"#,
+                "id",
+            ),
+            (
+                r#"{"specversion":"1.0","id":null,"source":"s","type":"t","tenant":"acme"}"#,
+                "id",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","type":"t","tenant":"acme"}"#,
+                "source",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"s","tenant":"acme"}"#,
+                "type",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"s","type":"t","tenant":7}"#,
+                "tenant",
+            ),
+        ] {
+            assert_eq!(refused_for(agreed(doc)), attribute, "{doc}");
+        }
+        for doc in ["[1]", "7", "\"event\"", "null"] {
+            for (entry, result) in every_json_entry(doc) {
+                assert_eq!(result, Err(EventError::NotAnObject), "{entry}: {doc}");
+            }
+        }
+    }
+
+    /// A member given twice would mean different events to readers that
+    /// keep the first and readers that keep the last: refused, by name.
+    #[test]
+    fn a_member_given_twice_is_refused_by_every_entry_point() {
+        for (doc, attribute) in [
+            (doc(r#","id":"e-2""#), "id"),
+            (doc(r#","tenant":"other""#), "tenant"),
+            (doc(r#","specversion":"0.3""#), "specversion"),
+            (doc(r#","k":"1","k":"2""#), "k"),
+            (doc(r#","data":1,"data":2"#), "data"),
+        ] {
+            assert_eq!(refused_for(agreed(&doc)), attribute, "{doc}");
+        }
+        // Inside the payload, JSON is the plugin's business: kept as is.
+        let event = agreed(&doc(r#","data":{"a":1,"a":2}"#)).expect("valid");
+        assert_eq!(event.data, br#"{"a":1,"a":2}"#);
+    }
+
+    /// The JSON format takes the tenant from its attribute; HTTP from the
+    /// token, and the attribute may be left out but not name another.
+    #[test]
+    fn the_tenant_comes_from_the_attribute_or_the_token() {
+        let without = r#"{"specversion":"1.0","id":"1","source":"s","type":"t"}"#;
+        let null = r#"{"specversion":"1.0","id":"1","source":"s","type":"t","tenant":null}"#;
+        for doc in [without, null] {
+            assert_eq!(Event::from_json(doc), Err(EventError::Missing("tenant")));
+            let given = Event::from_structured(doc.as_bytes(), TENANT).expect("the token's");
+            assert_eq!(given.tenant, TENANT);
+            let mut named: Value = serde_json::from_str(doc).expect("JSON");
+            named[TENANT_EXTENSION] = TENANT.into();
+            assert_eq!(Event::from_json_value(named), Ok(given));
+        }
+        let other = doc("").replace(TENANT, "globex");
+        assert_eq!(
+            refused_for(Event::from_structured(other.as_bytes(), TENANT)),
+            "tenant"
+        );
+        assert!(Event::from_json(&other).is_ok());
+    }
+
+    #[test]
+    fn a_batch_is_an_array() {
+        assert_eq!(
+            JsonBatch::split(b"{}").map(|b| b.len()),
+            Err(BatchError::NotAnArray)
+        );
+        assert!(matches!(JsonBatch::split(b"[{"), Err(BatchError::Json(_))));
+        let batch = format!("[{},7]", doc(""));
+        let split = JsonBatch::split(batch.as_bytes()).expect("an array");
+        assert_eq!(split.len(), 2);
+        let events: Vec<_> = split.events(TENANT).collect();
+        assert!(events[0].is_ok());
+        assert_eq!(events[1], Err(EventError::NotAnObject));
+        assert!(JsonBatch::split(b"[]").expect("empty").is_empty());
+    }
+
+    fn binary(
+        headers: &[(&str, &str)],
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Event, EventError> {
+        Event::from_binary(
+            TENANT,
+            headers.iter().map(|(n, v)| (*n, v.as_bytes())),
+            content_type,
+            body.to_vec(),
+        )
+    }
+
+    const HEADERS: &[(&str, &str)] = &[
+        ("ce-specversion", "1.0"),
+        ("ce-id", "e-1"),
+        ("ce-source", "/pos"),
+        ("ce-type", "t"),
+        ("content-length", "5"),
+    ];
+
+    /// Binary mode decodes into the same draft and passes the same checks
+    /// as the JSON format: the same event, the same refusals.
+    #[test]
+    fn binary_mode_is_the_json_event() {
+        fn with<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+            let mut headers = HEADERS.to_vec();
+            headers.extend_from_slice(extra);
+            headers
+        }
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a [u8], &'a str);
+        let cases: &[Case<'_>] = &[
+            (
+                &[],
+                "text/plain",
+                &b"hello"[..],
+                r#","datacontenttype":"text/plain","data":"hello""#,
+            ),
+            (&[], "", b"", ""),
+            (
+                &[("Ce-Subject", "caf%C3%A9"), ("ce-count", "12")],
+                "application/octet-stream",
+                &[0, 1, 2],
+                r#","subject":"café","count":"12","datacontenttype":"application/octet-stream","data_base64":"AAEC""#,
+            ),
+            (
+                &[("ce-tenant", TENANT)],
+                "application/json",
+                br#"{"a":1}"#,
+                r#","datacontenttype":"application/json","data":{"a":1}"#,
+            ),
+        ];
+        for &(extra, content_type, body, members) in cases {
+            let json = doc(members);
+            assert_eq!(
+                binary(&with(extra), content_type, body),
+                agreed(&json),
+                "{json}"
+            );
+        }
+        let refusals: &[(&[(&str, &str)], &str)] = &[
+            (&[("ce-time", "yesterday")], "time"),
+            (&[("ce-chaindepth", "x")], "chaindepth"),
+            (&[("ce-subject", "")], "subject"),
+            (&[("ce-tenant", "globex")], "tenant"),
+            (&[("ce-Bad_Name", "x")], "bad_name"),
+            (&[("ce-datacontenttype", "text/plain")], "datacontenttype"),
+            (&[("ce-data", "x")], "data"),
+            (&[("ce-data_base64", "AAEC")], "data_base64"),
+            (&[("ce-id", "e-2")], "id"),
+            (&[("ce-subject", "caf%FF")], "subject"),
+            (&[("ce-subject", "caf\u{e9}")], "subject"),
+        ];
+        for &(extra, attribute) in refusals {
+            assert_eq!(
+                refused_for(binary(&with(extra), "", b"")),
+                attribute,
+                "{extra:?}"
+            );
+        }
+        assert_eq!(
+            binary(&HEADERS[1..], "", b""),
+            Err(EventError::Missing("specversion"))
+        );
+    }
+
+    /// The builder ends in the parsers' checks: the same attributes make
+    /// the same event, and an invalid one is refused by name.
+    #[test]
+    fn the_builder_makes_what_the_parser_makes() {
+        let parsed = Event::from_json(&doc(
+            r#","subject":"o-1","time":"2026-11-25T10:00:00Z","datacontenttype":"text/plain","partitionkey":"o-1","data":"hi""#,
+        ))
+        .expect("valid");
+        let built = Event::builder(TENANT, "e-1", "/pos", "t")
+            .subject("o-1".to_owned())
+            .time("2026-11-25T10:00:00Z".to_owned())
+            .datacontenttype("text/plain".to_owned())
+            .extension("partitionkey", "o-1")
+            .data("hi")
+            .build()
+            .expect("valid");
+        assert_eq!(built, parsed);
+        assert_eq!(parsed.to_builder().build(), Ok(parsed.clone()));
+        for (builder, attribute) in [
+            (parsed.to_builder().id(""), "id"),
+            (parsed.to_builder().tenant("../x"), "tenant"),
+            (parsed.to_builder().time("yesterday".to_owned()), "time"),
+            (parsed.to_builder().extension("Bad", "x"), "Bad"),
+            (
+                parsed.to_builder().extension(DEPTH_EXTENSION, "x"),
+                DEPTH_EXTENSION,
+            ),
+            (
+                parsed.to_builder().data(vec![0; MAX_DATA_BYTES + 1]),
+                "data",
+            ),
+        ] {
+            assert_eq!(refused_for(builder.build()), attribute);
         }
     }
 

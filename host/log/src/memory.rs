@@ -137,7 +137,7 @@ impl Tables {
             event: event.clone(),
         };
         self.events
-            .entry(event.tenant.clone())
+            .entry(event.tenant().to_owned())
             .or_default()
             .insert(seq, stored);
         seq
@@ -147,11 +147,15 @@ impl Tables {
     fn append_one(&mut self, event: &Event, now: i64, window_ms: i64) -> Appended {
         // As in the embedded log, a duplicate takes a position too.
         let seq = self.put_event(event, now);
-        let ingest_key = (event.tenant.clone(), event.source.clone(), event.id.clone());
+        let ingest_key = (
+            event.tenant().to_owned(),
+            event.source().to_owned(),
+            event.id().to_owned(),
+        );
         if let Some(&(earlier, at)) = self.ingest_keys.get(&ingest_key)
             && now.saturating_sub(at) < window_ms
         {
-            self.drop_event(&event.tenant, seq);
+            self.drop_event(event.tenant(), seq);
             return Appended {
                 seq: earlier,
                 duplicate: true,

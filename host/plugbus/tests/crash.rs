@@ -137,16 +137,16 @@ fn sigkill_at_random_moments_loses_no_stored_event() {
     let all = log.read(TENANT, 0, usize::MAX).expect("read the log");
     let stored: BTreeSet<&str> = all
         .iter()
-        .filter(|s| s.event.ty == "mix.emit")
-        .map(|s| s.event.id.as_str())
+        .filter(|s| s.event.ty() == "mix.emit")
+        .map(|s| s.event.id())
         .collect();
     let mut effects: BTreeMap<&str, usize> = BTreeMap::new();
     let mut counted: BTreeMap<&str, usize> = BTreeMap::new();
-    for s in all.iter().filter(|s| s.event.ty == "counter.counted") {
+    for s in all.iter().filter(|s| s.event.ty() == "counter.counted") {
         let cause = s.event.causation_id().expect("a cause");
         *counted.entry(cause).or_default() += 1;
     }
-    for s in all.iter().filter(|s| s.event.ty == "mix.emitted") {
+    for s in all.iter().filter(|s| s.event.ty() == "mix.emitted") {
         let cause = s
             .event
             .causation_id()
@@ -186,7 +186,7 @@ fn sigkill_at_random_moments_loses_no_stored_event() {
         let subject = format!("s-{subject}");
         let expected = all
             .iter()
-            .filter(|s| s.event.ty == "mix.emit" && s.event.subject.as_deref() == Some(&subject))
+            .filter(|s| s.event.ty() == "mix.emit" && s.event.subject() == Some(&subject))
             .count();
         let count: usize =
             plugbus::state::StateStore::get(&log, TENANT, "counter", &format!("count/{subject}"))
@@ -194,7 +194,7 @@ fn sigkill_at_random_moments_loses_no_stored_event() {
                 .map_or(0, |v| serde_json::from_slice(&v).expect("a JSON count"));
         assert_eq!(count, expected, "the count of {subject}");
     }
-    let ids: BTreeSet<&str> = all.iter().map(|s| s.event.id.as_str()).collect();
+    let ids: BTreeSet<&str> = all.iter().map(|s| s.event.id()).collect();
     for (plugin, id, ok) in &deliveries {
         assert!(
             ids.contains(id.as_str()),

@@ -537,7 +537,7 @@ fn sigterm_under_load_loses_no_acknowledged_event() {
         .read("acme-pos", 0, usize::MAX)
         .expect("read")
         .into_iter()
-        .map(|s| s.event.id)
+        .map(|s| s.event.id().to_owned())
         .collect();
     for id in &acked {
         assert!(
@@ -1296,7 +1296,7 @@ impl InProcess {
             .read(tenant, 0, usize::MAX)
             .expect("read the log")
             .into_iter()
-            .map(|s| s.event.id)
+            .map(|s| s.event.id().to_owned())
             .collect()
     }
 
@@ -1725,7 +1725,7 @@ fn integer_extensions_outside_32_bits_are_refused() {
         .read("acme-pos", 0, usize::MAX)
         .expect("read");
     assert_eq!(stored.len(), 1);
-    let extensions = &stored[0].event.extensions;
+    let extensions = stored[0].event.extensions();
     assert_eq!(extensions["quantity"], "2147483647");
     assert_eq!(extensions["big"], "2147483648");
 }

@@ -187,7 +187,7 @@ fn appended_events_are_read_back_by_tenant_in_order(open: &Open) {
     assert!(log.read("initech", 0, 10).expect("read").is_empty());
     let globex = log.read("globex", 0, 10).expect("read");
     assert_eq!(seqs(&globex), [3]);
-    assert_eq!(globex[0].event.tenant, "globex");
+    assert_eq!(globex[0].event.tenant(), "globex");
     let more = log
         .append(vec![event("acme", "e-3", "order.placed")])
         .wait()
@@ -356,7 +356,10 @@ fn emitted_events_are_appended_with_the_commit(open: &Open) {
     assert!(committed.cursor_moved);
     assert!(committed.refused_dead_letters.is_empty());
     assert_eq!(seqs(&log.read("acme", 0, 10).expect("read")), [1, 2]);
-    assert_eq!(log.read("globex", 0, 10).expect("read")[0].event.id, "x-2");
+    assert_eq!(
+        log.read("globex", 0, 10).expect("read")[0].event.id(),
+        "x-2"
+    );
 }
 
 fn retention_by_age_keeps_what_a_live_plugin_has_not_handled(open: &Open) {
@@ -854,7 +857,7 @@ fn appended_events_survive_a_reopen_in_order() {
     assert!(log.read("acme", 2, 10).expect("read").is_empty());
     let globex = log.read("globex", 0, 10).expect("read");
     assert_eq!(globex.len(), 1);
-    assert_eq!(globex[0].event.tenant, "globex");
+    assert_eq!(globex[0].event.tenant(), "globex");
     // New appends continue after the old ones.
     let more = log
         .append(vec![event("acme", "e-3", "order.placed")])
@@ -1005,9 +1008,11 @@ fn retention_by_size_deletes_the_oldest_handled_events() {
     let big = "x".repeat(4096);
     let events: Vec<_> = (1..=200)
         .map(|i| {
-            let mut e = event("acme", &format!("a-{i}"), "order.placed");
-            e.data = big.clone().into_bytes();
-            e
+            event("acme", &format!("a-{i}"), "order.placed")
+                .to_builder()
+                .data(big.clone())
+                .build()
+                .expect("a valid event")
         })
         .collect();
     log.append(events).wait().expect("append");

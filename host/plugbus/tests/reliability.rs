@@ -162,7 +162,7 @@ fn a_full_disk_makes_the_log_not_writable_until_space_is_freed() {
         .read("acme", 0, usize::MAX)
         .expect("read")
         .into_iter()
-        .map(|s| s.event.id)
+        .map(|s| s.event.id().to_owned())
         .collect();
     assert_eq!(read, stored, "every acknowledged event, and only those");
 }
@@ -258,7 +258,7 @@ fn survivors(data: &Path) -> Vec<String> {
         .read("acme", 0, usize::MAX)
         .expect("the recovered log reads")
         .into_iter()
-        .map(|s| s.event.id)
+        .map(|s| s.event.id().to_owned())
         .collect();
     // Still a working log: an append goes after the survivors.
     let head = log.head().expect("head");

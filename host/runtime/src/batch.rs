@@ -25,28 +25,28 @@ const ENTRY_BYTES: usize = FIELDS * 8 + 4;
 /// the event holds in memory, less the bookkeeping of its containers, and
 /// close to what it takes in the log.
 pub fn event_bytes(event: &Event) -> usize {
-    let optional = |v: &Option<String>| v.as_ref().map_or(0, String::len);
+    let optional = |v: Option<&str>| v.map_or(0, str::len);
     let extensions: usize = event
-        .extensions
+        .extensions()
         .iter()
         .map(|(k, v)| k.len() + v.len())
         .sum();
-    event.id.len()
-        + event.source.len()
-        + event.ty.len()
-        + optional(&event.subject)
-        + optional(&event.time)
-        + optional(&event.datacontenttype)
-        + optional(&event.dataschema)
-        + event.data.len()
+    event.id().len()
+        + event.source().len()
+        + event.ty().len()
+        + optional(event.subject())
+        + optional(event.time())
+        + optional(event.datacontenttype())
+        + optional(event.dataschema())
+        + event.data().len()
         + extensions
-        + event.tenant.len()
+        + event.tenant().len()
 }
 
 /// The bytes `event` takes in a batch: its table entry, the count and
 /// lengths of its extensions, and its [`event_bytes`].
 pub fn encoded_len(event: &Event) -> usize {
-    ENTRY_BYTES + 4 + 8 * event.extensions.len() + event_bytes(event)
+    ENTRY_BYTES + 4 + 8 * event.extensions().len() + event_bytes(event)
 }
 
 /// Encodes `events`, each with its attempt number, into `out` (cleared
@@ -73,30 +73,30 @@ pub fn encode<'a>(
     for (i, (event, attempt)) in events.enumerate() {
         let entry = table + i * ENTRY_BYTES;
         let mut fields = [(ABSENT, 0u32); FIELDS];
-        fields[0] = append(out, event.id.as_bytes());
-        fields[1] = append(out, event.source.as_bytes());
-        fields[2] = append(out, event.ty.as_bytes());
+        fields[0] = append(out, event.id().as_bytes());
+        fields[1] = append(out, event.source().as_bytes());
+        fields[2] = append(out, event.ty().as_bytes());
         for (field, value) in [
-            (3, &event.subject),
-            (4, &event.time),
-            (5, &event.datacontenttype),
-            (6, &event.dataschema),
+            (3, event.subject()),
+            (4, event.time()),
+            (5, event.datacontenttype()),
+            (6, event.dataschema()),
         ] {
             if let Some(value) = value {
                 fields[field] = append(out, value.as_bytes());
             }
         }
-        fields[7] = append(out, &event.data);
+        fields[7] = append(out, event.data());
         let start = out.len();
-        out.extend_from_slice(&(event.extensions.len() as u32).to_le_bytes());
-        for (name, value) in &event.extensions {
+        out.extend_from_slice(&(event.extensions().len() as u32).to_le_bytes());
+        for (name, value) in event.extensions() {
             out.extend_from_slice(&(name.len() as u32).to_le_bytes());
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(&(value.len() as u32).to_le_bytes());
             out.extend_from_slice(value.as_bytes());
         }
         fields[8] = (start as u32, (out.len() - start) as u32);
-        fields[9] = append(out, event.tenant.as_bytes());
+        fields[9] = append(out, event.tenant().as_bytes());
         for (f, (offset, len)) in fields.into_iter().enumerate() {
             let at = entry + f * 8;
             out[at..at + 4].copy_from_slice(&offset.to_le_bytes());
@@ -120,18 +120,9 @@ mod tests {
     use super::*;
 
     fn event(id: &str, ty: &str) -> Event {
-        Event {
-            id: id.into(),
-            source: "pos".into(),
-            ty: ty.into(),
-            subject: None,
-            time: None,
-            datacontenttype: None,
-            dataschema: None,
-            data: Vec::new(),
-            extensions: Default::default(),
-            tenant: "acme".into(),
-        }
+        Event::builder("acme", id, "pos", ty)
+            .build()
+            .expect("a valid event")
     }
 
     fn u32_at(buf: &[u8], at: usize) -> u32 {
@@ -146,10 +137,13 @@ mod tests {
 
     #[test]
     fn the_layout_is_the_documented_one() {
-        let mut a = event("t-1", "order.placed");
-        a.subject = Some("o-1".into());
-        a.data = b"{\"total\":3}".to_vec();
-        a.extensions.insert("partitionkey".into(), "o-1".into());
+        let a = event("t-1", "order.placed")
+            .to_builder()
+            .subject("o-1".to_owned())
+            .data(b"{\"total\":3}".to_vec())
+            .extension("partitionkey", "o-1")
+            .build()
+            .expect("a valid event");
         let b = event("t-2", "payment.completed");
         let mut buf = Vec::new();
         encode([(&a, 1), (&b, 3)].into_iter(), &mut buf);

@@ -452,13 +452,12 @@ impl Plugin {
     /// Refuses an invalid event, and an event of another tenant: a plugin
     /// only ever sees its own tenant's events.
     pub fn deliver(&self, event: &Event) -> Result<(Delivery, Vec<Event>), DeliverError> {
-        if event.tenant != self.identity.tenant {
+        if event.tenant() != self.identity.tenant {
             return Err(DeliverError::WrongTenant {
-                event_tenant: event.tenant.clone(),
+                event_tenant: event.tenant().to_owned(),
                 plugin_tenant: self.identity.tenant.clone(),
             });
         }
-        event.validate()?;
         Ok(self.settle(self.deliver_in_chain(Item::new(event, None), &Overlay::default())))
     }
 
@@ -609,13 +608,12 @@ impl Plugin {
         events: &[Event],
     ) -> Result<Vec<(Delivery, Vec<Event>)>, DeliverError> {
         for event in events {
-            if event.tenant != self.identity.tenant {
+            if event.tenant() != self.identity.tenant {
                 return Err(DeliverError::WrongTenant {
-                    event_tenant: event.tenant.clone(),
+                    event_tenant: event.tenant().to_owned(),
                     plugin_tenant: self.identity.tenant.clone(),
                 });
             }
-            event.validate()?;
         }
         let mut settled = Vec::with_capacity(events.len());
         while settled.len() < events.len() {
@@ -906,10 +904,10 @@ impl Plugin {
 
     /// The delivery span of `event` to this plugin.
     fn span(&self, event: &Event) -> tracing::Span {
-        let extension = |name: &str| event.extensions.get(name).map(String::as_str);
+        let extension = |name: &str| event.extensions().get(name).map(String::as_str);
         delivery_span(
             &self.identity,
-            &event.id,
+            event.id(),
             extension("traceparent"),
             extension("tracestate"),
         )
@@ -918,11 +916,11 @@ impl Plugin {
     /// What the host functions need to know about the delivery of `event`.
     fn scope_for(&self, event: &Event, chain_budget: Option<Arc<AtomicUsize>>) -> DeliveryScope {
         DeliveryScope {
-            event_id: event.id.clone(),
+            event_id: event.id().to_owned(),
             correlation_id: event.correlation_id().to_owned(),
             trace: ["traceparent", "tracestate"]
                 .into_iter()
-                .filter_map(|name| event.extensions.get(name).map(|v| (name, v.clone())))
+                .filter_map(|name| event.extensions().get(name).map(|v| (name, v.clone())))
                 .collect(),
             depth: event.chain_depth(),
             emitted: Vec::new(),
@@ -1088,9 +1086,9 @@ impl Plugin {
             }
         }
         let delivery = Delivery {
-            event_id: event.id.clone(),
-            tenant: event.tenant.clone(),
-            event_type: event.ty.clone(),
+            event_id: event.id().to_owned(),
+            tenant: event.tenant().to_owned(),
+            event_type: event.ty().to_owned(),
             plugin: self.identity.name.clone(),
             plugin_version: self.identity.version.clone(),
             outcome,
@@ -1101,9 +1099,9 @@ impl Plugin {
                 .emitted
                 .iter()
                 .map(|e| EmittedEvent {
-                    id: e.id.clone(),
-                    ty: e.ty.clone(),
-                    subject: e.subject.clone(),
+                    id: e.id().to_owned(),
+                    ty: e.ty().to_owned(),
+                    subject: e.subject().map(str::to_owned),
                 })
                 .collect(),
         };

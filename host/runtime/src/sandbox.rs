@@ -335,10 +335,7 @@ impl Effects {
             let left = budget.load(Ordering::Acquire);
             let shares = split_chain_budget(left, emitted.len());
             for (event, share) in emitted.iter_mut().zip(shares) {
-                event.extensions.insert(
-                    plugbus_core::event::BUDGET_EXTENSION.to_owned(),
-                    share.to_string(),
-                );
+                event.set_chain_budget(share);
             }
         }
         Self {

@@ -474,9 +474,9 @@ impl GroupTx<'_> {
     fn append_one(&mut self, event: &Event, body: &str) -> Result<Appended, rusqlite::Error> {
         let seq = self.put_event(event, body)?;
         let claimed = self.insert_key.execute(params![
-            event.tenant,
-            event.source,
-            event.id,
+            event.tenant(),
+            event.source(),
+            event.id(),
             seq,
             self.now
         ])?;
@@ -486,7 +486,7 @@ impl GroupTx<'_> {
                 .prepare_cached(
                     "SELECT seq, at_ms FROM ingest_keys WHERE tenant = ?1 AND source = ?2 AND id = ?3",
                 )?
-                .query_row(params![event.tenant, event.source, event.id], |row| {
+                .query_row(params![event.tenant(), event.source(), event.id()], |row| {
                     Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
                 })?;
             if self.now.saturating_sub(at) < self.window_ms {
@@ -503,7 +503,7 @@ impl GroupTx<'_> {
                     "INSERT INTO ingest_keys (tenant, source, id, seq, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (tenant, source, id) DO UPDATE SET seq = excluded.seq, at_ms = excluded.at_ms",
                 )?
-                .execute(params![event.tenant, event.source, event.id, seq, self.now])?;
+                .execute(params![event.tenant(), event.source(), event.id(), seq, self.now])?;
         }
         Ok(Appended {
             seq: seq as Seq,
@@ -514,7 +514,7 @@ impl GroupTx<'_> {
     /// Stores an event; answers its position.
     fn put_event(&mut self, event: &Event, body: &str) -> Result<i64, rusqlite::Error> {
         self.insert_event
-            .execute(params![event.tenant, self.now, body])?;
+            .execute(params![event.tenant(), self.now, body])?;
         Ok(self.tx.last_insert_rowid())
     }
 

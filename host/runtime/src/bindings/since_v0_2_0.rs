@@ -46,20 +46,20 @@ pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Resul
 /// The event as this version's record.
 pub(crate) fn event(e: &Event, attempt: u32) -> types::Event {
     types::Event {
-        id: e.id.clone(),
-        source: e.source.clone(),
-        type_: e.ty.clone(),
-        subject: e.subject.clone(),
-        time: e.time.clone(),
-        datacontenttype: e.datacontenttype.clone(),
-        dataschema: e.dataschema.clone(),
-        data: e.data.clone(),
+        id: e.id().to_owned(),
+        source: e.source().to_owned(),
+        type_: e.ty().to_owned(),
+        subject: e.subject().map(str::to_owned),
+        time: e.time().map(str::to_owned),
+        datacontenttype: e.datacontenttype().map(str::to_owned),
+        dataschema: e.dataschema().map(str::to_owned),
+        data: e.data().to_vec(),
         extensions: e
-            .extensions
+            .extensions()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        tenant: e.tenant.clone(),
+        tenant: e.tenant().to_owned(),
         attempt,
     }
 }
@@ -219,8 +219,8 @@ impl host::Host for PluginState {
         let refusal = match self.build_emitted(outgoing) {
             Ok((emitted, size)) => {
                 self.stats.emits_accepted.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(emitted = %emitted.id, r#type = %emitted.ty, "plugin emitted an event");
-                let id = emitted.id.clone();
+                tracing::debug!(emitted = %emitted.id(), r#type = %emitted.ty(), "plugin emitted an event");
+                let id = emitted.id().to_owned();
                 self.scope.emitted.push(emitted);
                 self.scope.emitted_bytes += size;
                 return Ok(id);
@@ -368,29 +368,28 @@ impl PluginState {
         for (name, value) in plugbus_core::trace::for_emitted(&scope.trace) {
             extensions.entry(name.to_owned()).or_insert(value);
         }
-        let mut emitted = Event {
-            id: uuid::Uuid::now_v7().to_string(),
-            source: self.identity.source.clone(),
-            ty: outgoing.type_,
-            subject: outgoing.subject,
-            time: Some(now_rfc3339()),
-            datacontenttype: outgoing.datacontenttype,
-            dataschema: outgoing.dataschema,
-            data: outgoing.data,
-            extensions,
-            tenant: self.identity.tenant.clone(),
-        };
         if let Some(budget) = &scope.chain_budget {
             // In place before the event is checked, so that it counts
             // among the event's extensions; its value is set below.
-            emitted.extensions.insert(
+            extensions.insert(
                 event::BUDGET_EXTENSION.to_owned(),
                 budget.load(Ordering::Acquire).to_string(),
             );
         }
-        emitted
-            .validate()
-            .map_err(|e| EmitRefusal::Invalid(format!("invalid event: {e}")))?;
+        let mut emitted = Event::builder(
+            self.identity.tenant.clone(),
+            uuid::Uuid::now_v7().to_string(),
+            self.identity.source.clone(),
+            outgoing.type_,
+        )
+        .subject(outgoing.subject)
+        .time(now_rfc3339())
+        .datacontenttype(outgoing.datacontenttype)
+        .dataschema(outgoing.dataschema)
+        .data(outgoing.data)
+        .extensions(extensions)
+        .build()
+        .map_err(|e| EmitRefusal::Invalid(format!("invalid event: {e}")))?;
         let Some(budget) = &scope.chain_budget else {
             let size = crate::batch::event_bytes(&emitted);
             self.check_emit_bytes(size)?;
@@ -408,9 +407,7 @@ impl PluginState {
         // What the chain has left after this emit, for now: when the
         // delivery ends, each event it emitted gets its share of what is
         // left then, which is no more. Its bytes are counted with it.
-        emitted
-            .extensions
-            .insert(event::BUDGET_EXTENSION.to_owned(), (before - 1).to_string());
+        emitted.set_chain_budget(before - 1);
         let size = crate::batch::event_bytes(&emitted);
         if let Err(refusal) = self.check_emit_bytes(size) {
             budget.fetch_add(1, Ordering::AcqRel);

@@ -1,0 +1,207 @@
+//! The JSON event format of CloudEvents 1.0: one JSON object, one event.
+//! The one JSON parser behind [`Event::from_json`],
+//! [`Event::from_json_value`] and the HTTP structured and batch modes.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::fmt;
+
+use base64::Engine as _;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::{
+    Draft, Event, EventError, INTEGER_RANGE, TENANT_EXTENSION, TenantOf, check_specversion,
+    is_json_media_type,
+};
+
+/// Parses one event in JSON format: decodes it into a [`Draft`] and checks
+/// that.
+pub(super) fn parse(text: &str, tenant: TenantOf<'_>) -> Result<Event, EventError> {
+    let members: Members<'_> = serde_json::from_str(text).map_err(|e| match e.classify() {
+        // Valid JSON, but not an object.
+        serde_json::error::Category::Data if serde_json::from_str::<IgnoredAny>(text).is_ok() => {
+            EventError::NotAnObject
+        }
+        _ => EventError::Json(e.to_string()),
+    })?;
+    if let Some(name) = members.duplicate {
+        return Err(EventError::invalid(
+            &name,
+            "is given twice; each attribute may appear once in an event",
+        ));
+    }
+    decode(members.by_name)?.into_event(tenant)
+}
+
+/// The members of one JSON object by name, each as its JSON text: no tree
+/// of the whole event, and a JSON payload is copied as it was written.
+struct Members<'a> {
+    by_name: BTreeMap<String, &'a RawValue>,
+    /// The first name the object gives more than once.
+    duplicate: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = Members<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Members {
+                    by_name: BTreeMap::new(),
+                    duplicate: None,
+                };
+                while let Some((name, value)) = map.next_entry::<String, &'de RawValue>()? {
+                    match members.by_name.entry(name) {
+                        Entry::Vacant(slot) => {
+                            slot.insert(value);
+                        }
+                        Entry::Occupied(slot) => {
+                            members.duplicate.get_or_insert_with(|| slot.key().clone());
+                        }
+                    }
+                }
+                Ok(members)
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// The attributes, payload and extensions of one JSON object.
+fn decode(mut members: BTreeMap<String, &RawValue>) -> Result<Draft, EventError> {
+    check_specversion(take_string(&mut members, "specversion")?)?;
+    let mut draft = Draft {
+        id: take_string(&mut members, "id")?,
+        source: take_string(&mut members, "source")?,
+        ty: take_string(&mut members, "type")?,
+        subject: take_string(&mut members, "subject")?,
+        time: take_string(&mut members, "time")?,
+        datacontenttype: take_string(&mut members, "datacontenttype")?,
+        dataschema: take_string(&mut members, "dataschema")?,
+        tenant: take_string(&mut members, TENANT_EXTENSION)?,
+        ..Draft::default()
+    };
+    let data_base64 = take_string(&mut members, "data_base64")?;
+    draft.data = payload(
+        members.remove("data"),
+        data_base64,
+        draft.datacontenttype.as_deref(),
+    )?;
+    for (name, raw) in members {
+        if let Some(value) = extension(&name, raw)? {
+            draft.extensions.insert(name, value);
+        }
+    }
+    Ok(draft)
+}
+
+/// Removes a String attribute; `null` is unset.
+fn take_string(
+    members: &mut BTreeMap<String, &RawValue>,
+    name: &'static str,
+) -> Result<Option<String>, EventError> {
+    match members.remove(name) {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str::<Option<String>>(raw.get())
+            .map_err(|_| EventError::invalid(name, "must be a string")),
+    }
+}
+
+/// The payload, from the `data` member and the (non-null) `data_base64`.
+///
+/// `"data": null` is a present, null payload (CloudEvents JSON format,
+/// 3.1.1), stored as no payload; as the two members are mutually
+/// exclusive, it cannot go with a `data_base64`.
+fn payload(
+    data: Option<&RawValue>,
+    data_base64: Option<String>,
+    datacontenttype: Option<&str>,
+) -> Result<Vec<u8>, EventError> {
+    match (data, data_base64) {
+        (Some(_), Some(_)) => Err(EventError::invalid(
+            "data_base64",
+            "an event carries either 'data' or 'data_base64', not both",
+        )),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|e| EventError::invalid("data_base64", format!("not valid base64: {e}"))),
+        (None, None) => Ok(Vec::new()),
+        (Some(raw), None) if raw.get() == "null" => Ok(Vec::new()),
+        (Some(raw), None) => {
+            // A string with a media type other than JSON is its text;
+            // anything else is the JSON value as written.
+            if !datacontenttype.is_none_or(is_json_media_type)
+                && let Ok(text) = serde_json::from_str::<String>(raw.get())
+            {
+                return Ok(text.into_bytes());
+            }
+            Ok(raw.get().as_bytes().to_vec())
+        }
+    }
+}
+
+/// The text of an extension attribute: strings as they are, integers and
+/// booleans as text; `None` for `null`, which is unset.
+///
+/// A JSON number is a CloudEvents `Integer`: a whole number within
+/// [`INTEGER_RANGE`] (32-bit signed). Any other number (out of range,
+/// fractional, or with an exponent) is refused, naming the attribute. A
+/// JSON string is a CloudEvents `String` and is kept as it is, digits or
+/// not: its range is not checked (binary mode's `ce-` headers are always
+/// strings), except for the host's own `chaindepth` and `chainbudget`,
+/// which [`Event::validate`] checks.
+fn extension(name: &str, raw: &RawValue) -> Result<Option<String>, EventError> {
+    let not_a_value = || {
+        EventError::invalid(
+            name,
+            "an extension attribute must be a string, number or boolean",
+        )
+    };
+    // Objects and arrays are refused without being parsed.
+    if raw.get().starts_with(['{', '[']) {
+        return Err(not_a_value());
+    }
+    match serde_json::from_str::<Value>(raw.get()).map_err(|_| not_a_value())? {
+        Value::String(s) => Ok(Some(s)),
+        Value::Bool(b) => Ok(Some(b.to_string())),
+        Value::Number(n) => integer_text(name, &n).map(Some),
+        Value::Null => Ok(None),
+        Value::Array(_) | Value::Object(_) => Err(not_a_value()),
+    }
+}
+
+/// The text of a JSON number given as the extension attribute `name`: a
+/// CloudEvents `Integer`, within [`INTEGER_RANGE`].
+fn integer_text(name: &str, number: &serde_json::Number) -> Result<String, EventError> {
+    match number.as_i64() {
+        Some(n) if INTEGER_RANGE.contains(&n) => Ok(n.to_string()),
+        Some(_) => Err(out_of_range(name, number)),
+        // Above i64::MAX.
+        None if number.is_u64() => Err(out_of_range(name, number)),
+        None => Err(EventError::invalid(
+            name,
+            format!(
+                "{number} is not a whole number: a JSON number is a CloudEvents Integer; send other values as a string"
+            ),
+        )),
+    }
+}
+
+fn out_of_range(name: &str, number: &serde_json::Number) -> EventError {
+    EventError::invalid(
+        name,
+        format!(
+            "{number} is outside the CloudEvents Integer range {} to {}; send it as a string",
+            INTEGER_RANGE.start(),
+            INTEGER_RANGE.end()
+        ),
+    )
+}
