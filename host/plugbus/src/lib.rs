@@ -16,8 +16,9 @@
 //! binary. The layers below it, each a crate that depends only on the ones
 //! under it:
 //! - [`plugbus_core`]: the event, manifests, outcomes, the state interface,
-//!   trace context and text handling (re-exported here as [`event`],
-//!   [`manifest`], [`outcome`], [`state`], [`trace`], [`text`]);
+//!   trace context, text handling and the clock (re-exported here as
+//!   [`event`], [`manifest`], [`outcome`], [`state`], [`trace`], [`text`],
+//!   [`clock`]);
 //! - [`plugbus_runtime`]: wasmtime, plugins, loading, routing and reload
 //!   (re-exported as [`engine`], [`bindings`], [`dispatch`], [`batch`],
 //!   [`cache`], [`loader`], [`registry`], [`reload`], [`host`]);

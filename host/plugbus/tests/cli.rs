@@ -157,63 +157,6 @@ fn help_describes_every_subcommand() {
     }
 }
 
-fn bench(plugin: &str, scenarios: &str) -> (i32, Vec<serde_json::Value>, String) {
-    run_plugbus(
-        &[
-            "bench",
-            "--plugin",
-            plugin,
-            "--events",
-            "200",
-            "--json",
-            "--scenario",
-            scenarios,
-        ],
-        "",
-    )
-}
-
-#[test]
-fn bench_reports_every_scenario() {
-    let (code, rows, stderr) = bench(
-        artifacts::FIXTURE_NOOP,
-        "one-plugin,ten-plugins,hundred-tenants",
-    );
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(rows.len(), 3, "{rows:#?}");
-    let expected = [(1, 200), (10, 2000), (100, 200)];
-    for (row, (plugins, deliveries)) in rows.iter().zip(expected) {
-        assert_eq!(row["plugins"], plugins, "{row}");
-        assert_eq!(row["events"], 200, "{row}");
-        assert_eq!(row["deliveries"], deliveries, "{row}");
-        assert_eq!(row["failed"], 0, "{row}");
-        for figure in [
-            "events_per_s",
-            "cpu_us_per_event",
-            "p50_us",
-            "p99_us",
-            "p999_us",
-        ] {
-            assert!(
-                row[figure].as_f64().is_some_and(|v| v > 0.0),
-                "{figure} in {row}"
-            );
-        }
-        assert!(row["p50_us"].as_u64() <= row["p999_us"].as_u64(), "{row}");
-    }
-}
-
-#[test]
-fn bench_fails_when_deliveries_fail_and_names_a_missing_plugin() {
-    let (code, rows, stderr) = bench(artifacts::FIXTURE_PANIC, "one-plugin");
-    assert_eq!(code, 1, "{stderr}");
-    assert_eq!(rows[0]["failed"], 200);
-    assert!(stderr.contains("200 deliveries failed"), "{stderr}");
-    let (code, _, stderr) = bench("/nonexistent/plugin.wasm", "one-plugin");
-    assert_eq!(code, 2);
-    assert!(stderr.contains("/nonexistent/plugin.wasm"), "{stderr}");
-}
-
 #[test]
 fn an_overlong_line_is_rejected_without_losing_the_next() {
     let dir = plugins_dir();
@@ -387,46 +330,6 @@ fn serve_refuses_a_data_directory_inside_the_plugins_directory() {
 }
 
 /// `plugbus bench-reload` runs every case and reports each as JSON.
-#[test]
-fn bench_reload_reports_swap_latency_and_throughput() {
-    let (code, rows, stderr) = run_plugbus(
-        &[
-            "bench-reload",
-            "--plugin",
-            artifacts::FIXTURE_NOOP,
-            "--swaps",
-            "2",
-            "--large-mib",
-            "1",
-            "--seconds",
-            "1",
-            "--concurrency",
-            "2",
-            "--json",
-        ],
-        "",
-    );
-    assert_eq!(code, 0, "{stderr}");
-    let swaps: Vec<_> = rows
-        .iter()
-        .filter(|r| r.get("median_ms").is_some())
-        .collect();
-    assert_eq!(swaps.len(), 4, "{rows:?}");
-    for row in &swaps {
-        assert!(
-            row["median_ms"].as_f64().is_some_and(|ms| ms > 0.0),
-            "{row}"
-        );
-        assert_eq!(row["swaps"], 2);
-    }
-    let loads: Vec<_> = rows
-        .iter()
-        .filter(|r| r.get("events_per_s").is_some())
-        .collect();
-    assert_eq!(loads.len(), 3, "{rows:?}");
-    assert!(loads.iter().all(|r| r["events_per_s"].as_f64() > Some(0.0)));
-}
-
 /// `plugbus serve --stdin` stores what it reads in `<data>/events.db` and
 /// delivers it from there: at the end of the input it waits for the
 /// plugins, a restart delivers only what is new, and an event published
@@ -804,72 +707,6 @@ fn quarantines_from_the_command_line() {
 
 /// `plugbus bench --durable` publishes through the log and counts every
 /// delivery made from it.
-#[test]
-fn bench_runs_through_the_durable_log() {
-    let (code, rows, stderr) = run_plugbus(
-        &[
-            "bench",
-            "--plugin",
-            artifacts::FIXTURE_NOOP,
-            "--events",
-            "300",
-            "--json",
-            "--durable",
-            "--scenario",
-            "one-plugin,ten-plugins",
-        ],
-        "",
-    );
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(rows.len(), 2, "{stderr}");
-    assert_eq!(rows[0]["deliveries"], 300);
-    assert_eq!(rows[1]["deliveries"], 3000);
-    for row in &rows {
-        assert_eq!(row["failed"], 0);
-        assert!(row["startup_cached_ms"].is_null(), "{row}");
-        assert!(row["p50_us"].as_u64().is_some_and(|us| us > 0), "{row}");
-    }
-}
-
-/// `bench --durable --http` publishes through the HTTP API, one event per
-/// request and in batches, and every event is delivered.
-#[test]
-fn bench_runs_over_http() {
-    for batch in ["1", "25"] {
-        let (code, rows, stderr) = run_plugbus(
-            &[
-                "bench",
-                "--plugin",
-                artifacts::FIXTURE_NOOP,
-                "--events",
-                "200",
-                "--json",
-                "--durable",
-                "--http",
-                "--batch",
-                batch,
-                "--scenario",
-                "one-plugin,hundred-tenants",
-            ],
-            "",
-        );
-        assert_eq!(code, 0, "batch {batch}: {stderr}");
-        assert_eq!(rows.len(), 2, "{stderr}");
-        for row in &rows {
-            assert_eq!(row["deliveries"], 200, "batch {batch}: {row}");
-            assert_eq!(row["failed"], 0);
-            assert!(row["p50_us"].as_u64().is_some_and(|us| us > 0), "{row}");
-        }
-    }
-    // Without --durable there is no HTTP front to measure.
-    let (code, _, stderr) = run_plugbus(
-        &["bench", "--plugin", artifacts::FIXTURE_NOOP, "--http"],
-        "",
-    );
-    assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("--durable"), "{stderr}");
-}
-
 /// A plugin's failure text reaches the operator's terminal escaped and on
 /// one line per row: a panic message spans lines, and `forge-log`'s text
 /// carries CR, LF and escape sequences.

@@ -328,7 +328,8 @@ pub struct LoadReport {
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// use plugbus::{Event, Host, HostConfig};
+/// use plugbus_core::Event;
+/// use plugbus_runtime::{Host, HostConfig};
 /// let host = Host::new(HostConfig::default())?;
 /// let report = host.load_dir("plugins".as_ref())?;
 /// for error in &report.errors {

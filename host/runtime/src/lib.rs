@@ -6,9 +6,13 @@
 //!
 //! Bottom-up:
 //! - [`engine`]: the one wasmtime engine for untrusted code, and its epoch ticker;
-//! - [`bindings`]: the host side of the WIT world, per version;
-//! - `sandbox` and [`deadline`]: a plugin's store, its limits and host
-//!   imports, and the deadline that also bounds time inside host calls;
+//! - [`deadline`]: the deadline that also bounds time inside host calls;
+//! - `sandbox` and `overlay`: a plugin's store data (its identity, limits,
+//!   the delivery in progress and the batch run), and a delivery's state
+//!   writes on their way to the commit;
+//! - [`bindings`]: the host side of the WIT world, one module per version
+//!   (bindings, host imports and linker together; older versions delegate
+//!   to the latest);
 //! - [`batch`]: many events in one call, for plugins that export `handle-batch`;
 //! - [`dispatch`]: a loaded [`Plugin`], one delivery of one event to it, and
 //!   its [`plugbus_core::Outcome`];
