@@ -82,22 +82,6 @@ impl Failures {
     }
 }
 
-/// Now, RFC 3339 in UTC with microseconds
-/// (`2026-11-22T10:00:00.000000Z`).
-pub(super) fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        now.microsecond()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -167,7 +151,7 @@ mod tests {
 
     #[test]
     fn the_clock_prints_microseconds_in_utc() {
-        let at = now_rfc3339();
+        let at = plugbus_core::clock::now_rfc3339();
         assert_eq!(at.len(), "2026-11-22T10:00:00.000000Z".len(), "{at}");
         assert!(
             time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)

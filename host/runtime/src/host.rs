@@ -206,39 +206,12 @@ pub enum HostError {
     /// The compile cache cannot be used.
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
-    /// The compile cache lies inside the plugins directory, where tenants
-    /// could plant compiled code.
-    #[error(
-        "the compile cache {} lies inside the plugins directory {}, which tenants write to",
-        cache.display(),
-        plugins.display()
-    )]
-    CacheInPluginsDir {
-        /// The cache directory.
-        cache: PathBuf,
-        /// The plugins directory.
-        plugins: PathBuf,
-    },
-    /// The plugins directory cannot be watched.
-    #[error("cannot watch the plugins directory {}: {reason}", path.display())]
-    Watch {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
+    /// The plugins directory could not be loaded, refreshed or watched.
+    #[error(transparent)]
+    Reload(#[from] ReloadError),
     /// The WASI and `host` imports could not be registered.
     #[error("cannot set up the plugin linker: {0}")]
     Linker(String),
-    /// The plugins directory cannot be read.
-    #[error("plugins directory {}: {source}", path.display())]
-    PluginsDir {
-        /// The directory.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
     /// The loading settings are inconsistent (a ceiling below its default).
     #[error(transparent)]
     Settings(#[from] loader::SettingsError),
@@ -252,18 +225,6 @@ pub enum HostError {
         /// The slot size.
         slot: u64,
     },
-}
-
-impl From<ReloadError> for HostError {
-    fn from(error: ReloadError) -> Self {
-        match error {
-            ReloadError::CacheInPluginsDir { cache, plugins } => {
-                Self::CacheInPluginsDir { cache, plugins }
-            }
-            ReloadError::Watch { path, reason } => Self::Watch { path, reason },
-            ReloadError::PluginsDir { path, source } => Self::PluginsDir { path, source },
-        }
-    }
 }
 
 /// Why an event was not published.

@@ -195,7 +195,7 @@ struct Slot {
 
 /// Why a plugins directory could not be loaded, refreshed or watched.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ReloadError {
+pub enum ReloadError {
     /// The compile cache lies inside the plugins directory, where tenants
     /// could plant compiled code.
     #[error(
