@@ -678,7 +678,7 @@ impl Inner {
         if reports.iter().any(|(d, _)| d.outcome.failure().is_some()) {
             let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
             for (delivery, _) in reports {
-                failures.record(delivery, failures::now_rfc3339);
+                failures.record(delivery, plugbus_core::clock::now_rfc3339);
             }
         }
         if self.deliveries.receiver_count() > 0 {
