@@ -445,10 +445,13 @@ async fn a_corrupt_cache_entry_is_recompiled_not_trusted() {
     };
     let host = Host::new(inside).expect("host");
     let err = host.load_dir(dir.path()).unwrap_err();
-    assert!(matches!(
-        err,
-        HostError::Reload(plugbus::reload::ReloadError::CacheInPluginsDir { .. })
-    ), "{err}");
+    assert!(
+        matches!(
+            err,
+            HostError::Reload(plugbus::reload::ReloadError::CacheInPluginsDir { .. })
+        ),
+        "{err}"
+    );
 }
 
 /// A plugin removed while it handles an event finishes that event on its
