@@ -79,7 +79,7 @@ fn charge(api: &Api, tenant: &str, events: usize, bytes: usize) -> Result<(), Ap
 }
 
 /// Reads the body of an ingest request, within the size limit and
-/// [`ApiLimits::body_read_timeout`], into its events; with the body's size.
+/// [`ApiLimits::body_read_timeout`](crate::limits::ApiLimits::body_read_timeout), into its events; with the body's size.
 async fn read_events(
     api: &Api,
     headers: &HeaderMap,

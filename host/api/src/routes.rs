@@ -18,9 +18,9 @@ use crate::ingest::ingest;
 use crate::monitoring::{ready, render_metrics};
 use crate::state::Api;
 
-/// The routes, ready to serve (by [`serve`], which adds the
+/// The routes, ready to serve (by [`serve`](crate::server::serve), which adds the
 /// connection-level bounds), each request within
-/// [`ApiLimits::request_timeout`].
+/// [`ApiLimits::request_timeout`](crate::limits::ApiLimits::request_timeout).
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/v1/events", post(ingest))
@@ -54,7 +54,7 @@ pub fn router(api: Arc<Api>) -> Router {
 }
 
 /// Answers 503 (and closes the connection) when a request is not answered
-/// within [`ApiLimits::request_timeout`].
+/// within [`ApiLimits::request_timeout`](crate::limits::ApiLimits::request_timeout).
 async fn within_request_timeout(
     State(api): State<Arc<Api>>,
     request: axum::extract::Request,

@@ -49,7 +49,7 @@ pub struct Backlog {
     /// the unread events are counted as this bus appends them, so events
     /// another process appended show once read.
     pub lag: u64,
-    /// Events held read ahead of the cursor (see [`MAX_PENDING`]).
+    /// Events held read ahead of the cursor (see [`MAX_PENDING`](crate::config::MAX_PENDING)).
     pub pending_events: u64,
     /// Their bytes (see [`DurableConfig::max_pending_bytes`]).
     pub pending_bytes: u64,

@@ -29,9 +29,9 @@ pub struct DurableConfig {
     /// paused instead of burning fuel on every event (default 20; 0 never).
     pub quarantine_after: u32,
     /// How long a quarantine lasts unless a new version of the plugin is
-    /// loaded or [`DurableBus::resume`] ends it first (default 5 minutes).
+    /// loaded or [`DurableBus::resume`](crate::bus::DurableBus::resume) ends it first (default 5 minutes).
     /// Its events wait in the log meanwhile; none is dropped. Any value is
-    /// safe: one past [`MAX_WAIT`] (about 30 years) lasts that long, in
+    /// safe: one past [`MAX_WAIT`](crate::retry::MAX_WAIT) (about 30 years) lasts that long, in
     /// effect until resumed or replaced.
     pub quarantine_for: Duration,
     /// How long the log keeps events (default: 7 days, no size bound); an
