@@ -13,7 +13,7 @@
 //! is not `Bearer <token>`, a token that is not valid, or a valid token of
 //! the wrong kind for the route.
 //!
-//! [`ApiLimits::metrics_token`]: super::ApiLimits::metrics_token
+//! [`ApiLimits::metrics_token`]: crate::limits::ApiLimits::metrics_token
 
 use std::sync::Arc;
 
@@ -21,7 +21,12 @@ use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 
-use super::{Api, ApiError, InFlight, rejected};
+use crate::error::{ApiError, rejected};
+use crate::state::Api;
+
+/// A place among a tenant's requests in flight (`None` for the admin, or
+/// without a limit).
+pub(crate) type InFlight = Option<tokio::sync::OwnedSemaphorePermit>;
 
 /// Who presented the request's bearer token.
 pub(super) enum Caller {
@@ -44,7 +49,7 @@ fn bearer_hash(headers: &HeaderMap) -> Result<String, ApiError> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::unauthorized("the Authorization header is not Bearer <token>"))?;
-    Ok(crate::hash_token(token))
+    Ok(hash_token(token))
 }
 
 impl Api {
@@ -68,7 +73,7 @@ impl Api {
     /// A place among `tenant`'s requests in flight, held until dropped;
     /// 429 when it has [`ApiLimits::max_in_flight_per_tenant`] already.
     ///
-    /// [`ApiLimits::max_in_flight_per_tenant`]: super::ApiLimits::max_in_flight_per_tenant
+    /// [`ApiLimits::max_in_flight_per_tenant`]: crate::limits::ApiLimits::max_in_flight_per_tenant
     fn enter(&self, tenant: &str) -> Result<InFlight, ApiError> {
         self.admission.enter(tenant).ok_or_else(|| {
             let max = self.admission.limits().max_in_flight_per_tenant;
@@ -180,7 +185,7 @@ impl FromRequestParts<Arc<Api>> for Admin {
 /// scrape token or the admin token must be presented. Its refusals are
 /// counted in `plugbus_rejected_requests_total`.
 ///
-/// [`ApiLimits::metrics_token`]: super::ApiLimits::metrics_token
+/// [`ApiLimits::metrics_token`]: crate::limits::ApiLimits::metrics_token
 pub(super) struct Scraper;
 
 impl FromRequestParts<Arc<Api>> for Scraper {
@@ -202,4 +207,14 @@ impl FromRequestParts<Arc<Api>> for Scraper {
             ))),
         }
     }
+}
+
+/// The hex SHA-256 of `token`, as the configuration stores it and the API
+/// compares it.
+pub fn hash_token(token: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -36,9 +36,9 @@ impl Default for RateLimit {
     }
 }
 
-/// The bounds of the request handlers, besides [`super::ApiConfig`]'s body
+/// The bounds of the request handlers, besides [`ApiConfig`](crate::state::ApiConfig)'s body
 /// and batch sizes; the connection-level ones are in
-/// [`super::ServerLimits`].
+/// [`ServerLimits`](crate::server::ServerLimits).
 #[derive(Debug, Clone)]
 pub struct ApiLimits {
     /// How long the body of an ingest request may take to arrive, from the

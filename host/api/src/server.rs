@@ -26,10 +26,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use super::Api;
+use crate::routes::router;
+use crate::state::Api;
 
 /// The bounds of the HTTP server's connections. Those of the requests
-/// themselves are [`super::ApiLimits`].
+/// themselves are [`ApiLimits`](crate::limits::ApiLimits).
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     /// How long a client may take to send a request's head (request line
@@ -122,7 +123,7 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send,
 {
-    let router = super::router(api.clone());
+    let router = router(api.clone());
     let slots = Arc::new(Semaphore::new(
         limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));

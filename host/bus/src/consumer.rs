@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use super::read_ahead::ReadAhead;
-use super::retry::{MAX_WAIT, deadline};
-use super::{Gauges, Inner, PluginKey, Quarantine, budget_share, join_failure};
+use crate::read_ahead::ReadAhead;
+use crate::retry::{MAX_WAIT, deadline};
+use crate::state::{Gauges, Inner, PluginKey};
+use crate::task::join_failure;
 use plugbus_core::Outcome;
 use plugbus_core::event::Event;
 use plugbus_log::{
-    Commit, DeadLetter, EventLog, FailedAttempt, LogError, QuarantineChange, ReadLimit, Seq,
-    StoredEvent, now_ms,
+    Commit, DeadLetter, EventLog, FailedAttempt, LogError, Quarantine, QuarantineChange, ReadLimit,
+    Seq, StoredEvent, now_ms,
 };
 use plugbus_runtime::Delivery;
 use plugbus_runtime::dispatch::{Effects, Item};
@@ -893,5 +894,27 @@ impl Consumer {
         } else {
             Step::Again
         }
+    }
+}
+
+/// A delivery's share of its event's chain budget: `budget` split among
+/// the `subscribers` plugins the event reaches (at least one), so that
+/// many subscribers cannot multiply a chain.
+pub fn budget_share(budget: usize, subscribers: usize) -> usize {
+    budget / subscribers.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_is_shared_among_subscribers() {
+        assert_eq!(budget_share(10_000, 1), 10_000);
+        assert_eq!(budget_share(10_000, 3), 3_333);
+        assert_eq!(budget_share(2, 2), 1);
+        assert_eq!(budget_share(1, 2), 0);
+        // Nobody subscribed counts as one.
+        assert_eq!(budget_share(7, 0), 7);
     }
 }

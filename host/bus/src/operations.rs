@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::sync::PoisonError;
 
-use super::DurableBus;
-use super::failures::RecentFailure;
+use crate::bus::DurableBus;
+use crate::failures::RecentFailure;
 use plugbus_core::Limits;
 use plugbus_log::{DeadLetter, EventLog, LogError, ReplayError, Replayed, Seq};
 use plugbus_runtime::{HostError, PluginInfo, PluginStatus};
@@ -145,7 +145,7 @@ impl DurableBus {
     }
 
     /// `tenant`'s most recent failed deliveries (at most
-    /// [`RECENT_FAILURES`](super::RECENT_FAILURES)), oldest first.
+    /// [`RECENT_FAILURES`](crate::failures::RECENT_FAILURES)), oldest first.
     pub fn recent_failures(&self, tenant: &str) -> Vec<RecentFailure> {
         self.inner
             .failures

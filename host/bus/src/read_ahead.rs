@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::{DurableConfig, MAX_PENDING};
+use crate::config::{DurableConfig, MAX_PENDING};
 use plugbus_log::{Commit, FailedAttempt, ReadLimit, Seq, StoredEvent};
 
 /// What an event keeps its order with, for one plugin: the events of the

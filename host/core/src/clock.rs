@@ -16,3 +16,16 @@ pub fn now_rfc3339() -> String {
         now.microsecond()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_clock_prints_microseconds_in_utc() {
+        let at = super::now_rfc3339();
+        assert_eq!(at.len(), "2026-11-22T10:00:00.000000Z".len(), "{at}");
+        assert!(
+            time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
+                .is_ok()
+        );
+    }
+}
