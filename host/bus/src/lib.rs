@@ -41,7 +41,6 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
 
-use plugbus_core::EventError;
 use plugbus_core::event::Event;
 use plugbus_log::{Appended, DeadLetterDepths, EventLog, LogError, LogHealth, Retention, Seq};
 use plugbus_runtime::Delivery;
@@ -136,14 +135,6 @@ impl Default for DurableConfig {
 /// Why a durable publish was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DurablePublishError {
-    /// An event is invalid; none of the events was stored.
-    #[error("invalid event {index}: {error}")]
-    InvalidEvent {
-        /// Its position in the published batch.
-        index: usize,
-        /// What is wrong with it.
-        error: EventError,
-    },
     /// The log could not store the events; none was stored.
     #[error(transparent)]
     Log(#[from] LogError),
