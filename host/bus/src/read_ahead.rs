@@ -150,7 +150,7 @@ impl ReadAhead {
             if self.skip.remove(&seq) {
                 continue;
             }
-            if subscribes(&stored.event.ty()) {
+            if subscribes(stored.event.ty()) {
                 self.pending_bytes = self.pending_bytes.saturating_add(stored.bytes);
                 if let Some(replaced) = self.pending.insert(seq, Arc::new(stored)) {
                     self.pending_bytes = self.pending_bytes.saturating_sub(replaced.bytes);
