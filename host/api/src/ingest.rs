@@ -152,10 +152,6 @@ async fn store(api: Arc<Api>, tenant: String, events: Vec<Event>) -> Result<Resp
     let started = std::time::Instant::now();
     let appended = match api.bus.publish(events.clone()).await {
         Ok(appended) => appended,
-        Err(DurablePublishError::InvalidEvent { index, error }) => {
-            let index = (count > 1).then_some(index);
-            return Err(rejected(&tenant, ApiError::invalid(&error, index)));
-        }
         Err(DurablePublishError::Log(e)) => {
             tracing::error!(tenant = %tenant, "the log refused {count} events: {e}");
             return Err(rejected(

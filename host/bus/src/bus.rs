@@ -14,7 +14,6 @@ use crate::failures::{self, RECENT_FAILURES};
 use crate::state::Inner;
 use crate::supervise::{retain, supervise, watch_reloads};
 use crate::task::Task;
-use plugbus_core::EventError;
 use plugbus_core::event::Event;
 use plugbus_log::{Appended, DeadLetterDepths, EventLog, LogError, LogHealth, Quarantine};
 use plugbus_runtime::Delivery;
@@ -23,14 +22,6 @@ use plugbus_runtime::host::Host;
 /// Why a durable publish was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DurablePublishError {
-    /// An event is invalid; none of the events was stored.
-    #[error("invalid event {index}: {error}")]
-    InvalidEvent {
-        /// Its position in the published batch.
-        index: usize,
-        /// What is wrong with it.
-        error: EventError,
-    },
     /// The log could not store the events; none was stored.
     #[error(transparent)]
     Log(#[from] LogError),

@@ -583,11 +583,9 @@ impl Consumer {
     /// Reads the events the plugin finished ahead of its cursor, which a
     /// restart must not deliver again.
     async fn load_ahead(&self, line: &mut ReadAhead) -> Result<(), LogError> {
-        let log = self.inner.log.clone();
         let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
-        let ahead = tokio::task::spawn_blocking(move || log.ahead(&tenant, &plugin))
-            .await
-            .map_err(|_| LogError::Closed)??;
+        let ahead =
+            plugbus_log::blocking(&self.inner.log, move |log| log.ahead(&tenant, &plugin)).await?;
         line.skip(ahead);
         Ok(())
     }
@@ -871,11 +869,8 @@ impl Consumer {
 
     /// The plugin's cursor as stored.
     async fn stored_cursor(&self) -> Result<Option<Seq>, LogError> {
-        let log = self.inner.log.clone();
         let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
-        tokio::task::spawn_blocking(move || log.cursor(&tenant, &plugin))
-            .await
-            .map_err(|_| LogError::Closed)?
+        plugbus_log::blocking(&self.inner.log, move |log| log.cursor(&tenant, &plugin)).await
     }
 
     /// Waits `wait`; true when the bus is stopping.

@@ -77,11 +77,11 @@ impl DurableBus {
         tenant: &str,
         plugin: &str,
     ) -> Result<Vec<DeadLetter>, LogError> {
-        let log = self.inner.log.clone();
         let (tenant, plugin) = (tenant.to_owned(), plugin.to_owned());
-        tokio::task::spawn_blocking(move || log.dead_letters(&tenant, &plugin))
-            .await
-            .map_err(|_| LogError::Closed)?
+        plugbus_log::blocking(&self.inner.log, move |log| {
+            log.dead_letters(&tenant, &plugin)
+        })
+        .await
     }
 
     /// `plugin`'s dead letter of the event at `seq`, if it has one.

@@ -22,10 +22,45 @@ pub struct StateWrite {
     pub value: Option<Vec<u8>>,
 }
 
-/// The store could not be read or written.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("plugin state store: {0}")]
-pub struct StateError(pub String);
+/// The store could not be read or written. The cause is kept as the
+/// error's [`source`](std::error::Error::source) (downcast it, e.g. to the
+/// log's own error type); the message repeats it, as plugins see only the
+/// message.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The store failed.
+    #[error("plugin state store: {0}")]
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Reading `key` failed: what a plugin's `state.get` fails with.
+    #[error("plugin state store: get {key:?}: {source}")]
+    Get {
+        /// The key being read.
+        key: String,
+        /// Why the store failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StateError {
+    /// A failure of the store, caused by `source`.
+    pub fn store(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Store(source.into())
+    }
+
+    /// This failure, as the failure of reading `key` (a [`StateError::Get`]
+    /// stays as it is).
+    #[must_use]
+    pub fn reading(self, key: &str) -> Self {
+        match self {
+            Self::Store(source) => Self::Get {
+                key: key.to_owned(),
+                source,
+            },
+            get @ Self::Get { .. } => get,
+        }
+    }
+}
 
 /// Where plugin state is kept.
 pub trait StateStore: Send + Sync {
@@ -128,5 +163,29 @@ mod tests {
         assert_eq!(store.get("globex", "saga", "k")?, None);
         assert_eq!(store.entries("acme", "saga").len(), 1);
         Ok(())
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("disk on fire")]
+    struct Cause;
+
+    #[test]
+    fn a_failed_read_names_the_key_and_keeps_its_cause() {
+        let error = StateError::store(Cause).reading("count/a");
+        assert_eq!(
+            error.to_string(),
+            "plugin state store: get \"count/a\": disk on fire"
+        );
+        let source = std::error::Error::source(&error).expect("a source");
+        assert!(source.downcast_ref::<Cause>().is_some());
+        assert!(matches!(error.reading("other"), StateError::Get { key, .. } if key == "count/a"));
+    }
+
+    #[test]
+    fn a_failed_store_keeps_its_message_and_cause() {
+        let error = StateError::store(Cause);
+        assert_eq!(error.to_string(), "plugin state store: disk on fire");
+        let source = std::error::Error::source(&error).expect("a source");
+        assert!(source.downcast_ref::<Cause>().is_some());
     }
 }

@@ -47,10 +47,11 @@ pub enum TelemetryError {
     },
     /// The exporter could not be built.
     #[error("cannot start the OTLP exporter: {0}")]
-    Exporter(String),
-    /// The last spans could not be sent at shutdown.
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+    /// The last spans could not be sent at shutdown (the exporter timed
+    /// out, failed, or was already shut down).
     #[error("cannot send the last spans to the collector: {0}")]
-    Shutdown(String),
+    Shutdown(#[source] opentelemetry_sdk::error::OTelSdkError),
 }
 
 /// Checks `url`, the full URL spans are posted to: `http://`, with a host.
@@ -156,7 +157,7 @@ impl OtlpExport {
             .with_endpoint(settings.traces_url.clone())
             .with_timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+            .map_err(TelemetryError::Exporter)?;
         let resource = opentelemetry_sdk::Resource::builder()
             .with_service_name(settings.service_name.clone())
             .with_attribute(opentelemetry::KeyValue::new(
@@ -188,7 +189,7 @@ impl OtlpExport {
     pub fn shutdown(self) -> Result<(), TelemetryError> {
         self.provider
             .shutdown_with_timeout(Duration::from_secs(10))
-            .map_err(|e| TelemetryError::Shutdown(e.to_string()))
+            .map_err(TelemetryError::Shutdown)
     }
 }
 
@@ -254,6 +255,29 @@ pub fn init_logging(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_shutdown_says_why_as_a_matchable_cause() -> Result<(), TelemetryError> {
+        let export = OtlpExport::start(&OtlpSettings {
+            traces_url: "http://127.0.0.1:9/v1/traces".to_owned(),
+            service_name: "plugbus-test".to_owned(),
+            sample_ratio: 1.0,
+        })?;
+        export
+            .provider
+            .shutdown()
+            .map_err(TelemetryError::Shutdown)?;
+        let error = export.shutdown().expect_err("already shut down");
+        assert!(
+            matches!(
+                error,
+                TelemetryError::Shutdown(opentelemetry_sdk::error::OTelSdkError::AlreadyShutdown)
+            ),
+            "{error:?}"
+        );
+        assert!(std::error::Error::source(&error).is_some());
+        Ok(())
+    }
 
     #[test]
     fn a_base_url_gets_the_traces_path() {

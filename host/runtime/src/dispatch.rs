@@ -86,9 +86,6 @@ pub enum DeliverError {
         /// The plugin's tenant.
         plugin_tenant: String,
     },
-    /// The event is invalid.
-    #[error("invalid event: {0}")]
-    InvalidEvent(#[from] plugbus_core::event::EventError),
 }
 
 /// A loaded plugin: its compiled component, pre-instantiated, and its pool
@@ -449,8 +446,8 @@ impl Plugin {
     /// limit: call it from a blocking thread, not from an async task.
     /// [`Host::publish`](crate::Host::publish) is the routed, async way.
     ///
-    /// Refuses an invalid event, and an event of another tenant: a plugin
-    /// only ever sees its own tenant's events.
+    /// Refuses an event of another tenant: a plugin only ever sees its own
+    /// tenant's events.
     pub fn deliver(&self, event: &Event) -> Result<(Delivery, Vec<Event>), DeliverError> {
         if event.tenant() != self.identity.tenant {
             return Err(DeliverError::WrongTenant {
@@ -601,8 +598,8 @@ impl Plugin {
     /// emitted events as through [`Plugin::deliver`]; only the calls into
     /// the plugin are fewer.
     ///
-    /// Refuses the whole slice, delivering nothing, when any event is
-    /// invalid or of another tenant.
+    /// Refuses the whole slice, delivering nothing, when any event is of
+    /// another tenant.
     pub fn deliver_batch(
         &self,
         events: &[Event],

@@ -18,7 +18,7 @@ use crate::registry::Registry;
 use crate::reload::{PluginStatus, ReloadError, ReloadEvent, Reloader, Settling, Watcher};
 use crate::sandbox::Bounds;
 use crate::stats::{Stats, StatsSnapshot};
-use plugbus_core::event::{Event, EventError};
+use plugbus_core::event::Event;
 use plugbus_core::manifest::{Limits, Subscription};
 
 /// The host's configuration. [`HostConfig::default`] is what `plugbus`
@@ -230,9 +230,6 @@ pub enum HostError {
 /// Why an event was not published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// The event is invalid; nothing was delivered.
-    #[error("invalid event: {0}")]
-    InvalidEvent(#[from] EventError),
     /// A delivery task died; this is a bug in the host, not in a plugin.
     #[error("internal error: a delivery task failed: {0}")]
     Internal(String),

@@ -8,7 +8,6 @@ use plugbus_core::FailureKind;
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub events_published: AtomicU64,
-    pub events_refused: AtomicU64,
     pub deliveries_ok: AtomicU64,
     pub failures: [AtomicU64; FailureKind::ALL.len()],
     pub emits_accepted: AtomicU64,
@@ -33,8 +32,6 @@ pub(crate) struct Stats {
 pub struct StatsSnapshot {
     /// Events accepted by `publish`, not counting emitted events.
     pub events_published: u64,
-    /// Events `publish` refused as invalid.
-    pub events_refused: u64,
     /// Deliveries whose handler returned `ok`.
     pub deliveries_ok: u64,
     /// Failed deliveries, by kind, in the order of [`FailureKind::ALL`].
@@ -92,7 +89,6 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
             events_published: get(&self.events_published),
-            events_refused: get(&self.events_refused),
             deliveries_ok: get(&self.deliveries_ok),
             failures: FailureKind::ALL
                 .iter()

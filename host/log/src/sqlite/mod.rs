@@ -326,7 +326,7 @@ impl StateStore for SqliteLog {
     fn get(&self, tenant: &str, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         self.reader
             .state(tenant, plugin, key)
-            .map_err(|e| StateError(e.to_string()))
+            .map_err(StateError::store)
     }
 
     fn apply(&self, tenant: &str, plugin: &str, writes: &[StateWrite]) -> Result<(), StateError> {
@@ -340,7 +340,7 @@ impl StateStore for SqliteLog {
             reply,
         })
         .wait()
-        .map_err(|e| StateError(e.to_string()))
+        .map_err(StateError::store)
     }
 }
 

@@ -108,12 +108,7 @@ impl state::Host for PluginState {
         let store = self.bounds.state.store();
         store
             .get(&self.identity.tenant, &self.identity.name, &key)
-            .map_err(|e| {
-                wasmtime::Error::new(plugbus_core::state::StateError(format!(
-                    "get {key:?}: {}",
-                    e.0
-                )))
-            })
+            .map_err(|e| wasmtime::Error::new(e.reading(&key)))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
