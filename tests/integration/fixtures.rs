@@ -73,10 +73,11 @@ async fn assert_isolated_failure(fixture: &str, manifest: &str, expected: Failur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spin() {
-    // With ample fuel the wall clock stops it...
+    // With ample fuel the wall clock stops it: the ceiling's 10^9 units
+    // take an idle core about 100 ms, five times the 20 ms deadline...
     assert_isolated_failure(
         artifacts::FIXTURE_SPIN,
-        "subscribe = [\"fixture.*\"]\n[limits]\ntimeout_ms = 100\nfuel = 1_000_000_000",
+        "subscribe = [\"fixture.*\"]\n[limits]\ntimeout_ms = 20\nfuel = 1_000_000_000",
         FailureKind::Timeout,
     )
     .await;
