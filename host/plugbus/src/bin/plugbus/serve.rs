@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -212,24 +212,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !args.no_compile_cache {
         config.compile_cache = Some(data.join("compiled"));
     }
-    std::fs::create_dir_all(&plugins)
-        .with_context(|| format!("cannot create the plugins directory {}", plugins.display()))?;
-    // Tenants write into the plugins directory: the log may not be there.
-    let plugins_dir = std::fs::canonicalize(&plugins)
-        .with_context(|| format!("cannot resolve {}", plugins.display()))?;
-    // Private to the host's user: it holds every tenant's events.
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-        .create(&data)
-        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
-    let data_dir = std::fs::canonicalize(&data)
-        .with_context(|| format!("cannot resolve {}", data.display()))?;
-    if data_dir.starts_with(&plugins_dir) {
-        anyhow::bail!(
-            "the data directory {} lies inside the plugins directory {}, which tenants write to",
-            data.display(),
-            plugins.display()
-        );
-    }
+    prepare_dirs(&plugins, &data)?;
     // Bound before anything starts, so a port in use is a clear error.
     let listener = match listen {
         Some(addr) => Some(
@@ -243,20 +226,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let host = Arc::new(plugbus::Host::new(config)?);
     load(&host, &plugins)?;
     let _watcher = host.watch(&plugins)?;
-    let d = &settings.delivery;
-    let log = SqliteLog::open(
-        &data,
-        SqliteLogConfig {
-            duplicate_window: Duration::from_secs(d.dedupe_hours.saturating_mul(3600)),
-            dead_letters: dead_letter_quota(&settings.quotas),
-            tenant_dead_letters: settings
-                .tenants
-                .keys()
-                .map(|t| (t.clone(), dead_letter_quota(&settings.quotas_of(t))))
-                .collect(),
-            ..SqliteLogConfig::default()
-        },
-    )?;
+    let log = open_log(&settings, &data)?;
     tracing::info!(
         "watching {} for plugin changes{}; events are stored in {}",
         plugins.display(),
@@ -267,86 +237,165 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         log.path().display()
     );
     // Subscribed before the first consumer starts: no delivery unprinted.
-    let (bus, deliveries) = DurableBus::start_observed(
-        host.clone(),
-        Arc::new(log),
-        DurableConfig {
-            retention: plugbus::log::Retention {
-                max_age: (d.retain_hours > 0)
-                    .then(|| Duration::from_secs(d.retain_hours.saturating_mul(3600))),
-                max_bytes: d.retain_mib.map(|m| m.saturating_mul(1024 * 1024)),
-            },
-            max_pending_bytes: settings.budgets.max_pending_mib.saturating_mul(1024 * 1024),
-            quarantine_after: d.quarantine_after,
-            quarantine_for: Duration::from_secs(d.quarantine_seconds),
-            retry: plugbus::durable::RetryPolicy {
-                max_attempts: d.max_attempts,
-                ..plugbus::durable::RetryPolicy::default()
-            },
-            ..DurableConfig::default()
-        },
-    )
-    .await?;
+    let (bus, deliveries) =
+        DurableBus::start_observed(host.clone(), Arc::new(log), durable_config(&settings)).await?;
     let bus = Arc::new(bus);
     let printer = tokio::spawn(print_deliveries(deliveries));
-
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
-    let mut server = None;
-    let mut api = None;
-    if let Some(listener) = listener {
-        let surface = plugbus::api::Api::with_limits(
-            bus.clone(),
-            plugbus::api::ApiConfig {
-                max_body_bytes: settings.http.max_body_bytes,
-                max_batch_events: settings.http.max_batch_events,
-                tenant_tokens: settings
-                    .tenants
-                    .iter()
-                    .map(|(t, c)| (t.clone(), c.token_sha256.clone()))
-                    .collect(),
-                admin_token: settings.admin.as_ref().map(|a| a.token_sha256.clone()),
-                plugins_dir: Some(plugins.clone()),
-            },
-            api_limits(&settings),
-            Some(metrics),
-        );
-        let addr = listener
-            .local_addr()
-            .context("cannot read the bound address")?;
-        tracing::info!(
-            "listening on http://{addr} ({} tenant tokens{})",
-            settings.tenants.len(),
-            if settings.admin.is_some() {
-                ", an admin token"
-            } else {
-                ", no admin token"
-            }
-        );
-        let mut stopped = http_stopped.clone();
-        let limits = plugbus::api::ServerLimits {
-            header_read_timeout: Duration::from_millis(settings.http.header_timeout_ms),
-            max_connections: usize::try_from(settings.http.max_connections).unwrap_or(usize::MAX),
-            drain: Duration::from_secs(settings.drain_seconds),
-            ..plugbus::api::ServerLimits::default()
-        };
-        server = Some(tokio::spawn(plugbus::api::serve(
-            listener,
-            surface.clone(),
-            limits,
-            async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            },
-        )));
-        api = Some(surface);
+    let http = match listener {
+        Some(listener) => Some(start_http(listener, &bus, &settings, metrics, http_stopped).await?),
+        None => None,
+    };
+    take_events(&args, &bus, listen.is_some()).await?;
+    // One deadline for everything that is under way when the signal comes:
+    // HTTP requests, deliveries, and the output of what was delivered. A
+    // client or a guest that does not finish by then does not hold the
+    // process (what is stored and not delivered is delivered after the next
+    // start; a request not answered was not acknowledged).
+    let drain = Duration::from_secs(settings.drain_seconds);
+    let deadline = tokio::time::Instant::now() + drain;
+    if let Some(http) = http {
+        stop_http_within(http, &stop_http, deadline, drain).await;
     }
+    finish_deliveries(bus, printer, deadline, drain).await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
 
+/// Creates the plugins and data directories; refuses a data directory
+/// inside the plugins directory, which tenants write to. The data
+/// directory is private to the host's user: it holds every tenant's events.
+fn prepare_dirs(plugins: &Path, data: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(plugins)
+        .with_context(|| format!("cannot create the plugins directory {}", plugins.display()))?;
+    let plugins_dir = std::fs::canonicalize(plugins)
+        .with_context(|| format!("cannot resolve {}", plugins.display()))?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(data)
+        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    let data_dir = std::fs::canonicalize(data)
+        .with_context(|| format!("cannot resolve {}", data.display()))?;
+    if data_dir.starts_with(&plugins_dir) {
+        anyhow::bail!(
+            "the data directory {} lies inside the plugins directory {}, which tenants write to",
+            data.display(),
+            plugins.display()
+        );
+    }
+    Ok(())
+}
+
+/// The event log in `data`, with the configured duplicate window and
+/// dead-letter quotas.
+fn open_log(settings: &Config, data: &Path) -> anyhow::Result<SqliteLog> {
+    let d = &settings.delivery;
+    Ok(SqliteLog::open(
+        data,
+        SqliteLogConfig {
+            duplicate_window: Duration::from_secs(d.dedupe_hours.saturating_mul(3600)),
+            dead_letters: dead_letter_quota(&settings.quotas),
+            tenant_dead_letters: settings
+                .tenants
+                .keys()
+                .map(|t| (t.clone(), dead_letter_quota(&settings.quotas_of(t))))
+                .collect(),
+            ..SqliteLogConfig::default()
+        },
+    )?)
+}
+
+/// The durable bus's settings from the operator's: retention, read-ahead,
+/// quarantine and retries.
+fn durable_config(settings: &Config) -> DurableConfig {
+    let d = &settings.delivery;
+    DurableConfig {
+        retention: plugbus::log::Retention {
+            max_age: (d.retain_hours > 0)
+                .then(|| Duration::from_secs(d.retain_hours.saturating_mul(3600))),
+            max_bytes: d.retain_mib.map(|m| m.saturating_mul(1024 * 1024)),
+        },
+        max_pending_bytes: settings.budgets.max_pending_mib.saturating_mul(1024 * 1024),
+        quarantine_after: d.quarantine_after,
+        quarantine_for: Duration::from_secs(d.quarantine_seconds),
+        retry: plugbus::durable::RetryPolicy {
+            max_attempts: d.max_attempts,
+            ..plugbus::durable::RetryPolicy::default()
+        },
+        ..DurableConfig::default()
+    }
+}
+
+/// The HTTP surface being served: its task, and the API (to mark it not
+/// ready at shutdown).
+struct Http {
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    api: Arc<plugbus::api::Api>,
+}
+
+/// Serves the HTTP API on `listener` until `stopped` turns true.
+async fn start_http(
+    listener: tokio::net::TcpListener,
+    bus: &Arc<DurableBus>,
+    settings: &Config,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Http> {
+    let api = plugbus::api::Api::with_limits(
+        bus.clone(),
+        plugbus::api::ApiConfig {
+            max_body_bytes: settings.http.max_body_bytes,
+            max_batch_events: settings.http.max_batch_events,
+            tenant_tokens: settings
+                .tenants
+                .iter()
+                .map(|(t, c)| (t.clone(), c.token_sha256.clone()))
+                .collect(),
+            admin_token: settings.admin.as_ref().map(|a| a.token_sha256.clone()),
+            plugins_dir: Some(settings.plugins_dir.clone()),
+        },
+        api_limits(settings),
+        Some(metrics),
+    );
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    tracing::info!(
+        "listening on http://{addr} ({} tenant tokens{})",
+        settings.tenants.len(),
+        if settings.admin.is_some() {
+            ", an admin token"
+        } else {
+            ", no admin token"
+        }
+    );
+    let limits = plugbus::api::ServerLimits {
+        header_read_timeout: Duration::from_millis(settings.http.header_timeout_ms),
+        max_connections: usize::try_from(settings.http.max_connections).unwrap_or(usize::MAX),
+        drain: Duration::from_secs(settings.drain_seconds),
+        ..plugbus::api::ServerLimits::default()
+    };
+    let server = tokio::spawn(plugbus::api::serve(
+        listener,
+        api.clone(),
+        limits,
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        },
+    ));
+    Ok(Http { server, api })
+}
+
+/// Takes events until Ctrl-C or SIGTERM: from stdin with `--stdin` (then,
+/// with `--keep-serving`, goes on serving HTTP after the input), else from
+/// HTTP alone.
+async fn take_events(args: &ServeArgs, bus: &DurableBus, http: bool) -> anyhow::Result<()> {
     // Fused: a signal that ends the input's publishing must not be awaited
     // again (a finished future polled again panics).
     let shutdown = futures::FutureExt::fuse(shutdown_signal());
     tokio::pin!(shutdown);
     if args.stdin {
         let rejected =
-            publish_lines(&bus, tokio::io::stdin(), args.concurrency, &mut shutdown).await?;
+            publish_lines(bus, tokio::io::stdin(), args.concurrency, &mut shutdown).await?;
         if rejected > 0 {
             tracing::warn!("{rejected} input lines rejected");
         }
@@ -355,45 +404,52 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             (&mut shutdown).await;
         }
     } else {
-        if listen.is_none() {
+        if !http {
             tracing::info!("no event source: HTTP is off and --stdin is not given");
         }
         (&mut shutdown).await;
     }
-    // One deadline for everything that is under way when the signal comes:
-    // HTTP requests, deliveries, and the output of what was delivered. A
-    // client or a guest that does not finish by then does not hold the
-    // process (what is stored and not delivered is delivered after the next
-    // start; a request not answered was not acknowledged).
-    let drain = Duration::from_secs(settings.drain_seconds);
-    let deadline = tokio::time::Instant::now() + drain;
-    // Stop taking events: not ready, no new requests; the requests under
-    // way finish (an event acknowledged is durable).
-    if let Some(api) = &api {
-        api.set_ready(false);
-    }
-    let _ = stop_http.send(true);
-    if let Some(mut server) = server {
-        match tokio::time::timeout_at(deadline, &mut server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::error!("the HTTP server failed: {e}"),
-            Ok(Err(e)) => tracing::error!("the HTTP server task failed: {e}"),
-            Err(_) => {
-                tracing::warn!(
-                    "HTTP requests still under way after {}s; closing their connections",
-                    drain.as_secs()
-                );
-                server.abort();
-                let _ = server.await;
-            }
+    Ok(())
+}
+
+/// Stops taking events: not ready, no new requests; the requests under
+/// way finish by `deadline` (an event acknowledged is durable), or their
+/// connections are closed.
+async fn stop_http_within(
+    http: Http,
+    stop: &tokio::sync::watch::Sender<bool>,
+    deadline: tokio::time::Instant,
+    drain: Duration,
+) {
+    let Http { mut server, api } = http;
+    api.set_ready(false);
+    let _ = stop.send(true);
+    match tokio::time::timeout_at(deadline, &mut server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!("the HTTP server failed: {e}"),
+        Ok(Err(e)) => tracing::error!("the HTTP server task failed: {e}"),
+        Err(_) => {
+            tracing::warn!(
+                "HTTP requests still under way after {}s; closing their connections",
+                drain.as_secs()
+            );
+            server.abort();
+            let _ = server.await;
         }
     }
-    drop(api);
-    // Finish the deliveries under way, within the deadline; what is stored
-    // and not delivered is delivered after the next start.
+}
+
+/// Finishes the deliveries under way, within `deadline` (what is stored
+/// and not delivered is delivered after the next start), and the output of
+/// what they delivered.
+async fn finish_deliveries(
+    bus: Arc<DurableBus>,
+    mut printer: tokio::task::JoinHandle<()>,
+    deadline: tokio::time::Instant,
+    drain: Duration,
+) -> anyhow::Result<()> {
     let bus =
         Arc::try_unwrap(bus).map_err(|_| anyhow::anyhow!("the bus is still shared at shutdown"))?;
-    let mut printer = printer;
     if tokio::time::timeout_at(deadline, bus.shutdown())
         .await
         .is_err()
@@ -414,8 +470,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     {
         printer.abort();
     }
-    tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The host's settings from the operator's: limits and their ceilings, the
