@@ -9,6 +9,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, bail};
 
+mod scaffold;
 mod table;
 
 const USAGE: &str = "\
@@ -27,7 +28,10 @@ commands:
                    run `plugbus-bench bench-noisy` (release build): the noop fixture beside the hostile and
                    sleeper fixtures; ARGS go to it
   bench-table GROUP [--columns a,b,...] [--ratio a/b]...
-                   print the markdown tables of BENCHMARKS.md from the last `cargo bench` of GROUP";
+                   print the markdown tables of BENCHMARKS.md from the last `cargo bench` of GROUP
+  new-plugin DIR [--name NAME] [--tenant TENANT]
+                   write a plugin crate in DIR (new or empty), outside this repository; NAME
+                   defaults to DIR's last component, TENANT to acme-pos";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         }),
+        Some("new-plugin") => scaffold::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
