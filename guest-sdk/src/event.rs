@@ -48,7 +48,22 @@ const NAMES: [&str; FIELDS] = [
 
 /// A CloudEvents 1.0 event delivered to a plugin.
 ///
-/// Build one for a test with [`Event::new`] and the `with_*` methods.
+/// Build one for a test with [`Event::new`] and the `with_*` methods:
+///
+/// ```
+/// use plugbus_sdk::Event;
+///
+/// let event = Event::new("order.placed")
+///     .with_id("evt-4")
+///     .with_source("/pos/store-12")
+///     .with_subject("order-1001")
+///     .with_time("2026-11-22T10:02:30Z")
+///     .with_tenant("acme-pos")
+///     .with_extension("partitionkey", "order-1001")
+///     .with_attempt(2)
+///     .with_json(&serde_json::json!({ "order_id": "order-1001", "total_cents": 1299 }));
+/// assert_eq!(event.extension("partitionkey"), Some("order-1001"));
+/// ```
 #[derive(Clone)]
 pub struct Event {
     repr: Repr,
@@ -128,6 +143,12 @@ impl Event {
 
     /// A test event of type `ty`: id `test-event-1`, source `test`, tenant
     /// `test-tenant`, JSON content type, no data.
+    ///
+    /// ```
+    /// # use plugbus_sdk::Event;
+    /// let event = Event::new("order.placed");
+    /// assert_eq!((event.id(), event.tenant(), event.attempt()), ("test-event-1", "test-tenant", 1));
+    /// ```
     pub fn new(ty: impl Into<String>) -> Self {
         Self::from_attributes(Attributes {
             id: "test-event-1".into(),
@@ -321,6 +342,12 @@ impl Event {
     /// Sets the payload to `value` as JSON, with content type
     /// `application/json`.
     ///
+    /// ```
+    /// # use plugbus_sdk::Event;
+    /// let event = Event::new("order.placed").with_json(&serde_json::json!({ "order_id": "o-1" }));
+    /// assert_eq!(event.data(), br#"{"order_id":"o-1"}"#);
+    /// ```
+    ///
     /// # Panics
     /// When `value` cannot be serialised as JSON (a map with non-string
     /// keys, for example); this builder is meant for tests.
@@ -333,51 +360,106 @@ impl Event {
     }
 
     /// Sets the payload bytes.
+    ///
+    /// ```
+    /// # use plugbus_sdk::Event;
+    /// let event = Event::new("report.ready").with_data("sku,quantity\n");
+    /// assert_eq!(event.data_str(), Some("sku,quantity\n"));
+    /// ```
     pub fn with_data(self, data: impl Into<Vec<u8>>) -> Self {
         self.change(|a| a.data = data.into())
     }
 
     /// Sets the id.
+    ///
+    /// ```
+    /// # use plugbus_sdk::Event;
+    /// assert_eq!(Event::new("order.placed").with_id("evt-4").id(), "evt-4");
+    /// ```
     pub fn with_id(self, id: impl Into<String>) -> Self {
         self.change(|a| a.id = id.into())
     }
 
     /// Sets the source.
+    ///
+    /// ```
+    /// # use plugbus_sdk::Event;
+    /// assert_eq!(Event::new("order.placed").with_source("/pos/store-12").source(), "/pos/store-12");
+    /// ```
     pub fn with_source(self, source: impl Into<String>) -> Self {
         self.change(|a| a.source = source.into())
     }
 
     /// Sets the subject.
+    ///
+    /// ```
+    /// # use plugbus_sdk::Event;
+    /// assert_eq!(Event::new("order.placed").with_subject("order-1001").subject(), Some("order-1001"));
+    /// ```
     pub fn with_subject(self, subject: impl Into<String>) -> Self {
         self.change(|a| a.subject = Some(subject.into()))
     }
 
     /// Sets the time, an RFC 3339 timestamp.
+    ///
+    /// ```
+    /// # use plugbus_sdk::Event;
+    /// let event = Event::new("order.placed").with_time("2026-11-22T10:02:30Z");
+    /// assert_eq!(event.time(), Some("2026-11-22T10:02:30Z"));
+    /// ```
     pub fn with_time(self, time: impl Into<String>) -> Self {
         self.change(|a| a.time = Some(time.into()))
     }
 
     /// Sets the content type, or removes it with `None`.
+    ///
+    /// ```
+    /// # use plugbus_sdk::Event;
+    /// let event = Event::new("report.ready").with_datacontenttype(Some("text/csv"));
+    /// assert_eq!(event.datacontenttype(), Some("text/csv"));
+    /// ```
     pub fn with_datacontenttype(self, media_type: Option<&str>) -> Self {
         self.change(|a| a.datacontenttype = media_type.map(str::to_owned))
     }
 
     /// Sets the schema URI.
+    ///
+    /// ```
+    /// # use plugbus_sdk::Event;
+    /// let event = Event::new("order.placed").with_dataschema("https://schemas.example/order.json");
+    /// assert_eq!(event.dataschema(), Some("https://schemas.example/order.json"));
+    /// ```
     pub fn with_dataschema(self, uri: impl Into<String>) -> Self {
         self.change(|a| a.dataschema = Some(uri.into()))
     }
 
     /// Sets the tenant.
+    ///
+    /// ```
+    /// # use plugbus_sdk::Event;
+    /// assert_eq!(Event::new("order.placed").with_tenant("acme-pos").tenant(), "acme-pos");
+    /// ```
     pub fn with_tenant(self, tenant: impl Into<String>) -> Self {
         self.change(|a| a.tenant = tenant.into())
     }
 
     /// Sets the attempt number, as the host does on a retry.
+    ///
+    /// ```
+    /// # use plugbus_sdk::Event;
+    /// assert_eq!(Event::new("order.placed").with_attempt(2).attempt(), 2);
+    /// ```
     pub fn with_attempt(self, attempt: u32) -> Self {
         self.change(|a| a.attempt = attempt)
     }
 
     /// Adds an extension attribute.
+    ///
+    /// ```
+    /// # use plugbus_sdk::Event;
+    /// let event = Event::new("order.placed").with_extension("partitionkey", "order-1001");
+    /// assert_eq!(event.extension("partitionkey"), Some("order-1001"));
+    /// ```
     pub fn with_extension(self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.change(|a| a.extensions.push((name.into(), value.into())))
     }

@@ -19,25 +19,48 @@
 //!
 //! ## A complete plugin
 //!
+//! The quickest start is `cargo xtask new-plugin ../my-plugin` in a
+//! checkout of plugbus: it writes the crate below (a handler with state and
+//! native tests, its manifest and a README) in a new folder, outside the
+//! repository. By hand, a plugin is a crate of its own.
+//!
 //! `Cargo.toml`:
 //!
 //! ```toml
 //! [package]
 //! name = "low-stock-alert"
+//! version = "0.1.0"
 //! edition = "2024"
 //!
 //! [lib]
+//! # cdylib: the component the host loads; rlib: native tests in tests/
+//! # and doc tests can link the handler.
 //! crate-type = ["cdylib", "rlib"]
 //!
 //! [dependencies]
-//! plugbus-sdk = "0.1"
+//! # plugbus-sdk is not on crates.io yet: take it from a checkout of plugbus
+//! # (an absolute path, or relative to this Cargo.toml) ...
+//! plugbus-sdk = { path = "/home/me/src/plugbus/guest-sdk" }
+//! # ... or from its git repository:
+//! # plugbus-sdk = { git = "https://example.invalid/plugbus" }
 //! serde = { version = "1", features = ["derive"] }
+//!
+//! [dev-dependencies]
+//! # `serde_json::json!` in the native tests below; the component does not
+//! # need it.
+//! serde_json = "1"
+//!
+//! [profile.release]
+//! opt-level = "s"      # a smaller component compiles faster in the host
+//! lto = true
+//! codegen-units = 1
+//! strip = "debuginfo"  # keeps function names for trap backtraces
 //! ```
 //!
 //! `src/lib.rs`:
 //!
 //! ```
-//! use plugbus_sdk::{Context, Event, Handler, HandlerError, export_handler};
+//! use plugbus_sdk::{Context, Event, Handler, HandlerError, OutgoingEvent, export_handler};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Deserialize)]
@@ -60,9 +83,11 @@
 //!         let threshold = ctx.config_parse::<i64>("threshold")?.unwrap_or(10);
 //!         if change.new_quantity <= threshold {
 //!             ctx.info(format!("{} is low: {}", change.sku, change.new_quantity));
-//!             ctx.emit_json(
-//!                 "inventory.low_stock",
-//!                 &LowStock { sku: &change.sku, quantity: change.new_quantity },
+//!             let alert = LowStock { sku: &change.sku, quantity: change.new_quantity };
+//!             ctx.emit(
+//!                 OutgoingEvent::json("inventory.low_stock", &alert)?
+//!                     .with_subject(&change.sku)
+//!                     .with_extension("partitionkey", &change.sku),
 //!             )?;
 //!         }
 //!         Ok(())
@@ -71,7 +96,8 @@
 //!
 //! export_handler!(LowStockAlert);
 //!
-//! // A native unit test (in `#[cfg(test)] mod tests` of the plugin):
+//! // A native test, in `#[cfg(test)] mod tests` of the plugin (serde_json is
+//! // the dev-dependency above):
 //! use plugbus_sdk::testing::TestContext;
 //!
 //! let mut ctx = TestContext::new().with_config("threshold", "5");
@@ -80,12 +106,63 @@
 //! ctx.run::<LowStockAlert>(event).unwrap();
 //! assert_eq!(ctx.emitted().len(), 1);
 //! assert_eq!(ctx.emitted()[0].ty, "inventory.low_stock");
+//! assert_eq!(ctx.emitted()[0].subject.as_deref(), Some("sku-1"));
 //! assert_eq!(ctx.logs()[0].1, "sku-1 is low: 3");
 //! ```
 //!
-//! Build the component with `cargo build --release --target wasm32-wasip2`
-//! and drop `target/wasm32-wasip2/release/low_stock_alert.wasm` into
-//! `<plugins-dir>/<tenant>/low-stock-alert.wasm`.
+//! `cargo test` runs the native tests. `cargo build --target wasm32-wasip2
+//! --release` (once `rustup target add wasm32-wasip2` has installed the
+//! target) builds the component. Cargo names the file after the crate with
+//! `-` turned into `_`: `target/wasm32-wasip2/release/low_stock_alert.wasm`.
+//! Copy the manifest `low-stock-alert.toml` and then the component, under
+//! the plugin's name, into the tenant's folder of the host's plugins
+//! directory: `<plugins-dir>/<tenant>/low-stock-alert.toml` and
+//! `<plugins-dir>/<tenant>/low-stock-alert.wasm`. A running host loads them
+//! within moments.
+//!
+//! ## Emitting events
+//!
+//! [`Context::emit_json`] is the short form: a type and a JSON payload.
+//! For a subject, extension attributes, a schema or a payload that is not
+//! JSON, build an [`OutgoingEvent`] and pass it to [`Context::emit`]:
+//!
+//! | builder | sets |
+//! |---|---|
+//! | [`OutgoingEvent::new`]`("t", bytes)` | type and raw payload, no content type |
+//! | [`OutgoingEvent::json`]`("t", &value)?` | type and `value` as JSON, content type `application/json` |
+//! | [`.with_subject`](OutgoingEvent::with_subject)`("sku-1")` | the subject |
+//! | [`.with_extension`](OutgoingEvent::with_extension)`("partitionkey", "sku-1")` | an extension attribute |
+//! | [`.with_datacontenttype`](OutgoingEvent::with_datacontenttype)`("text/csv")` | the payload's media type |
+//! | [`.with_dataschema`](OutgoingEvent::with_dataschema)`("https://…")` | the payload's schema URI |
+//!
+//! The host sets the id, source, time and tenant, and the `causationid` and
+//! `correlationid` extensions.
+//!
+//! ## State
+//!
+//! [`Context::state`] and [`Context::set_state`] read and write a value as
+//! JSON under a key ([`Context::state_bytes`] and
+//! [`Context::set_state_bytes`] as raw bytes; [`Context::delete_state`]
+//! removes it). The state belongs to the plugin of one tenant, and a
+//! delivery's writes are committed together with its emits only when the
+//! handler returns `Ok`.
+//!
+//! ## Testing
+//!
+//! [`testing::TestContext`] is the host of a native test:
+//! [`with_config`](testing::TestContext::with_config) and
+//! [`with_state`](testing::TestContext::with_state) set it up,
+//! [`run`](testing::TestContext::run) runs a handler on an event (undoing
+//! its state writes and emits when it fails, as the host does), and
+//! [`emitted`](testing::TestContext::emitted),
+//! [`logs`](testing::TestContext::logs),
+//! [`state`](testing::TestContext::state) and
+//! [`state_entries`](testing::TestContext::state_entries) show what it did;
+//! [`refuse_emits`](testing::TestContext::refuse_emits) makes the host refuse
+//! emits. Build the events with [`Event::new`] and its `with_*` builders
+//! ([`Event::with_json`], [`Event::with_subject`], [`Event::with_attempt`],
+//! …), and read an emitted event's payload with
+//! [`OutgoingEvent::json_data`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -161,6 +238,19 @@ pub enum Level {
 
 /// An event for [`Context::emit`]. The host sets its id, source, time and
 /// tenant, and the `causationid` and `correlationid` extensions.
+///
+/// ```
+/// use plugbus_sdk::OutgoingEvent;
+///
+/// # fn main() -> Result<(), plugbus_sdk::HandlerError> {
+/// let event = OutgoingEvent::json("order.counted", &serde_json::json!({ "orders": 2 }))?
+///     .with_subject("order-1001")
+///     .with_extension("partitionkey", "order-1001")
+///     .with_dataschema("https://schemas.example/order-counted.json");
+/// assert_eq!(event.subject.as_deref(), Some("order-1001"));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingEvent {
     /// The kind of event.
@@ -178,7 +268,14 @@ pub struct OutgoingEvent {
 }
 
 impl OutgoingEvent {
-    /// An event of type `ty` with the payload `data` and no content type.
+    /// An event of type `ty` with the payload `data` and no content type
+    /// (add one with [`OutgoingEvent::with_datacontenttype`]).
+    ///
+    /// ```
+    /// # use plugbus_sdk::OutgoingEvent;
+    /// let event = OutgoingEvent::new("report.ready", "sku,quantity\nsku-1,3\n");
+    /// assert_eq!(event.datacontenttype, None);
+    /// ```
     pub fn new(ty: impl Into<String>, data: impl Into<Vec<u8>>) -> Self {
         Self {
             ty: ty.into(),
@@ -190,7 +287,19 @@ impl OutgoingEvent {
         }
     }
 
-    /// An event of type `ty` whose payload is `value` as JSON.
+    /// An event of type `ty` whose payload is `value` as JSON, with content
+    /// type `application/json`. A value that cannot be serialised (a map
+    /// with keys that are not strings) is a [`HandlerError::Permanent`],
+    /// so that `?` works in a handler.
+    ///
+    /// ```
+    /// # use plugbus_sdk::OutgoingEvent;
+    /// # fn main() -> Result<(), plugbus_sdk::HandlerError> {
+    /// let event = OutgoingEvent::json("order.counted", &serde_json::json!({ "orders": 2 }))?;
+    /// assert_eq!(event.datacontenttype.as_deref(), Some("application/json"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn json<T: Serialize + ?Sized>(
         ty: impl Into<String>,
         value: &T,
@@ -205,25 +314,66 @@ impl OutgoingEvent {
         })
     }
 
-    /// Sets the subject.
+    /// Sets the subject, such as a SKU or an order id.
+    ///
+    /// ```
+    /// # use plugbus_sdk::OutgoingEvent;
+    /// let event = OutgoingEvent::new("order.counted", "{}").with_subject("order-1001");
+    /// assert_eq!(event.subject.as_deref(), Some("order-1001"));
+    /// ```
     pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
         self.subject = Some(subject.into());
         self
     }
 
-    /// Adds an extension attribute.
+    /// Adds an extension attribute. Its name is 1 to 20 lowercase letters
+    /// or digits; `partitionkey` keeps the events of one key in order.
+    ///
+    /// ```
+    /// # use plugbus_sdk::OutgoingEvent;
+    /// let event = OutgoingEvent::new("order.counted", "{}").with_extension("partitionkey", "order-1001");
+    /// assert_eq!(event.extensions, [("partitionkey".to_owned(), "order-1001".to_owned())]);
+    /// ```
     pub fn with_extension(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.extensions.push((name.into(), value.into()));
         self
     }
 
-    /// Sets the schema URI.
+    /// Sets the URI of the schema the payload adheres to.
+    ///
+    /// ```
+    /// # use plugbus_sdk::OutgoingEvent;
+    /// let event = OutgoingEvent::new("order.counted", "{}")
+    ///     .with_dataschema("https://schemas.example/order-counted.json");
+    /// assert!(event.dataschema.is_some());
+    /// ```
     pub fn with_dataschema(mut self, uri: impl Into<String>) -> Self {
         self.dataschema = Some(uri.into());
         self
     }
 
-    /// Reads the payload as JSON into `T`; handy in tests.
+    /// Sets the media type of the payload, such as `text/csv`;
+    /// [`OutgoingEvent::json`] sets `application/json` itself.
+    ///
+    /// ```
+    /// # use plugbus_sdk::OutgoingEvent;
+    /// let event = OutgoingEvent::new("report.ready", "sku,quantity\n").with_datacontenttype("text/csv");
+    /// assert_eq!(event.datacontenttype.as_deref(), Some("text/csv"));
+    /// ```
+    pub fn with_datacontenttype(mut self, media_type: impl Into<String>) -> Self {
+        self.datacontenttype = Some(media_type.into());
+        self
+    }
+
+    /// Reads the payload as JSON into `T`; handy in tests, on
+    /// [`TestContext::emitted`](testing::TestContext::emitted).
+    ///
+    /// ```
+    /// # use plugbus_sdk::OutgoingEvent;
+    /// let event = OutgoingEvent::new("order.counted", r#"{"orders":2}"#);
+    /// let payload: serde_json::Value = event.json_data().unwrap();
+    /// assert_eq!(payload["orders"], 2);
+    /// ```
     pub fn json_data<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(&self.data)
     }

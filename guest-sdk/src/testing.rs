@@ -1,5 +1,11 @@
 //! Running handlers natively, in a plain `cargo test`, without wasm.
 //!
+//! The tests live in the plugin's own crate, usually in a
+//! `#[cfg(test)] mod tests` beside the handler. Building their events with
+//! `serde_json::json!`, as here, needs `serde_json` among the plugin's
+//! `[dev-dependencies]` (`serde_json = "1"`): the component itself does
+//! not.
+//!
 //! ```
 //! use plugbus_sdk::{Context, Event, Handler, HandlerError, testing::TestContext};
 //!
@@ -43,11 +49,22 @@ pub struct TestContext {
 
 impl TestContext {
     /// A context with no config, no emits and no logs.
+    ///
+    /// ```
+    /// # use plugbus_sdk::testing::TestContext;
+    /// let ctx = TestContext::new();
+    /// assert!(ctx.emitted().is_empty() && ctx.logs().is_empty() && ctx.state_entries().is_empty());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Sets a config value, as the manifest's `[config]` table would.
+    ///
+    /// ```
+    /// # use plugbus_sdk::testing::TestContext;
+    /// let ctx = TestContext::new().with_config("large_order_cents", "10000");
+    /// ```
     pub fn with_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.insert(key.into(), value.into());
         self
@@ -55,6 +72,11 @@ impl TestContext {
 
     /// Makes every later emit fail with `message`, as the host does when an
     /// event is invalid or a limit is reached.
+    ///
+    /// ```
+    /// # use plugbus_sdk::testing::TestContext;
+    /// let ctx = TestContext::new().refuse_emits("chain depth limit reached");
+    /// ```
     pub fn refuse_emits(mut self, message: impl Into<String>) -> Self {
         self.refuse_emits = Some(message.into());
         self
@@ -62,6 +84,12 @@ impl TestContext {
 
     /// Sets a state value as JSON before the run, as an earlier delivery
     /// would have.
+    ///
+    /// ```
+    /// # use plugbus_sdk::testing::TestContext;
+    /// let ctx = TestContext::new().with_state("totals", &serde_json::json!({ "orders": 7 }));
+    /// assert_eq!(ctx.state::<serde_json::Value>("totals").unwrap()["orders"], 7);
+    /// ```
     ///
     /// # Panics
     /// When `value` cannot be serialised as JSON; this builder is for tests.
