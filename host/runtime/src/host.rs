@@ -644,6 +644,104 @@ mod tests {
         }
     }
 
+    /// The deliveries of one batch, through `handle-batch`, each log in a
+    /// span of their own, under the span that drives the batch, never
+    /// inside an earlier delivery's span.
+    #[test]
+    fn the_deliveries_of_a_batch_log_in_spans_of_their_own() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let tenant = dir.path().join("acme");
+        std::fs::create_dir(&tenant).expect("the tenant's folder");
+        std::fs::copy(plugbus_artifacts::AUDIT_LOG, tenant.join("audit.wasm")).expect("the plugin");
+        let host = Host::new(HostConfig::default()).expect("a host");
+        let report = host.load_dir(dir.path()).expect("loaded");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let plugin = host.plugin("acme", "audit").expect("loaded");
+        assert!(plugin.batching(), "the audit plugin takes batches");
+        let ids = ["b-1", "b-2", "b-3", "b-4"];
+        let events: Vec<Event> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                // One event carries a trace context of its own.
+                let trace = if i == 2 {
+                    r#","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01""#
+                } else {
+                    ""
+                };
+                Event::from_json(&format!(
+                    r#"{{"specversion":"1.0","id":"{id}","source":"/t","type":"order.placed","tenant":"acme"{trace}}}"#
+                ))
+                .expect("an event")
+            })
+            .collect();
+
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        let delivered = tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!("consumer").in_scope(|| plugin.deliver_batch(&events))
+        })
+        .expect("deliverable");
+        assert!(
+            delivered.iter().all(|(d, _)| d.outcome.is_handled()),
+            "{delivered:#?}"
+        );
+        let stats = host.stats();
+        assert_eq!(
+            (stats.batch_calls, stats.batched_deliveries),
+            (1, ids.len() as u64),
+            "one call of handle-batch"
+        );
+
+        let bytes = captured
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let log = String::from_utf8(bytes).expect("UTF-8");
+        for id in ids {
+            let audit = format!("audit tenant=acme type=order.placed id={id} subject=");
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains(&audit)).collect();
+            assert_eq!(lines.len(), 1, "the audit line of {id}:\n{log}");
+            // `consumer:delivery{…}: target: message`: the span list ends
+            // at the first `: ` after the last span.
+            let spans = lines[0]
+                .split_once("}: ")
+                .map(|(spans, _)| spans)
+                .unwrap_or_default();
+            assert_eq!(
+                spans.matches("delivery{").count(),
+                1,
+                "{id} logs in its delivery span alone: {}",
+                lines[0]
+            );
+            assert!(
+                spans.contains(&format!("event_id={id}")),
+                "{id} logs in its own span: {}",
+                lines[0]
+            );
+            assert!(
+                spans
+                    .trim_start_matches(|c: char| c.is_ascii_uppercase() || c == ' ')
+                    .starts_with("consumer:delivery{"),
+                "{id}'s span is a child of the span that drives the batch: {}",
+                lines[0]
+            );
+        }
+        for line in log.lines().filter(|l| l.contains("delivery{")) {
+            assert_eq!(
+                line.matches("delivery{").count(),
+                1,
+                "no delivery span inside another: {line}"
+            );
+        }
+    }
+
     /// Every refusal counts once in `plugbus_plugins_refused_total`, by
     /// tenant and reason, however often the directory is loaded again.
     #[test]
