@@ -986,6 +986,31 @@ fn spans_are_exported_to_the_configured_collector_as_one_trace() {
     );
     assert_eq!(status, 202);
     server.deliveries_of(&["batched-0", "batched-1", "batched-2"]);
+    // A batch of events with no trace context: each delivery span stands
+    // alone, in the log and in the exported spans, never inside the span
+    // of the batch's earlier deliveries.
+    let untraced: Vec<String> = (0..4).map(|i| format!("untraced-{i}")).collect();
+    let batch: Vec<String> = untraced
+        .iter()
+        .map(|id| {
+            format!(
+                r#"{{"specversion":"1.0","id":"{id}","source":"/pos/1","type":"order.placed"}}"#
+            )
+        })
+        .collect();
+    let (status, _) = server.post(
+        ACME_TOKEN,
+        "application/cloudevents-batch+json",
+        &format!("[{}]", batch.join(",")),
+    );
+    assert_eq!(status, 202);
+    let ids: Vec<&str> = untraced.iter().map(String::as_str).collect();
+    server.deliveries_of(&ids);
+    let log = server.log_until(|log| {
+        ids.iter()
+            .all(|id| log.contains(&format!("type=order.placed id={id} ")))
+    });
+    assert_delivery_spans_stand_alone(&log, &ids);
     // SIGTERM: the exporter sends what it still holds before the exit.
     let (exit, _data) = server.terminate();
     assert!(exit.success(), "{exit}");
@@ -1058,6 +1083,55 @@ fn spans_are_exported_to_the_configured_collector_as_one_trace() {
         assert_eq!(found.len(), 1, "batched-{i}: {deliveries:#?}");
         assert_eq!(&hex(&found[0].trace_id), trace);
         assert_eq!(hex(&found[0].parent_span_id), PRODUCER);
+    }
+    // No delivery span is the parent of another, unless the event's own
+    // traceparent names it (an emitted event continues the delivery that
+    // emitted it).
+    let delivery_spans: std::collections::HashSet<&[u8]> =
+        deliveries.iter().map(|s| s.span_id.as_slice()).collect();
+    for span in &deliveries {
+        if delivery_spans.contains(span.parent_span_id.as_slice()) {
+            let parent = hex(&span.parent_span_id);
+            assert!(
+                attribute(span, "traceparent").is_some_and(|t| t.contains(&parent)),
+                "the delivery of {:?} is inside another delivery's span {parent}: {deliveries:#?}",
+                attribute(span, "event_id")
+            );
+        }
+    }
+    // Without a trace context, each starts a trace of its own.
+    let mut untraced_traces = std::collections::HashSet::new();
+    for id in &untraced {
+        let found = of(id, "audit");
+        assert_eq!(found.len(), 1, "{id}: {deliveries:#?}");
+        assert!(
+            found[0].parent_span_id.is_empty(),
+            "{id}'s delivery span has no parent: {:?}",
+            found[0]
+        );
+        untraced_traces.insert(found[0].trace_id.clone());
+    }
+    assert_eq!(untraced_traces.len(), untraced.len(), "{deliveries:#?}");
+}
+
+/// Every log line is in at most one delivery span, and the audit line of
+/// each of `ids` is in the span of its own event.
+fn assert_delivery_spans_stand_alone(log: &str, ids: &[&str]) {
+    for line in log.lines() {
+        assert!(
+            line.matches("delivery{").count() <= 1,
+            "a delivery span inside another: {line}"
+        );
+    }
+    for id in ids {
+        let audit = format!("type=order.placed id={id} ");
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&audit)).collect();
+        assert_eq!(lines.len(), 1, "the audit line of {id}:\n{log}");
+        assert!(
+            lines[0].contains(&format!("event_id={id}}}: ")),
+            "{id} logs in its own delivery span: {}",
+            lines[0]
+        );
     }
 }
 

@@ -810,6 +810,11 @@ impl Plugin {
         let first_scope = scopes.next().unwrap_or_default();
         let fuel = self.fuel_metered.then_some(self.manifest.limits.fuel);
         let deadline = crate::engine::deadline_ticks(self.manifest.limits.timeout, self.epoch_tick);
+        // Leaves a span a batch that unwound may have left entered, so that
+        // the current span is the one that drives this batch: the parent
+        // of each of its events' delivery spans.
+        enter_span(None);
+        let driver = tracing::Span::current();
         enter_span(events.first().map(|item| self.span(item.event)));
         let state = warm.store.data_mut();
         state.scope = first_scope;
@@ -819,6 +824,7 @@ impl Plugin {
             fuel,
             deadline,
             until_failure,
+            driver,
         ));
         self.stats.batch_calls.fetch_add(1, Ordering::Relaxed);
         let result = self
@@ -899,7 +905,9 @@ impl Plugin {
         reports.push(self.report(item.event, outcome, trap.fuel, duration, effects));
     }
 
-    /// The delivery span of `event` to this plugin.
+    /// The delivery span of `event` to this plugin, a child of the span
+    /// current on this thread: the one that drives the delivery (no
+    /// delivery span is entered where this is called).
     fn span(&self, event: &Event) -> tracing::Span {
         let extension = |name: &str| event.extensions().get(name).map(String::as_str);
         delivery_span(
@@ -907,6 +915,7 @@ impl Plugin {
             event.id(),
             extension("traceparent"),
             extension("tracestate"),
+            &tracing::Span::current(),
         )
     }
 
