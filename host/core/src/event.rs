@@ -472,9 +472,7 @@ impl Format {
                 Origin::Header(format!("{}{name}", http::HEADER_PREFIX))
             }
             (Self::Binary, Slot::Data) => Origin::Body,
-            (Self::Binary, Slot::Extensions) => {
-                Origin::Header(format!("{}*", http::HEADER_PREFIX))
-            }
+            (Self::Binary, Slot::Extensions) => Origin::Header(format!("{}*", http::HEADER_PREFIX)),
         }
     }
 }
@@ -579,9 +577,7 @@ impl Event {
         if let Some(time) = &self.time {
             check_text("time", time, true).map_err(attribute("time"))?;
             time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| {
-                    EventError::invalid("time", format!("not an RFC 3339 timestamp: {e}"))
-                })
+                .map_err(|e| EventError::invalid("time", format!("not an RFC 3339 timestamp: {e}")))
                 .map_err(attribute("time"))?;
         }
         if let Some(ct) = &self.datacontenttype {
@@ -1349,7 +1345,11 @@ mod tests {
     #[test]
     fn binary_mode_refusals_name_the_header() {
         let without = |name: &str| -> Vec<(&str, &str)> {
-            HEADERS.iter().copied().filter(|(n, _)| *n != name).collect()
+            HEADERS
+                .iter()
+                .copied()
+                .filter(|(n, _)| *n != name)
+                .collect()
         };
         let with = |extra: &[(&'static str, &'static str)]| {
             let mut headers = HEADERS.to_vec();
@@ -1419,11 +1419,7 @@ mod tests {
                 header("content-type"),
                 "header 'content-type': ",
             ),
-            (
-                binary(HEADERS, "", &too_much),
-                Origin::Body,
-                "the body: ",
-            ),
+            (binary(HEADERS, "", &too_much), Origin::Body, "the body: "),
             (binary(&many, "", b""), header("ce-*"), "header 'ce-*': "),
             (
                 binary(&with(&[("ce-specversion", "0.3")]), "", b""),
@@ -1433,7 +1429,10 @@ mod tests {
         ] {
             let (got, message) = refusal(result);
             assert_eq!(got, origin, "{message}");
-            assert!(message.starts_with(text), "{message:?} starts with {text:?}");
+            assert!(
+                message.starts_with(text),
+                "{message:?} starts with {text:?}"
+            );
         }
         let mut old = HEADERS.to_vec();
         old[0] = ("ce-specversion", "0.3");
@@ -1460,14 +1459,26 @@ mod tests {
                 member("time"),
                 "attribute 'time': not an RFC 3339 timestamp",
             ),
-            (&doc(r#","subject":7"#), member("subject"), "attribute 'subject': must be a string"),
-            (&doc(r#","ext":1.5"#), member("ext"), "attribute 'ext': 1.5 is not a whole number"),
+            (
+                &doc(r#","subject":7"#),
+                member("subject"),
+                "attribute 'subject': must be a string",
+            ),
+            (
+                &doc(r#","ext":1.5"#),
+                member("ext"),
+                "attribute 'ext': 1.5 is not a whole number",
+            ),
             (
                 &doc(r#","data":1,"data_base64":"AA==""#),
                 member("data_base64"),
                 "attribute 'data_base64': an event carries either",
             ),
-            (&big, member("data_base64"), "attribute 'data_base64': 1048577 bytes"),
+            (
+                &big,
+                member("data_base64"),
+                "attribute 'data_base64': 1048577 bytes",
+            ),
             (
                 &doc(r#","specversion":"1.0""#),
                 member("specversion"),
@@ -1482,7 +1493,10 @@ mod tests {
             let in_batch = refusal(events.next().expect("the second"));
             for (got, message) in [structured, in_batch] {
                 assert_eq!(got, origin, "{message}");
-                assert!(message.starts_with(text), "{message:?} starts with {text:?}");
+                assert!(
+                    message.starts_with(text),
+                    "{message:?} starts with {text:?}"
+                );
                 assert!(!message.contains("header"), "{message}");
             }
         }

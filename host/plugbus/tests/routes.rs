@@ -542,10 +542,7 @@ async fn refusals_name_the_header_or_the_member_sent() {
         .header("ce-type", "order.placed")
         .body(Body::from(r#"{"sku":"A"}"#))
         .expect("a request");
-    let refusal = routes
-        .call(binary)
-        .await
-        .refused(StatusCode::BAD_REQUEST);
+    let refusal = routes.call(binary).await.refused(StatusCode::BAD_REQUEST);
     assert_eq!(refusal.error, "invalid_event");
     assert_eq!(refusal.attribute.as_deref(), Some("id"), "{refusal:?}");
     assert_eq!(

@@ -123,10 +123,9 @@ fn take_string(
 ) -> Result<Option<String>, EventError> {
     match members.remove(name) {
         None => Ok(None),
-        Some(raw) => serde_json::from_str::<Option<String>>(raw.get())
-            .map_err(|_| {
-                EventError::invalid(name, "must be a string").at(Origin::Member(name.to_owned()))
-            }),
+        Some(raw) => serde_json::from_str::<Option<String>>(raw.get()).map_err(|_| {
+            EventError::invalid(name, "must be a string").at(Origin::Member(name.to_owned()))
+        }),
     }
 }
 
