@@ -57,6 +57,7 @@ pub mod types;
 
 pub use auth::hash_token;
 pub use limits::{ApiLimits, RateLimit};
+pub use monitoring::{METRICS, Metric, MetricKind, describe_metrics};
 pub use routes::router;
 pub use server::{ServerLimits, serve};
 pub use state::{Api, ApiConfig};
