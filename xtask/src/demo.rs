@@ -98,6 +98,7 @@ fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let plugins = dir.join("plugins");
     let data = dir.join("data");
+    outside_the_demo(&args.plugins, &dir)?;
     // Nothing is deleted, and nothing is built, while a host of an earlier
     // demo still holds the folder or the port.
     preflight(&dir, args.dir.is_none(), &data, args.listen)?;
@@ -183,6 +184,24 @@ fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         data.display()
     ));
     Ok(exit_code(status))
+}
+
+/// Refuses a `--plugins` folder inside the demo's folder, which each run
+/// makes anew.
+fn outside_the_demo(sources: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
+    for source in sources {
+        let source = std::path::absolute(source).context("cannot resolve --plugins")?;
+        if source.starts_with(dir) {
+            bail!(
+                "--plugins {}: it lies in the demo's folder {}, which each run makes anew; keep \
+                 your plugins elsewhere (or copy them into {}/<tenant>/ while the demo runs)",
+                source.display(),
+                dir.display(),
+                dir.join("plugins").display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Refuses to go on while a host of an earlier demo still holds the
@@ -837,7 +856,9 @@ mod tests {
         write(&mine.join("README.md"), "not a plugin");
 
         let mut mirror = Mirror::default();
-        let done = mirror.sync(&[mine.clone()], &demo, false).expect("sync");
+        let done = mirror
+            .sync(std::slice::from_ref(&mine), &demo, false)
+            .expect("sync");
         assert_eq!(done.len(), 2, "{done:?}");
         assert_eq!(
             std::fs::read_to_string(demo.join("acme-pos/my-plugin.wasm")).expect("copied"),
@@ -851,7 +872,7 @@ mod tests {
         // Nothing changed: nothing copied.
         assert!(
             mirror
-                .sync(&[mine.clone()], &demo, true)
+                .sync(std::slice::from_ref(&mine), &demo, true)
                 .expect("sync")
                 .is_empty()
         );
@@ -860,11 +881,13 @@ mod tests {
         write(&mine.join("acme-pos/my-plugin.wasm"), "v2, longer");
         assert!(
             mirror
-                .sync(&[mine.clone()], &demo, true)
+                .sync(std::slice::from_ref(&mine), &demo, true)
                 .expect("sync")
                 .is_empty()
         );
-        let done = mirror.sync(&[mine.clone()], &demo, true).expect("sync");
+        let done = mirror
+            .sync(std::slice::from_ref(&mine), &demo, true)
+            .expect("sync");
         assert_eq!(done.len(), 1, "{done:?}");
         assert!(done[0].starts_with("updated"), "{done:?}");
         assert_eq!(
@@ -880,7 +903,9 @@ mod tests {
 
         // A removed source removes its copy.
         std::fs::remove_file(mine.join("acme-pos/my-plugin.toml")).expect("remove");
-        let done = mirror.sync(&[mine.clone()], &demo, true).expect("sync");
+        let done = mirror
+            .sync(std::slice::from_ref(&mine), &demo, true)
+            .expect("sync");
         assert_eq!(done.len(), 1, "{done:?}");
         assert!(!demo.join("acme-pos/my-plugin.toml").exists());
         assert!(demo.join("acme-pos/my-plugin.wasm").exists());
@@ -910,7 +935,7 @@ mod tests {
         let mine = tmp.path().join("mine");
         write(&mine.join("my_plugin.wasm"), "wasm");
         let e = Mirror::default()
-            .sync(&[mine.clone()], &tmp.path().join("demo"), false)
+            .sync(std::slice::from_ref(&mine), &tmp.path().join("demo"), false)
             .expect_err("not in a tenant's folder");
         assert!(e.to_string().contains("<tenant>/my_plugin.wasm"), "{e}");
 
@@ -949,6 +974,15 @@ mod tests {
         .expect("a new folder");
         write(&dir.join(MARKER), "");
         preflight(&dir, false, &dir.join("data"), listen).expect("the demo's own");
+    }
+
+    #[test]
+    fn plugins_inside_the_demos_folder_are_refused() {
+        let dir = Path::new("/w/target/plugbus-demo");
+        let e = outside_the_demo(&[PathBuf::from("/w/target/plugbus-demo/plugins")], dir)
+            .expect_err("inside");
+        assert!(e.to_string().contains("makes anew"), "{e}");
+        outside_the_demo(&[PathBuf::from("/home/me/my-plugins")], dir).expect("outside");
     }
 
     #[test]
