@@ -82,8 +82,7 @@ async fn record_gauges(api: &Arc<Api>) -> scrape::Live {
             ("plugbus_dead_letters", dead),
             ("plugbus_lag_events", lag),
         ] {
-            api.scraped
-                .set(name, &status.tenant, &status.name, value as f64);
+            api.scraped.set(name, &status.tenant, &status.name, value);
         }
     }
     let mut live = scrape::Live::default();
@@ -106,13 +105,14 @@ pub(crate) struct ScrapedGauges {
 impl ScrapedGauges {
     /// Sets the gauge `name` of a plugin to `value`, unless it has only
     /// ever been zero.
-    fn set(&self, name: &'static str, tenant: &str, plugin: &str, value: f64) {
+    fn set(&self, name: &'static str, tenant: &str, plugin: &str, value: u64) {
         let mut shown = self.shown.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (name, tenant.to_owned(), plugin.to_owned());
-        if value == 0.0 && !shown.contains(&key) {
+        if value == 0 && !shown.contains(&key) {
             return;
         }
-        metrics::gauge!(name, "tenant" => key.1.clone(), "plugin" => key.2.clone()).set(value);
+        metrics::gauge!(name, "tenant" => key.1.clone(), "plugin" => key.2.clone())
+            .set(value as f64);
         shown.insert(key);
     }
 }

@@ -26,19 +26,6 @@ pub(crate) struct Live {
     pub tenants: HashSet<String>,
 }
 
-/// `text` (Prometheus text format) without the samples of plugins and
-/// tenants that are not [`Live`]. Comment lines stay.
-#[cfg(test)]
-fn retain_live(text: &str, live: &Live) -> String {
-    let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        if keep(line, live) {
-            out.push_str(line);
-        }
-    }
-    out
-}
-
 /// One metric family of the exporter's text: its comment lines and its
 /// samples by series.
 #[derive(Default)]
@@ -203,7 +190,7 @@ odd{path=\"a\\\"}\\\\\",tenant=\"former\"} 1
                 .collect(),
             tenants: ["acme", "globex"].into_iter().map(str::to_owned).collect(),
         };
-        let kept = retain_live(text, &live);
+        let kept = tidy(text, &live);
         assert!(!kept.contains("gone"), "{kept}");
         assert!(!kept.contains("former"), "{kept}");
         for expected in [
