@@ -559,5 +559,8 @@ async fn whoami_names_the_token_s_role_and_tenant() {
         .refused(StatusCode::UNAUTHORIZED);
     assert!(refusal.message.contains("not valid"), "{refusal:?}");
     let refusal = whoami(None).await.refused(StatusCode::UNAUTHORIZED);
-    assert!(refusal.message.contains("missing Authorization"), "{refusal:?}");
+    assert!(
+        refusal.message.contains("missing Authorization"),
+        "{refusal:?}"
+    );
 }
