@@ -20,7 +20,13 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 #[derive(clap::Args, Clone)]
 pub struct Connection {
     /// The running host's HTTP address.
-    #[arg(long, value_name = "URL", env = "PLUGBUS_URL", default_value = DEFAULT_URL)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PLUGBUS_URL",
+        default_value = DEFAULT_URL,
+        help_heading = "Connection"
+    )]
     url: String,
     /// A tenant's token (the command works on that tenant) or the admin
     /// token (every tenant, or the one --tenant names), sent as a bearer
@@ -29,7 +35,8 @@ pub struct Connection {
         long,
         value_name = "TOKEN",
         env = "PLUGBUS_TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        help_heading = "Connection"
     )]
     token: Option<String>,
 }

@@ -36,13 +36,19 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEn
 struct Cli {
     /// How log lines are written to stderr (default human; `serve` takes
     /// it from its configuration file when this is not given).
-    #[arg(long, value_enum, global = true, env = "PLUGBUS_LOG_FORMAT")]
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        env = "PLUGBUS_LOG_FORMAT",
+        help_heading = "Logging"
+    )]
     log_format: Option<LogFormat>,
 
     /// Which log lines are written: a level (error, warn, info, debug, trace)
     /// or a tracing filter such as `plugbus=debug,plugbus::plugin=info`.
     /// RUST_LOG is used when this is not given.
-    #[arg(long, global = true, env = "PLUGBUS_LOG")]
+    #[arg(long, global = true, env = "PLUGBUS_LOG", help_heading = "Logging")]
     log: Option<String>,
 
     #[command(subcommand)]

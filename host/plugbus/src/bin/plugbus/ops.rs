@@ -26,7 +26,7 @@ pub struct Target {
     /// Work on the event log in this data directory (`plugbus serve
     /// --data`) instead of through --url: for a stopped host, or on the
     /// host's machine. No token is needed; --tenant names the tenant.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = "Connection")]
     data: Option<PathBuf>,
 }
 
@@ -155,8 +155,11 @@ pub struct DlqArgs {
 
 #[derive(clap::Subcommand)]
 enum DlqCommand {
-    /// Lists dead letters, one line each: position, tenant, plugin, event
-    /// id and type, attempts, and the last failure.
+    /// Lists dead letters, one line each.
+    ///
+    /// Each line holds the event's position in the log, the tenant, the
+    /// plugin, the event's id and type, the attempts, and the last
+    /// failure's kind and message (`--json` has the whole message).
     List {
         /// Only this tenant's (needed with --data). A tenant's token lists
         /// its own; the admin token every tenant's when absent.
