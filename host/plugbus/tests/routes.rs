@@ -568,3 +568,40 @@ async fn refusals_name_the_header_or_the_member_sent() {
     );
     assert!(!refusal.message.contains("header"), "{refusal:?}");
 }
+
+/// `GET /v1/whoami` says whose a token is: the admin's, or a tenant's
+/// and which; without a valid token it is a 401 naming what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_names_the_token_s_role_and_tenant() {
+    use plugbus::api::types::WhoAmI;
+    let routes = Routes::new(false).await;
+    let whoami = |token| routes.send(Method::GET, "/v1/whoami", token);
+    let answer = whoami(Some(ADMIN_TOKEN)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.read::<WhoAmI>(), WhoAmI::Admin);
+    assert_eq!(&answer.body[..], br#"{"role":"admin"}"#);
+    for (token, tenant) in [(ACME_TOKEN, ACME), (GLOBEX_TOKEN, GLOBEX)] {
+        let answer = whoami(Some(token)).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(
+            answer.read::<WhoAmI>(),
+            WhoAmI::Tenant {
+                tenant: tenant.to_owned()
+            }
+        );
+    }
+    let answer = whoami(Some(ACME_TOKEN)).await;
+    assert_eq!(
+        &answer.body[..],
+        format!(r#"{{"role":"tenant","tenant":"{ACME}"}}"#).as_bytes()
+    );
+    let refusal = whoami(Some("not-a-token"))
+        .await
+        .refused(StatusCode::UNAUTHORIZED);
+    assert!(refusal.message.contains("not valid"), "{refusal:?}");
+    let refusal = whoami(None).await.refused(StatusCode::UNAUTHORIZED);
+    assert!(
+        refusal.message.contains("missing Authorization"),
+        "{refusal:?}"
+    );
+}
