@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
+mod demo;
 mod scaffold;
 mod table;
 
@@ -18,10 +19,12 @@ usage: cargo xtask <command>
 commands:
   setup            install the wasm32-wasip2 target (when missing) and build the plugins
   build-plugins    build every plugin for wasm32-wasip2 and print the components' paths
-  demo             build the plugins, assemble target/plugbus-demo/plugins from examples/plugins,
-                   and run `plugbus serve` (examples/plugbus.toml) on a fresh log in
+  demo [--plugins DIR]... [--listen ADDR] [--server FILE] [--dir DIR]
+                   build the host and the plugins, assemble target/plugbus-demo/plugins from
+                   examples/plugins (and your --plugins DIR/<tenant>/<name>.wasm), and run
+                   `plugbus serve` (examples/plugbus.toml) on a fresh log in
                    target/plugbus-demo/data: it publishes examples/events.jsonl, then serves
-                   HTTP on 127.0.0.1:8080 until Ctrl-C
+                   HTTP on 127.0.0.1:8080 until Ctrl-C or SIGTERM (`cargo xtask demo --help`)
   test [ARGS...]   run the whole test suite (`cargo test --workspace ARGS...`)
   bench [ARGS...]  run `plugbus-bench bench` (release build) on the noop fixture; ARGS go to it
   bench-noisy [ARGS...]
@@ -46,7 +49,7 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some("demo") => demo(),
+        Some("demo") => demo::run(&args[1..]),
         Some("test") => cargo(&["test", "--workspace"], &args[1..]),
         Some("bench") => release_bench(
             "bench",
@@ -141,96 +144,4 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::FAILURE,
     }
-}
-
-/// The component for the demo plugin `name`: that of the plugin crate named
-/// `name`, or else of the crate whose name is the longest prefix of `name`
-/// followed by `-` (so `fixture-spin-fuel` is another instance of
-/// `fixture-spin`, with a manifest of its own).
-fn component_for(name: &str) -> Option<&'static str> {
-    plugbus_artifacts::ALL
-        .iter()
-        .filter(|(package, _)| {
-            name == *package
-                || name
-                    .strip_prefix(package)
-                    .is_some_and(|rest| rest.starts_with('-'))
-        })
-        .max_by_key(|(package, _)| package.len())
-        .map(|(_, wasm)| *wasm)
-}
-
-/// Assembles the demo's plugins directory and runs `plugbus serve` on a
-/// fresh embedded log with the demo's configuration, publishing the sample
-/// events from stdin, then serving HTTP until Ctrl-C.
-fn demo() -> anyhow::Result<ExitCode> {
-    let root = workspace();
-    let manifests = root.join("examples/plugins");
-    let plugins = root.join("target/plugbus-demo/plugins");
-    if plugins.exists() {
-        std::fs::remove_dir_all(&plugins)
-            .with_context(|| format!("cannot clear {}", plugins.display()))?;
-    }
-    let mut tenants = std::fs::read_dir(&manifests)
-        .with_context(|| format!("cannot read {}", manifests.display()))?
-        .collect::<Result<Vec<_>, _>>()?;
-    tenants.sort_by_key(|e| e.path());
-    for tenant in tenants {
-        let tenant_dir = plugins.join(tenant.file_name());
-        std::fs::create_dir_all(&tenant_dir)?;
-        for manifest in std::fs::read_dir(tenant.path())? {
-            let manifest = manifest?.path();
-            if manifest.extension().is_none_or(|e| e != "toml") {
-                continue;
-            }
-            let name = manifest
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .context("a manifest file name is not UTF-8")?;
-            let Some(wasm) = component_for(name) else {
-                bail!(
-                    "{}: no plugin crate named {name:?} (or a prefix of it) in plugins/",
-                    manifest.display()
-                );
-            };
-            std::fs::copy(wasm, tenant_dir.join(format!("{name}.wasm")))?;
-            std::fs::copy(&manifest, tenant_dir.join(format!("{name}.toml")))?;
-        }
-    }
-    // Two plugins the host must refuse, beside the ones that run.
-    let chaos = plugins.join("chaos-lab");
-    std::fs::create_dir_all(&chaos)?;
-    std::fs::copy(
-        plugbus_artifacts::FIXTURE_WRONG_WORLD,
-        chaos.join("fixture-wrong-world.wasm"),
-    )?;
-    std::fs::write(
-        chaos.join("not-wasm.wasm"),
-        "this is not a WebAssembly component\n",
-    )?;
-
-    // A fresh log each run: the same events again would be duplicates.
-    let data = root.join("target/plugbus-demo/data");
-    if data.exists() {
-        std::fs::remove_dir_all(&data)
-            .with_context(|| format!("cannot clear {}", data.display()))?;
-    }
-    let events_path = root.join("examples/events.jsonl");
-    let events = std::fs::File::open(&events_path)
-        .with_context(|| format!("cannot open {}", events_path.display()))?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args(["run", "--quiet", "--package", "plugbus", "--", "serve"])
-        .arg("--config")
-        .arg(root.join("examples/plugbus.toml"))
-        .arg("--plugins")
-        .arg(&plugins)
-        .arg("--data")
-        .arg(&data)
-        .args(["--stdin", "--keep-serving"])
-        .stdin(events)
-        .status()
-        .context("cannot run cargo")?;
-    Ok(exit_code(status))
 }

@@ -64,12 +64,7 @@ impl ApiError {
     }
 
     pub(crate) fn invalid(error: &EventError, index: Option<usize>) -> Self {
-        let attribute = match error {
-            EventError::Missing(name) => Some((*name).to_owned()),
-            EventError::SpecVersion(_) => Some("specversion".to_owned()),
-            EventError::Invalid { name, .. } => Some(name.clone()),
-            EventError::Json(_) | EventError::NotAnObject => None,
-        };
+        let attribute = error.attribute().map(str::to_owned);
         let message = match index {
             Some(i) => format!("event {i}: {error}"),
             None => error.to_string(),

@@ -225,7 +225,10 @@ fn binary(
         .iter()
         .map(|(name, value)| (name.as_str(), value.as_bytes()));
     Event::from_binary(tenant, headers, content_type, body.into()).map_err(|e| match e {
-        EventError::Missing("specversion") => ApiError::new(
+        EventError::Missing {
+            name: "specversion",
+            ..
+        } => ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_event",
             "no ce-specversion header: send a binary-mode event (ce- headers), or set Content-Type to application/cloudevents+json (structured) or application/cloudevents-batch+json (batch)",

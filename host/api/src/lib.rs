@@ -10,6 +10,8 @@
 //!   tenant's own plugins and dead letters, with the tenant's token (or the
 //!   admin token).
 //! - `GET /v1/admin/...`: every tenant's, with the admin token.
+//! - `GET /v1/whoami`: whose the bearer token is (`{"role":"admin"}` or
+//!   `{"role":"tenant","tenant":…}`).
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus text; with
 //!   [`ApiLimits::metrics_token`] set, only with that bearer token or the
 //!   admin's).
@@ -54,9 +56,11 @@ mod scrape;
 mod server;
 mod state;
 pub mod types;
+mod whoami;
 
 pub use auth::hash_token;
 pub use limits::{ApiLimits, RateLimit};
+pub use monitoring::{METRICS, Metric, MetricKind, describe_metrics};
 pub use routes::router;
 pub use server::{ServerLimits, serve};
 pub use state::{Api, ApiConfig};

@@ -17,6 +17,7 @@ use crate::error::{ApiError, rejected};
 use crate::ingest::ingest;
 use crate::monitoring::{ready, render_metrics};
 use crate::state::Api;
+use crate::whoami::whoami;
 
 /// The routes, ready to serve (by [`serve`](crate::server::serve), which adds the
 /// connection-level bounds), each request within
@@ -46,6 +47,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/tenants/{tenant}/plugins/{plugin}/resume", post(resume))
         .route("/v1/tenants/{tenant}/failures", get(failures))
         .route("/v1/admin/reload", post(reload))
+        .route("/v1/whoami", get(whoami))
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
             within_request_timeout,

@@ -1,5 +1,7 @@
 //! What `/metrics` shows: only the series of plugins and tenants that
-//! exist now.
+//! exist now, in a stable order: families by name, each with its `# HELP`
+//! and `# TYPE`, its series by their labels (the exporter writes them in
+//! hash order, which changes from one scrape to the next).
 //!
 //! The Prometheus exporter (metrics-exporter-prometheus 0.17) has no way to
 //! remove one series: its only removal is the recorder-wide idle timeout,
@@ -13,7 +15,7 @@
 //! holds the values of removed plugins (a few series each, for the life of
 //! the process): a plugin that comes back continues its counters.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 /// The plugins and tenants whose series are shown.
 #[derive(Debug, Default)]
@@ -24,14 +26,81 @@ pub(crate) struct Live {
     pub tenants: HashSet<String>,
 }
 
-/// `text` (Prometheus text format) without the samples of plugins and
-/// tenants that are not [`Live`]. Comment lines stay.
-pub(crate) fn retain_live(text: &str, live: &Live) -> String {
-    let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        if keep(line, live) {
-            out.push_str(line);
+/// One metric family of the exporter's text: its comment lines and its
+/// samples by series.
+#[derive(Default)]
+struct Family<'a> {
+    help: Option<&'a str>,
+    kind: Option<&'a str>,
+    /// By the labels that tell the series apart (not a histogram's `le`
+    /// nor a summary's `quantile`); each series' lines in the exporter's
+    /// order (buckets up, then sum and count).
+    series: BTreeMap<Vec<(&'a str, String)>, Vec<&'a str>>,
+}
+
+/// `text` (the exporter's Prometheus text) with only the samples of
+/// [`Live`] plugins and tenants, families sorted by name and series by
+/// labels; a family with no sample left is left out whole.
+pub(crate) fn tidy(text: &str, live: &Live) -> String {
+    let mut families: BTreeMap<&str, Family<'_>> = BTreeMap::new();
+    let mut current: Option<&str> = None;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            continue;
         }
+        if let Some(comment) = trimmed.strip_prefix('#') {
+            let mut words = comment.split_whitespace();
+            let (Some(which @ ("HELP" | "TYPE")), Some(name)) = (words.next(), words.next()) else {
+                continue;
+            };
+            current = Some(name);
+            let family = families.entry(name).or_default();
+            match which {
+                "HELP" => family.help = Some(trimmed),
+                _ => family.kind = Some(trimmed),
+            }
+            continue;
+        }
+        if !keep(trimmed, live) {
+            continue;
+        }
+        let name = trimmed.split(['{', ' ']).next().unwrap_or_default();
+        // A histogram's samples are `<family>_bucket`, `_sum`, `_count`.
+        let family = match current {
+            Some(family)
+                if name
+                    .strip_prefix(family)
+                    .is_some_and(|suffix| matches!(suffix, "" | "_bucket" | "_sum" | "_count")) =>
+            {
+                family
+            }
+            _ => name,
+        };
+        let key = labels_of(trimmed)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(label, _)| !matches!(*label, "le" | "quantile"))
+            .collect();
+        families
+            .entry(family)
+            .or_default()
+            .series
+            .entry(key)
+            .or_default()
+            .push(trimmed);
+    }
+    let mut out = String::with_capacity(text.len());
+    for family in families.values().filter(|f| !f.series.is_empty()) {
+        for line in [family.help, family.kind].into_iter().flatten() {
+            out.push_str(line);
+            out.push('\n');
+        }
+        for line in family.series.values().flatten() {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
     }
     out
 }
@@ -121,7 +190,7 @@ odd{path=\"a\\\"}\\\\\",tenant=\"former\"} 1
                 .collect(),
             tenants: ["acme", "globex"].into_iter().map(str::to_owned).collect(),
         };
-        let kept = retain_live(text, &live);
+        let kept = tidy(text, &live);
         assert!(!kept.contains("gone"), "{kept}");
         assert!(!kept.contains("former"), "{kept}");
         for expected in [
@@ -135,6 +204,64 @@ odd{path=\"a\\\"}\\\\\",tenant=\"former\"} 1
         ] {
             assert!(kept.contains(expected), "{expected} in {kept}");
         }
+    }
+
+    #[test]
+    fn families_and_series_come_sorted_with_their_comments() {
+        let text = "\
+# TYPE plugbus_retries_total counter
+plugbus_retries_total{tenant=\"b\",plugin=\"p\"} 1
+plugbus_retries_total{tenant=\"a\",plugin=\"q\"} 2
+plugbus_retries_total{tenant=\"gone\",plugin=\"p\"} 2
+
+# HELP plugbus_handle_seconds Time.
+# TYPE plugbus_handle_seconds histogram
+plugbus_handle_seconds_bucket{tenant=\"b\",plugin=\"p\",le=\"0.5\"} 1
+plugbus_handle_seconds_bucket{tenant=\"b\",plugin=\"p\",le=\"+Inf\"} 1
+plugbus_handle_seconds_sum{tenant=\"b\",plugin=\"p\"} 0.1
+plugbus_handle_seconds_count{tenant=\"b\",plugin=\"p\"} 1
+plugbus_handle_seconds_bucket{tenant=\"a\",plugin=\"q\",le=\"0.5\"} 0
+plugbus_handle_seconds_bucket{tenant=\"a\",plugin=\"q\",le=\"+Inf\"} 1
+plugbus_handle_seconds_sum{tenant=\"a\",plugin=\"q\"} 0.7
+plugbus_handle_seconds_count{tenant=\"a\",plugin=\"q\"} 1
+
+# HELP plugbus_dead_letters Depth.
+# TYPE plugbus_dead_letters gauge
+plugbus_dead_letters{tenant=\"gone\",plugin=\"p\"} 1
+
+# TYPE plugbus_http_connections_open gauge
+plugbus_http_connections_open 3
+";
+        let live = Live {
+            plugins: [("a", "q"), ("b", "p")]
+                .into_iter()
+                .map(|(t, p)| (t.to_owned(), p.to_owned()))
+                .collect(),
+            tenants: ["a", "b"].into_iter().map(str::to_owned).collect(),
+        };
+        assert_eq!(
+            tidy(text, &live),
+            "\
+# HELP plugbus_handle_seconds Time.
+# TYPE plugbus_handle_seconds histogram
+plugbus_handle_seconds_bucket{tenant=\"a\",plugin=\"q\",le=\"0.5\"} 0
+plugbus_handle_seconds_bucket{tenant=\"a\",plugin=\"q\",le=\"+Inf\"} 1
+plugbus_handle_seconds_sum{tenant=\"a\",plugin=\"q\"} 0.7
+plugbus_handle_seconds_count{tenant=\"a\",plugin=\"q\"} 1
+plugbus_handle_seconds_bucket{tenant=\"b\",plugin=\"p\",le=\"0.5\"} 1
+plugbus_handle_seconds_bucket{tenant=\"b\",plugin=\"p\",le=\"+Inf\"} 1
+plugbus_handle_seconds_sum{tenant=\"b\",plugin=\"p\"} 0.1
+plugbus_handle_seconds_count{tenant=\"b\",plugin=\"p\"} 1
+
+# TYPE plugbus_http_connections_open gauge
+plugbus_http_connections_open 3
+
+# TYPE plugbus_retries_total counter
+plugbus_retries_total{tenant=\"a\",plugin=\"q\"} 2
+plugbus_retries_total{tenant=\"b\",plugin=\"p\"} 1
+
+"
+        );
     }
 
     #[test]

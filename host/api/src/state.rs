@@ -46,6 +46,8 @@ pub struct Api {
     /// Token hash → tenant.
     pub(crate) tenants_by_token: HashMap<String, String>,
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The per-plugin gauges `/metrics` sets, and which of them it shows.
+    pub(crate) scraped: crate::monitoring::ScrapedGauges,
     /// Requests in flight and ingest rates, per tenant.
     pub(crate) admission: Admission,
     pub(crate) ready: AtomicBool,
@@ -63,8 +65,8 @@ impl Api {
     }
 
     /// The HTTP surface over `bus`, within `limits`; `/metrics` renders
-    /// `metrics` (the process's Prometheus recorder), or answers 404
-    /// without one.
+    /// `metrics` (the process's Prometheus recorder, installed before:
+    /// the metrics are described to it here), or answers 404 without one.
     pub fn with_limits(
         bus: Arc<DurableBus>,
         config: ApiConfig,
@@ -76,11 +78,15 @@ impl Api {
             .iter()
             .map(|(tenant, hash)| (hash.to_ascii_lowercase(), tenant.clone()))
             .collect();
+        if metrics.is_some() {
+            crate::monitoring::describe_metrics();
+        }
         Arc::new(Self {
             bus,
             config,
             tenants_by_token,
             metrics,
+            scraped: Default::default(),
             admission: Admission::new(limits),
             ready: AtomicBool::new(true),
         })

@@ -239,6 +239,20 @@ pub struct ReloadAnswer {
     pub with_errors: usize,
 }
 
+/// The answer of `GET /v1/whoami`: whose the bearer token is,
+/// `{"role":"admin"}` or `{"role":"tenant","tenant":"acme-pos"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum WhoAmI {
+    /// The admin token: every tenant's routes.
+    Admin,
+    /// A tenant's token: that tenant's routes only.
+    Tenant {
+        /// The token's tenant.
+        tenant: String,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

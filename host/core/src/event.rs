@@ -81,7 +81,9 @@ pub struct Event {
     tenant: String,
 }
 
-/// Why an event was refused. Each variant names the attribute at fault.
+/// Why an event was refused. Each variant about an attribute names it,
+/// and says where it was given ([`Origin`]): the message names what the
+/// sender wrote, the header in HTTP binary mode, the member in JSON.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
     /// The input is not JSON.
@@ -91,26 +93,113 @@ pub enum EventError {
     #[error("a CloudEvent in JSON format must be an object")]
     NotAnObject,
     /// A required attribute is missing.
-    #[error("required attribute '{0}' is missing")]
-    Missing(&'static str),
+    #[error("required {} is missing", Field(.origin, .name))]
+    Missing {
+        /// The attribute.
+        name: &'static str,
+        /// Where it should have been given.
+        origin: Origin,
+    },
     /// `specversion` is not `1.0`.
-    #[error("attribute 'specversion' is {0:?}; only \"1.0\" is supported")]
-    SpecVersion(String),
+    #[error("{} is {value:?}; only \"1.0\" is supported", Field(.origin, "specversion"))]
+    SpecVersion {
+        /// The version given.
+        value: String,
+        /// Where it was given.
+        origin: Origin,
+    },
     /// An attribute has an invalid value.
-    #[error("attribute '{name}': {reason}")]
+    #[error("{}: {reason}", Field(.origin, .name))]
     Invalid {
         /// The attribute.
         name: String,
         /// What is wrong with it.
         reason: String,
+        /// Where it was given.
+        origin: Origin,
     },
 }
 
+/// Where an attribute was given: what an error names, so that the sender
+/// finds what they sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Set by name, through an [`EventBuilder`] (an event a program makes).
+    Attribute,
+    /// The member of this name of an event in JSON format
+    /// ([`Event::from_json`], HTTP structured and batch modes). It is the
+    /// attribute's own name, except for the payload, which is `data` or
+    /// `data_base64` as sent.
+    Member(String),
+    /// The HTTP header of this (lower-case) name, in binary mode: `ce-`
+    /// and the attribute's name, `content-type` for `datacontenttype`, and
+    /// `ce-*` for the extension attributes together (their count).
+    Header(String),
+    /// The body of a binary-mode HTTP request, which is the data.
+    Body,
+}
+
+/// An attribute as its [`Origin`] names it in a message.
+struct Field<'a>(&'a Origin, &'a str);
+
+impl std::fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Origin::Attribute => write!(f, "attribute '{}'", self.1),
+            // In JSON each attribute is the member of the same name.
+            Origin::Member(member) => write!(f, "attribute '{member}'"),
+            Origin::Header(header) => write!(f, "header '{header}'"),
+            Origin::Body => f.write_str("the body"),
+        }
+    }
+}
+
 impl EventError {
+    /// An invalid attribute, given by name; [`EventError::at`] says where.
     fn invalid(name: &str, reason: impl Into<String>) -> Self {
         Self::Invalid {
             name: name.to_owned(),
             reason: reason.into(),
+            origin: Origin::Attribute,
+        }
+    }
+
+    /// A missing attribute, to be given at `origin`.
+    fn missing(name: &'static str, origin: Origin) -> Self {
+        Self::Missing { name, origin }
+    }
+
+    /// The same refusal, of an attribute given at `origin`.
+    fn at(self, at: Origin) -> Self {
+        match self {
+            Self::Missing { name, .. } => Self::Missing { name, origin: at },
+            Self::SpecVersion { value, .. } => Self::SpecVersion { value, origin: at },
+            Self::Invalid { name, reason, .. } => Self::Invalid {
+                name,
+                reason,
+                origin: at,
+            },
+            other @ (Self::Json(_) | Self::NotAnObject) => other,
+        }
+    }
+
+    /// The CloudEvents attribute at fault, if the refusal is about one.
+    pub fn attribute(&self) -> Option<&str> {
+        match self {
+            Self::Missing { name, .. } => Some(name),
+            Self::SpecVersion { .. } => Some("specversion"),
+            Self::Invalid { name, .. } => Some(name),
+            Self::Json(_) | Self::NotAnObject => None,
+        }
+    }
+
+    /// Where the attribute at fault was given, if the refusal is about one.
+    pub fn origin(&self) -> Option<&Origin> {
+        match self {
+            Self::Missing { origin, .. }
+            | Self::SpecVersion { origin, .. }
+            | Self::Invalid { origin, .. } => Some(origin),
+            Self::Json(_) | Self::NotAnObject => None,
         }
     }
 }
@@ -204,6 +293,7 @@ impl Event {
     pub fn to_builder(&self) -> EventBuilder {
         EventBuilder {
             draft: Draft {
+                format: Format::Builder,
                 id: Some(self.id.clone()),
                 source: Some(self.source.clone()),
                 ty: Some(self.ty.clone()),
@@ -325,6 +415,8 @@ enum TenantOf<'a> {
 /// [`Draft::into_event`] is the one way from there to an [`Event`].
 #[derive(Debug, Default)]
 struct Draft {
+    /// Where its attributes were given, for the messages.
+    format: Format,
     id: Option<String>,
     source: Option<String>,
     ty: Option<String>,
@@ -337,25 +429,77 @@ struct Draft {
     extensions: BTreeMap<String, String>,
 }
 
+/// The format a [`Draft`] was given in: where each of its attributes came
+/// from, so that a refusal names what the sender wrote.
+#[derive(Debug, Default, Clone, Copy)]
+enum Format {
+    /// An [`EventBuilder`]: attributes by name.
+    #[default]
+    Builder,
+    /// An event in JSON format, whose payload was the member `payload`
+    /// (`data` or `data_base64`).
+    Json { payload: &'static str },
+    /// HTTP binary mode: `ce-` headers, `Content-Type` and the body.
+    Binary,
+}
+
+/// A part of a [`Draft`] a check can refuse.
+#[derive(Debug, Clone, Copy)]
+enum Slot<'a> {
+    /// A context attribute (`id`, `time`, ...) or the tenant.
+    Attribute(&'a str),
+    /// An extension attribute.
+    Extension(&'a str),
+    /// The payload.
+    Data,
+    /// The extension attributes together (their count).
+    Extensions,
+}
+
+impl Format {
+    /// Where `slot` was given in this format.
+    fn origin(self, slot: Slot<'_>) -> Origin {
+        match (self, slot) {
+            (Self::Builder, _) | (Self::Json { .. }, Slot::Extensions) => Origin::Attribute,
+            (Self::Json { payload }, Slot::Data) => Origin::Member(payload.to_owned()),
+            (Self::Json { .. }, Slot::Attribute(name) | Slot::Extension(name)) => {
+                Origin::Member(name.to_owned())
+            }
+            (Self::Binary, Slot::Attribute("datacontenttype")) => {
+                Origin::Header("content-type".to_owned())
+            }
+            (Self::Binary, Slot::Attribute(name) | Slot::Extension(name)) => {
+                Origin::Header(format!("{}{name}", http::HEADER_PREFIX))
+            }
+            (Self::Binary, Slot::Data) => Origin::Body,
+            (Self::Binary, Slot::Extensions) => Origin::Header(format!("{}*", http::HEADER_PREFIX)),
+        }
+    }
+}
+
 impl Draft {
     /// The event, once it has the required attributes and the tenant and
-    /// passes [`Event::validate`].
+    /// passes [`Event::validate`]; a refusal names the attribute where the
+    /// draft's format gave it.
     fn into_event(self, tenant: TenantOf<'_>) -> Result<Event, EventError> {
+        let format = self.format;
+        let missing = |name| EventError::missing(name, format.origin(Slot::Attribute(name)));
         let tenant = match (tenant, self.tenant) {
-            (TenantOf::Attribute, named) => named.ok_or(EventError::Missing(TENANT_EXTENSION))?,
+            (TenantOf::Attribute, named) => named.ok_or_else(|| missing(TENANT_EXTENSION))?,
             (TenantOf::Given(given), None) => given.to_owned(),
             (TenantOf::Given(given), Some(named)) if named == given => named,
             (TenantOf::Given(_), Some(_)) => {
                 return Err(EventError::invalid(
                     TENANT_EXTENSION,
                     "the tenant comes from the bearer token; this event names another",
-                ));
+                )
+                .at(format.origin(Slot::Attribute(TENANT_EXTENSION))));
             }
         };
         let event = Event {
-            id: self.id.ok_or(EventError::Missing("id"))?,
-            source: self.source.ok_or(EventError::Missing("source"))?,
-            ty: self.ty.ok_or(EventError::Missing("type"))?,
+            id: self.id.ok_or_else(|| missing("id"))?,
+            source: self.source.ok_or_else(|| missing("source"))?,
+            ty: self.ty.ok_or_else(|| missing("type"))?,
             subject: self.subject,
             time: self.time,
             datacontenttype: self.datacontenttype,
@@ -364,18 +508,18 @@ impl Draft {
             extensions: self.extensions,
             tenant,
         };
-        event.validate()?;
+        event.validate(format)?;
         Ok(event)
     }
 }
 
-/// Checks `specversion`, which every format decodes first: the version
-/// decides what the other attributes mean.
-fn check_specversion(specversion: Option<String>) -> Result<(), EventError> {
+/// Checks `specversion`, which every format decodes first (the version
+/// decides what the other attributes mean), given at `origin`.
+fn check_specversion(specversion: Option<String>, origin: Origin) -> Result<(), EventError> {
     match specversion {
-        None => Err(EventError::Missing("specversion")),
+        None => Err(EventError::missing("specversion", origin)),
         Some(v) if v == "1.0" => Ok(()),
-        Some(v) => Err(EventError::SpecVersion(v)),
+        Some(value) => Err(EventError::SpecVersion { value, origin }),
     }
 }
 
@@ -412,66 +556,90 @@ impl Event {
     /// non-empty `id`, `source` and `type`, a valid tenant name, an RFC 3339
     /// `time`, an absolute `dataschema`, extension names of lowercase letters
     /// and digits, no control characters, and bounded sizes.
-    fn validate(&self) -> Result<(), EventError> {
+    fn validate(&self, format: Format) -> Result<(), EventError> {
+        self.check()
+            .map_err(|(slot, error)| error.at(format.origin(slot)))
+    }
+
+    /// The checks of [`Event::validate`]; a refusal says the part of the
+    /// event at fault, which the format turns into where it was given.
+    fn check(&self) -> Result<(), (Slot<'_>, EventError)> {
+        let attribute = |name| move |e| (Slot::Attribute(name), e);
         crate::manifest::validate_name(&self.tenant)
-            .map_err(|e| EventError::invalid(TENANT_EXTENSION, e.to_string()))?;
-        check_text("id", &self.id, true)?;
-        check_text("source", &self.source, true)?;
-        check_text("type", &self.ty, true)?;
+            .map_err(|e| EventError::invalid(TENANT_EXTENSION, e.to_string()))
+            .map_err(attribute(TENANT_EXTENSION))?;
+        check_text("id", &self.id, true).map_err(attribute("id"))?;
+        check_text("source", &self.source, true).map_err(attribute("source"))?;
+        check_text("type", &self.ty, true).map_err(attribute("type"))?;
         if let Some(subject) = &self.subject {
-            check_text("subject", subject, true)?;
+            check_text("subject", subject, true).map_err(attribute("subject"))?;
         }
         if let Some(time) = &self.time {
-            check_text("time", time, true)?;
+            check_text("time", time, true).map_err(attribute("time"))?;
             time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| {
-                    EventError::invalid("time", format!("not an RFC 3339 timestamp: {e}"))
-                })?;
+                .map_err(|e| EventError::invalid("time", format!("not an RFC 3339 timestamp: {e}")))
+                .map_err(attribute("time"))?;
         }
         if let Some(ct) = &self.datacontenttype {
-            check_text("datacontenttype", ct, true)?;
+            check_text("datacontenttype", ct, true).map_err(attribute("datacontenttype"))?;
         }
         if let Some(schema) = &self.dataschema {
-            check_text("dataschema", schema, true)?;
+            check_text("dataschema", schema, true).map_err(attribute("dataschema"))?;
             if !has_uri_scheme(schema) {
-                return Err(EventError::invalid(
+                return Err(attribute("dataschema")(EventError::invalid(
                     "dataschema",
                     "must be an absolute URI, with a scheme such as https:",
-                ));
+                )));
             }
         }
         if self.data.len() > MAX_DATA_BYTES {
-            return Err(EventError::invalid(
-                "data",
-                format!(
-                    "{} bytes is more than the limit of {MAX_DATA_BYTES}",
-                    self.data.len()
+            return Err((
+                Slot::Data,
+                EventError::invalid(
+                    "data",
+                    format!(
+                        "{} bytes is more than the limit of {MAX_DATA_BYTES}",
+                        self.data.len()
+                    ),
                 ),
             ));
         }
         if self.extensions.len() > MAX_EXTENSIONS {
-            return Err(EventError::invalid(
-                "extensions",
-                format!(
-                    "{} extension attributes is more than the limit of {MAX_EXTENSIONS}",
-                    self.extensions.len()
+            return Err((
+                Slot::Extensions,
+                EventError::invalid(
+                    "extensions",
+                    format!(
+                        "{} extension attributes is more than the limit of {MAX_EXTENSIONS}",
+                        self.extensions.len()
+                    ),
                 ),
             ));
         }
         for (name, value) in &self.extensions {
-            check_extension_name(name)?;
-            check_text(name, value, false)?;
+            check_extension_name(name)
+                .and_then(|()| check_text(name, value, false))
+                .map_err(|e| (Slot::Extension(name), e))?;
         }
         if let Some(depth) = self.extensions.get(DEPTH_EXTENSION) {
             depth.parse::<u32>().map_err(|_| {
-                EventError::invalid(DEPTH_EXTENSION, format!("{depth:?} is not a whole number"))
+                (
+                    Slot::Extension(DEPTH_EXTENSION),
+                    EventError::invalid(
+                        DEPTH_EXTENSION,
+                        format!("{depth:?} is not a whole number"),
+                    ),
+                )
             })?;
         }
         if let Some(budget) = self.extensions.get(BUDGET_EXTENSION) {
             budget.parse::<u64>().map_err(|_| {
-                EventError::invalid(
-                    BUDGET_EXTENSION,
-                    format!("{budget:?} is not a whole number"),
+                (
+                    Slot::Extension(BUDGET_EXTENSION),
+                    EventError::invalid(
+                        BUDGET_EXTENSION,
+                        format!("{budget:?} is not a whole number"),
+                    ),
                 )
             })?;
         }
@@ -888,8 +1056,8 @@ mod tests {
         match result {
             Ok(event) => panic!("accepted: {event:?}"),
             Err(EventError::Invalid { name, .. }) => name,
-            Err(EventError::Missing(name)) => name.to_owned(),
-            Err(EventError::SpecVersion(_)) => "specversion".to_owned(),
+            Err(EventError::Missing { name, .. }) => name.to_owned(),
+            Err(EventError::SpecVersion { .. }) => "specversion".to_owned(),
             Err(e) => e.to_string(),
         }
     }
@@ -1039,7 +1207,13 @@ mod tests {
         let without = r#"{"specversion":"1.0","id":"1","source":"s","type":"t"}"#;
         let null = r#"{"specversion":"1.0","id":"1","source":"s","type":"t","tenant":null}"#;
         for doc in [without, null] {
-            assert_eq!(Event::from_json(doc), Err(EventError::Missing("tenant")));
+            assert_eq!(
+                Event::from_json(doc),
+                Err(EventError::Missing {
+                    name: "tenant",
+                    origin: Origin::Member("tenant".to_owned())
+                })
+            );
             let given = Event::from_structured(doc.as_bytes(), TENANT).expect("the token's");
             assert_eq!(given.tenant, TENANT);
             let mut named: Value = serde_json::from_str(doc).expect("JSON");
@@ -1152,8 +1326,187 @@ mod tests {
         }
         assert_eq!(
             binary(&HEADERS[1..], "", b""),
-            Err(EventError::Missing("specversion"))
+            Err(EventError::Missing {
+                name: "specversion",
+                origin: Origin::Header("ce-specversion".to_owned())
+            })
         );
+    }
+
+    /// Where a refused attribute was given and what the message calls it.
+    fn refusal(result: Result<Event, EventError>) -> (Origin, String) {
+        let error = result.expect_err("refused");
+        let origin = error.origin().cloned().expect("about an attribute");
+        (origin, error.to_string())
+    }
+
+    /// Binary mode names the header that was sent (or not), whichever
+    /// check refuses it: the decoding of the headers or the one check.
+    #[test]
+    fn binary_mode_refusals_name_the_header() {
+        let without = |name: &str| -> Vec<(&str, &str)> {
+            HEADERS
+                .iter()
+                .copied()
+                .filter(|(n, _)| *n != name)
+                .collect()
+        };
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut headers = HEADERS.to_vec();
+            headers.extend_from_slice(extra);
+            headers
+        };
+        let header = |name: &str| Origin::Header(name.to_owned());
+        let (origin, message) = refusal(binary(&without("ce-id"), "", b""));
+        assert_eq!(origin, header("ce-id"));
+        assert_eq!(message, "required header 'ce-id' is missing");
+        for (name, attribute) in [("ce-source", "source"), ("ce-type", "type")] {
+            let error = binary(&without(name), "", b"").expect_err(name);
+            assert_eq!(error.attribute(), Some(attribute));
+            assert_eq!(error.origin(), Some(&header(name)));
+            assert!(error.to_string().contains(&format!("header '{name}'")));
+        }
+        let long_type = "text/".repeat(MAX_ATTRIBUTE_BYTES);
+        let too_much = vec![b'x'; MAX_DATA_BYTES + 1];
+        let extensions: Vec<(String, String)> = (0..=MAX_EXTENSIONS)
+            .map(|i| (format!("ce-x{i}"), "v".to_owned()))
+            .collect();
+        let mut many = HEADERS.to_vec();
+        many.extend(extensions.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        for (result, origin, text) in [
+            (
+                binary(&with(&[("ce-time", "yesterday")]), "", b""),
+                header("ce-time"),
+                "header 'ce-time': not an RFC 3339 timestamp",
+            ),
+            (
+                binary(&with(&[("Ce-Subject", "")]), "", b""),
+                header("ce-subject"),
+                "header 'ce-subject': must not be empty",
+            ),
+            (
+                binary(&with(&[("ce-subject", "caf%FF")]), "", b""),
+                header("ce-subject"),
+                "header 'ce-subject': the percent-decoded",
+            ),
+            (
+                binary(&with(&[("CE-ID", "e-2")]), "", b""),
+                header("ce-id"),
+                "header 'ce-id': is given twice",
+            ),
+            (
+                binary(&with(&[("ce-tenant", "globex")]), "", b""),
+                header("ce-tenant"),
+                "header 'ce-tenant': the tenant comes from the bearer token",
+            ),
+            (
+                binary(&with(&[("ce-data", "x")]), "", b""),
+                header("ce-data"),
+                "header 'ce-data': this attribute name is reserved",
+            ),
+            (
+                binary(&with(&[("ce-Datacontenttype", "text/plain")]), "", b""),
+                header("ce-datacontenttype"),
+                "header 'ce-datacontenttype': in binary mode",
+            ),
+            (
+                binary(&with(&[("ce-chaindepth", "x")]), "", b""),
+                header("ce-chaindepth"),
+                "header 'ce-chaindepth': \"x\" is not a whole number",
+            ),
+            (
+                binary(HEADERS, &long_type, b""),
+                header("content-type"),
+                "header 'content-type': ",
+            ),
+            (binary(HEADERS, "", &too_much), Origin::Body, "the body: "),
+            (binary(&many, "", b""), header("ce-*"), "header 'ce-*': "),
+            (
+                binary(&with(&[("ce-specversion", "0.3")]), "", b""),
+                header("ce-specversion"),
+                "header 'ce-specversion': is given twice",
+            ),
+        ] {
+            let (got, message) = refusal(result);
+            assert_eq!(got, origin, "{message}");
+            assert!(
+                message.starts_with(text),
+                "{message:?} starts with {text:?}"
+            );
+        }
+        let mut old = HEADERS.to_vec();
+        old[0] = ("ce-specversion", "0.3");
+        assert_eq!(
+            refusal(binary(&old, "", b"")).1,
+            "header 'ce-specversion' is \"0.3\"; only \"1.0\" is supported"
+        );
+    }
+
+    /// Structured and batch mode (and the JSON format) name the member
+    /// that was sent; the builder names the attribute.
+    #[test]
+    fn json_refusals_name_the_member() {
+        let member = |name: &str| Origin::Member(name.to_owned());
+        let no_id = r#"{"specversion":"1.0","source":"/pos","type":"t"}"#;
+        let big = format!(
+            r#"{{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":"{}"}}"#,
+            base64::engine::general_purpose::STANDARD.encode(vec![0; MAX_DATA_BYTES + 1])
+        );
+        for (doc, origin, text) in [
+            (no_id, member("id"), "required attribute 'id' is missing"),
+            (
+                &doc(r#","time":"yesterday""#),
+                member("time"),
+                "attribute 'time': not an RFC 3339 timestamp",
+            ),
+            (
+                &doc(r#","subject":7"#),
+                member("subject"),
+                "attribute 'subject': must be a string",
+            ),
+            (
+                &doc(r#","ext":1.5"#),
+                member("ext"),
+                "attribute 'ext': 1.5 is not a whole number",
+            ),
+            (
+                &doc(r#","data":1,"data_base64":"AA==""#),
+                member("data_base64"),
+                "attribute 'data_base64': an event carries either",
+            ),
+            (
+                &big,
+                member("data_base64"),
+                "attribute 'data_base64': 1048577 bytes",
+            ),
+            (
+                &doc(r#","specversion":"1.0""#),
+                member("specversion"),
+                "attribute 'specversion': is given twice",
+            ),
+        ] {
+            let structured = refusal(Event::from_structured(doc.as_bytes(), TENANT));
+            let batch = format!("[{},{doc}]", self::doc(""));
+            let split = JsonBatch::split(batch.as_bytes()).expect("a batch");
+            let mut events = split.events(TENANT);
+            assert!(events.next().expect("the first").is_ok());
+            let in_batch = refusal(events.next().expect("the second"));
+            for (got, message) in [structured, in_batch] {
+                assert_eq!(got, origin, "{message}");
+                assert!(
+                    message.starts_with(text),
+                    "{message:?} starts with {text:?}"
+                );
+                assert!(!message.contains("header"), "{message}");
+            }
+        }
+        let (origin, message) = refusal(
+            Event::builder(TENANT, "e-1", "/pos", "t")
+                .time("yesterday".to_owned())
+                .build(),
+        );
+        assert_eq!(origin, Origin::Attribute);
+        assert!(message.starts_with("attribute 'time': "), "{message}");
     }
 
     /// The builder ends in the parsers' checks: the same attributes make

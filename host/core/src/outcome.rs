@@ -128,3 +128,28 @@ pub struct Quarantine {
     /// When it ends unless lifted first, in milliseconds since the epoch.
     pub until_ms: i64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::FailureKind;
+
+    /// The README's outcomes table says it lists every kind: a kind added
+    /// here without a row there fails this test.
+    #[test]
+    fn the_readme_lists_every_failure_kind() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("### Outcomes")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .expect("README.md has an Outcomes section");
+        for kind in FailureKind::ALL {
+            let row = format!("| `{}` |", kind.as_str());
+            assert!(
+                section.contains(&row),
+                "README.md's Outcomes table has no row for {}",
+                kind.as_str()
+            );
+        }
+    }
+}

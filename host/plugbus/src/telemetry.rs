@@ -8,7 +8,9 @@
 //! layer ([`OtlpExport::layer`]), each span becomes an OpenTelemetry span
 //! whose parent is the event's `traceparent`, and an emitted event's
 //! `traceparent` names the delivery span that emitted it, so a trace shows
-//! producer → ingest → delivery → emitted event → its deliveries.
+//! producer → ingest → delivery → emitted event → its deliveries. A
+//! delivery of an event without a `traceparent` starts a trace of its own:
+//! the deliveries of one batch are never each other's parents.
 
 use std::time::Duration;
 

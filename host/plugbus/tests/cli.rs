@@ -5,6 +5,8 @@ use std::process::{Command, Stdio};
 
 use plugbus_artifacts as artifacts;
 
+mod support;
+
 fn plugins_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temporary directory");
     let tenant = dir.path().join("acme-pos");
@@ -329,7 +331,6 @@ fn serve_refuses_a_data_directory_inside_the_plugins_directory() {
     assert!(!data.join("events.db").exists());
 }
 
-/// `plugbus bench-reload` runs every case and reports each as JSON.
 /// `plugbus serve --stdin` stores what it reads in `<data>/events.db` and
 /// delivers it from there: at the end of the input it waits for the
 /// plugins, a restart delivers only what is new, and an event published
@@ -463,8 +464,14 @@ fn dead_letters_and_replay_from_the_command_line() {
     assert_eq!(code, 0, "{err}");
     let rows: Vec<&str> = out.lines().collect();
     assert_eq!(rows.len(), 3, "{out}");
-    assert!(rows[0].starts_with("     seq  plugin"), "{out}");
-    assert!(rows[2].starts_with(&format!("{r_seq:>8}  mixed ")), "{out}");
+    assert!(
+        rows[0].starts_with("     seq  tenant       plugin"),
+        "{out}"
+    );
+    assert!(
+        rows[2].starts_with(&format!("{r_seq:>8}  {:<12} mixed ", "acme-pos")),
+        "{out}"
+    );
 
     let (code, out, err) = run_plain(&[
         "dlq", "show", "--tenant", "acme-pos", "--plugin", "mixed", "--seq", &r_seq, "--data",
@@ -705,8 +712,6 @@ fn quarantines_from_the_command_line() {
     assert!(err.contains("acme-pos/mixed is not quarantined"), "{err}");
 }
 
-/// `plugbus bench --durable` publishes through the log and counts every
-/// delivery made from it.
 /// A plugin's failure text reaches the operator's terminal escaped and on
 /// one line per row: a panic message spans lines, and `forge-log`'s text
 /// carries CR, LF and escape sequences.
@@ -766,4 +771,429 @@ fn dead_letter_tables_escape_tenant_text() {
         "raw control characters reached the terminal: {out:?}"
     );
     assert!(out.contains("\\u{1b}") || out.contains("\\n"), "{out}");
+}
+
+/// The text of `plugbus ARGS` (stdout), whitespace collapsed: wrapped help
+/// reads as one line.
+fn help_text(args: &[&str]) -> String {
+    let (code, out, err) = run_plain(args);
+    assert_eq!(code, 0, "{err}");
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `plugbus --help` lists the operator's commands first, each with a
+/// one-line summary, and no benchmark commands; each command's own help
+/// starts with that line.
+#[test]
+fn help_lists_operator_commands_first_in_one_line_each() {
+    let (code, out, err) = run_plain(&["--help"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    for line in &listed {
+        // A name at two spaces' indent: a wrapped summary would go on
+        // indented further.
+        assert!(
+            line.starts_with("  ") && !line.starts_with("   "),
+            "a summary spans lines:\n{out}"
+        );
+    }
+    let names: Vec<&str> = listed
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("bench")), "{names:?}");
+    let order = [
+        "serve",
+        "status",
+        "plugins",
+        "dlq",
+        "replay",
+        "quarantine",
+        "publish",
+        "hash-token",
+        "dispatch",
+    ];
+    let at: Vec<usize> = order
+        .iter()
+        .map(|name| {
+            names
+                .iter()
+                .position(|n| n == name)
+                .unwrap_or_else(|| panic!("{name} is not listed: {names:?}"))
+        })
+        .collect();
+    assert!(at.is_sorted(), "not in the operator's order: {names:?}");
+    assert_eq!(at[0], 0, "serve comes first: {names:?}");
+    // Each command's own help opens with its summary, then a blank line.
+    for name in order {
+        let (code, out, err) = run_plain(&[name, "-h"]);
+        assert_eq!(code, 0, "{err}");
+        let summary = listed
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(|l| l.trim_start()[name.len()..].trim())
+            .unwrap_or_default();
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some(summary), "{name}:\n{out}");
+        assert_eq!(lines.next(), Some(""), "{name}:\n{out}");
+    }
+}
+
+/// Every flag with a default shows it in `--help`: `serve`'s flags that
+/// plugbus.toml may set show the embedded configuration's value and the
+/// key that overrides it; the connection flags show their address.
+#[test]
+fn help_shows_the_default_of_every_flag() {
+    let config = plugbus::config::Config::default();
+    let serve = help_text(&["serve", "--help"]);
+    for (flag, value, key) in [
+        ("--fuel", config.limits.fuel, "limits.fuel"),
+        (
+            "--memory-mib",
+            config.limits.memory_mib,
+            "limits.memory_mib",
+        ),
+        (
+            "--timeout-ms",
+            config.limits.timeout_ms,
+            "limits.timeout_ms",
+        ),
+        (
+            "--retain-hours",
+            config.delivery.retain_hours,
+            "delivery.retain_hours",
+        ),
+        (
+            "--max-attempts",
+            u64::from(config.delivery.max_attempts),
+            "delivery.max_attempts",
+        ),
+        (
+            "--quarantine-after",
+            u64::from(config.delivery.quarantine_after),
+            "delivery.quarantine_after",
+        ),
+        (
+            "--dedupe-hours",
+            config.delivery.dedupe_hours,
+            "delivery.dedupe_hours",
+        ),
+    ] {
+        let shown = format!("[default: {value}, or plugbus.toml's {key}]");
+        let from = serve
+            .find(flag)
+            .unwrap_or_else(|| panic!("{flag} missing: {serve}"));
+        // The flag's own help, up to the next flag.
+        let own = &serve[from..];
+        let own = &own[..own[2..].find(" --").map_or(own.len(), |end| end + 2)];
+        assert!(own.contains(&shown), "{flag}: {shown} not in {own:?}");
+    }
+    for shown in [
+        "[default: 127.0.0.1:8080, or plugbus.toml's listen]",
+        "[default: data, or plugbus.toml's data_dir]",
+        "[default: reuse]",
+        "[default: 32]",
+    ] {
+        assert!(serve.contains(shown), "{shown} not in {serve}");
+    }
+    // Short help too.
+    let short = help_text(&["serve", "-h"]);
+    assert!(
+        short.contains(&format!(
+            "[default: {}, or plugbus.toml's limits.fuel]",
+            config.limits.fuel
+        )),
+        "{short}"
+    );
+    let dispatch = help_text(&["dispatch", "--help"]);
+    assert!(
+        dispatch.contains(&format!("[default: {}]", config.limits.fuel)),
+        "{dispatch}"
+    );
+    // One connection default for every command that talks to a host.
+    for command in [
+        &["status"][..],
+        &["plugins"],
+        &["publish"],
+        &["dlq", "list"],
+        &["replay"],
+        &["quarantine", "resume"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = help_text(&args);
+        assert!(
+            help.contains("--url <URL>") && help.contains("[default: http://127.0.0.1:8080]"),
+            "{command:?}: {help}"
+        );
+        assert!(help.contains("[env: PLUGBUS_TOKEN]"), "{command:?}: {help}");
+    }
+}
+
+/// A `plugbus serve` with HTTP, acme-pos's and globex-retail's tokens and
+/// an admin token, over `plugins`.
+fn serve_http(plugins: &std::path::Path, data: &std::path::Path) -> support::Server {
+    let hash = plugbus::config::hash_token;
+    let config = data.join("plugbus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nplugins_dir = \"{}\"\ndata_dir = \"{}\"\n\
+             [admin]\ntoken_sha256 = \"{}\"\n\
+             [tenants.acme-pos]\ntoken_sha256 = \"{}\"\n\
+             [tenants.globex-retail]\ntoken_sha256 = \"{}\"\n",
+            plugins.display(),
+            data.join("data").display(),
+            hash(ADMIN_TOKEN),
+            hash(ACME_TOKEN),
+            hash(GLOBEX_TOKEN),
+        ),
+    )
+    .expect("write the configuration");
+    support::Server::start(&config)
+}
+
+const ACME_TOKEN: &str = "acme-cli-token";
+const GLOBEX_TOKEN: &str = "globex-cli-token";
+const ADMIN_TOKEN: &str = "admin-cli-token";
+
+/// Where each column of a table's header starts (a word after two
+/// spaces or at the start); `names` are the headers of more than one
+/// word.
+fn column_starts(header: &str, names: &[&str]) -> Vec<(String, usize)> {
+    names
+        .iter()
+        .map(|name| {
+            let at = header
+                .find(&format!(" {name}"))
+                .map(|at| at + 1)
+                .or_else(|| header.starts_with(name).then_some(0))
+                .unwrap_or_else(|| panic!("no column {name:?} in {header:?}"));
+            ((*name).to_owned(), at)
+        })
+        .collect()
+}
+
+/// Each row has a left-aligned column's text start where its header
+/// does (the last column's may be empty).
+fn assert_aligned(out: &str, names: &[&str]) {
+    let mut lines = out.lines();
+    let header = lines.next().expect("a header");
+    let starts = column_starts(header, names);
+    for row in lines {
+        let chars: Vec<char> = row.chars().collect();
+        for (i, (name, at)) in starts.iter().enumerate() {
+            if i + 1 == starts.len() && chars.len() <= *at {
+                continue;
+            }
+            assert!(
+                chars.get(*at).is_some_and(|c| *c != ' ')
+                    && (*at == 0 || chars.get(at - 1) == Some(&' ')),
+                "column {name:?} does not start at {at} in:\n{row}\nof\n{out}"
+            );
+        }
+    }
+}
+
+/// `plugbus plugins` with a tenant's token lists that tenant's plugins,
+/// and refuses another tenant's name; the admin token lists every
+/// tenant's, or `--tenant`'s. The table keeps one line per plugin and its
+/// columns in line whatever the names and errors: a name past 20
+/// characters, a manifest error's multi-line caret diagram, and control
+/// characters and escape sequences in the manifest are escaped and cut
+/// to the column.
+#[test]
+fn plugins_takes_the_tenant_from_the_token() {
+    let plugins = tempfile::tempdir().expect("plugins directory");
+    let data = tempfile::tempdir().expect("data directory");
+    let acme = plugins.path().join("acme-pos");
+    let globex = plugins.path().join("globex-retail");
+    std::fs::create_dir_all(&acme).expect("tenant directory");
+    std::fs::create_dir_all(&globex).expect("tenant directory");
+    let long_name = "audit-with-a-name-past-twenty-characters";
+    std::fs::copy(artifacts::AUDIT_LOG, acme.join("audit.wasm")).expect("copy");
+    std::fs::copy(artifacts::AUDIT_LOG, acme.join(format!("{long_name}.wasm"))).expect("copy");
+    std::fs::copy(artifacts::AUDIT_LOG, acme.join("broken.wasm")).expect("copy");
+    // Not TOML: the error quotes the line under a caret diagram, ESC
+    // and all.
+    std::fs::write(
+        acme.join("broken.toml"),
+        "subscribe = [\"order.*\"\n\u{1b}[31mred = \u{7}\n",
+    )
+    .expect("manifest");
+    std::fs::copy(artifacts::AUDIT_LOG, globex.join("ledger.wasm")).expect("copy");
+    let server = serve_http(plugins.path(), data.path());
+    let plugbus = |args: &[&str], token: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_plugbus"))
+            .args(args)
+            .env("PLUGBUS_URL", &server.url)
+            .env("PLUGBUS_TOKEN", token)
+            .output()
+            .expect("run plugbus");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // The tenant's token: its own plugins, without --tenant.
+    let (code, out, err) = plugbus(&["plugins", "--json"], ACME_TOKEN);
+    assert_eq!(code, 0, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let mut listed: Vec<&str> = answer["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .map(|p| p["plugin"].as_str().unwrap_or_default())
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(listed, ["audit", long_name, "broken"], "{out}");
+    let (code, _, err) = plugbus(&["plugins", "--tenant", "acme-pos"], ACME_TOKEN);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = plugbus(&["plugins", "--tenant", "globex-retail"], ACME_TOKEN);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--tenant globex-retail disagrees with the token, which is tenant acme-pos's"),
+        "{err}"
+    );
+    let (code, out, err) = plugbus(&["status"], ACME_TOKEN);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ready: 3 plugins: 2 active"), "{out}");
+
+    // The admin token: every tenant's, or --tenant's.
+    let (code, out, err) = plugbus(&["plugins"], ADMIN_TOKEN);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("globex-retail") && out.contains("ledger"),
+        "{out}"
+    );
+    let (code, out, err) = plugbus(&["plugins", "--tenant", "globex-retail"], ADMIN_TOKEN);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ledger") && !out.contains("acme-pos"), "{out}");
+
+    // The table: a heading and one line per plugin, in columns.
+    let (code, out, err) = plugbus(&["plugins"], ACME_TOKEN);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows.len(), 4, "a heading and one line per plugin:\n{out}");
+    assert!(
+        rows[0].starts_with("tenant       plugin "),
+        "a stable heading: {out}"
+    );
+    assert_aligned(
+        &out,
+        &["tenant", "plugin", "version", "status", "last error"],
+    );
+    assert!(rows.iter().any(|r| r.contains(long_name)), "{out}");
+    let broken = rows
+        .iter()
+        .find(|r| r.contains("broken"))
+        .expect("the broken plugin's row");
+    assert!(broken.contains("failed_to_load"), "{out}");
+    assert!(
+        broken.ends_with('…'),
+        "the error is cut to its column: {out}"
+    );
+    assert!(broken.contains("\\n"), "its lines are escaped: {out}");
+    assert!(
+        broken.contains("invalid manifest: TOML parse error"),
+        "the reason, without the file's path: {out}"
+    );
+    assert!(broken.contains("\\u{1b}"), "ESC is escaped: {out}");
+    assert!(
+        !out.contains('\u{1b}') && !out.contains('\u{7}') && !out.contains('\r'),
+        "raw control characters reached the terminal: {out:?}"
+    );
+}
+
+/// `dlq list` keeps its columns in line with a plugin name past 20
+/// characters and UUID event ids, and names a failure's kind once: in its
+/// own column, not again at the start of the message (`timeout:`).
+#[test]
+fn dead_letter_table_columns_stay_in_line() {
+    let plugins = tempfile::tempdir().expect("plugins directory");
+    let data = tempfile::tempdir().expect("data directory");
+    let tenant = plugins.path().join("acme-pos");
+    std::fs::create_dir_all(&tenant).expect("tenant directory");
+    let sleeper = "a-sleeper-with-a-name-past-twenty";
+    std::fs::copy(
+        artifacts::FIXTURE_SLEEPER,
+        tenant.join(format!("{sleeper}.wasm")),
+    )
+    .expect("copy");
+    std::fs::write(
+        tenant.join(format!("{sleeper}.toml")),
+        "subscribe = [\"slow.*\"]\n[retry]\nmax_attempts = 1\n[limits]\ntimeout_ms = 100\n\
+         [config]\nmode = \"sleep\"\nmillis = \"600000\"\n",
+    )
+    .expect("manifest");
+    std::fs::copy(artifacts::FIXTURE_MIXED, tenant.join("mixed.wasm")).expect("copy");
+    std::fs::write(
+        tenant.join("mixed.toml"),
+        "subscribe = [\"mix.*\"]\n[retry]\nmax_attempts = 1\n",
+    )
+    .expect("manifest");
+    let data_dir = data.path().to_str().expect("utf-8 path");
+    let uuid = "0192f5b2-7c1e-7a3b-9c4d-2e5f6a7b8c9d";
+    let input = [
+        keyed_event(uuid, "slow.now"),
+        keyed_event("p-1", "mix.permanent"),
+        keyed_event("0192f5b2-7c1e-7a3b-9c4d-2e5f6a7b8c9e", "mix.permanent"),
+    ]
+    .join("\n");
+    let (code, lines, stderr) = run_plugbus(
+        &[
+            "serve",
+            "--listen",
+            "off",
+            "--plugins",
+            plugins.path().to_str().expect("utf-8 path"),
+            "--data",
+            data_dir,
+            "--stdin",
+        ],
+        &input,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines.len(), 3, "{stderr}");
+    let (code, out, err) = run_plain(&["dlq", "list", "--tenant", "acme-pos", "--data", data_dir]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        rows.len(),
+        4,
+        "a heading and one line per dead letter:\n{out}"
+    );
+    assert_aligned(
+        &out,
+        &[
+            "tenant",
+            "plugin",
+            "event id",
+            "type",
+            "kind",
+            "last failure",
+        ],
+    );
+    let slow = rows
+        .iter()
+        .find(|r| r.contains(sleeper))
+        .unwrap_or_else(|| panic!("the sleeper's dead letter: {out}"));
+    assert!(slow.contains(uuid), "the UUID whole: {out}");
+    assert!(slow.contains(" timeout "), "{out}");
+    assert!(!out.contains("timeout: "), "the kind said twice: {out}");
+    // The header's end of `attempts` is where each row's count ends.
+    let end = rows[0].find("attempts").expect("attempts") + "attempts".len();
+    for row in &rows[1..] {
+        assert_eq!(row.get(end - 1..end), Some("1"), "{out}");
+    }
+    // With --data and no --tenant, the command says what it needs.
+    let (code, _, err) = run_plain(&["dlq", "list", "--data", data_dir]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--tenant"), "{err}");
 }

@@ -527,3 +527,81 @@ async fn reload_metrics_and_health_without_their_setup() {
         (StatusCode::OK, &b"ready\n"[..])
     );
 }
+
+/// A refusal names what the publisher sent: the header in binary mode
+/// (`ce-id`, not the attribute `id`), the JSON member and the event's
+/// index in a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_name_the_header_or_the_member_sent() {
+    let routes = Routes::new(false).await;
+    let binary = Request::post("/v1/events")
+        .header(header::AUTHORIZATION, format!("Bearer {ACME_TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("ce-specversion", "1.0")
+        .header("ce-source", "/pos")
+        .header("ce-type", "order.placed")
+        .body(Body::from(r#"{"sku":"A"}"#))
+        .expect("a request");
+    let refusal = routes.call(binary).await.refused(StatusCode::BAD_REQUEST);
+    assert_eq!(refusal.error, "invalid_event");
+    assert_eq!(refusal.attribute.as_deref(), Some("id"), "{refusal:?}");
+    assert_eq!(
+        refusal.message, "required header 'ce-id' is missing",
+        "{refusal:?}"
+    );
+
+    let answer = routes
+        .ingest(
+            ACME_TOKEN,
+            BATCH,
+            format!(
+                r#"[{},{{"specversion":"1.0","id":"b-2","source":"/pos","type":"t","time":"now"}}]"#,
+                event("b-1")
+            ),
+        )
+        .await;
+    let refusal = answer.refused(StatusCode::BAD_REQUEST);
+    assert_eq!(refusal.index, Some(1), "{refusal:?}");
+    assert!(
+        refusal.message.starts_with("event 1: attribute 'time': "),
+        "{refusal:?}"
+    );
+    assert!(!refusal.message.contains("header"), "{refusal:?}");
+}
+
+/// `GET /v1/whoami` says whose a token is: the admin's, or a tenant's
+/// and which; without a valid token it is a 401 naming what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_names_the_token_s_role_and_tenant() {
+    use plugbus::api::types::WhoAmI;
+    let routes = Routes::new(false).await;
+    let whoami = |token| routes.send(Method::GET, "/v1/whoami", token);
+    let answer = whoami(Some(ADMIN_TOKEN)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.read::<WhoAmI>(), WhoAmI::Admin);
+    assert_eq!(&answer.body[..], br#"{"role":"admin"}"#);
+    for (token, tenant) in [(ACME_TOKEN, ACME), (GLOBEX_TOKEN, GLOBEX)] {
+        let answer = whoami(Some(token)).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(
+            answer.read::<WhoAmI>(),
+            WhoAmI::Tenant {
+                tenant: tenant.to_owned()
+            }
+        );
+    }
+    let answer = whoami(Some(ACME_TOKEN)).await;
+    assert_eq!(
+        &answer.body[..],
+        format!(r#"{{"role":"tenant","tenant":"{ACME}"}}"#).as_bytes()
+    );
+    let refusal = whoami(Some("not-a-token"))
+        .await
+        .refused(StatusCode::UNAUTHORIZED);
+    assert!(refusal.message.contains("not valid"), "{refusal:?}");
+    let refusal = whoami(None).await.refused(StatusCode::UNAUTHORIZED);
+    assert!(
+        refusal.message.contains("missing Authorization"),
+        "{refusal:?}"
+    );
+}

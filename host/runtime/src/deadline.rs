@@ -387,39 +387,48 @@ impl Life {
 }
 
 /// A plugin's count of recycled instances, and its metric
-/// `plugbus_instances_recycled_total{tenant,plugin,reason}`.
+/// `plugbus_instances_recycled_total{tenant,plugin,reason}`, each series
+/// registered when it is first counted (no zero series before).
 pub(crate) struct Recycling {
     recycled: AtomicU64,
-    by_events: metrics::Counter,
-    by_memory: metrics::Counter,
+    tenant: String,
+    plugin: String,
+    by_events: std::sync::OnceLock<metrics::Counter>,
+    by_memory: std::sync::OnceLock<metrics::Counter>,
 }
 
 impl Recycling {
     /// The counters of the plugin `plugin` of `tenant`.
     pub fn new(tenant: &str, plugin: &str) -> Self {
-        let counter = |reason: &'static str| {
-            metrics::counter!(
-                "plugbus_instances_recycled_total",
-                "tenant" => tenant.to_owned(),
-                "plugin" => plugin.to_owned(),
-                "reason" => reason
-            )
-        };
         Self {
             recycled: AtomicU64::new(0),
-            by_events: counter(RecycleReason::Events.as_str()),
-            by_memory: counter(RecycleReason::Memory.as_str()),
+            tenant: tenant.to_owned(),
+            plugin: plugin.to_owned(),
+            by_events: std::sync::OnceLock::new(),
+            by_memory: std::sync::OnceLock::new(),
         }
+    }
+
+    fn counter(&self, reason: RecycleReason) -> &metrics::Counter {
+        let slot = match reason {
+            RecycleReason::Events => &self.by_events,
+            RecycleReason::Memory => &self.by_memory,
+        };
+        slot.get_or_init(|| {
+            metrics::counter!(
+                "plugbus_instances_recycled_total",
+                "tenant" => self.tenant.clone(),
+                "plugin" => self.plugin.clone(),
+                "reason" => reason.as_str()
+            )
+        })
     }
 
     /// Counts and logs a recycled instance of the plugin `label`
     /// (`<tenant>/<plugin>`).
     pub fn record(&self, label: &str, reason: RecycleReason, memory_used: u64) {
         self.recycled.fetch_add(1, Ordering::Relaxed);
-        match reason {
-            RecycleReason::Events => self.by_events.increment(1),
-            RecycleReason::Memory => self.by_memory.increment(1),
-        }
+        self.counter(reason).increment(1);
         tracing::debug!(
             plugin = %label,
             reason = reason.as_str(),

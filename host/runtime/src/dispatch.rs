@@ -116,40 +116,65 @@ pub struct Plugin {
 
 /// A plugin's handles into the process's metrics recorder (no-ops when
 /// there is none): deliveries by outcome and failure kind, handle time and
-/// fuel.
+/// fuel. Each series is registered at its first use, so that `/metrics`
+/// shows no zero series for outcomes that never happened.
 struct DeliveryMetrics {
-    handled: metrics::Counter,
-    failed: [metrics::Counter; FailureKind::ALL.len()],
-    seconds: metrics::Histogram,
-    fuel: metrics::Histogram,
+    tenant: String,
+    plugin: String,
+    handled: std::sync::OnceLock<metrics::Counter>,
+    failed: [std::sync::OnceLock<metrics::Counter>; FailureKind::ALL.len()],
+    seconds: std::sync::OnceLock<metrics::Histogram>,
+    fuel: std::sync::OnceLock<metrics::Histogram>,
 }
 
 impl DeliveryMetrics {
     fn new(identity: &Identity) -> Self {
-        let (tenant, plugin) = (identity.tenant.clone(), identity.name.clone());
-        let counter = |outcome: &'static str, kind: &'static str| {
-            metrics::counter!(
-                "plugbus_deliveries_total",
-                "tenant" => tenant.clone(),
-                "plugin" => plugin.clone(),
-                "outcome" => outcome,
-                "kind" => kind
-            )
-        };
         Self {
-            handled: counter("handled", ""),
-            failed: FailureKind::ALL.map(|kind| counter("failed", kind.as_str())),
-            seconds: metrics::histogram!(
-                "plugbus_handle_seconds",
-                "tenant" => tenant.clone(),
-                "plugin" => plugin.clone()
-            ),
-            fuel: metrics::histogram!(
-                "plugbus_fuel_consumed",
-                "tenant" => tenant.clone(),
-                "plugin" => plugin.clone()
-            ),
+            tenant: identity.tenant.clone(),
+            plugin: identity.name.clone(),
+            handled: std::sync::OnceLock::new(),
+            failed: [const { std::sync::OnceLock::new() }; FailureKind::ALL.len()],
+            seconds: std::sync::OnceLock::new(),
+            fuel: std::sync::OnceLock::new(),
         }
+    }
+
+    fn deliveries(&self, outcome: &'static str, kind: &'static str) -> metrics::Counter {
+        metrics::counter!(
+            "plugbus_deliveries_total",
+            "tenant" => self.tenant.clone(),
+            "plugin" => self.plugin.clone(),
+            "outcome" => outcome,
+            "kind" => kind
+        )
+    }
+
+    fn handled(&self) -> &metrics::Counter {
+        self.handled.get_or_init(|| self.deliveries("handled", ""))
+    }
+
+    fn failed(&self, kind: FailureKind) -> &metrics::Counter {
+        self.failed[kind.index()].get_or_init(|| self.deliveries("failed", kind.as_str()))
+    }
+
+    fn seconds(&self) -> &metrics::Histogram {
+        self.seconds.get_or_init(|| {
+            metrics::histogram!(
+                "plugbus_handle_seconds",
+                "tenant" => self.tenant.clone(),
+                "plugin" => self.plugin.clone()
+            )
+        })
+    }
+
+    fn fuel(&self) -> &metrics::Histogram {
+        self.fuel.get_or_init(|| {
+            metrics::histogram!(
+                "plugbus_fuel_consumed",
+                "tenant" => self.tenant.clone(),
+                "plugin" => self.plugin.clone()
+            )
+        })
     }
 }
 
@@ -810,6 +835,11 @@ impl Plugin {
         let first_scope = scopes.next().unwrap_or_default();
         let fuel = self.fuel_metered.then_some(self.manifest.limits.fuel);
         let deadline = crate::engine::deadline_ticks(self.manifest.limits.timeout, self.epoch_tick);
+        // Leaves a span a batch that unwound may have left entered, so that
+        // the current span is the one that drives this batch: the parent
+        // of each of its events' delivery spans.
+        enter_span(None);
+        let driver = tracing::Span::current();
         enter_span(events.first().map(|item| self.span(item.event)));
         let state = warm.store.data_mut();
         state.scope = first_scope;
@@ -819,6 +849,7 @@ impl Plugin {
             fuel,
             deadline,
             until_failure,
+            driver,
         ));
         self.stats.batch_calls.fetch_add(1, Ordering::Relaxed);
         let result = self
@@ -899,7 +930,9 @@ impl Plugin {
         reports.push(self.report(item.event, outcome, trap.fuel, duration, effects));
     }
 
-    /// The delivery span of `event` to this plugin.
+    /// The delivery span of `event` to this plugin, a child of the span
+    /// current on this thread: the one that drives the delivery (no
+    /// delivery span is entered where this is called).
     fn span(&self, event: &Event) -> tracing::Span {
         let extension = |name: &str| event.extensions().get(name).map(String::as_str);
         delivery_span(
@@ -907,6 +940,7 @@ impl Plugin {
             event.id(),
             extension("traceparent"),
             extension("tracestate"),
+            &tracing::Span::current(),
         )
     }
 
@@ -1062,16 +1096,16 @@ impl Plugin {
         duration: Duration,
         effects: Effects,
     ) -> (Delivery, Effects) {
-        self.metrics.seconds.record(duration.as_secs_f64());
-        self.metrics.fuel.record(fuel as f64);
+        self.metrics.seconds().record(duration.as_secs_f64());
+        self.metrics.fuel().record(fuel as f64);
         match &outcome {
             Outcome::Handled => {
-                self.metrics.handled.increment(1);
+                self.metrics.handled().increment(1);
                 self.stats.deliveries_ok.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(fuel, micros = duration.as_micros() as u64, "handled");
             }
             Outcome::Failed(f) => {
-                self.metrics.failed[f.kind.index()].increment(1);
+                self.metrics.failed(f.kind).increment(1);
                 self.stats.failures[f.kind.index()].fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     kind = f.kind.as_str(),

@@ -551,6 +551,7 @@ mod tests {
     use std::sync::{Mutex, PoisonError};
 
     use super::*;
+    use crate::reload::Health;
 
     /// A `Write` that keeps what the log subscriber writes.
     #[derive(Clone, Default)]
@@ -641,6 +642,233 @@ mod tests {
                 ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level),
                 "a line the host did not write: {line:?}"
             );
+        }
+    }
+
+    /// The deliveries of one batch, through `handle-batch`, each log in a
+    /// span of their own, under the span that drives the batch, never
+    /// inside an earlier delivery's span.
+    #[test]
+    fn the_deliveries_of_a_batch_log_in_spans_of_their_own() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let tenant = dir.path().join("acme");
+        std::fs::create_dir(&tenant).expect("the tenant's folder");
+        std::fs::copy(plugbus_artifacts::AUDIT_LOG, tenant.join("audit.wasm")).expect("the plugin");
+        let host = Host::new(HostConfig::default()).expect("a host");
+        let report = host.load_dir(dir.path()).expect("loaded");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let plugin = host.plugin("acme", "audit").expect("loaded");
+        assert!(plugin.batching(), "the audit plugin takes batches");
+        let ids = ["b-1", "b-2", "b-3", "b-4"];
+        let events: Vec<Event> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                // One event carries a trace context of its own.
+                let trace = if i == 2 {
+                    r#","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01""#
+                } else {
+                    ""
+                };
+                Event::from_json(&format!(
+                    r#"{{"specversion":"1.0","id":"{id}","source":"/t","type":"order.placed","tenant":"acme"{trace}}}"#
+                ))
+                .expect("an event")
+            })
+            .collect();
+
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        let delivered = tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!("consumer").in_scope(|| plugin.deliver_batch(&events))
+        })
+        .expect("deliverable");
+        assert!(
+            delivered.iter().all(|(d, _)| d.outcome.is_handled()),
+            "{delivered:#?}"
+        );
+        let stats = host.stats();
+        assert_eq!(
+            (stats.batch_calls, stats.batched_deliveries),
+            (1, ids.len() as u64),
+            "one call of handle-batch"
+        );
+
+        let bytes = captured
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let log = String::from_utf8(bytes).expect("UTF-8");
+        for id in ids {
+            let audit = format!("audit tenant=acme type=order.placed id={id} subject=");
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains(&audit)).collect();
+            assert_eq!(lines.len(), 1, "the audit line of {id}:\n{log}");
+            // `consumer:delivery{…}: target: message`: the span list ends
+            // at the first `: ` after the last span.
+            let spans = lines[0]
+                .split_once("}: ")
+                .map(|(spans, _)| spans)
+                .unwrap_or_default();
+            assert_eq!(
+                spans.matches("delivery{").count(),
+                1,
+                "{id} logs in its delivery span alone: {}",
+                lines[0]
+            );
+            assert!(
+                spans.contains(&format!("event_id={id}")),
+                "{id} logs in its own span: {}",
+                lines[0]
+            );
+            assert!(
+                spans
+                    .trim_start_matches(|c: char| c.is_ascii_uppercase() || c == ' ')
+                    .starts_with("consumer:delivery{"),
+                "{id}'s span is a child of the span that drives the batch: {}",
+                lines[0]
+            );
+        }
+        for line in log.lines().filter(|l| l.contains("delivery{")) {
+            assert_eq!(
+                line.matches("delivery{").count(),
+                1,
+                "no delivery span inside another: {line}"
+            );
+        }
+    }
+
+    /// A manifest that fails to load with a multi-line cause (TOML's caret
+    /// diagram) is logged on one line, naming the version that goes on
+    /// serving; and each return to `active` is logged, naming what the
+    /// plugin recovered from: its files put back as they were, a new
+    /// version that loads, and a first version that loads after failing.
+    #[test]
+    fn refusals_log_one_line_and_recoveries_are_logged() {
+        const GOOD: &str = "subscribe = [\"order.*\"]\n";
+        const BROKEN: &str = "subscribe = [\"order.*\"\n";
+        const FIXED: &str = "subscribe = [\"order.*\", \"payment.*\"]\n";
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let tenant = dir.path().join("acme");
+        std::fs::create_dir(&tenant).expect("the tenant's folder");
+        for name in ["audit", "late"] {
+            std::fs::copy(
+                plugbus_artifacts::AUDIT_LOG,
+                tenant.join(format!("{name}.wasm")),
+            )
+            .expect("the plugin");
+        }
+        let manifest = |name: &str, text: &str| {
+            std::fs::write(tenant.join(format!("{name}.toml")), text).expect("the manifest");
+        };
+        manifest("audit", GOOD);
+        manifest("late", BROKEN);
+        let host = Host::new(HostConfig::default()).expect("a host");
+        let health = |name: &str| {
+            host.statuses()
+                .into_iter()
+                .find(|s| s.name == name)
+                .map(|s| s.health)
+        };
+        let version = |name: &str| {
+            host.plugin("acme", name)
+                .map(|p| p.version().to_owned())
+                .unwrap_or_default()
+        };
+        let load = |refused: usize| {
+            let report = host.load_dir(dir.path()).expect("the directory loads");
+            assert_eq!(report.errors.len(), refused, "{:?}", report.errors);
+        };
+
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        let (first, second) = tracing::subscriber::with_default(subscriber, || {
+            load(1);
+            assert_eq!(health("late"), Some(Health::FailedToLoad));
+            let first = version("audit");
+            // Broken, then put back as it was.
+            manifest("audit", BROKEN);
+            load(1);
+            assert_eq!(health("audit"), Some(Health::Degraded));
+            manifest("audit", GOOD);
+            // Files unchanged since their refusal are not reported again.
+            load(0);
+            assert_eq!(health("audit"), Some(Health::Active));
+            // Broken again, then a new version; and `late` fixed.
+            manifest("audit", BROKEN);
+            load(1);
+            manifest("audit", FIXED);
+            manifest("late", GOOD);
+            load(0);
+            assert_eq!(health("audit"), Some(Health::Active));
+            assert_eq!(health("late"), Some(Health::Active));
+            (first, version("audit"))
+        });
+        assert_ne!(first, second);
+
+        let bytes = captured
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let log = String::from_utf8(bytes).expect("UTF-8");
+        for line in log.lines() {
+            let level = line.split_whitespace().next().unwrap_or_default();
+            assert!(
+                ["INFO", "WARN", "ERROR"].contains(&level),
+                "a line that continues another: {line:?} in\n{log}"
+            );
+        }
+        let refused: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("plugin refused"))
+            .collect();
+        assert_eq!(refused.len(), 3, "{log}");
+        assert!(
+            refused[0].contains("plugin refused tenant=acme plugin=late error="),
+            "{}",
+            refused[0]
+        );
+        for line in &refused[1..] {
+            assert!(
+                line.contains(&format!(
+                    "plugin refused; version {first} goes on serving tenant=acme plugin=audit"
+                )),
+                "{line}"
+            );
+        }
+        for line in &refused {
+            // The cause whole, its diagram's line breaks escaped, and
+            // nothing after it.
+            assert!(line.contains("invalid manifest"), "{line}");
+            assert!(line.contains("\\n"), "{line}");
+            assert!(!line.ends_with("\\n"), "{line}");
+        }
+        let recovered: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("plugin active again"))
+            .collect();
+        assert_eq!(recovered.len(), 3, "{log}");
+        for (line, expected) in recovered.iter().zip([
+            format!("tenant=acme plugin=audit version={first} was=degraded recovered_from="),
+            format!("tenant=acme plugin=audit version={second} was=degraded recovered_from="),
+            format!(
+                "tenant=acme plugin=late version={} was=failed_to_load recovered_from=",
+                version("late")
+            ),
+        ]) {
+            assert!(line.starts_with(" INFO "), "{line}");
+            assert!(line.contains(&expected), "{expected} in {line}");
+            assert!(line.contains("invalid manifest"), "{line}");
         }
     }
 

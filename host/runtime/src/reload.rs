@@ -143,6 +143,18 @@ pub enum Health {
     FailedToLoad,
 }
 
+impl Health {
+    /// Its name, as the admin API and the logs spell it: `active`,
+    /// `degraded` or `failed_to_load`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Degraded => "degraded",
+            Self::FailedToLoad => "failed_to_load",
+        }
+    }
+}
+
 /// A plugin's state, as operators see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PluginStatus {
@@ -614,7 +626,9 @@ impl Reloader {
                     // The files are back to the version serving: whatever
                     // failed in between is no longer there.
                     slot.failed = None;
-                    slot.error = None;
+                    if let (Some(error), Some((_, version))) = (slot.error.take(), &slot.serving) {
+                        self.log_recovery(&key, version, Health::Degraded, &error);
+                    }
                 }
                 None
             }
@@ -631,6 +645,12 @@ impl Reloader {
                 }
                 let (tenant, name) = key.clone();
                 let version = plugin.version().to_owned();
+                // What it recovers from, if its newest files had failed.
+                let was = match &slot.serving {
+                    Some(_) => Health::Degraded,
+                    None => Health::FailedToLoad,
+                };
+                let recovered = slot.error.take().map(|error| (was, error));
                 let event = match slot.serving.replace((fingerprint, version.clone())) {
                     Some((_, previous)) => {
                         slot.reloads += 1;
@@ -656,6 +676,9 @@ impl Reloader {
                         }
                     }
                 };
+                if let Some((was, error)) = recovered {
+                    self.log_recovery(&key, plugin.version(), was, &error);
+                }
                 slot.stamps = Some(stamps);
                 slot.failed = None;
                 slot.error = None;
@@ -670,16 +693,23 @@ impl Reloader {
             } => {
                 slot.stamps = stamps;
                 if matches!(error, LoadError::Changing { .. }) {
-                    tracing::debug!("{error}");
+                    tracing::debug!("{}", self.one_line(&error.to_string()));
                     return Some(error);
                 }
                 count_refusal(&key.0, &error);
                 let serving = slot.serving.as_ref().map(|(_, v)| v.clone());
+                // One line, whatever the cause: a manifest's syntax error
+                // spans several (its caret diagram), and it quotes the
+                // tenant's file. The cause stays whole in the returned
+                // error and in the plugin's status.
+                let cause = self.one_line(&error.to_string());
+                let (tenant, plugin) = (&key.0, &key.1);
                 match &serving {
                     Some(version) => tracing::error!(
-                        "plugin refused: {error}; version {version} goes on serving"
+                        %tenant, %plugin, error = %cause,
+                        "plugin refused; version {version} goes on serving"
                     ),
-                    None => tracing::error!("plugin refused: {error}"),
+                    None => tracing::error!(%tenant, %plugin, error = %cause, "plugin refused"),
                 }
                 slot.failed = fingerprint;
                 slot.error = Some(error.to_string());
@@ -694,6 +724,29 @@ impl Reloader {
                 Some(error)
             }
         }
+    }
+
+    /// `text` (a load error's message) as one line of the host's log:
+    /// without its trailing line break, every control character escaped,
+    /// cut at the host's limit of error messages.
+    fn one_line(&self, text: &str) -> String {
+        plugbus_core::text::escape(text.trim_end(), self.loading.bounds.max_error_bytes)
+            .into_owned()
+    }
+
+    /// Logs that the plugin `key` is active again, serving `version` from
+    /// its newest files, after it `was` degraded or failed to load with
+    /// `error`.
+    fn log_recovery(&self, key: &Key, version: &str, was: Health, error: &str) {
+        let (tenant, plugin) = key;
+        tracing::info!(
+            %tenant,
+            %plugin,
+            %version,
+            was = %was.as_str(),
+            recovered_from = %self.one_line(error),
+            "plugin active again"
+        );
     }
 
     /// Removes the plugins that are no longer among `candidates` (and whose
@@ -766,7 +819,8 @@ impl Reloader {
                 continue;
             }
             if log {
-                tracing::error!("refused: {message}");
+                // A file's name is the tenant's text.
+                tracing::error!("refused: {}", self.one_line(message));
             }
             count_refusal(&tenant_label(root, error.path()), error);
         }
@@ -1023,6 +1077,16 @@ async fn watch_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_names_are_those_of_the_api() {
+        for health in [Health::Active, Health::Degraded, Health::FailedToLoad] {
+            assert_eq!(
+                serde_json::to_value(health).ok(),
+                Some(serde_json::Value::from(health.as_str()))
+            );
+        }
+    }
 
     #[test]
     fn tenant_labels_are_tenant_names_or_a_dash() {

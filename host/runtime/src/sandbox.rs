@@ -400,19 +400,26 @@ pub(crate) struct BatchRun {
     /// The batch stopped with events left because its pending commit had
     /// no room for another delivery.
     pub commit_full: bool,
+    /// The span that was current when the batch started (or none): the
+    /// parent of every delivery span of the batch. Each event's span is
+    /// made while the previous event's span is still entered, so the
+    /// parent is named, never taken from the current span.
+    driver: tracing::Span,
 }
 
 impl BatchRun {
     /// A run of the events of `pending` (the first one's scope is already
     /// in the store), each with `fuel` and an epoch deadline of
-    /// `epoch_deadline` ticks.
+    /// `epoch_deadline` ticks, their delivery spans children of `driver`.
     pub fn new(
         pending: VecDeque<DeliveryScope>,
         fuel: Option<u64>,
         epoch_deadline: u64,
         until_failure: bool,
+        driver: tracing::Span,
     ) -> Self {
         Self {
+            driver,
             finished: Vec::with_capacity(pending.len() + 1),
             pending,
             fuel,
@@ -527,10 +534,15 @@ impl PluginState {
         let commit_full = held.saturating_add(self.bounds.max_delivery_bytes())
             > self.bounds.max_batch_commit_bytes;
         let (step, next) = run.advance(result.is_err(), commit_full);
-        let next_span = next.as_ref().map(|next| scope_span(&self.identity, next));
+        // The next event's span is made while this event's span is still
+        // entered: its parent is the batch's driver, named.
+        let next_span = next
+            .as_ref()
+            .map(|next| scope_span(&self.identity, next, &run.driver));
         let scope = std::mem::replace(&mut self.scope, next.unwrap_or_default());
         self.end_output();
-        let span = enter_span(next_span).unwrap_or_else(|| scope_span(&self.identity, &scope));
+        let span = enter_span(next_span)
+            .unwrap_or_else(|| scope_span(&self.identity, &scope, &run.driver));
         let effects = match result {
             Ok(()) => {
                 // The events after this one see its writes.
@@ -591,8 +603,9 @@ pub(crate) fn enter_span(span: Option<tracing::Span>) -> Option<tracing::Span> {
     })
 }
 
-/// The delivery span of the event `scope` is for.
-fn scope_span(identity: &Identity, scope: &DeliveryScope) -> tracing::Span {
+/// The delivery span of the event `scope` is for, a child of `parent`
+/// (see [`delivery_span`]).
+fn scope_span(identity: &Identity, scope: &DeliveryScope, parent: &tracing::Span) -> tracing::Span {
     let extension = |name: &str| {
         scope
             .trace
@@ -605,18 +618,28 @@ fn scope_span(identity: &Identity, scope: &DeliveryScope) -> tracing::Span {
         &scope.event_id,
         extension("traceparent"),
         extension("tracestate"),
+        parent,
     )
 }
 
 /// The span of one delivery: tenant, plugin, version and event id, and
 /// the event's W3C trace context, which it continues.
+///
+/// Its parent is `parent`, the span that drives the delivery (or
+/// [`tracing::Span::none`], for a root), never the span current when it is
+/// made: in a batch, that is the previous event's delivery span, and each
+/// delivery would be logged (and exported) inside every earlier one. When
+/// the event carries a valid `traceparent` and spans are exported, the
+/// exported span's parent is that remote span instead.
 pub(crate) fn delivery_span(
     identity: &Identity,
     event_id: &str,
     traceparent: Option<&str>,
     tracestate: Option<&str>,
+    parent: &tracing::Span,
 ) -> tracing::Span {
     let span = tracing::info_span!(
+        parent: parent,
         "delivery",
         tenant = %identity.tenant,
         plugin = %identity.name,

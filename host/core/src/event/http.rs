@@ -9,10 +9,13 @@ use std::collections::BTreeSet;
 
 use serde_json::value::RawValue;
 
-use super::{Draft, Event, EventError, TENANT_EXTENSION, TenantOf, check_specversion, json};
+use super::{
+    Draft, Event, EventError, Format, Origin, Slot, TENANT_EXTENSION, TenantOf, check_specversion,
+    json,
+};
 
 /// The prefix of the headers that carry attributes in binary mode.
-const HEADER_PREFIX: &str = "ce-";
+pub(super) const HEADER_PREFIX: &str = "ce-";
 
 impl Event {
     /// Parses the body of a structured-mode request
@@ -33,13 +36,20 @@ impl Event {
     /// A `ce-datacontenttype` header is refused (the media type is
     /// `Content-Type`), so is an attribute given twice; `ce-data` and
     /// `ce-data_base64` are not attributes and are refused by name.
+    ///
+    /// A refusal names the header at fault ([`Origin::Header`]: `ce-id`,
+    /// `content-type`), or the body ([`Origin::Body`]), not the attribute.
     pub fn from_binary<'h>(
         tenant: &str,
         headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
         content_type: &str,
         body: Vec<u8>,
     ) -> Result<Self, EventError> {
-        let mut draft = Draft::default();
+        let mut draft = Draft {
+            format: Format::Binary,
+            ..Draft::default()
+        };
+        let header = |attribute: &str| Format::Binary.origin(Slot::Attribute(attribute));
         let mut specversion = None;
         let mut seen = BTreeSet::new();
         for (name, value) in headers {
@@ -50,12 +60,13 @@ impl Event {
             else {
                 continue;
             };
-            let value = header_text(&attribute, value)?;
+            let value = header_text(&attribute, value).map_err(|e| e.at(header(&attribute)))?;
             if !seen.insert(attribute.clone()) {
                 return Err(EventError::invalid(
                     &attribute,
                     "is given twice; each attribute may appear once in an event",
-                ));
+                )
+                .at(header(&attribute)));
             }
             let slot = match attribute.as_str() {
                 "specversion" => &mut specversion,
@@ -70,7 +81,8 @@ impl Event {
                     return Err(EventError::invalid(
                         "datacontenttype",
                         "in binary mode the media type is the Content-Type header, not ce-datacontenttype",
-                    ));
+                    )
+                    .at(Origin::Header(name.to_ascii_lowercase())));
                 }
                 _ => {
                     draft.extensions.insert(attribute, value);
@@ -79,7 +91,7 @@ impl Event {
             };
             *slot = Some(value);
         }
-        check_specversion(specversion)?;
+        check_specversion(specversion, header("specversion"))?;
         if !content_type.is_empty() {
             draft.datacontenttype = Some(content_type.to_owned());
         }

@@ -12,12 +12,12 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::{
-    Draft, Event, EventError, INTEGER_RANGE, TENANT_EXTENSION, TenantOf, check_specversion,
-    is_json_media_type,
+    Draft, Event, EventError, Format, INTEGER_RANGE, Origin, TENANT_EXTENSION, TenantOf,
+    check_specversion, is_json_media_type,
 };
 
 /// Parses one event in JSON format: decodes it into a [`Draft`] and checks
-/// that.
+/// that. A refusal names the member at fault ([`Origin::Member`]).
 pub(super) fn parse(text: &str, tenant: TenantOf<'_>) -> Result<Event, EventError> {
     let members: Members<'_> = serde_json::from_str(text).map_err(|e| match e.classify() {
         // Valid JSON, but not an object.
@@ -30,7 +30,8 @@ pub(super) fn parse(text: &str, tenant: TenantOf<'_>) -> Result<Event, EventErro
         return Err(EventError::invalid(
             &name,
             "is given twice; each attribute may appear once in an event",
-        ));
+        )
+        .at(Origin::Member(name)));
     }
     decode(members.by_name)?.into_event(tenant)
 }
@@ -77,7 +78,10 @@ impl<'de> Deserialize<'de> for Members<'de> {
 
 /// The attributes, payload and extensions of one JSON object.
 fn decode(mut members: BTreeMap<String, &RawValue>) -> Result<Draft, EventError> {
-    check_specversion(take_string(&mut members, "specversion")?)?;
+    check_specversion(
+        take_string(&mut members, "specversion")?,
+        Origin::Member("specversion".to_owned()),
+    )?;
     let mut draft = Draft {
         id: take_string(&mut members, "id")?,
         source: take_string(&mut members, "source")?,
@@ -90,13 +94,22 @@ fn decode(mut members: BTreeMap<String, &RawValue>) -> Result<Draft, EventError>
         ..Draft::default()
     };
     let data_base64 = take_string(&mut members, "data_base64")?;
+    draft.format = Format::Json {
+        payload: if data_base64.is_some() {
+            "data_base64"
+        } else {
+            "data"
+        },
+    };
     draft.data = payload(
         members.remove("data"),
         data_base64,
         draft.datacontenttype.as_deref(),
-    )?;
+    )
+    .map_err(|e| e.at(Origin::Member("data_base64".to_owned())))?;
     for (name, raw) in members {
-        if let Some(value) = extension(&name, raw)? {
+        let value = extension(&name, raw).map_err(|e| e.at(Origin::Member(name.clone())))?;
+        if let Some(value) = value {
             draft.extensions.insert(name, value);
         }
     }
@@ -110,8 +123,9 @@ fn take_string(
 ) -> Result<Option<String>, EventError> {
     match members.remove(name) {
         None => Ok(None),
-        Some(raw) => serde_json::from_str::<Option<String>>(raw.get())
-            .map_err(|_| EventError::invalid(name, "must be a string")),
+        Some(raw) => serde_json::from_str::<Option<String>>(raw.get()).map_err(|_| {
+            EventError::invalid(name, "must be a string").at(Origin::Member(name.to_owned()))
+        }),
     }
 }
 

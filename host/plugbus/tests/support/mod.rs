@@ -142,6 +142,24 @@ impl Server {
         self.stderr.lock().expect("log").clone()
     }
 
+    /// Waits up to 30 seconds until `done` says what the server has
+    /// logged is enough (its log is read on another thread than its
+    /// delivery lines); returns it.
+    pub fn log_until(&self, mut done: impl FnMut(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            if done(&log) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the log lines waited for did not come within 30 s:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
         let pid = self.child.id().to_string();

@@ -36,16 +36,16 @@ pub struct HostArgs {
     fuel: u64,
 
     /// Memory (MiB) of plugins whose manifest does not set `limits.memory_mib`.
-    #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=plugbus::manifest::MAX_MEMORY_MIB))]
+    #[arg(long, value_name = "MIB", default_value_t = plugbus::Limits::default().memory_bytes / (1024 * 1024), value_parser = clap::value_parser!(u64).range(1..=plugbus::manifest::MAX_MEMORY_MIB))]
     memory_mib: u64,
 
     /// Wall-clock limit (ms) per event for plugins whose manifest does not
     /// set `limits.timeout_ms`.
-    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=plugbus::manifest::MAX_TIMEOUT_MS))]
+    #[arg(long, value_name = "MS", default_value_t = default_timeout_ms(), value_parser = clap::value_parser!(u64).range(1..=plugbus::manifest::MAX_TIMEOUT_MS))]
     timeout_ms: u64,
 
     /// How many emits may separate an event from the root of its chain.
-    #[arg(long, value_name = "N", default_value_t = 16)]
+    #[arg(long, value_name = "N", default_value_t = HostConfig::default().max_chain_depth)]
     max_chain_depth: u32,
 
     /// Reuse a plugin's instance across events, or create a fresh one per event.
@@ -55,6 +55,11 @@ pub struct HostArgs {
     /// How many input events are dispatched at once (output keeps input order).
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     concurrency: u32,
+}
+
+/// The host's default wall-clock limit per event, in milliseconds.
+fn default_timeout_ms() -> u64 {
+    u64::try_from(plugbus::Limits::default().timeout.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl HostArgs {

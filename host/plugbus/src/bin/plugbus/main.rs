@@ -1,11 +1,15 @@
 //! The `plugbus` command: runs tenants' WebAssembly event handlers.
 //!
-//! One module per command: [`dispatch`], [`serve`], [`client`] (`publish`,
-//! `plugins`, `status`), [`ops`] (`dlq`, `replay`, `quarantine`), [`keys`]
-//! (`hash-token`); [`lines`] holds the JSON lines
-//! `dispatch` and `serve --stdin` read and write, [`table`] the CLI's
-//! tables. This file parses the command line, sets up logging and span
-//! export, and runs the command.
+//! One module per command: [`serve`], [`client`] (`status`, `plugins`,
+//! `publish`, and the connection flags every command that talks to a
+//! running host shares), [`ops`] (`dlq`, `replay`, `quarantine`), [`keys`]
+//! (`hash-token`), [`dispatch`]; [`lines`] holds the JSON lines `dispatch`
+//! and `serve --stdin` read and write, [`table`] the CLI's tables. This
+//! file parses the command line, sets up logging and span export, and runs
+//! the command.
+//!
+//! A new command is a variant of [`Command`] (where it belongs in the
+//! order `plugbus --help` shows), its module, and its arm in [`run`].
 
 mod client;
 mod dispatch;
@@ -18,7 +22,7 @@ mod table;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 
 /// plugbus: a host bus for event handlers written as WebAssembly components.
 ///
@@ -32,13 +36,19 @@ use clap::{Parser, Subcommand, ValueEnum};
 struct Cli {
     /// How log lines are written to stderr (default human; `serve` takes
     /// it from its configuration file when this is not given).
-    #[arg(long, value_enum, global = true, env = "PLUGBUS_LOG_FORMAT")]
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        env = "PLUGBUS_LOG_FORMAT",
+        help_heading = "Logging"
+    )]
     log_format: Option<LogFormat>,
 
     /// Which log lines are written: a level (error, warn, info, debug, trace)
     /// or a tracing filter such as `plugbus=debug,plugbus::plugin=info`.
     /// RUST_LOG is used when this is not given.
-    #[arg(long, global = true, env = "PLUGBUS_LOG")]
+    #[arg(long, global = true, env = "PLUGBUS_LOG", help_heading = "Logging")]
     log: Option<String>,
 
     #[command(subcommand)]
@@ -53,31 +63,20 @@ enum LogFormat {
     Json,
 }
 
+/// The commands, operators' first. Each variant's doc comment is its help:
+/// the first paragraph, one line, is its summary in `plugbus --help`.
 #[derive(Subcommand)]
 enum Command {
-    /// Loads every tenant's plugins, dispatches CloudEvents read one per line
-    /// (JSON format, the tenant in the extension attribute `tenant`) and
-    /// everything the plugins emit in response, and writes one JSON line per
-    /// delivery to stdout.
+    /// Runs the host: plugins, the durable event log and the HTTP API.
     ///
-    /// Each output line holds: event_id, tenant, type, plugin,
-    /// plugin_version, outcome (handled or failed), error_kind,
-    /// error_message, fuel, micros, causationid (for emitted events) and the
-    /// events the delivery emitted. An invalid input line is reported on
-    /// stderr with its line number and reason; the valid lines are still
-    /// dispatched.
-    ///
-    /// Exit status: 0 when every input line was dispatched, 1 when any was
-    /// rejected, 2 when the host could not start.
-    Dispatch(dispatch::DispatchArgs),
-
-    /// Runs the host: loads every tenant's plugins, watches the plugins
-    /// directory and reloads a plugin when its files change, and with
-    /// --stdin publishes CloudEvents read one per line from stdin into the
-    /// durable event log <data>/events.db. The plugins consume the log, at
-    /// least once, with retries and dead letters; each delivery is written
-    /// to stdout as one JSON line (as `dispatch` writes; the plugin_version
-    /// field tells which version handled it). At the end of the input it
+    /// Loads every tenant's plugins, watches the plugins directory and
+    /// reloads a plugin when its files change, serves HTTP ingest, the
+    /// admin API and /metrics, and with --stdin publishes CloudEvents read
+    /// one per line from stdin. Every event is stored in the durable event
+    /// log <data>/events.db; the plugins consume the log, at least once,
+    /// with retries and dead letters; each delivery is written to stdout as
+    /// one JSON line (as `dispatch` writes; the plugin_version field tells
+    /// which version handled it). With --stdin, at the end of the input it
     /// waits until the plugins have handled what was published. A restart
     /// resumes every plugin where it left off.
     ///
@@ -93,35 +92,75 @@ enum Command {
     /// the next start.
     Serve(serve::ServeArgs),
 
-    /// Lists, shows, redrives and discards dead letters: the events a plugin gave up
-    /// on after its last attempt, each with every attempt's failure.
-    Dlq(ops::DlqArgs),
+    /// Says whether a running host is ready, and sums up its plugins.
+    ///
+    /// Exit status 1 when the host is not ready.
+    Status(client::StatusArgs),
 
-    /// Moves a plugin's cursor back (or forward) in the event log, so that
-    /// it is delivered the events from a position or a time again.
-    Replay(ops::ReplayArgs),
-
-    /// Lists the quarantined plugins (paused after failing too many
-    /// deliveries in a row), or lifts a plugin's quarantine.
-    Quarantine(ops::QuarantineArgs),
-
-    /// Reads a token from stdin and prints the hex SHA-256 that
-    /// plugbus.toml stores for it (`token_sha256`).
-    HashToken,
-
-    /// Publishes an event (from flags) or events (from a JSON file) to a
-    /// running host, with a tenant's token.
-    Publish(client::PublishArgs),
-
-    /// Lists a running host's plugins: version, status, cursor and lag.
+    /// Lists a running host's plugins: version, status, cursor, lag, last error.
     Plugins(client::PluginsArgs),
 
-    /// Says whether a running host is ready, and sums up its plugins.
-    Status(client::StatusArgs),
+    /// Lists, shows, redrives and discards dead letters.
+    ///
+    /// A dead letter is an event a plugin gave up on after its last
+    /// attempt, kept with every attempt's failure.
+    Dlq(ops::DlqArgs),
+
+    /// Moves a plugin's cursor, to deliver it the events from a point again.
+    ///
+    /// The point is a position in the event log or a time; the cursor may
+    /// move back or forward.
+    Replay(ops::ReplayArgs),
+
+    /// Lists quarantined plugins, or lifts a plugin's quarantine.
+    ///
+    /// A plugin is quarantined (paused) after failing too many deliveries
+    /// in a row; a new version, the end of the quarantine or `quarantine
+    /// resume` lets it go on.
+    Quarantine(ops::QuarantineArgs),
+
+    /// Publishes events to a running host, with a tenant's token.
+    ///
+    /// One event from flags, or events from a JSON file (one event or an
+    /// array of them, all or nothing), or from a file of JSON lines in
+    /// batches.
+    Publish(client::PublishArgs),
+
+    /// Prints the SHA-256 that plugbus.toml stores for a token read from stdin.
+    ///
+    /// The hex digest goes in `token_sha256`.
+    HashToken,
+
+    /// Runs plugins over events from a file or stdin, in memory, and exits.
+    ///
+    /// Loads every tenant's plugins, dispatches CloudEvents read one per
+    /// line (JSON format, the tenant in the extension attribute `tenant`)
+    /// and everything the plugins emit in response, and writes one JSON line
+    /// per delivery to stdout. Nothing is stored.
+    ///
+    /// Each output line holds: event_id, tenant, type, plugin,
+    /// plugin_version, outcome (handled or failed), error_kind,
+    /// error_message, fuel, micros, causationid (for emitted events) and the
+    /// events the delivery emitted. An invalid input line is reported on
+    /// stderr with its line number and reason; the valid lines are still
+    /// dispatched.
+    ///
+    /// Exit status: 0 when every input line was dispatched, 1 when any was
+    /// rejected, 2 when the host could not start.
+    Dispatch(dispatch::DispatchArgs),
+}
+
+/// The command line, with what the derive cannot say: the defaults that
+/// `serve` takes from its configuration.
+fn command_line() -> clap::Command {
+    Cli::command().mut_subcommand("serve", serve::show_defaults)
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command_line().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // `serve` may take the log format and span export from its
     // configuration file.
     let (configured, otlp) = match logging_settings(&cli.command) {
@@ -198,13 +237,7 @@ fn default_level(command: &Command) -> &'static str {
         Command::Dispatch(_) | Command::Serve(_) => "info",
         // The client and operator commands print their own output: they
         // log only warnings unless asked for more.
-        Command::Dlq(_)
-        | Command::Replay(_)
-        | Command::Quarantine(_)
-        | Command::HashToken
-        | Command::Publish(_)
-        | Command::Plugins(_)
-        | Command::Status(_) => "warn",
+        _ => "warn",
     }
 }
 
@@ -238,14 +271,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("the {name} command failed"))?
     }
     match command {
-        Command::Dispatch(args) => dispatch::run(args).await,
         Command::Serve(args) => serve::serve(args).await,
-        Command::HashToken => keys::hash_token(),
+        Command::Status(args) => blocking("status", move || client::status(args)).await,
+        Command::Plugins(args) => blocking("plugins", move || client::plugins(args)).await,
         Command::Dlq(args) => blocking("dlq", move || ops::dlq(args)).await,
         Command::Replay(args) => blocking("replay", move || ops::replay(args)).await,
         Command::Quarantine(args) => blocking("quarantine", move || ops::quarantine(args)).await,
         Command::Publish(args) => blocking("publish", move || client::publish(args)).await,
-        Command::Plugins(args) => blocking("plugins", move || client::plugins(args)).await,
-        Command::Status(args) => blocking("status", move || client::status(args)).await,
+        Command::HashToken => keys::hash_token(),
+        Command::Dispatch(args) => dispatch::run(args).await,
     }
 }

@@ -1,8 +1,10 @@
 //! Operator commands on a host's event log: `plugbus dlq`, `plugbus
-//! replay` and `plugbus quarantine`. They work on the data directory, also
-//! while `plugbus serve` runs on it (SQLite serialises the writes; a running
-//! host picks up a moved cursor within a second), or, with `--url`, through
-//! a running host's HTTP API.
+//! replay` and `plugbus quarantine`. They go through a running host's HTTP
+//! API (`--url`, `--token`: the tenant is the token's, or with the admin
+//! token every tenant's or `--tenant`'s), or, with `--data`, work on the
+//! data directory itself: a stopped host's, or a running one's (SQLite
+//! serialises the writes; a running host picks up a moved cursor within a
+//! second).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,75 +14,95 @@ use plugbus::api::types::{DeadLetterView, DeadLettersAnswer, PluginsAnswer, Repl
 use plugbus::log::{DeadLetterStore, QuarantineStore, SqliteLog, SqliteLogConfig};
 use serde_json::json;
 
-use crate::client::Answer;
+use crate::client::{Answer, Connection, FAILURE, NAME, Tenants, check_names, plugin_views};
 use crate::table::{self, Column};
 
-/// Where the log is.
+/// Where the log is: a running host (the connection flags), or a data
+/// directory.
 #[derive(clap::Args)]
-pub struct DataArg {
-    /// The data directory of the host (`plugbus serve --data`).
-    #[arg(long, value_name = "DIR", env = "PLUGBUS_DATA", default_value = "data")]
-    data: PathBuf,
-    /// A running host's HTTP address: go through its API instead of the
-    /// data directory.
-    #[arg(long, value_name = "URL")]
-    url: Option<String>,
-    /// With --url: the tenant's token or the admin token.
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "PLUGBUS_TOKEN",
-        hide_env_values = true,
-        requires = "url"
-    )]
-    token: Option<String>,
+pub struct Target {
+    #[command(flatten)]
+    connection: Connection,
+    /// Work on the event log in this data directory (`plugbus serve
+    /// --data`) instead of through --url: for a stopped host, or on the
+    /// host's machine. No token is needed; --tenant names the tenant.
+    #[arg(long, value_name = "DIR", help_heading = "Connection")]
+    data: Option<PathBuf>,
 }
 
 /// The log itself, or a running host's API.
 enum Source {
     Log(SqliteLog),
-    Http { url: String, token: String },
+    Http(Connection),
 }
 
-impl DataArg {
+impl Target {
     fn source(&self) -> anyhow::Result<Source> {
-        match &self.url {
-            Some(url) => Ok(Source::Http {
-                url: url.clone(),
-                token: self
-                    .token
-                    .clone()
-                    .context("--url needs --token (or PLUGBUS_TOKEN)")?,
-            }),
-            None => Ok(Source::Log(open(&self.data)?)),
+        match &self.data {
+            Some(data) => Ok(Source::Log(open(data)?)),
+            None => Ok(Source::Http(self.connection.clone())),
         }
     }
 }
 
 impl Source {
+    /// The tenants a command is about: `--tenant`'s, else over HTTP the
+    /// token's tenant, or every tenant's for the admin token.
+    fn tenants(&self, asked: Option<&str>) -> anyhow::Result<Tenants> {
+        match self {
+            Source::Log(_) => {
+                if let Some(tenant) = asked {
+                    check_names(tenant, None)?;
+                }
+                Ok(asked.map_or(Tenants::All, |t| Tenants::One(t.to_owned())))
+            }
+            Source::Http(connection) => connection.tenants(asked),
+        }
+    }
+
+    /// The one tenant a command is about: `--tenant`'s, else the token's.
+    fn tenant(&self, asked: Option<&str>) -> anyhow::Result<String> {
+        match self {
+            Source::Log(_) => {
+                let tenant = asked.context("with --data, name the tenant with --tenant")?;
+                check_names(tenant, None)?;
+                Ok(tenant.to_owned())
+            }
+            Source::Http(connection) => connection.tenant(asked),
+        }
+    }
+
     /// A request to the host's API; an error naming what it said unless
     /// it answered `ok` or 404 (`None`).
     fn call(&self, method: &str, path: &str) -> anyhow::Result<Option<Answer>> {
-        let Source::Http { url, token } = self else {
+        let Source::Http(connection) = self else {
             bail!("not a running host");
         };
-        let answer = crate::client::call(url, token, method, path)?;
+        let answer = connection.call(method, path)?;
         if answer.status == 404 {
             return Ok(None);
         }
         Ok(Some(answer.ok()?))
     }
 
-    /// The plugins of `tenant` that have dead letters.
-    fn dead_letter_plugins(&self, tenant: &str) -> anyhow::Result<Vec<String>> {
-        match self {
-            Source::Log(log) => Ok(log.dead_letter_plugins(tenant)?),
-            Source::Http { .. } => {
-                let answer: PluginsAnswer = self
-                    .call("GET", &format!("/v1/tenants/{tenant}/plugins"))?
-                    .with_context(|| format!("the host has no tenant {tenant:?} for this token"))?
-                    .read()?;
-                Ok(answer.plugins.into_iter().map(|p| p.plugin).collect())
+    /// The (tenant, plugin) pairs that may have dead letters, of `tenants`.
+    fn dead_letter_plugins(&self, tenants: &Tenants) -> anyhow::Result<Vec<(String, String)>> {
+        match (self, tenants) {
+            (Source::Log(log), Tenants::One(tenant)) => Ok(log
+                .dead_letter_plugins(tenant)?
+                .into_iter()
+                .map(|plugin| (tenant.clone(), plugin))
+                .collect()),
+            (Source::Log(_), Tenants::All) => {
+                bail!("with --data, name the tenant with --tenant")
+            }
+            (Source::Http(connection), tenants) => {
+                let answer: PluginsAnswer = plugin_views(connection, tenants)?.read()?;
+                Ok(answer
+                    .plugins
+                    .into_iter()
+                    .map(|p| (p.tenant, p.plugin))
+                    .collect())
             }
         }
     }
@@ -93,7 +115,7 @@ impl Source {
                 .into_iter()
                 .map(DeadLetterView::from)
                 .collect()),
-            Source::Http { .. } => {
+            Source::Http(_) => {
                 let path = format!("/v1/tenants/{tenant}/plugins/{plugin}/dead-letters");
                 Ok(match self.call("GET", &path)? {
                     Some(answer) => answer.read::<DeadLettersAnswer>()?.dead_letters,
@@ -107,12 +129,22 @@ impl Source {
 /// Which plugin.
 #[derive(clap::Args)]
 pub struct PluginArg {
-    /// The tenant.
+    /// The tenant: needed with --data or the admin token; with a tenant's
+    /// token it is the token's (and this, if given, must name it).
     #[arg(long)]
-    tenant: String,
+    tenant: Option<String>,
     /// The plugin's name (its file stem).
     #[arg(long)]
     plugin: String,
+}
+
+impl PluginArg {
+    /// The tenant and the plugin, checked.
+    fn resolve(&self, source: &Source) -> anyhow::Result<(String, String)> {
+        let tenant = source.tenant(self.tenant.as_deref())?;
+        check_names(&tenant, Some(&self.plugin))?;
+        Ok((tenant, self.plugin.clone()))
+    }
 }
 
 #[derive(clap::Args)]
@@ -123,12 +155,16 @@ pub struct DlqArgs {
 
 #[derive(clap::Subcommand)]
 enum DlqCommand {
-    /// Lists a tenant's dead letters, one line each: position, plugin,
-    /// event id and type, attempts, and the last failure.
+    /// Lists dead letters, one line each.
+    ///
+    /// Each line holds the event's position in the log, the tenant, the
+    /// plugin, the event's id and type, the attempts, and the last
+    /// failure's kind and message (`--json` has the whole message).
     List {
-        /// The tenant.
+        /// Only this tenant's (needed with --data). A tenant's token lists
+        /// its own; the admin token every tenant's when absent.
         #[arg(long)]
-        tenant: String,
+        tenant: Option<String>,
         /// Only this plugin's.
         #[arg(long)]
         plugin: Option<String>,
@@ -136,16 +172,18 @@ enum DlqCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        data: DataArg,
+        target: Target,
     },
-    /// Shows one dead letter as JSON: the event and every attempt (kind,
-    /// message, fuel, plugin version, time).
+    /// Shows one dead letter as JSON: the event and every attempt.
+    ///
+    /// Each attempt holds its failure's kind and message, the fuel used,
+    /// the plugin version and the time.
     Show(DeadLetterArg),
-    /// Delivers one dead letter again, to the plugin's current version, with
-    /// retries as for any event. A running `plugbus serve` on the same data
-    /// directory takes the request within a second: the dead letter is
-    /// deleted once the event is handled, or gets the new attempts appended
-    /// when it fails again.
+    /// Delivers one dead letter again, to the plugin's current version.
+    ///
+    /// It is retried as any event is. A running `plugbus serve` takes the
+    /// request within a second: the dead letter is deleted once the event
+    /// is handled, or gets the new attempts appended when it fails again.
     Redrive(DeadLetterArg),
     /// Deletes one dead letter.
     Discard(DeadLetterArg),
@@ -160,7 +198,7 @@ struct DeadLetterArg {
     #[arg(long)]
     seq: u64,
     #[command(flatten)]
-    data: DataArg,
+    target: Target,
 }
 
 #[derive(clap::Args)]
@@ -172,7 +210,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "SEQ|TIME")]
     from: String,
     #[command(flatten)]
-    data: DataArg,
+    target: Target,
 }
 
 #[derive(clap::Args)]
@@ -183,17 +221,17 @@ pub struct QuarantineArgs {
 
 #[derive(clap::Subcommand)]
 enum QuarantineCommand {
-    /// Lists the quarantined plugins: tenant, plugin, the version that
-    /// failed, and when the quarantine began and ends.
+    /// Lists the quarantined plugins: tenant, plugin, failed version, since, until.
     List {
-        /// Only this tenant's (with --url, a tenant's token needs it).
+        /// Only this tenant's. A tenant's token lists its own; the admin
+        /// token (or --data) every tenant's when absent.
         #[arg(long)]
         tenant: Option<String>,
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        data: DataArg,
+        target: Target,
     },
     /// Lifts a plugin's quarantine: a running host delivers its waiting
     /// events again within a second.
@@ -201,20 +239,12 @@ enum QuarantineCommand {
         #[command(flatten)]
         plugin: PluginArg,
         #[command(flatten)]
-        data: DataArg,
+        target: Target,
     },
 }
 
 /// Opens the log of a data directory that has one: an operator command
 /// never creates an empty log by mistake.
-/// The most bytes of tenant text in a table's last column.
-pub const LAST_COLUMN_BYTES: usize = 160;
-
-/// Tenant text for a table cell: escaped, and cut at 64 bytes.
-pub fn cell(text: &str) -> std::borrow::Cow<'_, str> {
-    plugbus::text::escape(text, 64)
-}
-
 fn open(data: &Path) -> anyhow::Result<SqliteLog> {
     if !data.join("events.db").is_file() {
         bail!(
@@ -225,12 +255,13 @@ fn open(data: &Path) -> anyhow::Result<SqliteLog> {
     Ok(SqliteLog::open(data, SqliteLogConfig::default())?)
 }
 
-fn check_names(tenant: &str, plugin: Option<&str>) -> anyhow::Result<()> {
-    plugbus::manifest::validate_name(tenant).with_context(|| format!("tenant {tenant:?}"))?;
-    if let Some(plugin) = plugin {
-        plugbus::manifest::validate_name(plugin).with_context(|| format!("plugin {plugin:?}"))?;
-    }
-    Ok(())
+/// A failure's message without the kind it starts with, when it does:
+/// the table shows the kind in a column of its own.
+fn without_kind<'a>(kind: &str, message: &'a str) -> &'a str {
+    message
+        .strip_prefix(kind)
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(message)
 }
 
 /// Runs `plugbus dlq ...`. Blocking.
@@ -240,16 +271,24 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
             tenant,
             plugin,
             json,
-            data,
+            target,
         } => {
-            check_names(&tenant, plugin.as_deref())?;
-            let source = data.source()?;
-            let plugins = match plugin {
-                Some(plugin) => vec![plugin],
-                None => source.dead_letter_plugins(&tenant)?,
+            let source = target.source()?;
+            let tenants = source.tenants(tenant.as_deref())?;
+            if let Some(plugin) = &plugin {
+                plugbus::manifest::validate_name(plugin)
+                    .with_context(|| format!("plugin {:?}", crate::client::cell(plugin)))?;
+            }
+            let plugins = match (&plugin, &tenants) {
+                (Some(plugin), Tenants::One(tenant)) => vec![(tenant.clone(), plugin.clone())],
+                _ => source
+                    .dead_letter_plugins(&tenants)?
+                    .into_iter()
+                    .filter(|(_, p)| plugin.as_ref().is_none_or(|wanted| wanted == p))
+                    .collect(),
             };
             let mut rows = Vec::new();
-            for plugin in plugins {
+            for (tenant, plugin) in plugins {
                 for dead in source.dead_letters(&tenant, &plugin)? {
                     let attempts = &dead.attempts;
                     let last = attempts.last();
@@ -261,6 +300,7 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                             "{}",
                             json!({
                                 "seq": dead.seq,
+                                "tenant": tenant,
                                 "plugin": plugin,
                                 "event_id": text("id"),
                                 "type": text("type"),
@@ -270,18 +310,15 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                             })
                         );
                     } else {
-                        // Tenant text, escaped and cut: one line per
-                        // row, and no escape sequence reaches the terminal.
                         rows.push(vec![
                             dead.seq.to_string(),
+                            tenant.clone(),
                             plugin.clone(),
-                            cell(&text("id")).into_owned(),
-                            cell(&text("type")).into_owned(),
+                            text("id"),
+                            text("type"),
                             attempts.len().to_string(),
-                            format!(
-                                "{kind}: {}",
-                                plugbus::text::escape(message, LAST_COLUMN_BYTES)
-                            ),
+                            kind.to_owned(),
+                            without_kind(kind, message).to_owned(),
                         ]);
                     }
                 }
@@ -289,35 +326,38 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
             if !json {
                 table::print(
                     &[
-                        Column::right("seq", 8).gap(2),
-                        Column::left("plugin", 20),
-                        Column::left("event id", 24),
-                        Column::left("type", 28),
-                        Column::right("attempts", 8).gap(2),
-                        Column::left("last failure", 0).gap(0),
+                        Column::number("seq", 8).gap(2),
+                        Column::text("tenant", 12, NAME),
+                        Column::text("plugin", 16, NAME),
+                        // A UUID whole.
+                        Column::text("event id", 36, 40),
+                        Column::text("type", 24, 40),
+                        Column::number("attempts", 8).gap(2),
+                        Column::text("kind", 17, 24),
+                        Column::text("last failure", 0, FAILURE).gap(0),
                     ],
                     rows,
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Show(DeadLetterArg { plugin, seq, data }) => {
-            check_names(&plugin.tenant, Some(&plugin.plugin))?;
-            let source = data.source()?;
+        DlqCommand::Show(DeadLetterArg {
+            plugin,
+            seq,
+            target,
+        }) => {
+            let source = target.source()?;
+            let (tenant, plugin) = plugin.resolve(&source)?;
             let Some(dead) = source
-                .dead_letters(&plugin.tenant, &plugin.plugin)?
+                .dead_letters(&tenant, &plugin)?
                 .into_iter()
                 .find(|d| d.seq == seq)
             else {
-                bail!(
-                    "{}/{} has no dead letter at {seq}",
-                    plugin.tenant,
-                    plugin.plugin
-                );
+                bail!("{tenant}/{plugin} has no dead letter at {seq}");
             };
             let mut dead = serde_json::to_value(dead)?;
-            dead["tenant"] = plugin.tenant.into();
-            dead["plugin"] = plugin.plugin.into();
+            dead["tenant"] = tenant.into();
+            dead["plugin"] = plugin.into();
             println!("{}", serde_json::to_string_pretty(&dead)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -336,20 +376,25 @@ enum Action {
 /// Does `action` on one dead letter and says so; an error when the
 /// plugin has no dead letter there.
 fn on_dead_letter(
-    DeadLetterArg { plugin, seq, data }: DeadLetterArg,
+    DeadLetterArg {
+        plugin,
+        seq,
+        target,
+    }: DeadLetterArg,
     action: Action,
 ) -> anyhow::Result<ExitCode> {
-    check_names(&plugin.tenant, Some(&plugin.plugin))?;
-    let source = data.source()?;
-    let (tenant, name) = (&plugin.tenant, &plugin.plugin);
+    let source = target.source()?;
+    let (tenant, name) = plugin.resolve(&source)?;
     let path = format!("/v1/tenants/{tenant}/plugins/{name}/dead-letters/{seq}");
     let found = match (&source, action) {
-        (Source::Log(log), Action::Redrive) => log.request_redrive(tenant, name, seq).wait()?,
-        (Source::Log(log), Action::Discard) => log.discard_dead_letter(tenant, name, seq).wait()?,
-        (Source::Http { .. }, Action::Redrive) => {
+        (Source::Log(log), Action::Redrive) => log.request_redrive(&tenant, &name, seq).wait()?,
+        (Source::Log(log), Action::Discard) => {
+            log.discard_dead_letter(&tenant, &name, seq).wait()?
+        }
+        (Source::Http(_), Action::Redrive) => {
             source.call("POST", &format!("{path}/redrive"))?.is_some()
         }
-        (Source::Http { .. }, Action::Discard) => source.call("DELETE", &path)?.is_some(),
+        (Source::Http(_), Action::Discard) => source.call("DELETE", &path)?.is_some(),
     };
     if !found {
         bail!("{tenant}/{name} has no dead letter at {seq}");
@@ -365,43 +410,37 @@ fn on_dead_letter(
 
 /// Runs `plugbus replay`. Blocking.
 pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let ReplayArgs { plugin, from, data } = args;
-    check_names(&plugin.tenant, Some(&plugin.plugin))?;
-    let (before, first) = match data.source()? {
+    let ReplayArgs {
+        plugin,
+        from,
+        target,
+    } = args;
+    let source = target.source()?;
+    let (tenant, plugin) = plugin.resolve(&source)?;
+    let (before, first) = match &source {
         Source::Log(log) => {
-            let done = plugbus::log::replay(&log, &plugin.tenant, &plugin.plugin, &from)?;
+            let done = plugbus::log::replay(log, &tenant, &plugin, &from)?;
             (done.before, done.first)
         }
-        source @ Source::Http { .. } => {
+        Source::Http(_) => {
             let from_query =
                 percent_encoding::utf8_percent_encode(&from, percent_encoding::NON_ALPHANUMERIC);
             let done: ReplayAnswer = source
                 .call(
                     "POST",
-                    &format!(
-                        "/v1/tenants/{}/plugins/{}/replay?from={from_query}",
-                        plugin.tenant, plugin.plugin
-                    ),
+                    &format!("/v1/tenants/{tenant}/plugins/{plugin}/replay?from={from_query}"),
                 )?
-                .with_context(|| {
-                    format!(
-                        "{}/{} has no cursor on this host",
-                        plugin.tenant, plugin.plugin
-                    )
-                })?
+                .with_context(|| format!("{tenant}/{plugin} has no cursor on this host"))?
                 .read()?;
             (done.before, done.first)
         }
     };
     println!(
-        "{}/{}: cursor moved from {before} to {}; delivery resumes at position {first}",
-        plugin.tenant,
-        plugin.plugin,
+        "{tenant}/{plugin}: cursor moved from {before} to {}; delivery resumes at position {first}",
         first - 1
     );
     Ok(ExitCode::SUCCESS)
 }
-
 /// A time in milliseconds since the epoch as RFC 3339, for people.
 fn rfc3339_ms(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
@@ -413,24 +452,16 @@ fn rfc3339_ms(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-/// The quarantined plugins, of `tenant` or all: from the log, or from a
-/// running host's plugin views (`/v1/tenants/{tenant}/plugins`, or
-/// `/v1/admin/plugins` for all).
+/// The quarantined plugins of `tenants`: from the log, or from a
+/// running host's plugin views.
 fn quarantines(
     source: &Source,
-    tenant: Option<&str>,
+    tenants: &Tenants,
 ) -> anyhow::Result<Vec<plugbus::log::Quarantine>> {
     let all = match source {
         Source::Log(log) => log.quarantines()?,
-        Source::Http { .. } => {
-            let path = match tenant {
-                Some(tenant) => format!("/v1/tenants/{tenant}/plugins"),
-                None => "/v1/admin/plugins".to_owned(),
-            };
-            let answer: PluginsAnswer = source
-                .call("GET", &path)?
-                .with_context(|| format!("the host has no tenant {tenant:?} for this token"))?
-                .read()?;
+        Source::Http(connection) => {
+            let answer: PluginsAnswer = plugin_views(connection, tenants)?.read()?;
             answer
                 .plugins
                 .into_iter()
@@ -440,20 +471,25 @@ fn quarantines(
     };
     Ok(all
         .into_iter()
-        .filter(|q| tenant.is_none_or(|t| t == q.tenant))
+        .filter(|q| match tenants {
+            Tenants::All => true,
+            Tenants::One(tenant) => *tenant == q.tenant,
+        })
         .collect())
 }
 
 /// Runs `plugbus quarantine ...`. Blocking.
 pub fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        QuarantineCommand::List { tenant, json, data } => {
-            if let Some(tenant) = &tenant {
-                check_names(tenant, None)?;
-            }
-            let all = quarantines(&data.source()?, tenant.as_deref())?;
+        QuarantineCommand::List {
+            tenant,
+            json,
+            target,
+        } => {
+            let source = target.source()?;
+            let tenants = source.tenants(tenant.as_deref())?;
             let mut rows = Vec::new();
-            for q in all {
+            for q in quarantines(&source, &tenants)? {
                 if json {
                     println!(
                         "{}",
@@ -478,28 +514,28 @@ pub fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
             if !json {
                 table::print(
                     &[
-                        Column::left("tenant", 20),
-                        Column::left("plugin", 20),
-                        Column::left("version", 14),
-                        Column::left("since", 26),
-                        Column::left("until", 0).gap(0),
+                        Column::text("tenant", 12, NAME),
+                        Column::text("plugin", 16, NAME),
+                        Column::text("version", 12, 16),
+                        Column::text("since", 20, 30),
+                        Column::text("until", 0, 30).gap(0),
                     ],
                     rows,
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
-        QuarantineCommand::Resume { plugin, data } => {
-            check_names(&plugin.tenant, Some(&plugin.plugin))?;
-            let (tenant, name) = (&plugin.tenant, &plugin.plugin);
-            let lifted = match data.source()? {
+        QuarantineCommand::Resume { plugin, target } => {
+            let source = target.source()?;
+            let (tenant, name) = plugin.resolve(&source)?;
+            let lifted = match &source {
                 Source::Log(log) => log
                     .set_quarantine(plugbus::log::QuarantineChange::Lift {
                         tenant: tenant.clone(),
                         plugin: name.clone(),
                     })
                     .wait()?,
-                remote @ Source::Http { .. } => remote
+                Source::Http(_) => source
                     .call(
                         "POST",
                         &format!("/v1/tenants/{tenant}/plugins/{name}/resume"),

@@ -26,7 +26,7 @@ const PRINT_GRACE: Duration = Duration::from_secs(1);
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// The configuration file (see the README); without one, the embedded
-    /// default: 127.0.0.1:8080, ./plugins, ./data, no tenant tokens.
+    /// default (the defaults below, no tenant tokens).
     #[arg(long, value_name = "FILE", env = "PLUGBUS_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -65,7 +65,7 @@ pub struct ServeArgs {
     retain_hours: Option<u64>,
 
     /// Keep the log under this many MiB by deleting its oldest handled
-    /// events (no size limit when absent).
+    /// events.
     #[arg(long, value_name = "MIB", env = "PLUGBUS_RETAIN_MIB", value_parser = clap::value_parser!(u64).range(1..))]
     retain_mib: Option<u64>,
 
@@ -120,6 +120,81 @@ pub struct ServeArgs {
     /// How many stdin events are published at once.
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     concurrency: u32,
+}
+
+/// `serve`'s command line with the default of each flag plugbus.toml may
+/// set added to its help: the embedded configuration's value (from
+/// [`Config::default`], where the numbers live), unless the file sets it.
+/// Those flags are `Option`s, so that an absent flag leaves the file's
+/// value in place: clap cannot show a default of its own for them.
+pub fn show_defaults(command: clap::Command) -> clap::Command {
+    let c = Config::default();
+    let (d, l) = (&c.delivery, &c.limits);
+    let defaults = [
+        ("listen", c.listen.to_string(), "listen"),
+        (
+            "plugins",
+            c.plugins_dir.display().to_string(),
+            "plugins_dir",
+        ),
+        ("data", c.data_dir.display().to_string(), "data_dir"),
+        (
+            "retain_hours",
+            d.retain_hours.to_string(),
+            "delivery.retain_hours",
+        ),
+        (
+            "retain_mib",
+            d.retain_mib
+                .map_or_else(|| "no size limit".to_owned(), |m| m.to_string()),
+            "delivery.retain_mib",
+        ),
+        (
+            "dedupe_hours",
+            d.dedupe_hours.to_string(),
+            "delivery.dedupe_hours",
+        ),
+        (
+            "quarantine_after",
+            d.quarantine_after.to_string(),
+            "delivery.quarantine_after",
+        ),
+        (
+            "quarantine_seconds",
+            d.quarantine_seconds.to_string(),
+            "delivery.quarantine_seconds",
+        ),
+        (
+            "max_attempts",
+            d.max_attempts.to_string(),
+            "delivery.max_attempts",
+        ),
+        ("fuel", l.fuel.to_string(), "limits.fuel"),
+        ("memory_mib", l.memory_mib.to_string(), "limits.memory_mib"),
+        ("timeout_ms", l.timeout_ms.to_string(), "limits.timeout_ms"),
+        (
+            "max_body_bytes",
+            c.http.max_body_bytes.to_string(),
+            "http.max_body_bytes",
+        ),
+    ];
+    defaults
+        .into_iter()
+        .fold(command, |command, (id, value, key)| {
+            let note = format!("[default: {value}, or plugbus.toml's {key}]");
+            command.mut_arg(id, |arg| {
+                let help = match arg.get_help() {
+                    Some(help) => format!("{help} {note}"),
+                    None => note.clone(),
+                };
+                let long = arg.get_long_help().map(|long| format!("{long} {note}"));
+                let arg = arg.help(help);
+                match long {
+                    Some(long) => arg.long_help(long),
+                    None => arg,
+                }
+            })
+        })
 }
 
 /// The configuration file, or the embedded default, with the flags laid

@@ -1,12 +1,26 @@
-//! The CLI's tables (comfy-table): no borders, each column at least as
-//! wide as it always was and as wide as its widest cell, columns apart by
-//! one or two spaces, numbers right-aligned, no trailing spaces.
+//! The CLI's tables (comfy-table): no borders, a fixed header, one line
+//! per row always, columns apart by one or two spaces, numbers
+//! right-aligned, no trailing spaces and no colour (comfy-table is built
+//! without its terminal styling), so that the output reads the same on a
+//! terminal and in a pipe.
 //!
-//! The cells are text as given: tenant text must be escaped by the caller
-//! (`plugbus::text::escape`, [`crate::ops::cell`]), so that a row stays one
-//! line and no escape sequence reaches the terminal.
+//! Every cell is escaped here ([`plugbus::text::escape`]: control
+//! characters, escape sequences, newlines), whoever wrote it, so no
+//! tenant text can break a row or reach the terminal raw; a cell wider
+//! than its column's most is cut to it, ending in `…` (a manifest error's
+//! caret diagram, a long type). `--json` shows the whole text.
 
-use comfy_table::{CellAlignment, ColumnConstraint, Table, Width, presets};
+use std::borrow::Cow;
+
+use comfy_table::{CellAlignment, ColumnConstraint, Row, Table, Width, presets};
+
+/// The most bytes of a cell kept before it is cut to its column: a bound
+/// on the work of a huge message, well beyond any column's width.
+const CELL_BYTES: usize = 4096;
+
+/// Splits nothing: the escaped text of a cell has no NUL, so a cell is cut
+/// at its column's width, not at the last space before it.
+const NO_DELIMITER: char = '\0';
 
 /// One column of a table.
 #[derive(Clone, Copy)]
@@ -14,7 +28,9 @@ pub struct Column {
     /// Its header.
     pub header: &'static str,
     /// The least width of its text.
-    pub width: u16,
+    pub min: u16,
+    /// The most width of its text: a wider cell is cut, ending in `…`.
+    pub max: u16,
     /// Whether its text is right-aligned (numbers).
     pub right: bool,
     /// The spaces between it and the next column.
@@ -22,23 +38,26 @@ pub struct Column {
 }
 
 impl Column {
-    /// A left-aligned column at least `width` wide, one space before the
-    /// next.
-    pub const fn left(header: &'static str, width: u16) -> Self {
+    /// A left-aligned column of text at least `min` and at most `max`
+    /// wide, one space before the next.
+    pub const fn text(header: &'static str, min: u16, max: u16) -> Self {
         Self {
             header,
-            width,
+            min,
+            max,
             right: false,
             gap: 1,
         }
     }
 
-    /// A right-aligned column at least `width` wide, one space before the
-    /// next.
-    pub const fn right(header: &'static str, width: u16) -> Self {
+    /// A right-aligned column of numbers at least `min` wide, one space
+    /// before the next.
+    pub const fn number(header: &'static str, min: u16) -> Self {
         Self {
             header,
-            width,
+            min,
+            // A u64 has at most 20 digits.
+            max: if min > 20 { min } else { 20 },
             right: true,
             gap: 1,
         }
@@ -50,13 +69,32 @@ impl Column {
     }
 }
 
+/// A cell's text, escaped: one line, nothing a terminal acts on.
+fn escaped(cell: &str) -> Cow<'_, str> {
+    plugbus::text::escape(cell, CELL_BYTES)
+}
+
 /// The lines of a table of `columns` and `rows` (each row one cell per
 /// column), header first.
-pub fn lines(columns: &[Column], rows: impl IntoIterator<Item = Vec<String>>) -> Vec<String> {
+pub fn lines<R, C>(columns: &[Column], rows: R) -> Vec<String>
+where
+    R: IntoIterator<Item = Vec<C>>,
+    C: AsRef<str>,
+{
     let mut table = Table::new();
     table.load_style(presets::NOTHING);
+    table.set_delimiter(NO_DELIMITER);
     table.set_header(columns.iter().map(|c| c.header).collect::<Vec<_>>());
-    for row in rows {
+    for cells in rows {
+        let mut row = Row::from(
+            cells
+                .iter()
+                .map(|cell| escaped(cell.as_ref()).into_owned())
+                .collect::<Vec<_>>(),
+        );
+        // A cell wider than its column would wrap; the rest of it is cut
+        // off, ending in `…`.
+        row.max_height(1);
         table.add_row(row);
     }
     for (column, spec) in table.column_iter_mut().zip(columns) {
@@ -66,10 +104,11 @@ pub fn lines(columns: &[Column], rows: impl IntoIterator<Item = Vec<String>>) ->
         } else {
             CellAlignment::Left
         });
-        // The width includes the padding.
-        column.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(
-            spec.width.saturating_add(spec.gap),
-        )));
+        // The widths include the padding.
+        column.set_constraint(ColumnConstraint::Boundaries {
+            lower: Width::Fixed(spec.min.saturating_add(spec.gap)),
+            upper: Width::Fixed(spec.max.max(spec.min).saturating_add(spec.gap)),
+        });
     }
     table
         .lines()
@@ -78,7 +117,11 @@ pub fn lines(columns: &[Column], rows: impl IntoIterator<Item = Vec<String>>) ->
 }
 
 /// Prints a table of `columns` and `rows` to stdout.
-pub fn print(columns: &[Column], rows: impl IntoIterator<Item = Vec<String>>) {
+pub fn print<R, C>(columns: &[Column], rows: R)
+where
+    R: IntoIterator<Item = Vec<C>>,
+    C: AsRef<str>,
+{
     for line in lines(columns, rows) {
         println!("{line}");
     }
@@ -88,21 +131,23 @@ pub fn print(columns: &[Column], rows: impl IntoIterator<Item = Vec<String>>) {
 mod tests {
     use super::*;
 
-    /// The layout of the hand-aligned `format!` widths it replaces.
+    const COLUMNS: [Column; 4] = [
+        Column::number("seq", 8).gap(2),
+        Column::text("plugin", 20, 30),
+        Column::number("attempts", 8).gap(2),
+        Column::text("last failure", 0, 24).gap(0),
+    ];
+
+    /// The layout of the hand-aligned `format!` widths it replaced, and a
+    /// wider cell widening its column in every row, header too.
     #[test]
-    fn lays_out_as_the_formats_did() {
-        let columns = [
-            Column::right("seq", 8).gap(2),
-            Column::left("plugin", 20),
-            Column::right("attempts", 8).gap(2),
-            Column::left("last failure", 0).gap(0),
-        ];
+    fn lays_out_in_columns() {
         let rows = [
-            vec!["12".into(), "mixed".into(), "3".into(), "trap: boom".into()],
-            vec!["7".into(), "a".repeat(22), "10".into(), String::new()],
+            vec!["12", "mixed", "3", "trap: boom"],
+            vec!["7", "a-plugin-name-of-22-ch", "10", ""],
         ];
         assert_eq!(
-            lines(&columns, rows[..1].to_vec()),
+            lines(&COLUMNS, rows[..1].to_vec()),
             [
                 format!(
                     "{:>8}  {:<20} {:>8}  last failure",
@@ -111,25 +156,58 @@ mod tests {
                 format!("{:>8}  {:<20} {:>8}  trap: boom", "12", "mixed", "3"),
             ]
         );
-        // A wider cell widens its column, header and every row, where the
-        // formats pushed that one row out of line.
         assert_eq!(
-            lines(&columns, rows),
+            lines(&COLUMNS, rows),
             [
                 format!(
                     "{:>8}  {:<22} {:>8}  last failure",
                     "seq", "plugin", "attempts"
                 ),
                 format!("{:>8}  {:<22} {:>8}  trap: boom", "12", "mixed", "3"),
-                format!("{:>8}  {} {:>8}", "7", "a".repeat(22), "10"),
+                format!("{:>8}  a-plugin-name-of-22-ch {:>8}", "7", "10"),
             ]
+        );
+    }
+
+    /// A cell past its column's most is cut to it with `…`; lines within a
+    /// cell, and control characters, are escaped onto the one line.
+    #[test]
+    fn cuts_and_escapes_each_cell_to_one_line() {
+        let long = "p".repeat(40);
+        let rows = [vec![
+            "1",
+            long.as_str(),
+            "2",
+            "error: expected `=`\n  |\n1 | subscribe \u{1b}[31m\r",
+        ]];
+        let lines = lines(&COLUMNS, rows);
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert_eq!(
+            lines[1],
+            format!(
+                "{:>8}  {}… {:>8}  error: expected `=`\\n  …",
+                "1",
+                "p".repeat(29),
+                "2"
+            )
+        );
+        assert!(!lines[1].contains('\u{1b}'), "{lines:?}");
+        assert_eq!(
+            lines[0],
+            format!(
+                "{:>8}  {:<30} {:>8}  last failure",
+                "seq", "plugin", "attempts"
+            )
         );
     }
 
     /// A table without rows is its header.
     #[test]
     fn no_rows_is_the_header() {
-        let columns = [Column::left("tenant", 20), Column::left("until", 0).gap(0)];
+        let columns = [
+            Column::text("tenant", 20, 64),
+            Column::text("until", 0, 30).gap(0),
+        ];
         assert_eq!(
             lines(&columns, Vec::<Vec<String>>::new()),
             [format!("{:<20} until", "tenant")]
