@@ -9,6 +9,7 @@
 
 mod client;
 mod dispatch;
+mod inspect;
 mod keys;
 mod lines;
 mod ops;
@@ -118,6 +119,13 @@ enum Command {
 
     /// Says whether a running host is ready, and sums up its plugins.
     Status(client::StatusArgs),
+
+    /// Shows a plugin's state on a running host: its keys and values, or
+    /// one key's value.
+    State(inspect::StateArgs),
+
+    /// Lists the events a plugin emitted on a running host, newest first.
+    Emits(inspect::EmitsArgs),
 }
 
 fn main() -> ExitCode {
@@ -204,7 +212,9 @@ fn default_level(command: &Command) -> &'static str {
         | Command::HashToken
         | Command::Publish(_)
         | Command::Plugins(_)
-        | Command::Status(_) => "warn",
+        | Command::Status(_)
+        | Command::State(_)
+        | Command::Emits(_) => "warn",
     }
 }
 
@@ -247,5 +257,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Publish(args) => blocking("publish", move || client::publish(args)).await,
         Command::Plugins(args) => blocking("plugins", move || client::plugins(args)).await,
         Command::Status(args) => blocking("status", move || client::status(args)).await,
+        Command::State(args) => blocking("state", move || inspect::state(args)).await,
+        Command::Emits(args) => blocking("emits", move || inspect::emits(args)).await,
     }
 }
