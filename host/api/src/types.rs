@@ -370,7 +370,7 @@ impl Eq for StoredBytes {}
 
 /// One key of a plugin's state, in `GET .../state` and
 /// `GET .../state/{key}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StateEntryView {
     /// The key.
     pub key: String,
@@ -399,6 +399,16 @@ impl StateEntryView {
         }
     }
 }
+
+impl PartialEq for StateEntryView {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.encoding == other.encoding
+            && self.value.get() == other.value.get()
+    }
+}
+
+impl Eq for StateEntryView {}
 
 /// The query of `GET .../state`: which keys, and how many.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

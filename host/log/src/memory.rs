@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use super::{
     Appended, Commit, Committed, CursorStore, DeadLetter, DeadLetterDepths, DeadLetterQuota,
-    DeadLetterStore, EventStore, LogError, Pruned, Quarantine, QuarantineChange, QuarantineStore,
-    InspectStore, Page, ReadLimit, Reply, Retention, Seq, StateEntry, StateQuery, StoredEvent,
-    now_ms,
+    DeadLetterStore, EventStore, InspectStore, LogError, Page, Pruned, Quarantine,
+    QuarantineChange, QuarantineStore, ReadLimit, Reply, Retention, Seq, StateEntry, StateQuery,
+    StoredEvent, now_ms,
 };
 use plugbus_core::event::Event;
 use plugbus_core::state::{StateError, StateStore, StateWrite};
@@ -667,7 +667,7 @@ impl InspectStore for MemoryLog {
         let sized = events
             .range(..before.unwrap_or(Seq::MAX))
             .rev()
-            .filter(|(seq, _)| tables.emitted_by.get(seq).is_some_and(|p| p == plugin))
+            .filter(|(seq, _)| tables.emitted_by.get(*seq).is_some_and(|p| p == plugin))
             .map(|(_, stored)| (stored.clone(), stored.bytes));
         Ok(page(sized, limit))
     }

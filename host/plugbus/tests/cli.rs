@@ -841,7 +841,7 @@ fn state_and_emits_show_what_a_plugin_kept_and_emitted() {
     let url = url_rx
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("serve listens");
-    let plugbus = |args: &[&str], token: &str| {
+    let cli = |args: &[&str], token: &str| {
         let output = Command::new(env!("CARGO_BIN_EXE_plugbus"))
             .args(args)
             .args(["--url", &url])
@@ -855,7 +855,7 @@ fn state_and_emits_show_what_a_plugin_kept_and_emitted() {
         )
     };
 
-    let (code, _, stderr) = plugbus(
+    let (code, _, stderr) = cli(
         &[
             "publish",
             "--type",
@@ -873,7 +873,7 @@ fn state_and_emits_show_what_a_plugin_kept_and_emitted() {
     // is answered: ask until they are there.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let state: plugbus::api::types::StateAnswer = loop {
-        let (code, stdout, stderr) = plugbus(&["state", "acme-pos/order-saga", "--json"], ACME);
+        let (code, stdout, stderr) = cli(&["state", "acme-pos/order-saga", "--json"], ACME);
         assert_eq!(code, 0, "{stderr}");
         let state: plugbus::api::types::StateAnswer =
             serde_json::from_str(&stdout).expect("the state as JSON");
@@ -888,27 +888,39 @@ fn state_and_emits_show_what_a_plugin_kept_and_emitted() {
     };
     assert_eq!(state.entries.len(), 1);
     assert_eq!(state.entries[0].key, "order/o-1");
-    assert_eq!(state.entries[0].encoding, plugbus::api::types::Encoding::Json);
+    assert_eq!(
+        state.entries[0].encoding,
+        plugbus::api::types::Encoding::Json
+    );
     let order: serde_json::Value =
         serde_json::from_str(state.entries[0].value.get()).expect("the order is JSON");
     assert_eq!(order["status"], "awaiting_payment");
 
-    let (code, table, stderr) = plugbus(&["state", "acme-pos/order-saga"], ACME);
+    let (code, table, stderr) = cli(&["state", "acme-pos/order-saga"], ACME);
     assert_eq!(code, 0, "{stderr}");
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 2, "{table}");
-    assert!(lines[0].starts_with("key") && lines[0].contains("value"), "{table}");
+    assert!(
+        lines[0].starts_with("key") && lines[0].contains("value"),
+        "{table}"
+    );
     assert!(lines[1].starts_with("order/o-1"), "{table}");
-    assert!(lines[1].contains(r#""status":"awaiting_payment""#), "{table}");
+    assert!(
+        lines[1].contains(r#""status":"awaiting_payment""#),
+        "{table}"
+    );
 
-    let (code, value, stderr) = plugbus(&["state", "acme-pos/order-saga", "order/o-1"], ACME);
+    let (code, value, stderr) = cli(&["state", "acme-pos/order-saga", "order/o-1"], ACME);
     assert_eq!(code, 0, "{stderr}");
     assert!(value.contains(r#""status": "awaiting_payment""#), "{value}");
-    let (code, _, stderr) = plugbus(&["state", "acme-pos/order-saga", "order/o-9"], ACME);
+    let (code, _, stderr) = cli(&["state", "acme-pos/order-saga", "order/o-9"], ACME);
     assert_ne!(code, 0);
-    assert!(stderr.contains("404") && stderr.contains("order/o-9"), "{stderr}");
+    assert!(
+        stderr.contains("404") && stderr.contains("order/o-9"),
+        "{stderr}"
+    );
 
-    let (code, stdout, stderr) = plugbus(&["emits", "acme-pos/order-saga", "--json"], ACME);
+    let (code, stdout, stderr) = cli(&["emits", "acme-pos/order-saga", "--json"], ACME);
     assert_eq!(code, 0, "{stderr}");
     let emits: plugbus::api::types::EmitsAnswer =
         serde_json::from_str(&stdout).expect("the emits as JSON");
@@ -917,7 +929,7 @@ fn state_and_emits_show_what_a_plugin_kept_and_emitted() {
     assert_eq!(emit.ty, "payment.requested");
     assert_eq!(emit.subject.as_deref(), Some("o-1"));
     assert_eq!(emit.causation_id.as_deref(), Some("order-evt-1"));
-    let (code, table, stderr) = plugbus(&["emits", "acme-pos/order-saga", "--limit", "5"], ACME);
+    let (code, table, stderr) = cli(&["emits", "acme-pos/order-saga", "--limit", "5"], ACME);
     assert_eq!(code, 0, "{stderr}");
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 2, "{table}");
@@ -934,11 +946,14 @@ fn state_and_emits_show_what_a_plugin_kept_and_emitted() {
 
     // Another tenant's token: no such tenant. A name that is not one.
     for command in ["state", "emits"] {
-        let (code, _, stderr) = plugbus(&[command, "acme-pos/order-saga"], GLOBEX);
+        let (code, _, stderr) = cli(&[command, "acme-pos/order-saga"], GLOBEX);
         assert_ne!(code, 0);
-        assert!(stderr.contains("404") && stderr.contains("no tenant"), "{stderr}");
+        assert!(
+            stderr.contains("404") && stderr.contains("no tenant"),
+            "{stderr}"
+        );
     }
-    let (code, _, stderr) = plugbus(&["state", "order-saga"], ACME);
+    let (code, _, stderr) = cli(&["state", "order-saga"], ACME);
     assert_ne!(code, 0);
     assert!(stderr.contains("TENANT/PLUGIN"), "{stderr}");
     drop(server);

@@ -1088,8 +1088,10 @@ fn state_is_listed_in_key_order_by_prefix_a_page_at_a_time(open: &Open) {
     )
     .expect("delete");
     // Other plugins and tenants with the same keys are not listed.
-    log.apply("acme", "other", &[set("b/9", "x")]).expect("apply");
-    log.apply("globex", "saga", &[set("b/9", "x")]).expect("apply");
+    log.apply("acme", "other", &[set("b/9", "x")])
+        .expect("apply");
+    log.apply("globex", "saga", &[set("b/9", "x")])
+        .expect("apply");
     let query = |prefix: &str, after: Option<&str>, limit: usize| StateQuery {
         prefix: prefix.into(),
         after: after.map(str::to_owned),
@@ -1195,7 +1197,12 @@ fn emits_are_listed_per_plugin_newest_first(open: &Open) {
         .expect("emitted");
     assert_eq!((ids(&newest), newest.more), (vec!["x-2".to_owned()], true));
     let older = log
-        .emitted("acme", "saga", Some(newest.items[0].seq), ReadLimit::events(1))
+        .emitted(
+            "acme",
+            "saga",
+            Some(newest.items[0].seq),
+            ReadLimit::events(1),
+        )
         .expect("emitted");
     assert_eq!((ids(&older), older.more), (vec!["x-1".to_owned()], false));
 
@@ -1224,6 +1231,7 @@ fn emits_are_listed_per_plugin_newest_first(open: &Open) {
 /// what is emitted from then on is found, through the emitters' index.
 #[test]
 fn a_log_from_before_emitters_were_recorded_opens_and_records_them() {
+    use plugbus::log::InspectStore as _;
     let dir = tempfile::tempdir().expect("tempdir");
     let old = event("acme", "e-1", "order.placed");
     {

@@ -604,10 +604,12 @@ async fn commit_as_audit(
 async fn a_plugins_state_is_seen_by_its_tenant_and_the_admin() {
     use plugbus::api::types::{Encoding, StateAnswer, StateEntryView};
     let (routes, log) = inspected().await;
-    let set = |key: &str, value: &[u8]| plugbus::state::StateWrite {
-        key: key.into(),
-        value: Some(value.to_vec()),
-    };
+    fn set(key: &str, value: &[u8]) -> plugbus::state::StateWrite {
+        plugbus::state::StateWrite {
+            key: key.into(),
+            value: Some(value.to_vec()),
+        }
+    }
     commit_as_audit(
         &log,
         vec![
@@ -634,7 +636,10 @@ async fn a_plugins_state_is_seen_by_its_tenant_and_the_admin() {
         "{body}"
     );
     let state = answer.read::<StateAnswer>();
-    assert_eq!((state.tenant.as_str(), state.plugin.as_str()), (ACME, "audit"));
+    assert_eq!(
+        (state.tenant.as_str(), state.plugin.as_str()),
+        (ACME, "audit")
+    );
     let shown: Vec<(&str, Encoding, &str)> = state
         .entries
         .iter()
@@ -666,12 +671,18 @@ async fn a_plugins_state_is_seen_by_its_tenant_and_the_admin() {
         .send(Method::GET, &base, Some(GLOBEX_TOKEN))
         .await
         .refused(StatusCode::NOT_FOUND);
-    assert!(refusal.message.contains(&format!("no tenant {ACME:?}")), "{refusal:?}");
+    assert!(
+        refusal.message.contains(&format!("no tenant {ACME:?}")),
+        "{refusal:?}"
+    );
     let refusal = routes
         .send(Method::GET, &format!("{base}/count"), Some(GLOBEX_TOKEN))
         .await
         .refused(StatusCode::NOT_FOUND);
-    assert!(refusal.message.contains(&format!("no tenant {ACME:?}")), "{refusal:?}");
+    assert!(
+        refusal.message.contains(&format!("no tenant {ACME:?}")),
+        "{refusal:?}"
+    );
     routes
         .send(Method::GET, &base, None)
         .await
@@ -679,7 +690,11 @@ async fn a_plugins_state_is_seen_by_its_tenant_and_the_admin() {
 
     // By prefix, a page at a time.
     let page = routes
-        .send(Method::GET, &format!("{base}?prefix=order%2F&limit=1"), Some(ACME_TOKEN))
+        .send(
+            Method::GET,
+            &format!("{base}?prefix=order%2F&limit=1"),
+            Some(ACME_TOKEN),
+        )
         .await
         .read::<StateAnswer>();
     let keys: Vec<_> = page.entries.iter().map(|e| e.key.as_str()).collect();
@@ -697,7 +712,11 @@ async fn a_plugins_state_is_seen_by_its_tenant_and_the_admin() {
     assert_eq!(keys, ["order/2"]);
     assert_eq!(page.next_after, None);
     let page = routes
-        .send(Method::GET, &format!("{base}?after=padded"), Some(ACME_TOKEN))
+        .send(
+            Method::GET,
+            &format!("{base}?after=padded"),
+            Some(ACME_TOKEN),
+        )
         .await
         .read::<StateAnswer>();
     let keys: Vec<_> = page.entries.iter().map(|e| e.key.as_str()).collect();
@@ -727,8 +746,14 @@ async fn a_plugins_state_is_seen_by_its_tenant_and_the_admin() {
         (format!("/v1/tenants/{ACME}/plugins/ghost/state"), "ghost"),
         (format!("/v1/tenants/{ACME}/plugins/ghost/state/k"), "ghost"),
         (format!("/v1/tenants/{ACME}/plugins/ghost/emits"), "ghost"),
-        ("/v1/tenants/nobody/plugins/audit/state".to_owned(), "nobody"),
-        ("/v1/tenants/nobody/plugins/audit/emits".to_owned(), "nobody"),
+        (
+            "/v1/tenants/nobody/plugins/audit/state".to_owned(),
+            "nobody",
+        ),
+        (
+            "/v1/tenants/nobody/plugins/audit/emits".to_owned(),
+            "nobody",
+        ),
     ] {
         let refusal = routes
             .send(Method::GET, &path, Some(ADMIN_TOKEN))
@@ -746,7 +771,10 @@ async fn a_plugins_state_is_seen_by_its_tenant_and_the_admin() {
         )
         .await
         .refused(StatusCode::NOT_FOUND);
-    assert!(refusal.message.contains("no plugin \"audit\""), "{refusal:?}");
+    assert!(
+        refusal.message.contains("no plugin \"audit\""),
+        "{refusal:?}"
+    );
 }
 
 /// What a plugin emitted through `GET .../emits`: newest first, with its
@@ -807,7 +835,10 @@ async fn a_plugins_emits_are_listed_newest_first() {
     assert_eq!(x1.causation_id.as_deref(), Some("e-1"));
     assert!(!x1.appended_at.is_empty());
     let data = x1.data.as_ref().expect("data");
-    assert_eq!((data.encoding, data.value.get()), (Encoding::Json, r#"{"n":1}"#));
+    assert_eq!(
+        (data.encoding, data.value.get()),
+        (Encoding::Json, r#"{"n":1}"#)
+    );
     let data = emits.emits[1].data.as_ref().expect("data");
     assert_eq!(data.encoding, Encoding::Base64);
     assert_eq!(data.bytes(), Some(vec![0, 255]));
@@ -838,7 +869,10 @@ async fn a_plugins_emits_are_listed_newest_first() {
         .send(Method::GET, &base, Some(GLOBEX_TOKEN))
         .await
         .refused(StatusCode::NOT_FOUND);
-    assert!(refusal.message.contains(&format!("no tenant {ACME:?}")), "{refusal:?}");
+    assert!(
+        refusal.message.contains(&format!("no tenant {ACME:?}")),
+        "{refusal:?}"
+    );
     let refusal = routes
         .send(Method::GET, &format!("{base}?limit=5000"), Some(ACME_TOKEN))
         .await

@@ -218,7 +218,10 @@ pub fn state(args: StateArgs) -> anyhow::Result<ExitCode> {
     }
     let answer: StateAnswer = read(&text)?;
     table::print(
-        &[Column::left("key", 24).gap(2), Column::left("value", 0).gap(0)],
+        &[
+            Column::left("key", 24).gap(2),
+            Column::left("value", 0).gap(0),
+        ],
         answer.entries.iter().map(|entry| {
             vec![
                 plugbus::text::escape(&entry.key, CELL_BYTES).into_owned(),
@@ -251,7 +254,8 @@ pub fn emits(args: EmitsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let answer: EmitsAnswer = read(&text)?;
-    let cell = |text: Option<&str>| plugbus::text::escape(text.unwrap_or("-"), CELL_BYTES).into_owned();
+    let cell =
+        |text: Option<&str>| plugbus::text::escape(text.unwrap_or("-"), CELL_BYTES).into_owned();
     table::print(
         &[
             Column::right("seq", 8).gap(2),
