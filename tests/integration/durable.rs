@@ -1294,6 +1294,27 @@ impl QuarantineStore for PanickyLog {
     }
 }
 
+impl plugbus::log::InspectStore for PanickyLog {
+    fn state_entries(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        query: &plugbus::log::StateQuery,
+    ) -> Result<plugbus::log::Page<plugbus::log::StateEntry>, plugbus::log::LogError> {
+        self.log.state_entries(tenant, plugin, query)
+    }
+
+    fn emitted(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        before: Option<u64>,
+        limit: ReadLimit,
+    ) -> Result<plugbus::log::Page<plugbus::log::StoredEvent>, plugbus::log::LogError> {
+        self.log.emitted(tenant, plugin, before, limit)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_panics_is_restarted_from_its_cursor() {
     let dir = PluginsDir::new();

@@ -9,6 +9,9 @@
 //! - `GET /v1/tenants/{tenant}/plugins` and `.../dead-letters...`: a
 //!   tenant's own plugins and dead letters, with the tenant's token (or the
 //!   admin token).
+//! - `GET /v1/tenants/{tenant}/plugins/{plugin}/state[/{key}]` and
+//!   `.../emits`: a plugin's state and the events it emitted (`inspect`),
+//!   with the tenant's token (or the admin token).
 //! - `GET /v1/admin/...`: every tenant's, with the admin token.
 //! - `GET /v1/whoami`: whose the bearer token is (`{"role":"admin"}` or
 //!   `{"role":"tenant","tenant":…}`).
@@ -49,6 +52,7 @@ mod admin;
 mod auth;
 mod error;
 mod ingest;
+mod inspect;
 mod limits;
 mod monitoring;
 mod routes;

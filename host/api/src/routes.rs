@@ -15,6 +15,7 @@ use crate::admin::{
 use crate::auth::Caller;
 use crate::error::{ApiError, rejected};
 use crate::ingest::ingest;
+use crate::inspect::{emits, state, state_key};
 use crate::monitoring::{ready, render_metrics};
 use crate::state::Api;
 use crate::whoami::whoami;
@@ -46,6 +47,12 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/tenants/{tenant}/plugins/{plugin}/replay", post(replay))
         .route("/v1/tenants/{tenant}/plugins/{plugin}/resume", post(resume))
         .route("/v1/tenants/{tenant}/failures", get(failures))
+        .route("/v1/tenants/{tenant}/plugins/{plugin}/state", get(state))
+        .route(
+            "/v1/tenants/{tenant}/plugins/{plugin}/state/{*key}",
+            get(state_key),
+        )
+        .route("/v1/tenants/{tenant}/plugins/{plugin}/emits", get(emits))
         .route("/v1/admin/reload", post(reload))
         .route("/v1/whoami", get(whoami))
         .layer(axum::middleware::from_fn_with_state(

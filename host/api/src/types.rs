@@ -303,3 +303,202 @@ mod tests {
         );
     }
 }
+
+/// The entries or emits a page of `GET .../state` or `GET .../emits`
+/// holds when `limit` is not given.
+pub const DEFAULT_PAGE_LIMIT: usize = 100;
+
+/// The most entries or emits one page of `GET .../state` or
+/// `GET .../emits` may ask for; a larger `limit` is refused (400).
+pub const MAX_PAGE_LIMIT: usize = 1000;
+
+/// How stored bytes (a state value, an event's data) are written in an
+/// answer: as JSON where they are JSON text, else in base64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// The value is the stored bytes themselves: UTF-8 JSON text, exactly
+    /// as stored (without surrounding whitespace).
+    Json,
+    /// The value is a string: the stored bytes in standard base64 with
+    /// padding, as they are not JSON text.
+    Base64,
+}
+
+/// Stored bytes, as JSON where they are JSON text: see [`Encoding`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredBytes {
+    /// How `value` holds the bytes.
+    pub encoding: Encoding,
+    /// The bytes: their JSON text, or a base64 string.
+    pub value: Box<serde_json::value::RawValue>,
+}
+
+impl StoredBytes {
+    /// `bytes`, as JSON when they are exactly one JSON text, else in
+    /// base64.
+    pub fn new(bytes: &[u8]) -> Self {
+        let json = std::str::from_utf8(bytes).ok().and_then(|text| {
+            serde_json::value::RawValue::from_string(text.to_owned())
+                .ok()
+                // Surrounding whitespace would be lost: not exact.
+                .filter(|raw| raw.get().len() == text.len())
+        });
+        if let Some(value) = json {
+            return Self {
+                encoding: Encoding::Json,
+                value,
+            };
+        }
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+        // A base64 string is always valid JSON once quoted.
+        let value = serde_json::value::to_raw_value(&encoded)
+            .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned());
+        Self {
+            encoding: Encoding::Base64,
+            value,
+        }
+    }
+
+    /// The stored bytes again; `None` when a base64 value does not decode.
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        match self.encoding {
+            Encoding::Json => Some(self.value.get().as_bytes().to_vec()),
+            Encoding::Base64 => {
+                use base64::Engine as _;
+                let text: String = serde_json::from_str(self.value.get()).ok()?;
+                base64::engine::general_purpose::STANDARD.decode(text).ok()
+            }
+        }
+    }
+}
+
+impl PartialEq for StoredBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.encoding == other.encoding && self.value.get() == other.value.get()
+    }
+}
+
+impl Eq for StoredBytes {}
+
+/// One key of a plugin's state, in `GET .../state` and
+/// `GET .../state/{key}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateEntryView {
+    /// The key.
+    pub key: String,
+    /// How `value` holds the stored bytes.
+    pub encoding: Encoding,
+    /// The value: its JSON text, or a base64 string (see [`Encoding`]).
+    pub value: Box<serde_json::value::RawValue>,
+}
+
+impl StateEntryView {
+    /// The entry of `key` with the stored `value`.
+    pub fn new(key: String, value: &[u8]) -> Self {
+        let StoredBytes { encoding, value } = StoredBytes::new(value);
+        Self {
+            key,
+            encoding,
+            value,
+        }
+    }
+
+    /// The value, with its encoding.
+    pub fn stored(&self) -> StoredBytes {
+        StoredBytes {
+            encoding: self.encoding,
+            value: self.value.clone(),
+        }
+    }
+}
+
+impl PartialEq for StateEntryView {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.encoding == other.encoding
+            && self.value.get() == other.value.get()
+    }
+}
+
+impl Eq for StateEntryView {}
+
+/// The query of `GET .../state`: which keys, and how many.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateParams {
+    /// Only the keys that start with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Only the keys after this one: the `next_after` of the page before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// The most entries (default [`DEFAULT_PAGE_LIMIT`], at most
+    /// [`MAX_PAGE_LIMIT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// The answer of `GET /v1/tenants/{tenant}/plugins/{plugin}/state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateAnswer {
+    /// The tenant.
+    pub tenant: String,
+    /// The plugin.
+    pub plugin: String,
+    /// The entries, in key order (by the keys' UTF-8 bytes).
+    pub entries: Vec<StateEntryView>,
+    /// When more entries follow: the `after` that reads them.
+    pub next_after: Option<String>,
+}
+
+/// The query of `GET .../emits`: how many, and from where.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmitsParams {
+    /// Only the emits before this position: the `next_before` of the page
+    /// before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Seq>,
+    /// The most emits (default [`DEFAULT_PAGE_LIMIT`], at most
+    /// [`MAX_PAGE_LIMIT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// One event a plugin emitted, in `GET .../emits`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmitView {
+    /// Its position in the log.
+    pub seq: Seq,
+    /// Its id.
+    pub id: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Its subject, if any.
+    pub subject: Option<String>,
+    /// Its time (set by the host when it was emitted), RFC 3339.
+    pub time: Option<String>,
+    /// When the log stored it (with the delivery's commit), RFC 3339.
+    pub appended_at: String,
+    /// The id of the event whose delivery emitted it.
+    pub causation_id: Option<String>,
+    /// Its data's media type, if given.
+    pub datacontenttype: Option<String>,
+    /// Its data, if any.
+    pub data: Option<StoredBytes>,
+}
+
+/// The answer of `GET /v1/tenants/{tenant}/plugins/{plugin}/emits`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmitsAnswer {
+    /// The tenant.
+    pub tenant: String,
+    /// The plugin.
+    pub plugin: String,
+    /// The events the plugin emitted that the log still holds, newest
+    /// first.
+    pub emits: Vec<EmitView>,
+    /// When older emits follow: the `before` that reads them.
+    pub next_before: Option<Seq>,
+}

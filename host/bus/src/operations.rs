@@ -1,6 +1,6 @@
 //! What operators ask of the bus (the HTTP admin API, the CLI through
-//! it): plugin reports, dead letters, redrive, replay, resume, reload and
-//! recent failures. The API asks these of [`DurableBus`] and never reaches
+//! it): plugin reports, dead letters, redrive, replay, resume, reload,
+//! recent failures, and a plugin's state and recent emits. The API asks these of [`DurableBus`] and never reaches
 //! through it to the host or the log.
 
 use std::path::Path;
@@ -9,7 +9,11 @@ use std::sync::PoisonError;
 use crate::bus::DurableBus;
 use crate::failures::RecentFailure;
 use plugbus_core::Limits;
-use plugbus_log::{DeadLetter, EventLog, LogError, ReplayError, Replayed, Seq};
+use plugbus_core::state::StateError;
+use plugbus_log::{
+    DeadLetter, EventLog, LogError, Page, ReadLimit, ReplayError, Replayed, Seq, StateEntry,
+    StateQuery, StoredEvent,
+};
 use plugbus_runtime::{HostError, PluginInfo, PluginStatus};
 
 /// A plugin as operators see it: its status (with its quarantine), its
@@ -152,6 +156,54 @@ impl DurableBus {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .of(tenant)
+    }
+}
+
+impl DurableBus {
+    /// The entries of `plugin`'s state that `query` selects, in key order:
+    /// what its committed deliveries wrote.
+    pub async fn state_entries(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        query: StateQuery,
+    ) -> Result<Page<StateEntry>, LogError> {
+        let (tenant, plugin) = (tenant.to_owned(), plugin.to_owned());
+        plugbus_log::blocking(&self.inner.log, move |log| {
+            log.state_entries(&tenant, &plugin, &query)
+        })
+        .await
+    }
+
+    /// The value of `key` in `plugin`'s state, if it has one.
+    pub async fn state_value(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        let log = self.inner.log.clone();
+        let (tenant, plugin, key) = (tenant.to_owned(), plugin.to_owned(), key.to_owned());
+        tokio::task::spawn_blocking(move || log.get(&tenant, &plugin, &key))
+            .await
+            .unwrap_or_else(|_| Err(StateError::store(LogError::Closed)))
+    }
+
+    /// The events `plugin` emitted that the log still holds (retention
+    /// deletes them with the rest), newest first, before position `before`
+    /// when given.
+    pub async fn emitted(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        before: Option<Seq>,
+        limit: ReadLimit,
+    ) -> Result<Page<StoredEvent>, LogError> {
+        let (tenant, plugin) = (tenant.to_owned(), plugin.to_owned());
+        plugbus_log::blocking(&self.inner.log, move |log| {
+            log.emitted(&tenant, &plugin, before, limit)
+        })
+        .await
     }
 }
 

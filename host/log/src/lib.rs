@@ -5,7 +5,8 @@
 //! The log plays a few roles, one trait each: [`EventStore`] (append,
 //! read, retention), [`CursorStore`] (cursors, and the [`Commit`] that
 //! moves one together with what the plugin finished), [`DeadLetterStore`],
-//! [`QuarantineStore`], and the plugins' [`StateStore`]. [`EventLog`] is
+//! [`QuarantineStore`], the plugins' [`StateStore`], and [`InspectStore`]
+//! (a plugin's state and recent emits, for operators). [`EventLog`] is
 //! all of them together: what the host holds, so that a second backend
 //! (NATS JetStream, for hosts on several machines) can stand beside the
 //! embedded one. Writes answer through a [`Reply`], awaited or waited
@@ -437,17 +438,87 @@ pub trait QuarantineStore: Send + Sync {
     fn quarantines(&self) -> Result<Vec<Quarantine>, LogError>;
 }
 
+/// One key of a plugin's state, with its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateEntry {
+    /// The key.
+    pub key: String,
+    /// Its value, as the plugin stored it.
+    pub value: Vec<u8>,
+}
+
+/// Which of a plugin's state entries an [`InspectStore::state_entries`]
+/// reads, and how many.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateQuery {
+    /// Only the keys that start with this (all keys when empty).
+    pub prefix: String,
+    /// Only the keys after this one, in key order: the last key of the
+    /// page before.
+    pub after: Option<String>,
+    /// The most entries.
+    pub limit: usize,
+    /// The most bytes of keys and values together; the first entry comes
+    /// back however large it is, so that paging always makes progress.
+    pub max_bytes: u64,
+}
+
+/// Part of a longer answer, in its order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// What is on this page.
+    pub items: Vec<T>,
+    /// Whether more follows: the page ended at its limit or its byte bound
+    /// with items left.
+    pub more: bool,
+}
+
+/// What operators look at of a plugin: its state, in key order, and the
+/// events it emitted that the log still holds, newest first. Reads only;
+/// blocking.
+///
+/// Keys are ordered by their UTF-8 bytes. An emitted event is one a
+/// [`Commit`] of the plugin appended into the plugin's own tenant; the
+/// embedded log records this from the version that added the
+/// `emitted_by` column on, so events emitted before are not found.
+pub trait InspectStore: Send + Sync {
+    /// The entries of the state of `plugin` of `tenant` that `query`
+    /// selects, in key order.
+    fn state_entries(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        query: &StateQuery,
+    ) -> Result<Page<StateEntry>, LogError>;
+
+    /// The events `plugin` of `tenant` emitted, newest first, before
+    /// position `before` when given, as many as `limit` allows.
+    fn emitted(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        before: Option<Seq>,
+        limit: ReadLimit,
+    ) -> Result<Page<StoredEvent>, LogError>;
+}
+
 /// The log the host publishes into and delivers from: every role together.
 /// It keeps the plugins' state too ([`StateStore`]), so that state writes
 /// commit with the cursor. Implemented for every type that plays all the
 /// roles.
 pub trait EventLog:
-    EventStore + CursorStore + DeadLetterStore + QuarantineStore + StateStore
+    EventStore + CursorStore + DeadLetterStore + QuarantineStore + StateStore + InspectStore
 {
 }
 
 impl<L> EventLog for L where
-    L: EventStore + CursorStore + DeadLetterStore + QuarantineStore + StateStore + ?Sized
+    L: EventStore
+        + CursorStore
+        + DeadLetterStore
+        + QuarantineStore
+        + StateStore
+        + InspectStore
+        + ?Sized
 {
 }
 

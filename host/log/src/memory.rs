@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use super::{
     Appended, Commit, Committed, CursorStore, DeadLetter, DeadLetterDepths, DeadLetterQuota,
-    DeadLetterStore, EventStore, LogError, Pruned, Quarantine, QuarantineChange, QuarantineStore,
-    ReadLimit, Reply, Retention, Seq, StoredEvent, now_ms,
+    DeadLetterStore, EventStore, InspectStore, LogError, Page, Pruned, Quarantine,
+    QuarantineChange, QuarantineStore, ReadLimit, Reply, Retention, Seq, StateEntry, StateQuery,
+    StoredEvent, now_ms,
 };
 use plugbus_core::event::Event;
 use plugbus_core::state::{StateError, StateStore, StateWrite};
@@ -72,6 +73,8 @@ struct Tables {
     redrives: BTreeMap<Plugin, BTreeSet<Seq>>,
     quarantines: BTreeMap<Plugin, Quarantine>,
     state: HashMap<Plugin, BTreeMap<String, Vec<u8>>>,
+    /// The plugin that emitted each emitted event still kept, by position.
+    emitted_by: HashMap<Seq, String>,
 }
 
 /// The log in memory, lost when it is dropped: the contract of the
@@ -169,6 +172,7 @@ impl Tables {
     }
 
     fn drop_event(&mut self, tenant: &str, seq: Seq) {
+        self.emitted_by.remove(&seq);
         if let Some(events) = self.events.get_mut(tenant) {
             events.remove(&seq);
             if events.is_empty() {
@@ -458,7 +462,15 @@ impl CursorStore for MemoryLog {
         let emitted = commit
             .emitted
             .iter()
-            .map(|event| tables.put_event(event, now))
+            .map(|event| {
+                let seq = tables.put_event(event, now);
+                // As in the embedded log: a plugin's emits are those into
+                // its own tenant.
+                if event.tenant() == commit.tenant {
+                    tables.emitted_by.insert(seq, commit.plugin.clone());
+                }
+                seq
+            })
             .collect();
         tables.write_state(&plugin, &commit.state);
         for seq in &commit.redriven {
@@ -582,6 +594,82 @@ impl StateStore for MemoryLog {
     fn apply(&self, tenant: &str, plugin: &str, writes: &[StateWrite]) -> Result<(), StateError> {
         self.tables().write_state(&key(tenant, plugin), writes);
         Ok(())
+    }
+}
+
+/// The items of `sized` (each with its size) that fit in `limit`, and
+/// whether more were left.
+fn page<T>(sized: impl Iterator<Item = (T, u64)>, limit: ReadLimit) -> Page<T> {
+    let mut items = Vec::new();
+    let mut bytes = 0u64;
+    for (item, size) in sized {
+        let first = items.is_empty() && limit.first_always;
+        if items.len() >= limit.events || (!first && bytes.saturating_add(size) > limit.bytes) {
+            return Page { items, more: true };
+        }
+        bytes = bytes.saturating_add(size);
+        items.push(item);
+    }
+    Page { items, more: false }
+}
+
+impl InspectStore for MemoryLog {
+    fn state_entries(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        query: &StateQuery,
+    ) -> Result<Page<StateEntry>, LogError> {
+        let tables = self.tables();
+        let Some(entries) = tables.state.get(&key(tenant, plugin)) else {
+            return Ok(Page {
+                items: Vec::new(),
+                more: false,
+            });
+        };
+        let after = query.after.as_deref();
+        let sized = entries
+            .range(query.prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&query.prefix))
+            .filter(|(k, _)| after.is_none_or(|after| k.as_str() > after))
+            .map(|(k, value)| {
+                let size = (k.len() + value.len()) as u64;
+                let entry = StateEntry {
+                    key: k.clone(),
+                    value: value.clone(),
+                };
+                (entry, size)
+            });
+        Ok(page(
+            sized,
+            ReadLimit {
+                events: query.limit,
+                bytes: query.max_bytes,
+                first_always: true,
+            },
+        ))
+    }
+
+    fn emitted(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        before: Option<Seq>,
+        limit: ReadLimit,
+    ) -> Result<Page<StoredEvent>, LogError> {
+        let tables = self.tables();
+        let Some(events) = tables.events.get(tenant) else {
+            return Ok(Page {
+                items: Vec::new(),
+                more: false,
+            });
+        };
+        let sized = events
+            .range(..before.unwrap_or(Seq::MAX))
+            .rev()
+            .filter(|(seq, _)| tables.emitted_by.get(*seq).is_some_and(|p| p == plugin))
+            .map(|(_, stored)| (stored.clone(), stored.bytes));
+        Ok(page(sized, limit))
     }
 }
 

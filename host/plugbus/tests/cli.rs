@@ -811,6 +811,8 @@ fn help_lists_operator_commands_first_in_one_line_each() {
         "serve",
         "status",
         "plugins",
+        "state",
+        "emits",
         "dlq",
         "replay",
         "quarantine",
@@ -1196,4 +1198,202 @@ fn dead_letter_table_columns_stay_in_line() {
     let (code, _, err) = run_plain(&["dlq", "list", "--data", data_dir]);
     assert_eq!(code, 2);
     assert!(err.contains("--tenant"), "{err}");
+}
+
+/// `plugbus state` and `plugbus emits` against a running `plugbus serve`:
+/// the `order-saga` example, sent an order with `plugbus publish`, keeps
+/// the order in its state and emits `payment.requested`; both commands
+/// show them, as a table and as JSON, to the tenant's token, and another
+/// tenant's token is told there is no such tenant.
+#[test]
+fn state_and_emits_show_what_a_plugin_kept_and_emitted() {
+    use std::io::BufRead as _;
+    const ACME: &str = "acme-inspect-token";
+    const GLOBEX: &str = "globex-inspect-token";
+    let plugins = tempfile::tempdir().expect("plugins directory");
+    let data = tempfile::tempdir().expect("data directory");
+    let tenant = plugins.path().join("acme-pos");
+    std::fs::create_dir_all(&tenant).expect("tenant directory");
+    std::fs::copy(artifacts::ORDER_SAGA, tenant.join("order-saga.wasm")).expect("copy");
+    std::fs::write(
+        tenant.join("order-saga.toml"),
+        "subscribe = [\"order.placed\", \"payment.completed\", \"payment.failed\"]\n",
+    )
+    .expect("manifest");
+    let hash = plugbus::config::hash_token;
+    let config = data.path().join("plugbus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nplugins_dir = \"{}\"\ndata_dir = \"{}\"\n\
+             [admin]\ntoken_sha256 = \"{}\"\n\
+             [tenants.acme-pos]\ntoken_sha256 = \"{}\"\n\
+             [tenants.globex-retail]\ntoken_sha256 = \"{}\"\n",
+            plugins.path().display(),
+            data.path().join("data").display(),
+            hash(ADMIN_TOKEN),
+            hash(ACME),
+            hash(GLOBEX),
+        ),
+    )
+    .expect("configuration");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_plugbus"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run plugbus serve");
+    /// Stops the server however the test ends.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = server.stderr.take().expect("stderr");
+    let server = Stop(server);
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(at) = line.find("listening on http://") {
+                let url = line[at + "listening on ".len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = url_tx.send(url);
+            }
+        }
+    });
+    let url = url_rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("serve listens");
+    let cli = |args: &[&str], token: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_plugbus"))
+            .args(args)
+            .args(["--url", &url])
+            .env("PLUGBUS_TOKEN", token)
+            .output()
+            .expect("run plugbus");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    let (code, _, stderr) = cli(
+        &[
+            "publish",
+            "--type",
+            "order.placed",
+            "--id",
+            "order-evt-1",
+            "--data",
+            r#"{"order_id":"o-1","total_cents":1250,"items":[{"sku":"sku-1","quantity":2}]}"#,
+        ],
+        ACME,
+    );
+    assert_eq!(code, 0, "{stderr}");
+
+    // The delivery commits its state and emit a moment after the publish
+    // is answered: ask until they are there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let state: plugbus::api::types::StateAnswer = loop {
+        let (code, stdout, stderr) = cli(&["state", "acme-pos/order-saga", "--json"], ACME);
+        assert_eq!(code, 0, "{stderr}");
+        let state: plugbus::api::types::StateAnswer =
+            serde_json::from_str(&stdout).expect("the state as JSON");
+        if !state.entries.is_empty() {
+            break state;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the order never reached the state"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(state.entries.len(), 1);
+    assert_eq!(state.entries[0].key, "order/o-1");
+    assert_eq!(
+        state.entries[0].encoding,
+        plugbus::api::types::Encoding::Json
+    );
+    let order: serde_json::Value =
+        serde_json::from_str(state.entries[0].value.get()).expect("the order is JSON");
+    assert_eq!(order["status"], "awaiting_payment");
+
+    let (code, table, stderr) = cli(&["state", "acme-pos/order-saga"], ACME);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(
+        lines[0].starts_with("key") && lines[0].contains("value"),
+        "{table}"
+    );
+    assert!(lines[1].starts_with("order/o-1"), "{table}");
+    assert!(
+        lines[1].contains(r#""status":"awaiting_payment""#),
+        "{table}"
+    );
+
+    let (code, value, stderr) = cli(&["state", "acme-pos/order-saga", "order/o-1"], ACME);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(value.contains(r#""status": "awaiting_payment""#), "{value}");
+    let (code, _, stderr) = cli(&["state", "acme-pos/order-saga", "order/o-9"], ACME);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("404") && stderr.contains("order/o-9"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = cli(&["emits", "acme-pos/order-saga", "--json"], ACME);
+    assert_eq!(code, 0, "{stderr}");
+    let emits: plugbus::api::types::EmitsAnswer =
+        serde_json::from_str(&stdout).expect("the emits as JSON");
+    assert_eq!(emits.emits.len(), 1, "{stdout}");
+    let emit = &emits.emits[0];
+    assert_eq!(emit.ty, "payment.requested");
+    assert_eq!(emit.subject.as_deref(), Some("o-1"));
+    assert_eq!(emit.causation_id.as_deref(), Some("order-evt-1"));
+    let (code, table, stderr) = cli(&["emits", "acme-pos/order-saga", "--limit", "5"], ACME);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    for needle in [
+        emit.seq.to_string().as_str(),
+        "payment.requested",
+        "o-1",
+        emit.id.as_str(),
+        "order-evt-1",
+        r#""amount_cents":1250"#,
+    ] {
+        assert!(lines[1].contains(needle), "{needle} not in {table}");
+    }
+
+    // Another tenant's token: no such tenant. A name that is not one.
+    for command in ["state", "emits"] {
+        let (code, _, stderr) = cli(&[command, "acme-pos/order-saga"], GLOBEX);
+        assert_ne!(code, 0);
+        assert!(
+            stderr.contains("404") && stderr.contains("no tenant"),
+            "{stderr}"
+        );
+    }
+    // With a tenant's token the plugin alone is enough: the tenant is the
+    // token's. The admin token needs TENANT/PLUGIN.
+    let (code, alone, stderr) = cli(&["state", "order-saga"], ACME);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(alone.contains("order/o-1"), "{alone}");
+    let (code, _, stderr) = cli(&["state", "order-saga"], ADMIN_TOKEN);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("TENANT/PLUGIN"), "{stderr}");
+    drop(server);
 }

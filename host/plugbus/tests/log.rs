@@ -116,6 +116,8 @@ contract!(
     a_tenants_dead_letters_stop_at_its_quota_in_number,
     a_tenants_dead_letters_stop_at_its_quota_in_bytes,
     quarantines_are_recorded_and_lifted,
+    state_is_listed_in_key_order_by_prefix_a_page_at_a_time,
+    emits_are_listed_per_plugin_newest_first,
 );
 
 fn attempt() -> FailedAttempt {
@@ -1053,4 +1055,241 @@ fn retention_by_size_deletes_the_oldest_handled_events() {
     let left = log.read("acme", 0, 1000).expect("read");
     assert_eq!(left.last().map(|s| s.seq), Some(260), "the newest stay");
     assert_eq!(left[0].seq, 151 + pruned.deleted, "the oldest went first");
+}
+
+/// The keys of a page of state.
+fn keys(page: &plugbus::log::Page<plugbus::log::StateEntry>) -> Vec<&str> {
+    page.items.iter().map(|e| e.key.as_str()).collect()
+}
+
+fn state_is_listed_in_key_order_by_prefix_a_page_at_a_time(open: &Open) {
+    use plugbus::log::StateQuery;
+    let log = open(MemoryLogConfig::default());
+    // "b\u{10ffff}z" sorts after every other key with the prefix "b": the
+    // end of the prefix's range must still hold it.
+    let writes = ["c", "b/2", "a", "é", "b/3", "b/1", "b\u{10ffff}z", "gone"]
+        .map(|k| set(k, &format!("v-{k}")));
+    log.commit(Commit {
+        tenant: "acme".into(),
+        plugin: "saga".into(),
+        cursor: 0,
+        state: writes.to_vec(),
+        ..Commit::default()
+    })
+    .wait()
+    .expect("commit");
+    log.apply(
+        "acme",
+        "saga",
+        &[StateWrite {
+            key: "gone".into(),
+            value: None,
+        }],
+    )
+    .expect("delete");
+    // Other plugins and tenants with the same keys are not listed.
+    log.apply("acme", "other", &[set("b/9", "x")])
+        .expect("apply");
+    log.apply("globex", "saga", &[set("b/9", "x")])
+        .expect("apply");
+    let query = |prefix: &str, after: Option<&str>, limit: usize| StateQuery {
+        prefix: prefix.into(),
+        after: after.map(str::to_owned),
+        limit,
+        max_bytes: u64::MAX,
+    };
+
+    let all = log
+        .state_entries("acme", "saga", &query("", None, 100))
+        .expect("list");
+    assert_eq!(
+        keys(&all),
+        ["a", "b/1", "b/2", "b/3", "b\u{10ffff}z", "c", "é"],
+        "by the keys' UTF-8 bytes"
+    );
+    assert!(!all.more);
+    assert_eq!(all.items[0].value, b"v-a");
+
+    let b = log
+        .state_entries("acme", "saga", &query("b", None, 100))
+        .expect("list");
+    assert_eq!(keys(&b), ["b/1", "b/2", "b/3", "b\u{10ffff}z"]);
+
+    let first = log
+        .state_entries("acme", "saga", &query("b/", None, 2))
+        .expect("list");
+    assert_eq!((keys(&first), first.more), (vec!["b/1", "b/2"], true));
+    let next = log
+        .state_entries("acme", "saga", &query("b/", Some("b/2"), 2))
+        .expect("list");
+    assert_eq!((keys(&next), next.more), (vec!["b/3"], false));
+    // An `after` before the prefix starts at the prefix.
+    let early = log
+        .state_entries("acme", "saga", &query("b/", Some("a"), 1))
+        .expect("list");
+    assert_eq!((keys(&early), early.more), (vec!["b/1"], true));
+    let none = log
+        .state_entries("acme", "saga", &query("zz", None, 10))
+        .expect("list");
+    assert_eq!((none.items.len(), none.more), (0, false));
+    let nobody = log
+        .state_entries("acme", "nobody", &query("", None, 10))
+        .expect("list");
+    assert!(nobody.items.is_empty());
+
+    // The byte bound ends a page early, but never before its first entry.
+    let tight = StateQuery {
+        max_bytes: 1,
+        ..query("", None, 100)
+    };
+    let page = log.state_entries("acme", "saga", &tight).expect("list");
+    assert_eq!((keys(&page), page.more), (vec!["a"], true));
+    let roomy = StateQuery {
+        // "a" + "v-a" and "b/1" + "v-b/1": 4 + 8 bytes.
+        max_bytes: 12,
+        ..query("", None, 100)
+    };
+    let page = log.state_entries("acme", "saga", &roomy).expect("list");
+    assert_eq!((keys(&page), page.more), (vec!["a", "b/1"], true));
+}
+
+fn emits_are_listed_per_plugin_newest_first(open: &Open) {
+    let log = open(MemoryLogConfig::default());
+    log.append(vec![event("acme", "e-1", "order.placed")])
+        .wait()
+        .expect("append");
+    let commit = |plugin: &str, emitted: Vec<Event>| {
+        log.commit(Commit {
+            tenant: "acme".into(),
+            plugin: plugin.into(),
+            cursor: 1,
+            emitted,
+            ..Commit::default()
+        })
+        .wait()
+        .expect("commit")
+        .emitted
+    };
+    let first = commit("saga", vec![event("acme", "x-1", "payment.requested")]);
+    let audit = commit("audit", vec![event("acme", "y-1", "audit.seen")]);
+    let second = commit(
+        "saga",
+        vec![
+            event("acme", "x-2", "payment.requested"),
+            // Not into its own tenant: not listed as the plugin's.
+            event("globex", "x-3", "payment.requested"),
+        ],
+    );
+    let ids = |page: &plugbus::log::Page<plugbus::log::StoredEvent>| -> Vec<String> {
+        page.items.iter().map(|s| s.event.id().to_owned()).collect()
+    };
+
+    let saga = log
+        .emitted("acme", "saga", None, ReadLimit::events(10))
+        .expect("emitted");
+    assert_eq!(ids(&saga), ["x-2", "x-1"], "newest first");
+    assert_eq!(seqs(&saga.items), [second[0], first[0]]);
+    assert!(!saga.more);
+    assert_eq!(saga.items[0].event.ty(), "payment.requested");
+
+    let newest = log
+        .emitted("acme", "saga", None, ReadLimit::events(1))
+        .expect("emitted");
+    assert_eq!((ids(&newest), newest.more), (vec!["x-2".to_owned()], true));
+    let older = log
+        .emitted(
+            "acme",
+            "saga",
+            Some(newest.items[0].seq),
+            ReadLimit::events(1),
+        )
+        .expect("emitted");
+    assert_eq!((ids(&older), older.more), (vec!["x-1".to_owned()], false));
+
+    let page = log
+        .emitted("acme", "audit", None, ReadLimit::events(10))
+        .expect("emitted");
+    assert_eq!(seqs(&page.items), audit);
+    for (tenant, plugin) in [("globex", "saga"), ("acme", "nobody")] {
+        let page = log
+            .emitted(tenant, plugin, None, ReadLimit::events(10))
+            .expect("emitted");
+        assert!(page.items.is_empty(), "{tenant}/{plugin}: {page:?}");
+    }
+    // The byte bound ends a page early, but never before its first event.
+    let tight = ReadLimit {
+        events: 10,
+        bytes: 1,
+        first_always: true,
+    };
+    let page = log.emitted("acme", "saga", None, tight).expect("emitted");
+    assert_eq!((ids(&page), page.more), (vec!["x-2".to_owned()], true));
+}
+
+/// A data directory written before the log recorded who emitted an event
+/// opens: its events read as before (found by nobody as an emit), and
+/// what is emitted from then on is found, through the emitters' index.
+#[test]
+fn a_log_from_before_emitters_were_recorded_opens_and_records_them() {
+    use plugbus::log::InspectStore as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = event("acme", "e-1", "order.placed");
+    {
+        // The table as the earlier schema made it.
+        let conn = rusqlite::Connection::open(dir.path().join("events.db")).expect("sqlite");
+        conn.execute_batch(
+            "CREATE TABLE events (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 tenant TEXT NOT NULL,
+                 appended_at_ms INTEGER NOT NULL,
+                 body TEXT NOT NULL
+             );
+             CREATE INDEX events_by_tenant ON events (tenant, seq);",
+        )
+        .expect("the old table");
+        conn.execute(
+            "INSERT INTO events (tenant, appended_at_ms, body) VALUES ('acme', 1, ?1)",
+            [old.to_json_string()],
+        )
+        .expect("an old event");
+    }
+    let log = open(dir.path());
+    assert_eq!(log.read("acme", 0, 10).expect("read")[0].event, old);
+    let committed = log
+        .commit(Commit {
+            tenant: "acme".into(),
+            plugin: "saga".into(),
+            cursor: 1,
+            emitted: vec![event("acme", "x-1", "payment.requested")],
+            ..Commit::default()
+        })
+        .wait()
+        .expect("commit");
+    let page = log
+        .emitted("acme", "saga", None, ReadLimit::events(10))
+        .expect("emitted");
+    assert_eq!(seqs(&page.items), committed.emitted);
+    drop(log);
+
+    // Opened again, nothing is migrated twice; the query uses the index.
+    let log = open(dir.path());
+    assert_eq!(log.read("acme", 0, 10).expect("read").len(), 2);
+    drop(log);
+    let conn = rusqlite::Connection::open(dir.path().join("events.db")).expect("sqlite");
+    let plan: Vec<String> = conn
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT seq, appended_at_ms, body FROM events
+             WHERE tenant = ?1 AND emitted_by = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4",
+        )
+        .expect("explain")
+        .query_map(rusqlite::params!["acme", "saga", i64::MAX, 10], |row| {
+            row.get::<_, String>(3)
+        })
+        .expect("plan")
+        .collect::<Result<_, _>>()
+        .expect("plan rows");
+    assert!(
+        plan.iter().any(|step| step.contains("events_by_emitter")),
+        "{plan:?}"
+    );
 }

@@ -605,3 +605,355 @@ async fn whoami_names_the_token_s_role_and_tenant() {
         "{refusal:?}"
     );
 }
+
+/// [`Routes`] with acme's `audit` plugin, and its log, into which a test
+/// commits the plugin's state and emits as its deliveries would.
+async fn inspected() -> (Routes, Arc<plugbus::log::SqliteLog>) {
+    let plugins = tempfile::tempdir().expect("plugins");
+    let data = tempfile::tempdir().expect("data");
+    let host = Arc::new(plugbus::Host::new(plugbus::HostConfig::default()).expect("a host"));
+    let acme = plugins.path().join(ACME);
+    std::fs::create_dir_all(&acme).expect("tenant directory");
+    std::fs::copy(artifacts::AUDIT_LOG, acme.join("audit.wasm")).expect("copy");
+    host.load_dir(plugins.path()).expect("load");
+    let log = Arc::new(
+        plugbus::log::SqliteLog::open(data.path(), plugbus::log::SqliteLogConfig::default())
+            .expect("the log"),
+    );
+    let bus = Arc::new(
+        plugbus::durable::DurableBus::start(
+            host,
+            log.clone(),
+            plugbus::durable::DurableConfig::default(),
+        )
+        .await
+        .expect("the bus"),
+    );
+    let hash = plugbus::config::hash_token;
+    let api = Api::new(
+        bus,
+        ApiConfig {
+            tenant_tokens: [
+                (ACME.to_owned(), hash(ACME_TOKEN)),
+                (GLOBEX.to_owned(), hash(GLOBEX_TOKEN)),
+            ]
+            .into(),
+            admin_token: Some(hash(ADMIN_TOKEN)),
+            ..ApiConfig::default()
+        },
+        None,
+    );
+    let routes = Routes {
+        api,
+        _plugins: plugins,
+        _data: data,
+    };
+    (routes, log)
+}
+
+/// Commits `state` and `emitted` as a delivery of acme's `audit` would,
+/// leaving its cursor where it is.
+async fn commit_as_audit(
+    log: &plugbus::log::SqliteLog,
+    state: Vec<plugbus::state::StateWrite>,
+    emitted: Vec<plugbus::Event>,
+) -> Vec<u64> {
+    use plugbus::log::CursorStore as _;
+    log.commit(plugbus::log::Commit {
+        tenant: ACME.into(),
+        plugin: "audit".into(),
+        cursor: 0,
+        // Not its cursor: the cursor stays, the rest is committed.
+        expected: Some(u64::MAX),
+        state,
+        emitted,
+        ..plugbus::log::Commit::default()
+    })
+    .await
+    .expect("commit")
+    .emitted
+}
+
+/// A plugin's state through `GET .../state` and `GET .../state/{key}`:
+/// JSON values as JSON, other bytes in base64, in key order, by prefix, a
+/// page at a time; its tenant and the admin see it, another tenant finds
+/// nothing, and an unknown tenant, plugin or key is a 404 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_state_is_seen_by_its_tenant_and_the_admin() {
+    use plugbus::api::types::{Encoding, StateAnswer, StateEntryView};
+    let (routes, log) = inspected().await;
+    fn set(key: &str, value: &[u8]) -> plugbus::state::StateWrite {
+        plugbus::state::StateWrite {
+            key: key.into(),
+            value: Some(value.to_vec()),
+        }
+    }
+    commit_as_audit(
+        &log,
+        vec![
+            set("order/1", br#"{"status":"paid","total":12}"#),
+            set("order/2", b"[1, 2]"),
+            set("count", b"7"),
+            set("blob", &[0, 159, 146, 150]),
+            set("text", b"hello"),
+            set("padded", b" 1\n"),
+        ],
+        Vec::new(),
+    )
+    .await;
+    let base = format!("/v1/tenants/{ACME}/plugins/audit/state");
+
+    let answer = routes.send(Method::GET, &base, Some(ACME_TOKEN)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    // A JSON value is the JSON itself on the wire.
+    let body = String::from_utf8_lossy(&answer.body).into_owned();
+    assert!(
+        body.contains(
+            r#"{"key":"order/1","encoding":"json","value":{"status":"paid","total":12}}"#
+        ),
+        "{body}"
+    );
+    let state = answer.read::<StateAnswer>();
+    assert_eq!(
+        (state.tenant.as_str(), state.plugin.as_str()),
+        (ACME, "audit")
+    );
+    let shown: Vec<(&str, Encoding, &str)> = state
+        .entries
+        .iter()
+        .map(|e| (e.key.as_str(), e.encoding, e.value.get()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("blob", Encoding::Base64, r#""AJ+Slg==""#),
+            ("count", Encoding::Json, "7"),
+            ("order/1", Encoding::Json, r#"{"status":"paid","total":12}"#),
+            ("order/2", Encoding::Json, "[1, 2]"),
+            // Its whitespace would be lost as JSON: base64, exact.
+            ("padded", Encoding::Base64, r#""IDEK""#),
+            ("text", Encoding::Base64, r#""aGVsbG8=""#),
+        ]
+    );
+    assert_eq!(state.next_after, None);
+    assert_eq!(
+        state.entries[0].stored().bytes(),
+        Some(vec![0, 159, 146, 150])
+    );
+    assert_eq!(state.entries[4].stored().bytes(), Some(b" 1\n".to_vec()));
+
+    // The admin sees the same; another tenant finds no such tenant.
+    let admin = routes.send(Method::GET, &base, Some(ADMIN_TOKEN)).await;
+    assert_eq!(admin.read::<StateAnswer>(), state);
+    let refusal = routes
+        .send(Method::GET, &base, Some(GLOBEX_TOKEN))
+        .await
+        .refused(StatusCode::NOT_FOUND);
+    assert!(
+        refusal.message.contains(&format!("no tenant {ACME:?}")),
+        "{refusal:?}"
+    );
+    let refusal = routes
+        .send(Method::GET, &format!("{base}/count"), Some(GLOBEX_TOKEN))
+        .await
+        .refused(StatusCode::NOT_FOUND);
+    assert!(
+        refusal.message.contains(&format!("no tenant {ACME:?}")),
+        "{refusal:?}"
+    );
+    routes
+        .send(Method::GET, &base, None)
+        .await
+        .refused(StatusCode::UNAUTHORIZED);
+
+    // By prefix, a page at a time.
+    let page = routes
+        .send(
+            Method::GET,
+            &format!("{base}?prefix=order%2F&limit=1"),
+            Some(ACME_TOKEN),
+        )
+        .await
+        .read::<StateAnswer>();
+    let keys: Vec<_> = page.entries.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["order/1"]);
+    assert_eq!(page.next_after.as_deref(), Some("order/1"));
+    let page = routes
+        .send(
+            Method::GET,
+            &format!("{base}?prefix=order/&after=order%2F1&limit=1"),
+            Some(ACME_TOKEN),
+        )
+        .await
+        .read::<StateAnswer>();
+    let keys: Vec<_> = page.entries.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["order/2"]);
+    assert_eq!(page.next_after, None);
+    let page = routes
+        .send(
+            Method::GET,
+            &format!("{base}?after=padded"),
+            Some(ACME_TOKEN),
+        )
+        .await
+        .read::<StateAnswer>();
+    let keys: Vec<_> = page.entries.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["text"]);
+    for query in ["limit=0", "limit=1001", "limit=many"] {
+        let refusal = routes
+            .send(Method::GET, &format!("{base}?{query}"), Some(ACME_TOKEN))
+            .await
+            .refused(StatusCode::BAD_REQUEST);
+        assert_eq!(refusal.error, "invalid_query", "{query}: {refusal:?}");
+    }
+
+    // One key, its slash as it is or percent-encoded.
+    for path in [format!("{base}/order/1"), format!("{base}/order%2F1")] {
+        let answer = routes.send(Method::GET, &path, Some(ACME_TOKEN)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}");
+        assert_eq!(answer.read::<StateEntryView>(), state.entries[2], "{path}");
+    }
+    let refusal = routes
+        .send(Method::GET, &format!("{base}/order/9"), Some(ADMIN_TOKEN))
+        .await
+        .refused(StatusCode::NOT_FOUND);
+    assert!(refusal.message.contains(r#""order/9""#), "{refusal:?}");
+
+    // A plugin or a tenant the host does not know.
+    for (path, needle) in [
+        (format!("/v1/tenants/{ACME}/plugins/ghost/state"), "ghost"),
+        (format!("/v1/tenants/{ACME}/plugins/ghost/state/k"), "ghost"),
+        (format!("/v1/tenants/{ACME}/plugins/ghost/emits"), "ghost"),
+        (
+            "/v1/tenants/nobody/plugins/audit/state".to_owned(),
+            "nobody",
+        ),
+        (
+            "/v1/tenants/nobody/plugins/audit/emits".to_owned(),
+            "nobody",
+        ),
+    ] {
+        let refusal = routes
+            .send(Method::GET, &path, Some(ADMIN_TOKEN))
+            .await
+            .refused(StatusCode::NOT_FOUND);
+        assert_eq!(refusal.error, "not_found", "{path}");
+        assert!(refusal.message.contains(needle), "{path}: {refusal:?}");
+    }
+    // A tenant with a token and no plugins is known; its plugin is not.
+    let refusal = routes
+        .send(
+            Method::GET,
+            &format!("/v1/tenants/{GLOBEX}/plugins/audit/state"),
+            Some(GLOBEX_TOKEN),
+        )
+        .await
+        .refused(StatusCode::NOT_FOUND);
+    assert!(
+        refusal.message.contains("no plugin \"audit\""),
+        "{refusal:?}"
+    );
+}
+
+/// What a plugin emitted through `GET .../emits`: newest first, with its
+/// causation and its data, a page at a time; published events are not
+/// among them; scoped to the tenant as the other routes are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_emits_are_listed_newest_first() {
+    use plugbus::api::types::{EmitsAnswer, Encoding};
+    let (routes, log) = inspected().await;
+    let published = routes.ingest(ACME_TOKEN, STRUCTURED, event("e-1")).await;
+    assert_eq!(published.status, StatusCode::ACCEPTED);
+    let emitted = |id: &str, data: serde_json::Value| {
+        let mut event = serde_json::json!({
+            "specversion": "1.0",
+            "id": id,
+            "source": format!("plugbus://{ACME}/audit"),
+            "type": "audit.recorded",
+            "subject": "order-1",
+            "time": "2026-11-30T08:00:00Z",
+            "causationid": "e-1",
+            "tenant": ACME,
+        });
+        let object = event.as_object_mut().expect("an object");
+        for (name, value) in data.as_object().expect("an object") {
+            object.insert(name.clone(), value.clone());
+        }
+        plugbus::Event::from_json_value(event).expect("a valid event")
+    };
+    let first = commit_as_audit(
+        &log,
+        Vec::new(),
+        vec![emitted("x-1", serde_json::json!({"data": {"n": 1}}))],
+    )
+    .await;
+    let later = commit_as_audit(
+        &log,
+        Vec::new(),
+        vec![
+            emitted("x-2", serde_json::json!({"data_base64": "AP8="})),
+            emitted("x-3", serde_json::json!({})),
+        ],
+    )
+    .await;
+    let base = format!("/v1/tenants/{ACME}/plugins/audit/emits");
+
+    let answer = routes.send(Method::GET, &base, Some(ACME_TOKEN)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let emits = answer.read::<EmitsAnswer>();
+    let ids: Vec<_> = emits.emits.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["x-3", "x-2", "x-1"], "newest first, none published");
+    let seqs: Vec<_> = emits.emits.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [later[1], later[0], first[0]]);
+    assert_eq!(emits.next_before, None);
+    let x1 = &emits.emits[2];
+    assert_eq!(x1.ty, "audit.recorded");
+    assert_eq!(x1.subject.as_deref(), Some("order-1"));
+    assert_eq!(x1.time.as_deref(), Some("2026-11-30T08:00:00Z"));
+    assert_eq!(x1.causation_id.as_deref(), Some("e-1"));
+    assert!(!x1.appended_at.is_empty());
+    let data = x1.data.as_ref().expect("data");
+    assert_eq!(
+        (data.encoding, data.value.get()),
+        (Encoding::Json, r#"{"n":1}"#)
+    );
+    let data = emits.emits[1].data.as_ref().expect("data");
+    assert_eq!(data.encoding, Encoding::Base64);
+    assert_eq!(data.bytes(), Some(vec![0, 255]));
+    assert_eq!(emits.emits[0].data, None, "no data");
+
+    // A page at a time.
+    let page = routes
+        .send(Method::GET, &format!("{base}?limit=2"), Some(ACME_TOKEN))
+        .await
+        .read::<EmitsAnswer>();
+    assert_eq!(page.emits.len(), 2);
+    assert_eq!(page.next_before, Some(later[0]));
+    let rest = routes
+        .send(
+            Method::GET,
+            &format!("{base}?limit=2&before={}", later[0]),
+            Some(ACME_TOKEN),
+        )
+        .await
+        .read::<EmitsAnswer>();
+    let ids: Vec<_> = rest.emits.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["x-1"]);
+    assert_eq!(rest.next_before, None);
+
+    let admin = routes.send(Method::GET, &base, Some(ADMIN_TOKEN)).await;
+    assert_eq!(admin.read::<EmitsAnswer>(), emits);
+    let refusal = routes
+        .send(Method::GET, &base, Some(GLOBEX_TOKEN))
+        .await
+        .refused(StatusCode::NOT_FOUND);
+    assert!(
+        refusal.message.contains(&format!("no tenant {ACME:?}")),
+        "{refusal:?}"
+    );
+    let refusal = routes
+        .send(Method::GET, &format!("{base}?limit=5000"), Some(ACME_TOKEN))
+        .await
+        .refused(StatusCode::BAD_REQUEST);
+    assert!(refusal.message.contains("1000"), "{refusal:?}");
+}

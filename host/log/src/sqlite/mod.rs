@@ -24,8 +24,9 @@ use self::shared::{Shared, count_dead_letters};
 use self::writer::{Request, Writer};
 use super::{
     Appended, Commit, Committed, CursorStore, DeadLetter, DeadLetterDepths, DeadLetterQuota,
-    DeadLetterStore, EventStore, LogError, LogHealth, Pruned, Quarantine, QuarantineChange,
-    QuarantineStore, ReadLimit, Reply, ReplySender, Retention, Seq, StoredEvent,
+    DeadLetterStore, EventStore, InspectStore, LogError, LogHealth, Page, Pruned, Quarantine,
+    QuarantineChange, QuarantineStore, ReadLimit, Reply, ReplySender, Retention, Seq, StateEntry,
+    StateQuery, StoredEvent,
 };
 use plugbus_core::event::Event;
 use plugbus_core::state::{StateError, StateStore, StateWrite};
@@ -197,11 +198,32 @@ fn open_writer_connection(
         Durability::Os => "OFF",
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
+    migrate(&conn)?;
     conn.execute_batch(SCHEMA)?;
     // Room for every statement the writer prepares, so that none is
     // compiled again between groups.
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
+}
+
+/// Brings the tables of a file written by an earlier version up to
+/// `schema.sql`, before it runs (its indexes may name the new columns): a
+/// column added since is added, empty (NULL) in the rows already there. A
+/// new file has no tables yet and is left to `schema.sql`.
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let has_column = |table: &str, column: &str| -> Result<Option<bool>, rusqlite::Error> {
+        let mut statement = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+        let names = statement
+            .query_map([table], |row| row.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((!names.is_empty()).then(|| names.iter().any(|n| n == column)))
+    };
+    if has_column("events", "emitted_by")? == Some(false) {
+        // Adding a nullable column rewrites nothing: the rows keep their
+        // pages, and read NULL for it.
+        conn.execute_batch("ALTER TABLE events ADD COLUMN emitted_by TEXT")?;
+    }
+    Ok(())
 }
 
 impl EventStore for SqliteLog {
@@ -341,6 +363,27 @@ impl StateStore for SqliteLog {
         })
         .wait()
         .map_err(StateError::store)
+    }
+}
+
+impl InspectStore for SqliteLog {
+    fn state_entries(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        query: &StateQuery,
+    ) -> Result<Page<StateEntry>, LogError> {
+        self.reader.state_entries(tenant, plugin, query)
+    }
+
+    fn emitted(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        before: Option<Seq>,
+        limit: ReadLimit,
+    ) -> Result<Page<StoredEvent>, LogError> {
+        self.reader.emitted(tenant, plugin, before, limit)
     }
 }
 

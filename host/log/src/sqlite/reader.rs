@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{DeadLetter, LogError, Quarantine, ReadLimit, Seq, StoredEvent};
+use crate::{
+    DeadLetter, LogError, Page, Quarantine, ReadLimit, Seq, StateEntry, StateQuery, StoredEvent,
+};
 use plugbus_core::event::Event;
 
 /// A read-only connection to the log's file.
@@ -290,4 +292,111 @@ impl Reader {
             })
             .map_err(|e| self.store_error(e))
     }
+
+    /// See [`InspectStore::state_entries`](crate::InspectStore::state_entries).
+    pub fn state_entries(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        query: &StateQuery,
+    ) -> Result<Page<StateEntry>, LogError> {
+        // The keys with the prefix are those from it (or after `after`,
+        // when that is further) up to the prefix followed by the byte 0xFF,
+        // which no UTF-8 text holds: one range of the primary key.
+        let (lower, from) = match &query.after {
+            Some(after) if after.as_str() >= query.prefix.as_str() => (">", after.as_str()),
+            _ => (">=", query.prefix.as_str()),
+        };
+        let sql = format!(
+            "SELECT key, value FROM state
+             WHERE tenant = ?1 AND plugin = ?2 AND key {lower} ?3
+                 AND key < (?4 || CAST(X'FF' AS TEXT))
+             ORDER BY key LIMIT ?5"
+        );
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(&sql).map_err(|e| self.store_error(e))?;
+        let rows = statement
+            .query(params![
+                tenant,
+                plugin,
+                from,
+                query.prefix,
+                sql_limit(query.limit)
+            ])
+            .map_err(|e| self.store_error(e))?;
+        let limit = ReadLimit {
+            events: query.limit,
+            bytes: query.max_bytes,
+            first_always: true,
+        };
+        self.page(rows, limit, |row| {
+            let key: String = row.get(0).map_err(|e| self.store_error(e))?;
+            let value: Vec<u8> = row.get(1).map_err(|e| self.store_error(e))?;
+            let size = (key.len() + value.len()) as u64;
+            Ok((StateEntry { key, value }, size))
+        })
+    }
+
+    /// See [`InspectStore::emitted`](crate::InspectStore::emitted).
+    pub fn emitted(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        before: Option<Seq>,
+        limit: ReadLimit,
+    ) -> Result<Page<StoredEvent>, LogError> {
+        let conn = self.conn();
+        // Through the partial index events_by_emitter.
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT seq, appended_at_ms, body FROM events
+                 WHERE tenant = ?1 AND emitted_by = ?2 AND seq < ?3
+                 ORDER BY seq DESC LIMIT ?4",
+            )
+            .map_err(|e| self.store_error(e))?;
+        let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        let rows = statement
+            .query(params![tenant, plugin, before, sql_limit(limit.events)])
+            .map_err(|e| self.store_error(e))?;
+        self.page(rows, limit, |row| {
+            let size = row
+                .get_ref(2)
+                .map(|v| v.as_bytes().map_or(0, <[u8]>::len))
+                .map_err(|e| self.store_error(e))?;
+            let size = u64::try_from(size).unwrap_or(u64::MAX);
+            Ok((self.stored_row(row, size)?, size))
+        })
+    }
+
+    /// The items of `rows` (asked for one more than `limit.events`) that
+    /// fit in `limit`, each made by `item` with its size, and whether more
+    /// were left.
+    fn page<T>(
+        &self,
+        mut rows: rusqlite::Rows<'_>,
+        limit: ReadLimit,
+        mut item: impl FnMut(&rusqlite::Row<'_>) -> Result<(T, u64), LogError>,
+    ) -> Result<Page<T>, LogError> {
+        let mut items = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(row) = rows.next().map_err(|e| self.store_error(e))? {
+            if items.len() >= limit.events {
+                return Ok(Page { items, more: true });
+            }
+            let (made, size) = item(row)?;
+            let first = items.is_empty() && limit.first_always;
+            if !first && bytes.saturating_add(size) > limit.bytes {
+                return Ok(Page { items, more: true });
+            }
+            bytes = bytes.saturating_add(size);
+            items.push(made);
+        }
+        Ok(Page { items, more: false })
+    }
+}
+
+/// A page's `LIMIT`: one row more than it holds, to tell whether more
+/// follow.
+fn sql_limit(items: usize) -> i64 {
+    i64::try_from(items).map_or(i64::MAX, |n| n.saturating_add(1))
 }

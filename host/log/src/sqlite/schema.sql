@@ -3,13 +3,21 @@
 
 -- Every event, as its CloudEvents JSON, at its position (never reused:
 -- AUTOINCREMENT), read per tenant in order through events_by_tenant.
+-- emitted_by is the plugin of the tenant whose commit appended the event
+-- (NULL for a published event); a file from before the column has it added
+-- when it opens (see `migrate` in mod.rs), NULL for its older events.
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant TEXT NOT NULL,
     appended_at_ms INTEGER NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    emitted_by TEXT
 );
 CREATE INDEX IF NOT EXISTS events_by_tenant ON events (tenant, seq);
+-- A plugin's emitted events, newest first; published events (most of the
+-- log) are not in it.
+CREATE INDEX IF NOT EXISTS events_by_emitter ON events (tenant, emitted_by, seq)
+    WHERE emitted_by IS NOT NULL;
 -- The position and time of each appended (tenant, source, id): an append
 -- of the same key within the duplicate window is a duplicate.
 CREATE TABLE IF NOT EXISTS ingest_keys (

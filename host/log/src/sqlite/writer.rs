@@ -371,7 +371,7 @@ impl Writer {
             shared: &self.shared,
             changes: DeadLetterChanges::new(),
             insert_event: tx.prepare_cached(
-                "INSERT INTO events (tenant, appended_at_ms, body) VALUES (?1, ?2, ?3)",
+                "INSERT INTO events (tenant, appended_at_ms, body, emitted_by) VALUES (?1, ?2, ?3, ?4)",
             )?,
             insert_key: tx.prepare_cached(
                 "INSERT INTO ingest_keys (tenant, source, id, seq, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -472,7 +472,7 @@ impl GroupTx<'_> {
     /// window. The common case, a new event, takes two statements: the
     /// event, then its key.
     fn append_one(&mut self, event: &Event, body: &str) -> Result<Appended, rusqlite::Error> {
-        let seq = self.put_event(event, body)?;
+        let seq = self.put_event(event, body, None)?;
         let claimed = self.insert_key.execute(params![
             event.tenant(),
             event.source(),
@@ -511,10 +511,16 @@ impl GroupTx<'_> {
         })
     }
 
-    /// Stores an event; answers its position.
-    fn put_event(&mut self, event: &Event, body: &str) -> Result<i64, rusqlite::Error> {
+    /// Stores an event, emitted by the plugin `emitted_by` of its tenant
+    /// (`None`: published); answers its position.
+    fn put_event(
+        &mut self,
+        event: &Event,
+        body: &str,
+        emitted_by: Option<&str>,
+    ) -> Result<i64, rusqlite::Error> {
         self.insert_event
-            .execute(params![event.tenant(), self.now, body])?;
+            .execute(params![event.tenant(), self.now, body, emitted_by])?;
         Ok(self.tx.last_insert_rowid())
     }
 
@@ -524,7 +530,12 @@ impl GroupTx<'_> {
             .emitted
             .iter()
             .zip(bodies)
-            .map(|(event, body)| self.put_event(event, body).map(|seq| seq as Seq))
+            .map(|(event, body)| {
+                // A plugin emits into its own tenant; an event of another
+                // tenant is not recorded as this plugin's.
+                let emitter = (event.tenant() == commit.tenant).then_some(commit.plugin.as_str());
+                self.put_event(event, body, emitter).map(|seq| seq as Seq)
+            })
             .collect::<Result<_, _>>()?;
         self.write_state(&commit.tenant, &commit.plugin, &commit.state)?;
         for seq in &commit.redriven {

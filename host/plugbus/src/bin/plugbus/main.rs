@@ -13,6 +13,7 @@
 
 mod client;
 mod dispatch;
+mod inspect;
 mod keys;
 mod lines;
 mod ops;
@@ -99,6 +100,12 @@ enum Command {
 
     /// Lists a running host's plugins: version, status, cursor, lag, last error.
     Plugins(client::PluginsArgs),
+
+    /// Shows a plugin's state on a running host: its keys and values, or one key's value.
+    State(inspect::StateArgs),
+
+    /// Lists the events a plugin emitted on a running host, newest first.
+    Emits(inspect::EmitsArgs),
 
     /// Lists, shows, redrives and discards dead letters.
     ///
@@ -278,6 +285,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => blocking("replay", move || ops::replay(args)).await,
         Command::Quarantine(args) => blocking("quarantine", move || ops::quarantine(args)).await,
         Command::Publish(args) => blocking("publish", move || client::publish(args)).await,
+        Command::State(args) => blocking("state", move || inspect::state(args)).await,
+        Command::Emits(args) => blocking("emits", move || inspect::emits(args)).await,
         Command::HashToken => keys::hash_token(),
         Command::Dispatch(args) => dispatch::run(args).await,
     }
