@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use plugbus::api::types::{
-    EmitsAnswer, Encoding, ErrorBody, MAX_PAGE_LIMIT, StateAnswer, StateEntryView, StoredBytes,
+    EmitsAnswer, Encoding, MAX_PAGE_LIMIT, StateAnswer, StateEntryView, StoredBytes,
 };
 
 use crate::client::{Connection, Tenants};
