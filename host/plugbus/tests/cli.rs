@@ -1207,9 +1207,8 @@ fn dead_letter_table_columns_stay_in_line() {
 /// tenant's token is told there is no such tenant.
 #[test]
 fn state_and_emits_show_what_a_plugin_kept_and_emitted() {
-    use std::io::BufRead as _;
-    const ACME: &str = "acme-inspect-token";
-    const GLOBEX: &str = "globex-inspect-token";
+    const ACME: &str = ACME_TOKEN;
+    const GLOBEX: &str = GLOBEX_TOKEN;
     let plugins = tempfile::tempdir().expect("plugins directory");
     let data = tempfile::tempdir().expect("data directory");
     let tenant = plugins.path().join("acme-pos");
@@ -1220,61 +1219,8 @@ fn state_and_emits_show_what_a_plugin_kept_and_emitted() {
         "subscribe = [\"order.placed\", \"payment.completed\", \"payment.failed\"]\n",
     )
     .expect("manifest");
-    let hash = plugbus::config::hash_token;
-    let config = data.path().join("plugbus.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\nplugins_dir = \"{}\"\ndata_dir = \"{}\"\n\
-             [admin]\ntoken_sha256 = \"{}\"\n\
-             [tenants.acme-pos]\ntoken_sha256 = \"{}\"\n\
-             [tenants.globex-retail]\ntoken_sha256 = \"{}\"\n",
-            plugins.path().display(),
-            data.path().join("data").display(),
-            hash(ADMIN_TOKEN),
-            hash(ACME),
-            hash(GLOBEX),
-        ),
-    )
-    .expect("configuration");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_plugbus"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run plugbus serve");
-    /// Stops the server however the test ends.
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let stderr = server.stderr.take().expect("stderr");
-    let server = Stop(server);
-    let (url_tx, url_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(at) = line.find("listening on http://") {
-                let url = line[at + "listening on ".len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                let _ = url_tx.send(url);
-            }
-        }
-    });
-    let url = url_rx
-        .recv_timeout(std::time::Duration::from_secs(120))
-        .expect("serve listens");
+    let server = serve_http(plugins.path(), data.path());
+    let url = server.url.clone();
     let cli = |args: &[&str], token: &str| {
         let output = Command::new(env!("CARGO_BIN_EXE_plugbus"))
             .args(args)

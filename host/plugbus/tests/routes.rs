@@ -651,6 +651,24 @@ async fn inspected() -> (Routes, Arc<plugbus::log::SqliteLog>) {
     (routes, log)
 }
 
+/// `GET base` answers the admin as it answered acme (`expected`), and
+/// globex's token finds no tenant acme.
+async fn seen_by_the_admin_not_by_globex<T>(routes: &Routes, base: &str, expected: &T)
+where
+    T: DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let admin = routes.send(Method::GET, base, Some(ADMIN_TOKEN)).await;
+    assert_eq!(&admin.read::<T>(), expected);
+    let refusal = routes
+        .send(Method::GET, base, Some(GLOBEX_TOKEN))
+        .await
+        .refused(StatusCode::NOT_FOUND);
+    assert!(
+        refusal.message.contains(&format!("no tenant {ACME:?}")),
+        "{refusal:?}"
+    );
+}
+
 /// Commits `state` and `emitted` as a delivery of acme's `audit` would,
 /// leaving its cursor where it is.
 async fn commit_as_audit(
@@ -743,16 +761,7 @@ async fn a_plugins_state_is_seen_by_its_tenant_and_the_admin() {
     assert_eq!(state.entries[4].stored().bytes(), Some(b" 1\n".to_vec()));
 
     // The admin sees the same; another tenant finds no such tenant.
-    let admin = routes.send(Method::GET, &base, Some(ADMIN_TOKEN)).await;
-    assert_eq!(admin.read::<StateAnswer>(), state);
-    let refusal = routes
-        .send(Method::GET, &base, Some(GLOBEX_TOKEN))
-        .await
-        .refused(StatusCode::NOT_FOUND);
-    assert!(
-        refusal.message.contains(&format!("no tenant {ACME:?}")),
-        "{refusal:?}"
-    );
+    seen_by_the_admin_not_by_globex(&routes, &base, &state).await;
     let refusal = routes
         .send(Method::GET, &format!("{base}/count"), Some(GLOBEX_TOKEN))
         .await
@@ -941,16 +950,7 @@ async fn a_plugins_emits_are_listed_newest_first() {
     assert_eq!(ids, ["x-1"]);
     assert_eq!(rest.next_before, None);
 
-    let admin = routes.send(Method::GET, &base, Some(ADMIN_TOKEN)).await;
-    assert_eq!(admin.read::<EmitsAnswer>(), emits);
-    let refusal = routes
-        .send(Method::GET, &base, Some(GLOBEX_TOKEN))
-        .await
-        .refused(StatusCode::NOT_FOUND);
-    assert!(
-        refusal.message.contains(&format!("no tenant {ACME:?}")),
-        "{refusal:?}"
-    );
+    seen_by_the_admin_not_by_globex(&routes, &base, &emits).await;
     let refusal = routes
         .send(Method::GET, &format!("{base}?limit=5000"), Some(ACME_TOKEN))
         .await
