@@ -83,7 +83,10 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         tenant = request.tenant,
         crate_name = written.name.replace('-', "_"),
     );
-    if written.dir.starts_with(&workspace) {
+    let checkout = workspace
+        .canonicalize()
+        .unwrap_or_else(|_| workspace.clone());
+    if written.dir.starts_with(&checkout) {
         eprintln!(
             "note: {shown} is inside the plugbus checkout; it is a crate of its own \
              (its Cargo.toml has an empty [workspace] table), not a member of plugbus's workspace"
@@ -123,6 +126,11 @@ fn scaffold(request: &Request, workspace: &Path) -> anyhow::Result<Written> {
     let dir = std::path::absolute(&request.dir)
         .with_context(|| format!("new-plugin: cannot resolve {}", request.dir.display()))?;
     ensure_empty_dir(&dir)?;
+    // Without `..` or symlinks, now that it exists: `../my-plugin` seen
+    // from the checkout is beside it, not in it.
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("new-plugin: cannot resolve {}", dir.display()))?;
 
     let sdk = workspace.join("guest-sdk");
     let sdk = sdk
@@ -398,5 +406,26 @@ mod tests {
         );
         assert_eq!(attempt("Bad_Dir", Some("good")).as_deref(), Ok("good"));
         assert!(root.join("Bad_Dir/good.toml").is_file());
+    }
+
+    /// `../my-plugin` from inside a folder is written beside it, and named
+    /// without the `..`: the note "inside the plugbus checkout" compares
+    /// the two, so a `..` must not make a sibling look like a child.
+    #[test]
+    fn the_written_directory_is_named_without_dot_dot() {
+        let temp = tempfile::tempdir().expect("a temporary directory");
+        let root = temp.path().canonicalize().expect("canonical");
+        std::fs::create_dir_all(root.join("checkout")).expect("create");
+        let written = scaffold(
+            &Request {
+                dir: root.join("checkout/../my-plugin"),
+                name: None,
+                tenant: DEFAULT_TENANT.into(),
+            },
+            &super::super::workspace(),
+        )
+        .expect("scaffold");
+        assert_eq!(written.dir, root.join("my-plugin"));
+        assert!(!written.dir.starts_with(root.join("checkout")));
     }
 }
