@@ -107,6 +107,11 @@ fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         Some(server) => std::path::absolute(server).context("cannot resolve --server")?,
         None => build_host(&root)?,
     };
+    // Again, now that the build (up to half an hour) is done: another demo
+    // started meanwhile may be serving from this folder by now.
+    if args.server.is_none() {
+        preflight(&dir, args.dir.is_none(), &data, args.listen)?;
+    }
 
     step(format_args!(
         "assembling the plugins in {}",

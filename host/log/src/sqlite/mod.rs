@@ -218,12 +218,27 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
             .collect::<Result<Vec<_>, _>>()?;
         Ok((!names.is_empty()).then(|| names.iter().any(|n| n == column)))
     };
-    if has_column("events", "emitted_by")? == Some(false) {
-        // Adding a nullable column rewrites nothing: the rows keep their
-        // pages, and read NULL for it.
-        conn.execute_batch("ALTER TABLE events ADD COLUMN emitted_by TEXT")?;
+    if has_column("events", "emitted_by")? != Some(false) {
+        return Ok(());
     }
-    Ok(())
+    // Adding a nullable column rewrites nothing: the rows keep their
+    // pages, and read NULL for it. Checked again inside a write
+    // transaction: another process (`plugbus dlq --data` beside a starting
+    // host) may have added it since.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let added = match has_column("events", "emitted_by") {
+        Ok(Some(false)) => conn.execute_batch("ALTER TABLE events ADD COLUMN emitted_by TEXT"),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
+    match added {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            // The transaction's own failure adds nothing to `e`.
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 impl EventStore for SqliteLog {

@@ -53,10 +53,16 @@ pub enum Tenants {
 impl Connection {
     /// Whose the token is, as the host says (`GET /v1/whoami`).
     pub fn whoami(&self) -> anyhow::Result<WhoAmI> {
-        self.request("GET", "/v1/whoami", None)?
-            .ok()
-            .context("the host did not accept the token")?
-            .read()
+        let answer = self.request("GET", "/v1/whoami", None)?;
+        match answer.status {
+            401 => answer.ok().context("the host did not accept the token"),
+            404 => bail!(
+                "the host at {} has no /v1/whoami (a plugbus older than this command):                  name the tenant with --tenant and use the admin token",
+                self.url
+            ),
+            _ => answer.ok(),
+        }?
+        .read()
     }
 
     /// The tenants a command is about: the one `--tenant` names (with the

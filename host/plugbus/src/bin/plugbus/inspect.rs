@@ -200,10 +200,17 @@ pub fn state(args: StateArgs) -> anyhow::Result<ExitCode> {
         }),
     );
     if let Some(after) = &answer.next_after {
-        eprintln!(
-            "more keys follow: add --after {:?}",
-            plugbus::text::escape(after, CELL_BYTES).as_ref()
-        );
+        // Only a key that prints as it is can be pasted back: a cut or
+        // escaped one would skip keys.
+        // (A key is at most 512 bytes.)
+        match plugbus::text::escape(after, 1024) {
+            std::borrow::Cow::Borrowed(plain) => {
+                eprintln!("more keys follow: add --after {plain:?}");
+            }
+            std::borrow::Cow::Owned(_) => eprintln!(
+                "more keys follow: the next page starts after the key in next_after of --json"
+            ),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
