@@ -625,15 +625,25 @@ fn warn_unknown_tenants(root: &Path, mirror: &Mirror) {
 /// Copies the user's changed plugin files into the demo for as long as it
 /// runs.
 fn keep_in_sync(mut mirror: Mirror, sources: &[PathBuf], target: &Path) {
+    // The last warning printed: a problem that lasts is said once, not
+    // every half second.
+    let mut warned: Option<String> = None;
     loop {
         std::thread::sleep(SYNC_INTERVAL);
         match mirror.sync(sources, target, true) {
             Ok(changes) => {
+                warned = None;
                 for change in changes {
                     step(format_args!("{change}; the host reloads it"));
                 }
             }
-            Err(e) => step(format_args!("warning: {e:#}")),
+            Err(e) => {
+                let warning = format!("{e:#}");
+                if warned.as_deref() != Some(warning.as_str()) {
+                    step(format_args!("warning: {warning} (said once while it lasts)"));
+                    warned = Some(warning);
+                }
+            }
         }
     }
 }
