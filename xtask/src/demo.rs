@@ -640,7 +640,9 @@ fn keep_in_sync(mut mirror: Mirror, sources: &[PathBuf], target: &Path) {
             Err(e) => {
                 let warning = format!("{e:#}");
                 if warned.as_deref() != Some(warning.as_str()) {
-                    step(format_args!("warning: {warning} (said once while it lasts)"));
+                    step(format_args!(
+                        "warning: {warning} (said once while it lasts)"
+                    ));
                     warned = Some(warning);
                 }
             }
