@@ -186,20 +186,9 @@ fn emit_view(stored: StoredEvent) -> EmitView {
         ty: event.ty().to_owned(),
         subject: event.subject().map(str::to_owned),
         time: event.time().map(str::to_owned),
-        appended_at: rfc3339_ms(stored.appended_at_ms),
+        appended_at: plugbus_core::clock::rfc3339_ms(stored.appended_at_ms),
         causation_id: event.causation_id().map(str::to_owned),
         datacontenttype: event.datacontenttype().map(str::to_owned),
         data: (!event.data().is_empty()).then(|| StoredBytes::new(event.data())),
     }
-}
-
-/// Milliseconds since the Unix epoch as RFC 3339 (UTC).
-fn rfc3339_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
 }

@@ -952,7 +952,7 @@ async fn a_plugins_emits_are_listed_newest_first() {
 
     seen_by_the_admin_not_by_globex(&routes, &base, &emits).await;
     let refusal = routes
-        .send(Method::GET, &format!("{base}?limit=5000"), Some(ACME_TOKEN))
+        .send(Method::GET, &format!("{base}?limit=1001"), Some(ACME_TOKEN))
         .await
         .refused(StatusCode::BAD_REQUEST);
     assert!(refusal.message.contains("1000"), "{refusal:?}");

@@ -441,16 +441,6 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
-/// A time in milliseconds since the epoch as RFC 3339, for people.
-fn rfc3339_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
-}
 
 /// The quarantined plugins of `tenants`: from the log, or from a
 /// running host's plugin views.
@@ -497,8 +487,8 @@ pub fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
                             "tenant": q.tenant,
                             "plugin": q.plugin,
                             "version": q.version,
-                            "since": rfc3339_ms(q.since_ms),
-                            "until": rfc3339_ms(q.until_ms),
+                            "since": plugbus::clock::rfc3339_ms(q.since_ms),
+                            "until": plugbus::clock::rfc3339_ms(q.until_ms),
                         })
                     );
                 } else {
@@ -506,8 +496,8 @@ pub fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
                         q.tenant,
                         q.plugin,
                         q.version,
-                        rfc3339_ms(q.since_ms),
-                        rfc3339_ms(q.until_ms),
+                        plugbus::clock::rfc3339_ms(q.since_ms),
+                        plugbus::clock::rfc3339_ms(q.until_ms),
                     ]);
                 }
             }
