@@ -273,6 +273,9 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (settings, listen) = settings(&args)?;
+    // Registered before the port is bound: once the host answers, a SIGINT
+    // or SIGTERM is a graceful stop, never the default disposition's kill.
+    let shutdown = shutdown_signal()?;
     if args.config.is_none() {
         tracing::info!(
             "no --config: the embedded default (listen {}, plugins {}, data {}; no tenant tokens, so HTTP ingest refuses every request until a plugbus.toml names tenants)",
@@ -321,7 +324,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(listener) => Some(start_http(listener, &bus, &settings, metrics, http_stopped).await?),
         None => None,
     };
-    take_events(&args, &bus, listen.is_some()).await?;
+    take_events(&args, &bus, listen.is_some(), shutdown).await?;
     // One deadline for everything that is under way when the signal comes:
     // HTTP requests, deliveries, and the output of what was delivered. A
     // client or a guest that does not finish by then does not hold the
@@ -463,10 +466,15 @@ async fn start_http(
 /// Takes events until Ctrl-C or SIGTERM: from stdin with `--stdin` (then,
 /// with `--keep-serving`, goes on serving HTTP after the input), else from
 /// HTTP alone.
-async fn take_events(args: &ServeArgs, bus: &DurableBus, http: bool) -> anyhow::Result<()> {
+async fn take_events(
+    args: &ServeArgs,
+    bus: &DurableBus,
+    http: bool,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     // Fused: a signal that ends the input's publishing must not be awaited
     // again (a finished future polled again panics).
-    let shutdown = futures::FutureExt::fuse(shutdown_signal());
+    let shutdown = futures::FutureExt::fuse(shutdown);
     tokio::pin!(shutdown);
     if args.stdin {
         let rejected =
@@ -691,22 +699,20 @@ async fn publish_lines(
     Ok(rejected)
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
+/// A future that resolves on SIGINT (Ctrl-C) or SIGTERM.
+///
+/// Both handlers are registered here, not when the future is first polled:
+/// a signal that arrives before the host awaits it is kept, not lost to the
+/// default disposition (which would end the process without draining).
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down: finishing the deliveries under way");
+        tracing::info!("shutting down: finishing the deliveries under way");
+    })
 }
