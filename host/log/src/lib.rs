@@ -67,6 +67,30 @@ pub enum LogError {
     /// The log has been closed; its writer is gone.
     #[error("the event log is closed")]
     Closed,
+    /// A networked backend (NATS JetStream) failed or could not be
+    /// reached while doing `operation`; what was asked is not known to be
+    /// done (an append may be retried: it is de-duplicated).
+    #[error("event log ({backend}): {operation}: {source}")]
+    Backend {
+        /// Which backend, e.g. `nats nats://10.0.0.5:4222`.
+        backend: String,
+        /// What the log was doing.
+        operation: String,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A record the backend keeps (a cursor, a commit, a dead letter) does
+    /// not parse: it was written by something other than plugbus.
+    #[error("event log ({backend}): the record {key} is corrupt: {reason}")]
+    CorruptRecord {
+        /// Which backend.
+        backend: String,
+        /// The record's key.
+        key: String,
+        /// Why it does not parse.
+        reason: String,
+    },
 }
 
 /// What became of one appended event.

@@ -1,0 +1,363 @@
+//! The NATS JetStream backend of the plugbus event log: the same contract
+//! as the embedded SQLite log ([`plugbus_log::EventLog`]), kept in a NATS
+//! system that several plugbus hosts share.
+//!
+//! # Where things are
+//! With the prefix `plugbus` (see [`NatsLogConfig::prefix`]):
+//! - the stream `plugbus_events` holds the events, tenant `t` on the
+//!   subject `plugbus.events.t`; an event's position ([`Seq`](plugbus_log::Seq)) is its
+//!   stream sequence. Every append carries a message id derived from
+//!   (tenant, source, id) ([`names::ingest_id`]), so the stream's
+//!   duplicate window is the log's;
+//! - the stream `plugbus_emits` indexes the events each plugin emitted
+//!   (subject `plugbus.emits.<tenant>.<plugin>`, the last 1,000 per plugin);
+//! - key-value buckets keep the rest: `plugbus_cursors` (each plugin's
+//!   cursor, what it finished ahead, and the number of its last applied
+//!   commit), `plugbus_commits` (each plugin's last commit, written before
+//!   it is applied), `plugbus_state`, `plugbus_dead_letters` and
+//!   `plugbus_quarantines`.
+//!
+//! # A commit, and a crash in the middle of one
+//! A [`Commit`](plugbus_log::Commit) touches several records, which
+//! JetStream cannot change in one transaction. So the whole commit is
+//! first written as one record (`plugbus_commits`, key
+//! `<tenant>.<plugin>`, numbered), then applied step by step, each step
+//! idempotent: the emitted events (message ids from the commit's number
+//! and the emit's index, so a repeat is a duplicate), the state writes,
+//! the dead letters, and last the cursor record, which names the commit
+//! as applied. Whoever reads the plugin's cursor next and finds a commit
+//! newer than the cursor record's applies it again before anything else
+//! (see `progress`).
+//!
+//! # Threads
+//! The log runs its own small runtime (two threads named `plugbus-nats`),
+//! where the NATS client lives; see `bridge`.
+
+mod bridge;
+pub mod config;
+mod events;
+mod letters;
+pub mod names;
+mod progress;
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_nats::jetstream;
+use plugbus_log::{LogError, LogHealth, now_ms};
+
+use self::bridge::Bridge;
+pub use self::config::{NatsAuth, NatsLogConfig, NatsTls, Prefix, PrefixError};
+use self::names::Names;
+
+/// The event log in NATS JetStream. Cheap to clone: clones share one
+/// connection.
+#[derive(Debug, Clone)]
+pub struct NatsLog {
+    inner: Arc<Inner>,
+}
+
+/// What the log's roles share.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    /// `nats <first server>`: names the backend in errors.
+    pub(crate) backend: String,
+    /// The settings.
+    pub(crate) config: NatsLogConfig,
+    /// The names of the stream, subjects, buckets and keys.
+    pub(crate) names: Names,
+    /// The client.
+    pub(crate) client: async_nats::Client,
+    /// JetStream, through the client.
+    pub(crate) js: jetstream::Context,
+    /// The events.
+    pub(crate) events: jetstream::stream::Stream,
+    /// The index of emitted events.
+    pub(crate) emits: jetstream::stream::Stream,
+    /// The buckets.
+    pub(crate) buckets: Buckets,
+    /// The last failure of a write, until a write succeeds again.
+    pub(crate) last_failure: Mutex<Option<(String, i64)>>,
+    /// What the events role keeps in memory.
+    pub(crate) event_state: events::EventsState,
+    /// What the progress role (cursors, commits, state) keeps in memory.
+    pub(crate) progress_state: progress::ProgressState,
+    /// What the dead-letter and quarantine roles keep in memory.
+    pub(crate) letter_state: letters::LettersState,
+    /// The runtime the client lives on; dropped last.
+    pub(crate) bridge: Bridge,
+}
+
+/// The key-value buckets of the log.
+#[derive(Debug)]
+pub(crate) struct Buckets {
+    /// `<tenant>.<plugin>` → [`progress::CursorRecord`].
+    pub(crate) cursors: jetstream::kv::Store,
+    /// `<tenant>.<plugin>` → [`progress::CommitRecord`].
+    pub(crate) commits: jetstream::kv::Store,
+    /// `<tenant>.<plugin>.k<key in base64url>` → the value.
+    pub(crate) state: jetstream::kv::Store,
+    /// `<tenant>.<plugin>.<seq>` → a dead letter.
+    pub(crate) dead_letters: jetstream::kv::Store,
+    /// `<tenant>.<plugin>` → a quarantine.
+    pub(crate) quarantines: jetstream::kv::Store,
+}
+
+impl NatsLog {
+    /// Connects to NATS and creates the stream and buckets where they are
+    /// missing (or updates their settings). Blocking: it waits at most the
+    /// configured connect timeout for the first connection.
+    pub fn open(config: NatsLogConfig) -> Result<Self, LogError> {
+        let backend = format!(
+            "nats {}",
+            config.servers.first().map_or("(no server)", String::as_str)
+        );
+        let bridge = Bridge::start().map_err(|e| LogError::Backend {
+            backend: backend.clone(),
+            operation: "start the NATS client's threads".to_owned(),
+            source: Box::new(e),
+        })?;
+        let names = Names::new(&config.prefix);
+        let (client, js, events, emits, buckets) = {
+            let (config, names, backend) = (config.clone(), names.clone(), backend.clone());
+            bridge.handle().block_on(async move {
+                let client = connect(&config, &backend).await?;
+                let js = jetstream::ContextBuilder::new()
+                    .timeout(config.request_timeout)
+                    .build(client.clone());
+                let (events, emits, buckets) = setup(&js, &config, &names, &backend).await?;
+                Ok::<_, LogError>((client, js, events, emits, buckets))
+            })?
+        };
+        let inner = Arc::new(Inner {
+            backend,
+            config,
+            names,
+            client,
+            js,
+            events,
+            emits,
+            buckets,
+            last_failure: Mutex::new(None),
+            event_state: events::EventsState::default(),
+            progress_state: progress::ProgressState::default(),
+            letter_state: letters::LettersState::default(),
+            bridge,
+        });
+        letters::start(&inner)?;
+        Ok(Self { inner })
+    }
+
+    /// The servers the log was given, for an operator's log line.
+    pub fn servers(&self) -> &[String] {
+        &self.inner.config.servers
+    }
+
+    /// The name of the stream that holds the events.
+    pub fn stream_name(&self) -> &str {
+        &self.inner.names.events_stream
+    }
+}
+
+impl Inner {
+    /// A failure of the backend while doing `operation`.
+    pub(crate) fn error(
+        &self,
+        operation: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> LogError {
+        LogError::Backend {
+            backend: self.backend.clone(),
+            operation: operation.into(),
+            source: source.into(),
+        }
+    }
+
+    /// A record that does not parse.
+    pub(crate) fn corrupt(&self, key: impl Into<String>, reason: impl ToString) -> LogError {
+        LogError::CorruptRecord {
+            backend: self.backend.clone(),
+            key: key.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Notes how a write ended, for [`LogHealth`].
+    pub(crate) fn note_write<T>(&self, result: &Result<T, LogError>) {
+        let mut last = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match result {
+            Ok(_) => *last = None,
+            Err(e) => {
+                if last.is_none() {
+                    *last = Some((e.to_string(), now_ms()));
+                }
+            }
+        }
+    }
+
+    /// Whether the log can be written now: connected, and the last write
+    /// did not fail.
+    pub(crate) fn health(&self) -> LogHealth {
+        let connected = matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        );
+        let last = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match (connected, last) {
+            (true, None) => LogHealth::default(),
+            (false, _) => LogHealth {
+                writable: false,
+                error: Some(format!("not connected to NATS ({})", self.backend)),
+                since_ms: now_ms(),
+            },
+            (true, Some((error, since_ms))) => LogHealth {
+                writable: false,
+                error: Some(error),
+                since_ms,
+            },
+        }
+    }
+}
+
+/// Connects with the configured authentication and TLS, waiting at most
+/// the connect timeout for the first connection; later the client
+/// reconnects by itself, for ever.
+async fn connect(config: &NatsLogConfig, backend: &str) -> Result<async_nats::Client, LogError> {
+    let failed =
+        |operation: &str, source: Box<dyn std::error::Error + Send + Sync>| LogError::Backend {
+            backend: backend.to_owned(),
+            operation: operation.to_owned(),
+            source,
+        };
+    let mut options = match &config.auth {
+        NatsAuth::None => async_nats::ConnectOptions::new(),
+        NatsAuth::Token(token) => async_nats::ConnectOptions::with_token(token.clone()),
+        NatsAuth::UserPassword { user, password } => {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        NatsAuth::NKey(seed) => async_nats::ConnectOptions::with_nkey(seed.clone()),
+        NatsAuth::CredentialsFile(path) => {
+            async_nats::ConnectOptions::with_credentials_file(path.clone())
+                .await
+                .map_err(|e| {
+                    failed(
+                        &format!("read the credentials file {}", path.display()),
+                        Box::new(e),
+                    )
+                })?
+        }
+    };
+    if config.tls.required {
+        options = options.require_tls(true);
+    }
+    if let Some(ca) = &config.tls.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &config.tls.client_cert {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if config.tls.first {
+        options = options.tls_first();
+    }
+    options = options
+        .name("plugbus")
+        .connection_timeout(config.connect_timeout)
+        .request_timeout(Some(config.request_timeout))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("disconnected from NATS; reconnecting")
+                }
+                other => tracing::info!("NATS: {other}"),
+            }
+        });
+    let servers = config
+        .servers
+        .iter()
+        .map(|s| s.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| failed("parse the server URLs", Box::new(e)))?;
+    tokio::time::timeout(config.connect_timeout, options.connect(servers))
+        .await
+        .map_err(|e| failed("connect", Box::new(e)))?
+        .map_err(|e| failed("connect", Box::new(e)))
+}
+
+/// Creates the streams and buckets, or brings their settings up to date.
+async fn setup(
+    js: &jetstream::Context,
+    config: &NatsLogConfig,
+    names: &Names,
+    backend: &str,
+) -> Result<
+    (
+        jetstream::stream::Stream,
+        jetstream::stream::Stream,
+        Buckets,
+    ),
+    LogError,
+> {
+    let failed = |what: &str, source: Box<dyn std::error::Error + Send + Sync>| LogError::Backend {
+        backend: backend.to_owned(),
+        operation: format!("create or update {what}"),
+        source,
+    };
+    let stream = |name: &str, subjects: String| jetstream::stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subjects],
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: config.replicas,
+        allow_direct: true,
+        ..Default::default()
+    };
+    js.create_or_update_stream(jetstream::stream::Config {
+        duplicate_window: config.duplicate_window,
+        ..stream(&names.events_stream, names.events_wildcard())
+    })
+    .await
+    .map_err(|e| failed(&format!("the stream {}", names.events_stream), Box::new(e)))?;
+    js.create_or_update_stream(jetstream::stream::Config {
+        max_messages_per_subject: names::EMITS_KEPT,
+        ..stream(&names.emits_stream, names.emits_wildcard())
+    })
+    .await
+    .map_err(|e| failed(&format!("the stream {}", names.emits_stream), Box::new(e)))?;
+    let get = |name: &str| {
+        let name = name.to_owned();
+        async move {
+            js.get_stream(&name)
+                .await
+                .map_err(|e| failed(&format!("the stream {name}"), Box::new(e)))
+        }
+    };
+    let (events, emits) = (
+        get(&names.events_stream).await?,
+        get(&names.emits_stream).await?,
+    );
+    let bucket = |name: String| async move {
+        js.create_or_update_key_value(jetstream::kv::Config {
+            bucket: name.clone(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: config.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(&format!("the bucket {name}"), Box::new(e)))
+    };
+    let buckets = Buckets {
+        cursors: bucket(names.bucket("cursors")).await?,
+        commits: bucket(names.bucket("commits")).await?,
+        state: bucket(names.bucket("state")).await?,
+        dead_letters: bucket(names.bucket("dead_letters")).await?,
+        quarantines: bucket(names.bucket("quarantines")).await?,
+    };
+    Ok((events, emits, buckets))
+}
