@@ -337,7 +337,7 @@ async fn run_durable(
     let (bus_ref, names_ref, front_ref) = (&bus, &names, &front);
     let mut acks = futures::stream::iter((0..args.events).step_by(args.batch as usize))
         .map(|first| async move {
-            let tenant = &names_ref[(first as usize) % names_ref.len()];
+            let tenant = &names_ref[(first / args.batch) as usize % names_ref.len()];
             let events: Vec<Event> = (first..(first + args.batch).min(args.events))
                 .map(|i| event(tenant, i, args.payload as usize))
                 .collect();
@@ -521,7 +521,7 @@ fn micros(d: Duration) -> u64 {
 
 /// An `inventory.stock_changed` event of `tenant` with a JSON payload of
 /// about `payload` bytes.
-fn event(tenant: &str, i: u64, payload: usize) -> Event {
+pub(crate) fn event(tenant: &str, i: u64, payload: usize) -> Event {
     let skeleton = format!(r#"{{"sku":"sku-{i}","new_quantity":4,"note":""}}"#);
     let note = "n".repeat(payload.saturating_sub(skeleton.len()));
     Event::builder(

@@ -4,6 +4,7 @@
 //! release build, and BENCHMARKS.md says how each table was made.
 
 mod bench;
+mod jetstream;
 mod noisy;
 mod reload_bench;
 
@@ -46,6 +47,13 @@ enum Command {
     /// hostile tenant's behaviours one at a time and all at once, with the
     /// peak RSS and the log's growth of each row.
     BenchNoisy(noisy::NoisyArgs),
+
+    /// JetStream alone, with no plugbus: publishes the events `bench
+    /// --durable --nats` publishes and reads them back with one durable
+    /// pull consumer per tenant, reporting events/s, CPU per event (this
+    /// client's, and the server's when it starts its own) and batch
+    /// latency: the baseline of the NATS backend.
+    BenchJetstream(jetstream::JetStreamArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,7 +68,7 @@ fn main() -> ExitCode {
                 }
             })
         }),
-        Command::BenchReload(_) | Command::BenchNoisy(_) => None,
+        Command::BenchReload(_) | Command::BenchNoisy(_) | Command::BenchJetstream(_) => None,
     };
     let otlp = match otlp.transpose() {
         Ok(otlp) => otlp,
@@ -100,6 +108,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::BenchReload(args) => reload_bench::run(args).await,
             Command::BenchNoisy(args) => noisy::run(args).await,
+            Command::BenchJetstream(args) => jetstream::run(args).await,
         }
     });
     drop(runtime);
