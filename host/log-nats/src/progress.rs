@@ -31,6 +31,22 @@
 //! whose number is past `applied` applies steps 3 and 4 for it first: a
 //! host that died after step 2 leaves its commit to the next reader, whole.
 //!
+//! # Limits
+//! - A reader on another host (an operator's `status`, retention) that
+//!   reads a plugin's cursor while its owner is in the middle of a commit
+//!   applies that commit too, at the same time as the owner. Both apply
+//!   the same writes, so that is harmless unless the reader is so slow
+//!   that the owner has applied a later commit in between: the reader's
+//!   late state writes then overwrite the later ones. Leases make the
+//!   owner the only one that need apply a commit left alone; readers that
+//!   do not hold the plugin's lease could leave a recent commit record to
+//!   its owner.
+//! - A commit record is one message: a commit whose emitted events, dead
+//!   letters and state together pass the server's `max_payload` (1 MiB by
+//!   default) fails.
+//! - A state write outside a commit ([`StateStore::apply`]) is not all or
+//!   none across keys.
+//!
 //! [`cursor`]: CursorStore::cursor
 //! [`ahead`]: CursorStore::ahead
 
@@ -572,6 +588,15 @@ async fn move_cursor(
     ))
 }
 
+/// How long to wait before try number `tries` + 1 after a conflict: a
+/// random time up to 2 ms, doubled with each try up to 64 ms.
+fn backoff(tries: usize) -> Duration {
+    use std::hash::BuildHasher as _;
+    let most = 2u64 << tries.min(5);
+    let random = std::hash::RandomState::new().hash_one(tries);
+    Duration::from_micros(random % (most * 1000) + 1)
+}
+
 /// Commits `commit`: see the module's documentation.
 async fn commit(inner: &Inner, commit: Commit) -> Result<Committed, LogError> {
     let who = Plugin::new(&commit.tenant, &commit.plugin);
@@ -595,7 +620,7 @@ async fn commit(inner: &Inner, commit: Commit) -> Result<Committed, LogError> {
     }
     let bucket = &inner.buckets.commits;
     let mut claimed = None;
-    for _ in 0..TRIES {
+    for tries in 0..TRIES {
         let n = view.cursor.applied + 1;
         let record = CommitRecord::of(&commit, n)
             .and_then(|record| serde_json::to_vec(&record).map_err(ProgressError::Encode))
@@ -609,9 +634,13 @@ async fn commit(inner: &Inner, commit: Commit) -> Result<Committed, LogError> {
                 claimed = Some(n);
                 break;
             }
-            // Another writer numbered a commit since: read both records
-            // again, applying theirs if it is not yet.
-            Err(e) if conflict(&e) => view = fresh_view(inner, &who).await?,
+            // Another writer numbered a commit since: after a moment (so
+            // that two writers do not collide again in step), read both
+            // records again, applying theirs if it is not yet.
+            Err(e) if conflict(&e) => {
+                tokio::time::sleep(backoff(tries)).await;
+                view = fresh_view(inner, &who).await?;
+            }
             Err(e) => return Err(inner.error(format!("write {}/{}", bucket.name, who.key), e)),
         }
     }
@@ -813,7 +842,7 @@ async fn emitted_seqs(inner: &Inner, tenant: &str, plugin: &str) -> Result<Vec<S
                 .map_err(|e| failed(Box::new(e)))?;
             let mut got = 0usize;
             let mut pending = 0;
-            while let Some(message) = batch.try_next().await.map_err(|e| failed(e))? {
+            while let Some(message) = batch.try_next().await.map_err(&failed)? {
                 got += 1;
                 pending = message.info().map_or(0, |info| info.pending);
                 let seq = std::str::from_utf8(&message.payload)
