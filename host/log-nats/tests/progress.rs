@@ -743,13 +743,18 @@ fn measure_commits() -> Result {
     log.commit_cursor("acme", "p", 0).wait()?;
     let rounds = 2000u64;
     let mut cursor = 0;
-    let mut measure = |name: &str, state: bool| -> Result {
+    let mut measure = |name: &str, state: bool, emit: bool| -> Result {
         let mut took = Vec::new();
         let start = Instant::now();
         for i in 1..=rounds {
             let expected = cursor;
             let one = Instant::now();
             let c = Commit {
+                emitted: if emit {
+                    vec![event("acme", &format!("{name}-{i}"))]
+                } else {
+                    Vec::new()
+                },
                 state: if state {
                     vec![set(&format!("k{}", i % 100), "v")]
                 } else {
@@ -771,8 +776,9 @@ fn measure_commits() -> Result {
         );
         Ok(())
     };
-    measure("cursor only", false)?;
-    measure("cursor + one state write", true)?;
+    measure("cursor only", false, false)?;
+    measure("cursor + one state write", true, false)?;
+    measure("cursor + one state write + one emitted event", true, true)?;
     // Many plugins at once, as a host's consumers commit.
     let plugins = 32;
     let per = 200u64;
