@@ -2,18 +2,210 @@
 //! ([`CursorStore`]), the [`Commit`] protocol (written whole, then applied
 //! step by step, applied again after a crash), the plugins' state
 //! ([`StateStore`]), and what operators inspect ([`InspectStore`]).
+//!
+//! # The commit protocol
+//! A plugin's records are two keys, `<tenant>.<plugin>` in the buckets
+//! `plugbus_cursors` ([`CursorRecord`]: the cursor, what was finished
+//! ahead, and the number of the last commit applied) and
+//! `plugbus_commits` ([`CommitRecord`]: the last commit with effects,
+//! numbered). A [`Commit`] with effects (emitted events, state writes,
+//! dead letters, redriven dead letters):
+//! 1. reads both records (or uses what this log cached of them); a commit
+//!    record newer than the cursor record's `applied` is applied first
+//!    (see below);
+//! 2. claims the number `n = applied + 1` by writing its commit record
+//!    with the record's last revision expected, so that two writers never
+//!    use one number (the emitted events' message ids derive from it);
+//! 3. publishes the emitted events, writes the state (the last write of
+//!    each key, all keys at once) and stores the dead letters, each step
+//!    idempotent;
+//! 4. writes the cursor record (`applied: n`; the cursor unless
+//!    [`Commit::expected`] differs from the stored cursor) with its last
+//!    revision expected. On a conflict it reads the record again and
+//!    decides `expected` again; a writer that finds `applied >= n` knows
+//!    someone else applied its commit.
+//!
+//! A commit of only a cursor (and what was finished ahead) is step 4
+//! alone, without a number. Whoever reads a plugin's cursor ([`cursor`],
+//! [`ahead`], [`cursor_of`], and every commit) and finds a commit record
+//! whose number is past `applied` applies steps 3 and 4 for it first: a
+//! host that died after step 2 leaves its commit to the next reader, whole.
+//!
+//! # Limits
+//! - A reader on another host (an operator's `status`, retention) that
+//!   reads a plugin's cursor while its owner is in the middle of a commit
+//!   applies that commit too, at the same time as the owner. Both apply
+//!   the same writes, so that is harmless unless the reader is so slow
+//!   that the owner has applied a later commit in between: the reader's
+//!   late state writes then overwrite the later ones. Leases make the
+//!   owner the only one that need apply a commit left alone; readers that
+//!   do not hold the plugin's lease could leave a recent commit record to
+//!   its owner.
+//! - A commit record is one message: a commit whose emitted events, dead
+//!   letters and state together pass the server's `max_payload` (1 MiB by
+//!   default) fails.
+//! - A state write outside a commit ([`StateStore::apply`]) is not all or
+//!   none across keys.
+//!
+//! [`cursor`]: CursorStore::cursor
+//! [`ahead`]: CursorStore::ahead
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use base64::Engine as _;
+use futures::{StreamExt as _, TryStreamExt as _};
+use plugbus_core::event::Event;
 use plugbus_core::state::{StateError, StateStore, StateWrite};
 use plugbus_log::{
-    Commit, Committed, CursorStore, InspectStore, LogError, Page, ReadLimit, Reply, Seq,
-    StateEntry, StateQuery, StoredEvent,
+    Commit, Committed, CursorStore, DeadLetter, FailedAttempt, InspectStore, LogError, Page,
+    ReadLimit, Reply, Seq, StateEntry, StateQuery, StoredEvent,
 };
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
-use crate::{Inner, NatsLog};
+use crate::{Inner, NatsLog, events, letters, names};
 
-/// What the progress role keeps in memory.
+/// How many times a write of a plugin's records is tried again when
+/// another writer changed them in between, before the commit fails.
+const TRIES: usize = 10;
+
+/// How many state values or events one inspection reads at once.
+const READ_AHEAD: usize = 16;
+
+/// A plugin's record in `plugbus_cursors`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CursorRecord {
+    /// The position of the last event the plugin is finished with; `null`
+    /// when a commit of it was applied before it had a cursor.
+    pub(crate) cursor: Option<Seq>,
+    /// What the plugin finished past its cursor, in order.
+    #[serde(default)]
+    pub(crate) ahead: Vec<Seq>,
+    /// The number of the last commit record applied (0: none).
+    #[serde(default)]
+    pub(crate) applied: u64,
+}
+
+/// A plugin's record in `plugbus_commits`: its last commit with effects,
+/// whole, with its number.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct CommitRecord {
+    /// Its number: the cursor record's `applied` once it is applied.
+    pub(crate) n: u64,
+    /// The plugin's tenant.
+    pub(crate) tenant: String,
+    /// The plugin.
+    pub(crate) plugin: String,
+    /// See [`Commit::cursor`].
+    pub(crate) cursor: Seq,
+    /// See [`Commit::expected`].
+    #[serde(default)]
+    pub(crate) expected: Option<Seq>,
+    /// The emitted events, each as the events role stores it (its
+    /// CloudEvents JSON).
+    #[serde(default)]
+    pub(crate) emitted: Vec<Box<RawValue>>,
+    /// See [`Commit::dead_letters`].
+    #[serde(default)]
+    pub(crate) dead_letters: Vec<DeadLetterRecord>,
+    /// See [`Commit::state`].
+    #[serde(default)]
+    pub(crate) state: Vec<StateWriteRecord>,
+    /// See [`Commit::redriven`].
+    #[serde(default)]
+    pub(crate) redriven: Vec<Seq>,
+    /// See [`Commit::ahead`].
+    #[serde(default)]
+    pub(crate) ahead: Vec<Seq>,
+}
+
+/// A dead letter in a [`CommitRecord`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DeadLetterRecord {
+    /// The event's position.
+    pub(crate) seq: Seq,
+    /// The event's CloudEvents JSON.
+    pub(crate) event: Box<RawValue>,
+    /// Its failed attempts, oldest first.
+    pub(crate) attempts: Vec<FailedAttempt>,
+}
+
+/// A state write in a [`CommitRecord`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StateWriteRecord {
+    /// The key.
+    pub(crate) key: String,
+    /// The value in standard base64, or `null` to delete the key.
+    pub(crate) value: Option<String>,
+}
+
+/// Why a record could not be written; the source of a
+/// [`LogError::Backend`].
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProgressError {
+    /// Other writers kept changing the plugin's records.
+    #[error(
+        "the record {key} changed under every one of {tries} tries: another host commits for the plugin"
+    )]
+    Contended {
+        /// The record's key.
+        key: String,
+        /// How many tries were made.
+        tries: usize,
+    },
+    /// Something that cannot go into a record.
+    #[error("{0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// What the progress role keeps in memory: per plugin, a lock that
+/// serializes this log's commits of it, and what it last knew of the
+/// plugin's records (checked by every write's expected revision).
 #[derive(Debug, Default)]
-pub(crate) struct ProgressState {}
+pub(crate) struct ProgressState {
+    plugins: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<View>>>>>,
+}
+
+impl ProgressState {
+    /// The lock and cache of the plugin whose records are at `key`.
+    fn slot(&self, key: &str) -> Arc<tokio::sync::Mutex<Option<View>>> {
+        let mut plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
+        plugins.entry(key.to_owned()).or_default().clone()
+    }
+}
+
+/// What is known of a plugin's two records.
+#[derive(Debug, Clone, Default)]
+struct View {
+    /// The cursor record (default when there is none).
+    cursor: CursorRecord,
+    /// Its revision; 0 when there is none.
+    cursor_rev: u64,
+    /// The revision of the commit record; 0 when there is none.
+    commit_rev: u64,
+    /// Read from the buckets just now, not from the cache.
+    fresh: bool,
+}
+
+/// A plugin: its tenant, its name, and the key of its records.
+struct Plugin<'a> {
+    tenant: &'a str,
+    plugin: &'a str,
+    key: String,
+}
+
+impl<'a> Plugin<'a> {
+    fn new(tenant: &'a str, plugin: &'a str) -> Self {
+        Self {
+            tenant,
+            plugin,
+            key: names::plugin_key(tenant, plugin),
+        }
+    }
+}
 
 /// The cursor of `plugin` of `tenant`, after applying its last commit if
 /// that was not applied yet (a host died in the middle of it).
@@ -22,37 +214,663 @@ pub(crate) async fn cursor_of(
     tenant: &str,
     plugin: &str,
 ) -> Result<Option<Seq>, LogError> {
-    let _ = (inner, tenant, plugin);
-    todo!("cursor_of")
+    Ok(settled(inner, tenant, plugin).await?.cursor)
+}
+
+/// The cursor record of `plugin` of `tenant` as it is now, after applying
+/// its last commit if that was not applied yet.
+async fn settled(inner: &Inner, tenant: &str, plugin: &str) -> Result<CursorRecord, LogError> {
+    let who = Plugin::new(tenant, plugin);
+    let slot = inner.progress_state.slot(&who.key);
+    let mut cached = slot.lock().await;
+    *cached = None;
+    let view = fresh_view(inner, &who).await?;
+    let record = view.cursor.clone();
+    *cached = Some(view);
+    Ok(record)
+}
+
+/// Reads the plugin's records; applies its commit record first when that
+/// is newer than the cursor record's `applied`.
+async fn fresh_view(inner: &Inner, who: &Plugin<'_>) -> Result<View, LogError> {
+    let (mut view, record) = read_records(inner, who).await?;
+    if let Some(record) = record
+        && record.n > view.cursor.applied
+    {
+        let n = record.n;
+        let commit = record
+            .into_commit(who.tenant, who.plugin)
+            .map_err(|reason| {
+                inner.corrupt(
+                    format!("{}/{}", inner.buckets.commits.name, who.key),
+                    reason,
+                )
+            })?;
+        tracing::info!(
+            tenant = %who.tenant,
+            plugin = %who.plugin,
+            commit = n,
+            "applying a commit a host did not finish"
+        );
+        apply_effects(inner, who, n, &commit).await?;
+        move_cursor(inner, who, &mut view, &commit, Some(n)).await?;
+    }
+    Ok(view)
+}
+
+/// Both records of a plugin, read at once.
+async fn read_records(
+    inner: &Inner,
+    who: &Plugin<'_>,
+) -> Result<(View, Option<CommitRecord>), LogError> {
+    let (cursor, commit) = tokio::try_join!(
+        entry::<CursorRecord>(inner, &inner.buckets.cursors, &who.key),
+        entry::<CommitRecord>(inner, &inner.buckets.commits, &who.key),
+    )?;
+    let mut view = View {
+        fresh: true,
+        ..View::default()
+    };
+    if let Some((record, revision)) = cursor {
+        view.cursor_rev = revision;
+        view.cursor = record.unwrap_or_default();
+    }
+    let mut record = None;
+    if let Some((commit, revision)) = commit {
+        view.commit_rev = revision;
+        record = commit;
+    }
+    Ok((view, record))
+}
+
+/// The record at `key` in `bucket` (`None` when deleted) and its
+/// revision, if the key has any.
+async fn entry<T: serde::de::DeserializeOwned>(
+    inner: &Inner,
+    bucket: &kv::Store,
+    key: &str,
+) -> Result<Option<(Option<T>, u64)>, LogError> {
+    let entry = bucket
+        .entry(key)
+        .await
+        .map_err(|e| inner.error(format!("read {}/{key}", bucket.name), e))?;
+    let Some(entry) = entry else {
+        return Ok(None);
+    };
+    if !matches!(entry.operation, kv::Operation::Put) {
+        return Ok(Some((None, entry.revision)));
+    }
+    let record = serde_json::from_slice(&entry.value)
+        .map_err(|e| inner.corrupt(format!("{}/{key}", bucket.name), e))?;
+    Ok(Some((Some(record), entry.revision)))
+}
+
+/// Whether a write failed only because the record's revision was not the
+/// one expected.
+fn conflict(error: &kv::UpdateError) -> bool {
+    matches!(error.kind(), kv::UpdateErrorKind::WrongLastRevision)
+}
+
+impl CommitRecord {
+    /// The record of `commit`, numbered `n`.
+    fn of(commit: &Commit, n: u64) -> Result<Self, ProgressError> {
+        let raw = |json: String| RawValue::from_string(json).map_err(ProgressError::Encode);
+        let base64 = base64::engine::general_purpose::STANDARD;
+        Ok(Self {
+            n,
+            tenant: commit.tenant.clone(),
+            plugin: commit.plugin.clone(),
+            cursor: commit.cursor,
+            expected: commit.expected,
+            emitted: commit
+                .emitted
+                .iter()
+                .map(|event| raw(event.to_json_string()))
+                .collect::<Result<_, _>>()?,
+            dead_letters: commit
+                .dead_letters
+                .iter()
+                .map(|dead| {
+                    Ok(DeadLetterRecord {
+                        seq: dead.seq,
+                        event: raw(dead.event.to_json_string())?,
+                        attempts: dead.attempts.clone(),
+                    })
+                })
+                .collect::<Result<_, ProgressError>>()?,
+            state: commit
+                .state
+                .iter()
+                .map(|write| StateWriteRecord {
+                    key: write.key.clone(),
+                    value: write.value.as_ref().map(|v| base64.encode(v)),
+                })
+                .collect(),
+            redriven: commit.redriven.clone(),
+            ahead: commit.ahead.clone(),
+        })
+    }
+
+    /// The commit this record holds, for `plugin` of `tenant`; why not,
+    /// when it does not parse as one.
+    fn into_commit(self, tenant: &str, plugin: &str) -> Result<Commit, String> {
+        if self.tenant != tenant || self.plugin != plugin {
+            return Err(format!(
+                "it holds a commit of {}/{}",
+                self.tenant, self.plugin
+            ));
+        }
+        let event =
+            |raw: &RawValue| Event::from_json(raw.get()).map_err(|e| format!("an event: {e}"));
+        let base64 = base64::engine::general_purpose::STANDARD;
+        Ok(Commit {
+            emitted: self
+                .emitted
+                .iter()
+                .map(|raw| event(raw))
+                .collect::<Result<_, _>>()?,
+            dead_letters: self
+                .dead_letters
+                .into_iter()
+                .map(|dead| {
+                    Ok(DeadLetter {
+                        seq: dead.seq,
+                        event: event(&dead.event)?,
+                        attempts: dead.attempts,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+            state: self
+                .state
+                .into_iter()
+                .map(|write| {
+                    let value = write
+                        .value
+                        .map(|v| base64.decode(v))
+                        .transpose()
+                        .map_err(|e| format!("the state key {:?}: {e}", write.key))?;
+                    Ok(StateWrite {
+                        key: write.key,
+                        value,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+            redriven: self.redriven,
+            ahead: self.ahead,
+            cursor: self.cursor,
+            expected: self.expected,
+            tenant: self.tenant,
+            plugin: self.plugin,
+        })
+    }
+}
+
+/// Whether `commit` does more than move a cursor.
+fn has_effects(commit: &Commit) -> bool {
+    !(commit.emitted.is_empty()
+        && commit.state.is_empty()
+        && commit.dead_letters.is_empty()
+        && commit.redriven.is_empty())
+}
+
+/// What applying a commit's effects produced.
+struct Effects {
+    emitted: Vec<Seq>,
+    refused_dead_letters: Vec<Seq>,
+}
+
+/// Steps 3 of the protocol for commit number `n`: its emitted events, its
+/// state writes and its dead letters, at once. Each is idempotent.
+async fn apply_effects(
+    inner: &Inner,
+    who: &Plugin<'_>,
+    n: u64,
+    commit: &Commit,
+) -> Result<Effects, LogError> {
+    let emitted = async {
+        if commit.emitted.is_empty() {
+            return Ok(Vec::new());
+        }
+        events::publish_emitted(inner, who.tenant, who.plugin, n, &commit.emitted).await
+    };
+    let state = write_state(inner, who.tenant, who.plugin, &commit.state);
+    let letters = async {
+        if !commit.redriven.is_empty() {
+            letters::drop_redriven(inner, who.tenant, who.plugin, &commit.redriven).await?;
+        }
+        if commit.dead_letters.is_empty() {
+            return Ok(Vec::new());
+        }
+        letters::store_dead_letters(inner, who.tenant, who.plugin, &commit.dead_letters).await
+    };
+    let (emitted, (), refused_dead_letters) = tokio::try_join!(emitted, state, letters)?;
+    Ok(Effects {
+        emitted,
+        refused_dead_letters,
+    })
+}
+
+/// Applies `writes` to the state of `plugin` of `tenant`: the last write
+/// of each key, all keys at once (writes of different keys commute, and
+/// of one key only the last counts).
+async fn write_state(
+    inner: &Inner,
+    tenant: &str,
+    plugin: &str,
+    writes: &[StateWrite],
+) -> Result<(), LogError> {
+    let mut last: BTreeMap<&str, Option<&[u8]>> = BTreeMap::new();
+    for write in writes {
+        last.insert(&write.key, write.value.as_deref());
+    }
+    let bucket = &inner.buckets.state;
+    futures::future::try_join_all(last.into_iter().map(|(key, value)| async move {
+        let bucket_key = names::state_key(tenant, plugin, key);
+        match value {
+            Some(value) => bucket
+                .put(&bucket_key, value.to_vec().into())
+                .await
+                .map(drop)
+                .map_err(|e| inner.error(format!("write the state key {bucket_key}"), e)),
+            None => bucket
+                .delete(&bucket_key)
+                .await
+                .map_err(|e| inner.error(format!("delete the state key {bucket_key}"), e)),
+        }
+    }))
+    .await
+    .map(drop)
+}
+
+/// The cursor record after `commit` (numbered `n`, or `None` for a commit
+/// of only a cursor) on top of `current`, and whether the cursor moves.
+fn next_record(current: &CursorRecord, commit: &Commit, n: Option<u64>) -> (CursorRecord, bool) {
+    let applied = n.map_or(current.applied, |n| n.max(current.applied));
+    match commit.expected {
+        // Moved by force (an operator's replay): what was finished ahead
+        // is to be delivered again.
+        None => (
+            CursorRecord {
+                cursor: Some(commit.cursor),
+                ahead: Vec::new(),
+                applied,
+            },
+            true,
+        ),
+        Some(expected) if current.cursor == Some(expected) => {
+            let mut ahead: Vec<Seq> = current
+                .ahead
+                .iter()
+                .chain(&commit.ahead)
+                .copied()
+                .filter(|seq| *seq > commit.cursor)
+                .collect();
+            ahead.sort_unstable();
+            ahead.dedup();
+            (
+                CursorRecord {
+                    cursor: Some(commit.cursor),
+                    ahead,
+                    applied,
+                },
+                true,
+            )
+        }
+        Some(_) => (
+            CursorRecord {
+                applied,
+                ..current.clone()
+            },
+            false,
+        ),
+    }
+}
+
+/// Step 4: writes the cursor record after `commit` (numbered `n`) with
+/// the revision `view` knows expected; on a conflict reads the record
+/// again and decides again. Answers whether the cursor moved; `view` is
+/// left as written.
+async fn move_cursor(
+    inner: &Inner,
+    who: &Plugin<'_>,
+    view: &mut View,
+    commit: &Commit,
+    n: Option<u64>,
+) -> Result<bool, LogError> {
+    let bucket = &inner.buckets.cursors;
+    for _ in 0..TRIES {
+        if let Some(n) = n
+            && view.cursor.applied >= n
+        {
+            // Someone else applied this very commit (a reader that found
+            // it unapplied), deciding `expected` themselves: a forced move
+            // moved; otherwise, as far as the cursor now tells.
+            return Ok(commit.expected.is_none() || view.cursor.cursor == Some(commit.cursor));
+        }
+        let (next, moved) = next_record(&view.cursor, commit, n);
+        if next == view.cursor && view.fresh {
+            return Ok(moved);
+        }
+        if next != view.cursor {
+            let json = serde_json::to_vec(&next).map_err(|e| {
+                inner.error(
+                    format!("write {}/{}", bucket.name, who.key),
+                    ProgressError::Encode(e),
+                )
+            })?;
+            match bucket.update(&who.key, json.into(), view.cursor_rev).await {
+                Ok(revision) => {
+                    view.cursor = next;
+                    view.cursor_rev = revision;
+                    return Ok(moved);
+                }
+                Err(e) if conflict(&e) => {}
+                Err(e) => {
+                    return Err(inner.error(format!("write {}/{}", bucket.name, who.key), e));
+                }
+            }
+        }
+        // Changed by someone else, or nothing to write as far as the cache
+        // knows: read the record again.
+        let (record, revision) = entry::<CursorRecord>(inner, bucket, &who.key)
+            .await?
+            .unwrap_or((None, 0));
+        view.cursor = record.unwrap_or_default();
+        view.cursor_rev = revision;
+        view.fresh = true;
+    }
+    Err(inner.error(
+        format!("write {}/{}", bucket.name, who.key),
+        ProgressError::Contended {
+            key: who.key.clone(),
+            tries: TRIES,
+        },
+    ))
+}
+
+/// How long to wait before try number `tries` + 1 after a conflict: a
+/// random time up to 2 ms, doubled with each try up to 64 ms.
+fn backoff(tries: usize) -> Duration {
+    use std::hash::BuildHasher as _;
+    let most = 2u64 << tries.min(5);
+    let random = std::hash::RandomState::new().hash_one(tries);
+    Duration::from_micros(random % (most * 1000) + 1)
+}
+
+/// Commits `commit`: see the module's documentation.
+async fn commit(inner: &Inner, commit: Commit) -> Result<Committed, LogError> {
+    let who = Plugin::new(&commit.tenant, &commit.plugin);
+    let slot = inner.progress_state.slot(&who.key);
+    let mut cached = slot.lock().await;
+    let mut view = match cached.take() {
+        Some(view) => View {
+            fresh: false,
+            ..view
+        },
+        None => fresh_view(inner, &who).await?,
+    };
+    if !has_effects(&commit) {
+        let cursor_moved = move_cursor(inner, &who, &mut view, &commit, None).await?;
+        *cached = Some(view);
+        return Ok(Committed {
+            emitted: Vec::new(),
+            cursor_moved,
+            refused_dead_letters: Vec::new(),
+        });
+    }
+    let bucket = &inner.buckets.commits;
+    let mut claimed = None;
+    for tries in 0..TRIES {
+        let n = view.cursor.applied + 1;
+        let record = CommitRecord::of(&commit, n)
+            .and_then(|record| serde_json::to_vec(&record).map_err(ProgressError::Encode))
+            .map_err(|e| inner.error(format!("write {}/{}", bucket.name, who.key), e))?;
+        match bucket
+            .update(&who.key, record.into(), view.commit_rev)
+            .await
+        {
+            Ok(revision) => {
+                view.commit_rev = revision;
+                claimed = Some(n);
+                break;
+            }
+            // Another writer numbered a commit since: after a moment (so
+            // that two writers do not collide again in step), read both
+            // records again, applying theirs if it is not yet.
+            Err(e) if conflict(&e) => {
+                tokio::time::sleep(backoff(tries)).await;
+                view = fresh_view(inner, &who).await?;
+            }
+            Err(e) => return Err(inner.error(format!("write {}/{}", bucket.name, who.key), e)),
+        }
+    }
+    let Some(n) = claimed else {
+        return Err(inner.error(
+            format!("write {}/{}", bucket.name, who.key),
+            ProgressError::Contended {
+                key: who.key.clone(),
+                tries: TRIES,
+            },
+        ));
+    };
+    let effects = apply_effects(inner, &who, n, &commit).await?;
+    let cursor_moved = move_cursor(inner, &who, &mut view, &commit, Some(n)).await?;
+    *cached = Some(view);
+    refused(&commit, &effects.refused_dead_letters);
+    Ok(Committed {
+        emitted: effects.emitted,
+        cursor_moved,
+        refused_dead_letters: effects.refused_dead_letters,
+    })
+}
+
+/// Logs and counts the dead letters of `commit` that its tenant's quota
+/// refused, as the embedded log does.
+fn refused(commit: &Commit, refused: &[Seq]) {
+    if refused.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        tenant = %commit.tenant,
+        plugin = %commit.plugin,
+        seqs = ?refused,
+        "events given up without a dead letter: the tenant has reached its dead-letter quota"
+    );
+    metrics::counter!(
+        "plugbus_dead_letters_refused_total",
+        "tenant" => commit.tenant.clone(),
+        "plugin" => commit.plugin.clone()
+    )
+    .increment(refused.len() as u64);
 }
 
 impl CursorStore for NatsLog {
     fn cursor(&self, tenant: &str, plugin: &str) -> Result<Option<Seq>, LogError> {
-        let _ = (tenant, plugin);
-        todo!("cursor")
+        let (inner, tenant, plugin) = (self.inner.clone(), tenant.to_owned(), plugin.to_owned());
+        self.inner
+            .bridge
+            .block(async move { cursor_of(&inner, &tenant, &plugin).await })
     }
 
     fn ahead(&self, tenant: &str, plugin: &str) -> Result<Vec<Seq>, LogError> {
-        let _ = (tenant, plugin);
-        todo!("ahead")
+        let (inner, tenant, plugin) = (self.inner.clone(), tenant.to_owned(), plugin.to_owned());
+        self.inner
+            .bridge
+            .block(async move { Ok(settled(&inner, &tenant, &plugin).await?.ahead) })
     }
 
     fn commit(&self, commit: Commit) -> Reply<Committed> {
-        let _ = commit;
-        todo!("commit")
+        let inner = self.inner.clone();
+        self.inner.bridge.reply(async move {
+            let result = self::commit(&inner, commit).await;
+            inner.note_write(&result);
+            result
+        })
     }
 }
 
 impl StateStore for NatsLog {
     fn get(&self, tenant: &str, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        let _ = (tenant, plugin, key);
-        todo!("state get")
+        let inner = self.inner.clone();
+        let bucket_key = names::state_key(tenant, plugin, key);
+        self.inner
+            .bridge
+            .block(async move {
+                let value = inner
+                    .buckets
+                    .state
+                    .get(&bucket_key)
+                    .await
+                    .map_err(|e| inner.error(format!("read the state key {bucket_key}"), e))?;
+                Ok(value.map(|v| v.to_vec()))
+            })
+            .map_err(StateError::store)
     }
 
+    /// Applies `writes` as a commit does: the last write of each key, all
+    /// keys at once. Unlike a commit, not all or none: a failure may leave
+    /// some keys written (the embedded log's state is transactional).
     fn apply(&self, tenant: &str, plugin: &str, writes: &[StateWrite]) -> Result<(), StateError> {
-        let _ = (tenant, plugin, writes);
-        todo!("state apply")
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let (inner, tenant, plugin) = (self.inner.clone(), tenant.to_owned(), plugin.to_owned());
+        let writes = writes.to_vec();
+        self.inner
+            .bridge
+            .reply(async move {
+                let result = write_state(&inner, &tenant, &plugin, &writes).await;
+                inner.note_write(&result);
+                result
+            })
+            .wait()
+            .map_err(StateError::store)
     }
+}
+
+/// The page of `items` (each a future of an item and its size, `None`
+/// when it is gone), read a few at once, that fits in `limit`.
+async fn page<T, F>(items: impl Iterator<Item = F>, limit: ReadLimit) -> Result<Page<T>, LogError>
+where
+    F: Future<Output = Result<Option<(T, u64)>, LogError>>,
+{
+    let mut found = futures::stream::iter(items).buffered(READ_AHEAD);
+    let mut page = Vec::new();
+    let mut bytes = 0u64;
+    while let Some(item) = found.try_next().await? {
+        let Some((item, size)) = item else {
+            continue;
+        };
+        let first = page.is_empty() && limit.first_always;
+        if page.len() >= limit.events || (!first && bytes.saturating_add(size) > limit.bytes) {
+            return Ok(Page {
+                items: page,
+                more: true,
+            });
+        }
+        bytes = bytes.saturating_add(size);
+        page.push(item);
+    }
+    Ok(Page {
+        items: page,
+        more: false,
+    })
+}
+
+/// The state keys of `plugin` of `tenant` that `query` selects, in key
+/// order, each with its key in the bucket.
+async fn state_keys(
+    inner: &Inner,
+    tenant: &str,
+    plugin: &str,
+    query: &StateQuery,
+) -> Result<Vec<(String, String)>, LogError> {
+    let bucket = &inner.buckets.state;
+    let filter = format!("{}{tenant}.{plugin}.>", bucket.prefix);
+    let subjects = bucket
+        .stream
+        .info_with_subjects(&filter)
+        .await
+        .map_err(|e| inner.error(format!("list the state keys of {tenant}/{plugin}"), e))?;
+    let subjects: Vec<(String, usize)> = subjects
+        .try_collect()
+        .await
+        .map_err(|e| inner.error(format!("list the state keys of {tenant}/{plugin}"), e))?;
+    let after = query.after.as_deref();
+    let mut keys: Vec<(String, String)> = subjects
+        .into_iter()
+        .filter_map(|(subject, _)| {
+            let bucket_key = subject.strip_prefix(bucket.prefix.as_str())?.to_owned();
+            let key = names::state_key_of(tenant, plugin, &bucket_key)?;
+            Some((key, bucket_key))
+        })
+        .filter(|(key, _)| {
+            key.starts_with(&query.prefix) && after.is_none_or(|after| key.as_str() > after)
+        })
+        .collect();
+    keys.sort_unstable();
+    Ok(keys)
+}
+
+/// The positions of the events `plugin` of `tenant` emitted into its own
+/// tenant that the index still holds, oldest first.
+async fn emitted_seqs(inner: &Inner, tenant: &str, plugin: &str) -> Result<Vec<Seq>, LogError> {
+    let failed = |e: Box<dyn std::error::Error + Send + Sync>| {
+        inner.error(format!("read the emitted events of {tenant}/{plugin}"), e)
+    };
+    let subject = inner.names.emits_subject(tenant, plugin);
+    let consumer = inner
+        .emits
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: subject.clone(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            memory_storage: true,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(Box::new(e)))?;
+    let mut seqs = Vec::new();
+    let read = async {
+        loop {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(usize::try_from(names::EMITS_KEPT).unwrap_or(1000))
+                .messages()
+                .await
+                .map_err(|e| failed(Box::new(e)))?;
+            let mut got = 0usize;
+            let mut pending = 0;
+            while let Some(message) = batch.try_next().await.map_err(&failed)? {
+                got += 1;
+                pending = message.info().map_or(0, |info| info.pending);
+                let seq = std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<Seq>().ok())
+                    .ok_or_else(|| {
+                        inner.corrupt(
+                            format!("{}/{subject}", inner.names.emits_stream),
+                            "an index entry is not a position",
+                        )
+                    })?;
+                seqs.push(seq);
+            }
+            if got == 0 || pending == 0 {
+                return Ok::<_, LogError>(());
+            }
+        }
+    };
+    let result = read.await;
+    let name = consumer.cached_info().name.clone();
+    // The consumer goes by itself once inactive; deleting it now keeps
+    // the server tidy, and nothing waits for that.
+    let stream = inner.emits.clone();
+    tokio::spawn(async move {
+        let _ = stream.delete_consumer(&name).await;
+    });
+    result?;
+    Ok(seqs)
 }
 
 impl InspectStore for NatsLog {
@@ -62,8 +880,38 @@ impl InspectStore for NatsLog {
         plugin: &str,
         query: &StateQuery,
     ) -> Result<Page<StateEntry>, LogError> {
-        let _ = (tenant, plugin, query);
-        todo!("state_entries")
+        let (inner, tenant, plugin) = (self.inner.clone(), tenant.to_owned(), plugin.to_owned());
+        let query = query.clone();
+        self.inner.bridge.block(async move {
+            let keys = state_keys(&inner, &tenant, &plugin, &query).await?;
+            let inner = &inner;
+            let values =
+                keys.into_iter().map(|(key, bucket_key)| async move {
+                    let value =
+                        inner.buckets.state.get(&bucket_key).await.map_err(|e| {
+                            inner.error(format!("read the state key {bucket_key}"), e)
+                        })?;
+                    Ok(value.map(|value| {
+                        let size = (key.len() + value.len()) as u64;
+                        (
+                            StateEntry {
+                                key,
+                                value: value.to_vec(),
+                            },
+                            size,
+                        )
+                    }))
+                });
+            page(
+                values,
+                ReadLimit {
+                    events: query.limit,
+                    bytes: query.max_bytes,
+                    first_always: true,
+                },
+            )
+            .await
+        })
     }
 
     fn emitted(
@@ -73,7 +921,105 @@ impl InspectStore for NatsLog {
         before: Option<Seq>,
         limit: ReadLimit,
     ) -> Result<Page<StoredEvent>, LogError> {
-        let _ = (tenant, plugin, before, limit);
-        todo!("emitted")
+        let (inner, tenant, plugin) = (self.inner.clone(), tenant.to_owned(), plugin.to_owned());
+        self.inner.bridge.block(async move {
+            let mut seqs = emitted_seqs(&inner, &tenant, &plugin).await?;
+            seqs.retain(|seq| before.is_none_or(|before| *seq < before));
+            seqs.sort_unstable_by(|a, b| b.cmp(a));
+            seqs.dedup();
+            let inner = &inner;
+            let events = seqs.into_iter().map(|seq| async move {
+                Ok(events::event_at(inner, seq).await?.map(|stored| {
+                    let size = stored.bytes;
+                    (stored, size)
+                }))
+            });
+            page(events, limit).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(cursor: Seq, expected: Option<Seq>, ahead: &[Seq]) -> Commit {
+        Commit {
+            tenant: "acme".into(),
+            plugin: "p".into(),
+            cursor,
+            expected,
+            ahead: ahead.to_vec(),
+            ..Commit::default()
+        }
+    }
+
+    #[test]
+    fn the_cursor_moves_as_in_the_embedded_log() {
+        let none = CursorRecord::default();
+        let (first, moved) = next_record(&none, &commit(5, Some(0), &[]), None);
+        assert!(!moved, "no cursor is not the cursor 0");
+        assert_eq!(first, none);
+        let (first, moved) = next_record(&none, &commit(5, None, &[9]), Some(1));
+        assert!(moved);
+        assert_eq!(
+            first,
+            CursorRecord {
+                cursor: Some(5),
+                ahead: vec![],
+                applied: 1
+            }
+        );
+        let (second, moved) = next_record(&first, &commit(7, Some(5), &[12, 6, 9, 9]), None);
+        assert!(moved);
+        assert_eq!(second.ahead, vec![9, 12]);
+        assert_eq!(second.applied, 1);
+        let (third, moved) = next_record(&second, &commit(10, Some(6), &[11]), Some(2));
+        assert!(!moved, "rewound meanwhile");
+        assert_eq!(third.cursor, Some(7));
+        assert_eq!(third.ahead, vec![9, 12]);
+        assert_eq!(third.applied, 2);
+        let (fourth, _) = next_record(&third, &commit(10, Some(7), &[]), None);
+        assert_eq!(fourth.ahead, vec![12], "records at or before the cursor go");
+        let (fifth, _) = next_record(&fourth, &commit(3, None, &[]), None);
+        assert!(fifth.ahead.is_empty(), "moved by force");
+    }
+
+    #[test]
+    fn a_commit_record_round_trips() -> Result<(), Box<dyn std::error::Error>> {
+        let event = Event::from_json(
+            r#"{"specversion":"1.0","id":"e-1","source":"/s","type":"t","tenant":"acme","data":{"a":[1,2]}}"#,
+        )?;
+        let mut original = commit(4, Some(3), &[6]);
+        original.emitted = vec![event.clone()];
+        original.state = vec![
+            StateWrite {
+                key: "k/ü".into(),
+                value: Some(vec![0, 255, 7]),
+            },
+            StateWrite {
+                key: "gone".into(),
+                value: None,
+            },
+        ];
+        original.dead_letters = vec![DeadLetter {
+            seq: 2,
+            event,
+            attempts: Vec::new(),
+        }];
+        original.redriven = vec![1];
+        let json = serde_json::to_string(&CommitRecord::of(&original, 9)?)?;
+        assert!(json.contains(r#""data":{"a":[1,2]}"#), "{json}");
+        let record: CommitRecord = serde_json::from_str(&json)?;
+        assert_eq!(record.n, 9);
+        let (tenant, plugin) = ("acme", "p");
+        let back = record.into_commit(tenant, plugin)?;
+        assert_eq!(back.emitted, original.emitted);
+        assert_eq!(back.state, original.state);
+        assert_eq!(back.dead_letters, original.dead_letters);
+        assert_eq!(back.redriven, original.redriven);
+        assert_eq!(back.ahead, original.ahead);
+        assert_eq!((back.cursor, back.expected), (4, Some(3)));
+        Ok(())
     }
 }
