@@ -291,7 +291,7 @@ async fn duplicates_and_invalid_events_are_refused_by_publish(place: &LogPlace) 
         .to_builder()
         .time("yesterday".to_owned())
         .build()
-        .unwrap_err();
+        .expect_err("an invalid time");
     assert!(err.to_string().contains("time"), "{err}");
     assert_eq!(
         bus.log().head().expect("head"),
