@@ -1,18 +1,69 @@
-//! Durable delivery through the embedded log: at least once, resumed after
+//! Durable delivery through the event log: at least once, resumed after
 //! a restart, retried with backoff, dead-lettered with every attempt, in
 //! order per plugin, and emitted events routed through the log.
+//!
+//! Every test runs on both backends, with one body: the embedded SQLite
+//! log (module `sqlite`) and NATS JetStream on a nats-server of the test's
+//! own (module `nats`); see [`durable!`]. A restart is a new host and bus
+//! on the same [`LogPlace`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plugbus::durable::{DurableBus, DurableConfig, RetryPolicy};
 use plugbus::log::{
-    CursorStore, DeadLetterStore, EventStore, QuarantineChange, QuarantineStore, ReadLimit, Reply,
-    SqliteLog, SqliteLogConfig,
+    CursorStore, DeadLetterStore, EventLog, EventStore, MemoryLogConfig, QuarantineChange,
+    QuarantineStore, ReadLimit, Reply,
 };
 use plugbus::{Event, FailureKind, Host, HostConfig};
 use plugbus_artifacts as artifacts;
-use plugbus_tests::{PluginsDir, event};
+use plugbus_tests::{LogPlace, PluginsDir, event};
+
+/// Runs each test body on both backends: `sqlite::<test>` and
+/// `nats::<test>`.
+macro_rules! durable {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $test() {
+                plugbus_tests::run_on(plugbus_tests::Backend::Sqlite, |place| {
+                    Box::pin(super::$test(place))
+                });
+            })*
+        }
+        mod nats {
+            $(#[test]
+            fn $test() {
+                plugbus_tests::run_on(plugbus_tests::Backend::Nats, |place| {
+                    Box::pin(super::$test(place))
+                });
+            })*
+        }
+    };
+}
+
+durable!(
+    delivered_once_and_resumed_after_a_restart,
+    failures_are_retried_then_dead_lettered_and_hold_back_later_events,
+    a_plugin_without_a_cursor_starts_at_the_end_of_the_log,
+    duplicates_and_invalid_events_are_refused_by_publish,
+    the_manifest_sets_the_number_of_attempts,
+    a_plugin_that_keeps_failing_is_quarantined_until_resumed_or_replaced,
+    state_commits_with_the_cursor_and_attempts_reach_the_plugin,
+    the_order_saga_keeps_its_state_across_restarts,
+    a_redriven_dead_letter_goes_to_the_current_version,
+    retention_deletes_only_handled_events,
+    a_failing_event_holds_back_only_its_own_key,
+    a_chain_budget_is_shared_among_the_plugins_it_reaches,
+    the_read_ahead_stops_at_max_pending_bytes,
+    the_read_ahead_stops_at_max_pending_events,
+    events_larger_than_the_read_bounds_are_still_delivered,
+    lag_and_dead_letters_are_counted_without_reading_the_log,
+    waits_of_any_length_do_not_overflow,
+    a_consumer_that_panics_is_restarted_from_its_cursor,
+    a_retention_task_that_panics_is_restarted,
+    events_past_the_dead_letter_quota_are_given_up_without_one,
+);
 
 const MIXED: &str = "subscribe = [\"mix.*\"]\n[limits]\nfuel = 20_000_000\n";
 
@@ -34,17 +85,17 @@ fn config(max_attempts: u32) -> DurableConfig {
     }
 }
 
-/// A host on `dir` and a bus on the log in `data`.
+/// A host on `dir` and a bus on the log kept in `place`.
 async fn start(
     dir: &PluginsDir,
-    data: &std::path::Path,
+    place: &LogPlace,
     durable: DurableConfig,
 ) -> (Arc<Host>, DurableBus) {
     let host = Arc::new(Host::new(HostConfig::default()).expect("host"));
     let report = host.load_dir(dir.path()).expect("load");
     assert!(report.errors.is_empty(), "{report:#?}");
-    let log = SqliteLog::open(data, SqliteLogConfig::default()).expect("log");
-    let bus = DurableBus::start(host.clone(), Arc::new(log), durable)
+    let log = place.open().await;
+    let bus = DurableBus::start(host.clone(), log, durable)
         .await
         .expect("start the bus");
     (host, bus)
@@ -70,12 +121,10 @@ fn cursor(bus: &DurableBus, plugin: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delivered_once_and_resumed_after_a_restart() {
+async fn delivered_once_and_resumed_after_a_restart(place: &LogPlace) {
     let dir = plugins();
-    let data = tempfile::tempdir().expect("tempdir");
     {
-        let (host, bus) = start(&dir, data.path(), config(3)).await;
+        let (host, bus) = start(&dir, place, config(3)).await;
         let events: Vec<_> = (0..20).map(|i| mix("mix.ok", &format!("ok-{i}"))).collect();
         let appended = bus.publish(events).await.expect("publish");
         let head = appended.last().expect("appended").seq;
@@ -88,7 +137,7 @@ async fn delivered_once_and_resumed_after_a_restart() {
         bus.shutdown().await;
     }
     // A new host on the same log delivers only what comes after.
-    let (host, bus) = start(&dir, data.path(), config(3)).await;
+    let (host, bus) = start(&dir, place, config(3)).await;
     let appended = bus
         .publish(vec![mix("mix.emit", "emit-1")])
         .await
@@ -126,12 +175,10 @@ async fn delivered_once_and_resumed_after_a_restart() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failures_are_retried_then_dead_lettered_and_hold_back_later_events() {
+async fn failures_are_retried_then_dead_lettered_and_hold_back_later_events(place: &LogPlace) {
     let dir = PluginsDir::new();
     dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
-    let data = tempfile::tempdir().expect("tempdir");
-    let (host, bus) = start(&dir, data.path(), config(3)).await;
+    let (host, bus) = start(&dir, place, config(3)).await;
     // One key: each event waits until the one before it is handled or
     // dead-lettered.
     let keyed = |ty: &str, id: &str| {
@@ -191,8 +238,7 @@ async fn failures_are_retried_then_dead_lettered_and_hold_back_later_events() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_without_a_cursor_starts_at_the_end_of_the_log() {
+async fn a_plugin_without_a_cursor_starts_at_the_end_of_the_log(place: &LogPlace) {
     let dir = plugins();
     // ...unless its manifest says to start at the beginning.
     dir.add(
@@ -201,15 +247,14 @@ async fn a_plugin_without_a_cursor_starts_at_the_end_of_the_log() {
         artifacts::AUDIT_LOG,
         Some("start = \"earliest\"\n"),
     );
-    let data = tempfile::tempdir().expect("tempdir");
     // Events in the log before any plugin consumed it.
     {
-        let log = SqliteLog::open(data.path(), SqliteLogConfig::default()).expect("log");
+        let log = place.open().await;
         log.append(vec![mix("mix.ok", "old-1"), mix("mix.ok", "old-2")])
             .await
             .expect("append");
     }
-    let (host, bus) = start(&dir, data.path(), config(3)).await;
+    let (host, bus) = start(&dir, place, config(3)).await;
     let appended = bus
         .publish(vec![mix("mix.ok", "new-1")])
         .await
@@ -226,11 +271,9 @@ async fn a_plugin_without_a_cursor_starts_at_the_end_of_the_log() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicates_and_invalid_events_are_refused_by_publish() {
+async fn duplicates_and_invalid_events_are_refused_by_publish(place: &LogPlace) {
     let dir = plugins();
-    let data = tempfile::tempdir().expect("tempdir");
-    let (_host, bus) = start(&dir, data.path(), config(3)).await;
+    let (_host, bus) = start(&dir, place, config(3)).await;
     let first = bus
         .publish(vec![mix("mix.ok", "dup-1")])
         .await
@@ -248,7 +291,7 @@ async fn duplicates_and_invalid_events_are_refused_by_publish() {
         .to_builder()
         .time("yesterday".to_owned())
         .build()
-        .unwrap_err();
+        .expect_err("an invalid time");
     assert!(err.to_string().contains("time"), "{err}");
     assert_eq!(
         bus.log().head().expect("head"),
@@ -258,13 +301,11 @@ async fn duplicates_and_invalid_events_are_refused_by_publish() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_manifest_sets_the_number_of_attempts() {
+async fn the_manifest_sets_the_number_of_attempts(place: &LogPlace) {
     let dir = PluginsDir::new();
     let manifest = format!("{MIXED}[retry]\nmax_attempts = 2\n");
     dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(&manifest));
-    let data = tempfile::tempdir().expect("tempdir");
-    let (_host, bus) = start(&dir, data.path(), config(4)).await;
+    let (_host, bus) = start(&dir, place, config(4)).await;
     let appended = bus
         .publish(vec![mix("mix.retryable", "retry-1")])
         .await
@@ -286,18 +327,16 @@ async fn the_manifest_sets_the_number_of_attempts() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_that_keeps_failing_is_quarantined_until_resumed_or_replaced() {
+async fn a_plugin_that_keeps_failing_is_quarantined_until_resumed_or_replaced(place: &LogPlace) {
     let dir = PluginsDir::new();
     let manifest = format!("{MIXED}[retry]\nmax_attempts = 1\n");
     let wasm = dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(&manifest));
-    let data = tempfile::tempdir().expect("tempdir");
     let durable = DurableConfig {
         quarantine_after: 3,
         quarantine_for: Duration::from_secs(3600),
         ..config(1)
     };
-    let (host, bus) = start(&dir, data.path(), durable).await;
+    let (host, bus) = start(&dir, place, durable).await;
     let events: Vec<_> = (0..5)
         .map(|i| mix("mix.permanent", &format!("p-{i}")))
         .chain((0..5).map(|i| mix("mix.permanent", &format!("q-{i}"))))
@@ -395,8 +434,7 @@ fn state(bus: &DurableBus, plugin: &str, key: &str) -> Option<serde_json::Value>
         .map(|bytes| serde_json::from_slice(&bytes).expect("JSON state"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn state_commits_with_the_cursor_and_attempts_reach_the_plugin() {
+async fn state_commits_with_the_cursor_and_attempts_reach_the_plugin(place: &LogPlace) {
     let dir = PluginsDir::new();
     dir.add(
         "shop",
@@ -404,8 +442,7 @@ async fn state_commits_with_the_cursor_and_attempts_reach_the_plugin() {
         artifacts::FIXTURE_COUNTER,
         Some("subscribe = [\"count.*\"]"),
     );
-    let data = tempfile::tempdir().expect("tempdir");
-    let (host, bus) = start(&dir, data.path(), config(4)).await;
+    let (host, bus) = start(&dir, place, config(4)).await;
     let with_subject = |ty: &str, id: &str, subject: &str, data: serde_json::Value| {
         event("shop", ty, id, data)
             .to_builder()
@@ -455,8 +492,7 @@ async fn state_commits_with_the_cursor_and_attempts_reach_the_plugin() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_order_saga_keeps_its_state_across_restarts() {
+async fn the_order_saga_keeps_its_state_across_restarts(place: &LogPlace) {
     let dir = PluginsDir::new();
     dir.add(
         "shop",
@@ -464,7 +500,6 @@ async fn the_order_saga_keeps_its_state_across_restarts() {
         artifacts::ORDER_SAGA,
         Some("subscribe = [\"order.placed\", \"payment.completed\", \"payment.failed\"]"),
     );
-    let data = tempfile::tempdir().expect("tempdir");
     let order = |id: &str, order_id: &str| {
         event(
             "shop",
@@ -486,7 +521,7 @@ async fn the_order_saga_keeps_its_state_across_restarts() {
         )
     };
     {
-        let (_host, bus) = start(&dir, data.path(), config(3)).await;
+        let (_host, bus) = start(&dir, place, config(3)).await;
         let appended = bus
             .publish(vec![order("e-1", "o-1"), order("e-2", "o-2")])
             .await
@@ -499,7 +534,7 @@ async fn the_order_saga_keeps_its_state_across_restarts() {
         bus.shutdown().await;
     }
     // A new process: the orders are known from state alone.
-    let (_host, bus) = start(&dir, data.path(), config(3)).await;
+    let (_host, bus) = start(&dir, place, config(3)).await;
     let appended = bus
         .publish(vec![
             payment("payment.completed", "e-3", "o-1"),
@@ -543,8 +578,7 @@ async fn the_order_saga_keeps_its_state_across_restarts() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redriven_dead_letter_goes_to_the_current_version() {
+async fn a_redriven_dead_letter_goes_to_the_current_version(place: &LogPlace) {
     let dir = PluginsDir::new();
     let manifest =
         |attempts: u32| format!("subscribe = [\"count.*\"]\n[retry]\nmax_attempts = {attempts}\n");
@@ -554,8 +588,7 @@ async fn a_redriven_dead_letter_goes_to_the_current_version() {
         artifacts::FIXTURE_COUNTER,
         Some(&manifest(2)),
     );
-    let data = tempfile::tempdir().expect("tempdir");
-    let (host, bus) = start(&dir, data.path(), config(5)).await;
+    let (host, bus) = start(&dir, place, config(5)).await;
     // Handled only on its third attempt: with two allowed, a dead letter.
     let flaky = event("shop", "count.flaky", "f-1", serde_json::json!(3))
         .to_builder()
@@ -630,13 +663,11 @@ async fn a_redriven_dead_letter_goes_to_the_current_version() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_deletes_only_handled_events() {
+async fn retention_deletes_only_handled_events(place: &LogPlace) {
     let dir = PluginsDir::new();
     // `mixed` holds back what it has not handled: it is quarantined on its
     // first failure and handles nothing after it.
     dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
-    let data = tempfile::tempdir().expect("tempdir");
     let durable = DurableConfig {
         retention: plugbus::log::Retention {
             max_age: Some(Duration::ZERO),
@@ -647,7 +678,7 @@ async fn retention_deletes_only_handled_events() {
         quarantine_for: Duration::from_secs(3600),
         ..config(1)
     };
-    let (_host, bus) = start(&dir, data.path(), durable).await;
+    let (_host, bus) = start(&dir, place, durable).await;
     let appended = bus
         .publish(vec![
             mix("mix.ok", "ok-1"),
@@ -688,8 +719,7 @@ async fn retention_deletes_only_handled_events() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_event_holds_back_only_its_own_key() {
+async fn a_failing_event_holds_back_only_its_own_key(place: &LogPlace) {
     let dir = PluginsDir::new();
     dir.add(
         "shop",
@@ -697,7 +727,6 @@ async fn a_failing_event_holds_back_only_its_own_key() {
         artifacts::FIXTURE_COUNTER,
         Some("subscribe = [\"count.*\"]\n[retry]\nmax_attempts = 3\n"),
     );
-    let data = tempfile::tempdir().expect("tempdir");
     let slow_retries = DurableConfig {
         retry: RetryPolicy {
             max_attempts: 3,
@@ -719,7 +748,7 @@ async fn a_failing_event_holds_back_only_its_own_key() {
     let count = |bus: &DurableBus, key: &str| {
         state(bus, "counter", &format!("count/{key}")).map_or(0, |v| v.as_u64().unwrap_or(0))
     };
-    let (_host, bus) = start(&dir, data.path(), slow_retries.clone()).await;
+    let (_host, bus) = start(&dir, place, slow_retries.clone()).await;
     let appended = bus
         .publish(vec![
             // Fails on every attempt: dead-lettered after three.
@@ -752,7 +781,7 @@ async fn a_failing_event_holds_back_only_its_own_key() {
     bus.shutdown().await;
 
     // A restart delivers none of B's events again, and A's in order.
-    let (_host, bus) = start(&dir, data.path(), slow_retries).await;
+    let (_host, bus) = start(&dir, place, slow_retries).await;
     until("every event is finished", || {
         cursor(&bus, "counter") >= seq(4)
     })
@@ -787,7 +816,7 @@ fn storm(id: &str, budget: u64) -> Event {
 /// Two plugins that each emit the event they handle, on a host whose
 /// chains stop at depth 1 (the emitted events' own emits are refused).
 async fn two_storms(
-    data: &std::path::Path,
+    place: &LogPlace,
 ) -> (
     PluginsDir,
     DurableBus,
@@ -805,8 +834,8 @@ async fn two_storms(
     );
     let report = host.load_dir(dir.path()).expect("load");
     assert!(report.errors.is_empty(), "{report:#?}");
-    let log = SqliteLog::open(data, SqliteLogConfig::default()).expect("log");
-    let (bus, deliveries) = DurableBus::start_observed(host, Arc::new(log), config(1))
+    let log = place.open().await;
+    let (bus, deliveries) = DurableBus::start_observed(host, log, config(1))
         .await
         .expect("start the bus");
     (dir, bus, deliveries)
@@ -833,10 +862,8 @@ async fn deliveries_of(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chain_budget_is_shared_among_the_plugins_it_reaches() {
-    let data = tempfile::tempdir().expect("tempdir");
-    let (_dir, bus, mut deliveries) = two_storms(data.path()).await;
+async fn a_chain_budget_is_shared_among_the_plugins_it_reaches(place: &LogPlace) {
+    let (_dir, bus, mut deliveries) = two_storms(place).await;
     let mut seen = Vec::new();
     // Two subscribers share a budget of 2: one emit each.
     bus.publish(vec![storm("two", 2)]).await.expect("publish");
@@ -914,13 +941,14 @@ fn held(n: usize) -> Vec<Event> {
 /// Starts a bus on a log that holds `events` already, with `durable`,
 /// for one `mixed` plugin that holds them back.
 async fn holding(
-    data: &std::path::Path,
+    place: &LogPlace,
+    space: &str,
     events: Vec<Event>,
     durable: impl FnOnce(u64) -> DurableConfig,
 ) -> (PluginsDir, DurableBus) {
     let dir = PluginsDir::new();
     dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(HOLDING));
-    let log = SqliteLog::open(data, SqliteLogConfig::default()).expect("log");
+    let log = place.open_in(space, MemoryLogConfig::default()).await;
     log.append(events).await.expect("append");
     let sizes: std::collections::BTreeSet<u64> = log
         .read("shop", 0, usize::MAX)
@@ -932,7 +960,7 @@ async fn holding(
     let size = sizes.into_iter().next().unwrap_or_default();
     let host = Arc::new(Host::new(HostConfig::default()).expect("host"));
     host.load_dir(dir.path()).expect("load");
-    let bus = DurableBus::start(host, Arc::new(log), durable(size))
+    let bus = DurableBus::start(host, log, durable(size))
         .await
         .expect("start");
     (dir, bus)
@@ -956,12 +984,11 @@ async fn held_back(bus: &DurableBus, events: u64) -> plugbus::durable::Backlog {
     backlog()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_read_ahead_stops_at_max_pending_bytes() {
+async fn the_read_ahead_stops_at_max_pending_bytes(place: &LogPlace) {
     for holds in [3, 2] {
-        let data = tempfile::tempdir().expect("tempdir");
         // Room for `holds` events, and one byte short of the next.
-        let (_dir, bus) = holding(data.path(), held(10), |size| DurableConfig {
+        let space = format!("holds{holds}");
+        let (_dir, bus) = holding(place, &space, held(10), |size| DurableConfig {
             max_pending_bytes: (holds + 1) * size - 1,
             ..holding_config()
         })
@@ -975,8 +1002,7 @@ async fn the_read_ahead_stops_at_max_pending_bytes() {
         bus.shutdown().await;
     }
     // Exactly at the bound: as many as fit.
-    let data = tempfile::tempdir().expect("tempdir");
-    let (_dir, bus) = holding(data.path(), held(10), |size| DurableConfig {
+    let (_dir, bus) = holding(place, "exact", held(10), |size| DurableConfig {
         max_pending_bytes: 3 * size,
         ..holding_config()
     })
@@ -985,13 +1011,12 @@ async fn the_read_ahead_stops_at_max_pending_bytes() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_read_ahead_stops_at_max_pending_events() {
-    let data = tempfile::tempdir().expect("tempdir");
+async fn the_read_ahead_stops_at_max_pending_events(place: &LogPlace) {
     let cap = plugbus::durable::MAX_PENDING as u64;
     // Reads of 1,024 events: the tenth would pass the bound by 240.
     let (_dir, bus) = holding(
-        data.path(),
+        place,
+        "main",
         held(plugbus::durable::MAX_PENDING + 50),
         |_| DurableConfig {
             read_batch: 1024,
@@ -1005,11 +1030,9 @@ async fn the_read_ahead_stops_at_max_pending_events() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_larger_than_the_read_bounds_are_still_delivered() {
+async fn events_larger_than_the_read_bounds_are_still_delivered(place: &LogPlace) {
     let dir = PluginsDir::new();
     dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
-    let data = tempfile::tempdir().expect("tempdir");
     // Bounds of one byte: every read brings one event, since the consumer
     // holds none when it reads.
     let durable = DurableConfig {
@@ -1017,7 +1040,7 @@ async fn events_larger_than_the_read_bounds_are_still_delivered() {
         max_read_bytes: 1,
         ..config(1)
     };
-    let (host, bus) = start(&dir, data.path(), durable).await;
+    let (host, bus) = start(&dir, place, durable).await;
     let events: Vec<_> = (0..5).map(|i| mix("mix.ok", &format!("ok-{i}"))).collect();
     let appended = bus.publish(events).await.expect("publish");
     let last = appended.last().expect("appended").seq;
@@ -1026,17 +1049,15 @@ async fn events_larger_than_the_read_bounds_are_still_delivered() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lag_and_dead_letters_are_counted_without_reading_the_log() {
+async fn lag_and_dead_letters_are_counted_without_reading_the_log(place: &LogPlace) {
     let dir = PluginsDir::new();
     dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
-    let data = tempfile::tempdir().expect("tempdir");
     let durable = DurableConfig {
         quarantine_after: 1,
         quarantine_for: Duration::from_secs(3600),
         ..config(1)
     };
-    let (_host, bus) = start(&dir, data.path(), durable).await;
+    let (_host, bus) = start(&dir, place, durable).await;
     let lag = |bus: &DurableBus| {
         bus.backlogs()
             .into_iter()
@@ -1081,11 +1102,9 @@ async fn lag_and_dead_letters_are_counted_without_reading_the_log() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waits_of_any_length_do_not_overflow() {
+async fn waits_of_any_length_do_not_overflow(place: &LogPlace) {
     let dir = PluginsDir::new();
     dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
-    let data = tempfile::tempdir().expect("tempdir");
     let durable = DurableConfig {
         retry: RetryPolicy {
             max_attempts: 5,
@@ -1097,7 +1116,7 @@ async fn waits_of_any_length_do_not_overflow() {
         retention_interval: Duration::MAX,
         ..DurableConfig::default()
     };
-    let (host, bus) = start(&dir, data.path(), durable).await;
+    let (host, bus) = start(&dir, place, durable).await;
     // A retry after `Duration::MAX`: the event waits, its key's later
     // events wait, the others are handled.
     let retried = mix("mix.retryable", "r-1")
@@ -1143,16 +1162,16 @@ async fn waits_of_any_length_do_not_overflow() {
 /// A log that panics on its first `read_panics` reads and `prune_panics`
 /// prunes, then works: a real failure under the bus's tasks.
 struct PanickyLog {
-    log: SqliteLog,
+    log: Arc<dyn EventLog>,
     read_panics: std::sync::atomic::AtomicU32,
     prune_panics: std::sync::atomic::AtomicU32,
     prunes: std::sync::atomic::AtomicU32,
 }
 
 impl PanickyLog {
-    fn new(data: &std::path::Path, read_panics: u32, prune_panics: u32) -> Self {
+    fn new(log: Arc<dyn EventLog>, read_panics: u32, prune_panics: u32) -> Self {
         Self {
-            log: SqliteLog::open(data, SqliteLogConfig::default()).expect("log"),
+            log,
             read_panics: read_panics.into(),
             prune_panics: prune_panics.into(),
             prunes: 0.into(),
@@ -1315,15 +1334,13 @@ impl plugbus::log::InspectStore for PanickyLog {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_that_panics_is_restarted_from_its_cursor() {
+async fn a_consumer_that_panics_is_restarted_from_its_cursor(place: &LogPlace) {
     let dir = PluginsDir::new();
     dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
-    let data = tempfile::tempdir().expect("tempdir");
     let host = Arc::new(Host::new(HostConfig::default()).expect("host"));
     host.load_dir(dir.path()).expect("load");
     // Its first two reads panic under the consumer.
-    let log = Arc::new(PanickyLog::new(data.path(), 2, 0));
+    let log = Arc::new(PanickyLog::new(place.open().await, 2, 0));
     let bus = DurableBus::start(host.clone(), log, config(1))
         .await
         .expect("start");
@@ -1349,14 +1366,12 @@ async fn a_consumer_that_panics_is_restarted_from_its_cursor() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retention_task_that_panics_is_restarted() {
+async fn a_retention_task_that_panics_is_restarted(place: &LogPlace) {
     let dir = PluginsDir::new();
     dir.add("shop", "audit", artifacts::AUDIT_LOG, None);
-    let data = tempfile::tempdir().expect("tempdir");
     let host = Arc::new(Host::new(HostConfig::default()).expect("host"));
     host.load_dir(dir.path()).expect("load");
-    let log = Arc::new(PanickyLog::new(data.path(), 0, 1));
+    let log = Arc::new(PanickyLog::new(place.open().await, 0, 1));
     let durable = DurableConfig {
         retention_interval: Duration::from_secs(1),
         ..config(1)
@@ -1375,25 +1390,21 @@ async fn a_retention_task_that_panics_is_restarted() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_past_the_dead_letter_quota_are_given_up_without_one() {
+async fn events_past_the_dead_letter_quota_are_given_up_without_one(place: &LogPlace) {
     let dir = PluginsDir::new();
     dir.add("shop", "mixed", artifacts::FIXTURE_MIXED, Some(MIXED));
-    let data = tempfile::tempdir().expect("tempdir");
     let host = Arc::new(Host::new(HostConfig::default()).expect("host"));
     host.load_dir(dir.path()).expect("load");
-    let log = SqliteLog::open(
-        data.path(),
-        SqliteLogConfig {
+    let log = place
+        .open_with(MemoryLogConfig {
             dead_letters: plugbus::log::DeadLetterQuota {
                 max_count: 2,
                 ..plugbus::log::DeadLetterQuota::default()
             },
-            ..SqliteLogConfig::default()
-        },
-    )
-    .expect("log");
-    let bus = DurableBus::start(host.clone(), Arc::new(log), config(1))
+            ..MemoryLogConfig::default()
+        })
+        .await;
+    let bus = DurableBus::start(host.clone(), log, config(1))
         .await
         .expect("start");
     let events = vec![

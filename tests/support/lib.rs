@@ -153,3 +153,132 @@ pub fn replace_by_rename(path: &Path, bytes: &[u8]) {
     std::fs::write(&temporary, bytes).expect("write the new version");
     std::fs::rename(&temporary, path).expect("rename it into place");
 }
+
+/// Which event log a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite log, in a temporary data directory.
+    Sqlite,
+    /// NATS JetStream, on a nats-server of the test's own.
+    Nats,
+}
+
+/// Where a test's event logs are kept: a temporary data directory (the
+/// embedded log) or a nats-server started for the test (NATS). Opening a
+/// log again is what a restarted host does; a log in another `space` is
+/// another, empty one (a subdirectory, or another NATS prefix).
+///
+/// Every NATS log opened is kept here until the place is dropped, outside
+/// the test's runtime: a NATS log owns a runtime of its own, which may not
+/// be dropped on a runtime's worker. Run a test on a place with
+/// [`run_on`].
+pub struct LogPlace {
+    backend: Backend,
+    dir: tempfile::TempDir,
+    server: Option<plugbus_nats_server::NatsServer>,
+    kept: std::sync::Mutex<Vec<std::sync::Arc<dyn plugbus::log::EventLog>>>,
+}
+
+impl LogPlace {
+    /// A new place for `backend`'s logs (a nats-server starts for NATS).
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            dir: tempfile::tempdir().expect("create a temporary directory"),
+            server: (backend == Backend::Nats).then(plugbus_nats_server::NatsServer::start),
+            kept: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The nats-server, for NATS (to kill and restart it).
+    pub fn server(&mut self) -> Option<&mut plugbus_nats_server::NatsServer> {
+        self.server.as_mut()
+    }
+
+    /// Opens the main log with the default settings.
+    pub async fn open(&self) -> std::sync::Arc<dyn plugbus::log::EventLog> {
+        self.open_in("main", plugbus::log::MemoryLogConfig::default())
+            .await
+    }
+
+    /// Opens the main log with `config`'s duplicate window and dead-letter
+    /// quotas.
+    pub async fn open_with(
+        &self,
+        config: plugbus::log::MemoryLogConfig,
+    ) -> std::sync::Arc<dyn plugbus::log::EventLog> {
+        self.open_in("main", config).await
+    }
+
+    /// Opens the log of `space` (a-z and 0-9) with `config`'s duplicate
+    /// window and dead-letter quotas.
+    pub async fn open_in(
+        &self,
+        space: &str,
+        config: plugbus::log::MemoryLogConfig,
+    ) -> std::sync::Arc<dyn plugbus::log::EventLog> {
+        use plugbus::log::{SqliteLog, SqliteLogConfig};
+        use plugbus::log_nats::{NatsLog, NatsLogConfig, Prefix};
+        match &self.server {
+            None => std::sync::Arc::new(
+                SqliteLog::open(
+                    &self.dir.path().join(space),
+                    SqliteLogConfig {
+                        duplicate_window: config.duplicate_window,
+                        dead_letters: config.dead_letters,
+                        tenant_dead_letters: config.tenant_dead_letters,
+                        ..SqliteLogConfig::default()
+                    },
+                )
+                .expect("open the embedded log"),
+            ),
+            Some(server) => {
+                let nats = NatsLogConfig {
+                    servers: vec![server.url()],
+                    prefix: Prefix::new(&format!("t{space}")).expect("a prefix"),
+                    duplicate_window: config.duplicate_window,
+                    dead_letters: config.dead_letters,
+                    tenant_dead_letters: config.tenant_dead_letters,
+                    ..NatsLogConfig::default()
+                };
+                // Opening blocks on the log's own runtime: not on a worker
+                // of the test's.
+                let log: std::sync::Arc<dyn plugbus::log::EventLog> = std::sync::Arc::new(
+                    tokio::task::spawn_blocking(move || NatsLog::open(nats))
+                        .await
+                        .expect("the opening did not panic")
+                        .expect("open the NATS log"),
+                );
+                self.kept
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(log.clone());
+                log
+            }
+        }
+    }
+}
+
+/// A test body on a place: `|place| Box::pin(body(place))`.
+pub type OnPlace<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + 'a>>;
+
+/// Runs `test` on a new [`LogPlace`] of `backend`, on a runtime of two
+/// worker threads (as `#[tokio::test(flavor = "multi_thread",
+/// worker_threads = 2)]`), and drops the place (its logs, its
+/// nats-server) once the runtime is gone.
+pub fn run_on(backend: Backend, test: impl for<'a> FnOnce(&'a LogPlace) -> OnPlace<'a>) {
+    let place = LogPlace::new(backend);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(test(&place));
+    drop(runtime);
+    drop(place);
+}

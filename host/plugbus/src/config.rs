@@ -71,6 +71,27 @@
 //! service_name = "plugbus"
 //! sample_ratio = 1.0
 //!
+//! [log]                           # where events are kept
+//! backend = "sqlite"              # the embedded log in data_dir (default), or "nats"
+//!
+//! [log.nats]                      # with backend = "nats": NATS JetStream, shared by several hosts
+//! servers = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
+//! # one way to authenticate, secrets from the environment or a file:
+//! # token_env = "PLUGBUS_NATS_TOKEN"
+//! # user = "plugbus"
+//! # password_env = "PLUGBUS_NATS_PASSWORD"
+//! # credentials_file = "/etc/plugbus/nats.creds"
+//! # nkey_seed_file = "/etc/plugbus/nats.nk"
+//! tls_required = false
+//! # ca_file = "/etc/plugbus/nats-ca.pem"
+//! # client_cert = "/etc/plugbus/client.pem"
+//! # client_key = "/etc/plugbus/client-key.pem"
+//! tls_first = false
+//! prefix = "plugbus"              # names the stream, subjects and buckets
+//! replicas = 1                    # 1, 3 or 5
+//! connect_timeout_ms = 10_000
+//! request_timeout_ms = 10_000
+//!
 //! [admin]
 //! token_sha256 = "…"              # `plugbus hash-token`
 //!
@@ -80,10 +101,19 @@
 //! ```
 //!
 //! Tokens are stored as the hex SHA-256 of the token, never the token.
+//! The NATS backend's secrets are never in the file either: it names the
+//! environment variable or the file that holds each, read when `plugbus
+//! serve` starts ([`Config::nats_log_config`]). With the NATS backend the
+//! duplicate window is still `delivery.dedupe_hours` and the dead-letter
+//! quotas are still `[quotas]`'s and the tenants', as for the embedded log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use plugbus_log::DeadLetterQuota;
+use plugbus_log_nats::{NatsAuth, NatsLogConfig, NatsTls, Prefix};
 
 use serde::Deserialize;
 
@@ -115,6 +145,27 @@ pub enum ConfigError {
         key: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A setting names an environment variable that is not set (read when
+    /// `plugbus serve` starts).
+    #[error("{key}: the environment variable {var} is not set, or not UTF-8")]
+    MissingEnv {
+        /// The setting, as a dotted path (`log.nats.token_env`).
+        key: String,
+        /// The variable it names.
+        var: String,
+    },
+    /// A setting names a file that cannot be read (read when `plugbus
+    /// serve` starts).
+    #[error("{key}: cannot read {}", path.display())]
+    UnreadableFile {
+        /// The setting, as a dotted path (`log.nats.nkey_seed_file`).
+        key: String,
+        /// The file it names.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -163,6 +214,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// OpenTelemetry export of the ingest and delivery spans.
     pub otlp: OtlpConfig,
+    /// Where events are kept: the embedded log or NATS JetStream.
+    pub log: LogConfig,
     /// The admin token, for `/v1/admin/...`; without one the admin API
     /// answers 401 to everyone.
     pub admin: Option<TokenConfig>,
@@ -342,6 +395,106 @@ impl Default for OtlpConfig {
     }
 }
 
+/// Where events, cursors, state and dead letters are kept.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// The backend (default `sqlite`).
+    pub backend: LogBackend,
+    /// The NATS backend's settings; required with `backend = "nats"`,
+    /// refused without it.
+    pub nats: Option<NatsConfig>,
+}
+
+/// The kinds of event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogBackend {
+    /// The embedded SQLite log, `<data_dir>/events.db` (the default): one
+    /// host.
+    #[default]
+    Sqlite,
+    /// NATS JetStream (`[log.nats]`): several hosts share it.
+    Nats,
+}
+
+/// The NATS backend's settings, `[log.nats]`. Secrets are named, never
+/// written here: an environment variable (`token_env`, `password_env`) or
+/// a file (`credentials_file`, `nkey_seed_file`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// The servers to connect to (`nats://host:4222`, `tls://host:4222`);
+    /// required. The client learns a cluster's other members from them.
+    pub servers: Vec<String>,
+    /// The environment variable that holds a token.
+    pub token_env: Option<String>,
+    /// A user name, with `password_env`.
+    pub user: Option<String>,
+    /// The environment variable that holds `user`'s password.
+    pub password_env: Option<String>,
+    /// A `.creds` file (a JWT and an NKey seed), as `nsc` writes it.
+    pub credentials_file: Option<PathBuf>,
+    /// A file that holds an NKey seed (`SU…`).
+    pub nkey_seed_file: Option<PathBuf>,
+    /// Refuse to talk to a server without TLS (default false; a `tls://`
+    /// URL or a server that asks for TLS gets it anyway).
+    pub tls_required: bool,
+    /// Certificates (PEM) of the authorities that signed the servers'
+    /// certificates, beside the system's.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM), with `client_key`, for servers that
+    /// verify clients.
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    pub client_key: Option<PathBuf>,
+    /// Start TLS before the server's greeting, for servers with
+    /// `handshake_first` (default false).
+    pub tls_first: bool,
+    /// The prefix of the stream, its subjects and the buckets (default
+    /// `plugbus`): 1 to 32 of a-z, 0-9 and _, starting with a letter. Two
+    /// deployments on one NATS system use two prefixes.
+    pub prefix: String,
+    /// How many servers keep each stream and bucket: 1, 3 or 5 (default 1).
+    /// A cluster of three with 3 replicas survives the loss of one server.
+    pub replicas: usize,
+    /// How long to wait for the first connection at startup, in
+    /// milliseconds (default 10,000); later disconnections are retried for
+    /// ever.
+    pub connect_timeout_ms: u64,
+    /// How long one request to NATS may take, in milliseconds (default
+    /// 10,000); an ingest whose publish is not acknowledged by then is
+    /// answered 503.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        let defaults = NatsLogConfig::default();
+        Self {
+            servers: Vec::new(),
+            token_env: None,
+            user: None,
+            password_env: None,
+            credentials_file: None,
+            nkey_seed_file: None,
+            tls_required: false,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            tls_first: false,
+            prefix: defaults.prefix.as_str().to_owned(),
+            replicas: defaults.replicas,
+            connect_timeout_ms: millis(defaults.connect_timeout),
+            request_timeout_ms: millis(defaults.request_timeout),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A token, as the hex SHA-256 of its text.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -388,6 +541,104 @@ impl Config {
             },
         }
     }
+
+    /// The duplicate window of the event log: `delivery.dedupe_hours`.
+    pub fn duplicate_window(&self) -> Duration {
+        Duration::from_secs(self.delivery.dedupe_hours.saturating_mul(3600))
+    }
+
+    /// Every tenant's dead-letter quota (`[quotas]`), and the quotas of
+    /// the tenants whose own section sets theirs.
+    pub fn dead_letter_quotas(&self) -> (DeadLetterQuota, HashMap<String, DeadLetterQuota>) {
+        let quota = |q: &QuotasConfig| DeadLetterQuota {
+            max_count: q.max_dead_letters,
+            max_bytes: q.max_dead_letter_mib.saturating_mul(1024 * 1024),
+        };
+        let tenants = self
+            .tenants
+            .keys()
+            .map(|t| (t.clone(), quota(&self.quotas_of(t))))
+            .collect();
+        (quota(&self.quotas), tenants)
+    }
+
+    /// The NATS log's settings from `[log.nats]`, with its secrets read
+    /// from the environment (`env`, e.g. `|v| std::env::var(v).ok()`) and
+    /// files they are named in; `None` with the embedded log. Called when
+    /// `plugbus serve` starts: a variable not set or a file that cannot be
+    /// read is an error naming the setting. The secrets go into the
+    /// returned settings alone, never into an error or a log line.
+    pub fn nats_log_config(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<NatsLogConfig>, ConfigError> {
+        let (LogBackend::Nats, Some(nats)) = (self.log.backend, &self.log.nats) else {
+            return Ok(None);
+        };
+        let key = |name: &str| format!("log.nats.{name}");
+        let var = |name: &str, var: &str| {
+            env(var).ok_or_else(|| ConfigError::MissingEnv {
+                key: key(name),
+                var: var.to_owned(),
+            })
+        };
+        let readable = |name: &str, path: &Path| {
+            std::fs::File::open(path)
+                .map(drop)
+                .map_err(|source| ConfigError::UnreadableFile {
+                    key: key(name),
+                    path: path.to_owned(),
+                    source,
+                })
+        };
+        let auth = if let Some(token) = &nats.token_env {
+            NatsAuth::Token(var("token_env", token)?)
+        } else if let (Some(user), Some(password)) = (&nats.user, &nats.password_env) {
+            NatsAuth::UserPassword {
+                user: user.clone(),
+                password: var("password_env", password)?,
+            }
+        } else if let Some(path) = &nats.credentials_file {
+            readable("credentials_file", path)?;
+            NatsAuth::CredentialsFile(path.clone())
+        } else if let Some(path) = &nats.nkey_seed_file {
+            let seed =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::UnreadableFile {
+                    key: key("nkey_seed_file"),
+                    path: path.clone(),
+                    source,
+                })?;
+            NatsAuth::NKey(seed.trim().to_owned())
+        } else {
+            NatsAuth::None
+        };
+        if let Some(path) = &nats.ca_file {
+            readable("ca_file", path)?;
+        }
+        if let (Some(cert), Some(key)) = (&nats.client_cert, &nats.client_key) {
+            readable("client_cert", cert)?;
+            readable("client_key", key)?;
+        }
+        let (dead_letters, tenant_dead_letters) = self.dead_letter_quotas();
+        Ok(Some(NatsLogConfig {
+            servers: nats.servers.clone(),
+            auth,
+            tls: NatsTls {
+                required: nats.tls_required,
+                ca_file: nats.ca_file.clone(),
+                client_cert: nats.client_cert.clone().zip(nats.client_key.clone()),
+                first: nats.tls_first,
+            },
+            // Checked when the file was read.
+            prefix: Prefix::new(&nats.prefix).unwrap_or_default(),
+            replicas: nats.replicas,
+            duplicate_window: self.duplicate_window(),
+            request_timeout: Duration::from_millis(nats.request_timeout_ms),
+            connect_timeout: Duration::from_millis(nats.connect_timeout_ms),
+            dead_letters,
+            tenant_dead_letters,
+        }))
+    }
 }
 
 impl Default for Config {
@@ -406,6 +657,7 @@ impl Default for Config {
             quotas: QuotasConfig::default(),
             metrics: MetricsConfig::default(),
             otlp: OtlpConfig::default(),
+            log: LogConfig::default(),
             admin: None,
             tenants: BTreeMap::new(),
         }
@@ -705,6 +957,7 @@ impl Config {
         if self.otlp.service_name.trim().is_empty() {
             return Err(invalid("otlp.service_name", "is empty".into()));
         }
+        check_log(&self.log, &invalid, &range)?;
         if let Some(admin) = &self.admin {
             check_hash(&admin.token_sha256).map_err(|r| invalid("admin.token_sha256", r))?;
         }
@@ -781,6 +1034,169 @@ fn check_quotas(
         1,
         1 << 20,
     )
+}
+
+/// Checks `[log]`: a backend's settings are there when it is chosen and
+/// not otherwise, and `[log.nats]`'s values.
+fn check_log(
+    log: &LogConfig,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+    range: &impl Fn(&str, u64, u64, u64) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    let nats = match (log.backend, &log.nats) {
+        (LogBackend::Sqlite, None) => return Ok(()),
+        (LogBackend::Sqlite, Some(_)) => {
+            return Err(invalid(
+                "log.nats",
+                "is set, but log.backend is \"sqlite\" (the default): set backend = \"nats\" to use it, or remove the section".into(),
+            ));
+        }
+        (LogBackend::Nats, None) => {
+            return Err(invalid(
+                "log.nats",
+                "is missing: backend = \"nats\" needs [log.nats] with servers = [\"nats://host:4222\", ...]".into(),
+            ));
+        }
+        (LogBackend::Nats, Some(nats)) => nats,
+    };
+    if nats.servers.is_empty() {
+        return Err(invalid(
+            "log.nats.servers",
+            "is empty: name at least one server, such as \"nats://127.0.0.1:4222\"".into(),
+        ));
+    }
+    for server in &nats.servers {
+        check_server(server).map_err(|reason| invalid("log.nats.servers", reason))?;
+    }
+    let ways = [
+        ("token_env", nats.token_env.is_some()),
+        ("user", nats.user.is_some() || nats.password_env.is_some()),
+        ("credentials_file", nats.credentials_file.is_some()),
+        ("nkey_seed_file", nats.nkey_seed_file.is_some()),
+    ];
+    let chosen: Vec<&str> = ways.iter().filter(|w| w.1).map(|w| w.0).collect();
+    if chosen.len() > 1 {
+        return Err(invalid(
+            &format!("log.nats.{}", chosen[1]),
+            format!(
+                "choose one way to authenticate: {} are set",
+                chosen.join(" and ")
+            ),
+        ));
+    }
+    match (&nats.user, &nats.password_env) {
+        (Some(_), None) => {
+            return Err(invalid(
+                "log.nats.password_env",
+                "is missing: user needs the environment variable that holds its password".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "log.nats.user",
+                "is missing: password_env is set without a user".into(),
+            ));
+        }
+        _ => {}
+    }
+    for (name, value) in [
+        ("token_env", &nats.token_env),
+        ("password_env", &nats.password_env),
+    ] {
+        if let Some(var) = value
+            && (var.is_empty() || var.contains(['=', '\0']))
+        {
+            return Err(invalid(
+                &format!("log.nats.{name}"),
+                format!(
+                    "{var:?} is not the name of an environment variable (the secret itself is never written in plugbus.toml)"
+                ),
+            ));
+        }
+    }
+    if let Some(user) = &nats.user
+        && user.is_empty()
+    {
+        return Err(invalid("log.nats.user", "is empty".into()));
+    }
+    match (&nats.client_cert, &nats.client_key) {
+        (Some(_), None) => {
+            return Err(invalid(
+                "log.nats.client_key",
+                "is missing: client_cert needs its key".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "log.nats.client_cert",
+                "is missing: client_key is set without a certificate".into(),
+            ));
+        }
+        _ => {}
+    }
+    Prefix::new(&nats.prefix).map_err(|e| invalid("log.nats.prefix", e.to_string()))?;
+    if ![1, 3, 5].contains(&nats.replicas) {
+        return Err(invalid(
+            "log.nats.replicas",
+            format!("{} is not 1, 3 or 5", nats.replicas),
+        ));
+    }
+    range(
+        "log.nats.connect_timeout_ms",
+        nats.connect_timeout_ms,
+        100,
+        600_000,
+    )?;
+    range(
+        "log.nats.request_timeout_ms",
+        nats.request_timeout_ms,
+        100,
+        600_000,
+    )
+}
+
+/// Checks one server URL: `nats://`, `tls://`, `ws://` or `wss://` (or
+/// none) and a host with an optional port; never a user or password in it
+/// (they would be logged with the URL).
+fn check_server(server: &str) -> Result<(), String> {
+    let rest = match server.split_once("://") {
+        Some((scheme, rest)) => {
+            if !["nats", "tls", "ws", "wss"].contains(&scheme) {
+                return Err(format!(
+                    "{:?}: the scheme must be nats://, tls://, ws:// or wss://",
+                    plugbus_core::text::truncate(server, 200)
+                ));
+            }
+            rest
+        }
+        None => server,
+    };
+    if rest.contains('@') {
+        return Err(
+            "a server URL may not hold a user or password (they would be logged): use token_env, user and password_env, credentials_file or nkey_seed_file".into(),
+        );
+    }
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let (name, port) = match host.strip_prefix('[') {
+        // An IPv6 address: `[::1]:4222`.
+        Some(v6) => match v6.split_once(']') {
+            Some((name, "")) => (name, None),
+            Some((name, port)) => (name, port.strip_prefix(':').or(Some(""))),
+            None => ("", None),
+        },
+        None => match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    if name.is_empty() || name.contains(char::is_whitespace) || !port_ok {
+        return Err(format!(
+            "{:?} is not a server URL such as \"nats://127.0.0.1:4222\"",
+            plugbus_core::text::truncate(server, 200)
+        ));
+    }
+    Ok(())
 }
 
 pub use plugbus_api::hash_token;
@@ -981,6 +1397,275 @@ mod tests {
             m.contains("metrics.token_sha256") && m.contains("admin"),
             "{m}"
         );
+    }
+
+    /// `[log.nats]` with the given lines under it.
+    fn nats_toml(lines: &str) -> String {
+        format!(
+            "[log]\nbackend = \"nats\"\n[log.nats]\nservers = [\"nats://127.0.0.1:4222\"]\n{lines}"
+        )
+    }
+
+    /// The message of the error `text` makes, which must name `key`.
+    fn refused(text: &str, key: &str) -> String {
+        let m = match parse(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(m.contains(key), "{key} not named: {m}\n{text}");
+        m
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn the_embedded_log_is_the_default() -> Result<(), ConfigError> {
+        let config = parse("")?;
+        assert_eq!(config.log.backend, LogBackend::Sqlite);
+        assert!(config.nats_log_config(no_env)?.is_none());
+        assert!(
+            parse("[log]\nbackend = \"sqlite\"")?
+                .nats_log_config(no_env)?
+                .is_none()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_nats_section_makes_the_nats_log_settings() -> Result<(), ConfigError> {
+        let config = parse(&format!(
+            "[delivery]\ndedupe_hours = 2\n\
+             [quotas]\nmax_dead_letters = 7\nmax_dead_letter_mib = 3\n\
+             [tenants.acme]\ntoken_sha256 = \"{}\"\nmax_dead_letters = 2\n\
+             [log]\nbackend = \"nats\"\n\
+             [log.nats]\n\
+             servers = [\"nats://10.0.0.1:4222\", \"tls://nats-2.example:4443\", \"[::1]:4222\", \"localhost\"]\n\
+             token_env = \"PLUGBUS_NATS_TOKEN\"\n\
+             tls_required = true\n\
+             tls_first = true\n\
+             prefix = \"pos_eu1\"\n\
+             replicas = 3\n\
+             connect_timeout_ms = 2500\n\
+             request_timeout_ms = 4000\n",
+            hash_token("a")
+        ))?;
+        let env = |var: &str| (var == "PLUGBUS_NATS_TOKEN").then(|| "s3cret".to_owned());
+        let nats = config.nats_log_config(env)?.expect("the NATS backend");
+        assert_eq!(nats.servers.len(), 4);
+        assert_eq!(nats.servers[0], "nats://10.0.0.1:4222");
+        assert!(matches!(&nats.auth, NatsAuth::Token(t) if t == "s3cret"));
+        assert!(nats.tls.required && nats.tls.first);
+        assert_eq!(nats.prefix.as_str(), "pos_eu1");
+        assert_eq!(nats.replicas, 3);
+        assert_eq!(nats.connect_timeout, Duration::from_millis(2500));
+        assert_eq!(nats.request_timeout, Duration::from_millis(4000));
+        // The duplicate window and the quotas are the embedded log's.
+        assert_eq!(nats.duplicate_window, Duration::from_secs(2 * 3600));
+        assert_eq!(nats.dead_letters.max_count, 7);
+        assert_eq!(nats.dead_letters.max_bytes, 3 * MIB);
+        assert_eq!(nats.tenant_dead_letters["acme"].max_count, 2);
+        assert_eq!(nats.tenant_dead_letters["acme"].max_bytes, 3 * MIB);
+        // The secret is in the settings, never in what they print.
+        assert!(!format!("{nats:?}").contains("s3cret"));
+        // Defaults.
+        let nats = parse(&nats_toml(""))?
+            .nats_log_config(no_env)?
+            .expect("the NATS backend");
+        assert_eq!(nats.prefix.as_str(), "plugbus");
+        assert_eq!(nats.replicas, 1);
+        assert!(matches!(nats.auth, NatsAuth::None));
+        assert_eq!(nats.duplicate_window, Duration::from_secs(24 * 3600));
+        Ok(())
+    }
+
+    #[test]
+    fn each_way_to_authenticate_reads_its_secret_from_where_it_is_named() -> Result<(), ConfigError>
+    {
+        let dir = tempfile::tempdir().map_err(|e| ConfigError::Read {
+            path: "tempdir".into(),
+            reason: e.to_string(),
+        })?;
+        let seed = dir.path().join("nats.nk");
+        let creds = dir.path().join("nats.creds");
+        for (path, text) in [(&seed, "SUAEXAMPLESEED\n"), (&creds, "creds")] {
+            std::fs::write(path, text).map_err(|e| ConfigError::Read {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let env = |var: &str| (var == "PW").then(|| "pw".to_owned());
+        let auth = |lines: &str| -> Result<NatsAuth, ConfigError> {
+            Ok(parse(&nats_toml(lines))?
+                .nats_log_config(env)?
+                .expect("the NATS backend")
+                .auth)
+        };
+        assert!(matches!(
+            auth("user = \"pos\"\npassword_env = \"PW\"")?,
+            NatsAuth::UserPassword { user, password } if user == "pos" && password == "pw"
+        ));
+        assert!(matches!(
+            auth(&format!("nkey_seed_file = {:?}", seed.display().to_string()))?,
+            NatsAuth::NKey(s) if s == "SUAEXAMPLESEED"
+        ));
+        assert!(matches!(
+            auth(&format!("credentials_file = {:?}", creds.display().to_string()))?,
+            NatsAuth::CredentialsFile(p) if p == creds
+        ));
+        let tls = parse(&nats_toml(&format!(
+            "ca_file = {0:?}\nclient_cert = {0:?}\nclient_key = {1:?}",
+            creds.display().to_string(),
+            seed.display().to_string()
+        )))?
+        .nats_log_config(env)?
+        .expect("the NATS backend")
+        .tls;
+        assert_eq!(tls.ca_file.as_deref(), Some(creds.as_path()));
+        assert_eq!(tls.client_cert, Some((creds.clone(), seed.clone())));
+        Ok(())
+    }
+
+    #[test]
+    fn a_secret_that_cannot_be_read_is_named_at_startup() -> Result<(), ConfigError> {
+        let startup = |lines: &str| -> String {
+            match parse(&nats_toml(lines)).map(|c| c.nats_log_config(no_env)) {
+                Ok(Err(e)) => e.to_string(),
+                other => panic!("not refused at startup: {lines}: {other:?}"),
+            }
+        };
+        let m = startup("token_env = \"NO_SUCH_TOKEN_VAR\"");
+        assert!(
+            m.contains("log.nats.token_env") && m.contains("NO_SUCH_TOKEN_VAR"),
+            "{m}"
+        );
+        let m = startup("user = \"pos\"\npassword_env = \"NO_SUCH_PW_VAR\"");
+        assert!(
+            m.contains("log.nats.password_env") && m.contains("NO_SUCH_PW_VAR"),
+            "{m}"
+        );
+        for key in ["nkey_seed_file", "credentials_file", "ca_file"] {
+            let m = startup(&format!("{key} = \"/no/such/file\""));
+            assert!(
+                m.contains(&format!("log.nats.{key}")) && m.contains("/no/such/file"),
+                "{m}"
+            );
+        }
+        let m = startup("client_cert = \"/no/such/cert\"\nclient_key = \"/no/such/key\"");
+        assert!(m.contains("log.nats.client_cert"), "{m}");
+        // The cause is kept, not flattened.
+        let err = parse(&nats_toml("nkey_seed_file = \"/no/such/file\""))?
+            .nats_log_config(no_env)
+            .expect_err("unreadable");
+        assert!(std::error::Error::source(&err).is_some(), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn log_mistakes_are_named() {
+        refused("[log]\nbackend = \"kafka\"", "kafka");
+        refused("[log]\nbakend = \"nats\"", "bakend");
+        refused(&nats_toml("token = \"s3cret\""), "token");
+        refused(&nats_toml("password = \"s3cret\""), "password");
+        refused("[log]\nbackend = \"nats\"", "log.nats");
+        refused(
+            "[log.nats]\nservers = [\"nats://127.0.0.1:4222\"]",
+            "log.nats",
+        );
+        refused(
+            "[log]\nbackend = \"nats\"\n[log.nats]\nservers = []",
+            "log.nats.servers",
+        );
+        refused(
+            "[log]\nbackend = \"nats\"\n[log.nats]\nreplicas = 3",
+            "log.nats.servers",
+        );
+        for bad in [
+            "http://127.0.0.1:4222",
+            "nats://",
+            "nats://host:port",
+            "nats://host:0",
+            "nats://host:99999",
+            "nats://a b:4222",
+            "[::1",
+        ] {
+            refused(
+                &format!("[log]\nbackend = \"nats\"\n[log.nats]\nservers = [{bad:?}]"),
+                "log.nats.servers",
+            );
+        }
+        let m = refused(
+            "[log]\nbackend = \"nats\"\n[log.nats]\nservers = [\"nats://pos:s3cret@127.0.0.1:4222\"]",
+            "log.nats.servers",
+        );
+        assert!(!m.contains("s3cret"), "{m}");
+        let m = refused(
+            &nats_toml("token_env = \"T\"\nnkey_seed_file = \"/x\""),
+            "log.nats.nkey_seed_file",
+        );
+        assert!(m.contains("token_env"), "{m}");
+        refused(
+            &nats_toml("user = \"u\"\npassword_env = \"P\"\ncredentials_file = \"/c\""),
+            "log.nats.credentials_file",
+        );
+        refused(&nats_toml("user = \"u\""), "log.nats.password_env");
+        refused(&nats_toml("password_env = \"P\""), "log.nats.user");
+        refused(
+            &nats_toml("user = \"\"\npassword_env = \"P\""),
+            "log.nats.user",
+        );
+        refused(&nats_toml("token_env = \"\""), "log.nats.token_env");
+        refused(
+            &nats_toml("token_env = \"TOKEN=abc\""),
+            "log.nats.token_env",
+        );
+        refused(&nats_toml("client_cert = \"/c\""), "log.nats.client_key");
+        refused(&nats_toml("client_key = \"/k\""), "log.nats.client_cert");
+        let m = refused(&nats_toml("prefix = \"Pos-EU\""), "log.nats.prefix");
+        assert!(m.contains("a-z, 0-9 and _"), "{m}");
+        for replicas in [0, 2, 4, 7] {
+            refused(
+                &nats_toml(&format!("replicas = {replicas}")),
+                "log.nats.replicas",
+            );
+        }
+        refused(&nats_toml("replicas = -1"), "replicas");
+        refused(
+            &nats_toml("connect_timeout_ms = 99"),
+            "log.nats.connect_timeout_ms",
+        );
+        refused(
+            &nats_toml("request_timeout_ms = 600001"),
+            "log.nats.request_timeout_ms",
+        );
+        for ok in [
+            "replicas = 5",
+            "connect_timeout_ms = 100",
+            "request_timeout_ms = 600000",
+        ] {
+            assert!(parse(&nats_toml(ok)).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn the_example_configurations_parse() -> Result<(), ConfigError> {
+        let embedded = parse(include_str!("../../../examples/plugbus.toml"))?;
+        assert_eq!(embedded.log.backend, LogBackend::Sqlite);
+        let on_nats = parse(include_str!("../../../examples/plugbus-nats.toml"))?;
+        let nats = on_nats
+            .nats_log_config(no_env)?
+            .expect("the example is on NATS");
+        assert_eq!(nats.servers, ["nats://127.0.0.1:4222"]);
+        // The same demo otherwise.
+        assert_eq!(
+            Config {
+                log: LogConfig::default(),
+                ..on_nats
+            },
+            embedded
+        );
+        Ok(())
     }
 
     #[test]

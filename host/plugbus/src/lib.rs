@@ -24,6 +24,9 @@
 //!   [`cache`], [`loader`], [`registry`], [`reload`], [`host`]);
 //! - [`plugbus_log`]: the durable event log and its SQLite implementation
 //!   (re-exported as [`log`]);
+//! - [`plugbus_log_nats`]: the same log in NATS JetStream, for several
+//!   hosts sharing the work (`[log] backend = "nats"`; re-exported as
+//!   [`log_nats`]);
 //! - [`plugbus_bus`]: delivery from the log, at least once (re-exported as
 //!   [`durable`]);
 //! - [`plugbus_api`]: HTTP ingest, the admin API and metrics (re-exported as
@@ -50,6 +53,7 @@ pub use plugbus_api as api;
 pub use plugbus_bus as durable;
 pub use plugbus_core::{clock, event, manifest, outcome, state, text, trace};
 pub use plugbus_log as log;
+pub use plugbus_log_nats as log_nats;
 pub use plugbus_runtime::{
     batch, bindings, cache, deadline, dispatch, engine, host, loader, registry, reload,
 };

@@ -1,23 +1,31 @@
-//! The event log's contract, run against both implementations — the
-//! embedded [`SqliteLog`] and the in-memory [`MemoryLog`] — in the modules
-//! `sqlite` and `memory`: positions, duplicates within the window,
+//! The event log's contract, run against every implementation — the
+//! embedded [`SqliteLog`], the NATS JetStream [`NatsLog`] (each test on a
+//! nats-server of its own) and the in-memory [`MemoryLog`] — in the
+//! modules `sqlite`, `nats` and `memory`: positions, duplicates within the window,
 //! per-tenant reads, cursors and what was finished ahead, plugin state
 //! committed with the cursor, dead letters and their quotas, redrives,
 //! quarantines and retention by age.
 //!
-//! Below them, what only the embedded log does: durability across a
-//! reopen, group commit, retention by the file's size, and clear errors
-//! for a bad data directory or a corrupted file.
+//! Then what a log kept outside the process does, for the embedded log
+//! and NATS (modules `sqlite_reopened`, `nats_reopened`): what one opening
+//! wrote, another reads, and dead letters another process adds are
+//! counted.
+//!
+//! Below them, what only the embedded log does: its statistics, group
+//! commit, retention by the file's size, and clear errors for a bad data
+//! directory or a corrupted file (all of its file).
 
 use std::time::Duration;
 
 use plugbus::Event;
 use plugbus::log::{
-    Commit, CursorStore, DeadLetter, DeadLetterQuota, DeadLetterStore, Durability, EventLog,
-    EventStore, FailedAttempt, LogError, MemoryLog, MemoryLogConfig, Quarantine, QuarantineChange,
-    ReadLimit, Retention, SqliteLog, SqliteLogConfig,
+    Commit, CursorStore, DeadLetter, DeadLetterQuota, Durability, EventLog, EventStore,
+    FailedAttempt, LogError, MemoryLog, MemoryLogConfig, Quarantine, QuarantineChange, ReadLimit,
+    Retention, SqliteLog, SqliteLogConfig,
 };
+use plugbus::log_nats::{NatsLog, NatsLogConfig};
 use plugbus::state::StateWrite;
+use plugbus_nats_server::NatsServer;
 
 fn event(tenant: &str, id: &str, ty: &str) -> Event {
     Event::from_json_value(serde_json::json!({
@@ -37,11 +45,56 @@ fn open(dir: &std::path::Path) -> SqliteLog {
     SqliteLog::open(dir, SqliteLogConfig::default()).expect("open the log")
 }
 
-/// A new, empty log for a contract test, and the directory that holds
-/// its files (dropped after it).
+/// A new, empty log for a contract test, and where it keeps its data (a
+/// directory, or a nats-server), dropped after it.
 struct Opened {
     log: Box<dyn EventLog>,
-    _dir: Option<tempfile::TempDir>,
+    _place: Option<Place>,
+}
+
+/// Where a log is kept, to open it (again) from: a data directory for the
+/// embedded log, a nats-server of the test's own for NATS.
+enum Place {
+    Sqlite(tempfile::TempDir),
+    Nats(NatsServer),
+}
+
+impl Place {
+    fn sqlite() -> Self {
+        Self::Sqlite(tempfile::tempdir().expect("tempdir"))
+    }
+
+    fn nats() -> Self {
+        Self::Nats(NatsServer::start())
+    }
+
+    /// Opens the log kept here, as a new process would.
+    fn open(&self, config: MemoryLogConfig) -> Box<dyn EventLog> {
+        match self {
+            Self::Sqlite(dir) => Box::new(
+                SqliteLog::open(
+                    dir.path(),
+                    SqliteLogConfig {
+                        duplicate_window: config.duplicate_window,
+                        dead_letters: config.dead_letters,
+                        tenant_dead_letters: config.tenant_dead_letters,
+                        ..SqliteLogConfig::default()
+                    },
+                )
+                .expect("open the log"),
+            ),
+            Self::Nats(server) => Box::new(
+                NatsLog::open(NatsLogConfig {
+                    servers: vec![server.url()],
+                    duplicate_window: config.duplicate_window,
+                    dead_letters: config.dead_letters,
+                    tenant_dead_letters: config.tenant_dead_letters,
+                    ..NatsLogConfig::default()
+                })
+                .expect("open the log"),
+            ),
+        }
+    }
 }
 
 impl std::ops::Deref for Opened {
@@ -56,37 +109,41 @@ impl std::ops::Deref for Opened {
 type Open = dyn Fn(MemoryLogConfig) -> Opened;
 
 fn sqlite(config: MemoryLogConfig) -> Opened {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = SqliteLog::open(
-        dir.path(),
-        SqliteLogConfig {
-            duplicate_window: config.duplicate_window,
-            dead_letters: config.dead_letters,
-            tenant_dead_letters: config.tenant_dead_letters,
-            ..SqliteLogConfig::default()
-        },
-    )
-    .expect("open the log");
+    let place = Place::sqlite();
     Opened {
-        log: Box::new(log),
-        _dir: Some(dir),
+        log: place.open(config),
+        _place: Some(place),
+    }
+}
+
+fn nats(config: MemoryLogConfig) -> Opened {
+    let place = Place::nats();
+    Opened {
+        log: place.open(config),
+        _place: Some(place),
     }
 }
 
 fn memory(config: MemoryLogConfig) -> Opened {
     Opened {
         log: Box::new(MemoryLog::with_config(config)),
-        _dir: None,
+        _place: None,
     }
 }
 
-/// Runs each contract test against both implementations.
+/// Runs each contract test against every implementation.
 macro_rules! contract {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
             $(#[test]
             fn $test() {
                 super::$test(&super::sqlite);
+            })*
+        }
+        mod nats {
+            $(#[test]
+            fn $test() {
+                super::$test(&super::nats);
             })*
         }
         mod memory {
@@ -743,7 +800,10 @@ async fn blocking_reads_run_off_the_async_task() {
     assert!(matches!(panicked, Err(LogError::Closed)), "{panicked:?}");
 }
 
-// What only the embedded log does.
+// What only the embedded log does: its statistics (`SqliteLog::stats`),
+// its file (the bytes a dead letter takes in it, group commit, a data
+// directory that is a file, a corrupted row, retention by the file's size)
+// and its migrations. NATS keeps none of these.
 
 #[test]
 fn duplicates_are_counted_apart_from_stored_events() {
@@ -758,27 +818,60 @@ fn duplicates_are_counted_apart_from_stored_events() {
     assert_eq!((stats.appended, stats.duplicates), (1, 2));
 }
 
-#[test]
-fn dead_letters_are_counted_again_when_the_log_opens_or_another_process_changes_them() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let depth = |log: &SqliteLog| {
+// What a log kept outside the process does, the embedded log and NATS
+// alike: another opening (another process) reads what one wrote.
+
+/// Runs each test of a log kept outside the process against the embedded
+/// log and NATS.
+macro_rules! reopened {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite_reopened {
+            $(#[test]
+            fn $test() {
+                super::$test(&super::Place::sqlite());
+            })*
+        }
+        mod nats_reopened {
+            $(#[test]
+            fn $test() {
+                super::$test(&super::Place::nats());
+            })*
+        }
+    };
+}
+
+reopened!(
+    dead_letters_are_counted_again_when_the_log_opens_or_another_process_changes_them,
+    appended_events_survive_a_reopen_in_order,
+    cursors_are_durable_and_per_plugin,
+    state_commits_with_the_cursor_and_survives_a_reopen,
+);
+
+fn reopen(place: &Place) -> Box<dyn EventLog> {
+    place.open(MemoryLogConfig::default())
+}
+
+fn dead_letters_are_counted_again_when_the_log_opens_or_another_process_changes_them(
+    place: &Place,
+) {
+    let depth = |log: &dyn EventLog| {
         log.dead_letter_depths()
             .get(&("acme".to_owned(), "saga".to_owned()))
             .copied()
     };
     {
-        let log = open(dir.path());
-        give_up(&log, "acme", "saga", &[1, 2]);
+        let log = reopen(place);
+        give_up(&*log, "acme", "saga", &[1, 2]);
     }
     // Counted once when the log opens.
-    let log = open(dir.path());
-    assert_eq!(depth(&log), Some(2));
+    let log = reopen(place);
+    assert_eq!(depth(&*log), Some(2));
     // Another process's changes (an operator's `plugbus dlq`) show within
     // a few seconds, without a write of this one.
-    let other = open(dir.path());
-    give_up(&other, "acme", "saga", &[7]);
+    let other = reopen(place);
+    give_up(&*other, "acme", "saga", &[7]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while depth(&log) != Some(3) {
+    while depth(&*log) != Some(3) {
         assert!(std::time::Instant::now() < deadline, "never counted again");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -828,24 +921,20 @@ fn dead_letter_quotas_are_counted_again_when_the_log_opens() {
     assert_eq!(u64::try_from(stored).expect("a size"), size);
 }
 
-#[test]
-fn appended_events_survive_a_reopen_in_order() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
+fn appended_events_survive_a_reopen_in_order(place: &Place) {
     let events = vec![
         event("acme", "e-1", "order.placed"),
         event("acme", "e-2", "payment.completed"),
         event("globex", "e-1", "order.placed"),
     ];
     {
-        let log = open(&data);
+        let log = reopen(place);
         let appended = log.append(events.clone()).wait().expect("append");
         let seqs: Vec<_> = appended.iter().map(|a| a.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
         assert!(appended.iter().all(|a| !a.duplicate));
-        assert_eq!(log.stats().appended, 3);
     }
-    let log = open(&data);
+    let log = reopen(place);
     assert_eq!(log.head().expect("head"), 3);
     let acme = log.read("acme", 0, 10).expect("read");
     assert_eq!(acme.len(), 2);
@@ -868,11 +957,9 @@ fn appended_events_survive_a_reopen_in_order() {
     assert_eq!(more[0].seq, 4);
 }
 
-#[test]
-fn cursors_are_durable_and_per_plugin() {
-    let dir = tempfile::tempdir().expect("tempdir");
+fn cursors_are_durable_and_per_plugin(place: &Place) {
     {
-        let log = open(dir.path());
+        let log = reopen(place);
         assert_eq!(log.cursor("acme", "order-saga").expect("cursor"), None);
         log.commit_cursor("acme", "order-saga", 7)
             .wait()
@@ -884,7 +971,7 @@ fn cursors_are_durable_and_per_plugin() {
             .wait()
             .expect("commit");
     }
-    let log = open(dir.path());
+    let log = reopen(place);
     assert_eq!(log.cursor("acme", "order-saga").expect("cursor"), Some(9));
     assert_eq!(log.cursor("acme", "audit-log").expect("cursor"), Some(3));
     assert_eq!(log.cursor("globex", "order-saga").expect("cursor"), None);
@@ -953,17 +1040,13 @@ fn a_corrupted_event_is_an_error_naming_its_position() {
     assert_eq!(log.read("acme", 0, 1).expect("read").len(), 1);
 }
 
-#[test]
-fn state_commits_with_the_cursor_and_survives_a_reopen() {
-    use plugbus::log::Commit;
-    use plugbus::state::{StateStore, StateWrite};
-    let dir = tempfile::tempdir().expect("tempdir");
+fn state_commits_with_the_cursor_and_survives_a_reopen(place: &Place) {
     let set = |key: &str, value: &str| StateWrite {
         key: key.into(),
         value: Some(value.as_bytes().to_vec()),
     };
     {
-        let log = open(dir.path());
+        let log = reopen(place);
         log.append(vec![event("acme", "e-1", "order.placed")])
             .wait()
             .expect("append");
@@ -990,7 +1073,7 @@ fn state_commits_with_the_cursor_and_survives_a_reopen() {
         )
         .expect("apply");
     }
-    let log = open(dir.path());
+    let log = reopen(place);
     assert_eq!(log.cursor("acme", "saga").expect("cursor"), Some(1));
     assert_eq!(
         log.get("acme", "saga", "order/1").expect("get"),

@@ -20,7 +20,13 @@ pub struct Server {
 impl Server {
     /// Runs `plugbus serve --config CONFIG` and waits until it listens.
     pub fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_plugbus"))
+        Self::start_command(Command::new(env!("CARGO_BIN_EXE_plugbus")), config)
+    }
+
+    /// Runs `command` (`plugbus`, with the environment a test gives it)
+    /// with `serve --config CONFIG` and waits until it listens.
+    pub fn start_command(mut command: Command, config: &Path) -> Self {
+        let mut child = command
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")

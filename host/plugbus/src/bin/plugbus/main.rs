@@ -74,7 +74,8 @@ enum Command {
     /// reloads a plugin when its files change, serves HTTP ingest, the
     /// admin API and /metrics, and with --stdin publishes CloudEvents read
     /// one per line from stdin. Every event is stored in the durable event
-    /// log <data>/events.db; the plugins consume the log, at least once,
+    /// log <data>/events.db (or in NATS JetStream, shared by several hosts,
+    /// with [log] backend = "nats"); the plugins consume the log, at least once,
     /// with retries and dead letters; each delivery is written to stdout as
     /// one JSON line (as `dispatch` writes; the plugin_version field tells
     /// which version handled it). With --stdin, at the end of the input it

@@ -25,7 +25,9 @@ pub struct Target {
     connection: Connection,
     /// Work on the event log in this data directory (`plugbus serve
     /// --data`) instead of through --url: for a stopped host, or on the
-    /// host's machine. No token is needed; --tenant names the tenant.
+    /// host's machine. No token is needed; --tenant names the tenant. The
+    /// embedded (SQLite) log only: for hosts on NATS (`[log] backend =
+    /// "nats"`) use --url, through any of them.
     #[arg(long, value_name = "DIR", help_heading = "Connection")]
     data: Option<PathBuf>,
 }
@@ -248,7 +250,7 @@ enum QuarantineCommand {
 fn open(data: &Path) -> anyhow::Result<SqliteLog> {
     if !data.join("events.db").is_file() {
         bail!(
-            "{} has no event log (events.db); pass the data directory of `plugbus serve` with --data",
+            "{} has no event log (events.db); pass the data directory of `plugbus serve` with --data (a host whose log is in NATS: use --url instead)",
             data.display()
         );
     }

@@ -14,7 +14,8 @@ use futures::StreamExt as _;
 use plugbus::Delivery;
 use plugbus::config::Config;
 use plugbus::durable::{DurableBus, DurableConfig};
-use plugbus::log::{SqliteLog, SqliteLogConfig};
+use plugbus::log::{EventLog, SqliteLog, SqliteLogConfig};
+use plugbus::log_nats::NatsLog;
 
 use crate::dispatch::{Mode, load};
 use crate::lines::{DeliveryLine, numbered_lines, parse_line};
@@ -39,9 +40,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR", env = "PLUGBUS_PLUGINS")]
     plugins: Option<PathBuf>,
 
-    /// The data directory: the event log <DIR>/events.db, and compiled
-    /// plugins cached in <DIR>/compiled. It must not lie inside the plugins
-    /// directory.
+    /// The data directory: the event log <DIR>/events.db (unless
+    /// plugbus.toml's [log] backend is "nats"), and compiled plugins cached
+    /// in <DIR>/compiled. It must not lie inside the plugins directory.
     #[arg(long, value_name = "DIR", env = "PLUGBUS_DATA")]
     data: Option<PathBuf>,
 
@@ -304,19 +305,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let host = Arc::new(plugbus::Host::new(config)?);
     load(&host, &plugins)?;
     let _watcher = host.watch(&plugins)?;
-    let log = open_log(&settings, &data)?;
+    let (log, place) = open_log(&settings, &data).await?;
+    // The last reference to the log is let go off this runtime's workers
+    // (below): a NATS log owns a runtime of its own, which may not be
+    // dropped on one.
+    let last_reference = log.clone();
     tracing::info!(
-        "watching {} for plugin changes{}; events are stored in {}",
+        "watching {} for plugin changes{}; events are stored in {place}",
         plugins.display(),
         match host.cache_dir() {
             Some(dir) => format!("; compiled plugins cached in {}", dir.display()),
             None => String::new(),
         },
-        log.path().display()
     );
     // Subscribed before the first consumer starts: no delivery unprinted.
     let (bus, deliveries) =
-        DurableBus::start_observed(host.clone(), Arc::new(log), durable_config(&settings)).await?;
+        DurableBus::start_observed(host.clone(), log, durable_config(&settings)).await?;
     let bus = Arc::new(bus);
     let printer = tokio::spawn(print_deliveries(deliveries));
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
@@ -336,6 +340,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         stop_http_within(http, &stop_http, deadline, drain).await;
     }
     finish_deliveries(bus, printer, deadline, drain).await?;
+    let _ = tokio::task::spawn_blocking(move || drop(last_reference)).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -363,23 +368,42 @@ fn prepare_dirs(plugins: &Path, data: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The event log in `data`, with the configured duplicate window and
-/// dead-letter quotas.
-fn open_log(settings: &Config, data: &Path) -> anyhow::Result<SqliteLog> {
-    let d = &settings.delivery;
-    Ok(SqliteLog::open(
-        data,
-        SqliteLogConfig {
-            duplicate_window: Duration::from_secs(d.dedupe_hours.saturating_mul(3600)),
-            dead_letters: dead_letter_quota(&settings.quotas),
-            tenant_dead_letters: settings
-                .tenants
-                .keys()
-                .map(|t| (t.clone(), dead_letter_quota(&settings.quotas_of(t))))
-                .collect(),
-            ..SqliteLogConfig::default()
-        },
-    )?)
+/// The event log `[log]` chooses, with the configured duplicate window and
+/// dead-letter quotas, and where it keeps the events (for the operator's
+/// log line; never a secret): the embedded log in `data`, or NATS
+/// JetStream.
+async fn open_log(settings: &Config, data: &Path) -> anyhow::Result<(Arc<dyn EventLog>, String)> {
+    let (dead_letters, tenant_dead_letters) = settings.dead_letter_quotas();
+    match settings.nats_log_config(|var| std::env::var(var).ok())? {
+        None => {
+            let log = SqliteLog::open(
+                data,
+                SqliteLogConfig {
+                    duplicate_window: settings.duplicate_window(),
+                    dead_letters,
+                    tenant_dead_letters,
+                    ..SqliteLogConfig::default()
+                },
+            )?;
+            let place = log.path().display().to_string();
+            Ok((Arc::new(log), place))
+        }
+        Some(nats) => {
+            let servers = nats.servers.join(", ");
+            tracing::info!("connecting to NATS ({servers})");
+            // Opening waits for the first connection (at most the connect
+            // timeout) on the log's own runtime: not on this one's workers.
+            let log = tokio::task::spawn_blocking(move || NatsLog::open(nats))
+                .await
+                .context("the NATS log's opening failed")?
+                .with_context(|| format!("cannot open the event log in NATS ({servers})"))?;
+            let place = format!(
+                "the NATS JetStream stream {} (servers {servers})",
+                log.stream_name()
+            );
+            Ok((Arc::new(log), place))
+        }
+    }
 }
 
 /// The durable bus's settings from the operator's: retention, read-ahead,
@@ -596,14 +620,6 @@ pub fn host_config(settings: &Config, mode: Mode) -> plugbus::HostConfig {
         .filter_map(|(tenant, t)| Some((tenant.clone(), size(t.max_plugins?))))
         .collect();
     config
-}
-
-/// A tenant's dead-letter quota from its quotas.
-fn dead_letter_quota(quotas: &plugbus::config::QuotasConfig) -> plugbus::log::DeadLetterQuota {
-    plugbus::log::DeadLetterQuota {
-        max_count: quotas.max_dead_letters,
-        max_bytes: quotas.max_dead_letter_mib.saturating_mul(1024 * 1024),
-    }
 }
 
 /// The bounds of HTTP requests: timeouts, each tenant's requests in flight
