@@ -13,7 +13,10 @@ use plugbus_log::{LogError, Reply};
 /// A small multi-threaded runtime owned by one log.
 #[derive(Debug)]
 pub(crate) struct Bridge {
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+    /// A handle to it, for spawning.
+    handle: tokio::runtime::Handle,
 }
 
 impl Bridge {
@@ -24,12 +27,15 @@ impl Bridge {
             .thread_name("plugbus-nats")
             .enable_all()
             .build()?;
-        Ok(Self { runtime })
+        Ok(Self {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
     }
 
     /// The runtime, to spawn background tasks on.
     pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
-        self.runtime.handle()
+        &self.handle
     }
 
     /// Runs `future` on the log's runtime and waits for it: what the
@@ -41,7 +47,7 @@ impl Bridge {
         F: Future<Output = Result<T, LogError>> + Send + 'static,
     {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.runtime.spawn(async move {
+        self.handle.spawn(async move {
             let _ = tx.send(future.await);
         });
         rx.recv().unwrap_or(Err(LogError::Closed))
@@ -55,9 +61,20 @@ impl Bridge {
         F: Future<Output = Result<T, LogError>> + Send + 'static,
     {
         let (sender, reply) = Reply::channel();
-        self.runtime.spawn(async move {
+        self.handle.spawn(async move {
             sender.send(future.await);
         });
         reply
+    }
+}
+
+impl Drop for Bridge {
+    /// Stops the runtime without waiting for its tasks, so that a log may
+    /// be dropped anywhere, on another runtime's worker too (where a
+    /// runtime's ordinary drop, which blocks, is refused).
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }

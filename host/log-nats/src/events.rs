@@ -184,12 +184,14 @@ async fn append(inner: &Inner, events: Vec<Event>) -> Result<Vec<Appended>, LogE
     // answers the first copy's position, as the embedded log does (and
     // as JetStream would, except that a replicated stream may refuse a
     // second copy whose first is still being stored).
+    // Without a duplicate window nothing is a duplicate: no message id.
+    let dedupe = !inner.config.duplicate_window.is_zero();
     let mut first_of: HashMap<String, usize> = HashMap::new();
     let mut published = Vec::new();
     let mut answer_of = Vec::with_capacity(events.len());
     for event in &events {
         let id = names::ingest_id(event.tenant(), event.source(), event.id());
-        match first_of.get(&id) {
+        match first_of.get(&id).filter(|_| dedupe) {
             Some(&index) => answer_of.push((index, true)),
             None => {
                 first_of.insert(id.clone(), published.len());
@@ -200,7 +202,9 @@ async fn append(inner: &Inner, events: Vec<Event>) -> Result<Vec<Appended>, LogE
     }
     let messages = published.iter().map(|(event, id)| {
         let mut headers = HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        if dedupe {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        }
         (
             inner.names.events_subject(event.tenant()),
             headers,

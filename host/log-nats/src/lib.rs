@@ -119,7 +119,9 @@ impl NatsLog {
         let names = Names::new(&config.prefix);
         let (client, js, events, emits, buckets) = {
             let (config, names, backend) = (config.clone(), names.clone(), backend.clone());
-            bridge.handle().block_on(async move {
+            // Through `block`, not `Handle::block_on`: `open` may be called
+            // on another runtime's thread.
+            bridge.block(async move {
                 let client = connect(&config, &backend).await?;
                 let js = jetstream::ContextBuilder::new()
                     .timeout(config.request_timeout)

@@ -480,7 +480,11 @@ fn a_read_while_the_server_is_down_fails_in_time_and_nothing_is_lost_after_a_res
     let (retried, acknowledged): (Vec<_>, Vec<_>) =
         read.iter().partition(|e| e.event.id() == "while-down");
     assert!(retried.len() <= 1, "{} copies", retried.len());
-    assert_eq!(acknowledged.len(), 1_000, "every acknowledged event survived");
+    assert_eq!(
+        acknowledged.len(),
+        1_000,
+        "every acknowledged event survived"
+    );
     assert_eq!(
         acknowledged.last().map(|e| e.seq),
         appended.last().map(|a| a.seq)
