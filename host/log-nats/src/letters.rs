@@ -163,6 +163,7 @@ impl Usage {
     fn watched(&mut self, key: &str, revision: u64, letter: Option<Letter>) {
         self.watched = self.watched.max(revision);
         self.apply(key, revision, letter);
+        self.forget_tombstones();
     }
 
     /// Forgets the deleted keys the watcher has passed: no older record of
