@@ -296,3 +296,18 @@ fn a_quarantine_that_does_not_parse_is_an_error_naming_its_key() {
         "{err}"
     );
 }
+
+#[test]
+fn the_depths_follow_the_bucket_across_a_server_restart() {
+    let mut server = NatsServer::start();
+    let log = open(&server);
+    Writer::new(&server, "dead_letters").put("acme.saga.1", record(1, false));
+    eventually("the log counts it", || depth(&log, "saga") == Some(1));
+    server.restart();
+    let writer = Writer::new(&server, "dead_letters");
+    writer.put("acme.saga.2", record(2, false));
+    writer.put("acme.audit.3", record(3, false));
+    eventually("the log counts what was written after the restart", || {
+        depth(&log, "saga") == Some(2) && depth(&log, "audit") == Some(1)
+    });
+}
