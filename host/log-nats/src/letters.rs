@@ -575,6 +575,7 @@ impl Watcher {
                         tracing::warn!(bucket = %self.store.name, "following the dead letters: {e}");
                     }
                     failing = true;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
