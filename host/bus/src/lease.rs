@@ -322,10 +322,10 @@ impl Keeper {
                         held += 1;
                     }
                 }
-                Holding::Waiting if loaded.contains(&plugin) => {
-                    if self.take(inner, &plugin, &key, &slot).await {
-                        held += 1;
-                    }
+                Holding::Waiting
+                    if loaded.contains(&plugin) && self.take(inner, &plugin, &key, &slot).await =>
+                {
+                    held += 1;
                 }
                 _ => {}
             }
