@@ -1313,6 +1313,8 @@ impl QuarantineStore for PanickyLog {
     }
 }
 
+impl plugbus::log::LeaseStore for PanickyLog {}
+
 impl plugbus::log::InspectStore for PanickyLog {
     fn state_entries(
         &self,

@@ -53,6 +53,8 @@ pub struct DurableBus {
     reloads: tokio::task::JoinHandle<()>,
     /// Runs retention now and then (supervised).
     retention: tokio::task::JoinHandle<()>,
+    /// Keeps the host's leases, when the log is shared (supervised).
+    keeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl DurableBus {
@@ -81,6 +83,11 @@ impl DurableBus {
         // The plugins' state lives in the log, so that it commits with
         // their cursors.
         host.set_state_store(log.clone());
+        let leases = crate::lease::Leases::new(
+            config.host_id.clone(),
+            config.lease_ttl.max(Duration::from_millis(100)),
+            log.shared(),
+        );
         let inner = Arc::new(Inner {
             host,
             log,
@@ -93,6 +100,7 @@ impl DurableBus {
             deliveries: broadcast::Sender::new(4096),
             quarantined: Mutex::new(HashMap::new()),
             failures: Mutex::new(failures::Failures::new(RECENT_FAILURES)),
+            leases,
         });
         let observer = inner.deliveries.subscribe();
         let reload_events = inner.host.reload_events();
@@ -110,11 +118,18 @@ impl DurableBus {
         let retention = tokio::spawn(supervise(inner.clone(), Task::Retention, move |_| {
             retain(retainer.clone())
         }));
+        let keeper = inner.leases.shared.then(|| {
+            let keeper = inner.clone();
+            tokio::spawn(supervise(inner.clone(), Task::Leases, move |_| {
+                crate::lease::keep(keeper.clone())
+            }))
+        });
         Ok((
             Self {
                 inner,
                 reloads,
                 retention,
+                keeper,
             },
             observer,
         ))
@@ -308,7 +323,21 @@ impl DurableBus {
         &self.inner.log
     }
 
-    /// Stops every consumer after the batch it is delivering, and waits.
+    /// The (tenant, plugin)s whose lease this host holds now: those it
+    /// delivers for. Every loaded plugin on a log one host has alone.
+    pub fn held_leases(&self) -> Vec<(String, String)> {
+        self.inner.leases.held()
+    }
+
+    /// This host's id among the hosts sharing the log.
+    pub fn host_id(&self) -> &str {
+        &self.inner.leases.host
+    }
+
+    /// Stops every consumer after the batch it is delivering, and waits;
+    /// then, when several hosts share the log, leaves their registry and
+    /// releases every lease, so that the others take the plugins over at
+    /// their next renewal round.
     pub async fn shutdown(self) {
         self.reloads.abort();
         self.retention.abort();
@@ -324,5 +353,10 @@ impl DurableBus {
         for task in consumers {
             let _ = task.await;
         }
+        if let Some(keeper) = self.keeper {
+            keeper.abort();
+            let _ = keeper.await;
+        }
+        crate::lease::release_all(&self.inner).await;
     }
 }

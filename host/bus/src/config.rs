@@ -40,6 +40,22 @@ pub struct DurableConfig {
     /// How often retention runs (default every minute); held between
     /// 1 s and 1 day.
     pub retention_interval: Duration,
+    /// This host's id among the hosts that share a log (NATS): 1 to 128 of
+    /// `A-Z a-z 0-9 - _`, unique among them (default: the host name, the
+    /// process id and a random suffix, new for each process).
+    pub host_id: String,
+    /// How long a lease on a plugin's work lasts unless its host renews it
+    /// (default 10 s; at least 100 ms), when several hosts share the log.
+    /// The host renews every `lease_ttl / 3` and stops delivering a
+    /// plugin `lease_ttl / 4` (the margin) before its lease would expire
+    /// unrenewed; another host takes an expired lease a margin after its
+    /// expiry. So a plugin of a host that dies moves to another host
+    /// within `lease_ttl + lease_ttl / 3 + lease_ttl / 4` (15.8 s by
+    /// default; twice the renewal period more when the host the plugin
+    /// now belongs on does not run it), one that stops moves within
+    /// `lease_ttl / 3`, and the hosts' clocks may differ by up to the
+    /// margin. Unused by a log one host has alone (SQLite).
+    pub lease_ttl: Duration,
 }
 
 impl Default for DurableConfig {
@@ -56,6 +72,8 @@ impl Default for DurableConfig {
                 max_bytes: None,
             },
             retention_interval: Duration::from_secs(60),
+            host_id: crate::lease::default_host_id(),
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }

@@ -6,12 +6,13 @@
 //! [`Consumer::round`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
+use crate::lease::{self, Holding};
 use crate::read_ahead::ReadAhead;
 use crate::retry::{MAX_WAIT, deadline};
 use crate::state::{Gauges, Inner, PluginKey};
@@ -96,11 +97,36 @@ fn at_the_end(
     Ok(more == 0)
 }
 
+/// Where a consumer stands with its lease, at a commit boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseNow {
+    /// Held and usable: deliver.
+    Use,
+    /// Held, but another live host is preferred for it: give it back.
+    HandBack,
+    /// Lost, released, or not renewed in time: stop delivering.
+    Gone,
+}
+
+/// How taking up a lease ended.
+enum Fence {
+    /// Fenced: deliver from this position.
+    Ready(Seq),
+    /// Lost again, or the log failed: wait for the lease again.
+    Retry,
+    /// The bus stops.
+    Stop,
+}
+
 pub(super) struct Consumer {
     inner: Arc<Inner>,
     tenant: String,
     plugin: String,
     gauges: Arc<Gauges>,
+    /// The plugin's lease.
+    lease: watch::Sender<Holding>,
+    /// The epoch of the lease the consumer delivers under (0: none).
+    epoch: AtomicU64,
 }
 
 impl Consumer {
@@ -110,6 +136,8 @@ impl Consumer {
             tenant: tenant.to_owned(),
             plugin: plugin.to_owned(),
             gauges,
+            lease: inner.leases.slot(&(tenant.to_owned(), plugin.to_owned())),
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -150,23 +178,158 @@ impl Consumer {
     }
 
     /// The consumer's loop: `Ok` when the bus stops or the plugin is
-    /// unloaded.
+    /// unloaded. It delivers while it holds the plugin's lease (always, on
+    /// a log one host has alone); one that loses it drops what it read
+    /// ahead and waits for it again.
     async fn deliver_from(&self, position: Option<Seq>) -> Result<(), String> {
         let mut stop = self.inner.stop.subscribe();
-        let Some(position) = self.first_position(position, &mut stop).await else {
-            return Ok(());
-        };
         let notify = self.inner.notify(&self.tenant);
-        let mut run = Run {
-            line: self.line_at(position).await?,
-            failures_in_a_row: 0,
-            redrives_checked: None,
-            cursor_checked: std::time::Instant::now(),
-        };
+        let mut given = position;
         loop {
-            if let Step::Stop = self.round(&mut run, &notify, &mut stop).await? {
+            let Some(epoch) = self.wait_for_lease(&mut stop).await else {
                 return Ok(());
+            };
+            self.epoch.store(epoch.unwrap_or(0), Ordering::Relaxed);
+            let position = match epoch {
+                // Taken from another host, or again: from the cursor as
+                // stored now, fenced.
+                Some(epoch) => match self.fence(epoch, &mut stop).await {
+                    Fence::Ready(position) => position,
+                    Fence::Retry => continue,
+                    Fence::Stop => return Ok(()),
+                },
+                None => match self.first_position(given.take(), &mut stop).await {
+                    Some(position) => position,
+                    None => return Ok(()),
+                },
+            };
+            let mut run = Run {
+                line: self.line_at(position).await?,
+                failures_in_a_row: 0,
+                redrives_checked: None,
+                cursor_checked: std::time::Instant::now(),
+            };
+            loop {
+                match self.lease_now(epoch) {
+                    LeaseNow::Use => {}
+                    LeaseNow::HandBack => {
+                        tracing::info!(tenant = %self.tenant, plugin = %self.plugin, "handing the plugin's lease to the host it belongs on");
+                        self.inner.leases.give_back(&self.lease);
+                        break;
+                    }
+                    LeaseNow::Gone => {
+                        tracing::info!(tenant = %self.tenant, plugin = %self.plugin, "the plugin's lease is not renewed; its consumer waits");
+                        break;
+                    }
+                }
+                if let Step::Stop = self.round(&mut run, &notify, &mut stop).await? {
+                    return Ok(());
+                }
             }
+            // What was read ahead is dropped: the next holder reads it.
+            self.gauges
+                .unread
+                .fetch_add(run.line.behind() as u64, Ordering::Relaxed);
+            self.gauges.show(&ReadAhead::new(run.line.position()));
+        }
+    }
+
+    /// Where the consumer stands with its lease under `epoch`, now.
+    fn lease_now(&self, epoch: Option<u64>) -> LeaseNow {
+        let now = tokio::time::Instant::now();
+        match &*self.lease.borrow() {
+            held @ Holding::Held { hand_back, .. } if held.usable(now) == Some(epoch) => {
+                if *hand_back {
+                    LeaseNow::HandBack
+                } else {
+                    LeaseNow::Use
+                }
+            }
+            _ => LeaseNow::Gone,
+        }
+    }
+
+    /// Whether the consumer may commit now: its lease is usable.
+    fn may_commit(&self) -> bool {
+        let epoch = self.current_epoch();
+        self.lease_now(epoch) != LeaseNow::Gone
+    }
+
+    /// The epoch the consumer delivers under.
+    fn current_epoch(&self) -> Option<u64> {
+        Some(self.epoch.load(Ordering::Relaxed)).filter(|e| *e != 0)
+    }
+
+    /// Waits until the plugin's lease is usable and answers its epoch
+    /// (`None` inside: a log without leases); `None` when the bus stops or
+    /// the plugin is unloaded meanwhile. A lease to be handed back is
+    /// given back at once.
+    async fn wait_for_lease(&self, stop: &mut watch::Receiver<bool>) -> Option<Option<u64>> {
+        let mut changes = self.lease.subscribe();
+        loop {
+            if *stop.borrow() || self.inner.host.plugin(&self.tenant, &self.plugin).is_none() {
+                return None;
+            }
+            let holding = changes.borrow_and_update().clone();
+            if let Some(epoch) = holding.usable(tokio::time::Instant::now()) {
+                if matches!(
+                    holding,
+                    Holding::Held {
+                        hand_back: true,
+                        ..
+                    }
+                ) {
+                    self.inner.leases.give_back(&self.lease);
+                } else {
+                    return Some(epoch);
+                }
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => return None,
+            }
+        }
+    }
+
+    /// Takes up the lease under `epoch`: reads the stored cursor (the
+    /// start position for a plugin without one) and commits it unchanged
+    /// under the epoch, so that the log refuses whatever the previous
+    /// holder still tries to commit.
+    async fn fence(&self, epoch: u64, stop: &mut watch::Receiver<bool>) -> Fence {
+        let position = match self.start_position().await {
+            Ok(position) => position,
+            Err(e) => {
+                tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the plugin's cursor: {e}");
+                return self.pause_fence(stop).await;
+            }
+        };
+        let mut commit = self.commit_from(position);
+        commit.lease = Some(epoch);
+        match self.inner.log.commit(commit).await {
+            Ok(committed) if committed.cursor_moved => {
+                tracing::info!(tenant = %self.tenant, plugin = %self.plugin, epoch, position, "delivering under the plugin's lease");
+                Fence::Ready(position)
+            }
+            // Moved meanwhile: read it again.
+            Ok(_) => Fence::Retry,
+            Err(LogError::LeaseLost { .. }) => {
+                lease::lost(&self.lease, epoch);
+                Fence::Retry
+            }
+            Err(e) => {
+                tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot commit under the plugin's lease: {e}");
+                self.pause_fence(stop).await
+            }
+        }
+    }
+
+    /// Waits a second after a failure to take up the lease.
+    async fn pause_fence(&self, stop: &mut watch::Receiver<bool>) -> Fence {
+        if self.pause(Duration::from_secs(1), stop).await {
+            Fence::Stop
+        } else {
+            Fence::Retry
         }
     }
 
@@ -525,6 +688,11 @@ impl Consumer {
     /// (the log failed, and the same events are delivered again).
     async fn commit(&self, commit: Commit, line: &mut ReadAhead) -> Result<bool, String> {
         let cursor = commit.cursor;
+        if !self.may_commit() {
+            // The lease is gone: the next round stops, and the next holder
+            // delivers these events again.
+            return Ok(false);
+        }
         match self.commit_emitting(commit).await {
             Ok(committed) => {
                 if committed.cursor_moved {
@@ -535,6 +703,11 @@ impl Consumer {
                     // next round goes on from there.
                     line.mark_moved();
                 }
+                Ok(false)
+            }
+            Err(LogError::LeaseLost { epoch, .. }) => {
+                tracing::info!(tenant = %self.tenant, plugin = %self.plugin, "the plugin's lease changed hands; its consumer stops");
+                lease::lost(&self.lease, epoch);
                 Ok(false)
             }
             Err(e) => {
@@ -806,8 +979,16 @@ impl Consumer {
         commit: Commit,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<bool, String> {
+        if !self.may_commit() {
+            // The request stays; the next holder redrives it.
+            return Ok(false);
+        }
         match self.commit_emitting(commit).await {
             Ok(_) => Ok(false),
+            Err(LogError::LeaseLost { epoch, .. }) => {
+                lease::lost(&self.lease, epoch);
+                Ok(false)
+            }
             Err(e) => {
                 tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot commit a redrive: {e}");
                 Ok(self.pause(Duration::from_secs(1), stop).await)
@@ -823,6 +1004,7 @@ impl Consumer {
             plugin: self.plugin.clone(),
             cursor: position,
             expected: Some(position),
+            lease: self.current_epoch(),
             ..Commit::default()
         }
     }

@@ -27,6 +27,11 @@
 //! - A consumer holds at most [`MAX_PENDING`] events and
 //!   [`DurableConfig::max_pending_bytes`] bytes read ahead of its cursor,
 //!   and reads at most [`DurableConfig::max_read_bytes`] at once.
+//! - When several hosts share the log (NATS), each plugin is delivered by
+//!   one host at a time, the one holding its lease; the leases spread over
+//!   the live hosts and move when a host stops or dies (see
+//!   [`DurableConfig::lease_ttl`]). On the embedded log every plugin's
+//!   lease is its host's, for ever.
 //! - Every task of the bus (each consumer, retention, the reload watcher)
 //!   is supervised: one that stops for any reason but shutdown or its
 //!   plugin's unloading is logged, counted
@@ -38,6 +43,7 @@ mod bus;
 mod config;
 mod consumer;
 mod failures;
+mod lease;
 mod operations;
 mod read_ahead;
 mod retry;

@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) quarantined: Mutex<HashMap<PluginKey, (Quarantine, Arc<Notify>)>>,
     /// Per tenant, its most recent failed deliveries.
     pub(crate) failures: Mutex<failures::Failures>,
+    /// The consumers' leases.
+    pub(crate) leases: crate::lease::Leases,
 }
 
 /// A plugin by (tenant, name).

@@ -27,6 +27,8 @@ pub enum Task {
     Retention,
     /// The watcher that starts a consumer for every plugin loaded.
     Reloads,
+    /// The keeper of the host's leases, when several hosts share the log.
+    Leases,
 }
 
 impl Task {
@@ -36,6 +38,7 @@ impl Task {
             Self::Consumer { .. } => "consumer",
             Self::Retention => "retention",
             Self::Reloads => "reloads",
+            Self::Leases => "leases",
         }
     }
 }

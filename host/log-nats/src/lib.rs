@@ -15,7 +15,8 @@
 //!   cursor, what it finished ahead, and the number of its last applied
 //!   commit), `plugbus_commits` (each plugin's last commit, written before
 //!   it is applied), `plugbus_state`, `plugbus_dead_letters` and
-//!   `plugbus_quarantines`.
+//!   `plugbus_quarantines`; `plugbus_leases` and `plugbus_hosts` say which
+//!   host handles which plugin (see `leases`).
 //!
 //! # A commit, and a crash in the middle of one
 //! A [`Commit`](plugbus_log::Commit) touches several records, which
@@ -36,6 +37,7 @@
 mod bridge;
 pub mod config;
 mod events;
+mod leases;
 mod letters;
 pub mod names;
 mod progress;
@@ -100,6 +102,10 @@ pub(crate) struct Buckets {
     pub(crate) dead_letters: jetstream::kv::Store,
     /// `<tenant>.<plugin>` → a quarantine.
     pub(crate) quarantines: jetstream::kv::Store,
+    /// `<tenant>.<plugin>` → a lease (see `leases`).
+    pub(crate) leases: jetstream::kv::Store,
+    /// `<host id>` → a live host's entry (see `leases`).
+    pub(crate) hosts: jetstream::kv::Store,
 }
 
 impl NatsLog {
@@ -360,6 +366,8 @@ async fn setup(
         state: bucket(names.bucket("state")).await?,
         dead_letters: bucket(names.bucket("dead_letters")).await?,
         quarantines: bucket(names.bucket("quarantines")).await?,
+        leases: bucket(names.bucket("leases")).await?,
+        hosts: bucket(names.bucket("hosts")).await?,
     };
     Ok((events, emits, buckets))
 }

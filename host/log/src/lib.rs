@@ -5,8 +5,10 @@
 //! The log plays a few roles, one trait each: [`EventStore`] (append,
 //! read, retention), [`CursorStore`] (cursors, and the [`Commit`] that
 //! moves one together with what the plugin finished), [`DeadLetterStore`],
-//! [`QuarantineStore`], the plugins' [`StateStore`], and [`InspectStore`]
-//! (a plugin's state and recent emits, for operators). [`EventLog`] is
+//! [`QuarantineStore`], the plugins' [`StateStore`], [`InspectStore`]
+//! (a plugin's state and recent emits, for operators), and [`LeaseStore`]
+//! (which host handles which plugin, when several share one log).
+//! [`EventLog`] is
 //! all of them together: what the host holds, so that a second backend
 //! (NATS JetStream, for hosts on several machines) can stand beside the
 //! embedded one. Writes answer through a [`Reply`], awaited or waited
@@ -90,6 +92,19 @@ pub enum LogError {
         key: String,
         /// Why it does not parse.
         reason: String,
+    },
+    /// A [`Commit`] made under a lease ([`Commit::lease`]) was refused:
+    /// the lease has changed hands since (another host committed under a
+    /// newer epoch). Nothing of the commit was applied; the caller no
+    /// longer owns the plugin's work.
+    #[error("the lease on {key} was lost: epoch {epoch} committed after epoch {newer}")]
+    LeaseLost {
+        /// The lease's key, `<tenant>.<plugin>`.
+        key: String,
+        /// The epoch the refused commit was made under.
+        epoch: u64,
+        /// The newer epoch the log has seen.
+        newer: u64,
     },
 }
 
@@ -227,6 +242,14 @@ pub struct Commit {
     /// Recorded only when the cursor moves as expected; the records at or
     /// before the cursor are dropped.
     pub ahead: Vec<Seq>,
+    /// The epoch of the lease ([`LeaseStore`]) under which the plugin's
+    /// consumer commits, or `None` where there are no leases (a log one
+    /// process uses alone) or for an operator's change. A log shared by
+    /// several hosts remembers the newest epoch a plugin's commits were
+    /// made under and refuses one with an older epoch
+    /// ([`LogError::LeaseLost`]); the embedded and in-memory logs ignore
+    /// it.
+    pub lease: Option<u64>,
 }
 
 /// What a [`Commit`] did.
@@ -526,12 +549,216 @@ pub trait InspectStore: Send + Sync {
     ) -> Result<Page<StoredEvent>, LogError>;
 }
 
+/// What a lease is on: one plugin of one tenant, the whole tenant's
+/// stream of events for it. (A partition number may join it later: the
+/// key's text then gets a third part.)
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseKey {
+    /// The tenant.
+    pub tenant: String,
+    /// The plugin.
+    pub plugin: String,
+}
+
+impl LeaseKey {
+    /// The lease on `plugin` of `tenant`.
+    pub fn new(tenant: &str, plugin: &str) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            plugin: plugin.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for LeaseKey {
+    /// `<tenant>.<plugin>`, as a shared log keys it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.tenant, self.plugin)
+    }
+}
+
+/// How long leases and host entries last, and the safety margin around
+/// their expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTerms {
+    /// How long a lease (or a host's entry) lasts after it was taken or
+    /// last renewed.
+    pub ttl: Duration,
+    /// The safety margin: the holder stops using a lease `margin` before
+    /// it expires (counting from when it sent its last successful renewal,
+    /// on its own monotonic clock), and another host takes an expired lease
+    /// only `margin` after its expiry (on its own wall clock). So the
+    /// hosts' wall clocks may differ by up to `margin` without two hosts
+    /// holding a lease at once, and a commit started just before the
+    /// holder stopped has `margin` more to land before anyone else begins.
+    pub margin: Duration,
+}
+
+impl LeaseTerms {
+    /// The margin in milliseconds, for comparisons with wall-clock stamps.
+    pub fn margin_ms(&self) -> i64 {
+        i64::try_from(self.margin.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// The ttl in milliseconds.
+    pub fn ttl_ms(&self) -> i64 {
+        i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// A lease as the log records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseState {
+    /// Who holds it: a host id.
+    pub holder: String,
+    /// When it expires, in milliseconds since the Unix epoch (the
+    /// holder's wall clock when it last renewed, plus the ttl).
+    pub expires_ms: i64,
+    /// Its epoch: grows each time the lease changes hands, and stays the
+    /// same while one holder renews it.
+    pub epoch: u64,
+}
+
+impl LeaseState {
+    /// Whether another host may take it at `now_ms` (its own wall clock):
+    /// `margin` past its expiry.
+    pub fn takeable(&self, now_ms: i64, terms: &LeaseTerms) -> bool {
+        now_ms > self.expires_ms.saturating_add(terms.margin_ms())
+    }
+}
+
+/// What an [`LeaseStore::acquire`] or [`LeaseStore::renew`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseGrant {
+    /// The caller holds the lease now, under this epoch, until
+    /// `expires_ms`.
+    Held {
+        /// The lease's epoch.
+        epoch: u64,
+        /// When it expires (the caller's wall clock plus the ttl).
+        expires_ms: i64,
+    },
+    /// Someone else holds it (or held it and it has not expired long
+    /// enough), or the caller's lease changed hands: the caller does not
+    /// hold it.
+    Refused {
+        /// The lease as recorded, when there is a record.
+        current: Option<LeaseState>,
+    },
+}
+
+impl LeaseGrant {
+    /// The epoch when held.
+    pub fn epoch(&self) -> Option<u64> {
+        match self {
+            Self::Held { epoch, .. } => Some(*epoch),
+            Self::Refused { .. } => None,
+        }
+    }
+}
+
+/// A host that renews its entry in the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEntry {
+    /// The host's id.
+    pub host: String,
+    /// When its entry expires, in milliseconds since the Unix epoch.
+    pub expires_ms: i64,
+}
+
+/// Which host handles which plugin, when several hosts share one log: a
+/// registry of the live hosts, and one lease per [`LeaseKey`] that one
+/// host at a time holds, renews and releases. Every change of a lease
+/// is a compare-and-set on what the caller last saw, never a blind write.
+///
+/// The provided methods are the semantics of a log that one process uses
+/// alone (one `plugbus serve` delivers from an embedded SQLite log's data
+/// directory; the in-memory log lives in one process): there is nobody to share with, so every
+/// lease is granted to whoever asks, for ever, under epoch 1, and the
+/// registry is empty (the caller is the only host).
+/// [`shared`](LeaseStore::shared) says which kind a log is.
+pub trait LeaseStore: Send + Sync {
+    /// Whether several processes share this log, so that leases mean
+    /// something; false for a log one process uses alone.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Registers `host` as live, or renews its entry: it lasts
+    /// `terms.ttl` from now.
+    fn register(&self, host: &str, terms: LeaseTerms) -> Reply<()> {
+        let _ = (host, terms);
+        Reply::ready(Ok(()))
+    }
+
+    /// Removes `host`'s entry (a host that stops).
+    fn deregister(&self, host: &str) -> Reply<()> {
+        let _ = host;
+        Reply::ready(Ok(()))
+    }
+
+    /// The live hosts, sorted by id: those whose entry has not expired at
+    /// the caller's wall clock. Blocking.
+    fn hosts(&self) -> Result<Vec<HostEntry>, LogError> {
+        Ok(Vec::new())
+    }
+
+    /// The lease on `key` as recorded, if there is one (released leases
+    /// have none). Blocking.
+    fn lease(&self, key: &LeaseKey) -> Result<Option<LeaseState>, LogError> {
+        let _ = key;
+        Ok(None)
+    }
+
+    /// Takes the lease on `key` for `holder` for `terms.ttl`, if it is
+    /// free, or takeable ([`LeaseState::takeable`]), or held by `holder`
+    /// already (then it is renewed, under its epoch). A lease that
+    /// changes hands gets a higher epoch than any before.
+    fn acquire(&self, key: &LeaseKey, holder: &str, terms: LeaseTerms) -> Reply<LeaseGrant> {
+        let _ = (key, holder, terms);
+        Reply::ready(Ok(LeaseGrant::Held {
+            epoch: 1,
+            expires_ms: i64::MAX,
+        }))
+    }
+
+    /// Extends `holder`'s lease on `key` under `epoch` by `terms.ttl` from
+    /// now; refused when the lease is no longer `holder`'s under that
+    /// epoch (it expired and was taken, or was released).
+    fn renew(
+        &self,
+        key: &LeaseKey,
+        holder: &str,
+        epoch: u64,
+        terms: LeaseTerms,
+    ) -> Reply<LeaseGrant> {
+        let _ = (key, holder, terms);
+        Reply::ready(Ok(LeaseGrant::Held {
+            epoch,
+            expires_ms: i64::MAX,
+        }))
+    }
+
+    /// Gives up `holder`'s lease on `key` under `epoch`, so that another
+    /// host may take it at once; answers whether it was still held.
+    fn release(&self, key: &LeaseKey, holder: &str, epoch: u64) -> Reply<bool> {
+        let _ = (key, holder, epoch);
+        Reply::ready(Ok(true))
+    }
+}
+
 /// The log the host publishes into and delivers from: every role together.
 /// It keeps the plugins' state too ([`StateStore`]), so that state writes
 /// commit with the cursor. Implemented for every type that plays all the
 /// roles.
 pub trait EventLog:
-    EventStore + CursorStore + DeadLetterStore + QuarantineStore + StateStore + InspectStore
+    EventStore
+    + CursorStore
+    + DeadLetterStore
+    + QuarantineStore
+    + StateStore
+    + InspectStore
+    + LeaseStore
 {
 }
 
@@ -542,6 +769,7 @@ impl<L> EventLog for L where
         + QuarantineStore
         + StateStore
         + InspectStore
+        + LeaseStore
         + ?Sized
 {
 }

@@ -582,6 +582,10 @@ impl QuarantineStore for MemoryLog {
     }
 }
 
+/// One process holds a memory log: every lease is its own, for ever (the
+/// provided, trivial [`LeaseStore`](super::LeaseStore) methods).
+impl super::LeaseStore for MemoryLog {}
+
 impl StateStore for MemoryLog {
     fn get(&self, tenant: &str, plugin: &str, key_: &str) -> Result<Option<Vec<u8>>, StateError> {
         Ok(self

@@ -381,6 +381,13 @@ impl StateStore for SqliteLog {
     }
 }
 
+/// One `plugbus serve` delivers from a data directory (the operator's CLI
+/// beside it only reads and asks for changes): every lease is its own, for
+/// ever (the provided, trivial
+/// [`LeaseStore`](crate::LeaseStore) methods); the commits' lease epochs
+/// are ignored.
+impl crate::LeaseStore for SqliteLog {}
+
 impl InspectStore for SqliteLog {
     fn state_entries(
         &self,

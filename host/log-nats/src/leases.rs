@@ -1,0 +1,439 @@
+//! The lease role ([`LeaseStore`]): which host handles which plugin when
+//! several `plugbus serve` hosts share one NATS system.
+//!
+//! Two buckets (history 1):
+//! - `<prefix>_hosts`, key `<host id>` → `{"expires_ms": …}`: the host
+//!   registry. Each host renews its own entry; an entry whose expiry has
+//!   passed (at the reader's wall clock) is not a live host. Entries long
+//!   expired (an hour) are deleted by whoever lists the hosts.
+//! - `<prefix>_leases`, key `<tenant>.<plugin>` →
+//!   `{"holder": …, "expires_ms": …, "epoch": …}`: one lease per plugin.
+//!
+//! Every write is a compare-and-set on the revision the writer just read
+//! (KV `update` with the expected revision; revision 0 creates), never a
+//! blind put: two hosts that race for a lease both read revision `r`, one
+//! writes `r+…`, the other's write fails and it is refused.
+//!
+//! # Epochs
+//! A lease's epoch is the KV revision of the write that gave it to its
+//! holder: a take writes `"epoch": 0` ("this write's revision"), and the
+//! holder's renewals carry that number on. Revisions only grow within a
+//! bucket, so each change of hands has a higher epoch than every one
+//! before, and a holder's own renewals keep it.
+//!
+//! # Clocks
+//! Expiries are wall-clock milliseconds written by the holder (its clock
+//! plus the ttl) and compared by the others with theirs. The holder stops
+//! using a lease `margin` before expiry, counting on its monotonic clock
+//! from when it *sent* its last successful renewal; another host takes it
+//! only `margin` after expiry ([`LeaseState::takeable`]). So the scheme
+//! tolerates wall clocks that differ by up to `margin` (default: a quarter
+//! of the ttl, 2.5 s of 10 s) between any two hosts; beyond that, two hosts
+//! may deliver a plugin's events at once for up to the excess, and the
+//! epoch check of the commit (a commit under an older epoch than the
+//! newest seen is refused) still keeps the cursor from moving back.
+
+use async_nats::jetstream::kv::{Operation, Store, UpdateErrorKind};
+use futures::StreamExt as _;
+use plugbus_log::{
+    HostEntry, LeaseGrant, LeaseKey, LeaseState, LeaseStore, LeaseTerms, LogError, Reply, now_ms,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{Inner, NatsLog, names};
+
+/// How long after its expiry a host's entry is deleted by whoever lists
+/// the hosts.
+const FORGET_HOST_MS: i64 = 60 * 60 * 1000;
+
+/// A lease as stored.
+#[derive(Debug, Serialize, Deserialize)]
+struct LeaseRecord {
+    /// The host that holds it.
+    holder: String,
+    /// When it expires (the holder's wall clock plus the ttl).
+    expires_ms: i64,
+    /// Its epoch; 0 when the write that holds it gave it to the holder
+    /// (the epoch is then that write's revision).
+    #[serde(default)]
+    epoch: u64,
+}
+
+/// A host's entry as stored.
+#[derive(Debug, Serialize, Deserialize)]
+struct HostRecord {
+    /// When it expires.
+    expires_ms: i64,
+}
+
+/// What a key holds now, and the revision to expect when writing it.
+enum Found<T> {
+    /// Nothing was ever written (expect revision 0).
+    Absent,
+    /// Deleted (a released lease, a host that stopped).
+    Deleted(u64),
+    /// A record, at this revision.
+    Recorded(T, u64),
+}
+
+impl<T> Found<T> {
+    fn revision(&self) -> u64 {
+        match self {
+            Self::Absent => 0,
+            Self::Deleted(r) | Self::Recorded(_, r) => *r,
+        }
+    }
+}
+
+/// How a compare-and-set write ended.
+enum Cas {
+    /// Written, at this revision.
+    Written(u64),
+    /// Someone else wrote the key since it was read.
+    Conflict,
+}
+
+/// Host ids name keys: 1 to 128 of `A-Z`, `a-z`, `0-9`, `-` and `_`.
+fn valid_host(host: &str) -> bool {
+    (1..=128).contains(&host.len())
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Inner {
+    fn check_host(&self, host: &str) -> Result<(), LogError> {
+        if valid_host(host) {
+            Ok(())
+        } else {
+            Err(self.error(
+                "register the host",
+                format!(
+                    "the host id {:?} is not 1 to 128 of A-Z, a-z, 0-9, - and _",
+                    host.chars().take(64).collect::<String>()
+                ),
+            ))
+        }
+    }
+
+    /// Reads `key` of `bucket` and parses its record.
+    async fn read<T: for<'de> Deserialize<'de>>(
+        &self,
+        bucket: &Store,
+        key: &str,
+    ) -> Result<Found<T>, LogError> {
+        let entry = bucket
+            .entry(key)
+            .await
+            .map_err(|e| self.error(format!("read {key}"), e))?;
+        Ok(match entry {
+            None => Found::Absent,
+            Some(entry) if entry.operation != Operation::Put => Found::Deleted(entry.revision),
+            Some(entry) => {
+                let record =
+                    serde_json::from_slice(&entry.value).map_err(|e| self.corrupt(key, e))?;
+                Found::Recorded(record, entry.revision)
+            }
+        })
+    }
+
+    /// Writes `record` at `key` if the key is still at `revision`.
+    async fn cas<T: Serialize>(
+        &self,
+        bucket: &Store,
+        key: &str,
+        record: &T,
+        revision: u64,
+    ) -> Result<Cas, LogError> {
+        let value =
+            serde_json::to_vec(record).map_err(|e| self.error(format!("write {key}"), e))?;
+        match bucket.update(key, value.into(), revision).await {
+            Ok(written) => Ok(Cas::Written(written)),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(Cas::Conflict),
+            Err(e) => Err(self.error(format!("write {key}"), e)),
+        }
+    }
+
+    /// Deletes `key` if it is still at `revision`; false when it is not.
+    async fn cas_delete(&self, bucket: &Store, key: &str, revision: u64) -> Result<bool, LogError> {
+        match bucket.delete_expect_revision(key, Some(revision)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(self.error(format!("delete {key}"), e)),
+        }
+    }
+
+    /// The lease on `key` as recorded, with the revision to expect.
+    async fn read_lease(&self, key: &str) -> Result<Found<LeaseState>, LogError> {
+        Ok(
+            match self.read::<LeaseRecord>(&self.buckets.leases, key).await? {
+                Found::Recorded(record, revision) => Found::Recorded(
+                    LeaseState {
+                        holder: record.holder,
+                        expires_ms: record.expires_ms,
+                        epoch: if record.epoch == 0 {
+                            revision
+                        } else {
+                            record.epoch
+                        },
+                    },
+                    revision,
+                ),
+                Found::Deleted(r) => Found::Deleted(r),
+                Found::Absent => Found::Absent,
+            },
+        )
+    }
+
+    /// What a refused take or renewal answers: the lease as it is now.
+    async fn refused(&self, key: &str) -> Result<LeaseGrant, LogError> {
+        let current = match self.read_lease(key).await? {
+            Found::Recorded(state, _) => Some(state),
+            _ => None,
+        };
+        Ok(LeaseGrant::Refused { current })
+    }
+
+    async fn acquire(
+        &self,
+        key: &str,
+        holder: &str,
+        terms: LeaseTerms,
+    ) -> Result<LeaseGrant, LogError> {
+        self.check_host(holder)?;
+        let now = now_ms();
+        let expires_ms = now.saturating_add(terms.ttl_ms());
+        let found = self.read_lease(key).await?;
+        let revision = found.revision();
+        // Held by the caller already (a take whose answer was lost): it is
+        // renewed under its epoch.
+        let keep = match found {
+            Found::Recorded(state, _) if state.holder == holder => Some(state.epoch),
+            Found::Recorded(state, _) if !state.takeable(now, &terms) => {
+                return Ok(LeaseGrant::Refused {
+                    current: Some(state),
+                });
+            }
+            _ => None,
+        };
+        let record = LeaseRecord {
+            holder: holder.to_owned(),
+            expires_ms,
+            epoch: keep.unwrap_or(0),
+        };
+        match self
+            .cas(&self.buckets.leases, key, &record, revision)
+            .await?
+        {
+            Cas::Written(written) => Ok(LeaseGrant::Held {
+                epoch: keep.unwrap_or(written),
+                expires_ms,
+            }),
+            Cas::Conflict => self.refused(key).await,
+        }
+    }
+
+    async fn renew(
+        &self,
+        key: &str,
+        holder: &str,
+        epoch: u64,
+        terms: LeaseTerms,
+    ) -> Result<LeaseGrant, LogError> {
+        let expires_ms = now_ms().saturating_add(terms.ttl_ms());
+        match self.read_lease(key).await? {
+            Found::Recorded(state, revision) if state.holder == holder && state.epoch == epoch => {
+                let record = LeaseRecord {
+                    holder: holder.to_owned(),
+                    expires_ms,
+                    epoch,
+                };
+                match self
+                    .cas(&self.buckets.leases, key, &record, revision)
+                    .await?
+                {
+                    Cas::Written(_) => Ok(LeaseGrant::Held { epoch, expires_ms }),
+                    Cas::Conflict => self.refused(key).await,
+                }
+            }
+            Found::Recorded(state, _) => Ok(LeaseGrant::Refused {
+                current: Some(state),
+            }),
+            _ => Ok(LeaseGrant::Refused { current: None }),
+        }
+    }
+
+    async fn release(&self, key: &str, holder: &str, epoch: u64) -> Result<bool, LogError> {
+        match self.read_lease(key).await? {
+            Found::Recorded(state, revision) if state.holder == holder && state.epoch == epoch => {
+                self.cas_delete(&self.buckets.leases, key, revision).await
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn register(&self, host: &str, terms: LeaseTerms) -> Result<(), LogError> {
+        self.check_host(host)?;
+        // A conflict on a host's own key is an earlier write of its own
+        // whose answer was lost: read again and write again.
+        for _ in 0..3 {
+            let found = self.read::<HostRecord>(&self.buckets.hosts, host).await?;
+            let record = HostRecord {
+                expires_ms: now_ms().saturating_add(terms.ttl_ms()),
+            };
+            if let Cas::Written(_) = self
+                .cas(&self.buckets.hosts, host, &record, found.revision())
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(self.error(
+            format!("register the host {host}"),
+            "its entry keeps changing under it: is another host using the same id?",
+        ))
+    }
+
+    async fn deregister(&self, host: &str) -> Result<(), LogError> {
+        self.check_host(host)?;
+        if let Found::Recorded(_, revision) =
+            self.read::<HostRecord>(&self.buckets.hosts, host).await?
+        {
+            self.cas_delete(&self.buckets.hosts, host, revision).await?;
+        }
+        Ok(())
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostEntry>, LogError> {
+        let mut keys = self
+            .buckets
+            .hosts
+            .keys()
+            .await
+            .map_err(|e| self.error("list the hosts", e))?;
+        let mut ids = Vec::new();
+        while let Some(key) = keys.next().await {
+            ids.push(key.map_err(|e| self.error("list the hosts", e))?);
+        }
+        let now = now_ms();
+        let mut live = Vec::new();
+        for host in ids {
+            match self.read::<HostRecord>(&self.buckets.hosts, &host).await {
+                Ok(Found::Recorded(record, revision)) => {
+                    if now <= record.expires_ms {
+                        live.push(HostEntry {
+                            host,
+                            expires_ms: record.expires_ms,
+                        });
+                    } else if now > record.expires_ms.saturating_add(FORGET_HOST_MS) {
+                        // Long gone: tidy up (whoever gets there first).
+                        let _ = self.cas_delete(&self.buckets.hosts, &host, revision).await;
+                    }
+                }
+                Ok(_) => {}
+                // One unreadable entry does not hide the others.
+                Err(e) => tracing::warn!("cannot read a host's entry: {e}"),
+            }
+        }
+        live.sort_by(|a, b| a.host.cmp(&b.host));
+        Ok(live)
+    }
+}
+
+impl LeaseStore for NatsLog {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn register(&self, host: &str, terms: LeaseTerms) -> Reply<()> {
+        let (inner, host) = (self.inner.clone(), host.to_owned());
+        self.inner.bridge.reply(async move {
+            let result = inner.register(&host, terms).await;
+            inner.note_write(&result);
+            result
+        })
+    }
+
+    fn deregister(&self, host: &str) -> Reply<()> {
+        let (inner, host) = (self.inner.clone(), host.to_owned());
+        self.inner
+            .bridge
+            .reply(async move { inner.deregister(&host).await })
+    }
+
+    fn hosts(&self) -> Result<Vec<HostEntry>, LogError> {
+        let inner = self.inner.clone();
+        self.inner.bridge.block(async move { inner.hosts().await })
+    }
+
+    fn lease(&self, key: &LeaseKey) -> Result<Option<LeaseState>, LogError> {
+        let (inner, key) = (
+            self.inner.clone(),
+            names::plugin_key(&key.tenant, &key.plugin),
+        );
+        self.inner.bridge.block(async move {
+            Ok(match inner.read_lease(&key).await? {
+                Found::Recorded(state, _) => Some(state),
+                _ => None,
+            })
+        })
+    }
+
+    fn acquire(&self, key: &LeaseKey, holder: &str, terms: LeaseTerms) -> Reply<LeaseGrant> {
+        let (inner, key, holder) = (
+            self.inner.clone(),
+            names::plugin_key(&key.tenant, &key.plugin),
+            holder.to_owned(),
+        );
+        self.inner.bridge.reply(async move {
+            let result = inner.acquire(&key, &holder, terms).await;
+            inner.note_write(&result);
+            result
+        })
+    }
+
+    fn renew(
+        &self,
+        key: &LeaseKey,
+        holder: &str,
+        epoch: u64,
+        terms: LeaseTerms,
+    ) -> Reply<LeaseGrant> {
+        let (inner, key, holder) = (
+            self.inner.clone(),
+            names::plugin_key(&key.tenant, &key.plugin),
+            holder.to_owned(),
+        );
+        self.inner.bridge.reply(async move {
+            let result = inner.renew(&key, &holder, epoch, terms).await;
+            inner.note_write(&result);
+            result
+        })
+    }
+
+    fn release(&self, key: &LeaseKey, holder: &str, epoch: u64) -> Reply<bool> {
+        let (inner, key, holder) = (
+            self.inner.clone(),
+            names::plugin_key(&key.tenant, &key.plugin),
+            holder.to_owned(),
+        );
+        self.inner.bridge.reply(async move {
+            let result = inner.release(&key, &holder, epoch).await;
+            inner.note_write(&result);
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ids_are_key_tokens() {
+        assert!(valid_host("web-1_4242_3f9a"));
+        for bad in ["", "a.b", "a b", "a*", "a>", &"h".repeat(129)] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+    }
+}
