@@ -62,11 +62,6 @@ pub(crate) const READ_BATCH: usize = 1_024;
 /// payloads itself and asks again when the server stopped early).
 const HEADER_SLACK: u64 = 1_024;
 
-/// What the events role keeps in memory: nothing yet; the reads are
-/// stateless requests.
-#[derive(Debug, Default)]
-pub(crate) struct EventsState {}
-
 /// Publishes the events commit number `commit` of `plugin` of `tenant`
 /// emitted, with message ids from the commit's number and each emit's
 /// index (a commit applied again publishes duplicates, which JetStream

@@ -79,8 +79,6 @@ pub(crate) struct Inner {
     pub(crate) buckets: Buckets,
     /// The last failure of a write, until a write succeeds again.
     pub(crate) last_failure: Mutex<Option<(String, i64)>>,
-    /// What the events role keeps in memory.
-    pub(crate) event_state: events::EventsState,
     /// What the progress role (cursors, commits, state) keeps in memory.
     pub(crate) progress_state: progress::ProgressState,
     /// What the dead-letter and quarantine roles keep in memory.
@@ -146,7 +144,6 @@ impl NatsLog {
             emits,
             buckets,
             last_failure: Mutex::new(None),
-            event_state: events::EventsState::default(),
             progress_state: progress::ProgressState::default(),
             letter_state: letters::LettersState::default(),
             bridge,

@@ -87,6 +87,11 @@ pub(crate) struct CursorRecord {
     /// The number of the last commit record applied (0: none).
     #[serde(default)]
     pub(crate) applied: u64,
+    /// The newest lease epoch a commit was made under (0: none): a commit
+    /// under an older one comes from a host that lost the plugin, and is
+    /// refused.
+    #[serde(default)]
+    pub(crate) epoch: u64,
 }
 
 /// A plugin's record in `plugbus_commits`: its last commit with effects,
@@ -120,6 +125,9 @@ pub(crate) struct CommitRecord {
     /// See [`Commit::ahead`].
     #[serde(default)]
     pub(crate) ahead: Vec<Seq>,
+    /// See [`Commit::lease`].
+    #[serde(default)]
+    pub(crate) lease: Option<u64>,
 }
 
 /// A dead letter in a [`CommitRecord`].
@@ -348,6 +356,7 @@ impl CommitRecord {
                 .collect(),
             redriven: commit.redriven.clone(),
             ahead: commit.ahead.clone(),
+            lease: commit.lease,
         })
     }
 
@@ -399,6 +408,7 @@ impl CommitRecord {
             ahead: self.ahead,
             cursor: self.cursor,
             expected: self.expected,
+            lease: self.lease,
             tenant: self.tenant,
             plugin: self.plugin,
         })
@@ -486,6 +496,7 @@ async fn write_state(
 /// of only a cursor) on top of `current`, and whether the cursor moves.
 fn next_record(current: &CursorRecord, commit: &Commit, n: Option<u64>) -> (CursorRecord, bool) {
     let applied = n.map_or(current.applied, |n| n.max(current.applied));
+    let epoch = commit.lease.map_or(current.epoch, |e| e.max(current.epoch));
     match commit.expected {
         // Moved by force (an operator's replay): what was finished ahead
         // is to be delivered again.
@@ -494,6 +505,7 @@ fn next_record(current: &CursorRecord, commit: &Commit, n: Option<u64>) -> (Curs
                 cursor: Some(commit.cursor),
                 ahead: Vec::new(),
                 applied,
+                epoch,
             },
             true,
         ),
@@ -512,6 +524,7 @@ fn next_record(current: &CursorRecord, commit: &Commit, n: Option<u64>) -> (Curs
                     cursor: Some(commit.cursor),
                     ahead,
                     applied,
+                    epoch,
                 },
                 true,
             )
@@ -519,6 +532,7 @@ fn next_record(current: &CursorRecord, commit: &Commit, n: Option<u64>) -> (Curs
         Some(_) => (
             CursorRecord {
                 applied,
+                epoch,
                 ..current.clone()
             },
             false,
@@ -547,6 +561,7 @@ async fn move_cursor(
             // moved; otherwise, as far as the cursor now tells.
             return Ok(commit.expected.is_none() || view.cursor.cursor == Some(commit.cursor));
         }
+        fenced(inner, who, &view.cursor, commit)?;
         let (next, moved) = next_record(&view.cursor, commit, n);
         if next == view.cursor && view.fresh {
             return Ok(moved);
@@ -588,6 +603,35 @@ async fn move_cursor(
     ))
 }
 
+/// Refuses `commit` when it was made under a lease older than the newest
+/// the plugin's cursor record has seen: its host lost the plugin to
+/// another.
+fn fenced(
+    inner: &Inner,
+    who: &Plugin<'_>,
+    current: &CursorRecord,
+    commit: &Commit,
+) -> Result<(), LogError> {
+    match commit.lease {
+        Some(epoch) if epoch < current.epoch => {
+            tracing::warn!(
+                tenant = %who.tenant,
+                plugin = %who.plugin,
+                epoch,
+                newer = current.epoch,
+                "commit refused: another host holds the plugin now ({})",
+                inner.backend
+            );
+            Err(LogError::LeaseLost {
+                key: who.key.clone(),
+                epoch,
+                newer: current.epoch,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// How long to wait before try number `tries` + 1 after a conflict: a
 /// random time up to 2 ms, doubled with each try up to 64 ms.
 fn backoff(tries: usize) -> Duration {
@@ -609,7 +653,13 @@ async fn commit(inner: &Inner, commit: Commit) -> Result<Committed, LogError> {
         },
         None => fresh_view(inner, &who).await?,
     };
-    if !has_effects(&commit) {
+    fenced(inner, &who, &view.cursor, &commit)?;
+    // The first commit under a new lease goes through the commit record
+    // even without effects: writing it changes the record's revision, so a
+    // host that lost the lease and still commits fails its claim (its
+    // expected revision is gone), reads again, and is refused above.
+    let fencing = commit.lease.is_some_and(|e| e > view.cursor.epoch);
+    if !has_effects(&commit) && !fencing {
         let cursor_moved = move_cursor(inner, &who, &mut view, &commit, None).await?;
         *cached = Some(view);
         return Ok(Committed {
@@ -640,6 +690,7 @@ async fn commit(inner: &Inner, commit: Commit) -> Result<Committed, LogError> {
             Err(e) if conflict(&e) => {
                 tokio::time::sleep(backoff(tries)).await;
                 view = fresh_view(inner, &who).await?;
+                fenced(inner, &who, &view.cursor, &commit)?;
             }
             Err(e) => return Err(inner.error(format!("write {}/{}", bucket.name, who.key), e)),
         }
@@ -967,7 +1018,8 @@ mod tests {
             CursorRecord {
                 cursor: Some(5),
                 ahead: vec![],
-                applied: 1
+                applied: 1,
+                epoch: 0
             }
         );
         let (second, moved) = next_record(&first, &commit(7, Some(5), &[12, 6, 9, 9]), None);

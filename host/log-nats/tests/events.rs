@@ -499,7 +499,6 @@ fn a_read_while_the_server_is_down_fails_in_time_and_nothing_is_lost_after_a_res
 }
 
 #[test]
-#[ignore = "needs progress::cursor_of (nats-progress); un-ignore once it is merged"]
 fn prune_keeps_what_a_live_plugin_has_not_finished() {
     let server = NatsServer::start();
     let log = open(&server);

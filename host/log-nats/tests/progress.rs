@@ -346,7 +346,7 @@ fn a_commit_record_left_alone_is_applied_by_the_next_reader_once() -> Result {
         .expect("a cursor record");
     assert_eq!(
         cursor,
-        serde_json::json!({"cursor": 7, "ahead": [], "applied": 1})
+        serde_json::json!({"cursor": 7, "ahead": [], "applied": 1, "epoch": 0})
     );
     // Applied once: another reader changes nothing, not even a value
     // written since.
@@ -380,7 +380,7 @@ fn a_commit_half_applied_is_finished_by_the_next_reader() -> Result {
         .expect("a cursor record");
     assert_eq!(
         cursor,
-        serde_json::json!({"cursor": 5, "ahead": [9], "applied": 1})
+        serde_json::json!({"cursor": 5, "ahead": [9], "applied": 1, "epoch": 0})
     );
     // Commit 2 written, its first state write applied, then the host died.
     buckets.put(
@@ -407,7 +407,7 @@ fn a_commit_half_applied_is_finished_by_the_next_reader() -> Result {
         .expect("a cursor record");
     assert_eq!(
         cursor,
-        serde_json::json!({"cursor": 6, "ahead": [9, 11], "applied": 2})
+        serde_json::json!({"cursor": 6, "ahead": [9, 11], "applied": 2, "epoch": 0})
     );
     // The next commit is number 3, applied on top.
     log.commit(Commit {
@@ -433,7 +433,7 @@ fn a_commit_applied_but_for_its_cursor_is_not_applied_twice_over_later_writes() 
     buckets.put(
         "plugbus_cursors",
         KEY,
-        &serde_json::json!({"cursor": 9, "ahead": [12], "applied": 0}),
+        &serde_json::json!({"cursor": 9, "ahead": [12], "applied": 0, "epoch": 0}),
     );
     buckets.put(
         "plugbus_commits",
@@ -456,7 +456,7 @@ fn a_commit_applied_but_for_its_cursor_is_not_applied_twice_over_later_writes() 
         .expect("a cursor record");
     assert_eq!(
         cursor,
-        serde_json::json!({"cursor": 10, "ahead": [12], "applied": 2})
+        serde_json::json!({"cursor": 10, "ahead": [12], "applied": 2, "epoch": 0})
     );
     assert_eq!(value(&log, "k").as_deref(), Some("v"));
     assert_eq!(value(&log, "j").as_deref(), Some("w"));
@@ -594,6 +594,64 @@ fn a_commit_whose_cursor_another_host_rewound_keeps_the_rewind() -> Result {
     let moved = consumer.commit(commit(3, Some(2))).wait()?;
     assert!(moved.cursor_moved);
     assert_eq!(operator.cursor("acme", "p")?, Some(3));
+    Ok(())
+}
+
+#[test]
+fn a_host_that_lost_the_plugin_cannot_commit_even_from_its_cache() -> Result {
+    let server = NatsServer::start();
+    let (old, new) = (open(&server), open(&server));
+    // The old holder (epoch 1) commits, so its cache holds both records.
+    old.commit(Commit {
+        state: vec![set("k", "old-1")],
+        lease: Some(1),
+        ..commit(5, None)
+    })
+    .wait()?;
+    // Another host takes the lease (epoch 2) and fences: a commit of
+    // nothing but its starting cursor.
+    let fence = new
+        .commit(Commit {
+            lease: Some(2),
+            ..commit(5, Some(5))
+        })
+        .wait()?;
+    assert!(fence.cursor_moved, "the fence finds the cursor it expects");
+    // The old holder, paused past its lease, commits from its cache: it is
+    // refused, and nothing of its commit is applied.
+    let err = old
+        .commit(Commit {
+            state: vec![set("k", "old-2")],
+            emitted: vec![event("acme", "from-the-old-holder")],
+            lease: Some(1),
+            ..commit(6, Some(5))
+        })
+        .wait()
+        .expect_err("the old holder lost the plugin");
+    assert!(
+        matches!(
+            err,
+            plugbus_log::LogError::LeaseLost {
+                epoch: 1,
+                newer: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(value(&new, "k").as_deref(), Some("old-1"));
+    assert_eq!(new.cursor("acme", "p")?, Some(5));
+    assert!(new.read("acme", 0, 10)?.is_empty(), "nothing was emitted");
+    // The new holder goes on; a commit without a lease (an operator's) is
+    // never refused.
+    new.commit(Commit {
+        state: vec![set("k", "new")],
+        lease: Some(2),
+        ..commit(6, Some(5))
+    })
+    .wait()?;
+    old.commit_cursor("acme", "p", 6).wait()?;
+    assert_eq!(value(&old, "k").as_deref(), Some("new"));
     Ok(())
 }
 
