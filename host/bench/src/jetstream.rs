@@ -55,7 +55,7 @@ struct Measured {
 }
 
 /// Runs the baseline and prints its row.
-pub async fn run(args: JetStreamArgs) -> anyhow::Result<()> {
+pub async fn run(args: JetStreamArgs) -> anyhow::Result<std::process::ExitCode> {
     let server = match &args.nats {
         Some(_) => None,
         None => Some(plugbus_nats_server::NatsServer::start()),
@@ -160,7 +160,7 @@ pub async fn run(args: JetStreamArgs) -> anyhow::Result<()> {
         p99_us: latencies.value_at_quantile(0.99),
     };
     print_row(&args, &measured);
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// Reads `expected` events from one tenant's consumer, acknowledging each
