@@ -466,6 +466,15 @@ pub struct NatsConfig {
     /// 10,000); an ingest whose publish is not acknowledged by then is
     /// answered 503.
     pub request_timeout_ms: u64,
+    /// How long a host's hold on a plugin lasts unrenewed, in milliseconds
+    /// (default 10,000): it renews every third of it and stops delivering
+    /// a quarter of it before it would run out, so a dead host's plugins
+    /// move to another within `lease_ttl_ms × 19/12` (15.8 s by default).
+    pub lease_ttl_ms: u64,
+    /// This host's name among the hosts sharing the log: 1 to 128 of
+    /// A-Z, a-z, 0-9, `-` and `_`, unique among them (default: the host
+    /// name, the process id and a random suffix).
+    pub host_id: Option<String>,
 }
 
 impl Default for NatsConfig {
@@ -487,6 +496,8 @@ impl Default for NatsConfig {
             replicas: defaults.replicas,
             connect_timeout_ms: millis(defaults.connect_timeout),
             request_timeout_ms: millis(defaults.request_timeout),
+            lease_ttl_ms: 10_000,
+            host_id: None,
         }
     }
 }
@@ -1152,7 +1163,24 @@ fn check_log(
         nats.request_timeout_ms,
         100,
         600_000,
-    )
+    )?;
+    range("log.nats.lease_ttl_ms", nats.lease_ttl_ms, 1_000, 600_000)?;
+    if let Some(id) = &nats.host_id {
+        let valid = (1..=128).contains(&id.len())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(invalid(
+                "log.nats.host_id",
+                format!(
+                    "{:?} is not 1 to 128 of A-Z, a-z, 0-9, - and _",
+                    id.chars().take(64).collect::<String>()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks one server URL: `nats://`, `tls://`, `ws://` or `wss://` (or
@@ -1639,10 +1667,16 @@ mod tests {
             &nats_toml("request_timeout_ms = 600001"),
             "log.nats.request_timeout_ms",
         );
+        refused(&nats_toml("lease_ttl_ms = 999"), "log.nats.lease_ttl_ms");
+        let m = refused(&nats_toml("host_id = \"pos 1\""), "log.nats.host_id");
+        assert!(m.contains("A-Z, a-z, 0-9"), "{m}");
+        refused(&nats_toml("host_id = \"\""), "log.nats.host_id");
         for ok in [
             "replicas = 5",
             "connect_timeout_ms = 100",
             "request_timeout_ms = 600000",
+            "lease_ttl_ms = 1000",
+            "host_id = \"pos-eu1_a\"",
         ] {
             assert!(parse(&nats_toml(ok)).is_ok(), "{ok}");
         }

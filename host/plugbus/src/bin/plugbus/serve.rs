@@ -423,7 +423,19 @@ fn durable_config(settings: &Config) -> DurableConfig {
             max_attempts: d.max_attempts,
             ..plugbus::durable::RetryPolicy::default()
         },
-        ..DurableConfig::default()
+        ..shared_log(settings, DurableConfig::default())
+    }
+}
+
+/// The lease settings of hosts that share a NATS log.
+fn shared_log(settings: &Config, defaults: DurableConfig) -> DurableConfig {
+    match &settings.log.nats {
+        Some(nats) => DurableConfig {
+            lease_ttl: Duration::from_millis(nats.lease_ttl_ms),
+            host_id: nats.host_id.clone().unwrap_or(defaults.host_id),
+            ..defaults
+        },
+        None => defaults,
     }
 }
 
