@@ -269,6 +269,12 @@ pub const METRICS: &[Metric] = &[
         "Events in the log the plugin has not yet finished with (read when scraped).",
     ),
     metric(
+        "plugbus_leases_held",
+        Gauge,
+        &[],
+        "Plugins this host holds the lease of and delivers, when several hosts share a NATS log.",
+    ),
+    metric(
         "plugbus_log_append_seconds",
         Histogram,
         &[],
