@@ -25,7 +25,7 @@
 //! `start_time`). No consumer is created: nothing on the server to clean
 //! up, and reads from several hosts do not interfere.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -535,11 +535,15 @@ async fn prune(
     retention: Retention,
     live: Vec<(String, String)>,
 ) -> Result<Pruned, LogError> {
-    // The highest position each tenant with live plugins may lose: the
-    // lowest of their cursors (0 for a plugin without one yet).
-    let mut ceilings: BTreeMap<String, Seq> = BTreeMap::new();
+    // The highest position each tenant may lose: the lowest cursor of its
+    // plugins live here (0 for one without a cursor yet) and of every
+    // plugin with a cursor record, wherever it runs: the log is shared,
+    // and a plugin loaded only on another host must not lose its events.
+    // Cursors are read as stored (an unfinished commit is its owner's to
+    // apply); one that is behind only keeps more.
+    let mut ceilings = crate::progress::lowest_cursors(inner).await?;
     for (tenant, plugin) in &live {
-        let cursor = crate::progress::cursor_of(inner, tenant, plugin)
+        let cursor = crate::progress::stored_cursor(inner, tenant, plugin)
             .await?
             .unwrap_or(0);
         let ceiling = ceilings.entry(tenant.clone()).or_insert(cursor);
@@ -566,6 +570,9 @@ async fn prune(
         // only up to its ceiling, until the stream is small enough or
         // nothing more may go.
         let mut step = 16u64;
+        // Only grows, so that the loop ends even when the stream's first
+        // event is held back by a plugin that has not finished with it.
+        let mut below = 0u64;
         loop {
             let state = inner
                 .events
@@ -576,7 +583,7 @@ async fn prune(
             if state.bytes <= max_bytes || state.messages == 0 {
                 break;
             }
-            let below = state.first_sequence.saturating_add(step);
+            below = below.max(state.first_sequence).saturating_add(step);
             let mut gone = 0;
             for tenant in &tenants {
                 gone += purge_below(inner, tenant, below, ceilings.get(tenant).copied()).await?;

@@ -225,6 +225,52 @@ pub(crate) async fn cursor_of(
     Ok(settled(inner, tenant, plugin).await?.cursor)
 }
 
+/// The lowest stored cursor of each tenant's plugins, over every cursor
+/// record in the bucket: the plugins loaded on any host, not only this
+/// one's (a plugin with a record but no cursor counts as 0). Read as
+/// stored, without applying an unfinished commit: a cursor that is behind
+/// only keeps more events. What retention on a shared log may not pass.
+pub(crate) async fn lowest_cursors(inner: &Inner) -> Result<BTreeMap<String, Seq>, LogError> {
+    let bucket = &inner.buckets.cursors;
+    let keys: Vec<String> = bucket
+        .keys()
+        .await
+        .map_err(|e| inner.error(format!("list {}", bucket.name), e))?
+        .try_collect()
+        .await
+        .map_err(|e| inner.error(format!("list {}", bucket.name), e))?;
+    let mut lowest: BTreeMap<String, Seq> = BTreeMap::new();
+    for key in keys {
+        let Some((tenant, _plugin)) = key.split_once('.') else {
+            continue;
+        };
+        let Some((record, _)) = entry::<CursorRecord>(inner, bucket, &key).await? else {
+            continue;
+        };
+        let Some(record) = record else {
+            continue;
+        };
+        let cursor = record.cursor.unwrap_or(0);
+        let low = lowest.entry(tenant.to_owned()).or_insert(cursor);
+        *low = (*low).min(cursor);
+    }
+    Ok(lowest)
+}
+
+/// The cursor of `plugin` of `tenant` as stored, without applying an
+/// unfinished commit.
+pub(crate) async fn stored_cursor(
+    inner: &Inner,
+    tenant: &str,
+    plugin: &str,
+) -> Result<Option<Seq>, LogError> {
+    let key = names::plugin_key(tenant, plugin);
+    Ok(entry::<CursorRecord>(inner, &inner.buckets.cursors, &key)
+        .await?
+        .and_then(|(record, _)| record)
+        .and_then(|record| record.cursor))
+}
+
 /// The cursor record of `plugin` of `tenant` as it is now, after applying
 /// its last commit if that was not applied yet.
 async fn settled(inner: &Inner, tenant: &str, plugin: &str) -> Result<CursorRecord, LogError> {

@@ -553,3 +553,56 @@ fn prune_keeps_what_a_live_plugin_has_not_finished() {
     assert!(pruned.held_back);
     assert_eq!(pruned.deleted, 0);
 }
+
+#[test]
+fn prune_on_a_shared_log_keeps_what_a_plugin_on_another_host_has_not_finished() {
+    let server = NatsServer::start();
+    let log = open(&server);
+    let acme = log
+        .append((0..4).map(|i| event("acme", &format!("e-{i}"))).collect())
+        .wait()
+        .expect("append");
+    log.append((0..300).map(|i| event("beta", &format!("b-{i}"))).collect())
+        .wait()
+        .expect("append");
+    // `elsewhere` runs on another host: it is not live here, but its
+    // cursor record says it finished only acme's first event.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let cursors = js.get_key_value("plugbus_cursors").await.expect("bucket");
+        let record = serde_json::json!({"cursor": acme[0].seq, "ahead": [], "applied": 0});
+        cursors
+            .put("acme.elsewhere", record.to_string().into())
+            .await
+            .expect("put");
+    });
+    let all = Retention {
+        max_age: Some(Duration::ZERO),
+        max_bytes: None,
+    };
+    let pruned = log.prune(all, Vec::new()).wait().expect("prune");
+    assert_eq!(pruned.deleted, 301, "acme's first event and all of beta's");
+    assert_eq!(
+        ids(&log.read("acme", 0, 100).expect("read")),
+        ["e-1", "e-2", "e-3"]
+    );
+    // By bytes, with the stream's first event held back and many events
+    // after it: the loop ends, saying so.
+    log.append(
+        (300..600)
+            .map(|i| event("beta", &format!("b-{i}")))
+            .collect(),
+    )
+    .wait()
+    .expect("append");
+    let tiny = Retention {
+        max_age: None,
+        max_bytes: Some(1),
+    };
+    let pruned = log.prune(tiny, Vec::new()).wait().expect("prune");
+    assert!(pruned.held_back);
+    assert_eq!(pruned.deleted, 300, "beta's new events go");
+    assert_eq!(log.read("acme", 0, 100).expect("read").len(), 3);
+}
