@@ -520,10 +520,18 @@ pub(crate) fn default_host_id() -> String {
     } else {
         name
     };
+    process_host_id(&format!("{name}_{}", std::process::id()))
+}
+
+/// `name` with a random suffix of this process (`<name>_<8 hex digits>`),
+/// so that two processes given the same name (a copied configuration, a
+/// restart that overlaps its predecessor) are still two holders and never
+/// share a lease's epoch. The suffix adds 9 characters.
+pub fn process_host_id(name: &str) -> String {
     let random = uuid::Uuid::now_v7().simple().to_string();
     // The last 8 hex digits of a v7 uuid are random.
     let suffix = &random[random.len() - 8..];
-    format!("{name}_{}_{suffix}", std::process::id())
+    format!("{name}_{suffix}")
 }
 
 #[cfg(test)]

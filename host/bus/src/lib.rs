@@ -55,6 +55,7 @@ pub use bus::{Backlog, DurableBus, DurablePublishError};
 pub use config::{DurableConfig, MAX_PENDING};
 pub use consumer::budget_share;
 pub use failures::{RECENT_FAILURES, RecentFailure};
+pub use lease::process_host_id;
 pub use operations::PluginReport;
 pub use plugbus_log::Quarantine;
 pub use retry::{MAX_WAIT, RetryPolicy};

@@ -25,7 +25,7 @@
 //! `start_time`). No consumer is created: nothing on the server to clean
 //! up, and reads from several hosts do not interfere.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -529,6 +529,10 @@ async fn purge_below(
     Ok(purged.purged)
 }
 
+/// How long after its lease last ran out a plugin still counts as live
+/// for retention: one hour.
+const LEASE_GRACE_MS: i64 = 60 * 60 * 1000;
+
 /// Prunes: see [`EventStore::prune`] on [`NatsLog`].
 async fn prune(
     inner: &Inner,
@@ -536,12 +540,15 @@ async fn prune(
     live: Vec<(String, String)>,
 ) -> Result<Pruned, LogError> {
     // The highest position each tenant may lose: the lowest cursor of its
-    // plugins live here (0 for one without a cursor yet) and of every
-    // plugin with a cursor record, wherever it runs: the log is shared,
-    // and a plugin loaded only on another host must not lose its events.
-    // Cursors are read as stored (an unfinished commit is its owner's to
-    // apply); one that is behind only keeps more.
-    let mut ceilings = crate::progress::lowest_cursors(inner).await?;
+    // live plugins (0 for one without a cursor yet). The log is shared: a
+    // plugin loaded on another host is live too, known by its lease
+    // (held within the last hour, so that one between two holders
+    // counts). Cursors are read as stored (an unfinished commit is its
+    // owner's to apply); one that is behind only keeps more.
+    let mut live = live;
+    let since = now_ms().saturating_sub(LEASE_GRACE_MS);
+    live.extend(crate::leases::leased_since(inner, since).await?);
+    let mut ceilings: BTreeMap<String, Seq> = BTreeMap::new();
     for (tenant, plugin) in &live {
         let cursor = crate::progress::stored_cursor(inner, tenant, plugin)
             .await?

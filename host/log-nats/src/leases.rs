@@ -42,6 +42,37 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Inner, NatsLog, names};
 
+/// The plugins whose lease was held at some time since `since_ms` (their
+/// record's expiry is later): those loaded on some host of the shared log,
+/// including one between two holders. What retention counts as live
+/// beside the plugins of the host that prunes.
+pub(crate) async fn leased_since(
+    inner: &Inner,
+    since_ms: i64,
+) -> Result<Vec<(String, String)>, LogError> {
+    use futures::TryStreamExt as _;
+    let bucket = &inner.buckets.leases;
+    let keys: Vec<String> = bucket
+        .keys()
+        .await
+        .map_err(|e| inner.error("list the leases", e))?
+        .try_collect()
+        .await
+        .map_err(|e| inner.error("list the leases", e))?;
+    let mut leased = Vec::new();
+    for key in keys {
+        let Some((tenant, plugin)) = key.split_once('.') else {
+            continue;
+        };
+        if let Found::Recorded(record, _) = inner.read::<LeaseRecord>(bucket, &key).await?
+            && record.expires_ms >= since_ms
+        {
+            leased.push((tenant.to_owned(), plugin.to_owned()));
+        }
+    }
+    Ok(leased)
+}
+
 /// How long after its expiry a host's entry is deleted by whoever lists
 /// the hosts.
 const FORGET_HOST_MS: i64 = 60 * 60 * 1000;

@@ -225,38 +225,6 @@ pub(crate) async fn cursor_of(
     Ok(settled(inner, tenant, plugin).await?.cursor)
 }
 
-/// The lowest stored cursor of each tenant's plugins, over every cursor
-/// record in the bucket: the plugins loaded on any host, not only this
-/// one's (a plugin with a record but no cursor counts as 0). Read as
-/// stored, without applying an unfinished commit: a cursor that is behind
-/// only keeps more events. What retention on a shared log may not pass.
-pub(crate) async fn lowest_cursors(inner: &Inner) -> Result<BTreeMap<String, Seq>, LogError> {
-    let bucket = &inner.buckets.cursors;
-    let keys: Vec<String> = bucket
-        .keys()
-        .await
-        .map_err(|e| inner.error(format!("list {}", bucket.name), e))?
-        .try_collect()
-        .await
-        .map_err(|e| inner.error(format!("list {}", bucket.name), e))?;
-    let mut lowest: BTreeMap<String, Seq> = BTreeMap::new();
-    for key in keys {
-        let Some((tenant, _plugin)) = key.split_once('.') else {
-            continue;
-        };
-        let Some((record, _)) = entry::<CursorRecord>(inner, bucket, &key).await? else {
-            continue;
-        };
-        let Some(record) = record else {
-            continue;
-        };
-        let cursor = record.cursor.unwrap_or(0);
-        let low = lowest.entry(tenant.to_owned()).or_insert(cursor);
-        *low = (*low).min(cursor);
-    }
-    Ok(lowest)
-}
-
 /// The cursor of `plugin` of `tenant` as stored, without applying an
 /// unfinished commit.
 pub(crate) async fn stored_cursor(
@@ -306,7 +274,7 @@ async fn fresh_view(inner: &Inner, who: &Plugin<'_>) -> Result<View, LogError> {
             commit = n,
             "applying a commit a host did not finish"
         );
-        apply_effects(inner, who, n, &commit).await?;
+        apply_effects(inner, who, n, &commit, Applier::Recovery).await?;
         move_cursor(inner, who, &mut view, &commit, Some(n)).await?;
     }
     Ok(view)
@@ -475,6 +443,16 @@ struct Effects {
     refused_dead_letters: Vec<Seq>,
 }
 
+/// Who applies a commit's effects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applier {
+    /// The writer that claimed the commit's number.
+    Claimant,
+    /// A reader that found the commit unfinished: it may be late, after
+    /// the claimant finished this commit and began the next.
+    Recovery,
+}
+
 /// Steps 3 of the protocol for commit number `n`: its emitted events, its
 /// state writes and its dead letters, at once. Each is idempotent.
 async fn apply_effects(
@@ -482,6 +460,7 @@ async fn apply_effects(
     who: &Plugin<'_>,
     n: u64,
     commit: &Commit,
+    applier: Applier,
 ) -> Result<Effects, LogError> {
     let emitted = async {
         if commit.emitted.is_empty() {
@@ -489,7 +468,7 @@ async fn apply_effects(
         }
         events::publish_emitted(inner, who.tenant, who.plugin, n, &commit.emitted).await
     };
-    let state = write_state(inner, who.tenant, who.plugin, &commit.state);
+    let state = write_commit_state(inner, who, n, &commit.state, applier);
     let letters = async {
         if !commit.redriven.is_empty() {
             letters::drop_redriven(inner, who.tenant, who.plugin, &commit.redriven).await?;
@@ -506,9 +485,89 @@ async fn apply_effects(
     })
 }
 
-/// Applies `writes` to the state of `plugin` of `tenant`: the last write
-/// of each key, all keys at once (writes of different keys commute, and
-/// of one key only the last counts).
+/// Applies the state writes of commit number `n`: the last write of each
+/// key, all keys at once, each only over the revision of the key read
+/// just before. A write that meets another revision is dropped: someone
+/// else wrote the key since, either this same commit (a recovering reader,
+/// or the claimant) or a later one, which must not be undone. That also
+/// holds for a write the client kept while disconnected and sends late.
+/// A recovering reader first checks, after reading the revisions, that the
+/// commit is still unapplied: then no later commit can have begun, and
+/// any that begins changes the revisions it is about to write over.
+async fn write_commit_state(
+    inner: &Inner,
+    who: &Plugin<'_>,
+    n: u64,
+    writes: &[StateWrite],
+    applier: Applier,
+) -> Result<(), LogError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let mut last: BTreeMap<&str, Option<&[u8]>> = BTreeMap::new();
+    for write in writes {
+        last.insert(&write.key, write.value.as_deref());
+    }
+    let bucket = &inner.buckets.state;
+    let revisions = futures::future::try_join_all(last.keys().map(|key| async move {
+        let bucket_key = names::state_key(who.tenant, who.plugin, key);
+        let entry = bucket
+            .entry(&bucket_key)
+            .await
+            .map_err(|e| inner.error(format!("read the state key {bucket_key}"), e))?;
+        Ok::<_, LogError>(entry.map(|e| {
+            let live = matches!(e.operation, kv::Operation::Put);
+            (e.revision, live)
+        }))
+    }))
+    .await?;
+    if applier == Applier::Recovery {
+        let applied = entry::<CursorRecord>(inner, &inner.buckets.cursors, &who.key)
+            .await?
+            .and_then(|(record, _)| record)
+            .map_or(0, |record| record.applied);
+        if applied >= n {
+            return Ok(());
+        }
+    }
+    futures::future::try_join_all(last.into_iter().zip(revisions).map(
+        |((key, value), revision)| async move {
+            let bucket_key = names::state_key(who.tenant, who.plugin, key);
+            let written = match (value, revision) {
+                (Some(value), revision) => bucket
+                    .update(
+                        &bucket_key,
+                        value.to_vec().into(),
+                        revision.map_or(0, |(r, _)| r),
+                    )
+                    .await
+                    .map(drop)
+                    .or_else(|e| if conflict(&e) { Ok(()) } else { Err(e.into()) }),
+                // Nothing to delete.
+                (None, None | Some((_, false))) => Ok(()),
+                (None, Some((revision, true))) => bucket
+                    .delete_expect_revision(&bucket_key, Some(revision))
+                    .await
+                    .or_else(|e| {
+                        if matches!(e.kind(), kv::DeleteErrorKind::WrongLastRevision) {
+                            Ok(())
+                        } else {
+                            Err(e.into())
+                        }
+                    }),
+            };
+            written.map_err(|e: Box<dyn std::error::Error + Send + Sync>| {
+                inner.error(format!("write the state key {bucket_key}"), e)
+            })
+        },
+    ))
+    .await
+    .map(drop)
+}
+
+/// Applies `writes` to the state of `plugin` of `tenant`, outside any
+/// commit: the last write of each key, all keys at once (writes of
+/// different keys commute, and of one key only the last counts).
 async fn write_state(
     inner: &Inner,
     tenant: &str,
@@ -702,8 +761,12 @@ async fn commit(inner: &Inner, commit: Commit) -> Result<Committed, LogError> {
     fenced(inner, &who, &view.cursor, &commit)?;
     // The first commit under a new lease goes through the commit record
     // even without effects: writing it changes the record's revision, so a
-    // host that lost the lease and still commits fails its claim (its
-    // expected revision is gone), reads again, and is refused above.
+    // host that lost the lease and still commits effects fails its claim
+    // (its expected revision is gone), reads again, and is refused above.
+    // A commit of only a cursor by that host can still land between the
+    // new holder's claim and its cursor write; the new holder's fence then
+    // answers `cursor_moved: false`, and its consumer reads the cursor
+    // again before it delivers anything.
     let fencing = commit.lease.is_some_and(|e| e > view.cursor.epoch);
     if !has_effects(&commit) && !fencing {
         let cursor_moved = move_cursor(inner, &who, &mut view, &commit, None).await?;
@@ -750,7 +813,7 @@ async fn commit(inner: &Inner, commit: Commit) -> Result<Committed, LogError> {
             },
         ));
     };
-    let effects = apply_effects(inner, &who, n, &commit).await?;
+    let effects = apply_effects(inner, &who, n, &commit, Applier::Claimant).await?;
     let cursor_moved = move_cursor(inner, &who, &mut view, &commit, Some(n)).await?;
     *cached = Some(view);
     refused(&commit, &effects.refused_dead_letters);
@@ -1039,6 +1102,44 @@ impl InspectStore for NatsLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader that found commit 1 unfinished and applies its state only
+    /// after the owner finished it and committed 2 must not undo 2.
+    #[test]
+    fn a_late_recovery_does_not_undo_a_later_commit() -> Result<(), LogError> {
+        let server = plugbus_nats_server::NatsServer::start();
+        let log = NatsLog::open(crate::NatsLogConfig {
+            servers: vec![server.url()],
+            ..crate::NatsLogConfig::default()
+        })?;
+        let set = |value: &str| StateWrite {
+            key: "k".into(),
+            value: Some(value.as_bytes().to_vec()),
+        };
+        log.commit(Commit {
+            state: vec![set("1")],
+            ..commit(1, None, &[])
+        })
+        .wait()?;
+        log.commit(Commit {
+            state: vec![set("2")],
+            ..commit(2, Some(1), &[])
+        })
+        .wait()?;
+        let inner = log.inner.clone();
+        let late = set("1");
+        log.inner.bridge.block(async move {
+            let who = Plugin::new("acme", "p");
+            write_commit_state(&inner, &who, 1, &[late], Applier::Recovery).await
+        })?;
+        let value = log.get("acme", "p", "k").map_err(|e| LogError::Backend {
+            backend: "test".into(),
+            operation: "read k".into(),
+            source: Box::new(e),
+        })?;
+        assert_eq!(value.as_deref(), Some(&b"2"[..]));
+        Ok(())
+    }
 
     fn commit(cursor: Seq, expected: Option<Seq>, ahead: &[Seq]) -> Commit {
         Commit {

@@ -565,18 +565,29 @@ fn prune_on_a_shared_log_keeps_what_a_plugin_on_another_host_has_not_finished() 
     log.append((0..300).map(|i| event("beta", &format!("b-{i}"))).collect())
         .wait()
         .expect("append");
-    // `elsewhere` runs on another host: it is not live here, but its
-    // cursor record says it finished only acme's first event.
+    // `elsewhere` runs on another host: it is not live here, but it holds
+    // its lease there, and its cursor says it finished only acme's first
+    // event. `gone` was unloaded two hours ago: its lease ran out then.
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let client = async_nats::connect(server.url()).await.expect("connect");
         let js = async_nats::jetstream::new(client);
         let cursors = js.get_key_value("plugbus_cursors").await.expect("bucket");
-        let record = serde_json::json!({"cursor": acme[0].seq, "ahead": [], "applied": 0});
-        cursors
-            .put("acme.elsewhere", record.to_string().into())
-            .await
-            .expect("put");
+        let leases = js.get_key_value("plugbus_leases").await.expect("bucket");
+        let now = now_ms();
+        for (plugin, expires_ms) in [("elsewhere", now + 60_000), ("gone", now - 7_200_000)] {
+            let record = serde_json::json!({"cursor": acme[0].seq, "ahead": [], "applied": 0});
+            cursors
+                .put(format!("acme.{plugin}"), record.to_string().into())
+                .await
+                .expect("put");
+            let lease =
+                serde_json::json!({"holder": "host-y", "expires_ms": expires_ms, "epoch": 1});
+            leases
+                .put(format!("acme.{plugin}"), lease.to_string().into())
+                .await
+                .expect("put");
+        }
     });
     let all = Retention {
         max_age: Some(Duration::ZERO),

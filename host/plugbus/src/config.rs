@@ -471,9 +471,10 @@ pub struct NatsConfig {
     /// a quarter of it before it would run out, so a dead host's plugins
     /// move to another within `lease_ttl_ms × 19/12` (15.8 s by default).
     pub lease_ttl_ms: u64,
-    /// This host's name among the hosts sharing the log: 1 to 128 of
-    /// A-Z, a-z, 0-9, `-` and `_`, unique among them (default: the host
-    /// name, the process id and a random suffix).
+    /// This host's name among the hosts sharing the log: 1 to 119 of
+    /// A-Z, a-z, 0-9, `-` and `_` (default: the host name and the process
+    /// id). A random suffix of the process is added (`<name>_<8 hex>`), so
+    /// that two processes given one name never share a lease.
     pub host_id: Option<String>,
 }
 
@@ -1166,7 +1167,8 @@ fn check_log(
     )?;
     range("log.nats.lease_ttl_ms", nats.lease_ttl_ms, 1_000, 600_000)?;
     if let Some(id) = &nats.host_id {
-        let valid = (1..=128).contains(&id.len())
+        // 119: the process's random suffix makes it at most 128.
+        let valid = (1..=119).contains(&id.len())
             && id
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
@@ -1174,7 +1176,7 @@ fn check_log(
             return Err(invalid(
                 "log.nats.host_id",
                 format!(
-                    "{:?} is not 1 to 128 of A-Z, a-z, 0-9, - and _",
+                    "{:?} is not 1 to 119 of A-Z, a-z, 0-9, - and _",
                     id.chars().take(64).collect::<String>()
                 ),
             ));

@@ -432,7 +432,10 @@ fn shared_log(settings: &Config, defaults: DurableConfig) -> DurableConfig {
     match &settings.log.nats {
         Some(nats) => DurableConfig {
             lease_ttl: Duration::from_millis(nats.lease_ttl_ms),
-            host_id: nats.host_id.clone().unwrap_or(defaults.host_id),
+            // The operator's name for the host, made this process's own.
+            host_id: nats.host_id.as_deref().map_or(defaults.host_id, |name| {
+                plugbus::durable::process_host_id(name)
+            }),
             ..defaults
         },
         None => defaults,
