@@ -511,19 +511,16 @@ fn prune_keeps_what_a_live_plugin_has_not_finished() {
         .expect("append");
     // The plugin `slow` of acme finished the first two events; `fast`
     // finished all; beta has no live plugin.
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let client = async_nats::connect(server.url()).await.expect("connect");
-        let js = async_nats::jetstream::new(client);
-        let cursors = js.get_key_value("plugbus_cursors").await.expect("bucket");
-        for (plugin, cursor) in [("slow", appended[1].seq), ("fast", appended[5].seq)] {
-            let record = serde_json::json!({"cursor": cursor, "ahead": [], "applied": 0});
-            cursors
-                .put(format!("acme.{plugin}"), record.to_string().into())
-                .await
-                .expect("put");
-        }
-    });
+    put_records(
+        &server,
+        &[("slow", appended[1].seq), ("fast", appended[5].seq)].map(|(plugin, cursor)| {
+            (
+                "plugbus_cursors",
+                format!("acme.{plugin}"),
+                cursor_record(cursor),
+            )
+        }),
+    );
     let none = Retention {
         max_age: Some(Duration::ZERO),
         max_bytes: None,
@@ -568,27 +565,15 @@ fn prune_on_a_shared_log_keeps_what_a_plugin_on_another_host_has_not_finished() 
     // `elsewhere` runs on another host: it is not live here, but it holds
     // its lease there, and its cursor says it finished only acme's first
     // event. `gone` was unloaded two hours ago: its lease ran out then.
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let client = async_nats::connect(server.url()).await.expect("connect");
-        let js = async_nats::jetstream::new(client);
-        let cursors = js.get_key_value("plugbus_cursors").await.expect("bucket");
-        let leases = js.get_key_value("plugbus_leases").await.expect("bucket");
-        let now = now_ms();
-        for (plugin, expires_ms) in [("elsewhere", now + 60_000), ("gone", now - 7_200_000)] {
-            let record = serde_json::json!({"cursor": acme[0].seq, "ahead": [], "applied": 0});
-            cursors
-                .put(format!("acme.{plugin}"), record.to_string().into())
-                .await
-                .expect("put");
-            let lease =
-                serde_json::json!({"holder": "host-y", "expires_ms": expires_ms, "epoch": 1});
-            leases
-                .put(format!("acme.{plugin}"), lease.to_string().into())
-                .await
-                .expect("put");
-        }
-    });
+    let now = now_ms();
+    let mut records = Vec::new();
+    for (plugin, expires_ms) in [("elsewhere", now + 60_000), ("gone", now - 7_200_000)] {
+        let key = format!("acme.{plugin}");
+        records.push(("plugbus_cursors", key.clone(), cursor_record(acme[0].seq)));
+        let lease = serde_json::json!({"holder": "host-y", "expires_ms": expires_ms, "epoch": 1});
+        records.push(("plugbus_leases", key, lease));
+    }
+    put_records(&server, &records);
     let all = Retention {
         max_age: Some(Duration::ZERO),
         max_bytes: None,
@@ -616,4 +601,27 @@ fn prune_on_a_shared_log_keeps_what_a_plugin_on_another_host_has_not_finished() 
     assert!(pruned.held_back);
     assert_eq!(pruned.deleted, 300, "beta's new events go");
     assert_eq!(log.read("acme", 0, 100).expect("read").len(), 3);
+}
+
+/// A cursor record as the progress role writes it.
+fn cursor_record(cursor: u64) -> serde_json::Value {
+    serde_json::json!({"cursor": cursor, "ahead": [], "applied": 0})
+}
+
+/// Writes `(bucket, key, record)`s with a client of its own, as another
+/// host would.
+fn put_records(server: &NatsServer, records: &[(&str, String, serde_json::Value)]) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        for (bucket, key, record) in records {
+            js.get_key_value(*bucket)
+                .await
+                .expect("bucket")
+                .put(key.as_str(), record.to_string().into())
+                .await
+                .expect("put");
+        }
+    });
 }
