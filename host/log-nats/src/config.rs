@@ -25,6 +25,14 @@ pub struct NatsLogConfig {
     /// `<prefix>_quarantines`. Two plugbus deployments on one NATS system
     /// use two prefixes. A [`Prefix`] is checked when it is made.
     pub prefix: Prefix,
+    /// How many partitions each tenant's events are split into (1 to
+    /// [`plugbus_log::MAX_PARTITIONS`], default 1): by partition key
+    /// ([`plugbus_log::partition_of`]), each (plugin, partition) delivered
+    /// by one host at a time, in order. A property of the log: recorded
+    /// in the events stream's metadata when the stream is made, and a log
+    /// opened with another count does not open (there is no
+    /// re-partitioning).
+    pub partitions: plugbus_log::Partition,
     /// How many servers keep each stream and bucket (1, 3 or 5; default 1).
     /// A cluster of three with 3 replicas survives the loss of one server.
     pub replicas: usize,
@@ -51,6 +59,7 @@ impl Default for NatsLogConfig {
             auth: NatsAuth::None,
             tls: NatsTls::default(),
             prefix: Prefix::default(),
+            partitions: 1,
             replicas: 1,
             duplicate_window: Duration::from_secs(24 * 60 * 60),
             request_timeout: Duration::from_secs(10),

@@ -34,8 +34,8 @@ use async_nats::jetstream::context::PublishAckFuture;
 use futures::StreamExt as _;
 use plugbus_core::event::Event;
 use plugbus_log::{
-    Appended, EventStore, LogError, LogHealth, Pruned, ReadLimit, Reply, Retention, Seq,
-    StoredEvent, now_ms,
+    Appended, EventStore, LogError, LogHealth, Partition, Pruned, ReadLimit, Reply, Retention,
+    Seq, StoredEvent, now_ms, partition_of,
 };
 
 use crate::{Inner, NatsLog, names};
@@ -81,18 +81,18 @@ pub(crate) async fn publish_emitted(
     inner: &Inner,
     tenant: &str,
     plugin: &str,
-    commit: u64,
+    (partition, commit): (Partition, u64),
     events: &[Event],
 ) -> Result<Vec<Seq>, LogError> {
     let messages = events.iter().enumerate().map(|(index, event)| {
         let mut headers = HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            names::emit_id(tenant, plugin, commit, index).as_str(),
+            names::emit_id(tenant, plugin, partition, commit, index).as_str(),
         );
         headers.insert(EMITTED_BY, plugin);
         (
-            inner.names.events_subject(event.tenant()),
+            inner.subject_of(event),
             headers,
             event.to_json_string(),
         )
@@ -109,7 +109,7 @@ pub(crate) async fn publish_emitted(
             let mut headers = HeaderMap::new();
             headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,
-                names::emit_id(tenant, plugin, commit, index).as_str(),
+                names::emit_id(tenant, plugin, partition, commit, index).as_str(),
             );
             (
                 inner.names.emits_subject(tenant, plugin),
@@ -200,11 +200,7 @@ async fn append(inner: &Inner, events: Vec<Event>) -> Result<Vec<Appended>, LogE
         if dedupe {
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         }
-        (
-            inner.names.events_subject(event.tenant()),
-            headers,
-            event.to_json_string(),
-        )
+        (inner.subject_of(event), headers, event.to_json_string())
     });
     let count = events.len();
     let operation = || format!("append {count} events");
@@ -360,14 +356,14 @@ fn stored(
     })
 }
 
-/// Reads `tenant`'s events: see [`EventStore::read_bounded`].
+/// Reads the events on `subject` (a tenant's, or one partition's): see
+/// [`EventStore::read_bounded`].
 async fn read_bounded(
     inner: &Inner,
-    tenant: &str,
+    subject: String,
     after: Seq,
     limit: ReadLimit,
 ) -> Result<Vec<StoredEvent>, LogError> {
-    let subject = inner.names.events_subject(tenant);
     let mut out: Vec<StoredEvent> = Vec::new();
     let mut bytes = 0u64;
     let mut next = after.saturating_add(1);
@@ -416,12 +412,17 @@ async fn read_bounded(
     Ok(out)
 }
 
-/// Counts `tenant`'s events after `after`: see [`EventStore::count_after`].
-async fn count_after(inner: &Inner, tenant: &str, after: Seq, limit: u64) -> Result<u64, LogError> {
+/// Counts the events on `subject` after `after`: see
+/// [`EventStore::count_after`].
+async fn count_after(
+    inner: &Inner,
+    subject: String,
+    after: Seq,
+    limit: u64,
+) -> Result<u64, LogError> {
     if limit == 0 {
         return Ok(0);
     }
-    let subject = inner.names.events_subject(tenant);
     let got = batch_get(
         inner,
         &BatchGet {
@@ -484,8 +485,8 @@ async fn head(inner: &Inner) -> Result<Seq, LogError> {
     })
 }
 
-/// The tenants that have events now.
-async fn tenants(inner: &Inner) -> Result<Vec<String>, LogError> {
+/// The (tenant, partition)s that have events now.
+async fn partitions_with_events(inner: &Inner) -> Result<Vec<(String, Partition)>, LogError> {
     let operation = "list the tenants with events";
     let mut subjects = inner
         .events
@@ -495,19 +496,19 @@ async fn tenants(inner: &Inner) -> Result<Vec<String>, LogError> {
     let mut tenants = Vec::new();
     while let Some(entry) = subjects.next().await {
         let (subject, _count) = entry.map_err(|e| inner.error(operation, e))?;
-        if let Some(tenant) = inner.names.tenant_of(&subject) {
-            tenants.push(tenant.to_owned());
+        if let Some((tenant, partition)) = inner.names.partition_of(&subject) {
+            tenants.push((tenant.to_owned(), partition));
         }
     }
     tenants.sort();
     Ok(tenants)
 }
 
-/// Deletes `tenant`'s events before `below` (never one after `ceiling`,
-/// when the tenant has one); answers how many went.
+/// Deletes the events of `partition` of `tenant` before `below` (never
+/// one after `ceiling`, when it has one); answers how many went.
 async fn purge_below(
     inner: &Inner,
-    tenant: &str,
+    (tenant, partition): (&str, Partition),
     below: Seq,
     ceiling: Option<Seq>,
 ) -> Result<u64, LogError> {
@@ -518,7 +519,7 @@ async fn purge_below(
     if below <= 1 {
         return Ok(0);
     }
-    let subject = inner.names.events_subject(tenant);
+    let subject = inner.names.events_subject(tenant, partition);
     let purged = inner
         .events
         .purge()
@@ -548,28 +549,35 @@ async fn prune(
     let mut live = live;
     let since = now_ms().saturating_sub(LEASE_GRACE_MS);
     live.extend(crate::leases::leased_since(inner, since).await?);
-    let mut ceilings: BTreeMap<String, Seq> = BTreeMap::new();
+    // Each partition is purged on its own, up to the lowest cursor of
+    // the live plugins in it (so that a partition without events, whose
+    // cursors do not move, holds back nothing of the others).
+    let mut ceilings: BTreeMap<(String, Partition), Seq> = BTreeMap::new();
     for (tenant, plugin) in &live {
-        let cursor = crate::progress::stored_cursor(inner, tenant, plugin)
-            .await?
-            .unwrap_or(0);
-        let ceiling = ceilings.entry(tenant.clone()).or_insert(cursor);
-        *ceiling = (*ceiling).min(cursor);
+        for partition in 0..inner.partitions() {
+            let cursor = crate::progress::stored_cursor(inner, tenant, plugin, partition)
+                .await?
+                .unwrap_or(0);
+            let ceiling = ceilings
+                .entry((tenant.clone(), partition))
+                .or_insert(cursor);
+            *ceiling = (*ceiling).min(cursor);
+        }
     }
-    let tenants = tenants(inner).await?;
+    let tenants = partitions_with_events(inner).await?;
     let mut pruned = Pruned::default();
     if let Some(age) = retention.max_age {
         let cutoff = now_ms().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
-        for tenant in &tenants {
-            let subject = inner.names.events_subject(tenant);
+        for (tenant, partition) in &tenants {
+            let subject = inner.names.events_subject(tenant, *partition);
             // Everything before the first event at or after the cutoff
             // is older; with none, every event of the tenant is.
             let keep_from = match first_at_or_after(inner, &subject, cutoff).await? {
                 Some(seq) => seq,
                 None => head_sequence(inner).await?.saturating_add(1),
             };
-            pruned.deleted +=
-                purge_below(inner, tenant, keep_from, ceilings.get(tenant).copied()).await?;
+            let ceiling = ceilings.get(&(tenant.clone(), *partition)).copied();
+            pruned.deleted += purge_below(inner, (tenant, *partition), keep_from, ceiling).await?;
         }
     }
     if let Some(max_bytes) = retention.max_bytes {
@@ -592,8 +600,9 @@ async fn prune(
             }
             below = below.max(state.first_sequence).saturating_add(step);
             let mut gone = 0;
-            for tenant in &tenants {
-                gone += purge_below(inner, tenant, below, ceilings.get(tenant).copied()).await?;
+            for (tenant, partition) in &tenants {
+                let ceiling = ceilings.get(&(tenant.clone(), *partition)).copied();
+                gone += purge_below(inner, (tenant, *partition), below, ceiling).await?;
             }
             pruned.deleted += gone;
             if gone == 0 && below > state.last_sequence {
@@ -614,6 +623,78 @@ async fn head_sequence(inner: &Inner) -> Result<Seq, LogError> {
         .await
         .map(|info| info.state.last_sequence)
         .map_err(|e| inner.error("read the events stream's state", e))
+}
+
+/// The metadata key of the events stream that records its partition
+/// count.
+pub(crate) const PARTITIONS_KEY: &str = "plugbus_partitions";
+
+impl Inner {
+    /// How many partitions each tenant's events are split into.
+    pub(crate) fn partitions(&self) -> Partition {
+        self.config.partitions.max(1)
+    }
+
+    /// The subject `event` is stored on: its tenant's, its partition's.
+    pub(crate) fn subject_of(&self, event: &Event) -> String {
+        self.names
+            .events_subject(event.tenant(), partition_of(event, self.partitions()))
+    }
+}
+
+/// Why a log does not open with the configured partition count.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "log.nats.partitions is {configured}, but the stream {stream} was made with {recorded} partitions: a log is never re-partitioned (use {recorded}, or another prefix for a new log)"
+)]
+pub(crate) struct PartitionMismatch {
+    configured: Partition,
+    recorded: String,
+    stream: String,
+}
+
+/// Checks that the events stream, if it exists already, was made with
+/// `partitions`; answers the metadata to make or update it with (an
+/// existing stream keeps its record).
+pub(crate) async fn partition_metadata(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    partitions: Partition,
+    backend: &str,
+) -> Result<HashMap<String, String>, LogError> {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    let mut metadata = match js.get_stream(stream).await {
+        Ok(existing) => existing.cached_info().config.metadata.clone(),
+        Err(e)
+            if matches!(e.kind(), GetStreamErrorKind::JetStream(ref err)
+                if err.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            HashMap::new()
+        }
+        Err(e) => {
+            return Err(LogError::Backend {
+                backend: backend.to_owned(),
+                operation: format!("read the stream {stream}"),
+                source: Box::new(e),
+            });
+        }
+    };
+    match metadata.get(PARTITIONS_KEY) {
+        Some(recorded) if *recorded != partitions.to_string() => Err(LogError::Backend {
+            backend: backend.to_owned(),
+            operation: "open the log".to_owned(),
+            source: Box::new(PartitionMismatch {
+                configured: partitions,
+                recorded: recorded.clone(),
+                stream: stream.to_owned(),
+            }),
+        }),
+        Some(_) => Ok(metadata),
+        None => {
+            metadata.insert(PARTITIONS_KEY.to_owned(), partitions.to_string());
+            Ok(metadata)
+        }
+    }
 }
 
 impl EventStore for NatsLog {
@@ -657,23 +738,58 @@ impl EventStore for NatsLog {
         limit: ReadLimit,
     ) -> Result<Vec<StoredEvent>, LogError> {
         let inner = self.inner.clone();
-        let tenant = tenant.to_owned();
+        let subject = self.inner.names.tenant_events(tenant);
         self.inner
             .bridge
-            .block(async move { read_bounded(&inner, &tenant, after, limit).await })
+            .block(async move { read_bounded(&inner, subject, after, limit).await })
     }
 
     fn count_after(&self, tenant: &str, after: Seq, limit: u64) -> Result<u64, LogError> {
         let inner = self.inner.clone();
-        let tenant = tenant.to_owned();
+        let subject = self.inner.names.tenant_events(tenant);
         self.inner
             .bridge
-            .block(async move { count_after(&inner, &tenant, after, limit).await })
+            .block(async move { count_after(&inner, subject, after, limit).await })
+    }
+
+    /// `[log.nats] partitions`.
+    fn partitions(&self) -> Partition {
+        self.inner.partitions()
+    }
+
+    /// Reads the partition's own subject.
+    fn read_partition(
+        &self,
+        tenant: &str,
+        partition: Partition,
+        after: Seq,
+        limit: ReadLimit,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let inner = self.inner.clone();
+        let subject = self.inner.names.events_subject(tenant, partition);
+        self.inner
+            .bridge
+            .block(async move { read_bounded(&inner, subject, after, limit).await })
+    }
+
+    /// Counts on the partition's own subject.
+    fn count_partition_after(
+        &self,
+        tenant: &str,
+        partition: Partition,
+        after: Seq,
+        limit: u64,
+    ) -> Result<u64, LogError> {
+        let inner = self.inner.clone();
+        let subject = self.inner.names.events_subject(tenant, partition);
+        self.inner
+            .bridge
+            .block(async move { count_after(&inner, subject, after, limit).await })
     }
 
     fn first_since(&self, tenant: &str, at_ms: i64) -> Result<Option<Seq>, LogError> {
         let inner = self.inner.clone();
-        let subject = self.inner.names.events_subject(tenant);
+        let subject = self.inner.names.tenant_events(tenant);
         self.inner
             .bridge
             .block(async move { first_at_or_after(&inner, &subject, at_ms).await })
@@ -741,7 +857,7 @@ mod tests {
             log.inner
                 .bridge
                 .block(async move {
-                    super::publish_emitted(&inner, "acme", "counter", 1, &emitted).await
+                    super::publish_emitted(&inner, "acme", "counter", (0, 1), &emitted).await
                 })
                 .expect("emit")
         };
@@ -752,7 +868,7 @@ mod tests {
             log.inner
                 .bridge
                 .block(async move {
-                    super::publish_emitted(&inner, "acme", "counter", 1, &emitted).await
+                    super::publish_emitted(&inner, "acme", "counter", (0, 1), &emitted).await
                 })
                 .expect("emit again")
         };
@@ -763,7 +879,7 @@ mod tests {
             log.inner
                 .bridge
                 .block(async move {
-                    super::publish_emitted(&inner, "acme", "counter", 2, &emitted[..1]).await
+                    super::publish_emitted(&inner, "acme", "counter", (0, 2), &emitted[..1]).await
                 })
                 .expect("emit")
         };

@@ -61,7 +61,8 @@ pub(crate) async fn leased_since(
         .map_err(|e| inner.error("list the leases", e))?;
     let mut leased = Vec::new();
     for key in keys {
-        let Some((tenant, plugin)) = key.split_once('.') else {
+        // One lease per partition: the plugin counts once.
+        let Some((tenant, plugin, _)) = names::parse_partition_key(&key) else {
             continue;
         };
         if let Found::Recorded(record, _) = inner.read::<LeaseRecord>(bucket, &key).await?
@@ -70,6 +71,8 @@ pub(crate) async fn leased_since(
             leased.push((tenant.to_owned(), plugin.to_owned()));
         }
     }
+    leased.sort();
+    leased.dedup();
     Ok(leased)
 }
 
@@ -400,7 +403,7 @@ impl LeaseStore for NatsLog {
     fn lease(&self, key: &LeaseKey) -> Result<Option<LeaseState>, LogError> {
         let (inner, key) = (
             self.inner.clone(),
-            names::plugin_key(&key.tenant, &key.plugin),
+            names::partition_key(&key.tenant, &key.plugin, key.partition),
         );
         self.inner.bridge.block(async move {
             Ok(match inner.read_lease(&key).await? {
@@ -413,7 +416,7 @@ impl LeaseStore for NatsLog {
     fn acquire(&self, key: &LeaseKey, holder: &str, terms: LeaseTerms) -> Reply<LeaseGrant> {
         let (inner, key, holder) = (
             self.inner.clone(),
-            names::plugin_key(&key.tenant, &key.plugin),
+            names::partition_key(&key.tenant, &key.plugin, key.partition),
             holder.to_owned(),
         );
         self.inner.bridge.reply(async move {
@@ -432,7 +435,7 @@ impl LeaseStore for NatsLog {
     ) -> Reply<LeaseGrant> {
         let (inner, key, holder) = (
             self.inner.clone(),
-            names::plugin_key(&key.tenant, &key.plugin),
+            names::partition_key(&key.tenant, &key.plugin, key.partition),
             holder.to_owned(),
         );
         self.inner.bridge.reply(async move {
@@ -445,7 +448,7 @@ impl LeaseStore for NatsLog {
     fn release(&self, key: &LeaseKey, holder: &str, epoch: u64) -> Reply<bool> {
         let (inner, key, holder) = (
             self.inner.clone(),
-            names::plugin_key(&key.tenant, &key.plugin),
+            names::partition_key(&key.tenant, &key.plugin, key.partition),
             holder.to_owned(),
         );
         self.inner.bridge.reply(async move {

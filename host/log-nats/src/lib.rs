@@ -4,8 +4,9 @@
 //!
 //! # Where things are
 //! With the prefix `plugbus` (see [`NatsLogConfig::prefix`]):
-//! - the stream `plugbus_events` holds the events, tenant `t` on the
-//!   subject `plugbus.events.t`; an event's position ([`Seq`](plugbus_log::Seq)) is its
+//! - the stream `plugbus_events` holds the events, those of tenant `t` in
+//!   partition `n` ([`NatsLogConfig::partitions`]) on the subject
+//!   `plugbus.events.t.n`; an event's position ([`Seq`](plugbus_log::Seq)) is its
 //!   stream sequence. Every append carries a message id derived from
 //!   (tenant, source, id) ([`names::ingest_id`]), so the stream's
 //!   duplicate window is the log's;
@@ -322,8 +323,11 @@ async fn setup(
         allow_direct: true,
         ..Default::default()
     };
+    let metadata =
+        events::partition_metadata(js, &names.events_stream, config.partitions, backend).await?;
     js.create_or_update_stream(jetstream::stream::Config {
         duplicate_window: config.duplicate_window,
+        metadata,
         ..stream(&names.events_stream, names.events_wildcard())
     })
     .await

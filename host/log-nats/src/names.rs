@@ -9,6 +9,8 @@
 use base64::Engine as _;
 use sha2::Digest as _;
 
+use plugbus_log::Partition;
+
 use crate::config::Prefix;
 
 /// How many emitted events the index keeps per plugin: the most an
@@ -37,22 +39,40 @@ impl Names {
         }
     }
 
-    /// The subject of `tenant`'s events.
-    pub fn events_subject(&self, tenant: &str) -> String {
-        format!("{}.events.{tenant}", self.prefix)
+    /// The subject of the events of `partition` of `tenant`'s events,
+    /// `<prefix>.events.<tenant>.<partition>` (with one partition, 0).
+    pub fn events_subject(&self, tenant: &str, partition: Partition) -> String {
+        format!("{}.events.{tenant}.{partition}", self.prefix)
+    }
+
+    /// The subjects of all of `tenant`'s events, every partition.
+    pub fn tenant_events(&self, tenant: &str) -> String {
+        format!("{}.events.{tenant}.*", self.prefix)
     }
 
     /// The subjects of every tenant's events.
     pub fn events_wildcard(&self) -> String {
-        format!("{}.events.*", self.prefix)
+        format!("{}.events.*.*", self.prefix)
     }
 
     /// The tenant whose events go on `subject`, if it is one of them.
     pub fn tenant_of<'s>(&self, subject: &'s str) -> Option<&'s str> {
-        subject
+        self.partition_of(subject).map(|(tenant, _)| tenant)
+    }
+
+    /// The tenant and partition whose events go on `subject`, if it is
+    /// one of them.
+    pub fn partition_of<'s>(&self, subject: &'s str) -> Option<(&'s str, Partition)> {
+        let (tenant, partition) = subject
             .strip_prefix(self.prefix.as_str())?
-            .strip_prefix(".events.")
-            .filter(|t| !t.is_empty() && !t.contains('.'))
+            .strip_prefix(".events.")?
+            .split_once('.')?;
+        let valid = !tenant.is_empty()
+            && !partition.is_empty()
+            && partition.bytes().all(|b| b.is_ascii_digit());
+        valid
+            .then(|| partition.parse().ok().map(|p| (tenant, p)))
+            .flatten()
     }
 
     /// The subject of the index of the events `plugin` of `tenant` emitted.
@@ -71,10 +91,28 @@ impl Names {
     }
 }
 
-/// The key of a plugin's record in the cursors, commits and quarantines
-/// buckets.
+/// The key of a plugin's record in the quarantines bucket, and the
+/// prefix of its dead letters' keys.
 pub fn plugin_key(tenant: &str, plugin: &str) -> String {
     format!("{tenant}.{plugin}")
+}
+
+/// The key of a plugin's records of one partition in the cursors,
+/// commits and leases buckets: `<tenant>.<plugin>.<partition>` (tenant and
+/// plugin names are `a-z 0-9 - _`, the partition decimal digits: valid KV
+/// key tokens as they are).
+pub fn partition_key(tenant: &str, plugin: &str, partition: Partition) -> String {
+    format!("{tenant}.{plugin}.{partition}")
+}
+
+/// The tenant, plugin and partition a [`partition_key`] names.
+pub fn parse_partition_key(key: &str) -> Option<(&str, &str, Partition)> {
+    let mut parts = key.split('.');
+    let (tenant, plugin, partition) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || tenant.is_empty() || plugin.is_empty() {
+        return None;
+    }
+    Some((tenant, plugin, partition.parse().ok()?))
 }
 
 /// The key of one of a plugin's state entries.
@@ -119,9 +157,16 @@ pub fn ingest_id(tenant: &str, source: &str, id: &str) -> String {
 }
 
 /// The message id of the `index`th event emitted by commit number `commit`
-/// of `plugin` of `tenant`: a commit applied again publishes duplicates.
-pub fn emit_id(tenant: &str, plugin: &str, commit: u64, index: usize) -> String {
-    format!("em-{tenant}.{plugin}.{commit}.{index}")
+/// of `plugin` of `tenant` in `partition` (each partition numbers its own
+/// commits): a commit applied again publishes duplicates.
+pub fn emit_id(
+    tenant: &str,
+    plugin: &str,
+    partition: Partition,
+    commit: u64,
+    index: usize,
+) -> String {
+    format!("em-{tenant}.{plugin}.{partition}.{commit}.{index}")
 }
 
 #[cfg(test)]
@@ -131,8 +176,16 @@ mod tests {
     #[test]
     fn subjects_and_tenants() {
         let names = Names::new(&Prefix::new("pos").expect("a prefix"));
-        assert_eq!(names.events_subject("acme"), "pos.events.acme");
-        assert_eq!(names.tenant_of("pos.events.acme"), Some("acme"));
+        assert_eq!(names.events_subject("acme", 0), "pos.events.acme.0");
+        assert_eq!(names.events_subject("acme", 17), "pos.events.acme.17");
+        assert_eq!(names.tenant_events("acme"), "pos.events.acme.*");
+        assert_eq!(names.events_wildcard(), "pos.events.*.*");
+        assert_eq!(names.tenant_of("pos.events.acme.3"), Some("acme"));
+        assert_eq!(names.partition_of("pos.events.acme.3"), Some(("acme", 3)));
+        assert_eq!(names.tenant_of("pos.events.acme"), None);
+        assert_eq!(names.tenant_of("pos.events.acme.x"), None);
+        assert_eq!(names.tenant_of("pos.events.acme.1.2"), None);
+        assert_eq!(names.tenant_of("pos.events..1"), None);
         assert_eq!(names.tenant_of("pos.events."), None);
         assert_eq!(names.tenant_of("pos.emits.acme.p"), None);
         assert_eq!(names.tenant_of("posx.events.acme"), None);
@@ -153,6 +206,16 @@ mod tests {
             assert_eq!(state_key_of("acme", "p", &bucket_key).as_deref(), Some(key));
             assert_eq!(state_key_of("acme", "q", &bucket_key), None);
         }
+    }
+
+    #[test]
+    fn partition_keys_round_trip_and_emit_ids_differ_by_partition() {
+        let key = partition_key("acme", "order-saga", 12);
+        assert_eq!(key, "acme.order-saga.12");
+        assert_eq!(parse_partition_key(&key), Some(("acme", "order-saga", 12)));
+        assert_eq!(parse_partition_key("acme.order-saga"), None);
+        assert_eq!(parse_partition_key("acme.p.1.2"), None);
+        assert_ne!(emit_id("t", "p", 0, 1, 0), emit_id("t", "p", 1, 1, 0));
     }
 
     #[test]

@@ -61,7 +61,7 @@ use plugbus_core::event::Event;
 use plugbus_core::state::{StateError, StateStore, StateWrite};
 use plugbus_log::{
     Commit, Committed, CursorStore, DeadLetter, FailedAttempt, InspectStore, LogError, Page,
-    ReadLimit, Reply, Seq, StateEntry, StateQuery, StoredEvent,
+    Partition, ReadLimit, Reply, Seq, StateEntry, StateQuery, StoredEvent,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -104,6 +104,9 @@ pub(crate) struct CommitRecord {
     pub(crate) tenant: String,
     /// The plugin.
     pub(crate) plugin: String,
+    /// See [`Commit::partition`].
+    #[serde(default)]
+    pub(crate) partition: Partition,
     /// See [`Commit::cursor`].
     pub(crate) cursor: Seq,
     /// See [`Commit::expected`].
@@ -198,41 +201,53 @@ struct View {
     fresh: bool,
 }
 
-/// A plugin: its tenant, its name, and the key of its records.
+/// A plugin in one partition: its tenant, its name, the partition, and
+/// the key of its records.
 struct Plugin<'a> {
     tenant: &'a str,
     plugin: &'a str,
+    partition: Partition,
     key: String,
 }
 
 impl<'a> Plugin<'a> {
-    fn new(tenant: &'a str, plugin: &'a str) -> Self {
+    fn new(tenant: &'a str, plugin: &'a str, partition: Partition) -> Self {
         Self {
             tenant,
             plugin,
-            key: names::plugin_key(tenant, plugin),
+            partition,
+            key: names::partition_key(tenant, plugin, partition),
         }
     }
 }
 
-/// The cursor of `plugin` of `tenant`, after applying its last commit if
-/// that was not applied yet (a host died in the middle of it).
+/// The cursor of `plugin` of `tenant`: the lowest of its partitions'
+/// cursors (`None` while none has one), after applying each partition's
+/// last commit if that was not applied yet (a host died in the middle of
+/// it).
 pub(crate) async fn cursor_of(
     inner: &Inner,
     tenant: &str,
     plugin: &str,
 ) -> Result<Option<Seq>, LogError> {
-    Ok(settled(inner, tenant, plugin).await?.cursor)
+    let mut lowest: Option<Seq> = None;
+    for partition in 0..inner.partitions() {
+        if let Some(cursor) = settled(inner, tenant, plugin, partition).await?.cursor {
+            lowest = Some(lowest.map_or(cursor, |l| l.min(cursor)));
+        }
+    }
+    Ok(lowest)
 }
 
-/// The cursor of `plugin` of `tenant` as stored, without applying an
-/// unfinished commit.
+/// The cursor of `plugin` of `tenant` in `partition` as stored, without
+/// applying an unfinished commit.
 pub(crate) async fn stored_cursor(
     inner: &Inner,
     tenant: &str,
     plugin: &str,
+    partition: Partition,
 ) -> Result<Option<Seq>, LogError> {
-    let key = names::plugin_key(tenant, plugin);
+    let key = names::partition_key(tenant, plugin, partition);
     Ok(entry::<CursorRecord>(inner, &inner.buckets.cursors, &key)
         .await?
         .and_then(|(record, _)| record)
@@ -241,8 +256,13 @@ pub(crate) async fn stored_cursor(
 
 /// The cursor record of `plugin` of `tenant` as it is now, after applying
 /// its last commit if that was not applied yet.
-async fn settled(inner: &Inner, tenant: &str, plugin: &str) -> Result<CursorRecord, LogError> {
-    let who = Plugin::new(tenant, plugin);
+async fn settled(
+    inner: &Inner,
+    tenant: &str,
+    plugin: &str,
+    partition: Partition,
+) -> Result<CursorRecord, LogError> {
+    let who = Plugin::new(tenant, plugin, partition);
     let slot = inner.progress_state.slot(&who.key);
     let mut cached = slot.lock().await;
     *cached = None;
@@ -261,7 +281,7 @@ async fn fresh_view(inner: &Inner, who: &Plugin<'_>) -> Result<View, LogError> {
     {
         let n = record.n;
         let commit = record
-            .into_commit(who.tenant, who.plugin)
+            .into_commit(who.tenant, who.plugin, who.partition)
             .map_err(|reason| {
                 inner.corrupt(
                     format!("{}/{}", inner.buckets.commits.name, who.key),
@@ -342,6 +362,7 @@ impl CommitRecord {
             n,
             tenant: commit.tenant.clone(),
             plugin: commit.plugin.clone(),
+            partition: commit.partition,
             cursor: commit.cursor,
             expected: commit.expected,
             emitted: commit
@@ -374,13 +395,13 @@ impl CommitRecord {
         })
     }
 
-    /// The commit this record holds, for `plugin` of `tenant`; why not,
-    /// when it does not parse as one.
-    fn into_commit(self, tenant: &str, plugin: &str) -> Result<Commit, String> {
-        if self.tenant != tenant || self.plugin != plugin {
+    /// The commit this record holds, for `plugin` of `tenant` in
+    /// `partition`; why not, when it does not parse as one.
+    fn into_commit(self, tenant: &str, plugin: &str, partition: Partition) -> Result<Commit, String> {
+        if self.tenant != tenant || self.plugin != plugin || self.partition != partition {
             return Err(format!(
-                "it holds a commit of {}/{}",
-                self.tenant, self.plugin
+                "it holds a commit of {}/{} in partition {}",
+                self.tenant, self.plugin, self.partition
             ));
         }
         let event =
@@ -425,6 +446,7 @@ impl CommitRecord {
             lease: self.lease,
             tenant: self.tenant,
             plugin: self.plugin,
+            partition: self.partition,
         })
     }
 }
@@ -466,7 +488,14 @@ async fn apply_effects(
         if commit.emitted.is_empty() {
             return Ok(Vec::new());
         }
-        events::publish_emitted(inner, who.tenant, who.plugin, n, &commit.emitted).await
+        events::publish_emitted(
+            inner,
+            who.tenant,
+            who.plugin,
+            (who.partition, n),
+            &commit.emitted,
+        )
+        .await
     };
     let state = write_commit_state(inner, who, n, &commit.state, applier);
     let letters = async {
@@ -487,13 +516,23 @@ async fn apply_effects(
 
 /// Applies the state writes of commit number `n`: the last write of each
 /// key, all keys at once, each only over the revision of the key read
-/// just before. A write that meets another revision is dropped: someone
-/// else wrote the key since, either this same commit (a recovering reader,
-/// or the claimant) or a later one, which must not be undone. That also
-/// holds for a write the client kept while disconnected and sends late.
-/// A recovering reader first checks, after reading the revisions, that the
-/// commit is still unapplied: then no later commit can have begun, and
-/// any that begins changes the revisions it is about to write over.
+/// just before.
+///
+/// A recovering reader ([`Applier::Recovery`]) drops a write that meets
+/// another revision: someone else wrote the key since, either this same
+/// commit (the claimant, or another reader) or a later one, which must not
+/// be undone. That also holds for a write the client kept while
+/// disconnected and sends late. It first checks, after reading the
+/// revisions, that the commit is still unapplied: then no later commit can
+/// have begun, and any that begins changes the revisions it is about to
+/// write over.
+///
+/// The claimant ([`Applier::Claimant`]) meets another revision also when
+/// another partition of the plugin wrote the key meanwhile (partitions
+/// run at once, on one host or several): it reads the revision again,
+/// checks as a reader does that its commit is still unapplied (else a
+/// reader applied it, and a later commit may have written since), and
+/// writes again — the last writer wins between partitions.
 async fn write_commit_state(
     inner: &Inner,
     who: &Plugin<'_>,
@@ -508,61 +547,106 @@ async fn write_commit_state(
     for write in writes {
         last.insert(&write.key, write.value.as_deref());
     }
-    let bucket = &inner.buckets.state;
-    let revisions = futures::future::try_join_all(last.keys().map(|key| async move {
-        let bucket_key = names::state_key(who.tenant, who.plugin, key);
-        let entry = bucket
-            .entry(&bucket_key)
-            .await
-            .map_err(|e| inner.error(format!("read the state key {bucket_key}"), e))?;
-        Ok::<_, LogError>(entry.map(|e| {
-            let live = matches!(e.operation, kv::Operation::Put);
-            (e.revision, live)
-        }))
-    }))
-    .await?;
-    if applier == Applier::Recovery {
-        let applied = entry::<CursorRecord>(inner, &inner.buckets.cursors, &who.key)
-            .await?
-            .and_then(|(record, _)| record)
-            .map_or(0, |record| record.applied);
-        if applied >= n {
-            return Ok(());
-        }
+    let revisions =
+        futures::future::try_join_all(last.keys().map(|key| key_revision(inner, who, key)))
+            .await?;
+    if applier == Applier::Recovery && applied_already(inner, who, n).await? {
+        return Ok(());
     }
     futures::future::try_join_all(last.into_iter().zip(revisions).map(
         |((key, value), revision)| async move {
+            let mut revision = revision;
+            for _ in 0..TRIES {
+                if write_key(inner, who, key, value, revision).await? {
+                    return Ok(());
+                }
+                if applier == Applier::Recovery {
+                    return Ok(());
+                }
+                revision = key_revision(inner, who, key).await?;
+                if applied_already(inner, who, n).await? {
+                    return Ok(());
+                }
+            }
             let bucket_key = names::state_key(who.tenant, who.plugin, key);
-            let written = match (value, revision) {
-                (Some(value), revision) => bucket
-                    .update(
-                        &bucket_key,
-                        value.to_vec().into(),
-                        revision.map_or(0, |(r, _)| r),
-                    )
-                    .await
-                    .map(drop)
-                    .or_else(|e| if conflict(&e) { Ok(()) } else { Err(e.into()) }),
-                // Nothing to delete.
-                (None, None | Some((_, false))) => Ok(()),
-                (None, Some((revision, true))) => bucket
-                    .delete_expect_revision(&bucket_key, Some(revision))
-                    .await
-                    .or_else(|e| {
-                        if matches!(e.kind(), kv::DeleteErrorKind::WrongLastRevision) {
-                            Ok(())
-                        } else {
-                            Err(e.into())
-                        }
-                    }),
-            };
-            written.map_err(|e: Box<dyn std::error::Error + Send + Sync>| {
-                inner.error(format!("write the state key {bucket_key}"), e)
-            })
+            Err(inner.error(
+                format!("write the state key {bucket_key}"),
+                ProgressError::Contended {
+                    key: bucket_key.clone(),
+                    tries: TRIES,
+                },
+            ))
         },
     ))
     .await
     .map(drop)
+}
+
+/// The revision of the plugin's state key `key`, and whether it holds a
+/// value (not a deletion); `None` when the key was never written.
+async fn key_revision(
+    inner: &Inner,
+    who: &Plugin<'_>,
+    key: &str,
+) -> Result<Option<(u64, bool)>, LogError> {
+    let bucket_key = names::state_key(who.tenant, who.plugin, key);
+    let entry = inner
+        .buckets
+        .state
+        .entry(&bucket_key)
+        .await
+        .map_err(|e| inner.error(format!("read the state key {bucket_key}"), e))?;
+    Ok(entry.map(|e| (e.revision, matches!(e.operation, kv::Operation::Put))))
+}
+
+/// Whether the partition's cursor record says commit `n` is applied.
+async fn applied_already(inner: &Inner, who: &Plugin<'_>, n: u64) -> Result<bool, LogError> {
+    let applied = entry::<CursorRecord>(inner, &inner.buckets.cursors, &who.key)
+        .await?
+        .and_then(|(record, _)| record)
+        .map_or(0, |record| record.applied);
+    Ok(applied >= n)
+}
+
+/// Writes `value` (or deletes, `None`) at the plugin's state key `key`
+/// over `revision`; false when the key has another revision now.
+async fn write_key(
+    inner: &Inner,
+    who: &Plugin<'_>,
+    key: &str,
+    value: Option<&[u8]>,
+    revision: Option<(u64, bool)>,
+) -> Result<bool, LogError> {
+    let bucket = &inner.buckets.state;
+    let bucket_key = names::state_key(who.tenant, who.plugin, key);
+    let written: Result<bool, Box<dyn std::error::Error + Send + Sync>> = match (value, revision)
+    {
+        (Some(value), revision) => match bucket
+            .update(
+                &bucket_key,
+                value.to_vec().into(),
+                revision.map_or(0, |(r, _)| r),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if conflict(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        },
+        // Nothing to delete.
+        (None, None | Some((_, false))) => Ok(true),
+        (None, Some((revision, true))) => {
+            match bucket
+                .delete_expect_revision(&bucket_key, Some(revision))
+                .await
+            {
+                Ok(()) => Ok(true),
+                Err(e) if matches!(e.kind(), kv::DeleteErrorKind::WrongLastRevision) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        }
+    };
+    written.map_err(|e| inner.error(format!("write the state key {bucket_key}"), e))
 }
 
 /// Applies `writes` to the state of `plugin` of `tenant`, outside any
@@ -748,7 +832,7 @@ fn backoff(tries: usize) -> Duration {
 
 /// Commits `commit`: see the module's documentation.
 async fn commit(inner: &Inner, commit: Commit) -> Result<Committed, LogError> {
-    let who = Plugin::new(&commit.tenant, &commit.plugin);
+    let who = Plugin::new(&commit.tenant, &commit.plugin, commit.partition);
     let slot = inner.progress_state.slot(&who.key);
     let mut cached = slot.lock().await;
     let mut view = match cached.take() {
@@ -852,11 +936,76 @@ impl CursorStore for NatsLog {
             .block(async move { cursor_of(&inner, &tenant, &plugin).await })
     }
 
+    /// Every partition's, merged in order.
     fn ahead(&self, tenant: &str, plugin: &str) -> Result<Vec<Seq>, LogError> {
         let (inner, tenant, plugin) = (self.inner.clone(), tenant.to_owned(), plugin.to_owned());
-        self.inner
-            .bridge
-            .block(async move { Ok(settled(&inner, &tenant, &plugin).await?.ahead) })
+        self.inner.bridge.block(async move {
+            let mut ahead = Vec::new();
+            for partition in 0..inner.partitions() {
+                ahead.extend(settled(&inner, &tenant, &plugin, partition).await?.ahead);
+            }
+            ahead.sort_unstable();
+            Ok(ahead)
+        })
+    }
+
+    fn partition_cursor(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        partition: Partition,
+    ) -> Result<Option<Seq>, LogError> {
+        let (inner, tenant, plugin) = (self.inner.clone(), tenant.to_owned(), plugin.to_owned());
+        self.inner.bridge.block(async move {
+            Ok(settled(&inner, &tenant, &plugin, partition)
+                .await?
+                .cursor)
+        })
+    }
+
+    fn partition_ahead(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        partition: Partition,
+    ) -> Result<Vec<Seq>, LogError> {
+        let (inner, tenant, plugin) = (self.inner.clone(), tenant.to_owned(), plugin.to_owned());
+        self.inner.bridge.block(async move {
+            Ok(settled(&inner, &tenant, &plugin, partition)
+                .await?
+                .ahead)
+        })
+    }
+
+    /// Moves the cursor of every partition, one after the other (not all
+    /// or none: a failure part-way leaves the first partitions moved, and
+    /// moving again is safe).
+    fn commit_cursor(&self, tenant: &str, plugin: &str, seq: Seq) -> Reply<Committed> {
+        let inner = self.inner.clone();
+        let (tenant, plugin) = (tenant.to_owned(), plugin.to_owned());
+        self.inner.bridge.reply(async move {
+            let mut all = Committed {
+                emitted: Vec::new(),
+                cursor_moved: true,
+                refused_dead_letters: Vec::new(),
+            };
+            for partition in 0..inner.partitions() {
+                let result = commit(
+                    &inner,
+                    Commit {
+                        tenant: tenant.clone(),
+                        plugin: plugin.clone(),
+                        partition,
+                        cursor: seq,
+                        ..Commit::default()
+                    },
+                )
+                .await;
+                inner.note_write(&result);
+                all.cursor_moved &= result?.cursor_moved;
+            }
+            Ok(all)
+        })
     }
 
     fn commit(&self, commit: Commit) -> Reply<Committed> {
@@ -1129,7 +1278,7 @@ mod tests {
         let inner = log.inner.clone();
         let late = set("1");
         log.inner.bridge.block(async move {
-            let who = Plugin::new("acme", "p");
+            let who = Plugin::new("acme", "p", 0);
             write_commit_state(&inner, &who, 1, &[late], Applier::Recovery).await
         })?;
         let value = log.get("acme", "p", "k").map_err(|e| LogError::Backend {

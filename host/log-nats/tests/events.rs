@@ -306,7 +306,7 @@ fn a_message_that_is_not_an_event_is_corrupt_at_its_position() {
     let seq = runtime.block_on(async {
         let client = async_nats::connect(server.url()).await.expect("connect");
         let js = async_nats::jetstream::new(client);
-        js.publish("plugbus.events.acme", "{\"not\": \"an event\"}".into())
+        js.publish("plugbus.events.acme.0", "{\"not\": \"an event\"}".into())
             .await
             .expect("publish")
             .await
@@ -516,7 +516,7 @@ fn prune_keeps_what_a_live_plugin_has_not_finished() {
         &[("slow", appended[1].seq), ("fast", appended[5].seq)].map(|(plugin, cursor)| {
             (
                 "plugbus_cursors",
-                format!("acme.{plugin}"),
+                format!("acme.{plugin}.0"),
                 cursor_record(cursor),
             )
         }),
@@ -568,7 +568,7 @@ fn prune_on_a_shared_log_keeps_what_a_plugin_on_another_host_has_not_finished() 
     let now = now_ms();
     let mut records = Vec::new();
     for (plugin, expires_ms) in [("elsewhere", now + 60_000), ("gone", now - 7_200_000)] {
-        let key = format!("acme.{plugin}");
+        let key = format!("acme.{plugin}.0");
         records.push(("plugbus_cursors", key.clone(), cursor_record(acme[0].seq)));
         let lease = serde_json::json!({"holder": "host-y", "expires_ms": expires_ms, "epoch": 1});
         records.push(("plugbus_leases", key, lease));

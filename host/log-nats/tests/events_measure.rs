@@ -72,7 +72,7 @@ fn measure_append_and_read_throughput() {
         let mut next = 1;
         let mut read = 0;
         while let Ok(m) = stream
-            .direct_get_next_for_subject("plugbus.events.acme", Some(next))
+            .direct_get_next_for_subject("plugbus.events.acme.0", Some(next))
             .await
         {
             let _ = Event::from_json(std::str::from_utf8(&m.payload).expect("utf-8"))
@@ -95,7 +95,7 @@ fn measure_append_and_read_throughput() {
         let start = Instant::now();
         let consumer = stream
             .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-                filter_subject: "plugbus.events.acme".to_owned(),
+                filter_subject: "plugbus.events.acme.0".to_owned(),
                 ..Default::default()
             })
             .await

@@ -314,7 +314,7 @@ fn record(
     })
 }
 
-const KEY: &str = "acme.p";
+const KEY: &str = "acme.p.0";
 
 #[test]
 fn a_commit_record_left_alone_is_applied_by_the_next_reader_once() -> Result {
@@ -723,13 +723,13 @@ fn a_commit_with_emitted_events_left_alone_publishes_them_once() -> Result {
         }),
     );
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", names::emit_id("acme", "p", 2, 0).as_str());
+    headers.insert("Nats-Msg-Id", names::emit_id("acme", "p", 0, 2, 0).as_str());
     headers.insert("Plugbus-Emitted-By", "p");
     buckets.runtime.block_on(async {
         buckets
             .js
             .publish_with_headers(
-                "plugbus.events.acme",
+                "plugbus.events.acme.0",
                 headers,
                 emitted[0].to_json_string().into(),
             )

@@ -36,6 +36,41 @@ use plugbus_core::state::{StateStore, StateWrite};
 /// necessarily contiguous (a refused duplicate may leave a gap).
 pub type Seq = u64;
 
+/// One of a tenant's partitions, `0..partitions` (see
+/// [`EventStore::partitions`]).
+pub type Partition = u32;
+
+/// The most partitions a log may have.
+pub const MAX_PARTITIONS: Partition = 256;
+
+/// The partition of `event` among `partitions` (at least 1): a stable
+/// hash of its order key — the `partitionkey` extension, else its
+/// `subject` — so that the events of one key, which are delivered in
+/// order, are in one partition; an event with neither (it keeps no order)
+/// goes by its id. The hash is the first 8 bytes of SHA-256 over the key,
+/// read big-endian, modulo `partitions`: the same on every host, build
+/// and platform.
+pub fn partition_of(event: &Event, partitions: Partition) -> Partition {
+    use sha2::Digest as _;
+    if partitions <= 1 {
+        return 0;
+    }
+    let key = event
+        .extensions()
+        .get("partitionkey")
+        .map(String::as_str)
+        .or(event.subject());
+    let digest = match key {
+        Some(key) => sha2::Sha256::new().chain_update(b"k").chain_update(key),
+        None => sha2::Sha256::new().chain_update(b"i").chain_update(event.id()),
+    }
+    .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    let hash = u64::from_be_bytes(first);
+    Partition::try_from(hash % u64::from(partitions)).unwrap_or(0)
+}
+
 /// Why the log could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -99,7 +134,7 @@ pub enum LogError {
     /// longer owns the plugin's work.
     #[error("the lease on {key} was lost: epoch {epoch} committed after epoch {newer}")]
     LeaseLost {
-        /// The lease's key, `<tenant>.<plugin>`.
+        /// The lease's key, `<tenant>.<plugin>.<partition>`.
         key: String,
         /// The epoch the refused commit was made under.
         epoch: u64,
@@ -222,6 +257,9 @@ pub struct Commit {
     pub tenant: String,
     /// The plugin.
     pub plugin: String,
+    /// The partition of the tenant's events whose cursor this is (0 on a
+    /// log of one partition; see [`EventStore::partitions`]).
+    pub partition: Partition,
     /// The position of the last event the plugin is finished with.
     pub cursor: Seq,
     /// The cursor the plugin's consumer started from. When set and the
@@ -394,6 +432,40 @@ pub trait EventStore: Send + Sync {
     /// events. Blocking.
     fn count_after(&self, tenant: &str, after: Seq, limit: u64) -> Result<u64, LogError>;
 
+    /// How many partitions each tenant's events are split into
+    /// ([`partition_of`]): each (plugin, partition) has its own cursor and
+    /// is delivered by one consumer, in order. 1 unless the log is
+    /// configured otherwise (only a shared log is).
+    fn partitions(&self) -> Partition {
+        1
+    }
+
+    /// Like [`read_bounded`](EventStore::read_bounded), only the events
+    /// of `partition`. The provided method serves a log of one partition.
+    fn read_partition(
+        &self,
+        tenant: &str,
+        partition: Partition,
+        after: Seq,
+        limit: ReadLimit,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let _ = partition;
+        self.read_bounded(tenant, after, limit)
+    }
+
+    /// Like [`count_after`](EventStore::count_after), only the events of
+    /// `partition`. The provided method serves a log of one partition.
+    fn count_partition_after(
+        &self,
+        tenant: &str,
+        partition: Partition,
+        after: Seq,
+        limit: u64,
+    ) -> Result<u64, LogError> {
+        let _ = partition;
+        self.count_after(tenant, after, limit)
+    }
+
     /// The position of the first event of `tenant` appended at or after
     /// `at_ms` (milliseconds since the Unix epoch). Blocking.
     fn first_since(&self, tenant: &str, at_ms: i64) -> Result<Option<Seq>, LogError>;
@@ -419,17 +491,45 @@ pub trait EventStore: Send + Sync {
 pub trait CursorStore: Send + Sync {
     /// The position of the last event of `tenant` that `plugin` has
     /// finished with, or `None` when it has no cursor yet. Blocking.
+    /// With several partitions, the lowest of the partitions' cursors
+    /// (`None` while no partition has one): everything at or before it is
+    /// finished.
     fn cursor(&self, tenant: &str, plugin: &str) -> Result<Option<Seq>, LogError>;
 
     /// The events past its cursor that `plugin` has finished (see
     /// [`Commit::ahead`]), in order. Blocking.
     fn ahead(&self, tenant: &str, plugin: &str) -> Result<Vec<Seq>, LogError>;
 
+    /// The cursor of `plugin` in `partition` of its tenant's events. The
+    /// provided method serves a log of one partition. Blocking.
+    fn partition_cursor(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        partition: Partition,
+    ) -> Result<Option<Seq>, LogError> {
+        let _ = partition;
+        self.cursor(tenant, plugin)
+    }
+
+    /// What `plugin` finished past its cursor in `partition`. The
+    /// provided method serves a log of one partition. Blocking.
+    fn partition_ahead(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        partition: Partition,
+    ) -> Result<Vec<Seq>, LogError> {
+        let _ = partition;
+        self.ahead(tenant, plugin)
+    }
+
     /// Commits what a plugin finished (see [`Commit`]) and answers once it
     /// is durable.
     fn commit(&self, commit: Commit) -> Reply<Committed>;
 
-    /// Moves `plugin`'s cursor to `seq` and answers once that is durable.
+    /// Moves `plugin`'s cursor to `seq` (in every partition) and answers
+    /// once that is durable.
     fn commit_cursor(&self, tenant: &str, plugin: &str, seq: Seq) -> Reply<Committed> {
         self.commit(Commit {
             tenant: tenant.to_owned(),
@@ -549,31 +649,39 @@ pub trait InspectStore: Send + Sync {
     ) -> Result<Page<StoredEvent>, LogError>;
 }
 
-/// What a lease is on: one plugin of one tenant, the whole tenant's
-/// stream of events for it. (A partition number may join it later: the
-/// key's text then gets a third part.)
+/// What a lease is on: one plugin of one tenant, in one partition of the
+/// tenant's events (see [`EventStore::partitions`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LeaseKey {
     /// The tenant.
     pub tenant: String,
     /// The plugin.
     pub plugin: String,
+    /// The partition.
+    pub partition: Partition,
 }
 
 impl LeaseKey {
-    /// The lease on `plugin` of `tenant`.
+    /// The lease on `plugin` of `tenant` in partition 0 (the whole
+    /// tenant, on a log of one partition).
     pub fn new(tenant: &str, plugin: &str) -> Self {
+        Self::of(tenant, plugin, 0)
+    }
+
+    /// The lease on `plugin` of `tenant` in `partition`.
+    pub fn of(tenant: &str, plugin: &str, partition: Partition) -> Self {
         Self {
             tenant: tenant.to_owned(),
             plugin: plugin.to_owned(),
+            partition,
         }
     }
 }
 
 impl std::fmt::Display for LeaseKey {
-    /// `<tenant>.<plugin>`, as a shared log keys it.
+    /// `<tenant>.<plugin>.<partition>`, as a shared log keys it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.tenant, self.plugin)
+        write!(f, "{}.{}.{}", self.tenant, self.plugin, self.partition)
     }
 }
 
@@ -835,6 +943,53 @@ mod tests {
         assert!(!quota.admits(2, 0, 1), "the count is reached");
         assert!(!quota.admits(0, u64::MAX, 1), "no overflow");
     }
+
+    fn keyed(id: &str, key: Option<&str>, subject: Option<&str>) -> Event {
+        let mut builder = Event::builder("acme", id, "/src", "t.x");
+        if let Some(subject) = subject {
+            builder = builder.subject(subject.to_owned());
+        }
+        if let Some(key) = key {
+            builder = builder.extension("partitionkey", key);
+        }
+        builder.build().expect("an event")
+    }
+
+    #[test]
+    fn one_key_one_partition() {
+        // One partition: everything in 0.
+        assert_eq!(partition_of(&keyed("a", Some("k"), None), 1), 0);
+        assert_eq!(partition_of(&keyed("a", Some("k"), None), 0), 0);
+        for n in [2, 4, 7, 256] {
+            let by_key = partition_of(&keyed("a", Some("order-1"), Some("x")), n);
+            assert!(by_key < n);
+            // The partition key decides, whatever the id and subject.
+            assert_eq!(partition_of(&keyed("b", Some("order-1"), Some("y")), n), by_key);
+            // Else the subject, as a key.
+            assert_eq!(
+                partition_of(&keyed("c", None, Some("order-1")), n),
+                partition_of(&keyed("d", Some("order-1"), None), n)
+            );
+        }
+        // Fixed across builds and platforms: known answers.
+        let known: Vec<Partition> = (0..8)
+            .map(|i| partition_of(&keyed("x", Some(&format!("key-{i}")), None), 4))
+            .collect();
+        assert_eq!(known, KNOWN);
+        // Keys spread over the partitions.
+        let mut counts = [0u32; 4];
+        for i in 0..4000 {
+            counts[partition_of(&keyed("x", Some(&format!("k{i}")), None), 4) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (850..=1150).contains(c)), "{counts:?}");
+        // Without a key, by id.
+        let ids: std::collections::BTreeSet<Partition> = (0..64)
+            .map(|i| partition_of(&keyed(&format!("id-{i}"), None, None), 4))
+            .collect();
+        assert_eq!(ids.len(), 4);
+    }
+
+    const KNOWN: [Partition; 8] = [0; 8];
 
     #[test]
     fn a_reply_whose_sender_is_gone_answers_closed() {

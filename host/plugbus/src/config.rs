@@ -89,6 +89,7 @@
 //! tls_first = false
 //! prefix = "plugbus"              # names the stream, subjects and buckets
 //! replicas = 1                    # 1, 3 or 5
+//! partitions = 1                  # 1 to 256; fixed when the stream is made
 //! connect_timeout_ms = 10_000
 //! request_timeout_ms = 10_000
 //!
@@ -458,6 +459,12 @@ pub struct NatsConfig {
     /// How many servers keep each stream and bucket: 1, 3 or 5 (default 1).
     /// A cluster of three with 3 replicas survives the loss of one server.
     pub replicas: usize,
+    /// How many partitions each tenant's events are split into, by
+    /// partition key (`partitionkey`, else `subject`): 1 to 256 (default
+    /// 1). Each (plugin, partition) is handled by one host at a time, in
+    /// order. Fixed when the stream is made: a log opened with another
+    /// count does not open.
+    pub partitions: u32,
     /// How long to wait for the first connection at startup, in
     /// milliseconds (default 10,000); later disconnections are retried for
     /// ever.
@@ -495,6 +502,7 @@ impl Default for NatsConfig {
             tls_first: false,
             prefix: defaults.prefix.as_str().to_owned(),
             replicas: defaults.replicas,
+            partitions: defaults.partitions,
             connect_timeout_ms: millis(defaults.connect_timeout),
             request_timeout_ms: millis(defaults.request_timeout),
             lease_ttl_ms: 10_000,
@@ -644,6 +652,7 @@ impl Config {
             // Checked when the file was read.
             prefix: Prefix::new(&nats.prefix).unwrap_or_default(),
             replicas: nats.replicas,
+            partitions: nats.partitions,
             duplicate_window: self.duplicate_window(),
             request_timeout: Duration::from_millis(nats.request_timeout_ms),
             connect_timeout: Duration::from_millis(nats.connect_timeout_ms),
@@ -1153,6 +1162,16 @@ fn check_log(
             format!("{} is not 1, 3 or 5", nats.replicas),
         ));
     }
+    if !(1..=plugbus_log::MAX_PARTITIONS).contains(&nats.partitions) {
+        return Err(invalid(
+            "log.nats.partitions",
+            format!(
+                "{} is not between 1 and {}",
+                nats.partitions,
+                plugbus_log::MAX_PARTITIONS
+            ),
+        ));
+    }
     range(
         "log.nats.connect_timeout_ms",
         nats.connect_timeout_ms,
@@ -1477,6 +1496,7 @@ mod tests {
              tls_first = true\n\
              prefix = \"pos_eu1\"\n\
              replicas = 3\n\
+             partitions = 8\n\
              connect_timeout_ms = 2500\n\
              request_timeout_ms = 4000\n",
             hash_token("a")
@@ -1489,6 +1509,7 @@ mod tests {
         assert!(nats.tls.required && nats.tls.first);
         assert_eq!(nats.prefix.as_str(), "pos_eu1");
         assert_eq!(nats.replicas, 3);
+        assert_eq!(nats.partitions, 8);
         assert_eq!(nats.connect_timeout, Duration::from_millis(2500));
         assert_eq!(nats.request_timeout, Duration::from_millis(4000));
         // The duplicate window and the quotas are the embedded log's.
@@ -1661,6 +1682,12 @@ mod tests {
             );
         }
         refused(&nats_toml("replicas = -1"), "replicas");
+        for partitions in [0, 257] {
+            refused(
+                &nats_toml(&format!("partitions = {partitions}")),
+                "log.nats.partitions",
+            );
+        }
         refused(
             &nats_toml("connect_timeout_ms = 99"),
             "log.nats.connect_timeout_ms",
