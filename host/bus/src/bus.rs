@@ -11,11 +11,14 @@ use tokio::sync::{broadcast, watch};
 use crate::config::DurableConfig;
 use crate::consumer::Consumer;
 use crate::failures::{self, RECENT_FAILURES};
-use crate::state::Inner;
+use crate::state::{Inner, PartKey};
 use crate::supervise::{retain, supervise, watch_reloads};
 use crate::task::Task;
 use plugbus_core::event::Event;
-use plugbus_log::{Appended, DeadLetterDepths, EventLog, LogError, LogHealth, Quarantine};
+use plugbus_log::{
+    Appended, DeadLetterDepths, EventLog, LogError, LogHealth, Partition, Quarantine, ReadLimit,
+    partition_of,
+};
 use plugbus_runtime::Delivery;
 use plugbus_runtime::host::Host;
 
@@ -88,6 +91,7 @@ impl DurableBus {
             config.lease_ttl.max(Duration::from_millis(100)),
             log.shared(),
         );
+        let log_partitions = log.partitions().max(1);
         let inner = Arc::new(Inner {
             host,
             log,
@@ -95,6 +99,7 @@ impl DurableBus {
             tenants: Mutex::new(HashMap::new()),
             consumers: Mutex::new(HashMap::new()),
             gauges: Mutex::new(HashMap::new()),
+            partitions: log_partitions,
             restarts: Mutex::new(BTreeMap::new()),
             stop: watch::Sender::new(false),
             deliveries: broadcast::Sender::new(4096),
@@ -105,9 +110,12 @@ impl DurableBus {
         let observer = inner.deliveries.subscribe();
         let reload_events = inner.host.reload_events();
         for plugin in inner.host.plugins() {
-            let consumer = Consumer::new(&inner, &plugin.tenant, &plugin.name, Arc::default());
-            let position = consumer.start_position().await?;
-            inner.ensure_consumer(&plugin.tenant, &plugin.name, Some(position));
+            for partition in 0..inner.partitions {
+                let key = (plugin.tenant.clone(), plugin.name.clone(), partition);
+                let consumer = Consumer::new(&inner, &key, Arc::default());
+                let position = consumer.start_position().await?;
+                inner.ensure_consumer(&key, Some(position));
+            }
         }
         let watcher = inner.clone();
         let mut first = Some(reload_events);
@@ -139,12 +147,16 @@ impl DurableBus {
     /// answers once they are durable; the consumers then deliver them. All
     /// or none.
     pub async fn publish(&self, events: Vec<Event>) -> Result<Vec<Appended>, DurablePublishError> {
-        let tenants: Vec<String> = events.iter().map(|e| e.tenant().to_owned()).collect();
+        let partitions = self.inner.partitions;
+        let tenants: Vec<(String, Partition)> = events
+            .iter()
+            .map(|e| (e.tenant().to_owned(), partition_of(e, partitions)))
+            .collect();
         // Counted before they can be read, so that no consumer reads one
         // before it is counted (and counts it twice).
-        let mut count: HashMap<&str, u64> = HashMap::new();
-        for tenant in &tenants {
-            *count.entry(tenant).or_default() += 1;
+        let mut count: HashMap<(&str, Partition), u64> = HashMap::new();
+        for (tenant, partition) in &tenants {
+            *count.entry((tenant, *partition)).or_default() += 1;
         }
         self.inner.appending(&count, true);
         let appended = match self.inner.log.append(events).await {
@@ -154,14 +166,15 @@ impl DurableBus {
                 return Err(e.into());
             }
         };
-        let mut duplicates: HashMap<&str, u64> = HashMap::new();
-        for (tenant, answer) in tenants.iter().zip(&appended) {
+        let mut duplicates: HashMap<(&str, Partition), u64> = HashMap::new();
+        for ((tenant, partition), answer) in tenants.iter().zip(&appended) {
             if answer.duplicate {
-                *duplicates.entry(tenant).or_default() += 1;
+                *duplicates.entry((tenant, *partition)).or_default() += 1;
             }
         }
         self.inner.appending(&duplicates, false);
-        for tenant in count.keys() {
+        let woken: std::collections::BTreeSet<&str> = count.keys().map(|(t, _)| *t).collect();
+        for tenant in woken {
             self.inner.notify(tenant).notify_waiters();
         }
         Ok(appended)
@@ -180,7 +193,7 @@ impl DurableBus {
     /// plugin counts as finished: its events wait in the log.
     pub async fn settle(&self) -> Result<(), LogError> {
         loop {
-            let running: Vec<(String, String)> = {
+            let running: Vec<PartKey> = {
                 let quarantined = self
                     .inner
                     .quarantined
@@ -191,15 +204,21 @@ impl DurableBus {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .iter()
-                    .filter(|(key, task)| !task.is_finished() && !quarantined.contains_key(*key))
+                    .filter(|((tenant, plugin, _), task)| {
+                        !task.is_finished()
+                            && !quarantined.contains_key(&(tenant.clone(), plugin.clone()))
+                    })
                     .map(|(key, _)| key.clone())
                     .collect()
             };
             let log = self.inner.log.clone();
             let settled = tokio::task::spawn_blocking(move || {
-                for (tenant, plugin) in running {
-                    let cursor = log.cursor(&tenant, &plugin)?.unwrap_or(0);
-                    if !log.read(&tenant, cursor, 1)?.is_empty()
+                for (tenant, plugin, partition) in running {
+                    let cursor = log
+                        .partition_cursor(&tenant, &plugin, partition)?
+                        .unwrap_or(0);
+                    let next = log.read_partition(&tenant, partition, cursor, ReadLimit::events(1))?;
+                    if !next.is_empty()
                         || !log.redrives(&tenant, &plugin, 1)?.is_empty()
                     {
                         return Ok(false);
@@ -217,30 +236,35 @@ impl DurableBus {
     }
 
     /// Each running consumer's backlog (its lag and what it holds), kept
-    /// as it works: cheap enough for every metrics scrape.
+    /// as it works: cheap enough for every metrics scrape. A plugin's
+    /// partitions are summed into one backlog.
     pub fn backlogs(&self) -> Vec<Backlog> {
         let gauges = self
             .inner
             .gauges
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut all: Vec<Backlog> = gauges
-            .iter()
-            .flat_map(|(tenant, plugins)| {
-                plugins.iter().map(move |(plugin, g)| {
-                    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-                    Backlog {
+        let mut by_plugin: BTreeMap<(String, String), Backlog> = BTreeMap::new();
+        for (tenant, plugins) in gauges.iter() {
+            for ((plugin, _), g) in plugins {
+                let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                let sum = by_plugin
+                    .entry((tenant.clone(), plugin.clone()))
+                    .or_insert_with(|| Backlog {
                         tenant: tenant.clone(),
                         plugin: plugin.clone(),
-                        lag: get(&g.behind).saturating_add(get(&g.unread)),
-                        pending_events: get(&g.pending_events),
-                        pending_bytes: get(&g.pending_bytes),
-                    }
-                })
-            })
-            .collect();
-        all.sort_by(|a, b| (&a.tenant, &a.plugin).cmp(&(&b.tenant, &b.plugin)));
-        all
+                        lag: 0,
+                        pending_events: 0,
+                        pending_bytes: 0,
+                    });
+                sum.lag = sum
+                    .lag
+                    .saturating_add(get(&g.behind).saturating_add(get(&g.unread)));
+                sum.pending_events = sum.pending_events.saturating_add(get(&g.pending_events));
+                sum.pending_bytes = sum.pending_bytes.saturating_add(get(&g.pending_bytes));
+            }
+        }
+        by_plugin.into_values().collect()
     }
 
     /// How many dead letters each plugin has, by (tenant, plugin), without
@@ -323,9 +347,24 @@ impl DurableBus {
         &self.inner.log
     }
 
-    /// The (tenant, plugin)s whose lease this host holds now: those it
-    /// delivers for. Every loaded plugin on a log one host has alone.
+    /// The (tenant, plugin)s of which this host holds a lease now (of one
+    /// partition at least): those it delivers for. Every loaded plugin on
+    /// a log one host has alone.
     pub fn held_leases(&self) -> Vec<(String, String)> {
+        let mut held: Vec<(String, String)> = self
+            .inner
+            .leases
+            .held()
+            .into_iter()
+            .map(|(tenant, plugin, _)| (tenant, plugin))
+            .collect();
+        held.dedup();
+        held
+    }
+
+    /// The (tenant, plugin, partition)s whose lease this host holds now,
+    /// sorted.
+    pub fn held_partitions(&self) -> Vec<(String, String, Partition)> {
         self.inner.leases.held()
     }
 

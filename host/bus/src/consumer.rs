@@ -15,13 +15,13 @@ use tokio::sync::{Notify, watch};
 use crate::lease::{self, Holding};
 use crate::read_ahead::ReadAhead;
 use crate::retry::{MAX_WAIT, deadline};
-use crate::state::{Gauges, Inner, PluginKey};
+use crate::state::{Gauges, Inner, PartKey, PluginKey};
 use crate::task::join_failure;
 use plugbus_core::Outcome;
 use plugbus_core::event::Event;
 use plugbus_log::{
-    Commit, DeadLetter, EventLog, FailedAttempt, LogError, Quarantine, QuarantineChange, ReadLimit,
-    Seq, StoredEvent, now_ms,
+    Commit, DeadLetter, EventLog, FailedAttempt, LogError, Partition, Quarantine,
+    QuarantineChange, ReadLimit, Seq, StoredEvent, now_ms, partition_of,
 };
 use plugbus_runtime::Delivery;
 use plugbus_runtime::dispatch::{Effects, Item};
@@ -47,6 +47,9 @@ struct Run {
     redrives_checked: Option<std::time::Instant>,
     /// When the log was last asked for a cursor moved by an operator.
     cursor_checked: std::time::Instant,
+    /// When the log was last asked whether another partition's consumer
+    /// quarantined the plugin (only with several partitions).
+    quarantine_checked: Option<std::time::Instant>,
 }
 
 /// What becomes of an event after a delivery.
@@ -78,21 +81,23 @@ impl Deliverable for DeadLetter {
     }
 }
 
-/// Whether a read of at most `limit` events after `after`, which returned
-/// `events`, reached the end of the tenant's events (one index lookup
-/// when it returned fewer than asked for).
+/// Whether a read of at most `limit` events of `partition` after
+/// `after`, which returned `events`, reached the end of the partition's
+/// events (one index lookup when it returned fewer than asked for).
 fn at_the_end(
     log: &dyn EventLog,
-    tenant: &str,
+    (tenant, partition): (&str, Partition),
     after: Seq,
     limit: ReadLimit,
     events: &[StoredEvent],
 ) -> Result<bool, LogError> {
     let more = match events.last() {
-        Some(last) if events.len() < limit.events => log.count_after(tenant, last.seq, 1)?,
+        Some(last) if events.len() < limit.events => {
+            log.count_partition_after(tenant, partition, last.seq, 1)?
+        }
         Some(_) => 1,
         None if limit.first_always => 0,
-        None => log.count_after(tenant, after, 1)?,
+        None => log.count_partition_after(tenant, partition, after, 1)?,
     };
     Ok(more == 0)
 }
@@ -122,6 +127,8 @@ pub(super) struct Consumer {
     inner: Arc<Inner>,
     tenant: String,
     plugin: String,
+    /// The partition of the tenant's events it delivers.
+    partition: Partition,
     gauges: Arc<Gauges>,
     /// The plugin's lease.
     lease: watch::Sender<Holding>,
@@ -130,13 +137,14 @@ pub(super) struct Consumer {
 }
 
 impl Consumer {
-    pub(super) fn new(inner: &Arc<Inner>, tenant: &str, plugin: &str, gauges: Arc<Gauges>) -> Self {
+    pub(super) fn new(inner: &Arc<Inner>, key: &PartKey, gauges: Arc<Gauges>) -> Self {
         Self {
             inner: inner.clone(),
-            tenant: tenant.to_owned(),
-            plugin: plugin.to_owned(),
+            tenant: key.0.clone(),
+            plugin: key.1.clone(),
+            partition: key.2,
             gauges,
-            lease: inner.leases.slot(&(tenant.to_owned(), plugin.to_owned())),
+            lease: inner.leases.slot(key),
             epoch: AtomicU64::new(0),
         }
     }
@@ -149,8 +157,8 @@ impl Consumer {
         if matches!(result, Ok(())) && self.inner.host.plugin(&self.tenant, &self.plugin).is_none()
         {
             // Unloaded: its cursor stays for when it comes back.
-            self.inner
-                .drop_gauges(&self.tenant, &self.plugin, &self.gauges);
+            let key = (self.tenant.clone(), self.plugin.clone(), self.partition);
+            self.inner.drop_gauges(&key, &self.gauges);
         }
         result
     }
@@ -163,9 +171,11 @@ impl Consumer {
             tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the events handled ahead of the cursor: {e}");
         }
         let log = self.inner.log.clone();
-        let tenant = self.tenant.clone();
-        match tokio::task::spawn_blocking(move || log.count_after(&tenant, position, 1_000_000))
-            .await
+        let (tenant, partition) = (self.tenant.clone(), self.partition);
+        match tokio::task::spawn_blocking(move || {
+            log.count_partition_after(&tenant, partition, position, 1_000_000)
+        })
+        .await
         {
             Ok(Ok(unread)) => self.gauges.unread.store(unread, Ordering::Relaxed),
             Ok(Err(e)) => {
@@ -208,6 +218,7 @@ impl Consumer {
                 failures_in_a_row: 0,
                 redrives_checked: None,
                 cursor_checked: std::time::Instant::now(),
+                quarantine_checked: None,
             };
             loop {
                 match self.lease_now(epoch) {
@@ -379,6 +390,9 @@ impl Consumer {
             return Ok(Step::Stop);
         };
         self.follow_moved_cursor(run).await?;
+        if self.quarantined_elsewhere(run).await {
+            return Ok(self.pause_step(Duration::from_millis(200), stop).await);
+        }
         if let step @ (Step::Again | Step::Stop) =
             self.redrive_requested(&plugin, run, stop).await?
         {
@@ -438,8 +452,12 @@ impl Consumer {
         run.redrives_checked = Some(std::time::Instant::now());
         let log = self.inner.log.clone();
         let (tenant, name) = (self.tenant.clone(), self.plugin.clone());
+        let (partition, partitions) = (self.partition, self.inner.partitions);
+        let mine = move |dead: &DeadLetter| partition_of(&dead.event, partitions) == partition;
         match tokio::task::spawn_blocking(move || log.redrives(&tenant, &name, 16)).await {
-            Ok(Ok(redrives)) if !redrives.is_empty() => {
+            // Each partition's consumer takes the requests of its events.
+            Ok(Ok(redrives)) if redrives.iter().any(mine) => {
+                let redrives = redrives.into_iter().filter(mine);
                 for dead in redrives {
                     if self
                         .redrive(plugin, dead, run.line.position(), stop)
@@ -472,11 +490,12 @@ impl Consumer {
         let Some(limit) = line.read_limit(&self.inner.config) else {
             return Ok(Step::Go);
         };
-        let tenant = self.tenant.clone();
+        let (tenant, partition) = (self.tenant.clone(), self.partition);
         let (log, after) = (self.inner.log.clone(), line.read_after());
         let read = tokio::task::spawn_blocking(move || {
-            let events = log.read_bounded(&tenant, after, limit)?;
-            let at_the_end = at_the_end(log.as_ref(), &tenant, after, limit, &events)?;
+            let events = log.read_partition(&tenant, partition, after, limit)?;
+            let at_the_end =
+                at_the_end(log.as_ref(), (&tenant, partition), after, limit, &events)?;
             Ok::<_, LogError>((events, at_the_end))
         })
         .await;
@@ -733,21 +752,23 @@ impl Consumer {
     /// unread events first (and taking them back if it fails), and wakes
     /// those consumers.
     async fn commit_emitting(&self, commit: Commit) -> Result<plugbus_log::Committed, LogError> {
-        let tenants: Vec<String> = commit
+        let partitions = self.inner.partitions;
+        let tenants: Vec<(String, Partition)> = commit
             .emitted
             .iter()
-            .map(|e| e.tenant().to_owned())
+            .map(|e| (e.tenant().to_owned(), partition_of(e, partitions)))
             .collect();
-        let mut count: HashMap<&str, u64> = HashMap::new();
-        for tenant in &tenants {
-            *count.entry(tenant).or_default() += 1;
+        let mut count: HashMap<(&str, Partition), u64> = HashMap::new();
+        for (tenant, partition) in &tenants {
+            *count.entry((tenant, *partition)).or_default() += 1;
         }
         self.inner.appending(&count, true);
         let committed = self.inner.log.commit(commit).await;
         if committed.is_err() {
             self.inner.appending(&count, false);
         }
-        for tenant in count.keys() {
+        let woken: std::collections::BTreeSet<&str> = count.keys().map(|(t, _)| *t).collect();
+        for tenant in woken {
             self.inner.notify(tenant).notify_waiters();
         }
         committed
@@ -756,9 +777,11 @@ impl Consumer {
     /// Reads the events the plugin finished ahead of its cursor, which a
     /// restart must not deliver again.
     async fn load_ahead(&self, line: &mut ReadAhead) -> Result<(), LogError> {
-        let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
-        let ahead =
-            plugbus_log::blocking(&self.inner.log, move |log| log.ahead(&tenant, &plugin)).await?;
+        let (tenant, plugin, partition) = (self.tenant.clone(), self.plugin.clone(), self.partition);
+        let ahead = plugbus_log::blocking(&self.inner.log, move |log| {
+            log.partition_ahead(&tenant, &plugin, partition)
+        })
+        .await?;
         line.skip(ahead);
         Ok(())
     }
@@ -768,14 +791,14 @@ impl Consumer {
     /// so that a restart starts there too.
     pub(super) async fn start_position(&self) -> Result<Seq, LogError> {
         let log = self.inner.log.clone();
-        let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
+        let (tenant, plugin, partition) = (self.tenant.clone(), self.plugin.clone(), self.partition);
         let earliest = self
             .inner
             .host
             .plugin(&self.tenant, &self.plugin)
             .is_some_and(|p| p.manifest().start == plugbus_core::Start::Earliest);
         let found = tokio::task::spawn_blocking(move || {
-            log.cursor(&tenant, &plugin)
+            log.partition_cursor(&tenant, &plugin, partition)
                 .and_then(|cursor| match cursor {
                     Some(c) => Ok((c, false)),
                     None if earliest => Ok((0, true)),
@@ -786,9 +809,16 @@ impl Consumer {
         .map_err(|_| LogError::Closed)??;
         let (position, new) = found;
         if new {
+            // This partition's cursor only (`commit_cursor` moves all).
             self.inner
                 .log
-                .commit_cursor(&self.tenant, &self.plugin, position)
+                .commit(Commit {
+                    tenant: self.tenant.clone(),
+                    plugin: self.plugin.clone(),
+                    partition: self.partition,
+                    cursor: position,
+                    ..Commit::default()
+                })
                 .await?;
         }
         Ok(position)
@@ -1002,6 +1032,7 @@ impl Consumer {
         Commit {
             tenant: self.tenant.clone(),
             plugin: self.plugin.clone(),
+            partition: self.partition,
             cursor: position,
             expected: Some(position),
             lease: self.current_epoch(),
@@ -1049,10 +1080,53 @@ impl Consumer {
         .unwrap_or(true)
     }
 
-    /// The plugin's cursor as stored.
+    /// The plugin's cursor in its partition as stored.
     async fn stored_cursor(&self) -> Result<Option<Seq>, LogError> {
+        let (tenant, plugin, partition) = (self.tenant.clone(), self.plugin.clone(), self.partition);
+        plugbus_log::blocking(&self.inner.log, move |log| {
+            log.partition_cursor(&tenant, &plugin, partition)
+        })
+        .await
+    }
+
+    /// Whether another partition's consumer of the plugin has quarantined
+    /// it (a quarantine pauses every partition): on this host, known at
+    /// once; on another, from the log, asked at most once a second. Never
+    /// with one partition.
+    async fn quarantined_elsewhere(&self, run: &mut Run) -> bool {
+        if self.inner.partitions <= 1 {
+            return false;
+        }
+        let here = self
+            .inner
+            .quarantined
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&self.key());
+        if here {
+            return true;
+        }
+        if run
+            .quarantine_checked
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return false;
+        }
+        run.quarantine_checked = Some(std::time::Instant::now());
+        let log = self.inner.log.clone();
         let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
-        plugbus_log::blocking(&self.inner.log, move |log| log.cursor(&tenant, &plugin)).await
+        let recorded = tokio::task::spawn_blocking(move || {
+            log.quarantines().is_ok_and(|all| {
+                all.iter().any(|q| q.tenant == tenant && q.plugin == plugin)
+            })
+        })
+        .await
+        .unwrap_or(false);
+        if recorded {
+            // Asked again at once next round, until it is lifted.
+            run.quarantine_checked = None;
+        }
+        recorded
     }
 
     /// Waits `wait`; true when the bus is stopping.

@@ -1,6 +1,6 @@
 //! Which plugins this host delivers for, when several hosts share the log
-//! ([`LeaseStore::shared`]): each (tenant, plugin) is delivered by the one
-//! host that holds its lease.
+//! ([`LeaseStore::shared`]): each (tenant, plugin, partition) is delivered
+//! by the one host that holds its lease.
 //!
 //! One task, the keeper, registers the host and renews every lease it
 //! holds each `ttl / 3`, and takes and hands back leases so that the work
@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::state::{Inner, PluginKey};
+use crate::state::{Inner, PartKey};
 use plugbus_log::{LeaseGrant, LeaseKey, LeaseTerms, now_ms};
 
 /// A consumer's lease, as the keeper (and the consumer) keep it.
@@ -96,7 +96,13 @@ pub(crate) fn terms(ttl: Duration) -> LeaseTerms {
 /// build, so that every host computes the same preferences.
 fn weight(host: &str, key: &LeaseKey) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in [host, &key.tenant, &key.plugin] {
+    // Partition 0 hashes as the whole tenant did before partitions, so
+    // that a log of one partition spreads its plugins as it always did.
+    let partition = (key.partition != 0).then(|| key.partition.to_string());
+    for part in [host, &key.tenant, &key.plugin]
+        .into_iter()
+        .chain(partition.as_deref())
+    {
         for byte in part.bytes().chain([0xff]) {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
@@ -129,8 +135,8 @@ pub(crate) struct Leases {
     pub(crate) terms: LeaseTerms,
     /// Whether the log is shared (else every lease is held for ever).
     pub(crate) shared: bool,
-    /// Each plugin's lease.
-    slots: Mutex<HashMap<PluginKey, watch::Sender<Holding>>>,
+    /// Each (plugin, partition)'s lease.
+    slots: Mutex<HashMap<PartKey, watch::Sender<Holding>>>,
     /// Wakes the keeper (a consumer gave a lease back).
     pub(crate) wake: Notify,
 }
@@ -148,7 +154,7 @@ impl Leases {
 
     /// The lease of `key`, made when missing: held for ever on a log
     /// without leases, else waiting for the keeper.
-    pub(crate) fn slot(&self, key: &PluginKey) -> watch::Sender<Holding> {
+    pub(crate) fn slot(&self, key: &PartKey) -> watch::Sender<Holding> {
         self.slots
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -167,8 +173,8 @@ impl Leases {
             .clone()
     }
 
-    /// Every lease, by plugin.
-    fn all(&self) -> Vec<(PluginKey, watch::Sender<Holding>)> {
+    /// Every lease, by plugin and partition.
+    fn all(&self) -> Vec<(PartKey, watch::Sender<Holding>)> {
         self.slots
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -177,9 +183,9 @@ impl Leases {
             .collect()
     }
 
-    /// The plugins whose lease this host holds now, sorted.
-    pub(crate) fn held(&self) -> Vec<PluginKey> {
-        let mut held: Vec<PluginKey> = self
+    /// The (plugin, partition)s whose lease this host holds now, sorted.
+    pub(crate) fn held(&self) -> Vec<PartKey> {
+        let mut held: Vec<PartKey> = self
             .all()
             .into_iter()
             .filter(|(_, slot)| matches!(*slot.borrow(), Holding::Held { .. }))
@@ -230,10 +236,10 @@ struct Keeper {
     /// The live hosts last listed (this one among them).
     hosts: Vec<String>,
     /// Leases not held by anyone, since when this host sees them so.
-    free_since: HashMap<PluginKey, Instant>,
+    free_since: HashMap<PartKey, Instant>,
     /// Leases this host took although another host was preferred (which
     /// let them lie free): not handed back to that host.
-    declined_by: HashMap<PluginKey, String>,
+    declined_by: HashMap<PartKey, String>,
 }
 
 /// The keeper: registers the host and keeps its leases, each renewal
@@ -260,11 +266,11 @@ pub(crate) async fn keep(inner: Arc<Inner>) -> Result<(), String> {
 /// Releases the leases consumers gave back.
 async fn release_given_back(inner: &Inner) {
     let leases = &inner.leases;
-    for ((tenant, plugin), slot) in leases.all() {
+    for ((tenant, plugin, partition), slot) in leases.all() {
         let Holding::Yielded { epoch } = *slot.borrow() else {
             continue;
         };
-        let key = LeaseKey::new(&tenant, &plugin);
+        let key = LeaseKey::of(&tenant, &plugin, partition);
         if let Err(e) = inner.log.release(&key, &leases.host, epoch).await {
             // It expires by itself.
             tracing::warn!(tenant = %tenant, plugin = %plugin, "cannot release the plugin's lease: {e}");
@@ -296,18 +302,18 @@ impl Keeper {
             self.hosts.push(me.to_owned());
             self.hosts.sort();
         }
-        let loaded: Vec<PluginKey> = inner
+        let loaded: Vec<PartKey> = inner
             .host
             .plugins()
             .into_iter()
-            .map(|p| (p.tenant, p.name))
+            .flat_map(|p| (0..inner.partitions).map(move |n| (p.tenant.clone(), p.name.clone(), n)))
             .collect();
         for key in &loaded {
             leases.slot(key);
         }
         let mut held = 0u64;
         for (plugin, slot) in leases.all() {
-            let key = LeaseKey::new(&plugin.0, &plugin.1);
+            let key = LeaseKey::of(&plugin.0, &plugin.1, plugin.2);
             let state = slot.borrow().clone();
             match state {
                 Holding::Held {
@@ -337,7 +343,7 @@ impl Keeper {
     async fn renew(
         &mut self,
         inner: &Inner,
-        plugin: &PluginKey,
+        plugin: &PartKey,
         key: &LeaseKey,
         slot: &watch::Sender<Holding>,
         epoch: u64,
@@ -366,6 +372,7 @@ impl Keeper {
                 tracing::warn!(
                     tenant = %plugin.0,
                     plugin = %plugin.1,
+                    partition = plugin.2,
                     holder = %current.map(|c| c.holder).unwrap_or_default().escape_debug(),
                     "the plugin's lease was lost; its consumer stops"
                 );
@@ -375,7 +382,7 @@ impl Keeper {
             }
             Err(e) => {
                 // Not renewed: usable until the last renewal's bound.
-                tracing::warn!(tenant = %plugin.0, plugin = %plugin.1, "cannot renew the plugin's lease: {e}");
+                tracing::warn!(tenant = %plugin.0, plugin = %plugin.1, partition = plugin.2, "cannot renew the plugin's lease: {e}");
                 true
             }
         }
@@ -383,7 +390,7 @@ impl Keeper {
 
     /// Whether a held lease is to be handed back: another live host is
     /// preferred for it, and did not let it lie free before.
-    fn hand_back(&self, plugin: &PluginKey, key: &LeaseKey, me: &str) -> bool {
+    fn hand_back(&self, plugin: &PartKey, key: &LeaseKey, me: &str) -> bool {
         match preferred(key, &self.hosts) {
             Some(other) if other != me => {
                 self.declined_by.get(plugin).map(String::as_str) != Some(other)
@@ -397,7 +404,7 @@ impl Keeper {
     async fn take(
         &mut self,
         inner: &Inner,
-        plugin: &PluginKey,
+        plugin: &PartKey,
         key: &LeaseKey,
         slot: &watch::Sender<Holding>,
     ) -> bool {
@@ -423,7 +430,7 @@ impl Keeper {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(tenant = %plugin.0, plugin = %plugin.1, "cannot read the plugin's lease: {e}");
+                    tracing::warn!(tenant = %plugin.0, plugin = %plugin.1, partition = plugin.2, "cannot read the plugin's lease: {e}");
                     return false;
                 }
             }
@@ -437,7 +444,7 @@ impl Keeper {
                 } else if let Some(other) = favourite {
                     self.declined_by.insert(plugin.clone(), other);
                 }
-                tracing::info!(tenant = %plugin.0, plugin = %plugin.1, epoch, "took the plugin's lease");
+                tracing::info!(tenant = %plugin.0, plugin = %plugin.1, partition = plugin.2, epoch, "took the plugin's lease");
                 slot.send_replace(Holding::Held {
                     epoch: Some(epoch),
                     until: Some(usable_until(sent, &terms)),
@@ -450,7 +457,7 @@ impl Keeper {
                 false
             }
             Err(e) => {
-                tracing::warn!(tenant = %plugin.0, plugin = %plugin.1, "cannot take the plugin's lease: {e}");
+                tracing::warn!(tenant = %plugin.0, plugin = %plugin.1, partition = plugin.2, "cannot take the plugin's lease: {e}");
                 false
             }
         }
@@ -480,7 +487,7 @@ pub(crate) async fn release_all(inner: &Inner) {
     if let Err(e) = inner.log.deregister(&leases.host).await {
         tracing::warn!("cannot leave the host registry: {e}");
     }
-    for ((tenant, plugin), slot) in leases.all() {
+    for ((tenant, plugin, partition), slot) in leases.all() {
         let epoch = match *slot.borrow() {
             Holding::Held {
                 epoch: Some(epoch), ..
@@ -488,9 +495,9 @@ pub(crate) async fn release_all(inner: &Inner) {
             | Holding::Yielded { epoch } => epoch,
             _ => continue,
         };
-        let key = LeaseKey::new(&tenant, &plugin);
+        let key = LeaseKey::of(&tenant, &plugin, partition);
         if let Err(e) = inner.log.release(&key, &leases.host, epoch).await {
-            tracing::warn!(tenant = %tenant, plugin = %plugin, "cannot release the plugin's lease: {e}");
+            tracing::warn!(tenant = %tenant, plugin = %plugin, partition, "cannot release the plugin's lease: {e}");
         }
         slot.send_replace(Holding::Waiting);
     }
@@ -557,6 +564,11 @@ mod tests {
             weight("ab", &LeaseKey::new("c", "d")),
             weight("a", &LeaseKey::new("bc", "d"))
         );
+        // Partitions of one plugin spread over the hosts too.
+        let spread: std::collections::BTreeSet<&str> = (0..16)
+            .filter_map(|n| preferred(&LeaseKey::of("shop", "audit", n), &hosts(3)))
+            .collect();
+        assert_eq!(spread.len(), 3, "{spread:?}");
     }
 
     #[test]

@@ -208,8 +208,12 @@ impl DurableBus {
 }
 
 /// How many of its tenant's events a plugin has yet to finish (at most
-/// 1,000,000 counted).
+/// 1,000,000 counted per partition): the sum over the partitions.
 fn lag(log: &dyn EventLog, tenant: &str, plugin: &str) -> Result<u64, LogError> {
-    let cursor = log.cursor(tenant, plugin)?.unwrap_or(0);
-    log.count_after(tenant, cursor, 1_000_000)
+    let mut lag = 0u64;
+    for partition in 0..log.partitions().max(1) {
+        let cursor = log.partition_cursor(tenant, plugin, partition)?.unwrap_or(0);
+        lag = lag.saturating_add(log.count_partition_after(tenant, partition, cursor, 1_000_000)?);
+    }
+    Ok(lag)
 }

@@ -13,7 +13,7 @@ use crate::config::DurableConfig;
 use crate::failures;
 use crate::read_ahead::ReadAhead;
 use crate::task::Task;
-use plugbus_log::{EventLog, Quarantine};
+use plugbus_log::{EventLog, Partition, Quarantine};
 use plugbus_runtime::Delivery;
 use plugbus_runtime::host::Host;
 
@@ -55,10 +55,13 @@ pub(crate) struct Inner {
     pub(crate) config: DurableConfig,
     /// Woken when events of the tenant are appended.
     pub(crate) tenants: Mutex<HashMap<String, Arc<Notify>>>,
-    /// The running consumers' supervisors, by (tenant, plugin).
-    pub(crate) consumers: Mutex<HashMap<PluginKey, tokio::task::JoinHandle<()>>>,
-    /// The running consumers' gauges, by tenant, then plugin.
-    pub(crate) gauges: Mutex<HashMap<String, HashMap<String, Arc<Gauges>>>>,
+    /// The running consumers' supervisors, by (tenant, plugin, partition).
+    pub(crate) consumers: Mutex<HashMap<PartKey, tokio::task::JoinHandle<()>>>,
+    /// The running consumers' gauges, by tenant, then (plugin, partition).
+    pub(crate) gauges: Mutex<HashMap<String, HashMap<(String, Partition), Arc<Gauges>>>>,
+    /// How many partitions each tenant's events are split into (the
+    /// log's [`partitions`](plugbus_log::EventStore::partitions)).
+    pub(crate) partitions: Partition,
     /// How often each task was restarted.
     pub(crate) restarts: Mutex<BTreeMap<Task, u64>>,
     pub(crate) stop: watch::Sender<bool>,
@@ -74,6 +77,10 @@ pub(crate) struct Inner {
 
 /// A plugin by (tenant, name).
 pub(crate) type PluginKey = (String, String);
+
+/// A plugin in one partition of its tenant's events: what one consumer
+/// delivers, under one lease.
+pub(crate) type PartKey = (String, String, Partition);
 
 impl Inner {
     /// Keeps the failed deliveries in `reports` among their tenants'
@@ -101,13 +108,19 @@ impl Inner {
             .clone()
     }
 
-    /// Counts events of each tenant about to be appended (`more`) in its
-    /// consumers' unread events, or takes back those that were not
-    /// (refused, or duplicates).
-    pub(crate) fn appending(&self, events: &HashMap<&str, u64>, more: bool) {
+    /// Counts events of each (tenant, partition) about to be appended
+    /// (`more`) in its consumers' unread events, or takes back those that
+    /// were not (refused, or duplicates).
+    pub(crate) fn appending(&self, events: &HashMap<(&str, Partition), u64>, more: bool) {
         let gauges = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
-        for (tenant, n) in events {
-            for plugin in gauges.get(*tenant).into_iter().flat_map(HashMap::values) {
+        for ((tenant, partition), n) in events {
+            let of_partition = gauges
+                .get(*tenant)
+                .into_iter()
+                .flat_map(HashMap::iter)
+                .filter(|((_, p), _)| p == partition)
+                .map(|(_, g)| g);
+            for plugin in of_partition {
                 if more {
                     plugin.unread.fetch_add(*n, Ordering::Relaxed);
                 } else {
@@ -117,11 +130,13 @@ impl Inner {
         }
     }
     /// Forgets the gauges of a consumer that ended for good.
-    pub(crate) fn drop_gauges(&self, tenant: &str, plugin: &str, gauges: &Arc<Gauges>) {
+    pub(crate) fn drop_gauges(&self, key: &PartKey, gauges: &Arc<Gauges>) {
+        let (tenant, plugin, partition) = key;
         let mut all = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(plugins) = all.get_mut(tenant) {
-            if plugins.get(plugin).is_some_and(|g| Arc::ptr_eq(g, gauges)) {
-                plugins.remove(plugin);
+            let at = (plugin.clone(), *partition);
+            if plugins.get(&at).is_some_and(|g| Arc::ptr_eq(g, gauges)) {
+                plugins.remove(&at);
             }
             if plugins.is_empty() {
                 all.remove(tenant);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use crate::consumer::Consumer;
-use crate::state::{Gauges, Inner};
+use crate::state::{Gauges, Inner, PartKey};
 use crate::task::{AbortOnDrop, Task, join_failure, restart_backoff};
 use plugbus_log::{Retention, Seq};
 
@@ -66,7 +66,7 @@ pub(crate) async fn watch_reloads(
         None => {
             let events = inner.host.reload_events();
             for plugin in inner.host.plugins() {
-                inner.ensure_consumer(&plugin.tenant, &plugin.name, None);
+                inner.ensure_consumers(&plugin.tenant, &plugin.name);
             }
             events
         }
@@ -74,13 +74,13 @@ pub(crate) async fn watch_reloads(
     loop {
         match events.recv().await {
             Ok(plugbus_runtime::ReloadEvent::Loaded { tenant, plugin, .. }) => {
-                inner.ensure_consumer(&tenant, &plugin, None);
+                inner.ensure_consumers(&tenant, &plugin);
             }
             Ok(_) => {}
             // Missed events: look at what is loaded now.
             Err(RecvError::Lagged(_)) => {
                 for plugin in inner.host.plugins() {
-                    inner.ensure_consumer(&plugin.tenant, &plugin.name, None);
+                    inner.ensure_consumers(&plugin.tenant, &plugin.name);
                 }
             }
             Err(RecvError::Closed) => return Ok(()),
@@ -127,20 +127,22 @@ where
 }
 
 impl Inner {
-    /// Starts the consumer of (tenant, plugin), supervised, from
-    /// `position` (else from its stored cursor), unless it runs already.
-    pub(crate) fn ensure_consumer(
-        self: &Arc<Self>,
-        tenant: &str,
-        plugin: &str,
-        position: Option<Seq>,
-    ) {
+    /// Starts the consumers of every partition of `plugin` of `tenant`
+    /// that are not running, from their cursors.
+    pub(crate) fn ensure_consumers(self: &Arc<Self>, tenant: &str, plugin: &str) {
+        for partition in 0..self.partitions {
+            self.ensure_consumer(&(tenant.to_owned(), plugin.to_owned(), partition), None);
+        }
+    }
+
+    /// Starts the consumer of `key` (supervised) from `position`, or
+    /// from its cursor, unless it is running.
+    pub(crate) fn ensure_consumer(self: &Arc<Self>, key: &PartKey, position: Option<Seq>) {
         let mut consumers = self
             .consumers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let key = (tenant.to_owned(), plugin.to_owned());
-        if consumers.get(&key).is_some_and(|task| !task.is_finished()) {
+        if consumers.get(key).is_some_and(|task| !task.is_finished()) {
             return;
         }
         let gauges = Arc::new(Gauges::default());
@@ -149,20 +151,18 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(key.0.clone())
             .or_default()
-            .insert(key.1.clone(), gauges.clone());
+            .insert((key.1.clone(), key.2), gauges.clone());
         let inner = self.clone();
         let task = Task::Consumer {
             tenant: key.0.clone(),
             plugin: key.1.clone(),
         };
+        let running = key.clone();
         let supervisor = supervise(self.clone(), task, move |runs| {
-            let consumer = Consumer::new(&inner, &key.0, &key.1, gauges.clone());
+            let consumer = Consumer::new(&inner, &running, gauges.clone());
             let from = if runs == 0 { position } else { None };
             consumer.run(from)
         });
-        consumers.insert(
-            (tenant.to_owned(), plugin.to_owned()),
-            tokio::spawn(supervisor),
-        );
+        consumers.insert(key.clone(), tokio::spawn(supervisor));
     }
 }
