@@ -476,12 +476,12 @@ fn a_corrupt_record_is_a_clear_error() -> Result {
     );
     buckets.put_raw(
         "plugbus_cursors",
-        "acme.q",
+        "acme.q.0",
         br#"{"cursor": 1, "applied": 0}"#,
     );
     buckets.put(
         "plugbus_commits",
-        "acme.q",
+        "acme.q.0",
         &serde_json::json!({
             "n": 1, "tenant": "acme", "plugin": "someone-else", "cursor": 2,
         }),
