@@ -217,10 +217,9 @@ impl DurableBus {
                     let cursor = log
                         .partition_cursor(&tenant, &plugin, partition)?
                         .unwrap_or(0);
-                    let next = log.read_partition(&tenant, partition, cursor, ReadLimit::events(1))?;
-                    if !next.is_empty()
-                        || !log.redrives(&tenant, &plugin, 1)?.is_empty()
-                    {
+                    let next =
+                        log.read_partition(&tenant, partition, cursor, ReadLimit::events(1))?;
+                    if !next.is_empty() || !log.redrives(&tenant, &plugin, 1)?.is_empty() {
                         return Ok(false);
                     }
                 }

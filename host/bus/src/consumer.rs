@@ -20,8 +20,8 @@ use crate::task::join_failure;
 use plugbus_core::Outcome;
 use plugbus_core::event::Event;
 use plugbus_log::{
-    Commit, DeadLetter, EventLog, FailedAttempt, LogError, Partition, Quarantine,
-    QuarantineChange, ReadLimit, Seq, StoredEvent, now_ms, partition_of,
+    Commit, DeadLetter, EventLog, FailedAttempt, LogError, Partition, Quarantine, QuarantineChange,
+    ReadLimit, Seq, StoredEvent, now_ms, partition_of,
 };
 use plugbus_runtime::Delivery;
 use plugbus_runtime::dispatch::{Effects, Item};
@@ -494,8 +494,7 @@ impl Consumer {
         let (log, after) = (self.inner.log.clone(), line.read_after());
         let read = tokio::task::spawn_blocking(move || {
             let events = log.read_partition(&tenant, partition, after, limit)?;
-            let at_the_end =
-                at_the_end(log.as_ref(), (&tenant, partition), after, limit, &events)?;
+            let at_the_end = at_the_end(log.as_ref(), (&tenant, partition), after, limit, &events)?;
             Ok::<_, LogError>((events, at_the_end))
         })
         .await;
@@ -777,7 +776,8 @@ impl Consumer {
     /// Reads the events the plugin finished ahead of its cursor, which a
     /// restart must not deliver again.
     async fn load_ahead(&self, line: &mut ReadAhead) -> Result<(), LogError> {
-        let (tenant, plugin, partition) = (self.tenant.clone(), self.plugin.clone(), self.partition);
+        let (tenant, plugin, partition) =
+            (self.tenant.clone(), self.plugin.clone(), self.partition);
         let ahead = plugbus_log::blocking(&self.inner.log, move |log| {
             log.partition_ahead(&tenant, &plugin, partition)
         })
@@ -791,7 +791,8 @@ impl Consumer {
     /// so that a restart starts there too.
     pub(super) async fn start_position(&self) -> Result<Seq, LogError> {
         let log = self.inner.log.clone();
-        let (tenant, plugin, partition) = (self.tenant.clone(), self.plugin.clone(), self.partition);
+        let (tenant, plugin, partition) =
+            (self.tenant.clone(), self.plugin.clone(), self.partition);
         let earliest = self
             .inner
             .host
@@ -1082,7 +1083,8 @@ impl Consumer {
 
     /// The plugin's cursor in its partition as stored.
     async fn stored_cursor(&self) -> Result<Option<Seq>, LogError> {
-        let (tenant, plugin, partition) = (self.tenant.clone(), self.plugin.clone(), self.partition);
+        let (tenant, plugin, partition) =
+            (self.tenant.clone(), self.plugin.clone(), self.partition);
         plugbus_log::blocking(&self.inner.log, move |log| {
             log.partition_cursor(&tenant, &plugin, partition)
         })
@@ -1116,9 +1118,8 @@ impl Consumer {
         let log = self.inner.log.clone();
         let (tenant, plugin) = (self.tenant.clone(), self.plugin.clone());
         let recorded = tokio::task::spawn_blocking(move || {
-            log.quarantines().is_ok_and(|all| {
-                all.iter().any(|q| q.tenant == tenant && q.plugin == plugin)
-            })
+            log.quarantines()
+                .is_ok_and(|all| all.iter().any(|q| q.tenant == tenant && q.plugin == plugin))
         })
         .await
         .unwrap_or(false);

@@ -565,8 +565,9 @@ mod tests {
             weight("a", &LeaseKey::new("bc", "d"))
         );
         // Partitions of one plugin spread over the hosts too.
+        let three = hosts(3);
         let spread: std::collections::BTreeSet<&str> = (0..16)
-            .filter_map(|n| preferred(&LeaseKey::of("shop", "audit", n), &hosts(3)))
+            .filter_map(|n| preferred(&LeaseKey::of("shop", "audit", n), &three))
             .collect();
         assert_eq!(spread.len(), 3, "{spread:?}");
     }

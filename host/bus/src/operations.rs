@@ -212,7 +212,9 @@ impl DurableBus {
 fn lag(log: &dyn EventLog, tenant: &str, plugin: &str) -> Result<u64, LogError> {
     let mut lag = 0u64;
     for partition in 0..log.partitions().max(1) {
-        let cursor = log.partition_cursor(tenant, plugin, partition)?.unwrap_or(0);
+        let cursor = log
+            .partition_cursor(tenant, plugin, partition)?
+            .unwrap_or(0);
         lag = lag.saturating_add(log.count_partition_after(tenant, partition, cursor, 1_000_000)?);
     }
     Ok(lag)

@@ -226,7 +226,10 @@ fn count(bus: &DurableBus, key: usize) -> Option<u64> {
 /// Checks that every event `c0..c<n>` was handled exactly once, on the
 /// bus `owner` names for it, and each key's events in publish order.
 fn handled_once_in_order(handled: &Handled, n: usize, owner: impl Fn(usize) -> Option<String>) {
-    let all = handled.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let all = handled
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     let mut by_id: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     let mut last_of_key: BTreeMap<usize, usize> = BTreeMap::new();
     for (bus, _, id) in &all {
@@ -240,7 +243,10 @@ fn handled_once_in_order(handled: &Handled, n: usize, owner: impl Fn(usize) -> O
     for (i, buses) in by_id {
         assert_eq!(buses.len(), 1, "c{i} handled by {buses:?}");
         if let Some(owner) = owner(i) {
-            assert_eq!(buses[0], owner, "c{i} handled on the bus not holding its partition");
+            assert_eq!(
+                buses[0], owner,
+                "c{i} handled on the bus not holding its partition"
+            );
         }
     }
 }
@@ -252,8 +258,11 @@ async fn two_buses_split_the_partitions_of_one_plugin_and_one_takes_all_when_the
     let dir = tempfile::tempdir().expect("tempdir");
     let tenant = dir.path().join("shop");
     std::fs::create_dir_all(&tenant).expect("tenant dir");
-    std::fs::copy(plugbus_artifacts::FIXTURE_COUNTER, tenant.join("counter.wasm"))
-        .expect("copy the component");
+    std::fs::copy(
+        plugbus_artifacts::FIXTURE_COUNTER,
+        tenant.join("counter.wasm"),
+    )
+    .expect("copy the component");
     std::fs::write(tenant.join("counter.toml"), "subscribe = [\"count.*\"]\n")
         .expect("write the manifest");
     let handled: Handled = Arc::default();
@@ -287,7 +296,14 @@ async fn two_buses_split_the_partitions_of_one_plugin_and_one_takes_all_when_the
     a.settle().await.expect("settle a");
     b.settle().await.expect("settle b");
     handled_once_in_order(&handled, 200, |i| {
-        Some(if of_a.contains(&partition(i)) { "bus-a" } else { "bus-b" }.to_owned())
+        Some(
+            if of_a.contains(&partition(i)) {
+                "bus-a"
+            } else {
+                "bus-b"
+            }
+            .to_owned(),
+        )
     });
     let on_a = (0..200).filter(|i| of_a.contains(&partition(*i))).count();
     println!("bus-a handled {on_a} of 200");

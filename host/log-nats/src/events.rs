@@ -34,8 +34,8 @@ use async_nats::jetstream::context::PublishAckFuture;
 use futures::StreamExt as _;
 use plugbus_core::event::Event;
 use plugbus_log::{
-    Appended, EventStore, LogError, LogHealth, Partition, Pruned, ReadLimit, Reply, Retention,
-    Seq, StoredEvent, now_ms, partition_of,
+    Appended, EventStore, LogError, LogHealth, Partition, Pruned, ReadLimit, Reply, Retention, Seq,
+    StoredEvent, now_ms, partition_of,
 };
 
 use crate::{Inner, NatsLog, names};
@@ -91,11 +91,7 @@ pub(crate) async fn publish_emitted(
             names::emit_id(tenant, plugin, partition, commit, index).as_str(),
         );
         headers.insert(EMITTED_BY, plugin);
-        (
-            inner.subject_of(event),
-            headers,
-            event.to_json_string(),
-        )
+        (inner.subject_of(event), headers, event.to_json_string())
     });
     let operation = || format!("publish the events a commit of {tenant}/{plugin} emitted");
     let appended = publish_all(inner, messages, &operation).await?;

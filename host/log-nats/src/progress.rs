@@ -397,7 +397,12 @@ impl CommitRecord {
 
     /// The commit this record holds, for `plugin` of `tenant` in
     /// `partition`; why not, when it does not parse as one.
-    fn into_commit(self, tenant: &str, plugin: &str, partition: Partition) -> Result<Commit, String> {
+    fn into_commit(
+        self,
+        tenant: &str,
+        plugin: &str,
+        partition: Partition,
+    ) -> Result<Commit, String> {
         if self.tenant != tenant || self.plugin != plugin || self.partition != partition {
             return Err(format!(
                 "it holds a commit of {}/{} in partition {}",
@@ -548,8 +553,7 @@ async fn write_commit_state(
         last.insert(&write.key, write.value.as_deref());
     }
     let revisions =
-        futures::future::try_join_all(last.keys().map(|key| key_revision(inner, who, key)))
-            .await?;
+        futures::future::try_join_all(last.keys().map(|key| key_revision(inner, who, key))).await?;
     if applier == Applier::Recovery && applied_already(inner, who, n).await? {
         return Ok(());
     }
@@ -619,8 +623,7 @@ async fn write_key(
 ) -> Result<bool, LogError> {
     let bucket = &inner.buckets.state;
     let bucket_key = names::state_key(who.tenant, who.plugin, key);
-    let written: Result<bool, Box<dyn std::error::Error + Send + Sync>> = match (value, revision)
-    {
+    let written: Result<bool, Box<dyn std::error::Error + Send + Sync>> = match (value, revision) {
         (Some(value), revision) => match bucket
             .update(
                 &bucket_key,
@@ -956,11 +959,9 @@ impl CursorStore for NatsLog {
         partition: Partition,
     ) -> Result<Option<Seq>, LogError> {
         let (inner, tenant, plugin) = (self.inner.clone(), tenant.to_owned(), plugin.to_owned());
-        self.inner.bridge.block(async move {
-            Ok(settled(&inner, &tenant, &plugin, partition)
-                .await?
-                .cursor)
-        })
+        self.inner
+            .bridge
+            .block(async move { Ok(settled(&inner, &tenant, &plugin, partition).await?.cursor) })
     }
 
     fn partition_ahead(
@@ -970,11 +971,9 @@ impl CursorStore for NatsLog {
         partition: Partition,
     ) -> Result<Vec<Seq>, LogError> {
         let (inner, tenant, plugin) = (self.inner.clone(), tenant.to_owned(), plugin.to_owned());
-        self.inner.bridge.block(async move {
-            Ok(settled(&inner, &tenant, &plugin, partition)
-                .await?
-                .ahead)
-        })
+        self.inner
+            .bridge
+            .block(async move { Ok(settled(&inner, &tenant, &plugin, partition).await?.ahead) })
     }
 
     /// Moves the cursor of every partition, one after the other (not all
@@ -1361,7 +1360,7 @@ mod tests {
         let record: CommitRecord = serde_json::from_str(&json)?;
         assert_eq!(record.n, 9);
         let (tenant, plugin) = ("acme", "p");
-        let back = record.into_commit(tenant, plugin)?;
+        let back = record.into_commit(tenant, plugin, 0)?;
         assert_eq!(back.emitted, original.emitted);
         assert_eq!(back.state, original.state);
         assert_eq!(back.dead_letters, original.dead_letters);
