@@ -58,7 +58,7 @@ pub(crate) struct Inner {
     /// The running consumers' supervisors, by (tenant, plugin, partition).
     pub(crate) consumers: Mutex<HashMap<PartKey, tokio::task::JoinHandle<()>>>,
     /// The running consumers' gauges, by tenant, then (plugin, partition).
-    pub(crate) gauges: Mutex<HashMap<String, HashMap<(String, Partition), Arc<Gauges>>>>,
+    pub(crate) gauges: Mutex<HashMap<String, PartitionGauges>>,
     /// How many partitions each tenant's events are split into (the
     /// log's [`partitions`](plugbus_log::EventStore::partitions)).
     pub(crate) partitions: Partition,
@@ -77,6 +77,9 @@ pub(crate) struct Inner {
 
 /// A plugin by (tenant, name).
 pub(crate) type PluginKey = (String, String);
+
+/// The gauges of a tenant's consumers, by (plugin, partition).
+pub(crate) type PartitionGauges = HashMap<(String, Partition), Arc<Gauges>>;
 
 /// A plugin in one partition of its tenant's events: what one consumer
 /// delivers, under one lease.

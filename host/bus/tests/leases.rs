@@ -206,7 +206,7 @@ fn partitions_of(bus: &DurableBus) -> BTreeSet<u32> {
 
 /// A `count.ok` event of key `k<i % KEYS>`, id `c<i>`.
 fn counted(i: usize) -> Event {
-    Event::builder("shop", &format!("c{i}"), "/pos/store-12", "count.ok")
+    Event::builder("shop", format!("c{i}"), "/pos/store-12", "count.ok")
         .subject(format!("k{}", i % KEYS))
         .build()
         .expect("a valid event")
