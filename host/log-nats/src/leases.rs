@@ -40,7 +40,7 @@ use plugbus_log::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{Inner, NatsLog, names};
+use crate::{BackendError, Inner, NatsLog, names};
 
 /// The plugins whose lease was held at some time since `since_ms` (their
 /// record's expiry is later): those loaded on some host of the shared log,
@@ -139,10 +139,9 @@ impl Inner {
         } else {
             Err(self.error(
                 "register the host",
-                format!(
-                    "the host id {:?} is not 1 to 128 of A-Z, a-z, 0-9, - and _",
-                    host.chars().take(64).collect::<String>()
-                ),
+                BackendError::HostId {
+                    host: host.chars().take(64).collect(),
+                },
             ))
         }
     }
@@ -321,7 +320,9 @@ impl Inner {
         }
         Err(self.error(
             format!("register the host {host}"),
-            "its entry keeps changing under it: is another host using the same id?",
+            BackendError::HostIdInUse {
+                host: host.to_owned(),
+            },
         ))
     }
 

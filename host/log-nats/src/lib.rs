@@ -36,6 +36,7 @@
 
 mod bridge;
 pub mod config;
+mod error;
 mod events;
 mod leases;
 mod letters;
@@ -49,7 +50,9 @@ use plugbus_log::{LogError, LogHealth, now_ms};
 
 use self::bridge::Bridge;
 pub use self::config::{NatsAuth, NatsLogConfig, NatsTls, Prefix, PrefixError};
+pub use self::error::BackendError;
 use self::names::Names;
+pub use self::progress::ProgressError;
 
 /// The event log in NATS JetStream. Cheap to clone: clones share one
 /// connection.

@@ -153,7 +153,7 @@ pub(crate) struct StateWriteRecord {
 /// Why a record could not be written; the source of a
 /// [`LogError::Backend`].
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ProgressError {
+pub enum ProgressError {
     /// Other writers kept changing the plugin's records.
     #[error(
         "the record {key} changed under every one of {tries} tries: another host commits for the plugin"
