@@ -67,6 +67,12 @@ impl LettersState {
     fn usage(&self) -> MutexGuard<'_, Usage> {
         lock(&self.usage)
     }
+
+    /// The last revision of the bucket the watcher delivered.
+    #[cfg(test)]
+    pub(crate) fn watched(&self) -> u64 {
+        self.usage().watched
+    }
 }
 
 fn lock(usage: &Mutex<Usage>) -> MutexGuard<'_, Usage> {

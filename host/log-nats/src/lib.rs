@@ -36,6 +36,8 @@
 
 mod bridge;
 pub mod config;
+#[cfg(test)]
+mod costs;
 mod error;
 mod events;
 mod leases;
