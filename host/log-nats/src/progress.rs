@@ -239,6 +239,21 @@ pub(crate) async fn stored_cursor(
         .and_then(|record| record.cursor))
 }
 
+/// The newest lease epoch a commit of `plugin` of `tenant` was made under,
+/// as its cursor record stores it (0: none): the fence a new lease's epoch
+/// must pass (see `leases`).
+pub(crate) async fn fenced_epoch(
+    inner: &Inner,
+    tenant: &str,
+    plugin: &str,
+) -> Result<u64, LogError> {
+    let key = names::plugin_key(tenant, plugin);
+    Ok(entry::<CursorRecord>(inner, &inner.buckets.cursors, &key)
+        .await?
+        .and_then(|(record, _)| record)
+        .map_or(0, |record| record.epoch))
+}
+
 /// The cursor record of `plugin` of `tenant` as it is now, after applying
 /// its last commit if that was not applied yet.
 async fn settled(inner: &Inner, tenant: &str, plugin: &str) -> Result<CursorRecord, LogError> {
