@@ -21,6 +21,26 @@
 //! bucket, so each change of hands has a higher epoch than every one
 //! before, and a holder's own renewals keep it.
 //!
+//! Only within a bucket: a leases bucket deleted and made again (by an
+//! operator, or by the next host that opens the log) counts its revisions
+//! from 1 again, below the epochs the plugins' cursor records have fenced
+//! (see `progress`). Epochs that low would have every commit of the new
+//! holders refused for ever, and would let a holder from before the
+//! bucket was deleted commit over them. So a take also reads the fence
+//! (the cursor record's epoch) and the epoch of the lease it replaces, and
+//! when the revision is not above both (the `floor`), the epoch is the
+//! floor plus the revision: the take writes `"floor": …`, and the epoch is
+//! `floor + revision`. Revisions still grow, so the epochs of later takes
+//! over the same floor grow too, and a commit under a new epoch raises the
+//! floor of the next. The one epoch this cannot see is that of a holder
+//! whose lease was deleted with the bucket before it committed anything:
+//! if that holder still commits (it stops at its next renewal, which finds
+//! its lease gone), its commit fences the plugin above the new holder, whose
+//! commits are then refused ([`LogError::LeaseLost`]). Its consumer stops
+//! and its keeper takes the lease again; a take by the holder itself keeps
+//! its epoch only while no commit has passed it, so this one is a new
+//! epoch above that commit, and delivery goes on.
+//!
 //! # Clocks
 //! Expiries are wall-clock milliseconds written by the holder (its clock
 //! plus the ttl) and compared by the others with theirs. The holder stops
@@ -40,7 +60,7 @@ use plugbus_log::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{Inner, NatsLog, names};
+use crate::{BackendError, Inner, NatsLog, names};
 
 /// The plugins whose lease was held at some time since `since_ms` (their
 /// record's expiry is later): those loaded on some host of the shared log,
@@ -88,9 +108,31 @@ struct LeaseRecord {
     /// When it expires (the holder's wall clock plus the ttl).
     expires_ms: i64,
     /// Its epoch; 0 when the write that holds it gave it to the holder
-    /// (the epoch is then that write's revision).
+    /// (the epoch is then [`take_epoch`] of that write's revision and
+    /// `floor`).
     #[serde(default)]
     epoch: u64,
+    /// What the epoch of a take must pass: the newest epoch the plugin's
+    /// cursor record has fenced, or of the lease the take replaced; 0 when
+    /// the take's revision passes it anyway.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    floor: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The epoch of a take written at `revision` over `floor`: the revision
+/// when it is above the floor (always, unless the bucket was made again),
+/// else the floor plus the revision. Over one floor, a later take has a
+/// higher epoch; and every take's epoch is above its floor.
+fn take_epoch(revision: u64, floor: u64) -> u64 {
+    if revision > floor {
+        revision
+    } else {
+        floor.saturating_add(revision)
+    }
 }
 
 /// A host's entry as stored.
@@ -142,10 +184,9 @@ impl Inner {
         } else {
             Err(self.error(
                 "register the host",
-                format!(
-                    "the host id {:?} is not 1 to 128 of A-Z, a-z, 0-9, - and _",
-                    host.chars().take(64).collect::<String>()
-                ),
+                BackendError::HostId {
+                    host: host.chars().take(64).collect(),
+                },
             ))
         }
     }
@@ -206,7 +247,7 @@ impl Inner {
                         holder: record.holder,
                         expires_ms: record.expires_ms,
                         epoch: if record.epoch == 0 {
-                            revision
+                            take_epoch(revision, record.floor)
                         } else {
                             record.epoch
                         },
@@ -230,40 +271,60 @@ impl Inner {
 
     async fn acquire(
         &self,
-        key: &str,
+        lease: &LeaseKey,
         holder: &str,
         terms: LeaseTerms,
     ) -> Result<LeaseGrant, LogError> {
         self.check_host(holder)?;
+        let key = names::partition_key(&lease.tenant, &lease.plugin, lease.partition);
         let now = now_ms();
         let expires_ms = now.saturating_add(terms.ttl_ms());
-        let found = self.read_lease(key).await?;
+        let found = self.read_lease(&key).await?;
         let revision = found.revision();
-        // Held by the caller already (a take whose answer was lost): it is
-        // renewed under its epoch.
-        let keep = match found {
-            Found::Recorded(state, _) if state.holder == holder => Some(state.epoch),
+        // Held by the caller already (a take whose answer was lost, or a
+        // consumer whose commit was refused): it is renewed under its epoch,
+        // unless a commit has passed that epoch (see below).
+        let (keep, replaced) = match found {
+            Found::Recorded(state, _) if state.holder == holder => (Some(state.epoch), state.epoch),
             Found::Recorded(state, _) if !state.takeable(now, &terms) => {
                 return Ok(LeaseGrant::Refused {
                     current: Some(state),
                 });
             }
-            _ => None,
+            Found::Recorded(state, _) => (None, state.epoch),
+            _ => (None, 0),
+        };
+        // A take's epoch passes every epoch before it, even in a bucket
+        // made again (see "Epochs" above); and a holder whose epoch a
+        // commit has passed (only possible in a bucket made again) takes
+        // the lease anew, above that commit, instead of keeping an epoch
+        // whose every commit would be refused.
+        let fenced =
+            crate::progress::fenced_epoch(self, &lease.tenant, &lease.plugin, lease.partition)
+                .await?;
+        let keep = keep.filter(|epoch| *epoch >= fenced);
+        let floor = match keep {
+            Some(_) => 0,
+            None => {
+                let floor = fenced.max(replaced);
+                if floor < revision { 0 } else { floor }
+            }
         };
         let record = LeaseRecord {
             holder: holder.to_owned(),
             expires_ms,
             epoch: keep.unwrap_or(0),
+            floor,
         };
         match self
-            .cas(&self.buckets.leases, key, &record, revision)
+            .cas(&self.buckets.leases, &key, &record, revision)
             .await?
         {
             Cas::Written(written) => Ok(LeaseGrant::Held {
-                epoch: keep.unwrap_or(written),
+                epoch: keep.unwrap_or_else(|| take_epoch(written, floor)),
                 expires_ms,
             }),
-            Cas::Conflict => self.refused(key).await,
+            Cas::Conflict => self.refused(&key).await,
         }
     }
 
@@ -281,6 +342,7 @@ impl Inner {
                     holder: holder.to_owned(),
                     expires_ms,
                     epoch,
+                    floor: 0,
                 };
                 match self
                     .cas(&self.buckets.leases, key, &record, revision)
@@ -324,7 +386,9 @@ impl Inner {
         }
         Err(self.error(
             format!("register the host {host}"),
-            "its entry keeps changing under it: is another host using the same id?",
+            BackendError::HostIdInUse {
+                host: host.to_owned(),
+            },
         ))
     }
 
@@ -414,11 +478,7 @@ impl LeaseStore for NatsLog {
     }
 
     fn acquire(&self, key: &LeaseKey, holder: &str, terms: LeaseTerms) -> Reply<LeaseGrant> {
-        let (inner, key, holder) = (
-            self.inner.clone(),
-            names::partition_key(&key.tenant, &key.plugin, key.partition),
-            holder.to_owned(),
-        );
+        let (inner, key, holder) = (self.inner.clone(), key.clone(), holder.to_owned());
         self.inner.bridge.reply(async move {
             let result = inner.acquire(&key, &holder, terms).await;
             inner.note_write(&result);
@@ -462,6 +522,20 @@ impl LeaseStore for NatsLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn take_epochs_pass_their_floor_and_grow_over_it() {
+        assert_eq!(take_epoch(7, 0), 7);
+        assert_eq!(
+            take_epoch(7, 6),
+            7,
+            "a revision above the floor is the epoch"
+        );
+        assert_eq!(take_epoch(3, 500), 503);
+        assert!(take_epoch(4, 500) > take_epoch(3, 500));
+        assert!(take_epoch(1, 503) > 503);
+        assert_eq!(take_epoch(5, u64::MAX), u64::MAX);
+    }
 
     #[test]
     fn host_ids_are_key_tokens() {

@@ -43,7 +43,7 @@ use plugbus_log::{
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{Inner, NatsLog, names};
+use crate::{BackendError, Inner, NatsLog, names};
 
 /// How often a write whose record another process changed meanwhile is
 /// tried again before it fails.
@@ -66,6 +66,12 @@ pub(crate) struct LettersState {
 impl LettersState {
     fn usage(&self) -> MutexGuard<'_, Usage> {
         lock(&self.usage)
+    }
+
+    /// The last revision of the bucket the watcher delivered.
+    #[cfg(test)]
+    pub(crate) fn watched(&self) -> u64 {
+        self.usage().watched
     }
 }
 
@@ -343,7 +349,7 @@ async fn next_record(
     let next = match timeout {
         Some(timeout) => tokio::time::timeout(timeout, messages.next())
             .await
-            .map_err(|_| format!("no record for {timeout:?} while records were pending"))?,
+            .map_err(|source| BackendError::Stalled { timeout, source })?,
         None => messages.next().await,
     };
     let Some(message) = next else {
@@ -390,7 +396,7 @@ async fn scan(
         let record = next_record(store, &mut messages, Some(inner.config.request_timeout))
             .await
             .map_err(|e| inner.error(operation(), e))?
-            .ok_or_else(|| inner.error(operation(), "the consumer ended"))?;
+            .ok_or_else(|| inner.error(operation(), BackendError::Ended))?;
         if let Some(value) = record.value {
             out.push((record.key, record.revision, value));
         }
@@ -521,7 +527,7 @@ impl Watcher {
         let mut ready = Some(ready);
         loop {
             let error = match self.watch(&mut ready).await {
-                Ok(()) => "the consumer ended".into(),
+                Ok(()) => BackendError::Ended.into(),
                 Err(e) => e,
             };
             match ready.take() {
@@ -674,7 +680,10 @@ async fn store_dead_letter(
 fn conflicts(inner: &Inner, key: &str) -> LogError {
     inner.error(
         format!("write {key}"),
-        format!("other processes changed it {CONFLICT_RETRIES} times while it was being written"),
+        BackendError::Contended {
+            key: key.to_owned(),
+            tries: CONFLICT_RETRIES,
+        },
     )
 }
 

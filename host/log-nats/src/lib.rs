@@ -37,6 +37,9 @@
 
 mod bridge;
 pub mod config;
+#[cfg(test)]
+mod costs;
+mod error;
 mod events;
 mod leases;
 mod letters;
@@ -50,7 +53,9 @@ use plugbus_log::{LogError, LogHealth, now_ms};
 
 use self::bridge::Bridge;
 pub use self::config::{NatsAuth, NatsLogConfig, NatsTls, Prefix, PrefixError};
+pub use self::error::BackendError;
 use self::names::Names;
+pub use self::progress::ProgressError;
 
 /// The event log in NATS JetStream. Cheap to clone: clones share one
 /// connection.
@@ -78,8 +83,9 @@ pub(crate) struct Inner {
     pub(crate) emits: jetstream::stream::Stream,
     /// The buckets.
     pub(crate) buckets: Buckets,
-    /// The last failure of a write, until a write succeeds again.
-    pub(crate) last_failure: Mutex<Option<(String, i64)>>,
+    /// Whether the log can be written, and since when; shared with the
+    /// client's event callback, which notes disconnections as they happen.
+    pub(crate) health: Arc<Mutex<Health>>,
     /// What the progress role (cursors, commits, state) keeps in memory.
     pub(crate) progress_state: progress::ProgressState,
     /// What the dead-letter and quarantine roles keep in memory.
@@ -122,12 +128,14 @@ impl NatsLog {
             source: Box::new(e),
         })?;
         let names = Names::new(&config.prefix);
+        let health = Arc::new(Mutex::new(Health::new(now_ms())));
         let (client, js, events, emits, buckets) = {
             let (config, names, backend) = (config.clone(), names.clone(), backend.clone());
+            let health = health.clone();
             // Through `block`, not `Handle::block_on`: `open` may be called
             // on another runtime's thread.
             bridge.block(async move {
-                let client = connect(&config, &backend).await?;
+                let client = connect(&config, &backend, health).await?;
                 let js = jetstream::ContextBuilder::new()
                     .timeout(config.request_timeout)
                     .build(client.clone());
@@ -144,7 +152,7 @@ impl NatsLog {
             events,
             emits,
             buckets,
-            last_failure: Mutex::new(None),
+            health,
             progress_state: progress::ProgressState::default(),
             letter_state: letters::LettersState::default(),
             bridge,
@@ -189,44 +197,83 @@ impl Inner {
 
     /// Notes how a write ended, for [`LogHealth`].
     pub(crate) fn note_write<T>(&self, result: &Result<T, LogError>) {
-        let mut last = self
-            .last_failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match result {
-            Ok(_) => *last = None,
-            Err(e) => {
-                if last.is_none() {
-                    *last = Some((e.to_string(), now_ms()));
-                }
-            }
-        }
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        health.failure = result.as_ref().err().map(ToString::to_string);
+        health.settle(now_ms());
     }
 
-    /// Whether the log can be written now: connected, and the last write
-    /// did not fail.
+    /// Whether the log can be written now (connected, and the last write
+    /// did not fail), and since when it is so.
     pub(crate) fn health(&self) -> LogHealth {
         let connected = matches!(
             self.client.connection_state(),
             async_nats::connection::State::Connected
         );
-        let last = self
-            .last_failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        match (connected, last) {
-            (true, None) => LogHealth::default(),
-            (false, _) => LogHealth {
-                writable: false,
-                error: Some(format!("not connected to NATS ({})", self.backend)),
-                since_ms: now_ms(),
-            },
-            (true, Some((error, since_ms))) => LogHealth {
-                writable: false,
-                error: Some(error),
-                since_ms,
-            },
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        health.connected = connected;
+        health.settle(now_ms());
+        let error = match (&health.failure, connected) {
+            _ if health.writable => None,
+            (_, false) => Some(format!("not connected to NATS ({})", self.backend)),
+            (failure, true) => failure.clone(),
+        };
+        LogHealth {
+            writable: health.writable,
+            error,
+            since_ms: health.since_ms,
+        }
+    }
+}
+
+/// What [`LogHealth`] is made of: the connection, the last write, and when
+/// the log last became writable or not.
+#[derive(Debug)]
+pub(crate) struct Health {
+    /// Connected to NATS, as last seen (by the event callback or a health
+    /// check).
+    connected: bool,
+    /// The error of the last write, until a write succeeds again.
+    failure: Option<String>,
+    /// Whether the log was writable when last settled.
+    writable: bool,
+    /// When `writable` last changed (the log's opening at first), in
+    /// milliseconds since the Unix epoch.
+    since_ms: i64,
+}
+
+impl Health {
+    /// Connected and writable since `now_ms`.
+    fn new(now_ms: i64) -> Self {
+        Self {
+            connected: true,
+            failure: None,
+            writable: true,
+            since_ms: now_ms,
+        }
+    }
+
+    /// Notes a change of the connection at `now_ms`.
+    fn connection(&mut self, connected: bool, now_ms: i64) {
+        self.connected = connected;
+        self.settle(now_ms);
+    }
+
+    /// Whether the log is writable now; when that changed, `since_ms`
+    /// becomes `now_ms`, and the change is logged.
+    fn settle(&mut self, now_ms: i64) {
+        let writable = self.connected && self.failure.is_none();
+        if writable == self.writable {
+            return;
+        }
+        self.writable = writable;
+        self.since_ms = now_ms;
+        if writable {
+            tracing::info!("the NATS event log is writable again");
+        } else {
+            tracing::warn!(
+                "the NATS event log cannot be written: {}",
+                self.failure.as_deref().unwrap_or("not connected")
+            );
         }
     }
 }
@@ -234,7 +281,11 @@ impl Inner {
 /// Connects with the configured authentication and TLS, waiting at most
 /// the connect timeout for the first connection; later the client
 /// reconnects by itself, for ever.
-async fn connect(config: &NatsLogConfig, backend: &str) -> Result<async_nats::Client, LogError> {
+async fn connect(
+    config: &NatsLogConfig,
+    backend: &str,
+    health: Arc<Mutex<Health>>,
+) -> Result<async_nats::Client, LogError> {
     let failed =
         |operation: &str, source: Box<dyn std::error::Error + Send + Sync>| LogError::Backend {
             backend: backend.to_owned(),
@@ -275,13 +326,26 @@ async fn connect(config: &NatsLogConfig, backend: &str) -> Result<async_nats::Cl
         .name("plugbus")
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.request_timeout))
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::Disconnected => {
-                    tracing::warn!("disconnected from NATS; reconnecting")
+        .event_callback(move |event| {
+            let connected = match event {
+                async_nats::Event::Connected => Some(true),
+                async_nats::Event::Disconnected => Some(false),
+                _ => None,
+            };
+            if let Some(connected) = connected {
+                health
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .connection(connected, now_ms());
+            }
+            async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("disconnected from NATS; reconnecting")
+                    }
+                    other => tracing::info!("NATS: {other}"),
                 }
-                other => tracing::info!("NATS: {other}"),
             }
         });
     let servers = config

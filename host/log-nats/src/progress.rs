@@ -156,7 +156,7 @@ pub(crate) struct StateWriteRecord {
 /// Why a record could not be written; the source of a
 /// [`LogError::Backend`].
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ProgressError {
+pub enum ProgressError {
     /// Other writers kept changing the plugin's records.
     #[error(
         "the record {key} changed under every one of {tries} tries: another host commits for the plugin"
@@ -252,6 +252,22 @@ pub(crate) async fn stored_cursor(
         .await?
         .and_then(|(record, _)| record)
         .and_then(|record| record.cursor))
+}
+
+/// The newest lease epoch a commit of `plugin` of `tenant` was made under,
+/// as its cursor record stores it (0: none): the fence a new lease's epoch
+/// must pass (see `leases`).
+pub(crate) async fn fenced_epoch(
+    inner: &Inner,
+    tenant: &str,
+    plugin: &str,
+    partition: Partition,
+) -> Result<u64, LogError> {
+    let key = names::partition_key(tenant, plugin, partition);
+    Ok(entry::<CursorRecord>(inner, &inner.buckets.cursors, &key)
+        .await?
+        .and_then(|(record, _)| record)
+        .map_or(0, |record| record.epoch))
 }
 
 /// The cursor record of `plugin` of `tenant` as it is now, after applying
