@@ -478,3 +478,40 @@ fn a_dead_letter_larger_than_a_message_is_stored_listed_redriven_and_discarded()
     assert_eq!(buckets.parts(), Vec::<String>::new());
     Ok(())
 }
+
+/// The server's default `max_payload` (1 MiB): a commit of 3 MiB of
+/// emitted events and state (the default budgets allow 4 MiB of each per
+/// delivery) is applied, and its record stored in parts.
+#[test]
+fn a_commit_of_three_mib_is_applied_under_the_default_max_payload() -> Result {
+    let server = NatsServer::start();
+    let log = open(&server);
+    let limit = log.max_event_bytes().expect("a bound");
+    assert_eq!(limit, 1024 * 1024 - HEADER_ROOM);
+    let commit = Commit {
+        // 1.5 MiB of events of 256 KiB, 1.5 MiB of state values of 512 KiB.
+        emitted: (0..6)
+            .map(|i| event_of(&format!("e-{i}"), 256 * 1024))
+            .collect(),
+        state: (0..3)
+            .map(|i| set(&format!("k{i}"), vec![b'a' + i; 512 * 1024]))
+            .collect(),
+        ..commit(3)
+    };
+    let started = std::time::Instant::now();
+    log.commit(commit.clone()).wait()?;
+    eprintln!("a commit of 3 MiB: {:?}", started.elapsed());
+    let fresh = open(&server);
+    assert_eq!(fresh.cursor("acme", "p")?, Some(3));
+    for write in &commit.state {
+        assert_eq!(fresh.get("acme", "p", &write.key)?, write.value);
+    }
+    assert_eq!(fresh.read("acme", 0, 100)?.len(), 6);
+    let buckets = Buckets::connect(&server);
+    let record = buckets
+        .get("plugbus_commits", "acme.p")
+        .expect("a commit record");
+    assert!(record["chunks"]["parts"].as_u64() >= Some(4), "{record}");
+    assert_eq!(buckets.parts(), Vec::<String>::new());
+    Ok(())
+}
