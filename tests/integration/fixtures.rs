@@ -750,6 +750,58 @@ fn hostile_emits_are_bounded_in_bytes() {
     assert_eq!(stats.emits_refused_bytes, 1);
 }
 
+/// An emitted event larger than the event log stores (a NATS server's
+/// `max_payload` less room for headers, given as `max_event_bytes`) is
+/// refused to the plugin with the limit named, and counted: no commit
+/// ever holds an event the log cannot store. The fixture fails at a
+/// refused emit (`strict`), so the delivery fails permanently.
+#[test]
+fn an_emitted_event_larger_than_the_log_stores_is_refused() {
+    let manifest = hostile_manifest(
+        "big-emit",
+        "size = \"1000\"\ncount = \"4\"\nstrict = \"true\"",
+    );
+    let plugins = [("emitter", manifest)];
+    let root = event("chaos", "hostile.big-emit", "b-1", serde_json::json!({}));
+    let run = |max_event_bytes: Option<usize>| {
+        let config = HostConfig {
+            max_event_bytes,
+            ..HostConfig::default()
+        };
+        let (host, _dir) = hostile_host(config, &plugins);
+        let plugin = host.plugin("chaos", "emitter").expect("loaded");
+        let (delivery, emitted) = plugin.deliver(&root).expect("deliverable");
+        (delivery, emitted, host.stats())
+    };
+    // Each event's stored form, its CloudEvents JSON.
+    let (delivery, emitted, _) = run(None);
+    assert!(delivery.outcome.is_handled(), "{delivery:#?}");
+    let sizes: Vec<usize> = emitted.iter().map(|e| e.to_json_string().len()).collect();
+    let (smallest, largest) = (sizes.iter().min(), sizes.iter().max());
+    let (Some(&smallest), Some(&largest)) = (smallest, largest) else {
+        panic!("no events emitted");
+    };
+
+    let (delivery, emitted, stats) = run(Some(largest));
+    assert!(delivery.outcome.is_handled(), "{delivery:#?}");
+    assert_eq!(emitted.len(), 4);
+    assert_eq!(stats.emits_refused_bytes, 0);
+
+    let (delivery, emitted, stats) = run(Some(smallest - 1));
+    let f = failure(&delivery);
+    assert_eq!(f.kind, FailureKind::HandlerPermanent);
+    assert!(
+        f.message.contains(&format!(
+            "the event log stores events of at most {} bytes",
+            smallest - 1
+        )),
+        "{f:?}"
+    );
+    assert!(emitted.is_empty());
+    assert_eq!(stats.emits_accepted, 0);
+    assert_eq!(stats.emits_refused_bytes, 1);
+}
+
 /// The flood: the same 1 MiB event emitted 100 times per event.
 /// Under the default limits a delivery keeps at most 4 MiB of events, and
 /// the rest is refused, not buffered.

@@ -15,6 +15,7 @@ use crate::state::Api;
 use crate::types::{Accepted, IngestAnswer};
 use plugbus_bus::DurablePublishError;
 use plugbus_core::event::{BatchError, Event, EventError, JsonBatch};
+use plugbus_log::LogError;
 
 pub(crate) async fn ingest(
     State(api): State<Arc<Api>>,
@@ -152,6 +153,30 @@ async fn store(api: Arc<Api>, tenant: String, events: Vec<Event>) -> Result<Resp
     let started = std::time::Instant::now();
     let appended = match api.bus.publish(events.clone()).await {
         Ok(appended) => appended,
+        // An event larger than the log stores (a NATS server's
+        // `max_payload`): refused whole before anything was stored.
+        Err(DurablePublishError::Log(LogError::TooLarge {
+            bytes,
+            limit,
+            index,
+            ..
+        })) => {
+            let which = index.map_or_else(|| "an event".to_owned(), |i| format!("event {i}"));
+            return Err(rejected(
+                &tenant,
+                ApiError {
+                    index,
+                    ..ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        format!(
+                            "{which} takes {bytes} bytes as stored (its CloudEvents JSON); the event log stores events of at most {limit} bytes; nothing was stored"
+                        ),
+                    )
+                    .limit("max_event_bytes")
+                },
+            ));
+        }
         Err(DurablePublishError::Log(e)) => {
             tracing::error!(tenant = %tenant, "the log refused {count} events: {e}");
             return Err(rejected(

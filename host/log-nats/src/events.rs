@@ -180,23 +180,34 @@ async fn append(inner: &Inner, events: Vec<Event>) -> Result<Vec<Appended>, LogE
     let mut first_of: HashMap<String, usize> = HashMap::new();
     let mut published = Vec::new();
     let mut answer_of = Vec::with_capacity(events.len());
-    for event in &events {
+    // An event larger than a message may carry refuses the whole request
+    // before anything of it is published.
+    let limit = inner.max_record_bytes();
+    for (index, event) in events.iter().enumerate() {
         let id = names::ingest_id(event.tenant(), event.source(), event.id());
         match first_of.get(&id).filter(|_| dedupe) {
             Some(&index) => answer_of.push((index, true)),
             None => {
+                let json = event.to_json_string();
+                if json.len() as u64 > limit {
+                    return Err(inner.too_large(
+                        format!("the event {index} of the request"),
+                        json.len() as u64,
+                        Some(index),
+                    ));
+                }
                 first_of.insert(id.clone(), published.len());
                 answer_of.push((published.len(), false));
-                published.push((event, id));
+                published.push((event, id, json));
             }
         }
     }
-    let messages = published.iter().map(|(event, id)| {
+    let messages = published.into_iter().map(|(event, id, json)| {
         let mut headers = HeaderMap::new();
         if dedupe {
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         }
-        (inner.subject_of(event), headers, event.to_json_string())
+        (inner.subject_of(event), headers, json)
     });
     let count = events.len();
     let operation = || format!("append {count} events");
@@ -718,6 +729,11 @@ impl EventStore for NatsLog {
     /// instead of answering that message as a duplicate, and its one
     /// acknowledgement gives the batch's last position only: it cannot
     /// give each event its own answer, so it is not used.
+    ///
+    /// An event whose stored form is larger than
+    /// [`max_event_bytes`](EventStore::max_event_bytes) refuses the whole
+    /// append with [`LogError::TooLarge`] before anything is published:
+    /// nothing of the request is stored.
     fn append(&self, events: Vec<Event>) -> Reply<Vec<Appended>> {
         let inner = self.inner.clone();
         self.inner.bridge.reply(async move {
@@ -725,6 +741,12 @@ impl EventStore for NatsLog {
             inner.note_write(&result);
             result
         })
+    }
+
+    /// The server's `max_payload` (as the server the client is connected
+    /// to announced it) less 1 KiB kept for the message's headers.
+    fn max_event_bytes(&self) -> Option<u64> {
+        Some(self.inner.max_record_bytes())
     }
 
     fn read_bounded(

@@ -7,7 +7,12 @@
 //! A dead letter is kept under `<tenant>.<plugin>.<seq>` in
 //! `<prefix>_dead_letters` as `{"event": <the event's JSON>, "attempts":
 //! [...], "redrive": bool}`. Its size, for the tenant's quota, is that of
-//! its event and attempts as stored (as in the embedded log). A quarantine
+//! its event and attempts as stored (as in the embedded log). One larger
+//! than a message may carry is stored in parts (see `chunks` and
+//! [`Record`]): the parts first, then the record naming them; the parts
+//! of a record replaced (a failed redrive's longer history) or deleted go
+//! after it. A crash in between leaves parts no record names, which are
+//! never read (storing the same dead letter again reuses them). A quarantine
 //! is kept under `<tenant>.<plugin>` in `<prefix>_quarantines` as the JSON
 //! of [`Quarantine`].
 //!
@@ -43,6 +48,7 @@ use plugbus_log::{
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::chunks::{self, Chunked};
 use crate::{BackendError, Inner, NatsLog, names};
 
 /// How often a write whose record another process changed meanwhile is
@@ -245,11 +251,23 @@ fn parse_key(key: &str) -> Option<(&str, &str, Seq)> {
 }
 
 /// A dead letter as stored, its parts left as their JSON text.
+///
+/// One whose JSON is larger than a message may carry is stored in parts
+/// (see `chunks`, under `d.<key>`), written before it: the record then
+/// has `null` for its event and attempts, names its parts in `chunks` and
+/// keeps its size for the quota in `size`; its redrive mark stays in the
+/// record.
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
     event: Box<RawValue>,
     attempts: Box<RawValue>,
     redrive: bool,
+    /// Where the whole record is, when it did not fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chunks: Option<Chunked>,
+    /// The size of its event and attempts, when they are in parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
 }
 
 impl Record {
@@ -259,6 +277,8 @@ impl Record {
             event: RawValue::from_string(dead.event.to_json_string())?,
             attempts: RawValue::from_string(serde_json::to_string(&dead.attempts)?)?,
             redrive: false,
+            chunks: None,
+            size: None,
         })
     }
 
@@ -273,7 +293,9 @@ impl Record {
     /// Its size for the quota: its event and attempts, as stored.
     fn letter(&self) -> Letter {
         Letter {
-            size: (self.event.get().len() + self.attempts.get().len()) as u64,
+            size: self
+                .size
+                .unwrap_or((self.event.get().len() + self.attempts.get().len()) as u64),
             redrive: self.redrive,
         }
     }
@@ -652,29 +674,124 @@ async fn store_dead_letter(
     let value = record
         .to_bytes()
         .map_err(|e| inner.error(format!("encode the dead letter {key}"), e))?;
+    let (value, parts) = fit_letter(inner, &key, value, letter.size).await?;
     let usage = &inner.letter_state;
     for _ in 0..CONFLICT_RETRIES {
         let (before, revision) = entry(inner, store, &key).await?;
         let reserved = before.is_none();
-        if reserved {
+        let admitted = !reserved || {
             let mut usage = usage.usage();
             let (count, bytes) = usage.used(tenant);
-            if !quota(inner, tenant).admits(count, bytes, letter.size) {
-                return Ok(false);
+            let admits = quota(inner, tenant).admits(count, bytes, letter.size);
+            if admits {
+                usage.reserve(tenant, letter.size);
             }
-            usage.reserve(tenant, letter.size);
+            admits
+        };
+        if !admitted {
+            // The parts written for it are named by no record.
+            if let Some(parts) = &parts
+                && let Err(e) = chunks::remove(inner, &parts_base(&key), parts).await
+            {
+                tracing::warn!(
+                    key = %plugbus_core::text::escape(&key, LOGGED_TEXT),
+                    "the parts of a refused dead letter are left behind: {e}"
+                );
+            }
+            return Ok(false);
         }
         let written = update(inner, store, &key, value.clone(), revision).await;
-        let mut usage = usage.usage();
-        if reserved {
-            usage.release(tenant, letter.size);
-        }
-        if let Written::At(revision) = written? {
-            usage.apply(&key, revision, Some(letter));
+        let stored = {
+            let mut usage = usage.usage();
+            if reserved {
+                usage.release(tenant, letter.size);
+            }
+            match written? {
+                Written::At(revision) => {
+                    usage.apply(&key, revision, Some(letter));
+                    true
+                }
+                Written::Conflict => false,
+            }
+        };
+        if stored {
+            drop_replaced_parts(inner, &key, before.as_deref(), parts.as_ref()).await;
             return Ok(true);
         }
     }
     Err(conflicts(inner, &key))
+}
+
+/// Where the parts of the dead letter at `key` go: `d.<key>`.
+fn parts_base(key: &str) -> String {
+    format!("d.{key}")
+}
+
+/// The record to write for a dead letter whose whole record is `value`
+/// (its event and attempts `size` bytes): `value` itself when it fits in
+/// a message; otherwise its parts are written first (see `chunks`) and
+/// the answer is a small record naming them, with the parts.
+async fn fit_letter(
+    inner: &Inner,
+    key: &str,
+    value: Vec<u8>,
+    size: u64,
+) -> Result<(Vec<u8>, Option<Chunked>), LogError> {
+    if value.len() as u64 <= inner.max_record_bytes() {
+        return Ok((value, None));
+    }
+    let parts = chunks::put(inner, &parts_base(key), &value).await?;
+    let null = || RawValue::from_string("null".to_owned());
+    let small = null()
+        .and_then(|event| {
+            Record {
+                event,
+                attempts: null()?,
+                redrive: false,
+                chunks: Some(parts.clone()),
+                size: Some(size),
+            }
+            .to_bytes()
+        })
+        .map_err(|e| inner.error(format!("encode the dead letter {key}"), e))?;
+    Ok((small, Some(parts)))
+}
+
+/// After the dead letter at `key` was replaced (by a record naming
+/// `parts`, or none) or deleted: removes the parts of the record it
+/// replaced, `before`, unless they are the same. A failure is logged: the
+/// parts take room, and are never read.
+async fn drop_replaced_parts(
+    inner: &Inner,
+    key: &str,
+    before: Option<&[u8]>,
+    parts: Option<&Chunked>,
+) {
+    let old = match before.and_then(|value| Record::parse(value).ok()?.chunks) {
+        Some(old) if parts.is_none_or(|parts| parts.hash != old.hash) => old,
+        _ => return,
+    };
+    if let Err(e) = chunks::remove(inner, &parts_base(key), &old).await {
+        tracing::warn!(
+            key = %plugbus_core::text::escape(key, LOGGED_TEXT),
+            "the parts of a replaced dead letter are left behind: {e}"
+        );
+    }
+}
+
+/// The record `value` of the dead letter at `key`, whole: read from its
+/// parts when it names them (with its own redrive mark).
+async fn whole_letter(inner: &Inner, key: &str, value: Vec<u8>) -> Result<Vec<u8>, LogError> {
+    let record = Record::parse(&value).map_err(|e| inner.corrupt(key, e))?;
+    let Some(parts) = &record.chunks else {
+        return Ok(value);
+    };
+    let body = chunks::get(inner, &parts_base(key), parts).await?;
+    let mut whole = Record::parse(&body).map_err(|e| inner.corrupt(key, e))?;
+    whole.redrive = record.redrive;
+    whole
+        .to_bytes()
+        .map_err(|e| inner.error(format!("encode the dead letter {key}"), e))
 }
 
 fn conflicts(inner: &Inner, key: &str) -> LogError {
@@ -698,11 +815,12 @@ async fn drop_dead_letter(
     let store = &inner.buckets.dead_letters;
     let key = names::dead_letter_key(tenant, plugin, seq);
     for _ in 0..CONFLICT_RETRIES {
-        let (Some(_), revision) = entry(inner, store, &key).await? else {
+        let (Some(before), revision) = entry(inner, store, &key).await? else {
             return Ok(false);
         };
         if let Written::At(deleted) = delete(inner, store, &key, revision).await? {
             inner.letter_state.usage().apply(&key, deleted, None);
+            drop_replaced_parts(inner, &key, Some(&before), None).await;
             return Ok(true);
         }
     }
@@ -774,11 +892,11 @@ async fn read_dead_letters(
     plugin: &str,
 ) -> Result<Vec<(DeadLetter, bool)>, LogError> {
     let filter = format!("{}.*", names::plugin_key(tenant, plugin));
-    let mut out = scan(inner, &inner.buckets.dead_letters, &filter)
-        .await?
-        .into_iter()
-        .map(|(key, _, value)| parse_letter(inner, &key, &value))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    for (key, _, value) in scan(inner, &inner.buckets.dead_letters, &filter).await? {
+        let value = whole_letter(inner, &key, value).await?;
+        out.push(parse_letter(inner, &key, &value)?);
+    }
     out.sort_by_key(|(dead, _)| dead.seq);
     Ok(out)
 }
@@ -807,6 +925,7 @@ async fn read_redrives(
         let (Some(value), _) = entry(inner, &inner.buckets.dead_letters, &key).await? else {
             continue;
         };
+        let value = whole_letter(inner, &key, value).await?;
         let (dead, redrive) = parse_letter(inner, &key, &value)?;
         if redrive {
             out.push(dead);

@@ -16,7 +16,8 @@
 //!   cursor, what it finished ahead, and the number of its last applied
 //!   commit), `plugbus_commits` (each plugin's last commit, written before
 //!   it is applied), `plugbus_state`, `plugbus_dead_letters` and
-//!   `plugbus_quarantines`; `plugbus_leases` and `plugbus_hosts` say which
+//!   `plugbus_quarantines`, `plugbus_chunks` (the parts of records larger
+//!   than the server's `max_payload`); `plugbus_leases` and `plugbus_hosts` say which
 //!   host handles which plugin (see `leases`).
 //!
 //! # A commit, and a crash in the middle of one
@@ -31,11 +32,24 @@
 //! newer than the cursor record's applies it again before anything else
 //! (see `progress`).
 //!
+//! # Sizes
+//! Every message is bounded by the server's `max_payload` (1 MiB by
+//! default; read from the server at connect and at every reconnect, see
+//! [`NatsLog::max_payload`]). An event or a state value may take it all
+//! but 1 KiB kept for headers ([`EventStore::max_event_bytes`]); a larger
+//! one is refused before anything is stored ([`LogError::TooLarge`]). A
+//! commit record or a dead letter larger than that is stored in parts in
+//! the bucket `plugbus_chunks`, under a small record that names them (see
+//! `chunks`).
+//!
+//! [`EventStore::max_event_bytes`]: plugbus_log::EventStore::max_event_bytes
+//!
 //! # Threads
 //! The log runs its own small runtime (two threads named `plugbus-nats`),
 //! where the NATS client lives; see `bridge`.
 
 mod bridge;
+mod chunks;
 pub mod config;
 #[cfg(test)]
 mod costs;
@@ -111,6 +125,9 @@ pub(crate) struct Buckets {
     pub(crate) leases: jetstream::kv::Store,
     /// `<host id>` → a live host's entry (see `leases`).
     pub(crate) hosts: jetstream::kv::Store,
+    /// The parts of commit records and dead letters larger than the
+    /// server's `max_payload` (see `chunks`).
+    pub(crate) chunks: jetstream::kv::Store,
 }
 
 impl NatsLog {
@@ -170,9 +187,45 @@ impl NatsLog {
     pub fn stream_name(&self) -> &str {
         &self.inner.names.events_stream
     }
+
+    /// The server's `max_payload`: the largest message (headers and
+    /// payload) it takes, as the server the client is connected to now
+    /// announced it (read again at every reconnect).
+    pub fn max_payload(&self) -> u64 {
+        self.inner.max_payload()
+    }
 }
 
+/// What a message of the log may need for its headers and beyond its
+/// payload, at most: a message id, the emitting plugin's name, a KV
+/// operation or an expected revision. An event (or a state value) may take
+/// the rest of the server's `max_payload`.
+pub(crate) const HEADER_ROOM: u64 = 1024;
+
 impl Inner {
+    /// See [`NatsLog::max_payload`].
+    pub(crate) fn max_payload(&self) -> u64 {
+        self.client.max_payload() as u64
+    }
+
+    /// The largest payload of one record: an event's stored form, a state
+    /// value, a commit record, a dead letter, a chunk.
+    pub(crate) fn max_record_bytes(&self) -> u64 {
+        self.max_payload().saturating_sub(HEADER_ROOM)
+    }
+
+    /// The refusal of a record of `bytes` bytes, `what`, too large for the
+    /// log.
+    pub(crate) fn too_large(&self, what: String, bytes: u64, index: Option<usize>) -> LogError {
+        LogError::TooLarge {
+            backend: self.backend.clone(),
+            what,
+            bytes,
+            limit: self.max_record_bytes(),
+            index,
+        }
+    }
+
     /// A failure of the backend while doing `operation`.
     pub(crate) fn error(
         &self,
@@ -197,6 +250,10 @@ impl Inner {
 
     /// Notes how a write ended, for [`LogHealth`].
     pub(crate) fn note_write<T>(&self, result: &Result<T, LogError>) {
+        if matches!(result, Err(LogError::TooLarge { .. })) {
+            // A refusal of what was asked, not a failure of the log.
+            return;
+        }
         let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         health.failure = result.as_ref().err().map(ToString::to_string);
         health.settle(now_ms());
@@ -433,6 +490,7 @@ async fn setup(
         quarantines: bucket(names.bucket("quarantines")).await?,
         leases: bucket(names.bucket("leases")).await?,
         hosts: bucket(names.bucket("hosts")).await?,
+        chunks: bucket(names.bucket("chunks")).await?,
     };
     Ok((events, emits, buckets))
 }

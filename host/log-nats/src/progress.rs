@@ -25,6 +25,35 @@
 //!    decides `expected` again; a writer that finds `applied >= n` knows
 //!    someone else applied its commit.
 //!
+//! # A commit record larger than a message
+//! A commit record whose JSON passes the server's `max_payload` (less
+//! 1 KiB for headers) is written in parts at step 2 (see `chunks`): its
+//! parts first, each acknowledged, under `c.<key>.<n>.<hash>.<i>` in
+//! `plugbus_chunks`; then the claim, a small commit record with the same
+//! number that names them (`chunks`). A reader that finds such a record
+//! unapplied reads the parts and applies the whole. Once the commit is
+//! applied (step 4 written), the parts of every commit of the plugin
+//! numbered `applied` or lower are removed. Which crash leaves what:
+//! - while writing the parts, or after them but before the claim: parts
+//!   no record names, numbered `n`. Nothing was claimed: the commit was
+//!   not made (the caller got no answer, and its events are delivered
+//!   again). The next commit claims `n` itself (its own body, its own
+//!   parts) and, once applied, removes the dead host's parts with its
+//!   own;
+//! - after the claim, before step 4: the record names parts that are all
+//!   there (they were acknowledged before it); the next reader applies
+//!   the whole commit as any other, then removes the parts;
+//! - after step 4, before the parts are removed: the record is applied,
+//!   so it is never read whole again; the next reader of the plugin's
+//!   records (its consumer at start, any cursor read) removes the parts.
+//!
+//! A writer whose claim loses to another's removes the parts it wrote:
+//! they carry the hash of its own body, so they are never the winner's.
+//! A reader that finds parts missing while it reads them (the commit was
+//! applied and its parts removed meanwhile) reads the records again.
+//!
+//! [`EventStore::max_event_bytes`]: plugbus_log::EventStore::max_event_bytes
+//!
 //! A commit of only a cursor (and what was finished ahead) is step 4
 //! alone, without a number. Whoever reads a plugin's cursor ([`cursor`],
 //! [`ahead`], [`cursor_of`], and every commit) and finds a commit record
@@ -41,9 +70,10 @@
 //!   owner the only one that need apply a commit left alone; readers that
 //!   do not hold the plugin's lease could leave a recent commit record to
 //!   its owner.
-//! - A commit record is one message: a commit whose emitted events, dead
-//!   letters and state together pass the server's `max_payload` (1 MiB by
-//!   default) fails.
+//! - A commit whose emitted events or state values include one larger than
+//!   a message may carry ([`EventStore::max_event_bytes`]) is refused
+//!   whole before step 2 ([`LogError::TooLarge`]): it could never be
+//!   applied. The runtime refuses such an emit or state write first.
 //! - A state write outside a commit ([`StateStore::apply`]) is not all or
 //!   none across keys.
 //!
@@ -66,6 +96,7 @@ use plugbus_log::{
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::chunks::{self, Chunked};
 use crate::{Inner, NatsLog, events, letters, names};
 
 /// How many times a write of a plugin's records is tried again when
@@ -131,6 +162,11 @@ pub(crate) struct CommitRecord {
     /// See [`Commit::lease`].
     #[serde(default)]
     pub(crate) lease: Option<u64>,
+    /// Set when the whole record did not fit in one message: it is stored
+    /// in parts (see [`claim_body`]), and this record holds only its
+    /// number, its plugin and its cursor besides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) chunks: Option<Chunked>,
 }
 
 /// A dead letter in a [`CommitRecord`].
@@ -291,11 +327,22 @@ async fn settled(
 /// Reads the plugin's records; applies its commit record first when that
 /// is newer than the cursor record's `applied`.
 async fn fresh_view(inner: &Inner, who: &Plugin<'_>) -> Result<View, LogError> {
-    let (mut view, record) = read_records(inner, who).await?;
+    let (view, record) = read_records(inner, who).await?;
+    let (mut view, record) = match whole_record(inner, who, record, view.cursor.applied).await {
+        Ok(record) => (view, record),
+        // The parts went while they were read: applied meanwhile, so
+        // the records have changed; read them again.
+        Err(LogError::CorruptRecord { .. }) => {
+            let (view, record) = read_records(inner, who).await?;
+            let record = whole_record(inner, who, record, view.cursor.applied).await?;
+            (view, record)
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(record) = record
         && record.n > view.cursor.applied
     {
-        let n = record.n;
+        let (n, chunked) = (record.n, record.chunks.is_some());
         let commit = record
             .into_commit(who.tenant, who.plugin, who.partition)
             .map_err(|reason| {
@@ -312,6 +359,9 @@ async fn fresh_view(inner: &Inner, who: &Plugin<'_>) -> Result<View, LogError> {
         );
         apply_effects(inner, who, n, &commit, Applier::Recovery).await?;
         move_cursor(inner, who, &mut view, &commit, Some(n)).await?;
+        if chunked {
+            sweep_chunks(inner, who, view.cursor.applied).await;
+        }
     }
     Ok(view)
 }
@@ -408,6 +458,7 @@ impl CommitRecord {
             redriven: commit.redriven.clone(),
             ahead: commit.ahead.clone(),
             lease: commit.lease,
+            chunks: None,
         })
     }
 
@@ -862,6 +913,7 @@ async fn commit(inner: &Inner, commit: Commit) -> Result<Committed, LogError> {
         None => fresh_view(inner, &who).await?,
     };
     fenced(inner, &who, &view.cursor, &commit)?;
+    fits(inner, &commit)?;
     // The first commit under a new lease goes through the commit record
     // even without effects: writing it changes the record's revision, so a
     // host that lost the lease and still commits effects fails its claim
@@ -882,11 +934,10 @@ async fn commit(inner: &Inner, commit: Commit) -> Result<Committed, LogError> {
     }
     let bucket = &inner.buckets.commits;
     let mut claimed = None;
+    let mut chunked = false;
     for tries in 0..TRIES {
         let n = view.cursor.applied + 1;
-        let record = CommitRecord::of(&commit, n)
-            .and_then(|record| serde_json::to_vec(&record).map_err(ProgressError::Encode))
-            .map_err(|e| inner.error(format!("write {}/{}", bucket.name, who.key), e))?;
+        let (record, parts) = claim_body(inner, &who, &commit, n).await?;
         match bucket
             .update(&who.key, record.into(), view.commit_rev)
             .await
@@ -894,12 +945,16 @@ async fn commit(inner: &Inner, commit: Commit) -> Result<Committed, LogError> {
             Ok(revision) => {
                 view.commit_rev = revision;
                 claimed = Some(n);
+                chunked = parts.is_some();
                 break;
             }
             // Another writer numbered a commit since: after a moment (so
             // that two writers do not collide again in step), read both
             // records again, applying theirs if it is not yet.
             Err(e) if conflict(&e) => {
+                if let Some(parts) = &parts {
+                    drop_parts(inner, &who, n, parts).await;
+                }
                 tokio::time::sleep(backoff(tries)).await;
                 view = fresh_view(inner, &who).await?;
                 fenced(inner, &who, &view.cursor, &commit)?;
@@ -918,6 +973,9 @@ async fn commit(inner: &Inner, commit: Commit) -> Result<Committed, LogError> {
     };
     let effects = apply_effects(inner, &who, n, &commit, Applier::Claimant).await?;
     let cursor_moved = move_cursor(inner, &who, &mut view, &commit, Some(n)).await?;
+    if chunked {
+        sweep_chunks(inner, &who, view.cursor.applied).await;
+    }
     *cached = Some(view);
     refused(&commit, &effects.refused_dead_letters);
     Ok(Committed {
@@ -925,6 +983,163 @@ async fn commit(inner: &Inner, commit: Commit) -> Result<Committed, LogError> {
         cursor_moved,
         refused_dead_letters: effects.refused_dead_letters,
     })
+}
+
+/// Refuses `commit` whole, before anything of it is written, when one of
+/// its emitted events or state values is larger than the log stores
+/// ([`LogError::TooLarge`]): publishing it, or writing it, would fail at
+/// every try, and the commit could never be applied. The runtime refuses
+/// such an emit or state write to the plugin first (its bound is
+/// [`EventStore::max_event_bytes`](plugbus_log::EventStore::max_event_bytes));
+/// this is the last line, for a server whose limit shrank since.
+fn fits(inner: &Inner, commit: &Commit) -> Result<(), LogError> {
+    let limit = inner.max_record_bytes();
+    for (index, event) in commit.emitted.iter().enumerate() {
+        let bytes = event.to_json_string().len() as u64;
+        if bytes > limit {
+            return Err(inner.too_large(
+                format!(
+                    "the emitted event {index} of a commit of {}/{}",
+                    commit.tenant, commit.plugin
+                ),
+                bytes,
+                None,
+            ));
+        }
+    }
+    for write in &commit.state {
+        let bytes = write.value.as_ref().map_or(0, |v| v.len() as u64);
+        if bytes > limit {
+            return Err(inner.too_large(
+                format!(
+                    "a state value of a commit of {}/{}",
+                    commit.tenant, commit.plugin
+                ),
+                bytes,
+                None,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where the parts of commit number `n` of a plugin go: `c.<key>.<n>`.
+fn parts_base(who: &Plugin<'_>, n: u64) -> String {
+    format!("{}.{n}", parts_prefix(who))
+}
+
+/// Where the parts of every commit of a plugin go: `c.<key>`.
+fn parts_prefix(who: &Plugin<'_>) -> String {
+    format!("c.{}", who.key)
+}
+
+/// The commit record of `commit`, numbered `n`, as written at step 2;
+/// with where its parts are, when the whole record is larger than one
+/// message: then its parts are written (and acknowledged) first, under
+/// keys of `n` and their hash (see `chunks`), and the record written is a
+/// small one naming them.
+async fn claim_body(
+    inner: &Inner,
+    who: &Plugin<'_>,
+    commit: &Commit,
+    n: u64,
+) -> Result<(Vec<u8>, Option<Chunked>), LogError> {
+    let failed = |e| {
+        inner.error(
+            format!("write {}/{}", inner.buckets.commits.name, who.key),
+            e,
+        )
+    };
+    let record = CommitRecord::of(commit, n).map_err(failed)?;
+    let whole = serde_json::to_vec(&record).map_err(|e| failed(ProgressError::Encode(e)))?;
+    if whole.len() as u64 <= inner.max_record_bytes() {
+        return Ok((whole, None));
+    }
+    let parts = chunks::put(inner, &parts_base(who, n), &whole).await?;
+    let small = CommitRecord {
+        n,
+        tenant: record.tenant,
+        plugin: record.plugin,
+        partition: record.partition,
+        cursor: record.cursor,
+        expected: record.expected,
+        emitted: Vec::new(),
+        dead_letters: Vec::new(),
+        state: Vec::new(),
+        redriven: Vec::new(),
+        ahead: Vec::new(),
+        lease: record.lease,
+        chunks: Some(parts.clone()),
+    };
+    let small = serde_json::to_vec(&small).map_err(|e| failed(ProgressError::Encode(e)))?;
+    Ok((small, Some(parts)))
+}
+
+/// The commit record `record` read from the bucket, whole: when it names
+/// parts and is not yet applied (its number is past `applied`), read from
+/// them. One that is applied is answered as it is (it is not applied
+/// again), and its parts, if any are left, are swept.
+async fn whole_record(
+    inner: &Inner,
+    who: &Plugin<'_>,
+    record: Option<CommitRecord>,
+    applied: u64,
+) -> Result<Option<CommitRecord>, LogError> {
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    let Some(parts) = &record.chunks else {
+        return Ok(Some(record));
+    };
+    if record.n <= applied {
+        sweep_chunks(inner, who, applied).await;
+        return Ok(Some(record));
+    }
+    let key = format!("{}/{}", inner.buckets.commits.name, who.key);
+    let body = chunks::get(inner, &parts_base(who, record.n), parts).await?;
+    let whole: CommitRecord =
+        serde_json::from_slice(&body).map_err(|e| inner.corrupt(key.as_str(), e))?;
+    if whole.n != record.n || whole.chunks.is_some() {
+        return Err(inner.corrupt(key, "its parts hold another commit"));
+    }
+    Ok(Some(CommitRecord {
+        chunks: record.chunks,
+        ..whole
+    }))
+}
+
+/// Removes the parts of commit number `n` that lost its claim; a failure
+/// is logged (the parts are swept later).
+async fn drop_parts(inner: &Inner, who: &Plugin<'_>, n: u64, parts: &Chunked) {
+    if let Err(e) = chunks::remove(inner, &parts_base(who, n), parts).await {
+        tracing::warn!(
+            tenant = %who.tenant,
+            plugin = %who.plugin,
+            commit = n,
+            "the parts of a commit record that lost its claim are left for later: {e}"
+        );
+    }
+}
+
+/// Removes the parts of every commit of the plugin numbered `applied` or
+/// lower: applied, or never claimed (a writer died between writing them
+/// and its claim, or lost its claim). Parts of a higher number may belong
+/// to a commit being claimed now, and are left. A failure is logged: the
+/// parts take room until the next sweep, and are never read.
+async fn sweep_chunks(inner: &Inner, who: &Plugin<'_>, applied: u64) {
+    let doomed = |rest: &str| {
+        rest.split('.')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n <= applied)
+    };
+    if let Err(e) = chunks::sweep(inner, &parts_prefix(who), doomed).await {
+        tracing::warn!(
+            tenant = %who.tenant,
+            plugin = %who.plugin,
+            "the parts of applied commit records are left for later: {e}"
+        );
+    }
 }
 
 /// Logs and counts the dead letters of `commit` that its tenant's quota

@@ -130,6 +130,29 @@ pub enum LogError {
         /// Why it does not parse.
         reason: String,
     },
+    /// A record is larger than the log can store: an event (appended or
+    /// emitted) or a state value over [`EventStore::max_event_bytes`] (on
+    /// NATS, the server's `max_payload` less room for the message's
+    /// headers). Nothing of the request was stored; asking again fails
+    /// again.
+    #[error(
+        "{what} takes {bytes} bytes; the event log ({backend}) stores at most {limit} bytes per record"
+    )]
+    TooLarge {
+        /// Which backend, e.g. `nats nats://10.0.0.5:4222`.
+        backend: String,
+        /// What is too large, e.g. `event 3 of the request` (no tenant
+        /// text).
+        what: String,
+        /// Its size, in bytes (an event's stored form: its CloudEvents
+        /// JSON).
+        bytes: u64,
+        /// The most the log stores.
+        limit: u64,
+        /// Where in the request: the index of the event that is too large,
+        /// for an append.
+        index: Option<usize>,
+    },
     /// A [`Commit`] made under a lease ([`Commit::lease`]) was refused:
     /// the lease has changed hands since (another host committed under a
     /// newer epoch). Nothing of the commit was applied; the caller no
@@ -413,6 +436,18 @@ pub trait EventStore: Send + Sync {
     /// durable. An event whose (tenant, source, id) was appended within the
     /// duplicate window is not stored again; its answer says so.
     fn append(&self, events: Vec<Event>) -> Reply<Vec<Appended>>;
+
+    /// The largest event the log can store, in bytes of its stored form
+    /// (its CloudEvents JSON, [`StoredEvent::bytes`]); `None` when the log
+    /// sets no bound of its own (the embedded and in-memory logs). A
+    /// networked log answers what its server allows now (NATS:
+    /// `max_payload` less room for headers), which may change when it
+    /// reconnects to another server. An append with a larger event is
+    /// refused whole ([`LogError::TooLarge`]); a [`Commit`] with a larger
+    /// emitted event or state value is refused whole too. Not blocking.
+    fn max_event_bytes(&self) -> Option<u64> {
+        None
+    }
 
     /// Events of `tenant` after position `after`, in order, as many as
     /// `limit` allows. Blocking.

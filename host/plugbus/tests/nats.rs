@@ -2,7 +2,9 @@
 //! over HTTP against a real nats-server of the test's own: ingest answers
 //! 503 and `/readyz` is not ready while NATS is down, and both recover by
 //! themselves when it returns; a secret that cannot be read stops the
-//! start with an error naming its setting.
+//! start with an error naming its setting; an event larger than the
+//! server's `max_payload` allows is refused with 413, nothing of its
+//! request stored.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -168,5 +170,45 @@ fn a_token_from_the_environment_authenticates_and_is_never_logged() {
     assert_eq!(status, 202, "{body}");
     server.deliveries_of(&["auth-1"]);
     assert!(!server.log().contains(secret), "{}", server.log());
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn an_event_over_the_servers_max_payload_is_refused_with_413_and_nothing_stored() {
+    let nats_config = tempfile::NamedTempFile::new().expect("a config file");
+    std::fs::write(nats_config.path(), "max_payload: 65536\n").expect("write it");
+    let path = nats_config.path().to_str().expect("a UTF-8 path");
+    let nats = NatsServer::start_with(&["-c", path]);
+    let (_dir, config) = setup(&nats.url(), "");
+    let server = support::Server::start(&config);
+    // http.max_body_bytes (1 MiB by default) is over the server's limit:
+    // the start says so, naming both.
+    let log = server.log_until(|log| log.contains("events are stored in"));
+    assert!(
+        log.contains("http.max_body_bytes (1048576)") && log.contains("max_payload (65536)"),
+        "{log}"
+    );
+    ready_until(&server, 200);
+    let big = format!(
+        r#"{{"specversion":"1.0","id":"big","source":"/pos/1","type":"order.placed","data":{{"pad":"{}"}}}}"#,
+        "x".repeat(70 * 1024)
+    );
+    let batch = format!("[{},{big}]", event("before-big"));
+    let (status, body) = server.post(TOKEN, "application/cloudevents-batch+json", &batch);
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["limit"], "max_event_bytes", "{body}");
+    assert_eq!(body["index"], 1, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("at most 64512 bytes"), "{body}");
+    // Not a failure of the log: still ready, and the next request is
+    // stored and delivered, the refused batch's first event never.
+    ready_until(&server, 200);
+    let (status, body) = server.post(TOKEN, "application/cloudevents+json", &event("after"));
+    assert_eq!(status, 202, "{body}");
+    let seen = server.deliveries_of(&["after"]);
+    assert!(
+        seen.iter().all(|d| d["event_id"] != "before-big"),
+        "{seen:#?}"
+    );
     assert!(server.terminate().success());
 }

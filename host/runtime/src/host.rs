@@ -94,6 +94,14 @@ pub struct HostConfig {
     /// it is kept. Each event also stays within the per-event limits of
     /// [`Event::validate`].
     pub max_emit_bytes_per_delivery: usize,
+    /// The largest event the event log stores, in bytes of its stored form
+    /// (its CloudEvents JSON): the log's `EventStore::max_event_bytes`
+    /// (a NATS server's `max_payload` less 1 KiB), `None` (the default)
+    /// for a log without a bound of its own. An emit of a larger event is
+    /// refused to the plugin (its `emit` gets an error naming the limit)
+    /// and counted (`plugbus_emits_refused_total{reason="event_bytes"}`),
+    /// so that no commit holds an event the log cannot store.
+    pub max_event_bytes: Option<usize>,
     /// The most bytes one batch's pending commit may hold (default 16 MiB):
     /// the emitted events and state writes of the successful deliveries of
     /// one batch (a call of `handle-batch`, or the events the durable bus
@@ -168,6 +176,7 @@ impl Default for HostConfig {
             max_state_value_bytes: 1024 * 1024,
             max_state_bytes_per_delivery: 4 * 1024 * 1024,
             max_emit_bytes_per_delivery: 4 * 1024 * 1024,
+            max_event_bytes: None,
             max_batch_commit_bytes: 16 * 1024 * 1024,
             max_error_bytes: 4096,
             max_limits: Limits::DEFAULT_CEILINGS,
@@ -351,6 +360,7 @@ impl Host {
             // The batch encoding addresses 4 GiB; stay well inside it.
             max_batch_bytes: config.max_batch_bytes.min(1 << 30),
             max_emit_bytes_per_delivery: config.max_emit_bytes_per_delivery,
+            max_event_bytes: config.max_event_bytes,
             max_batch_commit_bytes: config.max_batch_commit_bytes,
             max_error_bytes: config.max_error_bytes,
         });

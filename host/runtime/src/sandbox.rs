@@ -51,6 +51,9 @@ pub(crate) struct Bounds {
     /// The most bytes of events one delivery may emit, counted by
     /// [`crate::batch::event_bytes`].
     pub max_emit_bytes_per_delivery: usize,
+    /// The largest emitted event the event log stores, in bytes of its
+    /// stored form (its CloudEvents JSON); `None`: no bound of the log's.
+    pub max_event_bytes: Option<usize>,
     /// The most bytes one batch's pending commit may hold: the emitted
     /// events and state writes of its successful deliveries so far, and of
     /// the delivery running.

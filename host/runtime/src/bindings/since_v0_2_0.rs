@@ -226,7 +226,7 @@ impl host::Host for PluginState {
         let counter = match refusal {
             EmitRefusal::ChainDepth(_) => &stats.emits_refused_chain_depth,
             EmitRefusal::Count(_) | EmitRefusal::ChainBudget(_) => &stats.emits_refused_budget,
-            EmitRefusal::Bytes(_) => &stats.emits_refused_bytes,
+            EmitRefusal::Bytes(_) | EmitRefusal::EventSize(_) => &stats.emits_refused_bytes,
             EmitRefusal::Commit(_) => &stats.emits_refused_commit,
             EmitRefusal::Invalid(_) => &stats.emits_refused_invalid,
         };
@@ -299,6 +299,9 @@ enum EmitRefusal {
     /// The bytes one batch's pending commit may hold.
     #[error("{0}")]
     Commit(String),
+    /// The largest event the event log stores.
+    #[error("{0}")]
+    EventSize(String),
     /// An invalid event, or an extension only the host may set.
     #[error("{0}")]
     Invalid(String),
@@ -313,6 +316,7 @@ impl EmitRefusal {
             Self::ChainBudget(_) => "chain_budget",
             Self::Bytes(_) => "emit_bytes",
             Self::Commit(_) => "commit_bytes",
+            Self::EventSize(_) => "event_bytes",
             Self::Invalid(_) => "invalid",
         }
     }
@@ -387,7 +391,7 @@ impl PluginState {
         .map_err(|e| EmitRefusal::Invalid(format!("invalid event: {e}")))?;
         let Some(budget) = &scope.chain_budget else {
             let size = crate::batch::event_bytes(&emitted);
-            self.check_emit_bytes(size)?;
+            self.check_emit_bytes(&emitted, size)?;
             return Ok((emitted, size));
         };
         let took = budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
@@ -404,16 +408,30 @@ impl PluginState {
         // left then, which is no more. Its bytes are counted with it.
         emitted.set_chain_budget(before - 1);
         let size = crate::batch::event_bytes(&emitted);
-        if let Err(refusal) = self.check_emit_bytes(size) {
+        if let Err(refusal) = self.check_emit_bytes(&emitted, size) {
             budget.fetch_add(1, Ordering::AcqRel);
             return Err(refusal);
         }
         Ok((emitted, size))
     }
 
-    /// Whether an event of `size` bytes fits in this delivery's emit
-    /// budget and in its batch's pending commit.
-    fn check_emit_bytes(&self, size: usize) -> Result<(), EmitRefusal> {
+    /// Whether `emitted`, of `size` bytes, fits in the event log, in this
+    /// delivery's emit budget and in its batch's pending commit.
+    fn check_emit_bytes(&self, emitted: &Event, size: usize) -> Result<(), EmitRefusal> {
+        if let Some(max) = self.bounds.max_event_bytes
+            // Its stored form is at most six times its counted bytes (a
+            // control character escaped as `\u00XX`) and the JSON's names
+            // and punctuation: smaller ones fit without encoding them.
+            && size.saturating_mul(6).saturating_add(64 * 1024) > max
+        {
+            let stored = emitted.to_json_string().len();
+            if stored > max {
+                return Err(EmitRefusal::EventSize(format!(
+                    "this event takes {stored} bytes as the event log stores it (its CloudEvents JSON); \
+                     the event log stores events of at most {max} bytes"
+                )));
+            }
+        }
         let max = self.bounds.max_emit_bytes_per_delivery;
         let total = self.scope.emitted_bytes.saturating_add(size);
         if total > max {

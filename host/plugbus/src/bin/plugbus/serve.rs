@@ -302,10 +302,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let metrics = install_metrics()?;
+    // Opened before the host: the largest event it stores bounds what
+    // plugins may emit and write.
+    let (log, place) = open_log(&settings, &data).await?;
+    fit_to_log(&settings, &mut config, log.max_event_bytes());
     let host = Arc::new(plugbus::Host::new(config)?);
     load(&host, &plugins)?;
     let _watcher = host.watch(&plugins)?;
-    let (log, place) = open_log(&settings, &data).await?;
     // The last reference to the log is let go off this runtime's workers
     // (below): a NATS log owns a runtime of its own, which may not be
     // dropped on one.
@@ -403,6 +406,47 @@ async fn open_log(settings: &Config, data: &Path) -> anyhow::Result<(Arc<dyn Eve
             );
             Ok((Arc::new(log), place))
         }
+    }
+}
+
+/// Bounds what plugins may emit and write by the largest record the log
+/// stores (`max_event` bytes; a NATS server's `max_payload` less 1 KiB),
+/// and says how that meets `http.max_body_bytes`.
+///
+/// A request body over the log's bound is not refused at start: a batch
+/// of events each within the bound may well be larger than one message,
+/// so `http.max_body_bytes` and `max_payload` measure different things.
+/// What the log cannot take is one event larger than its bound: the
+/// request is answered 413 naming both numbers, nothing stored. When
+/// `http.max_body_bytes` is larger than the server's whole `max_payload`
+/// the operator likely raised it expecting larger single events: that is
+/// warned, naming both settings.
+fn fit_to_log(settings: &Config, config: &mut plugbus::HostConfig, max_event: Option<u64>) {
+    let Some(max_event) = max_event else {
+        return;
+    };
+    let max = usize::try_from(max_event).unwrap_or(usize::MAX);
+    config.max_event_bytes = Some(max);
+    if config.max_state_value_bytes > max {
+        tracing::info!(
+            "state values are bounded at {max} bytes, the largest record the event log stores (the NATS server's max_payload less 1 KiB), below the host's {}",
+            config.max_state_value_bytes
+        );
+        config.max_state_value_bytes = max;
+    }
+    let body = settings.http.max_body_bytes as u64;
+    let max_payload = max_event.saturating_add(1024);
+    if body > max_payload {
+        tracing::warn!(
+            "http.max_body_bytes ({body}) is larger than the NATS server's max_payload ({max_payload}): \
+             a request may carry several events up to that size, but each event must stay within \
+             {max_event} bytes as stored (max_payload less 1 KiB); a larger one is refused with 413. \
+             Raise max_payload in the nats-server configuration (all servers of the cluster), or lower http.max_body_bytes"
+        );
+    } else {
+        tracing::info!(
+            "events of up to {max_event} bytes as stored are accepted (the NATS server's max_payload of {max_payload} less 1 KiB); http.max_body_bytes ({body}) bounds a request"
+        );
     }
 }
 
