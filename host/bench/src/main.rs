@@ -4,7 +4,9 @@
 //! release build, and BENCHMARKS.md says how each table was made.
 
 mod bench;
+mod hosts;
 mod jetstream;
+mod matrix;
 mod noisy;
 mod reload_bench;
 
@@ -50,10 +52,22 @@ enum Command {
 
     /// JetStream alone, with no plugbus: publishes the events `bench
     /// --durable --nats` publishes and reads them back with one durable
-    /// pull consumer per tenant, reporting events/s, CPU per event (this
+    /// pull consumer per plugin of each tenant, reporting events/s, CPU per event (this
     /// client's, and the server's when it starts its own) and batch
     /// latency: the baseline of the NATS backend.
     BenchJetstream(jetstream::JetStreamArgs),
+
+    /// Issue 15's benchmark in one run: `bench --durable` on SQLite and on
+    /// NATS, JetStream alone with the same events, and NATS shared by one,
+    /// two and three host processes, for publishes of one event and of
+    /// batches; prints the tables, with plugbus on NATS as a share of
+    /// JetStream alone.
+    BenchNats(matrix::MatrixArgs),
+
+    /// One host of `bench --durable --nats --hosts N`, driven by it over
+    /// stdin and stdout.
+    #[command(hide = true)]
+    BenchHost(hosts::HostArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,7 +82,11 @@ fn main() -> ExitCode {
                 }
             })
         }),
-        Command::BenchReload(_) | Command::BenchNoisy(_) | Command::BenchJetstream(_) => None,
+        Command::BenchReload(_)
+        | Command::BenchNoisy(_)
+        | Command::BenchJetstream(_)
+        | Command::BenchNats(_)
+        | Command::BenchHost(_) => None,
     };
     let otlp = match otlp.transpose() {
         Ok(otlp) => otlp,
@@ -109,6 +127,8 @@ fn main() -> ExitCode {
             Command::BenchReload(args) => reload_bench::run(args).await,
             Command::BenchNoisy(args) => noisy::run(args).await,
             Command::BenchJetstream(args) => jetstream::run(args).await,
+            Command::BenchNats(args) => matrix::run(args).await,
+            Command::BenchHost(args) => hosts::serve(args).await,
         }
     });
     drop(runtime);
