@@ -146,11 +146,21 @@ impl Host {
         self.child = Some(child);
     }
 
-    /// Waits until `/readyz` answers 200.
-    fn wait_ready(&self, agent: &ureq::Agent) {
-        wait_for(&format!("{} to be ready", self.url()), || {
-            get(agent, &format!("{}/readyz", self.url()), ADMIN_TOKEN)
-                .is_some_and(|(s, _)| s == 200)
+    /// Waits until `/readyz` answers 200; fails at once if the process
+    /// exits.
+    fn wait_ready(&mut self, agent: &ureq::Agent) {
+        let url = self.url();
+        let log = self.log.clone();
+        let child = self.child.as_mut().expect("started");
+        wait_for(&format!("{url} to be ready"), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = log.lock().unwrap_or_else(PoisonError::into_inner);
+                panic!(
+                    "the host on {url} exited ({status}):\n{}",
+                    Vec::from(log.clone()).join("\n")
+                );
+            }
+            get(agent, &format!("{url}/readyz"), ADMIN_TOKEN).is_some_and(|(s, _)| s == 200)
         });
     }
 
@@ -489,7 +499,7 @@ fn three_hosts_share_the_work_through_a_host_crash_and_a_nats_restart() {
     hosts[0].wait_ready(&admin);
     hosts[1].spawn();
     hosts[2].spawn();
-    for host in &hosts {
+    for host in &mut hosts {
         host.wait_ready(&admin);
     }
     // The plugins spread: each host delivers for some (30 plugins, so the
