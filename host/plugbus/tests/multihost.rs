@@ -29,7 +29,7 @@
 //! from a seed printed at the start; `PLUGBUS_TEST_SEED=<seed>` replays
 //! it (the processes' timing is not replayed).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -104,13 +104,13 @@ fn seed() -> u64 {
 }
 
 /// One `plugbus serve` process on a fixed port, which it keeps across a
-/// restart; its stdout (a line per delivery) is dropped, the last lines
-/// of its log kept.
+/// restart; its stdout (a line per delivery) is dropped, its log kept
+/// (both lives of a restarted host).
 struct Host {
     port: u16,
     config: PathBuf,
     child: Option<Child>,
-    log: Arc<Mutex<VecDeque<String>>>,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Host {
@@ -137,10 +137,7 @@ impl Host {
                 .map_while(Result::ok)
             {
                 let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
-                if log.len() == 200 {
-                    log.pop_front();
-                }
-                log.push_back(line);
+                log.push(line);
             }
         });
         self.child = Some(child);
@@ -172,15 +169,33 @@ impl Host {
         }
     }
 
-    fn log_tail(&self) -> String {
+    /// Its log lines about one of `plugins` ((tenant, plugin)), and its
+    /// warnings and errors, at most the last `most` of each.
+    fn log_about(&self, plugins: &BTreeSet<(String, String)>, most: usize) -> String {
         let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        log.iter()
-            .rev()
-            .take(40)
-            .rev()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        let about: Vec<&str> = log
+            .iter()
+            .filter(|line| {
+                line.starts_with("===")
+                    || plugins
+                        .iter()
+                        .any(|(t, p)| line.contains(&format!("tenant={t} plugin={p}")))
+            })
+            .map(String::as_str)
+            .collect();
+        let alarms: Vec<&str> = log
+            .iter()
+            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+            .map(String::as_str)
+            .collect();
+        let last = |lines: &[&str]| lines[lines.len().saturating_sub(most)..].join("\n");
+        format!(
+            "{} lines about them, the last {most}:\n{}\n{} warnings and errors, the last {most}:\n{}",
+            about.len(),
+            last(&about),
+            alarms.len(),
+            last(&alarms)
+        )
     }
 }
 
@@ -549,6 +564,11 @@ fn three_hosts_share_the_work_through_a_host_crash_and_a_nats_restart() {
     let killed_at = shared.acked.load(Ordering::SeqCst);
     shared.gate.store(nats_kill_at + slack, Ordering::SeqCst);
     std::thread::sleep(victim_down);
+    hosts[victim]
+        .log
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push("=== killed with SIGKILL and started again ===".to_owned());
     hosts[victim].spawn();
     hosts[victim].wait_ready(&admin);
     let restarted_at = shared.acked.load(Ordering::SeqCst);
@@ -787,15 +807,25 @@ fn three_hosts_share_the_work_through_a_host_crash_and_a_nats_restart() {
     }
 
     if !wrong.is_empty() {
+        // The plugins that went wrong, and what each host said about them.
+        let plugins: BTreeSet<(String, String)> = wrong
+            .iter()
+            .filter_map(|w| {
+                let (t, rest) = w.split_once('/')?;
+                let p = rest.split(['/', ':']).next()?;
+                PLUGINS.contains(&p).then(|| (t.to_owned(), p.to_owned()))
+            })
+            .collect();
+        eprintln!("multihost: the plugins that went wrong: {plugins:?}");
         for (h, host) in hosts.iter().enumerate() {
-            eprintln!("--- host {h}'s last log lines:\n{}", host.log_tail());
+            eprintln!("--- host {h}: {}", host.log_about(&plugins, 60));
         }
         panic!(
-            "seed {seed}: {} violations, the first 30:\n{}",
+            "seed {seed}: {} violations, the first 200:\n{}",
             wrong.len(),
             wrong
                 .iter()
-                .take(30)
+                .take(200)
                 .cloned()
                 .collect::<Vec<_>>()
                 .join("\n")
