@@ -152,10 +152,7 @@ impl Host {
         wait_for(&format!("{url} to be ready"), || {
             if let Ok(Some(status)) = child.try_wait() {
                 let log = log.lock().unwrap_or_else(PoisonError::into_inner);
-                panic!(
-                    "the host on {url} exited ({status}):\n{}",
-                    Vec::from(log.clone()).join("\n")
-                );
+                panic!("the host on {url} exited ({status}):\n{}", log.join("\n"));
             }
             get(agent, &format!("{url}/readyz"), ADMIN_TOKEN).is_some_and(|(s, _)| s == 200)
         });
