@@ -20,7 +20,8 @@
 //!
 //! A publisher owns its tenants' keys, and sends event n + 1 of a key only
 //! after event n was acknowledged (202), so the publish order of a key is
-//! defined; a batch holds at most one event of a key. A request that fails
+//! defined; a batch holds at most one event of a key (a request answered
+//! 503 may have been stored in part, in any order). A request that fails
 //! (503, a refused connection) is sent again, the same events with the
 //! same ids, to the next host: the stream's duplicate window makes that
 //! safe.
