@@ -493,6 +493,130 @@ fn counter_batches_see_the_writes_before_them() {
     assert_eq!(count(&host, "acme-pos", "counter", "o-7"), 4);
 }
 
+/// The `sequence` fixture's record of `key` in `plugin` of acme-pos:
+/// (seen, last, disorder, the first disorder).
+fn sequence_state(
+    host: &plugbus::Host,
+    plugin: &str,
+    key: &str,
+) -> (u64, u64, u64, Option<String>) {
+    let store = host.state_store();
+    let get = |name: &str| -> Option<serde_json::Value> {
+        store
+            .get("acme-pos", plugin, &format!("{name}/{key}"))
+            .expect("the in-memory store answers")
+            .map(|bytes| serde_json::from_slice(&bytes).expect("the fixture stores JSON"))
+    };
+    let number = |name: &str| get(name).map_or(0, |v| v.as_u64().expect("a count"));
+    (
+        number("seen"),
+        number("last"),
+        number("disorder"),
+        get("disorder-first").map(|v| v.as_str().expect("a text").to_owned()),
+    )
+}
+
+/// Event `n` of `key` (its subject) for the `sequence` fixture.
+fn numbered(id: &str, key: &str, n: &str) -> plugbus::Event {
+    event("acme-pos", "seq.next", id, serde_json::json!({}))
+        .to_builder()
+        .subject(key.to_owned())
+        .data(n.as_bytes().to_vec())
+        .build()
+        .expect("a valid event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence() {
+    let dir = PluginsDir::new();
+    let manifest = "subscribe = [\"seq.*\"]";
+    dir.add(
+        "acme-pos",
+        "sequence",
+        artifacts::FIXTURE_SEQUENCE,
+        Some(manifest),
+    );
+    dir.add(
+        "acme-pos",
+        "quiet",
+        artifacts::FIXTURE_SEQUENCE,
+        Some("subscribe = [\"seq.*\"]\n[config]\nemit = \"false\"\n"),
+    );
+    let (host, report) = host_for(&dir);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    // In order: counted, no disorder, one `sequence.seen` per event (none
+    // from the plugin told not to emit).
+    for (i, n) in ["1", "2"].into_iter().enumerate() {
+        let report = host
+            .publish(numbered(&format!("a-{i}"), "a", n))
+            .await
+            .expect("a valid event");
+        let d = to_plugin(&report.deliveries, "sequence");
+        assert_eq!(d.len(), 1, "{:#?}", report.deliveries);
+        assert!(d[0].outcome.is_handled(), "{:#?}", d[0]);
+        assert_eq!(d[0].emitted.len(), 1);
+        assert_eq!(d[0].emitted[0].ty, "sequence.seen");
+        assert_eq!(d[0].emitted[0].subject.as_deref(), Some("a"));
+        let quiet = to_plugin(&report.deliveries, "quiet");
+        assert!(quiet[0].outcome.is_handled() && quiet[0].emitted.is_empty());
+    }
+    assert_eq!(sequence_state(&host, "sequence", "a"), (2, 2, 0, None));
+    assert_eq!(sequence_state(&host, "quiet", "a"), (2, 2, 0, None));
+
+    // A gap, a repeat and a step back are each recorded, the first by
+    // name, and the plugin goes on from the newest.
+    for (i, n) in ["4", "4", "3"].into_iter().enumerate() {
+        let report = host
+            .publish(numbered(&format!("a-bad-{i}"), "a", n))
+            .await
+            .expect("a valid event");
+        assert!(report.deliveries.iter().all(|d| d.outcome.is_handled()));
+    }
+    assert_eq!(
+        sequence_state(&host, "sequence", "a"),
+        (5, 3, 3, Some("after 2 came 4".to_owned()))
+    );
+
+    // The partition key names the key when there is one; keys are apart.
+    let keyed = numbered("b-0", "not-the-key", "1")
+        .to_builder()
+        .extension("partitionkey", "b")
+        .build()
+        .expect("a valid event");
+    host.publish(keyed).await.expect("a valid event");
+    assert_eq!(sequence_state(&host, "sequence", "b"), (1, 1, 0, None));
+    assert_eq!(
+        sequence_state(&host, "sequence", "not-the-key"),
+        (0, 0, 0, None)
+    );
+
+    // Data that is not a number is refused for good, and nothing is kept.
+    let report = host
+        .publish(numbered("c-bad", "c", "one"))
+        .await
+        .expect("a valid event");
+    let d = to_plugin(&report.deliveries, "sequence");
+    assert_eq!(kind(d[0]), Some(FailureKind::HandlerPermanent));
+    assert_eq!(sequence_state(&host, "sequence", "c"), (0, 0, 0, None));
+
+    // In a batch, each event sees the writes of those before it.
+    let plugin = host.plugin("acme-pos", "sequence").expect("loaded");
+    assert!(plugin.batching());
+    let events: Vec<_> = ["1", "2", "3"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| numbered(&format!("d-{i}"), "d", n))
+        .collect();
+    let reports = plugin.deliver_batch(&events).expect("valid events");
+    assert!(
+        reports
+            .iter()
+            .all(|(d, emitted)| d.outcome.is_handled() && emitted.len() == 1)
+    );
+    assert_eq!(sequence_state(&host, "sequence", "d"), (3, 3, 0, None));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wit_v0_1() {
     let dir = PluginsDir::new();
