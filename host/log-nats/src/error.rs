@@ -42,6 +42,35 @@ pub enum BackendError {
         /// The id (its first 64 characters).
         host: String,
     },
+    /// The server acknowledged fewer publishes than were sent.
+    #[error("an acknowledgement is missing")]
+    AckMissing,
+    /// The connection closed while an answer was awaited.
+    #[error("the connection closed")]
+    ConnectionClosed,
+    /// No answer came within the request timeout.
+    #[error("no answer within {timeout:?}")]
+    NoAnswer {
+        /// The request timeout.
+        timeout: Duration,
+        /// The timer's error.
+        #[source]
+        source: tokio::time::error::Elapsed,
+    },
+    /// The server answered a request with an error status.
+    #[error("the server answered {status} {description}")]
+    Refused {
+        /// The status code.
+        status: u16,
+        /// The server's description.
+        description: String,
+    },
+    /// A message of a direct get without its `Nats-Sequence` header.
+    #[error("a message without its sequence")]
+    NoSequence,
+    /// A direct get's answer without `Nats-Num-Pending`.
+    #[error("the server did not say how many follow (nats-server 2.11 or later needed)")]
+    NoPending,
     /// A host's entry in the registry kept changing under its own writes:
     /// another host uses the same id.
     #[error(

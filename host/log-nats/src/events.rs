@@ -27,7 +27,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishAckFuture;
@@ -38,7 +37,7 @@ use plugbus_log::{
     StoredEvent, now_ms, partition_of,
 };
 
-use crate::{Inner, NatsLog, names};
+use crate::{BackendError, Inner, NatsLog, names};
 
 /// The header naming the plugin that emitted an event (on emitted events
 /// only).
@@ -220,7 +219,7 @@ async fn append(inner: &Inner, events: Vec<Event>) -> Result<Vec<Appended>, LogE
                     seq: ack.seq,
                     duplicate: ack.duplicate || repeat,
                 })
-                .ok_or_else(|| inner.error(operation(), "an acknowledgement is missing"))
+                .ok_or_else(|| inner.error(operation(), BackendError::AckMissing))
         })
         .collect()
 }
@@ -272,12 +271,9 @@ async fn batch_get(inner: &Inner, request: &BatchGet<'_>) -> Result<Vec<Got>, Lo
     loop {
         let message = match tokio::time::timeout(timeout, replies.next()).await {
             Ok(Some(message)) => message,
-            Ok(None) => return Err(inner.error(operation(), "the connection closed")),
-            Err(_) => {
-                return Err(inner.error(
-                    operation(),
-                    format!("no answer within {}", humantime(timeout)),
-                ));
+            Ok(None) => return Err(inner.error(operation(), BackendError::ConnectionClosed)),
+            Err(source) => {
+                return Err(inner.error(operation(), BackendError::NoAnswer { timeout, source }));
             }
         };
         match message.status {
@@ -288,13 +284,16 @@ async fn batch_get(inner: &Inner, request: &BatchGet<'_>) -> Result<Vec<Got>, Lo
                 let description = message.description.unwrap_or_default();
                 return Err(inner.error(
                     operation(),
-                    format!("the server answered {status} {description}"),
+                    BackendError::Refused {
+                        status: status.as_u16(),
+                        description,
+                    },
                 ));
             }
         }
         let headers = message.headers.as_ref();
         let Some(seq) = headers.and_then(|h| header_u64(h, "Nats-Sequence")) else {
-            return Err(inner.error(operation(), "a message without its sequence"));
+            return Err(inner.error(operation(), BackendError::NoSequence));
         };
         let appended_at_ms = headers.map_or(0, timestamp_ms);
         let pending = headers.and_then(|h| header_u64(h, "Nats-Num-Pending"));
@@ -331,11 +330,6 @@ fn timestamp_ms(headers: &HeaderMap) -> i64 {
         .map_or(0, |t| {
             i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).unwrap_or(0)
         })
-}
-
-/// A duration for a message.
-fn humantime(d: Duration) -> String {
-    format!("{} ms", d.as_millis())
 }
 
 /// The event a stored message holds, parsed in full.
@@ -446,7 +440,7 @@ async fn count_after(
             let Some(pending) = first.pending else {
                 return Err(inner.error(
                     format!("count the events of {subject}"),
-                    "the server did not say how many follow (nats-server 2.11 or later needed)",
+                    BackendError::NoPending,
                 ));
             };
             Ok(pending.saturating_add(1).min(limit))
