@@ -23,10 +23,11 @@
 //! On a log one process uses alone (SQLite, memory) there is no keeper:
 //! every consumer holds its lease for ever, under no epoch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -285,9 +286,33 @@ async fn release_given_back(inner: &Inner) {
     }
 }
 
+/// How many lease requests (renewals, reads, takes) the keeper has in
+/// flight at once: a host holds a lease per (tenant, plugin, partition),
+/// thousands of them, and one request after another would make a round
+/// last longer than the renewal period.
+const IN_FLIGHT: usize = 64;
+
+/// What a renewal answered: the log's answer, or nothing within the
+/// renewal period.
+type Renewal = Result<Result<LeaseGrant, plugbus_log::LogError>, tokio::time::error::Elapsed>;
+
+/// A lease this host waits for, as a round found it.
+struct Candidate {
+    plugin: PartKey,
+    key: LeaseKey,
+    slot: watch::Sender<Holding>,
+    /// This host is the preferred one for it.
+    mine: bool,
+    /// Not preferred: the lease as read from the log.
+    found: Option<Result<Option<plugbus_log::LeaseState>, plugbus_log::LogError>>,
+}
+
 impl Keeper {
     /// One round: register, list the hosts, renew what is held, hand back
-    /// what another host is preferred for, and take what is free.
+    /// what another host is preferred for, and take what is free. Each
+    /// step's requests go out at once ([`IN_FLIGHT`] at a time), and a
+    /// renewal that does not answer within the renewal period counts as
+    /// not renewed, so that one slow request does not hold up the rest.
     async fn round(&mut self, inner: &Arc<Inner>) {
         let leases = &inner.leases;
         let (me, terms) = (leases.host.as_str(), leases.terms);
@@ -302,7 +327,7 @@ impl Keeper {
             self.hosts.push(me.to_owned());
             self.hosts.sort();
         }
-        let loaded: Vec<PartKey> = inner
+        let loaded: HashSet<PartKey> = inner
             .host
             .plugins()
             .into_iter()
@@ -311,51 +336,65 @@ impl Keeper {
         for key in &loaded {
             leases.slot(key);
         }
-        let mut held = 0u64;
+        let mut renewals = Vec::new();
+        let mut waiting = Vec::new();
         for (plugin, slot) in leases.all() {
-            let key = LeaseKey::of(&plugin.0, &plugin.1, plugin.2);
             let state = slot.borrow().clone();
             match state {
                 Holding::Held {
                     epoch: Some(epoch), ..
                 } => {
-                    if !loaded.contains(&plugin) {
+                    if loaded.contains(&plugin) {
+                        renewals.push((plugin, slot, epoch));
+                    } else {
                         // Unloaded: its consumer is gone.
                         leases.give_back(&slot);
-                        continue;
-                    }
-                    if self.renew(inner, &plugin, &key, &slot, epoch).await {
-                        held += 1;
                     }
                 }
-                Holding::Waiting
-                    if loaded.contains(&plugin) && self.take(inner, &plugin, &key, &slot).await =>
-                {
-                    held += 1;
-                }
+                Holding::Waiting if loaded.contains(&plugin) => waiting.push((plugin, slot)),
                 _ => {}
             }
         }
+        let period = renew_period(&terms);
+        let renewed: Vec<_> = futures::stream::iter(renewals)
+            .map(|(plugin, slot, epoch)| async move {
+                let key = LeaseKey::of(&plugin.0, &plugin.1, plugin.2);
+                let sent = Instant::now();
+                let answer = tokio::time::timeout(
+                    period,
+                    inner.log.renew(&key, me, epoch, terms).into_future(),
+                )
+                .await;
+                (plugin, key, slot, epoch, sent, answer)
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        let mut held = 0u64;
+        for (plugin, key, slot, epoch, sent, answer) in renewed {
+            if self.renewed(inner, &plugin, &key, &slot, epoch, sent, answer) {
+                held += 1;
+            }
+        }
+        held += self.take_free(inner, waiting).await;
         metrics::gauge!("plugbus_leases_held").set(held as f64);
     }
 
-    /// Renews a held lease; true when it is still held.
-    async fn renew(
+    /// Settles a held lease's renewal; true when it is still held.
+    #[allow(clippy::too_many_arguments)]
+    fn renewed(
         &mut self,
         inner: &Inner,
         plugin: &PartKey,
         key: &LeaseKey,
         slot: &watch::Sender<Holding>,
         epoch: u64,
+        sent: Instant,
+        answer: Renewal,
     ) -> bool {
         let leases = &inner.leases;
-        let sent = Instant::now();
-        match inner
-            .log
-            .renew(key, &leases.host, epoch, leases.terms)
-            .await
-        {
-            Ok(LeaseGrant::Held { .. }) => {
+        match answer {
+            Ok(Ok(LeaseGrant::Held { .. })) => {
                 let hand_back = self.hand_back(plugin, key, &leases.host);
                 replace_held(
                     slot,
@@ -368,7 +407,7 @@ impl Keeper {
                 );
                 true
             }
-            Ok(LeaseGrant::Refused { current }) => {
+            Ok(Ok(LeaseGrant::Refused { current })) => {
                 tracing::warn!(
                     tenant = %plugin.0,
                     plugin = %plugin.1,
@@ -380,9 +419,13 @@ impl Keeper {
                 self.declined_by.remove(plugin);
                 false
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 // Not renewed: usable until the last renewal's bound.
                 tracing::warn!(tenant = %plugin.0, plugin = %plugin.1, partition = plugin.2, "cannot renew the plugin's lease: {e}");
+                true
+            }
+            Err(_) => {
+                tracing::warn!(tenant = %plugin.0, plugin = %plugin.1, partition = plugin.2, "cannot renew the plugin's lease: no answer within the renewal period");
                 true
             }
         }
@@ -399,55 +442,115 @@ impl Keeper {
         }
     }
 
-    /// Takes a lease this host is preferred for, or that has lain free
-    /// for the grace; true when it holds it now.
-    async fn take(
+    /// Takes the waiting leases this host is preferred for, and those that
+    /// have lain free for the grace: reads the others' state at once,
+    /// decides, then takes at once. Answers how many it holds now.
+    async fn take_free(
         &mut self,
         inner: &Inner,
-        plugin: &PartKey,
-        key: &LeaseKey,
-        slot: &watch::Sender<Holding>,
-    ) -> bool {
+        waiting: Vec<(PartKey, watch::Sender<Holding>)>,
+    ) -> u64 {
         let leases = &inner.leases;
         let (me, terms) = (leases.host.as_str(), leases.terms);
-        let favourite = preferred(key, &self.hosts).map(str::to_owned);
-        let mine = favourite.as_deref() == Some(me);
-        if !mine {
-            let lookup = key.clone();
-            let found = plugbus_log::blocking(&inner.log, move |log| log.lease(&lookup)).await;
-            let now = Instant::now();
-            match found {
-                // Its own (a keeper restarted): taken again under its epoch.
-                Ok(Some(state)) if state.holder == me => {}
-                Ok(Some(state)) if !state.takeable(now_ms(), &terms) => {
-                    self.free_since.remove(plugin);
-                    return false;
+        let hosts = &self.hosts;
+        let candidates: Vec<Candidate> = futures::stream::iter(waiting)
+            .map(|(plugin, slot)| async move {
+                let key = LeaseKey::of(&plugin.0, &plugin.1, plugin.2);
+                let mine = preferred(&key, hosts) == Some(me);
+                let found = if mine {
+                    None
+                } else {
+                    let lookup = key.clone();
+                    Some(plugbus_log::blocking(&inner.log, move |log| log.lease(&lookup)).await)
+                };
+                Candidate {
+                    plugin,
+                    key,
+                    slot,
+                    mine,
+                    found,
                 }
-                Ok(_) => {
-                    let since = *self.free_since.entry(plugin.clone()).or_insert(now);
-                    if !may_take(false, Some(since), now, grace(&terms)) {
-                        return false;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(tenant = %plugin.0, plugin = %plugin.1, partition = plugin.2, "cannot read the plugin's lease: {e}");
-                    return false;
-                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        let now = Instant::now();
+        let mut takes = Vec::new();
+        for candidate in candidates {
+            if candidate.mine || self.may_take_other(&candidate, me, now, &terms) {
+                takes.push(candidate);
             }
         }
-        let sent = Instant::now();
-        match inner.log.acquire(key, me, terms).await {
+        let taken: Vec<_> = futures::stream::iter(takes)
+            .map(|candidate| async move {
+                let sent = Instant::now();
+                let answer = inner.log.acquire(&candidate.key, me, terms).await;
+                (candidate, sent, answer)
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        let mut held = 0;
+        for (candidate, sent, answer) in taken {
+            if self.took(&candidate, sent, answer, &terms) {
+                held += 1;
+            }
+        }
+        held
+    }
+
+    /// Whether this host takes a lease another host is preferred for: its
+    /// own from before (a keeper restarted), or one seen free for the
+    /// grace.
+    fn may_take_other(
+        &mut self,
+        candidate: &Candidate,
+        me: &str,
+        now: Instant,
+        terms: &LeaseTerms,
+    ) -> bool {
+        let plugin = &candidate.plugin;
+        match &candidate.found {
+            // Not read (this host is preferred: decided before).
+            None => false,
+            // Its own (a keeper restarted): taken again under its epoch.
+            Some(Ok(Some(state))) if state.holder == me => true,
+            Some(Ok(Some(state))) if !state.takeable(now_ms(), terms) => {
+                self.free_since.remove(plugin);
+                false
+            }
+            Some(Ok(_)) => {
+                let since = *self.free_since.entry(plugin.clone()).or_insert(now);
+                may_take(false, Some(since), now, grace(terms))
+            }
+            Some(Err(e)) => {
+                tracing::warn!(tenant = %plugin.0, plugin = %plugin.1, partition = plugin.2, "cannot read the plugin's lease: {e}");
+                false
+            }
+        }
+    }
+
+    /// Settles a take; true when this host holds the lease now.
+    fn took(
+        &mut self,
+        candidate: &Candidate,
+        sent: Instant,
+        answer: Result<LeaseGrant, plugbus_log::LogError>,
+        terms: &LeaseTerms,
+    ) -> bool {
+        let plugin = &candidate.plugin;
+        match answer {
             Ok(LeaseGrant::Held { epoch, .. }) => {
                 self.free_since.remove(plugin);
-                if mine {
+                if candidate.mine {
                     self.declined_by.remove(plugin);
-                } else if let Some(other) = favourite {
-                    self.declined_by.insert(plugin.clone(), other);
+                } else if let Some(other) = preferred(&candidate.key, &self.hosts) {
+                    self.declined_by.insert(plugin.clone(), other.to_owned());
                 }
                 tracing::info!(tenant = %plugin.0, plugin = %plugin.1, partition = plugin.2, epoch, "took the plugin's lease");
-                slot.send_replace(Holding::Held {
+                candidate.slot.send_replace(Holding::Held {
                     epoch: Some(epoch),
-                    until: Some(usable_until(sent, &terms)),
+                    until: Some(usable_until(sent, terms)),
                     hand_back: false,
                 });
                 true
