@@ -377,6 +377,7 @@ impl DurableBus {
     /// releases every lease, so that the others take the plugins over at
     /// their next renewal round.
     pub async fn shutdown(self) {
+        self.inner.leases.close().await;
         self.reloads.abort();
         self.retention.abort();
         let _ = self.inner.stop.send(true);

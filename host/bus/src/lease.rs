@@ -24,6 +24,7 @@
 //! every consumer holds its lease for ever, under no epoch.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -140,6 +141,10 @@ pub(crate) struct Leases {
     slots: Mutex<HashMap<PartKey, watch::Sender<Holding>>>,
     /// Wakes the keeper (a consumer gave a lease back).
     pub(crate) wake: Notify,
+    /// The bus is stopping: the keeper renews, and takes nothing more.
+    closing: AtomicBool,
+    /// Held by the keeper through each round.
+    round: tokio::sync::Mutex<()>,
 }
 
 impl Leases {
@@ -150,6 +155,8 @@ impl Leases {
             shared,
             slots: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            closing: AtomicBool::new(false),
+            round: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -172,6 +179,14 @@ impl Leases {
                 })
             })
             .clone()
+    }
+
+    /// Tells the keeper to take no more leases (the bus stops), and waits
+    /// for its round under way (at most a renewal period): a lease it is
+    /// taking is then in its slot, to be released with the rest.
+    pub(crate) async fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let _ = tokio::time::timeout(renew_period(&self.terms), self.round.lock()).await;
     }
 
     /// Every lease, by plugin and partition.
@@ -245,7 +260,7 @@ struct Keeper {
 
 /// The keeper: registers the host and keeps its leases, each renewal
 /// period, and releases at once those its consumers give back. Runs until
-/// aborted (the bus's shutdown).
+/// aborted (the bus's shutdown, after [`Leases::close`]).
 pub(crate) async fn keep(inner: Arc<Inner>) -> Result<(), String> {
     let leases = &inner.leases;
     let period = renew_period(&leases.terms);
@@ -254,6 +269,7 @@ pub(crate) async fn keep(inner: Arc<Inner>) -> Result<(), String> {
     loop {
         if Instant::now() >= next {
             next = Instant::now() + period;
+            let _round = leases.round.lock().await;
             keeper.round(&inner).await;
         }
         release_given_back(&inner).await;
@@ -376,7 +392,9 @@ impl Keeper {
                 held += 1;
             }
         }
-        held += self.take_free(inner, waiting).await;
+        if !leases.closing.load(Ordering::SeqCst) {
+            held += self.take_free(inner, waiting).await;
+        }
         metrics::gauge!("plugbus_leases_held").set(held as f64);
     }
 

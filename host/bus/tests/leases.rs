@@ -166,8 +166,21 @@ async fn two_buses_split_the_plugins_and_one_takes_over_when_the_other_stops() {
         assert_eq!(buses[0], owner, "{plugin} handled {id} on the other bus");
     }
 
-    // b stops: a takes its plugins over and handles what follows.
+    // b stops: it releases every lease it held, a takes its plugins over
+    // and handles what follows.
+    let b_id = b.host_id().to_owned();
+    let log = b.log().clone();
     b.shutdown().await;
+    for plugin in PLUGINS {
+        let key = plugbus_log::LeaseKey::of("shop", plugin, 0);
+        let lease = log.lease(&key).expect("read the lease");
+        assert!(
+            lease
+                .as_ref()
+                .is_none_or(|l| l.holder != b_id || l.expires_ms <= plugbus_log::now_ms()),
+            "{plugin}'s lease is still bus-b's after its shutdown: {lease:?}"
+        );
+    }
     until("bus-a holds every plugin", || {
         plugins_of(&a).len() == PLUGINS.len()
     })
