@@ -5,7 +5,9 @@
 //! whole, also after a host died between writing the parts and the record
 //! that names them, or between applying a commit and removing its parts.
 
-use async_nats::jetstream;
+mod common;
+use common::Buckets;
+
 use futures::TryStreamExt as _;
 use plugbus_core::event::Event;
 use plugbus_core::state::{StateStore, StateWrite};
@@ -81,27 +83,8 @@ fn set(key: &str, value: Vec<u8>) -> StateWrite {
     }
 }
 
-/// A client of its own, to see the buckets as they are.
-struct Buckets {
-    runtime: tokio::runtime::Runtime,
-    js: jetstream::Context,
-}
-
+/// What these tests read and write beside the log.
 impl Buckets {
-    fn connect(server: &NatsServer) -> Self {
-        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-        let js = runtime
-            .block_on(async { async_nats::connect(server.url()).await.map(jetstream::new) })
-            .expect("connect");
-        Self { runtime, js }
-    }
-
-    fn bucket(&self, name: &str) -> jetstream::kv::Store {
-        self.runtime
-            .block_on(self.js.get_key_value(name))
-            .expect("the bucket")
-    }
-
     fn put(&self, bucket: &str, key: &str, value: &[u8]) {
         let bucket = self.bucket(bucket);
         self.runtime

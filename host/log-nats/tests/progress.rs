@@ -4,9 +4,11 @@
 //! into the buckets, then found by a fresh log), and two logs committing
 //! for one plugin at once.
 
+mod common;
+use common::Buckets;
+
 use std::time::Instant;
 
-use async_nats::jetstream;
 use plugbus_core::event::Event;
 use plugbus_core::state::{StateStore, StateWrite};
 use plugbus_log::{
@@ -63,28 +65,8 @@ fn value(log: &NatsLog, key: &str) -> Option<String> {
         .map(|v| String::from_utf8(v).expect("text"))
 }
 
-/// A client of its own, to read and write the buckets as another host
-/// (or a crash) left them.
-struct Buckets {
-    runtime: tokio::runtime::Runtime,
-    js: jetstream::Context,
-}
-
+/// What these tests read and write beside the log.
 impl Buckets {
-    fn connect(server: &NatsServer) -> Self {
-        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-        let js = runtime
-            .block_on(async { async_nats::connect(server.url()).await.map(jetstream::new) })
-            .expect("connect");
-        Self { runtime, js }
-    }
-
-    fn bucket(&self, name: &str) -> jetstream::kv::Store {
-        self.runtime
-            .block_on(self.js.get_key_value(name))
-            .expect("the bucket")
-    }
-
     fn put(&self, bucket: &str, key: &str, value: &serde_json::Value) {
         let bucket = self.bucket(bucket);
         self.runtime
