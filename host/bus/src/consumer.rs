@@ -707,8 +707,12 @@ impl Consumer {
     async fn commit(&self, commit: Commit, line: &mut ReadAhead) -> Result<bool, String> {
         let cursor = commit.cursor;
         if !self.may_commit() {
-            // The lease is gone: the next round stops, and the next holder
-            // delivers these events again.
+            // The lease lapsed (not renewed in time): the next holder
+            // delivers these events again. So does this consumer if the
+            // keeper renews the lease before its next round: the line must
+            // not keep them finished, or its next commit would move the
+            // cursor past them without their effects.
+            self.read_again(line).await;
             return Ok(false);
         }
         match self.commit_emitting(commit).await {
@@ -732,19 +736,27 @@ impl Consumer {
                 // Nothing was committed: the events since the last commit
                 // are delivered again (at least once).
                 tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot commit the plugin's progress: {e}");
-                // What was read past the cursor is to be read again.
-                self.gauges
-                    .unread
-                    .fetch_add(line.behind() as u64, Ordering::Relaxed);
-                let mut fresh = ReadAhead::new(line.position());
-                if let Err(e) = self.load_ahead(&mut fresh).await {
-                    tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the events handled ahead of the cursor: {e}");
-                }
-                *line = fresh;
-                self.gauges.show(line);
+                self.read_again(line).await;
                 Ok(true)
             }
         }
+    }
+
+    /// Starts `line` again at its committed cursor, with what was finished
+    /// ahead of that as stored: after a commit that was not made, the
+    /// events it finished are delivered again (at least once), never
+    /// committed later without their effects.
+    async fn read_again(&self, line: &mut ReadAhead) {
+        // What was read past the cursor is to be read again.
+        self.gauges
+            .unread
+            .fetch_add(line.behind() as u64, Ordering::Relaxed);
+        let mut fresh = ReadAhead::new(line.position());
+        if let Err(e) = self.load_ahead(&mut fresh).await {
+            tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the events handled ahead of the cursor: {e}");
+        }
+        *line = fresh;
+        self.gauges.show(line);
     }
 
     /// Commits `commit`, counting the events it emits in the consumers'
@@ -1159,6 +1171,114 @@ pub fn budget_share(budget: usize, subscribers: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::config::DurableConfig;
+    use plugbus_core::state::StateWrite;
+    use plugbus_log::MemoryLog;
+    use plugbus_runtime::{Host, HostConfig};
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// A consumer of `acme/p` over an embedded log, and the log.
+    fn consumer() -> (Consumer, Arc<dyn EventLog>) {
+        let host = Arc::new(Host::new(HostConfig::default()).expect("a host"));
+        let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+        let config = DurableConfig::default();
+        let leases = lease::Leases::new(config.host_id.clone(), config.lease_ttl, true);
+        let inner = Arc::new(Inner {
+            host,
+            log: log.clone(),
+            config,
+            tenants: Mutex::new(HashMap::new()),
+            consumers: Mutex::new(HashMap::new()),
+            gauges: Mutex::new(HashMap::new()),
+            restarts: Mutex::new(BTreeMap::new()),
+            stop: watch::Sender::new(false),
+            deliveries: tokio::sync::broadcast::Sender::new(16),
+            quarantined: Mutex::new(HashMap::new()),
+            failures: Mutex::new(crate::failures::Failures::new(
+                crate::failures::RECENT_FAILURES,
+            )),
+            leases,
+        });
+        (Consumer::new(&inner, "acme", "p", Arc::default()), log)
+    }
+
+    fn stored(seq: Seq) -> StoredEvent {
+        let event = Event::from_json_value(serde_json::json!({
+            "specversion": "1.0",
+            "id": format!("e-{seq}"),
+            "source": "/s",
+            "type": "t.x",
+            "tenant": "acme",
+            "subject": format!("k{seq}"),
+        }))
+        .expect("an event");
+        StoredEvent {
+            seq,
+            appended_at_ms: 0,
+            event,
+            bytes: 10,
+        }
+    }
+
+    /// A batch handled while the lease had lapsed is not committed; when
+    /// the keeper renews the lease (same epoch) before the next round, the
+    /// consumer goes on, and its next commit must not move the cursor past
+    /// that batch, whose effects were never committed: the batch is
+    /// delivered again.
+    #[tokio::test]
+    async fn a_batch_not_committed_for_a_lapsed_lease_is_not_skipped_after_a_renewal() {
+        let (consumer, log) = consumer();
+        let epoch = 7;
+        consumer.epoch.store(epoch, Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        let held = |until| Holding::Held {
+            epoch: Some(epoch),
+            until: Some(until),
+            hand_back: false,
+        };
+        consumer
+            .lease
+            .send_replace(held(now + Duration::from_secs(60)));
+        let mut start = consumer.commit_from(0);
+        start.expected = None;
+        log.commit(start).await.expect("a cursor");
+        let mut line = ReadAhead::new(0);
+        line.take((1..=3).map(stored).collect(), |_| true);
+        // Handled: each wrote its state.
+        let mut commit = consumer.commit_from(line.position());
+        for seq in 1..=3 {
+            line.finish(seq);
+            commit.state.push(StateWrite {
+                key: format!("k{seq}"),
+                value: Some(b"handled".to_vec()),
+            });
+        }
+        assert!(line.advance(&mut commit));
+        // The renewal is late: the lease is not usable at the commit.
+        consumer.lease.send_replace(held(
+            now.checked_sub(Duration::from_millis(1)).unwrap_or(now),
+        ));
+        let pause = consumer.commit(commit, &mut line).await.expect("commit");
+        assert!(!pause);
+        assert_eq!(log.cursor("acme", "p").expect("cursor"), Some(0));
+        // Renewed under the same epoch before the next round.
+        consumer
+            .lease
+            .send_replace(held(now + Duration::from_secs(60)));
+        assert_eq!(consumer.lease_now(Some(epoch)), LeaseNow::Use);
+        // The next round finds nothing due and commits what is finished.
+        let mut next = consumer.commit_from(line.position());
+        if line.advance(&mut next) {
+            consumer.commit(next, &mut line).await.expect("commit");
+        }
+        assert_eq!(
+            log.cursor("acme", "p").expect("cursor"),
+            Some(0),
+            "the cursor moved past events whose effects were never committed"
+        );
+    }
 
     #[test]
     fn a_budget_is_shared_among_subscribers() {
