@@ -1200,8 +1200,10 @@ mod tests {
                 crate::failures::RECENT_FAILURES,
             )),
             leases,
+            partitions: 1,
         });
-        (Consumer::new(&inner, "acme", "p", Arc::default()), log)
+        let key = ("acme".to_owned(), "p".to_owned(), 0);
+        (Consumer::new(&inner, &key, Arc::default()), log)
     }
 
     fn stored(seq: Seq) -> StoredEvent {
