@@ -83,18 +83,24 @@ pub(crate) async fn publish_emitted(
     (partition, commit): (Partition, u64),
     events: &[Event],
 ) -> Result<Vec<Seq>, LogError> {
-    let messages = events.iter().enumerate().map(|(index, event)| {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            names::emit_id(tenant, plugin, partition, commit, index).as_str(),
-        );
-        headers.insert(EMITTED_BY, plugin);
-        (inner.subject_of(event), headers, event.to_json_string())
-    });
     let operation = || format!("publish the events a commit of {tenant}/{plugin} emitted");
-    let appended = publish_all(inner, messages, &operation).await?;
-    let seqs: Vec<Seq> = appended.iter().map(|a| a.seq).collect();
+    let mut seqs: Vec<Seq> = vec![0; events.len()];
+    for wave in waves(events) {
+        let messages = wave.iter().map(|&index| {
+            let event = &events[index];
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                names::emit_id(tenant, plugin, partition, commit, index).as_str(),
+            );
+            headers.insert(EMITTED_BY, plugin);
+            (inner.subject_of(event), headers, event.to_json_string())
+        });
+        let appended = publish_all(inner, messages, &operation).await?;
+        for (&index, appended) in wave.iter().zip(&appended) {
+            seqs[index] = appended.seq;
+        }
+    }
     let index = events
         .iter()
         .zip(&seqs)
@@ -115,6 +121,32 @@ pub(crate) async fn publish_emitted(
     let operation = || format!("index the events a commit of {tenant}/{plugin} emitted");
     publish_all(inner, index, &operation).await?;
     Ok(seqs)
+}
+
+/// The waves in which a commit's emitted events are published, as indexes
+/// into `events`: wave `w` holds the `w`-th event of each order key of each
+/// tenant ([`plugbus_log::order_key`]; an event without one goes in the
+/// first), in order. A wave is published only once the one before is
+/// acknowledged whole, so that two events of one key are never in flight
+/// together: in flight together, the first may be lost with a dropped
+/// connection while the second, still in the client's buffer, is stored
+/// after the reconnection, and applying the commit again would store the
+/// first after the second.
+fn waves(events: &[Event]) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    for (index, event) in events.iter().enumerate() {
+        let wave = plugbus_log::order_key(event).map_or(0, |key| {
+            let count = seen.entry((event.tenant(), key)).or_default();
+            *count += 1;
+            *count - 1
+        });
+        if waves.len() <= wave {
+            waves.resize_with(wave + 1, Vec::new);
+        }
+        waves[wave].push(index);
+    }
+    waves
 }
 
 /// The event stored at `seq`, if the stream still has it.
@@ -845,6 +877,31 @@ mod tests {
         Event::builder(tenant, id, "/plugin/counter", "count.changed")
             .build()
             .expect("an event")
+    }
+
+    #[test]
+    fn two_emitted_events_of_one_key_are_never_in_one_wave() {
+        let keyed = |tenant: &str, id: &str, subject: &str| {
+            Event::builder(tenant, id, "/plugin/counter", "count.changed")
+                .subject(subject.to_owned())
+                .build()
+                .expect("an event")
+        };
+        let events = vec![
+            keyed("acme", "a1", "a"),
+            keyed("acme", "b1", "b"),
+            keyed("acme", "a2", "a"),
+            event("acme", "none"),
+            keyed("beta", "a1", "a"),
+            keyed("acme", "a3", "a"),
+            keyed("acme", "b2", "b"),
+            event("acme", "none-2"),
+        ];
+        assert_eq!(
+            super::waves(&events),
+            vec![vec![0, 1, 3, 4, 7], vec![2, 6], vec![5]]
+        );
+        assert_eq!(super::waves(&[]), Vec::<Vec<usize>>::new());
     }
 
     #[test]

@@ -43,6 +43,17 @@ pub type Partition = u32;
 /// The most partitions a log may have.
 pub const MAX_PARTITIONS: Partition = 256;
 
+/// What `event` keeps its order with: its partition key, the CloudEvents
+/// `partitionkey` extension, else its `subject`; `None` when it has neither
+/// (it keeps no order with other events).
+pub fn order_key(event: &Event) -> Option<&str> {
+    event
+        .extensions()
+        .get("partitionkey")
+        .map(String::as_str)
+        .or(event.subject())
+}
+
 /// The partition of `event` among `partitions` (at least 1): a stable
 /// hash of its order key — the `partitionkey` extension, else its
 /// `subject` — so that the events of one key, which are delivered in
@@ -55,12 +66,7 @@ pub fn partition_of(event: &Event, partitions: Partition) -> Partition {
     if partitions <= 1 {
         return 0;
     }
-    let key = event
-        .extensions()
-        .get("partitionkey")
-        .map(String::as_str)
-        .or(event.subject());
-    let digest = match key {
+    let digest = match order_key(event) {
         Some(key) => sha2::Sha256::new().chain_update(b"k").chain_update(key),
         None => sha2::Sha256::new()
             .chain_update(b"i")
