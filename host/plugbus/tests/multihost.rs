@@ -44,6 +44,11 @@ use plugbus_nats_server::{NatsServer, free_port};
 
 mod support;
 
+/// Each tenant's events in four partitions: one plugin of one tenant runs
+/// on several hosts at once. The plugins keep state per key (the subject),
+/// so no state key is shared between partitions.
+const PARTITIONS: u32 = 4;
+
 const HOSTS: usize = 3;
 const TENANTS: usize = 10;
 /// Keys per tenant.
@@ -435,7 +440,7 @@ fn setup(dir: &Path, nats_url: &str) -> Vec<Host> {
                      [log.nats]\nservers = [\"{nats_url}\"]\n\
                      connect_timeout_ms = 10000\nrequest_timeout_ms = 2000\n\
                      lease_ttl_ms = {LEASE_TTL_MS}\n\
-                     # partitions = 4 once [log.nats] partitions is there\n",
+                     partitions = {PARTITIONS}\n",
                     dir.join("plugins").display(),
                     dir.join(format!("data-{h}")).display(),
                     plugbus::config::hash_token(ADMIN_TOKEN),
@@ -695,6 +700,7 @@ fn three_hosts_share_the_work_through_a_host_crash_and_a_nats_restart() {
     // order.
     let log = plugbus::log_nats::NatsLog::open(plugbus::log_nats::NatsLogConfig {
         servers: vec![nats.url()],
+        partitions: PARTITIONS,
         ..Default::default()
     })
     .expect("open the log");
