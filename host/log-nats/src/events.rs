@@ -660,7 +660,7 @@ async fn head_sequence(inner: &Inner) -> Result<Seq, LogError> {
 
 /// The metadata key of the events stream that records its partition
 /// count.
-pub(crate) const PARTITIONS_KEY: &str = "plugbus_partitions";
+pub(crate) const PARTITIONS_KEY: &str = "plugbus.partitions";
 
 impl Inner {
     /// How many partitions each tenant's events are split into.
