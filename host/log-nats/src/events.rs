@@ -28,8 +28,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 
-use async_nats::HeaderMap;
+use async_nats::header::HeaderName;
 use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::{HeaderMap, Subject};
 use futures::StreamExt as _;
 use plugbus_core::event::Event;
 use plugbus_log::{
@@ -85,6 +86,7 @@ pub(crate) async fn publish_emitted(
 ) -> Result<Vec<Seq>, LogError> {
     let operation = || format!("publish the events a commit of {tenant}/{plugin} emitted");
     let mut seqs: Vec<Seq> = vec![0; events.len()];
+    let mut subjects = Subjects::default();
     for wave in waves(events) {
         let messages = wave.iter().map(|&index| {
             let event = &events[index];
@@ -94,7 +96,7 @@ pub(crate) async fn publish_emitted(
                 names::emit_id(tenant, plugin, partition, commit, index).as_str(),
             );
             headers.insert(EMITTED_BY, plugin);
-            (inner.subject_of(event), headers, event.to_json_string())
+            (subjects.of(inner, event), headers, event.to_json_string())
         });
         let appended = publish_all(inner, messages, &operation).await?;
         for (&index, appended) in wave.iter().zip(&appended) {
@@ -113,7 +115,7 @@ pub(crate) async fn publish_emitted(
                 names::emit_id(tenant, plugin, partition, commit, index).as_str(),
             );
             (
-                inner.names.emits_subject(tenant, plugin),
+                Subject::from(inner.names.emits_subject(tenant, plugin)),
                 headers,
                 seq.to_string(),
             )
@@ -169,7 +171,7 @@ pub(crate) async fn event_at(inner: &Inner, seq: Seq) -> Result<Option<StoredEve
 /// be stored (see [`EventStore::append`] on [`NatsLog`]).
 async fn publish_all(
     inner: &Inner,
-    messages: impl Iterator<Item = (String, HeaderMap, String)>,
+    messages: impl Iterator<Item = (Subject, HeaderMap, String)>,
     operation: &(dyn Fn() -> String + Sync),
 ) -> Result<Vec<Appended>, LogError> {
     let mut waiting: VecDeque<PublishAckFuture> = VecDeque::new();
@@ -208,16 +210,21 @@ async fn append(inner: &Inner, events: Vec<Event>) -> Result<Vec<Appended>, LogE
     // second copy whose first is still being stored).
     // Without a duplicate window nothing is a duplicate: no message id.
     let dedupe = !inner.config.duplicate_window.is_zero();
-    let mut first_of: HashMap<String, usize> = HashMap::new();
-    let mut published = Vec::new();
-    let mut answer_of = Vec::with_capacity(events.len());
     // An event larger than a message may carry refuses the whole request
     // before anything of it is published.
     let limit = inner.max_record_bytes();
-    for (index, event) in events.iter().enumerate() {
-        let id = names::ingest_id(event.tenant(), event.source(), event.id());
-        match first_of.get(&id).filter(|_| dedupe) {
-            Some(&index) => answer_of.push((index, true)),
+    let ids: Vec<String> = events
+        .iter()
+        .map(|event| names::ingest_id(event.tenant(), event.source(), event.id()))
+        .collect();
+    // Each id's first event in the batch, by its index into `published`.
+    let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(events.len());
+    // (the event, its index in `events`, its JSON)
+    let mut published: Vec<(&Event, usize, String)> = Vec::with_capacity(events.len());
+    let mut answer_of = Vec::with_capacity(events.len());
+    for (index, (event, id)) in events.iter().zip(&ids).enumerate() {
+        match first_of.get(id.as_str()).filter(|_| dedupe) {
+            Some(&first) => answer_of.push((first, true)),
             None => {
                 let json = event.to_json_string();
                 if json.len() as u64 > limit {
@@ -227,18 +234,19 @@ async fn append(inner: &Inner, events: Vec<Event>) -> Result<Vec<Appended>, LogE
                         Some(index),
                     ));
                 }
-                first_of.insert(id.clone(), published.len());
+                first_of.insert(id, published.len());
                 answer_of.push((published.len(), false));
-                published.push((event, id, json));
+                published.push((event, index, json));
             }
         }
     }
-    let messages = published.into_iter().map(|(event, id, json)| {
+    let mut subjects = Subjects::default();
+    let messages = published.into_iter().map(|(event, index, json)| {
         let mut headers = HeaderMap::new();
         if dedupe {
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, ids[index].as_str());
         }
-        (inner.subject_of(event), headers, json)
+        (subjects.of(inner, event), headers, json)
     });
     let count = events.len();
     let operation = || format!("append {count} events");
@@ -324,11 +332,12 @@ async fn batch_get(inner: &Inner, request: &BatchGet<'_>) -> Result<Vec<Got>, Lo
             }
         }
         let headers = message.headers.as_ref();
-        let Some(seq) = headers.and_then(|h| header_u64(h, "Nats-Sequence")) else {
+        let Some(seq) = headers.and_then(|h| header_u64(h, async_nats::header::NATS_SEQUENCE))
+        else {
             return Err(inner.error(operation(), BackendError::NoSequence));
         };
         let appended_at_ms = headers.map_or(0, timestamp_ms);
-        let pending = headers.and_then(|h| header_u64(h, "Nats-Num-Pending"));
+        let pending = headers.and_then(|h| header_u64(h, NUM_PENDING));
         got.push(Got {
             seq,
             appended_at_ms,
@@ -345,8 +354,14 @@ async fn batch_get(inner: &Inner, request: &BatchGet<'_>) -> Result<Vec<Got>, Lo
     Ok(got)
 }
 
-/// A header's value as a number.
-fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+/// The header a batched direct get puts on each message: how many
+/// messages of the subject follow it.
+const NUM_PENDING: HeaderName = HeaderName::from_static("Nats-Num-Pending");
+
+/// A header's value as a number. The name is a [`HeaderName`] made once
+/// (a constant), not a `&str`: a lookup by `&str` builds the name again
+/// for every message read, which showed in the client's profile.
+fn header_u64(headers: &HeaderMap, name: HeaderName) -> Option<u64> {
     headers.get(name).and_then(|v| v.as_str().parse().ok())
 }
 
@@ -667,11 +682,24 @@ impl Inner {
     pub(crate) fn partitions(&self) -> Partition {
         self.config.partitions.max(1)
     }
+}
 
+/// The subjects of one batch's events, each made once: a [`Subject`] is
+/// shared, so each further event of the same (tenant, partition) costs a
+/// reference count, not a `format!` and an allocation.
+#[derive(Default)]
+struct Subjects<'e> {
+    made: HashMap<(&'e str, Partition), Subject>,
+}
+
+impl<'e> Subjects<'e> {
     /// The subject `event` is stored on: its tenant's, its partition's.
-    pub(crate) fn subject_of(&self, event: &Event) -> String {
-        self.names
-            .events_subject(event.tenant(), partition_of(event, self.partitions()))
+    fn of(&mut self, inner: &Inner, event: &'e Event) -> Subject {
+        let partition = partition_of(event, inner.partitions());
+        self.made
+            .entry((event.tenant(), partition))
+            .or_insert_with(|| Subject::from(inner.names.events_subject(event.tenant(), partition)))
+            .clone()
     }
 }
 
