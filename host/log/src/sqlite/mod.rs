@@ -198,7 +198,7 @@ fn open_writer_connection(
         Durability::Os => "OFF",
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
-    migrate(&conn)?;
+    migrate(&conn, path)?;
     conn.execute_batch(SCHEMA)?;
     // Room for every statement the writer prepares, so that none is
     // compiled again between groups.
@@ -207,32 +207,68 @@ fn open_writer_connection(
 }
 
 /// Brings the tables of a file written by an earlier version up to
-/// `schema.sql`, before it runs (its indexes may name the new columns): a
-/// column added since is added, empty (NULL) in the rows already there. A
+/// `schema.sql`, before it runs (its indexes name the new columns), in one
+/// transaction: a crash leaves the file as it was or wholly migrated.
+/// A column added since is added, empty (NULL) in the rows already there:
+/// `events.emitted_by`, and `events.dedupe` with its unique index (the
+/// keys of the events already stored stay in `ingest_keys`, where the
+/// writer keeps looking while they are within the duplicate window). A
 /// new file has no tables yet and is left to `schema.sql`.
-fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
-    let has_column = |table: &str, column: &str| -> Result<Option<bool>, rusqlite::Error> {
-        let mut statement = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+fn migrate(conn: &Connection, path: &Path) -> Result<(), rusqlite::Error> {
+    let missing = |conn: &Connection| -> Result<Vec<&'static str>, rusqlite::Error> {
+        let mut statement = conn.prepare("SELECT name FROM pragma_table_info('events')")?;
         let names = statement
-            .query_map([table], |row| row.get::<_, String>(0))?
+            .query_map([], |row| row.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((!names.is_empty()).then(|| names.iter().any(|n| n == column)))
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(["emitted_by", "dedupe"]
+            .into_iter()
+            .filter(|column| !names.iter().any(|n| n == column))
+            .collect())
     };
-    if has_column("events", "emitted_by")? != Some(false) {
+    if missing(conn)?.is_empty() {
         return Ok(());
     }
     // Adding a nullable column rewrites nothing: the rows keep their
-    // pages, and read NULL for it. Checked again inside a write
-    // transaction: another process (`plugbus dlq --data` beside a starting
-    // host) may have added it since.
+    // pages, and read NULL for it; the new index starts empty (every row
+    // is NULL, outside its WHERE). Checked again inside the write
+    // transaction: another process (`plugbus dlq --data` beside a
+    // starting host) may have migrated the file since.
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    let added = match has_column("events", "emitted_by") {
-        Ok(Some(false)) => conn.execute_batch("ALTER TABLE events ADD COLUMN emitted_by TEXT"),
-        Ok(_) => Ok(()),
-        Err(e) => Err(e),
-    };
-    match added {
-        Ok(()) => conn.execute_batch("COMMIT"),
+    let migrated = (|| {
+        let columns = missing(conn)?;
+        for column in &columns {
+            match *column {
+                "emitted_by" => {
+                    conn.execute_batch("ALTER TABLE events ADD COLUMN emitted_by TEXT")?
+                }
+                _ => conn.execute_batch(
+                    "ALTER TABLE events ADD COLUMN dedupe BLOB;
+                     CREATE UNIQUE INDEX IF NOT EXISTS events_by_dedupe ON events (dedupe)
+                         WHERE dedupe IS NOT NULL;",
+                )?,
+            }
+        }
+        Ok::<_, rusqlite::Error>(columns)
+    })();
+    match migrated {
+        Ok(columns) => {
+            if let Err(e) = conn.execute_batch("COMMIT") {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+            if !columns.is_empty() {
+                tracing::info!(
+                    log = %path.display(),
+                    "migrated the event log written by an earlier version: added the column(s) {} to events, empty in the events already stored; \
+                     their ingest keys stay in ingest_keys and keep refusing duplicates until the duplicate window has passed",
+                    columns.join(", ")
+                );
+            }
+            Ok(())
+        }
         Err(e) => {
             // The transaction's own failure adds nothing to `e`.
             let _ = conn.execute_batch("ROLLBACK");
@@ -241,12 +277,33 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
     }
 }
 
+/// An event's ingest key as `events.dedupe` stores it: the first 16 bytes
+/// of SHA-256 over its tenant, source and id, each preceded by its length
+/// (so that no two triples run together into the same bytes). Two
+/// different triples share a key with a chance of about n²/2¹²⁹ among n
+/// events in the window: never, in practice. Computed by the caller, off
+/// the writer thread.
+pub(super) fn ingest_key(event: &Event) -> [u8; 16] {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    for part in [event.tenant(), event.source(), event.id()] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    let digest = hash.finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
 impl EventStore for SqliteLog {
     fn append(&self, events: Vec<Event>) -> Reply<Vec<Appended>> {
         let bodies = events.iter().map(Event::to_json_string).collect();
+        let keys = events.iter().map(ingest_key).collect();
         self.send(|reply| Request::Append {
             events,
             bodies,
+            keys,
             reply,
         })
     }

@@ -24,6 +24,9 @@ pub(super) enum Request {
         /// Each event's JSON, made by the caller: the writer thread is the
         /// log's bottleneck, so it does nothing another thread can do.
         bodies: Vec<String>,
+        /// Each event's ingest key ([`ingest_key`](super::ingest_key)),
+        /// made by the caller.
+        keys: Vec<[u8; 16]>,
         reply: ReplySender<Vec<Appended>>,
     },
     Commit {
@@ -125,6 +128,12 @@ pub(super) struct Writer {
     /// The file the log opened, as (device, inode): writes into a file
     /// that was removed or replaced since would be lost.
     identity: Option<(u64, u64)>,
+    /// Until when (milliseconds since the Unix epoch) a key in
+    /// `ingest_keys` may still be within the duplicate window, so that an
+    /// append must look there too: its newest key's time plus the window,
+    /// found at open and when another process changed the file, and
+    /// moved on when retention keeps the keys of the events it deletes.
+    keys_apart_until: i64,
 }
 
 /// How many group commits pass between two deletions of the ingest keys
@@ -140,7 +149,9 @@ impl Writer {
         shared: Arc<Shared>,
     ) -> Result<Self, rusqlite::Error> {
         let data_version = data_version(&conn)?;
+        let keys_apart_until = keys_apart_until(&conn, &config)?;
         Ok(Self {
+            keys_apart_until,
             identity: file_identity(&path),
             conn,
             path,
@@ -215,9 +226,11 @@ impl Writer {
         if let Ok(version) = data_version(&self.conn)
             && version != self.data_version
             && let Ok(depths) = count_dead_letters(&self.conn)
+            && let Ok(until) = keys_apart_until(&self.conn, &self.config)
         {
             self.data_version = version;
             *self.shared.dead_letters() = depths;
+            self.keys_apart_until = until;
         }
     }
 
@@ -363,19 +376,23 @@ impl Writer {
     ) -> Result<(Vec<Outcome>, DeadLetterChanges), rusqlite::Error> {
         let forget_keys = self.commits_since_prune >= COMMITS_PER_KEY_PRUNE;
         let tx = self.conn.transaction()?;
+        let now = now_ms();
+        let window_ms = window_ms(&self.config);
         let mut group_tx = GroupTx {
             tx: &tx,
-            now: now_ms(),
-            window_ms: i64::try_from(self.config.duplicate_window.as_millis()).unwrap_or(i64::MAX),
+            now,
+            window_ms,
+            keys_apart: now < self.keys_apart_until,
+            keys_kept: false,
             config: &self.config,
             shared: &self.shared,
             changes: DeadLetterChanges::new(),
             insert_event: tx.prepare_cached(
                 "INSERT INTO events (tenant, appended_at_ms, body, emitted_by) VALUES (?1, ?2, ?3, ?4)",
             )?,
-            insert_key: tx.prepare_cached(
-                "INSERT INTO ingest_keys (tenant, source, id, seq, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (tenant, source, id) DO NOTHING",
+            insert_keyed: tx.prepare_cached(
+                "INSERT INTO events (tenant, appended_at_ms, body, dedupe) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
             )?,
         };
         let outcomes = group
@@ -386,8 +403,14 @@ impl Writer {
             group_tx.forget_ingest_keys()?;
         }
         let changes = std::mem::take(&mut group_tx.changes);
+        let keys_kept = group_tx.keys_kept;
         drop(group_tx);
         tx.commit()?;
+        if keys_kept {
+            // Retention kept keys of events it deleted, none newer than
+            // now.
+            self.keys_apart_until = self.keys_apart_until.max(now.saturating_add(window_ms));
+        }
         self.commits_since_prune = if forget_keys {
             0
         } else {
@@ -405,13 +428,18 @@ struct GroupTx<'a> {
     now: i64,
     /// The duplicate window, in milliseconds.
     window_ms: i64,
+    /// Whether `ingest_keys` may hold a key within the window: an append
+    /// must look there too.
+    keys_apart: bool,
+    /// Whether retention moved keys into `ingest_keys` in this group.
+    keys_kept: bool,
     config: &'a SqliteLogConfig,
     shared: &'a Shared,
     changes: DeadLetterChanges,
-    /// The statements of the common case, a new event, prepared once
-    /// for the group.
+    /// The statements of the common cases, a new event emitted or
+    /// published, prepared once for the group.
     insert_event: rusqlite::CachedStatement<'a>,
-    insert_key: rusqlite::CachedStatement<'a>,
+    insert_keyed: rusqlite::CachedStatement<'a>,
 }
 
 /// A position as SQLite stores it.
@@ -422,9 +450,12 @@ fn sql_seq(seq: Seq) -> i64 {
 impl GroupTx<'_> {
     fn apply(&mut self, request: &Request) -> Result<Outcome, rusqlite::Error> {
         Ok(match request {
-            Request::Append { events, bodies, .. } => {
-                Outcome::Appended(self.append(events, bodies)?)
-            }
+            Request::Append {
+                events,
+                bodies,
+                keys,
+                ..
+            } => Outcome::Appended(self.append(events, bodies, keys)?),
             Request::Commit { commit, bodies, .. } => {
                 Outcome::Committed(self.commit(commit, bodies)?)
             }
@@ -443,7 +474,12 @@ impl GroupTx<'_> {
             Request::Quarantine { change, .. } => Outcome::Found(self.quarantine(change)?),
             Request::Prune {
                 retention, live, ..
-            } => Outcome::Pruned(super::retention::prune(self.tx, self.now, retention, live)?),
+            } => {
+                let pruned =
+                    super::retention::prune(self.tx, self.now, self.window_ms, retention, live)?;
+                self.keys_kept |= pruned.keys_kept;
+                Outcome::Pruned(pruned.pruned)
+            }
             Request::State {
                 tenant,
                 plugin,
@@ -460,55 +496,86 @@ impl GroupTx<'_> {
         &mut self,
         events: &[Event],
         bodies: &[String],
+        keys: &[[u8; 16]],
     ) -> Result<Vec<Appended>, rusqlite::Error> {
         events
             .iter()
             .zip(bodies)
-            .map(|(event, body)| self.append_one(event, body))
+            .zip(keys)
+            .map(|((event, body), key)| self.append_one(event, body, key))
             .collect()
     }
 
     /// Stores one event unless its key was appended within the duplicate
-    /// window. The common case, a new event, takes two statements: the
-    /// event, then its key.
-    fn append_one(&mut self, event: &Event, body: &str) -> Result<Appended, rusqlite::Error> {
-        let seq = self.put_event(event, body, None)?;
-        let claimed = self.insert_key.execute(params![
-            event.tenant(),
-            event.source(),
-            event.id(),
-            seq,
-            self.now
-        ])?;
-        if claimed == 0 {
+    /// window. The common case, a new event, is one insert: the event with
+    /// its key, under the unique index `events_by_dedupe`; a duplicate is
+    /// that insert's conflict. Keys kept apart from their events
+    /// (`ingest_keys`) are looked at only while one may be in the window.
+    fn append_one(
+        &mut self,
+        event: &Event,
+        body: &str,
+        key: &[u8; 16],
+    ) -> Result<Appended, rusqlite::Error> {
+        let tenant = event.tenant();
+        if self
+            .insert_keyed
+            .execute(params![tenant, self.now, body, key])?
+            == 0
+        {
+            // The key is on a stored event: a duplicate within the
+            // window; else that event gives its key up to this copy.
             let (earlier, at) = self
                 .tx
-                .prepare_cached(
-                    "SELECT seq, at_ms FROM ingest_keys WHERE tenant = ?1 AND source = ?2 AND id = ?3",
-                )?
-                .query_row(params![event.tenant(), event.source(), event.id()], |row| {
+                .prepare_cached("SELECT seq, appended_at_ms FROM events WHERE dedupe = ?1")?
+                .query_row(params![key], |row| {
                     Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
                 })?;
             if self.now.saturating_sub(at) < self.window_ms {
-                self.tx
-                    .prepare_cached("DELETE FROM events WHERE seq = ?1")?
-                    .execute(params![seq])?;
                 return Ok(Appended {
                     seq: earlier as Seq,
                     duplicate: true,
                 });
             }
             self.tx
-                .prepare_cached(
-                    "INSERT INTO ingest_keys (tenant, source, id, seq, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (tenant, source, id) DO UPDATE SET seq = excluded.seq, at_ms = excluded.at_ms",
-                )?
-                .execute(params![event.tenant(), event.source(), event.id(), seq, self.now])?;
+                .prepare_cached("UPDATE events SET dedupe = NULL WHERE seq = ?1")?
+                .execute(params![earlier])?;
+            self.insert_keyed
+                .execute(params![tenant, self.now, body, key])?;
+        }
+        let seq = self.tx.last_insert_rowid();
+        if self.keys_apart
+            && let Some(earlier) = self.key_apart(event)?
+        {
+            self.tx
+                .prepare_cached("DELETE FROM events WHERE seq = ?1")?
+                .execute(params![seq])?;
+            return Ok(Appended {
+                seq: earlier,
+                duplicate: true,
+            });
         }
         Ok(Appended {
             seq: seq as Seq,
             duplicate: false,
         })
+    }
+
+    /// The position of the earlier copy of `event` whose key is kept in
+    /// `ingest_keys` within the duplicate window, if there is one.
+    fn key_apart(&self, event: &Event) -> Result<Option<Seq>, rusqlite::Error> {
+        let found = self
+            .tx
+            .prepare_cached(
+                "SELECT seq, at_ms FROM ingest_keys WHERE tenant = ?1 AND source = ?2 AND id = ?3",
+            )?
+            .query_row(params![event.tenant(), event.source(), event.id()], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+            })
+            .optional()?;
+        Ok(found
+            .filter(|&(_, at)| self.now.saturating_sub(at) < self.window_ms)
+            .map(|(seq, _)| seq as Seq))
     }
 
     /// Stores an event, emitted by the plugin `emitted_by` of its tenant
@@ -841,6 +908,19 @@ pub(super) fn file_identity(path: &Path) -> Option<(u64, u64)> {
         let _ = metadata;
         Some((0, 0))
     }
+}
+
+/// The duplicate window, in milliseconds.
+fn window_ms(config: &SqliteLogConfig) -> i64 {
+    i64::try_from(config.duplicate_window.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Until when a key in `ingest_keys` may be within the duplicate window:
+/// its newest key's time plus the window (`i64::MIN` when it is empty).
+fn keys_apart_until(conn: &Connection, config: &SqliteLogConfig) -> Result<i64, rusqlite::Error> {
+    let newest: Option<i64> =
+        conn.query_row("SELECT MAX(at_ms) FROM ingest_keys", [], |row| row.get(0))?;
+    Ok(newest.map_or(i64::MIN, |at| at.saturating_add(window_ms(config))))
 }
 
 /// The file's `PRAGMA data_version` as `conn` sees it.
