@@ -71,6 +71,22 @@ pub struct SqliteLogConfig {
     pub dead_letters: DeadLetterQuota,
     /// Dead-letter quotas of particular tenants, by tenant.
     pub tenant_dead_letters: std::collections::HashMap<String, DeadLetterQuota>,
+    /// The most read-only connections the log opens (at least 1): the
+    /// consumers of many plugins read at once through them. Opened as they
+    /// are needed and kept; a read finding them all in use waits for one.
+    /// Default: twice the CPUs the process may use, from 4 to 32
+    /// ([`default_read_connections`]).
+    pub read_connections: usize,
+}
+
+/// The default of [`SqliteLogConfig::read_connections`]: twice the CPUs
+/// the process may use (reads wait on the disk now and then), at least 4
+/// and at most 32.
+pub fn default_read_connections() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, std::num::NonZeroUsize::get)
+        .saturating_mul(2)
+        .clamp(4, 32)
 }
 
 impl Default for SqliteLogConfig {
@@ -83,6 +99,7 @@ impl Default for SqliteLogConfig {
             probe_bytes: 2 * 1024 * 1024,
             dead_letters: DeadLetterQuota::default(),
             tenant_dead_letters: std::collections::HashMap::new(),
+            read_connections: default_read_connections(),
         }
     }
 }
@@ -131,7 +148,7 @@ impl SqliteLog {
         let conn = open_writer_connection(&path, config.durability).map_err(store)?;
         let shared = Arc::new(Shared::default());
         *shared.dead_letters() = count_dead_letters(&conn).map_err(store)?;
-        let reader = Reader::open(&path).map_err(store)?;
+        let reader = Reader::open(&path, config.read_connections).map_err(store)?;
         let writer = Writer::new(conn, path.clone(), config, shared.clone()).map_err(store)?;
 
         metrics::gauge!("plugbus_log_writable").set(1.0);
@@ -198,12 +215,28 @@ fn open_writer_connection(
         Durability::Os => "OFF",
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
+    stable_plans(&conn)?;
     migrate(&conn, path)?;
     conn.execute_batch(SCHEMA)?;
     // Room for every statement the writer prepares, so that none is
     // compiled again between groups.
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
+}
+
+/// Keeps each prepared statement's plan whatever values are bound to it
+/// (SQLite's query planner stability guarantee). Without it, SQLite
+/// prepares a statement again, parsing and planning its SQL, whenever a
+/// value bound to its `LIMIT` changes (and, where the file has statistics,
+/// a value compared with an indexed column): the consumers' reads, whose
+/// limits change from one read to the next, spent most of their time
+/// there. The plans the log's statements get do not depend on the values.
+fn stable_plans(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map(drop)
 }
 
 /// Brings the tables of a file written by an earlier version up to
