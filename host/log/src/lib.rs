@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use self::memory::{MemoryLog, MemoryLogConfig};
 pub use self::replay::{ReplayError, Replayed, replay};
 pub use self::sqlite::{
-    Durability, LogStats, SqliteLog, SqliteLogConfig, default_read_connections,
+    Durability, LogStats, SqliteLog, SqliteLogConfig, TailCacheLimits, default_read_connections,
 };
 use plugbus_core::event::Event;
 use plugbus_core::state::{StateStore, StateWrite};

@@ -3,13 +3,17 @@
 //! ([`reader`]); every write goes to one writer thread ([`writer`]) that
 //! groups whatever requests are waiting into one transaction, so that
 //! durability costs one fsync per group rather than per request.
-//! Retention runs in the writer's transaction too ([`retention`]). The
+//! Retention runs in the writer's transaction too ([`retention`]). Once
+//! a group is durable, the writer hands its appended events, parsed, to
+//! the tail cache ([`tail`]), which answers the consumers reading right
+//! behind the head without SQLite. The
 //! tables are in `schema.sql`; an operator can open the file with
 //! `sqlite3`: each event is stored as its CloudEvents JSON.
 
 mod reader;
 mod retention;
 mod shared;
+mod tail;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +25,8 @@ use rusqlite::Connection;
 
 use self::reader::Reader;
 use self::shared::{Shared, count_dead_letters};
+use self::tail::TailCache;
+pub use self::tail::TailCacheLimits;
 use self::writer::{Request, Writer};
 use super::{
     Appended, Commit, Committed, CursorStore, DeadLetter, DeadLetterDepths, DeadLetterQuota,
@@ -77,6 +83,11 @@ pub struct SqliteLogConfig {
     /// Default: twice the CPUs the process may use, from 4 to 32
     /// ([`default_read_connections`]).
     pub read_connections: usize,
+    /// The bounds of the tail cache: the most recently appended events,
+    /// kept parsed so that consumers reading right behind the head do not
+    /// read SQLite (default 65,536 events and 64 MiB of their JSON, across
+    /// tenants; either 0 turns it off). The oldest go first when it is full.
+    pub tail_cache: TailCacheLimits,
 }
 
 /// The default of [`SqliteLogConfig::read_connections`]: twice the CPUs
@@ -100,6 +111,7 @@ impl Default for SqliteLogConfig {
             dead_letters: DeadLetterQuota::default(),
             tenant_dead_letters: std::collections::HashMap::new(),
             read_connections: default_read_connections(),
+            tail_cache: TailCacheLimits::default(),
         }
     }
 }
@@ -124,6 +136,10 @@ pub struct LogStats {
     pub commits: u64,
     /// Requests (appends and cursor moves) answered.
     pub requests: u64,
+    /// Reads of events (and counts of them) the tail cache answered.
+    pub tail_hits: u64,
+    /// Reads of events (and counts of them) that went to SQLite.
+    pub tail_misses: u64,
 }
 
 /// The embedded log: one SQLite file, `events.db`, in the data directory.
@@ -133,6 +149,7 @@ pub struct SqliteLog {
     writer: Option<std::thread::JoinHandle<()>>,
     reader: Reader,
     shared: Arc<Shared>,
+    tail: Arc<TailCache>,
 }
 
 impl SqliteLog {
@@ -149,7 +166,9 @@ impl SqliteLog {
         let shared = Arc::new(Shared::default());
         *shared.dead_letters() = count_dead_letters(&conn).map_err(store)?;
         let reader = Reader::open(&path, config.read_connections).map_err(store)?;
-        let writer = Writer::new(conn, path.clone(), config, shared.clone()).map_err(store)?;
+        let tail = Arc::new(TailCache::new(config.tail_cache));
+        let writer =
+            Writer::new(conn, path.clone(), config, shared.clone(), tail.clone()).map_err(store)?;
 
         metrics::gauge!("plugbus_log_writable").set(1.0);
         let (requests, queue) = mpsc::channel();
@@ -166,6 +185,7 @@ impl SqliteLog {
             writer: Some(writer),
             reader,
             shared,
+            tail,
         })
     }
 
@@ -183,6 +203,8 @@ impl SqliteLog {
             duplicates: get(&counters.duplicates),
             commits: get(&counters.commits),
             requests: get(&counters.requests),
+            tail_hits: get(&counters.tail_hits),
+            tail_misses: get(&counters.tail_misses),
         }
     }
 
@@ -347,10 +369,32 @@ impl EventStore for SqliteLog {
         after: Seq,
         limit: ReadLimit,
     ) -> Result<Vec<StoredEvent>, LogError> {
+        if let Some(events) = self.tail.read(tenant, after, limit) {
+            self.shared
+                .counters
+                .tail_hits
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(events);
+        }
+        self.shared
+            .counters
+            .tail_misses
+            .fetch_add(1, Ordering::Relaxed);
         self.reader.read_bounded(tenant, after, limit)
     }
 
     fn count_after(&self, tenant: &str, after: Seq, limit: u64) -> Result<u64, LogError> {
+        if let Some(count) = self.tail.count_after(tenant, after, limit) {
+            self.shared
+                .counters
+                .tail_hits
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(count);
+        }
+        self.shared
+            .counters
+            .tail_misses
+            .fetch_add(1, Ordering::Relaxed);
         self.reader.count_after(tenant, after, limit)
     }
 

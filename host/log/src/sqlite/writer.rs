@@ -6,13 +6,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::SqliteLogConfig;
 use super::shared::{DeadLetterChanges, Shared, count_dead_letters};
+use super::tail::TailCache;
 use crate::{
     Appended, Commit, Committed, DeadLetter, LogError, Pruned, QuarantineChange, ReplySender,
-    Retention, Seq, now_ms,
+    Retention, Seq, StoredEvent, now_ms,
 };
 use plugbus_core::event::Event;
 use plugbus_core::state::StateWrite;
@@ -134,6 +135,21 @@ pub(super) struct Writer {
     /// found at open and when another process changed the file, and
     /// moved on when retention keeps the keys of the events it deletes.
     keys_apart_until: i64,
+    /// The tail cache the writer fills.
+    tail: Arc<TailCache>,
+    /// The file's `data_version` when the tail cache was last reset or
+    /// found up to date: another process's commit changes it, and the
+    /// cache then starts over.
+    tail_version: i64,
+}
+
+/// What a committed group did to the events, for the tail cache.
+struct Written {
+    /// The log's newest position after the group.
+    head: Seq,
+    /// Whether the group deleted events (retention): the cache starts
+    /// over after it.
+    deleted: bool,
 }
 
 /// How many group commits pass between two deletions of the ingest keys
@@ -147,11 +163,14 @@ impl Writer {
         path: PathBuf,
         config: SqliteLogConfig,
         shared: Arc<Shared>,
+        tail: Arc<TailCache>,
     ) -> Result<Self, rusqlite::Error> {
         let data_version = data_version(&conn)?;
         let keys_apart_until = keys_apart_until(&conn, &config)?;
         Ok(Self {
             keys_apart_until,
+            tail,
+            tail_version: data_version,
             identity: file_identity(&path),
             conn,
             path,
@@ -199,6 +218,9 @@ impl Writer {
             self.commit(group);
         }));
         if let Err(panic) = committed {
+            // What the rolled-back group left in the cache's view is not
+            // known: it starts over with the next group.
+            self.tail.invalidate();
             let message = format!("the log writer panicked: {}", panic_message(&*panic));
             self.shared.wrote(&self.path, Some(message));
         }
@@ -211,6 +233,12 @@ impl Writer {
         if self.looked.elapsed() >= Duration::from_secs(1) {
             self.looked = Instant::now();
             self.recount_dead_letters();
+            // Another process wrote to the file: the tail cache may miss
+            // its events, or hold events it deleted. It starts over
+            // with the next group.
+            if data_version(&self.conn).ok() != Some(self.tail_version) {
+                self.tail.invalidate();
+            }
         }
         if !self.shared.health().writable && self.probed.elapsed() >= self.config.probe_interval {
             self.probed = Instant::now();
@@ -282,16 +310,24 @@ impl Writer {
             }
             return;
         }
-        let result = self.apply(&group);
+        let now = now_ms();
+        let result = self.apply(&group, now);
         self.shared
             .wrote(&self.path, result.as_ref().err().map(ToString::to_string));
-        if let Ok((outcomes, changes)) = &result {
+        if let Ok((outcomes, changes, _)) = &result {
             self.shared.add_dead_letters(changes);
             self.count_commit(outcomes);
         }
         self.count_requests(group.len());
         match result {
-            Ok((outcomes, _)) => {
+            Ok((outcomes, _, written)) => {
+                let mut group = group;
+                if written.deleted {
+                    self.tail.reset(written.head);
+                } else {
+                    self.tail
+                        .publish(appended_events(&mut group, &outcomes, now), written.head);
+                }
                 for (request, outcome) in group.into_iter().zip(outcomes) {
                     if let (Request::Commit { commit, .. }, Outcome::Committed(committed)) =
                         (&request, &outcome)
@@ -302,6 +338,9 @@ impl Writer {
                 }
             }
             Err(e) => {
+                // Whether the commit reached the file is not known: the
+                // tail cache starts over with the next group.
+                self.tail.invalidate();
                 tracing::error!(log = %self.path.display(), "event log commit failed: {e}");
                 for request in group {
                     request.fail(self.error(&e));
@@ -373,10 +412,21 @@ impl Writer {
     fn apply(
         &mut self,
         group: &[Request],
-    ) -> Result<(Vec<Outcome>, DeadLetterChanges), rusqlite::Error> {
+        now: i64,
+    ) -> Result<(Vec<Outcome>, DeadLetterChanges, Written), rusqlite::Error> {
         let forget_keys = self.commits_since_prune >= COMMITS_PER_KEY_PRUNE;
-        let tx = self.conn.transaction()?;
-        let now = now_ms();
+        // Immediate: the write lock is held from here, so that what the
+        // file holds cannot change under the tail cache's check below.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version = data_version(&tx)?;
+        if version != self.tail_version || !self.tail.valid() {
+            // Started (again) at the head as it is now: what the cache
+            // knows from here on is what this writer appends.
+            self.tail.reset(head(&tx)?);
+            self.tail_version = version;
+        }
         let window_ms = window_ms(&self.config);
         let mut group_tx = GroupTx {
             tx: &tx,
@@ -384,6 +434,7 @@ impl Writer {
             window_ms,
             keys_apart: now < self.keys_apart_until,
             keys_kept: false,
+            deleted: false,
             config: &self.config,
             shared: &self.shared,
             changes: DeadLetterChanges::new(),
@@ -404,7 +455,17 @@ impl Writer {
         }
         let changes = std::mem::take(&mut group_tx.changes);
         let keys_kept = group_tx.keys_kept;
+        let deleted = group_tx.deleted;
         drop(group_tx);
+        let written = Written {
+            head: head(&tx)?,
+            deleted,
+        };
+        if deleted {
+            // No reader may take a deleted event from the cache once the
+            // deletion is visible: forgotten before it commits.
+            self.tail.invalidate();
+        }
         tx.commit()?;
         if keys_kept {
             // Retention kept keys of events it deleted, none newer than
@@ -416,8 +477,59 @@ impl Writer {
         } else {
             self.commits_since_prune + 1
         };
-        Ok((outcomes, changes))
+        Ok((outcomes, changes, written))
     }
+}
+
+/// The events a committed group stored, with their positions, in position
+/// order, taken out of its requests for the tail cache: the appended
+/// events that were not duplicates, and the commits' emitted events.
+fn appended_events(
+    group: &mut [Request],
+    outcomes: &[Outcome],
+    now: i64,
+) -> Vec<(String, StoredEvent)> {
+    let mut out = Vec::new();
+    let mut stored = |event: Event, body: &String, seq: Seq| {
+        out.push((
+            event.tenant().to_owned(),
+            StoredEvent {
+                seq,
+                appended_at_ms: now,
+                bytes: body.len() as u64,
+                event,
+            },
+        ));
+    };
+    for (request, outcome) in group.iter_mut().zip(outcomes) {
+        match (request, outcome) {
+            (Request::Append { events, bodies, .. }, Outcome::Appended(appended)) => {
+                for ((event, body), appended) in std::mem::take(events)
+                    .into_iter()
+                    .zip(bodies.iter())
+                    .zip(appended)
+                {
+                    if !appended.duplicate {
+                        stored(event, body, appended.seq);
+                    }
+                }
+            }
+            (Request::Commit { commit, bodies, .. }, Outcome::Committed(committed)) => {
+                for ((event, body), seq) in std::mem::take(&mut commit.emitted)
+                    .into_iter()
+                    .zip(bodies.iter())
+                    .zip(&committed.emitted)
+                {
+                    stored(event, body, *seq);
+                }
+            }
+            _ => {}
+        }
+    }
+    // In the order of the inserts already; sorted all the same, so that
+    // the cache is never handed a position out of order.
+    out.sort_by_key(|(_, stored)| stored.seq);
+    out
 }
 
 /// One group's transaction, and what it has changed so far in the dead
@@ -433,6 +545,8 @@ struct GroupTx<'a> {
     keys_apart: bool,
     /// Whether retention moved keys into `ingest_keys` in this group.
     keys_kept: bool,
+    /// Whether retention deleted events in this group.
+    deleted: bool,
     config: &'a SqliteLogConfig,
     shared: &'a Shared,
     changes: DeadLetterChanges,
@@ -478,6 +592,7 @@ impl GroupTx<'_> {
                 let pruned =
                     super::retention::prune(self.tx, self.now, self.window_ms, retention, live)?;
                 self.keys_kept |= pruned.keys_kept;
+                self.deleted |= pruned.pruned.deleted > 0;
                 Outcome::Pruned(pruned.pruned)
             }
             Request::State {
@@ -921,6 +1036,19 @@ fn keys_apart_until(conn: &Connection, config: &SqliteLogConfig) -> Result<i64, 
     let newest: Option<i64> =
         conn.query_row("SELECT MAX(at_ms) FROM ingest_keys", [], |row| row.get(0))?;
     Ok(newest.map_or(i64::MIN, |at| at.saturating_add(window_ms(config))))
+}
+
+/// The newest position the log has given (0 for a new log): what
+/// AUTOINCREMENT counts from, whether or not that event is still there.
+fn head(conn: &Connection) -> Result<Seq, rusqlite::Error> {
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(seq.map_or(0, |s| Seq::try_from(s).unwrap_or(0)))
 }
 
 /// The file's `PRAGMA data_version` as `conn` sees it.
