@@ -3,13 +3,16 @@
 //! ([`reader`]); every write goes to one writer thread ([`writer`]) that
 //! groups whatever requests are waiting into one transaction, so that
 //! durability costs one fsync per group rather than per request.
-//! Retention runs in the writer's transaction too ([`retention`]). Once
+//! Retention runs in the writer's transaction too ([`retention`]); a
+//! thread of its own copies the write-ahead log into the file
+//! ([`checkpoint`]). Once
 //! a group is durable, the writer hands its appended events, parsed, to
 //! the tail cache ([`tail`]), which answers the consumers reading right
 //! behind the head without SQLite. The
 //! tables are in `schema.sql`; an operator can open the file with
 //! `sqlite3`: each event is stored as its CloudEvents JSON.
 
+mod checkpoint;
 mod reader;
 mod retention;
 mod shared;
@@ -23,6 +26,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use self::checkpoint::Checkpointer;
 use self::reader::Reader;
 use self::shared::{Shared, count_dead_letters};
 use self::tail::TailCache;
@@ -150,6 +154,9 @@ pub struct SqliteLog {
     reader: Reader,
     shared: Arc<Shared>,
     tail: Arc<TailCache>,
+    /// Dropped to stop the checkpointer.
+    stop_checkpoints: Option<mpsc::Sender<()>>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SqliteLog {
@@ -179,6 +186,15 @@ impl SqliteLog {
                 path: path.clone(),
                 reason: format!("cannot start the writer thread: {e}"),
             })?;
+        let checkpointer = Checkpointer::open(&path, shared.clone()).map_err(store)?;
+        let (stop_checkpoints, stop) = mpsc::channel();
+        let checkpointer = std::thread::Builder::new()
+            .name("plugbus-log-checkpoint".into())
+            .spawn(move || checkpointer.run(&stop))
+            .map_err(|e| LogError::Store {
+                path: path.clone(),
+                reason: format!("cannot start the checkpointer thread: {e}"),
+            })?;
         Ok(Self {
             path,
             requests: Some(requests),
@@ -186,6 +202,8 @@ impl SqliteLog {
             reader,
             shared,
             tail,
+            stop_checkpoints: Some(stop_checkpoints),
+            checkpointer: Some(checkpointer),
         })
     }
 
@@ -237,6 +255,13 @@ fn open_writer_connection(
         Durability::Os => "OFF",
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
+    // The checkpointer thread checkpoints; the writer only past a
+    // backstop (see `checkpoint`).
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        checkpoint::WRITER_BACKSTOP_PAGES,
+    )?;
     stable_plans(&conn)?;
     migrate(&conn, path)?;
     conn.execute_batch(SCHEMA)?;
@@ -544,11 +569,16 @@ impl InspectStore for SqliteLog {
 }
 
 impl Drop for SqliteLog {
-    /// Closes the log: the writer commits what is queued and stops.
+    /// Closes the log: the writer commits what is queued and stops, then
+    /// the checkpointer.
     fn drop(&mut self) {
         drop(self.requests.take());
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
+        }
+        drop(self.stop_checkpoints.take());
+        if let Some(checkpointer) = self.checkpointer.take() {
+            let _ = checkpointer.join();
         }
     }
 }
