@@ -6,9 +6,9 @@
 -- emitted_by is the plugin of the tenant whose commit appended the event
 -- (NULL for a published event); a file from before the column has it added
 -- when it opens (see `migrate` in mod.rs), NULL for its older events.
--- dedupe is the published event's ingest key: the first 16 bytes of
--- SHA-256 over its (tenant, source, id) (see `ingest_key` in mod.rs),
--- unique among the events, so that an append is one insert and a
+-- dedupe is the published event's ingest key: its (tenant, source, id),
+-- each preceded by its length (see `ingest_key` in mod.rs), unique among
+-- the events, so that an append is one insert and a
 -- duplicate is the insert's conflict. NULL for emitted events (not
 -- de-duplicated), for an event whose key a later copy took over after
 -- the duplicate window, and for events of a file from before the column,

@@ -27,7 +27,7 @@ pub(super) enum Request {
         bodies: Vec<String>,
         /// Each event's ingest key ([`ingest_key`](super::ingest_key)),
         /// made by the caller.
-        keys: Vec<[u8; 16]>,
+        keys: Vec<Vec<u8>>,
         reply: ReplySender<Vec<Appended>>,
     },
     Commit {
@@ -611,7 +611,7 @@ impl GroupTx<'_> {
         &mut self,
         events: &[Event],
         bodies: &[String],
-        keys: &[[u8; 16]],
+        keys: &[Vec<u8>],
     ) -> Result<Vec<Appended>, rusqlite::Error> {
         events
             .iter()
@@ -630,7 +630,7 @@ impl GroupTx<'_> {
         &mut self,
         event: &Event,
         body: &str,
-        key: &[u8; 16],
+        key: &[u8],
     ) -> Result<Appended, rusqlite::Error> {
         let tenant = event.tenant();
         if self
