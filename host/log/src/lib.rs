@@ -28,7 +28,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use self::memory::{MemoryLog, MemoryLogConfig};
 pub use self::replay::{ReplayError, Replayed, replay};
-pub use self::sqlite::{Durability, LogStats, SqliteLog, SqliteLogConfig};
+pub use self::sqlite::{
+    Durability, LogStats, SqliteLog, SqliteLogConfig, TailCacheLimits, default_read_connections,
+};
 use plugbus_core::event::Event;
 use plugbus_core::state::{StateStore, StateWrite};
 

@@ -3,13 +3,20 @@
 //! ([`reader`]); every write goes to one writer thread ([`writer`]) that
 //! groups whatever requests are waiting into one transaction, so that
 //! durability costs one fsync per group rather than per request.
-//! Retention runs in the writer's transaction too ([`retention`]). The
+//! Retention runs in the writer's transaction too ([`retention`]); a
+//! thread of its own copies the write-ahead log into the file
+//! ([`checkpoint`]). Once
+//! a group is durable, the writer hands its appended events, parsed, to
+//! the tail cache ([`tail`]), which answers the consumers reading right
+//! behind the head without SQLite. The
 //! tables are in `schema.sql`; an operator can open the file with
 //! `sqlite3`: each event is stored as its CloudEvents JSON.
 
+mod checkpoint;
 mod reader;
 mod retention;
 mod shared;
+mod tail;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -19,8 +26,11 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use self::checkpoint::Checkpointer;
 use self::reader::Reader;
 use self::shared::{Shared, count_dead_letters};
+use self::tail::TailCache;
+pub use self::tail::TailCacheLimits;
 use self::writer::{Request, Writer};
 use super::{
     Appended, Commit, Committed, CursorStore, DeadLetter, DeadLetterDepths, DeadLetterQuota,
@@ -71,6 +81,27 @@ pub struct SqliteLogConfig {
     pub dead_letters: DeadLetterQuota,
     /// Dead-letter quotas of particular tenants, by tenant.
     pub tenant_dead_letters: std::collections::HashMap<String, DeadLetterQuota>,
+    /// The most read-only connections the log opens (at least 1): the
+    /// consumers of many plugins read at once through them. Opened as they
+    /// are needed and kept; a read finding them all in use waits for one.
+    /// Default: twice the CPUs the process may use, from 4 to 32
+    /// ([`default_read_connections`]).
+    pub read_connections: usize,
+    /// The bounds of the tail cache: the most recently appended events,
+    /// kept parsed so that consumers reading right behind the head do not
+    /// read SQLite (default 65,536 events and 64 MiB of their JSON, across
+    /// tenants; either 0 turns it off). The oldest go first when it is full.
+    pub tail_cache: TailCacheLimits,
+}
+
+/// The default of [`SqliteLogConfig::read_connections`]: twice the CPUs
+/// the process may use (reads wait on the disk now and then), at least 4
+/// and at most 32.
+pub fn default_read_connections() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, std::num::NonZeroUsize::get)
+        .saturating_mul(2)
+        .clamp(4, 32)
 }
 
 impl Default for SqliteLogConfig {
@@ -83,6 +114,8 @@ impl Default for SqliteLogConfig {
             probe_bytes: 2 * 1024 * 1024,
             dead_letters: DeadLetterQuota::default(),
             tenant_dead_letters: std::collections::HashMap::new(),
+            read_connections: default_read_connections(),
+            tail_cache: TailCacheLimits::default(),
         }
     }
 }
@@ -107,6 +140,10 @@ pub struct LogStats {
     pub commits: u64,
     /// Requests (appends and cursor moves) answered.
     pub requests: u64,
+    /// Reads of events (and counts of them) the tail cache answered.
+    pub tail_hits: u64,
+    /// Reads of events (and counts of them) that went to SQLite.
+    pub tail_misses: u64,
 }
 
 /// The embedded log: one SQLite file, `events.db`, in the data directory.
@@ -116,6 +153,10 @@ pub struct SqliteLog {
     writer: Option<std::thread::JoinHandle<()>>,
     reader: Reader,
     shared: Arc<Shared>,
+    tail: Arc<TailCache>,
+    /// Dropped to stop the checkpointer.
+    stop_checkpoints: Option<mpsc::Sender<()>>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SqliteLog {
@@ -131,8 +172,10 @@ impl SqliteLog {
         let conn = open_writer_connection(&path, config.durability).map_err(store)?;
         let shared = Arc::new(Shared::default());
         *shared.dead_letters() = count_dead_letters(&conn).map_err(store)?;
-        let reader = Reader::open(&path).map_err(store)?;
-        let writer = Writer::new(conn, path.clone(), config, shared.clone()).map_err(store)?;
+        let reader = Reader::open(&path, config.read_connections).map_err(store)?;
+        let tail = Arc::new(TailCache::new(config.tail_cache));
+        let writer =
+            Writer::new(conn, path.clone(), config, shared.clone(), tail.clone()).map_err(store)?;
 
         metrics::gauge!("plugbus_log_writable").set(1.0);
         let (requests, queue) = mpsc::channel();
@@ -143,12 +186,24 @@ impl SqliteLog {
                 path: path.clone(),
                 reason: format!("cannot start the writer thread: {e}"),
             })?;
+        let checkpointer = Checkpointer::open(&path, shared.clone()).map_err(store)?;
+        let (stop_checkpoints, stop) = mpsc::channel();
+        let checkpointer = std::thread::Builder::new()
+            .name("plugbus-log-checkpoint".into())
+            .spawn(move || checkpointer.run(&stop))
+            .map_err(|e| LogError::Store {
+                path: path.clone(),
+                reason: format!("cannot start the checkpointer thread: {e}"),
+            })?;
         Ok(Self {
             path,
             requests: Some(requests),
             writer: Some(writer),
             reader,
             shared,
+            tail,
+            stop_checkpoints: Some(stop_checkpoints),
+            checkpointer: Some(checkpointer),
         })
     }
 
@@ -166,6 +221,8 @@ impl SqliteLog {
             duplicates: get(&counters.duplicates),
             commits: get(&counters.commits),
             requests: get(&counters.requests),
+            tail_hits: get(&counters.tail_hits),
+            tail_misses: get(&counters.tail_misses),
         }
     }
 
@@ -198,7 +255,15 @@ fn open_writer_connection(
         Durability::Os => "OFF",
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
-    migrate(&conn)?;
+    // The checkpointer thread checkpoints; the writer only past a
+    // backstop (see `checkpoint`).
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        checkpoint::WRITER_BACKSTOP_PAGES,
+    )?;
+    stable_plans(&conn)?;
+    migrate(&conn, path)?;
     conn.execute_batch(SCHEMA)?;
     // Room for every statement the writer prepares, so that none is
     // compiled again between groups.
@@ -206,33 +271,84 @@ fn open_writer_connection(
     Ok(conn)
 }
 
+/// Keeps each prepared statement's plan whatever values are bound to it
+/// (SQLite's query planner stability guarantee). Without it, SQLite
+/// prepares a statement again, parsing and planning its SQL, whenever a
+/// value bound to its `LIMIT` changes (and, where the file has statistics,
+/// a value compared with an indexed column): the consumers' reads, whose
+/// limits change from one read to the next, spent most of their time
+/// there. The plans the log's statements get do not depend on the values.
+fn stable_plans(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map(drop)
+}
+
 /// Brings the tables of a file written by an earlier version up to
-/// `schema.sql`, before it runs (its indexes may name the new columns): a
-/// column added since is added, empty (NULL) in the rows already there. A
+/// `schema.sql`, before it runs (its indexes name the new columns), in one
+/// transaction: a crash leaves the file as it was or wholly migrated.
+/// A column added since is added, empty (NULL) in the rows already there:
+/// `events.emitted_by`, and `events.dedupe` with its unique index (the
+/// keys of the events already stored stay in `ingest_keys`, where the
+/// writer keeps looking while they are within the duplicate window). A
 /// new file has no tables yet and is left to `schema.sql`.
-fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
-    let has_column = |table: &str, column: &str| -> Result<Option<bool>, rusqlite::Error> {
-        let mut statement = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+fn migrate(conn: &Connection, path: &Path) -> Result<(), rusqlite::Error> {
+    let missing = |conn: &Connection| -> Result<Vec<&'static str>, rusqlite::Error> {
+        let mut statement = conn.prepare("SELECT name FROM pragma_table_info('events')")?;
         let names = statement
-            .query_map([table], |row| row.get::<_, String>(0))?
+            .query_map([], |row| row.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((!names.is_empty()).then(|| names.iter().any(|n| n == column)))
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(["emitted_by", "dedupe"]
+            .into_iter()
+            .filter(|column| !names.iter().any(|n| n == column))
+            .collect())
     };
-    if has_column("events", "emitted_by")? != Some(false) {
+    if missing(conn)?.is_empty() {
         return Ok(());
     }
     // Adding a nullable column rewrites nothing: the rows keep their
-    // pages, and read NULL for it. Checked again inside a write
-    // transaction: another process (`plugbus dlq --data` beside a starting
-    // host) may have added it since.
+    // pages, and read NULL for it; the new index starts empty (every row
+    // is NULL, outside its WHERE). Checked again inside the write
+    // transaction: another process (`plugbus dlq --data` beside a
+    // starting host) may have migrated the file since.
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    let added = match has_column("events", "emitted_by") {
-        Ok(Some(false)) => conn.execute_batch("ALTER TABLE events ADD COLUMN emitted_by TEXT"),
-        Ok(_) => Ok(()),
-        Err(e) => Err(e),
-    };
-    match added {
-        Ok(()) => conn.execute_batch("COMMIT"),
+    let migrated = (|| {
+        let columns = missing(conn)?;
+        for column in &columns {
+            match *column {
+                "emitted_by" => {
+                    conn.execute_batch("ALTER TABLE events ADD COLUMN emitted_by TEXT")?
+                }
+                _ => conn.execute_batch(
+                    "ALTER TABLE events ADD COLUMN dedupe BLOB;
+                     CREATE UNIQUE INDEX IF NOT EXISTS events_by_dedupe ON events (dedupe)
+                         WHERE dedupe IS NOT NULL;",
+                )?,
+            }
+        }
+        Ok::<_, rusqlite::Error>(columns)
+    })();
+    match migrated {
+        Ok(columns) => {
+            if let Err(e) = conn.execute_batch("COMMIT") {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+            if !columns.is_empty() {
+                tracing::info!(
+                    log = %path.display(),
+                    "migrated the event log written by an earlier version: added the column(s) {} to events, empty in the events already stored; \
+                     their ingest keys stay in ingest_keys and keep refusing duplicates until the duplicate window has passed",
+                    columns.join(", ")
+                );
+            }
+            Ok(())
+        }
         Err(e) => {
             // The transaction's own failure adds nothing to `e`.
             let _ = conn.execute_batch("ROLLBACK");
@@ -241,12 +357,32 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
     }
 }
 
+/// An event's ingest key as `events.dedupe` stores it: its tenant,
+/// source and id, each preceded by its length in 4 bytes big-endian (so
+/// that no two triples run together into the same bytes). The key itself,
+/// not a hash of it: exact, and its index keeps the order of (tenant,
+/// source, id), so that a producer's successive ids land on the same few
+/// index pages. A hash spread every group's keys over the whole index,
+/// and each group commit wrote many more pages: half the insert rate with
+/// one tenant, measured. Made by the caller, off the writer thread.
+pub(super) fn ingest_key(event: &Event) -> Vec<u8> {
+    let parts = [event.tenant(), event.source(), event.id()];
+    let mut key = Vec::with_capacity(12 + parts.iter().map(|p| p.len()).sum::<usize>());
+    for part in parts {
+        key.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
 impl EventStore for SqliteLog {
     fn append(&self, events: Vec<Event>) -> Reply<Vec<Appended>> {
         let bodies = events.iter().map(Event::to_json_string).collect();
+        let keys = events.iter().map(ingest_key).collect();
         self.send(|reply| Request::Append {
             events,
             bodies,
+            keys,
             reply,
         })
     }
@@ -257,10 +393,32 @@ impl EventStore for SqliteLog {
         after: Seq,
         limit: ReadLimit,
     ) -> Result<Vec<StoredEvent>, LogError> {
+        if let Some(events) = self.tail.read(tenant, after, limit) {
+            self.shared
+                .counters
+                .tail_hits
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(events);
+        }
+        self.shared
+            .counters
+            .tail_misses
+            .fetch_add(1, Ordering::Relaxed);
         self.reader.read_bounded(tenant, after, limit)
     }
 
     fn count_after(&self, tenant: &str, after: Seq, limit: u64) -> Result<u64, LogError> {
+        if let Some(count) = self.tail.count_after(tenant, after, limit) {
+            self.shared
+                .counters
+                .tail_hits
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(count);
+        }
+        self.shared
+            .counters
+            .tail_misses
+            .fetch_add(1, Ordering::Relaxed);
         self.reader.count_after(tenant, after, limit)
     }
 
@@ -410,11 +568,16 @@ impl InspectStore for SqliteLog {
 }
 
 impl Drop for SqliteLog {
-    /// Closes the log: the writer commits what is queued and stops.
+    /// Closes the log: the writer commits what is queued and stops, then
+    /// the checkpointer.
     fn drop(&mut self) {
         drop(self.requests.take());
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
+        }
+        drop(self.stop_checkpoints.take());
+        if let Some(checkpointer) = self.checkpointer.take() {
+            let _ = checkpointer.join();
         }
     }
 }

@@ -1,8 +1,10 @@
-//! The log's reads: one read-only connection beside the writer's, so that
-//! reads never wait for a group commit (WAL mode lets them run alongside).
+//! The log's reads: a bounded pool of read-only connections beside the
+//! writer's, so that reads never wait for a group commit (WAL mode lets
+//! them run alongside) and several readers (the consumers of many plugins)
+//! read at once rather than one after another.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -12,28 +14,107 @@ use crate::{
 };
 use plugbus_core::event::Event;
 
-/// A read-only connection to the log's file.
+/// Read-only connections to the log's file: at most `size`, opened as
+/// they are needed (the first at open) and kept.
 pub(super) struct Reader {
     path: PathBuf,
-    conn: Mutex<Connection>,
+    size: usize,
+    pool: Mutex<Pool>,
+    /// Signalled when a connection is given back.
+    returned: Condvar,
+}
+
+/// The connections not in use, and how many are open in all.
+struct Pool {
+    idle: Vec<Connection>,
+    open: usize,
+}
+
+/// A connection taken from the pool; given back when dropped.
+pub(super) struct Conn<'a> {
+    reader: &'a Reader,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        // Taken out only by `drop`.
+        self.conn.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.reader.pool().idle.push(conn);
+            self.reader.returned.notify_one();
+        }
+    }
+}
+
+/// Opens a read-only connection to the file at `path`.
+fn open_read_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    super::stable_plans(&conn)?;
+    Ok(conn)
 }
 
 impl Reader {
-    /// Opens a read-only connection to the file at `path`, which exists.
-    pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
-        let conn = Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+    /// Opens a pool of up to `size` (at least 1) read-only connections to
+    /// the file at `path`, which exists; the first is opened now.
+    pub fn open(path: &Path, size: usize) -> Result<Self, rusqlite::Error> {
+        let first = open_read_connection(path)?;
         Ok(Self {
             path: path.to_owned(),
-            conn: Mutex::new(conn),
+            size: size.max(1),
+            pool: Mutex::new(Pool {
+                idle: vec![first],
+                open: 1,
+            }),
+            returned: Condvar::new(),
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    fn pool(&self) -> MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection: an idle one, else a new one while fewer than `size`
+    /// are open, else the first one given back.
+    fn conn(&self) -> Result<Conn<'_>, LogError> {
+        let mut pool = self.pool();
+        loop {
+            if let Some(conn) = pool.idle.pop() {
+                return Ok(Conn {
+                    reader: self,
+                    conn: Some(conn),
+                });
+            }
+            if pool.open < self.size {
+                pool.open += 1;
+                drop(pool);
+                return match open_read_connection(&self.path) {
+                    Ok(conn) => Ok(Conn {
+                        reader: self,
+                        conn: Some(conn),
+                    }),
+                    Err(e) => {
+                        self.pool().open -= 1;
+                        Err(self.store_error(e))
+                    }
+                };
+            }
+            pool = self
+                .returned
+                .wait(pool)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
     }
 
     fn store_error(&self, e: rusqlite::Error) -> LogError {
@@ -63,7 +144,7 @@ impl Reader {
         after: Seq,
         limit: ReadLimit,
     ) -> Result<Vec<StoredEvent>, LogError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut statement = conn
             .prepare_cached(
                 "SELECT seq, appended_at_ms, body FROM events
@@ -113,7 +194,7 @@ impl Reader {
     pub fn count_after(&self, tenant: &str, after: Seq, limit: u64) -> Result<u64, LogError> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.conn()
+        self.conn()?
             .prepare_cached(
                 "SELECT COUNT(*) FROM
                  (SELECT 1 FROM events WHERE tenant = ?1 AND seq > ?2 LIMIT ?3)",
@@ -127,7 +208,7 @@ impl Reader {
 
     /// See [`EventStore::first_since`](crate::EventStore::first_since).
     pub fn first_since(&self, tenant: &str, at_ms: i64) -> Result<Option<Seq>, LogError> {
-        self.conn()
+        self.conn()?
             .query_row(
                 "SELECT MIN(seq) FROM events WHERE tenant = ?1 AND appended_at_ms >= ?2",
                 params![tenant, at_ms],
@@ -139,7 +220,7 @@ impl Reader {
 
     /// See [`EventStore::head`](crate::EventStore::head).
     pub fn head(&self) -> Result<Seq, LogError> {
-        self.conn()
+        self.conn()?
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
                 row.get::<_, i64>(0)
             })
@@ -149,7 +230,7 @@ impl Reader {
 
     /// See [`CursorStore::cursor`](crate::CursorStore::cursor).
     pub fn cursor(&self, tenant: &str, plugin: &str) -> Result<Option<Seq>, LogError> {
-        self.conn()
+        self.conn()?
             .query_row(
                 "SELECT seq FROM cursors WHERE tenant = ?1 AND plugin = ?2",
                 params![tenant, plugin],
@@ -162,7 +243,7 @@ impl Reader {
 
     /// See [`CursorStore::ahead`](crate::CursorStore::ahead).
     pub fn ahead(&self, tenant: &str, plugin: &str) -> Result<Vec<Seq>, LogError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut statement = conn
             .prepare_cached("SELECT seq FROM ahead WHERE tenant = ?1 AND plugin = ?2 ORDER BY seq")
             .map_err(|e| self.store_error(e))?;
@@ -210,7 +291,7 @@ impl Reader {
         tenant: &str,
         plugin: &str,
     ) -> Result<Vec<DeadLetter>, LogError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut statement = conn.prepare_cached(sql).map_err(|e| self.store_error(e))?;
         let rows = statement
             .query_map(params![tenant, plugin], |row| {
@@ -237,7 +318,7 @@ impl Reader {
 
     /// See [`DeadLetterStore::dead_letter_plugins`](crate::DeadLetterStore::dead_letter_plugins).
     pub fn dead_letter_plugins(&self, tenant: &str) -> Result<Vec<String>, LogError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut statement = conn
             .prepare_cached(
                 "SELECT DISTINCT plugin FROM dead_letters WHERE tenant = ?1 ORDER BY plugin",
@@ -252,7 +333,7 @@ impl Reader {
 
     /// See [`QuarantineStore::quarantines`](crate::QuarantineStore::quarantines).
     pub fn quarantines(&self) -> Result<Vec<Quarantine>, LogError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut statement = conn
             .prepare_cached(
                 "SELECT tenant, plugin, version, since_ms, until_ms FROM quarantines
@@ -281,7 +362,7 @@ impl Reader {
         plugin: &str,
         key: &str,
     ) -> Result<Option<Vec<u8>>, LogError> {
-        self.conn()
+        self.conn()?
             .prepare_cached(
                 "SELECT value FROM state WHERE tenant = ?1 AND plugin = ?2 AND key = ?3",
             )
@@ -313,7 +394,7 @@ impl Reader {
                  AND key < (?4 || CAST(X'FF' AS TEXT))
              ORDER BY key LIMIT ?5"
         );
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut statement = conn.prepare_cached(&sql).map_err(|e| self.store_error(e))?;
         let rows = statement
             .query(params![
@@ -345,7 +426,7 @@ impl Reader {
         before: Option<Seq>,
         limit: ReadLimit,
     ) -> Result<Page<StoredEvent>, LogError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         // Through the partial index events_by_emitter.
         let mut statement = conn
             .prepare_cached(

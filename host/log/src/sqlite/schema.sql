@@ -6,20 +6,34 @@
 -- emitted_by is the plugin of the tenant whose commit appended the event
 -- (NULL for a published event); a file from before the column has it added
 -- when it opens (see `migrate` in mod.rs), NULL for its older events.
+-- dedupe is the published event's ingest key: its (tenant, source, id),
+-- each preceded by its length (see `ingest_key` in mod.rs), unique among
+-- the events, so that an append is one insert and a
+-- duplicate is the insert's conflict. NULL for emitted events (not
+-- de-duplicated), for an event whose key a later copy took over after
+-- the duplicate window, and for events of a file from before the column,
+-- whose keys stay in ingest_keys.
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant TEXT NOT NULL,
     appended_at_ms INTEGER NOT NULL,
     body TEXT NOT NULL,
-    emitted_by TEXT
+    emitted_by TEXT,
+    dedupe BLOB
 );
 CREATE INDEX IF NOT EXISTS events_by_tenant ON events (tenant, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_dedupe ON events (dedupe)
+    WHERE dedupe IS NOT NULL;
 -- A plugin's emitted events, newest first; published events (most of the
 -- log) are not in it.
 CREATE INDEX IF NOT EXISTS events_by_emitter ON events (tenant, emitted_by, seq)
     WHERE emitted_by IS NOT NULL;
--- The position and time of each appended (tenant, source, id): an append
--- of the same key within the duplicate window is a duplicate.
+-- Event ingest keys kept apart from their events: the keys of events
+-- retention deleted within the duplicate window (they must still refuse
+-- a duplicate), and every key of a file from before events.dedupe. An
+-- append of one of these keys within the window is a duplicate; the rows
+-- go once they are older than the window. The writer looks here only
+-- while a row may still be within the window.
 CREATE TABLE IF NOT EXISTS ingest_keys (
     tenant TEXT NOT NULL,
     source TEXT NOT NULL,

@@ -25,6 +25,8 @@ pub(super) struct Counters {
     pub duplicates: AtomicU64,
     pub commits: AtomicU64,
     pub requests: AtomicU64,
+    pub tail_hits: AtomicU64,
+    pub tail_misses: AtomicU64,
 }
 
 /// What the writer thread keeps up to date for the log's readers.

@@ -6,13 +6,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::SqliteLogConfig;
 use super::shared::{DeadLetterChanges, Shared, count_dead_letters};
+use super::tail::TailCache;
 use crate::{
     Appended, Commit, Committed, DeadLetter, LogError, Pruned, QuarantineChange, ReplySender,
-    Retention, Seq, now_ms,
+    Retention, Seq, StoredEvent, now_ms,
 };
 use plugbus_core::event::Event;
 use plugbus_core::state::StateWrite;
@@ -24,6 +25,9 @@ pub(super) enum Request {
         /// Each event's JSON, made by the caller: the writer thread is the
         /// log's bottleneck, so it does nothing another thread can do.
         bodies: Vec<String>,
+        /// Each event's ingest key ([`ingest_key`](super::ingest_key)),
+        /// made by the caller.
+        keys: Vec<Vec<u8>>,
         reply: ReplySender<Vec<Appended>>,
     },
     Commit {
@@ -125,6 +129,27 @@ pub(super) struct Writer {
     /// The file the log opened, as (device, inode): writes into a file
     /// that was removed or replaced since would be lost.
     identity: Option<(u64, u64)>,
+    /// Until when (milliseconds since the Unix epoch) a key in
+    /// `ingest_keys` may still be within the duplicate window, so that an
+    /// append must look there too: its newest key's time plus the window,
+    /// found at open and when another process changed the file, and
+    /// moved on when retention keeps the keys of the events it deletes.
+    keys_apart_until: i64,
+    /// The tail cache the writer fills.
+    tail: Arc<TailCache>,
+    /// The file's `data_version` when the tail cache was last reset or
+    /// found up to date: another process's commit changes it, and the
+    /// cache then starts over.
+    tail_version: i64,
+}
+
+/// What a committed group did to the events, for the tail cache.
+struct Written {
+    /// The log's newest position after the group.
+    head: Seq,
+    /// Whether the group deleted events (retention): the cache starts
+    /// over after it.
+    deleted: bool,
 }
 
 /// How many group commits pass between two deletions of the ingest keys
@@ -138,9 +163,14 @@ impl Writer {
         path: PathBuf,
         config: SqliteLogConfig,
         shared: Arc<Shared>,
+        tail: Arc<TailCache>,
     ) -> Result<Self, rusqlite::Error> {
         let data_version = data_version(&conn)?;
+        let keys_apart_until = keys_apart_until(&conn, &config)?;
         Ok(Self {
+            keys_apart_until,
+            tail,
+            tail_version: data_version,
             identity: file_identity(&path),
             conn,
             path,
@@ -188,6 +218,9 @@ impl Writer {
             self.commit(group);
         }));
         if let Err(panic) = committed {
+            // What the rolled-back group left in the cache's view is not
+            // known: it starts over with the next group.
+            self.tail.invalidate();
             let message = format!("the log writer panicked: {}", panic_message(&*panic));
             self.shared.wrote(&self.path, Some(message));
         }
@@ -200,6 +233,12 @@ impl Writer {
         if self.looked.elapsed() >= Duration::from_secs(1) {
             self.looked = Instant::now();
             self.recount_dead_letters();
+            // Another process wrote to the file: the tail cache may miss
+            // its events, or hold events it deleted. It starts over
+            // with the next group.
+            if data_version(&self.conn).ok() != Some(self.tail_version) {
+                self.tail.invalidate();
+            }
         }
         if !self.shared.health().writable && self.probed.elapsed() >= self.config.probe_interval {
             self.probed = Instant::now();
@@ -215,9 +254,11 @@ impl Writer {
         if let Ok(version) = data_version(&self.conn)
             && version != self.data_version
             && let Ok(depths) = count_dead_letters(&self.conn)
+            && let Ok(until) = keys_apart_until(&self.conn, &self.config)
         {
             self.data_version = version;
             *self.shared.dead_letters() = depths;
+            self.keys_apart_until = until;
         }
     }
 
@@ -269,16 +310,24 @@ impl Writer {
             }
             return;
         }
-        let result = self.apply(&group);
+        let now = now_ms();
+        let result = self.apply(&group, now);
         self.shared
             .wrote(&self.path, result.as_ref().err().map(ToString::to_string));
-        if let Ok((outcomes, changes)) = &result {
+        if let Ok((outcomes, changes, _)) = &result {
             self.shared.add_dead_letters(changes);
             self.count_commit(outcomes);
         }
         self.count_requests(group.len());
         match result {
-            Ok((outcomes, _)) => {
+            Ok((outcomes, _, written)) => {
+                let mut group = group;
+                if written.deleted {
+                    self.tail.reset(written.head);
+                } else {
+                    self.tail
+                        .publish(appended_events(&mut group, &outcomes, now), written.head);
+                }
                 for (request, outcome) in group.into_iter().zip(outcomes) {
                     if let (Request::Commit { commit, .. }, Outcome::Committed(committed)) =
                         (&request, &outcome)
@@ -289,6 +338,9 @@ impl Writer {
                 }
             }
             Err(e) => {
+                // Whether the commit reached the file is not known: the
+                // tail cache starts over with the next group.
+                self.tail.invalidate();
                 tracing::error!(log = %self.path.display(), "event log commit failed: {e}");
                 for request in group {
                     request.fail(self.error(&e));
@@ -360,22 +412,38 @@ impl Writer {
     fn apply(
         &mut self,
         group: &[Request],
-    ) -> Result<(Vec<Outcome>, DeadLetterChanges), rusqlite::Error> {
+        now: i64,
+    ) -> Result<(Vec<Outcome>, DeadLetterChanges, Written), rusqlite::Error> {
         let forget_keys = self.commits_since_prune >= COMMITS_PER_KEY_PRUNE;
-        let tx = self.conn.transaction()?;
+        // Immediate: the write lock is held from here, so that what the
+        // file holds cannot change under the tail cache's check below.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version = data_version(&tx)?;
+        if version != self.tail_version || !self.tail.valid() {
+            // Started (again) at the head as it is now: what the cache
+            // knows from here on is what this writer appends.
+            self.tail.reset(head(&tx)?);
+            self.tail_version = version;
+        }
+        let window_ms = window_ms(&self.config);
         let mut group_tx = GroupTx {
             tx: &tx,
-            now: now_ms(),
-            window_ms: i64::try_from(self.config.duplicate_window.as_millis()).unwrap_or(i64::MAX),
+            now,
+            window_ms,
+            keys_apart: now < self.keys_apart_until,
+            keys_kept: false,
+            deleted: false,
             config: &self.config,
             shared: &self.shared,
             changes: DeadLetterChanges::new(),
             insert_event: tx.prepare_cached(
                 "INSERT INTO events (tenant, appended_at_ms, body, emitted_by) VALUES (?1, ?2, ?3, ?4)",
             )?,
-            insert_key: tx.prepare_cached(
-                "INSERT INTO ingest_keys (tenant, source, id, seq, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (tenant, source, id) DO NOTHING",
+            insert_keyed: tx.prepare_cached(
+                "INSERT INTO events (tenant, appended_at_ms, body, dedupe) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
             )?,
         };
         let outcomes = group
@@ -386,15 +454,82 @@ impl Writer {
             group_tx.forget_ingest_keys()?;
         }
         let changes = std::mem::take(&mut group_tx.changes);
+        let keys_kept = group_tx.keys_kept;
+        let deleted = group_tx.deleted;
         drop(group_tx);
+        let written = Written {
+            head: head(&tx)?,
+            deleted,
+        };
+        if deleted {
+            // No reader may take a deleted event from the cache once the
+            // deletion is visible: forgotten before it commits.
+            self.tail.invalidate();
+        }
         tx.commit()?;
+        if keys_kept {
+            // Retention kept keys of events it deleted, none newer than
+            // now.
+            self.keys_apart_until = self.keys_apart_until.max(now.saturating_add(window_ms));
+        }
         self.commits_since_prune = if forget_keys {
             0
         } else {
             self.commits_since_prune + 1
         };
-        Ok((outcomes, changes))
+        Ok((outcomes, changes, written))
     }
+}
+
+/// The events a committed group stored, with their positions, in position
+/// order, taken out of its requests for the tail cache: the appended
+/// events that were not duplicates, and the commits' emitted events.
+fn appended_events(
+    group: &mut [Request],
+    outcomes: &[Outcome],
+    now: i64,
+) -> Vec<(String, StoredEvent)> {
+    let mut out = Vec::new();
+    let mut stored = |event: Event, body: &String, seq: Seq| {
+        out.push((
+            event.tenant().to_owned(),
+            StoredEvent {
+                seq,
+                appended_at_ms: now,
+                bytes: body.len() as u64,
+                event,
+            },
+        ));
+    };
+    for (request, outcome) in group.iter_mut().zip(outcomes) {
+        match (request, outcome) {
+            (Request::Append { events, bodies, .. }, Outcome::Appended(appended)) => {
+                for ((event, body), appended) in std::mem::take(events)
+                    .into_iter()
+                    .zip(bodies.iter())
+                    .zip(appended)
+                {
+                    if !appended.duplicate {
+                        stored(event, body, appended.seq);
+                    }
+                }
+            }
+            (Request::Commit { commit, bodies, .. }, Outcome::Committed(committed)) => {
+                for ((event, body), seq) in std::mem::take(&mut commit.emitted)
+                    .into_iter()
+                    .zip(bodies.iter())
+                    .zip(&committed.emitted)
+                {
+                    stored(event, body, *seq);
+                }
+            }
+            _ => {}
+        }
+    }
+    // In the order of the inserts already; sorted all the same, so that
+    // the cache is never handed a position out of order.
+    out.sort_by_key(|(_, stored)| stored.seq);
+    out
 }
 
 /// One group's transaction, and what it has changed so far in the dead
@@ -405,13 +540,20 @@ struct GroupTx<'a> {
     now: i64,
     /// The duplicate window, in milliseconds.
     window_ms: i64,
+    /// Whether `ingest_keys` may hold a key within the window: an append
+    /// must look there too.
+    keys_apart: bool,
+    /// Whether retention moved keys into `ingest_keys` in this group.
+    keys_kept: bool,
+    /// Whether retention deleted events in this group.
+    deleted: bool,
     config: &'a SqliteLogConfig,
     shared: &'a Shared,
     changes: DeadLetterChanges,
-    /// The statements of the common case, a new event, prepared once
-    /// for the group.
+    /// The statements of the common cases, a new event emitted or
+    /// published, prepared once for the group.
     insert_event: rusqlite::CachedStatement<'a>,
-    insert_key: rusqlite::CachedStatement<'a>,
+    insert_keyed: rusqlite::CachedStatement<'a>,
 }
 
 /// A position as SQLite stores it.
@@ -422,9 +564,12 @@ fn sql_seq(seq: Seq) -> i64 {
 impl GroupTx<'_> {
     fn apply(&mut self, request: &Request) -> Result<Outcome, rusqlite::Error> {
         Ok(match request {
-            Request::Append { events, bodies, .. } => {
-                Outcome::Appended(self.append(events, bodies)?)
-            }
+            Request::Append {
+                events,
+                bodies,
+                keys,
+                ..
+            } => Outcome::Appended(self.append(events, bodies, keys)?),
             Request::Commit { commit, bodies, .. } => {
                 Outcome::Committed(self.commit(commit, bodies)?)
             }
@@ -443,7 +588,13 @@ impl GroupTx<'_> {
             Request::Quarantine { change, .. } => Outcome::Found(self.quarantine(change)?),
             Request::Prune {
                 retention, live, ..
-            } => Outcome::Pruned(super::retention::prune(self.tx, self.now, retention, live)?),
+            } => {
+                let pruned =
+                    super::retention::prune(self.tx, self.now, self.window_ms, retention, live)?;
+                self.keys_kept |= pruned.keys_kept;
+                self.deleted |= pruned.pruned.deleted > 0;
+                Outcome::Pruned(pruned.pruned)
+            }
             Request::State {
                 tenant,
                 plugin,
@@ -460,55 +611,86 @@ impl GroupTx<'_> {
         &mut self,
         events: &[Event],
         bodies: &[String],
+        keys: &[Vec<u8>],
     ) -> Result<Vec<Appended>, rusqlite::Error> {
         events
             .iter()
             .zip(bodies)
-            .map(|(event, body)| self.append_one(event, body))
+            .zip(keys)
+            .map(|((event, body), key)| self.append_one(event, body, key))
             .collect()
     }
 
     /// Stores one event unless its key was appended within the duplicate
-    /// window. The common case, a new event, takes two statements: the
-    /// event, then its key.
-    fn append_one(&mut self, event: &Event, body: &str) -> Result<Appended, rusqlite::Error> {
-        let seq = self.put_event(event, body, None)?;
-        let claimed = self.insert_key.execute(params![
-            event.tenant(),
-            event.source(),
-            event.id(),
-            seq,
-            self.now
-        ])?;
-        if claimed == 0 {
+    /// window. The common case, a new event, is one insert: the event with
+    /// its key, under the unique index `events_by_dedupe`; a duplicate is
+    /// that insert's conflict. Keys kept apart from their events
+    /// (`ingest_keys`) are looked at only while one may be in the window.
+    fn append_one(
+        &mut self,
+        event: &Event,
+        body: &str,
+        key: &[u8],
+    ) -> Result<Appended, rusqlite::Error> {
+        let tenant = event.tenant();
+        if self
+            .insert_keyed
+            .execute(params![tenant, self.now, body, key])?
+            == 0
+        {
+            // The key is on a stored event: a duplicate within the
+            // window; else that event gives its key up to this copy.
             let (earlier, at) = self
                 .tx
-                .prepare_cached(
-                    "SELECT seq, at_ms FROM ingest_keys WHERE tenant = ?1 AND source = ?2 AND id = ?3",
-                )?
-                .query_row(params![event.tenant(), event.source(), event.id()], |row| {
+                .prepare_cached("SELECT seq, appended_at_ms FROM events WHERE dedupe = ?1")?
+                .query_row(params![key], |row| {
                     Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
                 })?;
             if self.now.saturating_sub(at) < self.window_ms {
-                self.tx
-                    .prepare_cached("DELETE FROM events WHERE seq = ?1")?
-                    .execute(params![seq])?;
                 return Ok(Appended {
                     seq: earlier as Seq,
                     duplicate: true,
                 });
             }
             self.tx
-                .prepare_cached(
-                    "INSERT INTO ingest_keys (tenant, source, id, seq, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (tenant, source, id) DO UPDATE SET seq = excluded.seq, at_ms = excluded.at_ms",
-                )?
-                .execute(params![event.tenant(), event.source(), event.id(), seq, self.now])?;
+                .prepare_cached("UPDATE events SET dedupe = NULL WHERE seq = ?1")?
+                .execute(params![earlier])?;
+            self.insert_keyed
+                .execute(params![tenant, self.now, body, key])?;
+        }
+        let seq = self.tx.last_insert_rowid();
+        if self.keys_apart
+            && let Some(earlier) = self.key_apart(event)?
+        {
+            self.tx
+                .prepare_cached("DELETE FROM events WHERE seq = ?1")?
+                .execute(params![seq])?;
+            return Ok(Appended {
+                seq: earlier,
+                duplicate: true,
+            });
         }
         Ok(Appended {
             seq: seq as Seq,
             duplicate: false,
         })
+    }
+
+    /// The position of the earlier copy of `event` whose key is kept in
+    /// `ingest_keys` within the duplicate window, if there is one.
+    fn key_apart(&self, event: &Event) -> Result<Option<Seq>, rusqlite::Error> {
+        let found = self
+            .tx
+            .prepare_cached(
+                "SELECT seq, at_ms FROM ingest_keys WHERE tenant = ?1 AND source = ?2 AND id = ?3",
+            )?
+            .query_row(params![event.tenant(), event.source(), event.id()], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+            })
+            .optional()?;
+        Ok(found
+            .filter(|&(_, at)| self.now.saturating_sub(at) < self.window_ms)
+            .map(|(seq, _)| seq as Seq))
     }
 
     /// Stores an event, emitted by the plugin `emitted_by` of its tenant
@@ -841,6 +1023,32 @@ pub(super) fn file_identity(path: &Path) -> Option<(u64, u64)> {
         let _ = metadata;
         Some((0, 0))
     }
+}
+
+/// The duplicate window, in milliseconds.
+fn window_ms(config: &SqliteLogConfig) -> i64 {
+    i64::try_from(config.duplicate_window.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Until when a key in `ingest_keys` may be within the duplicate window:
+/// its newest key's time plus the window (`i64::MIN` when it is empty).
+fn keys_apart_until(conn: &Connection, config: &SqliteLogConfig) -> Result<i64, rusqlite::Error> {
+    let newest: Option<i64> =
+        conn.query_row("SELECT MAX(at_ms) FROM ingest_keys", [], |row| row.get(0))?;
+    Ok(newest.map_or(i64::MIN, |at| at.saturating_add(window_ms(config))))
+}
+
+/// The newest position the log has given (0 for a new log): what
+/// AUTOINCREMENT counts from, whether or not that event is still there.
+fn head(conn: &Connection) -> Result<Seq, rusqlite::Error> {
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(seq.map_or(0, |s| Seq::try_from(s).unwrap_or(0)))
 }
 
 /// The file's `PRAGMA data_version` as `conn` sees it.
