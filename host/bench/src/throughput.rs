@@ -374,7 +374,7 @@ struct PeerLine {
 
 /// The figure of `row` in a child's standard output.
 pub(crate) fn parse(row: RowId, stdout: &str) -> anyhow::Result<Figure> {
-    let lines = stdout.lines().filter(|l| l.trim_start().starts_with('{'));
+    let mut lines = stdout.lines().filter(|l| l.trim_start().starts_with('{'));
     match row {
         RowId::Reload => {
             for line in lines {
@@ -391,7 +391,9 @@ pub(crate) fn parse(row: RowId, stdout: &str) -> anyhow::Result<Figure> {
             bail!("no line of bench-reload's output has the cache-hit swap case")
         }
         RowId::PeerSingle | RowId::PeerBatched => {
-            let line = lines.last().context("bench-sqlite-peer printed no row")?;
+            let line = lines
+                .next_back()
+                .context("bench-sqlite-peer printed no row")?;
             let r: PeerLine =
                 serde_json::from_str(line).context("cannot read bench-sqlite-peer's row")?;
             Ok(Figure {
@@ -401,7 +403,7 @@ pub(crate) fn parse(row: RowId, stdout: &str) -> anyhow::Result<Figure> {
             })
         }
         _ => {
-            let line = lines.last().context("bench printed no row")?;
+            let line = lines.next_back().context("bench printed no row")?;
             let r: BenchLine = serde_json::from_str(line).context("cannot read bench's row")?;
             if r.failed > 0 {
                 bail!("{} deliveries failed", r.failed);
