@@ -34,6 +34,10 @@ commands:
                    run `plugbus-bench bench-nats` (release build) on the noop fixture: issue 15's tables
                    (SQLite beside NATS, JetStream alone, 1-3 host processes) in one run; installs the
                    pinned nats-server like `test`; ARGS go to it
+  bench-throughput [ARGS...]
+                   run `plugbus-bench bench-throughput` (release build) on the noop fixture: issue 16's
+                   table in one run (add --before BIN to compare with an older plugbus-bench); ARGS go
+                   to it
   bench-noisy [ARGS...]
                    run `plugbus-bench bench-noisy` (release build): the noop fixture beside the hostile and
                    sleeper fixtures; ARGS go to it
@@ -81,6 +85,11 @@ fn main() -> ExitCode {
                 &env,
             )
         }),
+        Some("bench-throughput") => release_bench(
+            "bench-throughput",
+            &[("--plugin", plugbus_artifacts::FIXTURE_NOOP)],
+            &args[1..],
+        ),
         Some("bench-noisy") => release_bench(
             "bench-noisy",
             &[

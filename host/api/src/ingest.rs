@@ -150,8 +150,11 @@ async fn read_events(
 /// they are durable.
 async fn store(api: Arc<Api>, tenant: String, events: Vec<Event>) -> Result<Response, ApiError> {
     let count = events.len();
+    // The answer names each event by its id; the events themselves go to
+    // the log whole, in one append (no copy of the batch kept here).
+    let ids: Vec<String> = events.iter().map(|e| e.id().to_owned()).collect();
     let started = std::time::Instant::now();
-    let appended = match api.bus.publish(events.clone()).await {
+    let appended = match api.bus.publish(events).await {
         Ok(appended) => appended,
         // An event larger than the log stores (a NATS server's
         // `max_payload`): refused whole before anything was stored.
@@ -197,11 +200,11 @@ async fn store(api: Arc<Api>, tenant: String, events: Vec<Event>) -> Result<Resp
         metrics::counter!("plugbus_duplicate_events_total", "tenant" => tenant.clone())
             .increment(duplicates);
     }
-    let accepted = events
-        .iter()
+    let accepted = ids
+        .into_iter()
         .zip(&appended)
-        .map(|(event, a)| Accepted {
-            id: event.id().to_owned(),
+        .map(|(id, a)| Accepted {
+            id,
             seq: a.seq,
             duplicate: a.duplicate,
         })

@@ -56,6 +56,16 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000), requires = "durable")]
     pub(crate) batch: u64,
 
+    /// With --durable: start publishes at this steady rate (events/s, a
+    /// publish of --batch events taking that many), at most --concurrency
+    /// in flight: a token bucket on the publisher's side, so that the
+    /// latency is measured at a load below the host's maximum. Tokens
+    /// missed while every slot was in flight are spent at once (the
+    /// arrivals keep their rate). Without it, each publish starts as soon
+    /// as a slot is free.
+    #[arg(long, value_name = "EVENTS_PER_S", value_parser = clap::value_parser!(u64).range(1..=100_000_000), requires = "durable")]
+    pub(crate) rate: Option<u64>,
+
     /// With --durable: answer publishes once the OS has the log's writes,
     /// without fsync, to measure what durability costs.
     #[arg(long, requires = "durable")]
@@ -482,10 +492,18 @@ async fn run_durable(
         .as_ref()
         .and_then(|s| crate::jetstream::process_cpu(s.pid()));
     let cpu = cpu_time::ProcessTime::try_now().context("cannot read the process's CPU time")?;
+    // The token bucket of --rate: one tick per publish.
+    let pacer = args.rate.map(|rate| {
+        let period = Duration::from_secs_f64(args.batch as f64 / rate as f64);
+        tokio::sync::Mutex::new(tokio::time::interval(period))
+    });
     let wall = Instant::now();
-    let (bus_ref, names_ref, front_ref) = (&bus, &names, &front);
+    let (bus_ref, names_ref, front_ref, pacer_ref) = (&bus, &names, &front, &pacer);
     let mut acks = futures::stream::iter((0..args.events).step_by(args.batch as usize))
         .map(|first| async move {
+            if let Some(pacer) = pacer_ref {
+                pacer.lock().await.tick().await;
+            }
             let tenant = &names_ref[(first / args.batch) as usize % names_ref.len()];
             let events: Vec<Event> = (first..(first + args.batch).min(args.events))
                 .map(|i| event(tenant, i, args.payload as usize))
@@ -742,6 +760,12 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
                 } else {
                     "one event".to_owned()
                 }
+            )
+        } else if let Some(rate) = args.rate {
+            format!(
+                "through the durable log{}, {} per publish started at {rate} events/s (latency: to the acknowledgement)",
+                if args.no_fsync { " WITHOUT fsync" } else { "" },
+                args.batch
             )
         } else if args.no_fsync {
             "through the durable log WITHOUT fsync (latency: to the acknowledgement)".to_owned()

@@ -1,6 +1,7 @@
 //! `plugbus-bench`: plugbus's load generators, kept out of the production
 //! `plugbus` binary. Each drives a host in this process and prints a table;
-//! `cargo xtask bench`, `bench-reload` and `bench-noisy` run them in a
+//! `cargo xtask bench`, `bench-reload`, `bench-noisy` and
+//! `bench-throughput` run them in a
 //! release build, and BENCHMARKS.md says how each table was made.
 
 mod bench;
@@ -9,6 +10,8 @@ mod jetstream;
 mod matrix;
 mod noisy;
 mod reload_bench;
+mod sqlite_peer;
+mod throughput;
 
 use std::process::ExitCode;
 
@@ -64,6 +67,21 @@ enum Command {
     /// JetStream alone.
     BenchNats(matrix::MatrixArgs),
 
+    /// Issue 16's benchmark in one run: every row of its table (the
+    /// durable log with 1, 100 and 1,000 tenants, ack p99 at half those
+    /// loads, HTTP single and batched, in memory, a hot swap every second,
+    /// and SQLite alone as the peer), each measured by running a
+    /// plugbus-bench binary as a child; with --before, alternating with an
+    /// older build, before and after side by side. Prints a markdown table.
+    BenchThroughput(throughput::ThroughputArgs),
+
+    /// SQLite alone, with no plugbus: the events `bench --durable`
+    /// publishes, inserted by one producer (one event or a batch per
+    /// transaction) and read after a cursor by one consumer that writes its
+    /// cursor per read, WAL mode with synchronous=FULL. Reports events/s and
+    /// CPU per event: the floor of what the embedded store allows.
+    BenchSqlitePeer(sqlite_peer::PeerArgs),
+
     /// One host of `bench --durable --nats --hosts N`, driven by it over
     /// stdin and stdout.
     #[command(hide = true)]
@@ -86,6 +104,8 @@ fn main() -> ExitCode {
         | Command::BenchNoisy(_)
         | Command::BenchJetstream(_)
         | Command::BenchNats(_)
+        | Command::BenchThroughput(_)
+        | Command::BenchSqlitePeer(_)
         | Command::BenchHost(_) => None,
     };
     let otlp = match otlp.transpose() {
@@ -128,6 +148,8 @@ fn main() -> ExitCode {
             Command::BenchNoisy(args) => noisy::run(args).await,
             Command::BenchJetstream(args) => jetstream::run(args).await,
             Command::BenchNats(args) => matrix::run(args).await,
+            Command::BenchThroughput(args) => throughput::run(args).await,
+            Command::BenchSqlitePeer(args) => sqlite_peer::run(args).await,
             Command::BenchHost(args) => hosts::serve(args).await,
         }
     });

@@ -76,6 +76,7 @@ pub async fn run(args: MatrixArgs) -> anyhow::Result<std::process::ExitCode> {
             json: false,
             durable: true,
             batch,
+            rate: None,
             no_fsync: false,
             http: false,
             nats,
@@ -246,7 +247,7 @@ fn print_tables(lines: &[Line], events: u64, batch: u64, concurrency: u32, paylo
 }
 
 /// The first three fields of /proc/loadavg.
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".to_owned())

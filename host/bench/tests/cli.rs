@@ -173,3 +173,98 @@ fn bench_runs_over_http() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--durable"), "{stderr}");
 }
+
+/// `bench --durable --rate` paces its publishes and still delivers every
+/// event, one at a time and in batches.
+#[test]
+fn bench_paces_publishes_at_a_rate() {
+    for batch in ["1", "10"] {
+        let (code, rows, stderr) = run_bench(&[
+            "bench",
+            "--plugin",
+            artifacts::FIXTURE_NOOP,
+            "--events",
+            "300",
+            "--json",
+            "--durable",
+            "--rate",
+            "2000",
+            "--batch",
+            batch,
+            "--scenario",
+            "one-plugin",
+        ]);
+        assert_eq!(code, 0, "batch {batch}: {stderr}");
+        assert_eq!(rows[0]["deliveries"], 300, "{stderr}");
+        assert_eq!(rows[0]["failed"], 0);
+    }
+    // --rate paces the durable path only.
+    let (code, _, stderr) =
+        run_bench(&["bench", "--plugin", artifacts::FIXTURE_NOOP, "--rate", "10"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--durable"), "{stderr}");
+}
+
+/// `bench-sqlite-peer` reports both rows.
+#[test]
+fn bench_sqlite_peer_reports_single_and_batched() {
+    let (code, rows, stderr) = run_bench(&[
+        "bench-sqlite-peer",
+        "--events",
+        "500",
+        "--single-events",
+        "50",
+        "--batch",
+        "20",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["mode"], "single");
+    assert_eq!(rows[0]["events"], 50);
+    assert_eq!(rows[1]["mode"], "batched");
+    assert_eq!(rows[1]["batch"], 20);
+    for row in &rows {
+        assert!(row["events_per_s"].as_f64() > Some(0.0), "{row}");
+    }
+}
+
+/// `bench-throughput` runs its rows as children of a plugbus-bench binary
+/// (here this one, as before and as after) and prints the table, with an
+/// ack row's pacing taken from its throughput row.
+#[test]
+fn bench_throughput_prints_the_table() {
+    let output = Command::new(env!("CARGO_BIN_EXE_plugbus-bench"))
+        .args([
+            "bench-throughput",
+            "--plugin",
+            artifacts::FIXTURE_NOOP,
+            "--before",
+            env!("CARGO_BIN_EXE_plugbus-bench"),
+            "--runs",
+            "1",
+            "--rows",
+            "ack1,memory,peer-batched",
+            "--durable-events",
+            "400",
+            "--memory-events",
+            "300",
+            "--peer-events",
+            "300",
+        ])
+        .output()
+        .expect("run plugbus-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    for row in [
+        "| 1 plugin, durable | ≥ 150,000 |",
+        "| ack p99 at half load: 1 plugin | < 10 ms |",
+        "| in-memory publish, 1 plugin, batched | ≥ 1,000,000 |",
+        "| peer: SQLite alone, 100 events per transaction | (floor) |",
+    ] {
+        assert!(stdout.contains(row), "{row} in {stdout}");
+    }
+    assert!(stdout.contains("after ÷ before"), "{stdout}");
+    assert!(stderr.contains("--rate"), "the ack row is paced: {stderr}");
+}

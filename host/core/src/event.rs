@@ -1037,6 +1037,18 @@ mod tests {
     }
 
     /// The result every entry point agrees on.
+    /// [`every_json_entry`] for text that may not be JSON at all: the
+    /// entry points that take text (a batch only when its text is one).
+    fn every_json_entry_of_text(text: &str) -> Vec<(&'static str, Result<Event, EventError>)> {
+        vec![
+            ("from_json", Event::from_json(text)),
+            (
+                "structured",
+                Event::from_structured(text.as_bytes(), TENANT),
+            ),
+        ]
+    }
+
     fn agreed(doc: &str) -> Result<Event, EventError> {
         let mut results = every_json_entry(doc).into_iter();
         let (_, first) = results.next().expect("from_json");
@@ -1198,6 +1210,58 @@ mod tests {
         // Inside the payload, JSON is the plugin's business: kept as is.
         let event = agreed(&doc(r#","data":{"a":1,"a":2}"#)).expect("valid");
         assert_eq!(event.data, br#"{"a":1,"a":2}"#);
+    }
+
+    /// The members are checked in a fixed order whatever order they come
+    /// in: a repeated name first (the one repeated earliest in the text),
+    /// an escaped name is the name it decodes to, and a member that is
+    /// neither a known attribute nor a valid extension is named.
+    #[test]
+    fn json_members_are_checked_in_a_fixed_order() {
+        // Two names repeated: the one whose second appearance comes first.
+        let two = doc(r#","b":"1","a":"1","a":"2","b":"2""#);
+        assert_eq!(refused_for(agreed(&two)), "a");
+        let two = doc(r#","b":"1","a":"1","b":"2","a":"2""#);
+        assert_eq!(refused_for(agreed(&two)), "b");
+        // A repeat is refused before a wrong type elsewhere.
+        let both = doc(r#","subject":7,"k":"1","k":"2""#);
+        assert_eq!(refused_for(agreed(&both)), "k");
+        // An escaped name is its decoded name: "i\u0064" is "id", given twice.
+        let escaped = doc(r#","i\u0064":"e-2""#);
+        assert_eq!(refused_for(agreed(&escaped)), "id");
+        // Extensions are refused by name order, not text order.
+        let bad = doc(r#","zz":[1],"aa":{"x":1}"#);
+        assert_eq!(refused_for(agreed(&bad)), "aa");
+        // Context attributes before extensions, whatever the text order.
+        let bad = doc(r#","aa":[1],"subject":7"#);
+        assert_eq!(refused_for(agreed(&bad)), "subject");
+        // Truncated, or not JSON at all.
+        for text in [r#"{"specversion":"1.0","id":"#, "{", "", "{\"a\"}"] {
+            for (entry, result) in every_json_entry_of_text(text) {
+                assert!(
+                    matches!(result, Err(EventError::Json(_))),
+                    "{entry}: {text}: {result:?}"
+                );
+            }
+        }
+        // Not UTF-8.
+        assert!(matches!(
+            Event::from_structured(b"{\"id\":\"\xff\"}", TENANT),
+            Err(EventError::Json(_))
+        ));
+    }
+
+    /// A hostile object with a great many members, or a great many
+    /// repeats, is refused by name (in O(n log n)), not accepted.
+    #[test]
+    fn an_object_with_many_members_is_refused() {
+        let many: String = (0..20_000).map(|i| format!(r#","x{i}":"v""#)).collect();
+        assert!(matches!(
+            agreed(&doc(&many)),
+            Err(EventError::Invalid { .. })
+        ));
+        let repeats: String = (0..20_000).map(|_| r#","x":"v""#).collect();
+        assert_eq!(refused_for(agreed(&doc(&repeats))), "x");
     }
 
     /// The JSON format takes the tenant from its attribute; HTTP from the

@@ -2,8 +2,7 @@
 //! The one JSON parser behind [`Event::from_json`],
 //! [`Event::from_json_value`] and the HTTP structured and batch modes.
 
-use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
+use std::borrow::Cow;
 use std::fmt;
 
 use base64::Engine as _;
@@ -26,22 +25,44 @@ pub(super) fn parse(text: &str, tenant: TenantOf<'_>) -> Result<Event, EventErro
         }
         _ => EventError::Json(e.to_string()),
     })?;
-    if let Some(name) = members.duplicate {
-        return Err(EventError::invalid(
-            &name,
-            "is given twice; each attribute may appear once in an event",
-        )
-        .at(Origin::Member(name)));
-    }
-    decode(members.by_name)?.into_event(tenant)
+    decode(members)?.into_event(tenant)
 }
 
-/// The members of one JSON object by name, each as its JSON text: no tree
-/// of the whole event, and a JSON payload is copied as it was written.
+/// The members of one JSON object in the order given, each as its name
+/// (borrowed from the text unless it has escapes) and its JSON text: no
+/// tree of the event, no map, and a JSON payload is copied once, as it was
+/// written.
 struct Members<'a> {
-    by_name: BTreeMap<String, &'a RawValue>,
-    /// The first name the object gives more than once.
-    duplicate: Option<String>,
+    entries: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+/// A member's name, borrowed from the text when it can be.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = Name<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor)
+    }
 }
 
 impl<'de> Deserialize<'de> for Members<'de> {
@@ -55,45 +76,97 @@ impl<'de> Deserialize<'de> for Members<'de> {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                let mut members = Members {
-                    by_name: BTreeMap::new(),
-                    duplicate: None,
-                };
-                while let Some((name, value)) = map.next_entry::<String, &'de RawValue>()? {
-                    match members.by_name.entry(name) {
-                        Entry::Vacant(slot) => {
-                            slot.insert(value);
-                        }
-                        Entry::Occupied(slot) => {
-                            members.duplicate.get_or_insert_with(|| slot.key().clone());
-                        }
-                    }
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(12).min(64));
+                while let Some((Name(name), value)) =
+                    map.next_entry::<Name<'de>, &'de RawValue>()?
+                {
+                    entries.push((name, value));
                 }
-                Ok(members)
+                Ok(Members { entries })
             }
         }
         deserializer.deserialize_map(ObjectVisitor)
     }
 }
 
-/// The attributes, payload and extensions of one JSON object.
-fn decode(mut members: BTreeMap<String, &RawValue>) -> Result<Draft, EventError> {
+/// The members a CloudEvent in JSON format gives meaning to; every other
+/// member is an extension attribute.
+const KNOWN: [&str; 11] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    TENANT_EXTENSION,
+    "data_base64",
+    "data",
+];
+
+/// The attributes, payload and extensions of one JSON object, checked in
+/// a fixed order whatever the order of the members: a name given twice
+/// first (the one whose second appearance comes first), then
+/// `specversion`, the context attributes, the payload, and the extension
+/// attributes by name.
+fn decode(members: Members<'_>) -> Result<Draft, EventError> {
+    let entries = members.entries;
+    // The entries by name, then position: O(n log n) whatever a sender
+    // puts in one object.
+    let mut by_name: Vec<usize> = (0..entries.len()).collect();
+    by_name.sort_by(|a, b| entries[*a].0.cmp(&entries[*b].0).then(a.cmp(b)));
+    let duplicate = by_name
+        .windows(2)
+        .filter(|pair| entries[pair[0]].0 == entries[pair[1]].0)
+        .map(|pair| pair[1])
+        .min();
+    if let Some(at) = duplicate {
+        let name = entries[at].0.as_ref();
+        return Err(EventError::invalid(
+            name,
+            "is given twice; each attribute may appear once in an event",
+        )
+        .at(Origin::Member(name.to_owned())));
+    }
+    let mut known: [Option<&RawValue>; KNOWN.len()] = [None; KNOWN.len()];
+    let mut extensions = Vec::new();
+    for &i in &by_name {
+        let (name, raw) = &entries[i];
+        match KNOWN.iter().position(|k| *k == name.as_ref()) {
+            Some(slot) => known[slot] = Some(*raw),
+            None => extensions.push((name, *raw)),
+        }
+    }
+    let [
+        specversion,
+        id,
+        source,
+        ty,
+        subject,
+        time,
+        datacontenttype,
+        dataschema,
+        tenant,
+        data_base64,
+        data,
+    ] = known;
     check_specversion(
-        take_string(&mut members, "specversion")?,
+        string(specversion, "specversion")?,
         Origin::Member("specversion".to_owned()),
     )?;
     let mut draft = Draft {
-        id: take_string(&mut members, "id")?,
-        source: take_string(&mut members, "source")?,
-        ty: take_string(&mut members, "type")?,
-        subject: take_string(&mut members, "subject")?,
-        time: take_string(&mut members, "time")?,
-        datacontenttype: take_string(&mut members, "datacontenttype")?,
-        dataschema: take_string(&mut members, "dataschema")?,
-        tenant: take_string(&mut members, TENANT_EXTENSION)?,
+        id: string(id, "id")?,
+        source: string(source, "source")?,
+        ty: string(ty, "type")?,
+        subject: string(subject, "subject")?,
+        time: string(time, "time")?,
+        datacontenttype: string(datacontenttype, "datacontenttype")?,
+        dataschema: string(dataschema, "dataschema")?,
+        tenant: string(tenant, TENANT_EXTENSION)?,
         ..Draft::default()
     };
-    let data_base64 = take_string(&mut members, "data_base64")?;
+    let data_base64 = string(data_base64, "data_base64")?;
     draft.format = Format::Json {
         payload: if data_base64.is_some() {
             "data_base64"
@@ -101,27 +174,20 @@ fn decode(mut members: BTreeMap<String, &RawValue>) -> Result<Draft, EventError>
             "data"
         },
     };
-    draft.data = payload(
-        members.remove("data"),
-        data_base64,
-        draft.datacontenttype.as_deref(),
-    )
-    .map_err(|e| e.at(Origin::Member("data_base64".to_owned())))?;
-    for (name, raw) in members {
-        let value = extension(&name, raw).map_err(|e| e.at(Origin::Member(name.clone())))?;
+    draft.data = payload(data, data_base64, draft.datacontenttype.as_deref())
+        .map_err(|e| e.at(Origin::Member("data_base64".to_owned())))?;
+    for (name, raw) in extensions {
+        let value = extension(name, raw).map_err(|e| e.at(Origin::Member(name.to_string())))?;
         if let Some(value) = value {
-            draft.extensions.insert(name, value);
+            draft.extensions.insert(name.to_string(), value);
         }
     }
     Ok(draft)
 }
 
-/// Removes a String attribute; `null` is unset.
-fn take_string(
-    members: &mut BTreeMap<String, &RawValue>,
-    name: &'static str,
-) -> Result<Option<String>, EventError> {
-    match members.remove(name) {
+/// A String attribute given as `raw`; `null` is unset.
+fn string(raw: Option<&RawValue>, name: &'static str) -> Result<Option<String>, EventError> {
+    match raw {
         None => Ok(None),
         Some(raw) => serde_json::from_str::<Option<String>>(raw.get()).map_err(|_| {
             EventError::invalid(name, "must be a string").at(Origin::Member(name.to_owned()))
