@@ -26,6 +26,8 @@ impl Reader {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_secs(10))?;
+        // Else SQLite 3.54 recompiles every cached `LIMIT ?n` query each time it is bound (its plan may depend on the value).
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         Ok(Self {
             path: path.to_owned(),
             conn: Mutex::new(conn),
