@@ -175,7 +175,7 @@ impl DurableBus {
         self.inner.appending(&duplicates, false);
         let woken: std::collections::BTreeSet<&str> = count.keys().map(|(t, _)| *t).collect();
         for tenant in woken {
-            self.inner.notify(tenant).notify_waiters();
+            self.inner.appends(tenant).appended();
         }
         Ok(appended)
     }

@@ -53,8 +53,8 @@ pub(crate) struct Inner {
     pub(crate) host: Arc<Host>,
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) config: DurableConfig,
-    /// Woken when events of the tenant are appended.
-    pub(crate) tenants: Mutex<HashMap<String, Arc<Notify>>>,
+    /// By tenant, the appends of its events through this bus.
+    pub(crate) tenants: Mutex<HashMap<String, Arc<Appends>>>,
     /// The running consumers' supervisors, by (tenant, plugin, partition).
     pub(crate) consumers: Mutex<HashMap<PartKey, tokio::task::JoinHandle<()>>>,
     /// The running consumers' gauges, by tenant, then (plugin, partition).
@@ -73,6 +73,35 @@ pub(crate) struct Inner {
     pub(crate) failures: Mutex<failures::Failures>,
     /// The consumers' leases.
     pub(crate) leases: crate::lease::Leases,
+}
+
+/// The appends of a tenant's events through this bus (publishes, and
+/// events its plugins emit), counted, each of them waking the tenant's
+/// consumers.
+#[derive(Debug, Default)]
+pub(crate) struct Appends {
+    count: AtomicU64,
+    woken: Notify,
+}
+
+impl Appends {
+    /// Events of the tenant were appended (they are in the log now):
+    /// counted, then the consumers waiting are woken.
+    pub(crate) fn appended(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.woken.notify_waiters();
+    }
+
+    /// How many appends there were so far: a read of the log that begins
+    /// after this is taken sees every event they appended.
+    pub(crate) fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Wakes at the next append (once enabled or polled).
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.woken.notified()
+    }
 }
 
 /// A plugin by (tenant, name).
@@ -102,7 +131,8 @@ impl Inner {
         }
     }
 
-    pub(crate) fn notify(&self, tenant: &str) -> Arc<Notify> {
+    /// The appends of `tenant`'s events through this bus.
+    pub(crate) fn appends(&self, tenant: &str) -> Arc<Appends> {
         self.tenants
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

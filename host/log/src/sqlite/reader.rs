@@ -27,7 +27,10 @@ impl Reader {
         )?;
         conn.busy_timeout(Duration::from_secs(10))?;
         // Else SQLite 3.54 recompiles every cached `LIMIT ?n` query each time it is bound (its plan may depend on the value).
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         Ok(Self {
             path: path.to_owned(),
             conn: Mutex::new(conn),
