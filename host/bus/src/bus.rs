@@ -106,6 +106,7 @@ impl DurableBus {
             quarantined: Mutex::new(HashMap::new()),
             failures: Mutex::new(failures::Failures::new(RECENT_FAILURES)),
             leases,
+            dead_letters: Mutex::new(None),
         });
         let observer = inner.deliveries.subscribe();
         let reload_events = inner.host.reload_events();

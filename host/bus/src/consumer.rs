@@ -452,6 +452,9 @@ impl Consumer {
             return Ok(Step::Go);
         }
         run.redrives_checked = Some(std::time::Instant::now());
+        if !self.inner.may_have_redrives(&self.tenant, &self.plugin) {
+            return Ok(Step::Go);
+        }
         let log = self.inner.log.clone();
         let (tenant, name) = (self.tenant.clone(), self.plugin.clone());
         let (partition, partitions) = (self.partition, self.inner.partitions);
@@ -1214,6 +1217,7 @@ mod tests {
             )),
             leases,
             partitions: 1,
+            dead_letters: Mutex::new(None),
         });
         let key = ("acme".to_owned(), "p".to_owned(), 0);
         (Consumer::new(&inner, &key, Arc::default()), log)

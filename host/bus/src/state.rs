@@ -13,7 +13,7 @@ use crate::config::DurableConfig;
 use crate::failures;
 use crate::read_ahead::ReadAhead;
 use crate::task::Task;
-use plugbus_log::{EventLog, Partition, Quarantine};
+use plugbus_log::{DeadLetterDepths, EventLog, Partition, Quarantine};
 use plugbus_runtime::Delivery;
 use plugbus_runtime::host::Host;
 
@@ -73,7 +73,13 @@ pub(crate) struct Inner {
     pub(crate) failures: Mutex<failures::Failures>,
     /// The consumers' leases.
     pub(crate) leases: crate::lease::Leases,
+    /// The plugins with dead letters as the log counted them lately, and
+    /// when it was asked (see [`Inner::may_have_redrives`]).
+    pub(crate) dead_letters: Mutex<Option<(std::time::Instant, Arc<DeadLetterDepths>)>>,
 }
+
+/// How old the dead-letter counts consumers look at may be.
+const DEAD_LETTERS_FRESH: Duration = Duration::from_millis(250);
 
 /// The appends of a tenant's events through this bus (publishes, and
 /// events its plugins emit), counted, each of them waking the tenant's
@@ -129,6 +135,36 @@ impl Inner {
                 let _ = self.deliveries.send(delivery.clone());
             }
         }
+    }
+
+    /// Whether `plugin` of `tenant` may have dead letters to redrive: on a
+    /// log one host has alone, only a plugin with dead letters, as the log
+    /// counts them without reading (lately: at most
+    /// [`DEAD_LETTERS_FRESH`] ago); on a shared log, always (its counts
+    /// may lag another host's dead letters). A redrive asks for a dead
+    /// letter, so a plugin without any has nothing to redrive, and its
+    /// consumer need not ask the log.
+    pub(crate) fn may_have_redrives(&self, tenant: &str, plugin: &str) -> bool {
+        if self.leases.shared {
+            return true;
+        }
+        let depths = {
+            let mut cached = self
+                .dead_letters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match &*cached {
+                Some((at, depths)) if at.elapsed() < DEAD_LETTERS_FRESH => depths.clone(),
+                _ => {
+                    let depths = Arc::new(self.log.dead_letter_depths());
+                    *cached = Some((std::time::Instant::now(), depths.clone()));
+                    depths
+                }
+            }
+        };
+        depths
+            .get(&(tenant.to_owned(), plugin.to_owned()))
+            .is_some_and(|n| *n > 0)
     }
 
     /// The appends of `tenant`'s events through this bus.
