@@ -106,6 +106,7 @@ impl DurableBus {
             quarantined: Mutex::new(HashMap::new()),
             failures: Mutex::new(failures::Failures::new(RECENT_FAILURES)),
             leases,
+            dead_letters: Mutex::new(None),
         });
         let observer = inner.deliveries.subscribe();
         let reload_events = inner.host.reload_events();
@@ -175,7 +176,7 @@ impl DurableBus {
         self.inner.appending(&duplicates, false);
         let woken: std::collections::BTreeSet<&str> = count.keys().map(|(t, _)| *t).collect();
         for tenant in woken {
-            self.inner.notify(tenant).notify_waiters();
+            self.inner.appends(tenant).appended();
         }
         Ok(appended)
     }

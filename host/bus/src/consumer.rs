@@ -15,7 +15,7 @@ use tokio::sync::{Notify, watch};
 use crate::lease::{self, Holding};
 use crate::read_ahead::ReadAhead;
 use crate::retry::{MAX_WAIT, deadline};
-use crate::state::{Gauges, Inner, PartKey, PluginKey};
+use crate::state::{Appends, Gauges, Inner, PartKey, PluginKey};
 use crate::task::join_failure;
 use plugbus_core::Outcome;
 use plugbus_core::event::Event;
@@ -193,7 +193,7 @@ impl Consumer {
     /// ahead and waits for it again.
     async fn deliver_from(&self, position: Option<Seq>) -> Result<(), String> {
         let mut stop = self.inner.stop.subscribe();
-        let notify = self.inner.notify(&self.tenant);
+        let appends = self.inner.appends(&self.tenant);
         let mut given = position;
         loop {
             let Some(epoch) = self.wait_for_lease(&mut stop).await else {
@@ -233,7 +233,7 @@ impl Consumer {
                         break;
                     }
                 }
-                if let Step::Stop = self.round(&mut run, &notify, &mut stop).await? {
+                if let Step::Stop = self.round(&mut run, &appends, &mut stop).await? {
                     return Ok(());
                 }
             }
@@ -374,7 +374,7 @@ impl Consumer {
     async fn round(
         &self,
         run: &mut Run,
-        notify: &Notify,
+        appends: &Appends,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Step, String> {
         self.gauges.show(&run.line);
@@ -383,7 +383,7 @@ impl Consumer {
         }
         // Registered before reading, so an append between the read and
         // the wait is not missed.
-        let appended = notify.notified();
+        let appended = appends.notified();
         tokio::pin!(appended);
         appended.as_mut().enable();
         let Some(plugin) = self.inner.host.plugin(&self.tenant, &self.plugin) else {
@@ -398,7 +398,9 @@ impl Consumer {
         {
             return Ok(step);
         }
-        if let step @ (Step::Again | Step::Stop) = self.read(&plugin, &mut run.line, stop).await? {
+        if let step @ (Step::Again | Step::Stop) =
+            self.read(&plugin, &mut run.line, appends, stop).await?
+        {
             return Ok(step);
         }
         self.gauges.show(&run.line);
@@ -450,6 +452,9 @@ impl Consumer {
             return Ok(Step::Go);
         }
         run.redrives_checked = Some(std::time::Instant::now());
+        if !self.inner.may_have_redrives(&self.tenant, &self.plugin) {
+            return Ok(Step::Go);
+        }
         let log = self.inner.log.clone();
         let (tenant, name) = (self.tenant.clone(), self.plugin.clone());
         let (partition, partitions) = (self.partition, self.inner.partitions);
@@ -478,18 +483,28 @@ impl Consumer {
         }
     }
 
-    /// Reads new events into the line, unless it holds as many as it may;
+    /// Reads new events into the line, unless it holds as many as it may,
+    /// or its last read reached the end of the log and nothing was
+    /// appended through this bus since (see [`ReadAhead::needs_read`]);
     /// when the log cannot be read, waits a second and starts the round
     /// again (`Again`).
     async fn read(
         &self,
         plugin: &plugbus_runtime::Plugin,
         line: &mut ReadAhead,
+        appends: &Appends,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Step, String> {
         let Some(limit) = line.read_limit(&self.inner.config) else {
             return Ok(Step::Go);
         };
+        // Taken before the read: an append counted after it may not be
+        // in what the read sees, and makes the next round read again.
+        let appended = appends.count();
+        let began = tokio::time::Instant::now();
+        if !line.needs_read(appended, began) {
+            return Ok(Step::Go);
+        }
         let (tenant, partition) = (self.tenant.clone(), self.partition);
         let (log, after) = (self.inner.log.clone(), line.read_after());
         let read = tokio::task::spawn_blocking(move || {
@@ -505,6 +520,7 @@ impl Consumer {
                     self.gauges.unread.store(0, Ordering::Relaxed);
                 }
                 line.take(events, |ty| plugin.manifest().subscribes_to(ty));
+                line.read_done(appended, began, at_the_end);
                 Ok(Step::Go)
             }
             Ok(Err(e)) => {
@@ -780,7 +796,7 @@ impl Consumer {
         }
         let woken: std::collections::BTreeSet<&str> = count.keys().map(|(t, _)| *t).collect();
         for tenant in woken {
-            self.inner.notify(tenant).notify_waiters();
+            self.inner.appends(tenant).appended();
         }
         committed
     }
@@ -1201,6 +1217,7 @@ mod tests {
             )),
             leases,
             partitions: 1,
+            dead_letters: Mutex::new(None),
         });
         let key = ("acme".to_owned(), "p".to_owned(), 0);
         (Consumer::new(&inner, &key, Arc::default()), log)

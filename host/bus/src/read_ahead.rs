@@ -78,7 +78,15 @@ pub(super) struct ReadAhead {
     skip: BTreeSet<Seq>,
     /// A commit found the cursor moved by someone else.
     moved: bool,
+    /// Set by a read that reached the end of the log: the appends of the
+    /// tenant through this bus counted before it, and when it began.
+    read_to_end: Option<(u64, Instant)>,
 }
+
+/// How long a consumer that read to the end of the log goes without
+/// reading it while nothing is appended through its bus: events other
+/// processes append (other hosts on a shared log) are read within this.
+pub(super) const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl ReadAhead {
     /// Nothing read yet, the cursor at `position`.
@@ -93,6 +101,7 @@ impl ReadAhead {
             unsaved: Vec::new(),
             skip: BTreeSet::new(),
             moved: false,
+            read_to_end: None,
         }
     }
 
@@ -136,6 +145,26 @@ impl ReadAhead {
     /// Whether a commit found the cursor moved since this was last asked.
     pub(super) fn take_moved(&mut self) -> bool {
         std::mem::take(&mut self.moved)
+    }
+
+    /// Whether the log must be read now, when the tenant's appends through
+    /// this bus number `appends`: unless the last read reached the end of
+    /// the log, no append was counted since it began, and it began less
+    /// than [`LOOK_AGAIN`] before `now`. A line that never read reads.
+    pub(super) fn needs_read(&self, appends: u64, now: Instant) -> bool {
+        match self.read_to_end {
+            Some((counted, at)) => {
+                counted != appends || now.saturating_duration_since(at) >= LOOK_AGAIN
+            }
+            None => true,
+        }
+    }
+
+    /// Notes a read that began at `at` with `appends` counted, and whether
+    /// it reached the end of the log (fewer events than asked for, none
+    /// left behind): only then may the next rounds go without reading.
+    pub(super) fn read_done(&mut self, appends: u64, at: Instant, at_the_end: bool) {
+        self.read_to_end = at_the_end.then_some((appends, at));
     }
 
     /// Takes newly read events: pending, or finished at once when not
@@ -343,6 +372,47 @@ mod tests {
 
     fn commit() -> Commit {
         Commit::default()
+    }
+
+    #[test]
+    fn a_line_reads_until_a_read_reaches_the_end() {
+        let now = Instant::now();
+        let mut line = ReadAhead::new(0);
+        assert!(line.needs_read(0, now), "a line that never read reads");
+        // A read cut short (it may have left events behind): read again.
+        line.take((1..=2).map(|s| stored(s, 1)).collect(), all);
+        line.read_done(0, now, false);
+        assert!(line.needs_read(0, now));
+        // At the end, and nothing appended since: no read.
+        line.read_done(0, now, true);
+        assert!(!line.needs_read(0, now));
+        assert!(!line.needs_read(0, now + LOOK_AGAIN / 2));
+    }
+
+    #[test]
+    fn an_append_since_the_last_read_makes_the_next_round_read() {
+        let now = Instant::now();
+        let mut line = ReadAhead::new(0);
+        // Two appends counted before the read began.
+        line.read_done(2, now, true);
+        assert!(!line.needs_read(2, now));
+        // Another counted since: its events may not be in what was read.
+        assert!(line.needs_read(3, now));
+        // Read again with that count: quiet until the next.
+        line.read_done(3, now, true);
+        assert!(!line.needs_read(3, now));
+        assert!(line.needs_read(4, now));
+    }
+
+    #[test]
+    fn a_quiet_line_still_reads_once_a_second_for_other_processes_events() {
+        let now = Instant::now();
+        let mut line = ReadAhead::new(0);
+        line.read_done(0, now, true);
+        assert!(!line.needs_read(0, now + LOOK_AGAIN - Duration::from_millis(1)));
+        assert!(line.needs_read(0, now + LOOK_AGAIN));
+        // A clock seen going back does not keep it from reading later.
+        assert!(!line.needs_read(0, now.checked_sub(Duration::from_secs(5)).unwrap_or(now)));
     }
 
     #[test]

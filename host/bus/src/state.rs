@@ -13,7 +13,7 @@ use crate::config::DurableConfig;
 use crate::failures;
 use crate::read_ahead::ReadAhead;
 use crate::task::Task;
-use plugbus_log::{EventLog, Partition, Quarantine};
+use plugbus_log::{DeadLetterDepths, EventLog, Partition, Quarantine};
 use plugbus_runtime::Delivery;
 use plugbus_runtime::host::Host;
 
@@ -53,8 +53,8 @@ pub(crate) struct Inner {
     pub(crate) host: Arc<Host>,
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) config: DurableConfig,
-    /// Woken when events of the tenant are appended.
-    pub(crate) tenants: Mutex<HashMap<String, Arc<Notify>>>,
+    /// By tenant, the appends of its events through this bus.
+    pub(crate) tenants: Mutex<HashMap<String, Arc<Appends>>>,
     /// The running consumers' supervisors, by (tenant, plugin, partition).
     pub(crate) consumers: Mutex<HashMap<PartKey, tokio::task::JoinHandle<()>>>,
     /// The running consumers' gauges, by tenant, then (plugin, partition).
@@ -73,6 +73,41 @@ pub(crate) struct Inner {
     pub(crate) failures: Mutex<failures::Failures>,
     /// The consumers' leases.
     pub(crate) leases: crate::lease::Leases,
+    /// The plugins with dead letters as the log counted them lately, and
+    /// when it was asked (see [`Inner::may_have_redrives`]).
+    pub(crate) dead_letters: Mutex<Option<(std::time::Instant, Arc<DeadLetterDepths>)>>,
+}
+
+/// How old the dead-letter counts consumers look at may be.
+const DEAD_LETTERS_FRESH: Duration = Duration::from_millis(250);
+
+/// The appends of a tenant's events through this bus (publishes, and
+/// events its plugins emit), counted, each of them waking the tenant's
+/// consumers.
+#[derive(Debug, Default)]
+pub(crate) struct Appends {
+    count: AtomicU64,
+    woken: Notify,
+}
+
+impl Appends {
+    /// Events of the tenant were appended (they are in the log now):
+    /// counted, then the consumers waiting are woken.
+    pub(crate) fn appended(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.woken.notify_waiters();
+    }
+
+    /// How many appends there were so far: a read of the log that begins
+    /// after this is taken sees every event they appended.
+    pub(crate) fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Wakes at the next append (once enabled or polled).
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.woken.notified()
+    }
 }
 
 /// A plugin by (tenant, name).
@@ -102,7 +137,38 @@ impl Inner {
         }
     }
 
-    pub(crate) fn notify(&self, tenant: &str) -> Arc<Notify> {
+    /// Whether `plugin` of `tenant` may have dead letters to redrive: on a
+    /// log one host has alone, only a plugin with dead letters, as the log
+    /// counts them without reading (lately: at most
+    /// [`DEAD_LETTERS_FRESH`] ago); on a shared log, always (its counts
+    /// may lag another host's dead letters). A redrive asks for a dead
+    /// letter, so a plugin without any has nothing to redrive, and its
+    /// consumer need not ask the log.
+    pub(crate) fn may_have_redrives(&self, tenant: &str, plugin: &str) -> bool {
+        if self.leases.shared {
+            return true;
+        }
+        let depths = {
+            let mut cached = self
+                .dead_letters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match &*cached {
+                Some((at, depths)) if at.elapsed() < DEAD_LETTERS_FRESH => depths.clone(),
+                _ => {
+                    let depths = Arc::new(self.log.dead_letter_depths());
+                    *cached = Some((std::time::Instant::now(), depths.clone()));
+                    depths
+                }
+            }
+        };
+        depths
+            .get(&(tenant.to_owned(), plugin.to_owned()))
+            .is_some_and(|n| *n > 0)
+    }
+
+    /// The appends of `tenant`'s events through this bus.
+    pub(crate) fn appends(&self, tenant: &str) -> Arc<Appends> {
         self.tenants
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
