@@ -192,9 +192,14 @@ struct Queue {
     /// Drainers lingering that an enqueue has woken.
     woken: usize,
     /// How long a drainer lingers on the empty queue now: halved after a
-    /// linger in which nothing came, doubled (up to the host's bound) after
-    /// one that ended with work.
+    /// linger in which nothing came (to zero below an eighth of the host's
+    /// bound: a plugin whose events come further apart than that does not
+    /// linger), doubled (up to the host's bound) after one that ended with
+    /// work, and back to an eighth when a drainer must be started within
+    /// the host's bound of the last one's end.
     linger: Duration,
+    /// When the last drainer ended.
+    ended: Option<Instant>,
 }
 
 /// The host's bound on drainers lingering on empty queues: a drainer whose
@@ -700,6 +705,12 @@ impl Plugin {
                 (false, true)
             } else if queue.woken == 0 && queue.drainers < self.concurrency {
                 queue.drainers += 1;
+                let max = self.bounds.lingering.max;
+                if queue.linger < max / 8 && queue.ended.is_some_and(|ended| ended.elapsed() < max)
+                {
+                    // A linger would have caught this event: linger again.
+                    queue.linger = max / 8;
+                }
                 (true, false)
             } else {
                 (false, false)
@@ -777,6 +788,9 @@ impl Plugin {
         let bound = &self.bounds.lingering;
         if queue.linger.is_zero() || !bound.enter() {
             queue.drainers -= 1;
+            if !bound.max.is_zero() {
+                queue.ended = Some(Instant::now());
+            }
             return None;
         }
         let deadline = Instant::now() + queue.linger;
@@ -800,9 +814,14 @@ impl Plugin {
         }
         bound.leave();
         if queue.jobs.is_empty() {
-            // Nothing came: linger less next time, down to an eighth.
-            queue.linger = (queue.linger / 2).max(bound.max / 8);
+            // Nothing came: linger less next time, and not at all below
+            // an eighth of the bound.
+            queue.linger /= 2;
+            if queue.linger < bound.max / 8 {
+                queue.linger = Duration::ZERO;
+            }
             queue.drainers -= 1;
+            queue.ended = Some(Instant::now());
             None
         } else {
             queue.linger = (queue.linger * 2).min(bound.max);

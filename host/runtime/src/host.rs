@@ -154,9 +154,12 @@ pub struct HostConfig {
     /// plugin waits for more once the plugin's queue is empty, before it
     /// ends (default 1 ms; zero: it ends at once). A publisher that keeps
     /// events flowing then hands them to a waiting thread instead of
-    /// starting one per burst. The wait adapts: it halves (down to an
-    /// eighth) after a wait in which nothing came and doubles back after
-    /// one that ended with work.
+    /// starting one per burst. The wait adapts per plugin: it halves after
+    /// a wait in which nothing came, stops below an eighth of this (a
+    /// plugin whose events come further apart does not hold a thread),
+    /// starts again at an eighth when a thread had to be started within
+    /// this time of the last one's end, and doubles back after a wait that
+    /// ended with work.
     pub drainer_linger: Duration,
     /// The most such threads waiting at once, across every plugin of the
     /// host (default 64). Past it a thread whose queue is empty ends at
