@@ -7,4 +7,5 @@ mod examples;
 mod fixtures;
 mod isolation;
 mod loading;
+mod publish;
 mod reload;

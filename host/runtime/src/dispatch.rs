@@ -4,7 +4,8 @@
 //! [`Outcome`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -107,6 +108,8 @@ pub struct Plugin {
     recycling: crate::deadline::Recycling,
     /// Deliveries waiting, and how many threads are taking them.
     queue: Mutex<Queue>,
+    /// Wakes a drainer that lingers on the empty queue.
+    work: Condvar,
     /// The most threads delivering to this plugin at once, and the most
     /// idle instances kept.
     concurrency: usize,
@@ -182,14 +185,166 @@ impl DeliveryMetrics {
 #[derive(Default)]
 struct Queue {
     jobs: std::collections::VecDeque<Job>,
+    /// Threads delivering to the plugin, lingering ones included.
     drainers: usize,
+    /// Drainers lingering on the empty queue that no enqueue has woken.
+    waiting: usize,
+    /// Drainers lingering that an enqueue has woken.
+    woken: usize,
+    /// How long a drainer lingers on the empty queue now: halved after a
+    /// linger in which nothing came (to zero below an eighth of the host's
+    /// bound: a plugin whose events come further apart than that does not
+    /// linger), doubled (up to the host's bound) after one that ended with
+    /// work, and back to an eighth when a drainer must be started within
+    /// the host's bound of the last one's end.
+    linger: Duration,
+    /// When the last drainer ended.
+    ended: Option<Instant>,
+}
+
+/// The host's bound on drainers lingering on empty queues: a drainer whose
+/// plugin's queue runs dry waits up to
+/// [`HostConfig::drainer_linger`](crate::HostConfig::drainer_linger) for
+/// more work instead of ending its thread, while fewer than
+/// [`HostConfig::max_lingering_drainers`](crate::HostConfig::max_lingering_drainers)
+/// threads of the host linger.
+#[derive(Debug)]
+pub(crate) struct Lingering {
+    /// The longest linger.
+    pub max: Duration,
+    /// The most threads lingering at once, host-wide.
+    pub limit: usize,
+    /// Threads lingering now.
+    now: AtomicUsize,
+}
+
+impl Lingering {
+    /// The bound: lingers of at most `max`, by at most `limit` threads.
+    pub(crate) fn new(max: Duration, limit: usize) -> Self {
+        Self {
+            max,
+            limit,
+            now: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes a place among the lingering threads, if there is one.
+    fn enter(&self) -> bool {
+        self.now
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a place back.
+    fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One delivery to make, and where its report goes.
 struct Job {
     event: Arc<Event>,
     chain_budget: Option<Arc<AtomicUsize>>,
-    reply: tokio::sync::oneshot::Sender<(Delivery, Vec<Event>)>,
+    reply: Reply,
+}
+
+/// A delivery's report, with the events it emitted when it succeeded.
+pub(crate) type Report = (Delivery, Vec<Event>);
+
+/// Where the reports of the deliveries a publisher queued together go:
+/// one slot per delivery, and one wake-up of the publisher, when the last
+/// of them has arrived.
+#[derive(Default)]
+pub(crate) struct Replies {
+    inner: Mutex<RepliesInner>,
+}
+
+#[derive(Default)]
+struct RepliesInner {
+    /// The reports, in the order the deliveries were queued; `None` for a
+    /// delivery that ended without one (its drainer died).
+    reports: Vec<Option<Report>>,
+    /// Deliveries queued whose report has not arrived.
+    remaining: usize,
+    /// The publisher waiting, if it is.
+    waker: Option<Waker>,
+}
+
+impl Replies {
+    /// A slot for one more delivery's report.
+    pub(crate) fn slot(self: &Arc<Self>) -> Reply {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.reports.push(None);
+        inner.remaining += 1;
+        Reply {
+            replies: self.clone(),
+            index: inner.reports.len() - 1,
+            sent: false,
+        }
+    }
+
+    /// Waits for every slot's report; `None` in place of a report that a
+    /// delivery ended without.
+    pub(crate) async fn all(&self) -> Vec<Option<Report>> {
+        std::future::poll_fn(|cx| {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            if inner.remaining == 0 {
+                return Poll::Ready(std::mem::take(&mut inner.reports));
+            }
+            match &mut inner.waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                waker => *waker = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Fills slot `index`, and wakes the publisher if it was the last.
+    fn fill(&self, index: usize, report: Option<Report>) {
+        let waker = {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(slot) = inner.reports.get_mut(index) {
+                *slot = report;
+            }
+            inner.remaining = inner.remaining.saturating_sub(1);
+            if inner.remaining == 0 {
+                inner.waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// One delivery's slot in its [`Replies`]. Dropped without a report (its
+/// drainer died), it counts as ended without one, so that the publisher
+/// does not wait for ever.
+pub(crate) struct Reply {
+    replies: Arc<Replies>,
+    index: usize,
+    sent: bool,
+}
+
+impl Reply {
+    /// Delivers the report.
+    fn send(mut self, report: Report) {
+        self.sent = true;
+        self.replies.fill(self.index, Some(report));
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.replies.fill(self.index, None);
+        }
+    }
 }
 
 /// Gives a drainer's place back if it unwinds, so the queue keeps moving.
@@ -284,6 +439,7 @@ pub(crate) struct PluginParts {
 
 impl Plugin {
     pub(crate) fn new(parts: PluginParts) -> Self {
+        let linger = parts.bounds.lingering.max;
         let metrics = DeliveryMetrics::new(&parts.identity);
         let recycling =
             crate::deadline::Recycling::new(&parts.identity.tenant, &parts.identity.name);
@@ -301,7 +457,11 @@ impl Plugin {
             batch_export: parts.batch_export,
             idle: Mutex::new(Vec::new()),
             recycling,
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue {
+                linger,
+                ..Queue::default()
+            }),
+            work: Condvar::new(),
             concurrency: parts.concurrency,
             metrics,
         }
@@ -521,40 +681,53 @@ impl Plugin {
         }
     }
 
-    /// Queues a delivery of `event` and returns where its report will
-    /// arrive. A blocking thread takes it at once when fewer than
-    /// `concurrency` threads deliver to this plugin; otherwise the next
-    /// thread to finish a delivery takes it. Must be called within a tokio
-    /// runtime.
+    /// Queues a delivery of `event`, whose report goes to `reply`. A
+    /// drainer lingering on the empty queue takes it; otherwise a blocking
+    /// thread takes it at once when fewer than `concurrency` threads
+    /// deliver to this plugin; otherwise the next thread to finish a
+    /// delivery takes it. Must be called within a tokio runtime.
     pub(crate) fn enqueue(
         self: &Arc<Self>,
         event: Arc<Event>,
         chain_budget: Option<Arc<AtomicUsize>>,
-    ) -> tokio::sync::oneshot::Receiver<(Delivery, Vec<Event>)> {
-        let (reply, report) = tokio::sync::oneshot::channel();
-        let start_drainer = {
+        reply: Reply,
+    ) {
+        let (start_drainer, wake) = {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             queue.jobs.push_back(Job {
                 event,
                 chain_budget,
                 reply,
             });
-            let start = queue.drainers < self.concurrency;
-            if start {
+            if queue.waiting > 0 {
+                queue.waiting -= 1;
+                queue.woken += 1;
+                (false, true)
+            } else if queue.woken == 0 && queue.drainers < self.concurrency {
                 queue.drainers += 1;
+                let max = self.bounds.lingering.max;
+                if queue.linger < max / 8 && queue.ended.is_some_and(|ended| ended.elapsed() < max)
+                {
+                    // A linger would have caught this event: linger again.
+                    queue.linger = max / 8;
+                }
+                (true, false)
+            } else {
+                (false, false)
             }
-            start
         };
+        if wake {
+            self.work.notify_one();
+        }
         if start_drainer {
             let plugin = self.clone();
             tokio::task::spawn_blocking(move || plugin.drain());
         }
-        report
     }
 
-    /// Delivers queued events until the queue is empty. With batching, it
-    /// takes whatever is waiting (up to the batch limit) at once: it never
-    /// waits for a batch to fill.
+    /// Delivers queued events until the queue stays empty for a linger.
+    /// With batching, it takes whatever is waiting (up to the batch limit)
+    /// at once: it never waits for a batch to fill.
     fn drain(&self) {
         let _slot = DrainerSlot(self);
         let take = if self.batching() {
@@ -563,12 +736,15 @@ impl Plugin {
             1
         };
         let mut jobs = Vec::with_capacity(take);
+        let mut reports = Vec::with_capacity(take);
         loop {
             {
                 let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
                 if queue.jobs.is_empty() {
-                    queue.drainers -= 1;
-                    return;
+                    match self.linger(queue) {
+                        Some(more) => queue = more,
+                        None => return,
+                    }
                 }
                 let n = take.min(queue.jobs.len());
                 jobs.extend(queue.jobs.drain(..n));
@@ -581,7 +757,7 @@ impl Plugin {
                     &Overlay::default(),
                 ));
                 // The publisher may have gone away; the delivery happened anyway.
-                let _ = job.reply.send(report);
+                job.reply.send(report);
                 continue;
             }
             // A batch whose pending commit fills up ends early: its
@@ -592,12 +768,64 @@ impl Plugin {
                     .iter()
                     .map(|job| Item::new(&job.event, job.chain_budget.clone()))
                     .collect();
-                let reports = self.deliver_batch_in_chain(items, false);
-                let delivered = reports.len().max(1).min(jobs.len());
-                for (job, report) in jobs.drain(..delivered).zip(reports) {
-                    let _ = job.reply.send(self.settle(report));
+                let delivered = self.deliver_batch_in_chain(items, false);
+                let n = delivered.len().max(1).min(jobs.len());
+                // Every report is settled before the first goes out, so
+                // that the publishers wake once the batch is done rather
+                // than in step with it.
+                reports.extend(delivered.into_iter().map(|r| self.settle(r)));
+                for (job, report) in jobs.drain(..n).zip(reports.drain(..)) {
+                    job.reply.send(report);
                 }
             }
+        }
+    }
+
+    /// Lingers on the empty queue, up to the plugin's current linger, while
+    /// the host's bound on lingering threads allows: returns the queue with
+    /// work in it, or `None` when the drainer ends (its place given back).
+    fn linger<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) -> Option<MutexGuard<'a, Queue>> {
+        let bound = &self.bounds.lingering;
+        if queue.linger.is_zero() || !bound.enter() {
+            queue.drainers -= 1;
+            if !bound.max.is_zero() {
+                queue.ended = Some(Instant::now());
+            }
+            return None;
+        }
+        let deadline = Instant::now() + queue.linger;
+        queue.waiting += 1;
+        while queue.jobs.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            queue = self
+                .work
+                .wait_timeout(queue, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        // Woken or not, this thread no longer waits.
+        if queue.woken > 0 {
+            queue.woken -= 1;
+        } else {
+            queue.waiting -= 1;
+        }
+        bound.leave();
+        if queue.jobs.is_empty() {
+            // Nothing came: linger less next time, and not at all below
+            // an eighth of the bound.
+            queue.linger /= 2;
+            if queue.linger < bound.max / 8 {
+                queue.linger = Duration::ZERO;
+            }
+            queue.drainers -= 1;
+            queue.ended = Some(Instant::now());
+            None
+        } else {
+            queue.linger = (queue.linger * 2).min(bound.max);
+            Some(queue)
         }
     }
 

@@ -60,6 +60,8 @@ pub(crate) struct Bounds {
     pub max_batch_commit_bytes: usize,
     /// The longest failure message of guest origin kept, in bytes.
     pub max_error_bytes: usize,
+    /// How long, and how many, drainer threads linger on empty queues.
+    pub lingering: Arc<crate::dispatch::Lingering>,
 }
 
 impl Bounds {
