@@ -73,6 +73,9 @@
 //!
 //! [log]                           # where events are kept
 //! backend = "sqlite"              # the embedded log in data_dir (default), or "nats"
+//! # read_connections = 8           # embedded log: read connections (default 2 per CPU, 4..32)
+//! # tail_cache_events = 65536      # embedded log: newest events kept parsed (0: off)
+//! # tail_cache_mib = 64            # the same cache's bound in MiB of event JSON (0: off)
 //!
 //! [log.nats]                      # with backend = "nats": NATS JetStream, shared by several hosts
 //! servers = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
@@ -405,6 +408,16 @@ pub struct LogConfig {
     /// The NATS backend's settings; required with `backend = "nats"`,
     /// refused without it.
     pub nats: Option<NatsConfig>,
+    /// The embedded log's read connections, 1 to 256 (default: twice the
+    /// CPUs, from 4 to 32).
+    pub read_connections: Option<usize>,
+    /// The embedded log's tail cache, in events (default 65,536; 0 turns
+    /// it off): the newest events kept parsed for the consumers.
+    pub tail_cache_events: Option<usize>,
+    /// The embedded log's tail cache, in MiB of the events' JSON (default
+    /// 64; 0 turns it off; in memory the parsed events take about twice
+    /// that).
+    pub tail_cache_mib: Option<u64>,
 }
 
 /// The kinds of event log.
@@ -559,6 +572,35 @@ impl Config {
                 max_dead_letters: t.max_dead_letters.unwrap_or(base.max_dead_letters),
                 max_dead_letter_mib: t.max_dead_letter_mib.unwrap_or(base.max_dead_letter_mib),
             },
+        }
+    }
+
+    /// The embedded log's settings: the duplicate window, the dead-letter
+    /// quotas, and `[log]`'s read connections and tail cache.
+    pub fn sqlite_log_config(&self) -> plugbus_log::SqliteLogConfig {
+        let (dead_letters, tenant_dead_letters) = self.dead_letter_quotas();
+        let defaults = plugbus_log::SqliteLogConfig::default();
+        plugbus_log::SqliteLogConfig {
+            duplicate_window: self.duplicate_window(),
+            dead_letters,
+            tenant_dead_letters,
+            read_connections: self
+                .log
+                .read_connections
+                .unwrap_or(defaults.read_connections),
+            tail_cache: plugbus_log::TailCacheLimits {
+                events: self
+                    .log
+                    .tail_cache_events
+                    .unwrap_or(defaults.tail_cache.events),
+                bytes: self
+                    .log
+                    .tail_cache_mib
+                    .map_or(defaults.tail_cache.bytes, |mib| {
+                        mib.saturating_mul(1024 * 1024)
+                    }),
+            },
+            ..defaults
         }
     }
 
@@ -810,6 +852,15 @@ impl Config {
             }
         };
         range("drain_seconds", self.drain_seconds, 1, 3600)?;
+        if let Some(n) = self.log.read_connections {
+            range("log.read_connections", n as u64, 1, 256)?;
+        }
+        if let Some(n) = self.log.tail_cache_events {
+            range("log.tail_cache_events", n as u64, 0, 16_777_216)?;
+        }
+        if let Some(mib) = self.log.tail_cache_mib {
+            range("log.tail_cache_mib", mib, 0, 65_536)?;
+        }
         let max = &self.limits.max;
         range("limits.max.fuel", max.fuel, 1, 1_000_000_000_000)?;
         range(
@@ -1467,6 +1518,27 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn the_embedded_logs_reads_and_tail_cache_are_set_in_log() -> Result<(), ConfigError> {
+        let defaults = plugbus_log::SqliteLogConfig::default();
+        let log = parse("")?.sqlite_log_config();
+        assert_eq!(log.read_connections, defaults.read_connections);
+        assert_eq!(log.tail_cache, defaults.tail_cache);
+        let log = parse("[log]\nread_connections = 3\ntail_cache_events = 0\ntail_cache_mib = 2")?
+            .sqlite_log_config();
+        assert_eq!(log.read_connections, 3);
+        assert_eq!(log.tail_cache.events, 0);
+        assert_eq!(log.tail_cache.bytes, 2 * 1024 * 1024);
+        refused("[log]\nread_connections = 0", "log.read_connections");
+        refused("[log]\nread_connections = 257", "log.read_connections");
+        refused(
+            "[log]\ntail_cache_events = 16777217",
+            "log.tail_cache_events",
+        );
+        refused("[log]\ntail_cache_mib = 65537", "log.tail_cache_mib");
+        Ok(())
     }
 
     #[test]

@@ -14,7 +14,7 @@ use futures::StreamExt as _;
 use plugbus::Delivery;
 use plugbus::config::Config;
 use plugbus::durable::{DurableBus, DurableConfig};
-use plugbus::log::{EventLog, SqliteLog, SqliteLogConfig};
+use plugbus::log::{EventLog, SqliteLog};
 use plugbus::log_nats::NatsLog;
 
 use crate::dispatch::{Mode, load};
@@ -371,23 +371,14 @@ fn prepare_dirs(plugins: &Path, data: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The event log `[log]` chooses, with the configured duplicate window and
-/// dead-letter quotas, and where it keeps the events (for the operator's
+/// The event log `[log]` chooses, with the configured duplicate window,
+/// dead-letter quotas and (embedded) read connections and tail cache, and where it keeps the events (for the operator's
 /// log line; never a secret): the embedded log in `data`, or NATS
 /// JetStream.
 async fn open_log(settings: &Config, data: &Path) -> anyhow::Result<(Arc<dyn EventLog>, String)> {
-    let (dead_letters, tenant_dead_letters) = settings.dead_letter_quotas();
     match settings.nats_log_config(|var| std::env::var(var).ok())? {
         None => {
-            let log = SqliteLog::open(
-                data,
-                SqliteLogConfig {
-                    duplicate_window: settings.duplicate_window(),
-                    dead_letters,
-                    tenant_dead_letters,
-                    ..SqliteLogConfig::default()
-                },
-            )?;
+            let log = SqliteLog::open(data, settings.sqlite_log_config())?;
             let place = log.path().display().to_string();
             Ok((Arc::new(log), place))
         }
