@@ -484,8 +484,12 @@ impl Consumer {
     }
 
     /// Reads new events into the line, unless it holds as many as it may,
-    /// or its last read reached the end of the log and nothing was
-    /// appended through this bus since (see [`ReadAhead::needs_read`]);
+    /// or (on a log this host has alone) its last read reached the end of
+    /// the log and nothing was appended through this bus since (see
+    /// [`ReadAhead::needs_read`]). On a shared log other hosts append
+    /// without this bus hearing of it, so a consumer there reads on every
+    /// round, lest a plugin whose events arrive through another host be
+    /// read once a second;
     /// when the log cannot be read, waits a second and starts the round
     /// again (`Again`).
     async fn read(
@@ -502,7 +506,7 @@ impl Consumer {
         // in what the read sees, and makes the next round read again.
         let appended = appends.count();
         let began = tokio::time::Instant::now();
-        if !line.needs_read(appended, began) {
+        if !self.inner.leases.shared && !line.needs_read(appended, began) {
             return Ok(Step::Go);
         }
         let (tenant, partition) = (self.tenant.clone(), self.partition);
