@@ -223,6 +223,37 @@ fn the_keys_of_events_retention_deleted_still_refuse_duplicates_within_the_windo
 }
 
 #[test]
+fn a_duplicate_in_the_same_group_as_the_retention_that_deleted_its_first_copy_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SqliteLog::open(dir.path(), SqliteLogConfig::default()).expect("open");
+    let first = log
+        .append(vec![event("acme", "e-1")])
+        .wait()
+        .expect("append");
+    std::thread::sleep(Duration::from_millis(5));
+    // A large append keeps the writer busy while the retention run and
+    // the duplicate queue up behind it, so that they share one group, the
+    // deletion first.
+    let filler: Vec<Event> = (0..5000)
+        .map(|i| event("globex", &format!("g-{i}")))
+        .collect();
+    let busy = log.append(filler);
+    let pruned = log.prune(
+        Retention {
+            max_age: Some(Duration::from_millis(1)),
+            max_bytes: None,
+        },
+        Vec::new(),
+    );
+    let again = log.append(vec![event("acme", "e-1")]);
+    busy.wait().expect("append");
+    assert!(pruned.wait().expect("prune").deleted >= 1);
+    let again = again.wait().expect("append");
+    assert!(again[0].duplicate, "stored twice within the window");
+    assert_eq!(again[0].seq, first[0].seq);
+}
+
+#[test]
 fn a_key_past_the_window_is_taken_over_by_its_new_copy() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = SqliteLogConfig {

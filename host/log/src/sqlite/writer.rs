@@ -592,6 +592,10 @@ impl GroupTx<'_> {
                 let pruned =
                     super::retention::prune(self.tx, self.now, self.window_ms, retention, live)?;
                 self.keys_kept |= pruned.keys_kept;
+                // The keys just kept apart count for the rest of this
+                // group too: an append after the deletion in the same
+                // transaction must find them.
+                self.keys_apart |= pruned.keys_kept;
                 self.deleted |= pruned.pruned.deleted > 0;
                 Outcome::Pruned(pruned.pruned)
             }
