@@ -106,6 +106,9 @@ impl Reader {
                     }),
                     Err(e) => {
                         self.pool().open -= 1;
+                        // The place is free again: a reader waiting for
+                        // one may open it.
+                        self.returned.notify_one();
                         Err(self.store_error(e))
                     }
                 };
