@@ -68,6 +68,24 @@ struct Inner {
 }
 
 impl Inner {
+    /// The cached events of `tenant` after `after`, in order, when the
+    /// cache knows every one of them (an empty run for a tenant it holds
+    /// nothing of); `None` when it does not, and SQLite must answer.
+    fn after(
+        &self,
+        tenant: &str,
+        after: Seq,
+    ) -> Option<std::collections::vec_deque::Iter<'_, StoredEvent>> {
+        if after < self.lower || self.upto == Seq::MAX {
+            return None;
+        }
+        let Some(queue) = self.tenants.get(tenant) else {
+            return Some(std::collections::vec_deque::Iter::default());
+        };
+        let start = queue.partition_point(|stored| stored.seq <= after);
+        Some(queue.range(start..))
+    }
+
     fn reset(&mut self, head: Seq) {
         self.tenants.clear();
         self.order.clear();
@@ -174,16 +192,9 @@ impl TailCache {
             return None;
         }
         let inner = self.read_inner();
-        if after < inner.lower || inner.upto == Seq::MAX {
-            return None;
-        }
-        let Some(queue) = inner.tenants.get(tenant) else {
-            return Some(Vec::new());
-        };
-        let start = queue.partition_point(|stored| stored.seq <= after);
         let mut out = Vec::new();
         let mut bytes = 0u64;
-        for stored in queue.range(start..).take(limit.events) {
+        for stored in inner.after(tenant, after)?.take(limit.events) {
             let first = out.is_empty() && limit.first_always;
             if !first && bytes.saturating_add(stored.bytes) > limit.bytes {
                 break;
@@ -201,14 +212,8 @@ impl TailCache {
             return None;
         }
         let inner = self.read_inner();
-        if after < inner.lower || inner.upto == Seq::MAX {
-            return None;
-        }
-        let Some(queue) = inner.tenants.get(tenant) else {
-            return Some(0);
-        };
-        let start = queue.partition_point(|stored| stored.seq <= after);
-        Some(((queue.len() - start) as u64).min(limit))
+        let known = inner.after(tenant, after)?.len();
+        Some((known as u64).min(limit))
     }
 }
 
