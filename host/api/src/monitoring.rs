@@ -281,6 +281,12 @@ pub const METRICS: &[Metric] = &[
         "Time to make one ingest request's events durable in the log, in seconds.",
     ),
     metric(
+        "plugbus_log_tail_reads_total",
+        Counter,
+        &["result"],
+        "Reads of events by the consumers, by result: hit (answered by the tail cache of events just committed) or miss (read from the embedded log's file).",
+    ),
+    metric(
         "plugbus_log_writable",
         Gauge,
         &[],

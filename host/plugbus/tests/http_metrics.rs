@@ -269,6 +269,13 @@ async fn a_plugin_has_series_from_its_first_delivery() {
     ] {
         assert!(samples(&text).any(|l| l == line), "{line} in {text}");
     }
+    // The consumer's reads of the log are counted, answered by the tail
+    // cache or by SQLite (which one depends on timing).
+    let tail_reads: f64 = samples(&text)
+        .filter(|l| l.starts_with("plugbus_log_tail_reads_total{result="))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(tail_reads >= 1.0, "tail reads counted in {text}");
     // Only what happened: no failure kind, retry or dead letter.
     for absent in [
         "outcome=\"failed\"",

@@ -237,6 +237,20 @@ impl SqliteLog {
         }
         answer
     }
+
+    /// Counts one read (or count) of events as answered by the tail cache
+    /// (`hit`) or by SQLite, in [`LogStats`] and in
+    /// `plugbus_log_tail_reads_total{result}`.
+    fn count_tail_read(&self, hit: bool) {
+        let counters = &self.shared.counters;
+        let (counter, result) = if hit {
+            (&counters.tail_hits, "hit")
+        } else {
+            (&counters.tail_misses, "miss")
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("plugbus_log_tail_reads_total", "result" => result).increment(1);
+    }
 }
 
 /// The writer's connection to the file at `path`, in WAL mode, with the
@@ -394,31 +408,19 @@ impl EventStore for SqliteLog {
         limit: ReadLimit,
     ) -> Result<Vec<StoredEvent>, LogError> {
         if let Some(events) = self.tail.read(tenant, after, limit) {
-            self.shared
-                .counters
-                .tail_hits
-                .fetch_add(1, Ordering::Relaxed);
+            self.count_tail_read(true);
             return Ok(events);
         }
-        self.shared
-            .counters
-            .tail_misses
-            .fetch_add(1, Ordering::Relaxed);
+        self.count_tail_read(false);
         self.reader.read_bounded(tenant, after, limit)
     }
 
     fn count_after(&self, tenant: &str, after: Seq, limit: u64) -> Result<u64, LogError> {
         if let Some(count) = self.tail.count_after(tenant, after, limit) {
-            self.shared
-                .counters
-                .tail_hits
-                .fetch_add(1, Ordering::Relaxed);
+            self.count_tail_read(true);
             return Ok(count);
         }
-        self.shared
-            .counters
-            .tail_misses
-            .fetch_add(1, Ordering::Relaxed);
+        self.count_tail_read(false);
         self.reader.count_after(tenant, after, limit)
     }
 
