@@ -7,6 +7,7 @@
 mod bench;
 mod hosts;
 mod jetstream;
+mod langs;
 mod matrix;
 mod noisy;
 mod reload_bench;
@@ -75,6 +76,13 @@ enum Command {
     /// older build, before and after side by side. Prints a markdown table.
     BenchThroughput(throughput::ThroughputArgs),
 
+    /// Issue 17's benchmark: the same handler written in several languages
+    /// (`--plugin rust=… --plugin python=… --plugin js=…`), each with its
+    /// component size, compile time, load time from the compile cache,
+    /// rename-to-served time with a cache hit, first-event and steady-state
+    /// time and fuel, and the linear memory of one instance.
+    BenchLangs(langs::LangsArgs),
+
     /// SQLite alone, with no plugbus: the events `bench --durable`
     /// publishes, inserted by one producer (one event or a batch per
     /// transaction) and read after a cursor by one consumer that writes its
@@ -105,6 +113,7 @@ fn main() -> ExitCode {
         | Command::BenchJetstream(_)
         | Command::BenchNats(_)
         | Command::BenchThroughput(_)
+        | Command::BenchLangs(_)
         | Command::BenchSqlitePeer(_)
         | Command::BenchHost(_) => None,
     };
@@ -149,6 +158,7 @@ fn main() -> ExitCode {
             Command::BenchJetstream(args) => jetstream::run(args).await,
             Command::BenchNats(args) => matrix::run(args).await,
             Command::BenchThroughput(args) => throughput::run(args).await,
+            Command::BenchLangs(args) => langs::run(args).await,
             Command::BenchSqlitePeer(args) => sqlite_peer::run(args).await,
             Command::BenchHost(args) => hosts::serve(args).await,
         }

@@ -70,7 +70,7 @@ pub async fn run(args: ReloadBenchArgs) -> anyhow::Result<std::process::ExitCode
     let mut swap_rows = Vec::new();
     for (name, base) in [("small", &small), ("large", &large)] {
         for cache in ["hit", "miss"] {
-            let row = swap_latency(name, base, cache, args.swaps as usize)
+            let row = swap_row(name, base, cache, args.swaps as usize)
                 .await
                 .with_context(|| format!("{name} component, cache {cache}"))?;
             if args.json {
@@ -128,6 +128,11 @@ struct Rig {
 
 impl Rig {
     fn new(base: &[u8]) -> anyhow::Result<Self> {
+        Self::with_config(base, HostConfig::default())
+    }
+
+    /// [`Rig::new`] on a host of `config`, with a compile cache of its own.
+    fn with_config(base: &[u8], config: HostConfig) -> anyhow::Result<Self> {
         let plugins = tempfile::tempdir()?;
         let cache = tempfile::tempdir()?;
         let tenant = plugins.path().join("t");
@@ -136,7 +141,7 @@ impl Rig {
         std::fs::write(&wasm, base)?;
         let config = HostConfig {
             compile_cache: Some(cache.path().to_owned()),
-            ..HostConfig::default()
+            ..config
         };
         let host = Arc::new(Host::new(config)?);
         let report = host.load_dir(plugins.path())?;
@@ -184,18 +189,64 @@ fn event(i: u64) -> anyhow::Result<Event> {
     }))?)
 }
 
-/// Swaps `swaps` times and measures, for each, the time from the rename to
-/// the end of the first delivery by the new version, publishing events
-/// back to back meanwhile. With `cache` "hit", the swaps alternate between
-/// two versions already compiled; with "miss", each is a version never
-/// seen (another custom section), so it is compiled.
-async fn swap_latency(
+/// Time from a rename to the first event the new version handled, over
+/// several swaps.
+pub(crate) struct SwapLatency {
+    /// The median.
+    pub(crate) median: Duration,
+    /// The 99th percentile.
+    pub(crate) p99: Duration,
+    /// The longest.
+    pub(crate) max: Duration,
+}
+
+/// [`swap_latency`] on a default host, with what compiling the component
+/// costs on its own beside it.
+async fn swap_row(
     name: &str,
     base: &[u8],
     cache: &'static str,
     swaps: usize,
 ) -> anyhow::Result<SwapRow> {
-    let rig = Rig::new(base)?;
+    let latency = swap_latency(base, cache, swaps, HostConfig::default()).await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    // What compiling the component costs on its own, for comparison with
+    // the cache misses: the median of a few compiles on the host's engine.
+    let engine = plugbus::engine::shared(&plugbus::engine::EngineOptions::default())?;
+    let mut compiles = Vec::new();
+    for i in 0..5 {
+        let bytes = with_custom_section(base, &format!("compile-{i}"), 8);
+        let started = Instant::now();
+        wasmtime::component::Component::from_binary(&engine, &bytes)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        compiles.push(started.elapsed());
+    }
+    compiles.sort();
+    Ok(SwapRow {
+        component: name.to_owned(),
+        bytes: base.len(),
+        cache,
+        swaps,
+        compile_ms: ms(compiles[compiles.len() / 2]),
+        median_ms: ms(latency.median),
+        p99_ms: ms(latency.p99),
+        max_ms: ms(latency.max),
+    })
+}
+
+/// Swaps `swaps` times on a host of `config` and measures, for each, the
+/// time from the rename to the end of the first delivery by the new
+/// version, publishing events back to back meanwhile. With `cache` "hit",
+/// the swaps alternate between two versions already compiled; with
+/// "miss", each is a version never seen (another custom section), so it
+/// is compiled.
+pub(crate) async fn swap_latency(
+    base: &[u8],
+    cache: &'static str,
+    swaps: usize,
+    config: HostConfig,
+) -> anyhow::Result<SwapLatency> {
+    let rig = Rig::with_config(base, config)?;
     let versions = [
         with_custom_section(base, "version-a", 8),
         with_custom_section(base, "version-b", 8),
@@ -235,31 +286,13 @@ async fn swap_latency(
         }
     }
     latencies.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    // What compiling the component costs on its own, for comparison with
-    // the cache misses: the median of a few compiles on the host's engine.
-    let engine = plugbus::engine::shared(&plugbus::engine::EngineOptions::default())?;
-    let mut compiles = Vec::new();
-    for i in 0..5 {
-        let bytes = with_custom_section(base, &format!("compile-{i}"), 8);
-        let started = Instant::now();
-        wasmtime::component::Component::from_binary(&engine, &bytes)
-            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        compiles.push(started.elapsed());
-    }
-    compiles.sort();
     let at = |q: f64| {
         latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
-    Ok(SwapRow {
-        component: name.to_owned(),
-        bytes: base.len(),
-        cache,
-        swaps,
-        compile_ms: ms(compiles[compiles.len() / 2]),
-        median_ms: ms(at(0.5)),
-        p99_ms: ms(at(0.99)),
-        max_ms: ms(latencies[latencies.len() - 1]),
+    Ok(SwapLatency {
+        median: at(0.5),
+        p99: at(0.99),
+        max: latencies[latencies.len() - 1],
     })
 }
 

@@ -500,6 +500,18 @@ impl Plugin {
             .len()
     }
 
+    /// The bytes of linear memory each idle instance in the pool holds, all
+    /// its memories together: what one instance of the plugin costs once
+    /// it has handled events (the figure the memory limit counts).
+    pub fn idle_memory_bytes(&self) -> Vec<u64> {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|warm| warm.store.data().limiter.used())
+            .collect()
+    }
+
     /// How many of its instances were recycled: dropped after a number of
     /// events or for their memory's high water (see
     /// [`HostConfig::recycle_after_events`](crate::HostConfig::recycle_after_events)).
