@@ -63,7 +63,8 @@ fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let mut generated = generate(&target_dir, &plugins);
     js::build_and_generate(&workspace, &mut generated);
-    std::fs::write(out.join("artifacts.rs"), generated).expect("write the generated artifacts file");
+    std::fs::write(out.join("artifacts.rs"), generated)
+        .expect("write the generated artifacts file");
 }
 
 /// The plugin crates directly under `dir`, sorted by package name, to be

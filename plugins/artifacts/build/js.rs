@@ -84,7 +84,10 @@ fn ensure_tools(workspace: &Path) -> PathBuf {
             MIN_NODE.0, MIN_NODE.1
         ),
     };
-    let mut parts = version.trim_start_matches('v').split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = version
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     assert!(
         (major, minor) >= MIN_NODE,
@@ -106,10 +109,7 @@ fn ensure_tools(workspace: &Path) -> PathBuf {
         std::fs::copy(sdk.join(file), tools.join(file))
             .unwrap_or_else(|e| panic!("copy guest-sdk/js/{file} to {}: {e}", tools.display()));
     }
-    let command = format!(
-        "npm ci --no-audit --no-fund --prefix {}",
-        tools.display()
-    );
+    let command = format!("npm ci --no-audit --no-fund --prefix {}", tools.display());
     let output = Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund", "--prefix"])
         .arg(&tools)
@@ -145,7 +145,9 @@ fn build_all(workspace: &Path, tools: &Path, plugins: &[JsPlugin]) {
             (!p.wasm.exists() || current.as_deref() != Some(stamp.as_str())).then_some((p, stamp))
         })
         .collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).max(1);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(1);
     for chunk in stale.chunks(threads) {
         std::thread::scope(|scope| {
             for (plugin, stamp) in chunk {
@@ -175,9 +177,12 @@ fn build_one(workspace: &Path, tools: &Path, plugin: &JsPlugin, stamp: &str) {
         plugin.wasm.display(),
         workspace.join("wit/plugbus.wit").display()
     );
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("building {} with {TOOLS}: `{shown}` could not start: {e}", plugin.dir_name));
+    let output = command.output().unwrap_or_else(|e| {
+        panic!(
+            "building {} with {TOOLS}: `{shown}` could not start: {e}",
+            plugin.dir_name
+        )
+    });
     assert!(
         output.status.success() && plugin.wasm.exists(),
         "building the JavaScript plugin {} with {TOOLS} failed: `{shown}` exited with {}:\n{}{}",
@@ -200,7 +205,10 @@ fn stamp(inputs: &[PathBuf]) -> String {
                 .unwrap_or_default();
             entries.sort();
             for entry in entries {
-                let name = entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = entry
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 if name != "node_modules" && !name.starts_with('.') {
                     walk(&entry, files);
                 }
@@ -232,7 +240,10 @@ fn generate(plugins: &[JsPlugin], generated: &mut String) {
     let mut entries = String::new();
     for plugin in plugins {
         let prefix = if plugin.fixture { "FIXTURE" } else { "EXAMPLE" };
-        let constant = format!("{prefix}_{}", plugin.dir_name.to_uppercase().replace('-', "_"));
+        let constant = format!(
+            "{prefix}_{}",
+            plugin.dir_name.to_uppercase().replace('-', "_")
+        );
         let path = plugin.wasm.display().to_string();
         writeln!(
             generated,
@@ -248,6 +259,9 @@ fn generate(plugins: &[JsPlugin], generated: &mut String) {
         write!(entries, "({name:?}, {path:?}),").expect("write to a string");
     }
     let anchor = "pub const ALL: &[(&str, &str)] = &[";
-    assert!(generated.contains(anchor), "build.rs no longer generates `{anchor}`");
+    assert!(
+        generated.contains(anchor),
+        "build.rs no longer generates `{anchor}`"
+    );
     *generated = generated.replacen(anchor, &format!("{anchor}{entries}"), 1);
 }
