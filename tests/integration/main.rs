@@ -6,6 +6,7 @@ mod durable;
 mod examples;
 mod fixtures;
 mod isolation;
+mod js;
 mod loading;
 mod publish;
 mod reload;

@@ -1,0 +1,407 @@
+//! The JavaScript plugins (componentize-js, `guest-sdk/js`) in the real
+//! host: the `low-stock-alert-js` example and the `js-behaviours` fixture,
+//! built by `plugins/artifacts`; and the SDK's, the example's and the
+//! template's native tests under `node --test`.
+//!
+//! A JavaScript component takes tens of seconds to compile. Every host of
+//! this file shares a compile cache in a private directory under `target/`
+//! (warmed once per test process, before any test loads a component), so
+//! each component is compiled once and every other load reads the cache.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use plugbus::durable::{DurableBus, DurableConfig, RetryPolicy};
+use plugbus::{FailureKind, Host, HostConfig, LoadReport, Outcome};
+use plugbus_artifacts as artifacts;
+use plugbus_tests::{Backend, PluginsDir, event, failure, kind, stock_changed, to_plugin};
+
+/// The repository's root.
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lies in the workspace")
+        .to_owned()
+}
+
+/// The compile cache of this file's hosts, created private (0700) and
+/// warmed with both JavaScript components once per test process.
+fn compile_cache() -> &'static Path {
+    static CACHE: OnceLock<PathBuf> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        let dir = workspace().join("target/js-test-compile-cache");
+        std::fs::create_dir_all(&dir).expect("create the compile cache");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .expect("make the compile cache private");
+        }
+        let plugins = PluginsDir::new();
+        plugins.add(
+            "warm",
+            "example",
+            artifacts::EXAMPLE_LOW_STOCK_ALERT_JS,
+            None,
+        );
+        plugins.add("warm", "fixture", artifacts::FIXTURE_JS_BEHAVIOURS, None);
+        let (_host, report) = load(&plugins, dir.clone());
+        assert!(report.errors.is_empty(), "{report:#?}");
+        dir
+    })
+}
+
+fn load(dir: &PluginsDir, cache: PathBuf) -> (Host, LoadReport) {
+    let host = Host::new(HostConfig {
+        compile_cache: Some(cache),
+        ..HostConfig::default()
+    })
+    .expect("build the host");
+    let report = host.load_dir(dir.path()).expect("load the plugins");
+    (host, report)
+}
+
+/// A host (with the shared compile cache) that has loaded `dir` without errors.
+fn host(dir: &PluginsDir) -> Host {
+    let (host, report) = load(dir, compile_cache().to_owned());
+    assert!(report.errors.is_empty(), "{report:#?}");
+    host
+}
+
+/// The fixture as plugin `fixture` of tenant `shop`, with `limits`.
+fn fixture(limits: &str) -> PluginsDir {
+    let dir = PluginsDir::new();
+    dir.add(
+        "shop",
+        "fixture",
+        artifacts::FIXTURE_JS_BEHAVIOURS,
+        Some(&format!(
+            "subscribe = [\"js.*\"]\n[config]\ngreeting = \"hi\"\n{limits}"
+        )),
+    );
+    dir
+}
+
+async fn deliver(host: &Host, ty: &str, id: &str, data: serde_json::Value) -> plugbus::Delivery {
+    let deliveries = host
+        .publish(event("shop", ty, id, data))
+        .await
+        .expect("a valid event")
+        .deliveries;
+    // The fixture's emits go to `out.*`, which nothing subscribes to.
+    assert_eq!(deliveries.len(), 1, "{deliveries:#?}");
+    deliveries.into_iter().next().expect("one delivery")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_emits_low_and_out_of_stock() {
+    let dir = PluginsDir::new();
+    dir.add(
+        "shop",
+        "low-stock",
+        artifacts::EXAMPLE_LOW_STOCK_ALERT_JS,
+        Some("subscribe = [\"inventory.stock_changed\"]\n[config]\nthreshold = \"5\"\n"),
+    );
+    let host = host(&dir);
+    let report = host
+        .publish(stock_changed("shop", "s-1", "sku-1", 9))
+        .await
+        .expect("valid");
+    let above = to_plugin(&report.deliveries, "low-stock");
+    assert_eq!(above[0].outcome, Outcome::Handled, "{above:#?}");
+    assert!(above[0].emitted.is_empty());
+
+    let report = host
+        .publish(stock_changed("shop", "s-2", "sku-1", 0))
+        .await
+        .expect("valid");
+    let zero = to_plugin(&report.deliveries, "low-stock");
+    assert_eq!(zero[0].outcome, Outcome::Handled, "{zero:#?}");
+    let types: Vec<_> = zero[0].emitted.iter().map(|e| e.ty.as_str()).collect();
+    assert_eq!(types, ["inventory.low_stock", "inventory.out_of_stock"]);
+    assert!(
+        zero[0]
+            .emitted
+            .iter()
+            .all(|e| e.subject.as_deref() == Some("sku-1"))
+    );
+
+    let report = host
+        .publish(stock_changed("shop", "s-3", "sku-1", -1))
+        .await
+        .expect("valid");
+    let negative = failure(to_plugin(&report.deliveries, "low-stock")[0]);
+    assert_eq!(negative.kind, FailureKind::HandlerPermanent);
+    assert_eq!(negative.message, "sku-1: new_quantity -1 is negative");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handled_emitted_and_handler_errors() {
+    let host = host(&fixture(""));
+    assert_eq!(
+        deliver(&host, "js.handled", "h-1", serde_json::json!({}))
+            .await
+            .outcome,
+        Outcome::Handled
+    );
+    assert_eq!(
+        deliver(&host, "js.log", "l-1", serde_json::json!({}))
+            .await
+            .outcome,
+        Outcome::Handled
+    );
+    let emit = deliver(&host, "js.emit", "e-1", serde_json::json!({ "a": 1 })).await;
+    assert_eq!(emit.outcome, Outcome::Handled, "{emit:#?}");
+    assert_eq!(emit.emitted.len(), 1);
+    assert_eq!(emit.emitted[0].ty, "out.echoed");
+
+    let retryable = failure(&deliver(&host, "js.retryable", "r-1", serde_json::json!({})).await);
+    assert_eq!(retryable.kind, FailureKind::HandlerRetryable);
+    assert_eq!(retryable.message, "the dependency is down");
+    let permanent = failure(&deliver(&host, "js.permanent", "p-1", serde_json::json!({})).await);
+    assert_eq!(permanent.kind, FailureKind::HandlerPermanent);
+    assert_eq!(permanent.message, "the event is malformed");
+    // The instance survives a handler error: the next event is handled.
+    assert_eq!(
+        deliver(&host, "js.handled", "h-2", serde_json::json!({}))
+            .await
+            .outcome,
+        Outcome::Handled
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncaught_exception_is_a_retryable_failure_with_its_name_and_text() {
+    let host = host(&fixture(""));
+    let type_error = failure(&deliver(&host, "js.type-error", "t-1", serde_json::json!({})).await);
+    assert_eq!(
+        type_error.kind,
+        FailureKind::HandlerRetryable,
+        "{type_error:?}"
+    );
+    assert!(
+        type_error
+            .message
+            .starts_with("uncaught exception: TypeError: ")
+            && type_error.message.contains("readMissing@"),
+        "{}",
+        type_error.message
+    );
+    let string = failure(&deliver(&host, "js.throw-string", "t-2", serde_json::json!({})).await);
+    assert_eq!(string.kind, FailureKind::HandlerRetryable);
+    assert_eq!(
+        string.message,
+        "uncaught exception: uncaught string: a plain string"
+    );
+    assert_eq!(
+        deliver(&host, "js.handled", "t-3", serde_json::json!({}))
+            .await
+            .outcome,
+        Outcome::Handled
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_runs_out_of_fuel() {
+    let host = host(&fixture("[limits]\nfuel = 20_000_000\n"));
+    let spin = deliver(&host, "js.spin", "f-1", serde_json::json!({})).await;
+    assert_eq!(kind(&spin), Some(FailureKind::FuelExhausted), "{spin:#?}");
+    assert_eq!(
+        deliver(&host, "js.handled", "f-2", serde_json::json!({}))
+            .await
+            .outcome,
+        Outcome::Handled
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_with_ample_fuel_times_out() {
+    let host = host(&fixture(
+        "[limits]\nfuel = 1_000_000_000\ntimeout_ms = 20\n",
+    ));
+    let spin = deliver(&host, "js.spin", "t-1", serde_json::json!({})).await;
+    assert_eq!(kind(&spin), Some(FailureKind::Timeout), "{spin:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_grab_hits_the_memory_limit() {
+    let host = host(&fixture(
+        "[limits]\nmemory_mib = 24\nfuel = 1_000_000_000\ntimeout_ms = 5000\n",
+    ));
+    let grow = deliver(&host, "js.grow", "m-1", serde_json::json!({})).await;
+    assert_eq!(kind(&grow), Some(FailureKind::MemoryLimit), "{grow:#?}");
+    assert_eq!(
+        deliver(&host, "js.handled", "m-2", serde_json::json!({}))
+            .await
+            .outcome,
+        Outcome::Handled
+    );
+}
+
+/// Waits until `done` holds (the consumers work in the background).
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[test]
+fn state_is_committed_through_the_durable_log_only_on_success() {
+    plugbus_tests::run_on(Backend::Sqlite, |place| {
+        Box::pin(async move {
+            let dir = fixture("");
+            let host = Arc::new(host(&dir));
+            let log = place.open().await;
+            let config = DurableConfig {
+                retry: RetryPolicy {
+                    max_attempts: 2,
+                    base_backoff: Duration::from_millis(5),
+                    max_backoff: Duration::from_millis(20),
+                },
+                ..DurableConfig::default()
+            };
+            let bus = DurableBus::start(host.clone(), log, config)
+                .await
+                .expect("start the bus");
+            let appended = bus
+                .publish(vec![
+                    event("shop", "js.state", "s-1", serde_json::json!({})),
+                    // Fails after writing and emitting, on both attempts:
+                    // a dead letter whose writes and emits are dropped.
+                    event(
+                        "shop",
+                        "js.state",
+                        "s-2",
+                        serde_json::json!({ "fail": true }),
+                    ),
+                    event("shop", "js.state", "s-3", serde_json::json!({})),
+                ])
+                .await
+                .expect("publish");
+            let head = appended.last().expect("appended").seq;
+            let log = bus.log();
+            until("the fixture is past the events", || {
+                log.cursor("shop", "fixture").expect("cursor").unwrap_or(0) >= head
+            })
+            .await;
+            let count = log
+                .get("shop", "fixture", "count")
+                .expect("read the state")
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            assert_eq!(count.as_deref(), Some("2"));
+            let counted: Vec<_> = log
+                .read("shop", 0, 1000)
+                .expect("read the log")
+                .into_iter()
+                .filter(|s| s.event.ty() == "out.counted")
+                .map(|s| String::from_utf8_lossy(s.event.data()).into_owned())
+                .collect();
+            assert_eq!(counted, [r#"{"count":1}"#, r#"{"count":2}"#]);
+            let dead = log.dead_letters("shop", "fixture").expect("dead letters");
+            assert_eq!(dead.len(), 1);
+            assert_eq!(dead[0].event.id(), "s-2");
+            assert_eq!(host.stats().failures_of(FailureKind::HandlerRetryable), 2);
+            bus.shutdown().await;
+        })
+    });
+}
+
+/// Runs `node --test [paths]` in `dir` and fails with its output when it
+/// fails.
+fn node_test(dir: &Path, paths: &[&str]) {
+    let output = Command::new("node")
+        .args(["--test", "--test-reporter=spec"])
+        .args(paths)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "`node --test` in {} could not start (is Node.js >= 20.19 installed?): {e}",
+                dir.display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "`node --test` in {} failed:\n{}{}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_sdk_example_fixture_and_template_pass_node_test() {
+    let root = workspace();
+    node_test(&root.join("guest-sdk/js"), &["test/"]);
+    node_test(&root.join("plugins/examples/low-stock-alert-js"), &[]);
+    node_test(&root.join("plugins/fixtures/js-behaviours"), &[]);
+    // The template as `plugbus new --lang js` writes it: every file with
+    // `.in` dropped and the placeholders filled, beside a copy of the SDK
+    // and the WIT.
+    let project = tempfile::tempdir().expect("a temporary directory");
+    let template = root.join("guest-sdk/js/template");
+    for entry in std::fs::read_dir(&template).expect("read the template") {
+        let path = entry.expect("an entry").path();
+        let name = path
+            .file_name()
+            .expect("a name")
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&path).expect("read a template file");
+        let text = text
+            .replace("{{name}}", "stock-watch")
+            .replace("{{tenant}}", "acme");
+        let name = name
+            .strip_suffix(".in")
+            .unwrap_or(&name)
+            .replace("{{name}}", "stock-watch");
+        std::fs::write(project.path().join(name), text).expect("write a project file");
+    }
+    let sdk = project.path().join("plugbus");
+    std::fs::create_dir_all(&sdk).expect("create plugbus/");
+    for entry in std::fs::read_dir(root.join("guest-sdk/js/plugbus")).expect("read the SDK") {
+        let path = entry.expect("an entry").path();
+        std::fs::copy(&path, sdk.join(path.file_name().expect("a name"))).expect("copy the SDK");
+    }
+    std::fs::create_dir_all(project.path().join("wit")).expect("create wit/");
+    std::fs::copy(
+        root.join("wit/plugbus.wit"),
+        project.path().join("wit/plugbus.wit"),
+    )
+    .expect("copy the WIT");
+    node_test(project.path(), &[]);
+}
+
+#[test]
+fn the_template_pins_the_tools_of_the_sdk() {
+    let read = |path: &str| -> serde_json::Value {
+        let path = workspace().join(path);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let sdk = read("guest-sdk/js/package.json");
+    let template = read("guest-sdk/js/template/package.json.in");
+    for key in ["devDependencies", "overrides", "engines"] {
+        assert_eq!(
+            template[key], sdk[key],
+            "package.json.in's {key} differ from guest-sdk/js/package.json's"
+        );
+    }
+    let mut sdk_lock = read("guest-sdk/js/package-lock.json");
+    let mut template_lock = read("guest-sdk/js/template/package-lock.json.in");
+    for lock in [&mut sdk_lock, &mut template_lock] {
+        let packages = lock["packages"]
+            .as_object_mut()
+            .expect("a lock has packages");
+        packages.remove("");
+    }
+    assert_eq!(
+        template_lock["packages"], sdk_lock["packages"],
+        "package-lock.json.in pins other packages than guest-sdk/js/package-lock.json: regenerate it"
+    );
+}
