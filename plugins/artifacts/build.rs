@@ -9,6 +9,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "build/python.rs"]
+mod python;
+
 /// The target of plugbus plugins.
 const TARGET: &str = "wasm32-wasip2";
 /// The target of the peers: Extism's Rust PDK builds core modules for it.
@@ -58,7 +61,8 @@ fn main() {
     plugins.extend(peers);
 
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    std::fs::write(out.join("artifacts.rs"), generate(&target_dir, &plugins))
+    let generated = python::extend(&workspace, generate(&target_dir, &plugins));
+    std::fs::write(out.join("artifacts.rs"), generated)
         .expect("write the generated artifacts file");
 }
 
