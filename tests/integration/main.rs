@@ -8,4 +8,5 @@ mod fixtures;
 mod isolation;
 mod loading;
 mod publish;
+mod python;
 mod reload;
