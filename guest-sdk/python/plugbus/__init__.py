@@ -160,12 +160,15 @@ def _decode_json(data: bytes, what: str) -> Any:
         raise HandlerError.permanent(f"{what} is not the expected JSON: {e}") from e
 
 
+#: The one JSON encoder: ``json.dumps`` with arguments would build a new
+#: encoder on every call, which costs a handler tens of thousands of fuel.
+_ENCODER = _json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _encode_json(value: Any, what: str) -> bytes:
     """``value`` as compact JSON bytes, or a permanent :class:`HandlerError` about ``what``."""
     try:
-        return _json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-            "utf-8"
-        )
+        return _ENCODER.encode(value).encode("utf-8")
     except (TypeError, ValueError) as e:
         raise HandlerError.permanent(f"cannot serialise {what} as JSON: {e}") from e
 
