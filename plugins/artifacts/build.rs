@@ -11,6 +11,8 @@ use std::process::Command;
 
 #[path = "build/js.rs"]
 mod js;
+#[path = "build/python.rs"]
+mod python;
 
 /// The target of plugbus plugins.
 const TARGET: &str = "wasm32-wasip2";
@@ -61,7 +63,7 @@ fn main() {
     plugins.extend(peers);
 
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let mut generated = generate(&target_dir, &plugins);
+    let mut generated = python::extend(&workspace, generate(&target_dir, &plugins));
     js::build_and_generate(&workspace, &mut generated);
     std::fs::write(out.join("artifacts.rs"), generated)
         .expect("write the generated artifacts file");

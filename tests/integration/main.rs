@@ -9,4 +9,5 @@ mod isolation;
 mod js;
 mod loading;
 mod publish;
+mod python;
 mod reload;

@@ -5,6 +5,10 @@
 //!
 //! - one constant per plugin, named after its package in upper snake case
 //!   (`LOW_STOCK_ALERT`, `FIXTURE_SPIN`, …);
+//! - one constant per Python plugin (`plugins/examples/*/app.py`,
+//!   `plugins/fixtures/py-*`), built with componentize-py into
+//!   `target/guests/python/<dir>.wasm`: `EXAMPLE_LOW_STOCK_ALERT_PY`,
+//!   `FIXTURE_PY_BEHAVIOURS` (in [`ALL`], not in `EXAMPLES`/`FIXTURES`);
 //! - [`EXAMPLES`] and [`FIXTURES`], by name;
 //! - [`ALL`], every plugin by package name;
 //! - `for_each_fixture!(mac)`, which calls `mac!(name)` for every fixture

@@ -1,0 +1,299 @@
+"""Tests of the SDK and of its test context (``pytest``)."""
+
+from typing import List
+
+import pytest
+
+import plugbus
+from plugbus import Context, EmitError, Event, HandlerError, Level, OutgoingEvent, StateError
+from plugbus.testing import MAX_EMITS_PER_DELIVERY, MAX_STATE_KEY_BYTES, TestContext
+
+# Events
+
+
+def test_a_test_event_has_the_documented_defaults() -> None:
+    event = Event("order.created")
+    assert (event.id, event.source, event.tenant, event.attempt) == ("test-event-1", "test", "test-tenant", 1)
+    assert event.datacontenttype == "application/json"
+    assert event.data == b"" and event.subject is None and dict(event.extensions) == {}
+
+
+def test_json_decodes_the_payload() -> None:
+    event = Event.from_json("order.created", {"id": "o-1", "total": 12}, subject="o-1", attempt=3)
+    assert event.json() == {"id": "o-1", "total": 12}
+    assert event.subject == "o-1" and event.attempt == 3
+    assert event.text() == '{"id":"o-1","total":12}'
+
+
+def test_a_payload_that_is_not_json_is_a_permanent_error_naming_the_event() -> None:
+    with pytest.raises(HandlerError) as err:
+        Event("order.created", data=b"{nope", id="e-7").json()
+    assert err.value.is_permanent
+    assert "order.created" in err.value.message and "e-7" in err.value.message
+    with pytest.raises(HandlerError):
+        Event("order.created", data=b"\xff").json()
+    assert Event("x", data=b"\xff").text() is None
+
+
+def test_extensions_and_replace() -> None:
+    event = Event("x", extensions={"correlationid": "c-1"})
+    assert event.extension("correlationid") == "c-1"
+    assert event.extension("missing") is None
+    assert event.replace(attempt=2).attempt == 2 and event.attempt == 1
+
+
+# Handler errors
+
+
+def test_handler_errors_say_their_kind() -> None:
+    retry = HandlerError.retryable("db down")
+    assert retry.is_retryable and not retry.is_permanent and str(retry) == "retryable: db down"
+    permanent = HandlerError.permanent("bad sku")
+    assert permanent.is_permanent and permanent.message == "bad sku"
+    assert repr(permanent) == "HandlerError.permanent('bad sku')"
+    with pytest.raises(ValueError):
+        HandlerError("maybe", "x")
+    assert EmitError("too many").is_permanent and StateError("too big").is_permanent
+
+
+# The test context
+
+
+def test_emits_logs_and_config_are_served_and_recorded() -> None:
+    def handle(ctx: Context, event: Event) -> None:
+        greeting = ctx.config("greeting", "hello")
+        ctx.trace("t")
+        ctx.debug("d")
+        ctx.info(f"{greeting} {event.id}")
+        ctx.warn("w")
+        ctx.error("e")
+        ctx.log(Level.INFO, "direct")
+        first = ctx.emit("raw.event", "text", subject="s", extensions={"partitionkey": "p"})
+        second = ctx.emit_json("json.event", {"a": [1, 2]}, dataschema="urn:x")
+        assert (first, second) == ("emitted-1", "emitted-2")
+
+    ctx = TestContext(config={"greeting": "hi"})
+    ctx.run(handle, Event("order.created", id="o-1"))
+    assert ctx.logs == [
+        (Level.TRACE, "t"),
+        (Level.DEBUG, "d"),
+        (Level.INFO, "hi o-1"),
+        (Level.WARN, "w"),
+        (Level.ERROR, "e"),
+        (Level.INFO, "direct"),
+    ]
+    assert ctx.messages(Level.WARN) == ["w"]
+    assert ctx.emitted[0] == OutgoingEvent(
+        type="raw.event", data=b"text", subject="s", extensions={"partitionkey": "p"}
+    )
+    assert ctx.emitted[1].datacontenttype == "application/json"
+    assert ctx.emitted[1].dataschema == "urn:x"
+    assert ctx.emitted[1].json() == {"a": [1, 2]}
+
+
+def test_typed_config() -> None:
+    seen: List[object] = []
+
+    def handle(ctx: Context, event: Event) -> None:
+        seen.extend(
+            [
+                ctx.config_int("n"),
+                ctx.config_int("missing", 7),
+                ctx.config_float("ratio"),
+                ctx.config_bool("on"),
+                ctx.config_json("list"),
+                ctx.config("missing"),
+            ]
+        )
+
+    TestContext(config={"n": " 12 ", "ratio": "0.5", "on": "yes", "list": "[1]"}).run(handle, Event("x"))
+    assert seen == [12, 7, 0.5, True, [1], None]
+    for key, value in [("n", "ten"), ("ratio", "half"), ("on", "perhaps"), ("list", "[")]:
+        ctx = TestContext(config={key: value})
+
+        def read(ctx: Context, event: Event, key: str = key) -> None:
+            {"n": ctx.config_int, "ratio": ctx.config_float, "on": ctx.config_bool, "list": ctx.config_json}[key](key)
+
+        with pytest.raises(HandlerError) as err:
+            ctx.run(read, Event("x"))
+        assert err.value.is_permanent and key in err.value.message and value in err.value.message
+
+
+def test_state_bytes_and_json_see_the_runs_own_writes() -> None:
+    def handle(ctx: Context, event: Event) -> None:
+        assert ctx.state.get("missing") is None
+        assert ctx.state.get_json("missing", 0) == 0
+        ctx.state.set("raw", b"\x00\x01")
+        ctx.state.set("text", "héllo")
+        ctx.state.set_json("count", ctx.state.get_json("count", 0) + 1)
+        assert ctx.state.get_json("count") == 6
+        ctx.state.delete("old")
+        ctx.state.delete("never-there")
+
+    ctx = TestContext(state={"count": 5, "old": b"x"})
+    ctx.run(handle, Event("x"))
+    assert ctx.state == {"count": b"6", "raw": b"\x00\x01", "text": "héllo".encode()}
+    assert ctx.state_json("count") == 6
+
+
+def test_state_that_does_not_decode_is_a_permanent_error() -> None:
+    def handle(ctx: Context, event: Event) -> None:
+        ctx.state.get_json("raw")
+
+    with pytest.raises(HandlerError) as err:
+        TestContext(state={"raw": b"\xff"}).run(handle, Event("x"))
+    assert err.value.is_permanent and "'raw'" in err.value.message
+
+
+def test_a_failed_run_undoes_its_writes_and_emits_but_keeps_its_logs() -> None:
+    def handle(ctx: Context, event: Event) -> None:
+        ctx.state.set_json("count", ctx.state.get_json("count", 0) + 1)
+        ctx.state.delete("keep")
+        ctx.emit_json("counted", {"n": ctx.state.get_json("count")})
+        ctx.info("counted")
+        if event.type == "fail":
+            raise HandlerError.retryable("after writing")
+
+    ctx = TestContext(state={"keep": "k"})
+    ctx.run(handle, Event("ok"))
+    with pytest.raises(HandlerError) as err:
+        ctx.run(handle, Event("fail"))
+    assert err.value.is_retryable and err.value.message == "after writing"
+    assert ctx.state_json("count") == 1
+    assert "keep" not in ctx.state
+    assert [e.json() for e in ctx.emitted] == [{"n": 1}]
+    assert ctx.messages() == ["counted", "counted"]
+
+
+def test_an_uncaught_exception_is_a_retryable_failure_with_type_text_and_traceback() -> None:
+    def helper() -> None:
+        raise KeyError("sku-9")
+
+    def handle(ctx: Context, event: Event) -> None:
+        ctx.state.set("k", b"v")
+        ctx.emit("x.y")
+        helper()
+
+    ctx = TestContext()
+    with pytest.raises(HandlerError) as err:
+        ctx.run(handle, Event("x"))
+    message = err.value.message
+    assert err.value.is_retryable
+    assert message.startswith("uncaught KeyError: 'sku-9'")
+    assert "Traceback (last lines):" in message and "in helper" in message
+    assert isinstance(err.value.__cause__, KeyError)
+    assert ctx.state == {} and ctx.emitted == []
+
+
+def test_the_exception_message_is_bounded_and_keeps_its_head() -> None:
+    def deep(n: int) -> None:
+        if n == 0:
+            raise ValueError("x" * 5000)
+        deep(n - 1)
+
+    try:
+        deep(50)
+    except ValueError as e:
+        message = plugbus.describe_exception(e)
+    assert len(message) <= plugbus.MAX_FAILURE_CHARS
+    assert message.startswith("uncaught ValueError: xxx")
+
+    class Custom(Exception):
+        pass
+
+    try:
+        deep(50)
+        raise Custom("short")
+    except Exception:
+        pass
+    try:
+        raise Custom("short")
+    except Custom as e:
+        message = plugbus.describe_exception(e)
+    assert "Custom: short" in message
+    assert message.count("\n") <= 13
+
+
+def test_host_refusals_raise_like_in_the_component() -> None:
+    def emit(type: str, **extensions: str):  # type: ignore[no-untyped-def]
+        def handle(ctx: Context, event: Event) -> None:
+            ctx.emit(type, extensions=extensions)
+
+        return handle
+
+    for handler, words in [
+        (emit(""), "must not be empty"),
+        (emit("bad\ntype"), "control character"),
+        (emit("x", causationid="c"), "set by the host"),
+        (emit("x", Bad="v"), "lowercase letters or digits"),
+        (emit("x", subject="v"), "reserved"),
+    ]:
+        ctx = TestContext()
+        with pytest.raises(EmitError) as err:
+            ctx.run(handler, Event("x"))
+        assert err.value.is_permanent and words in err.value.message, err.value.message
+
+    def flood(ctx: Context, event: Event) -> None:
+        for _ in range(MAX_EMITS_PER_DELIVERY + 1):
+            ctx.emit("x")
+
+    with pytest.raises(EmitError) as err:
+        TestContext().run(flood, Event("x"))
+    assert f"at most {MAX_EMITS_PER_DELIVERY}" in err.value.message
+
+    def long_key(ctx: Context, event: Event) -> None:
+        ctx.state.set("k" * (MAX_STATE_KEY_BYTES + 1), b"")
+
+    with pytest.raises(StateError) as state_err:
+        TestContext().run(long_key, Event("x"))
+    assert state_err.value.is_permanent and "state write refused" in str(state_err.value)
+
+
+def test_a_caught_refusal_lets_the_handler_go_on() -> None:
+    def handle(ctx: Context, event: Event) -> None:
+        try:
+            ctx.emit("x")
+        except EmitError as e:
+            ctx.warn(f"skipped: {e.reason}")
+
+    ctx = TestContext(refuse_emits="chain depth limit reached")
+    ctx.run(handle, Event("x"))
+    assert ctx.messages() == ["skipped: chain depth limit reached"]
+
+
+def test_the_attempt_reaches_the_context() -> None:
+    seen: List[int] = []
+
+    def handle(ctx: Context, event: Event) -> None:
+        seen.append(ctx.attempt)
+
+    TestContext().run(handle, Event("x", attempt=4))
+    assert seen == [4]
+
+
+def test_run_takes_the_exported_class_and_export_stays_native() -> None:
+    calls: List[str] = []
+
+    def handle(ctx: Context, event: Event) -> None:
+        calls.append(event.type)
+
+    world = plugbus.export(handle)
+    TestContext().run(world, Event("via.class"))
+    assert calls == ["via.class"]
+    with pytest.raises(RuntimeError):
+        world().handle(object())
+
+
+def test_json_that_does_not_serialise_is_a_permanent_error() -> None:
+    def handle(ctx: Context, event: Event) -> None:
+        ctx.emit_json("x", {"f": float("nan")})
+
+    with pytest.raises(HandlerError) as err:
+        TestContext().run(handle, Event("x"))
+    assert err.value.is_permanent and "JSON" in err.value.message
+
+    def store(ctx: Context, event: Event) -> None:
+        ctx.state.set_json("k", object())
+
+    with pytest.raises(HandlerError):
+        TestContext().run(store, Event("x"))
