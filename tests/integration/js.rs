@@ -8,64 +8,32 @@
 //! (warmed once per test process, before any test loads a component), so
 //! each component is compiled once and every other load reads the cache.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use plugbus::durable::{DurableBus, DurableConfig, RetryPolicy};
-use plugbus::{FailureKind, Host, HostConfig, LoadReport, Outcome};
+use plugbus::{FailureKind, Host, Outcome};
 use plugbus_artifacts as artifacts;
-use plugbus_tests::{Backend, PluginsDir, event, failure, kind, stock_changed, to_plugin};
+use plugbus_tests::{
+    Backend, PluginsDir, cached_config, event, failure, host_with, kind, stock_changed, to_plugin,
+    workspace,
+};
 
-/// The repository's root.
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lies in the workspace")
-        .to_owned()
-}
-
-/// The compile cache of this file's hosts, created private (0700) and
-/// warmed with both JavaScript components once per test process.
-fn compile_cache() -> &'static Path {
-    static CACHE: OnceLock<PathBuf> = OnceLock::new();
-    CACHE.get_or_init(|| {
-        let dir = workspace().join("target/js-test-compile-cache");
-        std::fs::create_dir_all(&dir).expect("create the compile cache");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                .expect("make the compile cache private");
-        }
-        let plugins = PluginsDir::new();
-        plugins.add(
-            "warm",
-            "example",
-            artifacts::EXAMPLE_LOW_STOCK_ALERT_JS,
-            None,
-        );
-        plugins.add("warm", "fixture", artifacts::FIXTURE_JS_BEHAVIOURS, None);
-        let (_host, report) = load(&plugins, dir.clone());
-        assert!(report.errors.is_empty(), "{report:#?}");
-        dir
-    })
-}
-
-fn load(dir: &PluginsDir, cache: PathBuf) -> (Host, LoadReport) {
-    let host = Host::new(HostConfig {
-        compile_cache: Some(cache),
-        ..HostConfig::default()
-    })
-    .expect("build the host");
-    let report = host.load_dir(dir.path()).expect("load the plugins");
-    (host, report)
-}
-
-/// A host (with the shared compile cache) that has loaded `dir` without errors.
+/// A host (with the shared compile cache, warmed once per process with
+/// both JavaScript components) that has loaded `dir` without errors.
 fn host(dir: &PluginsDir) -> Host {
-    let (host, report) = load(dir, compile_cache().to_owned());
+    static WARM: OnceLock<()> = OnceLock::new();
+    plugbus_tests::warm_cache(
+        &WARM,
+        "js",
+        &[
+            ("example", artifacts::EXAMPLE_LOW_STOCK_ALERT_JS),
+            ("fixture", artifacts::FIXTURE_JS_BEHAVIOURS),
+        ],
+    );
+    let (host, report) = host_with(cached_config("js"), dir);
     assert!(report.errors.is_empty(), "{report:#?}");
     host
 }
@@ -218,8 +186,11 @@ async fn an_endless_loop_runs_out_of_fuel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_loop_with_ample_fuel_times_out() {
+    // The limit also bounds the instantiation at load (about 10 ms alone,
+    // more on a loaded machine), so it is well above that; a billion fuel
+    // lasts seconds.
     let host = host(&fixture(
-        "[limits]\nfuel = 1_000_000_000\ntimeout_ms = 20\n",
+        "[limits]\nfuel = 1_000_000_000_000\ntimeout_ms = 500\n",
     ));
     let spin = deliver(&host, "js.spin", "t-1", serde_json::json!({})).await;
     assert_eq!(kind(&spin), Some(FailureKind::Timeout), "{spin:#?}");

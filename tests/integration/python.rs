@@ -8,53 +8,31 @@
 //! to the user) and the first test to get there fills it once for the
 //! process; the others, and later runs, load from it.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use plugbus::durable::{DurableBus, DurableConfig, RetryPolicy};
-use plugbus::{Delivery, Event, FailureKind, Host, HostConfig, LoadReport, Outcome};
+use plugbus::{Delivery, Event, FailureKind, Host, LoadReport, Outcome};
 use plugbus_artifacts as artifacts;
-use plugbus_tests::{Backend, LogPlace, PluginsDir, event, failure, stock_changed, to_plugin};
-
-/// The workspace's root.
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lies in the workspace")
-        .to_owned()
-}
-
-/// A host configuration with this file's compile cache.
-fn cached() -> HostConfig {
-    HostConfig {
-        compile_cache: Some(workspace().join("target/test-compile-cache/python")),
-        ..HostConfig::default()
-    }
-}
+use plugbus_tests::{
+    Backend, LogPlace, PluginsDir, cached_config, event, failure, host_with, stock_changed,
+    to_plugin, workspace,
+};
 
 /// A host on `dir` whose Python components come from the compile cache,
 /// filled once per process (concurrent tests wait for it).
 fn python_host(dir: &PluginsDir) -> (Host, LoadReport) {
     static WARM: OnceLock<()> = OnceLock::new();
-    WARM.get_or_init(|| {
-        let warm = PluginsDir::new();
-        warm.add(
-            "warm",
-            "example",
-            artifacts::EXAMPLE_LOW_STOCK_ALERT_PY,
-            None,
-        );
-        warm.add("warm", "fixture", artifacts::FIXTURE_PY_BEHAVIOURS, None);
-        let host = Host::new(cached()).expect("build the host");
-        let report = host.load_dir(warm.path()).expect("load the Python plugins");
-        assert!(report.errors.is_empty(), "{:?}", report.errors);
-    });
-    let host = Host::new(cached()).expect("build the host");
-    let report = host
-        .load_dir(dir.path())
-        .expect("load the plugins directory");
+    plugbus_tests::warm_cache(
+        &WARM,
+        "python",
+        &[
+            ("example", artifacts::EXAMPLE_LOW_STOCK_ALERT_PY),
+            ("fixture", artifacts::FIXTURE_PY_BEHAVIOURS),
+        ],
+    );
+    let (host, report) = host_with(cached_config("python"), dir);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     (host, report)
 }
@@ -243,7 +221,7 @@ async fn fuel_exhaustion_a_timeout_and_the_memory_limit() {
     assert_eq!(failure(&d).kind, FailureKind::FuelExhausted, "{d:#?}");
     // Ample fuel: the wall clock stops it.
     let host = fixture_host(
-        "subscribe = [\"fixture.*\"]\n[limits]\nfuel = 1_000_000_000\ntimeout_ms = 50",
+        "subscribe = [\"fixture.*\"]\n[limits]\nfuel = 1_000_000_000_000\ntimeout_ms = 500",
     );
     let d = deliver(&host, "fixture.spin", "t-1", serde_json::json!({})).await;
     assert_eq!(failure(&d).kind, FailureKind::Timeout, "{d:#?}");

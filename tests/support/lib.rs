@@ -71,6 +71,48 @@ pub fn host_with(config: HostConfig, dir: &PluginsDir) -> (Host, LoadReport) {
     (host, report)
 }
 
+/// A fuel ceiling far above the default one, for tests whose handler must
+/// outlast its wall-clock limit rather than its fuel.
+pub const AMPLE_FUEL: u64 = 1_000_000_000_000;
+
+/// The repository's root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lies in the workspace")
+        .to_owned()
+}
+
+/// A host configuration for tests of big components (Python, JavaScript:
+/// tens of seconds to compile): a compile cache under
+/// `target/test-compile-cache/<name>`, shared by every test process of
+/// this checkout, and a fuel ceiling of [`AMPLE_FUEL`].
+pub fn cached_config(name: &str) -> HostConfig {
+    HostConfig {
+        compile_cache: Some(workspace().join("target/test-compile-cache").join(name)),
+        max_limits: plugbus::Limits {
+            fuel: AMPLE_FUEL,
+            ..plugbus::Limits::DEFAULT_CEILINGS
+        },
+        ..HostConfig::default()
+    }
+}
+
+/// Loads `components` (name, path) once per process on a host of
+/// [`cached_config`]`(name)`, so that the tests running at once wait for
+/// one compile of each instead of all compiling it; `warm` is the test
+/// file's own.
+pub fn warm_cache(warm: &'static std::sync::OnceLock<()>, name: &str, components: &[(&str, &str)]) {
+    warm.get_or_init(|| {
+        let plugins = PluginsDir::new();
+        for (plugin, wasm) in components {
+            plugins.add("warm", plugin, wasm, None);
+        }
+        let (_host, report) = host_with(cached_config(name), &plugins);
+        assert!(report.errors.is_empty(), "{report:#?}");
+    });
+}
+
 /// An event of `tenant` with type `ty`, a JSON payload and the given id.
 pub fn event(tenant: &str, ty: &str, id: &str, data: serde_json::Value) -> Event {
     let json = serde_json::json!({
