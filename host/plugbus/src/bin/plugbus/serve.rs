@@ -272,6 +272,11 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
         .context("cannot install the metrics recorder")
 }
 
+/// The size over which a component that must be compiled at start is
+/// compiled in the background (see `HostConfig::background_compile_bytes`):
+/// Rust plugins are 0.1-2 MB, Python and JavaScript ones 10-20 MB.
+const BACKGROUND_COMPILE_BYTES: u64 = 4 * 1024 * 1024;
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (settings, listen) = settings(&args)?;
     // Registered before the port is bound: once the host answers, a SIGINT
@@ -291,6 +296,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !args.no_compile_cache {
         config.compile_cache = Some(data.join("compiled"));
     }
+    // A large component not in the compile cache (Python and JavaScript
+    // ones are 10-20 MB and take 25-45 s) is compiled in the background:
+    // the other plugins serve meanwhile.
+    config.background_compile_bytes = Some(BACKGROUND_COMPILE_BYTES);
     prepare_dirs(&plugins, &data)?;
     // Bound before anything starts, so a port in use is a clear error.
     let listener = match listen {
