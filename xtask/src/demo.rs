@@ -380,7 +380,10 @@ fn plugbus_binary(line: &str) -> Option<PathBuf> {
 /// followed by `-` (so `fixture-spin-fuel` is another instance of
 /// `fixture-spin`, with a manifest of its own).
 fn component_for(name: &str) -> Option<&'static str> {
-    if let Some((_, wasm)) = LANGUAGE_EXAMPLES.iter().find(|(example, _)| *example == name) {
+    if let Some((_, wasm)) = LANGUAGE_EXAMPLES
+        .iter()
+        .find(|(example, _)| *example == name)
+    {
         return *wasm;
     }
     plugbus_artifacts::ALL
@@ -458,7 +461,10 @@ fn assemble_examples(root: &Path, plugins: &Path) -> anyhow::Result<usize> {
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .context("a manifest file name is not UTF-8")?;
-            if LANGUAGE_EXAMPLES.iter().any(|(example, wasm)| *example == name && wasm.is_none()) {
+            if LANGUAGE_EXAMPLES
+                .iter()
+                .any(|(example, wasm)| *example == name && wasm.is_none())
+            {
                 step(format_args!(
                     "  note: {name} left out: its component is not built in this checkout \
                      (plugbus_artifacts::ALL has no {name:?})"

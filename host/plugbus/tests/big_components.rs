@@ -36,7 +36,10 @@ const BACKGROUND: u64 = 4 * 1024 * 1024;
 /// to compile).
 fn big_component() -> (Vec<u8>, bool) {
     match std::env::var_os("PLUGBUS_BIG_COMPONENT") {
-        Some(path) => (std::fs::read(&path).expect("read PLUGBUS_BIG_COMPONENT"), true),
+        Some(path) => (
+            std::fs::read(&path).expect("read PLUGBUS_BIG_COMPONENT"),
+            true,
+        ),
         None => {
             let noop = std::fs::read(artifacts::FIXTURE_NOOP).expect("read the noop fixture");
             (
@@ -108,15 +111,31 @@ async fn a_large_component_compiles_in_the_background_while_the_others_serve() {
     let plugins = tempfile::tempdir().expect("plugins");
     let cache = tempfile::tempdir().expect("cache");
     let noop = std::fs::read(artifacts::FIXTURE_NOOP).expect("read the noop fixture");
-    write(plugins.path(), "acme", "small", &noop, Some("subscribe = [\"small.*\"]\n"));
-    write(plugins.path(), "acme", "big", &big, Some("subscribe = [\"big.*\"]\n"));
+    write(
+        plugins.path(),
+        "acme",
+        "small",
+        &noop,
+        Some("subscribe = [\"small.*\"]\n"),
+    );
+    write(
+        plugins.path(),
+        "acme",
+        "big",
+        &big,
+        Some("subscribe = [\"big.*\"]\n"),
+    );
 
     let host = Arc::new(Host::new(config(cache.path())).expect("a host"));
     let mut events = host.reload_events();
     let report = host.load_dir(plugins.path()).expect("load");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let loaded: Vec<_> = report.loaded.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(loaded, ["small"], "the large one compiles in the background");
+    assert_eq!(
+        loaded,
+        ["small"],
+        "the large one compiles in the background"
+    );
     let statuses: Vec<_> = host.statuses().into_iter().map(|s| s.name).collect();
     assert_eq!(statuses, ["small"], "a plugin not loaded yet has no status");
 
@@ -330,4 +349,57 @@ fn replace_by_rename(path: &Path, bytes: &[u8]) {
     let temporary = path.with_extension("wasm.tmp");
     std::fs::write(&temporary, bytes).expect("write");
     std::fs::rename(&temporary, path).expect("rename");
+}
+
+/// `plugbus serve --stdin`: a large component compiled in the background
+/// handles the input too (from the log's start, as its manifest says)
+/// before the host exits at the end of the input.
+#[test]
+fn serve_stdin_waits_for_a_large_component_compiled_in_the_background() {
+    use std::io::Write as _;
+    let (big, _) = big_component();
+    let root = tempfile::tempdir().expect("a directory");
+    let plugins = root.path().join("plugins");
+    let noop = std::fs::read(artifacts::FIXTURE_NOOP).expect("read the noop fixture");
+    write(&plugins, "acme", "small", &noop, None);
+    write(
+        &plugins,
+        "acme",
+        "big",
+        &big,
+        Some("subscribe = [\"*\"]\nstart = \"earliest\"\n"),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_plugbus"))
+        .args(["serve", "--listen", "off", "--stdin", "--plugins"])
+        .arg(&plugins)
+        .arg("--data")
+        .arg(root.path().join("data"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run plugbus serve");
+    let line = serde_json::json!({
+        "specversion": "1.0", "id": "e1", "source": "/test", "type": "order.created",
+        "tenant": "acme", "data": {},
+    });
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{line}\n").as_bytes())
+        .expect("write the input");
+    let output = child.wait_with_output().expect("wait for plugbus serve");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("compiling in the background"), "{stderr}");
+    let plugins: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|d| d["event_id"] == "e1")
+        .filter_map(|d| d["plugin"].as_str().map(str::to_owned))
+        .collect();
+    assert!(plugins.contains(&"big".to_owned()), "{stdout}\n{stderr}");
+    assert!(plugins.contains(&"small".to_owned()), "{stdout}\n{stderr}");
 }

@@ -200,12 +200,24 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 fn python_and_js_projects_are_written_from_their_templates() {
     let temp = tempfile::tempdir().expect("a temporary directory");
     for (lang, template, handler, test) in [
-        ("python", "guest-sdk/python/template", "app.py", "test_app.py"),
-        ("js", "guest-sdk/js/template", "handler.js", "handler.test.js"),
+        (
+            "python",
+            "guest-sdk/python/template",
+            "app.py",
+            "test_app.py",
+        ),
+        (
+            "js",
+            "guest-sdk/js/template",
+            "handler.js",
+            "handler.test.js",
+        ),
     ] {
         let name = format!("stock-{lang}");
-        let (ok, stdout, stderr) =
-            plugbus_new(temp.path(), &[&name, "--lang", lang, "--tenant", "globex-retail"]);
+        let (ok, stdout, stderr) = plugbus_new(
+            temp.path(),
+            &[&name, "--lang", lang, "--tenant", "globex-retail"],
+        );
         let dir = temp.path().join(&name);
         if !workspace().join(template).is_dir() {
             assert!(!ok, "{stdout}");
@@ -227,7 +239,10 @@ fn python_and_js_projects_are_written_from_their_templates() {
             ".gitignore".to_owned(),
             "wit/plugbus.wit".to_owned(),
         ] {
-            assert!(files.contains(&PathBuf::from(&file)), "{lang}: {file} is missing: {files:?}");
+            assert!(
+                files.contains(&PathBuf::from(&file)),
+                "{lang}: {file} is missing: {files:?}"
+            );
         }
         assert!(
             files.iter().any(|f| f.starts_with("plugbus")),
@@ -251,7 +266,10 @@ fn python_and_js_projects_are_written_from_their_templates() {
         let manifest = std::fs::read_to_string(dir.join(format!("{name}.toml"))).expect("manifest");
         assert!(manifest.contains("subscribe"), "{manifest}");
         let readme = std::fs::read_to_string(dir.join("README.md")).expect("README");
-        assert!(readme.contains(&name) && readme.contains("globex-retail"), "{readme}");
+        assert!(
+            readme.contains(&name) && readme.contains("globex-retail"),
+            "{readme}"
+        );
         assert_eq!(
             std::fs::read(dir.join("wit/plugbus.wit")).expect("the WIT"),
             std::fs::read(workspace().join("wit/plugbus.wit")).expect("the WIT"),
@@ -266,13 +284,22 @@ fn bad_requests_are_refused_naming_what_is_wrong() {
     std::fs::create_dir_all(temp.path().join("full")).expect("create");
     std::fs::write(temp.path().join("full/x"), "x").expect("write");
     for (args, expected) in [
-        (&["Bad", "--lang", "rust"][..], "\"Bad\" is not a valid plugin name"),
+        (
+            &["Bad", "--lang", "rust"][..],
+            "\"Bad\" is not a valid plugin name",
+        ),
         (&["fn", "--lang", "rust"][..], "reserved in Rust"),
-        (&["9lives", "--lang", "rust"][..], "must start with a letter"),
+        (
+            &["9lives", "--lang", "rust"][..],
+            "must start with a letter",
+        ),
         (&["p", "--lang", "go"][..], "invalid value 'go'"),
         (&["p"][..], "--lang"),
         (&["p", "--lang", "rust", "--tenant", "Acme"][..], "--tenant"),
-        (&["p", "--lang", "rust", "--dir", "full"][..], "is not empty"),
+        (
+            &["p", "--lang", "rust", "--dir", "full"][..],
+            "is not empty",
+        ),
     ] {
         let (ok, stdout, stderr) = plugbus_new(temp.path(), args);
         assert!(!ok, "{args:?}: {stdout}");

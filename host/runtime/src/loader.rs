@@ -845,7 +845,9 @@ type CompileResult = Result<(Component, crate::cache::CompileSource), String>;
 /// permits, plus one first load).
 #[derive(Default)]
 pub(crate) struct InFlight {
-    compiles: std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<std::sync::OnceLock<CompileResult>>>>,
+    compiles: std::sync::Mutex<
+        std::collections::HashMap<[u8; 32], Arc<std::sync::OnceLock<CompileResult>>>,
+    >,
 }
 
 impl InFlight {

@@ -603,7 +603,12 @@ impl Reloader {
     /// Reads and builds one plugin, or, if `background` allows, leaves a
     /// long compile to the background ([`BuildResult::Background`]).
     /// Blocking: compiles.
-    fn build(&self, candidate: &Candidate, compiled: &mut Compiled, background: bool) -> BuildResult {
+    fn build(
+        &self,
+        candidate: &Candidate,
+        compiled: &mut Compiled,
+        background: bool,
+    ) -> BuildResult {
         let ctx = &self.loading;
         let source = match loader::read(ctx, candidate) {
             Ok(source) => source,

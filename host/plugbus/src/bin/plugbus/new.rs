@@ -122,7 +122,9 @@ impl PluginName {
             bail!("the plugin name {name:?} must start with a letter");
         }
         if lang == Lang::Rust && RESERVED.contains(&crate_name(name).as_str()) {
-            bail!("the plugin name {name:?} is reserved in Rust; cargo refuses it as a crate's name");
+            bail!(
+                "the plugin name {name:?} is reserved in Rust; cargo refuses it as a crate's name"
+            );
         }
         Ok(Self(name.to_owned()))
     }
@@ -360,7 +362,10 @@ mod tests {
             let message = format!("{:#}", PluginName::parse(bad, Lang::Python).unwrap_err());
             assert!(message.contains(why), "{bad:?}: {message}");
         }
-        let long = format!("{:#}", PluginName::parse(&"x".repeat(65), Lang::Js).unwrap_err());
+        let long = format!(
+            "{:#}",
+            PluginName::parse(&"x".repeat(65), Lang::Js).unwrap_err()
+        );
         assert!(long.contains("65 bytes long"), "{long}");
         for reserved in ["fn", "proc-macro", "self"] {
             let message = format!("{:#}", PluginName::parse(reserved, Lang::Rust).unwrap_err());
@@ -369,7 +374,10 @@ mod tests {
         }
         TenantName::parse("1-store").expect("a tenant may start with a digit");
         let message = format!("{:#}", TenantName::parse("Acme").unwrap_err());
-        assert!(message.contains("--tenant") && message.contains("'A'"), "{message}");
+        assert!(
+            message.contains("--tenant") && message.contains("'A'"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -380,12 +388,14 @@ mod tests {
             #[command(flatten)]
             new: NewArgs,
         }
-        let cli = Cli::try_parse_from(["new", "p", "--lang", "python", "--dir", "/x"])
-            .expect("valid");
+        let cli =
+            Cli::try_parse_from(["new", "p", "--lang", "python", "--dir", "/x"]).expect("valid");
         assert_eq!(cli.new.lang, Lang::Python);
         assert_eq!(cli.new.tenant, DEFAULT_TENANT);
         assert_eq!(cli.new.dir.as_deref(), Some(Path::new("/x")));
-        let missing = Cli::try_parse_from(["new", "p"]).err().map(|e| e.to_string());
+        let missing = Cli::try_parse_from(["new", "p"])
+            .err()
+            .map(|e| e.to_string());
         assert!(missing.is_some_and(|m| m.contains("--lang")));
         let unknown = Cli::try_parse_from(["new", "p", "--lang", "go"])
             .err()
@@ -430,7 +440,10 @@ mod tests {
         )
         .expect("written");
         let read = |path: &str| std::fs::read(dir.join(path)).expect(path);
-        assert_eq!(read("my-plugin.toml"), b"# my-plugin of globex (my_plugin)\n");
+        assert_eq!(
+            read("my-plugin.toml"),
+            b"# my-plugin of globex (my_plugin)\n"
+        );
         assert_eq!(read("src/app.py"), b"NAME = 'my-plugin'\n");
         assert_eq!(read("plugbus/__init__.py.in"), b"# {{name}} stays\n");
         assert_eq!(read("logo.png"), [0xff, 0xfe, b'{', b'{']);
@@ -449,7 +462,10 @@ mod tests {
         )
         .unwrap_err();
         let message = format!("{err:#}");
-        assert!(message.contains("--lang js: not built into this binary"), "{message}");
+        assert!(
+            message.contains("--lang js: not built into this binary"),
+            "{message}"
+        );
         assert!(message.contains("guest-sdk/js/template"), "{message}");
         assert!(!temp.path().join("p").exists(), "nothing is written");
     }
@@ -463,8 +479,14 @@ mod tests {
         std::fs::write(root.join("file"), "x").expect("write");
         std::fs::create_dir_all(root.join("empty")).expect("create");
         let attempt = |dir: &str| {
-            write_project(&RUST, Lang::Rust, &name("p"), &tenant("acme-pos"), &root.join(dir))
-                .map_err(|e| format!("{e:#}"))
+            write_project(
+                &RUST,
+                Lang::Rust,
+                &name("p"),
+                &tenant("acme-pos"),
+                &root.join(dir),
+            )
+            .map_err(|e| format!("{e:#}"))
         };
         let full = attempt("full").unwrap_err();
         assert!(full.contains("full is not empty"), "{full}");
@@ -500,19 +522,27 @@ mod tests {
             "plugbus-sdk/src/testing.rs",
             "wit/plugbus.wit",
         ] {
-            assert!(written.files.contains(&PathBuf::from(file)), "{file} is missing");
+            assert!(
+                written.files.contains(&PathBuf::from(file)),
+                "{file} is missing"
+            );
         }
         for file in &written.files {
             let text = std::fs::read_to_string(written.dir.join(file)).unwrap_or_default();
             if !file.starts_with("plugbus-sdk/src") {
-                assert!(!text.contains("{{"), "{} keeps a placeholder", file.display());
+                assert!(
+                    !text.contains("{{"),
+                    "{} keeps a placeholder",
+                    file.display()
+                );
             }
         }
         let workspace: toml::Table = toml::from_str(include_str!("../../../../../Cargo.toml"))
             .expect("the workspace's Cargo.toml");
-        let sdk: toml::Table =
-            toml::from_str(&std::fs::read_to_string(written.dir.join("plugbus-sdk/Cargo.toml")).expect("read"))
-                .expect("the SDK's Cargo.toml");
+        let sdk: toml::Table = toml::from_str(
+            &std::fs::read_to_string(written.dir.join("plugbus-sdk/Cargo.toml")).expect("read"),
+        )
+        .expect("the SDK's Cargo.toml");
         for dependency in ["wit-bindgen", "serde", "serde_json"] {
             assert_eq!(
                 workspace["workspace"]["dependencies"][dependency]["version"],

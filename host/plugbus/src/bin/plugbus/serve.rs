@@ -340,7 +340,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(listener) => Some(start_http(listener, &bus, &settings, metrics, http_stopped).await?),
         None => None,
     };
-    take_events(&args, &bus, listen.is_some(), shutdown).await?;
+    take_events(&args, &host, &bus, listen.is_some(), shutdown).await?;
     // One deadline for everything that is under way when the signal comes:
     // HTTP requests, deliveries, and the output of what was delivered. A
     // client or a guest that does not finish by then does not hold the
@@ -551,6 +551,7 @@ async fn start_http(
 /// HTTP alone.
 async fn take_events(
     args: &ServeArgs,
+    host: &plugbus::Host,
     bus: &DurableBus,
     http: bool,
     shutdown: impl Future<Output = ()>,
@@ -560,8 +561,14 @@ async fn take_events(
     let shutdown = futures::FutureExt::fuse(shutdown);
     tokio::pin!(shutdown);
     if args.stdin {
-        let rejected =
-            publish_lines(bus, tokio::io::stdin(), args.concurrency, &mut shutdown).await?;
+        let rejected = publish_lines(
+            host,
+            bus,
+            tokio::io::stdin(),
+            args.concurrency,
+            &mut shutdown,
+        )
+        .await?;
         if rejected > 0 {
             tracing::warn!("{rejected} input lines rejected");
         }
@@ -729,9 +736,11 @@ async fn print_deliveries(mut deliveries: tokio::sync::broadcast::Receiver<Deliv
 
 /// Publishes the events of `input`, one JSON line each, into the durable
 /// log, `concurrency` at a time, until the input ends or `stop` resolves.
-/// At the end of the input it waits until the plugins have handled what was
+/// At the end of the input it waits until the plugins of `host` compiled in
+/// the background are loaded and every plugin has handled what was
 /// published (or `stop`). Returns how many lines were rejected.
 async fn publish_lines(
+    host: &plugbus::Host,
     bus: &DurableBus,
     input: impl tokio::io::AsyncRead + Unpin + Send,
     concurrency: u32,
@@ -767,11 +776,38 @@ async fn publish_lines(
             Some(Ok(_)) | None => {}
         }
     }
+    // The plugins compiled in the background (large components not in the
+    // compile cache) handle the input too: their consumers start once they
+    // are loaded.
+    tokio::select! {
+        () = background_loads(host) => {}
+        () = &mut *stop => return Ok(rejected),
+    }
     tokio::select! {
         settled = bus.settle() => settled?,
         () = &mut *stop => {}
     }
     Ok(rejected)
+}
+
+/// Waits until no plugin of `host` is being compiled in the background.
+async fn background_loads(host: &plugbus::Host) {
+    let mut told = false;
+    loop {
+        let loading = host.loading();
+        if loading.is_empty() {
+            return;
+        }
+        if !told {
+            let names: Vec<String> = loading.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+            tracing::info!(
+                "the input is published; waiting for {} compiling in the background to handle it",
+                names.join(", ")
+            );
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A future that resolves on SIGINT (Ctrl-C) or SIGTERM.
