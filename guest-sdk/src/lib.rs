@@ -21,7 +21,8 @@
 //!
 //! The quickest start is `plugbus new my-plugin --lang rust`: it writes
 //! the crate below (a handler with state and native tests, its manifest and
-//! a README, with a copy of this SDK) in a new folder. By hand, a plugin is a crate of its own.
+//! a README, with a copy of this SDK) in a new folder. By hand, a plugin is
+//! a crate of its own.
 //!
 //! `Cargo.toml`:
 //!
