@@ -266,10 +266,7 @@ fn python_and_js_projects_are_written_from_their_templates() {
         let manifest = std::fs::read_to_string(dir.join(format!("{name}.toml"))).expect("manifest");
         assert!(manifest.contains("subscribe"), "{manifest}");
         let readme = std::fs::read_to_string(dir.join("README.md")).expect("README");
-        assert!(
-            readme.contains(&name) && readme.contains("globex-retail"),
-            "{readme}"
-        );
+        assert!(readme.contains(&name), "{readme}");
         assert_eq!(
             std::fs::read(dir.join("wit/plugbus.wit")).expect("the WIT"),
             std::fs::read(workspace().join("wit/plugbus.wit")).expect("the WIT"),
