@@ -19,10 +19,10 @@
 //!
 //! ## A complete plugin
 //!
-//! The quickest start is `cargo xtask new-plugin ../my-plugin` in a
-//! checkout of plugbus: it writes the crate below (a handler with state and
-//! native tests, its manifest and a README) in a new folder, outside the
-//! repository. By hand, a plugin is a crate of its own.
+//! The quickest start is `plugbus new my-plugin --lang rust`: it writes
+//! the crate below (a handler with state and native tests, its manifest and
+//! a README, with a copy of this SDK) in a new folder. By hand, a plugin is
+//! a crate of its own.
 //!
 //! `Cargo.toml`:
 //!

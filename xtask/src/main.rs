@@ -11,7 +11,6 @@ use anyhow::Context as _;
 
 mod demo;
 mod nats;
-mod scaffold;
 mod table;
 
 const USAGE: &str = "\
@@ -43,9 +42,11 @@ commands:
                    sleeper fixtures; ARGS go to it
   bench-table GROUP [--columns a,b,...] [--ratio a/b]...
                    print the markdown tables of BENCHMARKS.md from the last `cargo bench` of GROUP
-  new-plugin DIR [--name NAME] [--tenant TENANT]
-                   write a plugin crate in DIR (new or empty), outside this repository; NAME
-                   defaults to DIR's last component, TENANT to acme-pos";
+
+
+A new plugin project (Rust, Python or JavaScript) is written by the host binary:
+`plugbus new NAME --lang rust|python|js [--tenant TENANT] [--dir DIR]` (after
+`cargo xtask demo`, or `cargo build --workspace --bin plugbus`: target/debug/plugbus).";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -106,7 +107,13 @@ fn main() -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         }),
-        Some("new-plugin") => scaffold::run(&args[1..]),
+        Some("new-plugin") => {
+            eprintln!(
+                "xtask: new-plugin is now `plugbus new NAME --lang rust [--tenant TENANT] [--dir DIR]` \
+                 (target/debug/plugbus after `cargo build --workspace --bin plugbus`)"
+            );
+            Ok(ExitCode::from(2))
+        }
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)

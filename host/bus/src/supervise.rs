@@ -33,6 +33,7 @@ pub(crate) async fn retain(inner: Arc<Inner>) -> Result<(), String> {
             .plugins()
             .into_iter()
             .map(|p| (p.tenant, p.name))
+            .chain(inner.host.loading())
             .collect();
         match inner.log.prune(retention, live).await {
             Ok(pruned) => {

@@ -64,6 +64,9 @@ pub enum CompileSource {
     /// The cache held an entry that failed its check: it was deleted and
     /// the component compiled again.
     CacheCorrupt,
+    /// Compiled once for another plugin loading the same component at the
+    /// same time (two tenants' same component), and shared.
+    Shared,
 }
 
 /// The compile cache's counters.
@@ -137,6 +140,12 @@ impl CompileCache {
     pub fn entry_path(&self, digest: &[u8; 32]) -> PathBuf {
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         self.dir.join(format!("{hex}-{}.cwasm", self.engine_key))
+    }
+
+    /// Whether the cache holds an entry for the component whose bytes hash
+    /// to `digest` (not checked: loading it may still find it corrupt).
+    pub fn contains(&self, digest: &[u8; 32]) -> bool {
+        self.entry_path(digest).is_file()
     }
 
     /// The compiled component of `bytes` (whose SHA-256 is `digest`): from

@@ -63,6 +63,14 @@ pub struct HostConfig {
     /// threads from dispatch, and one tenant's large compile does not hold
     /// back the reloads of the others.
     pub max_concurrent_compiles: usize,
+    /// Components larger than this that must be compiled (they are not in
+    /// the compile cache) are compiled in the background by
+    /// [`Host::load_dir`] within a tokio runtime, as a hot reload is: it
+    /// returns without them, and each serves once compiled (default
+    /// `None`: every plugin is loaded before `load_dir` returns; `plugbus
+    /// serve` sets 4 MiB, so that Python and JavaScript components, 10-20
+    /// MB and 25-45 s to compile, do not hold a first start).
+    pub background_compile_bytes: Option<u64>,
     /// How long a changed file must stay quiet before it is read (default
     /// 10 ms): a rename is one event, so it is picked up at once.
     pub reload_quiet: Duration,
@@ -184,6 +192,7 @@ impl Default for HostConfig {
             engine: EngineOptions::default(),
             compile_cache: None,
             max_concurrent_compiles: 2,
+            background_compile_bytes: None,
             reload_quiet: Duration::from_millis(10),
             reload_write_timeout: Duration::from_secs(1),
             max_batch_events: 128,
@@ -411,6 +420,8 @@ impl Host {
                 } => Some(max_memory_bytes),
                 Allocation::OnDemand => None,
             },
+            background_compile_bytes: config.background_compile_bytes,
+            compiling: Default::default(),
         };
         let registry = Arc::new(ArcSwap::from_pointee(Registry::default()));
         let settling = Settling {
@@ -502,6 +513,13 @@ impl Host {
     /// tenant and name.
     pub fn statuses(&self) -> Vec<PluginStatus> {
         self.reloader.statuses()
+    }
+
+    /// The plugins (tenant, name) whose first version is being compiled in
+    /// the background ([`HostConfig::background_compile_bytes`]): not
+    /// loaded yet, and whose events retention must keep all the same.
+    pub fn loading(&self) -> Vec<(String, String)> {
+        self.reloader.first_loads()
     }
 
     /// Watches `dir` and reloads plugins as their files change, until the

@@ -825,6 +825,84 @@ pub(crate) struct LoadContext {
     /// The largest linear memory of the pooling allocator's slots, when
     /// the engine pools instances.
     pub pool_memory: Option<u64>,
+    /// Components larger than this that must be compiled (not in the
+    /// compile cache) are compiled in the background by a first load
+    /// ([`HostConfig::background_compile_bytes`](crate::HostConfig::background_compile_bytes)).
+    pub background_compile_bytes: Option<u64>,
+    /// The compiles under way, shared by every load and reload.
+    pub compiling: InFlight,
+}
+
+/// What a compile under way gives: the component and where it came from,
+/// or why it did not compile.
+type CompileResult = Result<(Component, crate::cache::CompileSource), String>;
+
+/// The compiles under way, by the SHA-256 of the component: a load of the
+/// same bytes as a compile under way (two tenants' same component, two
+/// reloads at once) waits for that compile and shares its code instead of
+/// compiling them again. An entry lives only while its compile runs, so
+/// there are at most as many as loads under way (the reload's compile
+/// permits, plus one first load).
+#[derive(Default)]
+pub(crate) struct InFlight {
+    compiles: std::sync::Mutex<
+        std::collections::HashMap<[u8; 32], Arc<std::sync::OnceLock<CompileResult>>>,
+    >,
+}
+
+impl InFlight {
+    /// The compiled component of `bytes` (whose SHA-256 is `digest`),
+    /// from `compile` if no compile of the same bytes is under way, else
+    /// from that one's (then [`CompileSource::Shared`](crate::cache::CompileSource::Shared)).
+    /// Blocking: waits for the compile under way.
+    fn once(&self, digest: &[u8; 32], compile: impl FnOnce() -> CompileResult) -> CompileResult {
+        let lock = || {
+            self.compiles
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let cell = lock().entry(*digest).or_default().clone();
+        let mut ran = false;
+        let result = cell
+            .get_or_init(|| {
+                ran = true;
+                compile()
+            })
+            .clone();
+        if ran {
+            let mut compiles = lock();
+            if compiles.get(digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                compiles.remove(digest);
+            }
+            return result;
+        }
+        result.map(|(component, _)| (component, crate::cache::CompileSource::Shared))
+    }
+
+    /// Whether a compile of the component whose SHA-256 is `digest` is
+    /// under way.
+    fn has(&self, digest: &[u8; 32]) -> bool {
+        self.compiles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(digest)
+    }
+}
+
+/// Whether loading `source` now means compiling a component of more than
+/// `background_compile_bytes`: not compiled in this load, not under way,
+/// not in the compile cache.
+pub(crate) fn compiles_long(ctx: &LoadContext, compiled: &Compiled, source: &Source) -> bool {
+    let Some(limit) = ctx.background_compile_bytes else {
+        return false;
+    };
+    source.bytes.len() as u64 > limit
+        && !compiled.contains_key(&source.digest)
+        && !ctx.compiling.has(&source.digest)
+        && !ctx
+            .cache
+            .as_ref()
+            .is_some_and(|cache| cache.contains(&source.digest))
 }
 
 /// Refuses a plugin whose memory limit the pooling allocator cannot hold.
@@ -929,6 +1007,11 @@ impl Source {
     pub(crate) fn manifest(&self) -> &Manifest {
         &self.manifest
     }
+
+    /// The component's size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
 }
 
 /// Reads a plugin's manifest and component, each opened once beneath its
@@ -1022,22 +1105,26 @@ pub(crate) fn build(
 ) -> Result<(Plugin, crate::cache::CompileSource), LoadError> {
     use crate::cache::CompileSource;
     let path = &candidate.wasm;
-    let compile_error = |e: wasmtime::Error| LoadError::Compile {
+    let compile_error = |reason: String| LoadError::Compile {
         path: path.clone(),
-        reason: format!("{e:#}"),
+        reason,
     };
     let (component, origin) = match compiled.get(&source.digest) {
         Some(component) => (component.clone(), CompileSource::Compiled),
         None => {
-            let (component, origin) = match &ctx.cache {
-                Some(cache) => cache
-                    .load_or_compile(&ctx.engine, &source.digest, &source.bytes)
-                    .map_err(compile_error)?,
-                None => (
-                    Component::from_binary(&ctx.engine, &source.bytes).map_err(compile_error)?,
-                    CompileSource::Compiled,
-                ),
-            };
+            let (component, origin) = ctx
+                .compiling
+                .once(&source.digest, || {
+                    match &ctx.cache {
+                        Some(cache) => {
+                            cache.load_or_compile(&ctx.engine, &source.digest, &source.bytes)
+                        }
+                        None => Component::from_binary(&ctx.engine, &source.bytes)
+                            .map(|component| (component, CompileSource::Compiled)),
+                    }
+                    .map_err(|e| format!("{e:#}"))
+                })
+                .map_err(compile_error)?;
             compiled.insert(source.digest, component.clone());
             (component, origin)
         }
@@ -1407,6 +1494,56 @@ mod tests {
         // Exactly the quota fits.
         let (ok, over) = split_by_quota(all[2..4].to_vec(), |_| false, quota);
         assert_eq!((ok.len(), over.len()), (2, 0));
+    }
+
+    /// A second load of the same bytes while the first compiles waits for
+    /// that compile and shares it; the next one after it compiles again
+    /// (the compile cache, not this, serves loads after).
+    #[test]
+    fn a_compile_under_way_is_shared_not_repeated() {
+        use crate::cache::CompileSource;
+        let engine = Engine::default();
+        // An empty component: the magic, version 0x0d, layer 1.
+        let empty = Component::from_binary(&engine, b"\0asm\x0d\0\x01\0").expect("compiles");
+        let in_flight = Arc::new(InFlight::default());
+        let digest = [7; 32];
+        let compiles = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let first = {
+            let (in_flight, compiles, empty) = (in_flight.clone(), compiles.clone(), empty.clone());
+            std::thread::spawn(move || {
+                in_flight.once(&digest, || {
+                    compiles.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    // Until the second load waits on this compile: the
+                    // map's entry, this thread's and the second's.
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                    while in_flight
+                        .compiles
+                        .lock()
+                        .map(|m| m.get(&digest).map_or(0, Arc::strong_count))
+                        .unwrap_or(0)
+                        < 3
+                    {
+                        assert!(std::time::Instant::now() < deadline, "the second load came");
+                        std::thread::yield_now();
+                    }
+                    Ok((empty, CompileSource::CacheMiss))
+                })
+            })
+        };
+        while !in_flight.has(&digest) {
+            std::thread::yield_now();
+        }
+        let second = in_flight.once(&digest, || {
+            compiles.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err("compiled twice".into())
+        });
+        let first = first.join().expect("the first load");
+        assert!(matches!(first, Ok((_, CompileSource::CacheMiss))));
+        assert!(matches!(second, Ok((_, CompileSource::Shared))));
+        assert_eq!(compiles.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!in_flight.has(&digest), "no entry outlives its compile");
+        let third = in_flight.once(&digest, || Err("compiled again".into()));
+        assert_eq!(third.err().as_deref(), Some("compiled again"));
     }
 
     #[test]

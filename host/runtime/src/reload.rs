@@ -284,6 +284,10 @@ enum BuildResult {
         stamps: Stamps,
         compile: CompileSource,
     },
+    /// Left to a compile in the background: a first load met a large
+    /// component that must be compiled
+    /// ([`LoadContext::background_compile_bytes`]).
+    Background { stamps: Stamps, bytes: usize },
     /// The files could not be loaded.
     Failed {
         error: LoadError,
@@ -342,11 +346,19 @@ impl Reloader {
     /// unchanged since the last load keeps its instances, a changed one is
     /// loaded anew, and one whose files are gone is removed.
     ///
+    /// Within a tokio runtime, a component larger than
+    /// [`LoadContext::background_compile_bytes`] that must be compiled (it
+    /// is not in the compile cache) is left to a compile in the background,
+    /// as a hot reload is: this returns without it, and it serves (with a
+    /// [`ReloadEvent::Loaded`] or [`ReloadEvent::Replaced`]) once compiled,
+    /// so that the first start of a host with a new 10-40 MB component
+    /// does not wait for its compile to deliver to the other plugins.
+    ///
     /// Returns the refusals, each naming its file; the other plugins load
     /// regardless, and a version of a refused one loaded before goes on
     /// serving. Fails only when `dir` itself cannot be read, or the compile
     /// cache lies inside it.
-    pub fn load_dir(&self, dir: &Path) -> Result<Vec<LoadError>, ReloadError> {
+    pub fn load_dir(self: &Arc<Self>, dir: &Path) -> Result<Vec<LoadError>, ReloadError> {
         let root = self.plugins_root(dir)?;
         let (candidates, mut errors) =
             loader::scan(&root).map_err(|source| ReloadError::PluginsDir {
@@ -360,6 +372,8 @@ impl Reloader {
         let (candidates, over_quota) = self.admit(candidates);
         errors.extend(self.refuse_over_quota(over_quota, &mut changes));
         let mut compiled = Compiled::new();
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let mut background = Vec::new();
         for candidate in &candidates {
             let stamps = loader::stamps(candidate);
             {
@@ -369,13 +383,43 @@ impl Reloader {
                     continue;
                 }
             }
-            let result = self.build(candidate, &mut compiled);
+            let result = self.build(candidate, &mut compiled, runtime.is_some());
+            if let BuildResult::Background { stamps, bytes } = result {
+                let mut slots = self.slots();
+                let slot = slots.entry(key_of(candidate)).or_default();
+                slot.path = candidate.wasm.clone();
+                slot.stamps = Some(stamps);
+                slot.building = true;
+                tracing::info!(
+                    tenant = %candidate.tenant,
+                    plugin = %candidate.name,
+                    bytes,
+                    "compiling in the background (a large component not in the compile cache); it serves once compiled"
+                );
+                background.push(candidate.clone());
+                continue;
+            }
             if let Some(error) = self.apply(candidate, result, &mut changes) {
                 errors.push(error);
             }
         }
         self.commit(changes);
+        if let Some(runtime) = runtime {
+            for candidate in background {
+                runtime.spawn(self.clone().rebuild(candidate));
+            }
+        }
         Ok(errors)
+    }
+
+    /// The plugins whose first version is being built: not loaded yet,
+    /// and not refused.
+    pub fn first_loads(&self) -> Vec<(String, String)> {
+        self.slots()
+            .iter()
+            .filter(|(_, slot)| slot.building && slot.serving.is_none())
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
     /// Checks the plugins directory once more, like a notification would,
@@ -402,6 +446,8 @@ impl Reloader {
     pub fn statuses(&self) -> Vec<PluginStatus> {
         self.slots()
             .iter()
+            // A plugin whose first version is being built is not known yet.
+            .filter(|(_, slot)| !(slot.building && slot.serving.is_none() && slot.error.is_none()))
             .map(|((tenant, name), slot)| PluginStatus {
                 tenant: tenant.clone(),
                 name: name.clone(),
@@ -527,7 +573,7 @@ impl Reloader {
             let job = candidate.clone();
             let built = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                reloader.build(&job, &mut Compiled::new())
+                reloader.build(&job, &mut Compiled::new(), false)
             })
             .await;
             match built {
@@ -554,8 +600,15 @@ impl Reloader {
         }
     }
 
-    /// Reads and builds one plugin. Blocking: compiles.
-    fn build(&self, candidate: &Candidate, compiled: &mut Compiled) -> BuildResult {
+    /// Reads and builds one plugin, or, if `background` allows, leaves a
+    /// long compile to the background ([`BuildResult::Background`]).
+    /// Blocking: compiles.
+    fn build(
+        &self,
+        candidate: &Candidate,
+        compiled: &mut Compiled,
+        background: bool,
+    ) -> BuildResult {
         let ctx = &self.loading;
         let source = match loader::read(ctx, candidate) {
             Ok(source) => source,
@@ -596,6 +649,12 @@ impl Reloader {
         if let Err(error) = loader::check_pool(ctx, candidate, &source.manifest().limits) {
             return failed(error);
         }
+        if background && loader::compiles_long(ctx, compiled, &source) {
+            return BuildResult::Background {
+                stamps,
+                bytes: source.len(),
+            };
+        }
         match loader::build(ctx, compiled, candidate, source) {
             Ok((plugin, compile)) => BuildResult::Built {
                 plugin: Arc::new(plugin),
@@ -620,6 +679,8 @@ impl Reloader {
         let slot = slots.entry(key.clone()).or_default();
         slot.path = candidate.wasm.clone();
         match result {
+            // Marked by `load_dir`, which starts its compile.
+            BuildResult::Background { .. } => None,
             BuildResult::Unchanged { stamps, serving } => {
                 slot.stamps = Some(stamps);
                 if serving {

@@ -3,7 +3,7 @@
 //! One module per command: [`serve`], [`client`] (`status`, `plugins`,
 //! `publish`, and the connection flags every command that talks to a
 //! running host shares), [`ops`] (`dlq`, `replay`, `quarantine`), [`keys`]
-//! (`hash-token`), [`dispatch`]; [`lines`] holds the JSON lines `dispatch`
+//! (`hash-token`), [`dispatch`], [`new`] (plugin projects); [`lines`] holds the JSON lines `dispatch`
 //! and `serve --stdin` read and write, [`table`] the CLI's tables. This
 //! file parses the command line, sets up logging and span export, and runs
 //! the command.
@@ -16,6 +16,7 @@ mod dispatch;
 mod inspect;
 mod keys;
 mod lines;
+mod new;
 mod ops;
 mod serve;
 mod table;
@@ -156,6 +157,15 @@ enum Command {
     /// Exit status: 0 when every input line was dispatched, 1 when any was
     /// rejected, 2 when the host could not start.
     Dispatch(dispatch::DispatchArgs),
+
+    /// Writes a new plugin project: Rust, Python or JavaScript.
+    ///
+    /// The project (in ./NAME, or --dir) holds a handler with state, its
+    /// manifest NAME.toml, a native test, a README with the commands that
+    /// test, build and install it, and a copy of the language's SDK and of
+    /// the WIT contract, so it builds on its own. The templates are built
+    /// into this binary.
+    New(new::NewArgs),
 }
 
 /// The command line, with what the derive cannot say: the defaults that
@@ -290,5 +300,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Emits(args) => blocking("emits", move || inspect::emits(args)).await,
         Command::HashToken => keys::hash_token(),
         Command::Dispatch(args) => dispatch::run(args).await,
+        Command::New(args) => blocking("new", move || new::run(args)).await,
     }
 }

@@ -272,6 +272,11 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
         .context("cannot install the metrics recorder")
 }
 
+/// The size over which a component that must be compiled at start is
+/// compiled in the background (see `HostConfig::background_compile_bytes`):
+/// Rust plugins are 0.1-2 MB, Python and JavaScript ones 10-20 MB.
+const BACKGROUND_COMPILE_BYTES: u64 = 4 * 1024 * 1024;
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (settings, listen) = settings(&args)?;
     // Registered before the port is bound: once the host answers, a SIGINT
@@ -291,6 +296,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !args.no_compile_cache {
         config.compile_cache = Some(data.join("compiled"));
     }
+    // A large component not in the compile cache (Python and JavaScript
+    // ones are 10-20 MB and take 25-45 s) is compiled in the background:
+    // the other plugins serve meanwhile.
+    config.background_compile_bytes = Some(BACKGROUND_COMPILE_BYTES);
     prepare_dirs(&plugins, &data)?;
     // Bound before anything starts, so a port in use is a clear error.
     let listener = match listen {
@@ -331,7 +340,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(listener) => Some(start_http(listener, &bus, &settings, metrics, http_stopped).await?),
         None => None,
     };
-    take_events(&args, &bus, listen.is_some(), shutdown).await?;
+    take_events(&args, &host, &bus, listen.is_some(), shutdown).await?;
     // One deadline for everything that is under way when the signal comes:
     // HTTP requests, deliveries, and the output of what was delivered. A
     // client or a guest that does not finish by then does not hold the
@@ -542,6 +551,7 @@ async fn start_http(
 /// HTTP alone.
 async fn take_events(
     args: &ServeArgs,
+    host: &plugbus::Host,
     bus: &DurableBus,
     http: bool,
     shutdown: impl Future<Output = ()>,
@@ -551,8 +561,14 @@ async fn take_events(
     let shutdown = futures::FutureExt::fuse(shutdown);
     tokio::pin!(shutdown);
     if args.stdin {
-        let rejected =
-            publish_lines(bus, tokio::io::stdin(), args.concurrency, &mut shutdown).await?;
+        let rejected = publish_lines(
+            host,
+            bus,
+            tokio::io::stdin(),
+            args.concurrency,
+            &mut shutdown,
+        )
+        .await?;
         if rejected > 0 {
             tracing::warn!("{rejected} input lines rejected");
         }
@@ -720,9 +736,11 @@ async fn print_deliveries(mut deliveries: tokio::sync::broadcast::Receiver<Deliv
 
 /// Publishes the events of `input`, one JSON line each, into the durable
 /// log, `concurrency` at a time, until the input ends or `stop` resolves.
-/// At the end of the input it waits until the plugins have handled what was
+/// At the end of the input it waits until the plugins of `host` compiled in
+/// the background are loaded and every plugin has handled what was
 /// published (or `stop`). Returns how many lines were rejected.
 async fn publish_lines(
+    host: &plugbus::Host,
     bus: &DurableBus,
     input: impl tokio::io::AsyncRead + Unpin + Send,
     concurrency: u32,
@@ -758,11 +776,38 @@ async fn publish_lines(
             Some(Ok(_)) | None => {}
         }
     }
+    // The plugins compiled in the background (large components not in the
+    // compile cache) handle the input too: their consumers start once they
+    // are loaded.
+    tokio::select! {
+        () = background_loads(host) => {}
+        () = &mut *stop => return Ok(rejected),
+    }
     tokio::select! {
         settled = bus.settle() => settled?,
         () = &mut *stop => {}
     }
     Ok(rejected)
+}
+
+/// Waits until no plugin of `host` is being compiled in the background.
+async fn background_loads(host: &plugbus::Host) {
+    let mut told = false;
+    loop {
+        let loading = host.loading();
+        if loading.is_empty() {
+            return;
+        }
+        if !told {
+            let names: Vec<String> = loading.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+            tracing::info!(
+                "the input is published; waiting for {} compiling in the background to handle it",
+                names.join(", ")
+            );
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A future that resolves on SIGINT (Ctrl-C) or SIGTERM.
