@@ -4,8 +4,9 @@
 //! Each language has a template directory, whose files are copied into the
 //! new project with a trailing `.in` dropped from their names and the
 //! placeholders `{{name}}`, `{{crate}}` and `{{tenant}}` replaced, and files
-//! copied as they are: its SDK and the WIT contract (and for Rust, the
-//! workspace's `Cargo.lock`). Every directory is walked, so a file added to
+//! copied as they are: its SDK and the WIT contract (and the lock file: for
+//! Rust the workspace's `Cargo.lock`, for JavaScript the SDK's
+//! `package-lock.json`). Every directory is walked, so a file added to
 //! a template is embedded without a list. A language whose template
 //! directory does not exist (yet) is built as missing: `plugbus new` then
 //! says that it is not built into this binary.
@@ -49,6 +50,9 @@ const LANGUAGES: [Language; 3] = [
         verbatim: &[
             ("guest-sdk/js/plugbus", "plugbus"),
             ("wit/plugbus.wit", "wit/plugbus.wit"),
+            // The SDK's lock pins the build tools; npm ci does not mind
+            // that its root package's name is the SDK's.
+            ("guest-sdk/js/package-lock.json", "package-lock.json"),
         ],
     },
 ];

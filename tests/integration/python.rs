@@ -317,58 +317,14 @@ const PYTEST_DIRS: &[&str] = &[
     "plugins/examples/low-stock-alert-py",
     "plugins/fixtures/py-behaviours",
 ];
-/// The pinned pytest, installed into `target/lang-tools/pytest` when
-/// `python3 -m pytest` is missing.
-const PYTEST: &str = "pytest==8.3.4";
-
-/// `PYTHONPATH` for pytest: empty when the interpreter has pytest, else the
-/// pinned one in `target/lang-tools/pytest`, installed when missing.
-fn pytest_path() -> String {
-    let has = |path: &str| {
-        Command::new("python3")
-            .args(["-c", "import pytest"])
-            .env("PYTHONPATH", path)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if has("") {
-        return String::new();
-    }
-    let tools = workspace().join("target/lang-tools/pytest");
-    let tools_str = tools.display().to_string();
-    if !has(&tools_str) {
-        let shown = format!("python3 -m pip install --target {tools_str} {PYTEST}");
-        let output = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "--quiet",
-                "--target",
-            ])
-            .arg(&tools)
-            .arg(PYTEST)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run python3 to install {PYTEST} (`{shown}`): {e}"));
-        assert!(
-            output.status.success(),
-            "installing {PYTEST} failed: `{shown}` said:\n{}\nrun it by hand and test again",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    tools_str
-}
-
 #[test]
 fn the_python_sdk_example_and_fixture_pass_pytest() {
-    let path = pytest_path();
     for dir in PYTEST_DIRS {
         // One process per directory: each has its own `app` module.
         let output = Command::new("python3")
             .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
             .current_dir(workspace().join(dir))
-            .env("PYTHONPATH", &path)
+            .env("PYTHONPATH", artifacts::PYTEST_PATH)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .output()
             .expect("run python3 -m pytest");

@@ -14,14 +14,14 @@ function errText(e) {
 /**
  * The WIT export `handle` for `handler`, given the imported interfaces
  * `plugbus:plugin/host@0.2.0` and `plugbus:plugin/state@0.2.0`.
- * @param {(event: Event, ctx: Context) => unknown} handler
+ * @param {(ctx: Context, event: Event) => unknown} handler
  * @param {any} host
  * @param {any} state
  * @returns {(event: any) => void}
  */
 export function exportHandler(handler, host, state) {
   if (typeof handler !== 'function') {
-    throw new TypeError('handler.js must export a function `handle(event, ctx)`');
+    throw new TypeError('handler.js must export a function `handle(ctx, event)`');
   }
   const ctx = new Context({
     emit(event) {

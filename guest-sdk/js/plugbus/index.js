@@ -2,10 +2,10 @@
 // WebAssembly components of the WIT world `plugbus:plugin/handler@0.2.0`
 // with componentize-js.
 //
-// A plugin is a module `handler.js` that exports `handle(event, ctx)`:
+// A plugin is a module `handler.js` that exports `handle(ctx, event)`:
 //
 //   import { HandlerError } from './plugbus/index.js';
-//   export function handle(event, ctx) {
+//   export function handle(ctx, event) {
 //     const change = event.json();
 //     ctx.emitJson('inventory.low_stock', { sku: change.sku }, { subject: change.sku });
 //     ctx.info(`${change.sku} is low`);
@@ -438,14 +438,14 @@ export function describeUncaught(thrown) {
  * component returns it to the host: `undefined` when handled, or
  * `{kind, message}`. Uncaught EmitError and StateError are permanent, any
  * other exception retryable (described by `describeUncaught`).
- * @param {(event: Event, ctx: Context) => unknown} handler
+ * @param {(ctx: Context, event: Event) => unknown} handler
  * @param {Event} event
  * @param {Context} ctx
  * @returns {undefined | {kind: 'retryable' | 'permanent', message: string}}
  */
 export function runHandler(handler, event, ctx) {
   try {
-    const result = handler(event, ctx);
+    const result = handler(ctx, event);
     if (result !== null && typeof result === 'object' && typeof result.then === 'function') {
       return {
         kind: 'permanent',

@@ -124,7 +124,7 @@ export class TestContext {
    * exception becomes a retryable one whose message carries its name,
    * text and stack, with the exception as `cause`), after undoing the
    * run's state writes and emits.
-   * @param {(event: import('./index.js').Event, ctx: Context) => unknown} handler
+   * @param {(ctx: Context, event: import('./index.js').Event) => unknown} handler
    * @param {import('./index.js').Event} event
    */
   run(handler, event) {
@@ -133,9 +133,9 @@ export class TestContext {
     this._emitCount = 0;
     let thrown;
     const failure = runHandler(
-      (e, c) => {
+      (c, e) => {
         try {
-          return handler(e, c);
+          return handler(c, e);
         } catch (err) {
           thrown = err;
           throw err;

@@ -18,7 +18,7 @@ export const DEFAULT_THRESHOLD = 10;
  * @param {import('./plugbus/index.js').Event} event
  * @param {import('./plugbus/index.js').Context} ctx
  */
-export function handle(event, ctx) {
+export function handle(ctx, event) {
   if (event.type !== 'inventory.stock_changed') return;
   // A payload that is not JSON is a permanent failure naming the event.
   const change = event.json();

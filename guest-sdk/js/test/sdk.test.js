@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { Context, EmitError, Event, HandlerError, StateError, describeUncaught, MAX_STACK_CHARS } from '../plugbus/index.js';
 import { MAX_STATE_VALUE_BYTES, TestContext } from '../plugbus/testing.js';
 
-function echo(event, ctx) {
+function echo(ctx, event) {
   const order = event.json();
   const factor = ctx.configInt('factor') ?? 1;
   ctx.info(`order ${order.total}`);
@@ -46,7 +46,7 @@ test('a bad config value is permanent and names the key', () => {
 test('typed config helpers', () => {
   const ctx = new TestContext().withConfig('n', '2.5').withConfig('b', 'true').withConfig('i', '-7').withConfig('x', 'yes');
   let seen;
-  ctx.run((_e, c) => {
+  ctx.run((c, _e) => {
     seen = [c.config('n'), c.configNumber('n'), c.configBool('b'), c.configInt('i'), c.config('absent'), c.configInt('absent')];
     assert.throws(() => c.configInt('n'), /config n = "2.5" is invalid/);
     assert.throws(() => c.configBool('x'), /not true or false/);
@@ -66,7 +66,7 @@ test('a refused emit fails the handler permanently and nothing is emitted', () =
 test('the host refuses invalid events as the component would see it', () => {
   const ctx = new TestContext();
   let caught = [];
-  ctx.run((_e, c) => {
+  ctx.run((c, _e) => {
     for (const bad of [() => c.emit('', 'x'), () => c.emit('t', 'x', { extensions: { Bad: 'v' } }), () => c.emit('t', 'x', { extensions: [['causationid', 'v']] }), () => c.emitJson('t', 1n)]) {
       try {
         bad();
@@ -83,7 +83,7 @@ test('the host refuses invalid events as the component would see it', () => {
 });
 
 test('state is kept on success and undone with the emits on failure', () => {
-  const counter = (event, ctx) => {
+  const counter = (ctx, event) => {
     const tally = ctx.state('tally') ?? { count: 0 };
     tally.count += 1;
     ctx.setState('tally', tally);
@@ -108,7 +108,7 @@ test('state is kept on success and undone with the emits on failure', () => {
 
 test('bytes state, bad state and refused writes', () => {
   const ctx = new TestContext().withStateBytes('raw', new Uint8Array([1, 2])).withStateBytes('bad', 'not json');
-  ctx.run((_e, c) => {
+  ctx.run((c, _e) => {
     assert.deepEqual([...c.stateBytes('raw')], [1, 2]);
     c.setStateBytes('raw', new Uint8Array([3]));
     assert.equal(c.stateBytes('missing'), undefined);
@@ -118,7 +118,7 @@ test('bytes state, bad state and refused writes', () => {
     assert.throws(() => c.setStateBytes('k', new Uint8Array(MAX_STATE_VALUE_BYTES + 1)), (e) => e instanceof StateError && e.message.includes('"k"'));
   }, Event.create('t'));
   assert.deepEqual([...ctx.stateBytes('raw')], [3]);
-  assert.throws(() => ctx.run((_e, c) => c.setStateBytes('', 'x'), Event.create('t')), (e) => e.kind === 'permanent' && e.message.startsWith('state write refused'));
+  assert.throws(() => ctx.run((c, _e) => c.setStateBytes('', 'x'), Event.create('t')), (e) => e.kind === 'permanent' && e.message.startsWith('state write refused'));
 });
 
 test('an uncaught exception is a retryable failure with its name, text and stack', () => {

@@ -271,6 +271,40 @@ fn python_and_js_projects_are_written_from_their_templates() {
             std::fs::read(dir.join("wit/plugbus.wit")).expect("the WIT"),
             std::fs::read(workspace().join("wit/plugbus.wit")).expect("the WIT"),
         );
+        // The project's native test passes as written, as its README says
+        // to run it.
+        let mut native = match lang {
+            "python" => {
+                let mut c = Command::new("python3");
+                c.args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+                    .env("PYTHONPATH", plugbus_artifacts::PYTEST_PATH)
+                    .env("PYTHONDONTWRITEBYTECODE", "1");
+                c
+            }
+            _ => {
+                let mut c = Command::new("node");
+                c.arg("--test");
+                c
+            }
+        };
+        let output = native
+            .current_dir(&dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{lang}: the native test could not start: {e}"));
+        assert!(
+            output.status.success(),
+            "{lang}: the new project's native test failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if lang == "js" {
+            assert_eq!(
+                std::fs::read(dir.join("package-lock.json")).expect("the lock"),
+                std::fs::read(workspace().join("guest-sdk/js/package-lock.json"))
+                    .expect("the SDK's lock"),
+                "the project pins the SDK's build tools"
+            );
+        }
     }
 }
 

@@ -19,6 +19,8 @@ use std::process::Command;
 const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 /// The world Python plugins target.
 const WORLD: &str = "plugbus:plugin/handler@0.2.0";
+/// The pinned pytest, which runs the Python plugins' native tests.
+const PYTEST_VERSION: &str = "8.3.4";
 /// The Python interpreter that runs componentize-py.
 const PYTHON: &str = "python3";
 
@@ -57,7 +59,13 @@ pub fn extend(workspace: &Path, generated: String) -> String {
     let out_dir = workspace.join("target/guests/python");
     if !plugins.is_empty() {
         let tools = workspace.join("target/lang-tools/python");
-        ensure_componentize_py(&tools);
+        ensure_pip_package(
+            &tools,
+            "componentize-py",
+            "componentize_py",
+            COMPONENTIZE_PY_VERSION,
+            "needed to build the Python plugins",
+        );
         std::fs::create_dir_all(&out_dir)
             .unwrap_or_else(|e| panic!("create {}: {e}", out_dir.display()));
         let sdk = workspace.join("guest-sdk/python");
@@ -89,6 +97,33 @@ pub fn extend(workspace: &Path, generated: String) -> String {
         )
         .expect("write to a string");
     }
+    // pytest for the tests, beside the tools (the interpreter's own when it
+    // has one).
+    let has_pytest = Command::new(PYTHON)
+        .args(["-c", "import pytest"])
+        .env_remove("PYTHONPATH")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let pytest_path = if has_pytest {
+        String::new()
+    } else {
+        let tools = workspace.join("target/lang-tools/pytest");
+        ensure_pip_package(
+            &tools,
+            "pytest",
+            "pytest",
+            PYTEST_VERSION,
+            "needed to run the Python plugins' native tests",
+        );
+        tools.display().to_string()
+    };
+    writeln!(
+        constants,
+        "/// `PYTHONPATH` under which `{PYTHON} -m pytest` runs pytest: empty when the\n\
+         /// interpreter has pytest, else a pinned pytest {PYTEST_VERSION} installed by the build.\n\
+         pub const PYTEST_PATH: &str = {pytest_path:?};"
+    )
+    .expect("write to a string");
     let marker = "pub const ALL: &[(&str, &str)] = &[";
     assert!(
         generated.contains(marker),
@@ -130,11 +165,11 @@ fn componentize_py(tools: &Path) -> Command {
     command
 }
 
-/// Installs componentize-py into `tools` when that version is not there.
-fn ensure_componentize_py(tools: &Path) {
-    let marker = tools.join(format!(
-        "componentize_py-{COMPONENTIZE_PY_VERSION}.dist-info"
-    ));
+/// Installs `package==version` with pip into `tools` when that version is
+/// not there (`marker`, the package's `dist-info` directory name without
+/// the version, tells), for `purpose` (named in the errors).
+fn ensure_pip_package(tools: &Path, package: &str, marker: &str, version: &str, purpose: &str) {
+    let marker = tools.join(format!("{marker}-{version}.dist-info"));
     if marker.is_dir() {
         return;
     }
@@ -142,7 +177,7 @@ fn ensure_componentize_py(tools: &Path) {
     // sees half an installation.
     let staging = tools.with_extension(format!("installing-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    let spec = format!("componentize-py=={COMPONENTIZE_PY_VERSION}");
+    let spec = format!("{package}=={version}");
     let shown = format!(
         "{PYTHON} -m pip install --target {} {spec}",
         tools.display()
@@ -161,14 +196,13 @@ fn ensure_componentize_py(tools: &Path) {
         .output()
         .unwrap_or_else(|e| {
             panic!(
-                "cannot run {PYTHON} to install componentize-py {COMPONENTIZE_PY_VERSION} \
-                 (needed to build the Python plugins): {e}; install Python 3.10 or later with pip, \
-                 then run `{shown}`"
+                "cannot run {PYTHON} to install {package} {version} ({purpose}): {e}; \
+                 install Python 3.10 or later with pip, then run `{shown}`"
             )
         });
     assert!(
         output.status.success(),
-        "installing componentize-py {COMPONENTIZE_PY_VERSION} failed: `{shown}` said:\n{}\n\
+        "installing {package} {version} ({purpose}) failed: `{shown}` said:\n{}\n\
          run that command by hand (it needs network access to PyPI) and build again",
         String::from_utf8_lossy(&output.stderr)
     );

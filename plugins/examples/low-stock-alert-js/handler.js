@@ -33,7 +33,7 @@ function stockChanged(event) {
  * @param {import('../../../guest-sdk/js/plugbus/index.js').Event} event
  * @param {import('../../../guest-sdk/js/plugbus/index.js').Context} ctx
  */
-export function handle(event, ctx) {
+export function handle(ctx, event) {
   if (event.type !== 'inventory.stock_changed') return;
   const { sku, new_quantity: quantity } = stockChanged(event);
   if (quantity < 0) {
