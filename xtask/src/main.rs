@@ -37,6 +37,10 @@ commands:
                    run `plugbus-bench bench-throughput` (release build) on the noop fixture: issue 16's
                    table in one run (add --before BIN to compare with an older plugbus-bench); ARGS go
                    to it
+  bench-langs [ARGS...]
+                   run `plugbus-bench bench-langs` (release build) on the low-stock-alert example in Rust,
+                   Python and JavaScript: size, compile, load from the cache, rename to served, first and
+                   steady event time and fuel, instance memory (issue 17's table); ARGS go to it
   bench-noisy [ARGS...]
                    run `plugbus-bench bench-noisy` (release build): the noop fixture beside the hostile and
                    sleeper fixtures; ARGS go to it
@@ -91,6 +95,16 @@ fn main() -> ExitCode {
             &[("--plugin", plugbus_artifacts::FIXTURE_NOOP)],
             &args[1..],
         ),
+        Some("bench-langs") => {
+            let plugins = [
+                format!("rust={}", plugbus_artifacts::LOW_STOCK_ALERT),
+                format!("python={}", plugbus_artifacts::EXAMPLE_LOW_STOCK_ALERT_PY),
+                format!("js={}", plugbus_artifacts::EXAMPLE_LOW_STOCK_ALERT_JS),
+            ];
+            let paths: Vec<(&str, &str)> =
+                plugins.iter().map(|p| ("--plugin", p.as_str())).collect();
+            release_bench("bench-langs", &paths, &args[1..])
+        }
         Some("bench-noisy") => release_bench(
             "bench-noisy",
             &[
