@@ -62,7 +62,7 @@ enum Verdict {
     Dead(Vec<FailedAttempt>),
 }
 
-/// Something delivered through [`Consumer::deliver`]: an event read from
+/// Something delivered through [`deliver_now`]: an event read from
 /// the log, or a dead letter redriven.
 trait Deliverable: Send + Sync + 'static {
     /// The event to deliver.
@@ -100,6 +100,69 @@ fn at_the_end(
         None => log.count_partition_after(tenant, partition, after, 1)?,
     };
     Ok(more == 0)
+}
+
+/// How a round reads: at most `limit`, with the tenant's appends through
+/// the bus counted before the read (see [`ReadAhead::read_done`]).
+#[derive(Debug, Clone, Copy)]
+struct ReadPlan {
+    limit: ReadLimit,
+    appended: u64,
+}
+
+/// The events a round delivered, each with its attempt number, and what
+/// came of each (in order, stopping at the first failure).
+type Delivered = (Vec<(Arc<StoredEvent>, u32)>, Vec<(Delivery, Effects)>);
+
+/// Reads the events of `(tenant, partition)` after what `line` read, as
+/// `plan` says, into `line` (the events `plugin` does not subscribe to
+/// are finished at once). Answers how many events were read and whether
+/// the read reached the end of the partition. Blocking.
+fn read_into(
+    inner: &Inner,
+    (tenant, partition): (&str, Partition),
+    plugin: &plugbus_runtime::Plugin,
+    line: &mut ReadAhead,
+    plan: ReadPlan,
+    began: tokio::time::Instant,
+) -> Result<(u64, bool), LogError> {
+    let log = inner.log.as_ref();
+    let after = line.read_after();
+    let events = log.read_partition(tenant, partition, after, plan.limit)?;
+    let at_the_end = at_the_end(log, (tenant, partition), after, plan.limit, &events)?;
+    let read = events.len() as u64;
+    line.take(events, |ty| plugin.manifest().subscribes_to(ty));
+    line.read_done(plan.appended, began, at_the_end);
+    Ok((read, at_the_end))
+}
+
+/// Delivers `batch` (each event with its attempt number and its share of
+/// its chain's budget) to `plugin`, stopping at the first failure: the
+/// one delivery path of events read from the log and of dead letters
+/// redriven alike. Blocking.
+fn deliver_now<T: Deliverable>(
+    inner: &Inner,
+    plugin: &plugbus_runtime::Plugin,
+    batch: &[(Arc<T>, u32)],
+) -> Vec<(Delivery, Effects)> {
+    let items: Vec<_> = batch
+        .iter()
+        .map(|(e, attempt)| Item {
+            event: e.event(),
+            chain_budget: Some(Arc::new(AtomicUsize::new(budget(inner, e.event())))),
+            attempt: *attempt,
+        })
+        .collect();
+    plugin.deliver_batch_in_chain(items, true)
+}
+
+/// The budget of events a delivery of `event` may cause: the event's
+/// chain budget (the host's limit when it carries none), shared among
+/// the tenant's loaded plugins that subscribe to its type.
+fn budget(inner: &Inner, event: &Event) -> usize {
+    let limit = inner.host.config().max_events_per_chain;
+    let subscribers = inner.host.subscribers(event.tenant(), event.ty());
+    budget_share(event.chain_budget(limit), subscribers)
 }
 
 /// Where a consumer stands with its lease, at a commit boundary.
@@ -398,18 +461,32 @@ impl Consumer {
         {
             return Ok(step);
         }
-        if let step @ (Step::Again | Step::Stop) =
-            self.read(&plugin, &mut run.line, appends, stop).await?
-        {
-            return Ok(step);
-        }
-        self.gauges.show(&run.line);
         let now = tokio::time::Instant::now();
-        let due = run.line.due(now, self.inner.config.read_batch);
+        let (due, reports) = match self.read_plan(&run.line, appends, now) {
+            // Nothing to read: the due events (if any) go in one hop.
+            None => {
+                let due = run.line.due(now, self.inner.config.read_batch);
+                if due.is_empty() {
+                    return self.idle(&mut run.line, appended, now, stop).await;
+                }
+                let reports = self.deliver(&plugin, &due, "delivering").await?;
+                (due, reports)
+            }
+            // Read, then deliver what is due, in the same hop.
+            Some(plan) => match self.read_and_deliver(&plugin, run, plan, now).await? {
+                Ok(delivered) => delivered,
+                Err(e) => {
+                    tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the log: {e}");
+                    return Ok(self.pause_step(Duration::from_secs(1), stop).await);
+                }
+            },
+        };
+        self.gauges.show(&run.line);
         if due.is_empty() {
             return self.idle(&mut run.line, appended, now, stop).await;
         }
-        self.deliver_due(&plugin, run, due, stop).await
+        self.inner.delivered(&reports);
+        self.settle_due(&plugin, run, due, reports, stop).await
     }
 
     /// Starts again from the stored cursor when an operator moved it
@@ -483,56 +560,72 @@ impl Consumer {
         }
     }
 
-    /// Reads new events into the line, unless it holds as many as it may,
-    /// or (on a log this host has alone) its last read reached the end of
-    /// the log and nothing was appended through this bus since (see
-    /// [`ReadAhead::needs_read`]). On a shared log other hosts append
-    /// without this bus hearing of it, so a consumer there reads on every
-    /// round, lest a plugin whose events arrive through another host be
-    /// read once a second;
-    /// when the log cannot be read, waits a second and starts the round
-    /// again (`Again`).
-    async fn read(
+    /// Whether the line reads new events this round, and how: unless it
+    /// holds as many as it may, or (on a log this host has alone) its
+    /// last read reached the end of the log and nothing was appended
+    /// through this bus since (see [`ReadAhead::needs_read`]). On a shared
+    /// log other hosts append without this bus hearing of it, so a
+    /// consumer there reads on every round, lest a plugin whose events
+    /// arrive through another host be read once a second.
+    fn read_plan(
         &self,
-        plugin: &plugbus_runtime::Plugin,
-        line: &mut ReadAhead,
+        line: &ReadAhead,
         appends: &Appends,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<Step, String> {
-        let Some(limit) = line.read_limit(&self.inner.config) else {
-            return Ok(Step::Go);
-        };
+        now: tokio::time::Instant,
+    ) -> Option<ReadPlan> {
+        let limit = line.read_limit(&self.inner.config)?;
         // Taken before the read: an append counted after it may not be
         // in what the read sees, and makes the next round read again.
         let appended = appends.count();
-        let began = tokio::time::Instant::now();
-        if !self.inner.leases.shared && !line.needs_read(appended, began) {
-            return Ok(Step::Go);
+        if !self.inner.leases.shared && !line.needs_read(appended, now) {
+            return None;
         }
+        Some(ReadPlan { limit, appended })
+    }
+
+    /// Reads new events into the line as `plan` says, then delivers the
+    /// events due at `now`, in one blocking section: one hop off the
+    /// async threads per round (a read right behind the head is served
+    /// from the log's tail cache, in memory). Answers the events
+    /// delivered and their reports (none when nothing was due), or the
+    /// log's error when it could not be read (nothing delivered); an
+    /// `Err` when the section panicked (the line is lost with it, and the
+    /// consumer restarts from its cursor).
+    async fn read_and_deliver(
+        &self,
+        plugin: &Arc<plugbus_runtime::Plugin>,
+        run: &mut Run,
+        plan: ReadPlan,
+        now: tokio::time::Instant,
+    ) -> Result<Result<Delivered, LogError>, String> {
+        let position = run.line.position();
+        let mut line = std::mem::replace(&mut run.line, ReadAhead::new(position));
+        let (inner, plugin) = (self.inner.clone(), plugin.clone());
         let (tenant, partition) = (self.tenant.clone(), self.partition);
-        let (log, after) = (self.inner.log.clone(), line.read_after());
-        let read = tokio::task::spawn_blocking(move || {
-            let events = log.read_partition(&tenant, partition, after, limit)?;
-            let at_the_end = at_the_end(log.as_ref(), (&tenant, partition), after, limit, &events)?;
-            Ok::<_, LogError>((events, at_the_end))
+        let section = tokio::task::spawn_blocking(move || {
+            let read = read_into(&inner, (&tenant, partition), &plugin, &mut line, plan, now);
+            let delivered = read.map(|read| {
+                let due = line.due(now, inner.config.read_batch);
+                let reports = if due.is_empty() {
+                    Vec::new()
+                } else {
+                    deliver_now(&inner, &plugin, &due)
+                };
+                (read, due, reports)
+            });
+            (line, delivered)
         })
         .await;
-        match read {
-            Ok(Ok((events, at_the_end))) => {
-                self.gauges.read(events.len() as u64);
-                if at_the_end {
-                    self.gauges.unread.store(0, Ordering::Relaxed);
-                }
-                line.take(events, |ty| plugin.manifest().subscribes_to(ty));
-                line.read_done(appended, began, at_the_end);
-                Ok(Step::Go)
+        let (line, delivered) =
+            section.map_err(|e| format!("reading the log {}", join_failure(e)))?;
+        run.line = line;
+        Ok(delivered.map(|((read, at_the_end), due, reports)| {
+            self.gauges.read(read);
+            if at_the_end {
+                self.gauges.unread.store(0, Ordering::Relaxed);
             }
-            Ok(Err(e)) => {
-                tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the log: {e}");
-                Ok(self.pause_step(Duration::from_secs(1), stop).await)
-            }
-            Err(e) => Err(format!("reading the log {}", join_failure(e))),
-        }
+            (due, reports)
+        }))
     }
 
     /// With nothing due: commits what is finished (events skipped as not
@@ -562,16 +655,17 @@ impl Consumer {
         Ok(Step::Again)
     }
 
-    /// Delivers the due events, commits what came of them, and
+    /// Judges the deliveries of the due events (`reports`, in order,
+    /// stopping at the first failure), commits what came of them, and
     /// quarantines the plugin when too many deliveries in a row failed.
-    async fn deliver_due(
+    async fn settle_due(
         &self,
         plugin: &Arc<plugbus_runtime::Plugin>,
         run: &mut Run,
         due: Vec<(Arc<StoredEvent>, u32)>,
+        reports: Vec<(Delivery, Effects)>,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Step, String> {
-        let reports = self.deliver(plugin, &due, "delivering").await?;
         let mut commit = self.commit_from(run.line.position());
         // Events after a failure in the batch were not delivered: they
         // stay pending.
@@ -655,35 +749,21 @@ impl Consumer {
         }
     }
 
-    /// The one delivery path, of events read from the log and of dead
-    /// letters redriven alike: delivers `batch` (each event with its
-    /// attempt number and its share of its chain's budget) to `plugin`,
-    /// stopping at the first failure, and tells every delivery to whoever
-    /// listens. An `Err` (`what` failed) when the delivery task panicked.
+    /// Delivers `batch` through [`deliver_now`] on a blocking thread (the
+    /// caller tells the deliveries to whoever listens,
+    /// [`Inner::delivered`]). An `Err` (`what` failed) when the delivery
+    /// task panicked.
     async fn deliver<T: Deliverable>(
         &self,
         plugin: &Arc<plugbus_runtime::Plugin>,
         batch: &[(Arc<T>, u32)],
         what: &str,
     ) -> Result<Vec<(Delivery, Effects)>, String> {
-        let budgets: Vec<usize> = batch.iter().map(|(e, _)| self.budget(e.event())).collect();
         let sent = batch.to_vec();
-        let delivering = plugin.clone();
-        let reports = tokio::task::spawn_blocking(move || {
-            let items: Vec<_> = sent
-                .iter()
-                .zip(budgets)
-                .map(|((e, attempt), budget)| Item {
-                    event: e.event(),
-                    chain_budget: Some(Arc::new(AtomicUsize::new(budget))),
-                    attempt: *attempt,
-                })
-                .collect();
-            delivering.deliver_batch_in_chain(items, true)
-        })
-        .await
-        .map_err(|e| format!("{what} {}", join_failure(e)))?;
-        self.inner.delivered(&reports);
+        let (inner, delivering) = (self.inner.clone(), plugin.clone());
+        let reports = tokio::task::spawn_blocking(move || deliver_now(&inner, &delivering, &sent))
+            .await
+            .map_err(|e| format!("{what} {}", join_failure(e)))?;
         Ok(reports)
     }
 
@@ -711,15 +791,6 @@ impl Consumer {
             Some(wait) => Verdict::Retry(attempts, wait),
             None => Verdict::Dead(attempts),
         }
-    }
-
-    /// The budget of events a delivery of `event` may cause: the event's
-    /// chain budget (the host's limit when it carries none), shared among
-    /// the tenant's loaded plugins that subscribe to its type.
-    fn budget(&self, event: &Event) -> usize {
-        let limit = self.inner.host.config().max_events_per_chain;
-        let subscribers = self.inner.host.subscribers(event.tenant(), event.ty());
-        budget_share(event.chain_budget(limit), subscribers)
     }
 
     /// Commits the plugin's progress; true when the caller should pause
@@ -1004,6 +1075,7 @@ impl Consumer {
             let reports = self
                 .deliver(plugin, &[(dead.clone(), attempt)], "redriving")
                 .await?;
+            self.inner.delivered(&reports);
             let Some((delivery, effects)) = reports.into_iter().next() else {
                 return Err("a redriven delivery ended without a report".to_owned());
             };
