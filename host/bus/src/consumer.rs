@@ -47,6 +47,8 @@ struct Run {
     redrives_checked: Option<std::time::Instant>,
     /// When the log was last asked for a cursor moved by an operator.
     cursor_checked: std::time::Instant,
+    /// The commit handed to the log and not answered yet.
+    in_flight: Option<InFlight>,
     /// When the log was last asked whether another partition's consumer
     /// quarantined the plugin (only with several partitions).
     quarantine_checked: Option<std::time::Instant>,
@@ -165,6 +167,52 @@ fn budget(inner: &Inner, event: &Event) -> usize {
     budget_share(event.chain_budget(limit), subscribers)
 }
 
+/// How many commits a consumer hands to the log before the first is
+/// answered: one. While it is being made durable (the writer's group
+/// fsync), the consumer reads and delivers the next due events; their
+/// commit is handed over once the previous one has landed, and dropped
+/// (the line starting again at the last durable cursor, its events
+/// delivered again) if the previous one failed. A second commit in
+/// flight is not safe on the embedded log: a commit whose group failed
+/// does not stop a later group, and a commit whose expected cursor is not
+/// the stored one still stores its state and events
+/// ([`Commit::expected`]), so a later commit could keep the effects of
+/// deliveries that read state the failed one never stored. A commit that
+/// writes state is also waited for before the next delivery, which
+/// must read it: a plugin that touched state is not pipelined.
+const IN_FLIGHT: usize = 1;
+
+/// A commit handed to the log and not answered yet.
+struct InFlight {
+    /// Its answer.
+    answer:
+        std::pin::Pin<Box<dyn Future<Output = Result<plugbus_log::Committed, LogError>> + Send>>,
+    /// The cursor it moves to.
+    cursor: Seq,
+    /// How many of the events the line finished since its last commit it
+    /// records (the first ones).
+    finished: usize,
+    /// The tenant and partition of each event it emits.
+    emitted: Vec<(String, Partition)>,
+}
+
+/// The answer of the commit in `in_flight`; never, without one.
+async fn answer_of(in_flight: &mut Option<InFlight>) -> Result<plugbus_log::Committed, LogError> {
+    match in_flight {
+        Some(flight) => (&mut flight.answer).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How many events of each (tenant, partition) `emitted` holds.
+fn count_by_partition(emitted: &[(String, Partition)]) -> HashMap<(&str, Partition), u64> {
+    let mut count: HashMap<(&str, Partition), u64> = HashMap::new();
+    for (tenant, partition) in emitted {
+        *count.entry((tenant, *partition)).or_default() += 1;
+    }
+    count
+}
+
 /// Where a consumer stands with its lease, at a commit boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LeaseNow {
@@ -281,6 +329,7 @@ impl Consumer {
                 failures_in_a_row: 0,
                 redrives_checked: None,
                 cursor_checked: std::time::Instant::now(),
+                in_flight: None,
                 quarantine_checked: None,
             };
             loop {
@@ -288,15 +337,22 @@ impl Consumer {
                     LeaseNow::Use => {}
                     LeaseNow::HandBack => {
                         tracing::info!(tenant = %self.tenant, plugin = %self.plugin, "handing the plugin's lease to the host it belongs on");
+                        self.land(&mut run.line, &mut run.in_flight).await;
                         self.inner.leases.give_back(&self.lease);
                         break;
                     }
                     LeaseNow::Gone => {
                         tracing::info!(tenant = %self.tenant, plugin = %self.plugin, "the plugin's lease is not renewed; its consumer waits");
+                        self.land(&mut run.line, &mut run.in_flight).await;
                         break;
                     }
                 }
-                if let Step::Stop = self.round(&mut run, &appends, &mut stop).await? {
+                let step = self.round(&mut run, &appends, &mut stop).await;
+                if !matches!(step, Ok(Step::Go | Step::Again)) {
+                    // What was handed to the log lands before the consumer
+                    // ends, or restarts from the cursor as stored.
+                    self.land(&mut run.line, &mut run.in_flight).await;
+                    step?;
                     return Ok(());
                 }
             }
@@ -467,7 +523,7 @@ impl Consumer {
             None => {
                 let due = run.line.due(now, self.inner.config.read_batch);
                 if due.is_empty() {
-                    return self.idle(&mut run.line, appended, now, stop).await;
+                    return self.idle(run, appended, now, stop).await;
                 }
                 let reports = self.deliver(&plugin, &due, "delivering").await?;
                 (due, reports)
@@ -483,7 +539,7 @@ impl Consumer {
         };
         self.gauges.show(&run.line);
         if due.is_empty() {
-            return self.idle(&mut run.line, appended, now, stop).await;
+            return self.idle(run, appended, now, stop).await;
         }
         self.inner.delivered(&reports);
         self.settle_due(&plugin, run, due, reports, stop).await
@@ -498,6 +554,9 @@ impl Consumer {
             return Ok(());
         }
         run.cursor_checked = std::time::Instant::now();
+        // The stored cursor is compared with the line's once this
+        // consumer's own commit has landed.
+        self.land(&mut run.line, &mut run.in_flight).await;
         if let Ok(Some(stored)) = self.stored_cursor().await
             && stored != run.line.position()
         {
@@ -539,6 +598,10 @@ impl Consumer {
         match tokio::task::spawn_blocking(move || log.redrives(&tenant, &name, 16)).await {
             // Each partition's consumer takes the requests of its events.
             Ok(Ok(redrives)) if redrives.iter().any(mine) => {
+                // A redrive commits at the cursor the line has landed.
+                if self.land(&mut run.line, &mut run.in_flight).await {
+                    return Ok(self.pause_step(Duration::from_secs(1), stop).await);
+                }
                 let redrives = redrives.into_iter().filter(mine);
                 for dead in redrives {
                     if self
@@ -631,26 +694,33 @@ impl Consumer {
     /// With nothing due: commits what is finished (events skipped as not
     /// subscribed move the cursor), else waits for an append, the next
     /// retry, or a second (to look for a cursor moved by another process).
+    /// While a commit is in flight, waits for its answer too: new events
+    /// appended meanwhile are delivered before it lands.
     async fn idle(
         &self,
-        line: &mut ReadAhead,
+        run: &mut Run,
         appended: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
         now: tokio::time::Instant,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Step, String> {
-        let mut commit = self.commit_from(line.position());
-        if line.advance(&mut commit) {
-            if self.commit(commit, line).await? {
-                return Ok(self.pause_step(Duration::from_secs(1), stop).await);
-            }
+        let mut commit = self.commit_from(run.line.position());
+        if run.in_flight.is_none() && run.line.advance(&mut commit) {
+            self.hand_over(commit, &mut run.line, &mut run.in_flight)
+                .await;
             return Ok(Step::Again);
         }
         let second = deadline(now, Duration::from_secs(1));
-        let wake = line.next_retry().unwrap_or(second).min(second);
-        tokio::select! {
-            () = appended => {}
-            () = tokio::time::sleep_until(wake) => {}
+        let wake = run.line.next_retry().unwrap_or(second).min(second);
+        let answer = tokio::select! {
+            answer = answer_of(&mut run.in_flight) => answer,
+            () = appended => return Ok(Step::Again),
+            () = tokio::time::sleep_until(wake) => return Ok(Step::Again),
             _ = stop.changed() => return Ok(Step::Stop),
+        };
+        if let Some(flight) = run.in_flight.take()
+            && self.landed(flight, answer, &mut run.line).await
+        {
+            return Ok(self.pause_step(Duration::from_secs(1), stop).await);
         }
         Ok(Step::Again)
     }
@@ -679,10 +749,11 @@ impl Consumer {
             }
             self.settle_one(stored, verdict, &mut run.line, &mut commit);
         }
-        let pause = run.line.advance(&mut commit) && self.commit(commit, &mut run.line).await?;
+        let pause = self.hand_over_after(commit, run).await;
         let limit = self.inner.config.quarantine_after;
         if limit > 0 && run.failures_in_a_row >= limit {
             run.failures_in_a_row = 0;
+            self.land(&mut run.line, &mut run.in_flight).await;
             if self.quarantine(plugin, stop).await {
                 return Ok(Step::Stop);
             }
@@ -793,10 +864,52 @@ impl Consumer {
         }
     }
 
-    /// Commits the plugin's progress; true when the caller should pause
-    /// (the log failed, and the same events are delivered again).
+    /// Hands what this round's deliveries left behind (`commit`, its
+    /// cursor and the events finished ahead of it still to be filled in)
+    /// to the log once the commit in flight before it has landed; waits
+    /// for it too when it writes state, so that the next delivery reads
+    /// it (see [`IN_FLIGHT`]). True when the caller should pause: a
+    /// commit failed, and the line starts again at the last durable
+    /// cursor (this round's effects are dropped, its events delivered
+    /// again).
+    async fn hand_over_after(&self, mut commit: Commit, run: &mut Run) -> bool {
+        if self.land(&mut run.line, &mut run.in_flight).await {
+            return true;
+        }
+        commit.expected = Some(run.line.position());
+        if !run.line.advance(&mut commit) {
+            return false;
+        }
+        let writes_state = !commit.state.is_empty();
+        self.hand_over(commit, &mut run.line, &mut run.in_flight)
+            .await;
+        writes_state && self.land(&mut run.line, &mut run.in_flight).await
+    }
+
+    /// Commits the plugin's progress and waits for it; true when the
+    /// caller should pause (the log failed, and the same events are
+    /// delivered again).
+    #[cfg(test)]
     async fn commit(&self, commit: Commit, line: &mut ReadAhead) -> Result<bool, String> {
-        let cursor = commit.cursor;
+        let mut in_flight = None;
+        self.hand_over(commit, line, &mut in_flight).await;
+        Ok(self.land(line, &mut in_flight).await)
+    }
+
+    /// Hands `commit` (made from `line`) to the log without waiting for
+    /// its answer, into `in_flight`, which must be empty: commits are
+    /// handed over one at a time. Nothing is handed over when the lease
+    /// lapsed.
+    async fn hand_over(
+        &self,
+        commit: Commit,
+        line: &mut ReadAhead,
+        in_flight: &mut Option<InFlight>,
+    ) {
+        debug_assert!(
+            usize::from(in_flight.is_some()) < IN_FLIGHT,
+            "at most IN_FLIGHT commits in flight"
+        );
         if !self.may_commit() {
             // The lease lapsed (not renewed in time): the next holder
             // delivers these events again. So does this consumer if the
@@ -804,31 +917,75 @@ impl Consumer {
             // not keep them finished, or its next commit would move the
             // cursor past them without their effects.
             self.read_again(line).await;
-            return Ok(false);
+            return;
         }
-        match self.commit_emitting(commit).await {
+        let partitions = self.inner.partitions;
+        let emitted: Vec<(String, Partition)> = commit
+            .emitted
+            .iter()
+            .map(|e| (e.tenant().to_owned(), partition_of(e, partitions)))
+            .collect();
+        self.inner.appending(&count_by_partition(&emitted), true);
+        let cursor = commit.cursor;
+        *in_flight = Some(InFlight {
+            answer: self.inner.log.commit(commit).into_future(),
+            cursor,
+            finished: line.finished_since_commit(),
+            emitted,
+        });
+    }
+
+    /// Waits for the commit in flight, if any, and takes in what became
+    /// of it ([`Consumer::landed`]); true when the caller should pause.
+    async fn land(&self, line: &mut ReadAhead, in_flight: &mut Option<InFlight>) -> bool {
+        let Some(mut flight) = in_flight.take() else {
+            return false;
+        };
+        let answer = (&mut flight.answer).await;
+        self.landed(flight, answer, line).await
+    }
+
+    /// Takes in the `answer` to the commit `flight`: durable, the line's
+    /// cursor moves; failed, the line starts again at its last durable
+    /// cursor, and what was delivered since is delivered again (true: the
+    /// caller pauses).
+    async fn landed(
+        &self,
+        flight: InFlight,
+        answer: Result<plugbus_log::Committed, LogError>,
+        line: &mut ReadAhead,
+    ) -> bool {
+        let count = count_by_partition(&flight.emitted);
+        if answer.is_err() {
+            self.inner.appending(&count, false);
+        }
+        let woken: std::collections::BTreeSet<&str> = count.keys().map(|(t, _)| *t).collect();
+        for tenant in woken {
+            self.inner.appends(tenant).appended();
+        }
+        match answer {
             Ok(committed) => {
                 if committed.cursor_moved {
-                    line.committed(cursor);
+                    line.committed(flight.cursor, flight.finished);
                     self.gauges.show(line);
                 } else {
                     // An operator moved the cursor (`plugbus replay`): the
                     // next round goes on from there.
                     line.mark_moved();
                 }
-                Ok(false)
+                false
             }
             Err(LogError::LeaseLost { epoch, .. }) => {
                 tracing::info!(tenant = %self.tenant, plugin = %self.plugin, "the plugin's lease changed hands; its consumer stops");
                 lease::lost(&self.lease, epoch);
-                Ok(false)
+                false
             }
             Err(e) => {
                 // Nothing was committed: the events since the last commit
                 // are delivered again (at least once).
                 tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot commit the plugin's progress: {e}");
                 self.read_again(line).await;
-                Ok(true)
+                true
             }
         }
     }
@@ -860,10 +1017,7 @@ impl Consumer {
             .iter()
             .map(|e| (e.tenant().to_owned(), partition_of(e, partitions)))
             .collect();
-        let mut count: HashMap<(&str, Partition), u64> = HashMap::new();
-        for (tenant, partition) in &tenants {
-            *count.entry((tenant, *partition)).or_default() += 1;
-        }
+        let count = count_by_partition(&tenants);
         self.inner.appending(&count, true);
         let committed = self.inner.log.commit(commit).await;
         if committed.is_err() {
