@@ -47,6 +47,8 @@ struct Run {
     redrives_checked: Option<std::time::Instant>,
     /// When the log was last asked for a cursor moved by an operator.
     cursor_checked: std::time::Instant,
+    /// The commit handed to the log and not answered yet.
+    in_flight: Option<InFlight>,
     /// When the log was last asked whether another partition's consumer
     /// quarantined the plugin (only with several partitions).
     quarantine_checked: Option<std::time::Instant>,
@@ -62,7 +64,7 @@ enum Verdict {
     Dead(Vec<FailedAttempt>),
 }
 
-/// Something delivered through [`Consumer::deliver`]: an event read from
+/// Something delivered through [`deliver_now`]: an event read from
 /// the log, or a dead letter redriven.
 trait Deliverable: Send + Sync + 'static {
     /// The event to deliver.
@@ -100,6 +102,115 @@ fn at_the_end(
         None => log.count_partition_after(tenant, partition, after, 1)?,
     };
     Ok(more == 0)
+}
+
+/// How a round reads: at most `limit`, with the tenant's appends through
+/// the bus counted before the read (see [`ReadAhead::read_done`]).
+#[derive(Debug, Clone, Copy)]
+struct ReadPlan {
+    limit: ReadLimit,
+    appended: u64,
+}
+
+/// The events a round delivered, each with its attempt number, and what
+/// came of each (in order, stopping at the first failure).
+type Delivered = (Vec<(Arc<StoredEvent>, u32)>, Vec<(Delivery, Effects)>);
+
+/// Reads the events of `(tenant, partition)` after what `line` read, as
+/// `plan` says, into `line` (the events `plugin` does not subscribe to
+/// are finished at once). Answers how many events were read and whether
+/// the read reached the end of the partition. Blocking.
+fn read_into(
+    inner: &Inner,
+    (tenant, partition): (&str, Partition),
+    plugin: &plugbus_runtime::Plugin,
+    line: &mut ReadAhead,
+    plan: ReadPlan,
+    began: tokio::time::Instant,
+) -> Result<(u64, bool), LogError> {
+    let log = inner.log.as_ref();
+    let after = line.read_after();
+    let events = log.read_partition(tenant, partition, after, plan.limit)?;
+    let at_the_end = at_the_end(log, (tenant, partition), after, plan.limit, &events)?;
+    let read = events.len() as u64;
+    line.take(events, |ty| plugin.manifest().subscribes_to(ty));
+    line.read_done(plan.appended, began, at_the_end);
+    Ok((read, at_the_end))
+}
+
+/// Delivers `batch` (each event with its attempt number and its share of
+/// its chain's budget) to `plugin`, stopping at the first failure: the
+/// one delivery path of events read from the log and of dead letters
+/// redriven alike. Blocking.
+fn deliver_now<T: Deliverable>(
+    inner: &Inner,
+    plugin: &plugbus_runtime::Plugin,
+    batch: &[(Arc<T>, u32)],
+) -> Vec<(Delivery, Effects)> {
+    let items: Vec<_> = batch
+        .iter()
+        .map(|(e, attempt)| Item {
+            event: e.event(),
+            chain_budget: Some(Arc::new(AtomicUsize::new(budget(inner, e.event())))),
+            attempt: *attempt,
+        })
+        .collect();
+    plugin.deliver_batch_in_chain(items, true)
+}
+
+/// The budget of events a delivery of `event` may cause: the event's
+/// chain budget (the host's limit when it carries none), shared among
+/// the tenant's loaded plugins that subscribe to its type.
+fn budget(inner: &Inner, event: &Event) -> usize {
+    let limit = inner.host.config().max_events_per_chain;
+    let subscribers = inner.host.subscribers(event.tenant(), event.ty());
+    budget_share(event.chain_budget(limit), subscribers)
+}
+
+/// How many commits a consumer hands to the log before the first is
+/// answered: one. While it is being made durable (the writer's group
+/// fsync), the consumer reads and delivers the next due events; their
+/// commit is handed over once the previous one has landed, and dropped
+/// (the line starting again at the last durable cursor, its events
+/// delivered again) if the previous one failed. A second commit in
+/// flight is not safe on the embedded log: a commit whose group failed
+/// does not stop a later group, and a commit whose expected cursor is not
+/// the stored one still stores its state and events
+/// ([`Commit::expected`]), so a later commit could keep the effects of
+/// deliveries that read state the failed one never stored. A commit that
+/// writes state is also waited for before the next delivery, which
+/// must read it: a plugin that touched state is not pipelined.
+const IN_FLIGHT: usize = 1;
+
+/// A commit handed to the log and not answered yet.
+struct InFlight {
+    /// Its answer.
+    answer:
+        std::pin::Pin<Box<dyn Future<Output = Result<plugbus_log::Committed, LogError>> + Send>>,
+    /// The cursor it moves to.
+    cursor: Seq,
+    /// How many of the events the line finished since its last commit it
+    /// records (the first ones).
+    finished: usize,
+    /// The tenant and partition of each event it emits.
+    emitted: Vec<(String, Partition)>,
+}
+
+/// The answer of the commit in `in_flight`; never, without one.
+async fn answer_of(in_flight: &mut Option<InFlight>) -> Result<plugbus_log::Committed, LogError> {
+    match in_flight {
+        Some(flight) => (&mut flight.answer).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How many events of each (tenant, partition) `emitted` holds.
+fn count_by_partition(emitted: &[(String, Partition)]) -> HashMap<(&str, Partition), u64> {
+    let mut count: HashMap<(&str, Partition), u64> = HashMap::new();
+    for (tenant, partition) in emitted {
+        *count.entry((tenant, *partition)).or_default() += 1;
+    }
+    count
 }
 
 /// Where a consumer stands with its lease, at a commit boundary.
@@ -218,6 +329,7 @@ impl Consumer {
                 failures_in_a_row: 0,
                 redrives_checked: None,
                 cursor_checked: std::time::Instant::now(),
+                in_flight: None,
                 quarantine_checked: None,
             };
             loop {
@@ -225,15 +337,22 @@ impl Consumer {
                     LeaseNow::Use => {}
                     LeaseNow::HandBack => {
                         tracing::info!(tenant = %self.tenant, plugin = %self.plugin, "handing the plugin's lease to the host it belongs on");
+                        self.land(&mut run.line, &mut run.in_flight).await;
                         self.inner.leases.give_back(&self.lease);
                         break;
                     }
                     LeaseNow::Gone => {
                         tracing::info!(tenant = %self.tenant, plugin = %self.plugin, "the plugin's lease is not renewed; its consumer waits");
+                        self.land(&mut run.line, &mut run.in_flight).await;
                         break;
                     }
                 }
-                if let Step::Stop = self.round(&mut run, &appends, &mut stop).await? {
+                let step = self.round(&mut run, &appends, &mut stop).await;
+                if !matches!(step, Ok(Step::Go | Step::Again)) {
+                    // What was handed to the log lands before the consumer
+                    // ends, or restarts from the cursor as stored.
+                    self.land(&mut run.line, &mut run.in_flight).await;
+                    step?;
                     return Ok(());
                 }
             }
@@ -398,18 +517,32 @@ impl Consumer {
         {
             return Ok(step);
         }
-        if let step @ (Step::Again | Step::Stop) =
-            self.read(&plugin, &mut run.line, appends, stop).await?
-        {
-            return Ok(step);
-        }
-        self.gauges.show(&run.line);
         let now = tokio::time::Instant::now();
-        let due = run.line.due(now, self.inner.config.read_batch);
+        let (due, reports) = match self.read_plan(&run.line, appends, now) {
+            // Nothing to read: the due events (if any) go in one hop.
+            None => {
+                let due = run.line.due(now, self.inner.config.read_batch);
+                if due.is_empty() {
+                    return self.idle(run, appended, now, stop).await;
+                }
+                let reports = self.deliver(&plugin, &due, "delivering").await?;
+                (due, reports)
+            }
+            // Read, then deliver what is due, in the same hop.
+            Some(plan) => match self.read_and_deliver(&plugin, run, plan, now).await? {
+                Ok(delivered) => delivered,
+                Err(e) => {
+                    tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the log: {e}");
+                    return Ok(self.pause_step(Duration::from_secs(1), stop).await);
+                }
+            },
+        };
+        self.gauges.show(&run.line);
         if due.is_empty() {
-            return self.idle(&mut run.line, appended, now, stop).await;
+            return self.idle(run, appended, now, stop).await;
         }
-        self.deliver_due(&plugin, run, due, stop).await
+        self.inner.delivered(&reports);
+        self.settle_due(&plugin, run, due, reports, stop).await
     }
 
     /// Starts again from the stored cursor when an operator moved it
@@ -421,6 +554,9 @@ impl Consumer {
             return Ok(());
         }
         run.cursor_checked = std::time::Instant::now();
+        // The stored cursor is compared with the line's once this
+        // consumer's own commit has landed.
+        self.land(&mut run.line, &mut run.in_flight).await;
         if let Ok(Some(stored)) = self.stored_cursor().await
             && stored != run.line.position()
         {
@@ -462,6 +598,10 @@ impl Consumer {
         match tokio::task::spawn_blocking(move || log.redrives(&tenant, &name, 16)).await {
             // Each partition's consumer takes the requests of its events.
             Ok(Ok(redrives)) if redrives.iter().any(mine) => {
+                // A redrive commits at the cursor the line has landed.
+                if self.land(&mut run.line, &mut run.in_flight).await {
+                    return Ok(self.pause_step(Duration::from_secs(1), stop).await);
+                }
                 let redrives = redrives.into_iter().filter(mine);
                 for dead in redrives {
                     if self
@@ -483,95 +623,119 @@ impl Consumer {
         }
     }
 
-    /// Reads new events into the line, unless it holds as many as it may,
-    /// or (on a log this host has alone) its last read reached the end of
-    /// the log and nothing was appended through this bus since (see
-    /// [`ReadAhead::needs_read`]). On a shared log other hosts append
-    /// without this bus hearing of it, so a consumer there reads on every
-    /// round, lest a plugin whose events arrive through another host be
-    /// read once a second;
-    /// when the log cannot be read, waits a second and starts the round
-    /// again (`Again`).
-    async fn read(
+    /// Whether the line reads new events this round, and how: unless it
+    /// holds as many as it may, or (on a log this host has alone) its
+    /// last read reached the end of the log and nothing was appended
+    /// through this bus since (see [`ReadAhead::needs_read`]). On a shared
+    /// log other hosts append without this bus hearing of it, so a
+    /// consumer there reads on every round, lest a plugin whose events
+    /// arrive through another host be read once a second.
+    fn read_plan(
         &self,
-        plugin: &plugbus_runtime::Plugin,
-        line: &mut ReadAhead,
+        line: &ReadAhead,
         appends: &Appends,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<Step, String> {
-        let Some(limit) = line.read_limit(&self.inner.config) else {
-            return Ok(Step::Go);
-        };
+        now: tokio::time::Instant,
+    ) -> Option<ReadPlan> {
+        let limit = line.read_limit(&self.inner.config)?;
         // Taken before the read: an append counted after it may not be
         // in what the read sees, and makes the next round read again.
         let appended = appends.count();
-        let began = tokio::time::Instant::now();
-        if !self.inner.leases.shared && !line.needs_read(appended, began) {
-            return Ok(Step::Go);
+        if !self.inner.leases.shared && !line.needs_read(appended, now) {
+            return None;
         }
+        Some(ReadPlan { limit, appended })
+    }
+
+    /// Reads new events into the line as `plan` says, then delivers the
+    /// events due at `now`, in one blocking section: one hop off the
+    /// async threads per round (a read right behind the head is served
+    /// from the log's tail cache, in memory). Answers the events
+    /// delivered and their reports (none when nothing was due), or the
+    /// log's error when it could not be read (nothing delivered); an
+    /// `Err` when the section panicked (the line is lost with it, and the
+    /// consumer restarts from its cursor).
+    async fn read_and_deliver(
+        &self,
+        plugin: &Arc<plugbus_runtime::Plugin>,
+        run: &mut Run,
+        plan: ReadPlan,
+        now: tokio::time::Instant,
+    ) -> Result<Result<Delivered, LogError>, String> {
+        let position = run.line.position();
+        let mut line = std::mem::replace(&mut run.line, ReadAhead::new(position));
+        let (inner, plugin) = (self.inner.clone(), plugin.clone());
         let (tenant, partition) = (self.tenant.clone(), self.partition);
-        let (log, after) = (self.inner.log.clone(), line.read_after());
-        let read = tokio::task::spawn_blocking(move || {
-            let events = log.read_partition(&tenant, partition, after, limit)?;
-            let at_the_end = at_the_end(log.as_ref(), (&tenant, partition), after, limit, &events)?;
-            Ok::<_, LogError>((events, at_the_end))
+        let section = tokio::task::spawn_blocking(move || {
+            let read = read_into(&inner, (&tenant, partition), &plugin, &mut line, plan, now);
+            let delivered = read.map(|read| {
+                let due = line.due(now, inner.config.read_batch);
+                let reports = if due.is_empty() {
+                    Vec::new()
+                } else {
+                    deliver_now(&inner, &plugin, &due)
+                };
+                (read, due, reports)
+            });
+            (line, delivered)
         })
         .await;
-        match read {
-            Ok(Ok((events, at_the_end))) => {
-                self.gauges.read(events.len() as u64);
-                if at_the_end {
-                    self.gauges.unread.store(0, Ordering::Relaxed);
-                }
-                line.take(events, |ty| plugin.manifest().subscribes_to(ty));
-                line.read_done(appended, began, at_the_end);
-                Ok(Step::Go)
+        let (line, delivered) =
+            section.map_err(|e| format!("reading the log {}", join_failure(e)))?;
+        run.line = line;
+        Ok(delivered.map(|((read, at_the_end), due, reports)| {
+            self.gauges.read(read);
+            if at_the_end {
+                self.gauges.unread.store(0, Ordering::Relaxed);
             }
-            Ok(Err(e)) => {
-                tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot read the log: {e}");
-                Ok(self.pause_step(Duration::from_secs(1), stop).await)
-            }
-            Err(e) => Err(format!("reading the log {}", join_failure(e))),
-        }
+            (due, reports)
+        }))
     }
 
     /// With nothing due: commits what is finished (events skipped as not
     /// subscribed move the cursor), else waits for an append, the next
     /// retry, or a second (to look for a cursor moved by another process).
+    /// While a commit is in flight, waits for its answer too: new events
+    /// appended meanwhile are delivered before it lands.
     async fn idle(
         &self,
-        line: &mut ReadAhead,
+        run: &mut Run,
         appended: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
         now: tokio::time::Instant,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Step, String> {
-        let mut commit = self.commit_from(line.position());
-        if line.advance(&mut commit) {
-            if self.commit(commit, line).await? {
-                return Ok(self.pause_step(Duration::from_secs(1), stop).await);
-            }
+        let mut commit = self.commit_from(run.line.position());
+        if run.in_flight.is_none() && run.line.advance(&mut commit) {
+            self.hand_over(commit, &mut run.line, &mut run.in_flight)
+                .await;
             return Ok(Step::Again);
         }
         let second = deadline(now, Duration::from_secs(1));
-        let wake = line.next_retry().unwrap_or(second).min(second);
-        tokio::select! {
-            () = appended => {}
-            () = tokio::time::sleep_until(wake) => {}
+        let wake = run.line.next_retry().unwrap_or(second).min(second);
+        let answer = tokio::select! {
+            answer = answer_of(&mut run.in_flight) => answer,
+            () = appended => return Ok(Step::Again),
+            () = tokio::time::sleep_until(wake) => return Ok(Step::Again),
             _ = stop.changed() => return Ok(Step::Stop),
+        };
+        if let Some(flight) = run.in_flight.take()
+            && self.landed(flight, answer, &mut run.line).await
+        {
+            return Ok(self.pause_step(Duration::from_secs(1), stop).await);
         }
         Ok(Step::Again)
     }
 
-    /// Delivers the due events, commits what came of them, and
+    /// Judges the deliveries of the due events (`reports`, in order,
+    /// stopping at the first failure), commits what came of them, and
     /// quarantines the plugin when too many deliveries in a row failed.
-    async fn deliver_due(
+    async fn settle_due(
         &self,
         plugin: &Arc<plugbus_runtime::Plugin>,
         run: &mut Run,
         due: Vec<(Arc<StoredEvent>, u32)>,
+        reports: Vec<(Delivery, Effects)>,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Step, String> {
-        let reports = self.deliver(plugin, &due, "delivering").await?;
         let mut commit = self.commit_from(run.line.position());
         // Events after a failure in the batch were not delivered: they
         // stay pending.
@@ -585,10 +749,11 @@ impl Consumer {
             }
             self.settle_one(stored, verdict, &mut run.line, &mut commit);
         }
-        let pause = run.line.advance(&mut commit) && self.commit(commit, &mut run.line).await?;
+        let pause = self.hand_over_after(commit, run).await;
         let limit = self.inner.config.quarantine_after;
         if limit > 0 && run.failures_in_a_row >= limit {
             run.failures_in_a_row = 0;
+            self.land(&mut run.line, &mut run.in_flight).await;
             if self.quarantine(plugin, stop).await {
                 return Ok(Step::Stop);
             }
@@ -655,35 +820,21 @@ impl Consumer {
         }
     }
 
-    /// The one delivery path, of events read from the log and of dead
-    /// letters redriven alike: delivers `batch` (each event with its
-    /// attempt number and its share of its chain's budget) to `plugin`,
-    /// stopping at the first failure, and tells every delivery to whoever
-    /// listens. An `Err` (`what` failed) when the delivery task panicked.
+    /// Delivers `batch` through [`deliver_now`] on a blocking thread (the
+    /// caller tells the deliveries to whoever listens,
+    /// [`Inner::delivered`]). An `Err` (`what` failed) when the delivery
+    /// task panicked.
     async fn deliver<T: Deliverable>(
         &self,
         plugin: &Arc<plugbus_runtime::Plugin>,
         batch: &[(Arc<T>, u32)],
         what: &str,
     ) -> Result<Vec<(Delivery, Effects)>, String> {
-        let budgets: Vec<usize> = batch.iter().map(|(e, _)| self.budget(e.event())).collect();
         let sent = batch.to_vec();
-        let delivering = plugin.clone();
-        let reports = tokio::task::spawn_blocking(move || {
-            let items: Vec<_> = sent
-                .iter()
-                .zip(budgets)
-                .map(|((e, attempt), budget)| Item {
-                    event: e.event(),
-                    chain_budget: Some(Arc::new(AtomicUsize::new(budget))),
-                    attempt: *attempt,
-                })
-                .collect();
-            delivering.deliver_batch_in_chain(items, true)
-        })
-        .await
-        .map_err(|e| format!("{what} {}", join_failure(e)))?;
-        self.inner.delivered(&reports);
+        let (inner, delivering) = (self.inner.clone(), plugin.clone());
+        let reports = tokio::task::spawn_blocking(move || deliver_now(&inner, &delivering, &sent))
+            .await
+            .map_err(|e| format!("{what} {}", join_failure(e)))?;
         Ok(reports)
     }
 
@@ -713,19 +864,52 @@ impl Consumer {
         }
     }
 
-    /// The budget of events a delivery of `event` may cause: the event's
-    /// chain budget (the host's limit when it carries none), shared among
-    /// the tenant's loaded plugins that subscribe to its type.
-    fn budget(&self, event: &Event) -> usize {
-        let limit = self.inner.host.config().max_events_per_chain;
-        let subscribers = self.inner.host.subscribers(event.tenant(), event.ty());
-        budget_share(event.chain_budget(limit), subscribers)
+    /// Hands what this round's deliveries left behind (`commit`, its
+    /// cursor and the events finished ahead of it still to be filled in)
+    /// to the log once the commit in flight before it has landed; waits
+    /// for it too when it writes state, so that the next delivery reads
+    /// it (see [`IN_FLIGHT`]). True when the caller should pause: a
+    /// commit failed, and the line starts again at the last durable
+    /// cursor (this round's effects are dropped, its events delivered
+    /// again).
+    async fn hand_over_after(&self, mut commit: Commit, run: &mut Run) -> bool {
+        if self.land(&mut run.line, &mut run.in_flight).await {
+            return true;
+        }
+        commit.expected = Some(run.line.position());
+        if !run.line.advance(&mut commit) {
+            return false;
+        }
+        let writes_state = !commit.state.is_empty();
+        self.hand_over(commit, &mut run.line, &mut run.in_flight)
+            .await;
+        writes_state && self.land(&mut run.line, &mut run.in_flight).await
     }
 
-    /// Commits the plugin's progress; true when the caller should pause
-    /// (the log failed, and the same events are delivered again).
+    /// Commits the plugin's progress and waits for it; true when the
+    /// caller should pause (the log failed, and the same events are
+    /// delivered again).
+    #[cfg(test)]
     async fn commit(&self, commit: Commit, line: &mut ReadAhead) -> Result<bool, String> {
-        let cursor = commit.cursor;
+        let mut in_flight = None;
+        self.hand_over(commit, line, &mut in_flight).await;
+        Ok(self.land(line, &mut in_flight).await)
+    }
+
+    /// Hands `commit` (made from `line`) to the log without waiting for
+    /// its answer, into `in_flight`, which must be empty: commits are
+    /// handed over one at a time. Nothing is handed over when the lease
+    /// lapsed.
+    async fn hand_over(
+        &self,
+        commit: Commit,
+        line: &mut ReadAhead,
+        in_flight: &mut Option<InFlight>,
+    ) {
+        debug_assert!(
+            usize::from(in_flight.is_some()) < IN_FLIGHT,
+            "at most IN_FLIGHT commits in flight"
+        );
         if !self.may_commit() {
             // The lease lapsed (not renewed in time): the next holder
             // delivers these events again. So does this consumer if the
@@ -733,31 +917,75 @@ impl Consumer {
             // not keep them finished, or its next commit would move the
             // cursor past them without their effects.
             self.read_again(line).await;
-            return Ok(false);
+            return;
         }
-        match self.commit_emitting(commit).await {
+        let partitions = self.inner.partitions;
+        let emitted: Vec<(String, Partition)> = commit
+            .emitted
+            .iter()
+            .map(|e| (e.tenant().to_owned(), partition_of(e, partitions)))
+            .collect();
+        self.inner.appending(&count_by_partition(&emitted), true);
+        let cursor = commit.cursor;
+        *in_flight = Some(InFlight {
+            answer: self.inner.log.commit(commit).into_future(),
+            cursor,
+            finished: line.finished_since_commit(),
+            emitted,
+        });
+    }
+
+    /// Waits for the commit in flight, if any, and takes in what became
+    /// of it ([`Consumer::landed`]); true when the caller should pause.
+    async fn land(&self, line: &mut ReadAhead, in_flight: &mut Option<InFlight>) -> bool {
+        let Some(mut flight) = in_flight.take() else {
+            return false;
+        };
+        let answer = (&mut flight.answer).await;
+        self.landed(flight, answer, line).await
+    }
+
+    /// Takes in the `answer` to the commit `flight`: durable, the line's
+    /// cursor moves; failed, the line starts again at its last durable
+    /// cursor, and what was delivered since is delivered again (true: the
+    /// caller pauses).
+    async fn landed(
+        &self,
+        flight: InFlight,
+        answer: Result<plugbus_log::Committed, LogError>,
+        line: &mut ReadAhead,
+    ) -> bool {
+        let count = count_by_partition(&flight.emitted);
+        if answer.is_err() {
+            self.inner.appending(&count, false);
+        }
+        let woken: std::collections::BTreeSet<&str> = count.keys().map(|(t, _)| *t).collect();
+        for tenant in woken {
+            self.inner.appends(tenant).appended();
+        }
+        match answer {
             Ok(committed) => {
                 if committed.cursor_moved {
-                    line.committed(cursor);
+                    line.committed(flight.cursor, flight.finished);
                     self.gauges.show(line);
                 } else {
                     // An operator moved the cursor (`plugbus replay`): the
                     // next round goes on from there.
                     line.mark_moved();
                 }
-                Ok(false)
+                false
             }
             Err(LogError::LeaseLost { epoch, .. }) => {
                 tracing::info!(tenant = %self.tenant, plugin = %self.plugin, "the plugin's lease changed hands; its consumer stops");
                 lease::lost(&self.lease, epoch);
-                Ok(false)
+                false
             }
             Err(e) => {
                 // Nothing was committed: the events since the last commit
                 // are delivered again (at least once).
                 tracing::error!(tenant = %self.tenant, plugin = %self.plugin, "cannot commit the plugin's progress: {e}");
                 self.read_again(line).await;
-                Ok(true)
+                true
             }
         }
     }
@@ -789,10 +1017,7 @@ impl Consumer {
             .iter()
             .map(|e| (e.tenant().to_owned(), partition_of(e, partitions)))
             .collect();
-        let mut count: HashMap<(&str, Partition), u64> = HashMap::new();
-        for (tenant, partition) in &tenants {
-            *count.entry((tenant, *partition)).or_default() += 1;
-        }
+        let count = count_by_partition(&tenants);
         self.inner.appending(&count, true);
         let committed = self.inner.log.commit(commit).await;
         if committed.is_err() {
@@ -1004,6 +1229,7 @@ impl Consumer {
             let reports = self
                 .deliver(plugin, &[(dead.clone(), attempt)], "redriving")
                 .await?;
+            self.inner.delivered(&reports);
             let Some((delivery, effects)) = reports.into_iter().next() else {
                 return Err("a redriven delivery ended without a report".to_owned());
             };

@@ -287,10 +287,20 @@ impl ReadAhead {
             || !commit.dead_letters.is_empty()
     }
 
-    /// The commit up to `cursor` is durable.
-    pub(super) fn committed(&mut self, cursor: Seq) {
+    /// How many events were finished since the last commit: a commit
+    /// made now records these.
+    pub(super) fn finished_since_commit(&self) -> usize {
+        self.unsaved.len()
+    }
+
+    /// The commit up to `cursor` is durable, with the first `finished`
+    /// events finished since the commit before it (as
+    /// [`finished_since_commit`](Self::finished_since_commit) counted
+    /// them when it was made); those finished since are still to be
+    /// committed.
+    pub(super) fn committed(&mut self, cursor: Seq, finished: usize) {
         self.position = cursor;
-        self.unsaved.clear();
+        self.unsaved.drain(..finished.min(self.unsaved.len()));
         while self.read_seqs.front().is_some_and(|seq| *seq <= cursor) {
             self.read_seqs.pop_front();
         }
@@ -519,17 +529,53 @@ mod tests {
         let mut c = commit();
         assert!(line.advance(&mut c), "finished ahead of the cursor");
         assert_eq!((c.cursor, c.ahead.clone()), (10, vec![12, 13]));
-        line.committed(c.cursor);
+        line.committed(c.cursor, line.finished_since_commit());
         assert_eq!(line.position(), 10);
         assert_eq!(line.behind(), 3);
         line.finish(11);
         let mut c = commit();
         assert!(line.advance(&mut c));
         assert_eq!((c.cursor, c.ahead.clone()), (13, vec![]));
-        line.committed(13);
+        line.committed(13, line.finished_since_commit());
         assert_eq!((line.position(), line.behind()), (13, 0));
         let mut c = commit();
         assert!(!line.advance(&mut c), "nothing more to commit");
+    }
+
+    /// A commit in flight records what was finished when it was made;
+    /// events finished while it is in flight (the next round's) stay to
+    /// be recorded by the next commit, even ahead of its cursor.
+    #[test]
+    fn events_finished_while_a_commit_is_in_flight_go_into_the_next() {
+        let now = Instant::now();
+        let mut line = ReadAhead::new(0);
+        line.take(
+            vec![
+                keyed(1, Some("a"), 1),
+                keyed(2, Some("b"), 1),
+                keyed(3, Some("c"), 1),
+                keyed(4, Some("d"), 1),
+            ],
+            all,
+        );
+        line.wait(&keyed(1, Some("a"), 1), vec![attempt()], now);
+        line.finish(2);
+        let mut first = commit();
+        assert!(line.advance(&mut first));
+        assert_eq!((first.cursor, first.ahead.clone()), (0, vec![2]));
+        let in_flight = line.finished_since_commit();
+        // Delivered while the first commit is in flight.
+        line.finish(3);
+        line.finish(4);
+        line.committed(first.cursor, in_flight);
+        let mut next = commit();
+        assert!(line.advance(&mut next), "3 and 4 are not recorded yet");
+        assert_eq!((next.cursor, next.ahead.clone()), (0, vec![3, 4]));
+        line.committed(next.cursor, line.finished_since_commit());
+        line.finish(1);
+        let mut last = commit();
+        assert!(line.advance(&mut last));
+        assert_eq!((last.cursor, last.ahead.clone()), (4, vec![]));
     }
 
     #[test]
@@ -614,7 +660,7 @@ mod tests {
         assert_eq!(line.read_limit(&config).map(|l| l.bytes), Some(30));
         // Behind the cursor: every event read past it.
         assert_eq!(line.behind(), 3);
-        line.committed(1);
+        line.committed(1, line.finished_since_commit());
         assert_eq!(line.behind(), 2);
     }
 
