@@ -150,19 +150,14 @@ async fn an_uncaught_exception_is_a_retryable_failure_with_its_name_and_text() {
         "{type_error:?}"
     );
     assert!(
-        type_error
-            .message
-            .starts_with("uncaught exception: TypeError: ")
+        type_error.message.starts_with("uncaught TypeError: ")
             && type_error.message.contains("readMissing@"),
         "{}",
         type_error.message
     );
     let string = failure(&deliver(&host, "js.throw-string", "t-2", serde_json::json!({})).await);
     assert_eq!(string.kind, FailureKind::HandlerRetryable);
-    assert_eq!(
-        string.message,
-        "uncaught exception: uncaught string: a plain string"
-    );
+    assert_eq!(string.message, "uncaught string: a plain string");
     assert_eq!(
         deliver(&host, "js.handled", "t-3", serde_json::json!({}))
             .await

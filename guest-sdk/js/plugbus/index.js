@@ -403,13 +403,23 @@ export class Context {
  * thrown string, …): its name, its text and the top of its stack, bounded.
  * @param {unknown} thrown @returns {string} */
 export function describeUncaught(thrown) {
+  try {
+    return describe(thrown);
+  } catch {
+    // A throwing `message` getter or `toString`: still a clean failure.
+    return 'uncaught exception: its description threw';
+  }
+}
+
+/** @param {unknown} thrown @returns {string} */
+function describe(thrown) {
   let head;
   let stack = '';
   if (thrown instanceof Error) {
     head = `${thrown.name || 'Error'}: ${thrown.message}`;
     stack = typeof thrown.stack === 'string' ? thrown.stack : '';
   } else if (typeof thrown === 'string') {
-    head = `uncaught string: ${thrown}`;
+    head = `string: ${thrown}`;
   } else {
     let text;
     try {
@@ -417,7 +427,7 @@ export function describeUncaught(thrown) {
     } catch {
       text = undefined;
     }
-    head = `uncaught ${thrown === null ? 'null' : typeof thrown}: ${text ?? String(thrown)}`;
+    head = `${thrown === null ? 'null' : typeof thrown}: ${text ?? String(thrown)}`;
   }
   // The frames below the handler (this SDK's runner, the component's
   // glue) say nothing about the failure: cut them.
@@ -427,7 +437,8 @@ export function describeUncaught(thrown) {
     .map((l) => l.trim())
     .filter((l) => l !== '' && !l.startsWith(`${head}`))
     .slice(0, MAX_STACK_LINES);
-  let message = `uncaught exception: ${head}`;
+  // The same head as the Python SDK's: "uncaught <Type>: <text>".
+  let message = `uncaught ${head}`;
   if (lines.length > 0) message += `\nstack:\n  ${lines.join('\n  ')}`;
   if (message.length > MAX_STACK_CHARS) message = `${message.slice(0, MAX_STACK_CHARS - 3)}...`;
   return message;

@@ -187,7 +187,9 @@ export class TestContext {
         this.logs.push({ level, message });
       },
       configGet: (key) => this._config.get(key),
-      stateGet: (key) => this._state.get(key),
+      // A copy: bytes changed in place by the handler are not the stored
+      // ones, which a failed run must leave as they were.
+      stateGet: (key) => this._state.get(key)?.slice(),
       stateSet: (key, value) => {
         const keyBytes = encoder.encode(key).length;
         if (keyBytes === 0 || keyBytes > MAX_STATE_KEY_BYTES) {

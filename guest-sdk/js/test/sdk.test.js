@@ -130,21 +130,21 @@ test('an uncaught exception is a retryable failure with its name, text and stack
     () => ctx.run((event) => deepInside(event), Event.create('t')),
     (e) => {
       assert.equal(e.kind, 'retryable');
-      assert.match(e.message, /^uncaught exception: TypeError: Cannot read properties of undefined/);
+      assert.match(e.message, /^uncaught TypeError: Cannot read properties of undefined/);
       assert.match(e.message, /stack:\n {2}.*deepInside/);
       assert.ok(e.cause instanceof TypeError);
       return true;
     },
   );
-  assert.throws(() => ctx.run(() => { throw 'plain text'; }, Event.create('t')), (e) => e.kind === 'retryable' && e.message === 'uncaught exception: uncaught string: plain text');
-  assert.throws(() => ctx.run(() => { throw { code: 7 }; }, Event.create('t')), (e) => e.message === 'uncaught exception: uncaught object: {"code":7}');
+  assert.throws(() => ctx.run(() => { throw 'plain text'; }, Event.create('t')), (e) => e.kind === 'retryable' && e.message === 'uncaught string: plain text');
+  assert.throws(() => ctx.run(() => { throw { code: 7 }; }, Event.create('t')), (e) => e.message === 'uncaught object: {"code":7}');
   assert.throws(() => ctx.run(() => Promise.resolve(), Event.create('t')), (e) => e.kind === 'permanent' && /synchronous/.test(e.message));
 });
 
 test('the message of an uncaught exception is bounded', () => {
   const message = describeUncaught(new RangeError('x'.repeat(10000)));
   assert.equal(message.length, MAX_STACK_CHARS);
-  assert.ok(message.startsWith('uncaught exception: RangeError: xxx'));
+  assert.ok(message.startsWith('uncaught RangeError: xxx'));
   const deep = (n) => (n === 0 ? new Error('deep') : deep(n - 1));
   const lines = describeUncaught(deep(50)).split('\n');
   assert.ok(lines.length <= 10, lines.join('\n'));
@@ -181,4 +181,21 @@ test('HandlerError constructors and a context over any host', () => {
   assert.throws(() => ctx.log('loud', 'x'), TypeError);
   assert.deepEqual(lines, [['warn', 'w'], ['error', 'e'], ['trace', 't']]);
   assert.equal(ctx.emit('t', new Uint8Array([1])), 'x');
+});
+
+test('an error whose message getter throws is still a clean failure', () => {
+  const ctx = new TestContext();
+  const hostile = new Error('x');
+  Object.defineProperty(hostile, 'message', { get() { throw new Error('no'); } });
+  assert.throws(() => ctx.run(() => { throw hostile; }, Event.create('t')),
+    (e) => e.kind === 'retryable' && e.message === 'uncaught exception: its description threw');
+});
+
+test('state bytes changed in place by a failed run are not kept', () => {
+  const ctx = new TestContext().withStateBytes('k', new Uint8Array([1, 2]));
+  assert.throws(() => ctx.run((c) => {
+    c.stateBytes('k')[0] = 9;
+    throw HandlerError.retryable('after changing the bytes');
+  }, Event.create('t')));
+  assert.deepEqual([...ctx.stateBytes('k')], [1, 2]);
 });

@@ -78,6 +78,9 @@ class HandlerError(Exception):
         """A failure of ``kind`` (``"retryable"`` or ``"permanent"``) with ``message``."""
         if kind not in (self.RETRYABLE, self.PERMANENT):
             raise ValueError(f"a handler error is retryable or permanent, not {kind!r}")
+        # The host takes a string: a number or an object given by mistake
+        # is kept as its text instead of failing the handler's own failure.
+        message = message if isinstance(message, str) else str(message)
         super().__init__(message)
         #: ``"retryable"`` or ``"permanent"``.
         self.kind: str = kind
@@ -470,7 +473,11 @@ def describe_exception(error: BaseException, limit: int = MAX_FAILURE_CHARS) -> 
     module = type(error).__module__
     if module not in ("builtins", "__main__"):
         name = f"{module}.{name}"
-    head = f"uncaught {name}: {error}"
+    try:
+        text = str(error)
+    except BaseException:  # an exception whose __str__ raises still fails cleanly
+        text = "<str() of the exception failed>"
+    head = f"uncaught {name}: {text}"
     try:
         lines = "".join(traceback.format_tb(error.__traceback__)).rstrip("\n").split("\n")
     except Exception:  # a broken traceback must not hide the exception itself
@@ -491,7 +498,9 @@ def _run(handler: Handler, host: HostApi, event: Event) -> Optional[HandlerError
         handler(Context(host, event.attempt), event)
     except HandlerError as e:
         return e
-    except Exception as e:  # every other exception is a retryable failure
+    # Every other exception is a retryable failure, SystemExit and the
+    # like included: a component has no process to exit and no signals.
+    except BaseException as e:
         failure = HandlerError.retryable(describe_exception(e))
         failure.__cause__ = e
         return failure

@@ -185,6 +185,35 @@ def test_an_uncaught_exception_is_a_retryable_failure_with_type_text_and_traceba
     assert ctx.state == {} and ctx.emitted == []
 
 
+def test_sys_exit_and_an_exception_whose_str_raises_are_failures_too() -> None:
+    import sys
+
+    class Broken(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    def exits(ctx: Context, event: Event) -> None:
+        ctx.state.set("k", b"v")
+        sys.exit(3)
+
+    def broken(ctx: Context, event: Event) -> None:
+        raise Broken()
+
+    ctx = TestContext()
+    with pytest.raises(HandlerError) as err:
+        ctx.run(exits, Event("x"))
+    assert err.value.is_retryable and err.value.message.startswith("uncaught SystemExit: 3")
+    assert ctx.state == {}
+    with pytest.raises(HandlerError) as err:
+        ctx.run(broken, Event("x"))
+    assert err.value.message.startswith("uncaught ")
+    assert "Broken: <str() of the exception failed>" in err.value.message
+
+
+def test_a_handler_error_message_that_is_not_a_string_is_kept_as_text() -> None:
+    assert HandlerError.permanent(123).message == "123"  # type: ignore[arg-type]
+
+
 def test_the_exception_message_is_bounded_and_keeps_its_head() -> None:
     def deep(n: int) -> None:
         if n == 0:
