@@ -5,7 +5,7 @@
 // the WIT interfaces and the handler), then runs componentize-js from the
 // node_modules of the current directory, or of $PLUGBUS_JS_TOOLS.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -55,9 +55,13 @@ let depth = 0;
 while (parts.every((p) => p[depth] === parts[0][depth])) depth += 1;
 const root = parts[0].slice(0, depth).join(sep) || sep;
 const rel = (p) => relative(root, p) || '.';
-const args = [cli, rel(entry), '--wit', rel(wit), '--world-name', 'handler', '-d', 'http', '-d', 'fetch-event', '-o', rel(out)];
+// Written beside the output and renamed over it: a reader never sees half
+// a component, and two builds at once do not write the same file.
+const partial = `${out}.partial-${process.pid}`;
+const args = [cli, rel(entry), '--wit', rel(wit), '--world-name', 'handler', '-d', 'http', '-d', 'fetch-event', '-o', rel(partial)];
 const run = spawnSync(process.execPath, args, { stdio: 'inherit', cwd: root });
 if (run.status !== 0) {
   console.error(`componentize-js 0.23.0 failed (${run.status ?? run.signal}): cd ${root} && ${process.execPath} ${args.join(' ')}`);
   process.exit(1);
 }
+renameSync(partial, out);

