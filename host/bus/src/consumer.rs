@@ -509,6 +509,11 @@ impl Consumer {
             return Ok(Step::Stop);
         };
         self.follow_moved_cursor(run).await?;
+        // A commit landed there may have found the lease gone (another
+        // host took the plugin): deliver nothing more under it.
+        if !self.may_commit() {
+            return Ok(Step::Again);
+        }
         if self.quarantined_elsewhere(run).await {
             return Ok(self.pause_step(Duration::from_millis(200), stop).await);
         }
@@ -601,6 +606,9 @@ impl Consumer {
                 // A redrive commits at the cursor the line has landed.
                 if self.land(&mut run.line, &mut run.in_flight).await {
                     return Ok(self.pause_step(Duration::from_secs(1), stop).await);
+                }
+                if !self.may_commit() {
+                    return Ok(Step::Again);
                 }
                 let redrives = redrives.into_iter().filter(mine);
                 for dead in redrives {
@@ -753,7 +761,14 @@ impl Consumer {
         let limit = self.inner.config.quarantine_after;
         if limit > 0 && run.failures_in_a_row >= limit {
             run.failures_in_a_row = 0;
-            self.land(&mut run.line, &mut run.in_flight).await;
+            // A failed commit, or a lease found gone, drops this round: its
+            // failures do not quarantine the plugin.
+            if self.land(&mut run.line, &mut run.in_flight).await {
+                return Ok(self.pause_step(Duration::from_secs(1), stop).await);
+            }
+            if !self.may_commit() {
+                return Ok(Step::Again);
+            }
             if self.quarantine(plugin, stop).await {
                 return Ok(Step::Stop);
             }
