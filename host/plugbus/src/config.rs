@@ -39,6 +39,8 @@
 //! [instances]
 //! recycle_after_events = 100_000  # 0: never
 //! recycle_memory_percent = 75     # 0: never
+//! max_concurrent_compiles = 2     # plugins compiled at once (reloads, first loads)
+//! background_compile_mib = 4      # larger components not in the compile cache compile in the background at start
 //!
 //! [delivery]
 //! max_attempts = 5
@@ -301,6 +303,14 @@ pub struct InstancesConfig {
     /// When its memory stays above this share of its limit, in percent
     /// (default 75; 0 never).
     pub recycle_memory_percent: u64,
+    /// How many plugins are compiled at once, across every tenant
+    /// (default 2, 1–64): the threads one tenant's large components can
+    /// take from the others.
+    pub max_concurrent_compiles: u64,
+    /// At start, a component larger than this many MiB that is not in
+    /// the compile cache is compiled in the background while the others
+    /// serve (default 4, 0–1024; 0: every such component).
+    pub background_compile_mib: u64,
 }
 
 /// Delivery policy.
@@ -773,6 +783,8 @@ impl Default for InstancesConfig {
         Self {
             recycle_after_events: 100_000,
             recycle_memory_percent: 75,
+            max_concurrent_compiles: 2,
+            background_compile_mib: 4,
         }
     }
 }
@@ -948,6 +960,18 @@ impl Config {
             self.instances.recycle_memory_percent,
             0,
             100,
+        )?;
+        range(
+            "instances.max_concurrent_compiles",
+            self.instances.max_concurrent_compiles,
+            1,
+            64,
+        )?;
+        range(
+            "instances.background_compile_mib",
+            self.instances.background_compile_mib,
+            0,
+            1024,
         )?;
         range(
             "delivery.max_attempts",
@@ -1437,6 +1461,8 @@ mod tests {
             ("[http]\nmax_connections", 1_000_000),
             ("[quotas]\nmax_requests_in_flight", 100_000),
             ("[instances]\nrecycle_memory_percent", 100),
+            ("[instances]\nmax_concurrent_compiles", 64),
+            ("[instances]\nbackground_compile_mib", 1024),
         ];
         for (key, edge) in accepted {
             assert!(parse(&format!("{key} = {edge}")).is_ok(), "{key} = {edge}");

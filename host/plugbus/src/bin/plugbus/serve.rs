@@ -272,11 +272,6 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
         .context("cannot install the metrics recorder")
 }
 
-/// The size over which a component that must be compiled at start is
-/// compiled in the background (see `HostConfig::background_compile_bytes`):
-/// Rust plugins are 0.1-2 MB, Python and JavaScript ones 10-20 MB.
-const BACKGROUND_COMPILE_BYTES: u64 = 4 * 1024 * 1024;
-
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (settings, listen) = settings(&args)?;
     // Registered before the port is bound: once the host answers, a SIGINT
@@ -297,9 +292,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.compile_cache = Some(data.join("compiled"));
     }
     // A large component not in the compile cache (Python and JavaScript
-    // ones are 10-20 MB and take 25-45 s) is compiled in the background:
-    // the other plugins serve meanwhile.
-    config.background_compile_bytes = Some(BACKGROUND_COMPILE_BYTES);
+    // ones are 10-20 MB and take 25-45 s; Rust ones 0.1-2 MB) is compiled
+    // in the background: the other plugins serve meanwhile.
+    config.background_compile_bytes = Some(
+        settings
+            .instances
+            .background_compile_mib
+            .saturating_mul(1024 * 1024),
+    );
     prepare_dirs(&plugins, &data)?;
     // Bound before anything starts, so a port in use is a clear error.
     let listener = match listen {
@@ -677,6 +677,8 @@ pub fn host_config(settings: &Config, mode: Mode) -> plugbus::HostConfig {
     config.max_log_bytes = size(b.max_log_bytes);
     config.max_log_lines_per_delivery = size(b.max_log_lines_per_delivery);
     config.recycle_after_events = settings.instances.recycle_after_events;
+    config.max_concurrent_compiles =
+        usize::try_from(settings.instances.max_concurrent_compiles).unwrap_or(usize::MAX);
     config.recycle_memory_percent =
         u8::try_from(settings.instances.recycle_memory_percent).unwrap_or(u8::MAX);
     config.max_plugins_per_tenant = size(settings.quotas.max_plugins);
