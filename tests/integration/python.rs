@@ -336,3 +336,47 @@ fn the_python_sdk_example_and_fixture_pass_pytest() {
         );
     }
 }
+
+/// Hot reload of a Python plugin: the fixture renamed over the example,
+/// then the example back (a revert), each replaces the plugin with code
+/// from the compile cache (both are in it), and the new version serves
+/// the next event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_plugin_hot_reloads_from_the_compile_cache() {
+    let read = |path: &str| std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let example = read(artifacts::EXAMPLE_LOW_STOCK_ALERT_PY);
+    let fixture = read(artifacts::FIXTURE_PY_BEHAVIOURS);
+    let dir = PluginsDir::new();
+    let wasm = dir.add_bytes("lab", "py", &example, None);
+    let host = Arc::new(python_host(&dir).0);
+    let mut events = host.reload_events();
+    let _watcher = host.watch(dir.path()).expect("watch the plugins");
+    for (i, bytes) in [&fixture, &example].into_iter().enumerate() {
+        plugbus_tests::replace_by_rename(&wasm, bytes);
+        // A guard against hanging, not a timing: the swap is a cache hit.
+        let replaced = loop {
+            match tokio::time::timeout(Duration::from_secs(300), events.recv()).await {
+                Ok(Ok(event @ plugbus::ReloadEvent::Replaced { .. })) => break event,
+                Ok(Ok(plugbus::ReloadEvent::Failed { reason, .. })) => panic!("{reason}"),
+                Ok(Ok(_)) => {}
+                other => panic!("no reload: {other:?}"),
+            }
+        };
+        let plugbus::ReloadEvent::Replaced {
+            version, compile, ..
+        } = replaced
+        else {
+            unreachable!()
+        };
+        assert_eq!(compile, plugbus::cache::CompileSource::CacheHit, "swap {i}");
+        let delivery = deliver(
+            &host,
+            "fixture.handled",
+            &format!("r-{i}"),
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(delivery.outcome, Outcome::Handled, "{delivery:#?}");
+        assert_eq!(delivery.plugin_version, version, "the new version serves");
+    }
+}

@@ -251,7 +251,17 @@ fn serve_stdin_waits_for_a_large_component_compiled_in_the_background() {
         .expect("stdin")
         .write_all(format!("{line}\n").as_bytes())
         .expect("write the input");
+    // A guard against hanging (a regression that waits forever), not a
+    // timing: the noop fixture, padded, compiles in seconds.
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(600));
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    });
     let output = child.wait_with_output().expect("wait for plugbus serve");
+    drop(watchdog);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
