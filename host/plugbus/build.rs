@@ -7,9 +7,8 @@
 //! copied as they are: its SDK and the WIT contract (and the lock file: for
 //! Rust the workspace's `Cargo.lock`, for JavaScript the SDK's
 //! `package-lock.json`). Every directory is walked, so a file added to
-//! a template is embedded without a list. A language whose template
-//! directory does not exist (yet) is built as missing: `plugbus new` then
-//! says that it is not built into this binary.
+//! a template is embedded without a list. A template or SDK directory
+//! that is missing fails the build, naming it.
 //!
 //! Writes `$OUT_DIR/templates.rs`, included by the binary's `new` module.
 
@@ -87,16 +86,11 @@ fn main() {
         for (source, _) in language.verbatim {
             watch(&workspace, source);
         }
-        if !missing.is_empty() {
-            writeln!(
-                out,
-                "/// Not built into this binary: missing when it was built.\n\
-                 pub(crate) const {}: Embedded = Embedded::Missing(&{missing:?});",
-                language.constant
-            )
-            .expect("writing to a String");
-            continue;
-        }
+        assert!(
+            missing.is_empty(),
+            "plugbus new's {} template needs {missing:?}, which this checkout does not have",
+            language.constant
+        );
         let mut files = Vec::new();
         walk(&template, &template, "", true, &mut files);
         for (source, destination) in language.verbatim {
@@ -107,7 +101,7 @@ fn main() {
         writeln!(
             out,
             "/// Embedded from {} and the files copied with it.\n\
-             pub(crate) const {}: Embedded = Embedded::Built(&[",
+             pub(crate) const {}: Embedded = &[",
             language.template, language.constant
         )
         .expect("writing to a String");
@@ -119,7 +113,7 @@ fn main() {
             )
             .expect("writing to a String");
         }
-        out.push_str("]);\n");
+        out.push_str("];\n");
     }
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it"));
     std::fs::write(out_dir.join("templates.rs"), out).expect("write templates.rs");

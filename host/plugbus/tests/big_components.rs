@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use plugbus::cache::CompileSource;
 use plugbus::{Event, Host, HostConfig, Outcome, ReloadEvent};
@@ -203,14 +203,6 @@ async fn the_same_large_component_of_two_tenants_is_compiled_once() {
         "{sources:?}"
     );
     assert_eq!(host.plugins().len(), 2);
-}
-
-/// Replaces `path` by writing a temporary file beside it and renaming it
-/// over it, as a deploy does.
-fn replace_by_rename(path: &Path, bytes: &[u8]) {
-    let temporary = path.with_extension("wasm.tmp");
-    std::fs::write(&temporary, bytes).expect("write");
-    std::fs::rename(&temporary, path).expect("rename");
 }
 
 /// `plugbus serve --stdin`: a large component compiled in the background

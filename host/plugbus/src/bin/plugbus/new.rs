@@ -34,14 +34,8 @@ pub(crate) struct EmbeddedFile {
     pub contents: &'static [u8],
 }
 
-/// A language's project template, as this binary was built.
-pub(crate) enum Embedded {
-    /// Its files.
-    Built(&'static [EmbeddedFile]),
-    /// Not built in: these directories (relative to plugbus's workspace)
-    /// were missing when the binary was built.
-    Missing(&'static [&'static str]),
-}
+/// A language's project template, as this binary was built: its files.
+pub(crate) type Embedded = &'static [EmbeddedFile];
 
 include!(concat!(env!("OUT_DIR"), "/templates.rs"));
 
@@ -69,11 +63,11 @@ impl Lang {
         }
     }
 
-    fn embedded(self) -> &'static Embedded {
+    fn embedded(self) -> Embedded {
         match self {
-            Self::Rust => &RUST,
-            Self::Python => &PYTHON,
-            Self::Js => &JS,
+            Self::Rust => RUST,
+            Self::Python => PYTHON,
+            Self::Js => JS,
         }
     }
 }
@@ -222,7 +216,7 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     let name = PluginName::parse(&args.name, args.lang)?;
     let tenant = TenantName::parse(&args.tenant)?;
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(&name.0));
-    let written = write_project(args.lang.embedded(), args.lang, &name, &tenant, &dir)?;
+    let written = write_project(args.lang.embedded(), &name, &tenant, &dir)?;
     let shown = written.dir.display();
     let next = match args.lang {
         Lang::Rust => format!(
@@ -246,24 +240,14 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the project of `embedded` for `name` and `tenant` in `dir`
+/// Writes the project of `files` for `name` and `tenant` in `dir`
 /// (created when missing; refused when not empty).
 fn write_project(
-    embedded: &Embedded,
-    lang: Lang,
+    files: Embedded,
     name: &PluginName,
     tenant: &TenantName,
     dir: &Path,
 ) -> anyhow::Result<Written> {
-    let files = match embedded {
-        Embedded::Built(files) => *files,
-        Embedded::Missing(paths) => bail!(
-            "--lang {}: not built into this binary: when it was built, plugbus's workspace had \
-             no {}; build plugbus from a checkout that has it",
-            lang.as_str(),
-            paths.join(" and no ")
-        ),
-    };
     let dir = std::path::absolute(dir)
         .with_context(|| format!("cannot resolve the directory {}", dir.display()))?;
     ensure_empty_dir(&dir)?;
@@ -431,14 +415,8 @@ mod tests {
         ];
         let temp = tempfile::tempdir().expect("a temporary directory");
         let dir = temp.path().join("p");
-        let written = write_project(
-            &Embedded::Built(&FILES),
-            Lang::Python,
-            &name("my-plugin"),
-            &tenant("globex"),
-            &dir,
-        )
-        .expect("written");
+        let written =
+            write_project(&FILES, &name("my-plugin"), &tenant("globex"), &dir).expect("written");
         let read = |path: &str| std::fs::read(dir.join(path)).expect(path);
         assert_eq!(
             read("my-plugin.toml"),
@@ -451,26 +429,6 @@ mod tests {
     }
 
     #[test]
-    fn a_language_not_built_in_is_named_with_what_was_missing() {
-        let temp = tempfile::tempdir().expect("a temporary directory");
-        let err = write_project(
-            &Embedded::Missing(&["guest-sdk/js/template"]),
-            Lang::Js,
-            &name("p"),
-            &tenant("acme-pos"),
-            &temp.path().join("p"),
-        )
-        .unwrap_err();
-        let message = format!("{err:#}");
-        assert!(
-            message.contains("--lang js: not built into this binary"),
-            "{message}"
-        );
-        assert!(message.contains("guest-sdk/js/template"), "{message}");
-        assert!(!temp.path().join("p").exists(), "nothing is written");
-    }
-
-    #[test]
     fn a_directory_that_is_not_empty_or_a_file_is_refused() {
         let temp = tempfile::tempdir().expect("a temporary directory");
         let root = temp.path();
@@ -479,14 +437,8 @@ mod tests {
         std::fs::write(root.join("file"), "x").expect("write");
         std::fs::create_dir_all(root.join("empty")).expect("create");
         let attempt = |dir: &str| {
-            write_project(
-                &RUST,
-                Lang::Rust,
-                &name("p"),
-                &tenant("acme-pos"),
-                &root.join(dir),
-            )
-            .map_err(|e| format!("{e:#}"))
+            write_project(RUST, &name("p"), &tenant("acme-pos"), &root.join(dir))
+                .map_err(|e| format!("{e:#}"))
         };
         let full = attempt("full").unwrap_err();
         assert!(full.contains("full is not empty"), "{full}");
@@ -503,8 +455,7 @@ mod tests {
     fn the_rust_project_is_complete() {
         let temp = tempfile::tempdir().expect("a temporary directory");
         let written = write_project(
-            &RUST,
-            Lang::Rust,
+            RUST,
             &name("my-plugin"),
             &tenant("acme-pos"),
             &temp.path().join("my-plugin"),
