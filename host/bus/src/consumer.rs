@@ -247,6 +247,9 @@ pub(super) struct Consumer {
     epoch: AtomicU64,
 }
 
+/// How long a stopping consumer waits for the answer to its last commit.
+const STOP_LANDING: Duration = Duration::from_secs(30);
+
 impl Consumer {
     pub(super) fn new(inner: &Arc<Inner>, key: &PartKey, gauges: Arc<Gauges>) -> Self {
         Self {
@@ -350,8 +353,14 @@ impl Consumer {
                 let step = self.round(&mut run, &appends, &mut stop).await;
                 if !matches!(step, Ok(Step::Go | Step::Again)) {
                     // What was handed to the log lands before the consumer
-                    // ends, or restarts from the cursor as stored.
-                    self.land(&mut run.line, &mut run.in_flight).await;
+                    // ends, or restarts from the cursor as stored. Bounded:
+                    // a log that never answers must not hold the bus's
+                    // stop (the commit was sent; if it lands, the cursor
+                    // has moved, else its events are delivered again).
+                    let landing = self.land(&mut run.line, &mut run.in_flight);
+                    if tokio::time::timeout(STOP_LANDING, landing).await.is_err() {
+                        tracing::warn!(tenant = %self.tenant, plugin = %self.plugin, "the log did not answer the consumer's last commit within {} s; it stops without the answer", STOP_LANDING.as_secs());
+                    }
                     step?;
                     return Ok(());
                 }
