@@ -353,20 +353,18 @@ async fn a_python_plugin_hot_reloads_from_the_compile_cache() {
     let _watcher = host.watch(dir.path()).expect("watch the plugins");
     for (i, bytes) in [&fixture, &example].into_iter().enumerate() {
         plugbus_tests::replace_by_rename(&wasm, bytes);
-        // A guard against hanging, not a timing: the swap is a cache hit.
-        let replaced = loop {
-            match tokio::time::timeout(Duration::from_secs(300), events.recv()).await {
-                Ok(Ok(event @ plugbus::ReloadEvent::Replaced { .. })) => break event,
-                Ok(Ok(plugbus::ReloadEvent::Failed { reason, .. })) => panic!("{reason}"),
-                Ok(Ok(_)) => {}
-                other => panic!("no reload: {other:?}"),
-            }
-        };
+        let replaced = plugbus_tests::wait_for_reload(&mut events, Duration::from_secs(300), |e| {
+            matches!(
+                e,
+                plugbus::ReloadEvent::Replaced { .. } | plugbus::ReloadEvent::Failed { .. }
+            )
+        })
+        .await;
         let plugbus::ReloadEvent::Replaced {
             version, compile, ..
         } = replaced
         else {
-            unreachable!()
+            panic!("swap {i} failed: {replaced:?}");
         };
         assert_eq!(compile, plugbus::cache::CompileSource::CacheHit, "swap {i}");
         let delivery = deliver(

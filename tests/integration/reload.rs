@@ -39,19 +39,9 @@ fn cached_host(dir: &PluginsDir, cache: &Path) -> Arc<Host> {
 /// Waits for the first reload event that `accept` takes.
 async fn wait_for(
     events: &mut broadcast::Receiver<ReloadEvent>,
-    mut accept: impl FnMut(&ReloadEvent) -> bool,
+    accept: impl FnMut(&ReloadEvent) -> bool,
 ) -> ReloadEvent {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            match events.recv().await {
-                Ok(event) if accept(&event) => return event,
-                Ok(_) => {}
-                Err(e) => panic!("reload events ended: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("the reload happened")
+    plugbus_tests::wait_for_reload(events, PATIENCE, accept).await
 }
 
 /// Publishes `order.created` events of tenant `t` from `publishers` tasks

@@ -324,3 +324,23 @@ pub fn run_on(backend: Backend, test: impl for<'a> FnOnce(&'a LogPlace) -> OnPla
     drop(runtime);
     drop(place);
 }
+
+/// Waits, at most `patience` (a guard against hanging, not a timing), for
+/// the first reload event that `accept` takes, and returns it.
+pub async fn wait_for_reload(
+    events: &mut tokio::sync::broadcast::Receiver<plugbus::ReloadEvent>,
+    patience: std::time::Duration,
+    mut accept: impl FnMut(&plugbus::ReloadEvent) -> bool,
+) -> plugbus::ReloadEvent {
+    tokio::time::timeout(patience, async {
+        loop {
+            match events.recv().await {
+                Ok(event) if accept(&event) => return event,
+                Ok(_) => {}
+                Err(e) => panic!("reload events ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the reload happened")
+}
