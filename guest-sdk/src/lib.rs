@@ -183,6 +183,7 @@ pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
         world: "batch-handler",
+        generate_all,
         pub_export_macro: true,
         export_macro_name: "__export_handler_world",
         default_bindings_module: "plugbus_sdk::bindings",

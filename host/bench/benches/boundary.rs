@@ -44,7 +44,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// The world's bindings, generated here so that no plugbus code is involved.
 mod raw {
-    wasmtime::component::bindgen!({ path: "../../wit", world: "handler" });
+    wasmtime::component::bindgen!({ path: "../../wit/v0.2.0", world: "handler" });
 }
 
 /// The same logic as the fixture, natively.

@@ -18,7 +18,7 @@ use plugbus_core::state::StateWrite;
 /// The bindings generated from the version's WIT.
 mod generated {
     wasmtime::component::bindgen!({
-        path: "../../wit",
+        path: "../../wit/v0.2.0",
         world: "handler",
         // A store that cannot be read fails the delivery (retried), rather
         // than telling the plugin a key is missing.
