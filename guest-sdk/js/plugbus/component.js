@@ -2,6 +2,7 @@
 // that the build generates (see build.js) imports the WIT interfaces and
 // calls `exportHandler`; native tests never load this file's callers.
 import { Context, Event, runHandler } from './index.js';
+import { wasiSender } from './wasi-http.js';
 
 /** The text of what an import threw for an `err` result.
  * @param {unknown} e @returns {string} */
@@ -12,14 +13,14 @@ function errText(e) {
 }
 
 /**
- * The WIT export `handle` for `handler`, given the imported interfaces
- * `plugbus:plugin/host@0.2.0` and `plugbus:plugin/state@0.2.0`.
+ * The WIT export `handle` for `handler`, given the imported interfaces:
+ * `plugbus:plugin/host@0.3.0`, `state@0.3.0`, `secrets@0.3.0`,
+ * `wasi:http/outgoing-handler@0.2.12` and `wasi:http/types@0.2.12`.
  * @param {(ctx: Context, event: Event) => unknown} handler
- * @param {any} host
- * @param {any} state
+ * @param {{host: any, state: any, secrets: any, outgoingHandler: any, httpTypes: any}} imports
  * @returns {(event: any) => void}
  */
-export function exportHandler(handler, host, state) {
+export function exportHandler(handler, { host, state, secrets, outgoingHandler, httpTypes }) {
   if (typeof handler !== 'function') {
     throw new TypeError('handler.js must export a function `handle(ctx, event)`');
   }
@@ -43,6 +44,8 @@ export function exportHandler(handler, host, state) {
       }
     },
     stateDelete: (key) => state.delete(key),
+    secretGet: (name) => secrets.get(name),
+    httpSend: wasiSender(outgoingHandler, httpTypes),
   });
   return function handle(event) {
     const failure = runHandler(handler, new Event(event), ctx);

@@ -1,5 +1,5 @@
 // The JavaScript SDK for plugbus plugins: event handlers built into
-// WebAssembly components of the WIT world `plugbus:plugin/handler@0.2.0`
+// WebAssembly components of the WIT world `plugbus:plugin/handler@0.3.0`
 // with componentize-js.
 //
 // A plugin is a module `handler.js` that exports `handle(ctx, event)`:
@@ -14,9 +14,24 @@
 // Returning (anything) means the event was handled; throwing a
 // `HandlerError` says whether a retry can help; any other exception is a
 // retryable failure whose message carries the exception's name, text and
-// the top of its stack. This module never imports the WIT bindings, so
+// the top of its stack; an uncaught `HttpError` fails as its
+// `toHandlerError()` says. This module never imports the WIT bindings, so
 // it runs natively under `node --test` (see `testing.js`); `component.js`
 // connects it to the host inside the component.
+
+import { HttpClient, HttpError } from './http.js';
+
+export {
+  HttpClient,
+  HttpConnection,
+  HttpDenied,
+  HttpError,
+  HttpOther,
+  HttpResponse,
+  HttpTimeout,
+  HttpTooLarge,
+  HTTP_ERROR_KINDS,
+} from './http.js';
 
 /** The most bytes of the stack an uncaught exception's message carries. */
 export const MAX_STACK_CHARS = 1500;
@@ -237,14 +252,41 @@ export class Event {
  * @property {(key: string) => Uint8Array | undefined} stateGet
  * @property {(key: string, value: Uint8Array) => {error: string} | undefined} stateSet
  * @property {(key: string) => void} stateDelete
+ * @property {(name: string) => string | undefined} secretGet
+ * @property {(request: import('./http.js').HttpRequest) => import('./http.js').HttpResponse} httpSend
+ *   sends a request and returns the whole response, or throws an HttpError
  */
 
-/** What a handler uses to talk to the host: emit, log, config, state. */
+/** What a handler uses to talk to the host: emit, log, config, state,
+ * secrets and outbound HTTP. */
 export class Context {
   /** @param {HostApi} host */
   constructor(host) {
     /** @private */
     this._host = host;
+    /** @private @type {HttpClient | undefined} */
+    this._http = undefined;
+  }
+
+  /**
+   * The value of the tenant's secret `name`, or undefined when the secret
+   * is not granted to this plugin (`[secrets] grant` in its manifest) or
+   * the operator did not set it. Never log it or put it in an event.
+   * @param {string} name such as `webhook_token`
+   * @returns {string | undefined}
+   */
+  secret(name) {
+    return this._host.secretGet(String(name)) ?? undefined;
+  }
+
+  /**
+   * The HTTP client: synchronous requests to the origins the manifest's
+   * `[http] allow` lists. Redirects are not followed.
+   * @returns {HttpClient}
+   */
+  http() {
+    this._http ??= new HttpClient((request) => this._host.httpSend(request));
+    return this._http;
   }
 
   /**
@@ -447,8 +489,9 @@ function describe(thrown) {
 /**
  * Runs `handler` on `event` with `ctx` and says how it ended, as the
  * component returns it to the host: `undefined` when handled, or
- * `{kind, message}`. Uncaught EmitError and StateError are permanent, any
- * other exception retryable (described by `describeUncaught`).
+ * `{kind, message}`. Uncaught EmitError and StateError are permanent, an
+ * HttpError as its `toHandlerError()` says, any other exception retryable
+ * (described by `describeUncaught`).
  * @param {(ctx: Context, event: Event) => unknown} handler
  * @param {Event} event
  * @param {Context} ctx
@@ -466,6 +509,10 @@ export function runHandler(handler, event, ctx) {
     return undefined;
   } catch (e) {
     if (e instanceof HandlerError) return { kind: e.kind, message: e.message };
+    if (e instanceof HttpError) {
+      const error = e.toHandlerError();
+      return { kind: error.kind, message: error.message };
+    }
     if (e instanceof EmitError || e instanceof StateError) return { kind: 'permanent', message: e.message };
     return { kind: 'retryable', message: describeUncaught(e) };
   }

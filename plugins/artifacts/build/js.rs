@@ -133,7 +133,9 @@ fn build_all(workspace: &Path, tools: &Path, plugins: &[JsPlugin]) {
     let sdk_inputs = [
         workspace.join("guest-sdk/js/plugbus"),
         workspace.join("guest-sdk/js/package-lock.json"),
+        // The world and the wasi packages it imports (`wit/deps`).
         workspace.join("wit/plugbus.wit"),
+        workspace.join("wit/deps"),
     ];
     let stale: Vec<(&JsPlugin, String)> = plugins
         .iter()
