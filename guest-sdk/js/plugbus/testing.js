@@ -12,7 +12,19 @@
 //     ctx.run(handle, Event.create('inventory.stock_changed', { json: { sku: 'sku-1', new_quantity: 3 } }));
 //     assert.equal(ctx.emitted[0].type, 'inventory.low_stock');
 //   });
-import { Context, HandlerError, runHandler } from './index.js';
+//
+// Outbound HTTP never reaches the network: give canned responses, by
+// method and URL or by a function, and read what was sent in `requests`:
+//
+//   const ctx = new TestContext()
+//     .withSecret('webhook_token', 't0k3n')
+//     .withHttpResponse('POST', 'https://hooks.example.com/alert', { status: 204 });
+//   ctx.run(handle, event);
+//   assert.equal(ctx.requests[0].header('authorization'), 'Bearer t0k3n');
+//
+// A request with no canned response throws an UncannedRequest (not an
+// HttpError, so a handler's `catch` of HttpError does not hide it).
+import { Context, HandlerError, HttpError, HttpResponse, runHandler } from './index.js';
 
 /** The most bytes of a state key, as the host's default. */
 export const MAX_STATE_KEY_BYTES = 512;
@@ -69,6 +81,84 @@ export class EmittedEvent {
 }
 
 /**
+ * A canned response: the status (200 when left out), headers, and a body
+ * as bytes, text, or a value sent as JSON (which sets `content-type`).
+ * @typedef {object} CannedResponse
+ * @property {number} [status]
+ * @property {Record<string, string> | Array<[string, string]>} [headers]
+ * @property {Uint8Array | string} [body]
+ * @property {unknown} [json]
+ */
+
+/** A request the handler sent, as the test context recorded it. */
+export class RecordedRequest {
+  /** @param {import('./http.js').HttpRequest} request */
+  constructor(request) {
+    /** In uppercase, such as `POST`. @type {string} */
+    this.method = request.method;
+    /** The URL as the handler gave it. @type {string} */
+    this.url = request.url;
+    /** The headers, names in lowercase (without the Idempotency-Key and
+     * traceparent the host adds). @type {Array<[string, string]>} */
+    this.headers = request.headers.map(([k, v]) => [k, v]);
+    /** @type {Uint8Array} */
+    this.body = Uint8Array.from(request.body);
+    /** The timeout option in milliseconds, or undefined. @type {number | undefined} */
+    this.timeoutMs = request.timeoutMs;
+  }
+
+  /** The first value of header `name` (any case), or undefined.
+   * @param {string} name @returns {string | undefined} */
+  header(name) {
+    const lower = String(name).toLowerCase();
+    return this.headers.find(([k]) => k === lower)?.[1];
+  }
+
+  /** The body as text. @returns {string} */
+  text() {
+    return decoder.decode(this.body);
+  }
+
+  /** The body parsed as JSON. @returns {any} */
+  json() {
+    return JSON.parse(this.text());
+  }
+}
+
+/** A request the test did not give a response for. Not an HttpError: a
+ * handler that catches HttpError does not hide it. */
+export class UncannedRequest extends Error {
+  /** @param {RecordedRequest} request */
+  constructor(request) {
+    super(
+      `no canned response for ${request.method} ${request.url}: give one with ` +
+        `ctx.withHttpResponse(${JSON.stringify(request.method)}, ${JSON.stringify(request.url)}, { status: 200, body: '...' }) ` +
+        'or ctx.withHttpHandler((request) => ...)',
+    );
+    this.name = 'UncannedRequest';
+    /** @type {RecordedRequest} */
+    this.request = request;
+  }
+}
+
+/** @param {CannedResponse | HttpResponse} canned @returns {HttpResponse} */
+function toResponse(canned) {
+  if (canned instanceof HttpResponse) return canned;
+  const given = canned.headers ?? [];
+  const headers = (Array.isArray(given) ? given : Object.entries(given)).map(([k, v]) => [String(k), String(v)]);
+  let body;
+  if (canned.json !== undefined) {
+    body = encoder.encode(JSON.stringify(canned.json));
+    if (!headers.some(([k]) => k.toLowerCase() === 'content-type')) headers.push(['content-type', 'application/json']);
+  } else if (typeof canned.body === 'string') {
+    body = encoder.encode(canned.body);
+  } else {
+    body = canned.body === undefined ? new Uint8Array(0) : Uint8Array.from(canned.body);
+  }
+  return new HttpResponse(canned.status ?? 200, headers, body);
+}
+
+/**
  * The host of a native test: serves config, keeps state, records emits and
  * log lines, and undoes a failed run's state writes and emits, as the host
  * does. A host-side refusal (an invalid emitted event, a state write over
@@ -90,6 +180,48 @@ export class TestContext {
     /** @type {string | undefined} */
     this._refuseEmits = undefined;
     this._emitCount = 0;
+    /** @type {Map<string, string>} */
+    this._secrets = new Map();
+    /** @type {Array<{method: string, url: string, answer: CannedResponse | HttpResponse | HttpError}>} */
+    this._canned = [];
+    /** @type {Array<(request: RecordedRequest) => CannedResponse | HttpResponse | undefined>} */
+    this._httpHandlers = [];
+    /** Every request the handler sent, in order, failed runs included
+     * (a request, unlike an emit, has happened once sent).
+     * @type {RecordedRequest[]} */
+    this.requests = [];
+  }
+
+  /** Sets the tenant's secret `name`, as granted to the plugin; a name
+   * not given reads as undefined. @param {string} name @param {string} value */
+  withSecret(name, value) {
+    this._secrets.set(String(name), String(value));
+    return this;
+  }
+
+  /**
+   * Answers every request of `method` (any case) to exactly `url` with
+   * `response`, or fails them with `response` when it is an HttpError
+   * (such as `new HttpTimeout('slow')`). A later answer for the same
+   * request replaces an earlier one.
+   * @param {string} method @param {string} url
+   * @param {CannedResponse | HttpResponse | HttpError} response
+   */
+  withHttpResponse(method, url, response) {
+    this._canned.unshift({ method: String(method).toUpperCase(), url: String(url), answer: response });
+    return this;
+  }
+
+  /**
+   * Answers requests with a function of the RecordedRequest: it returns a
+   * response, or undefined to leave the request to the next function or
+   * to the responses of `withHttpResponse` (which come first), or throws
+   * an HttpError to fail it.
+   * @param {(request: RecordedRequest) => CannedResponse | HttpResponse | undefined} handler
+   */
+  withHttpHandler(handler) {
+    this._httpHandlers.push(handler);
+    return this;
   }
 
   /** Sets `key` in the plugin's `[config]`. @param {string} key @param {string} value */
@@ -205,6 +337,21 @@ export class TestContext {
       },
       stateDelete: (key) => {
         this._state.delete(key);
+      },
+      secretGet: (name) => this._secrets.get(name),
+      httpSend: (request) => {
+        const recorded = new RecordedRequest(request);
+        this.requests.push(recorded);
+        const canned = this._canned.find((c) => c.method === recorded.method && c.url === recorded.url);
+        if (canned !== undefined) {
+          if (canned.answer instanceof HttpError) throw canned.answer;
+          return toResponse(canned.answer);
+        }
+        for (const handler of this._httpHandlers) {
+          const answer = handler(recorded);
+          if (answer !== undefined) return toResponse(answer);
+        }
+        throw new UncannedRequest(recorded);
       },
     };
   }
