@@ -49,6 +49,7 @@ const LANGUAGES: [Language; 3] = [
         verbatim: &[
             ("guest-sdk/js/plugbus", "plugbus"),
             ("wit/plugbus.wit", "wit/plugbus.wit"),
+            ("wit/deps", "wit/deps"),
             // The SDK's lock pins the build tools; npm ci does not mind
             // that its root package's name is the SDK's.
             ("guest-sdk/js/package-lock.json", "package-lock.json"),

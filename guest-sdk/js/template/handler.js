@@ -1,7 +1,11 @@
 // `{{name}}`: a plugbus plugin in JavaScript. On `inventory.stock_changed`
 // with `{sku, new_quantity}`, it emits `inventory.low_stock` when the
 // quantity is at or below the `threshold` of its manifest's `[config]`
-// (default 10), and counts the alerts per SKU in plugin state.
+// (default 10), and counts the alerts per SKU in plugin state. When the
+// `[config]` sets `webhook_url`, it also posts the alert there, with the
+// tenant's secret `webhook_token` as a bearer token (the manifest must
+// allow the URL's origin in `[http] allow` and grant the secret in
+// `[secrets] grant`).
 //
 // Test: `npm test`. Build: `npm ci` once, then `npm run build`, which
 // writes `dist/{{name}}.wasm`.
@@ -35,10 +39,20 @@ export function handle(ctx, event) {
   const alerts = (ctx.state(key) ?? 0) + 1;
   ctx.setState(key, alerts);
 
-  ctx.emitJson(
-    'inventory.low_stock',
-    { sku: change.sku, quantity: change.new_quantity, threshold, alerts },
-    { subject: change.sku, extensions: { partitionkey: change.sku } },
-  );
+  const alert = { sku: change.sku, quantity: change.new_quantity, threshold, alerts };
+  ctx.emitJson('inventory.low_stock', alert, { subject: change.sku, extensions: { partitionkey: change.sku } });
+
+  const webhook = ctx.config('webhook_url');
+  if (webhook !== undefined) {
+    const token = ctx.secret('webhook_token');
+    if (token === undefined) throw HandlerError.permanent('webhook_url is set but the secret webhook_token is not granted');
+    // Synchronous. The host adds an Idempotency-Key that is the same on
+    // every attempt of this delivery, so the receiver can drop a repeat.
+    // An uncaught HttpError fails the delivery: retryable for a timeout or
+    // a connection failure, permanent for a URL the manifest does not allow.
+    const response = ctx.http().post(webhook, { json: alert, headers: { authorization: `Bearer ${token}` } });
+    if (response.status >= 500) throw HandlerError.retryable(`the webhook answered ${response.status}`);
+    if (!response.ok) throw HandlerError.permanent(`the webhook answered ${response.status}`);
+  }
   ctx.info(`${change.sku} is low: ${change.new_quantity} at or below ${threshold} (alert ${alerts})`);
 }

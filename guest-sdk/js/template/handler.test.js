@@ -2,7 +2,7 @@
 // handler in the SDK's test context, without wasm and without a host.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Event } from './plugbus/index.js';
+import { Event, HttpTimeout } from './plugbus/index.js';
 import { TestContext } from './plugbus/testing.js';
 import { handle } from './handler.js';
 
@@ -38,4 +38,27 @@ test('a failed delivery leaves no state and no emits', () => {
   assert.throws(() => ctx.run(handle, stock('sku-1', 0)), (e) => e.kind === 'permanent' && e.message.includes('chain depth'));
   assert.equal(ctx.state('alerts/sku-1'), undefined);
   assert.equal(ctx.emitted.length, 0);
+});
+
+test('with webhook_url, the alert is posted with the secret token', () => {
+  const url = 'https://hooks.example.com/low-stock';
+  const ctx = new TestContext()
+    .withConfig('webhook_url', url)
+    .withSecret('webhook_token', 't0k3n')
+    .withHttpResponse('POST', url, { status: 204 });
+  ctx.run(handle, stock('sku-1', 3));
+  assert.equal(ctx.requests.length, 1);
+  assert.equal(ctx.requests[0].header('authorization'), 'Bearer t0k3n');
+  assert.deepEqual(ctx.requests[0].json(), { sku: 'sku-1', quantity: 3, threshold: 10, alerts: 1 });
+});
+
+test('a webhook that times out fails the delivery, retryably, and undoes it', () => {
+  const url = 'https://hooks.example.com/low-stock';
+  const ctx = new TestContext()
+    .withConfig('webhook_url', url)
+    .withSecret('webhook_token', 't0k3n')
+    .withHttpResponse('POST', url, new HttpTimeout('the webhook is slow'));
+  assert.throws(() => ctx.run(handle, stock('sku-1', 3)), { kind: 'retryable', message: 'the webhook is slow' });
+  assert.equal(ctx.emitted.length, 0);
+  assert.equal(ctx.state('alerts/sku-1'), undefined);
 });
