@@ -5,9 +5,11 @@
 // the WIT interfaces and the handler), then runs componentize-js from the
 // node_modules of the current directory, or of $PLUGBUS_JS_TOOLS.
 // `plugbus.wit` must sit in a directory with the `deps/` the world
-// imports (the wasi packages): the whole directory is read. Only the
-// `fetch-event` feature is left out (a handler is no HTTP server);
-// requests go through the world's own wasi:http imports (see http.js).
+// imports (the wasi packages): the whole directory is read.
+// StarlingMonkey's own HTTP (`fetch`, which needs an async export) and
+// its fetch-event server are left out (`-d http -d fetch-event`): a
+// handler's requests go through the world's own wasi:http imports, which
+// stay linked (see wasi-http.js).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve, sep } from 'node:path';
@@ -74,7 +76,7 @@ const rel = (p) => relative(root, p) || '.';
 // Written beside the output and renamed over it: a reader never sees half
 // a component, and two builds at once do not write the same file.
 const partial = `${out}.partial-${process.pid}`;
-const args = [cli, rel(entry), '--wit', rel(wit), '--world-name', 'handler', '-d', 'fetch-event', '-o', rel(partial)];
+const args = [cli, rel(entry), '--wit', rel(wit), '--world-name', 'handler', '-d', 'http', '-d', 'fetch-event', '-o', rel(partial)];
 const run = spawnSync(process.execPath, args, { stdio: 'inherit', cwd: root });
 if (run.status !== 0) {
   console.error(`componentize-js 0.23.0 failed (${run.status ?? run.signal}): cd ${root} && ${process.execPath} ${args.join(' ')}`);
