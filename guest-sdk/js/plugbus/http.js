@@ -15,29 +15,40 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
 
 /** The kinds of HttpError, as the Rust SDK's `HttpError` variants. */
-export const HTTP_ERROR_KINDS = Object.freeze(['denied', 'timeout', 'too-large', 'connection', 'other']);
+export const HTTP_ERROR_KINDS = Object.freeze([
+  'denied',
+  'timeout',
+  'too-large',
+  'connection',
+  'invalid-request',
+  'invalid-response',
+  'other',
+]);
 
 /**
- * Why a request failed. Each kind is a subclass: `HttpDenied` (the
- * allow-list, a private address, or the requests-per-delivery limit),
- * `HttpTimeout`, `HttpTooLarge` (a body or header over a limit),
- * `HttpConnection` (DNS, refused, reset, TLS, a broken response),
- * `HttpOther` (an invalid request, anything else). `code` is the
- * wasi:http `error-code` case (such as `HTTP-request-denied`) when the
- * host gave one. Uncaught, it fails the delivery as `toHandlerError()`
- * says: retryable for a timeout, a connection failure or another error,
- * permanent for a denial or a size limit (a retry would meet them again).
+ * Why a request failed, by kind as the Rust SDK's `HttpError`; each kind
+ * is a subclass: `HttpDenied` (the allow-list, a private address, or the
+ * requests-per-delivery limit), `HttpTimeout`, `HttpTooLarge` (a body or
+ * header over a limit), `HttpConnection` (DNS, refused, reset, TLS, a
+ * broken response), `HttpInvalidRequest` (a URL that is not absolute
+ * http(s), a bad method, header or body), `HttpInvalidResponse` (a body
+ * that is not the text or JSON asked for), `HttpOther` (anything else).
+ * `code` is the wasi:http `error-code` case (such as
+ * `HTTP-request-denied`) when the host gave one. Uncaught, it fails the
+ * delivery as `toHandlerError()` says: retryable for a timeout, a
+ * connection failure or another error, permanent for the rest (a retry
+ * would meet them again).
  */
 export class HttpError extends Error {
   /**
-   * @param {'denied' | 'timeout' | 'too-large' | 'connection' | 'other'} kind
+   * @param {'denied' | 'timeout' | 'too-large' | 'connection' | 'invalid-request' | 'invalid-response' | 'other'} kind
    * @param {string} message
    * @param {string} [code] the wasi:http error-code case
    */
   constructor(kind, message, code) {
     super(message);
     this.name = 'HttpError';
-    /** @type {'denied' | 'timeout' | 'too-large' | 'connection' | 'other'} */
+    /** @type {'denied' | 'timeout' | 'too-large' | 'connection' | 'invalid-request' | 'invalid-response' | 'other'} */
     this.kind = kind;
     /** @type {string | undefined} */
     this.code = code;
@@ -92,7 +103,27 @@ export class HttpConnection extends HttpError {
   }
 }
 
-/** Anything else: an invalid URL, method or header, an internal error. */
+/** The request cannot be sent as it is: a URL that is not absolute http
+ * or https, a bad method or header, a body that has no JSON form. */
+export class HttpInvalidRequest extends HttpError {
+  /** @param {string} message @param {string} [code] */
+  constructor(message, code) {
+    super('invalid-request', message, code);
+    this.name = 'HttpInvalidRequest';
+  }
+}
+
+/** The response is not what was asked for: a body that is not UTF-8 for
+ * `text()`, or not JSON for `json()`. */
+export class HttpInvalidResponse extends HttpError {
+  /** @param {string} message @param {string} [code] */
+  constructor(message, code) {
+    super('invalid-response', message, code);
+    this.name = 'HttpInvalidResponse';
+  }
+}
+
+/** Anything else, with the host's words. */
 export class HttpOther extends HttpError {
   /** @param {string} message @param {string} [code] */
   constructor(message, code) {
@@ -103,6 +134,10 @@ export class HttpOther extends HttpError {
 
 const KIND_OF_CODE = new Map([
   ['HTTP-request-denied', 'denied'],
+  ['HTTP-request-method-invalid', 'invalid-request'],
+  ['HTTP-request-URI-invalid', 'invalid-request'],
+  ['HTTP-request-length-required', 'invalid-request'],
+  ['connection-limit-reached', 'connection'],
   ['destination-IP-prohibited', 'denied'],
   ['DNS-timeout', 'timeout'],
   ['connection-timeout', 'timeout'],
@@ -138,6 +173,8 @@ const CLASS_OF_KIND = {
   timeout: HttpTimeout,
   'too-large': HttpTooLarge,
   connection: HttpConnection,
+  'invalid-request': HttpInvalidRequest,
+  'invalid-response': HttpInvalidResponse,
   other: HttpOther,
 };
 
@@ -197,24 +234,26 @@ export class HttpResponse {
     return this.headers.find(([k]) => k === lower)?.[1];
   }
 
-  /** The body as UTF-8 text; a body that is not UTF-8 is an HttpOther.
+  /** The body as UTF-8 text; a body that is not UTF-8 is an
+   * HttpInvalidResponse.
    * @returns {string} */
   text() {
     try {
       return decoder.decode(this.body);
     } catch {
-      throw new HttpOther(`the body of the ${this.status} response is not UTF-8`);
+      throw new HttpInvalidResponse(`the body of the ${this.status} response is not UTF-8`);
     }
   }
 
-  /** The body parsed as JSON; a body that is not JSON is an HttpOther.
+  /** The body parsed as JSON; a body that is not JSON is an
+   * HttpInvalidResponse.
    * @returns {any} */
   json() {
     const text = this.text();
     try {
       return JSON.parse(text);
     } catch (e) {
-      throw new HttpOther(`the body of the ${this.status} response is not JSON: ${e instanceof Error ? e.message : e}`);
+      throw new HttpInvalidResponse(`the body of the ${this.status} response is not JSON: ${e instanceof Error ? e.message : e}`);
     }
   }
 }
@@ -248,29 +287,29 @@ export class HttpResponse {
 const METHOD = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
 /**
- * Validates and normalises a request. Throws an HttpOther for a bad URL,
- * method, header or option.
+ * Validates and normalises a request. Throws an HttpInvalidRequest for a
+ * bad URL, method, header or option.
  * @param {string} method @param {string | URL} url @param {RequestOptions} [options]
  * @returns {HttpRequest}
  */
 export function buildRequest(method, url, options = {}) {
   const m = String(method).toUpperCase();
-  if (!METHOD.test(m)) throw new HttpOther(`${JSON.stringify(String(method))} is not an HTTP method`);
+  if (!METHOD.test(m)) throw new HttpInvalidRequest(`${JSON.stringify(String(method))} is not an HTTP method`);
   const text = String(url);
   let parsed;
   try {
     parsed = new URL(text);
   } catch {
-    throw new HttpOther(`${JSON.stringify(text)} is not an absolute URL`);
+    throw new HttpInvalidRequest(`${JSON.stringify(text)} is not an absolute URL`);
   }
   const scheme = parsed.protocol.slice(0, -1);
   if (scheme !== 'http' && scheme !== 'https') {
-    throw new HttpOther(`${JSON.stringify(text)}: only http and https URLs can be requested`);
+    throw new HttpInvalidRequest(`${JSON.stringify(text)}: only http and https URLs can be requested`);
   }
   if (parsed.username !== '' || parsed.password !== '') {
-    throw new HttpOther(`${JSON.stringify(text)}: a URL with credentials is refused; send them in a header`);
+    throw new HttpInvalidRequest(`${JSON.stringify(text)}: a URL with credentials is refused; send them in a header`);
   }
-  if (parsed.host === '') throw new HttpOther(`${JSON.stringify(text)} has no host`);
+  if (parsed.host === '') throw new HttpInvalidRequest(`${JSON.stringify(text)} has no host`);
   const what = `${m} ${text}`;
   /** @type {Array<[string, string]>} */
   const headers = [];
@@ -280,12 +319,12 @@ export function buildRequest(method, url, options = {}) {
   }
   let body;
   if (options.json !== undefined) {
-    if (options.body !== undefined) throw new HttpOther(`${what}: give body or json, not both`);
+    if (options.body !== undefined) throw new HttpInvalidRequest(`${what}: give body or json, not both`);
     let json;
     try {
       json = JSON.stringify(options.json);
     } catch (e) {
-      throw new HttpOther(`${what}: the json option has no JSON form: ${e instanceof Error ? e.message : e}`);
+      throw new HttpInvalidRequest(`${what}: the json option has no JSON form: ${e instanceof Error ? e.message : e}`);
     }
     body = encoder.encode(json);
     if (!headers.some(([k]) => k === 'content-type')) headers.push(['content-type', 'application/json']);
@@ -296,11 +335,11 @@ export function buildRequest(method, url, options = {}) {
   } else if (options.body === undefined || options.body === null) {
     body = new Uint8Array(0);
   } else {
-    throw new HttpOther(`${what}: body must be a Uint8Array or a string`);
+    throw new HttpInvalidRequest(`${what}: body must be a Uint8Array or a string`);
   }
   const timeout = options.timeout;
   if (timeout !== undefined && !(typeof timeout === 'number' && Number.isFinite(timeout) && timeout > 0)) {
-    throw new HttpOther(`${what}: timeout must be a positive number of milliseconds`);
+    throw new HttpInvalidRequest(`${what}: timeout must be a positive number of milliseconds`);
   }
   return {
     method: m,

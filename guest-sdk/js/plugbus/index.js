@@ -26,6 +26,8 @@ export {
   HttpConnection,
   HttpDenied,
   HttpError,
+  HttpInvalidRequest,
+  HttpInvalidResponse,
   HttpOther,
   HttpResponse,
   HttpTimeout,

@@ -21,6 +21,7 @@
 //     .withHttpResponse('POST', 'https://hooks.example.com/alert', { status: 204 });
 //   ctx.run(handle, event);
 //   assert.equal(ctx.requests[0].header('authorization'), 'Bearer t0k3n');
+//   assert.equal(ctx.requests[0].header('idempotency-key'), idempotencyKey(event.id, 0));
 //
 // A request with no canned response throws an UncannedRequest (not an
 // HttpError, so a handler's `catch` of HttpError does not hide it).
@@ -30,6 +31,22 @@ import { Context, HandlerError, HttpError, HttpResponse, runHandler } from './in
 export const MAX_STATE_KEY_BYTES = 512;
 /** The most bytes of a state value, as the host's default. */
 export const MAX_STATE_VALUE_BYTES = 1 << 20;
+/** The `traceparent` the test context adds to every request, as the host
+ * adds one continuing the delivery's trace. */
+export const TEST_TRACEPARENT = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+
+/**
+ * The `Idempotency-Key` the test context adds to request number `index`
+ * (from 0) of a run of the event `eventId`: the same on every run of the
+ * same event, as the host's is on every attempt of a delivery (the host's
+ * is the hex SHA-256 of the event id, the plugin and the index). The same
+ * as the Rust SDK's test context.
+ * @param {string} eventId @param {number} index @returns {string}
+ */
+export function idempotencyKey(eventId, index) {
+  return `test-idempotency-key-${eventId}-${index}`;
+}
+
 /** The most events one delivery may emit, as the host's default. */
 export const MAX_EMITS_PER_DELIVERY = 100;
 
@@ -98,8 +115,8 @@ export class RecordedRequest {
     this.method = request.method;
     /** The URL as the handler gave it. @type {string} */
     this.url = request.url;
-    /** The headers, names in lowercase (without the Idempotency-Key and
-     * traceparent the host adds). @type {Array<[string, string]>} */
+    /** The headers, names in lowercase, with the `idempotency-key` and
+     * `traceparent` the host adds. @type {Array<[string, string]>} */
     this.headers = request.headers.map(([k, v]) => [k, v]);
     /** @type {Uint8Array} */
     this.body = Uint8Array.from(request.body);
@@ -190,6 +207,9 @@ export class TestContext {
      * (a request, unlike an emit, has happened once sent).
      * @type {RecordedRequest[]} */
     this.requests = [];
+    /** The event being run, for the idempotency keys. */
+    this._eventId = 'outside-a-run';
+    this._requestIndex = 0;
   }
 
   /** Sets the tenant's secret `name`, as granted to the plugin; a name
@@ -263,6 +283,8 @@ export class TestContext {
     const state = new Map(this._state);
     const emitted = this.emitted.length;
     this._emitCount = 0;
+    this._eventId = event.id;
+    this._requestIndex = 0;
     let thrown;
     const failure = runHandler(
       (c, e) => {
@@ -340,7 +362,11 @@ export class TestContext {
       },
       secretGet: (name) => this._secrets.get(name),
       httpSend: (request) => {
-        const recorded = new RecordedRequest(request);
+        const headers = request.headers.filter(([k]) => k !== 'idempotency-key' && k !== 'traceparent');
+        headers.push(['idempotency-key', idempotencyKey(this._eventId, this._requestIndex)]);
+        headers.push(['traceparent', TEST_TRACEPARENT]);
+        this._requestIndex += 1;
+        const recorded = new RecordedRequest({ ...request, headers });
         this.requests.push(recorded);
         const canned = this._canned.find((c) => c.method === recorded.method && c.url === recorded.url);
         if (canned !== undefined) {

@@ -5,7 +5,7 @@
 //
 // Resources are dropped explicitly, children before parents (a stream
 // before its body, a pollable before its future), as wasi:http requires.
-import { HttpOther, HttpResponse, errorFromCode } from './http.js';
+import { HttpInvalidRequest, HttpOther, HttpResponse, errorFromCode } from './http.js';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -62,7 +62,7 @@ export function wasiSender(outgoingHandler, types) {
       fields = types.Fields.fromList(req.headers.map(([k, v]) => [k, encoder.encode(v)]));
     } catch (e) {
       const p = payload(e);
-      throw new HttpOther(`${what}: a header is refused (${p?.tag ?? String(p)})`);
+      throw new HttpInvalidRequest(`${what}: a header is refused (${p?.tag ?? String(p)})`);
     }
     const request = new types.OutgoingRequest(fields);
     let body;
@@ -73,7 +73,7 @@ export function wasiSender(outgoingHandler, types) {
         try {
           call();
         } catch {
-          throw new HttpOther(`${what}: the ${field} is refused`);
+          throw new HttpInvalidRequest(`${what}: the ${field} is refused`);
         }
       };
       setOk(() => request.setMethod(METHODS.has(req.method) ? { tag: req.method.toLowerCase() } : { tag: 'other', val: req.method }), 'method');

@@ -8,6 +8,8 @@ import {
   HttpConnection,
   HttpDenied,
   HttpError,
+  HttpInvalidRequest,
+  HttpInvalidResponse,
   HttpOther,
   HttpResponse,
   HttpTimeout,
@@ -15,7 +17,7 @@ import {
   HTTP_ERROR_KINDS,
 } from '../plugbus/index.js';
 import { errorFromCode, buildRequest } from '../plugbus/http.js';
-import { RecordedRequest, TestContext, UncannedRequest } from '../plugbus/testing.js';
+import { RecordedRequest, TEST_TRACEPARENT, TestContext, UncannedRequest, idempotencyKey } from '../plugbus/testing.js';
 
 /** Posts an alert with the secret token; a failure fails as its kind says. */
 function notify(ctx, event) {
@@ -120,7 +122,12 @@ test('the helpers send their method; headers may be pairs', () => {
     ['GET', 'POST', 'PUT', 'DELETE', 'PATCH'],
   );
   assert.deepEqual([...ctx.requests[1].body], [1, 2]);
-  assert.deepEqual(ctx.requests[2].headers, [['x-a', '1'], ['x-a', '2']]);
+  assert.deepEqual(ctx.requests[2].headers, [
+    ['x-a', '1'],
+    ['x-a', '2'],
+    ['idempotency-key', idempotencyKey('test-event-1', 2)],
+    ['traceparent', TEST_TRACEPARENT],
+  ]);
 });
 
 test('a canned HttpError fails the request; uncaught, it fails the delivery as its kind says', () => {
@@ -130,6 +137,8 @@ test('a canned HttpError fails the request; uncaught, it fails the delivery as i
     [new HttpTimeout('slow'), 'retryable'],
     [new HttpConnection('refused'), 'retryable'],
     [new HttpOther('odd'), 'retryable'],
+    [new HttpInvalidRequest('bad'), 'permanent'],
+    [new HttpInvalidResponse('not json'), 'permanent'],
   ]) {
     const ctx = new TestContext()
       .withSecret('webhook_token', 't')
@@ -164,9 +173,9 @@ test('a non-2xx response is a response; redirects are returned, not followed', (
   assert.equal(ctx.requests.length, 1);
 });
 
-test('a response body that is not JSON or not UTF-8 is an HttpOther', () => {
-  assert.throws(() => new HttpResponse(200, [], new TextEncoder().encode('nope')).json(), HttpOther);
-  assert.throws(() => new HttpResponse(200, [], new Uint8Array([0xff, 0xfe])).text(), HttpOther);
+test('a response body that is not JSON or not UTF-8 is an HttpInvalidResponse, permanent', () => {
+  assert.throws(() => new HttpResponse(200, [], new TextEncoder().encode('nope')).json(), (e) => e instanceof HttpInvalidResponse && !e.retryable);
+  assert.throws(() => new HttpResponse(200, [], new Uint8Array([0xff, 0xfe])).text(), HttpInvalidResponse);
   assert.deepEqual(new HttpResponse(200, [['A', 'b']], new TextEncoder().encode('[1]')).json(), [1]);
 });
 
@@ -182,11 +191,15 @@ test('bad requests are refused before they are sent', () => {
     ['POST', 'https://example.com/', { json: 1n }, /no JSON form/],
   ];
   for (const [method, url, options, message] of refused) {
-    assert.throws(() => buildRequest(method, url, options), (e) => e instanceof HttpOther && message.test(e.message), `${method} ${url}`);
+    assert.throws(
+      () => buildRequest(method, url, options),
+      (e) => e instanceof HttpInvalidRequest && e.kind === 'invalid-request' && !e.retryable && message.test(e.message),
+      `${method} ${url}`,
+    );
   }
   const ctx = new TestContext();
   ctx.run((c) => {
-    assert.throws(() => c.http().get('ftp://x/'), HttpOther);
+    assert.throws(() => c.http().get('ftp://x/'), HttpInvalidRequest);
   }, event());
   assert.equal(ctx.requests.length, 0);
 });
@@ -213,6 +226,9 @@ test('wasi:http error codes map to the kinds of the Rust SDK', () => {
     [{ tag: 'HTTP-request-body-size', val: undefined }, HttpTooLarge, false],
     [{ tag: 'connection-refused' }, HttpConnection, true],
     [{ tag: 'DNS-error', val: { rcode: 'NXDOMAIN', infoCode: undefined } }, HttpConnection, true],
+    [{ tag: 'connection-limit-reached' }, HttpConnection, true],
+    [{ tag: 'HTTP-request-URI-invalid' }, HttpInvalidRequest, false],
+    [{ tag: 'HTTP-request-method-invalid' }, HttpInvalidRequest, false],
     [{ tag: 'internal-error', val: 'boom' }, HttpOther, true],
     [{ tag: 'something-new' }, HttpOther, true],
   ];
@@ -237,4 +253,24 @@ test('requests of a failed run stay recorded; its emits do not', () => {
   assert.throws(() => ctx.run(notify, event()), { kind: 'retryable', message: 'the webhook answered 503' });
   assert.equal(ctx.requests.length, 1);
   assert.equal(ctx.emitted.length, 0);
+});
+
+test('every request carries the idempotency key of its index in the run, the same on a retry', () => {
+  const ctx = new TestContext().withHttpHandler(() => ({ status: 200 }));
+  const twice = (c) => {
+    c.http().get('https://a.example.com/1');
+    c.http().get('https://a.example.com/2');
+  };
+  const retried = Event.create('x', { id: 'evt-9' });
+  ctx.run(twice, retried);
+  ctx.run(twice, Event.create('x', { id: 'evt-9', attempt: 2 }));
+  assert.deepEqual(
+    ctx.requests.map((r) => r.header('idempotency-key')),
+    [0, 1, 0, 1].map((i) => idempotencyKey('evt-9', i)),
+  );
+  assert.ok(ctx.requests.every((r) => r.header('traceparent') === TEST_TRACEPARENT));
+  // A handler's own idempotency-key is replaced, as the host replaces it.
+  ctx.run((c) => c.http().get('https://a.example.com/3', { headers: { 'Idempotency-Key': 'mine' } }), Event.create('x', { id: 'evt-10' }));
+  assert.equal(ctx.requests[4].header('idempotency-key'), idempotencyKey('evt-10', 0));
+  assert.equal(ctx.requests[4].headers.filter(([k]) => k === 'idempotency-key').length, 1);
 });
