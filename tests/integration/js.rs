@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use axum::response::IntoResponse as _;
 use plugbus::durable::{DurableBus, DurableConfig, RetryPolicy};
 use plugbus::{FailureKind, Host, Outcome};
 use plugbus_artifacts as artifacts;
@@ -326,4 +327,168 @@ fn the_template_pins_the_tools_of_the_sdk() {
         );
     }
     // `plugbus new` copies the SDK's package-lock.json itself.
+}
+
+/// A request the local receiver got: its method and path with query.
+type Seen = (String, String);
+
+/// A local HTTP server on a thread and runtime of its own (a delivery
+/// blocks its thread while the component waits for the answer): it
+/// records every request and answers `/redirect` with a 302 to another
+/// host, anything else with 200 `ok`. Stops when dropped.
+struct Receiver {
+    addr: std::net::SocketAddr,
+    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bound, addr) = std::sync::mpsc::channel();
+        let record = Arc::clone(&seen);
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the receiver");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind the receiver");
+                bound
+                    .send(listener.local_addr().expect("its address"))
+                    .expect("the test waits for the address");
+                let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+                    let record = Arc::clone(&record);
+                    async move {
+                        let path = request.uri().path().to_owned();
+                        record.lock().expect("not poisoned").push((
+                            request.method().to_string(),
+                            request
+                                .uri()
+                                .path_and_query()
+                                .map_or(path.clone(), |p| p.to_string()),
+                        ));
+                        if path == "/redirect" {
+                            (
+                                axum::http::StatusCode::FOUND,
+                                [(axum::http::header::LOCATION, "http://elsewhere.invalid/")],
+                                "",
+                            )
+                                .into_response()
+                        } else {
+                            "ok".into_response()
+                        }
+                    }
+                });
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .expect("the receiver serves");
+            });
+        });
+        let addr = addr.recv().expect("the receiver's address");
+        Self {
+            addr,
+            seen,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("not poisoned").clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Delivers `js.<behaviour>` with `data` to the plugin directly and
+/// returns the delivery and the JSON payload of the one event it emitted.
+fn probe(
+    host: &Host,
+    plugin: &str,
+    ty: &str,
+    data: serde_json::Value,
+) -> (plugbus::Delivery, Option<serde_json::Value>) {
+    let plugin = host.plugin("shop", plugin).expect("loaded");
+    let (delivery, emitted) = plugin
+        .deliver(&event("shop", ty, "probe-1", data))
+        .expect("deliverable");
+    let payload = emitted
+        .first()
+        .map(|e| serde_json::from_slice(e.data()).expect("a JSON payload"));
+    (delivery, payload)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_an_origin_the_manifest_does_not_allow_is_denied_in_the_handler() {
+    let receiver = Receiver::start();
+    let host = host(&fixture(""));
+    let url = receiver.url("/hook");
+    let (delivery, result) = probe(
+        &host,
+        "fixture",
+        "js.http",
+        serde_json::json!({"requests": [{"method": "POST", "url": url, "body": "x"}]}),
+    );
+    assert_eq!(delivery.outcome, Outcome::Handled, "{delivery:#?}");
+    let result = result.expect("probe.result");
+    let first = &result["results"][0];
+    assert_eq!(first["kind"], "denied", "{result}");
+    assert_eq!(first["status"], serde_json::Value::Null, "{result}");
+    assert!(
+        first["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTP-request-denied") && e.contains(&url)),
+        "{result}"
+    );
+    // Uncaught, a denial is permanent: a retry would be denied again.
+    let (uncaught, _) = probe(
+        &host,
+        "fixture",
+        "js.http-uncaught",
+        serde_json::json!({"requests": [{"url": url}]}),
+    );
+    let failure = failure(&uncaught);
+    assert_eq!(failure.kind, FailureKind::HandlerPermanent, "{failure:?}");
+    assert!(
+        failure.message.contains("HTTP-request-denied"),
+        "{failure:?}"
+    );
+    assert!(receiver.seen().is_empty(), "{:?}", receiver.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_the_manifest_does_not_grant_reads_as_null() {
+    let host = host(&fixture(""));
+    let (delivery, result) = probe(
+        &host,
+        "fixture",
+        "js.secret",
+        serde_json::json!({"names": ["webhook_token", "missing"]}),
+    );
+    assert_eq!(delivery.outcome, Outcome::Handled, "{delivery:#?}");
+    assert_eq!(
+        result.expect("secret.result"),
+        serde_json::json!({"secrets": {"webhook_token": null, "missing": null}})
+    );
 }
