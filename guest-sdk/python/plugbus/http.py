@@ -15,18 +15,25 @@ Redirects are not followed: a 3xx is returned as it is.
 
 A request that fails raises an :class:`HttpError`: :class:`HttpDeniedError`
 (the allow-list or a host limit refused it), :class:`HttpTimeoutError`,
-:class:`HttpTooLargeError`, :class:`HttpConnectionError` or
-:class:`HttpOtherError`. Each is a :class:`plugbus.HandlerError` of the
-kind a retry calls for (timeouts and connection failures retryable,
-the others permanent unless said otherwise), so left uncaught it fails the
-delivery the right way; :meth:`HttpError.to_handler_error` gives the plain
-handler error to raise with a message of one's own.
+:class:`HttpTooLargeError`, :class:`HttpConnectionError`,
+:class:`HttpInvalidRequestError` or :class:`HttpOtherError` (the Rust SDK's
+``HttpError`` variants). Each is a :class:`plugbus.HandlerError` of the
+kind a retry calls for (timeouts, connection failures and other errors
+retryable; denied, too large and invalid requests permanent), so left
+uncaught it fails the delivery the right way;
+:meth:`HttpError.to_handler_error` gives the plain handler error to raise
+with a message of one's own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple, Union
+
+# Imported here, not when the first request is sent: componentize-py
+# snapshots what is imported while it builds the component, so this costs
+# a handler no fuel.
+from urllib.parse import urlsplit
 
 from . import HandlerError, _decode_json, _encode_json
 
@@ -37,6 +44,7 @@ __all__ = [
     "HttpConnectionError",
     "HttpDeniedError",
     "HttpError",
+    "HttpInvalidRequestError",
     "HttpOtherError",
     "HttpTimeoutError",
     "HttpTooLargeError",
@@ -59,8 +67,8 @@ _READ_CHUNK = 64 * 1024
 class HttpError(HandlerError):
     """An outbound request failed. Its subclass says how; :attr:`code` is
     the ``wasi:http`` error code's name (``HTTP-request-denied``,
-    ``connection-refused``, …) or the SDK's own (``invalid-url``), and
-    :attr:`detail` the host's or the SDK's words.
+    ``connection-refused``, …) or the SDK's own (``invalid-url``,
+    ``invalid-header``), and :attr:`detail` the host's or the SDK's words.
 
     It is a :class:`plugbus.HandlerError`: left uncaught it fails the
     delivery, retryable or permanent as :attr:`kind` says."""
@@ -69,14 +77,15 @@ class HttpError(HandlerError):
     KIND = HandlerError.PERMANENT
     #: What the failure is, for the message.
     WHAT = "failed"
+    #: What to check, for the message.
+    HINT = ""
 
-    def __init__(self, code: str, detail: Optional[str] = None, *, kind: Optional[str] = None) -> None:
-        """A failure with ``code`` and, when known, ``detail``; ``kind``
-        overrides the class's :attr:`KIND`."""
+    def __init__(self, code: str, detail: Optional[str] = None) -> None:
+        """A failure with ``code`` and, when known, ``detail``."""
         message = f"outbound HTTP request {self.WHAT}: {code}"
         if detail:
             message += f" ({detail})"
-        super().__init__(kind or self.KIND, message)
+        super().__init__(self.KIND, message + self.HINT)
         #: The error code's name.
         self.code: str = code
         #: More words from the host or the SDK, when there are any.
@@ -100,6 +109,7 @@ class HttpDeniedError(HttpError):
 
     KIND = HandlerError.PERMANENT
     WHAT = "denied"
+    HINT = ": is its origin in the manifest's [http] allow?"
 
 
 class HttpTimeoutError(HttpError):
@@ -120,15 +130,22 @@ class HttpTooLargeError(HttpError):
 
 class HttpConnectionError(HttpError):
     """The server could not be reached or the connection failed (DNS,
-    refused, reset, TLS, an incomplete response). Retryable."""
+    refused, reset, TLS, an incomplete or malformed response). Retryable."""
 
     KIND = HandlerError.RETRYABLE
     WHAT = "could not connect"
 
 
+class HttpInvalidRequestError(HttpError):
+    """The request cannot be sent as it is: a URL that is not absolute
+    ``http://`` or ``https://``, an invalid method or header. Permanent."""
+
+    KIND = HandlerError.PERMANENT
+    WHAT = "is invalid"
+
+
 class HttpOtherError(HttpError):
-    """Any other failure. Permanent when the request itself is invalid (a
-    bad URL, method or header), else retryable."""
+    """Any other failure, with the host's words. Retryable."""
 
     KIND = HandlerError.RETRYABLE
     WHAT = "failed"
@@ -170,19 +187,17 @@ _CODES = {
         "TLS-certificate-error",
         "TLS-alert-received",
         "HTTP-response-incomplete",
+        "HTTP-protocol-error",
     ),
-}
-_CLASS_OF_CODE = {code: cls for cls, codes in _CODES.items() for code in codes}
-#: Codes that say the request itself is invalid: a retry cannot help.
-_INVALID_REQUEST = frozenset(
-    {
+    HttpInvalidRequestError: (
         "invalid-url",
         "invalid-header",
         "HTTP-request-method-invalid",
         "HTTP-request-URI-invalid",
         "HTTP-request-length-required",
-    }
-)
+    ),
+}
+_CLASS_OF_CODE = {code: cls for cls, codes in _CODES.items() for code in codes}
 
 
 def error_for_code(code: str, detail: Optional[str] = None) -> HttpError:
@@ -190,10 +205,7 @@ def error_for_code(code: str, detail: Optional[str] = None) -> HttpError:
     (a case name of ``ErrorCode`` as the WIT spells it, e.g.
     ``"HTTP-request-denied"``), with ``detail``. Also what a test cans to
     make a request fail."""
-    cls = _CLASS_OF_CODE.get(code, HttpOtherError)
-    if cls is HttpOtherError and code in _INVALID_REQUEST:
-        return HttpOtherError(code, detail, kind=HandlerError.PERMANENT)
-    return cls(code, detail)
+    return _CLASS_OF_CODE.get(code, HttpOtherError)(code, detail)
 
 
 def _header_pairs(headers: Optional[Headers]) -> List[Tuple[str, str]]:
@@ -353,16 +365,18 @@ class Http:
 
 
 def _split_url(url: str) -> Tuple[str, str, str]:
-    """``(scheme, authority, path_with_query)`` of ``url``, or an invalid-url :class:`HttpOtherError`."""
-    from urllib.parse import urlsplit
-
+    """``(scheme, authority, path_with_query)`` of ``url``, or an invalid-url
+    :class:`HttpInvalidRequestError` (the host allows only ``http`` and
+    ``https``, so another scheme is refused here)."""
     try:
         parts = urlsplit(url)
         parts.port  # validates the port
     except (ValueError, TypeError) as e:
         raise error_for_code("invalid-url", f"{url!r}: {e}") from None
-    if not parts.scheme or not parts.netloc or parts.username is not None or parts.password is not None:
-        raise error_for_code("invalid-url", f"{url!r} is not scheme://host[:port]/path (with no user info)")
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise error_for_code("invalid-url", f"{url!r} is not an absolute http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise error_for_code("invalid-url", f"{url!r} has user info; send credentials in a header")
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
@@ -453,7 +467,7 @@ class _WasiHttp:
             "PATCH": t.Method_Patch,
         }
         method = methods[request.method]() if request.method in methods else t.Method_Other(request.method)
-        wit_scheme = {"http": t.Scheme_Http, "https": t.Scheme_Https}.get(scheme)
+        wit_scheme = t.Scheme_Https() if scheme == "https" else t.Scheme_Http()
         entries = [(n, v.encode("latin-1", "replace")) for n, v in request.headers]
         if request.body and _find(request.headers, "content-length") is None:
             entries.append(("content-length", str(len(request.body)).encode()))
@@ -462,10 +476,14 @@ class _WasiHttp:
         except self._err as e:
             raise error_for_code("invalid-header", type(e.value).__name__.removeprefix("HeaderError_")) from None
         outgoing = t.OutgoingRequest(fields)
-        outgoing.set_method(method)
-        outgoing.set_scheme(wit_scheme() if wit_scheme else t.Scheme_Other(scheme))
-        outgoing.set_authority(authority)
-        outgoing.set_path_with_query(path)
+        try:
+            outgoing.set_method(method)
+            outgoing.set_scheme(wit_scheme)
+            outgoing.set_authority(authority)
+            outgoing.set_path_with_query(path)
+        except self._err:
+            outgoing.__exit__(None, None, None)
+            raise error_for_code("invalid-url", f"wasi:http refuses {request.method} {request.url!r}") from None
         options = None
         if request.timeout is not None:
             options = t.RequestOptions()

@@ -43,10 +43,11 @@ from . import (
     StateError,
     _run,
 )
-from .http import HttpError, Request, Response, error_for_code
+from .http import HttpError, Request, Response, _split_url, error_for_code
 
 __all__ = [
     "Canned",
+    "TEST_TRACEPARENT",
     "MAX_ATTRIBUTE_BYTES",
     "MAX_EMITS_PER_DELIVERY",
     "MAX_LOG_BYTES",
@@ -58,6 +59,7 @@ __all__ = [
     "Response",
     "TestContext",
     "UncannedRequest",
+    "idempotency_key",
 ]
 
 #: The longest state key the host takes, in bytes (its default).
@@ -72,6 +74,19 @@ MAX_ATTRIBUTE_BYTES = 4096
 MAX_LOG_BYTES = 4096
 #: The most outbound HTTP requests one delivery may send (the host's default).
 MAX_REQUESTS_PER_DELIVERY = 16
+
+#: The ``traceparent`` the test context adds to every request, as the host
+#: adds one continuing the delivery's trace (the Rust SDK's value).
+TEST_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def idempotency_key(event_id: str, index: int) -> str:
+    """The ``Idempotency-Key`` the test context adds to request number
+    ``index`` (from 0) of a run on the event ``event_id``: like the host's,
+    the same on every run of the same event. (The host's is the hex SHA-256
+    of the event, the plugin and the index; this is the Rust SDK's test key.)"""
+    return f"test-idempotency-key-{event_id}-{index}"
+
 
 #: What a test gives as the answer to a request: a :class:`Response`, a
 #: status code alone, ``(status, body)`` (body as bytes, text, or any other
@@ -177,7 +192,9 @@ class TestContext:
     After runs, :attr:`emitted`, :attr:`logs` and :attr:`state` hold what
     the successful runs left (and every log line, as the host keeps them),
     :attr:`requests` every request sent, failed runs' included (they went
-    out: a retried delivery sends them again).
+    out: a retried delivery sends them again), each with the headers the
+    host adds: ``idempotency-key`` (:func:`idempotency_key`) and
+    ``traceparent`` (:data:`TEST_TRACEPARENT`).
     """
 
     __test__ = False  # not a pytest test class, despite its name
@@ -220,6 +237,7 @@ class TestContext:
         self._mistake: Optional[Exception] = None
         self._delivery_emits = 0
         self._delivery_requests = 0
+        self._event_id = "outside-a-run"
 
     def respond(self, key: Union[str, Tuple[str, str]], answer: Canned) -> "TestContext":
         """Cans ``answer`` for ``key``: ``(method, url)`` or a URL for any
@@ -264,6 +282,7 @@ class TestContext:
         emitted = len(self.emitted)
         self._delivery_emits = 0
         self._delivery_requests = 0
+        self._event_id = event.id
         self._mistake = None
         failure = _run(function, self, event)
         mistake, self._mistake = self._mistake, None
@@ -325,12 +344,17 @@ class TestContext:
         return self.secrets.get(name)
 
     def http_send(self, request: Request) -> Response:
-        """Records ``request`` and answers it from the canned answers."""
+        """Records ``request`` with the host's headers and answers it from
+        the canned answers."""
+        _split_url(request.url)  # what the component refuses before sending
         if self._delivery_requests >= MAX_REQUESTS_PER_DELIVERY:
             raise error_for_code(
                 "HTTP-request-denied", f"a delivery may send at most {MAX_REQUESTS_PER_DELIVERY} requests"
             )
+        index = self._delivery_requests
         self._delivery_requests += 1
+        added = [("idempotency-key", idempotency_key(self._event_id, index)), ("traceparent", TEST_TRACEPARENT)]
+        request = Request(request.method, request.url, request.headers + added, request.body, request.timeout)
         self.requests.append(request)
         try:
             if self.http_handler is not None:
