@@ -41,6 +41,7 @@ const LANGUAGES: [Language; 3] = [
         verbatim: &[
             ("guest-sdk/python/plugbus", "plugbus"),
             ("wit/plugbus.wit", "wit/plugbus.wit"),
+            ("wit/deps", "wit/deps"),
         ],
     },
     Language {

@@ -1,7 +1,8 @@
 //! The Python plugins (`plugins/examples/low-stock-alert-py`,
 //! `plugins/fixtures/py-behaviours`), built by `plugbus-artifacts` with
-//! componentize-py, in the real host; and the Python SDK's own tests
-//! (pytest), run from here so that `cargo test` covers them.
+//! componentize-py, in the real host (outbound HTTP against a local
+//! server, secrets); and the Python SDK's own tests (pytest), run from
+//! here so that `cargo test` covers them.
 //!
 //! A Python component takes about 25 s to compile, so every host of this
 //! file uses one compile cache (`target/test-compile-cache/python`, private
@@ -9,6 +10,7 @@
 //! process; the others, and later runs, load from it.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -377,4 +379,105 @@ async fn a_python_plugin_hot_reloads_from_the_compile_cache() {
         assert_eq!(delivery.outcome, Outcome::Handled, "{delivery:#?}");
         assert_eq!(delivery.plugin_version, version, "the new version serves");
     }
+}
+
+// Outbound HTTP and secrets (issue 18).
+
+/// A local HTTP server that counts the requests it gets and answers 200.
+struct Receiver {
+    /// `http://127.0.0.1:<port>`.
+    origin: String,
+    /// The requests it got.
+    hits: Arc<AtomicUsize>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        let router = axum::Router::new().fallback(move || {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                "ok"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the receiver");
+        let port = listener.local_addr().expect("its address").port();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self {
+            origin: format!("http://127.0.0.1:{port}"),
+            hits,
+        }
+    }
+}
+
+/// Delivers `event` to plugin `plugin` of tenant `lab` and returns the
+/// payload of the one event of type `ty` it emitted.
+async fn emitted_payload(host: &Host, plugin: &str, event: Event, ty: &str) -> serde_json::Value {
+    let plugin = host.plugin("lab", plugin).expect("loaded");
+    let (delivery, emitted) =
+        tokio::task::spawn_blocking(move || plugin.deliver(&event).expect("deliverable"))
+            .await
+            .expect("the delivery's thread");
+    assert_eq!(delivery.outcome, Outcome::Handled, "{delivery:#?}");
+    let [emitted] = &emitted[..] else {
+        panic!("one event: {emitted:?}");
+    };
+    assert_eq!(emitted.ty(), ty);
+    serde_json::from_slice(emitted.data()).expect("a JSON payload")
+}
+
+/// A Python plugin whose manifest allows no origin: its requests, to a
+/// local server and to the cloud metadata address, fail in the handler as
+/// `HttpDeniedError` (permanent) and reach nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_plugin_allowed_nothing_is_denied_and_reaches_nothing() {
+    let receiver = Receiver::start().await;
+    let host = fixture_host(FIXTURE);
+    let requests = serde_json::json!({"requests": [
+        {"method": "POST", "url": format!("{}/hook", receiver.origin), "body": "hello"},
+        {"method": "GET", "url": "http://169.254.169.254/latest/meta-data/"},
+    ]});
+    let result = emitted_payload(
+        &host,
+        "py",
+        event("lab", "fixture.http", "d-1", requests),
+        "probe.result",
+    )
+    .await;
+    let results = result["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2, "{result:#}");
+    for denied in results {
+        assert_eq!(denied["error_class"], "HttpDeniedError", "{denied:#}");
+        assert_eq!(denied["retryable"], false, "{denied:#}");
+        assert!(denied["status"].is_null(), "{denied:#}");
+    }
+    assert_eq!(receiver.hits.load(Ordering::SeqCst), 0, "nothing arrived");
+}
+
+/// `ctx.secret` reads `None` for a name the manifest does not grant, and
+/// for a granted one the operator gave the tenant no value for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_plugin_reads_no_secret_it_was_not_given() {
+    let dir = PluginsDir::new();
+    dir.add(
+        "lab",
+        "py",
+        artifacts::FIXTURE_PY_BEHAVIOURS,
+        Some("subscribe = [\"fixture.*\"]\n[secrets]\ngrant = [\"webhook_token\"]"),
+    );
+    let host = python_host(&dir).0;
+    let ask = event(
+        "lab",
+        "fixture.secret",
+        "s-1",
+        serde_json::json!({"names": ["webhook_token", "smtp_password"]}),
+    );
+    assert_eq!(
+        emitted_payload(&host, "py", ask, "probe.secret").await,
+        serde_json::json!({"values": {"webhook_token": null, "smtp_password": null}})
+    );
 }

@@ -15,8 +15,13 @@ exports it as the component's world class::
     WitWorld = plugbus.export(handle)
 
 ``componentize-py`` builds the module into a component of the world
-``plugbus:plugin/handler@0.2.0``; :mod:`plugbus.testing` runs the same
+``plugbus:plugin/handler@0.3.0``; :mod:`plugbus.testing` runs the same
 handler natively under ``pytest``, with no host and no WebAssembly.
+
+A handler may call out over HTTP with ``ctx.http()`` (a small synchronous
+client, see :mod:`plugbus.http`; the host sends only to the origins the
+manifest's ``[http] allow`` lists) and read the secrets its manifest's
+``[secrets] grant`` names with ``ctx.secret(name)``.
 
 A handler fails by raising :class:`HandlerError` (``HandlerError.retryable``
 or ``HandlerError.permanent``). Any other exception that escapes it fails
@@ -41,10 +46,20 @@ __all__ = [
     "Handler",
     "HandlerError",
     "HostApi",
+    "Http",
+    "HttpConnectionError",
+    "HttpDeniedError",
+    "HttpError",
+    "HttpInvalidRequestError",
+    "HttpOtherError",
+    "HttpTimeoutError",
+    "HttpTooLargeError",
     "JSON_MEDIA_TYPE",
     "Level",
     "MAX_FAILURE_CHARS",
     "OutgoingEvent",
+    "Request",
+    "Response",
     "State",
     "StateError",
     "describe_exception",
@@ -298,6 +313,14 @@ class HostApi(Protocol):
         """Removes ``key``."""
         ...
 
+    def secret_get(self, name: str) -> Optional[str]:
+        """The secret ``name`` granted to the plugin, or ``None``."""
+        ...
+
+    def http_send(self, request: "Request") -> "Response":
+        """Sends ``request``; returns the response or raises :class:`HttpError`."""
+        ...
+
 
 class State:
     """The plugin's durable key-value state, scoped to its tenant and itself.
@@ -338,7 +361,7 @@ class State:
 
 class Context:
     """What a handler can do during one delivery: emit events, log, read its
-    config, and read and write its state."""
+    config and secrets, read and write its state, and call out over HTTP."""
 
     def __init__(self, host: HostApi, attempt: int = 1) -> None:
         """A context over ``host`` for a delivery that is attempt ``attempt``."""
@@ -460,6 +483,19 @@ class Context:
         """Config ``key`` decoded from JSON, or ``default``; see :meth:`config_int`."""
         return self._config_parsed(key, default, _json.loads)
 
+    def secret(self, name: str) -> Optional[str]:
+        """The value of the tenant's secret ``name``, or ``None`` when the
+        manifest's ``[secrets] grant`` does not name it or the operator gave
+        the tenant no secret of that name. Never log it or put it in an
+        event or an error message: the host keeps secrets out of its own
+        output, not out of what a handler writes."""
+        return self._host.secret_get(name)
+
+    def http(self) -> "Http":
+        """The outbound HTTP client (see :class:`plugbus.http.Http`): requests
+        go only to origins the manifest's ``[http] allow`` lists."""
+        return Http(self._host.http_send)
+
 
 #: A handler: called once per event with the delivery's context.
 Handler = Callable[[Context, Event], None]
@@ -511,8 +547,10 @@ class _ComponentHost:
     """The host as the component sees it: the WIT imports that
     componentize-py generates, handed over by :func:`export`."""
 
-    def __init__(self, bindings: Any) -> None:
-        self._err, self._host, self._state, self._types = bindings
+    def __init__(self, bindings: Any, http_bindings: Any) -> None:
+        self._err, self._host, self._state, self._types, self._secrets = bindings
+        self._http_bindings = http_bindings
+        self._http: Optional[Any] = None
 
     def emit(self, event: OutgoingEvent) -> str:
         outgoing = self._types.OutgoingEvent(
@@ -546,18 +584,31 @@ class _ComponentHost:
     def state_delete(self, key: str) -> None:
         self._state.delete(key)
 
+    def secret_get(self, name: str) -> Optional[str]:
+        return self._secrets.get(name)
 
-def _bindings() -> Optional[Tuple[Any, Any, Any, Any]]:
+    def http_send(self, request: "Request") -> "Response":
+        if self._http is None:
+            if self._http_bindings is None:
+                raise RuntimeError("the wasi:http bindings are missing from this component")
+            self._http = _http._WasiHttp(self._http_bindings)
+        return self._http.send(request)
+
+
+def _bindings() -> Optional[Tuple[Any, Any, Any, Any, Any]]:
     """The bindings componentize-py generates (``Err`` and the modules
-    ``host``, ``state`` and ``types``), or ``None`` natively, where they do
-    not exist. componentize-py keeps only the modules imported while it
-    builds the component, so :func:`export` imports them then."""
+    ``host``, ``state``, ``types`` and ``secrets``), or ``None`` natively,
+    where they do not exist. componentize-py keeps only the modules imported
+    while it builds the component, so :func:`export` imports them then.
+    (Beside ``wasi:http``'s ``types``, the world's ``types`` is
+    ``plugbus_plugin_types``.)"""
     try:
         from componentize_py_types import Err  # type: ignore[import-not-found]
-        from wit_world.imports import host, state, types  # type: ignore[import-not-found]
+        from wit_world.imports import host, secrets, state  # type: ignore[import-not-found]
+        from wit_world.imports import plugbus_plugin_types as types  # type: ignore[import-not-found]
     except ImportError:
         return None
-    return (Err, host, state, types)
+    return (Err, host, state, types, secrets)
 
 
 def _from_wit(event: Any) -> Event:
@@ -589,6 +640,7 @@ def export(handler: Handler) -> type:
     """
 
     bindings = _bindings()
+    http_bindings = _http._bindings()
 
     class WitWorld:
         """The component's export of world ``plugbus:plugin/handler``."""
@@ -597,8 +649,8 @@ def export(handler: Handler) -> type:
             """Handles one event from the host (componentize-py calls this)."""
             if bindings is None:
                 raise RuntimeError("the plugbus bindings exist only inside the component")
-            err, _, _, types = bindings
-            failure = _run(handler, _ComponentHost(bindings), _from_wit(event))
+            err, _, _, types, _ = bindings
+            failure = _run(handler, _ComponentHost(bindings, http_bindings), _from_wit(event))
             if failure is None:
                 return
             if failure.is_permanent:
@@ -609,3 +661,19 @@ def export(handler: Handler) -> type:
     WitWorld.__qualname__ = f"WitWorld[{getattr(handler, '__name__', 'handler')}]"
     return WitWorld
 
+
+
+# Last: the HTTP module uses the errors and helpers above.
+from . import http as _http  # noqa: E402
+from .http import (  # noqa: E402
+    Http,
+    HttpConnectionError,
+    HttpDeniedError,
+    HttpError,
+    HttpInvalidRequestError,
+    HttpOtherError,
+    HttpTimeoutError,
+    HttpTooLargeError,
+    Request,
+    Response,
+)

@@ -2,7 +2,9 @@
 ``{"sku": ..., "new_quantity": ...}``, emits ``inventory.low_stock`` once
 when the quantity falls to the configured ``threshold`` (default 10) or
 below, and remembers in its state that it did, until the stock is above the
-threshold again."""
+threshold again. When the config sets ``webhook_url``, it also posts the
+alert there, with the secret ``webhook_token`` (when granted) as a bearer
+token."""
 
 import plugbus
 from plugbus import Context, Event, HandlerError
@@ -30,13 +32,28 @@ def handle(ctx: Context, event: Event) -> None:
         return
     if alerted:
         return
-    ctx.emit_json(
-        "inventory.low_stock",
-        {"sku": sku, "quantity": quantity, "threshold": threshold},
-        subject=sku,
-    )
+    alert = {"sku": sku, "quantity": quantity, "threshold": threshold}
+    ctx.emit_json("inventory.low_stock", alert, subject=sku)
+    url = ctx.config("webhook_url")
+    if url:
+        notify(ctx, url, alert)
     ctx.state.set_json(key, True)
     ctx.info(f"{sku} is low: {quantity} at or below {threshold}")
+
+
+def notify(ctx: Context, url: str, alert: dict) -> None:
+    """Posts ``alert`` to the webhook. The host adds an ``Idempotency-Key``
+    that is the same on every attempt of this delivery, so a retry does not
+    alert twice at a receiver that honours it. A failed request (an
+    ``HttpError``) left uncaught fails the delivery: retryable for timeouts
+    and connection failures, permanent when the host denied it."""
+    token = ctx.secret("webhook_token")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = ctx.http().post(url, json=alert, headers=headers, timeout=5)
+    if response.status == 429 or response.status >= 500:
+        raise HandlerError.retryable(f"the webhook answered {response.status}")
+    if not response.ok:
+        raise HandlerError.permanent(f"the webhook refused the alert: {response.status}")
 
 
 # The class componentize-py exports as the component.

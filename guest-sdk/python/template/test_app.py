@@ -3,7 +3,7 @@
 import pytest
 
 from app import handle
-from plugbus import Event, HandlerError, Level
+from plugbus import Event, HandlerError, HttpTimeoutError, Level, Response
 from plugbus.testing import TestContext
 
 
@@ -44,3 +44,27 @@ def test_a_refused_emit_fails_the_delivery_and_undoes_the_state() -> None:
         ctx.run(handle, stock("sku-1", 0))
     assert err.value.is_permanent and "chain depth" in err.value.message
     assert ctx.state == {}
+
+
+HOOK = "https://hooks.example.com/stock"
+
+
+def test_the_alert_is_posted_to_the_webhook_with_the_token() -> None:
+    ctx = TestContext(
+        config={"threshold": "5", "webhook_url": HOOK},
+        secrets={"webhook_token": "t0k"},
+        http={("POST", HOOK): Response(204)},
+    )
+    ctx.run(handle, stock("sku-1", 2))
+    [request] = ctx.requests
+    assert request.header("authorization") == "Bearer t0k"
+    assert request.json() == {"sku": "sku-1", "quantity": 2, "threshold": 5}
+
+
+def test_a_webhook_that_fails_retries_the_delivery_and_undoes_it() -> None:
+    for answer in (503, HttpTimeoutError("HTTP-response-timeout")):
+        ctx = TestContext(config={"webhook_url": HOOK}, http={HOOK: answer})
+        with pytest.raises(HandlerError) as err:
+            ctx.run(handle, stock("sku-1", 0))
+        assert err.value.is_retryable
+        assert ctx.emitted == [] and ctx.state == {}

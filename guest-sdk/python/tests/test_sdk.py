@@ -326,3 +326,269 @@ def test_json_that_does_not_serialise_is_a_permanent_error() -> None:
 
     with pytest.raises(HandlerError):
         TestContext().run(store, Event("x"))
+
+
+# Secrets and outbound HTTP
+
+
+from plugbus import (  # noqa: E402
+    HttpConnectionError,
+    HttpDeniedError,
+    HttpError,
+    HttpInvalidRequestError,
+    HttpOtherError,
+    HttpTimeoutError,
+    HttpTooLargeError,
+    Request,
+    Response,
+)
+from plugbus.http import WASI_HTTP_ERROR_CODES, error_for_code  # noqa: E402
+from plugbus.testing import (  # noqa: E402
+    MAX_REQUESTS_PER_DELIVERY,
+    TEST_TRACEPARENT,
+    UncannedRequest,
+    idempotency_key,
+)
+
+
+def test_secrets_are_served_by_name_and_none_otherwise() -> None:
+    seen: List[object] = []
+    ctx = TestContext(secrets={"webhook_token": "t0k"})
+    ctx.run(lambda c, e: seen.extend([c.secret("webhook_token"), c.secret("other")]), Event("x"))
+    assert seen == ["t0k", None]
+
+
+def _post_alert(ctx: Context, event: Event) -> None:
+    url = ctx.config("webhook_url")
+    token = ctx.secret("webhook_token")
+    response = ctx.http().post(url, json={"sku": event.json()["sku"]}, headers={"Authorization": f"Bearer {token}"})
+    if response.status >= 500:
+        raise HandlerError.retryable(f"the webhook answered {response.status}")
+    ctx.emit_json("alert.sent", {"status": response.status, "reply": response.json()})
+
+
+def test_canned_responses_answer_and_requests_are_recorded() -> None:
+    ctx = TestContext(
+        config={"webhook_url": "https://hooks.example.com/stock"},
+        secrets={"webhook_token": "t0k"},
+        http={("post", "https://hooks.example.com/stock"): Response.from_json(201, {"id": 7})},
+    )
+    ctx.run(_post_alert, Event.from_json("x", {"sku": "a"}))
+    [request] = ctx.requests
+    assert (request.method, request.url) == ("POST", "https://hooks.example.com/stock")
+    assert request.header("authorization") == "Bearer t0k"
+    assert request.header("Content-Type") == "application/json"
+    assert request.json() == {"sku": "a"}
+    assert ctx.emitted[0].json() == {"status": 201, "reply": {"id": 7}}
+
+
+def test_a_request_with_no_canned_answer_is_a_clear_error_even_when_caught() -> None:
+    def swallow(ctx: Context, event: Event) -> None:
+        try:
+            ctx.http().get("https://api.example.com/x")
+        except Exception:
+            pass
+        ctx.emit("after")
+
+    ctx = TestContext(http={"https://api.example.com/y": 200})
+    with pytest.raises(UncannedRequest) as err:
+        ctx.run(swallow, Event("x"))
+    assert "GET https://api.example.com/x" in str(err.value)
+    assert "https://api.example.com/y" in str(err.value)
+    assert ctx.emitted == [] and len(ctx.requests) == 1
+
+
+def test_canned_answers_take_every_documented_form() -> None:
+    ctx = TestContext(
+        http={
+            "https://a.example/status": 204,
+            "https://a.example/bytes": (200, b"\x00\x01"),
+            "https://a.example/text": (200, "h\u00e9"),
+            "https://a.example/json": (200, {"k": [1]}),
+            ("PUT", "https://a.example/fn"): lambda r: Response(200, body=r.body[::-1]),
+        }
+    )
+    got: List[Response] = []
+
+    def handler(c: Context, e: Event) -> None:
+        http = c.http()
+        got.append(http.delete("https://a.example/status"))
+        got.append(http.get("https://a.example/bytes"))
+        got.append(http.get("https://a.example/text"))
+        got.append(http.get("https://a.example/json"))
+        got.append(http.put("https://a.example/fn", body="abc"))
+
+    ctx.run(handler, Event("x"))
+    status, raw, text, data, fn = got
+    assert status.status == 204 and status.body == b"" and status.ok
+    assert raw.body == b"\x00\x01"
+    assert text.text() == "h\u00e9" and text.header("content-type").startswith("text/plain")
+    assert data.json() == {"k": [1]} and data.header("Content-Type") == "application/json"
+    assert fn.text() == "cba"
+    assert [r.method for r in ctx.requests] == ["DELETE", "GET", "GET", "GET", "PUT"]
+
+
+def test_a_function_answers_every_request() -> None:
+    ctx = TestContext(http=lambda r: (500, f"no {r.url}") if "fail" in r.url else 200)
+    ctx.run(lambda c, e: c.http().get("https://a.example/ok"), Event("x"))
+    with pytest.raises(HandlerError) as err:
+        ctx.run(_post_alert, Event.from_json("x", {"sku": "a"}))  # no webhook_url: url None
+    assert isinstance(err.value, HttpInvalidRequestError) and err.value.is_permanent
+    assert "invalid-url" in err.value.message
+    ctx.config["webhook_url"] = "https://a.example/fail"
+    with pytest.raises(HandlerError) as err:
+        ctx.run(_post_alert, Event.from_json("x", {"sku": "a"}))
+    assert err.value.is_retryable and "answered 500" in err.value.message
+
+
+def test_request_options_headers_and_bodies() -> None:
+    ctx = TestContext(http=lambda r: 200)
+
+    def handler(c: Context, e: Event) -> None:
+        http = c.http()
+        http.request("patch", "https://a.example/1", headers=[("X-Twice", "1"), ("x-twice", "2")], body=b"raw", timeout=2.5)
+        http.post("https://a.example/2", json=[1], headers={"content-type": "application/vnd.x+json"})
+        http.post("https://a.example/3", body="t\u00e9xt")
+
+    ctx.run(handler, Event("x"))
+    first, second, third = ctx.requests
+    assert first.method == "PATCH" and first.timeout == 2.5 and first.body == b"raw"
+    assert first.headers[:2] == [("X-Twice", "1"), ("x-twice", "2")] and first.header("x-TWICE") == "1"
+    assert second.header("content-type") == "application/vnd.x+json" and second.body == b"[1]"
+    assert [n for n, _ in second.headers].count("content-type") == 1
+    assert third.text() == "t\u00e9xt" and third.timeout is None
+    with pytest.raises(HandlerError):  # body and json at once: a ValueError, uncaught
+        ctx.run(lambda c, e: c.http().post("https://a.example/", body=b"x", json={}), Event("x"))
+    with pytest.raises(HandlerError):
+        ctx.run(lambda c, e: c.http().get("https://a.example/", timeout=0), Event("x"))
+    with pytest.raises(HttpInvalidRequestError) as bad:
+        ctx.run(lambda c, e: c.http().request("GE T", "https://a.example/"), Event("x"))
+    assert bad.value.is_permanent and bad.value.code == "HTTP-request-method-invalid"
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (HttpDeniedError("HTTP-request-denied"), "permanent"),
+        (HttpTimeoutError("HTTP-response-timeout"), "retryable"),
+        (HttpTooLargeError("HTTP-response-body-size"), "permanent"),
+        (HttpConnectionError("connection-refused"), "retryable"),
+        (HttpInvalidRequestError("invalid-header"), "permanent"),
+        (HttpOtherError("internal-error"), "retryable"),
+    ],
+)
+def test_a_canned_error_is_raised_and_left_uncaught_fails_the_delivery_by_its_kind(error: HttpError, kind: str) -> None:
+    ctx = TestContext(http={"https://a.example/": error})
+
+    def handler(c: Context, e: Event) -> None:
+        c.state.set("k", b"v")
+        c.http().get("https://a.example/")
+
+    with pytest.raises(HttpError) as err:
+        ctx.run(handler, Event("x"))
+    assert err.value is error and err.value.kind == kind and ctx.state == {}
+    plain = error.to_handler_error("posting the alert")
+    assert type(plain) is HandlerError and plain.kind == kind
+    assert plain.message.startswith("posting the alert: outbound HTTP request")
+    assert error.code in plain.message
+
+
+def test_every_wasi_error_code_maps_to_a_class() -> None:
+    assert len(WASI_HTTP_ERROR_CODES) == 39
+    classes = {code: type(error_for_code(code)) for code in WASI_HTTP_ERROR_CODES}
+    assert classes["HTTP-request-denied"] is HttpDeniedError
+    assert classes["destination-IP-prohibited"] is HttpDeniedError
+    assert classes["DNS-timeout"] is HttpTimeoutError and classes["connection-read-timeout"] is HttpTimeoutError
+    assert classes["HTTP-response-body-size"] is HttpTooLargeError
+    assert classes["HTTP-request-body-size"] is HttpTooLargeError
+    assert classes["connection-refused"] is HttpConnectionError and classes["TLS-certificate-error"] is HttpConnectionError
+    assert classes["HTTP-protocol-error"] is HttpConnectionError
+    assert classes["HTTP-request-URI-invalid"] is HttpInvalidRequestError
+    assert classes["internal-error"] is HttpOtherError and classes["loop-detected"] is HttpOtherError
+    assert error_for_code("HTTP-request-URI-invalid").is_permanent
+    assert error_for_code("no-such-code").code == "no-such-code"
+    denied = error_for_code("HTTP-request-denied", "origin not allowed")
+    assert str(denied) == (
+        "permanent: outbound HTTP request denied: HTTP-request-denied (origin not allowed): "
+        "is its origin in the manifest's [http] allow?"
+    )
+    assert repr(denied) == "HttpDeniedError('HTTP-request-denied')"
+
+
+def test_bindings_error_codes_are_named_as_the_wit_spells_them() -> None:
+    from plugbus.http import _code_name
+
+    class ErrorCode_HttpRequestUriTooLong:  # noqa: N801  (the bindings' spelling)
+        pass
+
+    class Payload:
+        def __init__(self) -> None:
+            self.field_name = "x-big"
+            self.field_size = None
+
+    class ErrorCode_HttpResponseHeaderSize:  # noqa: N801
+        value = Payload()
+
+    class ErrorCode_InternalError:  # noqa: N801
+        value = "boom"
+
+    assert _code_name(ErrorCode_HttpRequestUriTooLong()) == ("HTTP-request-URI-too-long", None)
+    assert _code_name(ErrorCode_HttpResponseHeaderSize()) == ("HTTP-response-header-size", "field_name=x-big")
+    assert _code_name(ErrorCode_InternalError()) == ("internal-error", "boom")
+
+
+def test_urls_are_split_for_wasi_http_or_refused() -> None:
+    from plugbus.http import _split_url
+
+    assert _split_url("https://API.example.com:8443/a/b?c=d#frag") == ("https", "API.example.com:8443", "/a/b?c=d")
+    assert _split_url("http://127.0.0.1") == ("http", "127.0.0.1", "/")
+    for bad in ("not a url", "/relative", "ftp://x.example/f", "https://user:pw@x.example/", "http://x.example:99999/"):
+        with pytest.raises(HttpInvalidRequestError) as err:
+            _split_url(bad)
+        assert err.value.code == "invalid-url" and err.value.is_permanent
+
+
+def test_a_delivery_sends_at_most_the_hosts_default_number_of_requests() -> None:
+    ctx = TestContext(http=lambda r: 200)
+
+    def handler(c: Context, e: Event) -> None:
+        for _ in range(MAX_REQUESTS_PER_DELIVERY + 1):
+            c.http().get("https://a.example/")
+
+    with pytest.raises(HttpDeniedError):
+        ctx.run(handler, Event("x"))
+    assert len(ctx.requests) == MAX_REQUESTS_PER_DELIVERY
+    ctx.run(lambda c, e: c.http().get("https://a.example/"), Event("x"))  # counted per delivery
+
+
+def test_requests_and_responses_read_like_events() -> None:
+    request = Request("POST", "https://a.example/", [("A", "1")], b"{bad")
+    with pytest.raises(HandlerError) as err:
+        request.json()
+    assert err.value.is_permanent and "POST https://a.example/" in err.value.message
+    response = Response(404, body=b"\xffnope")
+    assert not response.ok and response.text() == "\ufffdnope" and response.header("x") is None
+    with pytest.raises(HandlerError):
+        response.json()
+    with pytest.raises(TypeError):
+        ctx = TestContext(http={"https://a.example/": object()})
+        ctx.run(lambda c, e: c.http().get("https://a.example/"), Event("x"))
+
+
+def test_requests_carry_the_hosts_headers_the_same_on_every_attempt() -> None:
+    ctx = TestContext(http=lambda r: 500)
+
+    def handler(c: Context, e: Event) -> None:
+        for path in ("a", "b"):
+            c.http().get(f"https://a.example/{path}")
+        raise HandlerError.retryable("again")
+
+    for attempt in (1, 2):
+        with pytest.raises(HandlerError):
+            ctx.run(handler, Event("x", id="evt-9", attempt=attempt))
+    keys = [r.header("idempotency-key") for r in ctx.requests]
+    assert keys == [idempotency_key("evt-9", 0), idempotency_key("evt-9", 1)] * 2
+    assert all(r.header("traceparent") == TEST_TRACEPARENT for r in ctx.requests)
+    with pytest.raises(HttpInvalidRequestError):  # refused before it is recorded
+        ctx.run(lambda c, e: c.http().get("ftp://a.example/"), Event("x"))
+    assert len(ctx.requests) == 4

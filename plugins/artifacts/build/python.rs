@@ -1,8 +1,9 @@
 //! Builds the Python plugins: every directory under `plugins/examples` with
 //! an `app.py`, and every `plugins/fixtures/py-*` directory, each with
 //! componentize-py into `target/guests/python/<dir>.wasm` (world
-//! `plugbus:plugin/handler@0.2.0`, the SDK of `guest-sdk/python` on the
-//! path). componentize-py is installed, pinned, into
+//! `plugbus:plugin/handler@0.3.0` of `wit/`, whose `wasi:*` packages
+//! componentize-py finds in `wit/deps`; the SDK of `guest-sdk/python` on
+//! the path). componentize-py is installed, pinned, into
 //! `target/lang-tools/python` when missing.
 //!
 //! A component is rebuilt only when its inputs changed: the plugin's
@@ -18,7 +19,7 @@ use std::process::Command;
 /// The pinned componentize-py.
 const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 /// The world Python plugins target.
-const WORLD: &str = "plugbus:plugin/handler@0.2.0";
+const WORLD: &str = "plugbus:plugin/handler@0.3.0";
 /// The pinned pytest, which runs the Python plugins' native tests.
 const PYTEST_VERSION: &str = "8.3.4";
 /// The Python interpreter that runs componentize-py.
