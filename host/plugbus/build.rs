@@ -32,6 +32,7 @@ const LANGUAGES: [Language; 3] = [
         verbatim: &[
             ("guest-sdk/src", "plugbus-sdk/src"),
             ("wit/plugbus.wit", "wit/plugbus.wit"),
+            ("wit/deps", "wit/deps"),
             ("Cargo.lock", "Cargo.lock"),
         ],
     },

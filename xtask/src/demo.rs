@@ -1,6 +1,8 @@
 //! `cargo xtask demo`: builds the host, assembles a plugins directory from
 //! `examples/plugins` (and the user's own plugin folders), and runs
-//! `plugbus serve` on a fresh log, supervising it: SIGINT, SIGTERM and SIGHUP
+//! `plugbus serve` on a fresh log (with `examples/plugbus.toml` and what
+//! its webhook receiver needs, see [`crate::webhook`]), supervising it:
+//! SIGINT, SIGTERM and SIGHUP
 //! sent to the demo are forwarded to the host's process group, the demo
 //! waits for the host and exits with its status, and (on Linux) the host is
 //! told to stop when the demo dies, even by SIGKILL.
@@ -137,6 +139,24 @@ fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     ));
     warn_unknown_tenants(&root, &mirror);
 
+    // The webhook that webhook-notify posts the low-stock alerts to, on a
+    // port picked now: the demo's copy of its manifest and the demo's
+    // plugbus.toml are written for it.
+    let receiver = crate::webhook::start(step)?;
+    let config = crate::webhook::write_config(
+        &root.join("examples/plugbus.toml"),
+        &dir.join("plugbus.toml"),
+        &receiver.origin,
+    )?;
+    if crate::webhook::point_manifest(&plugins, &receiver.origin)? {
+        step(format_args!(
+            "  webhook-notify posts to a receiver on {}{}: 503 to the first request of each \
+             Idempotency-Key (the host retries), 200 after",
+            receiver.origin,
+            crate::webhook::PATH
+        ));
+    }
+
     // A fresh log each run: the same events again would be duplicates.
     // The compile cache stays: the Python and JavaScript examples take 25
     // to 45 s each to compile, once.
@@ -150,7 +170,7 @@ fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         .current_dir(&root)
         .arg("serve")
         .arg("--config")
-        .arg(root.join("examples/plugbus.toml"))
+        .arg(&config)
         .arg("--listen")
         .arg(args.listen.to_string())
         .arg("--plugins")
@@ -158,6 +178,7 @@ fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         .arg("--data")
         .arg(&data)
         .args(["--stdin", "--keep-serving"])
+        .env(crate::webhook::TOKEN_VAR, crate::webhook::TOKEN)
         .stdin(events);
     // Registered before the host starts, so that no signal and no exit of
     // the host is missed.

