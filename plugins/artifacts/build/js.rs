@@ -133,7 +133,7 @@ fn build_all(workspace: &Path, tools: &Path, plugins: &[JsPlugin]) {
     let sdk_inputs = [
         workspace.join("guest-sdk/js/plugbus"),
         workspace.join("guest-sdk/js/package-lock.json"),
-        workspace.join("wit/plugbus.wit"),
+        workspace.join("wit/v0.2.0/plugbus.wit"),
     ];
     let stale: Vec<(&JsPlugin, String)> = plugins
         .iter()
@@ -166,7 +166,7 @@ fn build_one(workspace: &Path, tools: &Path, plugin: &JsPlugin, stamp: &str) {
         .arg(&build_js)
         .arg(plugin.dir.join("handler.js"))
         .arg(&plugin.wasm)
-        .arg(workspace.join("wit/plugbus.wit"))
+        .arg(workspace.join("wit/v0.2.0/plugbus.wit"))
         .env("PLUGBUS_JS_TOOLS", tools);
     let shown = format!(
         "cd {} && PLUGBUS_JS_TOOLS={} node {} {} {} {}",
@@ -175,7 +175,7 @@ fn build_one(workspace: &Path, tools: &Path, plugin: &JsPlugin, stamp: &str) {
         build_js.display(),
         plugin.dir.join("handler.js").display(),
         plugin.wasm.display(),
-        workspace.join("wit/plugbus.wit").display()
+        workspace.join("wit/v0.2.0/plugbus.wit").display()
     );
     let output = command.output().unwrap_or_else(|e| {
         panic!(

@@ -69,7 +69,8 @@ pub fn extend(workspace: &Path, generated: String) -> String {
         std::fs::create_dir_all(&out_dir)
             .unwrap_or_else(|e| panic!("create {}: {e}", out_dir.display()));
         let sdk = workspace.join("guest-sdk/python");
-        let wit = workspace.join("wit");
+        // WIT 0.2.0 until the Python SDK targets 0.3.0 (the host serves both).
+        let wit = workspace.join("wit/v0.2.0");
         std::thread::scope(|scope| {
             for plugin in &plugins {
                 let (tools, sdk, wit, out_dir) = (&tools, &sdk, &wit, &out_dir);
