@@ -644,7 +644,7 @@ async fn wit_v0_1() {
         host.plugin("acme-pos", "audit")
             .expect("loaded")
             .wit_version(),
-        "0.2.0"
+        "0.3.0"
     );
 
     // Its host functions work: it logs, and its emit reaches the audit log.
@@ -999,4 +999,87 @@ async fn hostile_amplification_stays_within_the_chain_budget() {
     assert_eq!(budget_of("root"), None, "a published event has none");
     let shares: Vec<_> = root.emitted.iter().map(|e| budget_of(&e.id)).collect();
     assert_eq!(shares, vec![Some(9); 10]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wit_v0_2() {
+    let dir = PluginsDir::new();
+    dir.add(
+        "acme-pos",
+        "older",
+        artifacts::FIXTURE_WIT_V0_2,
+        Some("subscribe = [\"order.*\", \"v02.fail\"]"),
+    );
+    dir.add(
+        "acme-pos",
+        "audit",
+        artifacts::AUDIT_LOG,
+        Some("subscribe = [\"v02.*\"]"),
+    );
+    let (host, report) = host_for(&dir);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let older = host.plugin("acme-pos", "older").expect("loaded");
+    assert_eq!(older.wit_version(), "0.2.0");
+    assert!(older.batching(), "0.2.0 plugins are batched");
+    assert_eq!(
+        host.plugin("acme-pos", "audit")
+            .expect("loaded")
+            .wit_version(),
+        "0.3.0"
+    );
+
+    // Its host functions work: it logs, reads and writes state, and its
+    // emit reaches the audit log.
+    let d = publish(&host, "acme-pos", "order.created", "o-1").await;
+    assert_eq!(d.len(), 2, "{d:#?}");
+    assert_eq!(d[0].outcome, Outcome::Handled, "{d:#?}");
+    assert_eq!(d[1].plugin, "audit");
+    assert_eq!(d[1].event_type, "v02.seen");
+    assert_eq!(d[1].causation_id.as_deref(), Some("o-1"));
+    let count = || {
+        host.state_store()
+            .get("acme-pos", "older", "count")
+            .expect("the in-memory store answers")
+    };
+    assert_eq!(count().as_deref(), Some(&b"1"[..]));
+    // Its handler errors keep their kind.
+    let d = publish(&host, "acme-pos", "v02.fail", "f-1").await;
+    let f = failure(to_plugin(&d, "older")[0]);
+    assert_eq!(f.kind, FailureKind::HandlerRetryable);
+    assert_eq!(f.message, "asked to fail");
+
+    // One event through `handle`, with its attempt.
+    let (d, emitted) = older
+        .deliver(&event(
+            "acme-pos",
+            "order.created",
+            "h-1",
+            serde_json::json!({}),
+        ))
+        .expect("a valid event");
+    assert!(d.outcome.is_handled(), "{d:#?}");
+    assert_eq!(emitted.len(), 1);
+    assert_eq!(emitted[0].data(), b"h-1/1/2/handle");
+
+    // Many events at once go through `handle-batch`, each seeing the state
+    // written by those before it.
+    let events: Vec<_> = (0..20)
+        .map(|i| {
+            event(
+                "acme-pos",
+                "order.created",
+                &format!("m-{i}"),
+                serde_json::json!({}),
+            )
+        })
+        .collect();
+    let reports = older.deliver_batch(&events).expect("valid events");
+    assert_eq!(reports.len(), 20);
+    for (i, (d, emitted)) in reports.iter().enumerate() {
+        assert!(d.outcome.is_handled(), "{d:#?}");
+        assert_eq!(emitted.len(), 1, "{d:#?}");
+        let data = String::from_utf8_lossy(emitted[0].data()).into_owned();
+        assert_eq!(data, format!("m-{i}/1/{}/batch", i + 3));
+    }
+    assert_eq!(count().as_deref(), Some(&b"22"[..]));
 }

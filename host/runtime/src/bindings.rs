@@ -4,15 +4,19 @@
 //! functions its plugins import, and their registration in a linker; an
 //! older version converts its types and delegates to the newest.
 //!
-//! - [`since_v0_2_0`] ([`latest`]): `wit/plugbus.wit`, the current
-//!   version (the event's `attempt`, interface `state`, and `batch.done`);
-//!   the host functions live here;
+//! - [`since_v0_3_0`] ([`latest`]): `wit/plugbus.wit`, the current
+//!   version (interface `secrets`, and `wasi:http/outgoing-handler`); the
+//!   host functions live here;
+//! - [`since_v0_2_0`]: `wit/v0.2.0/plugbus.wit` (the event's `attempt`,
+//!   interface `state`, and `batch.done`); its imports are served by the
+//!   latest version's host functions, and its plugins are batched like the
+//!   latest's;
 //! - [`since_v0_1_0`]: `wit/v0.1.0/plugbus.wit`, so that plugins built
 //!   against the first release keep loading. Its imports are served by the
 //!   latest version's host functions; its plugins are called through
 //!   `handle` only.
 //!
-//! [`linker`] registers WASI and every version. A component is checked
+//! [`linker`] registers WASI, `wasi:http` and every version. A component is checked
 //! against the newest version first; [`Pre`] and [`Instance`] hold
 //! whichever it targets.
 
@@ -26,14 +30,22 @@ use plugbus_core::event::Event;
 pub mod since_v0_1_0;
 #[allow(missing_docs)] // generated code
 pub mod since_v0_2_0;
+#[allow(missing_docs)] // generated code
+pub mod since_v0_3_0;
 
-pub use since_v0_2_0 as latest;
+pub use since_v0_3_0 as latest;
 
 /// The versions of the contract the host serves, newest first.
-pub const VERSIONS: [&str; 2] = [since_v0_2_0::VERSION, since_v0_1_0::VERSION];
+pub const VERSIONS: [&str; 3] = [
+    since_v0_3_0::VERSION,
+    since_v0_2_0::VERSION,
+    since_v0_1_0::VERSION,
+];
 
 /// A component pre-instantiated against the version of the world it targets.
 pub(crate) enum Pre {
+    /// `plugbus:plugin/handler@0.3.0`.
+    V0_3(since_v0_3_0::HandlerPre<PluginState>),
     /// `plugbus:plugin/handler@0.2.0`.
     V0_2(since_v0_2_0::HandlerPre<PluginState>),
     /// `plugbus:plugin/handler@0.1.0`.
@@ -44,17 +56,22 @@ impl Pre {
     /// Checks the component's exports against each version, newest first.
     /// The error is the newest version's: what a plugin author should fix.
     pub fn new(instance_pre: InstancePre<PluginState>) -> Result<Self, wasmtime::Error> {
-        match since_v0_2_0::HandlerPre::new(instance_pre.clone()) {
-            Ok(pre) => Ok(Self::V0_2(pre)),
-            Err(current) => since_v0_1_0::HandlerPre::new(instance_pre)
-                .map(Self::V0_1)
-                .map_err(|_| current),
+        let current = match since_v0_3_0::HandlerPre::new(instance_pre.clone()) {
+            Ok(pre) => return Ok(Self::V0_3(pre)),
+            Err(current) => current,
+        };
+        if let Ok(pre) = since_v0_2_0::HandlerPre::new(instance_pre.clone()) {
+            return Ok(Self::V0_2(pre));
         }
+        since_v0_1_0::HandlerPre::new(instance_pre)
+            .map(Self::V0_1)
+            .map_err(|_| current)
     }
 
     /// The version of the contract the component targets.
     pub fn version(&self) -> &'static str {
         match self {
+            Self::V0_3(_) => since_v0_3_0::VERSION,
             Self::V0_2(_) => since_v0_2_0::VERSION,
             Self::V0_1(_) => since_v0_1_0::VERSION,
         }
@@ -63,6 +80,7 @@ impl Pre {
     /// The pre-instantiated component.
     pub fn instance_pre(&self) -> &InstancePre<PluginState> {
         match self {
+            Self::V0_3(pre) => pre.instance_pre(),
             Self::V0_2(pre) => pre.instance_pre(),
             Self::V0_1(pre) => pre.instance_pre(),
         }
@@ -75,6 +93,7 @@ impl Pre {
         instance: &ComponentInstance,
     ) -> Result<Instance, wasmtime::Error> {
         Ok(match self {
+            Self::V0_3(_) => Instance::V0_3(since_v0_3_0::Handler::new(store, instance)?),
             Self::V0_2(_) => Instance::V0_2(since_v0_2_0::Handler::new(store, instance)?),
             Self::V0_1(_) => Instance::V0_1(since_v0_1_0::Handler::new(store, instance)?),
         })
@@ -83,6 +102,8 @@ impl Pre {
 
 /// The typed exports of an instance, in its version of the world.
 pub(crate) enum Instance {
+    /// `plugbus:plugin/handler@0.3.0`.
+    V0_3(since_v0_3_0::Handler),
     /// `plugbus:plugin/handler@0.2.0`.
     V0_2(since_v0_2_0::Handler),
     /// `plugbus:plugin/handler@0.1.0`.
@@ -98,6 +119,9 @@ impl Instance {
         attempt: u32,
     ) -> Result<Result<(), HandlerError>, wasmtime::Error> {
         Ok(match self {
+            Self::V0_3(handler) => handler
+                .call_handle(store, &since_v0_3_0::event(event, attempt))?
+                .map_err(HandlerError::from),
             Self::V0_2(handler) => handler
                 .call_handle(store, &since_v0_2_0::event(event, attempt))?
                 .map_err(HandlerError::from),
@@ -108,13 +132,18 @@ impl Instance {
     }
 }
 
-/// Registers the imports of every served version of the world, WASI
-/// included, in a linker.
+/// Registers the imports of every served version of the world, WASI and
+/// `wasi:http` included, in a linker.
 pub(crate) fn linker(engine: &Engine) -> Result<Linker<PluginState>, wasmtime::Error> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    // Host calls that wait end at the delivery's deadline.
+    // `wasi:http/types` and `wasi:http/outgoing-handler`; its requests go
+    // through `PluginState`'s hooks (`crate::outbound`).
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
+    // Host calls that wait end at the delivery's deadline: registered
+    // after WASI and `wasi:http`, so that they shadow their versions.
     crate::deadline::add_to_linker(&mut linker)?;
+    since_v0_3_0::add_to_linker(&mut linker)?;
     since_v0_2_0::add_to_linker(&mut linker)?;
     since_v0_1_0::add_to_linker(&mut linker)?;
     Ok(linker)

@@ -24,8 +24,15 @@
 //! - `wasi:clocks` and `wasi:random`: reading a clock or random bytes (their
 //!   length capped by WASI) never waits; subscribing to a clock only creates a
 //!   pollable, which is waited for through `wasi:io/poll`;
-//! - the plugbus interfaces (`emit`, `log`, `config-get`, `state`, `batch`)
-//!   do bounded work on the host's own data.
+//! - the plugbus interfaces (`emit`, `log`, `config-get`, `state`,
+//!   `secrets`, `batch`) do bounded work on the host's own data;
+//! - `wasi:http` (WIT 0.3.0): `outgoing-handler.handle` starts the request
+//!   on the host's runtime and returns a future at once, which the guest
+//!   waits for through `wasi:io/poll`; but the streams of a request's and a
+//!   response's bodies are real streams, so their blocking calls above may
+//!   wait for the network: bounding those waits by the delivery's deadline
+//!   is the outbound hooks' work (`crate::outbound`, which sends every
+//!   request; a request they refuse opens no stream).
 //!
 //! So [`add_to_linker`] shadows `poll` and `[method]pollable.block` with
 //! versions that wait at most until the delivery's [`Deadline`], armed with

@@ -655,8 +655,8 @@ impl Plugin {
         Ok(self.settle(self.deliver_in_chain(Item::new(event, None), &Overlay::default())))
     }
 
-    /// The contract version the plugin's component targets, `0.2.0` or
-    /// `0.1.0` (see `wit/`).
+    /// The contract version the plugin's component targets, one of
+    /// [`crate::bindings::VERSIONS`] (see `wit/`).
     pub fn wit_version(&self) -> &'static str {
         self.pre.version()
     }

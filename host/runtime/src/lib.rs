@@ -30,6 +30,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod host;
 pub mod loader;
+pub(crate) mod outbound;
 mod overlay;
 pub mod registry;
 pub mod reload;

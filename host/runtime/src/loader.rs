@@ -1148,8 +1148,8 @@ pub(crate) fn build(
         version: version_of(&source.fingerprint),
         config: source.manifest.config.clone(),
     });
-    // Only the current version's batch layout is served.
-    let batch_export = matches!(pre, Pre::V0_2(_))
+    // Only the batch layout of 0.2.0 and later is served.
+    let batch_export = matches!(pre, Pre::V0_3(_) | Pre::V0_2(_))
         .then(|| component.get_export_index(None, "handle-batch"))
         .flatten();
     let plugin = Plugin::new(PluginParts {

@@ -1,5 +1,6 @@
 //! What a plugin instance's `Store` holds: a deny-by-default WASI context,
-//! the memory limiter, the bounded capture of stdout and stderr, the scope
+//! the `wasi:http` context and its hooks (`crate::outbound`), the memory
+//! limiter, the bounded capture of stdout and stderr, the scope
 //! of the delivery under way and, during a call of `handle-batch`, the
 //! batch's run. The host functions that read and write them, for every
 //! version of the world, are in module `bindings`; this module knows
@@ -14,6 +15,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use wasmtime_wasi_io::bytes::Bytes;
 
 use crate::deadline::{Deadline, HasDeadline, RecyclePolicy};
@@ -30,6 +32,11 @@ const MAX_TABLES: usize = 64;
 const MAX_MEMORIES: usize = 16;
 /// How many bytes of stderr are kept per delivery to explain a trap.
 const STDERR_TAIL: usize = 2048;
+/// The most bytes (of wasmtime-wasi-http's in-memory representation) one
+/// `wasi:http` fields resource (a request's or response's headers) may
+/// hold: about 8 KiB of headers on the wire, as HTTP servers commonly
+/// allow, with room for the representation's overhead.
+const MAX_HTTP_FIELDS_BYTES: usize = 64 * 1024;
 
 /// The bounds the host functions enforce, part of the host's
 /// configuration, and the state store they read.
@@ -180,7 +187,11 @@ pub(crate) struct DeliveryScope {
 /// The data of a plugin instance's `Store`.
 pub(crate) struct PluginState {
     wasi: WasiCtx,
+    /// The resources of WASI and `wasi:http`, in one table.
     table: ResourceTable,
+    http_ctx: WasiHttpCtx,
+    /// How the plugin's outbound HTTP requests are sent.
+    pub http: crate::outbound::Hooks,
     pub limiter: Limiter,
     /// When the delivery under way must end, for host calls that wait.
     pub deadline: Deadline,
@@ -222,9 +233,13 @@ impl PluginState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let mut http_ctx = WasiHttpCtx::new();
+        http_ctx.set_field_size_limit(MAX_HTTP_FIELDS_BYTES);
         Self {
             wasi,
             table: ResourceTable::new(),
+            http_ctx,
+            http: crate::outbound::Hooks,
             limiter: Limiter {
                 limit: memory_limit,
                 used: 0,
@@ -246,6 +261,16 @@ impl WasiView for PluginState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use wasmtime::component::{HasSelf, Linker};
 
-use super::since_v0_2_0 as latest;
+use super::since_v0_3_0 as latest;
 use crate::sandbox::{HandlerError, PluginState};
 use plugbus_core::event::Event;
 
