@@ -274,6 +274,19 @@ impl fmt::Display for OriginPattern {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for OriginPattern {
+    /// From its text; a refusal names the entry and what is wrong.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{:?} is refused: {e}",
+                crate::text::truncate(&text, 100)
+            ))
+        })
+    }
+}
+
 impl std::str::FromStr for OriginPattern {
     type Err = OriginError;
 
