@@ -683,6 +683,28 @@ impl Config {
         }
     }
 
+    /// The host's outbound HTTP policy: `[outbound]` and every tenant's
+    /// `[tenants.<t>.outbound]` ceiling.
+    pub fn outbound_config(&self) -> plugbus_runtime::OutboundConfig {
+        let o = &self.outbound;
+        plugbus_runtime::OutboundConfig {
+            // Range-checked when the file was read: it fits.
+            max_requests_per_delivery: u32::try_from(o.max_requests_per_delivery)
+                .unwrap_or(u32::MAX),
+            max_request_body_bytes: o.max_request_body_bytes,
+            max_response_body_bytes: o.max_response_body_bytes,
+            connect_timeout: Duration::from_millis(o.connect_timeout_ms),
+            first_byte_timeout: Duration::from_millis(o.first_byte_timeout_ms),
+            total_timeout: Duration::from_millis(o.total_timeout_ms),
+            allow_private: o.allow_private.clone(),
+            tenant_ceilings: self
+                .tenants
+                .iter()
+                .map(|(tenant, t)| (tenant.clone(), t.outbound.allow.clone()))
+                .collect(),
+        }
+    }
+
     /// The embedded log's settings: the duplicate window, the dead-letter
     /// quotas, and `[log]`'s read connections and tail cache.
     pub fn sqlite_log_config(&self) -> plugbus_log::SqliteLogConfig {
