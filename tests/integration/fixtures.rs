@@ -7,6 +7,8 @@ use plugbus_tests::{PluginsDir, event, failure, host_for, host_with, kind, publi
 
 // The `mixed` fixture's test lives with the other batch tests.
 use crate::batch::mixed;
+// The `http-probe` fixture's test lives with the other outbound tests.
+use crate::outbound::http_probe;
 // The `sleeper` fixture's test lives with the other isolation tests.
 use crate::isolation::sleeper;
 

@@ -8,6 +8,7 @@ mod fixtures;
 mod isolation;
 mod js;
 mod loading;
+mod outbound;
 mod publish;
 mod python;
 mod reload;

@@ -299,6 +299,18 @@ pub const METRICS: &[Metric] = &[
         "Writes to the event log that failed.",
     ),
     metric(
+        "plugbus_outbound_request_seconds",
+        Histogram,
+        &["tenant", "plugin"],
+        "Time from a plugin's outbound HTTP request to its response's headers, or to its failure.",
+    ),
+    metric(
+        "plugbus_outbound_requests_total",
+        Counter,
+        &["tenant", "plugin", "result"],
+        "Outbound HTTP requests of plugins, by result: ok, denied (not in the manifest's [http] allow), private_address, limit, timeout or error.",
+    ),
+    metric(
         "plugbus_plugins_refused_total",
         Counter,
         &["tenant", "reason"],

@@ -4,6 +4,8 @@
 //! or HTTP in it:
 //! - [`event`]: the CloudEvents 1.0 envelope of one tenant, and its formats;
 //! - [`manifest`]: plugin manifests, subscriptions, limits and names;
+//! - [`outbound`]: outbound HTTP origins (`[http] allow`) and the
+//!   addresses refused unless the operator allows them;
 //! - [`outcome`]: how a delivery ended, and the kinds of failure;
 //! - [`state`]: the interface of the plugins' key-value state, and an
 //!   in-memory store;
@@ -14,6 +16,7 @@
 pub mod clock;
 pub mod event;
 pub mod manifest;
+pub mod outbound;
 pub mod outcome;
 pub mod state;
 pub mod text;

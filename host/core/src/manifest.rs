@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::outbound::{OriginError, OriginPattern};
+
+/// The most entries a manifest's `[http] allow` list may hold.
+pub const MAX_HTTP_ALLOW: usize = 64;
+
 /// The longest tenant or plugin name accepted.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -205,6 +210,10 @@ pub struct Manifest {
     /// included (`[retry] max_attempts`, 1 to 100); the host's default
     /// when absent.
     pub max_attempts: Option<u32>,
+    /// The origins the plugin may send HTTP requests to (`[http] allow`;
+    /// none by default), each within its tenant's ceiling (checked where
+    /// the plugin is loaded).
+    pub http_allow: Vec<OriginPattern>,
 }
 
 /// Where a plugin without a cursor starts reading the durable log.
@@ -230,6 +239,7 @@ impl Manifest {
             config: BTreeMap::new(),
             start: Start::Latest,
             max_attempts: None,
+            http_allow: Vec::new(),
         }
     }
 
@@ -289,12 +299,14 @@ impl Manifest {
             }
             other => other,
         };
+        let http_allow = parse_http_allow(raw.http.and_then(|h| h.allow).unwrap_or_default())?;
         Ok(Self {
             subscribe,
             limits,
             config: raw.config.unwrap_or_default(),
             start,
             max_attempts,
+            http_allow,
         })
     }
 
@@ -302,6 +314,27 @@ impl Manifest {
     pub fn subscribes_to(&self, ty: &str) -> bool {
         self.subscribe.iter().any(|s| s.matches(ty))
     }
+}
+
+/// Parses `[http] allow`: at most [`MAX_HTTP_ALLOW`] origin patterns, no
+/// two the same (after the scheme's default port is filled in and case is
+/// folded).
+fn parse_http_allow(entries: Vec<String>) -> Result<Vec<OriginPattern>, ManifestError> {
+    if entries.len() > MAX_HTTP_ALLOW {
+        return Err(ManifestError::HttpAllowTooMany(entries.len()));
+    }
+    let mut patterns: Vec<OriginPattern> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let pattern = OriginPattern::parse(&entry).map_err(|source| ManifestError::HttpAllow {
+            entry: entry.clone(),
+            source,
+        })?;
+        if patterns.contains(&pattern) {
+            return Err(ManifestError::HttpAllowDuplicate(entry));
+        }
+        patterns.push(pattern);
+    }
+    Ok(patterns)
 }
 
 /// Why a manifest was refused.
@@ -320,6 +353,20 @@ pub enum ManifestError {
     /// `start` is neither `latest` nor `earliest`.
     #[error("{0}")]
     Start(String),
+    /// An entry of `[http] allow` is not a valid origin pattern.
+    #[error("http.allow: {entry:?} is refused: {source}")]
+    HttpAllow {
+        /// The entry as written.
+        entry: String,
+        /// What is wrong with it.
+        source: OriginError,
+    },
+    /// An entry of `[http] allow` repeats an earlier one.
+    #[error("http.allow: {0:?} is listed twice")]
+    HttpAllowDuplicate(String),
+    /// `[http] allow` has more than [`MAX_HTTP_ALLOW`] entries.
+    #[error("http.allow has {0} entries; at most {MAX_HTTP_ALLOW} are allowed")]
+    HttpAllowTooMany(usize),
 }
 
 #[derive(Deserialize)]
@@ -330,6 +377,13 @@ struct RawManifest {
     config: Option<BTreeMap<String, String>>,
     start: Option<String>,
     retry: Option<RawRetry>,
+    http: Option<RawHttp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    allow: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -491,6 +545,69 @@ mod tests {
         assert_eq!(m.limits.fuel, u64::MAX);
         let above = m.limits.above(&Limits::DEFAULT_CEILINGS).expect("above");
         assert_eq!((above.key, above.value), ("limits.fuel", u64::MAX));
+    }
+
+    #[test]
+    fn http_allow() {
+        let m = Manifest::parse(
+            "[http]\nallow = [\"https://api.example.com\", \"https://*.hooks.example.com:443\", \"http://127.0.0.1:8080\"]\n",
+            Limits::default(),
+        )
+        .expect("valid");
+        let shown: Vec<String> = m.http_allow.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "https://api.example.com",
+                "https://*.hooks.example.com",
+                "http://127.0.0.1:8080"
+            ]
+        );
+        assert!(
+            Manifest::parse("", Limits::default())
+                .expect("valid")
+                .http_allow
+                .is_empty()
+        );
+        assert!(
+            Manifest::parse("[http]\n", Limits::default())
+                .expect("valid")
+                .http_allow
+                .is_empty()
+        );
+        let err = Manifest::parse(
+            "[http]\nallow = [\"https://a.example.com/path\"]",
+            Limits::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, ManifestError::HttpAllow { entry, source: OriginError::Path } if entry == "https://a.example.com/path"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("https://a.example.com/path"),
+            "{err}"
+        );
+        let err = Manifest::parse(
+            "[http]\nallow = [\"https://a.example.com\", \"HTTPS://A.example.com:443/\"]",
+            Limits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ManifestError::HttpAllowDuplicate("HTTPS://A.example.com:443/".into())
+        );
+        let many: Vec<String> = (0..=MAX_HTTP_ALLOW)
+            .map(|i| format!("\"https://h{i}.example.com\""))
+            .collect();
+        let err = Manifest::parse(
+            &format!("[http]\nallow = [{}]", many.join(",")),
+            Limits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err, ManifestError::HttpAllowTooMany(MAX_HTTP_ALLOW + 1));
+        let err = Manifest::parse("[http]\ndeny = []", Limits::default()).unwrap_err();
+        assert!(matches!(err, ManifestError::Syntax(_)), "{err}");
     }
 
     #[test]

@@ -57,6 +57,15 @@
 //! body_timeout_ms = 30_000
 //! max_connections = 1024
 //!
+//! [outbound]                      # plugins' HTTP requests (wasi:http), within [http] allow of their manifest
+//! max_requests_per_delivery = 16
+//! max_request_body_bytes = 1048576
+//! max_response_body_bytes = 4194304
+//! connect_timeout_ms = 5000
+//! first_byte_timeout_ms = 10_000
+//! total_timeout_ms = 30_000        # every one of these also ends at the delivery's deadline
+//! allow_private = []               # CIDRs of loopback/private/link-local/metadata addresses allowed, e.g. ["127.0.0.1/32"]
+//!
 //! [quotas]                        # every tenant's, unless its own section says otherwise
 //! max_plugins = 100
 //! ingest_events_per_second = 10_000
@@ -104,6 +113,9 @@
 //! [tenants.acme-pos]
 //! token_sha256 = "…"
 //! max_plugins = 10                # and the rates and dead letters, for this tenant alone
+//!
+//! [tenants.acme-pos.outbound]     # the tenant's ceiling: every [http] allow entry of its plugins'
+//! allow = ["https://*.example.com"]  # manifests must be covered by one of these (default: none)
 //! ```
 //!
 //! Tokens are stored as the hex SHA-256 of the token, never the token.
@@ -112,6 +124,17 @@
 //! serve` starts ([`Config::nats_log_config`]). With the NATS backend the
 //! duplicate window is still `delivery.dedupe_hours` and the dead-letter
 //! quotas are still `[quotas]`'s and the tenants', as for the embedded log.
+//!
+//! `[outbound]` bounds every outbound HTTP request of a plugin; each timeout
+//! also ends at the delivery's own deadline. Addresses on loopback, private,
+//! link-local (the cloud metadata service), carrier-grade NAT,
+//! documentation, multicast and reserved networks are refused after DNS
+//! resolution unless `allow_private` holds a CIDR that covers them (see
+//! [`plugbus_core::outbound::is_refused_by_default`]); at most 256 CIDRs. A
+//! tenant's `[tenants.<t>.outbound] allow` (at most 256 origins, written
+//! like a manifest's `[http] allow`, wildcards included) is its ceiling: a
+//! plugin whose manifest allows an origin no entry covers fails to load,
+//! naming the entry. Without it the tenant's plugins may call nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -214,6 +237,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// HTTP request limits.
     pub http: HttpConfig,
+    /// Plugins' outbound HTTP requests: limits and private networks allowed.
+    pub outbound: OutboundConfig,
     /// Every tenant's quotas, unless its own `[tenants.<t>]` section sets them.
     pub quotas: QuotasConfig,
     /// The `/metrics` scrape.
@@ -349,6 +374,76 @@ pub struct HttpConfig {
     pub body_timeout_ms: u64,
     /// The most connections open at once (default 1024); more are refused.
     pub max_connections: u64,
+}
+
+/// Plugins' outbound HTTP requests (`[outbound]`): limits on each, and the
+/// networks refused by default that the operator allows.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Requests one delivery may send (default 16, 1–10,000).
+    pub max_requests_per_delivery: u64,
+    /// The largest request body, in bytes (default 1 MiB, 0–1 GiB).
+    pub max_request_body_bytes: u64,
+    /// The largest response body, in bytes (default 4 MiB, 1 KiB–1 GiB).
+    pub max_response_body_bytes: u64,
+    /// How long resolving and connecting (TLS included) may take, in
+    /// milliseconds (default 5,000, 100–600,000).
+    pub connect_timeout_ms: u64,
+    /// How long from the request's start to its response's headers, in
+    /// milliseconds (default 10,000, 100–3,600,000).
+    pub first_byte_timeout_ms: u64,
+    /// How long from the request's start to the end of its response's
+    /// body, in milliseconds (default 30,000, 100–3,600,000).
+    pub total_timeout_ms: u64,
+    /// Networks, as CIDRs (`127.0.0.1/32`, `10.0.0.0/8`, `::1/128`), whose
+    /// addresses plugins may connect to although they are refused by
+    /// default (default none; at most 256).
+    #[serde(deserialize_with = "cidrs")]
+    pub allow_private: Vec<ipnet::IpNet>,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self {
+            max_requests_per_delivery: 16,
+            max_request_body_bytes: MIB,
+            max_response_body_bytes: 4 * MIB,
+            connect_timeout_ms: 5_000,
+            first_byte_timeout_ms: 10_000,
+            total_timeout_ms: 30_000,
+            allow_private: Vec::new(),
+        }
+    }
+}
+
+/// Reads a list of CIDRs, naming the one that is not.
+fn cidrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| {
+            text.parse().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{:?} is not a CIDR such as \"127.0.0.1/32\" or \"fd00::/8\"",
+                    plugbus_core::text::truncate(text, 100)
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The most CIDRs in `outbound.allow_private`, and origins in a tenant's
+/// `outbound.allow`.
+const MAX_OUTBOUND_ENTRIES: usize = 256;
+
+/// A tenant's outbound ceiling (`[tenants.<t>.outbound]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantOutboundConfig {
+    /// The origins the tenant's plugins may be allowed to call: each entry
+    /// of a manifest's `[http] allow` must be covered by one of these
+    /// (default none: the tenant's plugins may call nothing).
+    pub allow: Vec<plugbus_core::outbound::OriginPattern>,
 }
 
 /// A tenant's quotas. `[quotas]` sets everyone's; a tenant's own section
@@ -562,6 +657,9 @@ pub struct TenantConfig {
     pub max_dead_letters: Option<u64>,
     /// See [`QuotasConfig::max_dead_letter_mib`].
     pub max_dead_letter_mib: Option<u64>,
+    /// The tenant's outbound ceiling (default: none allowed).
+    #[serde(default)]
+    pub outbound: TenantOutboundConfig,
 }
 
 impl Config {
@@ -582,6 +680,28 @@ impl Config {
                 max_dead_letters: t.max_dead_letters.unwrap_or(base.max_dead_letters),
                 max_dead_letter_mib: t.max_dead_letter_mib.unwrap_or(base.max_dead_letter_mib),
             },
+        }
+    }
+
+    /// The host's outbound HTTP policy: `[outbound]` and every tenant's
+    /// `[tenants.<t>.outbound]` ceiling.
+    pub fn outbound_config(&self) -> plugbus_runtime::OutboundConfig {
+        let o = &self.outbound;
+        plugbus_runtime::OutboundConfig {
+            // Range-checked when the file was read: it fits.
+            max_requests_per_delivery: u32::try_from(o.max_requests_per_delivery)
+                .unwrap_or(u32::MAX),
+            max_request_body_bytes: o.max_request_body_bytes,
+            max_response_body_bytes: o.max_response_body_bytes,
+            connect_timeout: Duration::from_millis(o.connect_timeout_ms),
+            first_byte_timeout: Duration::from_millis(o.first_byte_timeout_ms),
+            total_timeout: Duration::from_millis(o.total_timeout_ms),
+            allow_private: o.allow_private.clone(),
+            tenant_ceilings: self
+                .tenants
+                .iter()
+                .map(|(tenant, t)| (tenant.clone(), t.outbound.allow.clone()))
+                .collect(),
         }
     }
 
@@ -727,6 +847,7 @@ impl Default for Config {
             instances: InstancesConfig::default(),
             delivery: DeliveryConfig::default(),
             http: HttpConfig::default(),
+            outbound: OutboundConfig::default(),
             quotas: QuotasConfig::default(),
             metrics: MetricsConfig::default(),
             otlp: OtlpConfig::default(),
@@ -1032,6 +1153,63 @@ impl Config {
             1,
             1_000_000,
         )?;
+        let o = &self.outbound;
+        range(
+            "outbound.max_requests_per_delivery",
+            o.max_requests_per_delivery,
+            1,
+            10_000,
+        )?;
+        range(
+            "outbound.max_request_body_bytes",
+            o.max_request_body_bytes,
+            0,
+            1 << 30,
+        )?;
+        range(
+            "outbound.max_response_body_bytes",
+            o.max_response_body_bytes,
+            1024,
+            1 << 30,
+        )?;
+        range(
+            "outbound.connect_timeout_ms",
+            o.connect_timeout_ms,
+            100,
+            600_000,
+        )?;
+        range(
+            "outbound.first_byte_timeout_ms",
+            o.first_byte_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        range(
+            "outbound.total_timeout_ms",
+            o.total_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        if o.allow_private.len() > MAX_OUTBOUND_ENTRIES {
+            return Err(invalid(
+                "outbound.allow_private",
+                format!(
+                    "has {} entries; at most {MAX_OUTBOUND_ENTRIES} are allowed",
+                    o.allow_private.len()
+                ),
+            ));
+        }
+        for (tenant, t) in &self.tenants {
+            if t.outbound.allow.len() > MAX_OUTBOUND_ENTRIES {
+                return Err(invalid(
+                    &format!("tenants.{tenant}.outbound.allow"),
+                    format!(
+                        "has {} entries; at most {MAX_OUTBOUND_ENTRIES} are allowed",
+                        t.outbound.allow.len()
+                    ),
+                ));
+            }
+        }
         check_quotas("quotas", &self.quotas, &range)?;
         for tenant in self.tenants.keys() {
             check_quotas(
@@ -1392,6 +1570,67 @@ mod tests {
         assert_eq!(config.otlp.sample_ratio, 0.25);
         assert_eq!(config.otlp.service_name, "plugbus");
         assert_eq!(config.tenants["acme-pos"].token_sha256, hash);
+        Ok(())
+    }
+
+    #[test]
+    fn outbound_settings() -> Result<(), ConfigError> {
+        let defaults = parse("")?;
+        assert_eq!(defaults.outbound, OutboundConfig::default());
+        assert_eq!(defaults.outbound.max_requests_per_delivery, 16);
+        assert!(defaults.outbound.allow_private.is_empty());
+        let hash = hash_token("t");
+        let config = parse(&format!(
+            r#"
+            [outbound]
+            max_requests_per_delivery = 4
+            total_timeout_ms = 2000
+            allow_private = ["127.0.0.1/32", "fd00::/8"]
+            [tenants.acme-pos]
+            token_sha256 = "{hash}"
+            [tenants.acme-pos.outbound]
+            allow = ["https://*.example.com", "http://127.0.0.1:8080"]
+            "#
+        ))?;
+        assert_eq!(config.outbound.max_requests_per_delivery, 4);
+        assert_eq!(config.outbound.total_timeout_ms, 2000);
+        assert_eq!(config.outbound.connect_timeout_ms, 5000);
+        assert_eq!(config.outbound.allow_private.len(), 2);
+        let allow = &config.tenants["acme-pos"].outbound.allow;
+        assert_eq!(allow.len(), 2);
+        assert_eq!(allow[0].to_string(), "https://*.example.com");
+        let message = |text: &str| match parse(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        };
+        let m = message("[outbound]\nmax_requests_per_delivery = 0");
+        assert!(
+            m.contains("outbound.max_requests_per_delivery") && m.contains("1..=10000"),
+            "{m}"
+        );
+        let m = message("[outbound]\nconnect_timeout_ms = 5");
+        assert!(m.contains("outbound.connect_timeout_ms"), "{m}");
+        let m = message("[outbound]\nmax_response_body_bytes = 1");
+        assert!(m.contains("outbound.max_response_body_bytes"), "{m}");
+        let m = message("[outbound]\nallow_private = [\"localhost\"]");
+        assert!(
+            m.contains("allow_private") && m.contains("\"localhost\""),
+            "{m}"
+        );
+        let m = message("[outbound]\nallow_privat = []");
+        assert!(m.contains("allow_privat"), "{m}");
+        let many: Vec<String> = (0..257)
+            .map(|i| format!("\"10.0.{}.{}/32\"", i / 256, i % 256))
+            .collect();
+        let m = message(&format!("[outbound]\nallow_private = [{}]", many.join(",")));
+        assert!(
+            m.contains("outbound.allow_private") && m.contains("257"),
+            "{m}"
+        );
+        let m = message(&format!(
+            "[tenants.acme]\ntoken_sha256 = \"{hash}\"\n[tenants.acme.outbound]\nallow = [\"https://a.example.com/x\"]"
+        ));
+        assert!(m.contains("allow") && m.contains("has a path"), "{m}");
         Ok(())
     }
 

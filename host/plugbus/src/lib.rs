@@ -64,6 +64,6 @@ pub use plugbus_core::{
 };
 pub use plugbus_runtime::{
     DeliverError, Delivery, EmittedEvent, Health, Host, HostConfig, HostError, InstanceMode,
-    LoadError, LoadReport, Plugin, PluginInfo, PluginStatus, PublishError, PublishReport,
-    ReloadEvent, StatsSnapshot, Watcher,
+    LoadError, LoadReport, OutboundConfig, Plugin, PluginInfo, PluginStatus, PublishError,
+    PublishReport, ReloadEvent, StatsSnapshot, Watcher,
 };

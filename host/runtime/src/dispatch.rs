@@ -115,6 +115,9 @@ pub struct Plugin {
     concurrency: usize,
     /// Its delivery metrics, resolved once.
     metrics: DeliveryMetrics,
+    /// What its outbound HTTP requests are checked against; `None` when
+    /// its manifest allows no origin. Given to its instances' hooks.
+    outbound: Option<Arc<crate::outbound::PluginOutbound>>,
 }
 
 /// A plugin's handles into the process's metrics recorder (no-ops when
@@ -435,6 +438,8 @@ pub(crate) struct PluginParts {
     pub concurrency: usize,
     /// The export `handle-batch`, when the component has one.
     pub batch_export: Option<ComponentExportIndex>,
+    /// The host's outbound HTTP policy.
+    pub outbound: Arc<crate::outbound::OutboundConfig>,
 }
 
 impl Plugin {
@@ -443,6 +448,14 @@ impl Plugin {
         let metrics = DeliveryMetrics::new(&parts.identity);
         let recycling =
             crate::deadline::Recycling::new(&parts.identity.tenant, &parts.identity.name);
+        let outbound = (!parts.manifest.http_allow.is_empty()).then(|| {
+            Arc::new(crate::outbound::PluginOutbound {
+                config: parts.outbound.clone(),
+                allow: parts.manifest.http_allow.clone(),
+                tenant: parts.identity.tenant.clone(),
+                plugin: parts.identity.name.clone(),
+            })
+        });
         Self {
             identity: parts.identity,
             manifest: parts.manifest,
@@ -464,6 +477,7 @@ impl Plugin {
             work: Condvar::new(),
             concurrency: parts.concurrency,
             metrics,
+            outbound,
         }
     }
 
@@ -555,6 +569,7 @@ impl Plugin {
             self.manifest.limits.memory_bytes,
         );
         let mut store = Store::new(&self.engine, state);
+        store.data_mut().http.plugin = self.outbound.clone();
         store.limiter(|s| &mut s.limiter);
         let instantiated = self.arm(&mut store).and_then(|()| {
             let instance = self.pre.instance_pre().instantiate(&mut store)?;
@@ -1200,6 +1215,7 @@ impl Plugin {
             refusals: 0,
             chain_budget,
             state: crate::overlay::PendingWrites::default(),
+            http_requests: Arc::default(),
         }
     }
 

@@ -133,6 +133,10 @@ pub struct HostConfig {
     /// [`default_limits`](Self::default_limits)' value, or [`Host::new`]
     /// fails.
     pub max_limits: Limits,
+    /// Plugins' outbound HTTP requests: the limits on each, the private
+    /// networks allowed, and every tenant's ceiling of the origins its
+    /// plugins' manifests may allow (default: nothing allowed).
+    pub outbound: crate::outbound::OutboundConfig,
     /// The largest manifest file accepted, in bytes (default 64 KiB).
     pub max_manifest_bytes: u64,
     /// The most plugins a tenant may have loaded (default 100), unless
@@ -205,6 +209,7 @@ impl Default for HostConfig {
             max_batch_commit_bytes: 16 * 1024 * 1024,
             max_error_bytes: 4096,
             max_limits: Limits::DEFAULT_CEILINGS,
+            outbound: crate::outbound::OutboundConfig::default(),
             max_manifest_bytes: 64 * 1024,
             max_plugins_per_tenant: 100,
             tenant_max_plugins: std::collections::BTreeMap::new(),
@@ -407,6 +412,7 @@ impl Host {
             max_limits: config.max_limits,
             max_plugin_bytes: config.max_plugin_bytes,
             max_manifest_bytes: config.max_manifest_bytes,
+            outbound: Arc::new(config.outbound.clone()),
             bounds: bounds.clone(),
             stats: stats.clone(),
             mode: config.instance_mode,

@@ -78,7 +78,7 @@ impl std::fmt::Display for FileKind {
 
 /// The reasons of [`LoadError::reason`]: the values of the `reason` label
 /// of the `plugbus_plugins_refused_total` counter.
-pub const REFUSAL_REASONS: [&str; 15] = [
+pub const REFUSAL_REASONS: [&str; 16] = [
     "io",
     "invalid_name",
     "tenant_symlink",
@@ -89,6 +89,7 @@ pub const REFUSAL_REASONS: [&str; 15] = [
     "invalid_manifest",
     "too_large",
     "limit_ceiling",
+    "outbound_ceiling",
     "quota",
     "not_a_component",
     "compile",
@@ -229,6 +230,20 @@ pub enum LoadError {
         /// The operator's setting of the ceiling (`limits.max.fuel`, ...).
         setting: &'static str,
     },
+    /// A manifest's `[http] allow` names an origin that its tenant's
+    /// ceiling does not cover.
+    #[error(
+        "{}: http.allow entry {entry:?} is not covered by tenant {tenant}'s ceiling (tenants.{tenant}.outbound.allow in plugbus.toml)",
+        path.display()
+    )]
+    OutboundCeiling {
+        /// The manifest.
+        path: PathBuf,
+        /// The tenant.
+        tenant: String,
+        /// The entry, in its canonical form.
+        entry: String,
+    },
     /// The tenant already has as many plugins as its quota allows.
     #[error(
         "{}: tenant {tenant} already has its quota of {quota} plugins ({setting} in plugbus.toml); this plugin is not loaded",
@@ -306,6 +321,7 @@ impl LoadError {
             | Self::Manifest { path, .. }
             | Self::TooLarge { path, .. }
             | Self::LimitCeiling { path, .. }
+            | Self::OutboundCeiling { path, .. }
             | Self::Quota { path, .. }
             | Self::NotWasm { path }
             | Self::CoreModule { path }
@@ -332,6 +348,7 @@ impl LoadError {
             Self::Manifest { .. } => "invalid_manifest",
             Self::TooLarge { .. } => "too_large",
             Self::LimitCeiling { .. } => "limit_ceiling",
+            Self::OutboundCeiling { .. } => "outbound_ceiling",
             Self::Quota { .. } => "quota",
             Self::NotWasm { .. } | Self::CoreModule { .. } => "not_a_component",
             Self::Compile { .. } => "compile",
@@ -815,6 +832,8 @@ pub(crate) struct LoadContext {
     pub max_limits: Limits,
     pub max_plugin_bytes: u64,
     pub max_manifest_bytes: u64,
+    /// The outbound HTTP policy, with the tenants' ceilings.
+    pub outbound: Arc<crate::outbound::OutboundConfig>,
     pub bounds: Arc<crate::sandbox::Bounds>,
     pub stats: Arc<crate::stats::Stats>,
     pub mode: crate::dispatch::InstanceMode,
@@ -1071,12 +1090,26 @@ pub(crate) fn read(ctx: &LoadContext, candidate: &Candidate) -> Result<Source, L
 }
 
 /// Refuses a plugin whose manifest asks for more than the operator's
-/// ceilings ([`LoadContext::max_limits`]).
+/// ceilings ([`LoadContext::max_limits`], and its tenant's outbound
+/// ceiling).
 pub(crate) fn check_ceilings(
     ctx: &LoadContext,
     candidate: &Candidate,
     manifest: &Manifest,
 ) -> Result<(), LoadError> {
+    if let Some(entry) = ctx
+        .outbound
+        .uncovered(&candidate.tenant, &manifest.http_allow)
+    {
+        return Err(LoadError::OutboundCeiling {
+            path: candidate
+                .manifest
+                .clone()
+                .unwrap_or_else(|| candidate.wasm.clone()),
+            tenant: candidate.tenant.clone(),
+            entry: entry.to_string(),
+        });
+    }
     match manifest.limits.above(&ctx.max_limits) {
         None => Ok(()),
         Some(above) => Err(LoadError::LimitCeiling {
@@ -1165,6 +1198,7 @@ pub(crate) fn build(
         fuel_metered: ctx.fuel_metered,
         concurrency: ctx.concurrency,
         batch_export,
+        outbound: ctx.outbound.clone(),
     });
     plugin.warm_up().map_err(|failure| LoadError::Instantiate {
         path: path.clone(),

@@ -182,6 +182,11 @@ pub(crate) struct DeliveryScope {
     /// The trace context (`traceparent`, `tracestate`) of the handled
     /// event, carried onto the events it emits.
     pub trace: Vec<(&'static str, String)>,
+    /// The outbound HTTP requests of the delivery so far: a fresh counter
+    /// for every delivery (every attempt, every event of a batch), which
+    /// [`crate::outbound::Hooks`] takes up at the delivery's first
+    /// `wasi:http` call.
+    pub http_requests: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// The data of a plugin instance's `Store`.
@@ -239,7 +244,7 @@ impl PluginState {
             wasi,
             table: ResourceTable::new(),
             http_ctx,
-            http: crate::outbound::Hooks,
+            http: crate::outbound::Hooks::default(),
             limiter: Limiter {
                 limit: memory_limit,
                 used: 0,
@@ -267,6 +272,10 @@ impl WasiView for PluginState {
 
 impl WasiHttpView for PluginState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
+        // The hooks see the delivery under way: its event, its trace, its
+        // request count (taken up when the delivery changed) and its
+        // deadline (re-armed for every event of a batch).
+        self.http.follow(&self.scope, self.deadline.at());
         WasiHttpCtxView {
             ctx: &mut self.http_ctx,
             table: &mut self.table,

@@ -687,6 +687,7 @@ pub fn host_config(settings: &Config, mode: Mode) -> plugbus::HostConfig {
         .iter()
         .filter_map(|(tenant, t)| Some((tenant.clone(), size(t.max_plugins?))))
         .collect();
+    config.outbound = settings.outbound_config();
     config
 }
 
