@@ -539,6 +539,13 @@ async fn a_server_that_never_answers_does_not_hold_the_delivery() {
             Behaviour::NeverRead,
             json!({"body": "x".repeat(4 * 1024 * 1024)}),
         ),
+        // The body written before the request is handed over: nobody
+        // reads it, and the guest blocks in blocking-write-and-flush.
+        (
+            "body-before-handle",
+            Behaviour::NeverAnswer,
+            json!({"body": "x".repeat(64 * 1024), "body_first": true}),
+        ),
     ] {
         let server = Server::start(behaviour).await;
         let origin = server.origin();
@@ -549,6 +556,9 @@ async fn a_server_that_never_answers_does_not_hold_the_delivery() {
         let mut request = json!({"method": "POST", "url": format!("{origin}/")});
         if let Some(body) = data.get("body") {
             request["body"] = body.clone();
+        }
+        if let Some(first) = data.get("body_first") {
+            request["body_first"] = first.clone();
         }
         let read_body = data.get("read_body").is_some();
         let (delivery, _) = run(

@@ -29,17 +29,18 @@
 //! - `wasi:http` (WIT 0.3.0): `outgoing-handler.handle` starts the request
 //!   on the host's runtime and returns a future at once, which the guest
 //!   waits for through `wasi:io/poll`; but the streams of a request's and a
-//!   response's bodies are real streams, so their blocking calls above may
-//!   wait for the network: bounding those waits by the delivery's deadline
-//!   is the outbound hooks' work (`crate::outbound`, which sends every
-//!   request; a request they refuse opens no stream).
+//!   response's bodies are real streams that wait for the network, or for
+//!   nobody: a guest can write a request body before it hands the request
+//!   to `handle`, and block once the body's buffer is full.
 //!
-//! So [`add_to_linker`] shadows `poll` and `[method]pollable.block` with
-//! versions that wait at most until the delivery's [`Deadline`], armed with
-//! the fuel and the epoch deadline for instantiation, for each event, and
-//! for each event of a batch. At the deadline the call returns a trap,
+//! So [`add_to_linker`] shadows `poll` and `[method]pollable.block`, and
+//! the blocking calls of `wasi:io/streams` listed above, with versions that
+//! wait at most until the delivery's [`Deadline`], armed with the fuel and
+//! the epoch deadline for instantiation, for each event, and for each event
+//! of a batch. At the deadline the call returns a trap,
 //! [`DeadlineExceeded`], which the delivery reports as a `timeout`, and the
-//! instance (and its store) is discarded like after any trap.
+//! instance (and its store) is discarded like after any trap. (Dropping a
+//! stream cancels it, which does not wait.)
 //!
 //! The wait does not depend on a tokio timer: the waiting thread parks with
 //! the time left as its timeout, so a guest is woken at its deadline even on
@@ -73,7 +74,9 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::WasiView;
 use wasmtime_wasi_io::bindings::wasi::io::poll as io_poll;
+use wasmtime_wasi_io::bindings::wasi::io::streams as io_streams;
 use wasmtime_wasi_io::poll::DynPollable;
+use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream};
 
 /// The `wasi:io/poll` interface as wasmtime-wasi defines it in the linker.
 ///
@@ -85,6 +88,13 @@ use wasmtime_wasi_io::poll::DynPollable;
 /// it, so an upgrade of wasmtime-wasi that moves to another version fails
 /// the host's start rather than leaving the shadows unused.
 const WASI_IO_POLL: &str = "wasi:io/poll@0.2.12";
+
+/// The `wasi:io/streams` interface as wasmtime-wasi defines it in the
+/// linker, whose blocking calls are shadowed the same way: since WIT 0.3.0
+/// a guest can hold streams that wait on the network (the bodies of its
+/// outbound HTTP requests and their responses), and a hostile one can
+/// block on a request body nobody reads.
+const WASI_IO_STREAMS: &str = "wasi:io/streams@0.2.12";
 
 /// How long past its time limit a delivery may still take to end, with
 /// epoch ticks of `epoch_tick` ([`crate::engine::EngineOptions::epoch_tick`]):
@@ -293,6 +303,53 @@ fn block<T: HasDeadline>(
     )?
 }
 
+/// The result of a blocking stream call as the guest receives it: the
+/// stream's error converted into its WIT form (a trap stays a trap).
+fn stream_result<R>(
+    table: &mut wasmtime::component::ResourceTable,
+    result: wasmtime_wasi_io::streams::StreamResult<R>,
+) -> wasmtime::Result<(Result<R, io_streams::StreamError>,)> {
+    match result {
+        Ok(value) => Ok((Ok(value),)),
+        Err(error) => Ok((Err(io_streams::Host::convert_stream_error(table, error)?),)),
+    }
+}
+
+/// Defines the deadline-bounded version of a blocking `wasi:io/streams`
+/// method: `$call` is the async method of wasmtime-wasi-io's host
+/// implementation it waits for.
+macro_rules! bounded_stream_call {
+    ($name:ident, $wit:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty, $trait:ident :: $call:ident) => {
+        fn $name<T: HasDeadline>(
+            mut store: StoreContextMut<'_, T>,
+            ($($arg,)*): ($($ty,)*),
+        ) -> wasmtime::Result<(Result<$ret, io_streams::StreamError>,)> {
+            let state = store.data_mut();
+            let deadline = state.deadline();
+            let table = state.ctx().table;
+            let result = wait_in(
+                concat!("wasi:io/streams.", $wit),
+                deadline,
+                io_streams::$trait::$call(&mut *table, $($arg),*),
+            )?;
+            stream_result(table, result)
+        }
+    };
+}
+
+bounded_stream_call!(blocking_read, "[method]input-stream.blocking-read",
+    (stream: Resource<DynInputStream>, len: u64) -> Vec<u8>, HostInputStream::blocking_read);
+bounded_stream_call!(blocking_skip, "[method]input-stream.blocking-skip",
+    (stream: Resource<DynInputStream>, len: u64) -> u64, HostInputStream::blocking_skip);
+bounded_stream_call!(blocking_write_and_flush, "[method]output-stream.blocking-write-and-flush",
+    (stream: Resource<DynOutputStream>, bytes: Vec<u8>) -> (), HostOutputStream::blocking_write_and_flush);
+bounded_stream_call!(blocking_write_zeroes_and_flush, "[method]output-stream.blocking-write-zeroes-and-flush",
+    (stream: Resource<DynOutputStream>, len: u64) -> (), HostOutputStream::blocking_write_zeroes_and_flush);
+bounded_stream_call!(blocking_flush, "[method]output-stream.blocking-flush",
+    (stream: Resource<DynOutputStream>) -> (), HostOutputStream::blocking_flush);
+bounded_stream_call!(blocking_splice, "[method]output-stream.blocking-splice",
+    (dest: Resource<DynOutputStream>, src: Resource<DynInputStream>, len: u64) -> u64, HostOutputStream::blocking_splice);
+
 /// Shadows the blocking functions of `wasi:io/poll`, which the WASI
 /// registration put in `linker`, with versions bounded by the delivery's
 /// deadline. Call it after registering WASI.
@@ -317,6 +374,19 @@ pub(crate) fn add_to_linker<T: HasDeadline + 'static>(
     let mut instance = linker.instance(WASI_IO_POLL)?;
     instance.func_wrap("poll", poll::<T>)?;
     instance.func_wrap("[method]pollable.block", block::<T>)?;
+    let mut streams = linker.instance(WASI_IO_STREAMS)?;
+    streams.func_wrap("[method]input-stream.blocking-read", blocking_read::<T>)?;
+    streams.func_wrap("[method]input-stream.blocking-skip", blocking_skip::<T>)?;
+    streams.func_wrap(
+        "[method]output-stream.blocking-write-and-flush",
+        blocking_write_and_flush::<T>,
+    )?;
+    streams.func_wrap(
+        "[method]output-stream.blocking-write-zeroes-and-flush",
+        blocking_write_zeroes_and_flush::<T>,
+    )?;
+    streams.func_wrap("[method]output-stream.blocking-flush", blocking_flush::<T>)?;
+    streams.func_wrap("[method]output-stream.blocking-splice", blocking_splice::<T>)?;
     linker.allow_shadowing(false);
     Ok(())
 }

@@ -196,11 +196,14 @@ fn count(plugin: &PluginOutbound, outcome: Outcome) {
 }
 
 /// The idempotency key of the `index`th request (from 0) of a delivery of
-/// event `event_id` to `plugin`: the same on every attempt.
-pub(crate) fn idempotency_key(event_id: &str, plugin: &str, index: u32) -> String {
+/// event `event_id` to `plugin` of `tenant`: the same on every attempt.
+/// The tenant is part of it because event ids are the publishers' own:
+/// two tenants' events of one id, handled by plugins of one name, must not
+/// share keys at a service both call.
+pub(crate) fn idempotency_key(tenant: &str, event_id: &str, plugin: &str, index: u32) -> String {
     let mut hash = Sha256::new();
-    // Lengths first, so that no two triples hash the same bytes.
-    for part in [event_id.as_bytes(), plugin.as_bytes()] {
+    // Lengths first, so that no two tuples hash the same bytes.
+    for part in [tenant.as_bytes(), event_id.as_bytes(), plugin.as_bytes()] {
         hash.update((part.len() as u64).to_be_bytes());
         hash.update(part);
     }
@@ -227,6 +230,9 @@ struct Prepared {
     port: u16,
     plugin: Arc<PluginOutbound>,
     deadline: Option<Instant>,
+    /// The guest's own timeouts (`request-options`), which may only
+    /// shorten the host's.
+    options: wasmtime_wasi_http::RequestOptions,
 }
 
 impl Hooks {
@@ -253,6 +259,7 @@ impl Hooks {
     fn prepare(
         &mut self,
         mut request: http::Request<WasiBody>,
+        options: wasmtime_wasi_http::RequestOptions,
     ) -> Result<Prepared, (Option<Arc<PluginOutbound>>, Error)> {
         let Some(plugin) = self.plugin.clone() else {
             tracing::debug!("outbound request refused: the plugin allows no origin");
@@ -295,6 +302,7 @@ impl Hooks {
         let key = HeaderName::from_static("idempotency-key");
         if !headers.contains_key(&key)
             && let Ok(value) = HeaderValue::from_str(&idempotency_key(
+                &plugin.tenant,
                 &self.delivery.event_id,
                 &plugin.plugin,
                 index,
@@ -325,6 +333,7 @@ impl Hooks {
             port,
             plugin,
             deadline: self.delivery.deadline.map(Instant::from_std),
+            options,
         })
     }
 }
@@ -333,10 +342,10 @@ impl WasiHttpHooks for Hooks {
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
-        match self.prepare(request) {
+        match self.prepare(request, options.unwrap_or_default()) {
             Err((plugin, error)) => {
                 if let Some(plugin) = plugin {
                     count(&plugin, Outcome::of(&error));
@@ -409,11 +418,19 @@ async fn connect_and_send(prepared: Prepared, started: Instant) -> SendResult {
         port,
         plugin,
         deadline,
+        options,
     } = prepared;
     let config = &plugin.config;
+    let shorter = |host: Duration, guest: Option<Duration>| guest.map_or(host, |g| g.min(host));
     let total_at = earliest(started + config.total_timeout, deadline);
-    let connect_at = earliest(started + config.connect_timeout, Some(total_at));
-    let first_byte_at = earliest(started + config.first_byte_timeout, Some(total_at));
+    let connect_at = earliest(
+        started + shorter(config.connect_timeout, options.connect_timeout),
+        Some(total_at),
+    );
+    let first_byte_at = earliest(
+        started + shorter(config.first_byte_timeout, options.first_byte_timeout),
+        Some(total_at),
+    );
 
     // Resolve, and keep the addresses the policy allows.
     let bare = host
@@ -641,15 +658,19 @@ mod tests {
 
     #[test]
     fn idempotency_keys_depend_on_event_plugin_and_index() {
-        let a = idempotency_key("evt-1", "notify", 0);
+        let a = idempotency_key("acme", "evt-1", "notify", 0);
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(a, idempotency_key("evt-1", "notify", 0));
-        assert_ne!(a, idempotency_key("evt-1", "notify", 1));
-        assert_ne!(a, idempotency_key("evt-2", "notify", 0));
-        assert_ne!(a, idempotency_key("evt-1", "other", 0));
-        // No ambiguity between where the event id ends and the name starts.
-        assert_ne!(idempotency_key("ab", "c", 0), idempotency_key("a", "bc", 0));
+        assert_eq!(a, idempotency_key("acme", "evt-1", "notify", 0));
+        assert_ne!(a, idempotency_key("acme", "evt-1", "notify", 1));
+        assert_ne!(a, idempotency_key("acme", "evt-2", "notify", 0));
+        assert_ne!(a, idempotency_key("acme", "evt-1", "other", 0));
+        assert_ne!(a, idempotency_key("globex", "evt-1", "notify", 0));
+        // No ambiguity between where one part ends and the next starts.
+        assert_ne!(
+            idempotency_key("t", "ab", "c", 0),
+            idempotency_key("t", "a", "bc", 0)
+        );
     }
 
     #[test]
