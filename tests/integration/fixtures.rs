@@ -9,6 +9,8 @@ use plugbus_tests::{PluginsDir, event, failure, host_for, host_with, kind, publi
 use crate::batch::mixed;
 // The `sleeper` fixture's test lives with the other isolation tests.
 use crate::isolation::sleeper;
+// The `secret-probe` fixture's test lives with the other secrets tests.
+use crate::secrets::secret_probe;
 
 macro_rules! assert_fixture_has_test {
     ($name:ident) => {

@@ -11,3 +11,4 @@ mod loading;
 mod publish;
 mod python;
 mod reload;
+mod secrets;

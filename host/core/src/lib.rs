@@ -5,6 +5,7 @@
 //! - [`event`]: the CloudEvents 1.0 envelope of one tenant, and its formats;
 //! - [`manifest`]: plugin manifests, subscriptions, limits and names;
 //! - [`outcome`]: how a delivery ended, and the kinds of failure;
+//! - [`secrets`]: tenants' secrets, their sources, and their scrubbing;
 //! - [`state`]: the interface of the plugins' key-value state, and an
 //!   in-memory store;
 //! - [`trace`]: the W3C trace context that events carry into spans;
@@ -15,6 +16,7 @@ pub mod clock;
 pub mod event;
 pub mod manifest;
 pub mod outcome;
+pub mod secrets;
 pub mod state;
 pub mod text;
 pub mod trace;

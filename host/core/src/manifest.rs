@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::secrets::SecretName;
+
 /// The longest tenant or plugin name accepted.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -205,6 +207,10 @@ pub struct Manifest {
     /// included (`[retry] max_attempts`, 1 to 100); the host's default
     /// when absent.
     pub max_attempts: Option<u32>,
+    /// The names of its tenant's secrets the plugin may read
+    /// (`[secrets] grant`), each once, in the manifest's order; none by
+    /// default.
+    pub secrets: Vec<SecretName>,
 }
 
 /// Where a plugin without a cursor starts reading the durable log.
@@ -230,6 +236,7 @@ impl Manifest {
             config: BTreeMap::new(),
             start: Start::Latest,
             max_attempts: None,
+            secrets: Vec::new(),
         }
     }
 
@@ -289,12 +296,22 @@ impl Manifest {
             }
             other => other,
         };
+        let mut secrets: Vec<SecretName> = Vec::new();
+        for name in raw.secrets.map(|s| s.grant).unwrap_or_default() {
+            if secrets.contains(&name) {
+                return Err(ManifestError::Secrets(format!(
+                    "secrets.grant names {name:?} twice"
+                )));
+            }
+            secrets.push(name);
+        }
         Ok(Self {
             subscribe,
             limits,
             config: raw.config.unwrap_or_default(),
             start,
             max_attempts,
+            secrets,
         })
     }
 
@@ -320,6 +337,10 @@ pub enum ManifestError {
     /// `start` is neither `latest` nor `earliest`.
     #[error("{0}")]
     Start(String),
+    /// `[secrets] grant` names a secret twice. (A malformed name is a
+    /// [`ManifestError::Syntax`] error, which names the key and position.)
+    #[error("{0}")]
+    Secrets(String),
 }
 
 #[derive(Deserialize)]
@@ -330,6 +351,16 @@ struct RawManifest {
     config: Option<BTreeMap<String, String>>,
     start: Option<String>,
     retry: Option<RawRetry>,
+    secrets: Option<RawSecrets>,
+}
+
+/// `[secrets]`: the tenant's secrets the plugin may read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    /// Their names, validated as they are read.
+    #[serde(default)]
+    grant: Vec<SecretName>,
 }
 
 #[derive(Deserialize)]
@@ -513,5 +544,28 @@ mod tests {
         assert!(err.to_string().contains("threshold"), "{err}");
         let err = Manifest::parse("subscribe = [\"a*\"]", Limits::default()).unwrap_err();
         assert!(matches!(err, ManifestError::Subscribe(_)), "{err}");
+    }
+
+    #[test]
+    fn secret_grants() {
+        let m = Manifest::parse("", Limits::default()).expect("valid");
+        assert!(m.secrets.is_empty());
+        let m = Manifest::parse(
+            "[secrets]\ngrant = [\"webhook_token\", \"smtp_password\"]",
+            Limits::default(),
+        )
+        .expect("valid");
+        let names: Vec<_> = m.secrets.iter().map(SecretName::as_str).collect();
+        assert_eq!(names, ["webhook_token", "smtp_password"]);
+        let err = |text: &str| Manifest::parse(text, Limits::default()).unwrap_err();
+        let e = err("[secrets]\ngrant = [\"Token\"]");
+        assert!(matches!(e, ManifestError::Syntax(_)), "{e:?}");
+        assert!(e.to_string().contains("Token"), "{e}");
+        let e = err("[secrets]\ngrant = [\"a\", \"a\"]");
+        assert!(matches!(e, ManifestError::Secrets(_)), "{e:?}");
+        let e = err("[secrets]\ngrants = [\"a\"]");
+        assert!(e.to_string().contains("grants"), "{e}");
+        let e = err("[secrets]\ngrant = [\"\"]");
+        assert!(matches!(e, ManifestError::Syntax(_)), "{e:?}");
     }
 }
