@@ -42,8 +42,31 @@ fn reports(server: &support::Server, tenant: &str, plugin: &str, token: &str) ->
         .as_array()
         .expect("emits")
         .iter()
-        .map(|e| e["data"].as_str().unwrap_or_default().to_owned())
+        .map(|e| {
+            // The API gives text that is not one JSON text in base64.
+            assert_eq!(e["data"]["encoding"], "base64", "{e}");
+            unbase64(e["data"]["value"].as_str().unwrap_or_default())
+        })
         .collect()
+}
+
+/// Standard base64, padded, decoded to text.
+fn unbase64(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET.iter().position(|a| *a == c).expect("base64") as u32;
+        bits = (bits << 6) | v;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    String::from_utf8(out).expect("UTF-8")
 }
 
 fn hex(text: &str) -> String {

@@ -289,7 +289,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let data = settings.data_dir.clone();
     let mut config = host_config(&settings, args.instance_mode);
     // Read now: a secret that cannot be read stops the start.
-    config.secrets = settings.tenant_secrets(std::env::var_os)?;
+    config.secrets = settings.tenant_secrets(|var| std::env::var_os(var))?;
     if !args.no_compile_cache {
         config.compile_cache = Some(data.join("compiled"));
     }
