@@ -4,7 +4,8 @@
 //! Each language has a template directory, whose files are copied into the
 //! new project with a trailing `.in` dropped from their names and the
 //! placeholders `{{name}}`, `{{crate}}` and `{{tenant}}` replaced, and files
-//! copied as they are: its SDK and the WIT contract (and the lock file: for
+//! copied as they are: its SDK and the WIT contract, `wit/plugbus.wit` and
+//! the packages it imports in `wit/deps` (and the lock file: for
 //! Rust the workspace's `Cargo.lock`, for JavaScript the SDK's
 //! `package-lock.json`). Every directory is walked, so a file added to
 //! a template is embedded without a list. A template or SDK directory
@@ -32,6 +33,7 @@ const LANGUAGES: [Language; 3] = [
         verbatim: &[
             ("guest-sdk/src", "plugbus-sdk/src"),
             ("wit/plugbus.wit", "wit/plugbus.wit"),
+            // The wasi packages the world imports (wasi:http and its own).
             ("wit/deps", "wit/deps"),
             ("Cargo.lock", "Cargo.lock"),
         ],
@@ -42,6 +44,7 @@ const LANGUAGES: [Language; 3] = [
         verbatim: &[
             ("guest-sdk/python/plugbus", "plugbus"),
             ("wit/plugbus.wit", "wit/plugbus.wit"),
+            // The wasi packages the world imports (wasi:http and its own).
             ("wit/deps", "wit/deps"),
         ],
     },
@@ -51,6 +54,7 @@ const LANGUAGES: [Language; 3] = [
         verbatim: &[
             ("guest-sdk/js/plugbus", "plugbus"),
             ("wit/plugbus.wit", "wit/plugbus.wit"),
+            // The wasi packages the world imports (wasi:http and its own).
             ("wit/deps", "wit/deps"),
             // The SDK's lock pins the build tools; npm ci does not mind
             // that its root package's name is the SDK's.

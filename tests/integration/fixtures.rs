@@ -11,6 +11,8 @@ use crate::batch::mixed;
 use crate::outbound::http_probe;
 // The `sleeper` fixture's test lives with the other isolation tests.
 use crate::isolation::sleeper;
+// The `secret-probe` fixture's test lives with the other secrets tests.
+use crate::secrets::secret_probe;
 
 macro_rules! assert_fixture_has_test {
     ($name:ident) => {

@@ -12,3 +12,4 @@ mod outbound;
 mod publish;
 mod python;
 mod reload;
+mod secrets;

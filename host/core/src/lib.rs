@@ -7,6 +7,7 @@
 //! - [`outbound`]: outbound HTTP origins (`[http] allow`) and the
 //!   addresses refused unless the operator allows them;
 //! - [`outcome`]: how a delivery ended, and the kinds of failure;
+//! - [`secrets`]: tenants' secrets, their sources, and their scrubbing;
 //! - [`state`]: the interface of the plugins' key-value state, and an
 //!   in-memory store;
 //! - [`trace`]: the W3C trace context that events carry into spans;
@@ -18,6 +19,7 @@ pub mod event;
 pub mod manifest;
 pub mod outbound;
 pub mod outcome;
+pub mod secrets;
 pub mod state;
 pub mod text;
 pub mod trace;

@@ -11,6 +11,7 @@ use crate::outbound::{OriginError, OriginPattern};
 
 /// The most entries a manifest's `[http] allow` list may hold.
 pub const MAX_HTTP_ALLOW: usize = 64;
+use crate::secrets::SecretName;
 
 /// The longest tenant or plugin name accepted.
 pub const MAX_NAME_LEN: usize = 64;
@@ -214,6 +215,10 @@ pub struct Manifest {
     /// none by default), each within its tenant's ceiling (checked where
     /// the plugin is loaded).
     pub http_allow: Vec<OriginPattern>,
+    /// The names of its tenant's secrets the plugin may read
+    /// (`[secrets] grant`), each once, in the manifest's order; none by
+    /// default.
+    pub secrets: Vec<SecretName>,
 }
 
 /// Where a plugin without a cursor starts reading the durable log.
@@ -240,6 +245,7 @@ impl Manifest {
             start: Start::Latest,
             max_attempts: None,
             http_allow: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 
@@ -300,6 +306,15 @@ impl Manifest {
             other => other,
         };
         let http_allow = parse_http_allow(raw.http.and_then(|h| h.allow).unwrap_or_default())?;
+        let mut secrets: Vec<SecretName> = Vec::new();
+        for name in raw.secrets.map(|s| s.grant).unwrap_or_default() {
+            if secrets.contains(&name) {
+                return Err(ManifestError::Secrets(format!(
+                    "secrets.grant names {name:?} twice"
+                )));
+            }
+            secrets.push(name);
+        }
         Ok(Self {
             subscribe,
             limits,
@@ -307,6 +322,7 @@ impl Manifest {
             start,
             max_attempts,
             http_allow,
+            secrets,
         })
     }
 
@@ -367,6 +383,10 @@ pub enum ManifestError {
     /// `[http] allow` has more than [`MAX_HTTP_ALLOW`] entries.
     #[error("http.allow has {0} entries; at most {MAX_HTTP_ALLOW} are allowed")]
     HttpAllowTooMany(usize),
+    /// `[secrets] grant` names a secret twice. (A malformed name is a
+    /// [`ManifestError::Syntax`] error, which names the key and position.)
+    #[error("{0}")]
+    Secrets(String),
 }
 
 #[derive(Deserialize)]
@@ -378,12 +398,22 @@ struct RawManifest {
     start: Option<String>,
     retry: Option<RawRetry>,
     http: Option<RawHttp>,
+    secrets: Option<RawSecrets>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     allow: Option<Vec<String>>,
+}
+
+/// `[secrets]`: the tenant's secrets the plugin may read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    /// Their names, validated as they are read.
+    #[serde(default)]
+    grant: Vec<SecretName>,
 }
 
 #[derive(Deserialize)]
@@ -630,5 +660,28 @@ mod tests {
         assert!(err.to_string().contains("threshold"), "{err}");
         let err = Manifest::parse("subscribe = [\"a*\"]", Limits::default()).unwrap_err();
         assert!(matches!(err, ManifestError::Subscribe(_)), "{err}");
+    }
+
+    #[test]
+    fn secret_grants() {
+        let m = Manifest::parse("", Limits::default()).expect("valid");
+        assert!(m.secrets.is_empty());
+        let m = Manifest::parse(
+            "[secrets]\ngrant = [\"webhook_token\", \"smtp_password\"]",
+            Limits::default(),
+        )
+        .expect("valid");
+        let names: Vec<_> = m.secrets.iter().map(SecretName::as_str).collect();
+        assert_eq!(names, ["webhook_token", "smtp_password"]);
+        let err = |text: &str| Manifest::parse(text, Limits::default()).unwrap_err();
+        let e = err("[secrets]\ngrant = [\"Token\"]");
+        assert!(matches!(e, ManifestError::Syntax(_)), "{e:?}");
+        assert!(e.to_string().contains("Token"), "{e}");
+        let e = err("[secrets]\ngrant = [\"a\", \"a\"]");
+        assert!(matches!(e, ManifestError::Secrets(_)), "{e:?}");
+        let e = err("[secrets]\ngrants = [\"a\"]");
+        assert!(e.to_string().contains("grants"), "{e}");
+        let e = err("[secrets]\ngrant = [\"\"]");
+        assert!(matches!(e, ManifestError::Syntax(_)), "{e:?}");
     }
 }

@@ -111,14 +111,27 @@
 //! token_sha256 = "…"              # `plugbus hash-token`
 //!
 //! [tenants.acme-pos]
-//! token_sha256 = "…"
+//! token_sha256 = "…"              # optional: without one the tenant cannot publish over HTTP
 //! max_plugins = 10                # and the rates and dead letters, for this tenant alone
 //!
 //! [tenants.acme-pos.outbound]     # the tenant's ceiling: every [http] allow entry of its plugins'
 //! allow = ["https://*.example.com"]  # manifests must be covered by one of these (default: none)
+//! [tenants.acme-pos.secrets]      # the tenant's secrets, for its plugins' `[secrets] grant`
+//! webhook_token = { env = "ACME_WEBHOOK_TOKEN" }      # from an environment variable
+//! smtp_password = { file = "/run/secrets/acme-smtp" } # or a file (one trailing newline dropped)
 //! ```
 //!
 //! Tokens are stored as the hex SHA-256 of the token, never the token.
+//! A tenant's secrets are never in the file either: each names the
+//! environment variable or the file that holds it (a bare string is
+//! refused), read when `plugbus serve` starts ([`Config::tenant_secrets`]);
+//! a secret's name is 1 to 64 of `a-z`, `0-9` and `_`, its value 1 byte to
+//! 64 KiB of UTF-8. A variable that is not set, a file that cannot be read,
+//! or a value that is empty, too large or not UTF-8 stops the start with
+//! an error naming the tenant, the secret and the source, never the value.
+//! A plugin reads only the secrets its manifest grants it, of its own
+//! tenant; the host scrubs their values from the plugin's log lines,
+//! output and error messages.
 //! The NATS backend's secrets are never in the file either: it names the
 //! environment variable or the file that holds each, read when `plugbus
 //! serve` starts ([`Config::nats_log_config`]). With the NATS backend the
@@ -141,6 +154,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use plugbus_core::secrets::{SecretName, SecretSource, SecretSourceError, Secrets, TenantSecrets};
 use plugbus_log::DeadLetterQuota;
 use plugbus_log_nats::{NatsAuth, NatsLogConfig, NatsTls, Prefix};
 
@@ -183,6 +197,18 @@ pub enum ConfigError {
         key: String,
         /// The variable it names.
         var: String,
+    },
+    /// A tenant's secret cannot be read from its source, or its value is
+    /// not valid (read when `plugbus serve` starts). Never holds the value.
+    #[error("tenants.{tenant}.secrets.{name}: {source}")]
+    Secret {
+        /// The tenant.
+        tenant: String,
+        /// The secret.
+        name: SecretName,
+        /// Why, naming the source.
+        #[source]
+        source: SecretSourceError,
     },
     /// A setting names a file that cannot be read (read when `plugbus
     /// serve` starts).
@@ -250,8 +276,8 @@ pub struct Config {
     /// The admin token, for `/v1/admin/...`; without one the admin API
     /// answers 401 to everyone.
     pub admin: Option<TokenConfig>,
-    /// The tenants that may publish over HTTP, by name, with their tokens
-    /// and their own plugin quota and ingest rates.
+    /// The tenants, by name: the token with which each may publish over
+    /// HTTP, its own plugin quota and ingest rates, and its secrets.
     pub tenants: BTreeMap<String, TenantConfig>,
 }
 
@@ -641,12 +667,19 @@ pub struct TokenConfig {
     pub token_sha256: String,
 }
 
-/// A tenant: its token, and the quotas it has other than `[quotas]`.
+/// A tenant: its token, the quotas it has other than `[quotas]`, and its
+/// secrets.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
-    /// `plugbus hash-token` prints it.
-    pub token_sha256: String,
+    /// `plugbus hash-token` prints it. Without one the tenant cannot
+    /// publish over HTTP (its plugins still run, on the events they emit
+    /// and those published otherwise).
+    pub token_sha256: Option<String>,
+    /// Where each of the tenant's secrets is kept, by name
+    /// (`[tenants.<t>.secrets]`).
+    #[serde(default)]
+    pub secrets: BTreeMap<SecretName, SecretSourceConfig>,
     /// See [`QuotasConfig::max_plugins`].
     pub max_plugins: Option<u64>,
     /// See [`QuotasConfig::ingest_events_per_second`].
@@ -662,7 +695,148 @@ pub struct TenantConfig {
     pub outbound: TenantOutboundConfig,
 }
 
+/// The parser's message for `text`'s error `e`: the parser's own, which
+/// shows the line, except for a secret's source, whose line may hold a
+/// value written in the file: that one names the line without showing it.
+fn parse_reason(text: &str, e: &toml::de::Error) -> String {
+    if !e.message().starts_with("a secret") {
+        return e.to_string();
+    }
+    match e.span() {
+        Some(span) => {
+            let line = text
+                .get(..span.start)
+                .map_or(0, |t| t.matches('\n').count())
+                + 1;
+            format!("line {line}: {}", e.message())
+        }
+        None => e.message().to_owned(),
+    }
+}
+
+/// Where one secret is kept: `{ env = "VAR" }` or `{ file = "/path" }`,
+/// exactly one of them; a bare string (a value written in the file) is
+/// refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSourceConfig(pub SecretSource);
+
+impl<'de> Deserialize<'de> for SecretSourceConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        const EXPECTED: &str = "{ env = \"VARIABLE\" } or { file = \"/path\" }";
+        /// A value written in the file; not repeated, for it may be the
+        /// secret.
+        fn literal<E: serde::de::Error>() -> E {
+            E::custom(format!(
+                "a secret's value is never written in plugbus.toml; name where it is kept: {EXPECTED}"
+            ))
+        }
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SecretSourceConfig;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(EXPECTED)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Err(literal())
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Err(literal())
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Err(literal())
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Err(literal())
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Err(literal())
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                _: A,
+            ) -> Result<Self::Value, A::Error> {
+                Err(literal())
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                use serde::de::Error as _;
+                let mut source = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    let next = match key.as_str() {
+                        "env" => SecretSource::Env(map.next_value()?),
+                        "file" => SecretSource::File(map.next_value()?),
+                        other => {
+                            return Err(A::Error::custom(format!(
+                                "a secret is {EXPECTED}; it has no key {other:?}"
+                            )));
+                        }
+                    };
+                    if source.replace(next).is_some() {
+                        return Err(A::Error::custom(format!(
+                            "a secret has one source: {EXPECTED}"
+                        )));
+                    }
+                }
+                source.map(SecretSourceConfig).ok_or_else(|| {
+                    A::Error::custom(format!("a secret needs one source: {EXPECTED}"))
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 impl Config {
+    /// Every tenant's secrets, read from the environment (`env`, e.g.
+    /// `std::env::var_os`) and the files they are named in. Called when
+    /// `plugbus serve` starts: a variable not set, a file that cannot be
+    /// read, or a value that is empty, larger than 64 KiB or not UTF-8 is
+    /// an error naming the tenant, the secret and its source. The values
+    /// go into the returned secrets alone, never into an error or a log
+    /// line.
+    pub fn tenant_secrets(
+        &self,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<TenantSecrets, ConfigError> {
+        let mut all = TenantSecrets::new();
+        for (tenant, config) in &self.tenants {
+            if config.secrets.is_empty() {
+                continue;
+            }
+            let mut secrets = Secrets::new();
+            for (name, source) in &config.secrets {
+                let value = source
+                    .0
+                    .load_with(&env)
+                    .map_err(|source| ConfigError::Secret {
+                        tenant: tenant.clone(),
+                        name: name.clone(),
+                        source,
+                    })?;
+                secrets.insert(name.clone(), value);
+            }
+            all.insert(tenant.clone(), secrets);
+        }
+        Ok(all)
+    }
+
+    /// The tenants that may publish over HTTP, with their token's hash.
+    pub fn tenant_tokens(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.tenants
+            .iter()
+            .filter_map(|(tenant, t)| Some((tenant.as_str(), t.token_sha256.as_deref()?)))
+    }
+
     /// The quotas of `tenant`: its own, else `[quotas]`.
     pub fn quotas_of(&self, tenant: &str) -> QuotasConfig {
         let base = &self.quotas;
@@ -964,7 +1138,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            reason: e.to_string(),
+            reason: parse_reason(text, &e),
         })?;
         config.check(path)?;
         Ok(config)
@@ -1251,14 +1425,15 @@ impl Config {
                 format!("the same token as {other}'s"),
             ));
         }
-        for (tenant, token) in &self.tenants {
+        for (tenant, config) in &self.tenants {
             let key = format!("tenants.{tenant}.token_sha256");
             plugbus_core::manifest::validate_name(tenant)
                 .map_err(|e| invalid(&format!("tenants.{tenant}"), e.to_string()))?;
-            check_hash(&token.token_sha256).map_err(|r| invalid(&key, r))?;
-            if let Some(other) =
-                owners.insert(token.token_sha256.to_ascii_lowercase(), tenant.clone())
-            {
+            let Some(token) = &config.token_sha256 else {
+                continue;
+            };
+            check_hash(token).map_err(|r| invalid(&key, r))?;
+            if let Some(other) = owners.insert(token.to_ascii_lowercase(), tenant.clone()) {
                 return Err(invalid(&key, format!("the same token as {other}'s")));
             }
         }
@@ -1569,7 +1744,7 @@ mod tests {
         );
         assert_eq!(config.otlp.sample_ratio, 0.25);
         assert_eq!(config.otlp.service_name, "plugbus");
-        assert_eq!(config.tenants["acme-pos"].token_sha256, hash);
+        assert_eq!(config.tenants["acme-pos"].token_sha256, Some(hash));
         Ok(())
     }
 
@@ -2074,5 +2249,82 @@ mod tests {
             hash_token("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn tenant_secrets_come_from_env_or_files() -> Result<(), ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("smtp");
+        std::fs::write(&file, "from-the-file\n").expect("write");
+        let config = parse(&format!(
+            "[tenants.acme]\n[tenants.acme.secrets]\nwebhook_token = {{ env = \"ACME_HOOK\" }}\n\
+             smtp_password = {{ file = {:?} }}\n[tenants.globex]\ntoken_sha256 = \"{}\"",
+            file.display().to_string(),
+            hash_token("g")
+        ))?;
+        // A tenant without a token: it cannot publish over HTTP.
+        assert_eq!(config.tenants["acme"].token_sha256, None);
+        let tokens: Vec<_> = config.tenant_tokens().map(|(t, _)| t).collect();
+        assert_eq!(tokens, ["globex"]);
+        let env = |var: &str| (var == "ACME_HOOK").then(|| "from-the-env".into());
+        let secrets = config.tenant_secrets(env)?;
+        let acme = secrets.of("acme").expect("acme has secrets");
+        assert_eq!(
+            acme.get("webhook_token").map(|v| v.expose()),
+            Some("from-the-env")
+        );
+        assert_eq!(
+            acme.get("smtp_password").map(|v| v.expose()),
+            Some("from-the-file")
+        );
+        assert!(secrets.of("globex").is_none());
+        // Nothing prints a value.
+        assert!(!format!("{config:?}{secrets:?}").contains("from-the"));
+        Ok(())
+    }
+
+    #[test]
+    fn secret_mistakes_are_named_without_the_value() {
+        let message = |text: &str| match parse(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        };
+        // A literal value.
+        let m = message("[tenants.acme.secrets]\nhook = \"hunter2-literal\"");
+        assert!(m.contains("never written in plugbus.toml"), "{m}");
+        // The line is named, not shown: it holds the value.
+        assert!(m.contains("line 2") && !m.contains("hunter2"), "{m}");
+        // A bad name.
+        let m = message("[tenants.acme.secrets]\nHook = { env = \"X\" }");
+        assert!(m.contains("Hook") && m.contains("lowercase"), "{m}");
+        // Both sources, or none, or another key.
+        let m = message("[tenants.acme.secrets]\nhook = { env = \"X\", file = \"/x\" }");
+        assert!(m.contains("one source"), "{m}");
+        let m = message("[tenants.acme.secrets]\nhook = {}");
+        assert!(m.contains("needs"), "{m}");
+        let m = message("[tenants.acme.secrets]\nhook = { value = \"hunter2\" }");
+        assert!(m.contains("\"value\"") && !m.contains("hunter2"), "{m}");
+
+        // A missing variable, an unreadable file, an empty value: errors at
+        // start that name the tenant, the secret and the source.
+        let start = |text: &str| {
+            parse(text)
+                .expect("parses")
+                .tenant_secrets(|var| (var == "EMPTY").then(Default::default))
+                .expect_err("refused")
+                .to_string()
+        };
+        let m = start("[tenants.acme.secrets]\nhook = { env = \"ACME_UNSET_HOOK\" }");
+        assert!(
+            m.contains("tenants.acme.secrets.hook") && m.contains("ACME_UNSET_HOOK"),
+            "{m}"
+        );
+        let m = start("[tenants.acme.secrets]\nhook = { file = \"/nonexistent/plugbus-secret\" }");
+        assert!(
+            m.contains("tenants.acme.secrets.hook") && m.contains("/nonexistent/plugbus-secret"),
+            "{m}"
+        );
+        let m = start("[tenants.acme.secrets]\nhook = { env = \"EMPTY\" }");
+        assert!(m.contains("EMPTY") && m.contains("empty"), "{m}");
     }
 }

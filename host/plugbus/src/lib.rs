@@ -51,7 +51,7 @@ pub mod telemetry;
 
 pub use plugbus_api as api;
 pub use plugbus_bus as durable;
-pub use plugbus_core::{clock, event, manifest, outcome, state, text, trace};
+pub use plugbus_core::{clock, event, manifest, outcome, secrets, state, text, trace};
 pub use plugbus_log as log;
 pub use plugbus_log_nats as log_nats;
 pub use plugbus_runtime::{

@@ -100,6 +100,8 @@ async fn a_new_plugin_tests_builds_and_runs_in_a_host() {
         "plugbus-sdk/Cargo.toml",
         "plugbus-sdk/src/lib.rs",
         "wit/plugbus.wit",
+        "wit/deps/http.wit",
+        "wit/deps/io.wit",
     ] {
         assert!(dir.join(file).is_file(), "{file} is missing");
     }
@@ -217,6 +219,7 @@ fn python_and_js_projects_are_written_from_their_templates() {
             "README.md".to_owned(),
             ".gitignore".to_owned(),
             "wit/plugbus.wit".to_owned(),
+            "wit/deps/http.wit".to_owned(),
         ] {
             assert!(
                 files.contains(&PathBuf::from(&file)),
@@ -250,6 +253,17 @@ fn python_and_js_projects_are_written_from_their_templates() {
             std::fs::read(dir.join("wit/plugbus.wit")).expect("the WIT"),
             std::fs::read(workspace().join("wit/plugbus.wit")).expect("the WIT"),
         );
+        // Every package the WIT imports, as the workspace has it.
+        for entry in std::fs::read_dir(workspace().join("wit/deps")).expect("wit/deps") {
+            let path = entry.expect("an entry").path();
+            let name = path.file_name().expect("a file name");
+            assert_eq!(
+                std::fs::read(dir.join("wit/deps").join(name)).ok(),
+                std::fs::read(&path).ok(),
+                "{lang}: wit/deps/{}",
+                name.to_string_lossy()
+            );
+        }
         // The project's native test passes as written, as its README says
         // to run it.
         let mut native = match lang {

@@ -56,16 +56,33 @@ impl Pre {
     /// Checks the component's exports against each version, newest first.
     /// The error is the newest version's: what a plugin author should fix.
     pub fn new(instance_pre: InstancePre<PluginState>) -> Result<Self, wasmtime::Error> {
+        // 0.2.0's exports have 0.3.0's types: a component that imports
+        // 0.2.0's interfaces (and none of 0.3.0's) targets 0.2.0.
+        let imports = |version: &str| {
+            let engine = instance_pre.engine();
+            instance_pre
+                .component()
+                .component_type()
+                .imports(engine)
+                .any(|(name, _)| {
+                    name.starts_with("plugbus:plugin/") && name.ends_with(&format!("@{version}"))
+                })
+        };
+        let older = imports(since_v0_2_0::VERSION) && !imports(since_v0_3_0::VERSION);
         let current = match since_v0_3_0::HandlerPre::new(instance_pre.clone()) {
-            Ok(pre) => return Ok(Self::V0_3(pre)),
-            Err(current) => current,
+            Ok(pre) if !older => return Ok(Self::V0_3(pre)),
+            Ok(_) => None,
+            Err(current) => Some(current),
         };
         if let Ok(pre) = since_v0_2_0::HandlerPre::new(instance_pre.clone()) {
             return Ok(Self::V0_2(pre));
         }
-        since_v0_1_0::HandlerPre::new(instance_pre)
-            .map(Self::V0_1)
-            .map_err(|_| current)
+        match (since_v0_1_0::HandlerPre::new(instance_pre), current) {
+            (Ok(pre), _) => Ok(Self::V0_1(pre)),
+            (Err(_), Some(current)) => Err(current),
+            // A 0.2.0 component that 0.2.0's exports refused.
+            (Err(e), None) => Err(e),
+        }
     }
 
     /// The version of the contract the component targets.

@@ -1233,6 +1233,9 @@ impl Plugin {
 
     /// A failure of guest origin, its message cut at the host's limit.
     fn bounded(&self, mut failure: Failure) -> Failure {
+        // The plugin's secrets never leave in a failure: it reaches logs,
+        // dead letters and the API.
+        self.identity.redactor.scrub_in_place(&mut failure.message);
         if plugbus_core::text::truncate_in_place(&mut failure.message, self.bounds.max_error_bytes)
         {
             self.stats

@@ -148,6 +148,11 @@ pub struct HostConfig {
     /// [`max_plugins_per_tenant`](Self::max_plugins_per_tenant) (default
     /// none). Every key must be a valid tenant name.
     pub tenant_max_plugins: std::collections::BTreeMap<String, usize>,
+    /// Every tenant's secrets (default none). A plugin reads those of its
+    /// tenant that its manifest grants (`[secrets] grant`), through the
+    /// WIT interface `secrets`; the host scrubs their values from its log
+    /// lines, output and error messages.
+    pub secrets: plugbus_core::secrets::TenantSecrets,
     /// After how many events a reused instance is recycled: dropped, and a
     /// fresh one instantiated for the next event (default 100,000; 0
     /// never). Applies to [`InstanceMode::Reuse`].
@@ -213,6 +218,7 @@ impl Default for HostConfig {
             max_manifest_bytes: 64 * 1024,
             max_plugins_per_tenant: 100,
             tenant_max_plugins: std::collections::BTreeMap::new(),
+            secrets: plugbus_core::secrets::TenantSecrets::default(),
             recycle_after_events: 100_000,
             recycle_memory_percent: 75,
             recycle_high_water_deliveries: 3,
@@ -428,6 +434,7 @@ impl Host {
             },
             background_compile_bytes: config.background_compile_bytes,
             compiling: Default::default(),
+            secrets: config.secrets.clone(),
         };
         let registry = Arc::new(ArcSwap::from_pointee(Registry::default()));
         let settling = Settling {

@@ -850,6 +850,8 @@ pub(crate) struct LoadContext {
     pub background_compile_bytes: Option<u64>,
     /// The compiles under way, shared by every load and reload.
     pub compiling: InFlight,
+    /// Every tenant's secrets, of which a plugin gets those granted to it.
+    pub secrets: plugbus_core::secrets::TenantSecrets,
 }
 
 /// What a compile under way gives: the component and where it came from,
@@ -1173,7 +1175,10 @@ pub(crate) fn build(
         path: path.clone(),
         reason: format!("{e:#}"),
     })?;
+    let secrets = granted_secrets(ctx, candidate, &source.manifest);
     let identity = Arc::new(Identity {
+        redactor: Arc::new(plugbus_core::secrets::Redactor::new(secrets.iter())),
+        secrets,
         tenant: candidate.tenant.clone(),
         name: candidate.name.clone(),
         label: format!("{}/{}", candidate.tenant, candidate.name),
@@ -1205,6 +1210,31 @@ pub(crate) fn build(
         reason: failure.message,
     })?;
     Ok((plugin, origin))
+}
+
+/// The secrets of its tenant that `manifest` grants the plugin; a granted
+/// name its tenant does not have is logged (the plugin reads `none`).
+fn granted_secrets(
+    ctx: &LoadContext,
+    candidate: &Candidate,
+    manifest: &Manifest,
+) -> plugbus_core::secrets::Secrets {
+    let tenant = ctx.secrets.of(&candidate.tenant);
+    let mut granted = plugbus_core::secrets::Secrets::new();
+    for name in &manifest.secrets {
+        match tenant.and_then(|secrets| secrets.get(name.as_str())) {
+            Some(value) => granted.insert(name.clone(), value.clone()),
+            None => tracing::warn!(
+                plugin = %format!("{}/{}", candidate.tenant, candidate.name),
+                secret = %name,
+                "the plugin's manifest grants it secret {name}, which tenant {} does not have \
+                 (no [tenants.{}.secrets] {name} in plugbus.toml): the plugin reads none",
+                candidate.tenant,
+                candidate.tenant,
+            ),
+        }
+    }
+    granted
 }
 
 /// Refuses anything that is not a component before it reaches the compiler.

@@ -22,6 +22,7 @@ use crate::deadline::{Deadline, HasDeadline, RecyclePolicy};
 use crate::overlay::{Overlay, PendingWrites, StateSlot};
 use crate::stats::Stats;
 use plugbus_core::event::Event;
+use plugbus_core::secrets::{Redactor, Secrets};
 use plugbus_core::state::StateWrite;
 
 /// The most table elements any table of a plugin may hold.
@@ -91,6 +92,11 @@ pub(crate) struct Identity {
     pub source: String,
     pub version: String,
     pub config: BTreeMap<String, String>,
+    /// The secrets of its tenant its manifest grants it, that the tenant has.
+    pub secrets: Secrets,
+    /// Scrubs their values from what leaves the sandbox: its log lines,
+    /// output and error messages.
+    pub redactor: Arc<Redactor>,
 }
 
 /// A plugin's memory went past its limit.
@@ -224,6 +230,7 @@ impl PluginState {
             identity.label.clone(),
             bounds.max_output_bytes_per_delivery,
             bounds.max_log_bytes,
+            identity.redactor.clone(),
         ));
         let wasi = WasiCtx::builder()
             .stdout(CapturedStream {
@@ -609,8 +616,12 @@ impl PluginState {
         Ok(step)
     }
 
-    /// Cuts a handler's error message at the host's limit, counted.
+    /// Scrubs the plugin's secrets from a handler's error message, then
+    /// cuts it at the host's limit, counted.
     fn bound_handler_error(&self, result: &mut Result<(), HandlerError>) {
+        if let Err(error) = result {
+            self.identity.redactor.scrub_in_place(error.message_mut());
+        }
         if let Err(error) = result
             && plugbus_core::text::truncate_in_place(
                 error.message_mut(),
@@ -712,6 +723,9 @@ pub(crate) struct OutputCapture {
     label: String,
     /// The longest line forwarded, in bytes, once escaped.
     max_line_bytes: usize,
+    /// Scrubs the plugin's secrets from each line and from the stderr
+    /// returned.
+    redactor: Arc<Redactor>,
     inner: Mutex<CaptureInner>,
 }
 
@@ -725,10 +739,11 @@ struct CaptureInner {
 }
 
 impl OutputCapture {
-    fn new(label: String, budget: usize, max_line_bytes: usize) -> Self {
+    fn new(label: String, budget: usize, max_line_bytes: usize, redactor: Arc<Redactor>) -> Self {
         Self {
             label,
             max_line_bytes,
+            redactor,
             inner: Mutex::new(CaptureInner {
                 budget,
                 used: 0,
@@ -759,17 +774,23 @@ impl OutputCapture {
             if byte == b'\n' {
                 let text = String::from_utf8_lossy(line).into_owned();
                 line.clear();
-                self.forward(stream, &text);
+                self.forward(stream, &text, false);
             } else {
                 line.push(byte);
             }
         }
     }
 
-    /// Writes one line of the plugin's output into the host log, escaped
-    /// and bounded like its log lines.
-    fn forward(&self, stream: Stream, text: &str) {
-        let text = plugbus_core::text::escape(text, self.max_line_bytes);
+    /// Writes one line of the plugin's output into the host log, its
+    /// secrets scrubbed (also a secret's start at its end, when it was
+    /// `cut`), escaped and bounded like its log lines.
+    fn forward(&self, stream: Stream, text: &str, cut: bool) {
+        let text = if cut {
+            self.redactor.scrub_cut(text)
+        } else {
+            self.redactor.scrub(text)
+        };
+        let text = plugbus_core::text::escape(&text, self.max_line_bytes);
         tracing::info!(
             target: "plugbus::plugin",
             plugin = %self.label,
@@ -789,7 +810,9 @@ impl OutputCapture {
                 Stream::Stderr => std::mem::take(&mut inner.stderr_line),
             };
             if !line.is_empty() {
-                self.forward(stream, &String::from_utf8_lossy(&line));
+                // Unfinished: the plugin's output may have been cut at the
+                // budget in the middle of a secret.
+                self.forward(stream, &String::from_utf8_lossy(&line), true);
             }
         }
         let dropped = std::mem::take(&mut inner.dropped);
@@ -802,7 +825,8 @@ impl OutputCapture {
         }
         inner.used = 0;
         let tail = String::from_utf8_lossy(&std::mem::take(&mut inner.stderr_tail)).into_owned();
-        (tail, dropped)
+        // The tail may end in the middle of a secret, cut at its length.
+        (self.redactor.scrub_cut(&tail).into_owned(), dropped)
     }
 }
 
@@ -901,7 +925,7 @@ mod tests {
 
     #[test]
     fn output_is_bounded_per_delivery() {
-        let capture = OutputCapture::new("t/p".into(), 10, 4096);
+        let capture = OutputCapture::new("t/p".into(), 10, 4096, Arc::default());
         capture.write(Stream::Stdout, b"0123456789abcdef\n");
         capture.write(Stream::Stderr, b"more");
         let (tail, dropped) = capture.finish_delivery();

@@ -228,9 +228,11 @@ impl PluginState {
 
 impl secrets::Host for PluginState {
     fn get(&mut self, name: String) -> Option<String> {
-        // Filled in by the secrets work: nothing is granted yet.
-        let _ = name;
-        None
+        // Only the granted secrets its tenant has are in the identity.
+        self.identity
+            .secrets
+            .get(&name)
+            .map(|value| value.expose().to_owned())
     }
 }
 
@@ -288,8 +290,10 @@ impl host::Host for PluginState {
             }
             return;
         }
-        // Escaped and bounded: a plugin cannot start a line of its own in
-        // the host's log, nor write escape sequences to a terminal.
+        // Its secrets scrubbed, then escaped and bounded: a plugin cannot
+        // start a line of its own in the host's log, nor write escape
+        // sequences to a terminal.
+        let message = self.identity.redactor.scrub(&message);
         let text = plugbus_core::text::escape(&message, self.bounds.max_log_bytes);
         let plugin = self.identity.label.as_str();
         match level {

@@ -5,7 +5,8 @@
 //! so that an installed `plugbus` needs no checkout of plugbus.
 //!
 //! Each project gets its language's SDK and the WIT contract
-//! (`wit/plugbus.wit`) copied in, so it builds on its own: a Rust crate
+//! (`wit/plugbus.wit`, and the wasi packages it imports in `wit/deps/`)
+//! copied in, so it builds on its own: a Rust crate
 //! takes its SDK from `plugbus-sdk/` and pins its dependencies with a copy
 //! of plugbus's `Cargo.lock`; a Python or JavaScript project imports the
 //! SDK package `plugbus/`.

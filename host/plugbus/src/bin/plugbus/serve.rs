@@ -288,6 +288,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let plugins = settings.plugins_dir.clone();
     let data = settings.data_dir.clone();
     let mut config = host_config(&settings, args.instance_mode);
+    // Read now: a secret that cannot be read stops the start.
+    config.secrets = settings.tenant_secrets(|var| std::env::var_os(var))?;
     if !args.no_compile_cache {
         config.compile_cache = Some(data.join("compiled"));
     }
@@ -507,9 +509,8 @@ async fn start_http(
             max_body_bytes: settings.http.max_body_bytes,
             max_batch_events: settings.http.max_batch_events,
             tenant_tokens: settings
-                .tenants
-                .iter()
-                .map(|(t, c)| (t.clone(), c.token_sha256.clone()))
+                .tenant_tokens()
+                .map(|(t, token)| (t.to_owned(), token.to_owned()))
                 .collect(),
             admin_token: settings.admin.as_ref().map(|a| a.token_sha256.clone()),
             plugins_dir: Some(settings.plugins_dir.clone()),
@@ -522,7 +523,7 @@ async fn start_http(
         .context("cannot read the bound address")?;
     tracing::info!(
         "listening on http://{addr} ({} tenant tokens{})",
-        settings.tenants.len(),
+        settings.tenant_tokens().count(),
         if settings.admin.is_some() {
             ", an admin token"
         } else {
