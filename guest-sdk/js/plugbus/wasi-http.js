@@ -140,11 +140,10 @@ export function wasiSender(outgoingHandler, types) {
       const got = future.get();
       if (got === undefined) throw new HttpOther(`${what} failed: no response after waiting`);
       if (got.tag !== 'ok') throw new HttpOther(`${what} failed: the response was taken twice`);
-      if (got.val.tag !== 'ok') throw writeFailure ?? errorFromCode(got.val.val, what);
-      if (writeFailure !== undefined) {
-        drop(got.val.val);
-        throw writeFailure;
-      }
+      // The exchange's own error says why a body write failed (a refused
+      // request closes its body stream); a response that came anyway (a
+      // server answering before it read the whole body) is the answer.
+      if (got.val.tag !== 'ok') throw errorFromCode(got.val.val, what);
       return readResponse(got.val.val, what, streamError, types);
     } finally {
       drop(body);

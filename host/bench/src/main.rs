@@ -10,6 +10,7 @@ mod jetstream;
 mod langs;
 mod matrix;
 mod noisy;
+mod outbound;
 mod reload_bench;
 mod sqlite_peer;
 mod throughput;
@@ -83,6 +84,14 @@ enum Command {
     /// time and fuel, and the linear memory of one instance.
     BenchLangs(langs::LangsArgs),
 
+    /// Issue 18's benchmark: what one outbound HTTP request costs a
+    /// delivery (the `http-probe` fixture with and without one request,
+    /// beside a native client on a new and on a kept-alive connection),
+    /// and the `webhook-notify` example posting one webhook per event:
+    /// events/s and p99, one at a time and concurrently. Starts its own
+    /// local HTTP server.
+    BenchOutbound(outbound::OutboundArgs),
+
     /// SQLite alone, with no plugbus: the events `bench --durable`
     /// publishes, inserted by one producer (one event or a batch per
     /// transaction) and read after a cursor by one consumer that writes its
@@ -114,6 +123,7 @@ fn main() -> ExitCode {
         | Command::BenchNats(_)
         | Command::BenchThroughput(_)
         | Command::BenchLangs(_)
+        | Command::BenchOutbound(_)
         | Command::BenchSqlitePeer(_)
         | Command::BenchHost(_) => None,
     };
@@ -159,6 +169,7 @@ fn main() -> ExitCode {
             Command::BenchNats(args) => matrix::run(args).await,
             Command::BenchThroughput(args) => throughput::run(args).await,
             Command::BenchLangs(args) => langs::run(args).await,
+            Command::BenchOutbound(args) => outbound::run(args).await,
             Command::BenchSqlitePeer(args) => sqlite_peer::run(args).await,
             Command::BenchHost(args) => hosts::serve(args).await,
         }

@@ -699,7 +699,8 @@ pub struct TenantConfig {
 /// shows the line, except for a secret's source, whose line may hold a
 /// value written in the file: that one names the line without showing it.
 fn parse_reason(text: &str, e: &toml::de::Error) -> String {
-    if !e.message().starts_with("a secret") {
+    let secret_line = e.span().is_some_and(|span| in_secrets(text, span.start));
+    if !secret_line && !e.message().starts_with("a secret") {
         return e.to_string();
     }
     match e.span() {
@@ -712,6 +713,38 @@ fn parse_reason(text: &str, e: &toml::de::Error) -> String {
         }
         None => e.message().to_owned(),
     }
+}
+
+/// Whether the byte `at` of `text` lies where a secret may be written by
+/// mistake: under a `[tenants.<t>.secrets]` header, or on a line that
+/// mentions `secrets` (an inline table). Any error there (a bad name, an
+/// unterminated string) is shown without its line, which may hold a value.
+fn in_secrets(text: &str, at: usize) -> bool {
+    let before = text.get(..at).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    if text[line_start..line_end].contains("secrets") {
+        return true;
+    }
+    before
+        .lines()
+        .rev()
+        .map(str::trim_start)
+        .find(|line| line.starts_with('['))
+        .is_some_and(|header| {
+            let name: String = header
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .chars()
+                .filter(|c| !c.is_whitespace() && *c != '"')
+                .collect();
+            name.starts_with("tenants.")
+                && (name.ends_with(".secrets") || name.contains(".secrets."))
+        })
 }
 
 /// Where one secret is kept: `{ env = "VAR" }` or `{ file = "/path" }`,
@@ -2304,6 +2337,18 @@ mod tests {
         assert!(m.contains("needs"), "{m}");
         let m = message("[tenants.acme.secrets]\nhook = { value = \"hunter2\" }");
         assert!(m.contains("\"value\"") && !m.contains("hunter2"), "{m}");
+        // A bad name beside a literal, an unterminated or unquoted
+        // literal, an inline table: the line is never shown.
+        for text in [
+            "[tenants.acme.secrets]\nSMTP_PASSWORD = \"hunter2\"",
+            "[tenants.acme.secrets]\nhook = \"hunter2",
+            "[tenants.acme.secrets]\nhook = hunter2",
+            "[ tenants.\"acme\" . secrets ]\nhook = hunter2",
+            "[tenants.acme]\nsecrets = { hook = hunter2 }",
+        ] {
+            let m = message(text);
+            assert!(!m.contains("hunter2"), "{text:?}: {m}");
+        }
 
         // A missing variable, an unreadable file, an empty value: errors at
         // start that name the tenant, the secret and the source.

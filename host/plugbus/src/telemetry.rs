@@ -231,6 +231,17 @@ pub fn init_logging(
         })?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
     };
+    // wasmtime-wasi and wasmtime-wasi-http trace every host call with its
+    // arguments, a guest's strings included (a URL path or header value
+    // holding a secret): never below info, whatever the filter says.
+    let filter = [
+        "wasmtime_wasi=info",
+        "wasmtime_wasi_http=info",
+        "wasmtime_wasi_io=info",
+    ]
+    .into_iter()
+    .filter_map(|d| d.parse().ok())
+    .fold(filter, EnvFilter::add_directive);
     let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);

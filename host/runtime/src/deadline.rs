@@ -364,7 +364,17 @@ pub(crate) fn add_to_linker<T: HasDeadline + 'static>(
         .instance(WASI_IO_POLL)?
         .func_wrap("poll", poll::<T>)
         .is_err();
+    let streams_defined_by_wasi = linker
+        .instance(WASI_IO_STREAMS)?
+        .func_wrap("[method]output-stream.blocking-flush", blocking_flush::<T>)
+        .is_err();
     linker.allow_shadowing(true);
+    if !streams_defined_by_wasi {
+        return Err(wasmtime::Error::msg(format!(
+            "the WASI registration no longer defines {WASI_IO_STREAMS}: the deadline of guests \
+             blocked in its blocking calls would not hold (update deadline::WASI_IO_STREAMS)"
+        )));
+    }
     if !defined_by_wasi {
         return Err(wasmtime::Error::msg(format!(
             "the WASI registration no longer defines {WASI_IO_POLL}: the deadline of guests \
@@ -386,7 +396,10 @@ pub(crate) fn add_to_linker<T: HasDeadline + 'static>(
         blocking_write_zeroes_and_flush::<T>,
     )?;
     streams.func_wrap("[method]output-stream.blocking-flush", blocking_flush::<T>)?;
-    streams.func_wrap("[method]output-stream.blocking-splice", blocking_splice::<T>)?;
+    streams.func_wrap(
+        "[method]output-stream.blocking-splice",
+        blocking_splice::<T>,
+    )?;
     linker.allow_shadowing(false);
     Ok(())
 }

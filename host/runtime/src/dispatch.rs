@@ -448,14 +448,14 @@ impl Plugin {
         let metrics = DeliveryMetrics::new(&parts.identity);
         let recycling =
             crate::deadline::Recycling::new(&parts.identity.tenant, &parts.identity.name);
-        let outbound = (!parts.manifest.http_allow.is_empty()).then(|| {
-            Arc::new(crate::outbound::PluginOutbound {
-                config: parts.outbound.clone(),
-                allow: parts.manifest.http_allow.clone(),
-                tenant: parts.identity.tenant.clone(),
-                plugin: parts.identity.name.clone(),
-            })
-        });
+        // Every plugin has one, so that a request of a plugin that allows
+        // no origin is refused and counted under its names.
+        let outbound = Some(Arc::new(crate::outbound::PluginOutbound {
+            config: parts.outbound.clone(),
+            allow: parts.manifest.http_allow.clone(),
+            tenant: parts.identity.tenant.clone(),
+            plugin: parts.identity.name.clone(),
+        }));
         Self {
             identity: parts.identity,
             manifest: parts.manifest,

@@ -265,7 +265,18 @@ impl Hooks {
             tracing::debug!("outbound request refused: the plugin allows no origin");
             return Err((None, Error::HttpRequestDenied));
         };
+        if self.delivery.event_id.is_empty() {
+            // Instantiation, or a batch handler running on after its last
+            // `batch.done`: no event to key the request on, and no
+            // delivery that would retry it.
+            tracing::debug!("outbound request refused: it belongs to no event's delivery");
+            return Err((Some(plugin), Error::HttpRequestDenied));
+        }
         let uri = request.uri();
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            // The server would see the userinfo in the Host header.
+            return Err((Some(plugin), Error::HttpRequestUriInvalid));
+        }
         let scheme = uri.scheme_str().and_then(Scheme::parse);
         let host = uri.host().unwrap_or("").to_owned();
         let (Some(scheme), false) = (scheme, host.is_empty()) else {
@@ -338,7 +349,22 @@ impl Hooks {
     }
 }
 
+/// The most bytes one write to a request body's stream may take, and so
+/// (with one chunk buffered) what a body not yet sent holds in the host.
+/// With the table's bound on resources (`sandbox.rs`), this bounds what a
+/// plugin can make the host hold through `wasi:http` resources it never
+/// sends.
+const BODY_CHUNK_BYTES: usize = 16 * 1024;
+
 impl WasiHttpHooks for Hooks {
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
@@ -362,7 +388,17 @@ impl WasiHttpHooks for Hooks {
 
 async fn send(prepared: Prepared) -> SendResult {
     let plugin = prepared.plugin.clone();
-    let method = prepared.request.method().clone();
+    // A guest may name any method: only the standard ones reach the log.
+    let method: &'static str = match prepared.request.method().as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
     let host = prepared.host.clone();
     let started = Instant::now();
     let result = connect_and_send(prepared, started).await;
@@ -407,6 +443,33 @@ fn earliest(a: Instant, b: Option<Instant>) -> Instant {
     }
 }
 
+/// How many name lookups may hold a blocking thread at once, host-wide.
+/// A lookup (the system's `getaddrinfo`) cannot be cancelled: one that a
+/// delivery's deadline gave up on keeps its thread until the resolver
+/// gives up too, so a tenant whose names point at a DNS server that never
+/// answers could otherwise take every blocking thread, the ones deliveries
+/// run on included.
+const MAX_LOOKUPS: usize = 32;
+
+/// Resolves `host`, on a blocking thread that holds one of the
+/// [`MAX_LOOKUPS`] permits until the lookup ends, even after the caller
+/// gave up waiting.
+async fn resolve(host: String, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    static LOOKUPS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+        std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)));
+    let permit = LOOKUPS
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)).map(Iterator::collect)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
@@ -438,9 +501,7 @@ async fn connect_and_send(prepared: Prepared, started: Instant) -> SendResult {
         .trim_end_matches(']')
         .to_owned();
     let resolved: Vec<SocketAddr> =
-        match tokio::time::timeout_at(connect_at, tokio::net::lookup_host((bare.as_str(), port)))
-            .await
-        {
+        match tokio::time::timeout_at(connect_at, resolve(bare.clone(), port)).await {
             Err(_) => return Err(Error::DnsTimeout),
             Ok(Err(_)) => {
                 return Err(Error::DnsError {
@@ -448,7 +509,7 @@ async fn connect_and_send(prepared: Prepared, started: Instant) -> SendResult {
                     info_code: None,
                 });
             }
-            Ok(Ok(addrs)) => addrs.collect(),
+            Ok(Ok(addrs)) => addrs,
         };
     let permitted: Vec<SocketAddr> = resolved
         .iter()
@@ -506,12 +567,13 @@ async fn connect_and_send(prepared: Prepared, started: Instant) -> SendResult {
     tokio::spawn(async move {
         let result = match tokio::time::timeout_at(total_at, conn).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::from(e)),
+            Ok(Err(e)) => Err(from_hyper(e)),
             Err(_) => Err(Error::HttpResponseTimeout),
         };
         let _ = done_tx.send(result);
     });
 
+    let head = request.method() == http::Method::HEAD;
     // Only the path goes on the request line.
     let path = request
         .uri()
@@ -522,28 +584,50 @@ async fn connect_and_send(prepared: Prepared, started: Instant) -> SendResult {
     let response = tokio::time::timeout_at(first_byte_at, sender.send_request(request))
         .await
         .map_err(|_| Error::ConnectionReadTimeout)?
-        .map_err(Error::from)?;
-    if let Some(length) = response
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+        .map_err(from_hyper)?;
+    let bodiless = head
+        || response.status().is_informational()
+        || response.status() == http::StatusCode::NO_CONTENT
+        || response.status() == http::StatusCode::NOT_MODIFIED;
+    if !bodiless
+        && let Some(length) = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
         && length > config.max_response_body_bytes
     {
         return Err(Error::HttpResponseBodySize(Some(length)));
     }
     let limit = config.max_response_body_bytes;
+    let between = options.between_bytes_timeout;
     let response = response.map(|incoming| {
         LimitedResponseBody {
             inner: incoming,
             left: limit,
-            deadline: Box::pin(tokio::time::sleep_until(total_at)),
+            deadline: Box::pin(tokio::time::sleep_until(next_byte_by(total_at, between))),
+            total_at,
+            between,
         }
         .boxed_unsync()
     });
     let io: Box<dyn Future<Output = Result<(), Error>> + Send> =
         Box::new(async move { done_rx.await.unwrap_or(Ok(())) });
     Ok((response, io))
+}
+
+/// The error of a failed exchange: the request body's refusal past the
+/// limit when hyper's error comes from it (found in its sources), else
+/// hyper's error.
+fn from_hyper(error: hyper::Error) -> Error {
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        if let Some(Error::HttpRequestBodySize(size)) = cause.downcast_ref::<Error>() {
+            return Error::HttpRequestBodySize(*size);
+        }
+        source = cause.source();
+    }
+    Error::from(error)
 }
 
 fn tls_connector() -> Result<tokio_rustls::TlsConnector, Error> {
@@ -605,12 +689,21 @@ impl Body for LimitedRequestBody {
     }
 }
 
+/// When the next frame of a response body must have come: the guest's
+/// between-bytes timeout from now, but never after the total deadline.
+fn next_byte_by(total_at: Instant, between: Option<Duration>) -> Instant {
+    between.map_or(total_at, |b| earliest(Instant::now() + b, Some(total_at)))
+}
+
 /// The response body as the guest reads it: an error past the limit, and
-/// at the total deadline.
+/// at the total deadline or the guest's between-bytes timeout.
 struct LimitedResponseBody {
     inner: hyper::body::Incoming,
     left: u64,
+    /// When the next frame must have come.
     deadline: Pin<Box<tokio::time::Sleep>>,
+    total_at: Instant,
+    between: Option<Duration>,
 }
 
 impl Body for LimitedResponseBody {
@@ -631,6 +724,10 @@ impl Body for LimitedResponseBody {
                         return Poll::Ready(Some(Err(Error::HttpResponseBodySize(None))));
                     }
                     this.left -= len;
+                }
+                if this.between.is_some() {
+                    let next = next_byte_by(this.total_at, this.between);
+                    this.deadline.as_mut().reset(next);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

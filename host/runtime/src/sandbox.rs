@@ -38,6 +38,14 @@ const STDERR_TAIL: usize = 2048;
 /// hold: about 8 KiB of headers on the wire, as HTTP servers commonly
 /// allow, with room for the representation's overhead.
 const MAX_HTTP_FIELDS_BYTES: usize = 64 * 1024;
+/// The most resources (streams, pollables, `wasi:http` requests, fields,
+/// bodies, …) one instance may hold at once. They live in the host's
+/// memory, outside the instance's memory limit: with
+/// [`MAX_HTTP_FIELDS_BYTES`] per fields resource and the outbound hooks'
+/// 16 KiB per unsent body, this bounds what a plugin that creates them
+/// and never sends them can make the host hold (about 80 MiB). Plugins
+/// hold a handful; a Python or JavaScript runtime some tens.
+const MAX_RESOURCES: usize = 1024;
 
 /// The bounds the host functions enforce, part of the host's
 /// configuration, and the state store they read.
@@ -247,9 +255,11 @@ impl PluginState {
             .build();
         let mut http_ctx = WasiHttpCtx::new();
         http_ctx.set_field_size_limit(MAX_HTTP_FIELDS_BYTES);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         Self {
             wasi,
-            table: ResourceTable::new(),
+            table,
             http_ctx,
             http: crate::outbound::Hooks::default(),
             limiter: Limiter {
