@@ -369,16 +369,16 @@ pub(crate) fn add_to_linker<T: HasDeadline + 'static>(
         .func_wrap("[method]output-stream.blocking-flush", blocking_flush::<T>)
         .is_err();
     linker.allow_shadowing(true);
-    if !streams_defined_by_wasi {
-        return Err(wasmtime::Error::msg(format!(
-            "the WASI registration no longer defines {WASI_IO_STREAMS}: the deadline of guests \
-             blocked in its blocking calls would not hold (update deadline::WASI_IO_STREAMS)"
-        )));
-    }
     if !defined_by_wasi {
         return Err(wasmtime::Error::msg(format!(
             "the WASI registration no longer defines {WASI_IO_POLL}: the deadline of guests \
              blocked in wasi:io/poll would not hold (update deadline::WASI_IO_POLL)"
+        )));
+    }
+    if !streams_defined_by_wasi {
+        return Err(wasmtime::Error::msg(format!(
+            "the WASI registration no longer defines {WASI_IO_STREAMS}: the deadline of guests \
+             blocked in its blocking calls would not hold (update deadline::WASI_IO_STREAMS)"
         )));
     }
     let mut instance = linker.instance(WASI_IO_POLL)?;
