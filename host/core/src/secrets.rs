@@ -332,7 +332,7 @@ impl Redactor {
                 }
             }
         }
-        patterns.sort_by(|a, b| b.0.expose().len().cmp(&a.0.expose().len()));
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.0.expose().len()));
         patterns.dedup_by(|a, b| a.0.expose() == b.0.expose());
         Self { patterns }
     }
