@@ -611,8 +611,17 @@ async fn connect_and_send(prepared: Prepared, started: Instant) -> SendResult {
         }
         .boxed_unsync()
     });
-    let io: Box<dyn Future<Output = Result<(), Error>> + Send> =
-        Box::new(async move { done_rx.await.unwrap_or(Ok(())) });
+    // How the connection ended, after the response: wasmtime-wasi-http
+    // logs an error here at warn when nobody asked for it (a guest that
+    // dropped the body early, a server closing after its answer), once per
+    // request; the guest sees its body stream's own errors, so this one
+    // goes to the debug log only.
+    let io: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async move {
+        if let Ok(Err(error)) = done_rx.await {
+            tracing::debug!(error = ?error, "outbound connection ended with an error");
+        }
+        Ok(())
+    });
     Ok((response, io))
 }
 
