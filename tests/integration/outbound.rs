@@ -682,3 +682,83 @@ async fn requests_are_counted_per_tenant_plugin_and_result() {
     );
     assert!(text.contains("plugbus_outbound_request_seconds"), "{text}");
 }
+
+/// The `webhook-notify` example in the host: it posts the alert to its
+/// allowed `webhook_url` with the secret its manifest grants as bearer
+/// token, and the request carries the host's idempotency key; without the
+/// secret it fails permanently, naming it, and sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_example_posts_with_its_secret() {
+    use plugbus::secrets::{SecretName, SecretValue, Secrets, TenantSecrets};
+    let server = Server::start(Behaviour::Answer("ok")).await;
+    let origin = server.origin();
+    let manifest = format!(
+        "subscribe = [\"inventory.low_stock\"]\n[config]\nwebhook_url = \"{origin}/alerts\"\n\
+         [http]\nallow = [{origin:?}]\n[secrets]\ngrant = [\"webhook_token\"]\n"
+    );
+    let low = |id: &str| {
+        event(
+            TENANT,
+            "inventory.low_stock",
+            id,
+            json!({"sku": "sku-1", "quantity": 2, "threshold": 10}),
+        )
+    };
+    for with_secret in [true, false] {
+        let mut config = config(std::slice::from_ref(&origin), true, |_| {});
+        if with_secret {
+            let mut secrets = Secrets::new();
+            secrets.insert(
+                SecretName::parse("webhook_token").expect("a name"),
+                SecretValue::new("t0k-webhook".to_owned()).expect("a value"),
+            );
+            let mut tenants = TenantSecrets::new();
+            tenants.insert(TENANT, secrets);
+            config.secrets = tenants;
+        }
+        let dir = PluginsDir::new();
+        dir.add(
+            TENANT,
+            "webhook",
+            artifacts::WEBHOOK_NOTIFY,
+            Some(&manifest),
+        );
+        let (host, report) = host_with(config, &dir);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let id = if with_secret {
+            "evt-hook"
+        } else {
+            "evt-nohook"
+        };
+        let report = host.publish(low(id)).await.expect("a valid event");
+        let delivery = &report.deliveries[0];
+        if with_secret {
+            assert_eq!(delivery.outcome, Outcome::Handled, "{delivery:#?}");
+        } else {
+            assert_eq!(
+                kind(delivery),
+                Some(FailureKind::HandlerPermanent),
+                "{delivery:#?}"
+            );
+            let failure = format!("{:?}", delivery.outcome);
+            assert!(failure.contains("webhook_token"), "{failure}");
+        }
+    }
+    let requests = server.requests();
+    assert_eq!(
+        requests.len(),
+        1,
+        "only the plugin with its secret posts: {requests:?}"
+    );
+    let head = &requests[0];
+    assert!(head.starts_with("POST /alerts HTTP/1.1\r\n"), "{head}");
+    assert_eq!(
+        header(head, "authorization"),
+        Some("Bearer t0k-webhook"),
+        "{head}"
+    );
+    assert!(
+        header(head, "idempotency-key").is_some_and(|k| k.len() == 64),
+        "{head}"
+    );
+}
