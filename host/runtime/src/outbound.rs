@@ -659,6 +659,19 @@ fn tls_connector() -> Result<tokio_rustls::TlsConnector, Error> {
         .ok_or(Error::ConfigurationError)
 }
 
+/// Counts `frame`'s data against the bytes `left` of a body's limit;
+/// false (and nothing counted) when it does not fit.
+fn charge(left: &mut u64, frame: &Frame<Bytes>) -> bool {
+    let len = frame.data_ref().map_or(0, |data| data.len() as u64);
+    match left.checked_sub(len) {
+        Some(rest) => {
+            *left = rest;
+            true
+        }
+        None => false,
+    }
+}
+
 /// The guest's request body, refused past the limit.
 struct LimitedRequestBody {
     inner: WasiBody,
@@ -676,12 +689,8 @@ impl Body for LimitedRequestBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let len = data.len() as u64;
-                    if len > this.left {
-                        return Poll::Ready(Some(Err(Error::HttpRequestBodySize(None))));
-                    }
-                    this.left -= len;
+                if !charge(&mut this.left, &frame) {
+                    return Poll::Ready(Some(Err(Error::HttpRequestBodySize(None))));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -726,13 +735,9 @@ impl Body for LimitedResponseBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let len = data.len() as u64;
-                    if len > this.left {
-                        this.left = 0;
-                        return Poll::Ready(Some(Err(Error::HttpResponseBodySize(None))));
-                    }
-                    this.left -= len;
+                if !charge(&mut this.left, &frame) {
+                    this.left = 0;
+                    return Poll::Ready(Some(Err(Error::HttpResponseBodySize(None))));
                 }
                 if this.between.is_some() {
                     let next = next_byte_by(this.total_at, this.between);
